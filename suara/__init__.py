@@ -1,0 +1,1 @@
+"""suara: the vote-tally backbone (tally → aggregate → publish)."""

@@ -1,0 +1,88 @@
+"""Ed25519 device keys: generate, sign, verify, and the key file a device keeps.
+
+The signature covers the exact payload bytes. The device id is derived from
+the public key, so it names the key, not a claim about it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+SIGNATURE_BYTES = 64
+PUBLIC_KEY_BYTES = 32
+
+
+def device_id_for(public_key: bytes) -> str:
+    return "dev_" + hashlib.sha256(public_key).hexdigest()[:24]
+
+
+def public_bytes(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def sign(key: Ed25519PrivateKey, payload: bytes) -> bytes:
+    return key.sign(payload)
+
+
+def verify(public_key: bytes, payload: bytes, signature: bytes) -> bool:
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, payload)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class DeviceKey:
+    """What a KPPS device keeps: its TPS, its device id and its private key."""
+
+    tps: str
+    device_id: str
+    private_key: Ed25519PrivateKey
+
+    @classmethod
+    def generate(cls, tps: str) -> DeviceKey:
+        key = Ed25519PrivateKey.generate()
+        return cls(tps=tps, device_id=device_id_for(public_bytes(key)), private_key=key)
+
+    @property
+    def public_key(self) -> bytes:
+        return public_bytes(self.private_key)
+
+    def sign(self, payload: bytes) -> bytes:
+        return self.private_key.sign(payload)
+
+    def to_json(self) -> str:
+        raw = self.private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        return json.dumps(
+            {"kind": "suara-device-key", "tps": self.tps, "device_id": self.device_id, "ed25519_private": raw.hex()},
+            indent=2,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> DeviceKey:
+        data = json.loads(text)
+        if data.get("kind") != "suara-device-key":
+            raise ValueError("not a suara device key file")
+        key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(data["ed25519_private"]))
+        if device_id_for(public_bytes(key)) != data["device_id"]:
+            raise ValueError("key file is corrupt: the device id does not match the key")
+        return cls(tps=data["tps"], device_id=data["device_id"], private_key=key)
+
+    def save(self, path: Path) -> None:
+        """Write the key file readable by its owner only, never replacing an existing key."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> DeviceKey:
+        return cls.from_json(path.read_text())

@@ -1,0 +1,64 @@
+"""Connections: which PostgreSQL (DATABASE_URL or the embedded one) and the pool."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncpg
+
+from suara.runtime.embedded import EmbeddedPostgres
+from suara.runtime.settings import Settings
+
+# Errors that mean "the database is not there right now", as opposed to "the
+# query was wrong": the caller answers UNAVAILABLE and retries later.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+
+
+def embedded_server(settings: Settings) -> EmbeddedPostgres:
+    return EmbeddedPostgres(settings.data_dir / "pgdata")
+
+
+@contextlib.contextmanager
+def database_url(settings: Settings) -> Iterator[str]:
+    """The URL to use: DATABASE_URL, or the embedded server (started for the duration if it was not running)."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    server = embedded_server(settings)
+    was_running = server.is_running()
+    url = server.start()
+    try:
+        yield url
+    finally:
+        if not was_running:
+            server.stop()
+
+
+async def create_pool(url: str, *, size: int = 8, application: str = "suara", **kwargs: Any) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        url,
+        min_size=1,
+        max_size=size,
+        timeout=2.0,  # connect timeout: an unreachable database must not hang a call
+        server_settings={"application_name": application, "synchronous_commit": "on"},
+        **kwargs,
+    )
+
+
+@contextlib.asynccontextmanager
+async def connect(url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        yield conn
+    finally:
+        await conn.close()

@@ -1,0 +1,148 @@
+"""The gRPC server kit every service uses.
+
+`create_server()` returns (server, port) without serving, so tests bind :0 and
+read the port; `serve()` runs it until SIGTERM/SIGINT with health flipped to
+NOT_SERVING first and in-flight calls given time to finish. One interceptor
+binds request context for the logs and maps ServiceError to a rich status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+
+from suara.runtime.errors import ServiceError
+
+log = structlog.stdlib.get_logger("suara.grpc")
+
+RETRY_AFTER_KEY = "retry-after-ms"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: ServiceError) -> None:
+    if error.retry_after_ms is not None:
+        context.set_trailing_metadata(((RETRY_AFTER_KEY, str(error.retry_after_ms)),))
+    await context.abort_with_status(rpc_status.to_status(error.to_status()))
+
+
+class ContextInterceptor(grpc.aio.ServerInterceptor):
+    """Request context in every log line of a call, and ServiceError → gRPC status at the edge."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        inner = handler.unary_unary
+
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            request_id = str(metadata.get("x-request-id") or uuid.uuid4().hex[:16])
+            structlog.contextvars.bind_contextvars(request_id=request_id, method=method, peer=context.peer())
+            started = time.perf_counter()
+            try:
+                return await inner(request, context)
+            except ServiceError as error:
+                log.info(
+                    "rpc_error",
+                    code=error.code.name,
+                    error=error.message,
+                    ms=round((time.perf_counter() - started) * 1000, 2),
+                )
+                await abort_with(context, error)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                if context.code() is not None:  # an abort() already decided the status
+                    raise
+                log.exception("rpc_failed")
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error; the request id is " + request_id)
+            finally:
+                structlog.contextvars.unbind_contextvars("request_id", "method", "peer")
+
+        return grpc.unary_unary_rpc_method_handler(
+            wrapper,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class Server:
+    """A grpc.aio server with health and reflection, not yet serving."""
+
+    def __init__(self, server: grpc.aio.Server, health_servicer: health.aio.HealthServicer, services: Sequence[str]):
+        self.grpc = server
+        self.health = health_servicer
+        self.services = list(services)
+
+    async def start(self) -> None:
+        await self.grpc.start()
+        for name in ["", *self.services]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ["", *self.services]:
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float) -> None:
+        """NOT_SERVING first (load balancers drain), then let in-flight calls finish."""
+        await self.set_serving(False)
+        await self.grpc.stop(grace)
+
+
+def create_server(
+    register: Callable[[grpc.aio.Server], None],
+    service_names: Sequence[str],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> tuple[Server, int]:
+    server = grpc.aio.server(
+        interceptors=[ContextInterceptor(), *interceptors],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection([*service_names, reflection.SERVICE_NAME, health.SERVICE_NAME], server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind {host}:{port}")
+    return Server(server, health_servicer, service_names), bound
+
+
+async def serve_until_signal(server: Server, grace: float, on_stop: Callable[[], Awaitable[None]]) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully and run `on_stop`."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    await stop.wait()
+    log.info("shutting_down", grace_s=grace)
+    await server.stop(grace)
+    await on_stop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(Exception):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,82 @@
+"""Settings, declared once with their environment variable, default and help.
+
+Every process reads the same table: the CLI prints it in `--help`, the README
+lists it (a test keeps the two in step), and nothing else reads os.environ.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+def _setting(env: str, default: Any, help: str) -> Any:
+    return field(default=default, metadata={"env": env, "help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = _setting(
+        "DATABASE_URL", "", "PostgreSQL to use; empty: an embedded server kept in SUARA_DATA_DIR/pgdata"
+    )
+    data_dir: Path = _setting(
+        "SUARA_DATA_DIR", Path(".suara"), "local state: the embedded database, keys, the admin credential"
+    )
+    tally_host: str = _setting("SUARA_TALLY_HOST", "127.0.0.1", "address the tally gRPC server binds")
+    tally_port: int = _setting("SUARA_TALLY_PORT", 50051, "port of the tally gRPC server (0: any free port)")
+    max_in_flight: int = _setting(
+        "SUARA_TALLY_MAX_IN_FLIGHT", 4096, "forms admitted at once; beyond it RESOURCE_EXHAUSTED"
+    )
+    commit_batch_max: int = _setting(
+        "SUARA_TALLY_COMMIT_BATCH", 500, "most forms one group-commit transaction takes"
+    )
+    commit_wait_s: float = _setting(
+        "SUARA_TALLY_COMMIT_WAIT_S", 5.0, "how long a call waits for its commit before UNAVAILABLE"
+    )
+    retry_after_ms: int = _setting(
+        "SUARA_TALLY_RETRY_AFTER_MS", 250, "retry-after hint sent with RESOURCE_EXHAUSTED and UNAVAILABLE"
+    )
+    photo_max_bytes: int = _setting("SUARA_PHOTO_MAX_BYTES", 2 * 1024 * 1024, "largest form photo accepted")
+    verify_threads: int = _setting(
+        "SUARA_VERIFY_THREADS", 2, "threads verifying Ed25519 signatures beside the event loop"
+    )
+    db_pool_size: int = _setting("SUARA_DB_POOL_SIZE", 8, "PostgreSQL connections per service process")
+    shutdown_grace_s: float = _setting(
+        "SUARA_SHUTDOWN_GRACE_S", 10.0, "on SIGTERM, how long in-flight calls may take to finish"
+    )
+    log_level: str = _setting("SUARA_LOG_LEVEL", "info", "debug, info, warning or error")
+    log_format: str = _setting("SUARA_LOG_FORMAT", "auto", "json, console, or auto (json unless a terminal)")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f.metadata["env"])
+            if raw is None or raw == "":
+                continue
+            kind = type(f.default)
+            try:
+                values[f.name] = kind(raw)
+            except ValueError as exc:
+                raise SystemExit(f"{f.metadata['env']}={raw!r} is not a valid {kind.__name__}: {exc}") from exc
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str]]:
+        """(environment variable, default, help) for every setting."""
+        return [(f.metadata["env"], str(f.default), f.metadata["help"]) for f in fields(cls)]
+
+
+def settings_help() -> str:
+    rows = Settings.describe()
+    width = max(len(env) for env, _, _ in rows)
+    lines = ["environment:"]
+    for env, default, help in rows:
+        shown = f" (default: {default})" if default else ""
+        lines.append(f"  {env.ljust(width)}  {help}{shown}")
+    return "\n".join(lines)
