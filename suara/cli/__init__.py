@@ -1,0 +1,57 @@
+"""`suara`: the one command-line entry point.
+
+Each command group lives in its own module with an `add_parser(subparsers)`
+function; this module wires them up. The CLI is the composition root: it is
+the one place that knows every service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import sys
+from collections.abc import Sequence
+
+from suara.runtime.logging import configure_logging
+from suara.runtime.settings import Settings, settings_help
+
+GROUPS = ("db", "registry", "admin", "device", "tally", "audit")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="suara",
+        description=(
+            "suara: the vote-tally backbone. TPS devices submit signed C.Hasil forms to tally;\n"
+            "aggregate rolls them up to every level; publish writes the public static site.\n"
+            "Without DATABASE_URL, suara runs its own embedded PostgreSQL in SUARA_DATA_DIR."
+        ),
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    import importlib
+
+    for group in GROUPS:
+        importlib.import_module(f"suara.cli.{group}").add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    configure_logging(settings.log_level, settings.log_format, service=f"suara-{args.command}")
+    handler = args.handler
+    try:
+        result = handler(args, settings)
+        if inspect.isawaitable(result):
+            result = asyncio.run(result)  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,15 @@
+"""What the database holds, component by component: each owns one schema and its migrations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import suara.registry
+import services.tally
+
+# Order matters only across components that read each other's tables at
+# migration time; none do, but registry goes first as reference data.
+MIGRATION_DIRS: list[tuple[str, Path]] = [
+    ("registry", Path(suara.registry.__file__).parent / "sql" / "migrations"),
+    ("tally", Path(services.tally.__file__).parent / "sql" / "migrations"),
+]
