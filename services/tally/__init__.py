@@ -1,1 +1,5 @@
+"""tally: accepts signed C.Hasil forms, stores them durably and idempotently, and chains them."""
 
+from pathlib import Path
+
+SQL_DIR = Path(__file__).parent / "sql"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import suara.registry
 import services.tally
+import suara.registry
 
 # Order matters only across components that read each other's tables at
 # migration time; none do, but registry goes first as reference data.

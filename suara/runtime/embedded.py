@@ -124,7 +124,16 @@ class EmbeddedPostgres:
         self.pgdata.mkdir(parents=True, exist_ok=True)
         self.log_file.touch()
         self._prepare_permissions()
-        self._run("initdb", "-D", str(self.pgdata), "--auth=trust", "--encoding=UTF8", "--locale=C", "-U", "postgres")
+        self._run(
+            "initdb",
+            "-D",
+            str(self.pgdata),
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "-U",
+            "postgres",
+        )
         with (self.pgdata / "postgresql.conf").open("a") as fh:
             fh.write("\n# suara\n" + CONFIG)
 

@@ -30,10 +30,20 @@ RETRY_AFTER_KEY = "retry-after-ms"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
+class _Status(grpc.Status):
+    def __init__(self, code: grpc.StatusCode, details: str, trailing_metadata: tuple[tuple[str, Any], ...]) -> None:
+        self.code = code
+        self.details = details
+        self.trailing_metadata = trailing_metadata
+
+
 async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: ServiceError) -> None:
+    status = rpc_status.to_status(error.to_status())
+    metadata = tuple(status.trailing_metadata)
     if error.retry_after_ms is not None:
-        context.set_trailing_metadata(((RETRY_AFTER_KEY, str(error.retry_after_ms)),))
-    await context.abort_with_status(rpc_status.to_status(error.to_status()))
+        # Plain metadata too, so a client needs no protobuf decoding to honour the hint.
+        metadata += ((RETRY_AFTER_KEY, str(error.retry_after_ms)),)
+    await context.abort_with_status(_Status(status.code, status.details, metadata))
 
 
 class ContextInterceptor(grpc.aio.ServerInterceptor):
@@ -41,9 +51,9 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
@@ -56,7 +66,7 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
             structlog.contextvars.bind_contextvars(request_id=request_id, method=method, peer=context.peer())
             started = time.perf_counter()
             try:
-                return await inner(request, context)
+                return await inner(request, context)  # type: ignore[arg-type]  # aio handlers take aio contexts
             except ServiceError as error:
                 log.info(
                     "rpc_error",

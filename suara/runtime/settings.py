@@ -30,9 +30,7 @@ class Settings:
     max_in_flight: int = _setting(
         "SUARA_TALLY_MAX_IN_FLIGHT", 4096, "forms admitted at once; beyond it RESOURCE_EXHAUSTED"
     )
-    commit_batch_max: int = _setting(
-        "SUARA_TALLY_COMMIT_BATCH", 500, "most forms one group-commit transaction takes"
-    )
+    commit_batch_max: int = _setting("SUARA_TALLY_COMMIT_BATCH", 500, "most forms one group-commit transaction takes")
     commit_wait_s: float = _setting(
         "SUARA_TALLY_COMMIT_WAIT_S", 5.0, "how long a call waits for its commit before UNAVAILABLE"
     )
@@ -58,7 +56,7 @@ class Settings:
             raw = env.get(f.metadata["env"])
             if raw is None or raw == "":
                 continue
-            kind = type(f.default)
+            kind: Any = type(f.default)  # every setting has a default; its type parses the variable
             try:
                 values[f.name] = kind(raw)
             except ValueError as exc:

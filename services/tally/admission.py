@@ -1,0 +1,97 @@
+"""What tally lets in: a bound on work in flight, and a gate closed while the database is away.
+
+Refusing early and cheaply is what keeps the service answering under overload
+and during a database outage: a caller gets RESOURCE_EXHAUSTED or UNAVAILABLE
+with a retry-after hint at once, instead of a call that hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import asyncpg
+import structlog
+
+from services.tally.errors import DatabaseUnavailable, Overloaded
+
+log = structlog.stdlib.get_logger("suara.tally.admission")
+
+
+class InFlight:
+    def __init__(self, limit: int, retry_after_ms: int) -> None:
+        self.limit = limit
+        self.retry_after_ms = retry_after_ms
+        self.current = 0
+
+    def acquire(self, n: int) -> None:
+        if self.current + n > self.limit and self.current > 0:
+            raise Overloaded(
+                f"tally is at capacity ({self.current} forms in flight); retry after {self.retry_after_ms} ms",
+                retry_after_ms=self.retry_after_ms,
+            )
+        self.current += n
+
+    def release(self, n: int) -> None:
+        self.current -= n
+
+
+class DatabaseGate:
+    """Open while the database answers. Closed on the first connection error; a probe reopens it."""
+
+    PROBE_INTERVAL_S = 0.2
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        retry_after_ms: int,
+        on_change: Callable[[bool], Coroutine[Any, Any, None]] | None = None,
+    ) -> None:
+        self._pool = pool
+        self._retry_after_ms = retry_after_ms
+        self._on_change = on_change
+        self.available = True
+        self._probe: asyncio.Task[None] | None = None
+        self._notify: asyncio.Task[None] | None = None
+
+    def check(self) -> None:
+        if not self.available:
+            raise self.error()
+
+    def error(self) -> DatabaseUnavailable:
+        return DatabaseUnavailable(
+            "the database is unreachable; nothing was stored. Resend the same form later (it is safe)",
+            retry_after_ms=self._retry_after_ms,
+        )
+
+    def mark_down(self, exc: BaseException) -> None:
+        if not self.available:
+            return
+        self.available = False
+        log.error("database_unreachable", error=repr(exc))
+        self._pool.expire_connections()  # every pooled connection may be dead now
+        self._probe = asyncio.create_task(self._wait_for_database())
+        if self._on_change is not None:
+            self._notify = asyncio.create_task(self._on_change(False))
+
+    async def _wait_for_database(self) -> None:
+        while True:
+            await asyncio.sleep(self.PROBE_INTERVAL_S)
+            try:
+                async with self._pool.acquire(timeout=1.0) as conn:
+                    await conn.fetchval("SELECT 1", timeout=1.0)
+            except Exception:
+                continue
+            self.available = True
+            log.info("database_back")
+            if self._on_change is not None:
+                await self._on_change(True)
+            return
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe

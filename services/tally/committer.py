@@ -1,0 +1,256 @@
+"""Group commit: concurrent submissions share one transaction, so throughput is not one fsync per call.
+
+One task takes whatever is queued (up to a batch), decides every outcome of the
+Versions table against what is stored, writes submissions, the current
+version, photos, the outbox and the chain head in ONE transaction, and only
+then answers each caller. Acknowledged therefore means committed. Writers
+serialize on the chain-head row lock, which the chain needs anyway; the
+unique key (tps, contest, version) is the constraint behind idempotency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+import structlog
+
+from services.tally.admission import DatabaseGate
+from services.tally.errors import TallyError
+from services.tally.intake import Prepared
+from services.tally.queries import QUERIES
+from suara.election.chain import ChainRecord, link_hash
+from suara.runtime.database import CONNECTION_ERRORS
+
+log = structlog.stdlib.get_logger("suara.tally.commit")
+
+ACCEPTED, QUARANTINED, DUPLICATE, SUPERSEDED, CONFLICT = (
+    "ACCEPTED",
+    "QUARANTINED",
+    "DUPLICATE",
+    "SUPERSEDED",
+    "CONFLICT",
+)
+
+_SUBMISSION_COLUMNS = [
+    "id", "tps", "contest", "version", "payload", "payload_sha256", "signature", "device_id",
+    "outcome", "failed_checks", "photo_sha256", "chain_position", "chain_hash", "received_at",
+]  # fmt: skip
+_OUTBOX_COLUMNS = ["submission_id", "tps", "contest", "version", "counts", "quarantined", "failed_checks"]
+
+
+@dataclass(frozen=True)
+class Receipt:
+    submission_id: str
+    payload_sha256: bytes
+    chain_position: int
+    chain_hash: bytes
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class Result:
+    outcome: str
+    receipt: Receipt  # for CONFLICT: the original's
+    failed_checks: tuple[str, ...]
+    current_version: int
+
+
+@dataclass
+class _Stored:
+    receipt: Receipt
+    outcome: str
+    failed_checks: tuple[str, ...]
+
+
+@dataclass
+class _Item:
+    prepared: Prepared
+    future: asyncio.Future[Result]
+
+
+class GroupCommitter:
+    def __init__(self, pool: asyncpg.Pool, gate: DatabaseGate, batch_max: int, timeout_s: float) -> None:
+        self._pool = pool
+        self._gate = gate
+        self._batch_max = batch_max
+        self._timeout_s = timeout_s
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.committed = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="tally-group-commit")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def enqueue(self, prepared: list[Prepared]) -> list[asyncio.Future[Result]]:
+        loop = asyncio.get_running_loop()
+        futures = []
+        for p in prepared:
+            fut: asyncio.Future[Result] = loop.create_future()
+            self._queue.put_nowait(_Item(p, fut))
+            futures.append(fut)
+        return futures
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._batch_max and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[_Item]) -> None:
+        if not self._gate.available:
+            self._fail(batch, self._gate.error())
+            return
+        try:
+            results = await asyncio.wait_for(self._write([i.prepared for i in batch]), self._timeout_s)
+        except CONNECTION_ERRORS as exc:
+            # The commit may or may not have happened; nobody is told "stored", and a resend is safe.
+            self._gate.mark_down(exc)
+            self._fail(batch, self._gate.error())
+            return
+        except Exception:
+            log.exception("commit_failed", forms=len(batch))
+            self._fail(batch, TallyError("storing the form failed; it was not stored. Resend it"))
+            return
+        self.batches += 1
+        self.committed += len(batch)
+        for item, result in zip(batch, results, strict=True):
+            if not item.future.done():
+                item.future.set_result(result)
+
+    @staticmethod
+    def _fail(batch: list[_Item], error: TallyError) -> None:
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(error)
+
+    async def _write(self, batch: list[Prepared]) -> list[Result]:
+        async with self._pool.acquire(timeout=1.0) as conn, conn.transaction():
+            head = await conn.fetchrow(QUERIES.lock_chain_head)
+            position: int = head["position"]
+            previous: bytes = bytes(head["hash"])
+            keys = list({p.key for p in batch})
+            rows = await conn.fetch(
+                QUERIES.existing_for_keys, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
+            )
+            stored: dict[tuple[str, str, int], _Stored] = {}
+            current: dict[tuple[str, str], int] = {}
+            for row in rows:
+                current[(row["tps"], row["contest"])] = row["current_version"] or 0
+                if row["id"] is not None:
+                    stored[(row["tps"], row["contest"], row["version"])] = _Stored(
+                        Receipt(
+                            str(row["id"]),
+                            bytes(row["payload_sha256"]),
+                            row["chain_position"],
+                            bytes(row["chain_hash"]),
+                            row["received_at"],
+                        ),
+                        row["outcome"],
+                        tuple(row["failed_checks"]),
+                    )
+
+            now = datetime.now(UTC)
+            results: list[Result] = []
+            submissions: list[tuple[object, ...]] = []
+            outbox: list[tuple[object, ...]] = []
+            new_current: dict[tuple[str, str], tuple[int, uuid.UUID]] = {}
+            photos: dict[str, tuple[str, int, bytes]] = {}
+            alarms: list[tuple[str, str, str, int, str]] = []
+            for p in batch:
+                slot = (p.tps, p.contest)
+                existing = stored.get(p.key)
+                if existing is not None:
+                    if existing.receipt.payload_sha256 == p.payload_sha256:
+                        results.append(Result(DUPLICATE, existing.receipt, existing.failed_checks, current[slot]))
+                    else:
+                        results.append(Result(CONFLICT, existing.receipt, (), current[slot]))
+                        alarms.append(self._conflict_alarm(p, existing))
+                    continue
+                if p.version > current.get(slot, 0):
+                    outcome = QUARANTINED if p.failed_checks else ACCEPTED
+                    current[slot] = p.version
+                else:
+                    outcome = SUPERSEDED
+                position += 1
+                submission_id = uuid.uuid4()
+                record = ChainRecord(position, str(submission_id), p.payload_sha256, p.signature, outcome, now)
+                previous = link_hash(previous, record)
+                receipt = Receipt(str(submission_id), p.payload_sha256, position, previous, now)
+                stored[p.key] = _Stored(receipt, outcome, tuple(p.failed_checks))
+                submissions.append(
+                    (
+                        submission_id, p.tps, p.contest, p.version, p.payload, p.payload_sha256, p.signature,
+                        p.device_id, outcome, p.failed_checks, p.photo_sha256, position, previous, now,
+                    )
+                )  # fmt: skip
+                if outcome != SUPERSEDED:
+                    new_current[slot] = (p.version, submission_id)
+                    outbox.append(
+                        (
+                            submission_id, p.tps, p.contest, p.version, json.dumps(p.counts),
+                            outcome == QUARANTINED, p.failed_checks,
+                        )
+                    )  # fmt: skip
+                for photo in p.photos:
+                    photos[photo.sha256] = (photo.content_type, len(photo.content), photo.content)
+                results.append(Result(outcome, receipt, tuple(p.failed_checks), current[slot]))
+
+            if submissions:
+                await conn.copy_records_to_table(
+                    "submission", schema_name="tally", records=submissions, columns=_SUBMISSION_COLUMNS
+                )
+                await conn.execute(QUERIES.set_chain_head, position, previous)
+            if new_current:
+                await conn.execute(
+                    QUERIES.upsert_current,
+                    [s[0] for s in new_current],
+                    [s[1] for s in new_current],
+                    [v[0] for v in new_current.values()],
+                    [v[1] for v in new_current.values()],
+                )
+            if outbox:
+                await conn.copy_records_to_table("outbox", schema_name="tally", records=outbox, columns=_OUTBOX_COLUMNS)
+            if photos:
+                await conn.execute(
+                    QUERIES.insert_photos,
+                    list(photos),
+                    [v[0] for v in photos.values()],
+                    [v[1] for v in photos.values()],
+                    [v[2] for v in photos.values()],
+                )
+            if alarms:
+                await conn.execute(QUERIES.insert_alarms, *map(list, zip(*alarms, strict=True)))
+        return results
+
+    @staticmethod
+    def _conflict_alarm(p: Prepared, existing: _Stored) -> tuple[str, str, str, int, str]:
+        log.warning(
+            "conflict_alarm",
+            tps=p.tps,
+            contest=p.contest,
+            version=p.version,
+            stored_sha256=existing.receipt.payload_sha256.hex(),
+            refused_sha256=p.payload_sha256.hex(),
+            device_id=p.device_id,
+        )
+        detail = {
+            "stored_submission": existing.receipt.submission_id,
+            "stored_sha256": existing.receipt.payload_sha256.hex(),
+            "refused_sha256": p.payload_sha256.hex(),
+            "device_id": p.device_id,
+        }
+        return ("CONFLICT", p.tps, p.contest, p.version, json.dumps(detail))

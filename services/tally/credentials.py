@@ -1,0 +1,151 @@
+"""Who may call tally: enrolled device keys (with a cache in front) and admin tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from services.tally.queries import QUERIES
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    device_id: str
+    tps: str
+    public_key: bytes
+
+
+class DeviceKeys:
+    """Device id → (TPS, public key), looked up in batches and kept in a bounded LRU.
+
+    Concurrent lookups that miss in the same event-loop turn share one query,
+    so a burst of first-time devices costs a few round trips, not one each.
+    Unknown ids are not cached: a device may be enrolled a moment later.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, capacity: int = 200_000) -> None:
+        self._pool = pool
+        self._capacity = capacity
+        self._cache: OrderedDict[str, DeviceRecord] = OrderedDict()
+        self._waiting: dict[str, asyncio.Future[DeviceRecord | None]] = {}
+        self._flush_scheduled = False
+
+    def remember(self, record: DeviceRecord) -> None:
+        self._cache[record.device_id] = record
+        self._cache.move_to_end(record.device_id)
+        while len(self._cache) > self._capacity:
+            self._cache.popitem(last=False)
+
+    async def get_many(self, device_ids: list[str]) -> dict[str, DeviceRecord]:
+        found: dict[str, DeviceRecord] = {}
+        futures: dict[str, asyncio.Future[DeviceRecord | None]] = {}
+        loop = asyncio.get_running_loop()
+        for device_id in device_ids:
+            record = self._cache.get(device_id)
+            if record is not None:
+                found[device_id] = record
+                continue
+            fut = self._waiting.get(device_id)
+            if fut is None:
+                fut = loop.create_future()
+                self._waiting[device_id] = fut
+            futures[device_id] = fut
+        if futures and not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(lambda: asyncio.ensure_future(self._flush()))
+        for device_id, fut in futures.items():
+            record = await fut
+            if record is not None:
+                found[device_id] = record
+        return found
+
+    async def _flush(self) -> None:
+        waiting, self._waiting = self._waiting, {}
+        self._flush_scheduled = False
+        try:
+            rows = await self._pool.fetch(QUERIES.device_keys, list(waiting))
+        except BaseException as exc:
+            for fut in waiting.values():
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for row in rows:
+            record = DeviceRecord(row["device_id"], row["tps"], bytes(row["public_key"]))
+            self.remember(record)
+        for device_id, fut in waiting.items():
+            if not fut.done():
+                fut.set_result(self._cache.get(device_id))
+
+
+async def enroll_device(
+    conn: asyncpg.Connection | asyncpg.Pool, device_id: str, tps: str, public_key: bytes, label: str
+) -> None:
+    row = await conn.fetchrow(QUERIES.enroll_device, device_id, tps, public_key, label)
+    if row["tps"] != tps:
+        raise ValueError(f"device {device_id} is already enrolled for TPS {row['tps']}")
+
+
+# --- admin credentials -------------------------------------------------------------
+
+ADMIN_KIND = "suara-admin-credential"
+
+
+def token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+@dataclass(frozen=True)
+class AdminCredential:
+    id: str
+    token: str
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": ADMIN_KIND, "id": self.id, "token": self.token}, indent=2)
+
+    @classmethod
+    def load(cls, path: Path) -> AdminCredential:
+        data = json.loads(path.read_text())
+        if data.get("kind") != ADMIN_KIND:
+            raise ValueError(f"{path} is not a suara admin credential")
+        return cls(data["id"], data["token"])
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self.to_json() + "\n")
+
+
+async def create_admin_credential(conn: asyncpg.Connection, label: str = "") -> AdminCredential:
+    credential = AdminCredential(id="adm_" + secrets.token_hex(6), token=secrets.token_urlsafe(32))
+    await conn.execute(QUERIES.insert_admin_credential, credential.id, token_hash(credential.token), label)
+    return credential
+
+
+class AdminTokens:
+    """Checks bearer tokens; a valid token is remembered for a minute to keep the database out of the hot path."""
+
+    TTL_S = 60.0
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._valid_until: dict[bytes, float] = {}
+
+    async def is_valid(self, token: str) -> bool:
+        digest = token_hash(token)
+        now = time.monotonic()
+        if self._valid_until.get(digest, 0.0) > now:
+            return True
+        ok = bool(await self._pool.fetchval(QUERIES.admin_token_valid, digest))
+        if ok:
+            self._valid_until[digest] = now + self.TTL_S
+        return ok

@@ -1,0 +1,190 @@
+"""From a SubmitRequest to a form ready to store, or the precise reason it is refused.
+
+Order matters: the signature is checked before the payload is trusted for
+anything, and the server parses the signed bytes themselves, never a
+re-encoding. Inconsistent forms are not refused: they are the officer's
+signed document and are stored quarantined.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from google.protobuf.message import DecodeError
+
+from services.tally.credentials import DeviceKeys, DeviceRecord
+from services.tally.errors import InvalidForm, PermissionDenied, TallyError, Unauthenticated
+from services.tally.photos import Photo, check_photos
+from suara.election import signing
+from suara.election.checks import find_inconsistencies, find_malformed
+from suara.election.contest import Contest
+from suara.election.form import counts_of
+from suara.registry.catalog import TpsIndex, fetch_contests, fetch_tps_index, tps_exists
+from suara.runtime.errors import FieldProblem
+from suara.v1 import form_pb2, tally_pb2
+
+
+@dataclass
+class Prepared:
+    """A verified, well-formed form: what the committer stores."""
+
+    tps: str
+    contest: str
+    version: int
+    payload: bytes
+    payload_sha256: bytes
+    signature: bytes
+    device_id: str
+    failed_checks: list[str]
+    counts: dict[str, Any]
+    photo_sha256: list[str]
+    photos: list[Photo] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.tps, self.contest, self.version)
+
+
+class Catalog:
+    """The registry as tally needs it: contests and the set of TPS, in memory."""
+
+    CONTEST_REFRESH_S = 10.0
+
+    def __init__(self, pool: asyncpg.Pool, contests: dict[str, Contest], tps: TpsIndex) -> None:
+        self._pool = pool
+        self.contests = contests
+        self.tps = tps
+        self._contests_loaded = time.monotonic()
+
+    @classmethod
+    async def load(cls, pool: asyncpg.Pool) -> Catalog:
+        async with pool.acquire() as conn:
+            return cls(pool, await fetch_contests(conn), await fetch_tps_index(conn))
+
+    async def contest(self, contest_id: str) -> Contest | None:
+        found = self.contests.get(contest_id)
+        if found is None and time.monotonic() - self._contests_loaded > self.CONTEST_REFRESH_S:
+            async with self._pool.acquire() as conn:  # the registry may have been reloaded since we started
+                self.contests = await fetch_contests(conn)
+            self._contests_loaded = time.monotonic()
+            found = self.contests.get(contest_id)
+        return found
+
+    async def tps_known(self, code: str) -> bool:
+        if code in self.tps:
+            return True
+        if len(code) != 13 or not code.isdigit():
+            return False
+        async with self._pool.acquire() as conn:
+            return await tps_exists(conn, code) is not None
+
+
+def _structure(request: tally_pb2.SubmitRequest) -> list[FieldProblem]:
+    problems = []
+    if not request.HasField("form"):
+        return [FieldProblem("form", "missing: a SignedForm with payload, signature and device_id")]
+    form = request.form
+    if not form.payload:
+        problems.append(FieldProblem("form.payload", "empty: the serialized CHasilForm that was signed"))
+    if len(form.signature) != signing.SIGNATURE_BYTES:
+        problems.append(
+            FieldProblem(
+                "form.signature",
+                f"must be a {signing.SIGNATURE_BYTES}-byte Ed25519 signature, got {len(form.signature)} bytes",
+            )
+        )
+    if not form.device_id:
+        problems.append(FieldProblem("form.device_id", "empty: the id of the enrolled device key that signed"))
+    return problems
+
+
+def _verify_all(jobs: list[tuple[bytes, bytes, bytes]]) -> list[bool]:
+    # One executor hop for the whole call; Ed25519 releases the GIL.
+    return [signing.verify(key, payload, sig) for key, payload, sig in jobs]
+
+
+class Intake:
+    def __init__(self, devices: DeviceKeys, catalog: Catalog, executor: Executor, photo_max_bytes: int) -> None:
+        self.devices = devices
+        self.catalog = catalog
+        self.executor = executor
+        self.photo_max_bytes = photo_max_bytes
+
+    async def prepare(self, requests: list[tally_pb2.SubmitRequest]) -> list[Prepared | TallyError]:
+        results: list[Prepared | TallyError | None] = [None] * len(requests)
+        for i, request in enumerate(requests):
+            problems = _structure(request)
+            if problems:
+                results[i] = InvalidForm(problems)
+        pending = [i for i, r in enumerate(results) if r is None]
+        keys = await self.devices.get_many(sorted({requests[i].form.device_id for i in pending}))
+        jobs: list[int] = []
+        for i in pending:
+            device_id = requests[i].form.device_id
+            if device_id not in keys:
+                results[i] = Unauthenticated(
+                    f"unknown or revoked device {device_id!r}: enroll the device with `suara device enroll` "
+                    "(or the EnrollDevice RPC) before it submits"
+                )
+            else:
+                jobs.append(i)
+        verdicts = await asyncio.get_running_loop().run_in_executor(
+            self.executor,
+            _verify_all,
+            [
+                (
+                    keys[requests[i].form.device_id].public_key,
+                    requests[i].form.payload,
+                    requests[i].form.signature,
+                )
+                for i in jobs
+            ],
+        )
+        for i, ok in zip(jobs, verdicts, strict=True):
+            device = keys[requests[i].form.device_id]
+            if not ok:
+                results[i] = Unauthenticated(
+                    f"the signature does not verify with device {device.device_id}'s key: "
+                    "the payload was altered, or it was signed with another key"
+                )
+                continue
+            results[i] = await self._check_form(requests[i], device)
+        return [r for r in results if r is not None]
+
+    async def _check_form(self, request: tally_pb2.SubmitRequest, device: DeviceRecord) -> Prepared | TallyError:
+        payload = request.form.payload
+        try:
+            form = form_pb2.CHasilForm.FromString(payload)
+        except DecodeError:
+            return InvalidForm([FieldProblem("form.payload", "is not a serialized suara.v1.CHasilForm")])
+        if form.tps != device.tps:
+            return PermissionDenied(
+                f"device {device.device_id} is enrolled for TPS {device.tps} and may not submit for TPS {form.tps!r}"
+            )
+        contest = await self.catalog.contest(form.contest)
+        malformed = find_malformed(form, contest=contest, tps_known=await self.catalog.tps_known(form.tps))
+        problems = [FieldProblem(v.field, v.description) for v in malformed]
+        photo_hashes = list(form.photo_sha256)
+        photos, photo_problems = check_photos([p.content for p in request.photos], photo_hashes, self.photo_max_bytes)
+        problems.extend(photo_problems)
+        if problems:
+            return InvalidForm(problems)
+        return Prepared(
+            tps=form.tps,
+            contest=form.contest,
+            version=form.version,
+            payload=payload,
+            payload_sha256=hashlib.sha256(payload).digest(),
+            signature=request.form.signature,
+            device_id=device.device_id,
+            failed_checks=find_inconsistencies(form),
+            counts=counts_of(form),
+            photo_sha256=photo_hashes,
+            photos=photos,
+        )

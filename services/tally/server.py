@@ -1,0 +1,310 @@
+"""The tally gRPC service: wiring of intake, admission and group commit behind the API."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import asyncpg
+import grpc
+import structlog
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.tally.admission import DatabaseGate, InFlight
+from services.tally.committer import CONFLICT, GroupCommitter, Receipt, Result
+from services.tally.credentials import AdminTokens, DeviceKeys, DeviceRecord, enroll_device
+from services.tally.errors import (
+    Conflict,
+    InvalidForm,
+    NotFound,
+    PermissionDenied,
+    TallyError,
+    Unauthenticated,
+)
+from services.tally.intake import Catalog, Intake
+from services.tally.queries import QUERIES
+from suara.election import signing
+from suara.runtime.database import CONNECTION_ERRORS, create_pool
+from suara.runtime.errors import FieldProblem
+from suara.runtime.grpc_server import Server, create_server, serve_until_signal
+from suara.runtime.settings import Settings
+from suara.v1 import tally_pb2, tally_pb2_grpc
+
+log = structlog.stdlib.get_logger("suara.tally")
+
+MAX_BATCH_ITEMS = 1000
+SERVICE_NAME = tally_pb2.DESCRIPTOR.services_by_name["Tally"].full_name
+
+_STATUS = {
+    ("ACCEPTED", True): tally_pb2.CURRENT,
+    ("QUARANTINED", True): tally_pb2.CURRENT_QUARANTINED,
+    ("ACCEPTED", False): tally_pb2.REPLACED,
+    ("QUARANTINED", False): tally_pb2.REPLACED,
+    ("SUPERSEDED", False): tally_pb2.HISTORY,
+}
+
+
+def receipt_pb(receipt: Receipt) -> tally_pb2.Receipt:
+    ts = Timestamp()
+    ts.FromDatetime(receipt.received_at)
+    return tally_pb2.Receipt(
+        submission_id=receipt.submission_id,
+        payload_sha256=receipt.payload_sha256.hex(),
+        chain_position=receipt.chain_position,
+        chain_hash=receipt.chain_hash.hex(),
+        server_time=ts,
+    )
+
+
+def conflict_error(result: Result) -> Conflict:
+    return Conflict(
+        f"version already stored with a different payload (submission {result.receipt.submission_id}, "
+        f"sha256 {result.receipt.payload_sha256.hex()}); the original is kept. Submit a correction with a "
+        f"version above {result.current_version}"
+    )
+
+
+def submission_pb(row: asyncpg.Record) -> tally_pb2.Submission:
+    receipt = Receipt(
+        str(row["id"]),
+        bytes(row["payload_sha256"]),
+        row["chain_position"],
+        bytes(row["chain_hash"]),
+        row["received_at"],
+    )
+    return tally_pb2.Submission(
+        receipt=receipt_pb(receipt),
+        tps=row["tps"],
+        contest=row["contest"],
+        version=row["version"],
+        outcome=tally_pb2.Outcome.Value(row["outcome"]),
+        status=_STATUS[(row["outcome"], row["is_current"])],
+        failed_checks=row["failed_checks"],
+        device_id=row["device_id"],
+        payload=bytes(row["payload"]),
+        signature=bytes(row["signature"]),
+        photo_sha256=row["photo_sha256"],
+    )
+
+
+class TallyService(tally_pb2_grpc.TallyServicer):
+    def __init__(self, pool: asyncpg.Pool, catalog: Catalog, settings: Settings) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.server: Server | None = None
+        self.gate = DatabaseGate(pool, settings.retry_after_ms, on_change=self._db_changed)
+        self.in_flight = InFlight(settings.max_in_flight, settings.retry_after_ms)
+        self.executor = ThreadPoolExecutor(settings.verify_threads, thread_name_prefix="verify")
+        self.devices = DeviceKeys(pool)
+        self.admins = AdminTokens(pool)
+        self.intake = Intake(self.devices, catalog, self.executor, settings.photo_max_bytes)
+        self.committer = GroupCommitter(pool, self.gate, settings.commit_batch_max, settings.commit_wait_s)
+
+    async def _db_changed(self, available: bool) -> None:
+        if self.server is not None:
+            await self.server.set_serving(available)
+
+    async def _store(self, requests: list[tally_pb2.SubmitRequest]) -> list[Result | TallyError]:
+        """Admit, prepare and commit; one result per request, in order."""
+        self.gate.check()
+        self.in_flight.acquire(len(requests))
+        try:
+            try:
+                prepared = await self.intake.prepare(requests)
+            except CONNECTION_ERRORS as exc:
+                self.gate.mark_down(exc)
+                raise self.gate.error() from exc
+            ready = [p for p in prepared if not isinstance(p, TallyError)]
+            futures = iter(self.committer.enqueue(ready))
+            waits = [None if isinstance(p, TallyError) else next(futures) for p in prepared]
+            pending = [f for f in waits if f is not None]
+            if pending:
+                # One deadline for the whole call; past it the caller is told UNAVAILABLE (not stored as far
+                # as it knows), and a resend is answered DUPLICATE if the commit did land after all.
+                await asyncio.wait(pending, timeout=self.settings.commit_wait_s)
+            outcomes: list[Result | TallyError] = []
+            for p, fut in zip(prepared, waits, strict=True):
+                if fut is None:
+                    assert isinstance(p, TallyError)
+                    outcomes.append(p)
+                elif not fut.done():
+                    outcomes.append(self.gate.error())
+                elif isinstance(fut.exception(), TallyError):
+                    outcomes.append(fut.exception())  # type: ignore[arg-type]
+                else:
+                    outcomes.append(fut.result())
+            return outcomes
+        finally:
+            self.in_flight.release(len(requests))
+
+    async def Submit(
+        self, request: tally_pb2.SubmitRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> tally_pb2.SubmitResponse:
+        (result,) = await self._store([request])
+        if isinstance(result, TallyError):
+            raise result
+        if result.outcome == CONFLICT:
+            raise conflict_error(result)
+        return tally_pb2.SubmitResponse(
+            outcome=tally_pb2.Outcome.Value(result.outcome),
+            receipt=receipt_pb(result.receipt),
+            failed_checks=result.failed_checks,
+            current_version=result.current_version,
+        )
+
+    async def SubmitBatch(
+        self, request: tally_pb2.SubmitBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> tally_pb2.SubmitBatchResponse:
+        if len(request.items) > MAX_BATCH_ITEMS:
+            raise InvalidForm(
+                [
+                    FieldProblem(
+                        "items",
+                        f"at most {MAX_BATCH_ITEMS} forms per batch, got {len(request.items)}; split it",
+                    )
+                ]
+            )
+        results = await self._store(list(request.items))
+        response = tally_pb2.SubmitBatchResponse()
+        for index, result in enumerate(results):
+            item = response.results.add(index=index)
+            if isinstance(result, TallyError):
+                item.outcome = tally_pb2.REJECTED
+                item.error.CopyFrom(_item_error(result))
+            elif result.outcome == CONFLICT:
+                item.outcome = tally_pb2.CONFLICT
+                item.error.CopyFrom(_item_error(conflict_error(result)))
+                item.current_version = result.current_version
+            else:
+                item.outcome = tally_pb2.Outcome.Value(result.outcome)
+                item.receipt.CopyFrom(receipt_pb(result.receipt))
+                item.failed_checks.extend(result.failed_checks)
+                item.current_version = result.current_version
+        return response
+
+    async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        self.gate.check()
+        try:
+            return list(await self.pool.fetch(query, *args, timeout=self.settings.commit_wait_s))
+        except CONNECTION_ERRORS as exc:
+            self.gate.mark_down(exc)
+            raise self.gate.error() from exc
+
+    async def GetSubmission(
+        self, request: tally_pb2.GetSubmissionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> tally_pb2.Submission:
+        import uuid
+
+        try:
+            submission_id = uuid.UUID(request.submission_id)
+        except ValueError:
+            raise InvalidForm(
+                [FieldProblem("submission_id", "must be a submission id (a UUID) from a receipt")]
+            ) from None
+        rows = await self._fetch(QUERIES.submission_by_id, submission_id)
+        if not rows:
+            raise NotFound(f"no submission {request.submission_id}")
+        return submission_pb(rows[0])
+
+    async def ListSubmissions(
+        self, request: tally_pb2.ListSubmissionsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> tally_pb2.ListSubmissionsResponse:
+        if len(request.tps) != 13 or not request.tps.isdigit():
+            raise InvalidForm([FieldProblem("tps", f"must be a 13-digit TPS code, got {request.tps!r}")])
+        rows = await self._fetch(QUERIES.submissions_for_tps, request.tps, request.contest)
+        return tally_pb2.ListSubmissionsResponse(submissions=[submission_pb(r) for r in rows])
+
+    async def EnrollDevice(
+        self, request: tally_pb2.EnrollDeviceRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> tally_pb2.EnrollDeviceResponse:
+        await self._require_admin(context)
+        problems = []
+        if not await self.intake.catalog.tps_known(request.tps):
+            problems.append(FieldProblem("tps", f"unknown TPS {request.tps!r}: not in the registry"))
+        if len(request.public_key) != signing.PUBLIC_KEY_BYTES:
+            problems.append(
+                FieldProblem("public_key", f"must be a raw 32-byte Ed25519 key, got {len(request.public_key)} bytes")
+            )
+        if problems:
+            raise InvalidForm(problems)
+        device_id = signing.device_id_for(request.public_key)
+        try:
+            await enroll_device(self.pool, device_id, request.tps, request.public_key, request.label)
+        except ValueError as exc:
+            raise InvalidForm([FieldProblem("public_key", str(exc))]) from None
+        self.devices.remember(DeviceRecord(device_id, request.tps, request.public_key))
+        return tally_pb2.EnrollDeviceResponse(device_id=device_id, tps=request.tps)
+
+    async def _require_admin(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        metadata = dict(context.invocation_metadata() or ())
+        auth = str(metadata.get("authorization", ""))
+        if not auth.startswith("Bearer "):
+            raise Unauthenticated("this call needs an admin credential: metadata `authorization: Bearer <token>`")
+        if not await self.admins.is_valid(auth.removeprefix("Bearer ").strip()):
+            raise PermissionDenied("the admin credential is not valid (unknown or revoked); see `suara admin init`")
+
+    async def close(self) -> None:
+        await self.committer.close()
+        await self.gate.close()
+        self.executor.shutdown(wait=False)
+
+
+def _item_error(error: TallyError) -> tally_pb2.ItemError:
+    return tally_pb2.ItemError(
+        code=error.code.value[0],
+        message=error.message,
+        field_violations=[tally_pb2.FieldViolation(field=v.field, description=v.description) for v in error.violations],
+    )
+
+
+class TallyApp:
+    """A running tally: pool, service and gRPC server. `start()` then `stop()`."""
+
+    def __init__(self, server: Server, port: int, service: TallyService, pool: asyncpg.Pool) -> None:
+        self.server = server
+        self.port = port
+        self.service = service
+        self.pool = pool
+
+    @classmethod
+    async def create(cls, settings: Settings, database_url: str) -> TallyApp:
+        pool = await create_pool(database_url, size=settings.db_pool_size, application="suara-tally")
+        catalog = await Catalog.load(pool)
+        service = TallyService(pool, catalog, settings)
+        server, port = create_server(
+            lambda s: tally_pb2_grpc.add_TallyServicer_to_server(service, s),
+            [SERVICE_NAME],
+            host=settings.tally_host,
+            port=settings.tally_port,
+        )
+        service.server = server
+        return cls(server, port, service, pool)
+
+    async def start(self) -> None:
+        self.service.committer.start()
+        await self.server.start()
+        log.info(
+            "tally_serving",
+            address=f"{self.service.settings.tally_host}:{self.port}",
+            tps=len(self.service.intake.catalog.tps),
+            contests=sorted(self.service.intake.catalog.contests),
+        )
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self.server.stop(grace)
+        await self.service.close()
+        await self.pool.close()
+
+
+async def serve(settings: Settings, database_url: str) -> None:
+    app = await TallyApp.create(settings, database_url)
+    app.service.committer.start()
+
+    async def on_stop() -> None:
+        await app.service.close()
+        await app.pool.close()
+        log.info("tally_stopped")
+
+    log.info("tally_starting", address=f"{settings.tally_host}:{app.port}")
+    await serve_until_signal(app.server, settings.shutdown_grace_s, on_stop)

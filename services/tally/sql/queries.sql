@@ -1,0 +1,70 @@
+-- name: lock_chain_head
+SELECT position, hash FROM tally.chain_head WHERE singleton FOR UPDATE;
+
+-- name: set_chain_head
+UPDATE tally.chain_head SET position = $1, hash = $2 WHERE singleton;
+
+-- name: existing_for_keys
+-- The stored submissions with exactly these keys, and the current version of each (tps, contest).
+SELECT k.tps, k.contest, k.version, s.id, s.payload_sha256, s.outcome, s.failed_checks,
+       s.chain_position, s.chain_hash, s.received_at, c.version AS current_version
+FROM unnest($1::text[], $2::text[], $3::bigint[]) AS k (tps, contest, version)
+LEFT JOIN tally.submission s USING (tps, contest, version)
+LEFT JOIN tally.current c ON c.tps = k.tps AND c.contest = k.contest;
+
+-- name: upsert_current
+INSERT INTO tally.current (tps, contest, version, submission_id)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::uuid[])
+ON CONFLICT (tps, contest) DO UPDATE
+    SET version = EXCLUDED.version, submission_id = EXCLUDED.submission_id
+    WHERE tally.current.version < EXCLUDED.version;
+
+-- name: insert_photos
+INSERT INTO tally.photo (sha256, content_type, size, content)
+SELECT * FROM unnest($1::text[], $2::text[], $3::integer[], $4::bytea[])
+ON CONFLICT (sha256) DO NOTHING;
+
+-- name: insert_alarms
+INSERT INTO tally.alarm (kind, tps, contest, version, detail)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::jsonb[]);
+
+-- name: device_keys
+SELECT device_id, tps, public_key FROM tally.device
+WHERE device_id = ANY($1::text[]) AND revoked_at IS NULL;
+
+-- name: enroll_device
+-- Enrolling the same key for the same TPS again is a no-op that returns the device.
+INSERT INTO tally.device (device_id, tps, public_key, label) VALUES ($1, $2, $3, $4)
+ON CONFLICT (device_id) DO UPDATE SET label = tally.device.label
+RETURNING device_id, tps;
+
+-- name: admin_token_valid
+SELECT EXISTS (
+    SELECT 1 FROM tally.admin_credential WHERE token_sha256 = $1 AND revoked_at IS NULL
+);
+
+-- name: insert_admin_credential
+INSERT INTO tally.admin_credential (id, token_sha256, label) VALUES ($1, $2, $3);
+
+-- name: submission_by_id
+SELECT s.*, (c.submission_id IS NOT NULL) AS is_current
+FROM tally.submission s
+LEFT JOIN tally.current c ON c.submission_id = s.id
+WHERE s.id = $1;
+
+-- name: submissions_for_tps
+SELECT s.*, (c.submission_id IS NOT NULL) AS is_current
+FROM tally.submission s
+LEFT JOIN tally.current c ON c.submission_id = s.id
+WHERE s.tps = $1 AND ($2 = '' OR s.contest = $2)
+ORDER BY s.contest, s.version;
+
+-- name: chain_records
+-- For `suara audit verify`: the whole chain in order, with each signer's key.
+SELECT s.id, s.chain_position, s.chain_hash, s.payload, s.payload_sha256, s.signature, s.outcome,
+       s.received_at, s.tps, s.contest, s.version, d.public_key
+FROM tally.submission s JOIN tally.device d USING (device_id)
+ORDER BY s.chain_position;
+
+-- name: chain_head
+SELECT position, hash FROM tally.chain_head WHERE singleton;

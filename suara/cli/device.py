@@ -1,0 +1,53 @@
+"""`suara device enroll`: give a TPS device its signing key."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from suara.runtime.database import connect, database_url
+from suara.runtime.settings import Settings
+
+
+def add_parser(sub: Any) -> None:
+    device = sub.add_parser("device", help="TPS device keys")
+    dsub = device.add_subparsers(dest="device_command", metavar="ACTION", required=True)
+    p = dsub.add_parser(
+        "enroll",
+        help="create an Ed25519 key for a TPS device and register its public key",
+        description=(
+            "Create an Ed25519 key pair for a TPS device, register the public key with tally (bound to\n"
+            "that TPS) and write the private key to a file the device keeps (mode 0600, never overwritten)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--tps", required=True, help="the 13-digit TPS code the device serves")
+    p.add_argument("--out", type=Path, help="key file to write (default: ./TPS-DEVICEID.key.json)")
+    p.add_argument("--label", default="", help="a note, e.g. the officer or the phone")
+    p.set_defaults(handler=run_enroll)
+
+
+async def run_enroll(args: argparse.Namespace, settings: Settings) -> int:
+    from services.tally.credentials import enroll_device
+    from suara.election.signing import DeviceKey
+    from suara.registry.catalog import tps_exists
+
+    key = DeviceKey.generate(args.tps)
+    out: Path = args.out or Path(f"{args.tps}-{key.device_id}.key.json")
+    if out.exists():  # noqa: ASYNC240  (one stat before any I/O of consequence)
+        print(f"{out} exists; a device key is never overwritten. Choose another --out.", file=sys.stderr)
+        return 2
+    with database_url(settings) as url:
+        async with connect(url) as conn:
+            if await tps_exists(conn, args.tps) is None:
+                print(
+                    f"unknown TPS {args.tps!r}: it is not in the registry (see `suara registry show`)",
+                    file=sys.stderr,
+                )
+                return 2
+            await enroll_device(conn, key.device_id, args.tps, key.public_key, args.label)
+    key.save(out)
+    print(f"device {key.device_id} enrolled for TPS {args.tps}; private key written to {out}")
+    return 0

@@ -1,0 +1,15 @@
+"""Typed async stubs for the suara.v1 services."""
+
+from __future__ import annotations
+
+from typing import cast
+
+import grpc
+
+from suara.v1 import tally_pb2_grpc
+
+
+def tally_stub(channel: grpc.aio.Channel) -> tally_pb2_grpc.TallyAsyncStub:
+    # mypy-protobuf's __new__ overloads resolve an aio channel to the sync stub under
+    # types-grpcio; at runtime the stub is the same object either way.
+    return cast(tally_pb2_grpc.TallyAsyncStub, tally_pb2_grpc.TallyStub(channel))  # type: ignore[redundant-cast]

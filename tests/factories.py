@@ -1,0 +1,81 @@
+"""Building forms in tests: a consistent form from a few numbers, then mutate what a test needs.
+
+The arithmetic here is the design's rules written out plainly (the oracle),
+independent of suara.election.checks.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from suara.election.signing import DeviceKey
+from suara.v1 import form_pb2, tally_pb2
+
+
+def consistent_form(
+    tps: str,
+    contest: str,
+    choices: list[str],
+    version: int = 1,
+    *,
+    seed: int = 0,
+    dpt: int = 250,
+) -> form_pb2.CHasilForm:
+    """A form that passes every check: votes split at random, every identity holding."""
+    rng = random.Random(f"{tps}:{contest}:{version}:{seed}")
+    dpt_l = rng.randint(0, dpt)
+    users_dpt = rng.randint(len(choices), dpt * 9 // 10)
+    users_dpt_l = rng.randint(0, min(users_dpt, dpt_l))
+    dptb, dptb_l = rng.randint(0, 5), 0
+    dpk, dpk_l = rng.randint(0, 5), 0
+    users = users_dpt + dptb + dpk
+    total = rng.randint(users // 2, users)
+    invalid = rng.randint(0, min(10, total))
+    valid = total - invalid
+    votes: dict[str, int] = {}
+    left = valid
+    for i, choice in enumerate(choices):
+        n = left if i == len(choices) - 1 else rng.randint(0, left)
+        votes[choice] = n
+        left -= n
+    form = form_pb2.CHasilForm(tps=tps, contest=contest, version=version, votes=votes)
+    form.suara_sah = valid
+    form.suara_tidak_sah = invalid
+    form.suara_total = total
+    for name, j, l in (
+        ("pemilih_dpt", dpt, dpt_l),
+        ("pengguna_dpt", users_dpt, users_dpt_l),
+        ("pengguna_dptb", dptb, dptb_l),
+        ("pengguna_non_dpt", dpk, dpk_l),
+        ("pengguna_total", users, users_dpt_l + dptb_l + dpk_l),
+    ):
+        triple = getattr(form, name)
+        triple.j, triple.l, triple.p = j, l, j - l
+    return form
+
+
+def signed(key: DeviceKey, form: form_pb2.CHasilForm, photos: Sequence[bytes] = ()) -> tally_pb2.SubmitRequest:
+    payload = form.SerializeToString()
+    return tally_pb2.SubmitRequest(
+        form=form_pb2.SignedForm(payload=payload, signature=key.sign(payload), device_id=key.device_id),
+        photos=[tally_pb2.Photo(content=p) for p in photos],
+    )
+
+
+@dataclass(frozen=True)
+class Station:
+    """A TPS with its enrolled device key."""
+
+    tps: str
+    key: DeviceKey
+
+
+# Smallest valid images, by their magic numbers; the content after it varies per test.
+def jpeg(tag: bytes = b"") -> bytes:
+    return b"\xff\xd8\xff\xe0" + b"\x00\x10JFIF\x00" + tag + b"\xff\xd9"
+
+
+def png(tag: bytes = b"") -> bytes:
+    return b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + tag

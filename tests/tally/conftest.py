@@ -1,0 +1,66 @@
+"""A running tally per test, on a free port, against the test's own database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+
+import asyncpg
+import grpc
+import pytest
+
+from services.tally.credentials import enroll_device
+from services.tally.server import TallyApp
+from suara.client.stubs import tally_stub
+from suara.election.signing import DeviceKey
+from suara.runtime.settings import Settings
+from suara.v1 import tally_pb2_grpc
+from tests.factories import Station
+
+BASE_SETTINGS = Settings(tally_port=0, commit_wait_s=5.0, log_format="console")
+
+
+@dataclass
+class Tally:
+    app: TallyApp
+    channel: grpc.aio.Channel
+    stub: tally_pb2_grpc.TallyAsyncStub
+    db: asyncpg.Connection
+    db_url: str
+    contests: dict[str, list[str]]  # contest id -> choice ids
+    tps_codes: list[str]
+
+    async def station(self, tps: str | None = None) -> Station:
+        tps = tps or self.tps_codes.pop()
+        key = DeviceKey.generate(tps)
+        await enroll_device(self.db, key.device_id, tps, key.public_key, "test")
+        return Station(tps, key)
+
+    async def count(self, table: str) -> int:
+        return int(await self.db.fetchval(f"SELECT count(*) FROM tally.{table}"))
+
+
+async def start_tally(db_url: str, db: asyncpg.Connection, settings: Settings = BASE_SETTINGS) -> Tally:
+    app = await TallyApp.create(settings, db_url)
+    await app.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
+    rows = await db.fetch("SELECT contest, id FROM registry.choice ORDER BY contest, nomor_urut")
+    contests: dict[str, list[str]] = {}
+    for r in rows:
+        contests.setdefault(r["contest"], []).append(r["id"])
+    # National TPS outside DKI Jakarta, so province-scoped contests can be tested as "not held here".
+    tps = [r["code"] for r in await db.fetch("SELECT code FROM registry.tps WHERE code NOT LIKE '31%' ORDER BY code")]
+    return Tally(app, channel, tally_stub(channel), db, db_url, contests, tps)
+
+
+@pytest.fixture
+async def tally(db_url: str, db: asyncpg.Connection) -> AsyncIterator[Tally]:
+    t = await start_tally(db_url, db)
+    yield t
+    await t.channel.close()
+    await t.app.stop(grace=1.0)
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return replace(BASE_SETTINGS)

@@ -1,0 +1,54 @@
+"""Form photos: checked by content, size-limited, bound to the signed form, stored once by SHA-256."""
+
+from __future__ import annotations
+
+import hashlib
+
+import grpc
+import pytest
+
+from suara.v1 import tally_pb2
+from tests.factories import consistent_form, jpeg, png, signed
+from tests.tally.conftest import Tally
+from tests.tally.helpers import bad_fields
+
+
+async def test_photos_are_stored_content_addressed_once(tally: Tally) -> None:
+    photos = [jpeg(b"one"), png(b"two")]
+    hashes = [hashlib.sha256(p).hexdigest() for p in photos]
+    st = await tally.station()
+    for version in (1, 2):  # the second version carries the same photos again
+        form = consistent_form(st.tps, "ppwp", tally.contests["ppwp"], version=version)
+        form.photo_sha256.extend(hashes)
+        response = await tally.stub.Submit(signed(st.key, form, photos))
+        assert response.outcome == tally_pb2.ACCEPTED
+    rows = await tally.db.fetch("SELECT sha256, content_type, content FROM tally.photo ORDER BY content_type")
+    assert [(r["sha256"], r["content_type"], bytes(r["content"])) for r in rows] == [
+        (hashes[0], "image/jpeg", photos[0]),
+        (hashes[1], "image/png", photos[1]),
+    ]
+
+
+async def test_bad_photos_are_refused_naming_each(tally: Tally) -> None:
+    st = await tally.station()
+    not_image = b"GIF89a not allowed"
+    unlisted = jpeg(b"not in the signed form")
+    listed = [hashlib.sha256(not_image).hexdigest()]
+    form = consistent_form(st.tps, "ppwp", tally.contests["ppwp"])
+    form.photo_sha256.extend(listed)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await tally.stub.Submit(signed(st.key, form, [not_image, unlisted]))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_fields(err.value) == ["photos[0].content", "photos[1].content"]
+    assert await tally.count("submission") == 0
+    assert await tally.count("photo") == 0
+
+
+async def test_oversized_photo_is_refused(tally: Tally) -> None:
+    st = await tally.station()
+    big = jpeg(b"x" * (tally.app.service.settings.photo_max_bytes + 1))
+    form = consistent_form(st.tps, "ppwp", tally.contests["ppwp"])
+    form.photo_sha256.append(hashlib.sha256(big).hexdigest())
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await tally.stub.Submit(signed(st.key, form, [big]))
+    assert bad_fields(err.value) == ["photos[0].content"]

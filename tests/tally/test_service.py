@@ -1,0 +1,152 @@
+"""The service around the API: health, reflection, overload, graceful shutdown, logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+
+import asyncpg
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from suara.v1 import tally_pb2
+from tests.factories import consistent_form, signed
+from tests.tally.conftest import BASE_SETTINGS, Tally, start_tally
+
+
+async def _health(channel: grpc.aio.Channel, service: str = "suara.v1.Tally") -> int:
+    stub = health_pb2_grpc.HealthStub(channel)
+    response = await stub.Check(health_pb2.HealthCheckRequest(service=service))
+    return int(response.status)
+
+
+async def test_health_and_reflection(tally: Tally) -> None:
+    assert await _health(tally.channel) == health_pb2.HealthCheckResponse.SERVING
+    assert await _health(tally.channel, "") == health_pb2.HealthCheckResponse.SERVING
+    stub = reflection_pb2_grpc.ServerReflectionStub(tally.channel)
+
+    async def requests() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
+        yield reflection_pb2.ServerReflectionRequest(list_services="")
+
+    async for response in stub.ServerReflectionInfo(requests()):
+        names = {s.name for s in response.list_services_response.service}
+        assert {"suara.v1.Tally", "grpc.health.v1.Health"} <= names
+
+
+class ChainLock:
+    """Hold tally's chain-head row lock from outside, so commits wait until released."""
+
+    def __init__(self, db_url: str) -> None:
+        self.db_url = db_url
+
+    async def __aenter__(self) -> ChainLock:
+        self.conn = await asyncpg.connect(self.db_url)
+        self.tx = self.conn.transaction()
+        await self.tx.start()
+        await self.conn.execute("SELECT 1 FROM tally.chain_head FOR UPDATE")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.tx.rollback()
+        await self.conn.close()
+
+    async def waiters(self) -> int:
+        return int(
+            await self.conn.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'")
+        )
+
+
+async def _until(predicate: Callable[[], Awaitable[bool]], limit_s: float = 10.0) -> None:
+    """Wait for a condition only the database can tell us about (lock waits have no event to await)."""
+    deadline = asyncio.get_running_loop().time() + limit_s
+    while not await predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_overload_is_refused_with_a_retry_hint(db_url: str, db: asyncpg.Connection) -> None:
+    t = await start_tally(db_url, db, replace(BASE_SETTINGS, max_in_flight=2, retry_after_ms=321))
+    try:
+        stations = [await t.station() for _ in range(3)]
+        requests = [signed(s.key, consistent_form(s.tps, "ppwp", t.contests["ppwp"])) for s in stations]
+        async with ChainLock(db_url) as lock:
+            first = asyncio.ensure_future(t.stub.Submit(requests[0]))
+            second = asyncio.ensure_future(t.stub.Submit(requests[1]))
+
+            async def two_in_flight() -> bool:
+                return t.app.service.in_flight.current == 2
+
+            await _until(two_in_flight)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await t.stub.Submit(requests[2])
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert dict(err.value.trailing_metadata() or ())["retry-after-ms"] == "321"
+            assert lock is not None
+        # Released: the admitted calls complete, and the refused one goes through when resent.
+        assert (await first).outcome == tally_pb2.ACCEPTED
+        assert (await second).outcome == tally_pb2.ACCEPTED
+        assert (await t.stub.Submit(requests[2])).outcome == tally_pb2.ACCEPTED
+    finally:
+        await t.channel.close()
+        await t.app.stop(1.0)
+
+
+async def test_graceful_shutdown_says_not_serving_then_finishes_in_flight_calls(
+    db_url: str, db: asyncpg.Connection
+) -> None:
+    t = await start_tally(db_url, db)
+    try:
+        st = await t.station()
+        request = signed(st.key, consistent_form(st.tps, "ppwp", t.contests["ppwp"]))
+        watcher = health_pb2_grpc.HealthStub(t.channel).Watch(health_pb2.HealthCheckRequest(service="suara.v1.Tally"))
+        assert (await watcher.read()).status == health_pb2.HealthCheckResponse.SERVING
+        async with ChainLock(db_url) as lock:
+            call = asyncio.ensure_future(t.stub.Submit(request))
+
+            async def committing() -> bool:
+                return await lock.waiters() > 0
+
+            await _until(committing)
+            stopping = asyncio.ensure_future(t.app.server.stop(grace=10.0))
+            assert (await watcher.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            watcher.cancel()  # an open watch is itself an in-flight call the grace period would wait for
+            assert not call.done()
+        response = await call  # the lock is gone: the in-flight call finishes normally
+        assert response.outcome == tally_pb2.ACCEPTED
+        await stopping
+        assert await t.count("submission") == 1
+    finally:
+        await t.channel.close()
+        await t.app.stop(0.1)
+
+
+async def test_logs_are_json_with_request_context(tally: Tally, caplog: pytest.LogCaptureFixture) -> None:
+    from suara.runtime.logging import configure_logging
+
+    configure_logging("info", "json", service="tally-test")
+    records: list[str] = []
+    handler = logging.getLogger().handlers[0]
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(handler.format(record))
+
+    capture = Capture()
+    logging.getLogger().addHandler(capture)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await tally.stub.Submit(tally_pb2.SubmitRequest(), metadata=(("x-request-id", "req-42"),))
+    finally:
+        logging.getLogger().removeHandler(capture)
+    lines = [json.loads(r) for r in records]
+    errors = [line for line in lines if line.get("event") == "rpc_error"]
+    assert errors, lines
+    assert errors[0]["request_id"] == "req-42"
+    assert errors[0]["method"] == "/suara.v1.Tally/Submit"
+    assert errors[0]["code"] == "INVALID_ARGUMENT"
+    assert errors[0]["service"] == "tally-test"
