@@ -71,12 +71,12 @@ class DatabaseGate:
             return
         self.available = False
         log.error("database_unreachable", error=repr(exc))
-        self._pool.expire_connections()  # every pooled connection may be dead now
         self._probe = asyncio.create_task(self._wait_for_database())
         if self._on_change is not None:
             self._notify = asyncio.create_task(self._on_change(False))
 
     async def _wait_for_database(self) -> None:
+        await self._pool.expire_connections()  # every pooled connection may be dead now
         while True:
             await asyncio.sleep(self.PROBE_INTERVAL_S)
             try:

@@ -36,6 +36,11 @@ def link_hash(previous: bytes, record: ChainRecord) -> bytes:
     h.update(b"suara.chain.v1")
     h.update(_field(previous))
     h.update(struct.pack(">QQ", record.position, micros))
-    for part in (record.submission_id.encode(), record.payload_sha256, record.signature, record.outcome.encode()):
+    for part in (
+        record.submission_id.encode(),
+        record.payload_sha256,
+        record.signature,
+        record.outcome.encode(),
+    ):
         h.update(_field(part))
     return h.digest()

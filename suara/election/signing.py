@@ -63,7 +63,12 @@ class DeviceKey:
     def to_json(self) -> str:
         raw = self.private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
         return json.dumps(
-            {"kind": "suara-device-key", "tps": self.tps, "device_id": self.device_id, "ed25519_private": raw.hex()},
+            {
+                "kind": "suara-device-key",
+                "tps": self.tps,
+                "device_id": self.device_id,
+                "ed25519_private": raw.hex(),
+            },
             indent=2,
         )
 

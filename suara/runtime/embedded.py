@@ -86,9 +86,14 @@ class EmbeddedPostgres:
             fcntl.flock(fh, fcntl.LOCK_EX)
             yield
 
-    def _run(self, exe: str, *args: str, timeout: float = 120) -> str:
+    def _command(self, exe: str, *args: str) -> list[str]:
         cmd = [str(POSTGRES_BIN_PATH / exe), *args]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, user=self._run_as, check=False)
+        # `runuser` rather than subprocess's user=: that option forces a plain fork(), which crashes
+        # in a process whose gRPC threads are running; without it CPython can vfork and exec at once.
+        return ["runuser", "-u", self._run_as, "--", *cmd] if self._run_as else cmd
+
+    def _run(self, exe: str, *args: str, timeout: float = 120) -> str:
+        proc = subprocess.run(self._command(exe, *args), capture_output=True, text=True, timeout=timeout, check=False)
         if proc.returncode != 0:
             log = self.log_file.read_text()[-4000:] if self.log_file.exists() else ""
             raise EmbeddedPostgresError(f"{exe} {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}\n{log}")
@@ -141,10 +146,7 @@ class EmbeddedPostgres:
         if not self.initialized():
             return False
         proc = subprocess.run(
-            [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.pgdata), "status"],
-            capture_output=True,
-            user=self._run_as,
-            check=False,
+            self._command("pg_ctl", "-D", str(self.pgdata), "status"), capture_output=True, check=False
         )
         return proc.returncode == 0
 
@@ -170,6 +172,9 @@ class EmbeddedPostgres:
         except (FileNotFoundError, ValueError):
             return None
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            # As PostgreSQL binds: connections of the previous run in TIME_WAIT must not move the port,
+            # or clients holding the URL (a running tally) would never find the server again.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:

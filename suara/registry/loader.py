@@ -1,0 +1,142 @@
+"""`suara registry load`: replace the whole registry in one transaction.
+
+Readers never see a half-loaded registry: the old rows are deleted and the new
+ones copied in the same transaction, so until it commits every other
+connection keeps reading the old registry (DELETE, not TRUNCATE, which would
+block them instead). A transaction-scoped advisory lock serializes two loads.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from suara.registry.areas import Area, read_areas
+from suara.registry.contests import DEFAULT_PATH, ContestConfigError, read_contests
+from suara.registry.synthetic import Tps, synthetic_tps
+
+_LOCK_KEY = 0x5245474C4F4144  # "REGLOAD"
+_CHUNK = 100_000  # rows per COPY: one progress report each, without slowing the copy
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class LoadSummary:
+    load_id: int
+    areas: int
+    tps: int
+    dpt: int  # total registered voters over all TPS
+    contests: int
+    choices: int
+    synthetic_scale: float | None
+    seed: int | None
+    seconds: float
+
+
+async def load_registry(
+    conn: asyncpg.Connection,
+    *,
+    synthetic_scale: float | None,
+    seed: int = 1,
+    contests_path: Path | None = None,
+    progress: Progress | None = None,
+) -> LoadSummary:
+    """Load the real areas, the contests and (unless `synthetic_scale` is None) a synthetic TPS list.
+
+    `progress(phase, done, total)` is called after each step of each phase:
+    read (areas), generate (TPS), delete (old rows), area, tps, contests, commit.
+    """
+    if not 0 <= seed < 2**63:  # registry.load.seed is a bigint
+        raise ValueError(f"seed must be in [0, 2**63), not {seed}")
+    started = time.perf_counter()
+    report = progress or (lambda phase, done, total: None)
+    # Everything is read and generated before the transaction, to keep it short.
+    areas = read_areas()
+    contests = read_contests(contests_path)
+    _check_scopes([c.scope for c in contests], {a.code for a in areas if a.level <= 2}, contests_path)
+    report("read", len(areas), len(areas))
+    tps: list[Tps] = []
+    if synthetic_scale is not None:
+        tps = synthetic_tps(areas, scale=synthetic_scale, seed=seed)
+        report("generate", len(tps), len(tps))
+
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+        # Children first; choice rows go with their contest (ON DELETE CASCADE).
+        deleted = 0
+        for table in ("tps", "contest", "area"):
+            status = await conn.execute(f"DELETE FROM registry.{table}")
+            deleted += int(status.split()[-1])  # "DELETE <rows>"
+        report("delete", deleted, deleted)
+        await _copy(conn, "area", ("code", "parent", "level", "name"), _area_rows(areas), report)
+        await _copy(conn, "tps", ("code", "desa", "number", "dpt"), tps, report)
+        await conn.copy_records_to_table(
+            "contest",
+            records=[(c.id, c.name, c.scope, c.max_voters_per_tps) for c in contests],
+            columns=("id", "name", "scope", "max_voters_per_tps"),
+            schema_name="registry",
+        )
+        choices = [(c.id, ch.id, ch.nama, ch.nomor_urut, ch.warna) for c in contests for ch in c.choices]
+        await conn.copy_records_to_table(
+            "choice",
+            records=choices,
+            columns=("contest", "id", "nama", "nomor_urut", "warna"),
+            schema_name="registry",
+        )
+        report("contests", len(contests), len(contests))
+        load_id = await conn.fetchval(
+            "INSERT INTO registry.load (synthetic_scale, seed, areas, tps, contests)"
+            " VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            synthetic_scale,
+            seed if synthetic_scale is not None else None,
+            len(areas),
+            len(tps),
+            len(contests),
+        )
+    # Fresh planner statistics, so the first queries after a reload do not
+    # plan for the old table sizes (autovacuum would get there, later).
+    await conn.execute("ANALYZE registry.area, registry.tps")
+    report("commit", 1, 1)
+    return LoadSummary(
+        load_id=int(load_id),
+        areas=len(areas),
+        tps=len(tps),
+        dpt=sum(t.dpt for t in tps),
+        contests=len(contests),
+        choices=len(choices),
+        synthetic_scale=synthetic_scale,
+        seed=seed if synthetic_scale is not None else None,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _area_rows(areas: Sequence[Area]) -> list[tuple[str, str | None, int, str]]:
+    return [(a.code, a.parent, a.level, a.name) for a in areas]
+
+
+async def _copy(
+    conn: asyncpg.Connection,
+    table: str,
+    columns: Sequence[str],
+    rows: Sequence[tuple[Any, ...]],
+    report: Progress,
+) -> None:
+    report(table, 0, len(rows))
+    for start in range(0, len(rows), _CHUNK):
+        chunk = rows[start : start + _CHUNK]
+        await conn.copy_records_to_table(table, records=chunk, columns=columns, schema_name="registry")
+        report(table, start + len(chunk), len(rows))
+
+
+def _check_scopes(scopes: list[str], regions: set[str], path: Path | None) -> None:
+    unknown = sorted({s for s in scopes if s and s not in regions})
+    if unknown:
+        raise ContestConfigError(
+            f"{path or DEFAULT_PATH}: no province or kabupaten/kota with code {', '.join(unknown)}"
+        )
