@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)  ## create .venv and install suara with its dev tools
 
 demo: install  ## start PostgreSQL and the services, feed a small simulated election
-	$(BIN)/suara demo
+	$(BIN)/suara demo $(DEMO_ARGS)
 
 test: install  ## the whole test suite, against real PostgreSQL (embedded unless DATABASE_URL is set)
 	$(BIN)/pytest -n $${PYTEST_WORKERS:-2} $(PYTEST_ARGS)

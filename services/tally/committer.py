@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,12 +37,6 @@ ACCEPTED, QUARANTINED, DUPLICATE, SUPERSEDED, CONFLICT = (
     "SUPERSEDED",
     "CONFLICT",
 )
-
-_SUBMISSION_COLUMNS = [
-    "id", "tps", "contest", "version", "payload", "payload_sha256", "signature", "device_id",
-    "outcome", "failed_checks", "photo_sha256", "chain_position", "chain_hash", "received_at",
-]  # fmt: skip
-_OUTBOX_COLUMNS = ["submission_id", "tps", "contest", "version", "counts", "quarantined", "failed_checks"]
 
 
 @dataclass(frozen=True)
@@ -84,11 +79,24 @@ class GroupCommitter:
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.committed = 0
+        self.writing = 0  # forms in the transaction being written now
+        self.write_seconds = 0.0
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="tally-group-commit")
 
     async def close(self) -> None:
+        log.info(
+            "group_commit_stats",
+            batches=self.batches,
+            forms=self.committed,
+            forms_per_batch=round(self.committed / self.batches, 1) if self.batches else 0,
+            mean_write_ms=round(1000 * self.write_seconds / self.batches, 2) if self.batches else 0,
+        )
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -108,12 +116,15 @@ class GroupCommitter:
             batch = [await self._queue.get()]
             while len(batch) < self._batch_max and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            self.writing = len(batch)
             await self._commit(batch)
+            self.writing = 0
 
     async def _commit(self, batch: list[_Item]) -> None:
         if not self._gate.available:
             self._fail(batch, self._gate.error())
             return
+        started = time.perf_counter()
         try:
             results = await asyncio.wait_for(self._write([i.prepared for i in batch]), self._timeout_s)
         except CONNECTION_ERRORS as exc:
@@ -127,6 +138,7 @@ class GroupCommitter:
             return
         self.batches += 1
         self.committed += len(batch)
+        self.write_seconds += time.perf_counter() - started
         for item, result in zip(batch, results, strict=True):
             if not item.future.done():
                 item.future.set_result(result)
@@ -166,7 +178,6 @@ class GroupCommitter:
             now = datetime.now(UTC)
             results: list[Result] = []
             submissions: list[tuple[object, ...]] = []
-            outbox: list[tuple[object, ...]] = []
             new_current: dict[tuple[str, str], tuple[int, uuid.UUID]] = {}
             photos: dict[str, tuple[str, int, bytes]] = {}
             alarms: list[tuple[str, str, str, int, str]] = []
@@ -194,36 +205,29 @@ class GroupCommitter:
                 submissions.append(
                     (
                         submission_id, p.tps, p.contest, p.version, p.payload, p.payload_sha256, p.signature,
-                        p.device_id, outcome, p.failed_checks, p.photo_sha256, position, previous, now,
+                        p.device_id, outcome, ",".join(p.failed_checks), ",".join(p.photo_sha256), position,
+                        previous, json.dumps(p.counts),
                     )
                 )  # fmt: skip
                 if outcome != SUPERSEDED:
                     new_current[slot] = (p.version, submission_id)
-                    outbox.append(
-                        (
-                            submission_id, p.tps, p.contest, p.version, json.dumps(p.counts),
-                            outcome == QUARANTINED, p.failed_checks,
-                        )
-                    )  # fmt: skip
                 for photo in p.photos:
                     photos[photo.sha256] = (photo.content_type, len(photo.content), photo.content)
                 results.append(Result(outcome, receipt, tuple(p.failed_checks), current[slot]))
 
             if submissions:
-                await conn.copy_records_to_table(
-                    "submission", schema_name="tally", records=submissions, columns=_SUBMISSION_COLUMNS
-                )
-                await conn.execute(QUERIES.set_chain_head, position, previous)
-            if new_current:
+                columns = list(zip(*submissions, strict=True))
                 await conn.execute(
-                    QUERIES.upsert_current,
-                    [s[0] for s in new_current],
-                    [s[1] for s in new_current],
+                    QUERIES.write_batch,
+                    *columns,
+                    now,
+                    [slot[0] for slot in new_current],
+                    [slot[1] for slot in new_current],
                     [v[0] for v in new_current.values()],
                     [v[1] for v in new_current.values()],
+                    position,
+                    previous,
                 )
-            if outbox:
-                await conn.copy_records_to_table("outbox", schema_name="tally", records=outbox, columns=_OUTBOX_COLUMNS)
             if photos:
                 await conn.execute(
                     QUERIES.insert_photos,

@@ -27,9 +27,10 @@ class DeviceRecord:
 class DeviceKeys:
     """Device id → (TPS, public key), looked up in batches and kept in a bounded LRU.
 
-    Concurrent lookups that miss in the same event-loop turn share one query,
-    so a burst of first-time devices costs a few round trips, not one each.
-    Unknown ids are not cached: a device may be enrolled a moment later.
+    Lookups batch like group commit: one query in flight at a time, and every
+    miss that arrives meanwhile joins the next one, so a burst of first-time
+    devices costs a few round trips, not one each. Unknown ids are not cached:
+    a device may be enrolled a moment later.
     """
 
     def __init__(self, pool: asyncpg.Pool, capacity: int = 200_000) -> None:
@@ -37,7 +38,7 @@ class DeviceKeys:
         self._capacity = capacity
         self._cache: OrderedDict[str, DeviceRecord] = OrderedDict()
         self._waiting: dict[str, asyncio.Future[DeviceRecord | None]] = {}
-        self._flush_scheduled = False
+        self._flusher: asyncio.Task[None] | None = None
 
     def remember(self, record: DeviceRecord) -> None:
         self._cache[record.device_id] = record
@@ -59,28 +60,32 @@ class DeviceKeys:
                 fut = loop.create_future()
                 self._waiting[device_id] = fut
             futures[device_id] = fut
-        if futures and not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(lambda: asyncio.ensure_future(self._flush()))
+        if futures and self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_all())
         for device_id, fut in futures.items():
             record = await fut
             if record is not None:
                 found[device_id] = record
         return found
 
-    async def _flush(self) -> None:
-        waiting, self._waiting = self._waiting, {}
-        self._flush_scheduled = False
+    async def _flush_all(self) -> None:
+        try:
+            while self._waiting:
+                waiting, self._waiting = self._waiting, {}
+                await self._flush(waiting)
+        finally:
+            self._flusher = None
+
+    async def _flush(self, waiting: dict[str, asyncio.Future[DeviceRecord | None]]) -> None:
         try:
             rows = await self._pool.fetch(QUERIES.device_keys, list(waiting))
-        except BaseException as exc:
+        except Exception as exc:
             for fut in waiting.values():
                 if not fut.done():
                     fut.set_exception(exc)
             return
         for row in rows:
-            record = DeviceRecord(row["device_id"], row["tps"], bytes(row["public_key"]))
-            self.remember(record)
+            self.remember(DeviceRecord(row["device_id"], row["tps"], bytes(row["public_key"])))
         for device_id, fut in waiting.items():
             if not fut.done():
                 fut.set_result(self._cache.get(device_id))

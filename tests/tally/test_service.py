@@ -150,3 +150,26 @@ async def test_logs_are_json_with_request_context(tally: Tally, caplog: pytest.L
     assert errors[0]["method"] == "/suara.v1.Tally/Submit"
     assert errors[0]["code"] == "INVALID_ARGUMENT"
     assert errors[0]["service"] == "tally-test"
+
+
+async def test_concurrent_submissions_share_transactions(tally: Tally) -> None:
+    """Group commit: calls that arrive while a commit is running go into the next one together."""
+    stations = [await tally.station() for _ in range(50)]
+    requests = [signed(s.key, consistent_form(s.tps, "ppwp", tally.contests["ppwp"])) for s in stations]
+    committer = tally.app.service.committer
+    batches_before = committer.batches
+    async with ChainLock(tally.db_url):
+        calls = [asyncio.ensure_future(tally.stub.Submit(r)) for r in requests]
+
+        async def all_waiting_to_commit() -> bool:
+            return committer.queued + committer.writing == len(requests)
+
+        await _until(all_waiting_to_commit)
+        first_batch = committer.writing
+    responses = await asyncio.gather(*calls)
+    assert all(r.outcome == tally_pb2.ACCEPTED for r in responses)
+    # The first transaction waited on the lock; everything that queued meanwhile shares the next one.
+    assert 1 <= first_batch < len(requests)
+    assert committer.batches - batches_before == 2
+    positions = sorted(r.receipt.chain_position for r in responses)
+    assert positions == list(range(1, 51))

@@ -68,3 +68,36 @@ ORDER BY s.chain_position;
 
 -- name: chain_head
 SELECT position, hash FROM tally.chain_head WHERE singleton;
+
+-- name: write_batch
+-- Everything one group commit writes, in one statement (one round trip): the new
+-- submissions, the outbox rows of those that became current, the current version
+-- of each slot, and the chain head. Arrays are per row; failed_checks and
+-- photo_sha256 travel comma-joined because unnest cannot carry arrays of arrays.
+WITH new AS (
+    SELECT *
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::bytea[], $6::bytea[], $7::bytea[],
+                $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::bytea[], $14::text[])
+        AS n (id, tps, contest, version, payload, payload_sha256, signature,
+              device_id, outcome, failed_checks, photo_sha256, chain_position, chain_hash, counts)
+), submissions AS (
+    INSERT INTO tally.submission (id, tps, contest, version, payload, payload_sha256, signature, device_id,
+                                  outcome, failed_checks, photo_sha256, chain_position, chain_hash, received_at)
+    SELECT id, tps, contest, version, payload, payload_sha256, signature, device_id,
+           outcome, string_to_array(failed_checks, ','), string_to_array(photo_sha256, ','),
+           chain_position, chain_hash, $15::timestamptz
+    FROM new
+), announced AS (
+    INSERT INTO tally.outbox (submission_id, tps, contest, version, counts, quarantined, failed_checks)
+    SELECT id, tps, contest, version, counts::jsonb, outcome = 'QUARANTINED', string_to_array(failed_checks, ',')
+    FROM new
+    WHERE outcome <> 'SUPERSEDED'
+    ORDER BY chain_position
+), currents AS (
+    INSERT INTO tally.current (tps, contest, version, submission_id)
+    SELECT * FROM unnest($16::text[], $17::text[], $18::bigint[], $19::uuid[])
+    ON CONFLICT (tps, contest) DO UPDATE
+        SET version = EXCLUDED.version, submission_id = EXCLUDED.submission_id
+        WHERE tally.current.version < EXCLUDED.version
+)
+UPDATE tally.chain_head SET position = $20, hash = $21 WHERE singleton;

@@ -1,0 +1,57 @@
+"""`make bench`: run the benchmarks, print a table, write bench/results/latest.json."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import asyncpg
+
+from bench import ingest
+from suara.cli.db import migrate_url
+from suara.registry.loader import load_registry
+from suara.runtime.embedded import EmbeddedPostgres
+
+RESULTS = Path(__file__).parent / "results"
+
+
+async def _prepare(url: str) -> None:
+    await migrate_url(url)
+    conn = await asyncpg.connect(url)
+    try:
+        await load_registry(conn, synthetic_scale=0.05, seed=1)
+    finally:
+        await conn.close()
+
+
+def main() -> int:
+    quick = os.environ.get("BENCH_QUICK") == "1"
+    forms = 2000 if quick else 10000
+    with tempfile.TemporaryDirectory(prefix="suara-bench-") as tmp:
+        if os.environ.get("DATABASE_URL"):
+            sys.exit("bench uses its own embedded PostgreSQL (it creates and drops data freely); unset DATABASE_URL")
+        server = EmbeddedPostgres(Path(tmp) / "pgdata")
+        url = server.start()
+        try:
+            print("preparing: migrate, registry at scale 0.05 …", file=sys.stderr)
+            asyncio.run(_prepare(url))
+            print(f"ingest: {forms:,} unary Submit and {forms:,} forms in SubmitBatch …", file=sys.stderr)
+            results = asyncio.run(ingest.run(url, forms=forms, concurrency=64))
+        finally:
+            server.stop("immediate")
+    report = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "quick": quick, **results}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
+    width = max(len(k) for k in report)
+    for key, value in report.items():
+        print(f"{key.ljust(width)}  {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

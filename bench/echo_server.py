@@ -1,0 +1,36 @@
+"""The baseline: a bare grpc.aio server that answers every unary call with a fixed-size reply.
+
+Run as its own process, like tally, so client and server do not share one event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+import grpc
+
+METHOD = "/bench.Echo/Echo"
+
+
+async def main(port: int, reply_size: int) -> None:
+    reply = b"x" * reply_size
+
+    async def echo(request: bytes, context: Any) -> bytes:
+        return reply
+
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Echo",
+        {"Echo": grpc.unary_unary_rpc_method_handler(echo, request_deserializer=None, response_serializer=None)},
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    print("ready", flush=True)
+    await server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))

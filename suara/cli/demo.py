@@ -1,0 +1,193 @@
+"""`suara demo`: the system as it stands, started on this machine with a small simulated election.
+
+It starts PostgreSQL (embedded unless DATABASE_URL), migrates, loads the
+registry, serves tally, enrolls devices through the admin API, sends every TPS
+of a small sample its C.Hasil form — with the resends, corrections and
+inconsistent forms of a real night — verifies the chain, and keeps serving
+until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import random
+import signal
+import sys
+from dataclasses import replace
+from typing import Any
+
+import grpc
+
+from suara.cli.progress import Progress
+from suara.runtime.settings import Settings
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="start what exists of suara and feed it a small simulated election",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--scale", type=float, default=0.001, help="synthetic TPS scale for the registry (default 0.001)")
+    p.add_argument("--forms", type=int, default=400, help="how many TPS send a form (default 400)")
+    p.add_argument("--seed", type=int, default=2024, help="seed of the simulation (default 2024)")
+    p.add_argument("--once", action="store_true", help="stop after the simulation instead of serving until Ctrl-C")
+    p.set_defaults(handler=run_demo)
+
+
+async def run_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from services.tally.credentials import AdminCredential, create_admin_credential
+    from services.tally.server import TallyApp
+    from suara.cli.db import migrate_url
+    from suara.registry.loader import load_registry
+    from suara.runtime.database import connect, database_url
+    from suara.runtime.embedded import free_port
+
+    with database_url(settings) as url:
+        where = "DATABASE_URL" if settings.database_url else f"embedded PostgreSQL in {settings.data_dir}"
+        say(f"database: {where}")
+        applied = await migrate_url(url)
+        say(f"migrations: {len(applied)} applied" if applied else "migrations: up to date")
+        async with connect(url) as conn:
+            tps_count = await conn.fetchval("SELECT count(*) FROM registry.tps")
+            if not tps_count:
+                say(f"registry: loading the real area hierarchy and synthetic TPS at scale {args.scale} …")
+                summary = await load_registry(conn, synthetic_scale=args.scale, seed=args.seed)
+                tps_count = summary.tps
+            say(f"registry: {tps_count:,} TPS")
+            admin_path = settings.data_dir / "admin.key.json"
+            if not admin_path.exists():
+                (await create_admin_credential(conn, "demo")).save(admin_path)
+            admin = AdminCredential.load(admin_path)
+            tps = [
+                r["code"]
+                for r in await conn.fetch("SELECT code FROM registry.tps ORDER BY random() LIMIT $1", args.forms)
+            ]
+            choices = [
+                r["id"]
+                for r in await conn.fetch("SELECT id FROM registry.choice WHERE contest = 'ppwp' ORDER BY nomor_urut")
+            ]
+
+        port = settings.tally_port
+        if port and not _port_free(settings.tally_host, port):
+            port = free_port()
+        app = await TallyApp.create(replace(settings, tally_port=port), url)
+        await app.start()
+        address = f"{settings.tally_host}:{app.port}"
+        say(f"tally: serving gRPC on {address} (health, reflection: try `grpcurl -plaintext {address} list`)")
+        try:
+            outcomes = await simulate(address, admin.token, tps, choices, args.seed)
+            say("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
+            from services.tally.audit import verify_chain
+
+            async with connect(url) as conn:
+                report = await verify_chain(conn)
+            verdict = "OK" if report.ok else "BROKEN"
+            say(f"verification: chain {verdict}, {report.records:,} records, head {report.head_hash[:16]}…")
+            say(f"admin credential: {admin_path}")
+            if not args.once:
+                say("serving until Ctrl-C")
+                await _wait_for_signal()
+        finally:
+            await app.stop(settings.shutdown_grace_s)
+        return 0 if report.ok else 1
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _port_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def simulate(address: str, admin_token: str, tps: list[str], choices: list[str], seed: int) -> dict[str, int]:
+    """One form per TPS, plus what election night brings: resends, corrections, inconsistent forms."""
+    from suara.client.stubs import tally_stub
+    from suara.election.signing import DeviceKey
+    from suara.v1 import form_pb2, tally_pb2
+
+    rng = random.Random(seed)
+    outcomes: collections.Counter[str] = collections.Counter()
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = tally_stub(channel)
+        auth = (("authorization", f"Bearer {admin_token}"),)
+        keys = [DeviceKey.generate(code) for code in tps]
+        progress = Progress("enrolling devices", len(keys))
+        for i, key in enumerate(keys, 1):
+            await stub.EnrollDevice(
+                tally_pb2.EnrollDeviceRequest(tps=key.tps, public_key=key.public_key, label="demo"), metadata=auth
+            )
+            progress.update(i)
+        progress.done(f"{len(keys)} devices")
+
+        def form(key: DeviceKey, version: int, broken: bool) -> tally_pb2.SubmitRequest:
+            f = form_pb2.CHasilForm(tps=key.tps, contest="ppwp", version=version)
+            dpt = rng.randint(150, 300)
+            users = rng.randint(dpt // 2, dpt)
+            invalid = rng.randint(0, 6)
+            left = users - invalid
+            for choice in choices[:-1]:
+                f.votes[choice] = rng.randint(0, left)
+                left -= f.votes[choice]
+            f.votes[choices[-1]] = left
+            f.suara_sah, f.suara_tidak_sah, f.suara_total = users - invalid, invalid, users
+            for triple, j in (("pemilih_dpt", dpt), ("pengguna_dpt", users), ("pengguna_dptb", 0),
+                              ("pengguna_non_dpt", 0), ("pengguna_total", users)):  # fmt: skip
+                getattr(f, triple).j, getattr(f, triple).l, getattr(f, triple).p = j, j // 2, j - j // 2
+            if broken:
+                f.votes[choices[0]] += 7  # an officer's slip: the choices no longer add up to suara_sah
+            payload = f.SerializeToString()
+            return tally_pb2.SubmitRequest(
+                form=form_pb2.SignedForm(payload=payload, signature=key.sign(payload), device_id=key.device_id)
+            )
+
+        progress = Progress("election night", len(keys))
+        done = 0
+
+        async def station(key: DeviceKey) -> None:
+            nonlocal done
+            broken = rng.random() < 0.05
+            first = form(key, 1, broken)
+            sends = [first, first] if rng.random() < 0.1 else [first]  # a lost reply: the device resends
+            if broken or rng.random() < 0.03:
+                sends.append(form(key, 2, False))  # the correction, signed as version 2
+            for request in sends:
+                try:
+                    response = await stub.Submit(request)
+                    outcomes[tally_pb2.Outcome.Name(response.outcome)] += 1
+                except grpc.aio.AioRpcError as err:
+                    outcomes[err.code().name] += 1
+            done += 1
+            progress.update(done)
+
+        sem = asyncio.Semaphore(32)
+
+        async def bounded(key: DeviceKey) -> None:
+            async with sem:
+                await station(key)
+
+        await asyncio.gather(*(bounded(k) for k in keys))
+        progress.done(f"{len(keys)} TPS reported")
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    return dict(outcomes)

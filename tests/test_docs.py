@@ -1,0 +1,33 @@
+"""The README is part of the contract: its configuration table matches the settings, and it shows the two commands."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from suara.runtime.settings import Settings
+
+
+def _readme(repo_root: Path) -> str:
+    return (repo_root / "README.md").read_text()
+
+
+def test_readme_configuration_table_matches_settings(repo_root: Path) -> None:
+    rows = re.findall(r"^\| `([A-Z_]+)` \| (.+?) \| (.+?) \|$", _readme(repo_root), re.MULTILINE)
+    documented = {env: (default.strip("`"), help) for env, default, help in rows}
+    declared = {env: ("(empty)" if default == "" else default, help) for env, default, help in Settings.describe()}
+    assert documented == declared
+
+
+def test_readme_shows_the_two_commands_first(repo_root: Path) -> None:
+    text = _readme(repo_root)
+    first_block = text[text.index("```sh") : text.index("```", text.index("```sh") + 5)]
+    assert "make demo" in first_block and "make test" in first_block
+
+
+def test_every_cli_group_is_in_the_readme(repo_root: Path) -> None:
+    from suara.cli import GROUPS
+
+    text = _readme(repo_root)
+    for group in GROUPS:
+        assert f"`suara {group}" in text, f"README does not mention `suara {group}`"
