@@ -124,10 +124,13 @@ class AdminCredential:
         return cls(data["id"], data["token"])
 
     def save(self, path: Path) -> None:
+        """Write atomically, owner-only: a new file renamed over the old, never the old file's mode."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(self.to_json() + "\n")
+        tmp.replace(path)
 
 
 async def create_admin_credential(conn: asyncpg.Connection, label: str = "") -> AdminCredential:

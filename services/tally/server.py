@@ -299,12 +299,10 @@ class TallyApp:
 
 async def serve(settings: Settings, database_url: str) -> None:
     app = await TallyApp.create(settings, database_url)
-    app.service.committer.start()
 
     async def on_stop() -> None:
         await app.service.close()
         await app.pool.close()
         log.info("tally_stopped")
 
-    log.info("tally_starting", address=f"{settings.tally_host}:{app.port}")
-    await serve_until_signal(app.server, settings.shutdown_grace_s, on_stop)
+    await serve_until_signal(app.start, app.server, settings.shutdown_grace_s, on_stop)

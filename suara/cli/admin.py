@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--out", type=Path, help="where to write it (default: SUARA_DATA_DIR/admin.key.json)")
     p.add_argument("--label", default="", help="a note on who holds it")
+    p.add_argument("--force", action="store_true", help="replace an existing credential file (its token stays valid)")
     p.set_defaults(handler=run_init)
 
 
@@ -31,6 +33,9 @@ async def run_init(args: argparse.Namespace, settings: Settings) -> int:
     from services.tally.credentials import create_admin_credential
 
     out: Path = args.out or settings.data_dir / "admin.key.json"
+    if out.exists() and not args.force:  # noqa: ASYNC240  (one stat before any I/O of consequence)
+        print(f"{out} exists; use it, or pass --force to write a new credential over it", file=sys.stderr)
+        return 2
     with database_url(settings) as url:
         async with connect(url) as conn:
             credential = await create_admin_credential(conn, args.label)

@@ -20,11 +20,25 @@ def add_parser(sub: Any) -> None:
         description="Apply every pending .sql migration of every component, each in its own schema.",
     )
     p.set_defaults(handler=run_migrate)
-    p = dbsub.add_parser("start", help="start the embedded PostgreSQL (no-op with DATABASE_URL) and print its URL")
+    p = dbsub.add_parser(
+        "start",
+        help="start the embedded PostgreSQL (no-op with DATABASE_URL) and print its URL",
+        description="Start the embedded PostgreSQL in SUARA_DATA_DIR/pgdata (initializing it the first time) and "
+        "print its URL. It keeps running until `suara db stop`. With DATABASE_URL set, print that instead.",
+    )
     p.set_defaults(handler=run_start)
-    p = dbsub.add_parser("stop", help="stop the embedded PostgreSQL")
+    p = dbsub.add_parser(
+        "stop",
+        help="stop the embedded PostgreSQL",
+        description="Stop the embedded PostgreSQL in SUARA_DATA_DIR/pgdata (a fast shutdown: sessions are "
+        "rolled back, committed data is kept). Does nothing with DATABASE_URL set.",
+    )
     p.set_defaults(handler=run_stop)
-    p = dbsub.add_parser("url", help="print the database URL suara would use")
+    p = dbsub.add_parser(
+        "url",
+        help="print the database URL suara would use",
+        description="Print DATABASE_URL, or the embedded server's URL when it is running.",
+    )
     p.set_defaults(handler=run_url)
 
 

@@ -39,15 +39,24 @@ async def run_enroll(args: argparse.Namespace, settings: Settings) -> int:
     if out.exists():  # noqa: ASYNC240  (one stat before any I/O of consequence)
         print(f"{out} exists; a device key is never overwritten. Choose another --out.", file=sys.stderr)
         return 2
-    with database_url(settings) as url:
-        async with connect(url) as conn:
-            if await tps_exists(conn, args.tps) is None:
-                print(
-                    f"unknown TPS {args.tps!r}: it is not in the registry (see `suara registry show`)",
-                    file=sys.stderr,
-                )
-                return 2
-            await enroll_device(conn, key.device_id, args.tps, key.public_key, args.label)
-    key.save(out)
+    try:
+        key.save(out)  # the key file first: a device must never be enrolled with a key nobody holds
+    except OSError as exc:
+        print(f"cannot write the key file {out}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        with database_url(settings) as url:
+            async with connect(url) as conn:
+                if await tps_exists(conn, args.tps) is None:
+                    print(
+                        f"unknown TPS {args.tps!r}: it is not in the registry (see `suara registry show`)",
+                        file=sys.stderr,
+                    )
+                    out.unlink()  # noqa: ASYNC240  (undo the key file just written)
+                    return 2
+                await enroll_device(conn, key.device_id, args.tps, key.public_key, args.label)
+    except BaseException:
+        out.unlink(missing_ok=True)  # noqa: ASYNC240  (undo the key file just written)
+        raise
     print(f"device {key.device_id} enrolled for TPS {args.tps}; private key written to {out}")
     return 0

@@ -82,6 +82,8 @@ def add_parser(sub: Any) -> None:
     p = regsub.add_parser(
         "show",
         help="print what the registry holds: areas per level, TPS and DPT totals, contests, last load",
+        description="Print what the registry holds: areas per level, the TPS count and total DPT, every contest "
+        "with its scope and number of choices, and when and how it was last loaded.",
     )
     p.set_defaults(handler=run_show)
 

@@ -156,14 +156,22 @@ class EmbeddedPostgres:
             self.ensure_initialized()
             if self.is_running():
                 return self.url()
-            if port is None:
-                port = self._previous_port() or free_port()
+            chosen = port or self._previous_port()
             self._prepare_permissions()
-            self.port_file.write_text(str(port))
-            self._run(
-                "pg_ctl", "-D", str(self.pgdata), "-l", str(self.log_file), "-w", "-t", "60",
-                "-o", f"-p {port}", "start",
-            )  # fmt: skip
+            for attempt in range(3):
+                self.port_file.write_text(str(chosen or free_port()))
+                try:
+                    self._run(
+                        "pg_ctl", "-D", str(self.pgdata), "-l", str(self.log_file), "-w", "-t", "60",
+                        "-o", f"-p {self.port}", "start",
+                    )  # fmt: skip
+                    break
+                except EmbeddedPostgresError:
+                    # A free port can be taken between choosing it and binding it (parallel test
+                    # workers); choose again unless the caller asked for that port.
+                    if port is not None or attempt == 2 or self.is_running():
+                        raise
+                    chosen = None
             return self.url()
 
     def _previous_port(self) -> int | None:

@@ -142,13 +142,15 @@ def create_server(
     return Server(server, health_servicer, service_names), bound
 
 
-async def serve_until_signal(server: Server, grace: float, on_stop: Callable[[], Awaitable[None]]) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully and run `on_stop`."""
+async def serve_until_signal(
+    start: Callable[[], Awaitable[None]], server: Server, grace: float, on_stop: Callable[[], Awaitable[None]]
+) -> None:
+    """Run `start`, serve until SIGTERM or SIGINT, then shut down gracefully and run `on_stop`."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await server.start()
+    await start()
     await stop.wait()
     log.info("shutting_down", grace_s=grace)
     await server.stop(grace)

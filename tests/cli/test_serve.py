@@ -1,0 +1,198 @@
+"""`suara tally serve` as a real process: it serves, answers, and stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.tally.credentials import enroll_device
+from services.tally.server import SERVICE_NAME
+from suara.client.stubs import tally_stub
+from suara.election.signing import DeviceKey
+from suara.runtime.embedded import free_port
+from suara.runtime.settings import Settings
+from suara.v1 import tally_pb2, tally_pb2_grpc
+from tests.cli.conftest import SUARA, LogTail
+from tests.factories import consistent_form, signed
+
+STARTUP_TIMEOUT_S = 60.0  # bound on the child importing, connecting to PostgreSQL and binding its port
+HEALTH_CHECK_DEADLINE_S = 0.5
+EVENT_TIMEOUT_S = 10.0
+# Reconnect quickly while the child is still starting (gRPC's default first backoff is a whole second).
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
+
+
+@dataclass
+class Served:
+    proc: asyncio.subprocess.Process
+    port: int
+    stub: tally_pb2_grpc.TallyAsyncStub
+    log: LogTail
+
+    async def stop(self, grace_s: float) -> int:
+        """SIGTERM, then the exit status, which must come within the grace period."""
+        self.proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(self.proc.wait(), grace_s)
+        await self.log.finish()
+        return code
+
+
+async def wait_until_serving(channel: grpc.aio.Channel, served: Served) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    request = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STARTUP_TIMEOUT_S
+    # A bounded poll: the child binds its port at a moment we cannot await from outside. Each Check
+    # waits for the connection (wait_for_ready) for at most a short deadline, then asks again.
+    while True:
+        assert served.proc.returncode is None, f"tally exited with {served.proc.returncode}:\n{served.log.text()}"
+        try:
+            response = await health.Check(request, timeout=HEALTH_CHECK_DEADLINE_S, wait_for_ready=True)
+        except grpc.aio.AioRpcError as exc:
+            # NOT_FOUND: listening, but the service's health not set yet.
+            if exc.code() not in (
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                grpc.StatusCode.NOT_FOUND,
+            ):
+                raise
+        else:
+            if response.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        assert loop.time() < deadline, f"tally not SERVING after {STARTUP_TIMEOUT_S}s:\n{served.log.text()}"
+
+
+@contextlib.asynccontextmanager
+async def tally_process(env: dict[str, str], cwd: Path) -> AsyncIterator[Served]:
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        str(SUARA),
+        "tally",
+        "serve",
+        "--port",
+        str(port),
+        env=env,
+        cwd=cwd,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    log = LogTail(proc.stderr)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
+    served = Served(proc, port, tally_stub(channel), log)
+    try:
+        await wait_until_serving(channel, served)
+        yield served
+    finally:
+        await channel.close()
+        if proc.returncode is None:  # the test failed before stopping it
+            proc.kill()
+            await proc.wait()
+        await log.finish()
+
+
+async def _station(db: asyncpg.Connection) -> tuple[DeviceKey, list[str]]:
+    tps = await db.fetchval("SELECT code FROM registry.tps ORDER BY code LIMIT 1")
+    choices = [
+        r["id"] for r in await db.fetch("SELECT id FROM registry.choice WHERE contest = 'ppwp' ORDER BY nomor_urut")
+    ]
+    key = DeviceKey.generate(tps)
+    await enroll_device(db, key.device_id, tps, key.public_key, "test")
+    return key, choices
+
+
+async def test_serve_accepts_a_form_and_exits_0_on_sigterm(
+    db: asyncpg.Connection, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    grace = Settings().shutdown_grace_s  # the documented default: the child is not told otherwise
+    key, choices = await _station(db)
+    async with tally_process({**cli_env, "SUARA_LOG_FORMAT": "json"}, tmp_path) as served:
+        response = await served.stub.Submit(signed(key, consistent_form(key.tps, "ppwp", choices)))
+        assert response.outcome == tally_pb2.ACCEPTED
+        stored = await db.fetchrow(
+            "SELECT id, chain_position FROM tally.submission WHERE tps = $1 AND contest = 'ppwp'", key.tps
+        )
+        assert stored is not None
+        assert (str(stored["id"]), stored["chain_position"]) == (
+            response.receipt.submission_id,
+            response.receipt.chain_position,
+        )
+        assert await served.stop(grace) == 0
+
+    lines = [line for line in served.log.lines if line.strip()]
+    events = served.log.events()
+    assert len(events) == len(lines), f"SUARA_LOG_FORMAT=json, yet some stderr lines are not JSON:\n{lines}"
+    assert all(e.get("service") == "suara-tally" for e in events)
+    names = [e["event"] for e in events]
+    assert "shutting_down" in names, names
+    (shutting_down,) = (e for e in events if e["event"] == "shutting_down")
+    assert shutting_down["grace_s"] == grace
+    assert any(str(e.get("address", "")).endswith(f":{served.port}") for e in events), events
+    assert names.index("shutting_down") < names.index("tally_stopped")
+
+
+async def test_serve_logs_tally_serving_once_it_serves(
+    db: asyncpg.Connection, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    async with tally_process({**cli_env, "SUARA_LOG_FORMAT": "json"}, tmp_path) as served:
+        assert await served.stop(Settings().shutdown_grace_s) == 0
+    names = [e["event"] for e in served.log.events()]
+    assert "tally_serving" in names, f"tally_serving was never logged: {names}"
+    assert names.index("tally_serving") < names.index("shutting_down")
+
+
+async def test_sigterm_lets_a_call_blocked_on_the_chain_lock_finish_accepted(
+    db_url: str, db: asyncpg.Connection, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    grace = Settings().shutdown_grace_s
+    key, choices = await _station(db)
+    blocker = await asyncpg.connect(db_url)
+    try:
+        async with tally_process({**cli_env, "SUARA_LOG_FORMAT": "json"}, tmp_path) as served:
+            lock = blocker.transaction()
+            await lock.start()
+            await blocker.execute("SELECT 1 FROM tally.chain_head FOR UPDATE")
+            request = signed(key, consistent_form(key.tps, "ppwp", choices))
+
+            async def submit() -> tally_pb2.SubmitResponse:
+                return await served.stub.Submit(request)
+
+            call = asyncio.create_task(submit())
+
+            # Until tally's commit waits on our lock: PostgreSQL offers nothing to await for that, so a
+            # bounded poll of pg_blocking_pids, briefly yielding between looks.
+            blocked_by_us = "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))"
+            started = time.monotonic()
+            while await db.fetchval(blocked_by_us, blocker.get_server_pid()) == 0:
+                assert not call.done(), "the call finished although the chain head was locked"
+                assert time.monotonic() - started < EVENT_TIMEOUT_S, "tally never waited on the chain lock"
+                await asyncio.sleep(0.02)
+
+            served.proc.send_signal(signal.SIGTERM)
+            await served.log.wait_for_event("shutting_down", EVENT_TIMEOUT_S)
+            assert not call.done()  # still held by our lock while the server drains
+            await lock.rollback()
+
+            response = await asyncio.wait_for(call, grace)
+            assert response.outcome == tally_pb2.ACCEPTED
+            assert await asyncio.wait_for(served.proc.wait(), grace) == 0
+    finally:
+        await blocker.close()
+    stored = await db.fetchval(
+        "SELECT id FROM tally.submission WHERE chain_position = $1", response.receipt.chain_position
+    )
+    assert str(stored) == response.receipt.submission_id
