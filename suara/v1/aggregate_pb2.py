@@ -24,27 +24,43 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18suara/v1/aggregate.proto\x12\x08suara.v1\"\xd0\x01\n\x06\x43ounts\x12*\n\x05votes\x18\x01 \x03(\x0b\x32\x1b.suara.v1.Counts.VotesEntry\x12\x11\n\tsuara_sah\x18\x02 \x01(\x03\x12\x17\n\x0fsuara_tidak_sah\x18\x03 \x01(\x03\x12\x13\n\x0bsuara_total\x18\x04 \x01(\x03\x12\x13\n\x0bpemilih_dpt\x18\x05 \x01(\x03\x12\x16\n\x0epengguna_total\x18\x06 \x01(\x03\x1a,\n\nVotesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x88\x01\n\tTpsUpdate\x12\x0b\n\x03tps\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontest\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12 \n\x06\x63ounts\x18\x04 \x01(\x0b\x32\x10.suara.v1.Counts\x12\x13\n\x0bquarantined\x18\x05 \x01(\x08\x12\x15\n\rfailed_checks\x18\x06 \x03(\t\";\n\x13\x41pplyUpdatesRequest\x12$\n\x07updates\x18\x01 \x03(\x0b\x32\x13.suara.v1.TpsUpdate\"A\n\x14\x41pplyUpdatesResponse\x12)\n\x08outcomes\x18\x01 \x03(\x0e\x32\x17.suara.v1.UpdateOutcome*]\n\rUpdateOutcome\x12\x1e\n\x1aUPDATE_OUTCOME_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x41PPLIED\x10\x01\x12\x14\n\x10\x44UPLICATE_UPDATE\x10\x02\x12\t\n\x05STALE\x10\x03\x32Z\n\tAggregate\x12M\n\x0c\x41pplyUpdates\x12\x1d.suara.v1.ApplyUpdatesRequest\x1a\x1e.suara.v1.ApplyUpdatesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18suara/v1/aggregate.proto\x12\x08suara.v1\"\xc2\x01\n\x06Totals\x12*\n\x05votes\x18\x01 \x03(\x0b\x32\x1b.suara.v1.Totals.VotesEntry\x12\x11\n\tsuara_sah\x18\x02 \x01(\x03\x12\x17\n\x0fsuara_tidak_sah\x18\x03 \x01(\x03\x12\x13\n\x0bsuara_total\x18\x04 \x01(\x03\x12\x0b\n\x03\x64pt\x18\x05 \x01(\x03\x12\x10\n\x08pengguna\x18\x06 \x01(\x03\x1a,\n\nVotesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x88\x01\n\tTpsUpdate\x12\x0b\n\x03tps\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontest\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12 \n\x06totals\x18\x04 \x01(\x0b\x32\x10.suara.v1.Totals\x12\x13\n\x0bquarantined\x18\x05 \x01(\x08\x12\x15\n\rfailed_checks\x18\x06 \x03(\t\"\xa0\x01\n\nAreaUpdate\x12\x0c\n\x04\x61rea\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontest\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12 \n\x06totals\x18\x04 \x01(\x0b\x32\x10.suara.v1.Totals\x12\x11\n\ttps_total\x18\x05 \x01(\x03\x12\x14\n\x0ctps_reported\x18\x06 \x01(\x03\x12\x17\n\x0ftps_quarantined\x18\x07 \x01(\x03\";\n\x13\x41pplyUpdatesRequest\x12$\n\x07updates\x18\x01 \x03(\x0b\x32\x13.suara.v1.TpsUpdate\"P\n\x17\x41pplyAreaUpdatesRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12%\n\x07updates\x18\x02 \x03(\x0b\x32\x14.suara.v1.AreaUpdate\"S\n\x14\x41pplyUpdatesResponse\x12)\n\x08outcomes\x18\x01 \x03(\x0e\x32\x17.suara.v1.UpdateOutcome\x12\x10\n\x08sequence\x18\x02 \x01(\x03\"/\n\x0eGetAreaRequest\x12\x0c\n\x04\x61rea\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontest\x18\x02 \x01(\t\"\xb4\x01\n\x07\x41reaRow\x12\x0c\n\x04\x61rea\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12 \n\x06totals\x18\x03 \x01(\x0b\x32\x10.suara.v1.Totals\x12\x11\n\ttps_total\x18\x04 \x01(\x03\x12\x14\n\x0ctps_reported\x18\x05 \x01(\x03\x12\x17\n\x0ftps_quarantined\x18\x06 \x01(\x03\x12\x0f\n\x07version\x18\x07 \x01(\x03\x12\x18\n\x10\x63hanged_sequence\x18\x08 \x01(\x03\"\x7f\n\x08\x41reaView\x12\x1f\n\x04\x61rea\x18\x01 \x01(\x0b\x32\x11.suara.v1.AreaRow\x12#\n\x08\x63hildren\x18\x02 \x03(\x0b\x32\x11.suara.v1.AreaRow\x12\x10\n\x08sequence\x18\x03 \x01(\x03\x12\x1b\n\x13last_change_unix_ms\x18\x04 \x01(\x03\".\n\x0e\x43hangesRequest\x12\r\n\x05since\x18\x01 \x01(\x03\x12\r\n\x05limit\x18\x02 \x01(\x05\"9\n\x06\x43hange\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x0c\n\x04\x61rea\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontest\x18\x03 \x01(\t\"F\n\x0f\x43hangesResponse\x12!\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x10.suara.v1.Change\x12\x10\n\x08sequence\x18\x02 \x01(\x03*]\n\rUpdateOutcome\x12\x1e\n\x1aUPDATE_OUTCOME_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x41PPLIED\x10\x01\x12\x14\n\x10\x44UPLICATE_UPDATE\x10\x02\x12\t\n\x05STALE\x10\x03\x32\xaa\x02\n\tAggregate\x12M\n\x0c\x41pplyUpdates\x12\x1d.suara.v1.ApplyUpdatesRequest\x1a\x1e.suara.v1.ApplyUpdatesResponse\x12U\n\x10\x41pplyAreaUpdates\x12!.suara.v1.ApplyAreaUpdatesRequest\x1a\x1e.suara.v1.ApplyUpdatesResponse\x12\x37\n\x07GetArea\x12\x18.suara.v1.GetAreaRequest\x1a\x12.suara.v1.AreaView\x12>\n\x07\x43hanges\x12\x18.suara.v1.ChangesRequest\x1a\x19.suara.v1.ChangesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'suara.v1.aggregate_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_COUNTS_VOTESENTRY']._loaded_options = None
-  _globals['_COUNTS_VOTESENTRY']._serialized_options = b'8\001'
-  _globals['_UPDATEOUTCOME']._serialized_start=516
-  _globals['_UPDATEOUTCOME']._serialized_end=609
-  _globals['_COUNTS']._serialized_start=39
-  _globals['_COUNTS']._serialized_end=247
-  _globals['_COUNTS_VOTESENTRY']._serialized_start=203
-  _globals['_COUNTS_VOTESENTRY']._serialized_end=247
-  _globals['_TPSUPDATE']._serialized_start=250
-  _globals['_TPSUPDATE']._serialized_end=386
-  _globals['_APPLYUPDATESREQUEST']._serialized_start=388
-  _globals['_APPLYUPDATESREQUEST']._serialized_end=447
-  _globals['_APPLYUPDATESRESPONSE']._serialized_start=449
-  _globals['_APPLYUPDATESRESPONSE']._serialized_end=514
-  _globals['_AGGREGATE']._serialized_start=611
-  _globals['_AGGREGATE']._serialized_end=701
+  _globals['_TOTALS_VOTESENTRY']._loaded_options = None
+  _globals['_TOTALS_VOTESENTRY']._serialized_options = b'8\001'
+  _globals['_UPDATEOUTCOME']._serialized_start=1305
+  _globals['_UPDATEOUTCOME']._serialized_end=1398
+  _globals['_TOTALS']._serialized_start=39
+  _globals['_TOTALS']._serialized_end=233
+  _globals['_TOTALS_VOTESENTRY']._serialized_start=189
+  _globals['_TOTALS_VOTESENTRY']._serialized_end=233
+  _globals['_TPSUPDATE']._serialized_start=236
+  _globals['_TPSUPDATE']._serialized_end=372
+  _globals['_AREAUPDATE']._serialized_start=375
+  _globals['_AREAUPDATE']._serialized_end=535
+  _globals['_APPLYUPDATESREQUEST']._serialized_start=537
+  _globals['_APPLYUPDATESREQUEST']._serialized_end=596
+  _globals['_APPLYAREAUPDATESREQUEST']._serialized_start=598
+  _globals['_APPLYAREAUPDATESREQUEST']._serialized_end=678
+  _globals['_APPLYUPDATESRESPONSE']._serialized_start=680
+  _globals['_APPLYUPDATESRESPONSE']._serialized_end=763
+  _globals['_GETAREAREQUEST']._serialized_start=765
+  _globals['_GETAREAREQUEST']._serialized_end=812
+  _globals['_AREAROW']._serialized_start=815
+  _globals['_AREAROW']._serialized_end=995
+  _globals['_AREAVIEW']._serialized_start=997
+  _globals['_AREAVIEW']._serialized_end=1124
+  _globals['_CHANGESREQUEST']._serialized_start=1126
+  _globals['_CHANGESREQUEST']._serialized_end=1172
+  _globals['_CHANGE']._serialized_start=1174
+  _globals['_CHANGE']._serialized_end=1231
+  _globals['_CHANGESRESPONSE']._serialized_start=1233
+  _globals['_CHANGESRESPONSE']._serialized_end=1303
+  _globals['_AGGREGATE']._serialized_start=1401
+  _globals['_AGGREGATE']._serialized_end=1699
 # @@protoc_insertion_point(module_scope)

@@ -28,18 +28,24 @@ class _UpdateOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UpdateO
     UPDATE_OUTCOME_UNSPECIFIED: _UpdateOutcome.ValueType  # 0
     APPLIED: _UpdateOutcome.ValueType  # 1
     DUPLICATE_UPDATE: _UpdateOutcome.ValueType  # 2
+    """same version already applied"""
     STALE: _UpdateOutcome.ValueType  # 3
+    """a higher version is already applied"""
 
 class UpdateOutcome(_UpdateOutcome, metaclass=_UpdateOutcomeEnumTypeWrapper): ...
 
 UPDATE_OUTCOME_UNSPECIFIED: UpdateOutcome.ValueType  # 0
 APPLIED: UpdateOutcome.ValueType  # 1
 DUPLICATE_UPDATE: UpdateOutcome.ValueType  # 2
+"""same version already applied"""
 STALE: UpdateOutcome.ValueType  # 3
+"""a higher version is already applied"""
 Global___UpdateOutcome: _TypeAlias = UpdateOutcome  # noqa: Y015
 
 @_typing.final
-class Counts(_message.Message):
+class Totals(_message.Message):
+    """Counts of one TPS's current form, or summed over an area."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -66,15 +72,19 @@ class Counts(_message.Message):
     SUARA_SAH_FIELD_NUMBER: _builtins.int
     SUARA_TIDAK_SAH_FIELD_NUMBER: _builtins.int
     SUARA_TOTAL_FIELD_NUMBER: _builtins.int
-    PEMILIH_DPT_FIELD_NUMBER: _builtins.int
-    PENGGUNA_TOTAL_FIELD_NUMBER: _builtins.int
+    DPT_FIELD_NUMBER: _builtins.int
+    PENGGUNA_FIELD_NUMBER: _builtins.int
     suara_sah: _builtins.int
     suara_tidak_sah: _builtins.int
     suara_total: _builtins.int
-    pemilih_dpt: _builtins.int
-    pengguna_total: _builtins.int
+    dpt: _builtins.int
+    """registered voters (pemilih_dpt_j)"""
+    pengguna: _builtins.int
+    """voters who voted (pengguna_total_j)"""
     @_builtins.property
-    def votes(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    def votes(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """choice id -> votes"""
+
     def __init__(
         self,
         *,
@@ -82,16 +92,16 @@ class Counts(_message.Message):
         suara_sah: _builtins.int = ...,
         suara_tidak_sah: _builtins.int = ...,
         suara_total: _builtins.int = ...,
-        pemilih_dpt: _builtins.int = ...,
-        pengguna_total: _builtins.int = ...,
+        dpt: _builtins.int = ...,
+        pengguna: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["pemilih_dpt", b"pemilih_dpt", "pengguna_total", b"pengguna_total", "suara_sah", b"suara_sah", "suara_tidak_sah", b"suara_tidak_sah", "suara_total", b"suara_total", "votes", b"votes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dpt", b"dpt", "pengguna", b"pengguna", "suara_sah", b"suara_sah", "suara_tidak_sah", b"suara_tidak_sah", "suara_total", b"suara_total", "votes", b"votes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___Counts: _TypeAlias = Counts  # noqa: Y015
+Global___Totals: _TypeAlias = Totals  # noqa: Y015
 
 @_typing.final
 class TpsUpdate(_message.Message):
@@ -100,7 +110,7 @@ class TpsUpdate(_message.Message):
     TPS_FIELD_NUMBER: _builtins.int
     CONTEST_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
-    COUNTS_FIELD_NUMBER: _builtins.int
+    TOTALS_FIELD_NUMBER: _builtins.int
     QUARANTINED_FIELD_NUMBER: _builtins.int
     FAILED_CHECKS_FIELD_NUMBER: _builtins.int
     tps: _builtins.str
@@ -108,7 +118,9 @@ class TpsUpdate(_message.Message):
     version: _builtins.int
     quarantined: _builtins.bool
     @_builtins.property
-    def counts(self) -> Global___Counts: ...
+    def totals(self) -> Global___Totals:
+        """ignored (zero contribution) when quarantined"""
+
     @_builtins.property
     def failed_checks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -117,17 +129,59 @@ class TpsUpdate(_message.Message):
         tps: _builtins.str = ...,
         contest: _builtins.str = ...,
         version: _builtins.int = ...,
-        counts: Global___Counts | None = ...,
+        totals: Global___Totals | None = ...,
         quarantined: _builtins.bool = ...,
         failed_checks: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["totals", b"totals"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contest", b"contest", "counts", b"counts", "failed_checks", b"failed_checks", "quarantined", b"quarantined", "tps", b"tps", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contest", b"contest", "failed_checks", b"failed_checks", "quarantined", b"quarantined", "totals", b"totals", "tps", b"tps", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TpsUpdate: _TypeAlias = TpsUpdate  # noqa: Y015
+
+@_typing.final
+class AreaUpdate(_message.Message):
+    """A subtree's totals as another aggregate instance computed them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AREA_FIELD_NUMBER: _builtins.int
+    CONTEST_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    TOTALS_FIELD_NUMBER: _builtins.int
+    TPS_TOTAL_FIELD_NUMBER: _builtins.int
+    TPS_REPORTED_FIELD_NUMBER: _builtins.int
+    TPS_QUARANTINED_FIELD_NUMBER: _builtins.int
+    area: _builtins.str
+    """the subtree root: a province code (or kabupaten)"""
+    contest: _builtins.str
+    version: _builtins.int
+    """the sending instance's change sequence for that area"""
+    tps_total: _builtins.int
+    tps_reported: _builtins.int
+    tps_quarantined: _builtins.int
+    @_builtins.property
+    def totals(self) -> Global___Totals: ...
+    def __init__(
+        self,
+        *,
+        area: _builtins.str = ...,
+        contest: _builtins.str = ...,
+        version: _builtins.int = ...,
+        totals: Global___Totals | None = ...,
+        tps_total: _builtins.int = ...,
+        tps_reported: _builtins.int = ...,
+        tps_quarantined: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["totals", b"totals"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["area", b"area", "contest", b"contest", "totals", b"totals", "tps_quarantined", b"tps_quarantined", "tps_reported", b"tps_reported", "tps_total", b"tps_total", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AreaUpdate: _TypeAlias = AreaUpdate  # noqa: Y015
 
 @_typing.final
 class ApplyUpdatesRequest(_message.Message):
@@ -150,21 +204,223 @@ class ApplyUpdatesRequest(_message.Message):
 Global___ApplyUpdatesRequest: _TypeAlias = ApplyUpdatesRequest  # noqa: Y015
 
 @_typing.final
+class ApplyAreaUpdatesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    UPDATES_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """the sending instance's name"""
+    @_builtins.property
+    def updates(self) -> _containers.RepeatedCompositeFieldContainer[Global___AreaUpdate]: ...
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        updates: _abc.Iterable[Global___AreaUpdate] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["source", b"source", "updates", b"updates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyAreaUpdatesRequest: _TypeAlias = ApplyAreaUpdatesRequest  # noqa: Y015
+
+@_typing.final
 class ApplyUpdatesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     OUTCOMES_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """the change sequence after this batch"""
     @_builtins.property
-    def outcomes(self) -> _containers.RepeatedScalarFieldContainer[Global___UpdateOutcome.ValueType]: ...
+    def outcomes(self) -> _containers.RepeatedScalarFieldContainer[Global___UpdateOutcome.ValueType]:
+        """one per update, in order"""
+
     def __init__(
         self,
         *,
         outcomes: _abc.Iterable[Global___UpdateOutcome.ValueType] | None = ...,
+        sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcomes", b"outcomes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcomes", b"outcomes", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ApplyUpdatesResponse: _TypeAlias = ApplyUpdatesResponse  # noqa: Y015
+
+@_typing.final
+class GetAreaRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AREA_FIELD_NUMBER: _builtins.int
+    CONTEST_FIELD_NUMBER: _builtins.int
+    area: _builtins.str
+    """"" for nasional, else a province/kabupaten/kecamatan/desa/TPS code"""
+    contest: _builtins.str
+    def __init__(
+        self,
+        *,
+        area: _builtins.str = ...,
+        contest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["area", b"area", "contest", b"contest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAreaRequest: _TypeAlias = GetAreaRequest  # noqa: Y015
+
+@_typing.final
+class AreaRow(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AREA_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    TOTALS_FIELD_NUMBER: _builtins.int
+    TPS_TOTAL_FIELD_NUMBER: _builtins.int
+    TPS_REPORTED_FIELD_NUMBER: _builtins.int
+    TPS_QUARANTINED_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    CHANGED_SEQUENCE_FIELD_NUMBER: _builtins.int
+    area: _builtins.str
+    name: _builtins.str
+    tps_total: _builtins.int
+    tps_reported: _builtins.int
+    """TPS whose current form counts"""
+    tps_quarantined: _builtins.int
+    """TPS whose current form is quarantined (counted as flagged, not in totals)"""
+    version: _builtins.int
+    """for a TPS: its current version; else 0"""
+    changed_sequence: _builtins.int
+    """the change sequence that last touched it"""
+    @_builtins.property
+    def totals(self) -> Global___Totals: ...
+    def __init__(
+        self,
+        *,
+        area: _builtins.str = ...,
+        name: _builtins.str = ...,
+        totals: Global___Totals | None = ...,
+        tps_total: _builtins.int = ...,
+        tps_reported: _builtins.int = ...,
+        tps_quarantined: _builtins.int = ...,
+        version: _builtins.int = ...,
+        changed_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["totals", b"totals"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["area", b"area", "changed_sequence", b"changed_sequence", "name", b"name", "totals", b"totals", "tps_quarantined", b"tps_quarantined", "tps_reported", b"tps_reported", "tps_total", b"tps_total", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AreaRow: _TypeAlias = AreaRow  # noqa: Y015
+
+@_typing.final
+class AreaView(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AREA_FIELD_NUMBER: _builtins.int
+    CHILDREN_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    LAST_CHANGE_UNIX_MS_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """the global change sequence this view was read at (only grows)"""
+    last_change_unix_ms: _builtins.int
+    @_builtins.property
+    def area(self) -> Global___AreaRow: ...
+    @_builtins.property
+    def children(self) -> _containers.RepeatedCompositeFieldContainer[Global___AreaRow]: ...
+    def __init__(
+        self,
+        *,
+        area: Global___AreaRow | None = ...,
+        children: _abc.Iterable[Global___AreaRow] | None = ...,
+        sequence: _builtins.int = ...,
+        last_change_unix_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["area", b"area"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["area", b"area", "children", b"children", "last_change_unix_ms", b"last_change_unix_ms", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AreaView: _TypeAlias = AreaView  # noqa: Y015
+
+@_typing.final
+class ChangesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SINCE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    since: _builtins.int
+    """exclusive"""
+    limit: _builtins.int
+    """default 10000"""
+    def __init__(
+        self,
+        *,
+        since: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangesRequest: _TypeAlias = ChangesRequest  # noqa: Y015
+
+@_typing.final
+class Change(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    AREA_FIELD_NUMBER: _builtins.int
+    CONTEST_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    area: _builtins.str
+    contest: _builtins.str
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        area: _builtins.str = ...,
+        contest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["area", b"area", "contest", b"contest", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Change: _TypeAlias = Change  # noqa: Y015
+
+@_typing.final
+class ChangesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGES_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """the newest sequence at read time"""
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Change]: ...
+    def __init__(
+        self,
+        *,
+        changes: _abc.Iterable[Global___Change] | None = ...,
+        sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangesResponse: _TypeAlias = ChangesResponse  # noqa: Y015

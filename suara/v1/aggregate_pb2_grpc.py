@@ -26,12 +26,15 @@ if _version_not_supported:
 
 
 class AggregateStub:
-    """DRAFT: completed by the aggregate issue.
+    """aggregate owns the totals. It takes idempotent versioned updates: a duplicate
+    or an older version changes nothing; a higher version replaces that TPS's (or
+    that subtree's) contribution. Totals roll up TPS -> desa -> kecamatan ->
+    kabupaten/kota -> provinsi -> nasional.
 
-    aggregate owns the totals. It takes idempotent versioned updates: a duplicate
-    or an older version changes nothing; a higher version replaces that TPS's
-    contribution, and totals roll up TPS -> desa -> kecamatan -> kabupaten/kota
-    -> provinsi -> nasional.
+    Every call needs a service credential (see `suara service issue`): metadata
+    `authorization: Suara-Service <credential id>:<unix seconds>:<hex Ed25519
+    signature over "<method>\n<unix seconds>">`. Writers (the tally relay, a
+    federated aggregate) may call Apply*; readers (publish) may call Get*/Changes.
     """
 
     def __init__(self, channel):
@@ -45,19 +48,59 @@ class AggregateStub:
                 request_serializer=suara_dot_v1_dot_aggregate__pb2.ApplyUpdatesRequest.SerializeToString,
                 response_deserializer=suara_dot_v1_dot_aggregate__pb2.ApplyUpdatesResponse.FromString,
                 _registered_method=True)
+        self.ApplyAreaUpdates = channel.unary_unary(
+                '/suara.v1.Aggregate/ApplyAreaUpdates',
+                request_serializer=suara_dot_v1_dot_aggregate__pb2.ApplyAreaUpdatesRequest.SerializeToString,
+                response_deserializer=suara_dot_v1_dot_aggregate__pb2.ApplyUpdatesResponse.FromString,
+                _registered_method=True)
+        self.GetArea = channel.unary_unary(
+                '/suara.v1.Aggregate/GetArea',
+                request_serializer=suara_dot_v1_dot_aggregate__pb2.GetAreaRequest.SerializeToString,
+                response_deserializer=suara_dot_v1_dot_aggregate__pb2.AreaView.FromString,
+                _registered_method=True)
+        self.Changes = channel.unary_unary(
+                '/suara.v1.Aggregate/Changes',
+                request_serializer=suara_dot_v1_dot_aggregate__pb2.ChangesRequest.SerializeToString,
+                response_deserializer=suara_dot_v1_dot_aggregate__pb2.ChangesResponse.FromString,
+                _registered_method=True)
 
 
 class AggregateServicer:
-    """DRAFT: completed by the aggregate issue.
+    """aggregate owns the totals. It takes idempotent versioned updates: a duplicate
+    or an older version changes nothing; a higher version replaces that TPS's (or
+    that subtree's) contribution. Totals roll up TPS -> desa -> kecamatan ->
+    kabupaten/kota -> provinsi -> nasional.
 
-    aggregate owns the totals. It takes idempotent versioned updates: a duplicate
-    or an older version changes nothing; a higher version replaces that TPS's
-    contribution, and totals roll up TPS -> desa -> kecamatan -> kabupaten/kota
-    -> provinsi -> nasional.
+    Every call needs a service credential (see `suara service issue`): metadata
+    `authorization: Suara-Service <credential id>:<unix seconds>:<hex Ed25519
+    signature over "<method>\n<unix seconds>">`. Writers (the tally relay, a
+    federated aggregate) may call Apply*; readers (publish) may call Get*/Changes.
     """
 
     def ApplyUpdates(self, request, context):
+        """TPS-level updates, from tally's outbox relay. One transaction per batch.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApplyAreaUpdates(self, request, context):
+        """Subtree totals from another aggregate instance (federation): the same
+        versioned contract one level up.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetArea(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Changes(self, request, context):
+        """What changed after a sequence number, so publish follows without rescanning.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -70,6 +113,21 @@ def add_AggregateServicer_to_server(servicer, server):
                     request_deserializer=suara_dot_v1_dot_aggregate__pb2.ApplyUpdatesRequest.FromString,
                     response_serializer=suara_dot_v1_dot_aggregate__pb2.ApplyUpdatesResponse.SerializeToString,
             ),
+            'ApplyAreaUpdates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyAreaUpdates,
+                    request_deserializer=suara_dot_v1_dot_aggregate__pb2.ApplyAreaUpdatesRequest.FromString,
+                    response_serializer=suara_dot_v1_dot_aggregate__pb2.ApplyUpdatesResponse.SerializeToString,
+            ),
+            'GetArea': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetArea,
+                    request_deserializer=suara_dot_v1_dot_aggregate__pb2.GetAreaRequest.FromString,
+                    response_serializer=suara_dot_v1_dot_aggregate__pb2.AreaView.SerializeToString,
+            ),
+            'Changes': grpc.unary_unary_rpc_method_handler(
+                    servicer.Changes,
+                    request_deserializer=suara_dot_v1_dot_aggregate__pb2.ChangesRequest.FromString,
+                    response_serializer=suara_dot_v1_dot_aggregate__pb2.ChangesResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'suara.v1.Aggregate', rpc_method_handlers)
@@ -79,12 +137,15 @@ def add_AggregateServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Aggregate:
-    """DRAFT: completed by the aggregate issue.
+    """aggregate owns the totals. It takes idempotent versioned updates: a duplicate
+    or an older version changes nothing; a higher version replaces that TPS's (or
+    that subtree's) contribution. Totals roll up TPS -> desa -> kecamatan ->
+    kabupaten/kota -> provinsi -> nasional.
 
-    aggregate owns the totals. It takes idempotent versioned updates: a duplicate
-    or an older version changes nothing; a higher version replaces that TPS's
-    contribution, and totals roll up TPS -> desa -> kecamatan -> kabupaten/kota
-    -> provinsi -> nasional.
+    Every call needs a service credential (see `suara service issue`): metadata
+    `authorization: Suara-Service <credential id>:<unix seconds>:<hex Ed25519
+    signature over "<method>\n<unix seconds>">`. Writers (the tally relay, a
+    federated aggregate) may call Apply*; readers (publish) may call Get*/Changes.
     """
 
     @staticmethod
@@ -104,6 +165,87 @@ class Aggregate:
             '/suara.v1.Aggregate/ApplyUpdates',
             suara_dot_v1_dot_aggregate__pb2.ApplyUpdatesRequest.SerializeToString,
             suara_dot_v1_dot_aggregate__pb2.ApplyUpdatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyAreaUpdates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/suara.v1.Aggregate/ApplyAreaUpdates',
+            suara_dot_v1_dot_aggregate__pb2.ApplyAreaUpdatesRequest.SerializeToString,
+            suara_dot_v1_dot_aggregate__pb2.ApplyUpdatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetArea(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/suara.v1.Aggregate/GetArea',
+            suara_dot_v1_dot_aggregate__pb2.GetAreaRequest.SerializeToString,
+            suara_dot_v1_dot_aggregate__pb2.AreaView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Changes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/suara.v1.Aggregate/Changes',
+            suara_dot_v1_dot_aggregate__pb2.ChangesRequest.SerializeToString,
+            suara_dot_v1_dot_aggregate__pb2.ChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,

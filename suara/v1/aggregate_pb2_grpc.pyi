@@ -27,12 +27,15 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AggregateStub:
-    """DRAFT: completed by the aggregate issue.
+    """aggregate owns the totals. It takes idempotent versioned updates: a duplicate
+    or an older version changes nothing; a higher version replaces that TPS's (or
+    that subtree's) contribution. Totals roll up TPS -> desa -> kecamatan ->
+    kabupaten/kota -> provinsi -> nasional.
 
-    aggregate owns the totals. It takes idempotent versioned updates: a duplicate
-    or an older version changes nothing; a higher version replaces that TPS's
-    contribution, and totals roll up TPS -> desa -> kecamatan -> kabupaten/kota
-    -> provinsi -> nasional.
+    Every call needs a service credential (see `suara service issue`): metadata
+    `authorization: Suara-Service <credential id>:<unix seconds>:<hex Ed25519
+    signature over "<method>\\n<unix seconds>">`. Writers (the tally relay, a
+    federated aggregate) may call Apply*; readers (publish) may call Get*/Changes.
     """
 
     @_typing.overload
@@ -40,27 +43,49 @@ class AggregateStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AggregateAsyncStub: ...
     ApplyUpdates: _grpc.UnaryUnaryMultiCallable[_aggregate_pb2.ApplyUpdatesRequest, _aggregate_pb2.ApplyUpdatesResponse]
+    """TPS-level updates, from tally's outbox relay. One transaction per batch."""
+    ApplyAreaUpdates: _grpc.UnaryUnaryMultiCallable[_aggregate_pb2.ApplyAreaUpdatesRequest, _aggregate_pb2.ApplyUpdatesResponse]
+    """Subtree totals from another aggregate instance (federation): the same
+    versioned contract one level up.
+    """
+    GetArea: _grpc.UnaryUnaryMultiCallable[_aggregate_pb2.GetAreaRequest, _aggregate_pb2.AreaView]
+    Changes: _grpc.UnaryUnaryMultiCallable[_aggregate_pb2.ChangesRequest, _aggregate_pb2.ChangesResponse]
+    """What changed after a sequence number, so publish follows without rescanning."""
 
 @_typing.type_check_only
 class AggregateAsyncStub(AggregateStub):
-    """DRAFT: completed by the aggregate issue.
+    """aggregate owns the totals. It takes idempotent versioned updates: a duplicate
+    or an older version changes nothing; a higher version replaces that TPS's (or
+    that subtree's) contribution. Totals roll up TPS -> desa -> kecamatan ->
+    kabupaten/kota -> provinsi -> nasional.
 
-    aggregate owns the totals. It takes idempotent versioned updates: a duplicate
-    or an older version changes nothing; a higher version replaces that TPS's
-    contribution, and totals roll up TPS -> desa -> kecamatan -> kabupaten/kota
-    -> provinsi -> nasional.
+    Every call needs a service credential (see `suara service issue`): metadata
+    `authorization: Suara-Service <credential id>:<unix seconds>:<hex Ed25519
+    signature over "<method>\\n<unix seconds>">`. Writers (the tally relay, a
+    federated aggregate) may call Apply*; readers (publish) may call Get*/Changes.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ApplyUpdates: _aio.UnaryUnaryMultiCallable[_aggregate_pb2.ApplyUpdatesRequest, _aggregate_pb2.ApplyUpdatesResponse]  # type: ignore[assignment]
+    """TPS-level updates, from tally's outbox relay. One transaction per batch."""
+    ApplyAreaUpdates: _aio.UnaryUnaryMultiCallable[_aggregate_pb2.ApplyAreaUpdatesRequest, _aggregate_pb2.ApplyUpdatesResponse]  # type: ignore[assignment]
+    """Subtree totals from another aggregate instance (federation): the same
+    versioned contract one level up.
+    """
+    GetArea: _aio.UnaryUnaryMultiCallable[_aggregate_pb2.GetAreaRequest, _aggregate_pb2.AreaView]  # type: ignore[assignment]
+    Changes: _aio.UnaryUnaryMultiCallable[_aggregate_pb2.ChangesRequest, _aggregate_pb2.ChangesResponse]  # type: ignore[assignment]
+    """What changed after a sequence number, so publish follows without rescanning."""
 
 class AggregateServicer(metaclass=_abc_1.ABCMeta):
-    """DRAFT: completed by the aggregate issue.
+    """aggregate owns the totals. It takes idempotent versioned updates: a duplicate
+    or an older version changes nothing; a higher version replaces that TPS's (or
+    that subtree's) contribution. Totals roll up TPS -> desa -> kecamatan ->
+    kabupaten/kota -> provinsi -> nasional.
 
-    aggregate owns the totals. It takes idempotent versioned updates: a duplicate
-    or an older version changes nothing; a higher version replaces that TPS's
-    contribution, and totals roll up TPS -> desa -> kecamatan -> kabupaten/kota
-    -> provinsi -> nasional.
+    Every call needs a service credential (see `suara service issue`): metadata
+    `authorization: Suara-Service <credential id>:<unix seconds>:<hex Ed25519
+    signature over "<method>\\n<unix seconds>">`. Writers (the tally relay, a
+    federated aggregate) may call Apply*; readers (publish) may call Get*/Changes.
     """
 
     @_abc_1.abstractmethod
@@ -68,6 +93,32 @@ class AggregateServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _aggregate_pb2.ApplyUpdatesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_aggregate_pb2.ApplyUpdatesResponse, _abc.Awaitable[_aggregate_pb2.ApplyUpdatesResponse]]: ...
+    ) -> _typing.Union[_aggregate_pb2.ApplyUpdatesResponse, _abc.Awaitable[_aggregate_pb2.ApplyUpdatesResponse]]:
+        """TPS-level updates, from tally's outbox relay. One transaction per batch."""
+
+    @_abc_1.abstractmethod
+    def ApplyAreaUpdates(
+        self,
+        request: _aggregate_pb2.ApplyAreaUpdatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_aggregate_pb2.ApplyUpdatesResponse, _abc.Awaitable[_aggregate_pb2.ApplyUpdatesResponse]]:
+        """Subtree totals from another aggregate instance (federation): the same
+        versioned contract one level up.
+        """
+
+    @_abc_1.abstractmethod
+    def GetArea(
+        self,
+        request: _aggregate_pb2.GetAreaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_aggregate_pb2.AreaView, _abc.Awaitable[_aggregate_pb2.AreaView]]: ...
+
+    @_abc_1.abstractmethod
+    def Changes(
+        self,
+        request: _aggregate_pb2.ChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_aggregate_pb2.ChangesResponse, _abc.Awaitable[_aggregate_pb2.ChangesResponse]]:
+        """What changed after a sequence number, so publish follows without rescanning."""
 
 def add_AggregateServicer_to_server(servicer: AggregateServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
