@@ -12,15 +12,14 @@ import json
 import os
 import stat
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
-from tests.tally.conftest import Tally, start_tally
+from tests.tally.conftest import Tally, tally  # noqa: F401  (the in-process tally fixture, shared)
 
 # The console script installed next to the interpreter running the tests (`[project.scripts] suara`).
 SUARA = Path(sys.executable).with_name("suara")
@@ -123,10 +122,3 @@ def cli_env(db_url: str, tmp_path: Path) -> dict[str, str]:
     return suara_env(DATABASE_URL=db_url, SUARA_DATA_DIR=tmp_path / "state")
 
 
-@pytest.fixture
-async def tally(db_url: str, db: asyncpg.Connection) -> AsyncIterator[Tally]:
-    """tally in this process (on a free port) against the test database."""
-    t = await start_tally(db_url, db)
-    yield t
-    await t.channel.close()
-    await t.app.stop(grace=1.0)
