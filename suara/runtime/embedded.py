@@ -29,7 +29,6 @@ SYSTEM_USER = "embedded_postgres"
 # for one machine running three services and a load test.
 CONFIG = """
 listen_addresses = '127.0.0.1'
-unix_socket_directories = ''
 max_connections = 200
 shared_buffers = 256MB
 fsync = on
@@ -69,7 +68,15 @@ class EmbeddedPostgres:
     def log_file(self) -> Path:
         return self.pgdata.parent / f"{self.pgdata.name}.log"
 
+    @property
+    def _socket_ok(self) -> bool:
+        # Unix socket paths are limited to ~107 bytes; a deep checkout falls back to loopback TCP.
+        return len(f"{self.pgdata}/.s.PGSQL.65535") < 100
+
     def url(self, database: str = "postgres") -> str:
+        if self._socket_ok:
+            # The Unix socket in the data directory: a round trip costs less than loopback TCP's.
+            return f"postgresql://postgres@/{database}?host={self.pgdata}&port={self.port}"
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
     @property
@@ -163,7 +170,7 @@ class EmbeddedPostgres:
                 try:
                     self._run(
                         "pg_ctl", "-D", str(self.pgdata), "-l", str(self.log_file), "-w", "-t", "60",
-                        "-o", f"-p {self.port}", "start",
+                        "-o", f"-p {self.port} -k {self.pgdata if self._socket_ok else chr(39) * 2}", "start",
                     )  # fmt: skip
                     break
                 except EmbeddedPostgresError:
