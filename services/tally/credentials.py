@@ -78,7 +78,7 @@ class DeviceKeys:
 
     async def _flush(self, waiting: dict[str, asyncio.Future[DeviceRecord | None]]) -> None:
         try:
-            rows = await self._pool.fetch(QUERIES.device_keys, list(waiting))
+            rows = await self._pool.fetch(QUERIES.device_keys, list(waiting), timeout=1.0)
         except Exception as exc:
             for fut in waiting.values():
                 if not fut.done():

@@ -109,10 +109,15 @@ class TallyService(tally_pb2_grpc.TallyServicer):
         """Admit, prepare and commit; one result per request, in order."""
         self.gate.check()
         self.in_flight.acquire(len(requests))
+        # One deadline for the whole call, so a database that hangs (rather than refuses) still
+        # yields UNAVAILABLE in time: not stored as far as the caller knows, and a resend is
+        # answered DUPLICATE if the commit did land after all.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.commit_wait_s
         try:
             try:
-                prepared = await self.intake.prepare(requests)
-            except CONNECTION_ERRORS as exc:
+                prepared = await asyncio.wait_for(self.intake.prepare(requests), self.settings.commit_wait_s)
+            except CONNECTION_ERRORS as exc:  # TimeoutError included
                 self.gate.mark_down(exc)
                 raise self.gate.error() from exc
             ready = [p for p in prepared if not isinstance(p, TallyError)]
@@ -120,9 +125,7 @@ class TallyService(tally_pb2_grpc.TallyServicer):
             waits = [None if isinstance(p, TallyError) else next(futures) for p in prepared]
             pending = [f for f in waits if f is not None]
             if pending:
-                # One deadline for the whole call; past it the caller is told UNAVAILABLE (not stored as far
-                # as it knows), and a resend is answered DUPLICATE if the commit did land after all.
-                await asyncio.wait(pending, timeout=self.settings.commit_wait_s)
+                await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()))
             outcomes: list[Result | TallyError] = []
             for p, fut in zip(prepared, waits, strict=True):
                 if fut is None:
