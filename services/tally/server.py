@@ -24,6 +24,7 @@ from services.tally.errors import (
 )
 from services.tally.intake import Catalog, Intake
 from services.tally.queries import QUERIES
+from services.tally.relay import Relay, relay_for
 from suara.election import signing
 from suara.runtime.database import CONNECTION_ERRORS, create_pool
 from suara.runtime.errors import FieldProblem
@@ -269,6 +270,7 @@ class TallyApp:
         self.port = port
         self.service = service
         self.pool = pool
+        self.relay: Relay | None = None  # delivers the outbox to aggregate, when a credential is configured
 
     @classmethod
     async def create(cls, settings: Settings, database_url: str) -> TallyApp:
@@ -282,7 +284,9 @@ class TallyApp:
             port=settings.tally_port,
         )
         service.server = server
-        return cls(server, port, service, pool)
+        app = cls(server, port, service, pool)
+        app.relay = relay_for(settings, database_url)
+        return app
 
     async def start(self) -> None:
         self.service.committer.start()
@@ -293,8 +297,12 @@ class TallyApp:
             tps=len(self.service.intake.catalog.tps),
             contests=sorted(self.service.intake.catalog.contests),
         )
+        if self.relay is not None:
+            self.relay.start()
 
     async def stop(self, grace: float = 5.0) -> None:
+        if self.relay is not None:
+            await self.relay.stop()
         await self.server.stop(grace)
         await self.service.close()
         await self.pool.close()
@@ -304,6 +312,8 @@ async def serve(settings: Settings, database_url: str) -> None:
     app = await TallyApp.create(settings, database_url)
 
     async def on_stop() -> None:
+        if app.relay is not None:
+            await app.relay.stop()
         await app.service.close()
         await app.pool.close()
         log.info("tally_stopped")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import services.aggregate
 import services.tally
 import suara.registry
 
@@ -12,4 +13,5 @@ import suara.registry
 MIGRATION_DIRS: list[tuple[str, Path]] = [
     ("registry", Path(suara.registry.__file__).parent / "sql" / "migrations"),
     ("tally", Path(services.tally.__file__).parent / "sql" / "migrations"),
+    ("aggregate", services.aggregate.SQL_DIR / "migrations"),
 ]

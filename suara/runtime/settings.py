@@ -27,12 +27,18 @@ class Settings:
     )
     tally_host: str = _setting("SUARA_TALLY_HOST", "127.0.0.1", "address the tally gRPC server binds")
     tally_port: int = _setting("SUARA_TALLY_PORT", 50051, "port of the tally gRPC server (0: any free port)")
+    aggregate_host: str = _setting(
+        "SUARA_AGGREGATE_HOST", "127.0.0.1", "address the aggregate gRPC server (`suara aggregate serve`) binds"
+    )
+    aggregate_port: int = _setting(
+        "SUARA_AGGREGATE_PORT", 50052, "port of the aggregate gRPC server (0: any free port)"
+    )
     max_in_flight: int = _setting(
         "SUARA_TALLY_MAX_IN_FLIGHT", 4096, "forms admitted at once; beyond it RESOURCE_EXHAUSTED"
     )
     commit_batch_max: int = _setting("SUARA_TALLY_COMMIT_BATCH", 500, "most forms one group-commit transaction takes")
     commit_wait_s: float = _setting(
-        "SUARA_TALLY_COMMIT_WAIT_S", 5.0, "how long a call waits for its commit before UNAVAILABLE"
+        "SUARA_TALLY_COMMIT_WAIT_S", 1.0, "deadline of a call's database work; past it UNAVAILABLE (safe to resend)"
     )
     retry_after_ms: int = _setting(
         "SUARA_TALLY_RETRY_AFTER_MS", 250, "retry-after hint sent with RESOURCE_EXHAUSTED and UNAVAILABLE"
@@ -45,6 +51,15 @@ class Settings:
     shutdown_grace_s: float = _setting(
         "SUARA_SHUTDOWN_GRACE_S", 10.0, "on SIGTERM, how long in-flight calls may take to finish"
     )
+    aggregate_address: str = _setting(
+        "SUARA_AGGREGATE_ADDRESS", "127.0.0.1:50052", "host:port of the aggregate gRPC server the relay delivers to"
+    )
+    relay_credential: str = _setting(
+        "SUARA_RELAY_CREDENTIAL",
+        "",
+        "the relay's writer credential (`suara service issue`); empty: SUARA_DATA_DIR/relay.key.json",
+    )
+    relay_batch: int = _setting("SUARA_RELAY_BATCH", 1000, "most outbox rows the relay sends in one ApplyUpdates call")
     log_level: str = _setting("SUARA_LOG_LEVEL", "info", "debug, info, warning or error")
     log_format: str = _setting("SUARA_LOG_FORMAT", "auto", "json, console, or auto (json unless a terminal)")
 

@@ -120,5 +120,3 @@ class LogTail:
 def cli_env(db_url: str, tmp_path: Path) -> dict[str, str]:
     """The environment of an operator pointing suara at the test database."""
     return suara_env(DATABASE_URL=db_url, SUARA_DATA_DIR=tmp_path / "state")
-
-

@@ -17,7 +17,8 @@ from suara.runtime.settings import Settings
 from suara.v1 import tally_pb2_grpc
 from tests.factories import Station
 
-BASE_SETTINGS = Settings(tally_port=0, commit_wait_s=5.0, log_format="console")
+# No relay in tally's own tests (they read the outbox themselves), whatever a developer keeps in .suara.
+BASE_SETTINGS = Settings(tally_port=0, commit_wait_s=5.0, log_format="console", relay_credential="/nonexistent")
 
 
 @dataclass

@@ -101,3 +101,22 @@ WITH new AS (
         WHERE tally.current.version < EXCLUDED.version
 )
 UPDATE tally.chain_head SET position = $20, hash = $21 WHERE singleton;
+
+-- name: relay_pending
+-- The relay's next batch: the oldest undelivered rows, in arrival order (the
+-- partial index outbox_pending holds only these). Not a high-water mark: a row
+-- whose transaction commits late with a lower id is still picked up.
+SELECT id, tps, contest, version, counts::text AS counts, quarantined, failed_checks
+FROM tally.outbox
+WHERE delivered_at IS NULL
+ORDER BY id
+LIMIT $1;
+
+-- name: relay_mark_delivered
+-- Exactly the rows aggregate confirmed, in one statement.
+UPDATE tally.outbox SET delivered_at = now()
+WHERE id = ANY($1::bigint[]) AND delivered_at IS NULL;
+
+-- name: relay_try_lock
+-- One active relay per database; the lock is the session's and goes with its connection.
+SELECT pg_try_advisory_lock($1);

@@ -1,0 +1,278 @@
+-- name: lock_head
+-- Taken first by every applying transaction: appliers run one at a time, and
+-- every later statement of the transaction (READ COMMITTED) sees what the
+-- previous applier committed.
+SELECT sequence, registry_load FROM aggregate.head WHERE singleton FOR UPDATE;
+
+-- name: custom_plans
+-- For the apply transaction only (SET LOCAL; sent without parameters, so as one
+-- simple query). The batch's arrays decide the plan, not a generic plan of a
+-- prepared statement; and the per-element sums of a batch of 1,000 TPS sort in
+-- memory rather than spill to disk (default work_mem 4MB: 2-3x slower).
+SET LOCAL plan_cache_mode = force_custom_plan;
+SET LOCAL work_mem = '64MB';
+
+-- name: set_head
+UPDATE aggregate.head SET sequence = $1, registry_load = coalesce($2, registry_load) WHERE singleton;
+
+-- name: head
+SELECT sequence FROM aggregate.head WHERE singleton;
+
+-- name: registry_load
+SELECT coalesce(max(id), 0) FROM registry.load;
+
+-- name: seed_areas
+-- One row per (contest, area) holding at least one TPS where the contest is
+-- held (a TPS takes part when its code starts with the contest's scope), with
+-- tps_total; '' is nasional. Rows whose tps_total changed are stamped $1.
+WITH held AS (
+    SELECT c.id AS contest, t.code
+    FROM registry.contest c JOIN registry.tps t ON starts_with(t.code, c.scope)
+), counted AS (
+    SELECT contest, left(code, n) AS area, count(*) AS tps_total
+    FROM held CROSS JOIN unnest(ARRAY[0, 2, 4, 6, 10]) AS n
+    GROUP BY 1, 2
+), width AS (
+    SELECT contest, count(*)::int AS n FROM registry.choice GROUP BY contest
+), seeded AS (
+    INSERT INTO aggregate.area_total AS a (contest, area, parent, votes, tps_total, changed_sequence, changed_at)
+    SELECT k.contest, k.area,
+           CASE length(k.area) WHEN 0 THEN NULL WHEN 2 THEN '' WHEN 4 THEN left(k.area, 2)
+                               WHEN 6 THEN left(k.area, 4) ELSE left(k.area, 6) END,
+           array_fill(0::bigint, ARRAY[coalesce(w.n, 0)]), k.tps_total, $1, $2
+    FROM counted k LEFT JOIN width w USING (contest)
+    ON CONFLICT (contest, area) DO UPDATE
+        SET tps_total = EXCLUDED.tps_total, changed_sequence = EXCLUDED.changed_sequence,
+            changed_at = EXCLUDED.changed_at
+        WHERE a.tps_total <> EXCLUDED.tps_total
+    RETURNING a.contest, a.area
+), logged AS (
+    INSERT INTO aggregate.change (sequence, contest, area) SELECT $1, contest, area FROM seeded
+)
+SELECT count(*) FROM seeded;
+
+-- name: current_versions
+SELECT r.tps, r.contest, r.version
+FROM unnest($1::text[], $2::text[]) AS k (tps, contest)
+JOIN aggregate.tps_result r USING (tps, contest);
+
+-- name: upsert_leaves
+-- The guard `version < EXCLUDED.version` is what makes a replay harmless even
+-- if the caller's view of the outcomes were wrong. Votes travel as array
+-- literals because unnest cannot carry arrays of arrays.
+WITH k AS (
+    SELECT *
+    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::boolean[], $5::text[], $6::text[],
+                $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[])
+        AS u (tps, contest, version, quarantined, failed_checks, votes,
+              suara_sah, suara_tidak_sah, suara_total, dpt, pengguna)
+), up AS (
+    INSERT INTO aggregate.tps_result AS r (tps, contest, version, quarantined, failed_checks, votes,
+                                           suara_sah, suara_tidak_sah, suara_total, dpt, pengguna,
+                                           changed_sequence, changed_at)
+    SELECT tps, contest, version, quarantined, string_to_array(failed_checks, ','), votes::bigint[],
+           suara_sah, suara_tidak_sah, suara_total, dpt, pengguna, $12, $13
+    FROM k
+    ON CONFLICT (tps, contest) DO UPDATE
+        SET version = EXCLUDED.version, quarantined = EXCLUDED.quarantined,
+            failed_checks = EXCLUDED.failed_checks, votes = EXCLUDED.votes,
+            suara_sah = EXCLUDED.suara_sah, suara_tidak_sah = EXCLUDED.suara_tidak_sah,
+            suara_total = EXCLUDED.suara_total, dpt = EXCLUDED.dpt, pengguna = EXCLUDED.pengguna,
+            changed_sequence = EXCLUDED.changed_sequence, changed_at = EXCLUDED.changed_at
+        WHERE r.version < EXCLUDED.version
+    RETURNING r.tps, r.contest, r.desa
+), logged AS (
+    INSERT INTO aggregate.change (sequence, contest, area) SELECT $12, contest, tps FROM up
+)
+SELECT DISTINCT contest, desa AS area FROM up;
+
+-- name: current_feed_versions
+SELECT f.area, f.contest, f.version
+FROM unnest($1::text[], $2::text[]) AS k (area, contest)
+JOIN aggregate.area_feed f USING (area, contest);
+
+-- name: upsert_feed
+WITH k AS (
+    SELECT *
+    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[],
+                $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[],
+                $10::bigint[], $11::bigint[], $12::bigint[])
+        AS u (area, contest, version, votes, suara_sah, suara_tidak_sah, suara_total, dpt, pengguna,
+              tps_total, tps_reported, tps_quarantined)
+)
+INSERT INTO aggregate.area_feed AS f (area, contest, source, version, votes, suara_sah, suara_tidak_sah,
+                                      suara_total, dpt, pengguna, tps_total, tps_reported, tps_quarantined,
+                                      received_at)
+SELECT area, contest, $13, version, votes::bigint[], suara_sah, suara_tidak_sah, suara_total, dpt, pengguna,
+       tps_total, tps_reported, tps_quarantined, $14
+FROM k
+ON CONFLICT (area, contest) DO UPDATE
+    SET source = EXCLUDED.source, version = EXCLUDED.version, votes = EXCLUDED.votes,
+        suara_sah = EXCLUDED.suara_sah, suara_tidak_sah = EXCLUDED.suara_tidak_sah,
+        suara_total = EXCLUDED.suara_total, dpt = EXCLUDED.dpt, pengguna = EXCLUDED.pengguna,
+        tps_total = EXCLUDED.tps_total, tps_reported = EXCLUDED.tps_reported,
+        tps_quarantined = EXCLUDED.tps_quarantined, received_at = EXCLUDED.received_at
+    WHERE f.version < EXCLUDED.version
+RETURNING f.contest, f.area;
+
+-- name: known_areas
+-- Which of these (contest, area) pairs have a row: the contest has TPS there.
+SELECT a.contest, a.area
+FROM unnest($1::text[], $2::text[]) AS k (contest, area)
+JOIN aggregate.area_total a USING (contest, area);
+
+-- name: recompute_desa
+-- Desa rows ($1 contest, $2 area) from their TPS rows; a quarantined TPS adds
+-- zero votes and counts in tps_quarantined; a fed area takes the feed's values.
+-- Only rows whose values really change are written and stamped $3; returned.
+--
+-- Each child becomes one vector: its votes, then suara_sah, suara_tidak_sah,
+-- suara_total, dpt, pengguna, reported, quarantined, tps_total (8 more), so a
+-- single GROUP BY sums everything. One aggregation chain, no join between
+-- aggregates: the plan stays linear whatever the row estimates say (joined
+-- aggregates under a nested loop took minutes once the tables were analyzed).
+WITH t AS MATERIALIZED (
+    SELECT * FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u (contest, area, id)
+), kids AS MATERIALIZED (
+    SELECT t.id, t.contest, t.area,
+           CASE WHEN r.quarantined
+                THEN array_fill(0::bigint, ARRAY[cardinality(r.votes) + 6]) || ARRAY[1, 0]::bigint[]
+                ELSE r.votes || ARRAY[r.suara_sah, r.suara_tidak_sah, r.suara_total, r.dpt, r.pengguna, 1, 0, 0]
+           END AS vec
+    FROM t JOIN aggregate.tps_result r ON r.contest = t.contest AND r.desa = t.area
+), summed AS MATERIALIZED (
+    -- One grouped pass: every element of vec summed per target, then put back in order.
+    -- Grouped by the target's number, not its text key: integer sorts, no collation.
+    SELECT min(contest) AS contest, min(area) AS area, array_agg(v ORDER BY i) AS vec
+    FROM (
+        SELECT id, i, sum(v)::bigint AS v, min(contest) AS contest, min(area) AS area
+        FROM kids CROSS JOIN unnest(vec) WITH ORDINALITY AS e (v, i)
+        GROUP BY id, i
+    ) per_element
+    GROUP BY id
+), new AS MATERIALIZED (
+    SELECT s.contest, s.area,
+           coalesce(f.votes, s.vec[1:n - 8]) AS votes,
+           coalesce(f.suara_sah, s.vec[n - 7]) AS suara_sah,
+           coalesce(f.suara_tidak_sah, s.vec[n - 6]) AS suara_tidak_sah,
+           coalesce(f.suara_total, s.vec[n - 5]) AS suara_total,
+           coalesce(f.dpt, s.vec[n - 4]) AS dpt,
+           coalesce(f.pengguna, s.vec[n - 3]) AS pengguna,
+           coalesce(f.tps_reported, s.vec[n - 2]) AS tps_reported,
+           coalesce(f.tps_quarantined, s.vec[n - 1]) AS tps_quarantined,
+           f.tps_total AS tps_total  -- NULL unless fed: a desa keeps its seeded tps_total
+    FROM summed s
+    CROSS JOIN LATERAL (SELECT cardinality(s.vec) AS n) AS width
+    LEFT JOIN aggregate.area_feed f ON f.contest = s.contest AND f.area = s.area
+), updated AS (
+    UPDATE aggregate.area_total a
+    SET votes = n.votes, suara_sah = n.suara_sah, suara_tidak_sah = n.suara_tidak_sah,
+        suara_total = n.suara_total, dpt = n.dpt, pengguna = n.pengguna,
+        tps_total = coalesce(n.tps_total, a.tps_total),
+        tps_reported = n.tps_reported, tps_quarantined = n.tps_quarantined,
+        changed_sequence = $3, changed_at = $4
+    FROM new n
+    WHERE a.contest = n.contest AND a.area = n.area
+      AND (a.votes, a.suara_sah, a.suara_tidak_sah, a.suara_total, a.dpt, a.pengguna,
+           a.tps_total, a.tps_reported, a.tps_quarantined)
+          IS DISTINCT FROM (n.votes, n.suara_sah, n.suara_tidak_sah, n.suara_total, n.dpt, n.pengguna,
+                            coalesce(n.tps_total, a.tps_total), n.tps_reported, n.tps_quarantined)
+    RETURNING a.contest, a.area
+), logged AS (
+    INSERT INTO aggregate.change (sequence, contest, area) SELECT $3, contest, area FROM updated
+)
+SELECT contest, area FROM updated;
+
+-- name: recompute_upper
+-- Kecamatan, kabupaten/kota, provinsi and nasional rows ($1 contest, $2 area)
+-- from their child area rows, the same way as recompute_desa.
+WITH t AS MATERIALIZED (
+    SELECT * FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u (contest, area, id)
+), kids AS MATERIALIZED (
+    SELECT t.id, t.contest, t.area,
+           k.votes || ARRAY[k.suara_sah, k.suara_tidak_sah, k.suara_total, k.dpt, k.pengguna,
+                            k.tps_reported, k.tps_quarantined, k.tps_total] AS vec
+    FROM t JOIN aggregate.area_total k ON k.contest = t.contest AND k.parent = t.area
+), summed AS MATERIALIZED (
+    -- One grouped pass: every element of vec summed per target, then put back in order.
+    -- Grouped by the target's number, not its text key: integer sorts, no collation.
+    SELECT min(contest) AS contest, min(area) AS area, array_agg(v ORDER BY i) AS vec
+    FROM (
+        SELECT id, i, sum(v)::bigint AS v, min(contest) AS contest, min(area) AS area
+        FROM kids CROSS JOIN unnest(vec) WITH ORDINALITY AS e (v, i)
+        GROUP BY id, i
+    ) per_element
+    GROUP BY id
+), new AS MATERIALIZED (
+    SELECT s.contest, s.area,
+           coalesce(f.votes, s.vec[1:n - 8]) AS votes,
+           coalesce(f.suara_sah, s.vec[n - 7]) AS suara_sah,
+           coalesce(f.suara_tidak_sah, s.vec[n - 6]) AS suara_tidak_sah,
+           coalesce(f.suara_total, s.vec[n - 5]) AS suara_total,
+           coalesce(f.dpt, s.vec[n - 4]) AS dpt,
+           coalesce(f.pengguna, s.vec[n - 3]) AS pengguna,
+           coalesce(f.tps_reported, s.vec[n - 2]) AS tps_reported,
+           coalesce(f.tps_quarantined, s.vec[n - 1]) AS tps_quarantined,
+           coalesce(f.tps_total, s.vec[n]) AS tps_total
+    FROM summed s
+    CROSS JOIN LATERAL (SELECT cardinality(s.vec) AS n) AS width
+    LEFT JOIN aggregate.area_feed f ON f.contest = s.contest AND f.area = s.area
+), updated AS (
+    UPDATE aggregate.area_total a
+    SET votes = n.votes, suara_sah = n.suara_sah, suara_tidak_sah = n.suara_tidak_sah,
+        suara_total = n.suara_total, dpt = n.dpt, pengguna = n.pengguna,
+        tps_total = coalesce(n.tps_total, a.tps_total),
+        tps_reported = n.tps_reported, tps_quarantined = n.tps_quarantined,
+        changed_sequence = $3, changed_at = $4
+    FROM new n
+    WHERE a.contest = n.contest AND a.area = n.area
+      AND (a.votes, a.suara_sah, a.suara_tidak_sah, a.suara_total, a.dpt, a.pengguna,
+           a.tps_total, a.tps_reported, a.tps_quarantined)
+          IS DISTINCT FROM (n.votes, n.suara_sah, n.suara_tidak_sah, n.suara_total, n.dpt, n.pengguna,
+                            coalesce(n.tps_total, a.tps_total), n.tps_reported, n.tps_quarantined)
+    RETURNING a.contest, a.area
+), logged AS (
+    INSERT INTO aggregate.change (sequence, contest, area) SELECT $3, contest, area FROM updated
+)
+SELECT contest, area FROM updated;
+
+-- name: area_row
+SELECT * FROM aggregate.area_total WHERE contest = $1 AND area = $2;
+
+-- name: area_name
+SELECT name FROM registry.area WHERE code = $1;
+
+-- name: child_areas
+-- The registry's children of area $2 where contest $1 (scope $3) is held, with
+-- their rows if they have any TPS of it.
+SELECT r.code, r.name, a.votes, a.suara_sah, a.suara_tidak_sah, a.suara_total, a.dpt, a.pengguna,
+       a.tps_total, a.tps_reported, a.tps_quarantined, a.changed_sequence
+FROM registry.area r
+LEFT JOIN aggregate.area_total a ON a.contest = $1 AND a.area = r.code
+WHERE (CASE WHEN $2 = '' THEN r.parent IS NULL ELSE r.parent = $2 END)
+  AND (starts_with(r.code, $3) OR starts_with($3, r.code))
+ORDER BY r.code;
+
+-- name: child_tps
+SELECT t.code, r.version, r.quarantined, r.votes, r.suara_sah, r.suara_tidak_sah, r.suara_total, r.dpt,
+       r.pengguna, r.changed_sequence, r.changed_at
+FROM registry.tps t
+LEFT JOIN aggregate.tps_result r ON r.tps = t.code AND r.contest = $1
+WHERE t.desa = $2 AND starts_with(t.code, $3)
+ORDER BY t.code;
+
+-- name: tps_row
+SELECT t.code, r.version, r.quarantined, r.votes, r.suara_sah, r.suara_tidak_sah, r.suara_total, r.dpt,
+       r.pengguna, r.changed_sequence, r.changed_at
+FROM registry.tps t
+LEFT JOIN aggregate.tps_result r ON r.tps = t.code AND r.contest = $1
+WHERE t.code = $2;
+
+-- name: changes_since
+SELECT sequence, contest, area FROM aggregate.change
+WHERE sequence > $1
+ORDER BY sequence, contest, area
+LIMIT $2;
+
+-- name: changes_of_sequence
+SELECT sequence, contest, area FROM aggregate.change WHERE sequence = $1 ORDER BY contest, area;

@@ -1,0 +1,139 @@
+"""Requests in, validated updates out: every bad field is named, and nothing of a bad batch is applied."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.aggregate.catalog import Catalog
+from services.aggregate.errors import InvalidRequest
+from suara.runtime.errors import FieldProblem
+from suara.v1 import aggregate_pb2
+
+MAX_BATCH = 10_000
+SCALARS = ("suara_sah", "suara_tidak_sah", "suara_total", "dpt", "pengguna")
+AREA_LENGTHS = (2, 4, 6, 10)
+
+
+@dataclass(frozen=True)
+class Counts:
+    votes: tuple[int, ...]  # aligned to the contest's choice order
+    suara_sah: int
+    suara_tidak_sah: int
+    suara_total: int
+    dpt: int
+    pengguna: int
+
+    def array_literal(self) -> str:
+        return "{" + ",".join(map(str, self.votes)) + "}"
+
+
+@dataclass(frozen=True)
+class LeafUpdate:
+    tps: str
+    contest: str
+    version: int
+    quarantined: bool
+    failed_checks: tuple[str, ...]
+    counts: Counts
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.tps, self.contest)
+
+
+@dataclass(frozen=True)
+class AreaUpdate:
+    area: str
+    contest: str
+    version: int
+    counts: Counts
+    tps_total: int
+    tps_reported: int
+    tps_quarantined: int
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.area, self.contest)
+
+
+def _counts(
+    totals: aggregate_pb2.Totals, choices: list[str] | None, where: str, problems: list[FieldProblem]
+) -> Counts:
+    for name in SCALARS:
+        if getattr(totals, name) < 0:
+            problems.append(FieldProblem(f"{where}.{name}", f"must not be negative, got {getattr(totals, name)}"))
+    votes: tuple[int, ...] = ()
+    if choices is not None:
+        known = set(choices)
+        for choice, n in sorted(totals.votes.items()):
+            if choice not in known:
+                problems.append(FieldProblem(f"{where}.votes[{choice}]", f"unknown choice {choice!r} of this contest"))
+            elif n < 0:
+                problems.append(FieldProblem(f"{where}.votes[{choice}]", f"must not be negative, got {n}"))
+        votes = tuple(totals.votes.get(c, 0) for c in choices)  # a choice not sent has no votes
+    return Counts(votes, *(getattr(totals, name) for name in SCALARS))
+
+
+def _batch_size(n: int) -> None:
+    if n > MAX_BATCH:
+        raise InvalidRequest([FieldProblem("updates", f"at most {MAX_BATCH} updates per batch, got {n}; split it")])
+
+
+async def leaf_updates(request: aggregate_pb2.ApplyUpdatesRequest, catalog: Catalog) -> list[LeafUpdate]:
+    _batch_size(len(request.updates))
+    problems: list[FieldProblem] = []
+    out = []
+    for i, u in enumerate(request.updates):
+        where = f"updates[{i}]"
+        contest = catalog.contests.get(u.contest)
+        if contest is None:
+            problems.append(FieldProblem(f"{where}.contest", f"unknown contest {u.contest!r}"))
+        if not await catalog.tps_known(u.tps):
+            problems.append(FieldProblem(f"{where}.tps", f"unknown TPS {u.tps!r}: not in the registry"))
+        elif contest is not None and not contest.held_at(u.tps):
+            problems.append(
+                FieldProblem(
+                    f"{where}.tps", f"contest {u.contest!r} is not held at TPS {u.tps} (scope {contest.scope})"
+                )
+            )
+        if u.version < 1:
+            problems.append(FieldProblem(f"{where}.version", f"must be at least 1, got {u.version}"))
+        choices = catalog.choice_ids(u.contest) if contest is not None else None
+        counts = _counts(u.totals, choices, f"{where}.totals", problems)
+        out.append(LeafUpdate(u.tps, u.contest, u.version, u.quarantined, tuple(u.failed_checks), counts))
+    if problems:
+        raise InvalidRequest(problems)
+    return out
+
+
+def area_updates(request: aggregate_pb2.ApplyAreaUpdatesRequest, catalog: Catalog) -> list[AreaUpdate]:
+    """Shape only; whether the area holds TPS of the contest is checked against the rows (see Rollup)."""
+    _batch_size(len(request.updates))
+    problems: list[FieldProblem] = []
+    if not request.source:
+        problems.append(FieldProblem("source", "empty: the sending instance's name"))
+    out = []
+    for i, u in enumerate(request.updates):
+        where = f"updates[{i}]"
+        contest = catalog.contests.get(u.contest)
+        if contest is None:
+            problems.append(FieldProblem(f"{where}.contest", f"unknown contest {u.contest!r}"))
+        if not (u.area.isascii() and u.area.isdigit() and len(u.area) in AREA_LENGTHS):
+            problems.append(
+                FieldProblem(
+                    f"{where}.area", f"must be a province, kabupaten/kota, kecamatan or desa code, got {u.area!r}"
+                )
+            )
+        if u.version < 1:
+            problems.append(FieldProblem(f"{where}.version", f"must be at least 1, got {u.version}"))
+        for name in ("tps_total", "tps_reported", "tps_quarantined"):
+            if getattr(u, name) < 0:
+                problems.append(FieldProblem(f"{where}.{name}", f"must not be negative, got {getattr(u, name)}"))
+        if u.tps_reported + u.tps_quarantined > u.tps_total:
+            problems.append(FieldProblem(f"{where}.tps_reported", "tps_reported + tps_quarantined exceeds tps_total"))
+        choices = catalog.choice_ids(u.contest) if contest is not None else None
+        counts = _counts(u.totals, choices, f"{where}.totals", problems)
+        out.append(AreaUpdate(u.area, u.contest, u.version, counts, u.tps_total, u.tps_reported, u.tps_quarantined))
+    if problems:
+        raise InvalidRequest(problems)
+    return out

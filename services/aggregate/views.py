@@ -1,0 +1,114 @@
+"""Reads: one area with its children, and the change log. Each read is one snapshot with the sequence."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from services.aggregate.catalog import Catalog
+from services.aggregate.errors import InvalidRequest, NotFound
+from services.aggregate.queries import QUERIES
+from suara.runtime.errors import FieldProblem
+from suara.v1 import aggregate_pb2
+
+NATIONAL_NAME = "Indonesia"
+DEFAULT_CHANGES_LIMIT = 10_000
+_SCALARS = ("suara_sah", "suara_tidak_sah", "suara_total", "dpt", "pengguna")
+
+
+def _totals(row: Any, choices: Sequence[str], zero: bool = False) -> aggregate_pb2.Totals:
+    """Totals from a row; zero when the row is missing (no data) or `zero` (a quarantined TPS adds nothing)."""
+    if row is None or row["votes"] is None or zero:
+        return aggregate_pb2.Totals(votes=dict.fromkeys(choices, 0))
+    return aggregate_pb2.Totals(
+        votes=dict(zip(choices, row["votes"], strict=True)), **{name: row[name] for name in _SCALARS}
+    )
+
+
+def _area_row(code: str, name: str, row: Any, choices: Sequence[str]) -> aggregate_pb2.AreaRow:
+    if row is None or row["tps_total"] is None:
+        return aggregate_pb2.AreaRow(area=code, name=name, totals=_totals(None, choices))
+    return aggregate_pb2.AreaRow(
+        area=code,
+        name=name,
+        totals=_totals(row, choices),
+        tps_total=row["tps_total"],
+        tps_reported=row["tps_reported"],
+        tps_quarantined=row["tps_quarantined"],
+        changed_sequence=row["changed_sequence"],
+    )
+
+
+def _tps_row(row: asyncpg.Record, choices: Sequence[str]) -> aggregate_pb2.AreaRow:
+    reported = row["version"] is not None
+    quarantined = bool(row["quarantined"])
+    return aggregate_pb2.AreaRow(
+        area=row["code"],
+        name=f"TPS {row['code'][-3:]}",
+        totals=_totals(row, choices, zero=quarantined),
+        tps_total=1,
+        tps_reported=int(reported and not quarantined),
+        tps_quarantined=int(quarantined),
+        version=row["version"] or 0,
+        changed_sequence=row["changed_sequence"] or 0,
+    )
+
+
+def _unix_ms(row: Any) -> int:
+    when = None if row is None else row["changed_at"]
+    return 0 if when is None else int(when.timestamp() * 1000)
+
+
+async def get_area(pool: asyncpg.Pool, catalog: Catalog, area: str, contest_id: str) -> aggregate_pb2.AreaView:
+    contest = catalog.contests.get(contest_id)
+    if contest is None:
+        raise InvalidRequest([FieldProblem("contest", f"unknown contest {contest_id!r}")])
+    if not (area == "" or (area.isascii() and area.isdigit() and len(area) in (2, 4, 6, 10, 13))):
+        raise InvalidRequest([FieldProblem("area", f"must be '' (nasional) or a 2/4/6/10/13-digit code, got {area!r}")])
+    if not (area.startswith(contest.scope) or contest.scope.startswith(area)):
+        raise NotFound(f"contest {contest_id!r} is not held in area {area!r} (its scope is {contest.scope!r})")
+    choices = catalog.choice_ids(contest_id)
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        sequence = await conn.fetchval(QUERIES.head)  # the same snapshot as the rows below
+        if len(area) == 13:
+            tps = await conn.fetchrow(QUERIES.tps_row, contest_id, area)
+            if tps is None:
+                raise NotFound(f"no TPS {area!r} in the registry")
+            return aggregate_pb2.AreaView(
+                area=_tps_row(tps, choices), sequence=sequence, last_change_unix_ms=_unix_ms(tps)
+            )
+        name = NATIONAL_NAME if area == "" else await conn.fetchval(QUERIES.area_name, area)
+        if name is None:
+            raise NotFound(f"no area {area!r} in the registry")
+        row = await conn.fetchrow(QUERIES.area_row, contest_id, area)
+        if len(area) == 10:
+            kids = [_tps_row(r, choices) for r in await conn.fetch(QUERIES.child_tps, contest_id, area, contest.scope)]
+        else:
+            kids = [
+                _area_row(r["code"], r["name"], r, choices)
+                for r in await conn.fetch(QUERIES.child_areas, contest_id, area, contest.scope)
+            ]
+    return aggregate_pb2.AreaView(
+        area=_area_row(area, name, row, choices), children=kids, sequence=sequence, last_change_unix_ms=_unix_ms(row)
+    )
+
+
+async def changes(pool: asyncpg.Pool, since: int, limit: int) -> aggregate_pb2.ChangesResponse:
+    """Whole sequences only: a reply never ends in the middle of one, so `since` = the last sequence is safe."""
+    if limit < 0:
+        raise InvalidRequest([FieldProblem("limit", f"must not be negative, got {limit}")])
+    limit = limit or DEFAULT_CHANGES_LIMIT
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        newest = await conn.fetchval(QUERIES.head)
+        rows = list(await conn.fetch(QUERIES.changes_since, since, limit + 1))
+        if len(rows) > limit:
+            cut = rows[limit]["sequence"]
+            rows = [r for r in rows[:limit] if r["sequence"] != cut]
+            if not rows:  # one sequence larger than the limit: give it whole rather than never progress
+                rows = list(await conn.fetch(QUERIES.changes_of_sequence, cut))
+    return aggregate_pb2.ChangesResponse(
+        changes=[aggregate_pb2.Change(sequence=r["sequence"], area=r["area"], contest=r["contest"]) for r in rows],
+        sequence=newest,
+    )

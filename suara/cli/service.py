@@ -1,0 +1,132 @@
+"""`suara service issue|revoke|relay`: service-to-service credentials, and tally's outbox relay on its own."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from suara.runtime.database import connect, database_url
+from suara.runtime.service_auth import DEFAULT_TABLE, ROLES
+from suara.runtime.settings import Settings
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def add_parser(sub: Any) -> None:
+    service = sub.add_parser("service", help="credentials services use to call each other; the outbox relay")
+    ssub = service.add_subparsers(dest="service_command", metavar="ACTION", required=True)
+
+    p = ssub.add_parser(
+        "issue",
+        help="create a service credential, register its public key, write it to a file (mode 0600)",
+        description=(
+            "Create a service credential: an id, a role and an Ed25519 key pair. The public key is registered in\n"
+            "the protected service's credential table; the private key goes to the file, and nowhere else.\n"
+            "Callers sign each call: metadata `authorization: Suara-Service <id>:<unix s>:<hex signature>`.\n\n"
+            "roles (disjoint, least privilege):\n"
+            "  writer  may call aggregate's Apply* (tally's relay, a federated aggregate)\n"
+            "  reader  may call aggregate's GetArea and Changes (publish)"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--name", required=True, help="who holds it, e.g. tally-relay or publish")
+    p.add_argument("--role", required=True, choices=ROLES, help="what it may call")
+    p.add_argument("--out", type=Path, help="where to write it (default: SUARA_DATA_DIR/<name>.key.json)")
+    p.add_argument("--table", default=DEFAULT_TABLE, help=f"the credential table (default: {DEFAULT_TABLE})")
+    p.add_argument("--force", action="store_true", help="write over an existing file (its credential stays valid)")
+    p.set_defaults(handler=run_issue)
+
+    r = ssub.add_parser(
+        "revoke",
+        help="revoke a service credential by id",
+        description="Revoke a service credential. Servers refuse it once their short cache expires (30 s).",
+    )
+    r.add_argument("credential_id", help="the id, e.g. svc_0123456789ab")
+    r.add_argument("--table", default=DEFAULT_TABLE, help=f"the credential table (default: {DEFAULT_TABLE})")
+    r.set_defaults(handler=run_revoke)
+
+    relay = ssub.add_parser(
+        "relay",
+        help="run tally's outbox relay on its own until SIGTERM/SIGINT",
+        description=(
+            "Deliver tally.outbox to aggregate (ApplyUpdates) in batches of SUARA_RELAY_BATCH, in arrival order,\n"
+            "marking rows delivered only once aggregate confirms. Retries with backoff while either side is down.\n"
+            "Several may run: one delivers (a database advisory lock), the others stand by and take over."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    relay.add_argument("--aggregate", help="aggregate's HOST:PORT (default: SUARA_AGGREGATE_ADDRESS)")
+    relay.add_argument("--credential", type=Path, help="a writer credential file (default: SUARA_RELAY_CREDENTIAL)")
+    relay.add_argument("--batch", type=int, help="rows per call (default: SUARA_RELAY_BATCH)")
+    relay.set_defaults(handler=run_relay)
+
+
+async def run_issue(args: argparse.Namespace, settings: Settings) -> int:
+    from suara.runtime.service_auth import issue_service_credential
+
+    if not _NAME.match(args.name):
+        print(f"--name must be letters, digits, '.', '_' or '-', got {args.name!r}", file=sys.stderr)
+        return 2
+    out: Path = args.out or settings.data_dir / f"{args.name}.key.json"
+    if out.exists() and not args.force:  # noqa: ASYNC240  (one stat before any I/O of consequence)
+        print(f"{out} exists; use it, or pass --force to write a new credential over it", file=sys.stderr)
+        return 2
+    import asyncpg
+
+    with database_url(settings) as url:
+        async with connect(url) as conn:
+            try:
+                credential = await issue_service_credential(conn, args.name, args.role, args.table)
+            except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
+                print(f"no table {args.table}: run `suara db migrate` first", file=sys.stderr)
+                return 2
+    credential.save(out)
+    print(f"{credential.role} credential {credential.id} ({credential.name}) written to {out}")
+    return 0
+
+
+async def run_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    from suara.runtime.service_auth import revoke_service_credential
+
+    with database_url(settings) as url:
+        async with connect(url) as conn:
+            revoked = await revoke_service_credential(conn, args.credential_id, args.table)
+    if not revoked:
+        print(f"no live credential {args.credential_id}", file=sys.stderr)
+        return 1
+    print(f"revoked {args.credential_id}")
+    return 0
+
+
+async def run_relay(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+    import signal
+    from dataclasses import replace
+
+    from services.tally.relay import Relay
+
+    if args.aggregate:
+        settings = replace(settings, aggregate_address=args.aggregate)
+    if args.credential:
+        settings = replace(settings, relay_credential=str(args.credential))
+    if args.batch:
+        settings = replace(settings, relay_batch=args.batch)
+    with database_url(settings) as url:
+        try:
+            relay = Relay.from_settings(settings, url)
+        except (OSError, ValueError) as exc:
+            print(f"cannot load the relay credential: {exc}; see `suara service issue --role writer`", file=sys.stderr)
+            return 2
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        relay.start()
+        try:
+            await stop.wait()
+        finally:
+            await relay.stop()
+    return 0

@@ -1,0 +1,98 @@
+"""A running aggregate per test, on a free port, against the test's own database."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import grpc
+import pytest
+
+from services.aggregate.server import AggregateApp
+from suara.client.aggregate_stub import aggregate_stub
+from suara.runtime.service_auth import (
+    ServiceAuthClientInterceptor,
+    ServiceCredential,
+    aggregate_rules,
+    issue_service_credential,
+)
+from suara.runtime.settings import Settings
+from suara.v1 import aggregate_pb2_grpc
+from tests.conftest import with_database
+
+BASE_SETTINGS = Settings(aggregate_port=0, log_format="console")
+
+
+@dataclass
+class Aggregate:
+    app: AggregateApp
+    channel: grpc.aio.Channel
+    stub: aggregate_pb2_grpc.AggregateAsyncStub
+    db: asyncpg.Connection
+    db_url: str
+
+    async def close(self) -> None:
+        await self.channel.close()
+        await self.app.stop(grace=0.5)
+
+
+class BothRoles(grpc.aio.UnaryUnaryClientInterceptor):
+    """Signs each call with the credential its method needs, so one test stub can write and read.
+
+    Real callers hold one role each (the relay writes, publish reads)."""
+
+    def __init__(self, writer: ServiceCredential, reader: ServiceCredential) -> None:
+        self.by_role = {"writer": ServiceAuthClientInterceptor(writer), "reader": ServiceAuthClientInterceptor(reader)}
+        self.rules = aggregate_rules()
+
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        method = client_call_details.method
+        name = method.decode() if isinstance(method, bytes) else str(method)
+        role = self.rules.get(name, "reader")
+        return await self.by_role[role].intercept_unary_unary(continuation, client_call_details, request)
+
+
+async def service_channel(db: asyncpg.Connection, port: int) -> grpc.aio.Channel:
+    """A channel to the aggregate on `port` carrying fresh writer and reader credentials registered in `db`."""
+    writer = await issue_service_credential(db, "test-writer", "writer")
+    reader = await issue_service_credential(db, "test-reader", "reader")
+    return grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=[BothRoles(writer, reader)])
+
+
+async def start_aggregate(db_url: str, db: asyncpg.Connection) -> Aggregate:
+    app = await AggregateApp.create(BASE_SETTINGS, db_url)
+    await app.start()
+    channel = await service_channel(db, app.port)
+    return Aggregate(app, channel, aggregate_stub(channel), db, db_url)
+
+
+@pytest.fixture
+async def aggregate(db_url: str, db: asyncpg.Connection) -> AsyncIterator[Aggregate]:
+    a = await start_aggregate(db_url, db)
+    yield a
+    await a.close()
+
+
+@pytest.fixture
+async def other_db_url(pg_server: str, template_db: str) -> AsyncIterator[str]:
+    """A second fresh database with the same registry: another aggregate instance's."""
+    name = f"suara_t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_server)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    finally:
+        await admin.close()
+    yield with_database(pg_server, name)
+    admin = await asyncpg.connect(pg_server)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
