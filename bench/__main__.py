@@ -12,7 +12,7 @@ from pathlib import Path
 
 import asyncpg
 
-from bench import ingest
+from bench import ingest, rollup
 from suara.cli.db import migrate_url
 from suara.registry.loader import load_registry
 from suara.runtime.embedded import EmbeddedPostgres
@@ -42,6 +42,12 @@ def main() -> int:
             asyncio.run(_prepare(url))
             print(f"ingest: {forms:,} unary Submit and {forms:,} forms in SubmitBatch …", file=sys.stderr)
             results = asyncio.run(ingest.run(url, forms=forms, concurrency=64))
+            contests = ("ppwp",) if quick else rollup.CONTESTS
+            print(
+                f"rollup: batches of {rollup.BATCH:,} changed TPS vs full recompute ({', '.join(contests)}) …",
+                file=sys.stderr,
+            )
+            results.update(asyncio.run(rollup.run(url, contests=contests)))
         finally:
             server.stop("immediate")
     report = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "quick": quick, **results}

@@ -1,10 +1,11 @@
 """`suara demo`: the system as it stands, started on this machine with a small simulated election.
 
 It starts PostgreSQL (embedded unless DATABASE_URL), migrates, loads the
-registry, serves tally, enrolls devices through the admin API, sends every TPS
-of a small sample its C.Hasil form — with the resends, corrections and
-inconsistent forms of a real night — verifies the chain, and keeps serving
-until Ctrl-C.
+registry, serves aggregate and tally (whose relay feeds aggregate), enrolls
+devices through the admin API, sends every TPS of a small sample its C.Hasil
+form — with the resends, corrections and inconsistent forms of a real night —
+shows the national totals as aggregate rolled them up, verifies the chain, and
+keeps serving until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import grpc
 
 from suara.cli.progress import Progress
+from suara.runtime.service_auth import ServiceCredential
 from suara.runtime.settings import Settings
 
 
@@ -40,12 +42,13 @@ def add_parser(sub: Any) -> None:
 
 
 async def run_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from services.aggregate.server import AggregateApp
     from services.tally.credentials import AdminCredential, create_admin_credential
     from services.tally.server import TallyApp
     from suara.cli.db import migrate_url
     from suara.registry.loader import load_registry
     from suara.runtime.database import connect, database_url
-    from suara.runtime.embedded import free_port
+    from suara.runtime.service_auth import issue_service_credential
 
     with database_url(settings) as url:
         where = "DATABASE_URL" if settings.database_url else f"embedded PostgreSQL in {settings.data_dir}"
@@ -72,29 +75,76 @@ async def run_demo(args: argparse.Namespace, settings: Settings) -> int:
                 for r in await conn.fetch("SELECT id FROM registry.choice WHERE contest = 'ppwp' ORDER BY nomor_urut")
             ]
 
-        port = settings.tally_port
-        if port and not _port_free(settings.tally_host, port):
-            port = free_port()
-        app = await TallyApp.create(replace(settings, tally_port=port), url)
+        relay_key = settings.data_dir / "relay.key.json"
+        reader_key = settings.data_dir / "publish.key.json"
+        async with connect(url) as conn:
+            if not relay_key.exists():
+                (await issue_service_credential(conn, "relay", "writer")).save(relay_key)
+            if not reader_key.exists():
+                (await issue_service_credential(conn, "publish", "reader")).save(reader_key)
+
+        aggregate = await AggregateApp.create(replace(settings, aggregate_port=_port(settings, "aggregate")), url)
+        await aggregate.start()
+        aggregate_address = f"{settings.aggregate_host}:{aggregate.port}"
+        say(f"aggregate: serving gRPC on {aggregate_address} (service credentials required)")
+        tally_settings = replace(
+            settings,
+            tally_port=_port(settings, "tally"),
+            relay_credential=str(relay_key),
+            aggregate_address=aggregate_address,
+        )
+        app = await TallyApp.create(tally_settings, url)
         await app.start()
         address = f"{settings.tally_host}:{app.port}"
-        say(f"tally: serving gRPC on {address} (health, reflection: try `grpcurl -plaintext {address} list`)")
+        say(f"tally: serving gRPC on {address}, relaying to aggregate (try `grpcurl -plaintext {address} list`)")
         try:
             outcomes = await simulate(address, admin.token, tps, choices, args.seed)
             say("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
+            assert app.relay is not None
+            await app.relay.wait_caught_up()
+            await show_totals(aggregate_address, ServiceCredential.load(reader_key), choices)
             from services.tally.audit import verify_chain
 
             async with connect(url) as conn:
                 report = await verify_chain(conn)
             verdict = "OK" if report.ok else "BROKEN"
             say(f"verification: chain {verdict}, {report.records:,} records, head {report.head_hash[:16]}…")
-            say(f"admin credential: {admin_path}")
+            say(f"credentials: admin {admin_path}, relay {relay_key}, reader {reader_key}")
             if not args.once:
                 say("serving until Ctrl-C")
                 await _wait_for_signal()
         finally:
             await app.stop(settings.shutdown_grace_s)
+            await aggregate.stop(settings.shutdown_grace_s)
         return 0 if report.ok else 1
+
+
+def _port(settings: Settings, service: str) -> int:
+    host, port = (
+        (settings.tally_host, settings.tally_port)
+        if service == "tally"
+        else (settings.aggregate_host, settings.aggregate_port)
+    )
+    from suara.runtime.embedded import free_port
+
+    return port if port and _port_free(host, port) else free_port()
+
+
+async def show_totals(address: str, reader: ServiceCredential, choices: list[str]) -> None:
+    """The national row as aggregate serves it to publish: votes per choice and TPS progress."""
+    from suara.client.aggregate_stub import aggregate_stub
+    from suara.runtime.service_auth import ServiceAuthClientInterceptor
+    from suara.v1 import aggregate_pb2
+
+    async with grpc.aio.insecure_channel(address, interceptors=[ServiceAuthClientInterceptor(reader)]) as channel:
+        view = await aggregate_stub(channel).GetArea(aggregate_pb2.GetAreaRequest(area="", contest="ppwp"))
+    row = view.area
+    shown = ", ".join(f"{c}: {row.totals.votes.get(c, 0):,}" for c in choices)
+    say(f"nasional (ppwp): {shown}; valid {row.totals.suara_sah:,}")
+    say(
+        f"progress: {row.tps_reported:,} of {row.tps_total:,} TPS counted, {row.tps_quarantined:,} quarantined "
+        f"(change sequence {view.sequence})"
+    )
 
 
 def say(message: str) -> None:
@@ -146,9 +196,14 @@ async def simulate(address: str, admin_token: str, tps: list[str], choices: list
             users = rng.randint(dpt // 2, dpt)
             invalid = rng.randint(0, 6)
             left = users - invalid
-            for choice in choices[:-1]:
-                f.votes[choice] = rng.randint(0, left)
+            # Around the 2024 national shares (24.9 / 58.6 / 16.5 %), varying from TPS to TPS.
+            shares = [max(0.01, s + rng.gauss(0, 0.08)) for s in (0.249, 0.586, 0.165)[: len(choices)]]
+            shares += [1.0] * (len(choices) - len(shares))
+            remaining = sum(shares)
+            for choice, share in zip(choices[:-1], shares, strict=False):
+                f.votes[choice] = min(left, round(left * share / remaining))
                 left -= f.votes[choice]
+                remaining -= share
             f.votes[choices[-1]] = left
             f.suara_sah, f.suara_tidak_sah, f.suara_total = users - invalid, invalid, users
             for triple, j in (("pemilih_dpt", dpt), ("pengguna_dpt", users), ("pengguna_dptb", 0),
