@@ -16,6 +16,7 @@ from bench import ingest, rollup
 from suara.cli.db import migrate_url
 from suara.registry.loader import load_registry
 from suara.runtime.embedded import EmbeddedPostgres
+from suara.runtime.logging import configure_logging
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -30,6 +31,7 @@ async def _prepare(url: str) -> None:
 
 
 def main() -> int:
+    configure_logging("warning", "console", service="bench")
     quick = os.environ.get("BENCH_QUICK") == "1"
     forms = 2000 if quick else 10000
     with tempfile.TemporaryDirectory(prefix="suara-bench-") as tmp:

@@ -10,6 +10,7 @@ without seeing each other's rows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -85,21 +86,30 @@ def template_db(pg_server: str, worker_id_safe: str) -> Iterator[str]:
     asyncio.run(drop())
 
 
-@pytest.fixture
-async def db_url(pg_server: str, template_db: str) -> AsyncIterator[str]:
-    """A fresh, migrated database with the test registry, dropped after the test."""
+@contextlib.asynccontextmanager
+async def fresh_database(pg_server: str, template_db: str) -> AsyncIterator[str]:
+    """A new database copied from the worker's template, dropped afterwards."""
     name = f"suara_t_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(pg_server)
     try:
         await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
     finally:
         await admin.close()
-    yield with_database(pg_server, name)
-    admin = await asyncpg.connect(pg_server)
     try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        yield with_database(pg_server, name)
     finally:
-        await admin.close()
+        admin = await asyncpg.connect(pg_server)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture
+async def db_url(pg_server: str, template_db: str) -> AsyncIterator[str]:
+    """A fresh, migrated database with the test registry, dropped after the test."""
+    async with fresh_database(pg_server, template_db) as url:
+        yield url
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import secrets
 import time
 from collections import OrderedDict
@@ -15,6 +14,7 @@ from pathlib import Path
 import asyncpg
 
 from services.tally.queries import QUERIES
+from suara.runtime.secrets_file import write_secret
 
 
 @dataclass(frozen=True)
@@ -124,13 +124,7 @@ class AdminCredential:
         return cls(data["id"], data["token"])
 
     def save(self, path: Path) -> None:
-        """Write atomically, owner-only: a new file renamed over the old, never the old file's mode."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(self.to_json() + "\n")
-        tmp.replace(path)
+        write_secret(path, self.to_json() + "\n")
 
 
 async def create_admin_credential(conn: asyncpg.Connection, label: str = "") -> AdminCredential:

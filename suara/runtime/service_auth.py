@@ -21,7 +21,6 @@ that needs both holds two credentials.
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import time
@@ -38,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from suara.runtime.database import CONNECTION_ERRORS
+from suara.runtime.secrets_file import write_secret
 
 log = structlog.stdlib.get_logger("suara.service_auth")
 
@@ -144,13 +144,7 @@ class ServiceCredential:
             raise ValueError(f"{path}: {exc}") from exc
 
     def save(self, path: Path) -> None:
-        """Write atomically, owner-only: a new file renamed over the old, never the old file's mode."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(self.to_json() + "\n")
-        tmp.replace(path)
+        write_secret(path, self.to_json() + "\n")
 
 
 class ServiceAuthClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):

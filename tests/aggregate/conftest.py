@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +20,7 @@ from suara.runtime.service_auth import (
 )
 from suara.runtime.settings import Settings
 from suara.v1 import aggregate_pb2_grpc
-from tests.conftest import with_database
+from tests.conftest import fresh_database
 
 BASE_SETTINGS = Settings(aggregate_port=0, log_format="console")
 
@@ -84,15 +83,5 @@ async def aggregate(db_url: str, db: asyncpg.Connection) -> AsyncIterator[Aggreg
 @pytest.fixture
 async def other_db_url(pg_server: str, template_db: str) -> AsyncIterator[str]:
     """A second fresh database with the same registry: another aggregate instance's."""
-    name = f"suara_t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_server)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    finally:
-        await admin.close()
-    yield with_database(pg_server, name)
-    admin = await asyncpg.connect(pg_server)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with fresh_database(pg_server, template_db) as url:
+        yield url
