@@ -29,3 +29,17 @@ class DatabaseUnavailable(AggregateError):
     """Not applied as far as the caller knows: resending the same batch is safe (it is idempotent)."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class Unauthenticated(AggregateError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(AggregateError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Conflict(AggregateError):
+    """A recap version already stored with a different payload: the original is kept."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS

@@ -9,14 +9,19 @@ import asyncpg
 import grpc
 import structlog
 
-from services.aggregate import views
+from services.aggregate import recap, views
 from services.aggregate.catalog import Catalog
 from services.aggregate.errors import DatabaseUnavailable
 from services.aggregate.rollup import Rollup
 from services.aggregate.updates import area_updates, leaf_updates
 from suara.runtime.database import CONNECTION_ERRORS, create_pool
 from suara.runtime.grpc_server import Server, create_server, serve_until_signal
-from suara.runtime.service_auth import PgCredentialStore, ServiceAuthInterceptor, aggregate_rules
+from suara.runtime.service_auth import (
+    PgCredentialStore,
+    ServiceAuthInterceptor,
+    aggregate_rules,
+    aggregate_self_authenticated,
+)
 from suara.runtime.settings import Settings
 from suara.v1 import aggregate_pb2, aggregate_pb2_grpc
 
@@ -64,6 +69,23 @@ class AggregateService(aggregate_pb2_grpc.AggregateServicer):
     ) -> aggregate_pb2.ChangesResponse:
         return await _db(views.changes(self.pool, request.since, request.limit))
 
+    async def SubmitRecap(
+        self, request: aggregate_pb2.SubmitRecapRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> aggregate_pb2.SubmitRecapResponse:
+        return await _db(recap.submit_recap(self.pool, self.catalog, request))
+
+    async def GetReconciliation(
+        self, request: aggregate_pb2.GetReconciliationRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> aggregate_pb2.Reconciliation:
+        return await _db(recap.get_reconciliation(self.pool, self.catalog, request.area, request.contest))
+
+    async def ListMismatches(
+        self, request: aggregate_pb2.ListMismatchesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> aggregate_pb2.ListMismatchesResponse:
+        return await _db(
+            recap.list_mismatches(self.pool, self.catalog, request.area, request.contest, request.include_incomplete)
+        )
+
 
 class AggregateApp:
     """A running aggregate: pool, service and gRPC server. `start()` then `stop()`."""
@@ -100,7 +122,12 @@ class AggregateApp:
             [SERVICE_NAME],
             host=settings.aggregate_host,
             port=settings.aggregate_port,
-            interceptors=[ServiceAuthInterceptor(PgCredentialStore(pool), aggregate_rules()), *interceptors],
+            interceptors=[
+                ServiceAuthInterceptor(
+                    PgCredentialStore(pool), aggregate_rules(), self_authenticated=aggregate_self_authenticated()
+                ),
+                *interceptors,
+            ],
         )
         return cls(server, port, service, settings)
 

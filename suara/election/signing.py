@@ -91,3 +91,65 @@ class DeviceKey:
     @classmethod
     def load(cls, path: Path) -> DeviceKey:
         return cls.from_json(path.read_text())
+
+
+# Officials of the tiered recap and the area level each role recaps (its code length).
+OFFICIAL_ROLES: dict[str, int] = {"ppk": 6, "kpu-kabkota": 4, "kpu-provinsi": 2}
+
+
+def official_id_for(public_key: bytes) -> str:
+    return "off_" + hashlib.sha256(public_key).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class OfficialKey:
+    """What a recap official keeps: their area, role, id and private key."""
+
+    official_id: str
+    area: str
+    role: str
+    private_key: Ed25519PrivateKey
+
+    @classmethod
+    def generate(cls, area: str, role: str) -> OfficialKey:
+        if OFFICIAL_ROLES.get(role) != len(area) or not area.isdigit():
+            roles = ", ".join(f"{r} ({n}-digit area)" for r, n in OFFICIAL_ROLES.items())
+            raise ValueError(f"role {role!r} does not recap area {area!r}; the roles are {roles}")
+        key = Ed25519PrivateKey.generate()
+        return cls(official_id_for(public_bytes(key)), area, role, key)
+
+    @property
+    def public_key(self) -> bytes:
+        return public_bytes(self.private_key)
+
+    def sign(self, payload: bytes) -> bytes:
+        return self.private_key.sign(payload)
+
+    def to_json(self) -> str:
+        raw = self.private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        return json.dumps(
+            {
+                "kind": "suara-official-key",
+                "official_id": self.official_id,
+                "area": self.area,
+                "role": self.role,
+                "ed25519_private": raw.hex(),
+            },
+            indent=2,
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> OfficialKey:
+        data = json.loads(path.read_text())
+        if data.get("kind") != "suara-official-key":
+            raise ValueError(f"{path} is not a suara official key")
+        key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(data["ed25519_private"]))
+        if official_id_for(public_bytes(key)) != data["official_id"]:
+            raise ValueError(f"{path} is corrupt: the official id does not match the key")
+        return cls(data["official_id"], data["area"], data["role"], key)
+
+    def save(self, path: Path) -> None:
+        """Readable by its owner only, never replacing an existing key."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self.to_json() + "\n")

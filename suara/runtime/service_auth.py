@@ -255,9 +255,13 @@ class ServiceAuthInterceptor(grpc.aio.ServerInterceptor):
         cache_ttl_s: float = 30.0,
         max_skew_s: int = MAX_SKEW_S,
         clock: Callable[[], float] = time.time,
+        self_authenticated: frozenset[str] = frozenset(),
     ) -> None:
         self._store = store
         self._rules = dict(rules)
+        # Methods whose request carries its own signature, checked by the handler (an official's recap):
+        # no service credential is asked for them.
+        self._self_authenticated = self_authenticated
         self._ttl = cache_ttl_s
         self._skew = max_skew_s
         self._clock = clock
@@ -269,7 +273,7 @@ class ServiceAuthInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         method = handler_call_details.method
-        if method.startswith(OPEN_PREFIXES):
+        if method.startswith(OPEN_PREFIXES) or method in self._self_authenticated:
             return await continuation(handler_call_details)
         handler = await continuation(handler_call_details)
         if handler is None:  # no such method: let gRPC answer UNIMPLEMENTED
@@ -367,4 +371,19 @@ def aggregate_rules() -> dict[str, Role]:
 
     service = aggregate_pb2.DESCRIPTOR.services_by_name["Aggregate"]
     writes = {"ApplyUpdates", "ApplyAreaUpdates"}
-    return {f"/{service.full_name}/{m.name}": ("writer" if m.name in writes else "reader") for m in service.methods}
+    return {
+        f"/{service.full_name}/{m.name}": ("writer" if m.name in writes else "reader")
+        for m in service.methods
+        if m.name not in _OFFICIAL_METHODS
+    }
+
+
+_OFFICIAL_METHODS = frozenset({"SubmitRecap"})
+
+
+def aggregate_self_authenticated() -> frozenset[str]:
+    """Aggregate methods an official calls with a signed payload instead of a service credential."""
+    from suara.v1 import aggregate_pb2
+
+    service = aggregate_pb2.DESCRIPTOR.services_by_name["Aggregate"]
+    return frozenset(f"/{service.full_name}/{name}" for name in _OFFICIAL_METHODS)

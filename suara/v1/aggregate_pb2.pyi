@@ -19,6 +19,60 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _RecapOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RecapOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RecapOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RECAP_OUTCOME_UNSPECIFIED: _RecapOutcome.ValueType  # 0
+    RECAP_ACCEPTED: _RecapOutcome.ValueType  # 1
+    """the area's current recap now"""
+    RECAP_DUPLICATE: _RecapOutcome.ValueType  # 2
+    """byte-identical to the stored one"""
+    RECAP_SUPERSEDED: _RecapOutcome.ValueType  # 3
+    """below the current version: kept in the history only"""
+
+class RecapOutcome(_RecapOutcome, metaclass=_RecapOutcomeEnumTypeWrapper): ...
+
+RECAP_OUTCOME_UNSPECIFIED: RecapOutcome.ValueType  # 0
+RECAP_ACCEPTED: RecapOutcome.ValueType  # 1
+"""the area's current recap now"""
+RECAP_DUPLICATE: RecapOutcome.ValueType  # 2
+"""byte-identical to the stored one"""
+RECAP_SUPERSEDED: RecapOutcome.ValueType  # 3
+"""below the current version: kept in the history only"""
+Global___RecapOutcome: _TypeAlias = RecapOutcome  # noqa: Y015
+
+class _ReconciliationStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReconciliationStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReconciliationStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RECONCILIATION_STATUS_UNSPECIFIED: _ReconciliationStatus.ValueType  # 0
+    MATCH: _ReconciliationStatus.ValueType  # 1
+    """the recap equals the digital totals, and every TPS is counted"""
+    MISMATCH: _ReconciliationStatus.ValueType  # 2
+    """they differ: see differences"""
+    INCOMPLETE: _ReconciliationStatus.ValueType  # 3
+    """the digital count is not complete yet (TPS missing or quarantined)"""
+    NO_RECAP: _ReconciliationStatus.ValueType  # 4
+    """no recap entered for this area yet"""
+
+class ReconciliationStatus(_ReconciliationStatus, metaclass=_ReconciliationStatusEnumTypeWrapper): ...
+
+RECONCILIATION_STATUS_UNSPECIFIED: ReconciliationStatus.ValueType  # 0
+MATCH: ReconciliationStatus.ValueType  # 1
+"""the recap equals the digital totals, and every TPS is counted"""
+MISMATCH: ReconciliationStatus.ValueType  # 2
+"""they differ: see differences"""
+INCOMPLETE: ReconciliationStatus.ValueType  # 3
+"""the digital count is not complete yet (TPS missing or quarantined)"""
+NO_RECAP: ReconciliationStatus.ValueType  # 4
+"""no recap entered for this area yet"""
+Global___ReconciliationStatus: _TypeAlias = ReconciliationStatus  # noqa: Y015
+
 class _UpdateOutcome:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -41,6 +95,306 @@ DUPLICATE_UPDATE: UpdateOutcome.ValueType  # 2
 STALE: UpdateOutcome.ValueType  # 3
 """a higher version is already applied"""
 Global___UpdateOutcome: _TypeAlias = UpdateOutcome  # noqa: Y015
+
+@_typing.final
+class RecapForm(_message.Message):
+    """The D.Hasil recap of one contest in one area, as the official signs it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AREA_FIELD_NUMBER: _builtins.int
+    CONTEST_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    TOTALS_FIELD_NUMBER: _builtins.int
+    SIGNED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    area: _builtins.str
+    """the official's area: kecamatan (6), kabupaten/kota (4) or province (2)"""
+    contest: _builtins.str
+    version: _builtins.int
+    """grows per (area, contest)"""
+    signed_at_unix_ms: _builtins.int
+    @_builtins.property
+    def totals(self) -> Global___Totals:
+        """every choice of the contest, suara_sah, suara_tidak_sah, suara_total, dpt, pengguna"""
+
+    def __init__(
+        self,
+        *,
+        area: _builtins.str = ...,
+        contest: _builtins.str = ...,
+        version: _builtins.int = ...,
+        totals: Global___Totals | None = ...,
+        signed_at_unix_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["totals", b"totals"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["area", b"area", "contest", b"contest", "signed_at_unix_ms", b"signed_at_unix_ms", "totals", b"totals", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecapForm: _TypeAlias = RecapForm  # noqa: Y015
+
+@_typing.final
+class SignedRecap(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    OFFICIAL_ID_FIELD_NUMBER: _builtins.int
+    payload: _builtins.bytes
+    """serialized RecapForm"""
+    signature: _builtins.bytes
+    """Ed25519 over payload"""
+    official_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        payload: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+        official_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["official_id", b"official_id", "payload", b"payload", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignedRecap: _TypeAlias = SignedRecap  # noqa: Y015
+
+@_typing.final
+class SubmitRecapRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECAP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def recap(self) -> Global___SignedRecap: ...
+    def __init__(
+        self,
+        *,
+        recap: Global___SignedRecap | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recap", b"recap"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recap", b"recap"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitRecapRequest: _TypeAlias = SubmitRecapRequest  # noqa: Y015
+
+@_typing.final
+class SubmitRecapResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    RECAP_ID_FIELD_NUMBER: _builtins.int
+    CURRENT_VERSION_FIELD_NUMBER: _builtins.int
+    outcome: Global___RecapOutcome.ValueType
+    recap_id: _builtins.str
+    current_version: _builtins.int
+    def __init__(
+        self,
+        *,
+        outcome: Global___RecapOutcome.ValueType = ...,
+        recap_id: _builtins.str = ...,
+        current_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_version", b"current_version", "outcome", b"outcome", "recap_id", b"recap_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitRecapResponse: _TypeAlias = SubmitRecapResponse  # noqa: Y015
+
+@_typing.final
+class Difference(_message.Message):
+    """recap − digital, for one choice ("votes[ID]") or count ("suara_sah", …)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    RECAP_FIELD_NUMBER: _builtins.int
+    DIGITAL_FIELD_NUMBER: _builtins.int
+    DIFFERENCE_FIELD_NUMBER: _builtins.int
+    field: _builtins.str
+    recap: _builtins.int
+    digital: _builtins.int
+    difference: _builtins.int
+    def __init__(
+        self,
+        *,
+        field: _builtins.str = ...,
+        recap: _builtins.int = ...,
+        digital: _builtins.int = ...,
+        difference: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["difference", b"difference", "digital", b"digital", "field", b"field", "recap", b"recap"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Difference: _TypeAlias = Difference  # noqa: Y015
+
+@_typing.final
+class RecapVersion(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    OFFICIAL_ID_FIELD_NUMBER: _builtins.int
+    TOTALS_FIELD_NUMBER: _builtins.int
+    RECEIVED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    RECAP_ID_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    official_id: _builtins.str
+    received_unix_ms: _builtins.int
+    recap_id: _builtins.str
+    @_builtins.property
+    def totals(self) -> Global___Totals: ...
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        official_id: _builtins.str = ...,
+        totals: Global___Totals | None = ...,
+        received_unix_ms: _builtins.int = ...,
+        recap_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["totals", b"totals"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["official_id", b"official_id", "recap_id", b"recap_id", "received_unix_ms", b"received_unix_ms", "totals", b"totals", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecapVersion: _TypeAlias = RecapVersion  # noqa: Y015
+
+@_typing.final
+class Reconciliation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AREA_FIELD_NUMBER: _builtins.int
+    CONTEST_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    RECAP_FIELD_NUMBER: _builtins.int
+    DIGITAL_FIELD_NUMBER: _builtins.int
+    DIFFERENCES_FIELD_NUMBER: _builtins.int
+    RECAP_VERSION_FIELD_NUMBER: _builtins.int
+    TPS_TOTAL_FIELD_NUMBER: _builtins.int
+    TPS_REPORTED_FIELD_NUMBER: _builtins.int
+    TPS_QUARANTINED_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
+    area: _builtins.str
+    contest: _builtins.str
+    status: Global___ReconciliationStatus.ValueType
+    recap_version: _builtins.int
+    tps_total: _builtins.int
+    tps_reported: _builtins.int
+    tps_quarantined: _builtins.int
+    @_builtins.property
+    def recap(self) -> Global___Totals: ...
+    @_builtins.property
+    def digital(self) -> Global___Totals: ...
+    @_builtins.property
+    def differences(self) -> _containers.RepeatedCompositeFieldContainer[Global___Difference]:
+        """every field that differs (also while INCOMPLETE)"""
+
+    @_builtins.property
+    def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecapVersion]:
+        """every recap version stored, oldest first"""
+
+    def __init__(
+        self,
+        *,
+        area: _builtins.str = ...,
+        contest: _builtins.str = ...,
+        status: Global___ReconciliationStatus.ValueType = ...,
+        recap: Global___Totals | None = ...,
+        digital: Global___Totals | None = ...,
+        differences: _abc.Iterable[Global___Difference] | None = ...,
+        recap_version: _builtins.int = ...,
+        tps_total: _builtins.int = ...,
+        tps_reported: _builtins.int = ...,
+        tps_quarantined: _builtins.int = ...,
+        history: _abc.Iterable[Global___RecapVersion] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["digital", b"digital", "recap", b"recap"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["area", b"area", "contest", b"contest", "differences", b"differences", "digital", b"digital", "history", b"history", "recap", b"recap", "recap_version", b"recap_version", "status", b"status", "tps_quarantined", b"tps_quarantined", "tps_reported", b"tps_reported", "tps_total", b"tps_total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Reconciliation: _TypeAlias = Reconciliation  # noqa: Y015
+
+@_typing.final
+class GetReconciliationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AREA_FIELD_NUMBER: _builtins.int
+    CONTEST_FIELD_NUMBER: _builtins.int
+    area: _builtins.str
+    contest: _builtins.str
+    def __init__(
+        self,
+        *,
+        area: _builtins.str = ...,
+        contest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["area", b"area", "contest", b"contest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReconciliationRequest: _TypeAlias = GetReconciliationRequest  # noqa: Y015
+
+@_typing.final
+class ListMismatchesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AREA_FIELD_NUMBER: _builtins.int
+    CONTEST_FIELD_NUMBER: _builtins.int
+    INCLUDE_INCOMPLETE_FIELD_NUMBER: _builtins.int
+    area: _builtins.str
+    """"" for the whole country"""
+    contest: _builtins.str
+    include_incomplete: _builtins.bool
+    """also areas whose recap differs only because counting goes on"""
+    def __init__(
+        self,
+        *,
+        area: _builtins.str = ...,
+        contest: _builtins.str = ...,
+        include_incomplete: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["area", b"area", "contest", b"contest", "include_incomplete", b"include_incomplete"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMismatchesRequest: _TypeAlias = ListMismatchesRequest  # noqa: Y015
+
+@_typing.final
+class ListMismatchesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reconciliation]:
+        """by area code; without history"""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___Reconciliation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMismatchesResponse: _TypeAlias = ListMismatchesResponse  # noqa: Y015
 
 @_typing.final
 class Totals(_message.Message):

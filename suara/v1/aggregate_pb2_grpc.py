@@ -63,6 +63,21 @@ class AggregateStub:
                 request_serializer=suara_dot_v1_dot_aggregate__pb2.ChangesRequest.SerializeToString,
                 response_deserializer=suara_dot_v1_dot_aggregate__pb2.ChangesResponse.FromString,
                 _registered_method=True)
+        self.SubmitRecap = channel.unary_unary(
+                '/suara.v1.Aggregate/SubmitRecap',
+                request_serializer=suara_dot_v1_dot_aggregate__pb2.SubmitRecapRequest.SerializeToString,
+                response_deserializer=suara_dot_v1_dot_aggregate__pb2.SubmitRecapResponse.FromString,
+                _registered_method=True)
+        self.GetReconciliation = channel.unary_unary(
+                '/suara.v1.Aggregate/GetReconciliation',
+                request_serializer=suara_dot_v1_dot_aggregate__pb2.GetReconciliationRequest.SerializeToString,
+                response_deserializer=suara_dot_v1_dot_aggregate__pb2.Reconciliation.FromString,
+                _registered_method=True)
+        self.ListMismatches = channel.unary_unary(
+                '/suara.v1.Aggregate/ListMismatches',
+                request_serializer=suara_dot_v1_dot_aggregate__pb2.ListMismatchesRequest.SerializeToString,
+                response_deserializer=suara_dot_v1_dot_aggregate__pb2.ListMismatchesResponse.FromString,
+                _registered_method=True)
 
 
 class AggregateServicer:
@@ -105,6 +120,31 @@ class AggregateServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitRecap(self, request, context):
+        """Rekapitulasi berjenjang: an official (PPK for a kecamatan, KPU for a
+        kabupaten/kota or province) enters the manual recap totals of their area.
+        Signed with the official's key (`suara official enroll`), not a service
+        credential; versioned like forms: DUPLICATE, ALREADY_EXISTS on a different
+        payload for a stored version, SUPERSEDED below the current one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetReconciliation(self, request, context):
+        """The recap of one area against the digital totals (reader credential).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMismatches(self, request, context):
+        """Every recapped area under an area whose recap disagrees (reader credential).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AggregateServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +167,21 @@ def add_AggregateServicer_to_server(servicer, server):
                     servicer.Changes,
                     request_deserializer=suara_dot_v1_dot_aggregate__pb2.ChangesRequest.FromString,
                     response_serializer=suara_dot_v1_dot_aggregate__pb2.ChangesResponse.SerializeToString,
+            ),
+            'SubmitRecap': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitRecap,
+                    request_deserializer=suara_dot_v1_dot_aggregate__pb2.SubmitRecapRequest.FromString,
+                    response_serializer=suara_dot_v1_dot_aggregate__pb2.SubmitRecapResponse.SerializeToString,
+            ),
+            'GetReconciliation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReconciliation,
+                    request_deserializer=suara_dot_v1_dot_aggregate__pb2.GetReconciliationRequest.FromString,
+                    response_serializer=suara_dot_v1_dot_aggregate__pb2.Reconciliation.SerializeToString,
+            ),
+            'ListMismatches': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMismatches,
+                    request_deserializer=suara_dot_v1_dot_aggregate__pb2.ListMismatchesRequest.FromString,
+                    response_serializer=suara_dot_v1_dot_aggregate__pb2.ListMismatchesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -246,6 +301,87 @@ class Aggregate:
             '/suara.v1.Aggregate/Changes',
             suara_dot_v1_dot_aggregate__pb2.ChangesRequest.SerializeToString,
             suara_dot_v1_dot_aggregate__pb2.ChangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitRecap(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/suara.v1.Aggregate/SubmitRecap',
+            suara_dot_v1_dot_aggregate__pb2.SubmitRecapRequest.SerializeToString,
+            suara_dot_v1_dot_aggregate__pb2.SubmitRecapResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReconciliation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/suara.v1.Aggregate/GetReconciliation',
+            suara_dot_v1_dot_aggregate__pb2.GetReconciliationRequest.SerializeToString,
+            suara_dot_v1_dot_aggregate__pb2.Reconciliation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMismatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/suara.v1.Aggregate/ListMismatches',
+            suara_dot_v1_dot_aggregate__pb2.ListMismatchesRequest.SerializeToString,
+            suara_dot_v1_dot_aggregate__pb2.ListMismatchesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,17 @@ class AggregateStub:
     GetArea: _grpc.UnaryUnaryMultiCallable[_aggregate_pb2.GetAreaRequest, _aggregate_pb2.AreaView]
     Changes: _grpc.UnaryUnaryMultiCallable[_aggregate_pb2.ChangesRequest, _aggregate_pb2.ChangesResponse]
     """What changed after a sequence number, so publish follows without rescanning."""
+    SubmitRecap: _grpc.UnaryUnaryMultiCallable[_aggregate_pb2.SubmitRecapRequest, _aggregate_pb2.SubmitRecapResponse]
+    """Rekapitulasi berjenjang: an official (PPK for a kecamatan, KPU for a
+    kabupaten/kota or province) enters the manual recap totals of their area.
+    Signed with the official's key (`suara official enroll`), not a service
+    credential; versioned like forms: DUPLICATE, ALREADY_EXISTS on a different
+    payload for a stored version, SUPERSEDED below the current one.
+    """
+    GetReconciliation: _grpc.UnaryUnaryMultiCallable[_aggregate_pb2.GetReconciliationRequest, _aggregate_pb2.Reconciliation]
+    """The recap of one area against the digital totals (reader credential)."""
+    ListMismatches: _grpc.UnaryUnaryMultiCallable[_aggregate_pb2.ListMismatchesRequest, _aggregate_pb2.ListMismatchesResponse]
+    """Every recapped area under an area whose recap disagrees (reader credential)."""
 
 @_typing.type_check_only
 class AggregateAsyncStub(AggregateStub):
@@ -75,6 +86,17 @@ class AggregateAsyncStub(AggregateStub):
     GetArea: _aio.UnaryUnaryMultiCallable[_aggregate_pb2.GetAreaRequest, _aggregate_pb2.AreaView]  # type: ignore[assignment]
     Changes: _aio.UnaryUnaryMultiCallable[_aggregate_pb2.ChangesRequest, _aggregate_pb2.ChangesResponse]  # type: ignore[assignment]
     """What changed after a sequence number, so publish follows without rescanning."""
+    SubmitRecap: _aio.UnaryUnaryMultiCallable[_aggregate_pb2.SubmitRecapRequest, _aggregate_pb2.SubmitRecapResponse]  # type: ignore[assignment]
+    """Rekapitulasi berjenjang: an official (PPK for a kecamatan, KPU for a
+    kabupaten/kota or province) enters the manual recap totals of their area.
+    Signed with the official's key (`suara official enroll`), not a service
+    credential; versioned like forms: DUPLICATE, ALREADY_EXISTS on a different
+    payload for a stored version, SUPERSEDED below the current one.
+    """
+    GetReconciliation: _aio.UnaryUnaryMultiCallable[_aggregate_pb2.GetReconciliationRequest, _aggregate_pb2.Reconciliation]  # type: ignore[assignment]
+    """The recap of one area against the digital totals (reader credential)."""
+    ListMismatches: _aio.UnaryUnaryMultiCallable[_aggregate_pb2.ListMismatchesRequest, _aggregate_pb2.ListMismatchesResponse]  # type: ignore[assignment]
+    """Every recapped area under an area whose recap disagrees (reader credential)."""
 
 class AggregateServicer(metaclass=_abc_1.ABCMeta):
     """aggregate owns the totals. It takes idempotent versioned updates: a duplicate
@@ -120,5 +142,34 @@ class AggregateServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_aggregate_pb2.ChangesResponse, _abc.Awaitable[_aggregate_pb2.ChangesResponse]]:
         """What changed after a sequence number, so publish follows without rescanning."""
+
+    @_abc_1.abstractmethod
+    def SubmitRecap(
+        self,
+        request: _aggregate_pb2.SubmitRecapRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_aggregate_pb2.SubmitRecapResponse, _abc.Awaitable[_aggregate_pb2.SubmitRecapResponse]]:
+        """Rekapitulasi berjenjang: an official (PPK for a kecamatan, KPU for a
+        kabupaten/kota or province) enters the manual recap totals of their area.
+        Signed with the official's key (`suara official enroll`), not a service
+        credential; versioned like forms: DUPLICATE, ALREADY_EXISTS on a different
+        payload for a stored version, SUPERSEDED below the current one.
+        """
+
+    @_abc_1.abstractmethod
+    def GetReconciliation(
+        self,
+        request: _aggregate_pb2.GetReconciliationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_aggregate_pb2.Reconciliation, _abc.Awaitable[_aggregate_pb2.Reconciliation]]:
+        """The recap of one area against the digital totals (reader credential)."""
+
+    @_abc_1.abstractmethod
+    def ListMismatches(
+        self,
+        request: _aggregate_pb2.ListMismatchesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_aggregate_pb2.ListMismatchesResponse, _abc.Awaitable[_aggregate_pb2.ListMismatchesResponse]]:
+        """Every recapped area under an area whose recap disagrees (reader credential)."""
 
 def add_AggregateServicer_to_server(servicer: AggregateServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

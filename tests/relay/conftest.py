@@ -89,6 +89,24 @@ class FakeAggregate(aggregate_pb2_grpc.AggregateServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
         raise AssertionError
 
+    async def SubmitRecap(
+        self, request: aggregate_pb2.SubmitRecapRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> aggregate_pb2.SubmitRecapResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
+        raise AssertionError
+
+    async def GetReconciliation(
+        self, request: aggregate_pb2.GetReconciliationRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> aggregate_pb2.Reconciliation:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
+        raise AssertionError
+
+    async def ListMismatches(
+        self, request: aggregate_pb2.ListMismatchesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> aggregate_pb2.ListMismatchesResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
+        raise AssertionError
+
     async def wait_for(self, predicate: Callable[[], bool]) -> None:
         async with self.changed:
             await asyncio.wait_for(self.changed.wait_for(predicate), WAIT_S)

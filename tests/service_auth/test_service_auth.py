@@ -29,6 +29,7 @@ from suara.runtime.service_auth import (
     ServiceAuthInterceptor,
     ServiceCredential,
     aggregate_rules,
+    aggregate_self_authenticated,
     credential_table_ddl,
     issue_service_credential,
     revoke_service_credential,
@@ -199,7 +200,11 @@ def test_aggregate_rules_name_every_rpc() -> None:
 
     methods = {m.name for m in aggregate_pb2.DESCRIPTOR.services_by_name["Aggregate"].methods}
     rules = aggregate_rules()
-    assert {name.rsplit("/", 1)[1] for name in rules} == methods
+    official = {name.rsplit("/", 1)[1] for name in aggregate_self_authenticated()}
+    assert official == {"SubmitRecap"}  # an official's signed recap, not a service credential
+    assert {name.rsplit("/", 1)[1] for name in rules} | official == methods
+    assert not {name.rsplit("/", 1)[1] for name in rules} & official
+    assert rules["/suara.v1.Aggregate/GetReconciliation"] == "reader"
     assert rules["/suara.v1.Aggregate/ApplyUpdates"] == "writer"
     assert rules["/suara.v1.Aggregate/ApplyAreaUpdates"] == "writer"
     assert rules["/suara.v1.Aggregate/GetArea"] == "reader"

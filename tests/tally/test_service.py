@@ -128,6 +128,8 @@ async def test_graceful_shutdown_says_not_serving_then_finishes_in_flight_calls(
 async def test_logs_are_json_with_request_context(tally: Tally, caplog: pytest.LogCaptureFixture) -> None:
     from suara.runtime.logging import configure_logging
 
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
     configure_logging("info", "json", service="tally-test")
     records: list[str] = []
     handler = logging.getLogger().handlers[0]
@@ -142,7 +144,8 @@ async def test_logs_are_json_with_request_context(tally: Tally, caplog: pytest.L
         with pytest.raises(grpc.aio.AioRpcError):
             await tally.stub.Submit(tally_pb2.SubmitRequest(), metadata=(("x-request-id", "req-42"),))
     finally:
-        logging.getLogger().removeHandler(capture)
+        root.handlers[:] = saved[0]  # later tests log where pytest expects, not to a closed capture
+        root.setLevel(saved[1])
     lines = [json.loads(r) for r in records]
     errors = [line for line in lines if line.get("event") == "rpc_error"]
     assert errors, lines

@@ -276,3 +276,42 @@ LIMIT $2;
 
 -- name: changes_of_sequence
 SELECT sequence, contest, area FROM aggregate.change WHERE sequence = $1 ORDER BY contest, area;
+
+-- name: official
+SELECT official_id, area, role, public_key FROM aggregate.official WHERE official_id = $1 AND revoked_at IS NULL;
+
+-- name: enroll_official
+INSERT INTO aggregate.official (official_id, area, role, public_key, label) VALUES ($1, $2, $3, $4, $5);
+
+-- name: insert_recap
+-- Nothing is returned when the key is taken: the caller then compares payloads (duplicate or conflict).
+INSERT INTO aggregate.recap (id, area, contest, version, payload, payload_sha256, signature, official_id,
+                             votes, suara_sah, suara_tidak_sah, suara_total, dpt, pengguna)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+ON CONFLICT ON CONSTRAINT recap_key DO NOTHING
+RETURNING id;
+
+-- name: recap_by_key
+SELECT id, payload_sha256 FROM aggregate.recap WHERE area = $1 AND contest = $2 AND version = $3;
+
+-- name: recap_current_version
+SELECT max(version) FROM aggregate.recap WHERE area = $1 AND contest = $2;
+
+-- name: recap_history
+SELECT id, version, official_id, votes, suara_sah, suara_tidak_sah, suara_total, dpt, pengguna, received_at
+FROM aggregate.recap WHERE area = $1 AND contest = $2 ORDER BY version;
+
+-- name: area_digital
+SELECT area, votes, suara_sah, suara_tidak_sah, suara_total, dpt, pengguna, tps_total, tps_reported, tps_quarantined
+FROM aggregate.area_total WHERE contest = $1 AND area = $2;
+
+-- name: current_recaps_under
+-- The current recap of every area under (or at) an area, with its digital row.
+SELECT DISTINCT ON (r.area) r.area, r.version, r.votes, r.suara_sah, r.suara_tidak_sah, r.suara_total, r.dpt,
+       r.pengguna, a.votes AS d_votes, a.suara_sah AS d_suara_sah, a.suara_tidak_sah AS d_suara_tidak_sah,
+       a.suara_total AS d_suara_total, a.dpt AS d_dpt, a.pengguna AS d_pengguna, a.tps_total, a.tps_reported,
+       a.tps_quarantined
+FROM aggregate.recap r
+JOIN aggregate.area_total a ON a.contest = r.contest AND a.area = r.area
+WHERE r.contest = $1 AND r.area LIKE $2 || '%'
+ORDER BY r.area, r.version DESC;

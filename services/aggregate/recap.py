@@ -1,0 +1,186 @@
+"""Rekapitulasi berjenjang: officials' signed recap totals, and their reconciliation with the digital count.
+
+A recap is a signed document like a C.Hasil form: the official's key must be
+enrolled for exactly that area, the payload bytes are what is signed and
+stored, and (area, contest, version) is unique by constraint — a resend is
+DUPLICATE, a different payload for a stored version is refused, an older
+version is kept as history. Reconciliation compares the current recap with
+the area's rolled-up digital totals field by field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+from google.protobuf.message import DecodeError
+
+from services.aggregate.catalog import Catalog
+from services.aggregate.errors import Conflict, InvalidRequest, NotFound, PermissionDenied, Unauthenticated
+from services.aggregate.queries import QUERIES
+from suara.election import signing
+from suara.runtime.errors import FieldProblem
+from suara.v1 import aggregate_pb2
+
+SCALARS = ("suara_sah", "suara_tidak_sah", "suara_total", "dpt", "pengguna")
+MAX_AREA_COUNT = 10**9  # more than the whole electorate: a typo, not a count
+
+
+async def submit_recap(
+    pool: asyncpg.Pool, catalog: Catalog, request: aggregate_pb2.SubmitRecapRequest
+) -> aggregate_pb2.SubmitRecapResponse:
+    signed = request.recap
+    problems = []
+    if not signed.payload:
+        problems.append(FieldProblem("recap.payload", "empty: the serialized RecapForm that was signed"))
+    if len(signed.signature) != signing.SIGNATURE_BYTES:
+        problems.append(
+            FieldProblem("recap.signature", f"must be a 64-byte Ed25519 signature, got {len(signed.signature)}")
+        )
+    if not signed.official_id:
+        problems.append(FieldProblem("recap.official_id", "empty: the id of the official's enrolled key"))
+    if problems:
+        raise InvalidRequest(problems)
+    official = await pool.fetchrow(QUERIES.official, signed.official_id)
+    if official is None:
+        raise Unauthenticated(
+            f"unknown or revoked official {signed.official_id!r}: enroll with `suara official enroll`"
+        )
+    if not signing.verify(bytes(official["public_key"]), signed.payload, signed.signature):
+        raise Unauthenticated(
+            f"the signature does not verify with official {signed.official_id}'s key: altered, or another key"
+        )
+    try:
+        form = aggregate_pb2.RecapForm.FromString(signed.payload)
+    except DecodeError:
+        raise InvalidRequest([FieldProblem("recap.payload", "is not a serialized suara.v1.RecapForm")]) from None
+    if form.area != official["area"]:
+        raise PermissionDenied(
+            f"official {signed.official_id} ({official['role']}) recaps area {official['area']}, not {form.area!r}"
+        )
+    choices = await _validate(pool, catalog, form)
+    digest = hashlib.sha256(signed.payload).digest()
+    votes = [form.totals.votes[c] for c in choices]
+    async with pool.acquire() as conn, conn.transaction():
+        inserted = await conn.fetchval(
+            QUERIES.insert_recap, uuid.uuid4(), form.area, form.contest, form.version, signed.payload, digest,
+            signed.signature, signed.official_id, votes, *(getattr(form.totals, s) for s in SCALARS),
+        )  # fmt: skip
+        current = int(await conn.fetchval(QUERIES.recap_current_version, form.area, form.contest))
+        if inserted is not None:
+            outcome = aggregate_pb2.RECAP_ACCEPTED if form.version >= current else aggregate_pb2.RECAP_SUPERSEDED
+            return aggregate_pb2.SubmitRecapResponse(outcome=outcome, recap_id=str(inserted), current_version=current)
+        existing = await conn.fetchrow(QUERIES.recap_by_key, form.area, form.contest, form.version)
+    if bytes(existing["payload_sha256"]) != digest:
+        raise Conflict(
+            f"recap version {form.version} of {form.area} {form.contest} is already stored with a different payload "
+            f"(recap {existing['id']}); the original is kept. Sign a correction with a version above {current}"
+        )
+    return aggregate_pb2.SubmitRecapResponse(
+        outcome=aggregate_pb2.RECAP_DUPLICATE, recap_id=str(existing["id"]), current_version=current
+    )
+
+
+async def _validate(pool: asyncpg.Pool, catalog: Catalog, form: aggregate_pb2.RecapForm) -> list[str]:
+    problems = []
+    contest = catalog.contests.get(form.contest)
+    if contest is None:
+        raise InvalidRequest([FieldProblem("contest", f"unknown contest {form.contest!r}")])
+    if await pool.fetchrow(QUERIES.area_digital, form.contest, form.area) is None:
+        problems.append(FieldProblem("area", f"{form.contest} is not held in area {form.area!r}"))
+    if form.version < 1:
+        problems.append(FieldProblem("version", f"must be >= 1, got {form.version}"))
+    choices = catalog.choice_ids(form.contest)
+    for choice in sorted(set(choices) | set(form.totals.votes)):
+        field = f"totals.votes[{choice}]"
+        if choice not in choices:
+            problems.append(FieldProblem(field, f"not a choice of {form.contest}"))
+        elif choice not in form.totals.votes:
+            problems.append(FieldProblem(field, "missing; every choice needs a count, 0 if none"))
+        elif not 0 <= form.totals.votes[choice] <= MAX_AREA_COUNT:
+            problems.append(FieldProblem(field, f"must be between 0 and {MAX_AREA_COUNT}"))
+    for name in SCALARS:
+        if not 0 <= getattr(form.totals, name) <= MAX_AREA_COUNT:
+            problems.append(FieldProblem(f"totals.{name}", f"must be between 0 and {MAX_AREA_COUNT}"))
+    if problems:
+        raise InvalidRequest(problems)
+    return choices
+
+
+def _totals(votes: Sequence[int], row: Any, prefix: str, choices: Sequence[str]) -> aggregate_pb2.Totals:
+    return aggregate_pb2.Totals(votes=dict(zip(choices, votes, strict=True)), **{s: row[prefix + s] for s in SCALARS})
+
+
+def _compare(
+    area: str, contest: str, recap: aggregate_pb2.Totals | None, digital: aggregate_pb2.Totals, counts: Any
+) -> aggregate_pb2.Reconciliation:
+    result = aggregate_pb2.Reconciliation(
+        area=area,
+        contest=contest,
+        digital=digital,
+        tps_total=counts["tps_total"],
+        tps_reported=counts["tps_reported"],
+        tps_quarantined=counts["tps_quarantined"],
+    )
+    if recap is None:
+        result.status = aggregate_pb2.NO_RECAP
+        return result
+    result.recap.CopyFrom(recap)
+    pairs = [(f"votes[{c}]", recap.votes[c], digital.votes.get(c, 0)) for c in recap.votes]
+    pairs += [(s, getattr(recap, s), getattr(digital, s)) for s in SCALARS]
+    for field, r, d in sorted(pairs):
+        if r != d:
+            result.differences.add(field=field, recap=r, digital=d, difference=r - d)
+    if counts["tps_reported"] < counts["tps_total"]:
+        result.status = aggregate_pb2.INCOMPLETE
+    else:
+        result.status = aggregate_pb2.MISMATCH if result.differences else aggregate_pb2.MATCH
+    return result
+
+
+async def get_reconciliation(
+    pool: asyncpg.Pool, catalog: Catalog, area: str, contest: str
+) -> aggregate_pb2.Reconciliation:
+    if contest not in catalog.contests:
+        raise InvalidRequest([FieldProblem("contest", f"unknown contest {contest!r}")])
+    choices = catalog.choice_ids(contest)
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        digital_row = await conn.fetchrow(QUERIES.area_digital, contest, area)
+        history = await conn.fetch(QUERIES.recap_history, area, contest)
+    if digital_row is None:
+        raise NotFound(f"no area {area!r} where {contest} is held")
+    digital = _totals(digital_row["votes"] or [0] * len(choices), digital_row, "", choices)
+    recap = _totals(history[-1]["votes"], history[-1], "", choices) if history else None
+    result = _compare(area, contest, recap, digital, digital_row)
+    if history:
+        result.recap_version = history[-1]["version"]
+    for row in history:
+        result.history.add(
+            version=row["version"],
+            official_id=row["official_id"],
+            totals=_totals(row["votes"], row, "", choices),
+            received_unix_ms=int(row["received_at"].timestamp() * 1000),
+            recap_id=str(row["id"]),
+        )
+    return result
+
+
+async def list_mismatches(
+    pool: asyncpg.Pool, catalog: Catalog, area: str, contest: str, include_incomplete: bool
+) -> aggregate_pb2.ListMismatchesResponse:
+    if contest not in catalog.contests:
+        raise InvalidRequest([FieldProblem("contest", f"unknown contest {contest!r}")])
+    choices = catalog.choice_ids(contest)
+    wanted = {aggregate_pb2.MISMATCH} | ({aggregate_pb2.INCOMPLETE} if include_incomplete else set())
+    response = aggregate_pb2.ListMismatchesResponse()
+    for row in await pool.fetch(QUERIES.current_recaps_under, contest, area):
+        recap = _totals(row["votes"], row, "", choices)
+        digital = _totals(row["d_votes"] or [0] * len(choices), row, "d_", choices)
+        item = _compare(row["area"], contest, recap, digital, row)
+        item.recap_version = row["version"]
+        if item.status in wanted and item.differences:
+            response.items.append(item)
+    return response

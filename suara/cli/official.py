@@ -1,0 +1,71 @@
+"""`suara official enroll`: a recap official's signing key (rekapitulasi berjenjang)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from suara.runtime.database import connect, database_url
+from suara.runtime.settings import Settings
+
+
+def add_parser(sub: Any) -> None:
+    from suara.election.signing import OFFICIAL_ROLES
+
+    official = sub.add_parser("official", help="recap officials (PPK, KPU kabupaten/kota and province)")
+    osub = official.add_subparsers(dest="official_command", metavar="ACTION", required=True)
+    roles = ", ".join(f"{r} ({n}-digit area)" for r, n in OFFICIAL_ROLES.items())
+    p = osub.add_parser(
+        "enroll",
+        help="create an official's Ed25519 key for one area and register it with aggregate",
+        description=(
+            "Create an Ed25519 key for a recap official, bound to one area and role, register its public key\n"
+            "with aggregate, and write the private key to a file the official keeps (mode 0600, never\n"
+            "overwritten). The official signs the D.Hasil recap totals of that area with it (SubmitRecap).\n"
+            f"Roles: {roles}."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--area", required=True, help="the kecamatan, kabupaten/kota or province code")
+    p.add_argument("--role", required=True, choices=sorted(OFFICIAL_ROLES), help="which recap the official makes")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="key file to write (default: named after the area and the official id, in the current directory)",
+    )
+    p.add_argument("--label", default="", help="a note, e.g. the official's name and office")
+    p.set_defaults(handler=run_enroll)
+
+
+async def run_enroll(args: argparse.Namespace, settings: Settings) -> int:
+    from services.aggregate.queries import QUERIES
+    from suara.election.signing import OfficialKey
+
+    try:
+        key = OfficialKey.generate(args.area, args.role)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    out: Path = args.out or Path(f"{args.area}-{key.official_id}.key.json")
+    try:
+        key.save(out)  # the key file first: never an enrolled key that nobody holds
+    except OSError as exc:
+        print(f"cannot write the key file {out}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        with database_url(settings) as url:
+            async with connect(url) as conn:
+                if await conn.fetchval("SELECT 1 FROM registry.area WHERE code = $1", args.area) is None:
+                    print(f"unknown area {args.area!r}: not in the registry", file=sys.stderr)
+                    out.unlink()  # noqa: ASYNC240  (undo the key file just written)
+                    return 2
+                await conn.execute(
+                    QUERIES.enroll_official, key.official_id, key.area, key.role, key.public_key, args.label
+                )
+    except BaseException:
+        out.unlink(missing_ok=True)  # noqa: ASYNC240  (undo the key file just written)
+        raise
+    print(f"official {key.official_id} ({key.role}) enrolled for area {key.area}; private key written to {out}")
+    return 0
