@@ -1,0 +1,298 @@
+"""Crash-safety rigs: aggregate and the relay as real `suara` processes, killed with SIGKILL.
+
+`AggregateProcess` / `RelayProcess` run the installed script against the test's
+database and are killed with SIGKILL (no handler, no cleanup, no goodbye), then
+started again. `Forms` feeds the in-process tally (several TPS, corrections,
+stale versions, quarantine, resends) and remembers what tally acknowledged; the
+oracle (tests.aggregate.oracle, plain Python) is built from that alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.aggregate.server import SERVICE_NAME as AGGREGATE_SERVICE
+from services.tally.credentials import enroll_device
+from services.tally.relay import APPLY_METHOD
+from suara.election.signing import DeviceKey
+from suara.v1 import aggregate_pb2, form_pb2, tally_pb2
+from tests.aggregate.oracle import Oracle, Registry
+from tests.cli.conftest import SUARA, LogTail, suara_env
+from tests.factories import consistent_form, signed
+from tests.tally.conftest import Tally
+
+STARTUP_TIMEOUT_S = 60.0  # bound on a child importing, connecting to PostgreSQL and binding its port
+HEALTH_CHECK_DEADLINE_S = 0.5
+WAIT_S = 60.0  # bound on anything else a test awaits; normally a few seconds
+POLL_S = 0.01  # how often a bounded poll looks at another process's progress (in the database)
+# Reconnect quickly while a child is (re)starting (gRPC's default first backoff is a whole second).
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
+
+
+class Child:
+    """One `suara …` subprocess with its stderr tailed; `kill()` is SIGKILL, never a polite stop."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, log: LogTail) -> None:
+        self.proc = proc
+        self.log = log
+
+    @classmethod
+    async def spawn(cls, args: list[str], db_url: str, cwd: Path) -> Child:
+        env = suara_env(DATABASE_URL=db_url, SUARA_LOG_FORMAT="json", SUARA_DATA_DIR=cwd / "state")
+        proc = await asyncio.create_subprocess_exec(
+            str(SUARA),
+            *args,
+            env=env,
+            cwd=cwd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stderr is not None
+        return cls(proc, LogTail(proc.stderr))
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None
+
+    async def kill(self) -> int:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGKILL)
+        code = await self.proc.wait()
+        await self.log.finish()
+        return code
+
+
+@dataclass
+class AggregateProcess:
+    """`suara aggregate serve --port P`, restartable on the same port."""
+
+    db_url: str
+    port: int
+    cwd: Path
+    child: Child | None = None
+    kills: int = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        assert self.child is None or not self.child.alive
+        self.child = await Child.spawn(["aggregate", "serve", "--port", str(self.port)], self.db_url, self.cwd)
+        await self._wait_until_serving(self.child)
+
+    async def _wait_until_serving(self, child: Child) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STARTUP_TIMEOUT_S
+        async with grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            request = health_pb2.HealthCheckRequest(service=AGGREGATE_SERVICE)
+            # A bounded poll: the child binds its port at a moment we cannot await from outside. Each Check
+            # waits for the connection (wait_for_ready) for at most a short deadline, then asks again.
+            while True:
+                assert child.alive, f"aggregate exited with {child.proc.returncode}:\n{child.log.text()}"
+                try:
+                    reply = await health.Check(request, timeout=HEALTH_CHECK_DEADLINE_S, wait_for_ready=True)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() not in (
+                        grpc.StatusCode.UNAVAILABLE,
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        grpc.StatusCode.NOT_FOUND,
+                    ):
+                        raise
+                else:
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                assert loop.time() < deadline, f"aggregate not SERVING after {STARTUP_TIMEOUT_S}s:\n{child.log.text()}"
+
+    async def kill(self) -> None:
+        assert self.child is not None and self.child.alive, "aggregate died on its own"
+        assert await self.child.kill() == -signal.SIGKILL
+        self.kills += 1
+
+    async def close(self) -> None:
+        if self.child is not None:
+            await self.child.kill()
+
+
+@dataclass
+class RelayProcess:
+    """`suara service relay` on its own, restartable."""
+
+    db_url: str
+    aggregate: str
+    credential: Path
+    cwd: Path
+    batch: int = 1000
+    child: Child | None = None
+    kills: int = 0
+
+    async def start(self) -> None:
+        assert self.child is None or not self.child.alive
+        args = ["service", "relay", "--aggregate", self.aggregate, "--credential", str(self.credential)]
+        self.child = await Child.spawn([*args, "--batch", str(self.batch)], self.db_url, self.cwd)
+
+    def assert_alive(self) -> None:
+        assert self.child is not None
+        assert self.child.alive, f"relay exited with {self.child.proc.returncode}:\n{self.child.log.text()}"
+
+    async def kill(self) -> None:
+        self.assert_alive()
+        assert self.child is not None
+        assert await self.child.kill() == -signal.SIGKILL
+        self.kills += 1
+
+    async def close(self) -> None:
+        if self.child is not None:
+            await self.child.kill()
+
+
+class ApplyCounter(grpc.aio.ServerInterceptor):
+    """Counts the ApplyUpdates calls (and updates in them) an in-process aggregate receives."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.updates = 0
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None or handler_call_details.method != APPLY_METHOD:
+            return handler
+        inner = handler.unary_unary
+
+        async def counted(
+            request: aggregate_pb2.ApplyUpdatesRequest, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> Any:
+            self.calls += 1
+            self.updates += len(request.updates)
+            return await inner(request, context)  # type: ignore[arg-type]  # aio handlers take aio contexts
+
+        return grpc.unary_unary_rpc_method_handler(
+            counted,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+async def pending(db: asyncpg.Connection) -> int:
+    return int(await db.fetchval("SELECT count(*) FROM tally.outbox WHERE delivered_at IS NULL"))
+
+
+async def delivered(db: asyncpg.Connection) -> int:
+    return int(await db.fetchval("SELECT count(*) FROM tally.outbox WHERE delivered_at IS NOT NULL"))
+
+
+async def poll_until(
+    condition: Callable[[], Awaitable[bool]],
+    what: str,
+    within_s: float = WAIT_S,
+    check: Callable[[], None] = lambda: None,
+) -> None:
+    """A bounded poll, for progress made by another process that we can only see in the database."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while not await condition():
+        check()
+        assert loop.time() < deadline, f"not {what} within {within_s}s"
+        await asyncio.sleep(POLL_S)
+
+
+@dataclass
+class Acked:
+    version: int
+    form: form_pb2.CHasilForm
+    quarantined: bool
+
+
+@dataclass
+class Forms:
+    """Forms for the tally under test, and what tally acknowledged (the oracle's only input)."""
+
+    tally: Tally
+    rng: random.Random
+    stations: list[tuple[str, DeviceKey]] = field(default_factory=list)
+    next_version: dict[str, int] = field(default_factory=dict)
+    sent: list[tally_pb2.SubmitRequest] = field(default_factory=list)
+    acked: dict[str, Acked] = field(default_factory=dict)  # tps -> its current form as tally acknowledged it
+    outcomes: dict[str, int] = field(default_factory=dict)  # outcome name -> how many
+
+    async def enroll(self, count: int) -> None:
+        for tps in self.rng.sample(self.tally.tps_codes, count):
+            key = DeviceKey.generate(tps)
+            await enroll_device(self.tally.db, key.device_id, tps, key.public_key, "crash")
+            self.stations.append((tps, key))
+            self.next_version[tps] = 1
+
+    def _one(self) -> tally_pb2.SubmitRequest:
+        roll = self.rng.random()
+        if roll < 0.1 and self.sent:  # a lost reply: the device sends the very same form again
+            return self.rng.choice(self.sent)
+        tps, key = self.rng.choice(self.stations)
+        choices = self.tally.contests["ppwp"]
+        if roll < 0.2 and self.next_version[tps] > 1:  # an older version arriving late (or a conflicting one)
+            version = self.rng.randint(1, self.next_version[tps] - 1)
+        else:  # a correction: the next version, now and then skipping one
+            version = self.next_version[tps] + (self.rng.random() < 0.1)
+            self.next_version[tps] = version + 1
+        # Mostly the same content for the same version (a late copy is SUPERSEDED or a DUPLICATE); now and
+        # then different content under a version tally already holds (a CONFLICT).
+        variant = 0 if self.rng.random() < 0.95 else self.rng.randint(1, 2)
+        form = consistent_form(tps, "ppwp", choices, version, seed=variant)
+        if random.Random(f"{tps}:{version}:{variant}").random() < 0.2:  # inconsistent on purpose: quarantined
+            form.suara_tidak_sah += 1
+        request = signed(key, form)
+        self.sent.append(request)
+        return request
+
+    async def submit(self, count: int) -> None:
+        """`count` forms in one SubmitBatch; remembers each TPS's highest acknowledged current version."""
+        requests = [self._one() for _ in range(count)]
+        reply = await self.tally.stub.SubmitBatch(tally_pb2.SubmitBatchRequest(items=requests), timeout=WAIT_S)
+        assert len(reply.results) == len(requests)
+        for item in reply.results:
+            name = tally_pb2.Outcome.Name(item.outcome)
+            self.outcomes[name] = self.outcomes.get(name, 0) + 1
+            assert name != "REJECTED", item.error
+            if item.outcome not in (tally_pb2.ACCEPTED, tally_pb2.QUARANTINED):
+                continue
+            form = form_pb2.CHasilForm.FromString(requests[item.index].form.payload)
+            have = self.acked.get(form.tps)
+            if have is None or form.version > have.version:
+                self.acked[form.tps] = Acked(form.version, form, item.outcome == tally_pb2.QUARANTINED)
+
+    async def oracle(self, db: asyncpg.Connection) -> Oracle:
+        oracle = Oracle(await Registry.read(db))
+        for tps, acked in self.acked.items():
+            f = acked.form
+            totals = aggregate_pb2.Totals(
+                votes=dict(f.votes),
+                suara_sah=f.suara_sah,
+                suara_tidak_sah=f.suara_tidak_sah,
+                suara_total=f.suara_total,
+                dpt=f.pemilih_dpt.j,
+                pengguna=f.pengguna_total.j,
+            )
+            update = aggregate_pb2.TpsUpdate(
+                tps=tps, contest="ppwp", version=acked.version, totals=totals, quarantined=acked.quarantined
+            )
+            assert oracle.send(update) == "APPLIED"
+        return oracle
