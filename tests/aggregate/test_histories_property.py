@@ -3,8 +3,8 @@
 Each example sends updates to a few (TPS, contest) slots — neighbours in one
 desa and TPS far apart — with duplicates, reordering, stale versions,
 corrections and quarantine, split into random batches, sent by one caller (its
-outcomes are checked one by one) or by two concurrent callers on two channels.
-Afterwards every area row of every level must equal the oracle's.
+outcomes are checked one by one) or by two concurrent callers, each to its own
+aggregate server on the same database. Afterwards every area row of every level must equal the oracle's.
 """
 
 from __future__ import annotations
@@ -72,9 +72,12 @@ async def _run(db_url: str, ops: list[Op], concurrent: bool) -> None:
     conn = await asyncpg.connect(db_url)
     registry = await Registry.read(conn)
     slots = _slots(registry)
-    app = await AggregateApp.create(BASE_SETTINGS, db_url)
-    await app.start()
-    channels = [await service_channel(conn, app.port) for _ in range(2)]
+    # Two aggregate workers (servers) on the one database, each fed by its own caller, as two relays
+    # or a relay and a federated instance would be: their transactions meet only in PostgreSQL.
+    apps = [await AggregateApp.create(BASE_SETTINGS, db_url) for _ in range(2)]
+    for app in apps:
+        await app.start()
+    channels = [await service_channel(conn, app.port) for app in apps]
     stubs = [aggregate_stub(c) for c in channels]
     oracle = Oracle(registry)
     try:
@@ -126,7 +129,8 @@ async def _run(db_url: str, ops: list[Op], concurrent: bool) -> None:
     finally:
         for channel in channels:
             await channel.close()
-        await app.stop(0.5)
+        for app in apps:
+            await app.stop(0.5)
         await conn.close()
 
 
