@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,31 @@ def verify(public_key: bytes, payload: bytes, signature: bytes) -> bool:
     return True
 
 
+def _key_file(kind: str, key: Ed25519PrivateKey, **fields: str) -> str:
+    raw = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    return json.dumps({"kind": kind, **fields, "ed25519_private": raw.hex()}, indent=2)
+
+
+def _read_key_file(
+    text: str, kind: str, id_field: str, id_for: Callable[[bytes], str]
+) -> tuple[dict[str, str], Ed25519PrivateKey]:
+    """The fields and key of a key file, checking its kind and that the id belongs to the key."""
+    data = json.loads(text)
+    if data.get("kind") != kind:
+        raise ValueError(f"not a {kind} file")
+    key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(data["ed25519_private"]))
+    if id_for(public_bytes(key)) != data[id_field]:
+        raise ValueError(f"key file is corrupt: the {id_field} does not match the key")
+    return data, key
+
+
+def _save_new(path: Path, text: str) -> None:
+    """Readable by its owner only, and never replacing an existing key (O_EXCL)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text + "\n")
+
+
 @dataclass(frozen=True)
 class DeviceKey:
     """What a KPPS device keeps: its TPS, its device id and its private key."""
@@ -61,32 +87,15 @@ class DeviceKey:
         return self.private_key.sign(payload)
 
     def to_json(self) -> str:
-        raw = self.private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-        return json.dumps(
-            {
-                "kind": "suara-device-key",
-                "tps": self.tps,
-                "device_id": self.device_id,
-                "ed25519_private": raw.hex(),
-            },
-            indent=2,
-        )
+        return _key_file("suara-device-key", self.private_key, tps=self.tps, device_id=self.device_id)
 
     @classmethod
     def from_json(cls, text: str) -> DeviceKey:
-        data = json.loads(text)
-        if data.get("kind") != "suara-device-key":
-            raise ValueError("not a suara device key file")
-        key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(data["ed25519_private"]))
-        if device_id_for(public_bytes(key)) != data["device_id"]:
-            raise ValueError("key file is corrupt: the device id does not match the key")
+        data, key = _read_key_file(text, "suara-device-key", "device_id", device_id_for)
         return cls(tps=data["tps"], device_id=data["device_id"], private_key=key)
 
     def save(self, path: Path) -> None:
-        """Write the key file readable by its owner only, never replacing an existing key."""
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(self.to_json() + "\n")
+        _save_new(path, self.to_json())
 
     @classmethod
     def load(cls, path: Path) -> DeviceKey:
@@ -126,30 +135,17 @@ class OfficialKey:
         return self.private_key.sign(payload)
 
     def to_json(self) -> str:
-        raw = self.private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-        return json.dumps(
-            {
-                "kind": "suara-official-key",
-                "official_id": self.official_id,
-                "area": self.area,
-                "role": self.role,
-                "ed25519_private": raw.hex(),
-            },
-            indent=2,
+        return _key_file(
+            "suara-official-key", self.private_key, official_id=self.official_id, area=self.area, role=self.role
         )
 
     @classmethod
     def load(cls, path: Path) -> OfficialKey:
-        data = json.loads(path.read_text())
-        if data.get("kind") != "suara-official-key":
-            raise ValueError(f"{path} is not a suara official key")
-        key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(data["ed25519_private"]))
-        if official_id_for(public_bytes(key)) != data["official_id"]:
-            raise ValueError(f"{path} is corrupt: the official id does not match the key")
+        try:
+            data, key = _read_key_file(path.read_text(), "suara-official-key", "official_id", official_id_for)
+        except (ValueError, KeyError) as exc:
+            raise ValueError(f"{path}: {exc}") from exc
         return cls(data["official_id"], data["area"], data["role"], key)
 
     def save(self, path: Path) -> None:
-        """Readable by its owner only, never replacing an existing key."""
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(self.to_json() + "\n")
+        _save_new(path, self.to_json())
