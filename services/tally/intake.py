@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
 from google.protobuf.message import DecodeError
 
 from services.tally.credentials import DeviceKeys, DeviceRecord
@@ -23,9 +21,8 @@ from services.tally.errors import InvalidForm, PermissionDenied, TallyError, Una
 from services.tally.photos import Photo, check_photos
 from suara.election import signing
 from suara.election.checks import find_inconsistencies, find_malformed
-from suara.election.contest import Contest
 from suara.election.form import counts_of
-from suara.registry.catalog import TpsIndex, fetch_contests, fetch_tps_index, tps_exists
+from suara.registry.catalog import RegistryView as Catalog
 from suara.runtime.errors import FieldProblem
 from suara.v1 import form_pb2, tally_pb2
 
@@ -49,40 +46,6 @@ class Prepared:
     @property
     def key(self) -> tuple[str, str, int]:
         return (self.tps, self.contest, self.version)
-
-
-class Catalog:
-    """The registry as tally needs it: contests and the set of TPS, in memory."""
-
-    CONTEST_REFRESH_S = 10.0
-
-    def __init__(self, pool: asyncpg.Pool, contests: dict[str, Contest], tps: TpsIndex) -> None:
-        self._pool = pool
-        self.contests = contests
-        self.tps = tps
-        self._contests_loaded = time.monotonic()
-
-    @classmethod
-    async def load(cls, pool: asyncpg.Pool) -> Catalog:
-        async with pool.acquire() as conn:
-            return cls(pool, await fetch_contests(conn), await fetch_tps_index(conn))
-
-    async def contest(self, contest_id: str) -> Contest | None:
-        found = self.contests.get(contest_id)
-        if found is None and time.monotonic() - self._contests_loaded > self.CONTEST_REFRESH_S:
-            async with self._pool.acquire() as conn:  # the registry may have been reloaded since we started
-                self.contests = await fetch_contests(conn)
-            self._contests_loaded = time.monotonic()
-            found = self.contests.get(contest_id)
-        return found
-
-    async def tps_known(self, code: str) -> bool:
-        if code in self.tps:
-            return True
-        if len(code) != 13 or not code.isdigit():
-            return False
-        async with self._pool.acquire() as conn:
-            return await tps_exists(conn, code) is not None
 
 
 def _structure(request: tally_pb2.SubmitRequest) -> list[FieldProblem]:

@@ -22,10 +22,11 @@ from services.tally.errors import (
     TallyError,
     Unauthenticated,
 )
-from services.tally.intake import Catalog, Intake
+from services.tally.intake import Intake
 from services.tally.queries import QUERIES
 from services.tally.relay import Relay, relay_for
 from suara.election import signing
+from suara.registry.catalog import RegistryView as Catalog
 from suara.runtime.database import CONNECTION_ERRORS, create_pool
 from suara.runtime.errors import FieldProblem
 from suara.runtime.grpc_server import Server, create_server, serve_until_signal

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+import time
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable
@@ -108,3 +109,46 @@ async def tps_exists(conn: asyncpg.Connection, code: str) -> int | None:
         return None
     dpt: int | None = await conn.fetchval("SELECT dpt FROM registry.tps WHERE code = $1", code)
     return dpt
+
+
+class RegistryView:
+    """The registry as a service holds it: contests and the set of TPS in memory, read once at start.
+
+    A miss goes back to the database once, since the operator may have reloaded the registry
+    after the service started: an unknown TPS code is looked up, and an unknown contest makes
+    the contests be read again (at most every CONTEST_REFRESH_S).
+    """
+
+    CONTEST_REFRESH_S = 10.0
+
+    def __init__(self, pool: asyncpg.Pool, contests: dict[str, Contest], tps: TpsIndex) -> None:
+        self._pool = pool
+        self.contests = contests
+        self.tps = tps
+        self._contests_loaded = time.monotonic()
+
+    @classmethod
+    async def load(cls, pool: asyncpg.Pool) -> RegistryView:
+        async with pool.acquire() as conn:
+            return cls(pool, await fetch_contests(conn), await fetch_tps_index(conn))
+
+    async def contest(self, contest_id: str) -> Contest | None:
+        found = self.contests.get(contest_id)
+        if found is None and time.monotonic() - self._contests_loaded > self.CONTEST_REFRESH_S:
+            async with self._pool.acquire() as conn:
+                self.contests = await fetch_contests(conn)
+            self._contests_loaded = time.monotonic()
+            found = self.contests.get(contest_id)
+        return found
+
+    async def tps_known(self, code: str) -> bool:
+        if code in self.tps:
+            return True
+        if len(code) != 13 or not code.isdigit():
+            return False
+        async with self._pool.acquire() as conn:
+            return await tps_exists(conn, code) is not None
+
+    def choice_ids(self, contest: str) -> list[str]:
+        """The choices in registry order (nomor_urut, id): the order of every votes array."""
+        return [c.id for c in self.contests[contest].choices]
