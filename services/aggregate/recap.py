@@ -72,6 +72,8 @@ async def submit_recap(
         current = int(await conn.fetchval(QUERIES.recap_current_version, form.area, form.contest))
         if inserted is not None:
             outcome = aggregate_pb2.RECAP_ACCEPTED if form.version >= current else aggregate_pb2.RECAP_SUPERSEDED
+            if outcome == aggregate_pb2.RECAP_ACCEPTED:
+                await _log_recap_change(conn, form.contest, form.area)
             return aggregate_pb2.SubmitRecapResponse(outcome=outcome, recap_id=str(inserted), current_version=current)
         existing = await conn.fetchrow(QUERIES.recap_by_key, form.area, form.contest, form.version)
     if bytes(existing["payload_sha256"]) != digest:
@@ -82,6 +84,18 @@ async def submit_recap(
     return aggregate_pb2.SubmitRecapResponse(
         outcome=aggregate_pb2.RECAP_DUPLICATE, recap_id=str(existing["id"]), current_version=current
     )
+
+
+async def _log_recap_change(conn: asyncpg.Connection, contest: str, area: str) -> None:
+    """A new current recap changes what publish shows for the area and in its parent's list: log both.
+
+    Taking the head lock orders this with the appliers, so `Changes(since)` never skips it.
+    """
+    head = await conn.fetchrow(QUERIES.lock_head)
+    sequence = head["sequence"] + 1
+    parent = {2: "", 4: area[:2], 6: area[:4]}[len(area)]
+    await conn.execute(QUERIES.log_change, sequence, contest, [area, parent])
+    await conn.execute(QUERIES.set_head, sequence, None)
 
 
 async def _validate(pool: asyncpg.Pool, catalog: Catalog, form: aggregate_pb2.RecapForm) -> list[str]:
@@ -141,6 +155,18 @@ def _compare(
     return result
 
 
+def reconcile(
+    area: str, contest: str, recap_row: Any, digital_row: Any, choices: Sequence[str]
+) -> aggregate_pb2.Reconciliation:
+    """An area's current recap (a row, or None) against its digital row, without history."""
+    digital = _totals(digital_row["votes"] or [0] * len(choices), digital_row, "", choices)
+    recap = None if recap_row is None else _totals(recap_row["votes"], recap_row, "", choices)
+    result = _compare(area, contest, recap, digital, digital_row)
+    if recap_row is not None:
+        result.recap_version = recap_row["version"]
+    return result
+
+
 async def get_reconciliation(
     pool: asyncpg.Pool, catalog: Catalog, area: str, contest: str
 ) -> aggregate_pb2.Reconciliation:
@@ -152,11 +178,7 @@ async def get_reconciliation(
         history = await conn.fetch(QUERIES.recap_history, area, contest)
     if digital_row is None:
         raise NotFound(f"no area {area!r} where {contest} is held")
-    digital = _totals(digital_row["votes"] or [0] * len(choices), digital_row, "", choices)
-    recap = _totals(history[-1]["votes"], history[-1], "", choices) if history else None
-    result = _compare(area, contest, recap, digital, digital_row)
-    if history:
-        result.recap_version = history[-1]["version"]
+    result = reconcile(area, contest, history[-1] if history else None, digital_row, choices)
     for row in history:
         result.history.add(
             version=row["version"],

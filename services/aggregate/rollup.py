@@ -123,6 +123,8 @@ class Rollup:
                 [u.counts.pengguna for u in won],
                 sequence,
                 now,
+                [u.administrasi or None for u in won],
+                [",".join(u.photos) for u in won],
             )
             areas = await self._roll_up(conn, {4: {(r["contest"], r["area"]) for r in desas}}, sequence, now)
             await conn.execute(QUERIES.set_head, sequence, None)

@@ -64,6 +64,11 @@ class AggregateService(aggregate_pb2_grpc.AggregateServicer):
     ) -> aggregate_pb2.AreaView:
         return await _db(views.get_area(self.pool, self.catalog, request.area, request.contest))
 
+    async def GetAreas(
+        self, request: aggregate_pb2.GetAreasRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> aggregate_pb2.GetAreasResponse:
+        return await _db(views.get_areas(self.pool, self.catalog, request.contest, list(request.areas)))
+
     async def Changes(
         self, request: aggregate_pb2.ChangesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> aggregate_pb2.ChangesResponse:

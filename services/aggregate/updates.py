@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import re
+from dataclasses import dataclass, field
 
 from services.aggregate.catalog import Catalog
 from services.aggregate.errors import InvalidRequest
+from suara.election.form import ADMIN_KEYS
 from suara.runtime.errors import FieldProblem
 from suara.v1 import aggregate_pb2
 
 MAX_BATCH = 10_000
 SCALARS = ("suara_sah", "suara_tidak_sah", "suara_total", "dpt", "pengguna")
 AREA_LENGTHS = (2, 4, 6, 10)
+MAX_PHOTOS = 3
+MAX_FORM_COUNT = 10**6  # far above any TPS (at most 600 voters): a typo, not a count
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,9 @@ class LeafUpdate:
     quarantined: bool
     failed_checks: tuple[str, ...]
     counts: Counts
+    # For the published TPS file: the form's administrasi as JSON ("" when the sender had none) and photos.
+    administrasi: str = ""
+    photos: tuple[str, ...] = field(default=())
 
     @property
     def key(self) -> tuple[str, str]:
@@ -100,10 +109,32 @@ async def leaf_updates(request: aggregate_pb2.ApplyUpdatesRequest, catalog: Cata
             problems.append(FieldProblem(f"{where}.version", f"must be at least 1, got {u.version}"))
         choices = catalog.choice_ids(u.contest) if contest is not None else None
         counts = _counts(u.totals, choices, f"{where}.totals", problems)
-        out.append(LeafUpdate(u.tps, u.contest, u.version, u.quarantined, tuple(u.failed_checks), counts))
+        _check_form_extras(u, where, problems)
+        administrasi = json.dumps(dict(sorted(u.administrasi.items()))) if u.administrasi else ""
+        out.append(
+            LeafUpdate(
+                u.tps, u.contest, u.version, u.quarantined, tuple(u.failed_checks), counts,
+                administrasi, tuple(u.photo_sha256),
+            )
+        )  # fmt: skip
     if problems:
         raise InvalidRequest(problems)
     return out
+
+
+def _check_form_extras(u: aggregate_pb2.TpsUpdate, where: str, problems: list[FieldProblem]) -> None:
+    for key, value in sorted(u.administrasi.items()):
+        if key not in ADMIN_KEYS:
+            problems.append(FieldProblem(f"{where}.administrasi[{key}]", "not a Sirekap administrasi field"))
+        elif not 0 <= value <= MAX_FORM_COUNT:
+            problems.append(FieldProblem(f"{where}.administrasi[{key}]", f"must be between 0 and {MAX_FORM_COUNT}"))
+    if len(u.photo_sha256) > MAX_PHOTOS:
+        problems.append(
+            FieldProblem(f"{where}.photo_sha256", f"at most {MAX_PHOTOS} photos, got {len(u.photo_sha256)}")
+        )
+    for j, digest in enumerate(u.photo_sha256):
+        if not _SHA256_HEX.fullmatch(digest):
+            problems.append(FieldProblem(f"{where}.photo_sha256[{j}]", "must be 64 lowercase hex digits"))
 
 
 def area_updates(request: aggregate_pb2.ApplyAreaUpdatesRequest, catalog: Catalog) -> list[AreaUpdate]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,6 +11,8 @@ import asyncpg
 from services.aggregate.catalog import Catalog
 from services.aggregate.errors import InvalidRequest, NotFound
 from services.aggregate.queries import QUERIES
+from services.aggregate.recap import reconcile
+from suara.election.contest import Contest
 from suara.runtime.errors import FieldProblem
 from suara.v1 import aggregate_pb2
 
@@ -44,7 +47,7 @@ def _area_row(code: str, name: str, row: Any, choices: Sequence[str]) -> aggrega
 def _tps_row(row: asyncpg.Record, choices: Sequence[str]) -> aggregate_pb2.AreaRow:
     reported = row["version"] is not None
     quarantined = bool(row["quarantined"])
-    return aggregate_pb2.AreaRow(
+    out = aggregate_pb2.AreaRow(
         area=row["code"],
         name=f"TPS {row['code'][-3:]}",
         totals=_totals(row, choices, zero=quarantined),
@@ -53,7 +56,15 @@ def _tps_row(row: asyncpg.Record, choices: Sequence[str]) -> aggregate_pb2.AreaR
         tps_quarantined=int(quarantined),
         version=row["version"] or 0,
         changed_sequence=row["changed_sequence"] or 0,
+        changed_unix_ms=_unix_ms(row),
     )
+    if reported:
+        out.submitted.CopyFrom(_totals(row, choices))
+        out.failed_checks.extend(row["failed_checks"])
+        out.photo_sha256.extend(row["photos"])
+        if row["administrasi"] is not None:
+            out.administrasi.update(json.loads(row["administrasi"]))
+    return out
 
 
 def _unix_ms(row: Any) -> int:
@@ -61,14 +72,18 @@ def _unix_ms(row: Any) -> int:
     return 0 if when is None else int(when.timestamp() * 1000)
 
 
+def _check_area(contest: Contest, area: str, field: str) -> None:
+    if not (area == "" or (area.isascii() and area.isdigit() and len(area) in (2, 4, 6, 10, 13))):
+        raise InvalidRequest([FieldProblem(field, f"must be '' (nasional) or a 2/4/6/10/13-digit code, got {area!r}")])
+    if not (area.startswith(contest.scope) or contest.scope.startswith(area)):
+        raise NotFound(f"{field}: contest {contest.id!r} is not held in area {area!r} (its scope is {contest.scope!r})")
+
+
 async def get_area(pool: asyncpg.Pool, catalog: Catalog, area: str, contest_id: str) -> aggregate_pb2.AreaView:
     contest = catalog.contests.get(contest_id)
     if contest is None:
         raise InvalidRequest([FieldProblem("contest", f"unknown contest {contest_id!r}")])
-    if not (area == "" or (area.isascii() and area.isdigit() and len(area) in (2, 4, 6, 10, 13))):
-        raise InvalidRequest([FieldProblem("area", f"must be '' (nasional) or a 2/4/6/10/13-digit code, got {area!r}")])
-    if not (area.startswith(contest.scope) or contest.scope.startswith(area)):
-        raise NotFound(f"contest {contest_id!r} is not held in area {area!r} (its scope is {contest.scope!r})")
+    _check_area(contest, area, "area")
     choices = catalog.choice_ids(contest_id)
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         sequence = await conn.fetchval(QUERIES.head)  # the same snapshot as the rows below
@@ -93,6 +108,63 @@ async def get_area(pool: asyncpg.Pool, catalog: Catalog, area: str, contest_id: 
     return aggregate_pb2.AreaView(
         area=_area_row(area, name, row, choices), children=kids, sequence=sequence, last_change_unix_ms=_unix_ms(row)
     )
+
+
+MAX_AREAS = 2000
+RECAP_LENGTHS = (2, 4, 6)
+
+
+async def get_areas(
+    pool: asyncpg.Pool, catalog: Catalog, contest_id: str, areas: Sequence[str]
+) -> aggregate_pb2.GetAreasResponse:
+    """Many areas in one snapshot, in a handful of set-based queries whatever their number."""
+    contest = catalog.contests.get(contest_id)
+    if contest is None:
+        raise InvalidRequest([FieldProblem("contest", f"unknown contest {contest_id!r}")])
+    if len(areas) > MAX_AREAS:
+        raise InvalidRequest([FieldProblem("areas", f"at most {MAX_AREAS} areas per call, got {len(areas)}")])
+    for i, area in enumerate(areas):
+        _check_area(contest, area, f"areas[{i}]")
+        if len(area) == 13:
+            raise InvalidRequest([FieldProblem(f"areas[{i}]", "a TPS is read through its desa (its parent's view)")])
+    choices = catalog.choice_ids(contest_id)
+    wanted = list(dict.fromkeys(areas))
+    desas = [a for a in wanted if len(a) == 10]
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        sequence = await conn.fetchval(QUERIES.head)
+        rows = {r["code"]: r for r in await conn.fetch(QUERIES.areas_rows, contest_id, wanted)}
+        children: dict[str, list[aggregate_pb2.AreaRow]] = {a: [] for a in wanted}
+        child_rows = await conn.fetch(QUERIES.areas_children, contest_id, [a for a in wanted if len(a) < 10])
+        for r in child_rows:
+            children[r["parent"]].append(_area_row(r["code"], r["name"], r, choices))
+        for r in await conn.fetch(QUERIES.desas_tps, contest_id, desas, contest.scope) if desas else ():
+            children[r["desa"]].append(_tps_row(r, choices))
+        recap_areas = [a for a in wanted if len(a) in RECAP_LENGTHS]
+        recap_areas += [r["code"] for r in child_rows if len(r["code"]) in RECAP_LENGTHS]
+        recaps = {r["area"]: r for r in await conn.fetch(QUERIES.current_recaps, contest_id, recap_areas)}
+    response = aggregate_pb2.GetAreasResponse(sequence=sequence)
+    digital = {**{r["code"]: r for r in child_rows}, **rows}
+    for i, area in enumerate(areas):
+        row = rows.get(area)
+        if row is None:
+            raise NotFound(f"areas[{i}]: {contest_id} has no TPS in area {area!r}")
+        view = response.views.add(
+            area=_area_row(area, NATIONAL_NAME if area == "" else row["name"], row, choices),
+            children=children[area],
+            sequence=sequence,
+            last_change_unix_ms=_unix_ms(row),
+        )
+        view.area.changed_unix_ms = view.last_change_unix_ms
+        if len(area) in RECAP_LENGTHS:
+            view.reconciliation.CopyFrom(reconcile(area, contest_id, recaps.get(area), digital[area], choices))
+            view.area.reconciliation = view.reconciliation.status
+        for child in view.children:
+            child.changed_unix_ms = _unix_ms(digital.get(child.area)) or child.changed_unix_ms
+            if len(child.area) in RECAP_LENGTHS:
+                child.reconciliation = reconcile(
+                    child.area, contest_id, recaps.get(child.area), digital[child.area], choices
+                ).status
+    return response
 
 
 async def changes(pool: asyncpg.Pool, since: int, limit: int) -> aggregate_pb2.ChangesResponse:

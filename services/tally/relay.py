@@ -86,6 +86,8 @@ def tps_update(row: asyncpg.Record | dict[str, Any]) -> aggregate_pb2.TpsUpdate:
         totals=totals,
         quarantined=row["quarantined"],
         failed_checks=list(row["failed_checks"]),
+        administrasi={k: int(v) for k, v in counts.items() if k != "votes"},
+        photo_sha256=list(row.get("photo_sha256") or ()),
     )
 
 

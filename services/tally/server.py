@@ -220,6 +220,23 @@ class TallyService(tally_pb2_grpc.TallyServicer):
         rows = await self._fetch(QUERIES.submissions_for_tps, request.tps, request.contest)
         return tally_pb2.ListSubmissionsResponse(submissions=[submission_pb(r) for r in rows])
 
+    async def GetChainHead(
+        self, request: tally_pb2.GetChainHeadRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> tally_pb2.ChainHead:
+        rows = await self._fetch(QUERIES.chain_head)
+        return tally_pb2.ChainHead(position=rows[0]["position"], hash=bytes(rows[0]["hash"]).hex())
+
+    async def GetPhoto(
+        self, request: tally_pb2.GetPhotoRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> tally_pb2.StoredPhoto:
+        if len(request.sha256) != 64 or not all(c in "0123456789abcdef" for c in request.sha256):
+            raise InvalidForm([FieldProblem("sha256", f"must be 64 lowercase hex digits, got {request.sha256!r}")])
+        rows = await self._fetch(QUERIES.photo, request.sha256)
+        if not rows:
+            raise NotFound(f"no photo {request.sha256}: it arrives with the form that lists it")
+        row = rows[0]
+        return tally_pb2.StoredPhoto(sha256=row["sha256"], content_type=row["content_type"], content=row["content"])
+
     async def EnrollDevice(
         self, request: tally_pb2.EnrollDeviceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> tally_pb2.EnrollDeviceResponse:

@@ -117,7 +117,11 @@ class EmbeddedPostgres:
             ensure_user_exists,
         )
 
-        ensure_user_exists(self._run_as)
+        # Two processes creating the user at once on a fresh machine (pytest workers) can leave a
+        # passwd entry that one of them already switched to and the other rewrote: create it once.
+        with Path("/tmp/suara-embedded-user.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            ensure_user_exists(self._run_as)
         ensure_prefix_permissions(self.pgdata)
         ensure_prefix_permissions(POSTGRES_BIN_PATH)
         ensure_folder_permissions(POSTGRES_BIN_PATH, 0o055)

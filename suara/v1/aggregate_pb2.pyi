@@ -461,12 +461,34 @@ Global___Totals: _TypeAlias = Totals  # noqa: Y015
 class TpsUpdate(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class AdministrasiEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     TPS_FIELD_NUMBER: _builtins.int
     CONTEST_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     TOTALS_FIELD_NUMBER: _builtins.int
     QUARANTINED_FIELD_NUMBER: _builtins.int
     FAILED_CHECKS_FIELD_NUMBER: _builtins.int
+    ADMINISTRASI_FIELD_NUMBER: _builtins.int
+    PHOTO_SHA256_FIELD_NUMBER: _builtins.int
     tps: _builtins.str
     contest: _builtins.str
     version: _builtins.int
@@ -477,6 +499,12 @@ class TpsUpdate(_message.Message):
 
     @_builtins.property
     def failed_checks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def administrasi(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """The form's whole Sirekap `administrasi` (18 counts) and its photos, for the published TPS file."""
+
+    @_builtins.property
+    def photo_sha256(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -486,10 +514,12 @@ class TpsUpdate(_message.Message):
         totals: Global___Totals | None = ...,
         quarantined: _builtins.bool = ...,
         failed_checks: _abc.Iterable[_builtins.str] | None = ...,
+        administrasi: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        photo_sha256: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["totals", b"totals"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contest", b"contest", "failed_checks", b"failed_checks", "quarantined", b"quarantined", "totals", b"totals", "tps", b"tps", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["administrasi", b"administrasi", "contest", b"contest", "failed_checks", b"failed_checks", "photo_sha256", b"photo_sha256", "quarantined", b"quarantined", "totals", b"totals", "tps", b"tps", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -634,6 +664,26 @@ Global___GetAreaRequest: _TypeAlias = GetAreaRequest  # noqa: Y015
 class AreaRow(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class AdministrasiEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     AREA_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     TOTALS_FIELD_NUMBER: _builtins.int
@@ -642,6 +692,12 @@ class AreaRow(_message.Message):
     TPS_QUARANTINED_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     CHANGED_SEQUENCE_FIELD_NUMBER: _builtins.int
+    CHANGED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    SUBMITTED_FIELD_NUMBER: _builtins.int
+    ADMINISTRASI_FIELD_NUMBER: _builtins.int
+    PHOTO_SHA256_FIELD_NUMBER: _builtins.int
+    FAILED_CHECKS_FIELD_NUMBER: _builtins.int
+    RECONCILIATION_FIELD_NUMBER: _builtins.int
     area: _builtins.str
     name: _builtins.str
     tps_total: _builtins.int
@@ -653,8 +709,24 @@ class AreaRow(_message.Message):
     """for a TPS: its current version; else 0"""
     changed_sequence: _builtins.int
     """the change sequence that last touched it"""
+    changed_unix_ms: _builtins.int
+    """when that change was applied (0: never)"""
+    reconciliation: Global___ReconciliationStatus.ValueType
+    """A kecamatan, kabupaten/kota or province: how its manual recap compares (NO_RECAP if none)."""
     @_builtins.property
     def totals(self) -> Global___Totals: ...
+    @_builtins.property
+    def submitted(self) -> Global___Totals:
+        """A TPS with a current form: the form's own counts as signed (also when quarantined, where
+        `totals` is zero), its administrasi, photos and failed checks.
+        """
+
+    @_builtins.property
+    def administrasi(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    @_builtins.property
+    def photo_sha256(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def failed_checks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -666,10 +738,16 @@ class AreaRow(_message.Message):
         tps_quarantined: _builtins.int = ...,
         version: _builtins.int = ...,
         changed_sequence: _builtins.int = ...,
+        changed_unix_ms: _builtins.int = ...,
+        submitted: Global___Totals | None = ...,
+        administrasi: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        photo_sha256: _abc.Iterable[_builtins.str] | None = ...,
+        failed_checks: _abc.Iterable[_builtins.str] | None = ...,
+        reconciliation: Global___ReconciliationStatus.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["totals", b"totals"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["submitted", b"submitted", "totals", b"totals"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["area", b"area", "changed_sequence", b"changed_sequence", "name", b"name", "totals", b"totals", "tps_quarantined", b"tps_quarantined", "tps_reported", b"tps_reported", "tps_total", b"tps_total", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["administrasi", b"administrasi", "area", b"area", "changed_sequence", b"changed_sequence", "changed_unix_ms", b"changed_unix_ms", "failed_checks", b"failed_checks", "name", b"name", "photo_sha256", b"photo_sha256", "reconciliation", b"reconciliation", "submitted", b"submitted", "totals", b"totals", "tps_quarantined", b"tps_quarantined", "tps_reported", b"tps_reported", "tps_total", b"tps_total", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -683,6 +761,7 @@ class AreaView(_message.Message):
     CHILDREN_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
     LAST_CHANGE_UNIX_MS_FIELD_NUMBER: _builtins.int
+    RECONCILIATION_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """the global change sequence this view was read at (only grows)"""
     last_change_unix_ms: _builtins.int
@@ -690,6 +769,10 @@ class AreaView(_message.Message):
     def area(self) -> Global___AreaRow: ...
     @_builtins.property
     def children(self) -> _containers.RepeatedCompositeFieldContainer[Global___AreaRow]: ...
+    @_builtins.property
+    def reconciliation(self) -> Global___Reconciliation:
+        """GetAreas only, for a kecamatan, kabupaten/kota or province: its reconciliation, without history."""
+
     def __init__(
         self,
         *,
@@ -697,14 +780,66 @@ class AreaView(_message.Message):
         children: _abc.Iterable[Global___AreaRow] | None = ...,
         sequence: _builtins.int = ...,
         last_change_unix_ms: _builtins.int = ...,
+        reconciliation: Global___Reconciliation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["area", b"area"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["area", b"area", "reconciliation", b"reconciliation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["area", b"area", "children", b"children", "last_change_unix_ms", b"last_change_unix_ms", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["area", b"area", "children", b"children", "last_change_unix_ms", b"last_change_unix_ms", "reconciliation", b"reconciliation", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AreaView: _TypeAlias = AreaView  # noqa: Y015
+
+@_typing.final
+class GetAreasRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTEST_FIELD_NUMBER: _builtins.int
+    AREAS_FIELD_NUMBER: _builtins.int
+    contest: _builtins.str
+    @_builtins.property
+    def areas(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """"" for nasional, or 2/4/6/10-digit codes where the contest is held; at most 2000"""
+
+    def __init__(
+        self,
+        *,
+        contest: _builtins.str = ...,
+        areas: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["areas", b"areas", "contest", b"contest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAreasRequest: _TypeAlias = GetAreasRequest  # noqa: Y015
+
+@_typing.final
+class GetAreasResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VIEWS_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """the snapshot every view was read at"""
+    @_builtins.property
+    def views(self) -> _containers.RepeatedCompositeFieldContainer[Global___AreaView]:
+        """one per requested area, in request order"""
+
+    def __init__(
+        self,
+        *,
+        views: _abc.Iterable[Global___AreaView] | None = ...,
+        sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sequence", b"sequence", "views", b"views"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAreasResponse: _TypeAlias = GetAreasResponse  # noqa: Y015
 
 @_typing.final
 class ChangesRequest(_message.Message):

@@ -58,6 +58,11 @@ class AggregateStub:
                 request_serializer=suara_dot_v1_dot_aggregate__pb2.GetAreaRequest.SerializeToString,
                 response_deserializer=suara_dot_v1_dot_aggregate__pb2.AreaView.FromString,
                 _registered_method=True)
+        self.GetAreas = channel.unary_unary(
+                '/suara.v1.Aggregate/GetAreas',
+                request_serializer=suara_dot_v1_dot_aggregate__pb2.GetAreasRequest.SerializeToString,
+                response_deserializer=suara_dot_v1_dot_aggregate__pb2.GetAreasResponse.FromString,
+                _registered_method=True)
         self.Changes = channel.unary_unary(
                 '/suara.v1.Aggregate/Changes',
                 request_serializer=suara_dot_v1_dot_aggregate__pb2.ChangesRequest.SerializeToString,
@@ -113,6 +118,13 @@ class AggregateServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAreas(self, request, context):
+        """Many areas of one contest, all read in one snapshot (publish renders a cycle from it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Changes(self, request, context):
         """What changed after a sequence number, so publish follows without rescanning.
         """
@@ -162,6 +174,11 @@ def add_AggregateServicer_to_server(servicer, server):
                     servicer.GetArea,
                     request_deserializer=suara_dot_v1_dot_aggregate__pb2.GetAreaRequest.FromString,
                     response_serializer=suara_dot_v1_dot_aggregate__pb2.AreaView.SerializeToString,
+            ),
+            'GetAreas': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAreas,
+                    request_deserializer=suara_dot_v1_dot_aggregate__pb2.GetAreasRequest.FromString,
+                    response_serializer=suara_dot_v1_dot_aggregate__pb2.GetAreasResponse.SerializeToString,
             ),
             'Changes': grpc.unary_unary_rpc_method_handler(
                     servicer.Changes,
@@ -274,6 +291,33 @@ class Aggregate:
             '/suara.v1.Aggregate/GetArea',
             suara_dot_v1_dot_aggregate__pb2.GetAreaRequest.SerializeToString,
             suara_dot_v1_dot_aggregate__pb2.AreaView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAreas(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/suara.v1.Aggregate/GetAreas',
+            suara_dot_v1_dot_aggregate__pb2.GetAreasRequest.SerializeToString,
+            suara_dot_v1_dot_aggregate__pb2.GetAreasResponse.FromString,
             options,
             channel_credentials,
             insecure,

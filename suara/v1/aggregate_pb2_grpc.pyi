@@ -49,6 +49,8 @@ class AggregateStub:
     versioned contract one level up.
     """
     GetArea: _grpc.UnaryUnaryMultiCallable[_aggregate_pb2.GetAreaRequest, _aggregate_pb2.AreaView]
+    GetAreas: _grpc.UnaryUnaryMultiCallable[_aggregate_pb2.GetAreasRequest, _aggregate_pb2.GetAreasResponse]
+    """Many areas of one contest, all read in one snapshot (publish renders a cycle from it)."""
     Changes: _grpc.UnaryUnaryMultiCallable[_aggregate_pb2.ChangesRequest, _aggregate_pb2.ChangesResponse]
     """What changed after a sequence number, so publish follows without rescanning."""
     SubmitRecap: _grpc.UnaryUnaryMultiCallable[_aggregate_pb2.SubmitRecapRequest, _aggregate_pb2.SubmitRecapResponse]
@@ -84,6 +86,8 @@ class AggregateAsyncStub(AggregateStub):
     versioned contract one level up.
     """
     GetArea: _aio.UnaryUnaryMultiCallable[_aggregate_pb2.GetAreaRequest, _aggregate_pb2.AreaView]  # type: ignore[assignment]
+    GetAreas: _aio.UnaryUnaryMultiCallable[_aggregate_pb2.GetAreasRequest, _aggregate_pb2.GetAreasResponse]  # type: ignore[assignment]
+    """Many areas of one contest, all read in one snapshot (publish renders a cycle from it)."""
     Changes: _aio.UnaryUnaryMultiCallable[_aggregate_pb2.ChangesRequest, _aggregate_pb2.ChangesResponse]  # type: ignore[assignment]
     """What changed after a sequence number, so publish follows without rescanning."""
     SubmitRecap: _aio.UnaryUnaryMultiCallable[_aggregate_pb2.SubmitRecapRequest, _aggregate_pb2.SubmitRecapResponse]  # type: ignore[assignment]
@@ -134,6 +138,14 @@ class AggregateServicer(metaclass=_abc_1.ABCMeta):
         request: _aggregate_pb2.GetAreaRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_aggregate_pb2.AreaView, _abc.Awaitable[_aggregate_pb2.AreaView]]: ...
+
+    @_abc_1.abstractmethod
+    def GetAreas(
+        self,
+        request: _aggregate_pb2.GetAreasRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_aggregate_pb2.GetAreasResponse, _abc.Awaitable[_aggregate_pb2.GetAreasResponse]]:
+        """Many areas of one contest, all read in one snapshot (publish renders a cycle from it)."""
 
     @_abc_1.abstractmethod
     def Changes(

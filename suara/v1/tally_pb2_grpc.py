@@ -56,6 +56,16 @@ class TallyStub:
                 request_serializer=suara_dot_v1_dot_tally__pb2.ListSubmissionsRequest.SerializeToString,
                 response_deserializer=suara_dot_v1_dot_tally__pb2.ListSubmissionsResponse.FromString,
                 _registered_method=True)
+        self.GetChainHead = channel.unary_unary(
+                '/suara.v1.Tally/GetChainHead',
+                request_serializer=suara_dot_v1_dot_tally__pb2.GetChainHeadRequest.SerializeToString,
+                response_deserializer=suara_dot_v1_dot_tally__pb2.ChainHead.FromString,
+                _registered_method=True)
+        self.GetPhoto = channel.unary_unary(
+                '/suara.v1.Tally/GetPhoto',
+                request_serializer=suara_dot_v1_dot_tally__pb2.GetPhotoRequest.SerializeToString,
+                response_deserializer=suara_dot_v1_dot_tally__pb2.StoredPhoto.FromString,
+                _registered_method=True)
         self.EnrollDevice = channel.unary_unary(
                 '/suara.v1.Tally/EnrollDevice',
                 request_serializer=suara_dot_v1_dot_tally__pb2.EnrollDeviceRequest.SerializeToString,
@@ -100,6 +110,21 @@ class TallyServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetChainHead(self, request, context):
+        """Public by design (publish shows both to everyone): the chain's head, which
+        every snapshot carries so anyone can check the log was not rewritten, and a
+        form photo by its SHA-256 (NOT_FOUND until a form carrying it is stored).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPhoto(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def EnrollDevice(self, request, context):
         """Admin only (authorization: Bearer <admin token>): register a device key.
         """
@@ -129,6 +154,16 @@ def add_TallyServicer_to_server(servicer, server):
                     servicer.ListSubmissions,
                     request_deserializer=suara_dot_v1_dot_tally__pb2.ListSubmissionsRequest.FromString,
                     response_serializer=suara_dot_v1_dot_tally__pb2.ListSubmissionsResponse.SerializeToString,
+            ),
+            'GetChainHead': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetChainHead,
+                    request_deserializer=suara_dot_v1_dot_tally__pb2.GetChainHeadRequest.FromString,
+                    response_serializer=suara_dot_v1_dot_tally__pb2.ChainHead.SerializeToString,
+            ),
+            'GetPhoto': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPhoto,
+                    request_deserializer=suara_dot_v1_dot_tally__pb2.GetPhotoRequest.FromString,
+                    response_serializer=suara_dot_v1_dot_tally__pb2.StoredPhoto.SerializeToString,
             ),
             'EnrollDevice': grpc.unary_unary_rpc_method_handler(
                     servicer.EnrollDevice,
@@ -246,6 +281,60 @@ class Tally:
             '/suara.v1.Tally/ListSubmissions',
             suara_dot_v1_dot_tally__pb2.ListSubmissionsRequest.SerializeToString,
             suara_dot_v1_dot_tally__pb2.ListSubmissionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetChainHead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/suara.v1.Tally/GetChainHead',
+            suara_dot_v1_dot_tally__pb2.GetChainHeadRequest.SerializeToString,
+            suara_dot_v1_dot_tally__pb2.ChainHead.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPhoto(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/suara.v1.Tally/GetPhoto',
+            suara_dot_v1_dot_tally__pb2.GetPhotoRequest.SerializeToString,
+            suara_dot_v1_dot_tally__pb2.StoredPhoto.FromString,
             options,
             channel_credentials,
             insecure,

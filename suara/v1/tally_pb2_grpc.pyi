@@ -49,6 +49,12 @@ class TallyStub:
     """
     GetSubmission: _grpc.UnaryUnaryMultiCallable[_tally_pb2.GetSubmissionRequest, _tally_pb2.Submission]
     ListSubmissions: _grpc.UnaryUnaryMultiCallable[_tally_pb2.ListSubmissionsRequest, _tally_pb2.ListSubmissionsResponse]
+    GetChainHead: _grpc.UnaryUnaryMultiCallable[_tally_pb2.GetChainHeadRequest, _tally_pb2.ChainHead]
+    """Public by design (publish shows both to everyone): the chain's head, which
+    every snapshot carries so anyone can check the log was not rewritten, and a
+    form photo by its SHA-256 (NOT_FOUND until a form carrying it is stored).
+    """
+    GetPhoto: _grpc.UnaryUnaryMultiCallable[_tally_pb2.GetPhotoRequest, _tally_pb2.StoredPhoto]
     EnrollDevice: _grpc.UnaryUnaryMultiCallable[_tally_pb2.EnrollDeviceRequest, _tally_pb2.EnrollDeviceResponse]
     """Admin only (authorization: Bearer <admin token>): register a device key."""
 
@@ -73,6 +79,12 @@ class TallyAsyncStub(TallyStub):
     """
     GetSubmission: _aio.UnaryUnaryMultiCallable[_tally_pb2.GetSubmissionRequest, _tally_pb2.Submission]  # type: ignore[assignment]
     ListSubmissions: _aio.UnaryUnaryMultiCallable[_tally_pb2.ListSubmissionsRequest, _tally_pb2.ListSubmissionsResponse]  # type: ignore[assignment]
+    GetChainHead: _aio.UnaryUnaryMultiCallable[_tally_pb2.GetChainHeadRequest, _tally_pb2.ChainHead]  # type: ignore[assignment]
+    """Public by design (publish shows both to everyone): the chain's head, which
+    every snapshot carries so anyone can check the log was not rewritten, and a
+    form photo by its SHA-256 (NOT_FOUND until a form carrying it is stored).
+    """
+    GetPhoto: _aio.UnaryUnaryMultiCallable[_tally_pb2.GetPhotoRequest, _tally_pb2.StoredPhoto]  # type: ignore[assignment]
     EnrollDevice: _aio.UnaryUnaryMultiCallable[_tally_pb2.EnrollDeviceRequest, _tally_pb2.EnrollDeviceResponse]  # type: ignore[assignment]
     """Admin only (authorization: Bearer <admin token>): register a device key."""
 
@@ -118,6 +130,24 @@ class TallyServicer(metaclass=_abc_1.ABCMeta):
         request: _tally_pb2.ListSubmissionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tally_pb2.ListSubmissionsResponse, _abc.Awaitable[_tally_pb2.ListSubmissionsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetChainHead(
+        self,
+        request: _tally_pb2.GetChainHeadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tally_pb2.ChainHead, _abc.Awaitable[_tally_pb2.ChainHead]]:
+        """Public by design (publish shows both to everyone): the chain's head, which
+        every snapshot carries so anyone can check the log was not rewritten, and a
+        form photo by its SHA-256 (NOT_FOUND until a form carrying it is stored).
+        """
+
+    @_abc_1.abstractmethod
+    def GetPhoto(
+        self,
+        request: _tally_pb2.GetPhotoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tally_pb2.StoredPhoto, _abc.Awaitable[_tally_pb2.StoredPhoto]]: ...
 
     @_abc_1.abstractmethod
     def EnrollDevice(

@@ -83,6 +83,12 @@ class FakeAggregate(aggregate_pb2_grpc.AggregateServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
         raise AssertionError
 
+    async def GetAreas(
+        self, request: aggregate_pb2.GetAreasRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> aggregate_pb2.GetAreasResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
+        raise AssertionError
+
     async def Changes(
         self, request: aggregate_pb2.ChangesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> aggregate_pb2.ChangesResponse:

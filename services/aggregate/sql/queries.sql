@@ -59,26 +59,28 @@ JOIN aggregate.tps_result r USING (tps, contest);
 -- name: upsert_leaves
 -- The guard `version < EXCLUDED.version` is what makes a replay harmless even
 -- if the caller's view of the outcomes were wrong. Votes travel as array
--- literals because unnest cannot carry arrays of arrays.
+-- literals because unnest cannot carry arrays of arrays (photos: comma-joined).
 WITH k AS (
     SELECT *
     FROM unnest($1::text[], $2::text[], $3::bigint[], $4::boolean[], $5::text[], $6::text[],
-                $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[])
+                $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $14::text[], $15::text[])
         AS u (tps, contest, version, quarantined, failed_checks, votes,
-              suara_sah, suara_tidak_sah, suara_total, dpt, pengguna)
+              suara_sah, suara_tidak_sah, suara_total, dpt, pengguna, administrasi, photos)
 ), up AS (
     INSERT INTO aggregate.tps_result AS r (tps, contest, version, quarantined, failed_checks, votes,
                                            suara_sah, suara_tidak_sah, suara_total, dpt, pengguna,
-                                           changed_sequence, changed_at)
+                                           changed_sequence, changed_at, administrasi, photos)
     SELECT tps, contest, version, quarantined, string_to_array(failed_checks, ','), votes::bigint[],
-           suara_sah, suara_tidak_sah, suara_total, dpt, pengguna, $12, $13
+           suara_sah, suara_tidak_sah, suara_total, dpt, pengguna, $12, $13, administrasi::jsonb,
+           string_to_array(photos, ',')
     FROM k
     ON CONFLICT (tps, contest) DO UPDATE
         SET version = EXCLUDED.version, quarantined = EXCLUDED.quarantined,
             failed_checks = EXCLUDED.failed_checks, votes = EXCLUDED.votes,
             suara_sah = EXCLUDED.suara_sah, suara_tidak_sah = EXCLUDED.suara_tidak_sah,
             suara_total = EXCLUDED.suara_total, dpt = EXCLUDED.dpt, pengguna = EXCLUDED.pengguna,
-            changed_sequence = EXCLUDED.changed_sequence, changed_at = EXCLUDED.changed_at
+            changed_sequence = EXCLUDED.changed_sequence, changed_at = EXCLUDED.changed_at,
+            administrasi = EXCLUDED.administrasi, photos = EXCLUDED.photos
         WHERE r.version < EXCLUDED.version
     RETURNING r.tps, r.contest, r.desa
 ), logged AS (
@@ -255,7 +257,7 @@ ORDER BY r.code;
 
 -- name: child_tps
 SELECT t.code, r.version, r.quarantined, r.votes, r.suara_sah, r.suara_tidak_sah, r.suara_total, r.dpt,
-       r.pengguna, r.changed_sequence, r.changed_at
+       r.pengguna, r.changed_sequence, r.changed_at, r.failed_checks, r.administrasi::text AS administrasi, r.photos
 FROM registry.tps t
 LEFT JOIN aggregate.tps_result r ON r.tps = t.code AND r.contest = $1
 WHERE t.desa = $2 AND starts_with(t.code, $3)
@@ -263,10 +265,48 @@ ORDER BY t.code;
 
 -- name: tps_row
 SELECT t.code, r.version, r.quarantined, r.votes, r.suara_sah, r.suara_tidak_sah, r.suara_total, r.dpt,
-       r.pengguna, r.changed_sequence, r.changed_at
+       r.pengguna, r.changed_sequence, r.changed_at, r.failed_checks, r.administrasi::text AS administrasi, r.photos
 FROM registry.tps t
 LEFT JOIN aggregate.tps_result r ON r.tps = t.code AND r.contest = $1
 WHERE t.code = $2;
+
+-- name: areas_rows
+-- GetAreas: the rows of the requested areas ('' is nasional), with their names.
+SELECT a.area AS code, coalesce(g.name, '') AS name, a.votes, a.suara_sah, a.suara_tidak_sah, a.suara_total,
+       a.dpt, a.pengguna, a.tps_total, a.tps_reported, a.tps_quarantined, a.changed_sequence, a.changed_at
+FROM aggregate.area_total a
+LEFT JOIN registry.area g ON g.code = a.area
+WHERE a.contest = $1 AND a.area = ANY($2::text[]);
+
+-- name: areas_children
+-- GetAreas: the child areas (holding TPS of the contest) of the requested areas above desa.
+SELECT a.parent, a.area AS code, g.name, a.votes, a.suara_sah, a.suara_tidak_sah, a.suara_total,
+       a.dpt, a.pengguna, a.tps_total, a.tps_reported, a.tps_quarantined, a.changed_sequence, a.changed_at
+FROM aggregate.area_total a
+JOIN registry.area g ON g.code = a.area
+WHERE a.contest = $1 AND a.parent = ANY($2::text[])
+ORDER BY a.area;
+
+-- name: desas_tps
+-- GetAreas: every TPS of the requested desa where the contest (scope $3) is held, with its current form.
+SELECT t.desa, t.code, r.version, r.quarantined, r.votes, r.suara_sah, r.suara_tidak_sah, r.suara_total, r.dpt,
+       r.pengguna, r.changed_sequence, r.changed_at, r.failed_checks, r.administrasi::text AS administrasi, r.photos
+FROM registry.tps t
+LEFT JOIN aggregate.tps_result r ON r.tps = t.code AND r.contest = $1
+WHERE t.desa = ANY($2::text[]) AND starts_with(t.code, $3)
+ORDER BY t.code;
+
+-- name: current_recaps
+-- The current (highest) recap of each of these areas that has one.
+SELECT DISTINCT ON (area) area, version, votes, suara_sah, suara_tidak_sah, suara_total, dpt, pengguna
+FROM aggregate.recap
+WHERE contest = $1 AND area = ANY($2::text[])
+ORDER BY area, version DESC;
+
+-- name: log_change
+-- A change that is not a roll-up (an accepted recap), so publish rewrites the area and its parent.
+INSERT INTO aggregate.change (sequence, contest, area) SELECT $1, $2, unnest($3::text[])
+ON CONFLICT DO NOTHING;
 
 -- name: changes_since
 SELECT sequence, contest, area FROM aggregate.change

@@ -69,6 +69,9 @@ ORDER BY s.chain_position;
 -- name: chain_head
 SELECT position, hash FROM tally.chain_head WHERE singleton;
 
+-- name: photo
+SELECT sha256, content_type, content FROM tally.photo WHERE sha256 = $1;
+
 -- name: write_batch
 -- Everything one group commit writes, in one statement (one round trip): the new
 -- submissions, the outbox rows of those that became current, the current version
@@ -106,10 +109,12 @@ UPDATE tally.chain_head SET position = $20, hash = $21 WHERE singleton;
 -- The relay's next batch: the oldest undelivered rows, in arrival order (the
 -- partial index outbox_pending holds only these). Not a high-water mark: a row
 -- whose transaction commits late with a lower id is still picked up.
-SELECT id, tps, contest, version, counts::text AS counts, quarantined, failed_checks
-FROM tally.outbox
-WHERE delivered_at IS NULL
-ORDER BY id
+SELECT o.id, o.tps, o.contest, o.version, o.counts::text AS counts, o.quarantined, o.failed_checks,
+       s.photo_sha256
+FROM tally.outbox o
+JOIN tally.submission s ON s.id = o.submission_id
+WHERE o.delivered_at IS NULL
+ORDER BY o.id
 LIMIT $1;
 
 -- name: relay_mark_delivered
