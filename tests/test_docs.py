@@ -13,7 +13,7 @@ def _readme(repo_root: Path) -> str:
 
 
 def test_readme_configuration_table_matches_settings(repo_root: Path) -> None:
-    rows = re.findall(r"^\| `([A-Z_]+)` \| (.+?) \| (.+?) \|$", _readme(repo_root), re.MULTILINE)
+    rows = re.findall(r"^\| `([A-Z0-9_]+)` \| (.+?) \| (.+?) \|$", _readme(repo_root), re.MULTILINE)
     documented = {env: (default.strip("`"), help) for env, default, help in rows}
     declared = {env: ("(empty)" if default == "" else default, help) for env, default, help in Settings.describe()}
     assert documented == declared

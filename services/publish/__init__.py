@@ -1,1 +1,6 @@
+"""publish: follows aggregate's changes and writes the static site (see LAYOUT.md)."""
 
+from pathlib import Path
+
+SQL_DIR = Path(__file__).parent / "sql"
+SITE_ASSETS = Path(__file__).parent / "site"  # the page: index.html, app.css, app.js

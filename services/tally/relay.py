@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final, cast
@@ -40,6 +39,7 @@ import grpc
 import structlog
 
 from services.tally.queries import QUERIES
+from suara.runtime.backoff import Backoff
 from suara.runtime.database import CONNECTION_ERRORS
 from suara.runtime.service_auth import ServiceCredential
 from suara.runtime.settings import Settings
@@ -98,23 +98,6 @@ def relay_for(settings: Settings, database_url: str) -> Relay | None:
         log.warning("relay_disabled", reason=f"no credential at {path}; see `suara service issue --role writer`")
         return None
     return Relay.from_settings(settings, database_url)
-
-
-class Backoff:
-    """Exponential backoff with full jitter: sleep uniform(0, min(cap, base·2ⁿ)); reset on success."""
-
-    def __init__(self, base_s: float, cap_s: float) -> None:
-        self.base_s = base_s
-        self.cap_s = cap_s
-        self.failures = 0
-
-    def next_delay(self) -> float:
-        ceiling = min(self.cap_s, self.base_s * 2 ** min(self.failures, 32))
-        self.failures += 1
-        return random.uniform(0.0, ceiling)
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 class _Rejected(Exception):

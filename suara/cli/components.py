@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import services.aggregate
+import services.publish
 import services.tally
 import suara.registry
 
@@ -14,4 +15,5 @@ MIGRATION_DIRS: list[tuple[str, Path]] = [
     ("registry", Path(suara.registry.__file__).parent / "sql" / "migrations"),
     ("tally", Path(services.tally.__file__).parent / "sql" / "migrations"),
     ("aggregate", services.aggregate.SQL_DIR / "migrations"),
+    ("publish", services.publish.SQL_DIR / "migrations"),
 ]

@@ -28,7 +28,7 @@ def add_parser(sub: Any) -> None:
             "Callers sign each call: metadata `authorization: Suara-Service <id>:<unix s>:<hex signature>`.\n\n"
             "roles (disjoint, least privilege):\n"
             "  writer  may call aggregate's Apply* (tally's relay, a federated aggregate)\n"
-            "  reader  may call aggregate's GetArea and Changes (publish)"
+            "  reader  may call aggregate's GetArea, GetAreas, Changes, GetReconciliation (publish)"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -6,10 +6,14 @@ from typing import cast
 
 import grpc
 
-from suara.v1 import tally_pb2_grpc
+from suara.v1 import publish_pb2_grpc, tally_pb2_grpc
 
 
 def tally_stub(channel: grpc.aio.Channel) -> tally_pb2_grpc.TallyAsyncStub:
     # mypy-protobuf's __new__ overloads resolve an aio channel to the sync stub under
     # types-grpcio; at runtime the stub is the same object either way.
     return cast("tally_pb2_grpc.TallyAsyncStub", tally_pb2_grpc.TallyStub(channel))  # type: ignore[redundant-cast]  # runtime: a type-only name
+
+
+def publish_stub(channel: grpc.aio.Channel) -> publish_pb2_grpc.PublishAsyncStub:
+    return cast("publish_pb2_grpc.PublishAsyncStub", publish_pb2_grpc.PublishStub(channel))  # type: ignore[redundant-cast]  # runtime: a type-only name

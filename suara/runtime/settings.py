@@ -60,6 +60,29 @@ class Settings:
         "the relay's writer credential (`suara service issue`); empty: SUARA_DATA_DIR/relay.key.json",
     )
     relay_batch: int = _setting("SUARA_RELAY_BATCH", 1000, "most outbox rows the relay sends in one ApplyUpdates call")
+    site_dir: Path = _setting(
+        "SUARA_SITE_DIR", Path("site"), "where publish writes the static site (and serves it from)"
+    )
+    publish_to: str = _setting(
+        "SUARA_PUBLISH_TO", "", "publish's sink: empty for SUARA_SITE_DIR, or s3://bucket/prefix (S3-compatible)"
+    )
+    s3_endpoint_url: str = _setting(
+        "SUARA_S3_ENDPOINT_URL", "", "endpoint of an S3-compatible server (MinIO, Ceph…); empty: AWS"
+    )
+    publish_host: str = _setting("SUARA_PUBLISH_HOST", "127.0.0.1", "address publish's gRPC status server binds")
+    publish_port: int = _setting("SUARA_PUBLISH_PORT", 50053, "port of publish's gRPC status server (0: any free)")
+    publish_interval_s: float = _setting(
+        "SUARA_PUBLISH_INTERVAL_S", 1.0, "how often publish looks for aggregate's changes (a cycle runs only on change)"
+    )
+    publish_credential: str = _setting(
+        "SUARA_PUBLISH_CREDENTIAL",
+        "",
+        "publish's reader credential for aggregate (`suara service issue`); empty: SUARA_DATA_DIR/publish.key.json",
+    )
+    tally_address: str = _setting(
+        "SUARA_TALLY_ADDRESS", "127.0.0.1:50051", "host:port of tally, where publish reads the chain head and photos"
+    )
+    http_port: int = _setting("SUARA_HTTP_PORT", 8080, "port of `suara publish serve` (the public site, locally)")
     log_level: str = _setting("SUARA_LOG_LEVEL", "info", "debug, info, warning or error")
     log_format: str = _setting("SUARA_LOG_FORMAT", "auto", "json, console, or auto (json unless a terminal)")
 

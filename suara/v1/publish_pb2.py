@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16suara/v1/publish.proto\x12\x08suara.v1\"\x12\n\x10GetStatusRequest\"T\n\rPublishStatus\x12\x13\n\x0bsnapshot_id\x18\x01 \x01(\t\x12\x1a\n\x12\x61ggregate_sequence\x18\x02 \x01(\x03\x12\x12\n\nchain_head\x18\x03 \x01(\t2K\n\x07Publish\x12@\n\tGetStatus\x12\x1a.suara.v1.GetStatusRequest\x1a\x17.suara.v1.PublishStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16suara/v1/publish.proto\x12\x08suara.v1\"\x12\n\x10GetStatusRequest\"\xd1\x01\n\rPublishStatus\x12\x10\n\x08snapshot\x18\x01 \x01(\x03\x12\x1a\n\x12\x61ggregate_sequence\x18\x02 \x01(\x03\x12\x16\n\x0e\x63hain_position\x18\x03 \x01(\x03\x12\x12\n\nchain_hash\x18\x04 \x01(\t\x12\x19\n\x11published_unix_ms\x18\x05 \x01(\x03\x12\r\n\x05\x66iles\x18\x06 \x01(\x05\x12\x14\n\x0c\x66ull_rebuild\x18\x07 \x01(\x08\x12\x0c\n\x04sink\x18\x08 \x01(\t\x12\x18\n\x10\x61ggregate_newest\x18\t \x01(\x03\x32K\n\x07Publish\x12@\n\tGetStatus\x12\x1a.suara.v1.GetStatusRequest\x1a\x17.suara.v1.PublishStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETSTATUSREQUEST']._serialized_start=36
   _globals['_GETSTATUSREQUEST']._serialized_end=54
-  _globals['_PUBLISHSTATUS']._serialized_start=56
-  _globals['_PUBLISHSTATUS']._serialized_end=140
-  _globals['_PUBLISH']._serialized_start=142
-  _globals['_PUBLISH']._serialized_end=217
+  _globals['_PUBLISHSTATUS']._serialized_start=57
+  _globals['_PUBLISHSTATUS']._serialized_end=266
+  _globals['_PUBLISH']._serialized_start=268
+  _globals['_PUBLISH']._serialized_end=343
 # @@protoc_insertion_point(module_scope)

@@ -35,24 +35,47 @@ Global___GetStatusRequest: _TypeAlias = GetStatusRequest  # noqa: Y015
 class PublishStatus(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
     AGGREGATE_SEQUENCE_FIELD_NUMBER: _builtins.int
-    CHAIN_HEAD_FIELD_NUMBER: _builtins.int
-    snapshot_id: _builtins.str
+    CHAIN_POSITION_FIELD_NUMBER: _builtins.int
+    CHAIN_HASH_FIELD_NUMBER: _builtins.int
+    PUBLISHED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    FULL_REBUILD_FIELD_NUMBER: _builtins.int
+    SINK_FIELD_NUMBER: _builtins.int
+    AGGREGATE_NEWEST_FIELD_NUMBER: _builtins.int
+    snapshot: _builtins.int
+    """the last snapshot written (0: none yet)"""
     aggregate_sequence: _builtins.int
-    """the last aggregate change included"""
-    chain_head: _builtins.str
+    """the last aggregate change it includes"""
+    chain_position: _builtins.int
     """tally's chain head at that snapshot"""
+    chain_hash: _builtins.str
+    published_unix_ms: _builtins.int
+    files: _builtins.int
+    """files the last cycle wrote"""
+    full_rebuild: _builtins.bool
+    """the last cycle rewrote everything"""
+    sink: _builtins.str
+    """where the site is written"""
+    aggregate_newest: _builtins.int
+    """aggregate's newest change when asked (lag = this - aggregate_sequence)"""
     def __init__(
         self,
         *,
-        snapshot_id: _builtins.str = ...,
+        snapshot: _builtins.int = ...,
         aggregate_sequence: _builtins.int = ...,
-        chain_head: _builtins.str = ...,
+        chain_position: _builtins.int = ...,
+        chain_hash: _builtins.str = ...,
+        published_unix_ms: _builtins.int = ...,
+        files: _builtins.int = ...,
+        full_rebuild: _builtins.bool = ...,
+        sink: _builtins.str = ...,
+        aggregate_newest: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_sequence", b"aggregate_sequence", "chain_head", b"chain_head", "snapshot_id", b"snapshot_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_newest", b"aggregate_newest", "aggregate_sequence", b"aggregate_sequence", "chain_hash", b"chain_hash", "chain_position", b"chain_position", "files", b"files", "full_rebuild", b"full_rebuild", "published_unix_ms", b"published_unix_ms", "sink", b"sink", "snapshot", b"snapshot"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

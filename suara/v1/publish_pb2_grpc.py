@@ -26,9 +26,9 @@ if _version_not_supported:
 
 
 class PublishStub:
-    """DRAFT: completed by the publish issue.
-
-    publish follows aggregate's changes and writes static snapshots.
+    """publish follows aggregate's changes and writes static snapshots of the public site
+    (the Sirekap-compatible layout plus suara's own files: services/publish/LAYOUT.md).
+    This API only reports; the site itself is read over HTTP, never through publish.
     """
 
     def __init__(self, channel):
@@ -45,13 +45,14 @@ class PublishStub:
 
 
 class PublishServicer:
-    """DRAFT: completed by the publish issue.
-
-    publish follows aggregate's changes and writes static snapshots.
+    """publish follows aggregate's changes and writes static snapshots of the public site
+    (the Sirekap-compatible layout plus suara's own files: services/publish/LAYOUT.md).
+    This API only reports; the site itself is read over HTTP, never through publish.
     """
 
     def GetStatus(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Where publishing stands. Open: everything in it is public on the site too.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -73,9 +74,9 @@ def add_PublishServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Publish:
-    """DRAFT: completed by the publish issue.
-
-    publish follows aggregate's changes and writes static snapshots.
+    """publish follows aggregate's changes and writes static snapshots of the public site
+    (the Sirekap-compatible layout plus suara's own files: services/publish/LAYOUT.md).
+    This API only reports; the site itself is read over HTTP, never through publish.
     """
 
     @staticmethod

@@ -27,9 +27,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class PublishStub:
-    """DRAFT: completed by the publish issue.
-
-    publish follows aggregate's changes and writes static snapshots.
+    """publish follows aggregate's changes and writes static snapshots of the public site
+    (the Sirekap-compatible layout plus suara's own files: services/publish/LAYOUT.md).
+    This API only reports; the site itself is read over HTTP, never through publish.
     """
 
     @_typing.overload
@@ -37,21 +37,23 @@ class PublishStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> PublishAsyncStub: ...
     GetStatus: _grpc.UnaryUnaryMultiCallable[_publish_pb2.GetStatusRequest, _publish_pb2.PublishStatus]
+    """Where publishing stands. Open: everything in it is public on the site too."""
 
 @_typing.type_check_only
 class PublishAsyncStub(PublishStub):
-    """DRAFT: completed by the publish issue.
-
-    publish follows aggregate's changes and writes static snapshots.
+    """publish follows aggregate's changes and writes static snapshots of the public site
+    (the Sirekap-compatible layout plus suara's own files: services/publish/LAYOUT.md).
+    This API only reports; the site itself is read over HTTP, never through publish.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetStatus: _aio.UnaryUnaryMultiCallable[_publish_pb2.GetStatusRequest, _publish_pb2.PublishStatus]  # type: ignore[assignment]
+    """Where publishing stands. Open: everything in it is public on the site too."""
 
 class PublishServicer(metaclass=_abc_1.ABCMeta):
-    """DRAFT: completed by the publish issue.
-
-    publish follows aggregate's changes and writes static snapshots.
+    """publish follows aggregate's changes and writes static snapshots of the public site
+    (the Sirekap-compatible layout plus suara's own files: services/publish/LAYOUT.md).
+    This API only reports; the site itself is read over HTTP, never through publish.
     """
 
     @_abc_1.abstractmethod
@@ -59,6 +61,7 @@ class PublishServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _publish_pb2.GetStatusRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_publish_pb2.PublishStatus, _abc.Awaitable[_publish_pb2.PublishStatus]]: ...
+    ) -> _typing.Union[_publish_pb2.PublishStatus, _abc.Awaitable[_publish_pb2.PublishStatus]]:
+        """Where publishing stands. Open: everything in it is public on the site too."""
 
 def add_PublishServicer_to_server(servicer: PublishServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -15,7 +15,8 @@ from typing import cast
 import grpc
 import pytest
 
-from services.tally.relay import APPLICATION_NAME, APPLY_METHOD, Backoff, relay_for
+from services.tally.relay import APPLICATION_NAME, APPLY_METHOD, relay_for
+from suara.runtime.backoff import Backoff
 from suara.runtime.service_auth import ServiceCredential
 from suara.runtime.settings import Settings
 from suara.v1 import aggregate_pb2, aggregate_pb2_grpc

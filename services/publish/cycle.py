@@ -1,0 +1,306 @@
+"""One publish cycle: what changed in aggregate since the cursor becomes files in the sink.
+
+The order is what makes a killed cycle harmless: every data file first, then the history index,
+then the snapshot pointer, and only then the cursor in the database. A cycle killed anywhere
+before the cursor moves is redone from the old cursor by the next one, rewriting the same files.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import grpc
+import structlog
+
+from services.publish import SITE_ASSETS, documents
+from services.publish.files import SiteFile
+from services.publish.nist import AreaResult, nist_json, nist_report
+from services.publish.queries import QUERIES
+from services.publish.sink import Sink
+from suara.election.contest import Contest
+from suara.v1 import aggregate_pb2, aggregate_pb2_grpc, tally_pb2, tally_pb2_grpc
+
+log = structlog.get_logger(__name__)
+
+AREAS_PER_CALL = 500  # GetAreas chunk: large enough to amortize the call, small enough for one message
+FLUSH_FILES = 2000  # files handed to the sink at once
+CHANGES_PAGE = 50_000
+TALLY_TIMEOUT_S = 2.0
+
+
+@dataclass
+class CycleResult:
+    snapshot: int
+    sequence: int
+    full: bool
+    files: int = 0
+    areas: int = 0
+    tps_files: int = 0
+    photos: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class _Work:
+    """What one cycle must rewrite, per contest: areas (their totals, status and, when full, region list)
+    and TPS files (by code), or everything."""
+
+    areas: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    tps: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+
+    def add(self, contest: str, code: str) -> None:
+        if len(code) == 13:
+            self.tps[contest].add(code)
+            self.areas[contest].add(code[:10])
+        else:
+            self.areas[contest].add(code)
+
+
+class Publisher:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        sink: Sink,
+        aggregate: aggregate_pb2_grpc.AggregateAsyncStub,
+        tally: tally_pb2_grpc.TallyAsyncStub | None,
+        contests: dict[str, Contest],
+    ) -> None:
+        self.pool = pool
+        self.sink = sink
+        self.aggregate = aggregate
+        self.tally = tally
+        self.contests = contests
+        self._photo_types: dict[str, str] = {}  # sha256 → content type, of photos known to be in the sink
+        self._assets_written = False
+
+    async def cycle(self, *, full: bool = False) -> CycleResult | None:
+        """Publish what changed; None when nothing did. `full` rewrites every file (`suara publish rebuild`)."""
+        started = time.perf_counter()
+        cursor = await self.pool.fetchrow(QUERIES.cursor)
+        registry = await self.pool.fetchrow(QUERIES.registry_load)
+        registry_load = None if registry is None else registry["id"]
+        full = full or cursor["sequence"] == 0 or cursor["registry_load"] != registry_load
+        work, sequence = await self._changes(cursor["sequence"], collect=not full)
+        if not full and not work.areas:
+            return None
+        snapshot = cursor["snapshot"] + 1
+        no_data_ts = documents.wib(int(registry["loaded_at"].timestamp() * 1000)) if registry else ""
+        result = CycleResult(snapshot=snapshot, sequence=sequence, full=full)
+        out = _Out(self.sink, result)
+        if full or not self._assets_written:
+            await out.add(_assets())
+        nationals: dict[str, aggregate_pb2.AreaView] = {}
+        for contest in self.contests.values():
+            if full:
+                await out.add([SiteFile(documents.candidates_path(contest.id), _candidates(contest, no_data_ts))])
+                async for view in self._every_area(contest.id):
+                    await self._render(out, contest, view, None, no_data_ts, full=True, nationals=nationals)
+            else:
+                wanted = work.areas.get(contest.id, set())
+                for view in await self._views(contest.id, sorted(wanted, key=lambda a: (len(a), a))):
+                    await self._render(out, contest, view, work.tps.get(contest.id, set()), no_data_ts,
+                                       full=False, nationals=nationals)  # fmt: skip
+            if contest.id not in nationals:
+                nationals[contest.id] = (await self._views(contest.id, [""]))[0]
+            await self._history(out, contest, snapshot, nationals[contest.id], full=full)
+        chain = await self._chain_head(cursor)
+        await out.flush()
+        pointer = documents.pointer(
+            snapshot=snapshot,
+            now_unix_ms=int(time.time() * 1000),
+            sequence=sequence,
+            chain_head=chain,
+            nationals=nationals,
+        )
+        await out.add([SiteFile("suara/snapshot.json", documents.dumps(pointer))])
+        await out.flush()
+        await self.pool.execute(
+            QUERIES.commit_cycle, sequence, snapshot, chain[0] if chain else None, chain[1] if chain else None,
+            result.files, full, registry_load,
+        )  # fmt: skip
+        self._assets_written = True
+        result.seconds = time.perf_counter() - started
+        log.info("published", **{k: v for k, v in vars(result).items() if k != "seconds"},
+                 ms=round(result.seconds * 1000, 1))  # fmt: skip
+        return result
+
+    async def _changes(self, since: int, *, collect: bool) -> tuple[_Work, int]:
+        """Every change after `since`, and the newest sequence. Not collected for a full cycle."""
+        work = _Work()
+        request = aggregate_pb2.ChangesRequest(since=since, limit=CHANGES_PAGE if collect else 1)
+        response = await self.aggregate.Changes(request)
+        newest = response.sequence
+        while collect:
+            for change in response.changes:
+                work.add(change.contest, change.area)
+            if not response.changes or response.changes[-1].sequence >= newest:
+                break
+            request.since = response.changes[-1].sequence
+            response = await self.aggregate.Changes(request)
+        return work, newest
+
+    async def _views(self, contest: str, areas: Sequence[str]) -> list[aggregate_pb2.AreaView]:
+        views: list[aggregate_pb2.AreaView] = []
+        for i in range(0, len(areas), AREAS_PER_CALL):
+            chunk = areas[i : i + AREAS_PER_CALL]
+            response = await self.aggregate.GetAreas(aggregate_pb2.GetAreasRequest(contest=contest, areas=chunk))
+            views.extend(response.views)
+        return views
+
+    async def _every_area(self, contest: str) -> Any:
+        """Level by level from nasional down to every desa (an async iterator of views)."""
+        level = [""]
+        while level:
+            below: list[str] = []
+            for i in range(0, len(level), AREAS_PER_CALL):
+                for view in await self._views(contest, level[i : i + AREAS_PER_CALL]):
+                    below.extend(child.area for child in view.children if len(child.area) < 13)
+                    yield view
+            level = below
+
+    async def _render(
+        self,
+        out: _Out,
+        contest: Contest,
+        view: aggregate_pb2.AreaView,
+        changed_tps: set[str] | None,
+        no_data_ts: str,
+        *,
+        full: bool,
+        nationals: dict[str, aggregate_pb2.AreaView],
+    ) -> None:
+        area = view.area.area
+        if area == "":
+            nationals[contest.id] = view
+            nist = nist_report(
+                contest,
+                generated_at=datetime.fromtimestamp(view.last_change_unix_ms / 1000, UTC),
+                national=_area_result(view.area),
+                provinces=[_area_result(child) for child in view.children],
+            )
+            await out.add([SiteFile(f"suara/nist/{contest.id}.json", nist_json(nist))])
+        files = [
+            SiteFile(documents.totals_path(contest.id, area), documents.dumps(documents.totals(contest, view))),
+            SiteFile(documents.status_path(contest.id, area), documents.dumps(documents.status(view))),
+        ]
+        if full:
+            files.append(
+                SiteFile(documents.region_path(contest.id, area), documents.dumps(documents.region_list(view.children)))
+            )
+        out.result.areas += 1
+        if len(area) == 10:
+            rows = [c for c in view.children if changed_tps is None or c.area in changed_tps]
+            await self._photos(out, rows)
+            for row in rows:
+                doc = documents.tps(contest, row, self._photo_types, no_data_ts)
+                files.append(SiteFile(f"pemilu/hhcw/{contest.id}/{documents.area_path(row.area)}.json",
+                                      documents.dumps(doc)))  # fmt: skip
+            out.result.tps_files += len(rows)
+        await out.add(files)
+
+    async def _photos(self, out: _Out, rows: Iterable[aggregate_pb2.AreaRow]) -> None:
+        """Copy the photos these TPS files reference into the sink, once each (they never change)."""
+        for sha in {sha for row in rows for sha in row.photo_sha256} - self._photo_types.keys():
+            for kind in ("image/jpeg", "image/png"):
+                if await self.sink.exists(documents.photo_path(sha, kind)):
+                    self._photo_types[sha] = kind
+                    break
+            else:
+                if self.tally is None:
+                    raise PublishError(f"photo {sha} is needed and no tally address is configured")
+                photo = await self.tally.GetPhoto(tally_pb2.GetPhotoRequest(sha256=sha), timeout=TALLY_TIMEOUT_S)
+                path = documents.photo_path(sha, photo.content_type)
+                await out.add([SiteFile(path, photo.content, content_type=photo.content_type)])
+                await out.flush()  # before any TPS file that points at it
+                self._photo_types[sha] = photo.content_type
+                out.result.photos += 1
+
+    async def _history(
+        self, out: _Out, contest: Contest, snapshot: int, national: aggregate_pb2.AreaView, *, full: bool
+    ) -> None:
+        """A history entry when the national or a provincial row changed since the last one."""
+        entry = documents.history_entry(contest, snapshot, national)
+        async with self.pool.acquire() as conn:
+            index = [(r["snapshot"], r["ts"]) for r in await conn.fetch(QUERIES.history_index, contest.id)]
+            last = await conn.fetchval(QUERIES.history_body, contest.id) if index else None
+            if last is None or _numbers(documents.loads(last)) != _numbers(entry):
+                body = documents.dumps(entry)
+                await conn.execute(QUERIES.save_history, contest.id, snapshot, entry["ts"], body)
+                index.append((snapshot, entry["ts"]))
+                await out.add([SiteFile(f"suara/riwayat/{contest.id}/{snapshot}.json", body)])
+            elif not full:
+                return
+            if full:
+                for row in await conn.fetch(QUERIES.history_of, contest.id):
+                    await out.add([SiteFile(f"suara/riwayat/{contest.id}/{row['snapshot']}.json", bytes(row["body"]))])
+        await out.add([SiteFile(f"suara/riwayat/{contest.id}.json", documents.dumps(documents.history_index(index)))])
+
+    async def _chain_head(self, cursor: Any) -> tuple[int, str] | None:
+        """Tally's head now; while tally is unreachable, the last one published (the site keeps going)."""
+        if self.tally is not None:
+            try:
+                head = await self.tally.GetChainHead(tally_pb2.GetChainHeadRequest(), timeout=TALLY_TIMEOUT_S)
+                return head.position, head.hash
+            except grpc.aio.AioRpcError as exc:
+                log.warning("chain_head_unavailable", code=exc.code().name, detail=exc.details())
+        if cursor["chain_position"] is None:
+            return None
+        return cursor["chain_position"], cursor["chain_hash"]
+
+
+class PublishError(Exception):
+    """publish cannot go on: the message says why and what to do."""
+
+
+class _Out:
+    """Buffers files and hands them to the sink in large writes."""
+
+    def __init__(self, sink: Sink, result: CycleResult) -> None:
+        self.sink = sink
+        self.result = result
+        self.pending: list[SiteFile] = []
+
+    async def add(self, files: Iterable[SiteFile]) -> None:
+        self.pending.extend(files)
+        if len(self.pending) >= FLUSH_FILES:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self.pending:
+            files, self.pending = self.pending, []
+            await self.sink.write(files)
+            self.result.files += len(files)
+
+
+def _numbers(entry: dict[str, Any]) -> tuple[Any, Any]:
+    return entry["nasional"], entry["provinsi"]
+
+
+def _area_result(row: aggregate_pb2.AreaRow) -> AreaResult:
+    t = row.totals
+    return AreaResult(
+        code=row.area,
+        name=row.name,
+        votes=dict(t.votes),
+        suara_sah=t.suara_sah,
+        suara_tidak_sah=t.suara_tidak_sah,
+        suara_total=t.suara_total,
+        dpt=t.dpt,
+        pengguna=t.pengguna,
+        tps_total=row.tps_total,
+        tps_reported=row.tps_reported,
+    )
+
+
+def _candidates(contest: Contest, ts: str) -> bytes:
+    return documents.dumps(documents.candidates(contest, ts))
+
+
+def _assets() -> list[SiteFile]:
+    return [SiteFile(path.name, path.read_bytes()) for path in sorted(SITE_ASSETS.iterdir()) if path.is_file()]

@@ -1,0 +1,234 @@
+"""The published documents, rendered from aggregate's views: pure functions, no I/O.
+
+Each file is built from one AreaView (an area and its children read in one snapshot), so a file never
+mixes states. Every value comes from the data, never from the clock, so a rebuild writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+from suara.election.contest import Contest
+from suara.v1 import aggregate_pb2
+
+WIB = timezone(timedelta(hours=7))  # Sirekap writes Jakarta time
+LEVEL_OF_LENGTH = {2: 1, 4: 2, 6: 3, 10: 4, 13: 5}  # `tingkat`
+RECONCILIATION_NAMES = {
+    aggregate_pb2.MATCH: "MATCH",
+    aggregate_pb2.MISMATCH: "MISMATCH",
+    aggregate_pb2.INCOMPLETE: "INCOMPLETE",
+    aggregate_pb2.NO_RECAP: "NO_RECAP",
+}
+
+
+def dumps(doc: object) -> bytes:
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def loads(body: bytes) -> Any:
+    return json.loads(body)
+
+
+def wib(unix_ms: int) -> str:
+    return datetime.fromtimestamp(unix_ms / 1000, WIB).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def iso(unix_ms: int) -> str:
+    return datetime.fromtimestamp(unix_ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def area_path(area: str) -> str:
+    """'' → '', '3101011001' → '31/3101/310101/3101011001' (how Sirekap nests every code under its parents)."""
+    return "/".join(area[:n] for n in (2, 4, 6, 10, 13) if n <= len(area))
+
+
+def totals_path(contest: str, area: str) -> str:
+    return f"pemilu/hhcw/{contest}.json" if area == "" else f"pemilu/hhcw/{contest}/{area_path(area)}.json"
+
+
+def region_path(contest: str, area: str) -> str:
+    return f"wilayah/pemilu/{contest}/0.json" if area == "" else f"wilayah/pemilu/{contest}/{area_path(area)}.json"
+
+
+def status_path(contest: str, area: str) -> str:
+    return f"suara/status/{contest}.json" if area == "" else f"suara/status/{contest}/{area_path(area)}.json"
+
+
+def candidates_path(contest: str) -> str:
+    return f"pemilu/{contest}.json"
+
+
+def photo_path(sha256: str, content_type: str = "image/jpeg") -> str:
+    return f"foto/{sha256[:2]}/{sha256}.{'png' if content_type == 'image/png' else 'jpg'}"
+
+
+def persen(reported: int, total: int) -> float:
+    return round(100 * reported / total, 2) if total else 0.0
+
+
+def _votes(contest: Contest, totals: aggregate_pb2.Totals) -> dict[str, Any]:
+    return {c.id: totals.votes.get(c.id, 0) for c in contest.choices}
+
+
+def candidates(contest: Contest, ts: str) -> dict[str, Any]:
+    return {c.id: {"nama": c.nama, "nomor_urut": c.nomor_urut, "warna": c.warna, "ts": ts} for c in contest.choices}
+
+
+def region_list(children: Iterable[aggregate_pb2.AreaRow]) -> list[dict[str, Any]]:
+    return [
+        {"nama": child.name, "id": int(child.area), "kode": child.area, "tingkat": LEVEL_OF_LENGTH[len(child.area)]}
+        for child in children
+    ]
+
+
+def totals(contest: Contest, view: aggregate_pb2.AreaView) -> dict[str, Any]:
+    area = view.area
+    table: dict[str, Any] = {}
+    for child in view.children:
+        progress = persen(child.tps_reported, child.tps_total)
+        if child.tps_reported:
+            table[child.area] = {
+                **_votes(contest, child.totals),
+                "persen": progress,
+                "psu": None,
+                "status_progress": True,
+            }
+        else:  # Sirekap's shape for a child without data
+            table[child.area] = {"persen": progress, "psu": None, "status_progress": False}
+    return {
+        "ts": wib(view.last_change_unix_ms),
+        "psu": None,
+        "mode": "hhcw",
+        "chart": {**_votes(contest, area.totals), "persen": persen(area.tps_reported, area.tps_total)},
+        "table": table,
+        "progres": {"progres": area.tps_reported, "total": area.tps_total},
+    }
+
+
+def tps(
+    contest: Contest, row: aggregate_pb2.AreaRow, photo_types: Mapping[str, str], no_data_ts: str
+) -> dict[str, Any]:
+    """One TPS's Sirekap file. A quarantined form is shown as signed, with both statuses false."""
+    if row.version == 0:
+        return {
+            "mode": "hhcw",
+            "chart": None,
+            "images": [None, None, None],
+            "administrasi": None,
+            "psu": None,
+            "ts": no_data_ts,
+            "status_suara": False,
+            "status_adm": False,
+        }
+    images: list[str | None] = [
+        "/" + photo_path(sha, photo_types.get(sha, "image/jpeg")) for sha in row.photo_sha256[:3]
+    ]
+    images += [None] * (3 - len(images))
+    submitted = row.submitted
+    administrasi = dict(row.administrasi) if row.administrasi else _administrasi_from_totals(submitted)
+    counted = not row.tps_quarantined
+    return {
+        "mode": "hhcw",
+        "chart": {"null": None, **_votes(contest, submitted)},
+        "images": images,
+        "administrasi": administrasi,
+        "psu": None,
+        "ts": wib(row.changed_unix_ms),
+        "status_suara": counted,
+        "status_adm": counted,
+    }
+
+
+def _administrasi_from_totals(totals: aggregate_pb2.Totals) -> dict[str, int]:
+    """For a TPS whose update carried no administrasi (an older sender): what aggregate knows."""
+    return {
+        "suara_sah": totals.suara_sah,
+        "suara_tidak_sah": totals.suara_tidak_sah,
+        "suara_total": totals.suara_total,
+        "pemilih_dpt_j": totals.dpt,
+        "pengguna_total_j": totals.pengguna,
+    }
+
+
+def reconciliation(rec: aggregate_pb2.Reconciliation) -> dict[str, Any]:
+    return {
+        "status": RECONCILIATION_NAMES.get(rec.status, "NO_RECAP"),
+        "recap_version": rec.recap_version or None,
+        "differences": [
+            {"field": d.field, "recap": d.recap, "digital": d.digital, "difference": d.difference}
+            for d in rec.differences
+        ],
+    }
+
+
+def status(view: aggregate_pb2.AreaView) -> dict[str, Any]:
+    """suara's own per-area file: quarantine flags and reconciliation, for the area and its children."""
+    area = view.area
+    children: dict[str, Any] = {}
+    for child in view.children:
+        entry: dict[str, Any] = {}
+        if child.tps_quarantined:
+            entry["tps_quarantined"] = child.tps_quarantined
+        if child.failed_checks and child.tps_quarantined:
+            entry["failed_checks"] = list(child.failed_checks)
+        if child.reconciliation not in (aggregate_pb2.RECONCILIATION_STATUS_UNSPECIFIED, aggregate_pb2.NO_RECAP):
+            entry["reconciliation"] = RECONCILIATION_NAMES[child.reconciliation]
+        if entry:
+            children[child.area] = entry
+    has_recap = len(area.area) in (2, 4, 6) and view.HasField("reconciliation")
+    return {
+        "kode": area.area,
+        "ts": wib(view.last_change_unix_ms),
+        "tps_quarantined": area.tps_quarantined,
+        "reconciliation": reconciliation(view.reconciliation) if has_recap else None,
+        "children": children,
+    }
+
+
+def progress(area: aggregate_pb2.AreaRow) -> dict[str, Any]:
+    return {
+        "progres": area.tps_reported,
+        "total": area.tps_total,
+        "quarantined": area.tps_quarantined,
+        "persen": persen(area.tps_reported, area.tps_total),
+    }
+
+
+def history_entry(contest: Contest, snapshot: int, national: aggregate_pb2.AreaView) -> dict[str, Any]:
+    """National and provincial totals at one snapshot."""
+
+    def row(area: aggregate_pb2.AreaRow) -> dict[str, Any]:
+        return {**_votes(contest, area.totals), **progress(area)}
+
+    return {
+        "snapshot": snapshot,
+        "ts": wib(national.last_change_unix_ms),
+        "sequence": national.sequence,
+        "nasional": row(national.area),
+        "provinsi": {child.area: row(child) for child in national.children},
+    }
+
+
+def history_index(entries: Sequence[tuple[int, str]]) -> list[dict[str, Any]]:
+    return [{"snapshot": snapshot, "ts": ts} for snapshot, ts in entries]
+
+
+def pointer(
+    *,
+    snapshot: int,
+    now_unix_ms: int,
+    sequence: int,
+    chain_head: tuple[int, str] | None,
+    nationals: Mapping[str, aggregate_pb2.AreaView],
+) -> dict[str, Any]:
+    return {
+        "snapshot": snapshot,
+        "ts": wib(now_unix_ms),
+        "generated_at": iso(now_unix_ms),
+        "aggregate_sequence": sequence,
+        "chain_head": None if chain_head is None else {"position": chain_head[0], "hash": chain_head[1]},
+        "contests": {contest: progress(view.area) for contest, view in sorted(nationals.items())},
+    }

@@ -1,0 +1,239 @@
+"""A running publisher: follows aggregate's changes in a loop, and reports over gRPC (health, GetStatus).
+
+One publisher is active per database (a session advisory lock); a second one waits as a hot
+standby, so two never write the same site at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+from typing import Any, Final
+
+import asyncpg
+import grpc
+import structlog
+
+from services.publish.cycle import CycleResult, Publisher
+from services.publish.queries import QUERIES
+from services.publish.sink import LocalSink, Sink, sink_from_url
+from suara.client.aggregate_stub import aggregate_stub
+from suara.client.stubs import tally_stub
+from suara.registry.catalog import fetch_contests
+from suara.runtime.backoff import Backoff
+from suara.runtime.database import CONNECTION_ERRORS, create_pool
+from suara.runtime.grpc_server import Server, create_server, serve_until_signal
+from suara.runtime.service_auth import ServiceAuthClientInterceptor, ServiceCredential
+from suara.runtime.settings import Settings
+from suara.v1 import aggregate_pb2, publish_pb2, publish_pb2_grpc
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAME = "suara.v1.Publish"
+LOCK_KEY: Final = 0x5355415250554253  # "SUARPUBS": distinct from the relay's and the migration lock
+CHANNEL_OPTIONS = (
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+)
+
+
+_RETRYABLE: tuple[type[BaseException], ...] = (grpc.aio.AioRpcError, OSError, *CONNECTION_ERRORS)
+
+
+def credential_path(settings: Settings) -> Path:
+    return Path(settings.publish_credential) if settings.publish_credential else settings.data_dir / "publish.key.json"
+
+
+def sink_for(settings: Settings) -> Sink:
+    return sink_from_url(
+        settings.publish_to or str(settings.site_dir), s3_endpoint_url=settings.s3_endpoint_url or None
+    )
+
+
+class PublishService(publish_pb2_grpc.PublishServicer):
+    def __init__(self, pool: asyncpg.Pool, publisher: Publisher) -> None:
+        self.pool = pool
+        self.publisher = publisher
+
+    async def GetStatus(
+        self, request: publish_pb2.GetStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> publish_pb2.PublishStatus:
+        row = await self.pool.fetchrow(QUERIES.status)
+        status = publish_pb2.PublishStatus(
+            snapshot=row["snapshot"],
+            aggregate_sequence=row["sequence"],
+            chain_position=row["chain_position"] or 0,
+            chain_hash=row["chain_hash"] or "",
+            published_unix_ms=int(row["updated_at"].timestamp() * 1000) if row["updated_at"] else 0,
+            files=row["files"] or 0,
+            full_rebuild=bool(row["full_rebuild"]),
+            sink=self.publisher.sink.describe(),
+        )
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            newest = await self.publisher.aggregate.Changes(aggregate_pb2.ChangesRequest(since=0, limit=1), timeout=2)
+            status.aggregate_newest = newest.sequence
+        return status
+
+
+class PublishApp:
+    """Pool, channels, sink, the publisher loop and the status server. `start()` then `stop()`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        channels: list[grpc.aio.Channel],
+        publisher: Publisher,
+        server: Server,
+        port: int,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.channels = channels
+        self.publisher = publisher
+        self.server = server
+        self.port = port
+        self.active = False
+        self.last: CycleResult | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._cycled = asyncio.Condition()
+        self._cycles = 0
+
+    @classmethod
+    async def create(cls, settings: Settings, database_url: str, sink: Sink | None = None) -> PublishApp:
+        publisher, pool, channels = await connect(settings, database_url, sink)
+        service = PublishService(pool, publisher)
+        server, port = create_server(
+            lambda s: publish_pb2_grpc.add_PublishServicer_to_server(service, s),
+            [SERVICE_NAME],
+            host=settings.publish_host,
+            port=settings.publish_port,
+        )
+        return cls(settings, pool, channels, publisher, server, port)
+
+    async def start(self) -> None:
+        await self.server.start()
+        self._task = asyncio.create_task(self._run(), name="publish-loop")
+        log.info(
+            "publish_serving", address=f"{self.settings.publish_host}:{self.port}", sink=self.publisher.sink.describe()
+        )
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.server.stop(grace)
+        await close(self.publisher, self.pool, self.channels)
+
+    async def wait_cycles(self, n: int = 1) -> None:
+        """Until `n` more cycles have run (each may have found nothing to publish)."""
+        async with self._cycled:
+            target = self._cycles + n
+            await self._cycled.wait_for(lambda: self._cycles >= target)
+
+    async def _run(self) -> None:
+        backoff = Backoff(base_s=0.2, cap_s=5.0)
+        lock_conn: asyncpg.Connection | None = None
+        while True:
+            try:
+                if lock_conn is None or lock_conn.is_closed():
+                    self.active = False
+                    lock_conn = await self.pool.acquire()
+                if not self.active:
+                    self.active = bool(await lock_conn.fetchval(QUERIES.try_lock, LOCK_KEY))
+                    if not self.active:
+                        await asyncio.sleep(self.settings.publish_interval_s)
+                        continue
+                    log.info("publish_active", sink=self.publisher.sink.describe())
+                    await prepare(self.publisher.sink)
+                result = await self.publisher.cycle()
+                if result is not None:
+                    self.last = result
+                backoff.reset()
+                delay = self.settings.publish_interval_s
+            except _RETRYABLE as exc:
+                delay = backoff.next_delay()
+                log.warning("publish_cycle_failed", error=_describe(exc), retry_in_s=round(delay, 2))
+                if lock_conn is not None and lock_conn.is_closed():
+                    lock_conn = None
+            async with self._cycled:
+                self._cycles += 1
+                self._cycled.notify_all()
+            await asyncio.sleep(delay)
+
+
+async def prepare(sink: Sink) -> None:
+    """Before the first cycle: temp files a killed publisher left behind are swept."""
+    if isinstance(sink, LocalSink):
+        removed = await sink.sweep_temp()
+        if removed:
+            log.info("swept_temp_files", removed=removed)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+async def connect(
+    settings: Settings, database_url: str, sink: Sink | None = None
+) -> tuple[Publisher, asyncpg.Pool, list[grpc.aio.Channel]]:
+    path = credential_path(settings)
+    if not path.exists():
+        raise SystemExit(
+            f"publish needs a reader credential for aggregate at {path}: "
+            "create it with `suara service issue --name publish --role reader --out " + str(path) + "`"
+        )
+    credential = ServiceCredential.load(path)
+    pool = await create_pool(database_url, size=min(settings.db_pool_size, 4), application="suara-publish")
+    try:
+        contests = await fetch_contests(pool)
+    except BaseException:
+        await pool.close()
+        raise
+    aggregate_channel = grpc.aio.insecure_channel(
+        settings.aggregate_address, options=CHANNEL_OPTIONS, interceptors=[ServiceAuthClientInterceptor(credential)]
+    )
+    tally_channel = grpc.aio.insecure_channel(settings.tally_address, options=CHANNEL_OPTIONS)
+    publisher = Publisher(
+        pool, sink or sink_for(settings), aggregate_stub(aggregate_channel), tally_stub(tally_channel), contests
+    )
+    return publisher, pool, [aggregate_channel, tally_channel]
+
+
+async def close(publisher: Publisher, pool: asyncpg.Pool, channels: list[grpc.aio.Channel]) -> None:
+    for channel in channels:
+        await channel.close()
+    await publisher.sink.close()
+    await pool.close()
+
+
+async def rebuild(settings: Settings, database_url: str) -> CycleResult:
+    """Rewrite every file from aggregate's current state (disaster recovery: the site or bucket was lost)."""
+    publisher, pool, channels = await connect(settings, database_url)
+    try:
+        async with pool.acquire() as conn:
+            if not await conn.fetchval(QUERIES.try_lock, LOCK_KEY):
+                raise SystemExit("another publisher is active on this database: stop it before a rebuild")
+            await prepare(publisher.sink)
+            started = time.perf_counter()
+            result = await publisher.cycle(full=True)
+            assert result is not None  # a full cycle always publishes
+            log.info("rebuilt", files=result.files, s=round(time.perf_counter() - started, 2))
+            return result
+    finally:
+        await close(publisher, pool, channels)
+
+
+async def serve(settings: Settings, database_url: str) -> None:
+    app = await PublishApp.create(settings, database_url)
+
+    async def on_stop() -> None:
+        await app.stop(0)
+        log.info("publish_stopped")
+
+    await serve_until_signal(app.start, app.server, settings.shutdown_grace_s, on_stop)

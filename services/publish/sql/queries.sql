@@ -1,0 +1,42 @@
+-- name: try_lock
+-- One active publisher per database; the lock is the session's and goes with its connection.
+SELECT pg_try_advisory_lock($1);
+
+-- name: cursor
+SELECT sequence, snapshot, registry_load, chain_position, chain_hash FROM publish.cursor WHERE singleton;
+
+-- name: registry_load
+-- The registry is shared reference data (see README): its load id says when region lists must be redone.
+SELECT id, loaded_at FROM registry.load ORDER BY id DESC LIMIT 1;
+
+-- name: save_history
+INSERT INTO publish.history (contest, snapshot, ts, body) VALUES ($1, $2, $3, $4)
+ON CONFLICT (contest, snapshot) DO UPDATE SET ts = EXCLUDED.ts, body = EXCLUDED.body;
+
+-- name: history_index
+SELECT snapshot, ts FROM publish.history WHERE contest = $1 ORDER BY snapshot;
+
+-- name: history_body
+SELECT body FROM publish.history WHERE contest = $1 ORDER BY snapshot DESC LIMIT 1;
+
+-- name: history_of
+SELECT snapshot, body FROM publish.history WHERE contest = $1 ORDER BY snapshot;
+
+-- name: status
+SELECT c.sequence, c.snapshot, c.chain_position, c.chain_hash, c.updated_at, s.files, s.full_rebuild
+FROM publish.cursor c LEFT JOIN publish.snapshot s ON s.id = c.snapshot
+WHERE c.singleton;
+
+-- name: commit_cycle
+-- The cycle's files are all written: move the cursor and record the snapshot, in one transaction.
+WITH snap AS (
+    INSERT INTO publish.snapshot (id, sequence, chain_position, chain_hash, files, full_rebuild, published_at)
+    VALUES ($2, $1, $3, $4, $5, $6, now())
+    ON CONFLICT (id) DO UPDATE
+        SET sequence = EXCLUDED.sequence, chain_position = EXCLUDED.chain_position,
+            chain_hash = EXCLUDED.chain_hash, files = EXCLUDED.files, full_rebuild = EXCLUDED.full_rebuild,
+            published_at = EXCLUDED.published_at
+)
+UPDATE publish.cursor
+SET sequence = $1, snapshot = $2, chain_position = $3, chain_hash = $4, registry_load = $7, updated_at = now()
+WHERE singleton;

@@ -1,0 +1,196 @@
+"""publish against the oracle: forms go in through tally, the relay feeds aggregate, publish writes the
+site; every totals file at every level, every TPS file, region list and status file must equal what
+tests/publish/oracle.py computes from what tally acknowledged."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from services.aggregate.queries import QUERIES as AGGREGATE_QUERIES
+from services.publish.sink import LocalSink
+from suara.election.signing import OfficialKey
+from suara.v1 import aggregate_pb2
+from tests.publish.conftest import KilledMidway, Pipeline, RecordingSink
+from tests.publish.oracle import Registry, compare, expected_site, nest
+
+CONTESTS = ("ppwp", "pdpr", "pkwkp")
+NIST_SCHEMA = Path(__file__).resolve().parents[2].parent / "shared/reference/nist-1500-100-v2-results.schema.json"
+
+
+def _photo_types(p: Pipeline) -> dict[str, str]:
+    return {sha: "image/png" if b.startswith(b"\x89PNG") else "image/jpeg" for sha, b in p.photos.items()}
+
+
+async def _check(p: Pipeline, site: Path | None = None) -> None:
+    registry = await Registry.read(p.db)
+    for contest in CONTESTS:
+        problems = compare(site or p.site, expected_site(registry, contest, p.current, _photo_types(p)))
+        assert not problems, f"{len(problems)} differences, first: " + "\n".join(problems[:5])
+
+
+def _tree(site: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(site)): f.read_bytes() for f in site.rglob("*") if f.is_file()}
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_cycles_match_the_oracle_and_a_rebuild_writes_the_same_bytes(
+    pipeline: Pipeline, tmp_path: Path, seed: int
+) -> None:
+    rng = random.Random(seed)
+    await pipeline.random_night(rng, 40)
+    first = await pipeline.cycle()
+    assert first is not None and first.full, "the first cycle writes everything"
+    await _check(pipeline)
+
+    await pipeline.random_night(rng, 30)
+    await pipeline.random_night(rng, 10, contest="pdpr")
+    await pipeline.random_night(rng, 5, contest="pkwkp")
+    second = await pipeline.cycle()
+    assert second is not None and not second.full and second.snapshot == first.snapshot + 1
+    await _check(pipeline)
+    assert await pipeline.cycle() is None, "nothing changed: no cycle, no new snapshot"
+
+    shown = {sha for accepted in pipeline.current.values() for sha in accepted.form.photo_sha256}
+    assert shown, "the night should have sent photos"
+    for sha in shown:
+        content = pipeline.photos[sha]
+        kind = "png" if content.startswith(b"\x89PNG") else "jpg"
+        assert (pipeline.site / f"foto/{sha[:2]}/{sha}.{kind}").read_bytes() == content
+
+    rebuilt = tmp_path / "rebuilt"
+    result = await pipeline.publisher_for(LocalSink(rebuilt)).cycle(full=True)
+    assert result is not None and result.full
+    before, after = _tree(pipeline.site), _tree(rebuilt)
+    before.pop("suara/snapshot.json"), after.pop("suara/snapshot.json")
+    before.pop("suara/snapshot.json.gz"), after.pop("suara/snapshot.json.gz")
+    extra = set(before) - set(after)  # photos of forms since corrected stay published (immutable, unlinked)
+    assert set(after) <= set(before) and all(path.startswith("foto/") for path in extra), extra
+    different = [path for path in after if before[path] != after[path]]
+    assert not different, f"a rebuild must write the same bytes; differs: {different[:5]}"
+
+
+async def test_a_cycle_rewrites_only_what_changed(pipeline: Pipeline) -> None:
+    await pipeline.random_night(random.Random(3), 10)
+    await pipeline.cycle()
+    tps = pipeline.all_tps[len(pipeline.all_tps) // 2]
+    await pipeline.submit(tps, "ppwp", 1, seed=9)
+    recording = RecordingSink(LocalSink(pipeline.site))
+    pipeline.publisher.sink = recording
+    result = await pipeline.cycle()
+    assert result is not None
+    snapshot = result.snapshot
+    areas = ["", tps[:2], tps[:4], tps[:6], tps[:10]]
+    expected = {f"pemilu/hhcw/ppwp/{nest(a)}.json" if a else "pemilu/hhcw/ppwp.json" for a in areas}
+    expected |= {f"suara/status/ppwp/{nest(a)}.json" if a else "suara/status/ppwp.json" for a in areas}
+    expected |= {f"pemilu/hhcw/ppwp/{nest(tps)}.json", "suara/nist/ppwp.json", "suara/snapshot.json"}
+    expected |= {f"suara/riwayat/ppwp/{snapshot}.json", "suara/riwayat/ppwp.json"}
+    assert sorted(recording.paths) == sorted(expected), "the cost of a cycle follows the change, not the country"
+    await _check(pipeline)
+
+
+@pytest.mark.parametrize("die_after", [0, 3, 9, 17])
+async def test_a_cycle_killed_midway_leaves_a_readable_site_and_the_next_completes_it(
+    pipeline: Pipeline, die_after: int
+) -> None:
+    rng = random.Random(die_after)
+    await pipeline.random_night(rng, 20)
+    await pipeline.cycle()
+    pointer = json.loads((pipeline.site / "suara/snapshot.json").read_bytes())
+    await pipeline.random_night(rng, 20)
+    pipeline.publisher.sink = RecordingSink(LocalSink(pipeline.site), die_after=die_after)
+    with pytest.raises(KilledMidway):
+        await pipeline.cycle()
+    for file in pipeline.site.rglob("*.json"):  # nothing half-written, anywhere
+        json.loads(file.read_bytes())
+    assert json.loads((pipeline.site / "suara/snapshot.json").read_bytes()) == pointer, "the old snapshot stands"
+    assert not [f for f in pipeline.site.rglob("*") if f.name.endswith(".tmp")]
+    pipeline.publisher.sink = LocalSink(pipeline.site)
+    result = await pipeline.cycle()
+    assert result is not None and result.snapshot == pointer["snapshot"] + 1
+    await _check(pipeline)
+
+
+async def test_quarantine_and_reconciliation_are_published_in_status_files(pipeline: Pipeline) -> None:
+    row = await pipeline.db.fetchrow(
+        "SELECT left(code, 6) AS k, array_agg(code ORDER BY code) AS tps FROM registry.tps"
+        " GROUP BY 1 HAVING count(*) >= 2 ORDER BY 1 LIMIT 1"
+    )
+    kecamatan, stations = row["k"], list(row["tps"])
+    for i, tps in enumerate(stations):
+        await pipeline.submit(tps, "ppwp", 1, seed=i, quarantined=(i == 0))
+    await pipeline.cycle()
+    status = json.loads((pipeline.site / f"suara/status/ppwp/{nest(stations[0][:10])}.json").read_bytes())
+    assert status["children"][stations[0]]["tps_quarantined"] == 1
+    assert status["children"][stations[0]]["failed_checks"], "why it is quarantined is published"
+    kec = json.loads((pipeline.site / f"suara/status/ppwp/{nest(kecamatan)}.json").read_bytes())
+    assert kec["reconciliation"]["status"] == "NO_RECAP"
+
+    # The PPK signs a recap that disagrees with the digital count by one vote for the first choice.
+    choices = pipeline.choices["ppwp"]
+    counted = [pipeline.current[(t, "ppwp")] for t in stations if not pipeline.current[(t, "ppwp")].quarantined]
+    votes = {c: sum(a.form.votes[c] for a in counted) for c in choices}
+    votes[choices[0]] += 1
+    totals = aggregate_pb2.Totals(votes=votes, suara_sah=sum(a.form.suara_sah for a in counted) + 1)
+    key = OfficialKey.generate(kecamatan, "ppk")
+    await pipeline.db.execute(
+        AGGREGATE_QUERIES.enroll_official, key.official_id, key.area, key.role, key.public_key, "test"
+    )
+    payload = aggregate_pb2.RecapForm(area=kecamatan, contest="ppwp", version=1, totals=totals).SerializeToString()
+    from suara.client.aggregate_stub import aggregate_stub
+
+    await aggregate_stub(pipeline.channel).SubmitRecap(
+        aggregate_pb2.SubmitRecapRequest(
+            recap=aggregate_pb2.SignedRecap(payload=payload, signature=key.sign(payload), official_id=key.official_id)
+        )
+    )
+    result = await pipeline.cycle()
+    assert result is not None, "an accepted recap is a change publish follows"
+    kec = json.loads((pipeline.site / f"suara/status/ppwp/{nest(kecamatan)}.json").read_bytes())
+    differences = {d["field"]: d["difference"] for d in kec["reconciliation"]["differences"]}
+    assert differences[f"votes[{choices[0]}]"] == 1 and differences["suara_sah"] == 1
+    # Incomplete (a TPS is quarantined and others unreported) or mismatched: never MATCH.
+    assert kec["reconciliation"]["status"] in ("INCOMPLETE", "MISMATCH")
+    parent = json.loads((pipeline.site / f"suara/status/ppwp/{nest(kecamatan[:4])}.json").read_bytes())
+    assert parent["children"][kecamatan]["reconciliation"] == kec["reconciliation"]["status"]
+
+
+async def test_the_nist_export_validates_and_carries_the_national_totals(pipeline: Pipeline) -> None:
+    import jsonschema
+
+    await pipeline.random_night(random.Random(5), 25)
+    await pipeline.cycle()
+    report = json.loads((pipeline.site / "suara/nist/ppwp.json").read_bytes())
+    jsonschema.Draft4Validator(json.loads(NIST_SCHEMA.read_text())).validate(report)
+    national = json.loads((pipeline.site / "pemilu/hhcw/ppwp.json").read_bytes())
+    text = json.dumps(report)
+    for choice in pipeline.choices["ppwp"]:
+        assert choice in text
+    assert national["progres"]["progres"] == sum(
+        1 for (_, c), a in pipeline.current.items() if c == "ppwp" and not a.quarantined
+    )
+
+
+async def test_history_and_pointer(pipeline: Pipeline) -> None:
+    rng = random.Random(8)
+    snapshots = []
+    for _ in range(3):
+        await pipeline.random_night(rng, 8)
+        result = await pipeline.cycle()
+        assert result is not None
+        snapshots.append(result.snapshot)
+        pointer = json.loads((pipeline.site / "suara/snapshot.json").read_bytes())
+        national = json.loads((pipeline.site / "pemilu/hhcw/ppwp.json").read_bytes())
+        assert pointer["snapshot"] == result.snapshot
+        assert pointer["contests"]["ppwp"]["progres"] == national["progres"]["progres"]
+        head = await pipeline.db.fetchrow("SELECT position, hash FROM tally.chain_head")
+        assert pointer["chain_head"] == {"position": head["position"], "hash": bytes(head["hash"]).hex()}
+    index = json.loads((pipeline.site / "suara/riwayat/ppwp.json").read_bytes())
+    assert [e["snapshot"] for e in index] == snapshots
+    last = json.loads((pipeline.site / f"suara/riwayat/ppwp/{snapshots[-1]}.json").read_bytes())
+    assert {k: v for k, v in last["nasional"].items() if k.isdigit()} == {
+        k: v for k, v in national["chart"].items() if k.isdigit()
+    }

@@ -1,0 +1,79 @@
+"""Run the deploy/nginx templates with the real nginx: fill the placeholders, start it in the
+foreground under a private prefix, stop it at the end."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import re
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+
+def free_port() -> int:
+    # nginx binds it a moment later: a small race with other processes, fine on a test machine.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def render(template: Path, prefix: Path, **values: str) -> Path:
+    """The template with every @KEY@ replaced; refuses to leave one unfilled."""
+    text = template.read_text()
+    for key, value in values.items():
+        text = text.replace(f"@{key}@", value)
+    left = sorted(set(re.findall(r"@[A-Z_]+@", text)))
+    assert not left, f"{template.name}: placeholders not filled: {left}"
+    prefix.mkdir(parents=True, exist_ok=True)
+    conf = prefix / template.name
+    conf.write_text(text)
+    return conf
+
+
+def _text(log: Path) -> str:
+    return log.read_text(errors="replace")
+
+
+async def _wait_listening(port: int, process: asyncio.subprocess.Process, log: Path, within: float) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if process.returncode is not None:
+            raise RuntimeError(f"nginx exited with {process.returncode}: {_text(log)}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)  # an external process starting up: poll with a deadline
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+    raise RuntimeError(f"nginx did not listen on {port} within {within}s: {_text(log)}")
+
+
+@contextlib.asynccontextmanager
+async def run_nginx(
+    nginx: str, template: Path, prefix: Path, within: float = 10.0, **values: str
+) -> AsyncIterator[str]:
+    """nginx with `template` (PORT and USER filled in here) for the block; yields its base URL."""
+    port = free_port()
+    conf = render(template, prefix, PORT=f"127.0.0.1:{port}", USER=getpass.getuser(), **values)
+    log = prefix / "nginx.log"
+    with log.open("wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            nginx, "-p", str(prefix), "-c", str(conf), "-e", "stderr", stdout=out, stderr=out
+        )
+    try:
+        await _wait_listening(port, process, log, within)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        if process.returncode is None:
+            process.terminate()  # SIGTERM: fast shutdown, the master stops its workers
+            try:
+                await asyncio.wait_for(process.wait(), 10)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
