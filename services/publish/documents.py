@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-from suara.election.contest import Contest
+from suara.election.contest import CONTEST_KINDS, Contest
 from suara.v1 import aggregate_pb2
 
 WIB = timezone(timedelta(hours=7))  # Sirekap writes Jakarta time
@@ -216,6 +216,10 @@ def history_index(entries: Sequence[tuple[int, str]]) -> list[dict[str, Any]]:
     return [{"snapshot": snapshot, "ts": ts} for snapshot, ts in entries]
 
 
+def _contest_order(contest: str) -> tuple[int, str]:
+    return (CONTEST_KINDS.index(contest) if contest in CONTEST_KINDS else len(CONTEST_KINDS), contest)
+
+
 def pointer(
     *,
     snapshot: int,
@@ -230,5 +234,6 @@ def pointer(
         "generated_at": iso(now_unix_ms),
         "aggregate_sequence": sequence,
         "chain_head": None if chain_head is None else {"position": chain_head[0], "hash": chain_head[1]},
-        "contests": {contest: progress(view.area) for contest, view in sorted(nationals.items())},
+        # In the election's own order (president first): the page opens on the first one.
+        "contests": {contest: progress(nationals[contest].area) for contest in sorted(nationals, key=_contest_order)},
     }

@@ -21,10 +21,11 @@ from typing import Any, Protocol
 from services.publish.files import SiteFile
 
 # Files per thread hop: the hop then costs nothing next to the file work, and the event loop is
-# never blocked. One thread by default: measured on tmpfs and ext4 with 2 cores, more threads were
-# slower (directory locks and the GIL), not faster.
+# never blocked. Four threads: on this machine's virtual disk a file create or rename waits on the
+# device, and 4 threads wrote 26k files (+ .gz) in 8.0 s against 13.5 s with one; on tmpfs, where
+# nothing waits, one thread was a little faster (the GIL), which matters less.
 _CHUNK = 256
-_LOCAL_THREADS = 1
+_LOCAL_THREADS = 4
 _TMP_SUFFIX = ".tmp"
 
 

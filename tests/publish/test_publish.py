@@ -92,7 +92,7 @@ async def test_a_cycle_rewrites_only_what_changed(pipeline: Pipeline) -> None:
     await _check(pipeline)
 
 
-@pytest.mark.parametrize("die_after", [0, 3, 9, 17])
+@pytest.mark.parametrize("die_after", [0, 5, 17])
 async def test_a_cycle_killed_midway_leaves_a_readable_site_and_the_next_completes_it(
     pipeline: Pipeline, die_after: int
 ) -> None:

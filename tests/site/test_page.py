@@ -1,7 +1,7 @@
 """The public page in a real browser (Debian's chromium over DevTools), against the JSON it reads.
 
-Every number on the page is compared with the published file it came from and with the sample's
-expectations, which are summed from the TPS inputs (tests/site/sample.py), not from those files.
+Every number on the page is compared with the published file it came from and with the expectations
+summed from the forms tally acknowledged (tests/site/real.py), not from those files.
 """
 
 from __future__ import annotations
@@ -11,10 +11,20 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from tests.publish.conftest import Pipeline
 from tests.site.cdp import Browser, Page
+from tests.site.real import build_real_site
 from tests.site.sample import SampleSite
 
-FIRST_LOAD_BUDGET = 60_000  # bytes on the wire, a slow phone's first visit
+FIRST_LOAD_BUDGET = 60_000
+
+
+@pytest.fixture
+async def sample(pipeline: Pipeline) -> SampleSite:
+    """These tests read the site the real pipeline wrote (tests/site/real.py)."""
+    return await build_real_site(pipeline)  # bytes on the wire, a slow phone's first visit
 
 
 def id_number(n: int) -> str:
