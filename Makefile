@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint protos protos-check bench clean help
+.PHONY: install system-deps demo test test-fast lint protos protos-check bench clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -22,7 +22,17 @@ install: $(STAMP)  ## create .venv and install suara with its dev tools
 demo: install  ## start PostgreSQL and the services, feed a small simulated election
 	$(BIN)/suara demo $(DEMO_ARGS)
 
-test: install  ## the whole test suite, against real PostgreSQL (embedded unless DATABASE_URL is set)
+# The site is tested in Debian's chromium and behind a real nginx: installed here when missing and
+# possible (root with apt); otherwise those tests skip, saying why.
+system-deps:  ## chromium and nginx for the site tests (apt, when root and missing)
+	@if ! command -v chromium >/dev/null || ! command -v nginx >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "== installing chromium and nginx-light (site tests)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nginx-light >/dev/null; \
+	  else echo "note: chromium/nginx missing and not installable here: the browser and nginx tests will skip"; fi; \
+	fi
+
+test: install system-deps  ## the whole test suite, against real PostgreSQL (embedded unless DATABASE_URL is set)
 	$(BIN)/pytest -n $${PYTEST_WORKERS:-2} $(PYTEST_ARGS)
 
 lint: install  ## ruff and mypy, and the generated code must match protos/

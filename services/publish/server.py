@@ -137,32 +137,41 @@ class PublishApp:
     async def _run(self) -> None:
         backoff = Backoff(base_s=0.2, cap_s=5.0)
         lock_conn: asyncpg.Connection | None = None
-        while True:
-            try:
-                if lock_conn is None or lock_conn.is_closed():
-                    self.active = False
-                    lock_conn = await self.pool.acquire()
-                if not self.active:
-                    self.active = bool(await lock_conn.fetchval(QUERIES.try_lock, LOCK_KEY))
+        try:
+            while True:
+                try:
+                    if lock_conn is not None and lock_conn.is_closed():
+                        await self.pool.release(lock_conn)
+                        lock_conn = None
+                    if lock_conn is None:
+                        self.active = False
+                        lock_conn = await self.pool.acquire()
                     if not self.active:
-                        await asyncio.sleep(self.settings.publish_interval_s)
-                        continue
-                    log.info("publish_active", sink=self.publisher.sink.describe())
-                    await prepare(self.publisher.sink)
-                result = await self.publisher.cycle()
-                if result is not None:
-                    self.last = result
-                backoff.reset()
-                delay = self.settings.publish_interval_s
-            except _RETRYABLE as exc:
-                delay = backoff.next_delay()
-                log.warning("publish_cycle_failed", error=_describe(exc), retry_in_s=round(delay, 2))
-                if lock_conn is not None and lock_conn.is_closed():
-                    lock_conn = None
-            async with self._cycled:
-                self._cycles += 1
-                self._cycled.notify_all()
-            await asyncio.sleep(delay)
+                        self.active = bool(await lock_conn.fetchval(QUERIES.try_lock, LOCK_KEY))
+                        if self.active:
+                            log.info("publish_active", sink=self.publisher.sink.describe())
+                            await prepare(self.publisher.sink)
+                    if self.active:
+                        result = await self.publisher.cycle()
+                        if result is not None:
+                            self.last = result
+                    backoff.reset()
+                    delay = self.settings.publish_interval_s
+                except _RETRYABLE as exc:
+                    delay = backoff.next_delay()
+                    log.warning("publish_cycle_failed", error=_describe(exc), retry_in_s=round(delay, 2))
+                except Exception:  # a bug must not stop the site from updating for good: log it loudly, retry
+                    delay = backoff.next_delay()
+                    log.exception("publish_cycle_crashed", retry_in_s=round(delay, 2))
+                async with self._cycled:
+                    self._cycles += 1
+                    self._cycled.notify_all()
+                await asyncio.sleep(delay)
+        finally:
+            if lock_conn is not None:
+                with contextlib.suppress(*CONNECTION_ERRORS):  # hand the lock to a standby now, not at pool close
+                    await lock_conn.execute("SELECT pg_advisory_unlock_all()")
+                await self.pool.release(lock_conn)
 
 
 async def prepare(sink: Sink) -> None:

@@ -16,7 +16,21 @@ from collections.abc import Sequence
 from suara.runtime.logging import configure_logging
 from suara.runtime.settings import Settings, settings_help
 
-GROUPS = ("db", "registry", "admin", "device", "tally", "aggregate", "publish", "service", "audit", "demo", "official")
+GROUPS = (
+    "db",
+    "registry",
+    "admin",
+    "device",
+    "tally",
+    "aggregate",
+    "publish",
+    "service",
+    "audit",
+    "demo",
+    "official",
+    "submit",
+    "outbox",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,11 +1,13 @@
 """`suara demo`: the system as it stands, started on this machine with a small simulated election.
 
 It starts PostgreSQL (embedded unless DATABASE_URL), migrates, loads the
-registry, serves aggregate and tally (whose relay feeds aggregate), enrolls
-devices through the admin API, sends every TPS of a small sample its C.Hasil
-form — with the resends, corrections and inconsistent forms of a real night —
-shows the national totals as aggregate rolled them up, verifies the chain, and
-keeps serving until Ctrl-C.
+registry, serves aggregate, tally (whose relay feeds aggregate) and publish
+(which writes the static site to SUARA_SITE_DIR), serves that site over HTTP,
+enrolls devices through the admin API, sends every TPS of a small sample its
+C.Hasil form — with the resends, corrections and inconsistent forms of a real
+night — shows the national totals as aggregate rolled them up, checks the
+published national file says the same, verifies the chain, and keeps serving
+until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -38,11 +40,14 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--forms", type=int, default=400, help="how many TPS send a form (default 400)")
     p.add_argument("--seed", type=int, default=2024, help="seed of the simulation (default 2024)")
     p.add_argument("--once", action="store_true", help="stop after the simulation instead of serving until Ctrl-C")
+    p.add_argument("--http-port", type=int, help="port of the public site (default: SUARA_HTTP_PORT, or any free one)")
     p.set_defaults(handler=run_demo)
 
 
 async def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     from services.aggregate.server import AggregateApp
+    from services.publish.http import serve_site
+    from services.publish.server import PublishApp
     from services.tally.credentials import AdminCredential, create_admin_credential
     from services.tally.server import TallyApp
     from suara.cli.db import migrate_url
@@ -97,26 +102,53 @@ async def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         await app.start()
         address = f"{settings.tally_host}:{app.port}"
         say(f"tally: serving gRPC on {address}, relaying to aggregate (try `grpcurl -plaintext {address} list`)")
+        publish_settings = replace(
+            settings,
+            publish_port=_free_or(settings.publish_host, settings.publish_port),
+            aggregate_address=aggregate_address,
+            tally_address=address,
+            publish_credential=str(reader_key),
+            publish_interval_s=0.5,
+        )
+        publish = await PublishApp.create(publish_settings, url)
+        await publish.start()
+        say(f"publish: writing the static site to {settings.site_dir}/")
+        http_port = args.http_port if args.http_port is not None else _free_or("127.0.0.1", settings.http_port)
+        site = serve_site(settings.site_dir, "127.0.0.1", http_port)
+        site_url = await site.__aenter__()
+        say(f"site: {site_url}/ (the public page; its JSON is under /pemilu, /wilayah and /suara)")
         try:
             outcomes = await simulate(address, admin.token, tps, choices, args.seed)
             say("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
             assert app.relay is not None
             await app.relay.wait_caught_up()
-            await show_totals(aggregate_address, ServiceCredential.load(reader_key), choices)
+            national = await show_totals(aggregate_address, ServiceCredential.load(reader_key), choices)
+            published = await _published_national(publish, url, settings)
+            snapshot = published.pop("snapshot")
+            same = published == national
+            say(
+                f"site: snapshot {snapshot} published; its national totals "
+                + ("equal aggregate's" if same else f"DIFFER from aggregate's: {published} vs {national}")
+            )
             from services.tally.audit import verify_chain
 
             async with connect(url) as conn:
                 report = await verify_chain(conn)
-            verdict = "OK" if report.ok else "BROKEN"
-            say(f"verification: chain {verdict}, {report.records:,} records, head {report.head_hash[:16]}…")
+            verdict = "OK" if report.ok and same else "BROKEN"
+            say(
+                f"verification: {verdict} — chain {'intact' if report.ok else 'BROKEN'}, {report.records:,} records, "
+                f"head {report.head_hash[:16]}…; site {'matches' if same else 'DOES NOT MATCH'} aggregate"
+            )
             say(f"credentials: admin {admin_path}, relay {relay_key}, reader {reader_key}")
             if not args.once:
-                say("serving until Ctrl-C")
+                say(f"serving until Ctrl-C — open {site_url}/")
                 await _wait_for_signal()
         finally:
+            await site.__aexit__(None, None, None)
+            await publish.stop(1.0)
             await app.stop(settings.shutdown_grace_s)
             await aggregate.stop(settings.shutdown_grace_s)
-        return 0 if report.ok else 1
+        return 0 if report.ok and same else 1
 
 
 def _port(settings: Settings, service: str) -> int:
@@ -130,7 +162,29 @@ def _port(settings: Settings, service: str) -> int:
     return port if port and _port_free(host, port) else free_port()
 
 
-async def show_totals(address: str, reader: ServiceCredential, choices: list[str]) -> None:
+async def _published_national(publish: Any, url: str, settings: Settings) -> dict[str, Any]:
+    """Once publish has caught up with aggregate: the national numbers of the published ppwp file."""
+    import json
+
+    from suara.runtime.database import connect
+
+    async with connect(url) as conn:
+        head = await conn.fetchval("SELECT sequence FROM aggregate.head")
+        while await conn.fetchval("SELECT sequence FROM publish.cursor") < head:
+            await publish.wait_cycles(1)
+    doc = json.loads((settings.site_dir / "pemilu/hhcw/ppwp.json").read_bytes())
+    pointer = json.loads((settings.site_dir / "suara/snapshot.json").read_bytes())
+    chart = {k: v for k, v in doc["chart"].items() if k != "persen"}
+    return {"votes": chart, "progres": doc["progres"]["progres"], "snapshot": pointer["snapshot"]}
+
+
+def _free_or(host: str, port: int) -> int:
+    from suara.runtime.embedded import free_port
+
+    return port if port and _port_free(host, port) else free_port()
+
+
+async def show_totals(address: str, reader: ServiceCredential, choices: list[str]) -> dict[str, Any]:
     """The national row as aggregate serves it to publish: votes per choice and TPS progress."""
     from suara.client.aggregate_stub import aggregate_stub
     from suara.runtime.service_auth import ServiceAuthClientInterceptor
@@ -145,6 +199,7 @@ async def show_totals(address: str, reader: ServiceCredential, choices: list[str
         f"progress: {row.tps_reported:,} of {row.tps_total:,} TPS counted, {row.tps_quarantined:,} quarantined "
         f"(change sequence {view.sequence})"
     )
+    return {"votes": {c: row.totals.votes.get(c, 0) for c in choices}, "progres": row.tps_reported}
 
 
 def say(message: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -23,7 +24,7 @@ async def test_demo_runs_the_pipeline_and_reports_true_national_totals(
     )
     result = await run_suara("demo", "--once", "--forms", "60", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "verification: chain OK" in result.stdout
+    assert "verification: OK" in result.stdout
 
     # The oracle: every TPS's current, non-quarantined form, decoded from the signed bytes tally stored.
     rows = await db.fetch(
@@ -37,5 +38,9 @@ async def test_demo_runs_the_pipeline_and_reports_true_national_totals(
     line = next(line for line in result.stdout.splitlines() if line.startswith("nasional (ppwp):"))
     shown = {choice: int(n.replace(",", "")) for choice, n in re.findall(r"(\d{6}): ([\d,]+)", line)}
     assert shown == expected
+    published = json.loads((tmp_path / "site" / "pemilu/hhcw/ppwp.json").read_bytes())  # cwd: ./site
+    assert {c: v for c, v in published["chart"].items() if c != "persen"} == expected
+    assert published["progres"]["progres"] == len(rows)
+    assert "site: http://127.0.0.1:" in result.stdout
     progress = next(line for line in result.stdout.splitlines() if line.startswith("progress:"))
     assert progress.startswith(f"progress: {len(rows):,} of ")
