@@ -128,7 +128,10 @@ def tps(
     ]
     images += [None] * (3 - len(images))
     submitted = row.submitted
-    administrasi = dict(row.administrasi) if row.administrasi else _administrasi_from_totals(submitted)
+    # An update without administrasi (a sender older than it) shows none, as Sirekap does before that
+    # section is in, rather than a partial one a strict reader would refuse.
+    # Keys in Sirekap's own order (PostgreSQL jsonb's: by length, then bytes), and always the same order.
+    administrasi = dict(sorted(row.administrasi.items(), key=_jsonb_order)) if row.administrasi else None
     counted = not row.tps_quarantined
     return {
         "mode": "hhcw",
@@ -142,15 +145,8 @@ def tps(
     }
 
 
-def _administrasi_from_totals(totals: aggregate_pb2.Totals) -> dict[str, int]:
-    """For a TPS whose update carried no administrasi (an older sender): what aggregate knows."""
-    return {
-        "suara_sah": totals.suara_sah,
-        "suara_tidak_sah": totals.suara_tidak_sah,
-        "suara_total": totals.suara_total,
-        "pemilih_dpt_j": totals.dpt,
-        "pengguna_total_j": totals.pengguna,
-    }
+def _jsonb_order(item: tuple[str, int]) -> tuple[int, str]:
+    return len(item[0]), item[0]
 
 
 def reconciliation(rec: aggregate_pb2.Reconciliation) -> dict[str, Any]:

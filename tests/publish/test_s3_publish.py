@@ -1,0 +1,187 @@
+"""The publisher end to end through the S3 sink: what lands in the bucket is, object for object and byte
+for byte, what a full cycle writes to a directory, with each object's headers from the cache table.
+
+moto's S3 server stands in for a real S3-compatible server (MinIO, AWS S3), none of which can run here.
+The bucket is read back with a boto3 client of the test's own; the directory a LocalSink wrote is the
+reference for the bytes, and services.publish.cache's table the reference for the headers.
+
+Both publishers publish one contest, pkwkp (the governor of province 31): moto, running in this process,
+stores about a hundred objects a second, and a full cycle of every contest over the test registry is
+26k files plus their .gz (measured: still uploading after ten minutes). One province has every kind of
+file — candidates, region lists and totals at each level, TPS files with and without data, quarantined
+ones, photos, status, history, NIST, the page's assets and the pointer — in a few hundred objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from services.publish.cache import cache_control_for, content_type_for
+from services.publish.cycle import Publisher
+from services.publish.sink import LocalSink, S3Sink, Sink
+from tests.publish.conftest import Pipeline
+
+PREFIX = "pemilu2024"
+CONTEST = "pkwkp"
+POINTER = ("suara/snapshot.json", "suara/snapshot.json.gz")  # names its snapshot id and time: differs per cycle
+
+
+def _publisher(pipeline: Pipeline, sink: Sink) -> Publisher:
+    """`pipeline.publisher_for(sink)`, for the one contest (see the module's docstring)."""
+    everything = pipeline.publisher_for(sink)
+    contests = {CONTEST: everything.contests[CONTEST]}
+    return Publisher(everything.pool, sink, everything.aggregate, everything.tally, contests)
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    """moto's S3 server stands in for a real S3-compatible server (MinIO, AWS), none of which can run here."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    # No config of the machine's own may leak in.
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+
+
+@dataclass(frozen=True)
+class Object:
+    body: bytes
+    content_type: str
+    cache_control: str
+    content_encoding: str | None
+
+
+class Bucket:
+    """The test's own view of the bucket: a plain boto3 client, nothing of the sink's."""
+
+    def __init__(self, endpoint: str, name: str) -> None:
+        self.name = name
+        self.client: Any = boto3.session.Session().client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        self.client.create_bucket(Bucket=name)
+
+    def etags(self) -> dict[str, str]:
+        """Key → MD5 of the body (the ETag of a single-part PUT), from the listing alone."""
+        out: dict[str, str] = {}
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.name):
+            for obj in page.get("Contents", []):
+                out[obj["Key"]] = obj["ETag"].strip('"')
+        return out
+
+    def get(self, key: str) -> Object:
+        response = self.client.get_object(Bucket=self.name, Key=key)
+        return Object(
+            response["Body"].read(),
+            response["ContentType"],
+            response["CacheControl"],
+            response.get("ContentEncoding") or None,
+        )
+
+    async def get_many(self, keys: list[str]) -> dict[str, Object]:
+        with ThreadPoolExecutor(8) as pool:
+            objects = await asyncio.get_running_loop().run_in_executor(None, lambda: list(pool.map(self.get, keys)))
+        return dict(zip(keys, objects, strict=True))
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def _md5(body: bytes) -> str:
+    return hashlib.md5(body, usedforsecurity=False).hexdigest()
+
+
+def _check_object(path: str, obj: Object, expected_body: bytes) -> None:
+    assert obj.body == expected_body, path
+    assert obj.content_type == content_type_for(path), path
+    assert obj.cache_control == cache_control_for(path), path
+    if path.endswith(".gz"):
+        assert obj.content_encoding == "gzip", path
+        assert obj.content_type == content_type_for(path.removesuffix(".gz")), path  # the JSON's type
+        assert obj.content_type != "application/gzip", path
+    else:
+        assert obj.content_encoding is None, path
+
+
+async def test_a_full_cycle_to_s3_equals_one_to_a_directory_and_an_incremental_one_follows(
+    pipeline: Pipeline, moto_endpoint: str, s3_env: None, tmp_path: Path
+) -> None:
+    rng = random.Random(5)
+    await pipeline.random_night(rng, 40, contest=CONTEST)
+    await pipeline.random_night(rng, 10)  # another contest's forms: not in this publisher's files
+    await pipeline.delivered()
+
+    bucket = Bucket(moto_endpoint, f"suara-{tmp_path.name.lower().replace('_', '-')}"[:63])
+    s3 = _publisher(pipeline, S3Sink(bucket.name, PREFIX + "/", endpoint_url=moto_endpoint, concurrency=8))
+    result = await s3.cycle(full=True)
+    assert result is not None and result.full
+    local = await _publisher(pipeline, LocalSink(tmp_path / "local")).cycle(full=True)
+    assert local is not None and local.full and local.snapshot == result.snapshot + 1
+
+    # Same keys (under the prefix), same bytes, headers from the cache table: every object read back.
+    expected = _tree(tmp_path / "local")
+    keys = bucket.etags()
+    assert set(keys) == {f"{PREFIX}/{path}" for path in expected}
+    objects = await bucket.get_many(sorted(keys))
+    for path, body in expected.items():
+        if path in POINTER:
+            continue
+        _check_object(path, objects[f"{PREFIX}/{path}"], body)
+    assert any(path.endswith(".gz") for path in expected) and any(path.startswith("foto/") for path in expected)
+    tps_files = [p for p in expected if p.startswith(f"pemilu/hhcw/{CONTEST}/") and p.count("/") == 7]
+    assert tps_files and "index.html" in expected and f"wilayah/pemilu/{CONTEST}/0.json" in expected
+    assert not any("/ppwp" in path for path in expected), "one contest only"
+    for path in POINTER:  # the pointer too has its headers, and names the S3 cycle's snapshot
+        _check_object(path, objects[f"{PREFIX}/{path}"], objects[f"{PREFIX}/{path}"].body)
+    before = {key: _md5(obj.body) for key, obj in objects.items()}
+
+    # More of the night, then an incremental cycle into the bucket.
+    await pipeline.random_night(rng, 20, contest=CONTEST)
+    await pipeline.delivered()
+    incremental = await s3.cycle()
+    assert incremental is not None and not incremental.full and incremental.snapshot == local.snapshot + 1
+    assert 0 < incremental.files < result.files, "an incremental cycle writes what changed, not everything"
+    fresh = await _publisher(pipeline, LocalSink(tmp_path / "after")).cycle(full=True)
+    assert fresh is not None
+    after_expected = _tree(tmp_path / "after")
+
+    after = bucket.etags()
+    stale_photos = set(after) - {f"{PREFIX}/{path}" for path in after_expected}
+    # Photos of forms since corrected stay (immutable, named by their hash); nothing else is left over.
+    assert all(key.startswith(f"{PREFIX}/foto/") for key in stale_photos), sorted(stale_photos)[:5]
+    assert {f"{PREFIX}/{path}" for path in after_expected} <= set(after)
+    wrong = [p for p, body in after_expected.items() if p not in POINTER and after[f"{PREFIX}/{p}"] != _md5(body)]
+    assert not wrong, f"{len(wrong)} objects differ from a fresh full cycle, first: {wrong[:5]}"
+
+    changed = sorted(key for key, md5 in after.items() if before.get(key) != md5)
+    assert changed, "the incremental cycle changed nothing"
+    expected_changed = sorted(
+        f"{PREFIX}/{p}" for p, body in after_expected.items() if expected.get(p) != body and p not in POINTER
+    )
+    assert [k for k in changed if not k.removeprefix(f"{PREFIX}/").startswith(POINTER)] == expected_changed
+    for key, obj in (await bucket.get_many(changed)).items():  # what changed carries its headers too
+        path = key.removeprefix(f"{PREFIX}/")
+        _check_object(path, obj, after_expected[path] if path not in POINTER else obj.body)
+    pointer_snapshot = (await bucket.get_many([f"{PREFIX}/suara/snapshot.json"]))[f"{PREFIX}/suara/snapshot.json"]
+    assert f'"snapshot":{incremental.snapshot},'.encode() in pointer_snapshot.body
