@@ -12,7 +12,7 @@ from pathlib import Path
 
 import asyncpg
 
-from bench import ingest, rollup
+from bench import ingest, publish, rollup
 from suara.cli.db import migrate_url
 from suara.registry.loader import load_registry
 from suara.runtime.embedded import EmbeddedPostgres
@@ -50,6 +50,8 @@ def main() -> int:
                 file=sys.stderr,
             )
             results.update(asyncio.run(rollup.run(url, contests=contests)))
+            print(f"publish: full rebuild vs raw writes, one cycle after {rollup.BATCH:,} changes …", file=sys.stderr)
+            results.update(asyncio.run(publish.run(url, contests=contests)))
         finally:
             server.stop("immediate")
     report = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "quick": quick, **results}

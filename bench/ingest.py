@@ -38,15 +38,22 @@ class Rate:
         return self.calls / self.seconds
 
 
-async def _drive(call: Any, items: list[Any], concurrency: int) -> Rate:
-    queue = list(reversed(items))
+TALLY_PROCESSES = int(os.environ.get("BENCH_TALLY_PROCESSES", "2"))
+CHANNELS = 4  # connections: the kernel spreads connections, not calls, over processes sharing a port
 
-    async def worker() -> None:
+
+async def _drive(call: Any, items: list[Any], concurrency: int) -> Rate:
+    """`call`: one callable, or a list of them (one per channel) that workers take in turn."""
+    queue = list(reversed(items))
+    calls = call if isinstance(call, list) else [call]
+
+    async def worker(i: int) -> None:
+        target = calls[i % len(calls)]
         while queue:
-            await call(queue.pop())
+            await target(queue.pop())
 
     started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
     return Rate(len(items), time.perf_counter() - started)
 
 
@@ -66,6 +73,11 @@ async def _wait_serving(address: str) -> None:
         await channel.channel_ready()
         stub = health_pb2_grpc.HealthStub(channel)
         await stub.Check(health_pb2.HealthCheckRequest(), wait_for_ready=True)
+
+
+def _own() -> list[tuple[str, int]]:
+    """A channel of its own: gRPC would otherwise share one connection among channels to one address."""
+    return [("grpc.use_local_subchannel_pool", 1)]
 
 
 async def run(db_url: str, *, forms: int, concurrency: int) -> dict[str, float]:
@@ -88,31 +100,45 @@ async def run(db_url: str, *, forms: int, concurrency: int) -> dict[str, float]:
 
     port = free_port()
     env = {**os.environ, "DATABASE_URL": db_url, "SUARA_LOG_LEVEL": "info", "SUARA_LOG_FORMAT": "json"}
+    env["SUARA_TALLY_SHARED_PORT"] = "1"
+    env["SUARA_DB_POOL_SIZE"] = "4"
     suara = str(Path(sys.executable).parent / "suara")
-    tally = subprocess.Popen(  # noqa: ASYNC220  (started once, before anything is measured)
-        [suara, "tally", "serve", "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True
-    )
+    tallies = [
+        subprocess.Popen(  # noqa: ASYNC220  (started once, before anything is measured)
+            [suara, "tally", "serve", "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(TALLY_PROCESSES)
+    ]
     echo_port = free_port()
     echo = _spawn([sys.executable, "-m", "bench.echo_server", str(echo_port), "180"], env, "ready")
     try:
         await _wait_serving(f"127.0.0.1:{port}")
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}") as channel:
-            echo_call: Any = channel.unary_unary(METHOD)
-            payload = b"y" * request_size
-            await _drive(echo_call, [payload] * 200, concurrency)  # warm-up
-            echo_rate = await _drive(echo_call, [payload] * forms, concurrency)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = tally_stub(channel)
-            submit_rate = await _drive(stub.Submit, unary, concurrency)
+        echo_channels = [grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}", options=_own()) for _ in range(CHANNELS)]
+        echo_calls: list[Any] = [c.unary_unary(METHOD) for c in echo_channels]
+        payload = b"y" * request_size
+        await _drive(echo_calls, [payload] * 200, concurrency)  # warm-up
+        echo_rate = await _drive(echo_calls, [payload] * forms, concurrency)
+        for c in echo_channels:
+            await c.close()
+        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=_own()) for _ in range(CHANNELS)]
+        for c in channels:
+            await c.channel_ready()
+        try:
+            stubs = [tally_stub(c) for c in channels]
+            submit_rate = await _drive([s.Submit for s in stubs], unary, concurrency)
             conn = await asyncpg.connect(db_url)
             commits = await conn.fetchval("SELECT count(DISTINCT received_at) FROM tally.submission")  # one per batch
             await conn.close()
             chunks = [tally_pb2.SubmitBatchRequest(items=batched[i : i + 500]) for i in range(0, len(batched), 500)]
-            batch_rate = await _drive(stub.SubmitBatch, chunks, 2)
+            batch_rate = await _drive([s.SubmitBatch for s in stubs], chunks, 2)
+        finally:
+            for c in channels:
+                await c.close()
     finally:
-        tally.terminate()
+        for t in tallies:
+            t.terminate()
         echo.terminate()
-        _, tally_log = tally.communicate(timeout=30)
+        tally_log = "".join(t.communicate(timeout=30)[1] for t in tallies)
         echo.wait(30)
     stats = [json.loads(line) for line in tally_log.splitlines() if "group_commit_stats" in line]
     return {
@@ -125,4 +151,5 @@ async def run(db_url: str, *, forms: int, concurrency: int) -> dict[str, float]:
         "request_bytes": request_size,
         "concurrency": concurrency,
         "forms": forms,
+        "tally_processes": TALLY_PROCESSES,
     }

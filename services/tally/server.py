@@ -300,6 +300,7 @@ class TallyApp:
             [SERVICE_NAME],
             host=settings.tally_host,
             port=settings.tally_port,
+            reuse_port=bool(settings.tally_shared_port),
         )
         service.server = server
         app = cls(server, port, service, pool)

@@ -123,13 +123,16 @@ def create_server(
     host: str = "127.0.0.1",
     port: int = 0,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    reuse_port: bool = False,
 ) -> tuple[Server, int]:
+    """`reuse_port`: several processes may serve one port (the kernel spreads connections among them);
+    off by default so that a port already taken is an error, not a silent second server."""
     server = grpc.aio.server(
         interceptors=[ContextInterceptor(), *interceptors],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(reuse_port)),
         ],
     )
     register(server)

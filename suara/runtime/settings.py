@@ -33,6 +33,9 @@ class Settings:
     aggregate_port: int = _setting(
         "SUARA_AGGREGATE_PORT", 50052, "port of the aggregate gRPC server (0: any free port)"
     )
+    tally_shared_port: int = _setting(
+        "SUARA_TALLY_SHARED_PORT", 0, "1: several tally processes may serve one port (SO_REUSEPORT), one core each"
+    )
     max_in_flight: int = _setting(
         "SUARA_TALLY_MAX_IN_FLIGHT", 4096, "forms admitted at once; beyond it RESOURCE_EXHAUSTED"
     )

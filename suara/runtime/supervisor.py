@@ -1,0 +1,293 @@
+"""Child processes of `suara up`: started in order, watched, restarted with backoff, stopped in reverse.
+
+Each child is one `suara …` command in its own process group (a terminal's Ctrl-C reaches only the
+supervisor, which then stops the children in order instead of all of them at once). Its stdout and
+stderr go to LOG_DIR/<name>.log. A child is "up" once its probe says so (gRPC health, an HTTP 200);
+one that exits while the supervisor is not stopping is restarted, on the same address, after a
+backoff, and `child_restarted` is logged. The pids are kept in a JSON file, so an operator (or a
+test) can find them, and a later supervisor can clean up after one that was killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from suara.runtime.backoff import Backoff
+
+log = structlog.stdlib.get_logger("suara.supervisor")
+
+Probe = Callable[[], Awaitable[bool]]
+# What a child runs: the CLI of this very interpreter, so a venv's `suara up` starts that venv's services.
+SUARA_COMMAND = (sys.executable, "-m", "suara.cli")
+PROBE_INTERVAL_S = 0.1
+# A child that stayed up this long crashed for a new reason: its restart backoff starts over.
+STABLE_AFTER_S = 30.0
+# Reconnect quickly while a child is starting (gRPC's default first backoff is a whole second).
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
+
+
+class ChildFailed(RuntimeError):
+    """A child exited, or never became ready, while being started."""
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    name: str
+    args: Sequence[str]  # after `python -m suara.cli`
+    env: Mapping[str, str]
+    probe: Probe
+    cwd: Path | None = None
+
+
+@dataclass
+class _Child:
+    spec: ChildSpec
+    proc: asyncio.subprocess.Process | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    watcher: asyncio.Task[None] | None = None
+    backoff: Backoff = field(default_factory=lambda: Backoff(base_s=0.5, cap_s=10.0))
+
+
+def grpc_health_probe(address: str, service: str) -> Probe:
+    """SERVING from grpc.health.v1.Health/Check for `service` at `address`."""
+
+    async def probe() -> bool:
+        async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+            try:
+                response = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=0.5, wait_for_ready=True
+                )
+            except grpc.aio.AioRpcError:
+                return False  # not listening yet, or listening before its health is set (NOT_FOUND)
+        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+    return probe
+
+
+def http_probe(host: str, port: int, path: str = "/") -> Probe:
+    """An HTTP 200 for GET `path`: the site server is up and the page is there to serve."""
+
+    async def probe() -> bool:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 0.5)
+        except (OSError, TimeoutError):
+            return False
+        try:
+            writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\n\r\n".encode())
+            await writer.drain()
+            status = await asyncio.wait_for(reader.readline(), 2.0)
+        except (OSError, TimeoutError):
+            return False
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        return status.split(b" ")[1:2] == [b"200"]
+
+    return probe
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_suara(pid: int) -> bool:
+    """Whether `pid` still runs suara (and is not an unrelated process that got a recycled pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"suara" in cmdline
+
+
+def clean_up_after(pid_file: Path) -> list[int]:
+    """Children a previous supervisor left running when it was killed: SIGKILLed. Their pids.
+
+    Refuses (SystemExit) when that supervisor is still running: two of them must not share a data dir.
+    """
+    try:
+        recorded = json.loads(pid_file.read_text())
+    except (OSError, ValueError):
+        return []
+    owner = int(recorded.get("up", 0))
+    if owner and owner != os.getpid() and _alive(owner) and _is_suara(owner):
+        raise SystemExit(f"another `suara up` (pid {owner}) is running on this data directory ({pid_file})")
+    killed = []
+    for pid in recorded.get("children", {}).values():
+        if _alive(int(pid)) and _is_suara(int(pid)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(pid), signal.SIGKILL)  # its own group: anything it started goes too
+            killed.append(int(pid))
+    pid_file.unlink(missing_ok=True)
+    return killed
+
+
+class Supervisor:
+    """Starts children one by one (each must be ready before the next), restarts them, stops them in reverse."""
+
+    def __init__(
+        self, log_dir: Path, pid_file: Path, *, grace_s: float = 10.0, startup_timeout_s: float = 120.0
+    ) -> None:
+        self.log_dir = log_dir
+        self.pid_file = pid_file
+        self.grace_s = grace_s
+        self.startup_timeout_s = startup_timeout_s
+        self._children: list[_Child] = []
+        self._stopping = False
+
+    def pids(self) -> dict[str, int]:
+        return {c.spec.name: c.proc.pid for c in self._children if c.proc is not None and c.proc.returncode is None}
+
+    def log_file(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    async def start(self, spec: ChildSpec) -> int:
+        """Start a child and wait until its probe passes; its pid. ChildFailed if it exits or times out first."""
+        child = _Child(spec)
+        self._children.append(child)
+        try:
+            await self._spawn(child)
+            await self._until_ready(child)
+        except ChildFailed:
+            await self._terminate(child)
+            raise
+        child.watcher = asyncio.create_task(self._watch(child), name=f"watch-{spec.name}")
+        assert child.proc is not None
+        return child.proc.pid
+
+    async def run_once(self, name: str, args: Sequence[str], env: Mapping[str, str], cwd: Path | None = None) -> int:
+        """A one-shot command (e.g. `publish rebuild`), logged like a child; its exit code."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with self.log_file(name).open("ab") as out:
+            proc = await asyncio.create_subprocess_exec(
+                *SUARA_COMMAND, *args, env=dict(env), cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
+                stdout=out, stderr=out, process_group=0,
+            )  # fmt: skip
+        try:
+            return await proc.wait()
+        finally:
+            if proc.returncode is None:  # cancelled: do not leave it behind
+                proc.kill()
+                await proc.wait()
+
+    async def stop(self) -> None:
+        """Reverse start order: SIGTERM, then SIGKILL after the grace period. Restarts stop first."""
+        self._stopping = True
+        for child in self._children:
+            if child.watcher is not None:
+                child.watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await child.watcher
+        for child in reversed(self._children):
+            await self._terminate(child)
+        self.pid_file.unlink(missing_ok=True)
+
+    # --- internals --------------------------------------------------------------------------------
+
+    async def _spawn(self, child: _Child) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        spec = child.spec
+        # The child gets its own descriptor (append mode), so the file stays whole across restarts.
+        with self.log_file(spec.name).open("ab") as out:
+            child.proc = await asyncio.create_subprocess_exec(
+                *SUARA_COMMAND, *spec.args, env=dict(spec.env), cwd=spec.cwd, stdin=asyncio.subprocess.DEVNULL,
+                stdout=out, stderr=out, process_group=0,
+            )  # fmt: skip
+        child.started_at = time.monotonic()
+        log.info("child_started", name=spec.name, pid=child.proc.pid, log=str(self.log_file(spec.name)))
+        self._write_pids()
+
+    async def _until_ready(self, child: _Child) -> None:
+        assert child.proc is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.startup_timeout_s
+        # A bounded poll: a child binds its port at a moment we cannot await from outside.
+        while True:
+            if child.proc.returncode is not None:
+                raise ChildFailed(
+                    f"{child.spec.name} exited with {child.proc.returncode} while starting; "
+                    f"see {self.log_file(child.spec.name)}:\n{self._tail(child.spec.name)}"
+                )
+            if await child.spec.probe():
+                return
+            if loop.time() > deadline:
+                raise ChildFailed(f"{child.spec.name} not ready after {self.startup_timeout_s:.0f}s")
+            await asyncio.sleep(PROBE_INTERVAL_S)
+
+    async def _watch(self, child: _Child) -> None:
+        """Restart the child whenever it exits, until the supervisor stops."""
+        while True:
+            assert child.proc is not None
+            code = await child.proc.wait()
+            if self._stopping:
+                return
+            uptime = time.monotonic() - child.started_at
+            if uptime > STABLE_AFTER_S:
+                child.backoff.reset()
+            delay = child.backoff.next_delay()
+            log.warning("child_exited", name=child.spec.name, exit_code=code, uptime_s=round(uptime, 1),
+                        restart_in_s=round(delay, 2))  # fmt: skip
+            await asyncio.sleep(delay)
+            child.restarts += 1
+            await self._spawn(child)
+            try:
+                await self._until_ready(child)
+            except ChildFailed as exc:
+                log.error("child_restart_failed", name=child.spec.name, restarts=child.restarts, error=str(exc))
+                await self._terminate(child)
+                continue
+            log.warning(
+                "child_restarted", name=child.spec.name, exit_code=code, restarts=child.restarts, pid=child.proc.pid
+            )
+
+    async def _terminate(self, child: _Child) -> None:
+        proc = child.proc
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.wait_for(proc.wait(), self.grace_s)
+        except TimeoutError:
+            log.warning("child_killed", name=child.spec.name, pid=proc.pid, grace_s=self.grace_s)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            code = await proc.wait()
+        log.info("child_stopped", name=child.spec.name, pid=proc.pid, exit_code=code)
+
+    def _write_pids(self) -> None:
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.pid_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"up": os.getpid(), "children": self.pids()}, indent=2) + "\n")
+        tmp.replace(self.pid_file)  # atomically: a reader never sees half a file
+
+    def _tail(self, name: str, lines: int = 20) -> str:
+        try:
+            text = self.log_file(name).read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
