@@ -175,9 +175,8 @@ def status(view: aggregate_pb2.AreaView) -> dict[str, Any]:
         if entry:
             children[child.area] = entry
     has_recap = len(area.area) in (2, 4, 6) and view.HasField("reconciliation")
-    return {
+    return {  # no `ts`: the file then changes only when a flag does, and publish skips rewriting it
         "kode": area.area,
-        "ts": wib(view.last_change_unix_ms),
         "tps_quarantined": area.tps_quarantined,
         "reconciliation": reconciliation(view.reconciliation) if has_recap else None,
         "children": children,

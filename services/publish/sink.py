@@ -30,6 +30,8 @@ _TMP_SUFFIX = ".tmp"
 
 
 class Sink(Protocol):
+    cheap_reads: bool  # reading a file back costs much less than writing it (publish may compare first)
+
     async def write(self, files: Sequence[SiteFile]) -> None:
         """Write each file and, when `f.gzipped()` is not None, its `path + ".gz"` first."""
 
@@ -64,6 +66,10 @@ class LocalSink:
     itself goes down. A killed publisher leaves at most some `*.tmp` files (see `sweep_temp`) and some
     files of an unfinished cycle, which the next cycle rewrites from its cursor.
     """
+
+    # Reading a small file back costs far less than writing it and its .gz: publish compares before it
+    # rewrites files that rarely change (status files).
+    cheap_reads = True
 
     def __init__(self, root: Path, *, chunk: int = _CHUNK, threads: int = _LOCAL_THREADS) -> None:
         self.root = root
@@ -159,11 +165,15 @@ class LocalSink:
 class S3Sink:
     """An S3 (or S3-compatible) bucket; PutObject replaces an object atomically.
 
+    `cheap_reads` is False: a GET per file would cost about what the PUT it saves does.
+
     boto3 is blocking, so the calls run in a pool of `concurrency` threads sharing one client (clients
     are thread-safe; creating one is not cheap). Credentials come from boto3's usual chain
     (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, profile, instance role). They need s3:ListBucket as well
     as Get/PutObject: without it S3 answers a HEAD of a missing object with 403, and `exists` raises.
     """
+
+    cheap_reads = False
 
     def __init__(
         self,

@@ -132,6 +132,7 @@ class RecordingSink:
 
     def __init__(self, inner: LocalSink, die_after: int | None = None) -> None:
         self.inner = inner
+        self.cheap_reads = inner.cheap_reads
         self.paths: list[str] = []
         self.die_after = die_after
 
