@@ -27,6 +27,7 @@ GROUPS = (
     "service",
     "audit",
     "demo",
+    "up",
     "official",
     "submit",
     "outbox",

@@ -1,13 +1,13 @@
-"""`suara demo`: the system as it stands, started on this machine with a small simulated election.
+"""`suara demo`: `suara up` (each service its own process) plus a short simulated election.
 
-It starts PostgreSQL (embedded unless DATABASE_URL), migrates, loads the
-registry, serves aggregate, tally (whose relay feeds aggregate) and publish
-(which writes the static site to SUARA_SITE_DIR), serves that site over HTTP,
-enrolls devices through the admin API, sends every TPS of a small sample its
-C.Hasil form — with the resends, corrections and inconsistent forms of a real
-night — shows the national totals as aggregate rolled them up, checks the
-published national file says the same, verifies the chain, and keeps serving
-until Ctrl-C.
+It starts everything `suara up` starts, in the same order and with the same flags (PostgreSQL,
+embedded unless DATABASE_URL; the migrations; the registry; aggregate, tally whose relay feeds
+aggregate, publish writing the static site, and the site server), prints the same ready line, then
+enrolls devices through the admin API and sends every TPS of a small sample its C.Hasil form, with
+the resends, corrections and inconsistent forms of a real night. Once the relay has delivered
+everything it shows the national totals as aggregate rolled them up, checks that the published
+national file says the same, verifies the chain, prints `verification: OK …` and the site URL, and
+keeps serving until Ctrl-C (or stops at once with --once).
 """
 
 from __future__ import annotations
@@ -17,171 +17,114 @@ import asyncio
 import collections
 import contextlib
 import random
-import signal
 import sys
-from dataclasses import replace
 from typing import Any
 
 import grpc
 
 from suara.cli.progress import Progress
+from suara.cli.up import System, add_up_arguments, serve_until_signal
 from suara.runtime.service_auth import ServiceCredential
 from suara.runtime.settings import Settings
+
+# Bound on the relay delivering the election and publish catching up with aggregate (seconds, not minutes).
+CATCH_UP_TIMEOUT_S = 120.0
+POLL_INTERVAL_S = 0.1
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "demo",
-        help="start what exists of suara and feed it a small simulated election",
+        help="`suara up` plus a short simulated election",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--scale", type=float, default=0.001, help="synthetic TPS scale for the registry (default 0.001)")
+    add_up_arguments(p)
     p.add_argument("--forms", type=int, default=400, help="how many TPS send a form (default 400)")
-    p.add_argument("--seed", type=int, default=2024, help="seed of the simulation (default 2024)")
     p.add_argument("--once", action="store_true", help="stop after the simulation instead of serving until Ctrl-C")
-    p.add_argument("--http-port", type=int, help="port of the public site (default: SUARA_HTTP_PORT, or any free one)")
     p.set_defaults(handler=run_demo)
 
 
 async def run_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from services.aggregate.server import AggregateApp
-    from services.publish.http import serve_site
-    from services.publish.server import PublishApp
-    from services.tally.credentials import AdminCredential, create_admin_credential
-    from services.tally.server import TallyApp
-    from suara.cli.db import migrate_url
-    from suara.registry.loader import load_registry
-    from suara.runtime.database import connect, database_url
-    from suara.runtime.service_auth import issue_service_credential
+    import os
 
-    with database_url(settings) as url:
-        where = "DATABASE_URL" if settings.database_url else f"embedded PostgreSQL in {settings.data_dir}"
-        say(f"database: {where}")
-        applied = await migrate_url(url)
-        say(f"migrations: {len(applied)} applied" if applied else "migrations: up to date")
-        async with connect(url) as conn:
-            tps_count = await conn.fetchval("SELECT count(*) FROM registry.tps")
-            if not tps_count:
-                say(f"registry: loading the real area hierarchy and synthetic TPS at scale {args.scale} …")
-                summary = await load_registry(conn, synthetic_scale=args.scale, seed=args.seed)
-                tps_count = summary.tps
-            say(f"registry: {tps_count:,} TPS")
-            admin_path = settings.data_dir / "admin.key.json"
-            if not admin_path.exists():
-                (await create_admin_credential(conn, "demo")).save(admin_path)
-            admin = AdminCredential.load(admin_path)
-            tps = [
-                r["code"]
-                for r in await conn.fetch("SELECT code FROM registry.tps ORDER BY random() LIMIT $1", args.forms)
-            ]
-            choices = [
-                r["id"]
-                for r in await conn.fetch("SELECT id FROM registry.choice WHERE contest = 'ppwp' ORDER BY nomor_urut")
-            ]
+    # publish looks for changes twice a second, so the site follows the election closely (unless set).
+    extra = {} if os.environ.get("SUARA_PUBLISH_INTERVAL_S") else {"SUARA_PUBLISH_INTERVAL_S": "0.5"}
 
-        relay_key = settings.data_dir / "relay.key.json"
-        reader_key = settings.data_dir / "publish.key.json"
-        async with connect(url) as conn:
-            if not relay_key.exists():
-                (await issue_service_credential(conn, "relay", "writer")).save(relay_key)
-            if not reader_key.exists():
-                (await issue_service_credential(conn, "publish", "reader")).save(reader_key)
+    async def election(system: System) -> tuple[int, bool]:
+        code = await play(args, system)
+        if not args.once:
+            say(f"serving until Ctrl-C — open {system.site_url}")
+        return code, not args.once
 
-        aggregate = await AggregateApp.create(replace(settings, aggregate_port=_port(settings, "aggregate")), url)
-        await aggregate.start()
-        aggregate_address = f"{settings.aggregate_host}:{aggregate.port}"
-        say(f"aggregate: serving gRPC on {aggregate_address} (service credentials required)")
-        tally_settings = replace(
-            settings,
-            tally_port=_port(settings, "tally"),
-            relay_credential=str(relay_key),
-            aggregate_address=aggregate_address,
-        )
-        app = await TallyApp.create(tally_settings, url)
-        await app.start()
-        address = f"{settings.tally_host}:{app.port}"
-        say(f"tally: serving gRPC on {address}, relaying to aggregate (try `grpcurl -plaintext {address} list`)")
-        publish_settings = replace(
-            settings,
-            publish_port=_free_or(settings.publish_host, settings.publish_port),
-            aggregate_address=aggregate_address,
-            tally_address=address,
-            publish_credential=str(reader_key),
-            publish_interval_s=0.5,
-        )
-        publish = await PublishApp.create(publish_settings, url)
-        await publish.start()
-        say(f"publish: writing the static site to {settings.site_dir}/")
-        http_port = args.http_port if args.http_port is not None else _free_or("127.0.0.1", settings.http_port)
-        site = serve_site(settings.site_dir, "127.0.0.1", http_port)
-        site_url = await site.__aenter__()
-        say(f"site: {site_url}/ (the public page; its JSON is under /pemilu, /wilayah and /suara)")
-        try:
-            outcomes = await simulate(address, admin.token, tps, choices, args.seed)
-            say("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
-            assert app.relay is not None
-            await app.relay.wait_caught_up()
-            national = await show_totals(aggregate_address, ServiceCredential.load(reader_key), choices)
-            published = await _published_national(publish, url, settings)
-            snapshot = published.pop("snapshot")
-            same = published == national
-            say(
-                f"site: snapshot {snapshot} published; its national totals "
-                + ("equal aggregate's" if same else f"DIFFER from aggregate's: {published} vs {national}")
-            )
-            from services.tally.audit import verify_chain
-
-            async with connect(url) as conn:
-                report = await verify_chain(conn)
-            verdict = "OK" if report.ok and same else "BROKEN"
-            say(
-                f"verification: {verdict} — chain {'intact' if report.ok else 'BROKEN'}, {report.records:,} records, "
-                f"head {report.head_hash[:16]}…; site {'matches' if same else 'DOES NOT MATCH'} aggregate"
-            )
-            say(f"credentials: admin {admin_path}, relay {relay_key}, reader {reader_key}")
-            if not args.once:
-                say(f"serving until Ctrl-C — open {site_url}/")
-                await _wait_for_signal()
-        finally:
-            await site.__aexit__(None, None, None)
-            await publish.stop(1.0)
-            await app.stop(settings.shutdown_grace_s)
-            await aggregate.stop(settings.shutdown_grace_s)
-        return 0 if report.ok and same else 1
+    return await serve_until_signal(args, settings, then=election, extra_env=extra)
 
 
-def _port(settings: Settings, service: str) -> int:
-    host, port = (
-        (settings.tally_host, settings.tally_port)
-        if service == "tally"
-        else (settings.aggregate_host, settings.aggregate_port)
+async def play(args: argparse.Namespace, system: System) -> int:
+    """The simulated election against the running services, then the checks; 0 when they all pass."""
+    from services.tally.audit import verify_chain
+    from services.tally.credentials import AdminCredential
+    from suara.runtime.database import connect
+
+    say(f"site: {system.site_url} (the public page; its JSON is under /pemilu, /wilayah and /suara)")
+    admin = AdminCredential.load(system.admin_key)
+    async with connect(system.database_url) as conn:
+        tps = [
+            r["code"] for r in await conn.fetch("SELECT code FROM registry.tps ORDER BY random() LIMIT $1", args.forms)
+        ]
+        choices = [
+            r["id"]
+            for r in await conn.fetch("SELECT id FROM registry.choice WHERE contest = 'ppwp' ORDER BY nomor_urut")
+        ]
+    outcomes = await simulate(system.tally_address, admin.token, tps, choices, args.seed)
+    say("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
+    await _until(system.database_url, "SELECT count(*) = 0 FROM tally.outbox WHERE delivered_at IS NULL", "the relay")
+    national = await show_totals(system.aggregate_address, ServiceCredential.load(system.reader_key), choices)
+    published = await _published_national(system)
+    snapshot = published.pop("snapshot")
+    same = published == national
+    say(
+        f"site: snapshot {snapshot} published; its national totals "
+        + ("equal aggregate's" if same else f"DIFFER from aggregate's: {published} vs {national}")
     )
-    from suara.runtime.embedded import free_port
+    async with connect(system.database_url) as conn:
+        report = await verify_chain(conn)
+    verdict = "OK" if report.ok and same else "BROKEN"
+    say(
+        f"verification: {verdict} — chain {'intact' if report.ok else 'BROKEN'}, {report.records:,} records, "
+        f"head {report.head_hash[:16]}…; site {'matches' if same else 'DOES NOT MATCH'} aggregate"
+    )
+    say(f"credentials: admin {system.admin_key}, relay {system.relay_key}, reader {system.reader_key}")
+    say(f"site: {system.site_url}")
+    return 0 if report.ok and same else 1
 
-    return port if port and _port_free(host, port) else free_port()
+
+async def _until(url: str, condition: str, what: str) -> None:
+    """Poll `condition` (a query returning a boolean) until true: the services run in other processes."""
+    from suara.runtime.database import connect
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CATCH_UP_TIMEOUT_S
+    async with connect(url) as conn:
+        while not await conn.fetchval(condition):
+            if loop.time() > deadline:
+                raise RuntimeError(f"{what} did not catch up within {CATCH_UP_TIMEOUT_S:.0f}s")
+            await asyncio.sleep(POLL_INTERVAL_S)
 
 
-async def _published_national(publish: Any, url: str, settings: Settings) -> dict[str, Any]:
+async def _published_national(system: System) -> dict[str, Any]:
     """Once publish has caught up with aggregate: the national numbers of the published ppwp file."""
     import json
 
-    from suara.runtime.database import connect
-
-    async with connect(url) as conn:
-        head = await conn.fetchval("SELECT sequence FROM aggregate.head")
-        while await conn.fetchval("SELECT sequence FROM publish.cursor") < head:
-            await publish.wait_cycles(1)
-    doc = json.loads((settings.site_dir / "pemilu/hhcw/ppwp.json").read_bytes())
-    pointer = json.loads((settings.site_dir / "suara/snapshot.json").read_bytes())
+    await _until(
+        system.database_url,
+        "SELECT (SELECT sequence FROM publish.cursor) >= (SELECT sequence FROM aggregate.head)",
+        "publish",
+    )
+    doc = json.loads((system.site_dir / "pemilu/hhcw/ppwp.json").read_bytes())
+    pointer = json.loads((system.site_dir / "suara/snapshot.json").read_bytes())
     chart = {k: v for k, v in doc["chart"].items() if k != "persen"}
     return {"votes": chart, "progres": doc["progres"]["progres"], "snapshot": pointer["snapshot"]}
-
-
-def _free_or(host: str, port: int) -> int:
-    from suara.runtime.embedded import free_port
-
-    return port if port and _port_free(host, port) else free_port()
 
 
 async def show_totals(address: str, reader: ServiceCredential, choices: list[str]) -> dict[str, Any]:
@@ -204,25 +147,6 @@ async def show_totals(address: str, reader: ServiceCredential, choices: list[str
 
 def say(message: str) -> None:
     print(message, flush=True)
-
-
-def _port_free(host: str, port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-async def _wait_for_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
 
 
 async def simulate(address: str, admin_token: str, tps: list[str], choices: list[str], seed: int) -> dict[str, int]:

@@ -1,0 +1,279 @@
+"""`suara up`: the whole system on this machine, each service in its own process, until SIGINT/SIGTERM.
+
+In order:
+  1. PostgreSQL: DATABASE_URL, or the embedded server in DATA_DIR/pgdata, which this process runs
+     (the services are given its URL; none of them starts a server of its own).
+  2. The migrations.
+  3. The registry, when it holds no TPS: the real areas and synthetic TPS at --scale (with --seed).
+  4. Credentials in DATA_DIR, those missing: admin.key.json (EnrollDevice), relay.key.json (tally's
+     relay, a writer of aggregate) and publish.key.json (publish, a reader of aggregate).
+  5. The services, each a `suara …` child process, each waited for until it serves (gRPC health):
+     aggregate, tally (whose relay feeds aggregate), publish (`publish run`, writing the site to
+     --site-dir), and the site server (`publish serve`: waited for until it serves index.html).
+  6. One line on stdout, exactly:
+       ready tally=HOST:PORT site=URL admin_key=PATH
+  7. Serve. A child that exits is restarted on the same port, after a backoff, and `child_restarted`
+     is logged (structured, on stderr). On SIGINT or SIGTERM the children are stopped in reverse
+     order (site, publish, tally, aggregate; SIGTERM, then SIGKILL after SUARA_SHUTDOWN_GRACE_S + 5 s),
+     then the embedded PostgreSQL, and `suara up` exits 0.
+
+Each service's port is chosen once, before it starts, so a restart keeps its address: the setting
+(SUARA_TALLY_PORT, SUARA_AGGREGATE_PORT, SUARA_PUBLISH_PORT, SUARA_HTTP_PORT) or the flag when that
+port is free, otherwise (or with 0) any free port. Children log JSON lines to DATA_DIR/logs/<name>.log;
+their pids are in DATA_DIR/up.pids.json (a later `suara up` on the same directory stops children a
+SIGKILLed one left behind, and refuses to start while another one is running). Other settings
+(SUARA_LOG_LEVEL, SUARA_TALLY_MAX_IN_FLIGHT …) pass through to the children.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from suara.cli.registry import _scale, _seed
+from suara.runtime.settings import Settings
+from suara.runtime.supervisor import ChildFailed, ChildSpec, Supervisor, clean_up_after, grpc_health_probe, http_probe
+
+DEFAULT_SCALE = 0.001
+DEFAULT_SEED = 2024
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "up",
+        help="start PostgreSQL, tally, aggregate, publish and the site, each as its own process",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_up_arguments(p)
+    p.set_defaults(handler=run_up)
+
+
+def add_up_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, help="local state: database, keys, logs (default: SUARA_DATA_DIR)")
+    p.add_argument("--site-dir", type=Path, help="where publish writes the site (default: SUARA_SITE_DIR)")
+    p.add_argument(
+        "--http-port", type=int, help="port of the public site, 0 for any free one (default: SUARA_HTTP_PORT)"
+    )
+    p.add_argument(
+        "--tally-port", type=int, help="port of tally's gRPC API, 0 for any free one (default: SUARA_TALLY_PORT)"
+    )
+    p.add_argument(
+        "--scale", type=_scale, default=DEFAULT_SCALE, metavar="F",
+        help=f"synthetic TPS scale when the registry is empty (1.0 ≈ 823,000 TPS; default {DEFAULT_SCALE})",
+    )  # fmt: skip
+    p.add_argument(
+        "--seed",
+        type=_seed,
+        default=DEFAULT_SEED,
+        metavar="N",
+        help=f"seed of the synthetic TPS (default {DEFAULT_SEED})",
+    )
+
+
+@dataclass(frozen=True)
+class System:
+    """What `suara up` started, and where."""
+
+    database_url: str
+    data_dir: Path
+    site_dir: Path
+    tally_address: str
+    aggregate_address: str
+    publish_address: str
+    site_url: str
+    admin_key: Path
+    relay_key: Path
+    reader_key: Path
+    supervisor: Supervisor = field(repr=False)
+
+    def ready_line(self) -> str:
+        return f"ready tally={self.tally_address} site={self.site_url} admin_key={self.admin_key}"
+
+
+def note(message: str) -> None:
+    """Progress for the operator, on stderr: stdout carries only the ready line (and the demo's report)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def _port(host: str, wanted: int | None) -> int:
+    """`wanted` when it is free; any free port when it is 0, None or taken."""
+    from suara.runtime.embedded import free_port
+
+    if wanted:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: TIME_WAIT is no obstacle
+            try:
+                s.bind((host, wanted))
+                return wanted
+            except OSError:
+                note(f"port {wanted} on {host} is busy: taking a free one")
+    return free_port()
+
+
+@contextlib.asynccontextmanager
+async def running_system(
+    args: argparse.Namespace, settings: Settings, extra_env: Mapping[str, str] | None = None
+) -> AsyncIterator[System]:
+    """Everything `suara up` starts, serving; stopped in reverse order when the block exits (or is cancelled)."""
+    from services.tally.credentials import create_admin_credential
+    from suara.cli.db import migrate_url
+    from suara.registry.loader import load_registry
+    from suara.runtime.database import connect, database_url
+    from suara.runtime.service_auth import issue_service_credential
+
+    data_dir = (args.data_dir or settings.data_dir).resolve()
+    site_dir = (args.site_dir or settings.site_dir).resolve()
+    settings = replace(settings, data_dir=data_dir, site_dir=site_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    pid_file = data_dir / "up.pids.json"
+    if killed := clean_up_after(pid_file):
+        note(f"stopped {len(killed)} process(es) a killed `suara up` left running: {killed}")
+
+    with database_url(settings) as url:
+        note(f"database: {'DATABASE_URL' if settings.database_url else f'embedded PostgreSQL in {data_dir}/pgdata'}")
+        applied = await migrate_url(url)
+        note(f"migrations: {len(applied)} applied" if applied else "migrations: up to date")
+        admin_key, relay_key, reader_key = (data_dir / f"{n}.key.json" for n in ("admin", "relay", "publish"))
+        async with connect(url) as conn:
+            tps = await conn.fetchval("SELECT count(*) FROM registry.tps")
+            if not tps:
+                note(f"registry: loading the real areas and synthetic TPS at scale {args.scale} …")
+                tps = (await load_registry(conn, synthetic_scale=args.scale, seed=args.seed)).tps
+            note(f"registry: {tps:,} TPS")
+            if not admin_key.exists():
+                (await create_admin_credential(conn, "suara up")).save(admin_key)
+            if not relay_key.exists():
+                (await issue_service_credential(conn, "relay", "writer")).save(relay_key)
+            if not reader_key.exists():
+                (await issue_service_credential(conn, "publish", "reader")).save(reader_key)
+            # A site directory lost while the database kept publish's cursor: publish would only write
+            # what changes next, so the whole site is rebuilt first.
+            rebuild = not (site_dir / "index.html").exists() and bool(
+                await conn.fetchval("SELECT sequence FROM publish.cursor")
+            )
+
+        # Every port is chosen now, once: a restarted child must come back on the same address.
+        tally_port = settings.tally_port if args.tally_port is None else args.tally_port
+        tally = (settings.tally_host, _port(settings.tally_host, tally_port))
+        aggregate = (settings.aggregate_host, _port(settings.aggregate_host, settings.aggregate_port))
+        publish = (settings.publish_host, _port(settings.publish_host, settings.publish_port))
+        http = ("127.0.0.1", _port("127.0.0.1", settings.http_port if args.http_port is None else args.http_port))
+        tally_address, aggregate_address, publish_address = (f"{h}:{p}" for h, p in (tally, aggregate, publish))
+        env = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "SUARA_DATA_DIR": str(data_dir),
+            "SUARA_SITE_DIR": str(site_dir),
+            "SUARA_TALLY_HOST": tally[0],
+            "SUARA_TALLY_PORT": str(tally[1]),
+            "SUARA_AGGREGATE_HOST": aggregate[0],
+            "SUARA_AGGREGATE_PORT": str(aggregate[1]),
+            "SUARA_AGGREGATE_ADDRESS": aggregate_address,
+            "SUARA_TALLY_ADDRESS": tally_address,
+            "SUARA_PUBLISH_HOST": publish[0],
+            "SUARA_PUBLISH_PORT": str(publish[1]),
+            "SUARA_HTTP_PORT": str(http[1]),
+            "SUARA_RELAY_CREDENTIAL": str(relay_key),
+            "SUARA_PUBLISH_CREDENTIAL": str(reader_key),
+            "SUARA_LOG_FORMAT": "json",  # the log files are read by tools, not on a terminal
+            **(extra_env or {}),
+        }
+        log_dir = data_dir / "logs"
+        # A child gets its own grace (the same setting) and a little more to close its pool before SIGKILL.
+        supervisor = Supervisor(log_dir, pid_file, grace_s=settings.shutdown_grace_s + 5.0)
+        note(f"logs: {log_dir}/<service>.log (JSON lines); pids: {pid_file}")
+        try:
+            started = time.perf_counter()
+            await supervisor.start(
+                ChildSpec(
+                    "aggregate", ["aggregate", "serve"], env, grpc_health_probe(aggregate_address, "suara.v1.Aggregate")
+                )
+            )
+            note(f"aggregate: serving gRPC on {aggregate_address}")
+            await supervisor.start(
+                ChildSpec("tally", ["tally", "serve"], env, grpc_health_probe(tally_address, "suara.v1.Tally"))
+            )
+            note(f"tally: serving gRPC on {tally_address}, its relay feeding aggregate")
+            if rebuild:
+                note(f"publish: {site_dir} has no site but the database was published before: rebuilding it …")
+                if await supervisor.run_once("publish-rebuild", ["publish", "rebuild"], env) != 0:
+                    raise SystemExit(f"`suara publish rebuild` failed; see {supervisor.log_file('publish-rebuild')}")
+            await supervisor.start(
+                ChildSpec("publish", ["publish", "run"], env, grpc_health_probe(publish_address, "suara.v1.Publish"))
+            )
+            note(f"publish: writing the site to {site_dir}/ (status gRPC on {publish_address})")
+            site_args = ["publish", "serve", "--site-dir", str(site_dir), "--http-port", str(http[1])]
+            await supervisor.start(ChildSpec("site", site_args, env, http_probe(*http)))
+            site_url = f"http://{http[0]}:{http[1]}/"
+            note(f"site: serving {site_url} ({time.perf_counter() - started:.1f}s to start the services)")
+            yield System(
+                url, data_dir, site_dir, tally_address, aggregate_address, publish_address, site_url,
+                admin_key, relay_key, reader_key, supervisor,
+            )  # fmt: skip
+        finally:
+            await supervisor.stop()
+            if not settings.database_url:
+                note("database: stopping the embedded PostgreSQL")
+
+
+async def serve_until_signal(
+    args: argparse.Namespace,
+    settings: Settings,
+    then: Callable[[System], Awaitable[tuple[int, bool]]] | None = None,
+    extra_env: Mapping[str, str] | None = None,
+) -> int:
+    """Start the system, print the ready line, run `then` (exit code, keep serving?), serve until a signal.
+
+    A signal at any point (while starting, during `then`, while serving) unwinds it all in order;
+    the exit code is then 0, or `then`'s when it had finished.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    code = 0
+
+    async def lifecycle() -> None:
+        nonlocal code
+        async with running_system(args, settings, extra_env) as system:
+            print(system.ready_line(), flush=True)
+            keep = True
+            if then is not None:
+                code, keep = await then(system)
+            if keep:
+                await stop.wait()
+
+    task = asyncio.create_task(lifecycle(), name="suara-up")
+    signalled = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            # A signal, wherever the task is (starting, in `then`, serving): cancelling unwinds the block in
+            # order, since its finally stops the children and then the database.
+            note("stopping: site, publish, tally, aggregate, then the database")
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    except ChildFailed as exc:
+        note(f"suara up: {exc}")
+        return 1
+    finally:
+        signalled.cancel()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return code
+
+
+async def run_up(args: argparse.Namespace, settings: Settings) -> int:
+    return await serve_until_signal(args, settings)

@@ -1,0 +1,219 @@
+"""`suara up` as an operator runs it: a real process tree that serves, heals and stops cleanly.
+
+The ready line is parsed with a regex of exactly the documented format; everything a test then
+does goes through the addresses and the admin key that line gives, as an operator's would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import grpc
+
+from services.tally.credentials import AdminCredential
+from suara.client.stubs import tally_stub
+from suara.election.signing import DeviceKey
+from suara.runtime.embedded import EmbeddedPostgres
+from suara.v1 import tally_pb2
+from tests.cli.conftest import SUARA, LogTail, suara_env
+from tests.factories import consistent_form, signed
+
+READY = re.compile(
+    r"^ready tally=(?P<tally>127\.0\.0\.1:\d+) site=(?P<site>http://127\.0\.0\.1:\d+/) admin_key=(?P<admin_key>/\S+)$"
+)
+READY_TIMEOUT_S = 120.0  # an embedded initdb, the registry load and four children starting, on a busy machine
+RESTART_TIMEOUT_S = 60.0
+# Four children stopped one after the other, each well inside SUARA_SHUTDOWN_GRACE_S, then PostgreSQL.
+STOP_TIMEOUT_S = 30.0
+CHILDREN = {"aggregate", "tally", "publish", "site"}
+
+
+@dataclass
+class Up:
+    proc: asyncio.subprocess.Process
+    ready: re.Match[str]
+    stdout: list[str]
+    log: LogTail
+    data_dir: Path
+
+    def pids(self) -> dict[str, int]:
+        recorded = json.loads((self.data_dir / "up.pids.json").read_text())
+        assert recorded["up"] == self.proc.pid
+        return {name: int(pid) for name, pid in recorded["children"].items()}
+
+    async def stop(self, sig: signal.Signals) -> int:
+        self.proc.send_signal(sig)
+        code = await asyncio.wait_for(self.proc.wait(), STOP_TIMEOUT_S)
+        await self.log.finish()
+        return code
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purposes; `up` reaps its own children, so one would mean it did not.
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    return False
+
+
+@contextlib.asynccontextmanager
+async def suara_up(env: dict[str, str], cwd: Path, *extra: str) -> AsyncIterator[Up]:
+    data_dir = cwd / "state"
+    proc = await asyncio.create_subprocess_exec(
+        str(SUARA), "up", "--data-dir", str(data_dir), "--site-dir", str(cwd / "site"), "--http-port", "0",
+        "--scale", "0.0005", *extra,
+        env=env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    log = LogTail(proc.stderr)
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            while True:
+                raw = await proc.stdout.readline()
+                assert raw, f"suara up ended before its ready line ({await proc.wait()}):\n{log.text()}"
+                lines.append(raw.decode().rstrip("\n"))
+                if lines[-1].startswith("ready "):
+                    break
+        match = READY.match(lines[-1])
+        assert match, f"the ready line is not in the documented format: {lines[-1]!r}"
+        yield Up(proc, match, lines, log, data_dir)
+    finally:
+        if proc.returncode is None:  # the test failed before stopping it: take the whole tree down
+            with contextlib.suppress(OSError, ValueError):
+                for pid in json.loads((data_dir / "up.pids.json").read_text())["children"].values():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pid, signal.SIGKILL)
+            proc.kill()
+            await proc.wait()
+        await log.finish()
+
+
+async def fetch(url: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return response.status, await response.text()
+
+
+async def test_up_serves_restarts_a_killed_tally_and_stops_on_sigterm(
+    db_url: str, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    env = suara_env(DATABASE_URL=db_url, SUARA_TALLY_PORT="0", SUARA_AGGREGATE_PORT="0", SUARA_PUBLISH_PORT="0")
+    async with suara_up(env, tmp_path) as up:
+        assert [line for line in up.stdout if line.strip()] == [up.ready.group(0)], "stdout is the ready line only"
+        admin_key = Path(up.ready["admin_key"])
+        assert admin_key == (tmp_path / "state" / "admin.key.json").resolve()
+        assert admin_key.is_file()  # noqa: ASYNC240  (one stat in a test)
+
+        status, page = await fetch(up.ready["site"])
+        assert status == 200 and "<html" in page.lower()
+        assert (tmp_path / "site" / "index.html").is_file()  # publish wrote it; the site server serves it
+
+        pids = up.pids()
+        assert set(pids) == CHILDREN and all(alive(pid) for pid in pids.values())
+
+        # Through the ready line only: the admin key enrolls a device, the device's form is accepted.
+        tps = await db.fetchval("SELECT code FROM registry.tps ORDER BY code LIMIT 1")
+        choices = [
+            r["id"] for r in await db.fetch("SELECT id FROM registry.choice WHERE contest = 'ppwp' ORDER BY nomor_urut")
+        ]
+        key = DeviceKey.generate(tps)
+        request = signed(key, consistent_form(tps, "ppwp", choices))
+        auth = (("authorization", f"Bearer {AdminCredential.load(admin_key).token}"),)
+        async with grpc.aio.insecure_channel(up.ready["tally"]) as channel:
+            stub = tally_stub(channel)
+            await stub.EnrollDevice(
+                tally_pb2.EnrollDeviceRequest(tps=tps, public_key=key.public_key, label="test"), metadata=auth
+            )
+            first = await stub.Submit(request)
+        assert first.outcome == tally_pb2.ACCEPTED
+
+        # SIGKILL tally: `up` restarts it on the same address and logs it.
+        os.kill(pids["tally"], signal.SIGKILL)
+        await up.log.wait_for_event("child_restarted", RESTART_TIMEOUT_S)
+        (restarted,) = (e for e in up.log.events() if e["event"] == "child_restarted")
+        assert (restarted["name"], restarted["exit_code"], restarted["restarts"]) == ("tally", -signal.SIGKILL, 1)
+        after = up.pids()
+        assert after["tally"] == restarted["pid"] != pids["tally"] and alive(after["tally"])
+        assert {n: p for n, p in after.items() if n != "tally"} == {n: p for n, p in pids.items() if n != "tally"}
+        async with grpc.aio.insecure_channel(up.ready["tally"]) as channel:
+            again = await tally_stub(channel).Submit(request)  # the same form, resent after a lost reply
+        assert again.outcome == tally_pb2.DUPLICATE
+        assert again.receipt.submission_id == first.receipt.submission_id
+
+        assert await up.stop(signal.SIGTERM) == 0, up.log.text()
+    every = {*pids.values(), *after.values()}
+    assert not [pid for pid in every if alive(pid)], "a child outlived `suara up`"
+    assert not (tmp_path / "state" / "up.pids.json").exists()
+    stopped = [e["name"] for e in up.log.events() if e["event"] == "child_stopped"]
+    assert stopped == ["site", "publish", "tally", "aggregate"]  # reverse dependency order
+    for name in CHILDREN:  # each child logged JSON lines to its own file
+        lines = (tmp_path / "state" / "logs" / f"{name}.log").read_text().splitlines()
+        assert lines and all(json.loads(line)["event"] for line in lines if line.startswith("{"))
+
+
+async def test_up_runs_its_own_postgresql_and_stops_it_on_sigint(tmp_path: Path) -> None:
+    env = suara_env(SUARA_TALLY_PORT="0", SUARA_AGGREGATE_PORT="0", SUARA_PUBLISH_PORT="0")  # no DATABASE_URL
+    server = EmbeddedPostgres(tmp_path / "state" / "pgdata")
+    try:
+        async with suara_up(env, tmp_path) as up:
+            assert server.is_running()
+            status, _ = await fetch(up.ready["site"])
+            assert status == 200
+            pids = up.pids()
+            # The children use up's server: none started one of its own (one postmaster, in up's data dir).
+            conn = await asyncpg.connect(server.url())
+            try:
+                assert await conn.fetchval("SELECT count(*) FROM registry.tps") > 0
+                names = {
+                    r["application_name"] for r in await conn.fetch("SELECT application_name FROM pg_stat_activity")
+                }
+            finally:
+                await conn.close()
+            assert {"suara-publish"} <= names, names
+            assert await up.stop(signal.SIGINT) == 0, up.log.text()
+        assert not [pid for pid in pids.values() if alive(pid)], "a child outlived `suara up`"
+        assert not server.is_running(), "`suara up` started the embedded PostgreSQL, so it must stop it"
+    finally:
+        server.stop()
+
+
+async def test_up_help_documents_the_ready_line(tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        str(SUARA), "up", "--help", env=suara_env(), cwd=tmp_path, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    text = " ".join(out.decode().split())
+    assert "ready tally=HOST:PORT site=URL admin_key=PATH" in text
+    for flag in ("--data-dir", "--site-dir", "--http-port", "--scale", "--seed", "--tally-port"):
+        assert flag in text
+
+
+async def test_up_exits_1_naming_the_log_when_a_service_cannot_start(db_url: str, tmp_path: Path) -> None:
+    # A pool of no connections: aggregate, the first service, fails at once (the setting passes through).
+    env = suara_env(DATABASE_URL=db_url, SUARA_DB_POOL_SIZE="0", SUARA_AGGREGATE_PORT="0")
+    proc = await asyncio.create_subprocess_exec(
+        str(SUARA), "up", "--data-dir", str(tmp_path / "state"), "--site-dir", str(tmp_path / "site"),
+        "--http-port", "0", env=env, cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), READY_TIMEOUT_S)
+    assert proc.returncode == 1
+    assert not out.strip(), "no ready line when something is not serving"
+    log = tmp_path / "state" / "logs" / "aggregate.log"
+    assert f"aggregate exited with 1 while starting; see {log.resolve()}" in err.decode()
+    assert "max_size" in log.read_text()  # the child's own error is in its log
+    assert not (tmp_path / "state" / "up.pids.json").exists()
