@@ -69,6 +69,11 @@ def add_up_arguments(p: argparse.ArgumentParser) -> None:
         "--tally-port", type=int, help="port of tally's gRPC API, 0 for any free one (default: SUARA_TALLY_PORT)"
     )
     p.add_argument(
+        "--tally-processes", type=int, default=1, metavar="N",
+        help="tally processes sharing its port (SO_REUSEPORT: the kernel spreads connections), one per core "
+        "is the most that helps (default 1)",
+    )  # fmt: skip
+    p.add_argument(
         "--scale", type=_scale, default=DEFAULT_SCALE, metavar="F",
         help=f"synthetic TPS scale when the registry is empty (1.0 ≈ 823,000 TPS; default {DEFAULT_SCALE})",
     )  # fmt: skip
@@ -201,9 +206,17 @@ async def running_system(
                 )
             )
             note(f"aggregate: serving gRPC on {aggregate_address}")
-            await supervisor.start(
-                ChildSpec("tally", ["tally", "serve"], env, grpc_health_probe(tally_address, "suara.v1.Tally"))
-            )
+            processes = max(1, getattr(args, "tally_processes", 1))
+            tally_env = {**env, "SUARA_TALLY_SHARED_PORT": "1"} if processes > 1 else env
+            for i in range(processes):  # every one relays too; one relay is active, the others stand by
+                await supervisor.start(
+                    ChildSpec(
+                        "tally" if i == 0 else f"tally-{i + 1}",
+                        ["tally", "serve"],
+                        tally_env,
+                        grpc_health_probe(tally_address, "suara.v1.Tally"),
+                    )
+                )
             note(f"tally: serving gRPC on {tally_address}, its relay feeding aggregate")
             if rebuild:
                 note(f"publish: {site_dir} has no site but the database was published before: rebuilding it …")
