@@ -12,7 +12,7 @@ from pathlib import Path
 
 import asyncpg
 
-from bench import ingest, publish, rollup
+from bench import end_to_end, ingest, publish, rollup
 from suara.cli.db import migrate_url
 from suara.registry.loader import load_registry
 from suara.runtime.embedded import EmbeddedPostgres
@@ -54,6 +54,9 @@ def main() -> int:
             results.update(asyncio.run(publish.run(url, contests=contests)))
         finally:
             server.stop("immediate")
+    scale = 0.01 if quick else 1.0
+    print(f"end to end: suara up at scale {scale} + loadtest (ppwp, standard faults) …", file=sys.stderr)
+    results.update(asyncio.run(end_to_end.run(scale)))
     report = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "quick": quick, **results}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -227,18 +227,25 @@ class Publisher:
     async def _history(
         self, out: _Out, contest: Contest, snapshot: int, national: aggregate_pb2.AreaView, *, full: bool
     ) -> None:
-        """A history entry when the national or a provincial row changed since the last one."""
+        """A history entry when the national or a provincial row changed since the previous snapshot's.
+
+        Compared with the entry of an *earlier* snapshot: a killed cycle may already have recorded this
+        snapshot's, and the cycle that redoes it must still write its file and the index.
+        """
         entry = documents.history_entry(contest, snapshot, national)
         async with self.pool.acquire() as conn:
-            index = [(r["snapshot"], r["ts"]) for r in await conn.fetch(QUERIES.history_index, contest.id)]
-            last = await conn.fetchval(QUERIES.history_body, contest.id) if index else None
-            if last is None or _numbers(documents.loads(last)) != _numbers(entry):
+            previous = await conn.fetchval(QUERIES.history_body_before, contest.id, snapshot)
+            changed = previous is None or _numbers(documents.loads(previous)) != _numbers(entry)
+            dropped = False
+            if changed:
                 body = documents.dumps(entry)
                 await conn.execute(QUERIES.save_history, contest.id, snapshot, entry["ts"], body)
-                index.append((snapshot, entry["ts"]))
                 await out.add([SiteFile(f"suara/riwayat/{contest.id}/{snapshot}.json", body)])
-            elif not full:
+            else:  # not a new state after all: drop what a killed cycle may have recorded for it
+                dropped = bool(await conn.fetchval(QUERIES.drop_history, contest.id, snapshot))
+            if not (changed or dropped or full):
                 return
+            index = [(r["snapshot"], r["ts"]) for r in await conn.fetch(QUERIES.history_index, contest.id)]
             if full:
                 for row in await conn.fetch(QUERIES.history_of, contest.id):
                     await out.add([SiteFile(f"suara/riwayat/{contest.id}/{row['snapshot']}.json", bytes(row["body"]))])

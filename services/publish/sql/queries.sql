@@ -16,8 +16,12 @@ ON CONFLICT (contest, snapshot) DO UPDATE SET ts = EXCLUDED.ts, body = EXCLUDED.
 -- name: history_index
 SELECT snapshot, ts FROM publish.history WHERE contest = $1 ORDER BY snapshot;
 
--- name: history_body
-SELECT body FROM publish.history WHERE contest = $1 ORDER BY snapshot DESC LIMIT 1;
+-- name: history_body_before
+SELECT body FROM publish.history WHERE contest = $1 AND snapshot < $2 ORDER BY snapshot DESC LIMIT 1;
+
+-- name: drop_history
+WITH gone AS (DELETE FROM publish.history WHERE contest = $1 AND snapshot = $2 RETURNING 1)
+SELECT count(*) FROM gone;
 
 -- name: history_of
 SELECT snapshot, body FROM publish.history WHERE contest = $1 ORDER BY snapshot;

@@ -1,0 +1,119 @@
+"""End to end: `suara up` at a scale, then `suara loadtest` of ppwp with standard faults, verified exact;
+the peak RSS of every service process sampled throughout.
+
+`make bench` runs it at scale 1.0 (the whole country, ≈823,000 TPS); `BENCH_QUICK=1` at a small scale.
+`python -m bench.end_to_end SCALE` runs it alone. The system and the load test are separate processes,
+as in production; the load generator shares the machine's two cores with them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+READY = re.compile(r"^ready tally=(\S+) site=(\S+) admin_key=(\S+)$")
+SAMPLE_S = 0.5
+
+
+def _suara() -> str:
+    return str(Path(sys.executable).parent / "suara")
+
+
+class RssSampler:
+    """Peak resident memory per named process, sampled while the run goes on."""
+
+    def __init__(self, pid_file: Path) -> None:
+        self.pid_file = pid_file
+        self.peak_mb: dict[str, float] = {}
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+                children = json.loads(self.pid_file.read_text())["children"]
+                for name, pid in children.items():
+                    with contextlib.suppress(psutil.Error):
+                        rss = psutil.Process(pid).memory_info().rss / 2**20
+                        self.peak_mb[name] = round(max(self.peak_mb.get(name, 0.0), rss), 1)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), SAMPLE_S)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+async def run(scale: float, *, tally_processes: int = 2) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="suara-e2e-", dir=Path.cwd()) as tmp:
+        data, site, report_path = Path(tmp) / "data", Path(tmp) / "site", Path(tmp) / "report.json"
+        env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+        env["SUARA_LOG_LEVEL"] = "warning"
+        up = await asyncio.create_subprocess_exec(
+            _suara(), "up", "--data-dir", str(data), "--site-dir", str(site), "--http-port", "0",
+            "--tally-port", "0", "--scale", str(scale), "--tally-processes", str(tally_processes),
+            env=env, stdout=subprocess.PIPE,
+        )  # fmt: skip
+        assert up.stdout is not None
+        started = time.perf_counter()
+        line = (await up.stdout.readline()).decode().strip()
+        match = READY.match(line)
+        if match is None:
+            await up.wait()
+            raise RuntimeError(f"suara up did not get ready (exit {up.returncode}): {line!r}")
+        up_s = time.perf_counter() - started
+        tally, _, admin_key = match.groups()
+        sampler = RssSampler(data / "up.pids.json")
+        sampling = asyncio.create_task(sampler.run())
+        try:
+            started = time.perf_counter()
+            load = await asyncio.create_subprocess_exec(
+                _suara(), "loadtest", "--target", tally, "--admin-key", admin_key, "--site", str(site),
+                "--contests", "ppwp", "--faults", "standard", "--seed", "1", "--report", str(report_path),
+                env=env,
+            )  # fmt: skip
+            code = await load.wait()
+            load_s = time.perf_counter() - started
+        finally:
+            sampler.stop()
+            await sampling
+            up.send_signal(signal.SIGTERM)
+            await up.wait()
+        report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    verification = report.get("verification", {})
+    return {
+        "end_to_end.scale": scale,
+        "end_to_end.up_s": round(up_s, 1),
+        f"end_to_end.scale_{_tag(scale)}_minutes": round(load_s / 60, 2),
+        "end_to_end.exit_code": code,
+        "end_to_end.exact": verification.get("exact"),
+        "end_to_end.areas_checked": verification.get("areas_checked"),
+        "end_to_end.submissions_per_s": report.get("throughput", {}).get("submissions_per_s"),
+        "end_to_end.latency_ms": report.get("latency_ms"),
+        "end_to_end.freshness_s": report.get("freshness_s"),
+        "memory.peak_rss_mb": sampler.peak_mb,
+    }
+
+
+def _tag(scale: float) -> str:
+    return "1" if scale == 1.0 else str(scale).replace(".", "_")
+
+
+def main(argv: list[str]) -> int:
+    scale = float(argv[0]) if argv else 0.01
+    print(json.dumps(asyncio.run(run(scale)), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

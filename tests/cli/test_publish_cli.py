@@ -1,0 +1,281 @@
+"""`suara publish run|rebuild|serve|status` as an operator runs them: the installed script in real subprocesses.
+
+Tally (with its relay) and aggregate run in-process (tests/publish/conftest.py's `pipeline`); the commands
+under test are real processes against the same database. Published files are checked against
+tests/publish/oracle.py, computed from what tally acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import re
+import shutil
+import signal
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+
+from services.publish.cache import cache_control_for
+from services.publish.server import LOCK_KEY
+from suara.runtime.embedded import free_port
+from suara.runtime.service_auth import issue_service_credential
+from suara.runtime.settings import Settings
+from tests.cli.conftest import SUARA, LogTail, run_suara, suara_env
+from tests.publish import conftest as publish_conftest
+from tests.publish.conftest import SHM, SHM_EXISTS, Pipeline
+from tests.publish.oracle import Registry, compare, expected_site
+
+pipeline = publish_conftest.pipeline  # the whole pipeline fixture (tally, relay, aggregate), shared
+
+CONTESTS = ("ppwp", "pdpr", "pkwkp")
+STARTUP_S = 60.0  # bound on a child importing, connecting and publishing its first (full) cycle
+STOP_S = Settings().shutdown_grace_s + 10.0  # SIGTERM to exit: the grace period plus closing
+SERVING = re.compile(r"^serving (?P<dir>.+) at (?P<url>http://\S+?)/? \(")
+
+
+def _photo_types(p: Pipeline) -> dict[str, str]:
+    return {sha: "image/png" if b.startswith(b"\x89PNG") else "image/jpeg" for sha, b in p.photos.items()}
+
+
+async def _check(p: Pipeline, site: Path) -> None:
+    registry = await Registry.read(p.db)
+    for contest in CONTESTS:
+        problems = compare(site, expected_site(registry, contest, p.current, _photo_types(p)))
+        assert not problems, f"{len(problems)} differences, first: " + "\n".join(problems[:5])
+
+
+def _data_files(site: Path) -> dict[str, bytes]:
+    """Every file but the pointer (which carries the time it was generated)."""
+    return {
+        str(f.relative_to(site)): f.read_bytes()
+        for f in site.rglob("*")
+        if f.is_file() and not f.name.startswith("snapshot.json")
+    }
+
+
+async def _publish_env(p: Pipeline, tmp_path: Path, site: Path) -> dict[str, str]:
+    credential = tmp_path / "publish-cli.key.json"
+    if not credential.exists():
+        (await issue_service_credential(p.db, "publish-cli", "reader")).save(credential)
+    return suara_env(
+        DATABASE_URL=p.db_url,
+        SUARA_DATA_DIR=tmp_path / "state",
+        SUARA_SITE_DIR=site,
+        SUARA_AGGREGATE_ADDRESS=f"127.0.0.1:{p.aggregate.port}",
+        SUARA_TALLY_ADDRESS=f"127.0.0.1:{p.tally.app.port}",
+        SUARA_PUBLISH_CREDENTIAL=credential,
+        SUARA_PUBLISH_INTERVAL_S="0.05",
+        SUARA_LOG_FORMAT="json",
+    )
+
+
+@dataclass
+class Child:
+    proc: asyncio.subprocess.Process
+    log: LogTail
+
+    async def terminate(self) -> int:
+        """SIGTERM, then the exit status, which must come within STOP_S."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.wait_for(self.proc.wait(), STOP_S)
+        except TimeoutError:
+            pytest.fail(f"still running {STOP_S}s after SIGTERM:\n{self.log.text()[-3000:]}")
+        await self.log.finish()
+        return code
+
+
+@contextlib.asynccontextmanager
+async def spawn(*args: str, env: dict[str, str], cwd: Path, stdout: int | None = None) -> AsyncIterator[Child]:
+    proc = await asyncio.create_subprocess_exec(
+        str(SUARA),
+        *args,
+        env=env,
+        cwd=cwd,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=stdout if stdout is not None else asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    child = Child(proc, LogTail(proc.stderr))
+    try:
+        yield child
+    finally:
+        if proc.returncode is None:  # the test failed before stopping it
+            proc.kill()
+            await proc.wait()
+        await child.log.finish()
+
+
+async def test_publish_and_each_action_explain_themselves(tmp_path: Path) -> None:
+    env = suara_env()
+    top, run, rebuild, serve, status = await asyncio.gather(
+        run_suara("publish", "--help", env=env, cwd=tmp_path),
+        run_suara("publish", "run", "--help", env=env, cwd=tmp_path),
+        run_suara("publish", "rebuild", "--help", env=env, cwd=tmp_path),
+        run_suara("publish", "serve", "--help", env=env, cwd=tmp_path),
+        run_suara("publish", "status", "--help", env=env, cwd=tmp_path),
+    )
+    for done in (top, run, rebuild, serve, status):
+        assert done.returncode == 0, done.stderr
+        assert done.stderr == ""
+    text = {name: " ".join(done.stdout.split()) for name, done in
+            {"top": top, "run": run, "rebuild": rebuild, "serve": serve, "status": status}.items()}  # fmt: skip
+    for action in ("run", "rebuild", "serve", "status"):
+        assert action in text["top"]
+    # run: what it does, what it needs and how to get it, where it writes and reports.
+    run_phrases = (
+        "SUARA_PUBLISH_INTERVAL_S",
+        "suara/snapshot.json",
+        "suara service issue --name publish --role reader",
+        "SUARA_TALLY_ADDRESS",
+        "GetStatus",
+        "SUARA_SITE_DIR",
+        "SUARA_PUBLISH_TO",
+        "--site-dir",
+        "--port",
+    )
+    for phrase in run_phrases:
+        assert phrase in text["run"], phrase
+    for phrase in ("byte-identical", "Refuses while another publisher is active", "--site-dir"):
+        assert phrase in text["rebuild"], phrase
+    for phrase in ("Cache-Control", "gzip", "SIGTERM", "--http-port", "--host"):
+        assert phrase in text["serve"], phrase
+    for phrase in ("JSON", "GetStatus", "--address"):
+        assert phrase in text["status"], phrase
+
+
+@pytest.fixture
+def shm_site() -> Iterator[Path]:
+    """A site directory on tmpfs where there is one (a full cycle writes ~50k files; see tests/publish/conftest.py)."""
+    path = Path(tempfile.mkdtemp(prefix="suara-cli-site-", dir=SHM if SHM_EXISTS else None))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def test_run_publishes_answers_status_and_stops_on_sigterm(
+    pipeline: Pipeline, tmp_path: Path, shm_site: Path
+) -> None:
+    rng = random.Random(21)
+    await pipeline.random_night(rng, 20)
+    await pipeline.random_night(rng, 5, contest="pdpr")
+    await pipeline.delivered()
+    site = shm_site
+    env = await _publish_env(pipeline, tmp_path, site)
+    port = free_port()
+    async with spawn("publish", "run", "--port", str(port), env=env, cwd=tmp_path) as child:
+        await child.log.wait_for_event("published", STARTUP_S)
+        await _check(pipeline, site)
+        pointer = json.loads((site / "suara/snapshot.json").read_bytes())
+
+        asked = await run_suara("publish", "status", "--address", f"127.0.0.1:{port}", env=env, cwd=tmp_path)
+        assert asked.returncode == 0, asked.stdout + asked.stderr
+        status = json.loads(asked.stdout)  # int64 fields are JSON strings (proto3 JSON mapping)
+        assert int(status["snapshot"]) == pointer["snapshot"]
+        assert int(status["aggregateSequence"]) == pointer["aggregate_sequence"] == int(status["aggregateNewest"])
+        assert {"position": int(status["chainPosition"]), "hash": status["chainHash"]} == pointer["chain_head"]
+        assert status["fullRebuild"] is True and status["files"] > 0
+        assert status["sink"] == f"local:{site}"
+
+        assert await child.terminate() == 0
+    names = [e.get("event") for e in child.log.events()]
+    assert names.index("publish_active") < names.index("published") < names.index("shutting_down"), names
+    assert "publish_stopped" in names, names
+
+
+async def test_run_without_a_reader_credential_says_how_to_create_one(cli_env: dict[str, str], tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    done = await run_suara("publish", "run", "--port", "0", env={**cli_env, "SUARA_SITE_DIR": str(site)}, cwd=tmp_path)
+    assert done.returncode != 0
+    expected = tmp_path / "state" / "publish.key.json"  # the default: SUARA_DATA_DIR/publish.key.json
+    assert str(expected) in done.stderr, done.stderr
+    assert f"suara service issue --name publish --role reader --out {expected}" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert not site.exists(), "nothing is written without a credential"
+
+
+async def test_rebuild_rewrites_a_deleted_site_equal_to_the_oracle(pipeline: Pipeline, tmp_path: Path) -> None:
+    rng = random.Random(22)
+    await pipeline.random_night(rng, 25)
+    await pipeline.random_night(rng, 5, contest="pkwkp")
+    first = await pipeline.cycle()
+    assert first is not None
+    before = _data_files(pipeline.site)
+    shutil.rmtree(pipeline.site)  # the site is lost
+    env = await _publish_env(pipeline, tmp_path, tmp_path / "unused")
+
+    done = await run_suara("publish", "rebuild", "--site-dir", str(pipeline.site), env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    head = await pipeline.db.fetchval("SELECT sequence FROM aggregate.head WHERE singleton")
+    assert f"rebuilt snapshot {first.snapshot + 1} at aggregate sequence {head}:" in done.stdout, done.stdout
+    await _check(pipeline, pipeline.site)
+    after = _data_files(pipeline.site)
+    assert set(after) == set(before), set(after) ^ set(before)
+    different = [path for path in after if after[path] != before[path]]
+    shown = [f"{path}:\n  before {before[path]!r}\n  after  {after[path]!r}" for path in different[:2]]
+    assert not different, f"a rebuild writes the same bytes as the publisher did; {len(different)} differ:\n" + (
+        "\n".join(shown)
+    )
+    pointer = json.loads((pipeline.site / "suara/snapshot.json").read_bytes())
+    assert (pointer["snapshot"], pointer["aggregate_sequence"]) == (first.snapshot + 1, head)
+
+
+async def test_rebuild_refuses_while_another_publisher_holds_the_lock(
+    pipeline: Pipeline, db_url: str, tmp_path: Path
+) -> None:
+    holder = await asyncpg.connect(db_url)
+    try:
+        assert await holder.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY)
+        site = tmp_path / "site"
+        env = await _publish_env(pipeline, tmp_path, site)
+        done = await run_suara("publish", "rebuild", "--site-dir", str(site), env=env, cwd=tmp_path)
+    finally:
+        await holder.close()
+    assert done.returncode != 0
+    assert "another publisher is active on this database" in done.stderr, done.stderr
+    assert not site.exists() or not any(site.rglob("*.json"))
+
+
+async def test_serve_serves_the_site_with_its_cache_headers_and_exits_0_on_sigterm(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    await pipeline.random_night(random.Random(23), 10)
+    assert await pipeline.cycle() is not None
+    site = pipeline.site
+    env = suara_env(SUARA_DATA_DIR=tmp_path / "state", SUARA_LOG_FORMAT="json")
+    args = ("publish", "serve", "--site-dir", str(site), "--http-port", "0")
+    async with spawn(*args, env=env, cwd=tmp_path, stdout=asyncio.subprocess.PIPE) as child:
+        assert child.proc.stdout is not None
+        line = (await asyncio.wait_for(child.proc.stdout.readline(), STARTUP_S)).decode()
+        match = SERVING.match(line)
+        assert match, f"unexpected first line {line!r}:\n{child.log.text()}"
+        assert match["dir"] == str(site)
+        url = match["url"]
+
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{url}/") as page:
+                assert page.status == 200
+                assert page.headers["Content-Type"].startswith("text/html")
+                assert page.headers["Cache-Control"] == cache_control_for("index.html")
+                assert await page.read() == (site / "index.html").read_bytes()
+            for path in ("pemilu/hhcw/ppwp.json", "suara/snapshot.json", "wilayah/pemilu/ppwp/0.json"):
+                async with session.get(f"{url}/{path}", headers={"Accept-Encoding": "gzip"}) as got:
+                    assert got.status == 200, path
+                    assert got.headers["Cache-Control"] == cache_control_for(path), path
+                    assert got.headers["Content-Type"].startswith("application/json"), path
+                    assert got.headers.get("Content-Encoding") == "gzip", path  # the precompressed sibling
+                    assert json.loads(await got.read()) == json.loads((site / path).read_bytes()), path
+            policies = {cache_control_for(p) for p in ("pemilu/hhcw/ppwp.json", "suara/snapshot.json", "wilayah/x")}
+            assert len(policies) == 3, "the three files above are of three cache kinds"
+            async with session.get(f"{url}/pemilu/hhcw/nothing.json") as missing:
+                assert missing.status == 404
+
+        assert await child.terminate() == 0

@@ -1,0 +1,333 @@
+"""Crash safety of publish: `suara publish run` killed with SIGKILL mid-cycle, again and again.
+
+Tally (with its relay) and aggregate run in-process (tests/publish/conftest.py's `pipeline`); the
+publisher is a real `suara publish run` process writing a site directory. It is killed at seeded
+random moments while it writes its large first (full) cycle, then while it publishes incremental
+cycles as forms keep arriving. While it is dead the site must be readable: every .json parses, and a
+snapshot pointer, when there is one, names a snapshot whose files are all there. Restarted, it
+catches up with aggregate, and then the whole site equals tests/publish/oracle.py, every .gz matches
+its file, no temp file is left and the history agrees with the national totals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import random
+import shutil
+import signal
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from suara.runtime.embedded import free_port
+from suara.runtime.service_auth import issue_service_credential
+from tests.cli.conftest import SUARA, LogTail, suara_env
+from tests.crash.conftest import WAIT_S, poll_until
+from tests.publish import conftest as publish_conftest
+from tests.publish.conftest import SHM, SHM_EXISTS, Pipeline
+from tests.publish.oracle import Registry, compare, expected_site
+
+pytestmark = pytest.mark.slow
+
+pipeline = publish_conftest.pipeline  # the whole pipeline fixture (tally, relay, aggregate), shared
+
+SEED = 20261124
+FULL_KILLS = 2  # kills during the first (full) cycle
+INCREMENTAL_KILLS = 5  # kills while incremental cycles run and forms keep arriving
+CONTESTS = ("ppwp", "pdpr", "pkwkp")
+BACKLOG_NIGHTS = 12  # submission rounds (1-8 forms each) between a kill and the restart
+STARTUP_S = 60.0  # bound on the child importing, connecting and taking the lock
+
+
+@dataclass
+class PublishProcess:
+    """`suara publish run` on a site directory; `kill()` is SIGKILL, never a polite stop."""
+
+    env: dict[str, str]
+    cwd: Path
+    proc: asyncio.subprocess.Process | None = None
+    log: LogTail | None = None
+    kills: int = 0
+    published_in_last_run: int = 0
+
+    async def start(self) -> None:
+        assert self.proc is None or self.proc.returncode is not None
+        self.proc = await asyncio.create_subprocess_exec(
+            str(SUARA),
+            *("publish", "run", "--port", str(free_port())),
+            env=self.env,
+            cwd=self.cwd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert self.proc.stderr is not None
+        self.log = LogTail(self.proc.stderr)
+
+    def published(self) -> int:
+        """Cycles this run has completed (the `published` log event)."""
+        assert self.log is not None
+        return sum(1 for e in self.log.events() if e.get("event") == "published")
+
+    async def wait_published(self, cycles: int) -> None:
+        """A bounded poll of the child's log: until this run has published `cycles` cycles."""
+        try:
+            await poll_until(lambda: self._published_at_least(cycles), f"{cycles} cycles published", check=self.check)
+        except AssertionError:
+            assert self.log is not None
+            raise AssertionError(f"no {cycles} cycles published; the child's log:\n{self.log.text()[-4000:]}") from None
+
+    async def _published_at_least(self, cycles: int) -> bool:
+        return self.published() >= cycles
+
+    def check(self) -> None:
+        assert self.proc is not None and self.log is not None
+        assert self.proc.returncode is None, f"publish exited with {self.proc.returncode}:\n{self.log.text()}"
+
+    async def kill(self) -> None:
+        self.check()
+        assert self.proc is not None and self.log is not None
+        self.proc.send_signal(signal.SIGKILL)
+        assert await self.proc.wait() == -signal.SIGKILL
+        await self.log.finish()
+        self.published_in_last_run = self.published()
+        self.kills += 1
+
+    async def close(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        if self.log is not None:
+            await self.log.finish()
+
+
+@pytest.fixture
+def site() -> Any:
+    # On tmpfs where there is one (see tests/publish/conftest.py: a full cycle writes ~50k files).
+    path = Path(tempfile.mkdtemp(prefix="suara-crash-site-", dir=SHM if SHM_EXISTS else None))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+async def publisher(pipeline: Pipeline, site: Path, tmp_path: Path) -> AsyncIterator[PublishProcess]:
+    credential = tmp_path / "publish.key.json"
+    (await issue_service_credential(pipeline.db, "publish-crash", "reader")).save(credential)
+    env = suara_env(
+        DATABASE_URL=pipeline.db_url,
+        SUARA_DATA_DIR=tmp_path / "state",
+        SUARA_SITE_DIR=site,
+        SUARA_AGGREGATE_ADDRESS=f"127.0.0.1:{pipeline.aggregate.port}",
+        SUARA_TALLY_ADDRESS=f"127.0.0.1:{pipeline.tally.app.port}",
+        SUARA_PUBLISH_CREDENTIAL=credential,
+        SUARA_PUBLISH_INTERVAL_S="0.05",
+        SUARA_LOG_FORMAT="json",
+    )
+    process = PublishProcess(env, tmp_path)
+    try:
+        yield process
+    finally:
+        await process.close()
+
+
+def _photo_types(p: Pipeline) -> dict[str, str]:
+    return {sha: "image/png" if b.startswith(b"\x89PNG") else "image/jpeg" for sha, b in p.photos.items()}
+
+
+async def _layout(db: asyncpg.Connection) -> set[str]:
+    """Every data file a complete site has (it depends on the registry only: TPS without a form have one too)."""
+    registry = await Registry.read(db)
+    return {path for contest in CONTESTS for path in expected_site(registry, contest, {}, {})}
+
+
+async def _aggregate_head(db: asyncpg.Connection) -> int:
+    return int(await db.fetchval("SELECT sequence FROM aggregate.head WHERE singleton"))
+
+
+def _documents(site: Path) -> dict[str, Any]:
+    """Every .json of the site, parsed; fails on one that is not whole."""
+    documents = {}
+    for file in site.rglob("*.json"):
+        try:
+            documents[str(file.relative_to(site))] = json.loads(file.read_bytes())
+        except ValueError as exc:
+            raise AssertionError(f"{file.relative_to(site)} is not whole JSON: {exc}") from None
+    return documents
+
+
+def _temp_files(site: Path) -> list[Path]:
+    return list(site.rglob("*.tmp"))
+
+
+def _stale_gz(site: Path) -> list[str]:
+    """The .json files whose .gz sibling is not their compressed bytes."""
+    return [
+        str(f.relative_to(site))
+        for f in site.rglob("*.json")
+        if gzip.decompress(f.with_name(f.name + ".gz").read_bytes()) != f.read_bytes()
+    ]
+
+
+async def assert_readable_while_dead(db: asyncpg.Connection, site: Path, layout: set[str]) -> dict[str, Any] | None:
+    """No partial file anywhere; a pointer, if any, names a complete snapshot. Returns the pointer."""
+    # In a thread: the in-process tally and relay share this event loop, and the scan reads ~50k files.
+    documents = await asyncio.to_thread(_documents, site)
+    pointer = documents.get("suara/snapshot.json")
+    if pointer is None:
+        return None
+    cursor = await db.fetchval("SELECT snapshot FROM publish.cursor WHERE singleton")
+    # The pointer is written before the cursor moves: a kill between the two leaves it one ahead.
+    assert pointer["snapshot"] in (cursor, cursor + 1), (pointer["snapshot"], cursor)
+    assert pointer["aggregate_sequence"] <= await _aggregate_head(db)
+    missing = sorted(layout - documents.keys())
+    assert not missing, f"snapshot {pointer['snapshot']} is published, yet {len(missing)} files are not: {missing[:5]}"
+    for path in ("index.html", "app.js", "app.css", *(f"pemilu/{c}.json" for c in CONTESTS)):
+        assert (site / path).is_file(), path
+    for path, doc in documents.items():
+        if path.startswith("pemilu/hhcw/") and path.count("/") == 7:  # a TPS file: its photos are there
+            for image in doc["images"]:
+                assert image is None or (site / image.lstrip("/")).is_file(), (path, image)
+    for contest in CONTESTS:
+        for entry in documents.get(f"suara/riwayat/{contest}.json", []):
+            assert f"suara/riwayat/{contest}/{entry['snapshot']}.json" in documents, (contest, entry)
+    return dict(pointer)
+
+
+@dataclass
+class Submitter:
+    """Forms in small random nights, in the background, until stopped (one task: Pipeline is not reentrant)."""
+
+    p: Pipeline
+    rng: random.Random
+    nights: int = 0
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while not self.stop.is_set():
+            contest = self.rng.choice(("ppwp", "ppwp", "pdpr", "pkwkp"))
+            await self.p.random_night(self.rng, self.rng.randint(1, 8), contest=contest)
+            self.nights += 1
+            await asyncio.sleep(self.rng.uniform(0.0, 0.02))
+
+    def check(self) -> None:
+        assert self.task is not None
+        if self.task.done():
+            self.task.result()  # its exception, if it failed
+            raise AssertionError("the submitter stopped")
+
+    async def wait_nights(self, n: int) -> None:
+        """A bounded poll of the background task's progress: until `n` more nights were submitted."""
+        target = self.nights + n
+        await poll_until(lambda: self._reached(target), f"{n} more nights submitted", check=self.check)
+
+    async def _reached(self, target: int) -> bool:
+        return self.nights >= target
+
+    async def close(self) -> None:
+        self.stop.set()
+        if self.task is not None:
+            await self.task
+
+
+@pytest.fixture
+async def watch(pipeline: Pipeline) -> AsyncIterator[asyncpg.Connection]:
+    """The test's own connection (pipeline.db is busy enrolling devices while forms are submitted)."""
+    conn = await asyncpg.connect(pipeline.db_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def test_publish_killed_mid_cycle_repeatedly_leaves_a_readable_site_and_catches_up(
+    pipeline: Pipeline, publisher: PublishProcess, site: Path, watch: asyncpg.Connection
+) -> None:
+    rng = random.Random(SEED)
+    relay = pipeline.tally.app.relay
+    assert relay is not None
+    layout = await _layout(watch)
+    await pipeline.random_night(rng, 40)
+    await pipeline.random_night(rng, 10, contest="pkwkp")
+    await asyncio.wait_for(pipeline.delivered(), WAIT_S)
+
+    # 1. Killed while writing the first, full cycle (tens of thousands of files).
+    pointers_after_full_kills = []
+    for _ in range(FULL_KILLS):
+        await publisher.start()
+        assert publisher.log is not None
+        await publisher.log.wait_for_event("publish_active", STARTUP_S)
+        await asyncio.sleep(rng.uniform(0.1, 2.0))
+        await publisher.kill()
+        pointers_after_full_kills.append(await assert_readable_while_dead(watch, site, layout))
+    assert any(p is None for p in pointers_after_full_kills), "no kill landed before the full cycle finished"
+
+    # 2. Once a run has finished its full cycle: killed in incremental cycles while forms keep arriving.
+    submitter = Submitter(pipeline, random.Random(SEED + 1))
+    submitter.start()
+    cut = 0  # runs killed inside their first incremental cycle, before it published
+    try:
+        await publisher.start()
+        await publisher.wait_published(1)  # the full cycle, whole at last
+        await asyncio.sleep(rng.uniform(0.0, 0.3))
+        await publisher.kill()
+        assert await assert_readable_while_dead(watch, site, layout) is not None
+        for _ in range(INCREMENTAL_KILLS):
+            await submitter.wait_nights(BACKLOG_NIGHTS)  # while it is dead: a large incremental cycle awaits it
+            await publisher.start()
+            assert publisher.log is not None
+            await publisher.log.wait_for_event("publish_active", STARTUP_S)  # it took the lock and is cycling
+            await asyncio.sleep(rng.uniform(0.0, 1.2))
+            await publisher.kill()
+            cut += publisher.published_in_last_run == 0
+            assert await assert_readable_while_dead(watch, site, layout) is not None
+        submitter.check()
+    finally:
+        await submitter.close()
+    assert cut >= 1, "no kill landed inside an incremental cycle"
+
+    # 3. Back for good: it catches up with aggregate, and the site is exactly what the forms say.
+    await asyncio.wait_for(pipeline.delivered(), WAIT_S)
+    head = await _aggregate_head(watch)
+    await publisher.start()
+    await poll_until(lambda: _pointer_reached(site, head), f"the pointer at aggregate sequence {head}",
+                     check=publisher.check)  # fmt: skip
+
+    registry = await Registry.read(watch)
+    for contest in CONTESTS:
+        problems = compare(site, expected_site(registry, contest, pipeline.current, _photo_types(pipeline)))
+        assert not problems, f"{len(problems)} differences, first: " + "\n".join(problems[:5])
+    assert not _temp_files(site), "the restarted publisher sweeps what a killed one left"
+    stale_gz = _stale_gz(site)
+    assert not stale_gz, f"a .gz differs from its file: {stale_gz[:5]}"
+    for contest in CONTESTS:
+        index = json.loads((site / f"suara/riwayat/{contest}.json").read_bytes())
+        snapshots = [e["snapshot"] for e in index]
+        assert snapshots == sorted(set(snapshots)), snapshots
+        for snapshot in snapshots:
+            assert (site / f"suara/riwayat/{contest}/{snapshot}.json").is_file(), (contest, snapshot)
+        last = json.loads((site / f"suara/riwayat/{contest}/{snapshots[-1]}.json").read_bytes())
+        national = json.loads((site / f"pemilu/hhcw/{contest}.json").read_bytes())
+        assert {k: v for k, v in last["nasional"].items() if k.isdigit()} == {
+            k: v for k, v in national["chart"].items() if k.isdigit()
+        }, f"{contest}: the newest history entry is not the published national result"
+    assert publisher.kills == FULL_KILLS + 1 + INCREMENTAL_KILLS
+    print(f"kills: {publisher.kills}, incremental cycles cut: {cut}, nights submitted: {submitter.nights}")
+
+
+async def _pointer_reached(site: Path, sequence: int) -> bool:
+    try:
+        pointer = json.loads((site / "suara/snapshot.json").read_bytes())
+    except FileNotFoundError:
+        return False
+    return bool(pointer["aggregate_sequence"] >= sequence)

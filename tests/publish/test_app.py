@@ -1,0 +1,279 @@
+"""PublishApp as `suara publish run` runs it, in-process: the loop, GetStatus, the standby, an aggregate outage.
+
+Tally (with its relay) and aggregate are the `pipeline` fixture's; the app under test is built from
+Settings alone, as the command builds it. Every published file is checked against tests/publish/oracle.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import structlog
+
+from services.aggregate.server import AggregateApp
+from services.publish.server import LOCK_KEY, PublishApp
+from services.publish.sink import LocalSink
+from suara.client.stubs import publish_stub
+from suara.runtime.service_auth import issue_service_credential
+from suara.runtime.settings import Settings
+from suara.v1 import publish_pb2
+from tests.publish.conftest import SHM, SHM_EXISTS, KilledMidway, Pipeline, RecordingSink
+from tests.publish.oracle import Registry, compare, expected_site
+
+CONTESTS = ("ppwp", "pdpr", "pkwkp")
+WAIT_S = 30.0  # bound on anything awaited; normally well under a few seconds
+STOP_S = 10.0  # bound on PublishApp.stop(): a stop that hangs fails the test instead of hanging the run
+POLL_S = 0.01
+
+
+def _photo_types(p: Pipeline) -> dict[str, str]:
+    return {sha: "image/png" if b.startswith(b"\x89PNG") else "image/jpeg" for sha, b in p.photos.items()}
+
+
+async def _check(p: Pipeline, site: Path) -> None:
+    registry = await Registry.read(p.db)
+    for contest in CONTESTS:
+        problems = compare(site, expected_site(registry, contest, p.current, _photo_types(p)))
+        assert not problems, f"{len(problems)} differences, first: " + "\n".join(problems[:5])
+
+
+def _tree(site: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(site)): f.read_bytes() for f in site.rglob("*") if f.is_file()}
+
+
+def _pointer(site: Path) -> dict[str, Any]:
+    return dict(json.loads((site / "suara/snapshot.json").read_bytes()))
+
+
+@pytest.fixture
+def site() -> Iterator[Path]:
+    # On tmpfs where there is one (see tests/publish/conftest.py: a full cycle writes ~50k files).
+    path = Path(tempfile.mkdtemp(prefix="suara-app-site-", dir=SHM if SHM_EXISTS else None))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def _settings(p: Pipeline, site: Path, tmp_path: Path) -> Settings:
+    credential = tmp_path / "publish-app.key.json"
+    if not credential.exists():
+        (await issue_service_credential(p.db, "publish-app", "reader")).save(credential)
+    return Settings(
+        publish_port=0,
+        site_dir=site,
+        aggregate_address=f"127.0.0.1:{p.aggregate.port}",
+        tally_address=f"127.0.0.1:{p.tally.app.port}",
+        publish_credential=str(credential),
+        publish_interval_s=0.05,
+        log_format="console",
+        data_dir=tmp_path / "state",
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(app: PublishApp) -> AsyncIterator[PublishApp]:
+    await app.start()
+    try:
+        yield app
+    finally:
+        await _stop(app)
+
+
+async def _stop(app: PublishApp) -> None:
+    try:
+        await asyncio.wait_for(app.stop(0.5), STOP_S)
+    except TimeoutError:
+        pytest.fail(f"PublishApp.stop() did not return within {STOP_S}s")
+
+
+async def _published(p: Pipeline, app: PublishApp) -> None:
+    """Until `app` has published everything tally acknowledged so far (the pointer at aggregate's head)."""
+    await asyncio.wait_for(p.delivered(), WAIT_S)
+    head = await _aggregate_head(p)
+
+    async def caught_up() -> None:
+        while _pointer_sequence(app.settings.site_dir) < head:
+            await app.wait_cycles(1)  # a cycle may also fail (aggregate unreachable) and be retried
+
+    await asyncio.wait_for(caught_up(), WAIT_S)
+
+
+def _pointer_sequence(site: Path) -> int:
+    try:
+        return int(_pointer(site)["aggregate_sequence"])
+    except FileNotFoundError:
+        return -1
+
+
+async def _aggregate_head(p: Pipeline) -> int:
+    return int(await p.db.fetchval("SELECT sequence FROM aggregate.head WHERE singleton"))
+
+
+async def test_the_loop_publishes_by_itself_and_get_status_matches_the_pointer_and_tally(
+    pipeline: Pipeline, site: Path, tmp_path: Path
+) -> None:
+    rng = random.Random(11)
+    app = await PublishApp.create(await _settings(pipeline, site, tmp_path), pipeline.db_url)
+    async with running(app), grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        await pipeline.random_night(rng, 25)
+        await _published(pipeline, app)
+        assert app.active and app.last is not None
+        await _check(pipeline, site)
+        first = _pointer(site)
+
+        await pipeline.random_night(rng, 15)
+        await pipeline.random_night(rng, 5, contest="pkwkp")
+        await _published(pipeline, app)
+        await _check(pipeline, site)
+        pointer = _pointer(site)
+        assert pointer["snapshot"] > first["snapshot"]
+        assert not app.last.full, "after the first cycle only what changed is rewritten"
+
+        status = await publish_stub(channel).GetStatus(publish_pb2.GetStatusRequest(), timeout=5)
+        head = await pipeline.db.fetchrow("SELECT position, hash FROM tally.chain_head")
+        tally_head = {"position": head["position"], "hash": bytes(head["hash"]).hex()}
+        assert status.snapshot == pointer["snapshot"] == app.last.snapshot
+        assert status.aggregate_sequence == pointer["aggregate_sequence"] == await _aggregate_head(pipeline)
+        assert status.aggregate_newest == status.aggregate_sequence, "caught up: no lag"
+        assert {"position": status.chain_position, "hash": status.chain_hash} == pointer["chain_head"] == tally_head
+        assert status.files == app.last.files > 0
+        assert not status.full_rebuild
+        assert status.sink == f"local:{site}"
+        assert status.published_unix_ms > 0
+
+
+async def test_a_second_app_stands_by_without_writing_and_takes_over_when_the_first_stops(
+    pipeline: Pipeline, site: Path, tmp_path: Path
+) -> None:
+    rng = random.Random(12)
+    settings = await _settings(pipeline, site, tmp_path)
+    first = await PublishApp.create(settings, pipeline.db_url)
+    standby_sink = RecordingSink(LocalSink(site))
+    second = await PublishApp.create(settings, pipeline.db_url, sink=standby_sink)
+    first_running = True
+    await first.start()
+    try:
+        await asyncio.wait_for(_until_active(first), WAIT_S)  # alone, it takes the lock
+        async with running(second):
+            await pipeline.random_night(rng, 10)
+            await _published(pipeline, first)
+            # Both have asked for the lock: PostgreSQL shows two publish sessions whose last statement was
+            # the try-lock, one of them holding it. A bounded poll: the standby's attempts are not awaitable.
+            await _poll(lambda: _lock_tries(pipeline), "the standby asking for the lock", expect=2)
+            holders = await pipeline.db.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND ((classid::bigint << 32) | objid::bigint) = $1",
+                LOCK_KEY,
+            )
+            assert holders == 1
+
+            await pipeline.random_night(rng, 10)
+            await _published(pipeline, first)
+            await _check(pipeline, site)
+            assert not second.active and second.last is None
+            assert standby_sink.paths == [], "a standby writes nothing"
+
+            # The first stops: its session, and with it the lock, is gone; the standby takes over.
+            first_running = False
+            await _stop(first)
+            await asyncio.wait_for(_until_active(second), WAIT_S)
+            before = _pointer(site)["snapshot"]
+            await pipeline.random_night(rng, 10)
+            await _published(pipeline, second)
+            await _check(pipeline, site)
+            assert standby_sink.paths, "the new active publisher writes"
+            assert _pointer(site)["snapshot"] > before, "it continues from the shared cursor"
+    finally:
+        if first_running:
+            await _stop(first)
+
+
+async def _until_active(app: PublishApp) -> None:
+    """Until `app` holds the lock: it decides at the top of each loop turn, so look after each turn."""
+    while not app.active:
+        await app.wait_cycles(1)
+
+
+async def _lock_tries(p: Pipeline) -> int:
+    return int(
+        await p.db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name = 'suara-publish' AND query ILIKE '%pg_try_advisory_lock%'"
+        )
+    )
+
+
+async def _poll(read: Any, what: str, *, expect: int) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT_S
+    while await read() < expect:
+        assert loop.time() < deadline, f"not {what} within {WAIT_S}s"
+        await asyncio.sleep(POLL_S)
+
+
+async def test_aggregate_down_keeps_the_last_site_and_publishing_resumes_when_it_is_back(
+    pipeline: Pipeline, site: Path, tmp_path: Path
+) -> None:
+    rng = random.Random(13)
+    relay = pipeline.tally.app.relay
+    assert relay is not None
+    relay.backoff.cap_s = 0.5  # only to keep the test short: the relay retries at most half a second apart
+    app = await PublishApp.create(await _settings(pipeline, site, tmp_path), pipeline.db_url)
+    async with running(app):
+        await pipeline.random_night(rng, 20)
+        await _published(pipeline, app)
+        await _check(pipeline, site)
+        published, last = _tree(site), app.last
+        port = pipeline.aggregate.port
+
+        await pipeline.aggregate.stop(0.5)
+        with structlog.testing.capture_logs() as logs:
+            await pipeline.random_night(rng, 10)  # tally still accepts; nothing reaches aggregate
+            await asyncio.wait_for(app.wait_cycles(2), WAIT_S)  # cycles that fail (aggregate unreachable)
+        failures = [e for e in logs if e["event"] == "publish_cycle_failed"]
+        assert failures, [e["event"] for e in logs]
+        assert all("UNAVAILABLE" in e["error"] for e in failures), failures
+        assert _tree(site) == published, "while aggregate is down the last site stays as it was"
+        assert app.last is last and app.active
+
+        restarted = await AggregateApp.create(Settings(aggregate_port=port, log_format="console"), pipeline.db_url)
+        await restarted.start()
+        pipeline.aggregate = restarted  # the fixture stops this one
+        await _published(pipeline, app)
+        await _check(pipeline, site)
+        assert app.last is not last and app.last is not None and not app.last.full
+        assert _pointer(site)["aggregate_sequence"] == await _aggregate_head(pipeline)
+
+
+async def test_a_cycle_killed_after_recording_its_history_still_publishes_that_history(pipeline: Pipeline) -> None:
+    """The cycle records its history entry in the database before its files are out; killed in between, the
+    cycle that redoes it must still publish the entry (the history file and the index listing it)."""
+    stations = pipeline.all_tps[:6]
+    for i, tps in enumerate(stations[:3]):
+        await pipeline.submit(tps, "ppwp", 1, seed=i)
+    first = await pipeline.cycle()
+    assert first is not None
+    for i, tps in enumerate(stations[3:]):  # no photos: the first file this cycle writes comes after its history
+        await pipeline.submit(tps, "ppwp", 1, seed=i)
+    pipeline.publisher.sink = RecordingSink(LocalSink(pipeline.site), die_after=0)
+    with pytest.raises(KilledMidway):
+        await pipeline.cycle()
+    pipeline.publisher.sink = LocalSink(pipeline.site)
+    redone = await pipeline.cycle()  # the same changes, from the same cursor
+    assert redone is not None and redone.snapshot == first.snapshot + 1
+    index = json.loads((pipeline.site / "suara/riwayat/ppwp.json").read_bytes())
+    assert [e["snapshot"] for e in index] == [first.snapshot, redone.snapshot], index
+    last = json.loads((pipeline.site / f"suara/riwayat/ppwp/{redone.snapshot}.json").read_bytes())
+    national = json.loads((pipeline.site / "pemilu/hhcw/ppwp.json").read_bytes())
+    assert {k: v for k, v in last["nasional"].items() if k.isdigit()} == {
+        k: v for k, v in national["chart"].items() if k.isdigit()
+    }
