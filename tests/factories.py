@@ -10,6 +10,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from suara.election.form import set_voter_counts
 from suara.election.signing import DeviceKey
 from suara.v1 import form_pb2, tally_pb2
 
@@ -44,15 +45,16 @@ def consistent_form(
     form.suara_sah = valid
     form.suara_tidak_sah = invalid
     form.suara_total = total
-    for name, j, l in (
-        ("pemilih_dpt", dpt, dpt_l),
-        ("pengguna_dpt", users_dpt, users_dpt_l),
-        ("pengguna_dptb", dptb, dptb_l),
-        ("pengguna_non_dpt", dpk, dpk_l),
-        ("pengguna_total", users, users_dpt_l + dptb_l + dpk_l),
-    ):
-        triple = getattr(form, name)
-        triple.j, triple.l, triple.p = j, l, j - l
+    set_voter_counts(
+        form,
+        (
+            ("pemilih_dpt", dpt, dpt_l),
+            ("pengguna_dpt", users_dpt, users_dpt_l),
+            ("pengguna_dptb", dptb, dptb_l),
+            ("pengguna_non_dpt", dpk, dpk_l),
+            ("pengguna_total", users, users_dpt_l + dptb_l + dpk_l),
+        ),
+    )
     return form
 
 

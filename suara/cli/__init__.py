@@ -28,6 +28,7 @@ GROUPS = (
     "audit",
     "demo",
     "up",
+    "loadtest",
     "official",
     "submit",
     "outbox",

@@ -7,7 +7,7 @@ suara publishes and hands to the aggregate service.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Literal
@@ -72,6 +72,13 @@ def _set_admin(form: form_pb2.CHasilForm, key: str, value: int) -> None:
         setattr(form, name, value)
     else:
         setattr(getattr(form, name), sex, value)
+
+
+def set_voter_counts(form: form_pb2.CHasilForm, counts: Iterable[tuple[Triple, int, int]]) -> None:
+    """Set each (triple, total, male) with p = total - male: how generators write the five voter counts."""
+    for name, j, l in counts:
+        triple: form_pb2.VoterCount = getattr(form, name)
+        triple.j, triple.l, triple.p = j, l, j - l
 
 
 def administrasi_of(form: form_pb2.CHasilForm) -> dict[str, int]:

@@ -1,0 +1,110 @@
+"""`suara loadtest`: drive a running suara like election night, then check every published number.
+
+It reads the registry from the published site (--site: a directory or an http(s) URL), enrolls one
+virtual KPPS device per sampled TPS through tally's admin API, and has each submit its C.Hasil forms
+through the client SDK on a time-compressed election-night curve: few at first, a peak, a long tail.
+Closed loop (default): --concurrency devices at once, as fast as tally answers. Open loop (--rate R):
+R arrivals per second on average, whatever tally's pace (the peak is ~2.5 × R).
+
+--faults standard (default) adds, at a few percent each: duplicate sends, retries after lost replies,
+corrections (version + 1), stale versions (SUPERSEDED), inconsistent forms (QUARANTINED) corrected
+later, malformed forms (INVALID_ARGUMENT) and devices offline for a while (their outbox is flushed
+when they are back).
+
+At the end: a table, and the JSON report (--report) with throughput, latency, outcomes, errors,
+freshness (acknowledged → visible in the published national file) and the verification of every
+published totals file of the sampled contests, at every level, and every sampled TPS's file, against
+the load test's own oracle of what tally acknowledged. The election must be fresh (no forms yet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from suara.runtime.settings import Settings
+
+EXIT_MISMATCH = 1
+EXIT_ERROR = 2
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "loadtest",
+        help="drive a running suara like election night and verify the published site",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit status: 0 the site is exact; 1 a published number differs from the oracle; 2 the run failed.",
+    )
+    p.add_argument("--target", metavar="HOST:PORT", help="tally's HOST:PORT (default: SUARA_TALLY_ADDRESS)")
+    p.add_argument(
+        "--admin-key", type=Path, metavar="PATH", help="admin credential file (default: SUARA_DATA_DIR/admin.key.json)"
+    )
+    p.add_argument(
+        "--site",
+        metavar="DIR-or-URL",
+        help="the published site: a directory or an http(s) URL (default: SUARA_SITE_DIR)",
+    )
+    p.add_argument(
+        "--scale", type=float, default=1.0, metavar="F", help="fraction of the TPS that report (default 1.0: all)"
+    )
+    p.add_argument(
+        "--contests", metavar="C,C,…", help="comma-separated contest ids (default: every contest the site lists)"
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=64,
+        metavar="N",
+        help="devices sending at once; open loop: at most (default 64)",
+    )
+    p.add_argument("--rate", type=float, metavar="R", help="open loop: mean arrivals per second (default: closed loop)")
+    p.add_argument(
+        "--faults", choices=("standard", "none"), default="standard", help="faults to inject (default standard)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=2024, metavar="N", help="seed of the sample, the plan and the forms (default 2024)"
+    )
+    p.add_argument("--report", type=Path, metavar="PATH", help="write the JSON report here")
+    p.add_argument(
+        "--settle-timeout", type=float, default=900.0, metavar="S", help="most seconds to wait for the site (900)"
+    )
+    p.set_defaults(handler=run)
+
+
+async def run(args: argparse.Namespace, settings: Settings) -> int:
+    from services.tally.credentials import AdminCredential
+    from suara.cli.progress import Progress
+    from suara.loadtest.report import human_table, write_report
+    from suara.loadtest.run import Config, LoadTestError, run_loadtest
+
+    admin_path = args.admin_key or settings.data_dir / "admin.key.json"
+    try:
+        token = AdminCredential.load(admin_path).token
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"suara loadtest: cannot read the admin credential {admin_path}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    config = Config(
+        target=args.target or settings.tally_address,
+        admin_token=token,
+        site=args.site or str(settings.site_dir),
+        scale=args.scale,
+        contests=[c.strip() for c in args.contests.split(",") if c.strip()] if args.contests else None,
+        concurrency=args.concurrency,
+        rate=args.rate,
+        faults=args.faults,
+        seed=args.seed,
+        settle_timeout_s=args.settle_timeout,
+        progress=Progress,
+    )
+    try:
+        report = await run_loadtest(config)
+    except (LoadTestError, ValueError) as exc:
+        print(f"suara loadtest: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.report is not None:
+        write_report(report, args.report)
+    print(human_table(report))
+    return 0 if report["verification"]["exact"] else EXIT_MISMATCH

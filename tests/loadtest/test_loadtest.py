@@ -1,0 +1,245 @@
+"""The load test against the real pipeline (tally + relay + aggregate + publish, in-process), and its parts.
+
+The end-to-end tests run `run_loadtest` at a small scale against a site a publisher keeps writing,
+so what they prove is the load test's own contract: it drives every fault, its oracle agrees with a
+correct system, and it catches a published number that is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.tally.credentials import AdminCredential, create_admin_credential
+from suara.cli import loadtest as loadtest_cli
+from suara.election.checks import find_inconsistencies, find_malformed
+from suara.election.contest import Choice, Contest
+from suara.loadtest.forms import make_form
+from suara.loadtest.freshness import freshness
+from suara.loadtest.oracle import Oracle
+from suara.loadtest.plan import FAULTS, STANDARD, make_plan, sample_tps
+from suara.loadtest.report import human_table, write_report
+from suara.loadtest.run import Config, LoadTestError, run_loadtest
+from suara.loadtest.verify import Verification, verify
+from suara.runtime.settings import Settings
+from tests.publish.conftest import Pipeline, pipeline  # noqa: F401  # the fixture, shared with publish's tests
+
+
+@dataclass
+class System:
+    pipeline: Pipeline
+    config: Config
+    admin: AdminCredential
+
+
+@pytest.fixture
+async def system(pipeline: Pipeline) -> AsyncIterator[System]:  # noqa: F811  # the imported fixture
+    """The pipeline with an admin credential and a publisher cycling every 0.2 s, as `suara publish run` would."""
+    admin = await create_admin_credential(pipeline.db, "loadtest")
+
+    async def publish_loop() -> None:
+        while True:
+            await pipeline.publisher.cycle()
+            await asyncio.sleep(0.2)  # publish's interval: a periodic loop, nothing to await
+
+    task = asyncio.create_task(publish_loop())
+    config = Config(
+        target=f"127.0.0.1:{pipeline.tally.app.port}",
+        admin_token=admin.token,
+        site=str(pipeline.site),
+        scale=0.08,
+        concurrency=8,
+        seed=11,
+        sample_interval_s=0.2,
+        settle_s=1.0,
+        settle_timeout_s=120.0,
+        snapshot_timeout_s=120.0,
+    )
+    try:
+        yield System(pipeline, config, admin)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_a_small_night_with_standard_faults_is_exact(system: System, tmp_path: Path) -> None:
+    report = await run_loadtest(system.config)
+    write_report(report, tmp_path / "report.json")
+    print(human_table(report))  # shown with -s: the table a run ends with
+    v = report["verification"]
+    assert v["exact"], v["mismatches"]
+    assert v["areas_checked"] > 0 and v["tps_checked"] > 0
+    # Every fault of the standard profile showed up as tally's answer.
+    assert {"ACCEPTED", "DUPLICATE", "SUPERSEDED", "QUARANTINED"} <= set(report["outcomes"])
+    assert report["errors"].get("INVALID_ARGUMENT", 0) >= 1
+    assert set(report["plan"]["faults"]) == set(FAULTS)
+    assert report["throughput"]["submissions_per_s"] > 0
+    assert report["latency_ms"]["p50"] <= report["latency_ms"]["p95"] <= report["latency_ms"]["p99"]
+    assert report["freshness_s"]["measured"] > 0 and report["freshness_s"]["p50"] >= 0
+    # The oracle's counted TPS are what the published national files say.
+    for contest, oracle in report["oracle"].items():
+        national = json.loads((system.pipeline.site / f"pemilu/hhcw/{contest}.json").read_bytes())
+        assert national["progres"]["progres"] == oracle["counted"]
+
+
+async def test_a_corrupted_totals_file_is_a_mismatch(
+    system: System, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the CLI: one published kecamatan file says one vote more than it should once the night is
+    over; the report names that file and field, is not exact, and the exit status is 1."""
+    site = system.pipeline.site
+    corrupted: dict[str, str] = {}
+
+    async def corrupt_then_verify(*args: Any, **kwargs: Any) -> Verification:
+        # The site has settled (nothing more to publish, so the publisher leaves it alone): corrupt one file.
+        for path in sorted(site.glob("pemilu/hhcw/ppwp/*/*/*.json")):
+            doc = json.loads(path.read_bytes())
+            if doc["progres"]["progres"]:
+                doc["chart"]["100025"] += 1
+                path.write_text(json.dumps(doc))
+                corrupted["path"] = str(path.relative_to(site))
+                break
+        return await verify(*args, **kwargs)
+
+    monkeypatch.setattr("suara.loadtest.run.verify", corrupt_then_verify)
+    admin_key = tmp_path / "admin.key.json"
+    system.admin.save(admin_key)
+    parser = argparse.ArgumentParser()
+    loadtest_cli.add_parser(parser.add_subparsers())
+    argv = f"loadtest --target {system.config.target} --admin-key {admin_key} --site {site} --scale 0.05"
+    argv += f" --contests ppwp --faults none --seed 3 --report {tmp_path / 'report.json'}"
+    args = parser.parse_args(argv.split())
+    status = await args.handler(args, Settings())
+    v = json.loads((tmp_path / "report.json").read_bytes())["verification"]
+    assert corrupted, "no kecamatan had counted TPS"
+    assert status == loadtest_cli.EXIT_MISMATCH
+    assert not v["exact"]
+    assert v["mismatch_count"] == 1
+    (m,) = v["mismatches"]
+    assert (m["path"], m["field"], m["got"]) == (corrupted["path"], "chart.100025", m["want"] + 1)
+
+
+async def test_an_election_with_forms_already_is_refused(system: System) -> None:
+    first = replace(system.config, faults="none", contests=["ppwp"], scale=0.02)
+    assert (await run_loadtest(first))["verification"]["exact"]
+    with pytest.raises(LoadTestError, match="already holds forms"):
+        await run_loadtest(first)
+
+
+# --- the plan -------------------------------------------------------------------------------------------
+
+
+def _held(n: int, contests: tuple[str, ...] = ("ppwp", "pdpr")) -> dict[str, list[str]]:
+    return {f"31710{i:05d}{i % 1000:03d}"[:13]: list(contests) for i in range(n)}
+
+
+def test_the_arrival_curve_rises_peaks_early_and_has_a_tail() -> None:
+    plan = make_plan(_held(20_000), STANDARD, seed=3)
+    stations = [j.at for j in plan.jobs if j.kind == "station"]
+    deciles = Counter(min(9, int(at * 10)) for at in stations)
+    peak = max(deciles, key=lambda d: deciles[d])
+    assert peak in (1, 2)  # Beta(2, 5): the mode is at 0.2
+    assert deciles[0] < deciles[peak] and deciles[9] < deciles[0]
+    assert deciles[5] < deciles[peak]  # a long tail, thinning out
+    assert all(0 <= at <= 1 for at in stations)
+    assert [j.at for j in plan.jobs] == sorted(j.at for j in plan.jobs)
+
+
+def test_fault_rates_stay_within_bounds() -> None:
+    held = _held(20_000)
+    plan = make_plan(held, STANDARD, seed=5)
+    pairs = sum(len(c) for c in held.values())
+    for kind, rate in STANDARD.items():
+        population = len(held) if kind == "offline" else pairs
+        observed = plan.faults[kind] / population
+        # Offline devices skip the faults that need an answer first, so those can be a little rarer.
+        assert 0.6 * rate <= observed <= 1.3 * rate, (kind, observed, rate)
+    none = make_plan(held, dict.fromkeys(FAULTS, 0.0), seed=5)
+    assert not none.faults
+    assert none.forms() == pairs  # exactly one form per (TPS, contest)
+
+
+def test_a_small_plan_still_has_every_fault() -> None:
+    plan = make_plan(_held(12), STANDARD, seed=1)
+    assert set(plan.faults) == set(FAULTS)
+
+
+def test_the_plan_and_the_sample_are_determined_by_the_seed() -> None:
+    held = _held(2_000)
+    assert make_plan(held, STANDARD, seed=9) == make_plan(held, STANDARD, seed=9)
+    assert make_plan(held, STANDARD, seed=9).jobs != make_plan(held, STANDARD, seed=10).jobs
+    codes = sorted(held)
+    assert sample_tps(codes, 0.1, 4) == sample_tps(codes, 0.1, 4)
+    assert len(sample_tps(codes, 0.1, 4)) == 200
+    assert sample_tps(codes, 1.0, 4) == codes
+    with pytest.raises(ValueError):
+        sample_tps(codes, 0.0, 4)
+
+
+def test_the_generated_forms_are_what_their_variant_says() -> None:
+    """Checked with suara's own checks once here, so the end-to-end outcomes follow from the forms."""
+    choices = ("100025", "100026", "100027")
+    ppwp = Contest("ppwp", "", "", 300, tuple(Choice(c, c, i, "#000000") for i, c in enumerate(choices, 1)))
+    for i in range(200):
+        tps = f"3171011001{i:03d}"
+        ok = make_form(1, tps, "ppwp", 1, "ok", choices)
+        assert find_inconsistencies(ok) == []
+        assert find_inconsistencies(make_form(1, tps, "ppwp", 2, "inconsistent", choices)) != []
+        bad = make_form(1, tps, "ppwp", 1, "malformed", choices)
+        assert any(v.field == "suara_tidak_sah" for v in find_malformed(bad, contest=ppwp, tps_known=True))
+        assert make_form(1, tps, "ppwp", 1, "ok", choices) == ok  # regenerated, not stored
+
+
+# --- the oracle -----------------------------------------------------------------------------------------
+
+_sends = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b", "c"]),
+        st.sampled_from(["ppwp", "pdpr"]),
+        st.integers(1, 4),
+        st.sampled_from(["ok", "inconsistent"]),
+    ),
+    max_size=30,
+)
+
+
+@given(_sends, st.randoms(use_true_random=False))
+@settings(max_examples=200, deadline=None)
+def test_any_order_of_sends_gives_the_same_oracle(sends: list[tuple[str, str, int, str]], rng: random.Random) -> None:
+    # A (tps, contest, version) has one payload (tally would refuse another): its variant is fixed by its key.
+    variant = {(t, c, v): x for t, c, v, x in sends}
+    keyed = [(t, c, v, variant[(t, c, v)]) for t, c, v, _ in sends]
+    shuffled = keyed[:]
+    rng.shuffle(shuffled)
+    a, b = Oracle(), Oracle()
+    for t, c, v, x in keyed:
+        a.acknowledge(t, c, v, x)  # type: ignore[arg-type]
+    for t, c, v, x in shuffled:
+        b.acknowledge(t, c, v, x)  # type: ignore[arg-type]
+    assert a.current == b.current
+    for contest in ("ppwp", "pdpr"):
+        assert a.counted(contest) == b.counted(contest)
+        # Counted: the TPS whose highest acknowledged version is not quarantined.
+        highest = {(t, c): max(v for t2, c2, v, _ in keyed if (t2, c2) == (t, c)) for t, c, _, _ in keyed}
+        want = sum(1 for (t, c), v in highest.items() if c == contest and variant[(t, c, v)] == "ok")
+        assert a.counted(contest) == want
+
+
+def test_freshness_is_the_first_sample_showing_the_acknowledged_count() -> None:
+    samples = {"ppwp": [(1.0, 0), (2.0, 1), (3.0, 1), (4.0, 3), (5.0, 2)]}  # a re-read may lag: the max counts
+    acks = {"ppwp": [(0.5, 1), (1.5, 2), (3.5, 3), (4.5, 4)]}
+    result = freshness(acks, samples)
+    assert result.seconds == [1.5, 2.5, 0.5]  # counted 1 seen at 2.0; 2 and 3 first seen at 4.0
+    assert result.unseen == 1  # 4 TPS were never shown
