@@ -6,6 +6,7 @@ the oracle every published file is checked against (tests/publish/oracle.py).
 
 from __future__ import annotations
 
+import gc
 import random
 import shutil
 import tempfile
@@ -196,4 +197,7 @@ async def pipeline(db_url: str, db: asyncpg.Connection, tmp_path: Path) -> Async
         await channel.close()
         await tally.channel.close()
         await tally.app.stop(0.5)
-        await aggregate.stop(0.5)
+        await p.aggregate.stop(0.5)  # the one serving now (a test may have replaced the first)
+        # Stopped gRPC servers caught in reference cycles must be freed while this test's event loop still
+        # runs: freed later, from another test's loop, grpc's AioServer.__dealloc__ can block for good.
+        gc.collect()
