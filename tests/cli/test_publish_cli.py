@@ -31,25 +31,12 @@ from suara.runtime.settings import Settings
 from tests.cli.conftest import SUARA, LogTail, run_suara, suara_env
 from tests.publish import conftest as publish_conftest
 from tests.publish.conftest import SHM, SHM_EXISTS, Pipeline
-from tests.publish.oracle import Registry, compare, expected_site
 
 pipeline = publish_conftest.pipeline  # the whole pipeline fixture (tally, relay, aggregate), shared
 
-CONTESTS = ("ppwp", "pdpr", "pkwkp")
 STARTUP_S = 60.0  # bound on a child importing, connecting and publishing its first (full) cycle
 STOP_S = Settings().shutdown_grace_s + 10.0  # SIGTERM to exit: the grace period plus closing
 SERVING = re.compile(r"^serving (?P<dir>.+) at (?P<url>http://\S+?)/? \(")
-
-
-def _photo_types(p: Pipeline) -> dict[str, str]:
-    return {sha: "image/png" if b.startswith(b"\x89PNG") else "image/jpeg" for sha, b in p.photos.items()}
-
-
-async def _check(p: Pipeline, site: Path) -> None:
-    registry = await Registry.read(p.db)
-    for contest in CONTESTS:
-        problems = compare(site, expected_site(registry, contest, p.current, _photo_types(p)))
-        assert not problems, f"{len(problems)} differences, first: " + "\n".join(problems[:5])
 
 
 def _data_files(site: Path) -> dict[str, bytes]:
@@ -173,7 +160,7 @@ async def test_run_publishes_answers_status_and_stops_on_sigterm(
     port = free_port()
     async with spawn("publish", "run", "--port", str(port), env=env, cwd=tmp_path) as child:
         await child.log.wait_for_event("published", STARTUP_S)
-        await _check(pipeline, site)
+        await pipeline.check_site(site)
         pointer = json.loads((site / "suara/snapshot.json").read_bytes())
 
         asked = await run_suara("publish", "status", "--address", f"127.0.0.1:{port}", env=env, cwd=tmp_path)
@@ -216,7 +203,7 @@ async def test_rebuild_rewrites_a_deleted_site_equal_to_the_oracle(pipeline: Pip
     assert done.returncode == 0, done.stderr
     head = await pipeline.db.fetchval("SELECT sequence FROM aggregate.head WHERE singleton")
     assert f"rebuilt snapshot {first.snapshot + 1} at aggregate sequence {head}:" in done.stdout, done.stdout
-    await _check(pipeline, pipeline.site)
+    await pipeline.check_site(pipeline.site)
     after = _data_files(pipeline.site)
     assert set(after) == set(before), set(after) ^ set(before)
     different = [path for path in after if after[path] != before[path]]

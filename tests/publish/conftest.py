@@ -10,7 +10,7 @@ import gc
 import random
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from suara.runtime.service_auth import ServiceAuthClientInterceptor, issue_servi
 from suara.runtime.settings import Settings
 from suara.v1 import form_pb2, tally_pb2
 from tests.factories import consistent_form, jpeg, png, signed
-from tests.publish.oracle import Accepted
+from tests.publish.oracle import Accepted, Registry, compare, expected_site
 from tests.tally.conftest import BASE_SETTINGS as TALLY_SETTINGS
 from tests.tally.conftest import Tally, start_tally
 
@@ -97,6 +97,16 @@ class Pipeline:
                 self.photos[hashlib.sha256(p).hexdigest()] = p
         return response
 
+    def photo_types(self) -> dict[str, str]:
+        return {sha: "image/png" if b.startswith(b"\x89PNG") else "image/jpeg" for sha, b in self.photos.items()}
+
+    async def check_site(self, site: Path | None = None, contests: Sequence[str] = ("ppwp", "pdpr", "pkwkp")) -> None:
+        """Every published file of these contests equals the oracle (tests/publish/oracle.py)."""
+        registry = await Registry.read(self.db)
+        for contest in contests:
+            problems = compare(site or self.site, expected_site(registry, contest, self.current, self.photo_types()))
+            assert not problems, f"{len(problems)} differences, first: " + "\n".join(problems[:5])
+
     async def delivered(self) -> None:
         """Until the relay has delivered everything tally acknowledged so far."""
         assert self.tally.app.relay is not None
@@ -161,6 +171,18 @@ class RecordingSink:
 
 class KilledMidway(Exception):
     pass
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    """moto's S3 server stands in for a real S3-compatible server (MinIO, AWS), none of which can run here."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
 
 
 @pytest.fixture

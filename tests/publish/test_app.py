@@ -28,23 +28,10 @@ from suara.runtime.service_auth import issue_service_credential
 from suara.runtime.settings import Settings
 from suara.v1 import publish_pb2
 from tests.publish.conftest import SHM, SHM_EXISTS, KilledMidway, Pipeline, RecordingSink
-from tests.publish.oracle import Registry, compare, expected_site
 
-CONTESTS = ("ppwp", "pdpr", "pkwkp")
 WAIT_S = 30.0  # bound on anything awaited; normally well under a few seconds
 STOP_S = 10.0  # bound on PublishApp.stop(): a stop that hangs fails the test instead of hanging the run
 POLL_S = 0.01
-
-
-def _photo_types(p: Pipeline) -> dict[str, str]:
-    return {sha: "image/png" if b.startswith(b"\x89PNG") else "image/jpeg" for sha, b in p.photos.items()}
-
-
-async def _check(p: Pipeline, site: Path) -> None:
-    registry = await Registry.read(p.db)
-    for contest in CONTESTS:
-        problems = compare(site, expected_site(registry, contest, p.current, _photo_types(p)))
-        assert not problems, f"{len(problems)} differences, first: " + "\n".join(problems[:5])
 
 
 def _tree(site: Path) -> dict[str, bytes]:
@@ -127,13 +114,13 @@ async def test_the_loop_publishes_by_itself_and_get_status_matches_the_pointer_a
         await pipeline.random_night(rng, 25)
         await _published(pipeline, app)
         assert app.active and app.last is not None
-        await _check(pipeline, site)
+        await pipeline.check_site(site)
         first = _pointer(site)
 
         await pipeline.random_night(rng, 15)
         await pipeline.random_night(rng, 5, contest="pkwkp")
         await _published(pipeline, app)
-        await _check(pipeline, site)
+        await pipeline.check_site(site)
         pointer = _pointer(site)
         assert pointer["snapshot"] > first["snapshot"]
         assert not app.last.full, "after the first cycle only what changed is rewritten"
@@ -178,7 +165,7 @@ async def test_a_second_app_stands_by_without_writing_and_takes_over_when_the_fi
 
             await pipeline.random_night(rng, 10)
             await _published(pipeline, first)
-            await _check(pipeline, site)
+            await pipeline.check_site(site)
             assert not second.active and second.last is None
             assert standby_sink.paths == [], "a standby writes nothing"
 
@@ -189,7 +176,7 @@ async def test_a_second_app_stands_by_without_writing_and_takes_over_when_the_fi
             before = _pointer(site)["snapshot"]
             await pipeline.random_night(rng, 10)
             await _published(pipeline, second)
-            await _check(pipeline, site)
+            await pipeline.check_site(site)
             assert standby_sink.paths, "the new active publisher writes"
             assert _pointer(site)["snapshot"] > before, "it continues from the shared cursor"
     finally:
@@ -231,7 +218,7 @@ async def test_aggregate_down_keeps_the_last_site_and_publishing_resumes_when_it
     async with running(app):
         await pipeline.random_night(rng, 20)
         await _published(pipeline, app)
-        await _check(pipeline, site)
+        await pipeline.check_site(site)
         published, last = _tree(site), app.last
         port = pipeline.aggregate.port
 
@@ -249,7 +236,7 @@ async def test_aggregate_down_keeps_the_last_site_and_publishing_resumes_when_it
         await restarted.start()
         pipeline.aggregate = restarted  # the fixture stops this one
         await _published(pipeline, app)
-        await _check(pipeline, site)
+        await pipeline.check_site(site)
         assert app.last is not last and app.last is not None and not app.last.full
         assert _pointer(site)["aggregate_sequence"] == await _aggregate_head(pipeline)
 

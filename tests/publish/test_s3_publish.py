@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,6 @@ from typing import Any
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from services.publish.cache import cache_control_for, content_type_for
 from services.publish.cycle import Publisher
@@ -42,16 +40,6 @@ def _publisher(pipeline: Pipeline, sink: Sink) -> Publisher:
     everything = pipeline.publisher_for(sink)
     contests = {CONTEST: everything.contests[CONTEST]}
     return Publisher(everything.pool, sink, everything.aggregate, everything.tally, contests)
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    """moto's S3 server stands in for a real S3-compatible server (MinIO, AWS), none of which can run here."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import gzip
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ import boto3
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from moto.server import ThreadedMotoServer
 
 from services.publish.cache import IMMUTABLE, POINTER
 from services.publish.files import SiteFile
@@ -193,16 +191,6 @@ def test_local_last_write_wins(batches: list[list[tuple[str, bytes]]], chunk: in
 
 
 # --- S3Sink ------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    """moto's S3 server stands in for a real S3-compatible server (MinIO, AWS), none of which can run here."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @pytest.fixture
