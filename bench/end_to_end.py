@@ -55,7 +55,7 @@ class RssSampler:
 
 
 async def run(scale: float, *, tally_processes: int = 2) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="suara-e2e-", dir=Path.cwd()) as tmp:
+    with tempfile.TemporaryDirectory(prefix="suara-e2e-") as tmp:
         data, site, report_path = Path(tmp) / "data", Path(tmp) / "site", Path(tmp) / "report.json"
         env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
         env["SUARA_LOG_LEVEL"] = "warning"

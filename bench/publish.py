@@ -69,8 +69,8 @@ async def run(url: str, *, contests: tuple[str, ...]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     try:
         wanted = {k: v for k, v in (await fetch_contests(pool)).items() if k in contests}
-        # On the disk the site would live on (not tmpfs): that is what a rebuild really costs here.
-        with tempfile.TemporaryDirectory(prefix="suara-bench-site-", dir=Path.cwd()) as tmp:
+        # On disk (/tmp here is the same disk, not tmpfs): that is what a rebuild really costs.
+        with tempfile.TemporaryDirectory(prefix="suara-bench-site-") as tmp:
             site = Path(tmp) / "site"
             publisher = Publisher(pool, LocalSink(site), aggregate_stub(channel), None, wanted)
             full = await publisher.cycle(full=True)
