@@ -99,6 +99,26 @@ async def enroll_device(
         raise ValueError(f"device {device_id} is already enrolled for TPS {row['tps']}")
 
 
+class EnrolledElsewhere(Exception):
+    """Some keys are already enrolled for another TPS: (device id, that TPS) each."""
+
+    def __init__(self, devices: list[tuple[str, str]]) -> None:
+        super().__init__(f"{len(devices)} device keys are enrolled for other TPS")
+        self.devices = devices
+
+
+async def enroll_devices(
+    pool: asyncpg.Pool, device_ids: list[str], tps: list[str], public_keys: list[bytes], labels: list[str]
+) -> None:
+    """Many keys in one transaction: all are enrolled, or none (EnrolledElsewhere)."""
+    wanted = dict(zip(device_ids, tps, strict=True))
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(QUERIES.enroll_devices, device_ids, tps, public_keys, labels)
+        clashes = [(r["device_id"], r["tps"]) for r in rows if wanted[r["device_id"]] != r["tps"]]
+        if clashes:
+            raise EnrolledElsewhere(clashes)  # raised inside the transaction: it rolls back
+
+
 # --- admin credentials -------------------------------------------------------------
 
 ADMIN_KIND = "suara-admin-credential"

@@ -21,6 +21,16 @@ class InvalidForm(TallyError):
         super().__init__(f"the form is malformed ({names}); fix these fields and submit again", violations=violations)
 
 
+class InvalidRequest(TallyError):
+    """A bad admin request (not a form): nothing is stored. Every bad field is named."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, violations: list[FieldProblem]) -> None:
+        names = ", ".join(v.field for v in violations)
+        super().__init__(f"the request is invalid ({names}); fix these fields and call again", violations=violations)
+
+
 class Unauthenticated(TallyError):
     code = grpc.StatusCode.UNAUTHENTICATED
 

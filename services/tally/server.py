@@ -13,10 +13,18 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.tally.admission import DatabaseGate, InFlight
 from services.tally.committer import CONFLICT, GroupCommitter, Receipt, Result
-from services.tally.credentials import AdminTokens, DeviceKeys, DeviceRecord, enroll_device
+from services.tally.credentials import (
+    AdminTokens,
+    DeviceKeys,
+    DeviceRecord,
+    EnrolledElsewhere,
+    enroll_device,
+    enroll_devices,
+)
 from services.tally.errors import (
     Conflict,
     InvalidForm,
+    InvalidRequest,
     NotFound,
     PermissionDenied,
     TallyError,
@@ -241,22 +249,64 @@ class TallyService(tally_pb2_grpc.TallyServicer):
         self, request: tally_pb2.EnrollDeviceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> tally_pb2.EnrollDeviceResponse:
         await self._require_admin(context)
-        problems = []
-        if not await self.intake.catalog.tps_known(request.tps):
-            problems.append(FieldProblem("tps", f"unknown TPS {request.tps!r}: not in the registry"))
-        if len(request.public_key) != signing.PUBLIC_KEY_BYTES:
-            problems.append(
-                FieldProblem("public_key", f"must be a raw 32-byte Ed25519 key, got {len(request.public_key)} bytes")
-            )
+        problems = await self._device_problems(request, "")
         if problems:
-            raise InvalidForm(problems)
+            raise InvalidRequest(problems)
         device_id = signing.device_id_for(request.public_key)
         try:
             await enroll_device(self.pool, device_id, request.tps, request.public_key, request.label)
         except ValueError as exc:
-            raise InvalidForm([FieldProblem("public_key", str(exc))]) from None
+            raise InvalidRequest([FieldProblem("public_key", str(exc))]) from None
         self.devices.remember(DeviceRecord(device_id, request.tps, request.public_key))
         return tally_pb2.EnrollDeviceResponse(device_id=device_id, tps=request.tps)
+
+    async def EnrollDevices(
+        self, request: tally_pb2.EnrollDevicesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> tally_pb2.EnrollDevicesResponse:
+        await self._require_admin(context)
+        devices = list(request.devices)
+        if not 1 <= len(devices) <= MAX_BATCH_ITEMS:
+            raise InvalidRequest(
+                [FieldProblem("devices", f"send 1 to {MAX_BATCH_ITEMS} devices per call, got {len(devices)}")]
+            )
+        problems: list[FieldProblem] = []
+        first_index: dict[bytes, int] = {}
+        for i, device in enumerate(devices):
+            problems += await self._device_problems(device, f"devices[{i}].")
+            seen = first_index.setdefault(device.public_key, i)
+            if seen != i:
+                problems.append(FieldProblem(f"devices[{i}].public_key", f"the same key as devices[{seen}]"))
+        if problems:
+            raise InvalidRequest(problems)
+        ids = [signing.device_id_for(d.public_key) for d in devices]
+        try:
+            await enroll_devices(
+                self.pool, ids, [d.tps for d in devices], [d.public_key for d in devices], [d.label for d in devices]
+            )
+        except EnrolledElsewhere as exc:
+            raise InvalidRequest(
+                [
+                    FieldProblem(f"devices[{ids.index(device_id)}].public_key", f"already enrolled for TPS {tps}")
+                    for device_id, tps in exc.devices
+                ]
+            ) from None
+        for device_id, device in zip(ids, devices, strict=True):
+            self.devices.remember(DeviceRecord(device_id, device.tps, device.public_key))
+        return tally_pb2.EnrollDevicesResponse(
+            devices=[tally_pb2.EnrollDeviceResponse(device_id=i, tps=d.tps) for i, d in zip(ids, devices, strict=True)]
+        )
+
+    async def _device_problems(self, device: tally_pb2.EnrollDeviceRequest, prefix: str) -> list[FieldProblem]:
+        problems = []
+        if not await self.intake.catalog.tps_known(device.tps):
+            problems.append(FieldProblem(f"{prefix}tps", f"unknown TPS {device.tps!r}: not in the registry"))
+        if len(device.public_key) != signing.PUBLIC_KEY_BYTES:
+            problems.append(
+                FieldProblem(
+                    f"{prefix}public_key", f"must be a raw 32-byte Ed25519 key, got {len(device.public_key)} bytes"
+                )
+            )
+        return problems
 
     async def _require_admin(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         metadata = dict(context.invocation_metadata() or ())

@@ -1,7 +1,7 @@
-"""Virtual KPPS devices: one Ed25519 key per sampled TPS, enrolled through tally's admin EnrollDevice RPC.
+"""Virtual KPPS devices: one Ed25519 key per sampled TPS, enrolled through tally's admin EnrollDevices RPC.
 
-Key generation runs in a thread pool beside the event loop (OpenSSL releases the GIL); enrollment keeps
-`concurrency` RPCs in flight on one channel, since each is a single-row insert at tally and a round trip.
+Key generation runs in a thread pool beside the event loop (OpenSSL releases the GIL); enrollment sends
+runs of ENROLL_CHUNK keys (one transaction each at tally), `concurrency` runs in flight on one channel.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ RETRYABLE = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
 )
 KEYGEN_CHUNK = 2_000
+ENROLL_CHUNK = 1_000  # tally's limit per EnrollDevices call
 
 
 class EnrollError(Exception):
@@ -54,7 +55,7 @@ async def enroll(
     admin_token: str,
     codes: Sequence[str],
     *,
-    concurrency: int = 64,
+    concurrency: int = 4,
     label: str = "loadtest",
     on_progress: Callable[[int], None] | None = None,
 ) -> Enrollment:
@@ -65,27 +66,31 @@ async def enroll(
     metadata = (("authorization", f"Bearer {admin_token}"),)
     done = 0
     started = time.perf_counter()
+    everyone = list(keys.values())
     async with grpc.aio.insecure_channel(target) as channel:
         stub = tally_stub(channel)
-        queue = iter(list(keys.values()))
+        runs = iter(range(0, len(everyone), ENROLL_CHUNK))
 
         async def worker() -> None:
             nonlocal done
-            for key in queue:  # one shared iterator: each key is taken by exactly one worker
-                request = tally_pb2.EnrollDeviceRequest(tps=key.tps, public_key=key.public_key, label=label)
+            for start in runs:  # one shared iterator: each run of keys is taken by exactly one worker
+                chunk = everyone[start : start + ENROLL_CHUNK]
+                Request = tally_pb2.EnrollDeviceRequest
+                devices = [Request(tps=k.tps, public_key=k.public_key, label=label) for k in chunk]
+                request = tally_pb2.EnrollDevicesRequest(devices=devices)
                 delay = 0.05
                 while True:
                     try:
-                        await stub.EnrollDevice(request, metadata=metadata, timeout=30)
+                        await stub.EnrollDevices(request, metadata=metadata, timeout=60)
                         break
                     except grpc.aio.AioRpcError as exc:
                         if exc.code() not in RETRYABLE:
-                            raise EnrollError(f"enrolling a device for TPS {key.tps}: {exc.code().name}: "
-                                              f"{exc.details()}") from None  # fmt: skip
+                            raise EnrollError(f"enrolling devices for TPS {chunk[0].tps}…{chunk[-1].tps}: "
+                                              f"{exc.code().name}: {exc.details()}") from None  # fmt: skip
                         result.retries[exc.code().name] += 1
-                        await asyncio.sleep(delay)  # tally is busy or away: back off, the key is enrolled later
+                        await asyncio.sleep(delay)  # tally is busy or away: back off; a rerun of a run is a no-op
                         delay = min(delay * 2, 2.0)
-                done += 1
+                done += len(chunk)
                 if on_progress is not None:
                     on_progress(done)
 

@@ -58,7 +58,7 @@ class Config:
     rate: float | None = None  # arrivals/s (open loop); None: closed loop
     faults: str = "standard"
     seed: int = 2024
-    enroll_concurrency: int = 64
+    enroll_concurrency: int = 4  # EnrollDevices runs of 1,000 in flight
     read_concurrency: int = 64
     sample_interval_s: float = 0.5
     snapshot_timeout_s: float = 300.0

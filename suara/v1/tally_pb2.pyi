@@ -499,6 +499,50 @@ class EnrollDeviceResponse(_message.Message):
 Global___EnrollDeviceResponse: _TypeAlias = EnrollDeviceResponse  # noqa: Y015
 
 @_typing.final
+class EnrollDevicesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def devices(self) -> _containers.RepeatedCompositeFieldContainer[Global___EnrollDeviceRequest]:
+        """1..1,000, each public key once"""
+
+    def __init__(
+        self,
+        *,
+        devices: _abc.Iterable[Global___EnrollDeviceRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["devices", b"devices"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnrollDevicesRequest: _TypeAlias = EnrollDevicesRequest  # noqa: Y015
+
+@_typing.final
+class EnrollDevicesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def devices(self) -> _containers.RepeatedCompositeFieldContainer[Global___EnrollDeviceResponse]:
+        """in request order"""
+
+    def __init__(
+        self,
+        *,
+        devices: _abc.Iterable[Global___EnrollDeviceResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["devices", b"devices"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnrollDevicesResponse: _TypeAlias = EnrollDevicesResponse  # noqa: Y015
+
+@_typing.final
 class GetChainHeadRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -71,6 +71,11 @@ class TallyStub:
                 request_serializer=suara_dot_v1_dot_tally__pb2.EnrollDeviceRequest.SerializeToString,
                 response_deserializer=suara_dot_v1_dot_tally__pb2.EnrollDeviceResponse.FromString,
                 _registered_method=True)
+        self.EnrollDevices = channel.unary_unary(
+                '/suara.v1.Tally/EnrollDevices',
+                request_serializer=suara_dot_v1_dot_tally__pb2.EnrollDevicesRequest.SerializeToString,
+                response_deserializer=suara_dot_v1_dot_tally__pb2.EnrollDevicesResponse.FromString,
+                _registered_method=True)
 
 
 class TallyServicer:
@@ -132,6 +137,14 @@ class TallyServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EnrollDevices(self, request, context):
+        """Admin only: register up to 1,000 device keys in one transaction, all or
+        none (a provisioning run; INVALID_ARGUMENT names each bad `devices[i]`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TallyServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +182,11 @@ def add_TallyServicer_to_server(servicer, server):
                     servicer.EnrollDevice,
                     request_deserializer=suara_dot_v1_dot_tally__pb2.EnrollDeviceRequest.FromString,
                     response_serializer=suara_dot_v1_dot_tally__pb2.EnrollDeviceResponse.SerializeToString,
+            ),
+            'EnrollDevices': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnrollDevices,
+                    request_deserializer=suara_dot_v1_dot_tally__pb2.EnrollDevicesRequest.FromString,
+                    response_serializer=suara_dot_v1_dot_tally__pb2.EnrollDevicesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -362,6 +380,33 @@ class Tally:
             '/suara.v1.Tally/EnrollDevice',
             suara_dot_v1_dot_tally__pb2.EnrollDeviceRequest.SerializeToString,
             suara_dot_v1_dot_tally__pb2.EnrollDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnrollDevices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/suara.v1.Tally/EnrollDevices',
+            suara_dot_v1_dot_tally__pb2.EnrollDevicesRequest.SerializeToString,
+            suara_dot_v1_dot_tally__pb2.EnrollDevicesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,10 @@ class TallyStub:
     GetPhoto: _grpc.UnaryUnaryMultiCallable[_tally_pb2.GetPhotoRequest, _tally_pb2.StoredPhoto]
     EnrollDevice: _grpc.UnaryUnaryMultiCallable[_tally_pb2.EnrollDeviceRequest, _tally_pb2.EnrollDeviceResponse]
     """Admin only (authorization: Bearer <admin token>): register a device key."""
+    EnrollDevices: _grpc.UnaryUnaryMultiCallable[_tally_pb2.EnrollDevicesRequest, _tally_pb2.EnrollDevicesResponse]
+    """Admin only: register up to 1,000 device keys in one transaction, all or
+    none (a provisioning run; INVALID_ARGUMENT names each bad `devices[i]`).
+    """
 
 @_typing.type_check_only
 class TallyAsyncStub(TallyStub):
@@ -87,6 +91,10 @@ class TallyAsyncStub(TallyStub):
     GetPhoto: _aio.UnaryUnaryMultiCallable[_tally_pb2.GetPhotoRequest, _tally_pb2.StoredPhoto]  # type: ignore[assignment]
     EnrollDevice: _aio.UnaryUnaryMultiCallable[_tally_pb2.EnrollDeviceRequest, _tally_pb2.EnrollDeviceResponse]  # type: ignore[assignment]
     """Admin only (authorization: Bearer <admin token>): register a device key."""
+    EnrollDevices: _aio.UnaryUnaryMultiCallable[_tally_pb2.EnrollDevicesRequest, _tally_pb2.EnrollDevicesResponse]  # type: ignore[assignment]
+    """Admin only: register up to 1,000 device keys in one transaction, all or
+    none (a provisioning run; INVALID_ARGUMENT names each bad `devices[i]`).
+    """
 
 class TallyServicer(metaclass=_abc_1.ABCMeta):
     """tally accepts signed C.Hasil forms from TPS devices and relays, stores them
@@ -156,5 +164,15 @@ class TallyServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_tally_pb2.EnrollDeviceResponse, _abc.Awaitable[_tally_pb2.EnrollDeviceResponse]]:
         """Admin only (authorization: Bearer <admin token>): register a device key."""
+
+    @_abc_1.abstractmethod
+    def EnrollDevices(
+        self,
+        request: _tally_pb2.EnrollDevicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tally_pb2.EnrollDevicesResponse, _abc.Awaitable[_tally_pb2.EnrollDevicesResponse]]:
+        """Admin only: register up to 1,000 device keys in one transaction, all or
+        none (a provisioning run; INVALID_ARGUMENT names each bad `devices[i]`).
+        """
 
 def add_TallyServicer_to_server(servicer: TallyServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

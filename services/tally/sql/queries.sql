@@ -38,6 +38,13 @@ INSERT INTO tally.device (device_id, tps, public_key, label) VALUES ($1, $2, $3,
 ON CONFLICT (device_id) DO UPDATE SET label = tally.device.label
 RETURNING device_id, tps;
 
+-- name: enroll_devices
+-- enroll_device for many keys in one statement; the caller checks every returned TPS.
+INSERT INTO tally.device (device_id, tps, public_key, label)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[])
+ON CONFLICT (device_id) DO UPDATE SET label = tally.device.label
+RETURNING device_id, tps;
+
 -- name: admin_token_valid
 SELECT EXISTS (
     SELECT 1 FROM tally.admin_credential WHERE token_sha256 = $1 AND revoked_at IS NULL
