@@ -1,6 +1,6 @@
 """Roll-up: one batch of 1,000 changed TPS against a full GROUP BY recompute of every level.
 
-On a registry at scale 0.05 with every TPS reported (ppwp and pdpr), applying
+On a registry with every TPS reported (scale 1.0 in `make bench`, 0.05 with BENCH_QUICK=1), applying
 a batch recomputes only the parents of what changed; the baseline recomputes
 every area row of every level from all the leaves, in the same database. The
 ratio (full / batch) is what matters: the design's target is at least 20.
@@ -82,7 +82,7 @@ async def _timed_full(conn: asyncpg.Connection, contest: str) -> float:
 
 
 async def run(url: str, contests: tuple[str, ...] = CONTESTS) -> dict[str, Any]:
-    """`url`: a migrated database with a registry (bench uses scale 0.05)."""
+    """`url`: a migrated database with a registry at the scale to measure."""
     pool = await create_pool(url, size=2, application="suara-bench-rollup")
     rng = random.Random(1)
     results: dict[str, Any] = {}

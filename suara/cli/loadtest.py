@@ -96,6 +96,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         rate=args.rate,
         faults=args.faults,
         seed=args.seed,
+        snapshot_timeout_s=args.settle_timeout,  # a whole country's first cycle takes minutes
         settle_timeout_s=args.settle_timeout,
         progress=Progress,
     )

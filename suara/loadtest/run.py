@@ -324,7 +324,10 @@ async def run_loadtest(config: Config) -> dict[str, Any]:
     workdir = config.workdir or Path(tempfile.mkdtemp(prefix="suara-loadtest-", dir=_tmpfs()))
     try:
         t = time.monotonic()
+        line = _progress(config, "waiting for publish's first snapshot", None)
         pointer = await wait_for_snapshot(site, config.snapshot_timeout_s)
+        line.done(f"snapshot {pointer.get('snapshot')}")
+        phases["first_snapshot"] = time.monotonic() - t
         contests = config.contests or await read_contests_listed(site)
         for c in contests:
             shown = pointer.get("contests", {}).get(c, {})
@@ -333,6 +336,7 @@ async def run_loadtest(config: Config) -> dict[str, Any]:
                     f"the election already holds forms for {c} ({shown.get('progres')} counted, "
                     f"{shown.get('quarantined')} quarantined): the load test's oracle needs a fresh election"
                 )
+        t = time.monotonic()
         line = _progress(config, "reading the registry", None)
         registry = await read_registry(
             site, contests, concurrency=config.read_concurrency, on_progress=lambda n: line.update(n, note="files")
