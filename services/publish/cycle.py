@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -32,7 +32,9 @@ log = structlog.get_logger(__name__)
 
 AREAS_PER_CALL = 500  # GetAreas chunk: large enough to amortize the call, small enough for one message
 FLUSH_FILES = 2000  # files handed to the sink at once
-CHANGES_PAGE = 50_000
+# Changes one cycle takes on (whole sequences, so a little more): behind a backlog, cycles stay short
+# and the national numbers fresh, while the TPS files catch up over the next cycles.
+CYCLE_CHANGES = 20_000
 TALLY_TIMEOUT_S = 2.0
 
 
@@ -108,8 +110,8 @@ class Publisher:
                     async for view in self._every_area(contest.id):
                         await self._render(out, contest, view, None, no_data_ts, full=True, nationals=nationals)
                 else:
-                    wanted = work.areas.get(contest.id, set())
-                    for view in await self._views(contest.id, sorted(wanted, key=lambda a: (len(a), a))):
+                    wanted = sorted(work.areas.get(contest.id, set()), key=lambda a: (len(a), a))
+                    async for view in self._iter_views(contest.id, wanted):
                         await self._render(out, contest, view, work.tps.get(contest.id, set()), no_data_ts,
                                            full=False, nationals=nationals)  # fmt: skip
                 if contest.id not in nationals:
@@ -140,27 +142,30 @@ class Publisher:
         return result
 
     async def _changes(self, since: int, *, collect: bool) -> tuple[_Work, int]:
-        """Every change after `since`, and the newest sequence. Not collected for a full cycle."""
+        """The changes after `since` (about CYCLE_CHANGES at most) and the sequence they reach.
+
+        A full cycle collects none, and reaches the newest sequence: it rewrites everything.
+        """
         work = _Work()
-        request = aggregate_pb2.ChangesRequest(since=since, limit=CHANGES_PAGE if collect else 1)
+        request = aggregate_pb2.ChangesRequest(since=since, limit=CYCLE_CHANGES if collect else 1)
         response = await self.aggregate.Changes(request)
-        newest = response.sequence
-        while collect:
-            for change in response.changes:
-                work.add(change.contest, change.area)
-            if not response.changes or response.changes[-1].sequence >= newest:
-                break
-            request.since = response.changes[-1].sequence
-            response = await self.aggregate.Changes(request)
-        return work, newest
+        if not collect:
+            return work, response.sequence
+        for change in response.changes:
+            work.add(change.contest, change.area)
+        # A reply holds whole sequences: up to its last one, nothing is left out.
+        return work, response.changes[-1].sequence if response.changes else response.sequence
 
     async def _views(self, contest: str, areas: Sequence[str]) -> list[aggregate_pb2.AreaView]:
-        views: list[aggregate_pb2.AreaView] = []
+        return [view async for view in self._iter_views(contest, areas)]
+
+    async def _iter_views(self, contest: str, areas: Sequence[str]) -> AsyncIterator[aggregate_pb2.AreaView]:
+        """A chunk at a time: a cycle holds one chunk of views, however many areas changed."""
         for i in range(0, len(areas), AREAS_PER_CALL):
             chunk = areas[i : i + AREAS_PER_CALL]
             response = await self.aggregate.GetAreas(aggregate_pb2.GetAreasRequest(contest=contest, areas=chunk))
-            views.extend(response.views)
-        return views
+            for view in response.views:
+                yield view
 
     async def _every_area(self, contest: str) -> Any:
         """Level by level from nasional down to every desa (an async iterator of views)."""

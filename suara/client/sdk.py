@@ -392,7 +392,12 @@ class Client:
         if self._channel is None:
             self._channel = grpc.aio.insecure_channel(
                 self.target,
-                options=[("grpc.max_send_message_length", 64 * 1024 * 1024)],  # three photos of up to 2 MB each
+                options=[
+                    ("grpc.max_send_message_length", 64 * 1024 * 1024),  # three photos of up to 2 MB each
+                    # A connection of its own, as a phone has: clients in one process (the load test's
+                    # devices) would otherwise share one, and one tally process behind a shared port.
+                    ("grpc.use_local_subchannel_pool", 1),
+                ],
             )
         return self._channel
 

@@ -182,3 +182,28 @@ async def test_history_and_pointer(pipeline: Pipeline) -> None:
     assert {k: v for k, v in last["nasional"].items() if k.isdigit()} == {
         k: v for k, v in national["chart"].items() if k.isdigit()
     }
+
+
+async def test_behind_a_backlog_each_cycle_takes_part_and_moves_the_pointer(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.publish import cycle
+
+    rng = random.Random(4)
+    await pipeline.random_night(rng, 10)
+    await pipeline.cycle()
+    await pipeline.random_night(rng, 40)
+    await pipeline.random_night(rng, 10, contest="pdpr")
+    await pipeline.delivered()
+    newest = await pipeline.db.fetchval("SELECT max(sequence) FROM aggregate.change")
+    monkeypatch.setattr(cycle, "CYCLE_CHANGES", 25)
+    reached, snapshots = [], []
+    while (result := await pipeline.publisher.cycle()) is not None:
+        reached.append(result.sequence)
+        snapshots.append(result.snapshot)
+        pointer = json.loads((pipeline.site / "suara/snapshot.json").read_bytes())
+        assert (pointer["snapshot"], pointer["aggregate_sequence"]) == (result.snapshot, result.sequence)
+    assert len(reached) > 1, "a backlog larger than one cycle's share takes several cycles"
+    assert reached == sorted(reached) and reached[-1] == newest
+    assert snapshots == list(range(snapshots[0], snapshots[0] + len(snapshots)))
+    await pipeline.check_site()
