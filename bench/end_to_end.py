@@ -25,6 +25,7 @@ import psutil
 
 READY = re.compile(r"^ready tally=(\S+) site=(\S+) admin_key=(\S+)$")
 SAMPLE_S = 0.5
+RESULTS = Path(__file__).parent / "results"
 
 
 def _suara() -> str:
@@ -90,6 +91,9 @@ async def run(scale: float, *, tally_processes: int = 2) -> dict[str, Any]:
             up.send_signal(signal.SIGTERM)
             await up.wait()
         report = json.loads(report_path.read_text()) if report_path.exists() else {}
+        if report:  # the load test's whole report beside bench's summary
+            RESULTS.mkdir(exist_ok=True)
+            (RESULTS / f"end_to_end_{_tag(scale)}.loadtest.json").write_text(json.dumps(report, indent=2) + "\n")
     verification = report.get("verification", {})
     return {
         "end_to_end.scale": scale,
@@ -101,6 +105,10 @@ async def run(scale: float, *, tally_processes: int = 2) -> dict[str, Any]:
         "end_to_end.submissions_per_s": report.get("throughput", {}).get("submissions_per_s"),
         "end_to_end.latency_ms": report.get("latency_ms"),
         "end_to_end.freshness_s": report.get("freshness_s"),
+        "end_to_end.submissions": report.get("throughput", {}).get("submissions"),
+        # Where the minutes went: publish's first snapshot of the whole country, reading the registry,
+        # enrolling, the night, the site catching up, verification.
+        "end_to_end.phases_s": report.get("phases_s"),
         "memory.peak_rss_mb": sampler.peak_mb,
     }
 

@@ -129,6 +129,7 @@ class Relay:
         self.delivered = 0  # rows marked delivered by this relay
         self.calls = 0  # ApplyUpdates calls answered
         self.active = False  # holds the lock: the one relay delivering
+        self.lock_attempts = 0  # tries for the lock (a standby: one per poll interval)
         self._wake = asyncio.Event()
         self._progress = asyncio.Condition()
         self._caught_up = 0  # how many times a claim found nothing pending
@@ -165,6 +166,11 @@ class Relay:
             seen = self._caught_up
             await self._progress.wait_for(lambda: self._caught_up > seen)
 
+    async def wait_lock_attempts(self, count: int) -> None:
+        """Until this relay has tried for the lock `count` times."""
+        async with self._progress:
+            await self._progress.wait_for(lambda: self.lock_attempts >= count)
+
     # --- the loop ---------------------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -173,16 +179,21 @@ class Relay:
             try:
                 conn = await self._connection()
                 if not self.active:
+                    self.lock_attempts += 1
                     self.active = bool(await conn.fetchval(QUERIES.relay_try_lock, LOCK_KEY))
                     if not self.active:
-                        await self._sleep_or_wake(self.poll_interval_s)
+                        await self._note_progress()
+                        # Notifications are the active relay's: a standby woken by each would retry the
+                        # lock in a busy loop all night. It retries once per poll interval, no more.
+                        await asyncio.sleep(self.poll_interval_s)
                         continue
                     log.info("relay_active", aggregate=self.aggregate_address)
                 if not pending:
                     self._wake.clear()  # before the read, so a NOTIFY during it is not lost
                     pending = list(await conn.fetch(QUERIES.relay_pending, self.batch))
                     if not pending:
-                        await self._note_caught_up()
+                        self._caught_up += 1
+                        await self._note_progress()
                         await self._sleep_or_wake(self.poll_interval_s)
                         continue
                 await self._send(pending)
@@ -234,9 +245,8 @@ class Relay:
             "relay_call_failed", code=code.name, error=exc.details(), rows=rows, attempt=self.backoff.failures + 1
         )
 
-    async def _note_caught_up(self) -> None:
+    async def _note_progress(self) -> None:
         async with self._progress:
-            self._caught_up += 1
             self._progress.notify_all()
 
     async def _sleep_or_wake(self, seconds: float) -> None:

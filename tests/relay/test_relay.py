@@ -132,6 +132,19 @@ async def test_two_relays_at_once_deliver_every_row_and_one_takes_over_from_the_
     assert set(rig.fake.delivered_keys()) == set(keys + more + last)
 
 
+async def test_a_standby_tries_for_the_lock_once_per_poll_not_once_per_notification(rig: Rig) -> None:
+    active = rig.relay()
+    await active.wait_caught_up()
+    assert active.active
+    standby = rig.relay(poll_interval_s=3600.0)
+    await standby.wait_lock_attempts(1)
+    for _ in range(5):  # each commit notifies both relays
+        await rig.submit(20)
+        await rig.drained(active)
+    assert not standby.active
+    assert standby.lock_attempts == 1, "a standby woken by every commit would retry the lock in a busy loop"
+
+
 async def test_a_backlog_drains_in_full_batches(rig: Rig) -> None:
     keys = await rig.submit(5000, stations=500)
     relay = rig.relay(batch=1000)
