@@ -226,10 +226,27 @@ class Outbox:
         replaces it ("new") and the old one is kept as 'replaced'.
         """
         tps, contest, version = key_of(payload)
+        return await self.put_signed((tps, contest, version), lambda _existing: (payload, signature, device_id), photos)
+
+    async def put_signed(
+        self,
+        key: tuple[str, str, int],
+        sign: Callable[[Entry | None], tuple[bytes, bytes, str]],
+        photos: Sequence[bytes] = (),
+    ) -> tuple[Entry, Put]:
+        """`put` of what `sign` returns (payload, signature, device id) given the live entry for `key`, if any.
+
+        One transaction and one trip to the outbox's thread: the signing (which may keep the first
+        signing time of an entry already stored) sees the entry as it is when the form is stored.
+        """
+        tps, contest, version = key
         photos = tuple(photos)
 
         def put(conn: sqlite3.Connection) -> tuple[Entry, Put]:
             existing = self._live(conn, tps, contest, version)
+            payload, signature, device_id = sign(existing)
+            if key_of(payload) != key:
+                raise ValueError(f"signed a form for {key_of(payload)}, not {key}")
             now = time.time()
             if existing is not None:
                 if existing.payload == payload:

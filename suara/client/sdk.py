@@ -235,18 +235,21 @@ class Client:
         first time, so a second `suara submit` of one file is a resend, not a CONFLICT.
         """
         form = prepare_form(form, photos)
-        existing = await self.outbox.get(form.tps, form.contest, form.version)
-        if (
-            existing is not None
-            and form.signed_at_unix_ms == 0
-            and existing.device_id == key.device_id
-            and _same_apart_from_signing_time(existing.payload, form)
-        ):
-            form.signed_at_unix_ms = form_pb2.CHasilForm.FromString(existing.payload).signed_at_unix_ms
-        elif form.signed_at_unix_ms == 0:
-            form.signed_at_unix_ms = self._clock_ms()
-        signed = sign_form(form, key)
-        return await self.outbox.put(signed.payload, signed.signature, signed.device_id, photos)
+
+        def sign(existing: Entry | None) -> tuple[bytes, bytes, str]:  # in the outbox's thread
+            if (
+                existing is not None
+                and form.signed_at_unix_ms == 0
+                and existing.device_id == key.device_id
+                and _same_apart_from_signing_time(existing.payload, form)
+            ):
+                form.signed_at_unix_ms = form_pb2.CHasilForm.FromString(existing.payload).signed_at_unix_ms
+            elif form.signed_at_unix_ms == 0:
+                form.signed_at_unix_ms = self._clock_ms()
+            signed = sign_form(form, key)
+            return signed.payload, signed.signature, signed.device_id
+
+        return await self.outbox.put_signed((form.tps, form.contest, form.version), sign, photos)
 
     async def submit(self, form: form_pb2.CHasilForm, key: DeviceKey, photos: Sequence[bytes] = ()) -> Attempt:
         """Store the signed form durably, then try once to send it.
