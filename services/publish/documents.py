@@ -222,12 +222,14 @@ def pointer(
     sequence: int,
     chain_head: tuple[int, str] | None,
     nationals: Mapping[str, aggregate_pb2.AreaView],
+    caught_up: bool,
 ) -> dict[str, Any]:
     return {
         "snapshot": snapshot,
         "ts": wib(now_unix_ms),
         "generated_at": iso(now_unix_ms),
         "aggregate_sequence": sequence,
+        "caught_up": caught_up,
         "chain_head": None if chain_head is None else {"position": chain_head[0], "hash": chain_head[1]},
         # In the election's own order (president first): the page opens on the first one.
         "contests": {contest: progress(nationals[contest].area) for contest in sorted(nationals, key=_contest_order)},

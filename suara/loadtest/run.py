@@ -294,7 +294,9 @@ async def drive(driver: Driver, plan: Plan, config: Config, line: ProgressLine) 
 
 
 async def settle(site: Site, driver: Driver, contests: list[str], config: Config) -> bool:
-    """Until the site shows every counted TPS and the pointer's aggregate_sequence stopped moving."""
+    """Until the site shows every counted TPS in a snapshot that says it is caught up (every change
+    aggregate had when the cycle ended is in its files), and the pointer's aggregate_sequence stopped
+    moving (the relay may still be delivering a correction, which counts no new TPS)."""
     deadline = time.monotonic() + config.settle_timeout_s
     last: Any = None
     since = time.monotonic()
@@ -305,7 +307,9 @@ async def settle(site: Site, driver: Driver, contests: list[str], config: Config
         if sequence != last:
             last, since = sequence, now
         shown = pointer.get("contests", {})
-        caught_up = all(shown.get(c, {}).get("progres") == driver.oracle.counted(c) for c in contests)
+        caught_up = pointer.get("caught_up") is True and all(
+            shown.get(c, {}).get("progres") == driver.oracle.counted(c) for c in contests
+        )
         if caught_up and now - since >= config.settle_s:
             return True
         if now > deadline:

@@ -197,13 +197,15 @@ async def test_behind_a_backlog_each_cycle_takes_part_and_moves_the_pointer(
     await pipeline.delivered()
     newest = await pipeline.db.fetchval("SELECT max(sequence) FROM aggregate.change")
     monkeypatch.setattr(cycle, "CYCLE_CHANGES", 25)
-    reached, snapshots = [], []
+    reached, snapshots, caught_up = [], [], []
     while (result := await pipeline.publisher.cycle()) is not None:
         reached.append(result.sequence)
         snapshots.append(result.snapshot)
         pointer = json.loads((pipeline.site / "suara/snapshot.json").read_bytes())
         assert (pointer["snapshot"], pointer["aggregate_sequence"]) == (result.snapshot, result.sequence)
+        caught_up.append(pointer["caught_up"])
     assert len(reached) > 1, "a backlog larger than one cycle's share takes several cycles"
+    assert caught_up == [False] * (len(reached) - 1) + [True], "only the last snapshot has every change"
     assert reached == sorted(reached) and reached[-1] == newest
     assert snapshots == list(range(snapshots[0], snapshots[0] + len(snapshots)))
     await pipeline.check_site()

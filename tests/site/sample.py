@@ -256,6 +256,7 @@ def build_sample_site(site_dir: Path) -> SampleSite:
             "ts": TS,
             "generated_at": "2024-02-16T09:25:10.123Z",
             "aggregate_sequence": 1234,
+            "caught_up": True,
             "chain_head": {"position": 5678, "hash": hashlib.sha256(b"sample chain head").hexdigest()},
             "contests": {
                 c: {
