@@ -133,15 +133,12 @@ class LocalSink:
         return await asyncio.to_thread(os.path.isfile, self.root / _check_path(path))
 
     async def read(self, path: str) -> bytes | None:
-        target = self.root / _check_path(path)
-
-        def _read() -> bytes | None:
-            try:
-                return target.read_bytes()
-            except FileNotFoundError:
-                return None
-
-        return await asyncio.to_thread(_read)
+        # Inline, not in a thread: what is read back is a small status file the page cache holds. Under
+        # load, handing each read to a thread cost more than the read: a third of a cycle at scale 1.0.
+        try:
+            return (self.root / _check_path(path)).read_bytes()
+        except FileNotFoundError:
+            return None
 
     async def sweep_temp(self) -> int:
         """Remove the temp files a killed run left behind; returns how many. Call it before writing starts."""
