@@ -126,7 +126,8 @@ class TallyService(tally_pb2_grpc.TallyServicer):
         deadline = loop.time() + self.settings.commit_wait_s
         try:
             try:
-                prepared = await asyncio.wait_for(self.intake.prepare(requests), self.settings.commit_wait_s)
+                async with asyncio.timeout_at(deadline):  # no task of its own, unlike wait_for
+                    prepared = await self.intake.prepare(requests)
             except CONNECTION_ERRORS as exc:  # TimeoutError included
                 self.gate.mark_down(exc)
                 raise self.gate.error() from exc

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import secrets
 import signal
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -46,6 +47,10 @@ async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: Service
     await context.abort_with_status(_Status(status.code, status.details, metadata))
 
 
+_PROCESS = secrets.token_hex(4)  # request ids: unique across processes without a uuid4 (urandom) per call
+_CALLS = itertools.count(1)
+
+
 class ContextInterceptor(grpc.aio.ServerInterceptor):
     """Request context in every log line of a call, and ServiceError → gRPC status at the edge."""
 
@@ -62,7 +67,7 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
         inner = handler.unary_unary
 
         async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            request_id = str(metadata.get("x-request-id") or uuid.uuid4().hex[:16])
+            request_id = str(metadata.get("x-request-id") or f"{_PROCESS}-{next(_CALLS):x}")
             structlog.contextvars.bind_contextvars(request_id=request_id, method=method, peer=context.peer())
             started = time.perf_counter()
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from services.tally.intake import INLINE_VERIFY
 from suara.election.signing import DeviceKey
 from suara.v1 import tally_pb2
 from tests.factories import consistent_form, signed
@@ -90,3 +91,17 @@ async def test_enroll_device_needs_an_admin_credential(tally: Tally) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await tally.stub.EnrollDevice(tally_pb2.EnrollDeviceRequest(tps="123", public_key=b"x"), metadata=auth)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("size", [INLINE_VERIFY, INLINE_VERIFY + 3], ids=["verified-inline", "verified-in-threads"])
+async def test_a_forged_item_in_a_batch_is_refused_alone_on_either_verification_path(tally: Tally, size: int) -> None:
+    stations = [await tally.station() for _ in range(size)]
+    items = [signed(st.key, consistent_form(st.tps, "ppwp", tally.contests["ppwp"])) for st in stations]
+    forged = size // 2
+    items[forged].form.signature = DeviceKey.generate(stations[forged].tps).sign(items[forged].form.payload)
+    response = await tally.stub.SubmitBatch(tally_pb2.SubmitBatchRequest(items=items))
+    outcomes = [tally_pb2.Outcome.Name(r.outcome) for r in response.results]
+    assert outcomes == ["REJECTED" if i == forged else "ACCEPTED" for i in range(size)]
+    assert response.results[forged].error.code == grpc.StatusCode.UNAUTHENTICATED.value[0]
+    stored = {r["tps"] for r in await tally.db.fetch("SELECT tps FROM tally.submission")}
+    assert stored == {st.tps for i, st in enumerate(stations) if i != forged}
