@@ -11,7 +11,7 @@ import argparse
 import asyncio
 import inspect
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from suara.runtime.logging import configure_logging
 from suara.runtime.settings import Settings, settings_help
@@ -54,6 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop cuts the event loop's own share of each call (asyncpg's protocol and gRPC's callbacks)."""
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    if name == "asyncio":
+        return asyncio.new_event_loop
+    raise SystemExit(f"SUARA_EVENT_LOOP must be uvloop or asyncio, not {name!r}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -63,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = handler(args, settings)
         if inspect.isawaitable(result):
-            result = asyncio.run(result)  # type: ignore[arg-type]
+            with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+                result = runner.run(result)  # type: ignore[arg-type]
     except KeyboardInterrupt:
         return 130
     return int(result or 0)

@@ -48,7 +48,12 @@ class Settings:
     )
     photo_max_bytes: int = _setting("SUARA_PHOTO_MAX_BYTES", 2 * 1024 * 1024, "largest form photo accepted")
     verify_threads: int = _setting(
-        "SUARA_VERIFY_THREADS", 2, "threads verifying Ed25519 signatures beside the event loop"
+        "SUARA_VERIFY_THREADS",
+        2,
+        "threads verifying a batch's Ed25519 signatures beside the event loop (one form: inline)",
+    )
+    event_loop: str = _setting(
+        "SUARA_EVENT_LOOP", "uvloop", "event loop of every suara process: uvloop (less CPU per call) or asyncio"
     )
     db_pool_size: int = _setting("SUARA_DB_POOL_SIZE", 8, "PostgreSQL connections per service process")
     shutdown_grace_s: float = _setting(

@@ -1,7 +1,8 @@
 """Child processes of `suara up`: started in order, watched, restarted with backoff, stopped in reverse.
 
-Each child is one `suara …` command in its own process group (a terminal's Ctrl-C reaches only the
-supervisor, which then stops the children in order instead of all of them at once). Its stdout and
+Each child is one `suara …` command in its own session, hence its own process group (a terminal's
+Ctrl-C reaches only the supervisor, which then stops the children in order instead of all of them at
+once; a session rather than `process_group=0`, which uvloop does not take). Its stdout and
 stderr go to LOG_DIR/<name>.log. A child is "up" once its probe says so (gRPC health, an HTTP 200);
 one that exits while the supervisor is not stopping is restarted, on the same address, after a
 backoff, and `child_restarted` is logged. The pids are kept in a JSON file, so an operator (or a
@@ -185,7 +186,7 @@ class Supervisor:
         with self.log_file(name).open("ab") as out:
             proc = await asyncio.create_subprocess_exec(
                 *SUARA_COMMAND, *args, env=dict(env), cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
-                stdout=out, stderr=out, process_group=0,
+                stdout=out, stderr=out, start_new_session=True,
             )  # fmt: skip
         try:
             return await proc.wait()
@@ -215,7 +216,7 @@ class Supervisor:
         with self.log_file(spec.name).open("ab") as out:
             child.proc = await asyncio.create_subprocess_exec(
                 *SUARA_COMMAND, *spec.args, env=dict(spec.env), cwd=spec.cwd, stdin=asyncio.subprocess.DEVNULL,
-                stdout=out, stderr=out, process_group=0,
+                stdout=out, stderr=out, start_new_session=True,
             )  # fmt: skip
         child.started_at = time.monotonic()
         log.info("child_started", name=spec.name, pid=child.proc.pid, log=str(self.log_file(spec.name)))
