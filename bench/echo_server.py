@@ -33,4 +33,9 @@ async def main(port: int, reply_size: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
+    from suara.cli import loop_factory
+    from suara.runtime.settings import Settings
+
+    # The same event loop as tally's, so the ratio compares the work, not the loops.
+    with asyncio.Runner(loop_factory=loop_factory(Settings.from_env().event_loop)) as runner:
+        runner.run(main(int(sys.argv[1]), int(sys.argv[2])))

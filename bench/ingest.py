@@ -39,7 +39,7 @@ class Rate:
 
 
 TALLY_PROCESSES = int(os.environ.get("BENCH_TALLY_PROCESSES", "2"))
-CHANNELS = 4  # connections: the kernel spreads connections, not calls, over processes sharing a port
+CHANNELS = 4  # connections, spread evenly over the tally processes
 
 
 async def _drive(call: Any, items: list[Any], concurrency: int) -> Rate:
@@ -75,6 +75,13 @@ async def _wait_serving(address: str) -> None:
         await stub.Check(health_pb2.HealthCheckRequest(), wait_for_ready=True)
 
 
+def _cpu_s(procs: list[subprocess.Popen[str]]) -> float:
+    """CPU seconds the server processes have used: what each call costs the server, whatever the client does."""
+    import psutil
+
+    return sum(sum(psutil.Process(p.pid).cpu_times()[:2]) for p in procs)
+
+
 def _own() -> list[tuple[str, int]]:
     """A channel of its own: gRPC would otherwise share one connection among channels to one address."""
     return [("grpc.use_local_subchannel_pool", 1)]
@@ -98,34 +105,42 @@ async def run(db_url: str, *, forms: int, concurrency: int) -> dict[str, float]:
     batched = [signed(k, consistent_form(k.tps, "ppwp", choices)) for k in keys[forms:]]
     request_size = sum(len(r.SerializeToString()) for r in unary) // len(unary)
 
-    port = free_port()
+    # A port per process, not one shared port: SO_REUSEPORT hashes 4 connections onto 2 processes
+    # unevenly (all on one, 1 run in 8), which made runs differ by a third.
+    ports = [free_port() for _ in range(TALLY_PROCESSES)]
     env = {**os.environ, "DATABASE_URL": db_url, "SUARA_LOG_LEVEL": "info", "SUARA_LOG_FORMAT": "json"}
-    env["SUARA_TALLY_SHARED_PORT"] = "1"
     env["SUARA_DB_POOL_SIZE"] = "4"
     suara = str(Path(sys.executable).parent / "suara")
     tallies = [
         subprocess.Popen(  # noqa: ASYNC220  (started once, before anything is measured)
             [suara, "tally", "serve", "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True
         )
-        for _ in range(TALLY_PROCESSES)
+        for port in ports
     ]
     echo_port = free_port()
     echo = _spawn([sys.executable, "-m", "bench.echo_server", str(echo_port), "180"], env, "ready")
     try:
-        await _wait_serving(f"127.0.0.1:{port}")
+        for port in ports:
+            await _wait_serving(f"127.0.0.1:{port}")
         echo_channels = [grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}", options=_own()) for _ in range(CHANNELS)]
         echo_calls: list[Any] = [c.unary_unary(METHOD) for c in echo_channels]
         payload = b"y" * request_size
         await _drive(echo_calls, [payload] * 200, concurrency)  # warm-up
+        cpu = _cpu_s([echo])
         echo_rate = await _drive(echo_calls, [payload] * forms, concurrency)
+        echo_cpu = _cpu_s([echo]) - cpu
         for c in echo_channels:
             await c.close()
-        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=_own()) for _ in range(CHANNELS)]
+        channels = [
+            grpc.aio.insecure_channel(f"127.0.0.1:{ports[i % len(ports)]}", options=_own()) for i in range(CHANNELS)
+        ]
         for c in channels:
             await c.channel_ready()
         try:
             stubs = [tally_stub(c) for c in channels]
+            cpu = _cpu_s(tallies)
             submit_rate = await _drive([s.Submit for s in stubs], unary, concurrency)
+            tally_cpu = _cpu_s(tallies) - cpu
             conn = await asyncpg.connect(db_url)
             commits = await conn.fetchval("SELECT count(DISTINCT received_at) FROM tally.submission")  # one per batch
             await conn.close()
@@ -145,8 +160,11 @@ async def run(db_url: str, *, forms: int, concurrency: int) -> dict[str, float]:
         "echo.calls_per_s": round(echo_rate.per_s, 1),
         "ingest.submit_per_s": round(submit_rate.per_s, 1),
         "ingest.ratio_vs_echo": round(submit_rate.per_s / echo_rate.per_s, 3),
+        "echo.server_cpu_us_per_call": round(echo_cpu / forms * 1e6),
+        "ingest.tally_cpu_us_per_form": round(tally_cpu / forms * 1e6),  # PostgreSQL's share not included
         "ingest.forms_per_commit": round(forms / commits, 1),
-        "ingest.mean_commit_ms": stats[0]["mean_write_ms"] if stats else None,
+        "ingest.mean_commit_ms": round(sum(s["mean_write_ms"] for s in stats) / len(stats), 2) if stats else None,
+        "ingest.forms_per_process": [s["forms"] for s in stats],  # unary and batch phases together
         "batch.forms_per_s": round(len(batched) / batch_rate.seconds, 1),
         "request_bytes": request_size,
         "concurrency": concurrency,
