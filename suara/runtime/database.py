@@ -54,7 +54,14 @@ async def create_pool(url: str, *, size: int = 8, application: str = "suara", **
         min_size=1,
         max_size=size,
         timeout=2.0,  # connect timeout: an unreachable database must not hang a call
-        server_settings={"application_name": application, "synchronous_commit": "on"},
+        # Custom plans always: every hot query takes its rows as arrays (unnest), and a generic plan made
+        # while the tables were nearly empty kept scanning them whole as they grew (tally's duplicate
+        # check read all of tally.submission on half its calls in a load test). Planning costs far less.
+        server_settings={
+            "application_name": application,
+            "synchronous_commit": "on",
+            "plan_cache_mode": "force_custom_plan",
+        },
         reset=_keep,  # the default reset costs a round trip on every release
         **kwargs,
     )
