@@ -52,9 +52,44 @@ WITH held AS (
 SELECT count(*) FROM seeded;
 
 -- name: current_versions
-SELECT r.tps, r.contest, r.version
+-- What each TPS of a batch contributes now: its version decides the outcome, its numbers are what the
+-- roll-up takes back out of every ancestor when a newer version replaces them.
+SELECT r.tps, r.contest, r.version, r.quarantined, r.votes, r.suara_sah, r.suara_tidak_sah, r.suara_total,
+       r.dpt, r.pengguna
 FROM unnest($1::text[], $2::text[]) AS k (tps, contest)
 JOIN aggregate.tps_result r USING (tps, contest);
+
+-- name: any_feed
+-- Whether any subtree is fed by another instance (federation); its areas then take the feed's values and
+-- a batch is rolled up by recomputing the parents of what changed, not by adding differences.
+SELECT EXISTS (SELECT 1 FROM aggregate.area_feed);
+
+-- name: add_to_areas
+-- The roll-up of a batch of TPS updates: each changed area ($1 contest, $2 area) gets the difference its
+-- TPS made ($3 votes as array literals in the contest's choice order, then the sums and TPS counts), and is
+-- stamped $11 and logged. The applier holds the head row lock, so no other batch moves these rows
+-- meanwhile: adding the differences gives what recomputing from the children would.
+WITH d AS (
+    SELECT *
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[],
+                $8::bigint[], $9::bigint[], $10::bigint[])
+        AS d (contest, area, votes, suara_sah, suara_tidak_sah, suara_total, dpt, pengguna,
+              tps_reported, tps_quarantined)
+), updated AS (
+    UPDATE aggregate.area_total a
+    SET votes = (SELECT array_agg(x + y ORDER BY i)
+                 FROM unnest(a.votes, d.votes::bigint[]) WITH ORDINALITY AS e (x, y, i)),
+        suara_sah = a.suara_sah + d.suara_sah, suara_tidak_sah = a.suara_tidak_sah + d.suara_tidak_sah,
+        suara_total = a.suara_total + d.suara_total, dpt = a.dpt + d.dpt, pengguna = a.pengguna + d.pengguna,
+        tps_reported = a.tps_reported + d.tps_reported, tps_quarantined = a.tps_quarantined + d.tps_quarantined,
+        changed_sequence = $11, changed_at = $12
+    FROM d
+    WHERE a.contest = d.contest AND a.area = d.area
+    RETURNING a.contest, a.area
+), logged AS (
+    INSERT INTO aggregate.change (sequence, contest, area) SELECT $11, contest, area FROM updated
+)
+SELECT count(*) FROM updated;
 
 -- name: upsert_leaves
 -- The guard `version < EXCLUDED.version` is what makes a replay harmless even
@@ -82,11 +117,11 @@ WITH k AS (
             changed_sequence = EXCLUDED.changed_sequence, changed_at = EXCLUDED.changed_at,
             administrasi = EXCLUDED.administrasi, photos = EXCLUDED.photos
         WHERE r.version < EXCLUDED.version
-    RETURNING r.tps, r.contest, r.desa
+    RETURNING r.tps, r.contest
 ), logged AS (
     INSERT INTO aggregate.change (sequence, contest, area) SELECT $12, contest, tps FROM up
 )
-SELECT DISTINCT contest, desa AS area FROM up;
+SELECT tps, contest FROM up;
 
 -- name: current_feed_versions
 SELECT f.area, f.contest, f.version
