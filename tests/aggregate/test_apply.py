@@ -87,6 +87,35 @@ async def test_duplicates_and_stale_versions_in_one_batch(aggregate: Aggregate) 
     await check(aggregate, oracle)
 
 
+async def test_corrections_that_cancel_out_leave_their_ancestors_unwritten(aggregate: Aggregate) -> None:
+    """Two TPS of one desa corrected in one batch, one vote moving from one to the other: every area
+    above them adds up to what it was, so none is rewritten or logged as a change (publish would
+    otherwise rewrite five files for nothing); the two TPS are."""
+    registry = await Registry.read(aggregate.db)
+    oracle = Oracle(registry)
+    a, b = next((x, y) for x, y in zip(registry.tps, registry.tps[1:], strict=False) if x[:10] == y[:10])
+    first = [update(registry, a), update(registry, b)]
+    await apply(aggregate, oracle, first)
+    areas_before = await stored_rows(aggregate.db, registry)
+    choice = registry.choices["ppwp"][0]
+    moved = []
+    for u, step in ((first[0], -1), (first[1], +1)):
+        v = aggregate_pb2.TpsUpdate()
+        v.CopyFrom(u)
+        v.version = 2
+        v.totals.votes[choice] += step
+        v.totals.suara_sah += step
+        v.totals.suara_total += step
+        moved.append(v)
+    assert moved[0].totals.votes[choice] >= 0
+    sequence = await aggregate.db.fetchval("SELECT max(sequence) FROM aggregate.change")
+    await apply(aggregate, oracle, moved)
+    await check(aggregate, oracle)
+    assert await stored_rows(aggregate.db, registry) == areas_before == oracle.rows()
+    logged = await aggregate.db.fetch("SELECT area FROM aggregate.change WHERE sequence > $1", sequence)
+    assert sorted(r["area"] for r in logged) == sorted([a, b])
+
+
 def _malformed_cases(registry: Registry) -> list[tuple[aggregate_pb2.TpsUpdate, str]]:
     good = registry.tps[0]
     outside_jakarta = next(t for t in registry.tps if not t.startswith("31"))
