@@ -26,9 +26,15 @@ def signed(version: int = 1, seed: int = 0) -> tuple[bytes, bytes, str]:
 RECEIPT = Receipt("3f1c…", "ab" * 32, 7, "cd" * 32, "2024-02-14T13:00:00Z")
 
 
-async def test_put_is_committed_durably_before_it_returns(tmp_path: Path) -> None:
+@pytest.fixture(params=[False, True], ids=["thread", "inline"])
+def inline(request: pytest.FixtureRequest) -> bool:
+    """Every behaviour holds whether the outbox hops to its thread or runs on the event loop (tmpfs)."""
+    return bool(request.param)
+
+
+async def test_put_is_committed_durably_before_it_returns(tmp_path: Path, inline: bool) -> None:
     path = tmp_path / "nested" / "outbox.sqlite3"
-    async with await Outbox.open(path) as outbox:
+    async with await Outbox.open(path, inline=inline) as outbox:
         entry, how = await outbox.put(*signed(), photos=[b"\xff\xd8\xffphoto"])
         # Another connection (another process after a crash) sees it at once.
         with contextlib.closing(sqlite3.connect(path)) as other:
@@ -44,16 +50,16 @@ async def test_put_is_committed_durably_before_it_returns(tmp_path: Path) -> Non
         assert (journal, synchronous) == ("wal", 2)  # 2: FULL, a commit survives power loss
 
 
-async def test_the_same_form_twice_is_one_entry(tmp_path: Path) -> None:
-    async with await Outbox.open(tmp_path / "o.sqlite3") as outbox:
+async def test_the_same_form_twice_is_one_entry(tmp_path: Path, inline: bool) -> None:
+    async with await Outbox.open(tmp_path / "o.sqlite3", inline=inline) as outbox:
         first, _ = await outbox.put(*signed())
         again, how = await outbox.put(*signed())
         assert how == "exists" and again == first
         assert len(await outbox.entries()) == 1
 
 
-async def test_other_content_for_a_stored_version_is_refused(tmp_path: Path) -> None:
-    async with await Outbox.open(tmp_path / "o.sqlite3") as outbox:
+async def test_other_content_for_a_stored_version_is_refused(tmp_path: Path, inline: bool) -> None:
+    async with await Outbox.open(tmp_path / "o.sqlite3", inline=inline) as outbox:
         first, _ = await outbox.put(*signed(seed=0))
         with pytest.raises(OutboxConflict, match="version 2 or above") as refused:
             await outbox.put(*signed(seed=1))
@@ -64,8 +70,8 @@ async def test_other_content_for_a_stored_version_is_refused(tmp_path: Path) -> 
         assert [e.payload for e in await outbox.entries()] == [first.payload]
 
 
-async def test_a_rejected_form_may_be_replaced_unless_tally_holds_another(tmp_path: Path) -> None:
-    async with await Outbox.open(tmp_path / "o.sqlite3") as outbox:
+async def test_a_rejected_form_may_be_replaced_unless_tally_holds_another(tmp_path: Path, inline: bool) -> None:
+    async with await Outbox.open(tmp_path / "o.sqlite3", inline=inline) as outbox:
         malformed, _ = await outbox.put(*signed(version=1, seed=0))
         await outbox.mark_rejected(malformed.id, "INVALID_ARGUMENT", "the form is malformed (votes)")
         fixed, how = await outbox.put(*signed(version=1, seed=1))
@@ -82,8 +88,8 @@ async def test_a_rejected_form_may_be_replaced_unless_tally_holds_another(tmp_pa
         assert how == "requeued" and requeued.state == "pending" and requeued.id == conflicting.id
 
 
-async def test_pending_is_oldest_first_and_a_receipt_is_kept_once_given(tmp_path: Path) -> None:
-    async with await Outbox.open(tmp_path / "o.sqlite3") as outbox:
+async def test_pending_is_oldest_first_and_a_receipt_is_kept_once_given(tmp_path: Path, inline: bool) -> None:
+    async with await Outbox.open(tmp_path / "o.sqlite3", inline=inline) as outbox:
         ids = [(await outbox.put(*signed(version=v)))[0].id for v in (3, 1, 2)]
         assert [e.id for e in await outbox.pending()] == ids
         failed = await outbox.record_failure(ids[0], "UNAVAILABLE", "tally unreachable")
@@ -98,8 +104,8 @@ async def test_pending_is_oldest_first_and_a_receipt_is_kept_once_given(tmp_path
         assert [e.id for e in await outbox.pending()] == ids[1:]
 
 
-async def test_status_counts_states_and_shows_the_oldest_pending_and_the_errors(tmp_path: Path) -> None:
-    async with await Outbox.open(tmp_path / "o.sqlite3") as outbox:
+async def test_status_counts_states_and_shows_the_oldest_pending_and_the_errors(tmp_path: Path, inline: bool) -> None:
+    async with await Outbox.open(tmp_path / "o.sqlite3", inline=inline) as outbox:
         a, _ = await outbox.put(*signed(version=1))
         b, _ = await outbox.put(*signed(version=2))
         c, _ = await outbox.put(*signed(version=3))
@@ -112,16 +118,16 @@ async def test_status_counts_states_and_shows_the_oldest_pending_and_the_errors(
     assert [(e.id, e.last_code) for e in status.recent_errors] == [(b.id, "PERMISSION_DENIED"), (a.id, "UNAVAILABLE")]
 
 
-async def test_entries_survive_reopening(tmp_path: Path) -> None:
+async def test_entries_survive_reopening(tmp_path: Path, inline: bool) -> None:
     path = tmp_path / "o.sqlite3"
-    async with await Outbox.open(path) as outbox:
+    async with await Outbox.open(path, inline=inline) as outbox:
         entry, _ = await outbox.put(*signed(), photos=[b"a", b"b"])
-    async with await Outbox.open(path) as reopened:
+    async with await Outbox.open(path, inline=inline) as reopened:
         assert await reopened.pending() == [entry]
 
 
-async def test_a_payload_that_is_not_a_form_is_refused(tmp_path: Path) -> None:
-    async with await Outbox.open(tmp_path / "o.sqlite3") as outbox:
+async def test_a_payload_that_is_not_a_form_is_refused(tmp_path: Path, inline: bool) -> None:
+    async with await Outbox.open(tmp_path / "o.sqlite3", inline=inline) as outbox:
         with pytest.raises(NotAForm):
             await outbox.put(b"\xff\xff\xff", b"sig", "dev_x")
         assert form_pb2.CHasilForm.FromString(signed()[0]).tps == TPS
