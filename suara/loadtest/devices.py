@@ -1,7 +1,11 @@
 """Virtual KPPS devices: one Ed25519 key per sampled TPS, enrolled through tally's admin EnrollDevices RPC.
 
-Key generation runs in a thread pool beside the event loop (OpenSSL releases the GIL); enrollment sends
-runs of ENROLL_CHUNK keys (one transaction each at tally), `concurrency` runs in flight on one channel.
+Keys are generated a run of ENROLL_CHUNK at a time in a thread beside the event loop, and each run is
+enrolled as soon as it is ready (one EnrollDevices call, one transaction at tally), `concurrency` runs
+in flight on one channel: tally enrolls run i while run i + 1 is being generated. One thread is enough:
+the `cryptography` package holds the GIL while it makes a key, so more threads would not make more.
+(Deriving keys from the seed with `Ed25519PrivateKey.from_private_bytes` costs the same as generating
+them: both are one scalar multiplication, for the public key.)
 """
 
 from __future__ import annotations
@@ -21,8 +25,7 @@ from suara.v1 import tally_pb2
 RETRYABLE = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
 )
-KEYGEN_CHUNK = 2_000
-ENROLL_CHUNK = 1_000  # tally's limit per EnrollDevices call
+ENROLL_CHUNK = 1_000  # tally's limit per EnrollDevices call; also the run of keys generated at a time
 
 
 class EnrollError(Exception):
@@ -32,22 +35,13 @@ class EnrollError(Exception):
 @dataclass
 class Enrollment:
     keys: dict[str, DeviceKey]
-    keygen_s: float
-    enroll_s: float
+    keygen_s: float  # spent generating keys (beside the enrollment, which overlaps it)
+    enroll_s: float  # from the first EnrollDevices call to the last answer
     retries: Counter[str] = field(default_factory=Counter)
 
 
 def _generate(codes: Sequence[str]) -> list[DeviceKey]:
     return [DeviceKey.generate(tps) for tps in codes]
-
-
-async def generate_keys(codes: Sequence[str]) -> dict[str, DeviceKey]:
-    loop = asyncio.get_running_loop()
-    chunks = [codes[i : i + KEYGEN_CHUNK] for i in range(0, len(codes), KEYGEN_CHUNK)]
-    keys: dict[str, DeviceKey] = {}
-    for batch in await asyncio.gather(*(loop.run_in_executor(None, _generate, chunk) for chunk in chunks)):
-        keys.update((k.tps, k) for k in batch)
-    return keys
 
 
 async def enroll(
@@ -59,22 +53,32 @@ async def enroll(
     label: str = "loadtest",
     on_progress: Callable[[int], None] | None = None,
 ) -> Enrollment:
-    started = time.perf_counter()
-    keys = await generate_keys(codes)
-    keygen_s = time.perf_counter() - started
-    result = Enrollment(keys, keygen_s, 0.0)
+    loop = asyncio.get_running_loop()
+    result = Enrollment({}, 0.0, 0.0)
     metadata = (("authorization", f"Bearer {admin_token}"),)
+    workers = max(1, concurrency)
+    ready: asyncio.Queue[list[DeviceKey] | None] = asyncio.Queue()  # runs of keys to enroll; None: no more
     done = 0
-    started = time.perf_counter()
-    everyone = list(keys.values())
+    first_call: float | None = None
+
+    async def generate() -> None:
+        for start in range(0, len(codes), ENROLL_CHUNK):
+            started = time.perf_counter()
+            batch = await loop.run_in_executor(None, _generate, codes[start : start + ENROLL_CHUNK])
+            result.keygen_s += time.perf_counter() - started
+            result.keys.update((k.tps, k) for k in batch)
+            ready.put_nowait(batch)
+        for _ in range(workers):
+            ready.put_nowait(None)
+
     async with grpc.aio.insecure_channel(target) as channel:
         stub = tally_stub(channel)
-        runs = iter(range(0, len(everyone), ENROLL_CHUNK))
 
         async def worker() -> None:
-            nonlocal done
-            for start in runs:  # one shared iterator: each run of keys is taken by exactly one worker
-                chunk = everyone[start : start + ENROLL_CHUNK]
+            nonlocal done, first_call
+            while (chunk := await ready.get()) is not None:  # each run of keys is taken by exactly one worker
+                if first_call is None:
+                    first_call = time.perf_counter()
                 Request = tally_pb2.EnrollDeviceRequest
                 devices = [Request(tps=k.tps, public_key=k.public_key, label=label) for k in chunk]
                 request = tally_pb2.EnrollDevicesRequest(devices=devices)
@@ -94,6 +98,13 @@ async def enroll(
                 if on_progress is not None:
                     on_progress(done)
 
-        await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
-    result.enroll_s = time.perf_counter() - started
+        tasks = [asyncio.create_task(generate()), *(asyncio.create_task(worker()) for _ in range(workers))]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:  # a failed run ends the others (and the key generation) too
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    if first_call is not None:
+        result.enroll_s = time.perf_counter() - first_call
     return result

@@ -11,11 +11,11 @@ not what tally said; tally's answer is checked against it separately.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from suara.loadtest.forms import Variant
+from suara.loadtest.forms import Numbers, Variant, administrasi
 from suara.loadtest.registry import ContestRegistry
 
 STORED = frozenset({"ACCEPTED", "QUARANTINED", "DUPLICATE", "SUPERSEDED"})
@@ -65,32 +65,48 @@ class AreaTotals:
     total: int = 0
 
 
-VotesOf = Callable[[str, Current], list[int]]  # (tps, current form) -> votes in choice order
+NumbersOf = Callable[[str, Current], Numbers]  # (tps, current form) -> its numbers, as signed
+File = tuple[bool, str, dict[str, Any]]  # (a TPS file?, area or TPS code, the parts of its file the oracle knows)
 
 
-def totals(
-    registry: ContestRegistry, current: dict[tuple[str, str], Current], votes_of: VotesOf
-) -> dict[str, AreaTotals]:
-    """Every area's and TPS's totals over ALL TPS of the contest (those never sampled count as not reported).
+def expected_files(
+    registry: ContestRegistry,
+    code: str,
+    current: dict[tuple[str, str], Current],
+    numbers_of: NumbersOf,
+    sampled: Container[str],
+    known: Mapping[str, AreaTotals] | None = None,
+) -> Generator[File, None, AreaTotals]:
+    """Every file at and below `code` — each area's totals file, each sampled TPS's file — then the
+    totals of `code` (returned), over ALL its TPS (those never sampled count as not reported).
 
-    Bottom-up: each TPS once, then each area from its children, so the cost is one pass over the tree.
+    Depth first, children before their parent, so only the path being walked is in memory: each TPS
+    once, then each area from its children. An area in `known` is not walked: its totals are given
+    (they were computed elsewhere, e.g. by another process walking that subtree).
     """
-    n = len(registry.choices)
-    out: dict[str, AreaTotals] = {}
-    for tps in registry.tps():
-        form = current.get((tps, registry.contest))
-        counted = form is not None and not form.quarantined
-        out[tps] = AreaTotals(votes_of(tps, form) if form is not None and counted else [0] * n, int(counted), 1)
-    for area in sorted(registry.children, key=len, reverse=True):  # desa before kecamatan … national last
-        t = AreaTotals([0] * n)
-        for kid in registry.children[area]:
-            k = out[kid]
-            t.reported += k.reported
-            t.total += k.total
-            if k.reported:
-                t.votes = [a + b for a, b in zip(t.votes, k.votes, strict=True)]
-        out[area] = t
-    return out
+    choices = registry.choices
+    if known is not None and code in known:
+        return known[code]
+    kids = registry.children.get(code)
+    if kids is None:  # a TPS
+        form = current.get((code, registry.contest))
+        signed = None if form is None else numbers_of(code, form)
+        if code in sampled:
+            yield True, code, expected_tps(choices, form, signed)
+        if form is None or signed is None or form.quarantined:
+            return AreaTotals([0] * len(choices), 0, 1)
+        return AreaTotals(signed.votes, 1, 1)
+    t = AreaTotals([0] * len(choices))
+    table: dict[str, Any] = {}
+    for kid in kids:
+        k = yield from expected_files(registry, kid, current, numbers_of, sampled, known)
+        t.reported += k.reported
+        t.total += k.total
+        if k.reported:
+            t.votes = [a + b for a, b in zip(t.votes, k.votes, strict=True)]
+        table[kid] = _row(choices, k)
+    yield False, code, expected_area(choices, t, table)
+    return t
 
 
 def _row(choices: tuple[str, ...], t: AreaTotals) -> dict[str, Any]:
@@ -100,30 +116,22 @@ def _row(choices: tuple[str, ...], t: AreaTotals) -> dict[str, Any]:
             "status_progress": True}  # fmt: skip
 
 
-def expected_totals(registry: ContestRegistry, sums: dict[str, AreaTotals]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(area code, the parts of its totals file the oracle knows: chart, table, progres) for every area."""
-    choices = registry.choices
-    for area, kids in registry.children.items():
-        t = sums[area]
-        yield (
-            area,
-            {
-                "chart": {**dict(zip(choices, t.votes, strict=True)), "persen": pct(t.reported, t.total)},
-                "table": {kid: _row(choices, sums[kid]) for kid in kids},
-                "progres": {"progres": t.reported, "total": t.total},
-            },
-        )
+def expected_area(choices: tuple[str, ...], t: AreaTotals, table: dict[str, Any]) -> dict[str, Any]:
+    """The parts of an area's totals file the oracle knows: chart, table (a row per child), progres."""
+    return {
+        "chart": {**dict(zip(choices, t.votes, strict=True)), "persen": pct(t.reported, t.total)},
+        "table": table,
+        "progres": {"progres": t.reported, "total": t.total},
+    }
 
 
-def expected_tps(
-    choices: tuple[str, ...], form: Current | None, votes: list[int] | None, administrasi: dict[str, int] | None
-) -> dict[str, Any]:
+def expected_tps(choices: tuple[str, ...], form: Current | None, signed: Numbers | None) -> dict[str, Any]:
     """The parts of a TPS file the oracle knows: the chart as signed, administrasi and the status flags."""
-    if form is None or votes is None:
+    if form is None or signed is None:
         return {"chart": None, "administrasi": None, "status_suara": False, "status_adm": False}
     return {
-        "chart": {"null": None, **dict(zip(choices, votes, strict=True))},
-        "administrasi": administrasi,
+        "chart": {"null": None, **dict(zip(choices, signed.votes, strict=True))},
+        "administrasi": administrasi(signed),
         "status_suara": not form.quarantined,
         "status_adm": not form.quarantined,
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import random
 from collections import Counter
@@ -21,17 +22,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services.publish.http import serve_site
 from services.tally.credentials import AdminCredential, create_admin_credential
 from suara.cli import loadtest as loadtest_cli
 from suara.election.checks import find_inconsistencies, find_malformed
 from suara.election.contest import Choice, Contest
-from suara.loadtest.forms import make_form
+from suara.loadtest import verify as verify_module
+from suara.loadtest.devices import EnrollError, enroll
+from suara.loadtest.forms import administrasi, make_form, numbers
 from suara.loadtest.freshness import freshness
 from suara.loadtest.oracle import Oracle
 from suara.loadtest.plan import FAULTS, STANDARD, make_plan, sample_tps
 from suara.loadtest.report import human_table, write_report
 from suara.loadtest.run import Config, LoadTestError, run_loadtest
-from suara.loadtest.verify import Verification, verify
+from suara.loadtest.site import HttpSite
+from suara.loadtest.verify import Mismatch, Verification, verify
 from suara.runtime.settings import Settings
 from tests.publish.conftest import Pipeline, pipeline  # noqa: F401  # the fixture, shared with publish's tests
 
@@ -138,6 +143,94 @@ async def test_a_corrupted_totals_file_is_a_mismatch(
     assert (m["path"], m["field"], m["got"]) == (corrupted["path"], "chart.100025", m["want"] + 1)
 
 
+async def test_one_changed_number_in_a_tps_file_and_a_totals_file_is_found_however_the_site_is_read(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the night is over: one TPS file's administrasi and one province's chart say one more than
+    published, and a desa file is wrong until the recheck (publish one cycle behind). Read from the
+    directory by forked processes, by a thread, and over HTTP, verification names exactly the two
+    changed numbers, each with the value the settled site had published (it was exact before)."""
+    site = system.pipeline.site
+    results: dict[str, Verification] = {}
+
+    def load(path: Path) -> Any:
+        return json.loads(path.read_bytes())
+
+    def write(path: Path, data: bytes) -> None:
+        path.write_bytes(data)
+        gz = path.with_name(path.name + ".gz")  # what the HTTP server sends a client that takes gzip
+        if gz.exists():
+            gz.write_bytes(gzip.compress(data))
+
+    lagging: dict[Path, bytes] = {}  # the desa file, as published
+
+    async def restore_then_recheck(*args: Any) -> list[Any]:
+        for path, data in lagging.items():
+            write(path, data)  # publish caught up during the wait
+        rechecked.append(len(lagging))
+        return await real_recheck(*args)
+
+    rechecked: list[int] = []
+    real_recheck = verify_module.recheck
+    monkeypatch.setattr(verify_module, "recheck", restore_then_recheck)
+
+    async def change_then_verify(*args: Any, **kwargs: Any) -> Verification:
+        results["before"] = await verify(*args, **kwargs)
+        tps_path = next(p for p in sorted(site.glob("pemilu/hhcw/ppwp/*/*/*/*/*.json")) if load(p)["administrasi"])
+        province = next(p for p in sorted(site.glob("pemilu/hhcw/ppwp/*.json")) if load(p)["progres"]["progres"])
+        desa = next(p for p in sorted(site.glob("pemilu/hhcw/ppwp/*/*/*/*.json")) if load(p)["progres"]["progres"])
+        choice = next(c for c in sorted(load(province)["chart"]) if c != "persen")
+        lagging[desa] = desa.read_bytes()
+        for path, change in ((tps_path, ("administrasi", "pengguna_total_p")), (province, ("chart", choice))):
+            doc = load(path)
+            want[str(path.relative_to(site))] = (".".join(change), doc[change[0]][change[1]])
+            doc[change[0]][change[1]] += 1
+            write(path, json.dumps(doc).encode())
+        for mode in ("forked", "thread", "http"):
+            doc = load(desa)
+            doc["progres"]["total"] += 1
+            write(desa, json.dumps(doc).encode())
+            if mode == "http":
+                async with serve_site(site) as url:
+                    http = HttpSite(url)
+                    try:
+                        results[mode] = await verify(http, *args[1:], **kwargs)
+                    finally:
+                        await http.close()
+            else:
+                results[mode] = await verify(*args, **kwargs, processes=2 if mode == "forked" else 1)
+        return results["forked"]
+
+    want: dict[str, tuple[str, int]] = {}
+    monkeypatch.setattr("suara.loadtest.run.verify", change_then_verify)
+    report = await run_loadtest(replace(system.config, faults="none", contests=["ppwp"], scale=0.1))
+    assert results["before"].exact, results["before"].mismatches
+    expected = [Mismatch(path, name, value + 1, value) for path, (name, value) in sorted(want.items())]
+    for mode in ("forked", "thread", "http"):
+        v = results[mode]
+        assert (v.exact, v.mismatch_count, v.mismatches) == (False, 2, expected), mode
+        assert (v.areas_checked, v.tps_checked) == (results["before"].areas_checked, results["before"].tps_checked)
+    # Each verification rechecked twice (the changed files still differ after the first round), and the
+    # lagging file, restored before the first recheck, was not reported.
+    assert len(rechecked) == 3 * system.config.recheck_rounds == 6
+    assert report["verification"]["mismatch_count"] == 2
+
+
+async def test_enrolling_stops_at_the_first_run_tally_refuses(system: System) -> None:
+    """Keys are generated while earlier runs are enrolled: a refused run (a TPS tally does not know)
+    ends the enrollment with EnrollError, and nothing is left running."""
+    known = system.pipeline.all_tps[:2_500]
+    assert len(known) > 1_000  # more than one run of keys
+    with pytest.raises(EnrollError, match="9999999999999"):
+        await enroll(system.config.target, system.config.admin_token, [*known, "9999999999999"], concurrency=2)
+    with pytest.raises(EnrollError, match=r"UNAUTHENTICATED|PERMISSION_DENIED"):
+        await enroll(system.config.target, "not-the-admin-token", known[:10])
+    assert not [t for t in asyncio.all_tasks() if getattr(t.get_coro(), "__qualname__", "").startswith("enroll.")]
+    done = await enroll(system.config.target, system.config.admin_token, known, concurrency=2)
+    assert list(done.keys) == known
+    assert done.keygen_s > 0 and done.enroll_s > 0
+
+
 async def test_an_election_with_forms_already_is_refused(system: System) -> None:
     first = replace(system.config, faults="none", contests=["ppwp"], scale=0.02)
     assert (await run_loadtest(first))["verification"]["exact"]
@@ -207,6 +300,23 @@ def test_the_generated_forms_are_what_their_variant_says() -> None:
         bad = make_form(1, tps, "ppwp", 1, "malformed", choices)
         assert any(v.field == "suara_tidak_sah" for v in find_malformed(bad, contest=ppwp, tps_known=True))
         assert make_form(1, tps, "ppwp", 1, "ok", choices) == ok  # regenerated, not stored
+
+
+def test_the_oracle_reads_the_numbers_the_device_signs() -> None:
+    """What verification expects of a TPS file (votes, administrasi) comes from the same numbers as the
+    signed protobuf; read here from the protobuf's own fields, for every variant."""
+    for choices in (("100025", "100026", "100027"), tuple(f"p{i}" for i in range(18))):
+        for i in range(300):
+            for variant in ("ok", "inconsistent", "malformed"):
+                key = (i, f"3171011001{i:03d}", "pdpr", 1 + i % 4, variant, choices)
+                form, signed = make_form(*key), numbers(*key)  # type: ignore[arg-type]
+                assert signed.votes == [form.votes[c] for c in choices]
+                admin = {"suara_sah": form.suara_sah, "suara_tidak_sah": form.suara_tidak_sah,
+                         "suara_total": form.suara_total}  # fmt: skip
+                for name in ("pemilih_dpt", "pengguna_dpt", "pengguna_dptb", "pengguna_non_dpt", "pengguna_total"):
+                    triple = getattr(form, name)
+                    admin |= {f"{name}_j": triple.j, f"{name}_l": triple.l, f"{name}_p": triple.p}
+                assert administrasi(signed) == admin
 
 
 # --- the oracle -----------------------------------------------------------------------------------------
