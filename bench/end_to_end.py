@@ -32,27 +32,74 @@ def _suara() -> str:
     return str(Path(sys.executable).parent / "suara")
 
 
-class RssSampler:
-    """Peak resident memory per named process, sampled while the run goes on."""
+class ProcessSampler:
+    """Peak resident memory and CPU seconds per named process, sampled while the run goes on.
 
-    def __init__(self, pid_file: Path) -> None:
+    CPU is sampled as a series, so it can be split by the load test's phases afterwards: where the
+    cores went during the night is what the throughput is made of. PostgreSQL counts as one process,
+    its postmaster with every backend (live ones sampled, exited ones through the postmaster's
+    children times); the load generator counts too, since it shares the two cores.
+    """
+
+    def __init__(self, pid_file: Path, pgdata: Path) -> None:
         self.pid_file = pid_file
+        self.pgdata = pgdata
         self.peak_mb: dict[str, float] = {}
+        self.series: list[tuple[float, dict[str, float]]] = []  # (monotonic time, cpu seconds per name)
+        self.extra: dict[str, int] = {}  # name -> pid of a process outside `suara up` (the load test)
+        self._procs: dict[int, psutil.Process] = {}  # cpu_percent-free: Process objects cached per pid
         self._stop = asyncio.Event()
+
+    def _proc(self, pid: int) -> psutil.Process:
+        proc = self._procs.get(pid)
+        if proc is None:
+            proc = self._procs[pid] = psutil.Process(pid)
+        return proc
+
+    def _pids(self) -> dict[str, int]:
+        pids: dict[str, int] = dict(self.extra)
+        with contextlib.suppress(FileNotFoundError, json.JSONDecodeError, KeyError):
+            pids.update(json.loads(self.pid_file.read_text())["children"])
+        with contextlib.suppress(FileNotFoundError, ValueError, IndexError):
+            pids["postgres"] = int((self.pgdata / "postmaster.pid").read_text().split()[0])
+        return pids
+
+    def sample(self) -> None:
+        cpu: dict[str, float] = {}
+        for name, pid in self._pids().items():
+            with contextlib.suppress(psutil.Error):
+                proc = self._proc(pid)
+                times = proc.cpu_times()
+                used = times.user + times.system
+                rss = proc.memory_info().rss
+                if name == "postgres":
+                    used += times.children_user + times.children_system
+                    for child in proc.children():
+                        with contextlib.suppress(psutil.Error):
+                            t = child.cpu_times()
+                            used += t.user + t.system
+                else:
+                    self.peak_mb[name] = round(max(self.peak_mb.get(name, 0.0), rss / 2**20), 1)
+                cpu[name] = used
+        self.series.append((time.monotonic(), cpu))
 
     async def run(self) -> None:
         while not self._stop.is_set():
-            with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
-                children = json.loads(self.pid_file.read_text())["children"]
-                for name, pid in children.items():
-                    with contextlib.suppress(psutil.Error):
-                        rss = psutil.Process(pid).memory_info().rss / 2**20
-                        self.peak_mb[name] = round(max(self.peak_mb.get(name, 0.0), rss), 1)
+            self.sample()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), SAMPLE_S)
+        self.sample()
 
     def stop(self) -> None:
         self._stop.set()
+
+    def cpu_between(self, start: float, end: float) -> dict[str, float]:
+        """CPU seconds each process used from `start` to `end` (monotonic), from the nearest samples."""
+        if not self.series:
+            return {}
+        first = min(self.series, key=lambda s: abs(s[0] - start))[1]
+        last = min(self.series, key=lambda s: abs(s[0] - end))[1]
+        return {name: round(last[name] - first.get(name, 0.0), 1) for name in last}
 
 
 async def run(scale: float, *, tally_processes: int = 2) -> dict[str, Any]:
@@ -74,15 +121,17 @@ async def run(scale: float, *, tally_processes: int = 2) -> dict[str, Any]:
             raise RuntimeError(f"suara up did not get ready (exit {up.returncode}): {line!r}")
         up_s = time.perf_counter() - started
         tally, _, admin_key = match.groups()
-        sampler = RssSampler(data / "up.pids.json")
+        sampler = ProcessSampler(data / "up.pids.json", data / "pgdata")
         sampling = asyncio.create_task(sampler.run())
         try:
             started = time.perf_counter()
+            load_started = time.monotonic()
             load = await asyncio.create_subprocess_exec(
                 _suara(), "loadtest", "--target", tally, "--admin-key", admin_key, "--site", str(site),
                 "--contests", "ppwp", "--faults", "standard", "--seed", "1", "--report", str(report_path),
                 env=env,
             )  # fmt: skip
+            sampler.extra["loadtest"] = load.pid
             code = await load.wait()
             load_s = time.perf_counter() - started
         finally:
@@ -110,7 +159,18 @@ async def run(scale: float, *, tally_processes: int = 2) -> dict[str, Any]:
         # enrolling, the night, the site catching up, verification.
         "end_to_end.phases_s": report.get("phases_s"),
         "memory.peak_rss_mb": sampler.peak_mb,
+        # CPU seconds per process in each phase (the phases follow one another from the load test's start)
+        "end_to_end.cpu_s": _cpu_by_phase(sampler, load_started, report.get("phases_s") or {}),
     }
+
+
+def _cpu_by_phase(sampler: ProcessSampler, start: float, phases: dict[str, float]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for name in ("first_snapshot", "registry", "devices", "night", "settle", "verify"):
+        if name in phases:
+            out[name] = sampler.cpu_between(start, start + phases[name])
+            start += phases[name]
+    return out
 
 
 def _tag(scale: float) -> str:
