@@ -61,6 +61,11 @@ def candidates_path(contest: str) -> str:
     return f"pemilu/{contest}.json"
 
 
+def no_data_path(contest: str) -> str:
+    """The contest's "no data yet" TPS file: every such TPS file of a rebuild is a hard link to it."""
+    return f"suara/kosong/{contest}.json"
+
+
 def photo_path(sha256: str, content_type: str = "image/jpeg") -> str:
     return f"foto/{sha256[:2]}/{sha256}.{'png' if content_type == 'image/png' else 'jpg'}"
 
@@ -113,16 +118,7 @@ def tps(
 ) -> dict[str, Any]:
     """One TPS's Sirekap file. A quarantined form is shown as signed, with both statuses false."""
     if row.version == 0:
-        return {
-            "mode": "hhcw",
-            "chart": None,
-            "images": [None, None, None],
-            "administrasi": None,
-            "psu": None,
-            "ts": no_data_ts,
-            "status_suara": False,
-            "status_adm": False,
-        }
+        return no_data_tps(no_data_ts)
     images: list[str | None] = [
         "/" + photo_path(sha, photo_types.get(sha, "image/jpeg")) for sha in row.photo_sha256[:3]
     ]
@@ -142,6 +138,20 @@ def tps(
         "ts": wib(row.changed_unix_ms),
         "status_suara": counted,
         "status_adm": counted,
+    }
+
+
+def no_data_tps(no_data_ts: str) -> dict[str, Any]:
+    """The file of a TPS without a form: the same for every such TPS (`ts` is the registry's load time)."""
+    return {
+        "mode": "hhcw",
+        "chart": None,
+        "images": [None, None, None],
+        "administrasi": None,
+        "psu": None,
+        "ts": no_data_ts,
+        "status_suara": False,
+        "status_adm": False,
     }
 
 

@@ -15,16 +15,24 @@ _COMPRESSIBLE = (".json", ".html", ".css", ".js", ".svg", ".txt")
 
 @dataclass(frozen=True)
 class SiteFile:
-    """`path` is relative to the site root, '/'-separated, without a leading '/'."""
+    """`path` is relative to the site root, '/'-separated, without a leading '/'.
+
+    `same_as`: the path of a file already written to the same sink, in an earlier `write` call, whose
+    body is `body` (and whose `.gz`, when compressible, is therefore `gzipped()`). A sink that can
+    (LocalSink) then hard-links that file instead of writing the bytes again; one that cannot (S3Sink)
+    writes `body` as usual. `body` is always the truth: a sink that cannot confirm the promise writes it.
+    """
 
     path: str
     body: bytes
     content_type: str = field(default="")
     cache_control: str = field(default="")
+    same_as: str | None = field(default=None)
 
     def __post_init__(self) -> None:
-        if self.path.startswith("/") or ".." in self.path.split("/") or not self.path:
-            raise ValueError(f"site paths are relative and stay inside the site: {self.path!r}")
+        for path in (self.path, self.same_as):
+            if path is not None and (path.startswith("/") or ".." in path.split("/") or not path):
+                raise ValueError(f"site paths are relative and stay inside the site: {path!r}")
         if not self.content_type:
             object.__setattr__(self, "content_type", content_type_for(self.path))
         if not self.cache_control:
