@@ -69,7 +69,11 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--report", type=Path, metavar="PATH", help="write the JSON report here")
     p.add_argument(
-        "--settle-timeout", type=float, default=900.0, metavar="S", help="most seconds to wait for the site (900)"
+        "--settle-timeout",
+        type=float,
+        default=900.0,
+        metavar="S",
+        help="most seconds to wait for publish's first snapshot, then for each next one as the site catches up (900)",
     )
     p.set_defaults(handler=run)
 

@@ -67,7 +67,7 @@ class Config:
     sample_interval_s: float = 0.5
     snapshot_timeout_s: float = 300.0
     settle_s: float = 3.0  # the pointer's aggregate_sequence unchanged this long: publish caught up
-    settle_timeout_s: float = 900.0
+    settle_timeout_s: float = 900.0  # most seconds without a new snapshot while settling
     recheck_rounds: int = 2
     workdir: Path | None = None  # the outboxes; default a temporary directory on tmpfs
     progress: Callable[[str, int | None], ProgressLine] | None = None  # (label, total) -> a progress line
@@ -302,26 +302,40 @@ async def drive(driver: Driver, plan: Plan, config: Config, line: ProgressLine) 
     return time.monotonic() - started
 
 
-async def settle(site: Site, driver: Driver, contests: list[str], config: Config) -> bool:
+async def settle(
+    site: Site, driver: Driver, contests: list[str], config: Config, line: ProgressLine | None = None
+) -> bool:
     """Until the site shows every counted TPS in a snapshot that says it is caught up (every change
     aggregate had when the cycle ended is in its files), and the pointer's aggregate_sequence stopped
-    moving (the relay may still be delivering a correction, which counts no new TPS)."""
-    deadline = time.monotonic() + config.settle_timeout_s
+    moving (the relay may still be delivering a correction, which counts no new TPS).
+
+    False once `settle_timeout_s` pass without a new snapshot: a publisher still working through a
+    backlog (a whole country's night leaves hundreds of thousands of changes) is waited for, a stalled
+    one is not.
+    """
+    counted = sum(driver.oracle.counted(c) for c in contests)
     last: Any = None
-    since = time.monotonic()
+    snapshot: Any = None
+    now = since = progressed = time.monotonic()
     while True:
         pointer = await read_json(site, "suara/snapshot.json") or {}
-        sequence = pointer.get("aggregate_sequence")
         now = time.monotonic()
-        if sequence != last:
-            last, since = sequence, now
+        if pointer.get("aggregate_sequence") != last:
+            last, since = pointer.get("aggregate_sequence"), now
+        if pointer.get("snapshot") != snapshot:
+            snapshot, progressed = pointer.get("snapshot"), now
         shown = pointer.get("contests", {})
-        caught_up = pointer.get("caught_up") is True and all(
-            shown.get(c, {}).get("progres") == driver.oracle.counted(c) for c in contests
-        )
+        progres = {c: shown.get(c, {}).get("progres") for c in contests}
+        if line is not None:
+            line.update(
+                sum(p for p in progres.values() if isinstance(p, int)),
+                counted,
+                note=f"snapshot {snapshot}, aggregate change {last}",
+            )
+        caught_up = pointer.get("caught_up") is True and all(progres[c] == driver.oracle.counted(c) for c in contests)
         if caught_up and now - since >= config.settle_s:
             return True
-        if now > deadline:
+        if now - progressed > config.settle_timeout_s:
             return False
         await asyncio.sleep(config.sample_interval_s)  # polling the site: publish's progress is not awaitable here
 
@@ -382,9 +396,9 @@ async def run_loadtest(config: Config) -> dict[str, Any]:
             run_s = await drive(driver, plan, config, line)
             line.done(f"{stats.submissions:,} submissions in {run_s:.1f} s")
             t = time.monotonic()
-            line = _progress(config, "waiting for the site to catch up", None)
-            settled = await settle(site, driver, contests, config)
-            line.done("caught up" if settled else "did NOT catch up before the timeout")
+            line = _progress(config, "waiting for the site to catch up (TPS shown)", None)
+            settled = await settle(site, driver, contests, config, line)
+            line.done("caught up" if settled else f"no new snapshot for {config.settle_timeout_s:g} s: publish stalled")
             phases["night"] = run_s
             phases["settle"] = time.monotonic() - t
             await sampler.sample_once()  # the state verification is about to read, for freshness too
