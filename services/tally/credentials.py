@@ -62,10 +62,16 @@ class DeviceKeys:
             futures[device_id] = fut
         if futures and self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_all())
-        for device_id, fut in futures.items():
-            record = await fut
-            if record is not None:
-                found[device_id] = record
+        if futures:
+            # asyncio.wait: a caller cancelled (its deadline passed) leaves the lookups that other
+            # callers share alone. Every failure is read, so none is logged as never retrieved.
+            await asyncio.wait(futures.values())
+            errors = [exc for fut in futures.values() if (exc := fut.exception()) is not None]
+            if errors:
+                raise errors[0]
+            for device_id, fut in futures.items():
+                if (record := fut.result()) is not None:
+                    found[device_id] = record
         return found
 
     async def _flush_all(self) -> None:
