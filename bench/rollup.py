@@ -70,6 +70,21 @@ def _update(tps: str, contest: str, choices: list[str], version: int, rng: rando
     )
 
 
+async def report_every_tps(
+    pool: asyncpg.Pool, rollup: Rollup, catalog: Catalog, contest: str, rng: random.Random
+) -> list[str]:
+    """Every TPS where `contest` is held reports a form (version 1); returns those TPS."""
+    await rollup.seed()
+    choices = catalog.choice_ids(contest)
+    all_tps = [r["code"] for r in await pool.fetch("SELECT code FROM registry.tps ORDER BY code")]
+    held = [t for t in all_tps if catalog.contests[contest].held_at(t)]
+    for i in range(0, len(held), LOAD_BATCH):
+        await rollup.apply_leaves([_update(t, contest, choices, 1, rng) for t in held[i : i + LOAD_BATCH]])
+    # As autovacuum would soon: the plans must hold with real statistics (see recompute_desa).
+    await pool.execute("ANALYZE aggregate.tps_result; ANALYZE aggregate.area_total")
+    return held
+
+
 async def _timed_full(conn: asyncpg.Connection, contest: str) -> float:
     started = time.perf_counter()
     tr = conn.transaction()
@@ -89,18 +104,10 @@ async def run(url: str, contests: tuple[str, ...] = CONTESTS) -> dict[str, Any]:
     try:
         catalog = await Catalog.load(pool)
         rollup = Rollup(pool)
-        await rollup.seed()
-        async with pool.acquire() as conn:
-            all_tps = [r["code"] for r in await conn.fetch("SELECT code FROM registry.tps ORDER BY code")]
-        results["rollup_tps"] = len(all_tps)
+        results["rollup_tps"] = await pool.fetchval("SELECT count(*) FROM registry.tps")
         for contest in contests:
             choices = catalog.choice_ids(contest)
-            held = [t for t in all_tps if catalog.contests[contest].held_at(t)]
-            for i in range(0, len(held), LOAD_BATCH):  # every TPS reported
-                await rollup.apply_leaves([_update(t, contest, choices, 1, rng) for t in held[i : i + LOAD_BATCH]])
-            async with pool.acquire() as conn:
-                # As autovacuum would soon: the plans must hold with real statistics (see recompute_desa).
-                await conn.execute("ANALYZE aggregate.tps_result; ANALYZE aggregate.area_total")
+            held = await report_every_tps(pool, rollup, catalog, contest, rng)
             batch_s, full_s = [], []
             for round_ in range(3):
                 changed = rng.sample(held, min(BATCH, len(held)))
