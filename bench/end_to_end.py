@@ -125,9 +125,10 @@ class ProcessSampler:
 
 
 async def run(scale: float, *, tally_processes: int = 2) -> dict[str, Any]:
+    site_parent = _site_parent(scale)
     with (
         tempfile.TemporaryDirectory(prefix="suara-e2e-") as tmp,
-        tempfile.TemporaryDirectory(prefix="suara-e2e-site-", dir=_site_parent(scale)) as site_tmp,
+        tempfile.TemporaryDirectory(prefix="suara-e2e-site-", dir=site_parent) as site_tmp,
     ):
         data, site, report_path = Path(tmp) / "data", Path(site_tmp) / "site", Path(tmp) / "report.json"
         env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
@@ -172,7 +173,7 @@ async def run(scale: float, *, tally_processes: int = 2) -> dict[str, Any]:
     return {
         "end_to_end.scale": scale,
         "end_to_end.up_s": round(up_s, 1),
-        "end_to_end.site_dir": str(_site_parent(scale) or tempfile.gettempdir()),
+        "end_to_end.site_dir": str(site_parent or tempfile.gettempdir()),
         f"end_to_end.scale_{_tag(scale)}_minutes": round(load_s / 60, 2),
         "end_to_end.exit_code": code,
         "end_to_end.exact": verification.get("exact"),

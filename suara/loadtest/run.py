@@ -316,7 +316,7 @@ async def settle(
     counted = sum(driver.oracle.counted(c) for c in contests)
     last: Any = None
     snapshot: Any = None
-    now = since = progressed = time.monotonic()
+    since = progressed = time.monotonic()
     while True:
         pointer = await read_json(site, "suara/snapshot.json") or {}
         now = time.monotonic()
