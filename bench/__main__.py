@@ -51,8 +51,12 @@ def main() -> int:
         try:
             print("preparing: migrate, registry at scale 0.05 …", file=sys.stderr)
             asyncio.run(_prepare(url, 0.05))
-            print(f"ingest: {forms:,} unary Submit and {forms:,} forms in SubmitBatch …", file=sys.stderr)
-            results = asyncio.run(ingest.run(url, forms=forms, concurrency=64))
+            print(
+                f"ingest: {forms:,} unary Submit at each of {len(ingest.LEVELS)} concurrency levels, "
+                f"{forms:,} forms in SubmitBatch …",
+                file=sys.stderr,
+            )
+            results = asyncio.run(ingest.run(url, forms=forms))
             contests = ("ppwp",) if quick else rollup.CONTESTS
             rollup_scale = 0.05 if quick else 1.0  # the target is about the whole country
             print(

@@ -3,6 +3,12 @@
 tally runs as its own process (`suara tally serve`), as in production; the
 client runs here with pre-signed requests so it measures the server, and the
 echo baseline gets the same client, concurrency and message sizes.
+
+"At the knee": both servers are driven at each of LEVELS concurrent calls, in
+turn at each level, and each is taken at its best throughput whose p99 stays
+within KNEE_P99_MS. The two knees differ: echo is flat from 64 calls on, while
+tally's group commit grows with the calls waiting (6 forms per commit at 32,
+50 at 512), so a fixed concurrency measured tally well below its knee.
 """
 
 from __future__ import annotations
@@ -32,10 +38,19 @@ from tests.factories import consistent_form, signed
 class Rate:
     calls: int
     seconds: float
+    latencies_s: list[float]
 
     @property
     def per_s(self) -> float:
         return self.calls / self.seconds
+
+    def p_ms(self, q: float) -> float:
+        ordered = sorted(self.latencies_s)
+        return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+
+LEVELS = (64, 128, 256, 512)  # concurrent calls; 1,024 over 4 connections ran into CANCELLED calls
+KNEE_P99_MS = 1000.0  # a KPPS device waits far longer (the SDK retries); a second keeps the curve honest
 
 
 TALLY_PROCESSES = int(os.environ.get("BENCH_TALLY_PROCESSES", "2"))
@@ -46,15 +61,25 @@ async def _drive(call: Any, items: list[Any], concurrency: int) -> Rate:
     """`call`: one callable, or a list of them (one per channel) that workers take in turn."""
     queue = list(reversed(items))
     calls = call if isinstance(call, list) else [call]
+    latencies: list[float] = []
+    clock = time.perf_counter
 
     async def worker(i: int) -> None:
         target = calls[i % len(calls)]
         while queue:
+            sent = clock()
             await target(queue.pop())
+            latencies.append(clock() - sent)
 
-    started = time.perf_counter()
+    started = clock()
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
-    return Rate(len(items), time.perf_counter() - started)
+    return Rate(len(items), clock() - started, latencies)
+
+
+def knee(rates: dict[int, Rate]) -> int:
+    """The concurrency of the best throughput whose p99 is within KNEE_P99_MS (the lowest level if none is)."""
+    within = [c for c, r in rates.items() if r.p_ms(0.99) <= KNEE_P99_MS] or [min(rates)]
+    return max(within, key=lambda c: rates[c].per_s)
 
 
 def _spawn(args: list[str], env: dict[str, str], ready: str) -> subprocess.Popen[str]:
@@ -87,9 +112,13 @@ def _own() -> list[tuple[str, int]]:
     return [("grpc.use_local_subchannel_pool", 1)]
 
 
-async def run(db_url: str, *, forms: int, concurrency: int) -> dict[str, float]:
+async def run(db_url: str, *, forms: int, levels: tuple[int, ...] = LEVELS) -> dict[str, Any]:
+    """`forms` calls per level and server; each level submits fresh forms (version = level's index + 1,
+    a correction of the level before, as much work as a first form: a new row and a new current version)."""
     conn = await asyncpg.connect(db_url)
     tps = [r["code"] for r in await conn.fetch("SELECT code FROM registry.tps ORDER BY code LIMIT $1", 2 * forms)]
+    if len(tps) < 2 * forms:
+        raise SystemExit(f"the registry has {len(tps):,} TPS; {forms:,} forms per level need {2 * forms:,}")
     choices = [
         r["id"] for r in await conn.fetch("SELECT id FROM registry.choice WHERE contest='ppwp' ORDER BY nomor_urut")
     ]
@@ -101,9 +130,12 @@ async def run(db_url: str, *, forms: int, concurrency: int) -> dict[str, float]:
         columns=["device_id", "tps", "public_key", "label"],
     )
     await conn.close()
-    unary = [signed(k, consistent_form(k.tps, "ppwp", choices)) for k in keys[:forms]]
+    unary = {
+        level: [signed(k, consistent_form(k.tps, "ppwp", choices, version=i + 1)) for k in keys[:forms]]
+        for i, level in enumerate(levels)
+    }
     batched = [signed(k, consistent_form(k.tps, "ppwp", choices)) for k in keys[forms:]]
-    request_size = sum(len(r.SerializeToString()) for r in unary) // len(unary)
+    request_size = sum(len(r.SerializeToString()) for r in unary[levels[0]]) // forms
 
     # A port per process, not one shared port: SO_REUSEPORT hashes 4 connections onto 2 processes
     # unevenly (all on one, 1 run in 8), which made runs differ by a third.
@@ -119,35 +151,42 @@ async def run(db_url: str, *, forms: int, concurrency: int) -> dict[str, float]:
     ]
     echo_port = free_port()
     echo = _spawn([sys.executable, "-m", "bench.echo_server", str(echo_port), "180"], env, "ready")
+    echo_rates: dict[int, Rate] = {}
+    submit_rates: dict[int, Rate] = {}
+    cpu_us: dict[tuple[str, int], float] = {}
     try:
         for port in ports:
             await _wait_serving(f"127.0.0.1:{port}")
         echo_channels = [grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}", options=_own()) for _ in range(CHANNELS)]
-        echo_calls: list[Any] = [c.unary_unary(METHOD) for c in echo_channels]
-        payload = b"y" * request_size
-        await _drive(echo_calls, [payload] * 200, concurrency)  # warm-up
-        cpu = _cpu_s([echo])
-        echo_rate = await _drive(echo_calls, [payload] * forms, concurrency)
-        echo_cpu = _cpu_s([echo]) - cpu
-        for c in echo_channels:
-            await c.close()
         channels = [
             grpc.aio.insecure_channel(f"127.0.0.1:{ports[i % len(ports)]}", options=_own()) for i in range(CHANNELS)
         ]
         for c in channels:
             await c.channel_ready()
         try:
+            echo_calls: list[Any] = [c.unary_unary(METHOD) for c in echo_channels]
+            payload = b"y" * request_size
+            await _drive(echo_calls, [payload] * 200, levels[0])  # warm-up
             stubs = [tally_stub(c) for c in channels]
-            cpu = _cpu_s(tallies)
-            submit_rate = await _drive([s.Submit for s in stubs], unary, concurrency)
-            tally_cpu = _cpu_s(tallies) - cpu
+            for level in levels:  # in turn at each level, so a drift of the machine touches both alike
+                before = _cpu_s([echo])
+                echo_rates[level] = await _drive(echo_calls, [payload] * forms, level)
+                cpu_us[("echo", level)] = (_cpu_s([echo]) - before) / forms * 1e6
+                before = _cpu_s(tallies)
+                submit_rates[level] = await _drive([s.Submit for s in stubs], unary[level], level)
+                cpu_us[("tally", level)] = (_cpu_s(tallies) - before) / forms * 1e6
             conn = await asyncpg.connect(db_url)
-            commits = await conn.fetchval("SELECT count(DISTINCT received_at) FROM tally.submission")  # one per batch
+            commits = {  # a commit's forms share one received_at
+                r["version"]: r["commits"]
+                for r in await conn.fetch(
+                    "SELECT version, count(DISTINCT received_at) AS commits FROM tally.submission GROUP BY version"
+                )
+            }
             await conn.close()
             chunks = [tally_pb2.SubmitBatchRequest(items=batched[i : i + 500]) for i in range(0, len(batched), 500)]
             batch_rate = await _drive([s.SubmitBatch for s in stubs], chunks, 2)
         finally:
-            for c in channels:
+            for c in [*echo_channels, *channels]:
                 await c.close()
     finally:
         for t in tallies:
@@ -156,18 +195,32 @@ async def run(db_url: str, *, forms: int, concurrency: int) -> dict[str, float]:
         tally_log = "".join(t.communicate(timeout=30)[1] for t in tallies)
         echo.wait(30)
     stats = [json.loads(line) for line in tally_log.splitlines() if "group_commit_stats" in line]
+    echo_knee, submit_knee = knee(echo_rates), knee(submit_rates)
+    curve = {
+        str(level): {
+            "echo_per_s": round(echo_rates[level].per_s, 1),
+            "echo_p99_ms": echo_rates[level].p_ms(0.99),
+            "submit_per_s": round(submit_rates[level].per_s, 1),
+            "submit_p50_ms": submit_rates[level].p_ms(0.5),
+            "submit_p99_ms": submit_rates[level].p_ms(0.99),
+            "tally_cpu_us_per_form": round(cpu_us[("tally", level)]),
+            "forms_per_commit": round(forms / commits[i + 1], 1),
+        }
+        for i, level in enumerate(levels)
+    }
     return {
-        "echo.calls_per_s": round(echo_rate.per_s, 1),
-        "ingest.submit_per_s": round(submit_rate.per_s, 1),
-        "ingest.ratio_vs_echo": round(submit_rate.per_s / echo_rate.per_s, 3),
-        "echo.server_cpu_us_per_call": round(echo_cpu / forms * 1e6),
-        "ingest.tally_cpu_us_per_form": round(tally_cpu / forms * 1e6),  # PostgreSQL's share not included
-        "ingest.forms_per_commit": round(forms / commits, 1),
+        "echo.calls_per_s": round(echo_rates[echo_knee].per_s, 1),
+        "ingest.submit_per_s": round(submit_rates[submit_knee].per_s, 1),
+        "ingest.ratio_vs_echo": round(submit_rates[submit_knee].per_s / echo_rates[echo_knee].per_s, 3),
+        "echo.knee_concurrency": echo_knee,
+        "ingest.knee_concurrency": submit_knee,
+        "echo.server_cpu_us_per_call": round(cpu_us[("echo", echo_knee)]),
+        "ingest.tally_cpu_us_per_form": round(cpu_us[("tally", submit_knee)]),  # PostgreSQL's share not included
+        "ingest.curve": curve,
         "ingest.mean_commit_ms": round(sum(s["mean_write_ms"] for s in stats) / len(stats), 2) if stats else None,
-        "ingest.forms_per_process": [s["forms"] for s in stats],  # unary and batch phases together
+        "ingest.forms_per_process": [s["forms"] for s in stats],  # every level and the batch phase together
         "batch.forms_per_s": round(len(batched) / batch_rate.seconds, 1),
         "request_bytes": request_size,
-        "concurrency": concurrency,
-        "forms": forms,
+        "forms_per_level": forms,
         "tally_processes": TALLY_PROCESSES,
     }

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from bench import publish, rollup
+from bench import ingest, publish, rollup
 
 
 async def test_the_publish_bench_rebuilds_then_publishes_one_cycle_of_changed_tps(db_url: str) -> None:
@@ -37,3 +37,27 @@ async def test_the_rollup_bench_reports_every_tps_and_times_both_paths(db_url: s
     assert reported == tps and national == tps
     assert results["rollup_ppwp_batch_1000_ms"] > 0 and results["rollup_ppwp_full_recompute_ms"] > 0
     assert results["rollup.ratio_vs_full_recompute"] == results["rollup_ppwp_ratio"]
+
+
+def test_the_knee_is_the_best_throughput_whose_p99_stays_within_bounds() -> None:
+    fast_but_slow_tail = ingest.Rate(1000, 0.1, [0.01] * 98 + [2.0, 2.0])  # 10,000/s, p99 2 s
+    steady = ingest.Rate(1000, 0.5, [0.05] * 100)  # 2,000/s
+    slower = ingest.Rate(1000, 1.0, [0.02] * 100)  # 1,000/s
+    assert ingest.knee({64: slower, 128: steady, 256: fast_but_slow_tail}) == 128
+    assert ingest.knee({64: fast_but_slow_tail, 128: fast_but_slow_tail}) == 64  # none within: the lowest level
+
+
+async def test_the_ingest_bench_submits_fresh_forms_at_every_level(db_url: str) -> None:
+    results = await ingest.run(db_url, forms=40, levels=(4, 16))
+    conn = await asyncpg.connect(db_url)
+    try:
+        per_version = dict(
+            await conn.fetch("SELECT version, count(*) FROM tally.submission WHERE outcome = 'ACCEPTED' GROUP BY 1")
+        )
+    finally:
+        await conn.close()
+    # each level's forms are new versions, accepted (not answered DUPLICATE); version 1 also holds the batch's
+    assert per_version == {1: 80, 2: 40}
+    assert set(results["ingest.curve"]) == {"4", "16"}
+    assert results["ingest.knee_concurrency"] in (4, 16) and results["echo.knee_concurrency"] in (4, 16)
+    assert results["ingest.ratio_vs_echo"] == round(results["ingest.submit_per_s"] / results["echo.calls_per_s"], 3)
