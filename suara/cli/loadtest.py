@@ -56,9 +56,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--concurrency",
         type=int,
-        default=64,
+        default=256,
         metavar="N",
-        help="devices sending at once; open loop: at most (default 64)",
+        help="devices sending at once; open loop: at most (default 256)",
     )
     p.add_argument("--rate", type=float, metavar="R", help="open loop: mean arrivals per second (default: closed loop)")
     p.add_argument(

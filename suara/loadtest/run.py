@@ -58,7 +58,10 @@ class Config:
     site: str
     scale: float = 1.0
     contests: list[str] | None = None  # None: every contest the site's pointer lists
-    concurrency: int = 64  # closed loop: workers; open loop: devices in flight at most (arrivals beyond wait)
+    # Closed loop: workers; open loop: devices in flight at most (arrivals beyond wait). 256, not 64: election
+    # night has thousands of devices sending, and tally's group commit shares a transaction among the
+    # callers waiting (scale 0.1: night 144 -> 123 s, CPU per submission -14 %; 512 gained nothing).
+    concurrency: int = 256
     rate: float | None = None  # arrivals/s (open loop); None: closed loop
     faults: str = "standard"
     seed: int = 2024
