@@ -277,7 +277,13 @@ class Outbox:
                 "INSERT INTO photo (entry_id, position, content) VALUES (?, ?, ?)",
                 [(entry_id, i, content) for i, content in enumerate(photos)],
             )
-            return self._by_id(conn, entry_id), "new"
+            # What was just written, not read back: two queries fewer per form (a tenth of a load
+            # generator's outbox time). tests/client pins it to what a read gives.
+            return Entry(
+                id=entry_id, tps=tps, contest=contest, version=version, payload=payload, signature=signature,
+                device_id=device_id, photos=photos, state="pending", attempts=0, last_code=None, last_error=None,
+                outcome=None, receipt=None, failed_checks=(), current_version=None, created_at=now, updated_at=now,
+            ), "new"  # fmt: skip
 
         return await self._run(lambda: self._transaction(put))
 
@@ -371,10 +377,13 @@ class Outbox:
 
     async def _update(self, entry_id: int, assignments: str, params: tuple[Any, ...]) -> Entry:
         def update(conn: sqlite3.Connection) -> Entry:
-            conn.execute(
-                f"UPDATE entry SET {assignments}, updated_at = ? WHERE id = ?", (*params, time.time(), entry_id)
-            )
-            return self._by_id(conn, entry_id)
+            row = conn.execute(
+                f"UPDATE entry SET {assignments}, updated_at = ? WHERE id = ? RETURNING {_COLUMNS}",
+                (*params, time.time(), entry_id),
+            ).fetchone()
+            if row is None:
+                raise KeyError(f"no outbox entry {entry_id}")
+            return self._entry(conn, row)
 
         return await self._run(lambda: self._transaction(update))
 

@@ -132,3 +132,20 @@ async def test_a_payload_that_is_not_a_form_is_refused(tmp_path: Path, inline: b
             await outbox.put(b"\xff\xff\xff", b"sig", "dev_x")
         assert form_pb2.CHasilForm.FromString(signed()[0]).tps == TPS
         assert await outbox.entries() == []
+
+
+@pytest.mark.parametrize("photos", [(), (b"\xff\xd8\xffone",), (b"\x89PNG\r\n\x1a\nA", b"\xff\xd8\xffB")])
+async def test_what_put_and_updates_return_is_what_a_read_gives(
+    tmp_path: Path, inline: bool, photos: tuple[bytes, ...]
+) -> None:
+    """put builds its entry from what it wrote and updates take theirs from RETURNING: both must equal a
+    fresh read of the row, or a caller would act on a state the outbox does not hold."""
+    async with await Outbox.open(tmp_path / "outbox.sqlite3", inline=inline) as outbox:
+        entry, how = await outbox.put(*signed(), photos=photos)
+        assert how == "new" and entry == await outbox.get_by_id(entry.id)
+        failed = await outbox.record_failure(entry.id, "UNAVAILABLE", "tally restarting")
+        assert failed == await outbox.get_by_id(entry.id) and failed.attempts == 1
+        sent = await outbox.mark_sent(entry.id, "QUARANTINED", RECEIPT, ["suara_sah"], current_version=1)
+        assert sent == await outbox.get_by_id(entry.id) and sent.photos == photos
+        with pytest.raises(KeyError):
+            await outbox.mark_rejected(entry.id + 1, "INVALID_ARGUMENT", "no such entry")
