@@ -8,7 +8,10 @@ echo baseline gets the same client, concurrency and message sizes.
 turn at each level, and each is taken at its best throughput whose p99 stays
 within KNEE_P99_MS. The two knees differ: echo is flat from 64 calls on, while
 tally's group commit grows with the calls waiting (6 forms per commit at 32,
-50 at 512), so a fixed concurrency measured tally well below its knee.
+50 at 512), so a fixed concurrency measured tally well below its knee. The
+sweep runs ROUNDS times and each level keeps its best round, for both servers:
+on two shared cores one echo level swung from 4,400 to 6,500 calls/s between
+neighbouring runs, and noise only ever slows a run down.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class Rate:
 
 LEVELS = (64, 128, 256, 512)  # concurrent calls; 1,024 over 4 connections ran into CANCELLED calls
 KNEE_P99_MS = 1000.0  # a KPPS device waits far longer (the SDK retries); a second keeps the curve honest
+ROUNDS = 3
 
 
 TALLY_PROCESSES = int(os.environ.get("BENCH_TALLY_PROCESSES", "2"))
@@ -112,9 +116,9 @@ def _own() -> list[tuple[str, int]]:
     return [("grpc.use_local_subchannel_pool", 1)]
 
 
-async def run(db_url: str, *, forms: int, levels: tuple[int, ...] = LEVELS) -> dict[str, Any]:
-    """`forms` calls per level and server; each level submits fresh forms (version = level's index + 1,
-    a correction of the level before, as much work as a first form: a new row and a new current version)."""
+async def run(db_url: str, *, forms: int, levels: tuple[int, ...] = LEVELS, rounds: int = ROUNDS) -> dict[str, Any]:
+    """`forms` calls per level, round and server; each run of a level submits fresh forms (the next version:
+    a correction of the one before, as much work as a first form, a new row and a new current version)."""
     conn = await asyncpg.connect(db_url)
     tps = [r["code"] for r in await conn.fetch("SELECT code FROM registry.tps ORDER BY code LIMIT $1", 2 * forms)]
     if len(tps) < 2 * forms:
@@ -130,12 +134,13 @@ async def run(db_url: str, *, forms: int, levels: tuple[int, ...] = LEVELS) -> d
         columns=["device_id", "tps", "public_key", "label"],
     )
     await conn.close()
+    sweep = [(r, level) for r in range(rounds) for level in levels]
     unary = {
-        level: [signed(k, consistent_form(k.tps, "ppwp", choices, version=i + 1)) for k in keys[:forms]]
-        for i, level in enumerate(levels)
+        step: [signed(k, consistent_form(k.tps, "ppwp", choices, version=i + 1)) for k in keys[:forms]]
+        for i, step in enumerate(sweep)
     }
     batched = [signed(k, consistent_form(k.tps, "ppwp", choices)) for k in keys[forms:]]
-    request_size = sum(len(r.SerializeToString()) for r in unary[levels[0]]) // forms
+    request_size = sum(len(r.SerializeToString()) for r in unary[sweep[0]]) // forms
 
     # A port per process, not one shared port: SO_REUSEPORT hashes 4 connections onto 2 processes
     # unevenly (all on one, 1 run in 8), which made runs differ by a third.
@@ -168,19 +173,25 @@ async def run(db_url: str, *, forms: int, levels: tuple[int, ...] = LEVELS) -> d
             payload = b"y" * request_size
             await _drive(echo_calls, [payload] * 200, levels[0])  # warm-up
             stubs = [tally_stub(c) for c in channels]
-            for level in levels:  # in turn at each level, so a drift of the machine touches both alike
+            for step in sweep:  # in turn at each level, so a drift of the machine touches both alike
+                level = step[1]
                 before = _cpu_s([echo])
-                echo_rates[level] = await _drive(echo_calls, [payload] * forms, level)
-                cpu_us[("echo", level)] = (_cpu_s([echo]) - before) / forms * 1e6
+                rate = await _drive(echo_calls, [payload] * forms, level)
+                if level not in echo_rates or rate.per_s > echo_rates[level].per_s:
+                    echo_rates[level] = rate
+                    cpu_us[("echo", level)] = (_cpu_s([echo]) - before) / forms * 1e6
                 before = _cpu_s(tallies)
-                submit_rates[level] = await _drive([s.Submit for s in stubs], unary[level], level)
-                cpu_us[("tally", level)] = (_cpu_s(tallies) - before) / forms * 1e6
+                rate = await _drive([s.Submit for s in stubs], unary[step], level)
+                if level not in submit_rates or rate.per_s > submit_rates[level].per_s:
+                    submit_rates[level] = rate
+                    cpu_us[("tally", level)] = (_cpu_s(tallies) - before) / forms * 1e6
             conn = await asyncpg.connect(db_url)
-            commits = {  # a commit's forms share one received_at
-                r["version"]: r["commits"]
-                for r in await conn.fetch(
-                    "SELECT version, count(DISTINCT received_at) AS commits FROM tally.submission GROUP BY version"
+            commits = {  # a commit's forms share one received_at; a level's are over all its rounds
+                level: await conn.fetchval(
+                    "SELECT count(DISTINCT received_at) FROM tally.submission WHERE version = ANY($1::int[])",
+                    [i + 1 for i, step in enumerate(sweep) if step[1] == level],
                 )
+                for level in levels
             }
             await conn.close()
             chunks = [tally_pb2.SubmitBatchRequest(items=batched[i : i + 500]) for i in range(0, len(batched), 500)]
@@ -204,9 +215,9 @@ async def run(db_url: str, *, forms: int, levels: tuple[int, ...] = LEVELS) -> d
             "submit_p50_ms": submit_rates[level].p_ms(0.5),
             "submit_p99_ms": submit_rates[level].p_ms(0.99),
             "tally_cpu_us_per_form": round(cpu_us[("tally", level)]),
-            "forms_per_commit": round(forms / commits[i + 1], 1),
+            "forms_per_commit": round(rounds * forms / commits[level], 1),
         }
-        for i, level in enumerate(levels)
+        for level in levels
     }
     return {
         "echo.calls_per_s": round(echo_rates[echo_knee].per_s, 1),
@@ -222,5 +233,6 @@ async def run(db_url: str, *, forms: int, levels: tuple[int, ...] = LEVELS) -> d
         "batch.forms_per_s": round(len(batched) / batch_rate.seconds, 1),
         "request_bytes": request_size,
         "forms_per_level": forms,
+        "rounds": rounds,
         "tally_processes": TALLY_PROCESSES,
     }

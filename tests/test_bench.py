@@ -48,7 +48,7 @@ def test_the_knee_is_the_best_throughput_whose_p99_stays_within_bounds() -> None
 
 
 async def test_the_ingest_bench_submits_fresh_forms_at_every_level(db_url: str) -> None:
-    results = await ingest.run(db_url, forms=40, levels=(4, 16))
+    results = await ingest.run(db_url, forms=40, levels=(4, 16), rounds=2)
     conn = await asyncpg.connect(db_url)
     try:
         per_version = dict(
@@ -56,8 +56,9 @@ async def test_the_ingest_bench_submits_fresh_forms_at_every_level(db_url: str) 
         )
     finally:
         await conn.close()
-    # each level's forms are new versions, accepted (not answered DUPLICATE); version 1 also holds the batch's
-    assert per_version == {1: 80, 2: 40}
+    # every run of a level (2 rounds x 2 levels) submits new versions, accepted (not answered DUPLICATE);
+    # version 1 also holds the batch's forms
+    assert per_version == {1: 80, 2: 40, 3: 40, 4: 40}
     assert set(results["ingest.curve"]) == {"4", "16"}
     assert results["ingest.knee_concurrency"] in (4, 16) and results["echo.knee_concurrency"] in (4, 16)
     assert results["ingest.ratio_vs_echo"] == round(results["ingest.submit_per_s"] / results["echo.calls_per_s"], 3)
