@@ -176,3 +176,32 @@ async def test_concurrent_submissions_share_transactions(tally: Tally) -> None:
     assert committer.batches - batches_before == 2
     positions = sorted(r.receipt.chain_position for r in responses)
     assert positions == list(range(1, 51))
+
+
+async def test_a_slow_database_is_not_taken_for_a_gone_one(db_url: str, db: asyncpg.Connection) -> None:
+    """A commit held past its deadline behind a lock is answered UNAVAILABLE (it may or may not be stored),
+    but the database still answers a probe: tally keeps accepting and stays SERVING, unlike when the
+    database is gone (tests/tally/test_database_outage.py)."""
+    t = await start_tally(db_url, db, replace(BASE_SETTINGS, commit_wait_s=0.5))
+    try:
+        station = await t.station()
+        request = signed(station.key, consistent_form(station.tps, "ppwp", t.contests["ppwp"]))
+        gate = t.app.service.gate
+        async with ChainLock(db_url):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await t.stub.Submit(request)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "may or may not be stored" in str(refused.value.details())
+
+            async def decided() -> bool:  # the committer's own deadline fires just after the call's
+                return not gate.available or (gate.checking is not None and gate.checking.done())
+
+            await _until(decided)
+            assert gate.available, "a slow commit closed the gate: every call would be refused"
+            assert await _health(t.channel) == health_pb2.HealthCheckResponse.SERVING
+        response = await t.stub.Submit(request)  # the resend the message asks for
+        assert response.outcome == tally_pb2.ACCEPTED  # the timed-out commit was rolled back, not half-done
+        assert await t.count("submission") == 1
+    finally:
+        await t.channel.close()
+        await t.app.stop(grace=1.0)
