@@ -60,5 +60,9 @@ async def test_the_ingest_bench_submits_fresh_forms_at_every_level(db_url: str) 
     # version 1 also holds the batch's forms
     assert per_version == {1: 80, 2: 40, 3: 40, 4: 40}
     assert set(results["ingest.curve"]) == {"4", "16"}
-    assert results["ingest.knee_concurrency"] in (4, 16) and results["echo.knee_concurrency"] in (4, 16)
-    assert results["ingest.ratio_vs_echo"] == round(results["ingest.submit_per_s"] / results["echo.calls_per_s"], 3)
+    # the knee, chosen again in plain Python from the curve: the best throughput with p99 within 1 s
+    curve = results["ingest.curve"]
+    within = [level for level, row in curve.items() if row["submit_p99_ms"] <= 1000] or [min(curve, key=int)]
+    knee = max(within, key=lambda level: curve[level]["submit_per_s"])
+    assert results["ingest.knee_concurrency"] == int(knee)
+    assert results["ingest.submit_per_s"] == curve[knee]["submit_per_s"]

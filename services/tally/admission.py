@@ -69,9 +69,9 @@ class DatabaseGate:
         if not self.available:
             raise self.error()
 
-    def error(self, exc: BaseException | None = None) -> DatabaseUnavailable:
-        """`exc`: what the call met; a timeout may have stored the form after all."""
-        if isinstance(exc, TimeoutError):
+    def error(self, *, timed_out: bool = False) -> DatabaseUnavailable:
+        """`timed_out`: the call's deadline passed, so the form may have been stored after all."""
+        if timed_out:
             message = (
                 "the database did not answer within the deadline; the form may or may not be stored. "
                 "Resend the same form later: if it was stored, the answer is DUPLICATE with its receipt"

@@ -130,7 +130,7 @@ class GroupCommitter:
         except CONNECTION_ERRORS as exc:
             # The commit may or may not have happened; nobody is told "stored", and a resend is safe.
             self._gate.mark_down(exc)
-            self._fail(batch, self._gate.error(exc))
+            self._fail(batch, self._gate.error(timed_out=isinstance(exc, TimeoutError)))
             return
         except Exception:
             log.exception("commit_failed", forms=len(batch))

@@ -130,7 +130,7 @@ class TallyService(tally_pb2_grpc.TallyServicer):
                     prepared = await self.intake.prepare(requests)
             except CONNECTION_ERRORS as exc:  # TimeoutError included
                 self.gate.mark_down(exc)
-                raise self.gate.error(exc) from exc
+                raise self.gate.error(timed_out=isinstance(exc, TimeoutError)) from exc
             ready = [p for p in prepared if not isinstance(p, TallyError)]
             futures = iter(self.committer.enqueue(ready))
             waits = [None if isinstance(p, TallyError) else next(futures) for p in prepared]
@@ -143,7 +143,7 @@ class TallyService(tally_pb2_grpc.TallyServicer):
                     assert isinstance(p, TallyError)
                     outcomes.append(p)
                 elif not fut.done():  # past the deadline: the commit may still land
-                    outcomes.append(self.gate.error(TimeoutError()))
+                    outcomes.append(self.gate.error(timed_out=True))
                 elif isinstance(fut.exception(), TallyError):
                     outcomes.append(fut.exception())  # type: ignore[arg-type]
                 else:
