@@ -13,9 +13,9 @@ from pathlib import Path
 import asyncpg
 
 from bench import end_to_end, ingest, publish, rollup
-from suara.cli.db import migrate_url
+from cli.db import migrate_url
+from cli.embedded import EmbeddedPostgres
 from suara.registry.loader import load_registry
-from suara.runtime.embedded import EmbeddedPostgres
 from suara.runtime.logging import configure_logging
 
 RESULTS = Path(__file__).parent / "results"

@@ -33,7 +33,7 @@ async def main(port: int, reply_size: int) -> None:
 
 
 if __name__ == "__main__":
-    from suara.cli import loop_factory
+    from cli import loop_factory
     from suara.runtime.settings import Settings
 
     # The same event loop as tally's, so the ratio compares the work, not the loops.

@@ -30,9 +30,9 @@ import asyncpg
 import grpc
 
 from bench.echo_server import METHOD
+from cli.embedded import free_port
 from suara.client.stubs import tally_stub
 from suara.election.signing import DeviceKey
-from suara.runtime.embedded import free_port
 from suara.v1 import tally_pb2
 from tests.factories import consistent_form, signed
 

@@ -130,9 +130,9 @@ async def run(url: str, contests: tuple[str, ...] = CONTESTS) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     """`python -m bench.rollup [SCALE [CONTEST,…]]`, default 0.05 and ppwp,pdpr."""
-    from suara.cli.db import migrate_url
+    from cli.db import migrate_url
+    from cli.embedded import EmbeddedPostgres
     from suara.registry.loader import load_registry
-    from suara.runtime.embedded import EmbeddedPostgres
 
     async def prepare(url: str) -> None:
         await migrate_url(url)

@@ -20,8 +20,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from suara.cli.db import migrate_url
-from suara.runtime.embedded import EmbeddedPostgres
+from cli.db import migrate_url
+from cli.embedded import EmbeddedPostgres
 
 # The registry every test database starts with: the real area hierarchy, the
 # configured contests, and a small reproducible synthetic TPS list.

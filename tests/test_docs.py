@@ -26,7 +26,7 @@ def test_readme_shows_the_two_commands_first(repo_root: Path) -> None:
 
 
 def test_every_cli_group_is_in_the_readme(repo_root: Path) -> None:
-    from suara.cli import GROUPS
+    from cli import GROUPS
 
     text = _readme(repo_root)
     for group in GROUPS:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import asyncpg
 
-from suara.runtime.embedded import EmbeddedPostgres
+from cli.embedded import EmbeddedPostgres
 
 
 async def _answers(url: str) -> bool:

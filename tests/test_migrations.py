@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from suara.cli.components import MIGRATION_DIRS
+from cli.components import MIGRATION_DIRS
 from suara.runtime.migrations import Migration, MigrationError, discover, migrate
 from tests.conftest import with_database
 
@@ -75,7 +75,7 @@ async def test_an_edited_applied_migration_is_refused(empty_db: str, tmp_path: P
 def test_cli_migrate_is_idempotent(
     empty_db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from suara.cli import main
+    from cli import main
 
     monkeypatch.setenv("DATABASE_URL", empty_db)
     assert main(["db", "migrate"]) == 0

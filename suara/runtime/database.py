@@ -1,15 +1,12 @@
-"""Connections: which PostgreSQL (DATABASE_URL or the embedded one) and the pool."""
+"""Connections to PostgreSQL: the pool every service uses, and one-off connections."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-
-from suara.runtime.embedded import EmbeddedPostgres
-from suara.runtime.settings import Settings
 
 # Errors that mean "the database is not there right now", as opposed to "the
 # query was wrong": the caller answers UNAVAILABLE and retries later.
@@ -22,26 +19,6 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
 )
-
-
-def embedded_server(settings: Settings) -> EmbeddedPostgres:
-    return EmbeddedPostgres(settings.data_dir / "pgdata")
-
-
-@contextlib.contextmanager
-def database_url(settings: Settings) -> Iterator[str]:
-    """The URL to use: DATABASE_URL, or the embedded server (started for the duration if it was not running)."""
-    if settings.database_url:
-        yield settings.database_url
-        return
-    server = embedded_server(settings)
-    was_running = server.is_running()
-    url = server.start()
-    try:
-        yield url
-    finally:
-        if not was_running:
-            server.stop()
 
 
 async def _keep(conn: asyncpg.Connection) -> None:

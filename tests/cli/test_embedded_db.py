@@ -7,8 +7,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from suara.cli.components import MIGRATION_DIRS
-from suara.runtime.embedded import EmbeddedPostgres
+from cli.components import MIGRATION_DIRS
+from cli.embedded import EmbeddedPostgres
 from suara.runtime.migrations import discover
 from tests.cli.conftest import run_suara, suara_env
 

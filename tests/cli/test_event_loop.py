@@ -7,7 +7,7 @@ import asyncio
 import pytest
 import uvloop
 
-from suara.cli import loop_factory
+from cli import loop_factory
 from suara.runtime.settings import Settings
 
 

@@ -1,6 +1,6 @@
 """Every command describes itself: `suara --help`, `suara GROUP --help`, `suara GROUP ACTION --help`.
 
-The command tree is read from `suara.cli.build_parser()`, so a command added later (a new
+The command tree is read from `cli.build_parser()`, so a command added later (a new
 group, a new action, or a top-level command without actions) is covered without touching
 this file.
 """
@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-import suara.cli
+import cli
 from suara.runtime.settings import Settings
 from tests.cli.conftest import SUARA, suara_env
 
@@ -39,7 +39,7 @@ def walk(
         yield from walk(sub, (*path, name))
 
 
-ROOT = suara.cli.build_parser()
+ROOT = cli.build_parser()
 TOP = subcommands(ROOT)
 NODES = {name: (sub, help) for name, sub, help in walk(ROOT)}
 # A group only dispatches (`suara db`); an action runs (`suara db migrate`, or a top-level leaf).
@@ -54,7 +54,7 @@ def squash(text: str) -> str:
 
 def help_of(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     with pytest.raises(SystemExit) as exit_info:
-        suara.cli.main([*argv, "--help"])
+        cli.main([*argv, "--help"])
     assert exit_info.value.code == 0
     captured = capsys.readouterr()
     assert captured.err == ""
@@ -63,7 +63,7 @@ def help_of(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 
 def test_the_tree_is_not_empty() -> None:
     # Guards the parametrizations below against silently covering nothing.
-    assert set(TOP) == set(suara.cli.GROUPS)
+    assert set(TOP) == set(cli.GROUPS)
     assert GROUPS and ACTIONS
     assert all(subcommands(group) for group, _ in GROUPS.values())
 
@@ -126,7 +126,7 @@ def test_action_help_says_what_the_action_does(command: str, capsys: pytest.Capt
 
 def test_python_dash_m_runs_the_cli() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "suara.cli", "--help"],
+        [sys.executable, "-m", "cli", "--help"],
         env=suara_env(),
         capture_output=True,
         text=True,

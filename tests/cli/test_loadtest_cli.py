@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from suara.cli import build_parser
-from suara.loadtest.run import Config
+from cli import build_parser
+from loadtest.run import Config
 
 
 def test_the_command_line_defaults_are_the_load_tests_own() -> None:

@@ -14,11 +14,11 @@ import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cli.embedded import free_port
 from services.tally.credentials import enroll_device
 from services.tally.server import SERVICE_NAME
 from suara.client.stubs import tally_stub
 from suara.election.signing import DeviceKey
-from suara.runtime.embedded import free_port
 from suara.runtime.settings import Settings
 from suara.v1 import tally_pb2, tally_pb2_grpc
 from tests.cli.conftest import SUARA, LogTail

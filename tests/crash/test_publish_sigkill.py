@@ -26,7 +26,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from suara.runtime.embedded import free_port
+from cli.embedded import free_port
 from suara.runtime.service_auth import issue_service_credential
 from tests.cli.conftest import SUARA, LogTail, suara_env
 from tests.crash.conftest import WAIT_S, poll_until

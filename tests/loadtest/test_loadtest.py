@@ -22,21 +22,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cli import loadtest as loadtest_cli
+from loadtest import verify as verify_module
+from loadtest.devices import EnrollError, enroll
+from loadtest.forms import administrasi, make_form, numbers
+from loadtest.freshness import freshness
+from loadtest.oracle import Oracle
+from loadtest.plan import FAULTS, STANDARD, make_plan, sample_tps
+from loadtest.report import human_table, write_report
+from loadtest.run import Config, LoadTestError, run_loadtest
+from loadtest.site import HttpSite
+from loadtest.verify import Mismatch, Verification, verify
 from services.publish.http import serve_site
 from services.tally.credentials import AdminCredential, create_admin_credential
-from suara.cli import loadtest as loadtest_cli
 from suara.election.checks import find_inconsistencies, find_malformed
 from suara.election.contest import Choice, Contest
-from suara.loadtest import verify as verify_module
-from suara.loadtest.devices import EnrollError, enroll
-from suara.loadtest.forms import administrasi, make_form, numbers
-from suara.loadtest.freshness import freshness
-from suara.loadtest.oracle import Oracle
-from suara.loadtest.plan import FAULTS, STANDARD, make_plan, sample_tps
-from suara.loadtest.report import human_table, write_report
-from suara.loadtest.run import Config, LoadTestError, run_loadtest
-from suara.loadtest.site import HttpSite
-from suara.loadtest.verify import Mismatch, Verification, verify
 from suara.runtime.settings import Settings
 from tests.publish.conftest import Pipeline, pipeline  # noqa: F401  # the fixture, shared with publish's tests
 
@@ -125,7 +125,7 @@ async def test_a_corrupted_totals_file_is_a_mismatch(
                 break
         return await verify(*args, **kwargs)
 
-    monkeypatch.setattr("suara.loadtest.run.verify", corrupt_then_verify)
+    monkeypatch.setattr("loadtest.run.verify", corrupt_then_verify)
     admin_key = tmp_path / "admin.key.json"
     system.admin.save(admin_key)
     parser = argparse.ArgumentParser()
@@ -202,7 +202,7 @@ async def test_one_changed_number_in_a_tps_file_and_a_totals_file_is_found_howev
         return results["forked"]
 
     want: dict[str, tuple[str, int]] = {}
-    monkeypatch.setattr("suara.loadtest.run.verify", change_then_verify)
+    monkeypatch.setattr("loadtest.run.verify", change_then_verify)
     report = await run_loadtest(replace(system.config, faults="none", contests=["ppwp"], scale=0.1))
     assert results["before"].exact, results["before"].mismatches
     expected = [Mismatch(path, name, value + 1, value) for path, (name, value) in sorted(want.items())]

@@ -15,8 +15,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from suara.loadtest.run import Config, settle
-from suara.loadtest.site import open_site
+from loadtest.run import Config, settle
+from loadtest.site import open_site
 
 COUNTED = 40
 

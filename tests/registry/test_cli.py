@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import asyncpg
 import pytest
 
-import suara.cli
+import cli
 from suara.registry.areas import read_areas
 from suara.registry.contests import read_contests
 from suara.registry.synthetic import synthetic_tps
@@ -56,7 +56,7 @@ async def _tps(url: str) -> list[tuple[str, int]]:
 
 
 def test_show_prints_what_the_registry_holds(database: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert suara.cli.main(["registry", "show"]) == 0
+    assert cli.main(["registry", "show"]) == 0
     out = capsys.readouterr().out
     tps = synthetic_tps(read_areas(), scale=TEST_SCALE, seed=TEST_SEED)
     assert "83,762" in out and "7,285" in out and "514" in out
@@ -67,7 +67,7 @@ def test_show_prints_what_the_registry_holds(database: str, capsys: pytest.Captu
 
 
 def test_load_replaces_the_registry_and_reports_each_phase(database: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert suara.cli.main(["registry", "load", "--synthetic-tps", "--scale", "0.001", "--seed", "5"]) == 0
+    assert cli.main(["registry", "load", "--synthetic-tps", "--scale", "0.001", "--seed", "5"]) == 0
     tps = synthetic_tps(read_areas(), scale=0.001, seed=5)
     assert asyncio.run(_tps(database)) == [(t.code, t.dpt) for t in tps]
     captured = capsys.readouterr()
@@ -77,13 +77,13 @@ def test_load_replaces_the_registry_and_reports_each_phase(database: str, capsys
 
 
 def test_load_without_synthetic_tps_loads_no_tps(database: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert suara.cli.main(["registry", "load"]) == 0
+    assert cli.main(["registry", "load"]) == 0
     assert asyncio.run(_tps(database)) == []
     assert "no TPS" in capsys.readouterr().out
 
 
 def test_scale_and_seed_need_synthetic_tps(nowhere: None, capsys: pytest.CaptureFixture[str]) -> None:
-    assert suara.cli.main(["registry", "load", "--seed", "3"]) == 2
+    assert cli.main(["registry", "load", "--seed", "3"]) == 2
     assert "--synthetic-tps" in capsys.readouterr().err
 
 
@@ -91,12 +91,12 @@ def test_scale_and_seed_need_synthetic_tps(nowhere: None, capsys: pytest.Capture
 def test_an_unmigrated_database_asks_for_migrate(
     unmigrated: str, action: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert suara.cli.main(["registry", action]) == 2
+    assert cli.main(["registry", action]) == 2
     assert "run `suara db migrate` first" in capsys.readouterr().err
 
 
 def test_a_bad_contests_file_fails_before_any_database(nowhere: None, capsys: pytest.CaptureFixture[str]) -> None:
-    assert suara.cli.main(["registry", "load", "--contests", "/nonexistent/contests.toml"]) == 2
+    assert cli.main(["registry", "load", "--contests", "/nonexistent/contests.toml"]) == 2
     assert "cannot read contests" in capsys.readouterr().err
 
 
@@ -108,13 +108,13 @@ def test_a_scale_or_seed_out_of_range_is_a_usage_error(
     flag: str, value: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exit_:
-        suara.cli.main(["registry", "load", "--synthetic-tps", flag, value])
+        cli.main(["registry", "load", "--synthetic-tps", flag, value])
     assert exit_.value.code == 2 and flag in capsys.readouterr().err
 
 
 def test_help_explains_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
-        suara.cli.main(["registry", "load", "--help"])
+        cli.main(["registry", "load", "--help"])
     assert exit_.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
     for flag, words in [

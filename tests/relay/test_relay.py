@@ -203,7 +203,7 @@ def test_tally_runs_the_relay_only_with_a_writer_credential(tmp_path: Path) -> N
 async def test_suara_service_relay_refuses_to_start_without_a_credential(tmp_path: Path) -> None:
     import argparse
 
-    from suara.cli.service import run_relay
+    from cli.service import run_relay
 
     args = argparse.Namespace(aggregate="127.0.0.1:1", credential=tmp_path / "missing.json", batch=None)
     assert await run_relay(args, Settings(database_url="postgresql://unused", data_dir=tmp_path)) == 2
@@ -212,7 +212,7 @@ async def test_suara_service_relay_refuses_to_start_without_a_credential(tmp_pat
 async def test_suara_service_issue_explains_a_missing_table(db_url: str, tmp_path: Path) -> None:
     import argparse
 
-    from suara.cli.service import run_issue
+    from cli.service import run_issue
 
     args = argparse.Namespace(name="x", role="reader", out=None, table="nowhere.service_credential", force=False)
     assert await run_issue(args, Settings(database_url=db_url, data_dir=tmp_path)) == 2

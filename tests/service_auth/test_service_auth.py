@@ -229,7 +229,7 @@ def test_the_credential_file_round_trips_and_is_owner_only(tmp_path: Path) -> No
 async def test_suara_service_issue_registers_and_writes_the_file(
     protected: Protected, db_url: str, tmp_path: Path
 ) -> None:
-    from suara.cli.service import run_issue
+    from cli.service import run_issue
 
     settings = Settings(database_url=db_url, data_dir=tmp_path)
     args = argparse.Namespace(name="tally-relay", role="writer", out=None, table=TABLE, force=False)

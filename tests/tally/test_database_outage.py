@@ -24,14 +24,14 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cli.db import migrate_url
+from cli.embedded import EmbeddedPostgres
 from services.tally.audit import verify_chain
 from services.tally.credentials import enroll_device
 from services.tally.server import TallyApp
-from suara.cli.db import migrate_url
 from suara.client.stubs import tally_stub
 from suara.election.signing import DeviceKey
 from suara.registry.loader import load_registry
-from suara.runtime.embedded import EmbeddedPostgres
 from suara.v1 import tally_pb2
 from tests.factories import consistent_form, signed
 from tests.tally.conftest import BASE_SETTINGS

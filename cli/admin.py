@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from suara.runtime.database import connect, database_url
+from cli.embedded import database_url
+from suara.runtime.database import connect
 from suara.runtime.settings import Settings
 
 

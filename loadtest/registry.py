@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from suara.loadtest.site import Site, SiteError, read_json
+from loadtest.site import Site, SiteError, read_json
 
 LEVELS = (2, 4, 6, 10, 13)  # code lengths: province, kabupaten/kota, kecamatan, desa, TPS
 

@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     for group in GROUPS:
-        importlib.import_module(f"suara.cli.{group}").add_parser(sub)
+        importlib.import_module(f"cli.{group}").add_parser(sub)
     return parser
 
 

@@ -15,8 +15,8 @@ from collections.abc import Callable, Container, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from suara.loadtest.forms import Numbers, Variant, administrasi
-from suara.loadtest.registry import ContestRegistry
+from loadtest.forms import Numbers, Variant, administrasi
+from loadtest.registry import ContestRegistry
 
 STORED = frozenset({"ACCEPTED", "QUARANTINED", "DUPLICATE", "SUPERSEDED"})
 

@@ -40,9 +40,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from suara.cli.registry import _scale, _seed
+from cli.registry import _scale, _seed
+from cli.supervisor import ChildFailed, ChildSpec, Supervisor, clean_up_after, grpc_health_probe, http_probe
 from suara.runtime.settings import Settings
-from suara.runtime.supervisor import ChildFailed, ChildSpec, Supervisor, clean_up_after, grpc_health_probe, http_probe
 
 DEFAULT_SCALE = 0.001
 DEFAULT_SEED = 2024
@@ -113,7 +113,7 @@ def note(message: str) -> None:
 
 def _port(host: str, wanted: int | None) -> int:
     """`wanted` when it is free; any free port when it is 0, None or taken."""
-    from suara.runtime.embedded import free_port
+    from cli.embedded import free_port
 
     if wanted:
         with socket.socket() as s:
@@ -131,10 +131,11 @@ async def running_system(
     args: argparse.Namespace, settings: Settings, extra_env: Mapping[str, str] | None = None
 ) -> AsyncIterator[System]:
     """Everything `suara up` starts, serving; stopped in reverse order when the block exits (or is cancelled)."""
+    from cli.db import migrate_url
+    from cli.embedded import database_url
     from services.tally.credentials import create_admin_credential
-    from suara.cli.db import migrate_url
     from suara.registry.loader import load_registry
-    from suara.runtime.database import connect, database_url
+    from suara.runtime.database import connect
     from suara.runtime.service_auth import issue_service_credential
 
     data_dir = (args.data_dir or settings.data_dir).resolve()

@@ -18,8 +18,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from suara.loadtest.registry import totals_path
-from suara.loadtest.site import Site, SiteError, read_json
+from loadtest.registry import totals_path
+from loadtest.site import Site, SiteError, read_json
 
 
 @dataclass

@@ -18,6 +18,8 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+from suara.runtime.settings import Settings
+
 with warnings.catch_warnings():
     # the package's import touches platformdirs' runtime dir, which warns without XDG_RUNTIME_DIR
     warnings.simplefilter("ignore")
@@ -205,3 +207,23 @@ class EmbeddedPostgres:
         with self._lock():
             if self.is_running():
                 self._run("pg_ctl", "-D", str(self.pgdata), "-w", "-t", "60", "-m", mode, "stop")
+
+
+def embedded_server(settings: Settings) -> EmbeddedPostgres:
+    return EmbeddedPostgres(settings.data_dir / "pgdata")
+
+
+@contextlib.contextmanager
+def database_url(settings: Settings) -> Iterator[str]:
+    """The URL to use: DATABASE_URL, or the embedded server (started for the duration if it was not running)."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    server = embedded_server(settings)
+    was_running = server.is_running()
+    url = server.start()
+    try:
+        yield url
+    finally:
+        if not was_running:
+            server.stop()

@@ -21,19 +21,19 @@ from typing import Any, Protocol
 
 import grpc
 
+from loadtest.devices import enroll
+from loadtest.forms import Variant, make_form
+from loadtest.freshness import Sampler, freshness
+from loadtest.oracle import STORED, Oracle
+from loadtest.plan import PROFILES, Job, Plan, Step, make_plan, sample_tps
+from loadtest.registry import Registry, read_contests_listed, read_registry
+from loadtest.report import Stats, build_report
+from loadtest.site import Site, SiteError, open_site, read_json
+from loadtest.verify import Mismatch, Verification, verify
 from suara.client.outbox import Entry
 from suara.client.sdk import Attempt, Client
 from suara.client.stubs import tally_stub
 from suara.election.signing import DeviceKey
-from suara.loadtest.devices import enroll
-from suara.loadtest.forms import Variant, make_form
-from suara.loadtest.freshness import Sampler, freshness
-from suara.loadtest.oracle import STORED, Oracle
-from suara.loadtest.plan import PROFILES, Job, Plan, Step, make_plan, sample_tps
-from suara.loadtest.registry import Registry, read_contests_listed, read_registry
-from suara.loadtest.report import Stats, build_report
-from suara.loadtest.site import Site, SiteError, open_site, read_json
-from suara.loadtest.verify import Mismatch, Verification, verify
 from suara.v1 import form_pb2, tally_pb2, tally_pb2_grpc
 
 SHM = Path("/dev/shm")
@@ -80,7 +80,7 @@ class Config:
 
 
 class ProgressLine(Protocol):
-    """What suara.cli.progress.Progress offers: the run reports through it, and knows no terminal."""
+    """What cli.progress.Progress offers: the run reports through it, and knows no terminal."""
 
     def update(self, done: int, total: int | None = None, note: str = "") -> None: ...
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from suara.loadtest.forms import Variant
+from loadtest.forms import Variant
 
 FAULTS = ("duplicate", "lost_reply", "correction", "stale", "inconsistent", "malformed", "offline")
 # Per (TPS, contest), except offline (per device). Modest: a few percent of a real night's TPS.

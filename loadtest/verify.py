@@ -28,10 +28,10 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.sharedctypes import Synchronized
 from typing import Any
 
-from suara.loadtest.forms import Numbers, numbers
-from suara.loadtest.oracle import AreaTotals, Current, File, NumbersOf, Oracle, expected_files, expected_tps
-from suara.loadtest.registry import ContestRegistry, totals_path
-from suara.loadtest.site import DirSite, Site, SiteError
+from loadtest.forms import Numbers, numbers
+from loadtest.oracle import AreaTotals, Current, File, NumbersOf, Oracle, expected_files, expected_tps
+from loadtest.registry import ContestRegistry, totals_path
+from loadtest.site import DirSite, Site, SiteError
 
 DETAILS = 50  # mismatches reported in full
 RECHECK_MAX = 10_000  # more than this many bad files is no lag: report them without waiting

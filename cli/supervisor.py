@@ -32,7 +32,7 @@ log = structlog.stdlib.get_logger("suara.supervisor")
 
 Probe = Callable[[], Awaitable[bool]]
 # What a child runs: the CLI of this very interpreter, so a venv's `suara up` starts that venv's services.
-SUARA_COMMAND = (sys.executable, "-m", "suara.cli")
+SUARA_COMMAND = (sys.executable, "-m", "cli")
 PROBE_INTERVAL_S = 0.1
 # A child that stayed up this long crashed for a new reason: its restart backoff starts over.
 STABLE_AFTER_S = 30.0
@@ -51,7 +51,7 @@ class ChildFailed(RuntimeError):
 @dataclass(frozen=True)
 class ChildSpec:
     name: str
-    args: Sequence[str]  # after `python -m suara.cli`
+    args: Sequence[str]  # after `python -m command`
     env: Mapping[str, str]
     probe: Probe
     cwd: Path | None = None

@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from suara.runtime.database import database_url
+from cli.embedded import database_url
 from suara.runtime.settings import Settings
 
 _SINKS = (

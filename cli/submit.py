@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from suara.cli.outbox import add_outbox_argument, add_target_argument, entry_json, outbox_path, target_of
+from cli.outbox import add_outbox_argument, add_target_argument, entry_json, outbox_path, target_of
 from suara.client.outbox import Entry
 from suara.runtime.settings import Settings
 

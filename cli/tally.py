@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from suara.runtime.database import database_url
+from cli.embedded import database_url
 from suara.runtime.settings import Settings
 
 

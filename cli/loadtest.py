@@ -79,10 +79,10 @@ def add_parser(sub: Any) -> None:
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
+    from cli.progress import Progress
+    from loadtest.report import human_table, write_report
+    from loadtest.run import Config, LoadTestError, run_loadtest
     from services.tally.credentials import AdminCredential
-    from suara.cli.progress import Progress
-    from suara.loadtest.report import human_table, write_report
-    from suara.loadtest.run import Config, LoadTestError, run_loadtest
 
     admin_path = args.admin_key or settings.data_dir / "admin.key.json"
     try:

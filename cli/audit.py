@@ -6,8 +6,9 @@ import argparse
 import json
 from typing import Any
 
-from suara.cli.progress import Progress
-from suara.runtime.database import connect, database_url
+from cli.embedded import database_url
+from cli.progress import Progress
+from suara.runtime.database import connect
 from suara.runtime.settings import Settings
 
 

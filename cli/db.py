@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from suara.cli.components import MIGRATION_DIRS
-from suara.runtime.database import connect, database_url, embedded_server
+from cli.components import MIGRATION_DIRS
+from cli.embedded import database_url, embedded_server
+from suara.runtime.database import connect
 from suara.runtime.migrations import discover, migrate
 from suara.runtime.settings import Settings
 

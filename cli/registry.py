@@ -10,12 +10,13 @@ from typing import Any
 
 import asyncpg
 
-from suara.cli.progress import Progress
+from cli.embedded import database_url
+from cli.progress import Progress
 from suara.registry.areas import LEVEL_NAMES
 from suara.registry.contests import DEFAULT_PATH, ContestConfigError, read_contests
 from suara.registry.loader import load_registry
 from suara.registry.synthetic import PEMILU_2024_TPS
-from suara.runtime.database import connect, database_url
+from suara.runtime.database import connect
 from suara.runtime.settings import Settings
 
 NOT_MIGRATED = "the registry tables do not exist: run `suara db migrate` first"

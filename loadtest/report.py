@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from suara.loadtest.freshness import Freshness, percentile
-from suara.loadtest.verify import Verification
+from loadtest.freshness import Freshness, percentile
+from loadtest.verify import Verification
 
 
 @dataclass

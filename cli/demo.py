@@ -22,8 +22,8 @@ from typing import Any
 
 import grpc
 
-from suara.cli.progress import Progress
-from suara.cli.up import System, add_up_arguments, serve_until_signal
+from cli.progress import Progress
+from cli.up import System, add_up_arguments, serve_until_signal
 from suara.runtime.service_auth import ServiceCredential
 from suara.runtime.settings import Settings
 
