@@ -33,6 +33,7 @@ from suara.registry.catalog import fetch_contests
 from suara.runtime.database import connect, create_pool
 from suara.runtime.service_auth import ServiceAuthClientInterceptor, issue_service_credential
 from suara.runtime.settings import Settings
+from suara.runtime.wire import MESSAGE_LIMITS
 
 
 def _raw_write(files: list[tuple[str, bytes]], root: Path) -> float:
@@ -64,7 +65,7 @@ async def run(url: str, *, contests: tuple[str, ...]) -> dict[str, Any]:
     channel = grpc.aio.insecure_channel(
         f"127.0.0.1:{aggregate.port}",
         interceptors=[ServiceAuthClientInterceptor(reader)],
-        options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
+        options=list(MESSAGE_LIMITS),
     )
     pool = await create_pool(url, size=4, application="suara-bench-publish")
     results: dict[str, Any] = {}

@@ -20,12 +20,13 @@ import grpc
 
 from suara.client.stubs import tally_stub
 from suara.election.signing import DeviceKey
+from suara.runtime.wire import TALLY_MAX_BATCH
 from suara.v1 import tally_pb2
 
 RETRYABLE = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
 )
-ENROLL_CHUNK = 1_000  # tally's limit per EnrollDevices call; also the run of keys generated at a time
+ENROLL_CHUNK = TALLY_MAX_BATCH  # tally's limit per EnrollDevices call; also the run of keys generated at a time
 
 
 class EnrollError(Exception):

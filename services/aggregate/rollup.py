@@ -30,6 +30,7 @@ import structlog
 from services.aggregate.errors import InvalidRequest
 from services.aggregate.queries import QUERIES
 from services.aggregate.updates import AreaUpdate, LeafUpdate
+from suara.election.codes import DESA, DESA_LENGTH, LENGTHS
 from suara.runtime.errors import FieldProblem
 from suara.v1 import aggregate_pb2
 
@@ -38,8 +39,8 @@ log = structlog.stdlib.get_logger("suara.aggregate.rollup")
 Outcome: TypeAlias = aggregate_pb2.UpdateOutcome.ValueType
 APPLIED, DUPLICATE, STALE = aggregate_pb2.APPLIED, aggregate_pb2.DUPLICATE_UPDATE, aggregate_pb2.STALE
 
-# Code length of each area level; 0 is nasional (''), 4 desa.
-LEVEL_LENGTH = {0: 0, 1: 2, 2: 4, 3: 6, 4: 10}
+# Code length of each area level with rows of its own; 0 is nasional (''), DESA the lowest.
+LEVEL_LENGTH = {0: 0, **dict(enumerate(LENGTHS[:DESA], start=1))}
 LEVEL_OF_LENGTH = {n: level for level, n in LEVEL_LENGTH.items()}
 
 Target = tuple[str, str]  # (contest, area)
@@ -135,8 +136,8 @@ class Rollup:
             written = {(r["tps"], r["contest"]) for r in applied}
             differences = None if await conn.fetchval(QUERIES.any_feed) else _differences(won, written, before)
             if differences is None:
-                desas = {(contest, tps[:10]) for tps, contest in written}
-                areas = await self._roll_up(conn, {4: desas}, sequence, now)
+                desas = {(contest, tps[:DESA_LENGTH]) for tps, contest in written}
+                areas = await self._roll_up(conn, {DESA: desas}, sequence, now)
             else:
                 areas = await self._add(conn, differences, sequence, now)
             await conn.execute(QUERIES.set_head, sequence, None)
@@ -235,12 +236,12 @@ class Rollup:
         """Recompute the targets bottom-up; a changed row makes its parent a target. Returns rows changed."""
         changed_total = 0
         carried: set[Target] = set()
-        for level in (4, 3, 2, 1, 0):
+        for level in range(DESA, -1, -1):
             todo = targets.get(level, set()) | carried
             carried = set()
             if not todo:
                 continue
-            query = QUERIES.recompute_desa if level == 4 else QUERIES.recompute_upper
+            query = QUERIES.recompute_desa if level == DESA else QUERIES.recompute_upper
             changed = await conn.fetch(query, *_columns(todo), sequence, now)
             changed_total += len(changed)
             if level > 0:
@@ -251,7 +252,7 @@ class Rollup:
 # After the votes, a contribution carries suara_sah, suara_tidak_sah, suara_total, dpt, pengguna and
 # the TPS counts reported and quarantined (add_to_areas takes them in this order).
 _SCALARS = 7
-_ANCESTORS = (10, 6, 4, 2, 0)  # desa, kecamatan, kabupaten/kota, provinsi, nasional ('')
+_ANCESTORS = tuple(LEVEL_LENGTH[level] for level in range(DESA, -1, -1))  # desa up to nasional ('')
 
 
 def _contribution(quarantined: bool, votes: Sequence[int], sums: Sequence[int]) -> list[int]:

@@ -25,6 +25,7 @@ from services.publish.files import SiteFile
 from services.publish.nist import AreaResult, nist_json, nist_report
 from services.publish.queries import QUERIES
 from services.publish.sink import Sink
+from suara.election.codes import DESA_LENGTH, TPS_LENGTH
 from suara.election.contest import Contest
 from suara.v1 import aggregate_pb2, aggregate_pb2_grpc, tally_pb2, tally_pb2_grpc
 
@@ -59,9 +60,9 @@ class _Work:
     tps: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
 
     def add(self, contest: str, code: str) -> None:
-        if len(code) == 13:
+        if len(code) == TPS_LENGTH:
             self.tps[contest].add(code)
-            self.areas[contest].add(code[:10])
+            self.areas[contest].add(code[:DESA_LENGTH])
         else:
             self.areas[contest].add(code)
 
@@ -210,7 +211,7 @@ class Publisher:
         while level:
             below: list[str] = []
             async for view in self._iter_views(contest, level):
-                below.extend(child.area for child in view.children if len(child.area) < 13)
+                below.extend(child.area for child in view.children if len(child.area) < TPS_LENGTH)
                 yield view
             level = below
 
@@ -249,7 +250,7 @@ class Publisher:
                 SiteFile(documents.region_path(contest.id, area), documents.dumps(documents.region_list(view.children)))
             )
         out.result.areas += 1
-        if len(area) == 10:
+        if len(area) == DESA_LENGTH:
             rows = [c for c in view.children if changed_tps is None or c.area in changed_tps]
             await self._photos(out, rows)
             for row in rows:

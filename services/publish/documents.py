@@ -11,11 +11,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+from suara.election.codes import LENGTHS, RECAP_LENGTHS, path_of
 from suara.election.contest import CONTEST_KINDS, Contest
 from suara.v1 import aggregate_pb2
 
 WIB = timezone(timedelta(hours=7))  # Sirekap writes Jakarta time
-LEVEL_OF_LENGTH = {2: 1, 4: 2, 6: 3, 10: 4, 13: 5}  # `tingkat`
+LEVEL_OF_LENGTH = {n: level for level, n in enumerate(LENGTHS, start=1)}  # `tingkat`
 RECONCILIATION_NAMES = {
     aggregate_pb2.MATCH: "MATCH",
     aggregate_pb2.MISMATCH: "MISMATCH",
@@ -42,7 +43,7 @@ def iso(unix_ms: int) -> str:
 
 def area_path(area: str) -> str:
     """'' → '', '3101011001' → '31/3101/310101/3101011001' (how Sirekap nests every code under its parents)."""
-    return "/".join(area[:n] for n in (2, 4, 6, 10, 13) if n <= len(area))
+    return path_of(area)
 
 
 def totals_path(contest: str, area: str) -> str:
@@ -184,7 +185,7 @@ def status(view: aggregate_pb2.AreaView) -> dict[str, Any]:
             entry["reconciliation"] = RECONCILIATION_NAMES[child.reconciliation]
         if entry:
             children[child.area] = entry
-    has_recap = len(area.area) in (2, 4, 6) and view.HasField("reconciliation")
+    has_recap = len(area.area) in RECAP_LENGTHS and view.HasField("reconciliation")
     return {  # no `ts`: the file then changes only when a flag does, and publish skips rewriting it
         "kode": area.area,
         "tps_quarantined": area.tps_quarantined,

@@ -27,6 +27,7 @@ from suara.runtime.database import CONNECTION_ERRORS, create_pool
 from suara.runtime.grpc_server import Server, create_server, serve_until_signal
 from suara.runtime.service_auth import ServiceAuthClientInterceptor, ServiceCredential
 from suara.runtime.settings import Settings
+from suara.runtime.wire import MESSAGE_LIMITS
 from suara.v1 import aggregate_pb2, publish_pb2, publish_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -35,7 +36,7 @@ SERVICE_NAME = "suara.v1.Publish"
 LOCK_KEY: Final = 0x5355415250554253  # "SUARPUBS": distinct from the relay's and the migration lock
 CHANNEL_OPTIONS = (
     ("grpc.max_reconnect_backoff_ms", 2000),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    *MESSAGE_LIMITS,
 )
 
 

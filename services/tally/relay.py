@@ -43,6 +43,7 @@ from suara.runtime.backoff import Backoff
 from suara.runtime.database import CONNECTION_ERRORS
 from suara.runtime.service_auth import ServiceCredential
 from suara.runtime.settings import Settings
+from suara.runtime.wire import MESSAGE_LIMITS
 from suara.v1 import aggregate_pb2, aggregate_pb2_grpc
 
 log = structlog.stdlib.get_logger("suara.tally.relay")
@@ -58,8 +59,7 @@ CHANNEL_OPTIONS: Final = (
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2000),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    *MESSAGE_LIMITS,
 )
 
 

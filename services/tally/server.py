@@ -33,17 +33,17 @@ from services.tally.errors import (
 from services.tally.intake import Intake
 from services.tally.queries import QUERIES
 from services.tally.relay import Relay, relay_for
-from suara.election import signing
+from suara.election import codes, signing
 from suara.registry.catalog import RegistryView as Catalog
 from suara.runtime.database import CONNECTION_ERRORS, create_pool
 from suara.runtime.errors import FieldProblem
 from suara.runtime.grpc_server import Server, create_server, serve_until_signal
 from suara.runtime.settings import Settings
+from suara.runtime.wire import TALLY_MAX_BATCH
 from suara.v1 import tally_pb2, tally_pb2_grpc
 
 log = structlog.stdlib.get_logger("suara.tally")
 
-MAX_BATCH_ITEMS = 1000
 SERVICE_NAME = tally_pb2.DESCRIPTOR.services_by_name["Tally"].full_name
 
 _STATUS = {
@@ -170,12 +170,12 @@ class TallyService(tally_pb2_grpc.TallyServicer):
     async def SubmitBatch(
         self, request: tally_pb2.SubmitBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> tally_pb2.SubmitBatchResponse:
-        if len(request.items) > MAX_BATCH_ITEMS:
+        if len(request.items) > TALLY_MAX_BATCH:
             raise InvalidForm(
                 [
                     FieldProblem(
                         "items",
-                        f"at most {MAX_BATCH_ITEMS} forms per batch, got {len(request.items)}; split it",
+                        f"at most {TALLY_MAX_BATCH} forms per batch, got {len(request.items)}; split it",
                     )
                 ]
             )
@@ -224,7 +224,7 @@ class TallyService(tally_pb2_grpc.TallyServicer):
     async def ListSubmissions(
         self, request: tally_pb2.ListSubmissionsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> tally_pb2.ListSubmissionsResponse:
-        if len(request.tps) != 13 or not request.tps.isdigit():
+        if not codes.is_tps_code(request.tps):
             raise InvalidForm([FieldProblem("tps", f"must be a 13-digit TPS code, got {request.tps!r}")])
         rows = await self._fetch(QUERIES.submissions_for_tps, request.tps, request.contest)
         return tally_pb2.ListSubmissionsResponse(submissions=[submission_pb(r) for r in rows])
@@ -266,9 +266,9 @@ class TallyService(tally_pb2_grpc.TallyServicer):
     ) -> tally_pb2.EnrollDevicesResponse:
         await self._require_admin(context)
         devices = list(request.devices)
-        if not 1 <= len(devices) <= MAX_BATCH_ITEMS:
+        if not 1 <= len(devices) <= TALLY_MAX_BATCH:
             raise InvalidRequest(
-                [FieldProblem("devices", f"send 1 to {MAX_BATCH_ITEMS} devices per call, got {len(devices)}")]
+                [FieldProblem("devices", f"send 1 to {TALLY_MAX_BATCH} devices per call, got {len(devices)}")]
             )
         problems: list[FieldProblem] = []
         first_index: dict[bytes, int] = {}

@@ -144,7 +144,7 @@ class RegistryView:
     async def tps_known(self, code: str) -> bool:
         if code in self.tps:
             return True
-        if len(code) != 13 or not code.isdigit():
+        if not is_tps_code(code):
             return False
         async with self._pool.acquire() as conn:
             return await tps_exists(conn, code) is not None

@@ -24,11 +24,9 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from suara.runtime.errors import ServiceError
+from suara.runtime.wire import MESSAGE_LIMITS, RETRY_AFTER_KEY
 
 log = structlog.stdlib.get_logger("suara.grpc")
-
-RETRY_AFTER_KEY = "retry-after-ms"
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class _Status(grpc.Status):
@@ -42,7 +40,6 @@ async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: Service
     status = rpc_status.to_status(error.to_status())
     metadata = tuple(status.trailing_metadata)
     if error.retry_after_ms is not None:
-        # Plain metadata too, so a client needs no protobuf decoding to honour the hint.
         metadata += ((RETRY_AFTER_KEY, str(error.retry_after_ms)),)
     await context.abort_with_status(_Status(status.code, status.details, metadata))
 
@@ -135,8 +132,7 @@ def create_server(
     server = grpc.aio.server(
         interceptors=[ContextInterceptor(), *interceptors],
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            *MESSAGE_LIMITS,
             ("grpc.so_reuseport", int(reuse_port)),
         ],
     )

@@ -8,6 +8,7 @@ them; nothing here asks the relay what it thinks it sent.
 from __future__ import annotations
 
 import asyncio
+import random
 from dataclasses import replace
 from pathlib import Path
 from typing import cast
@@ -179,7 +180,7 @@ async def test_the_fake_is_behind_the_real_credential_check(rig: Rig) -> None:
 
 
 def test_backoff_is_full_jitter_under_a_cap() -> None:
-    backoff = Backoff(0.1, 2.0)
+    backoff = Backoff(0.1, 2.0, random.Random(7))  # seeded: the draws below are the same every run
     delays = [backoff.next_delay() for _ in range(200)]
     assert all(0.0 <= d <= 2.0 for d in delays)
     assert max(delays[:1]) <= 0.1 and max(delays[50:]) > 0.2  # grows, then stays under the cap
