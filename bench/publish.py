@@ -30,7 +30,7 @@ from services.publish.cycle import Publisher
 from services.publish.sink import LocalSink
 from suara.client.aggregate_stub import aggregate_stub
 from suara.registry.catalog import fetch_contests
-from suara.runtime.database import connect, create_pool
+from suara.runtime.database import Database, connect
 from suara.runtime.service_auth import ServiceAuthClientInterceptor, issue_service_credential
 from suara.runtime.settings import Settings
 from suara.runtime.wire import MESSAGE_LIMITS
@@ -67,10 +67,10 @@ async def run(url: str, *, contests: tuple[str, ...]) -> dict[str, Any]:
         interceptors=[ServiceAuthClientInterceptor(reader)],
         options=list(MESSAGE_LIMITS),
     )
-    pool = await create_pool(url, size=4, application="suara-bench-publish")
+    pool = await Database.open(url, size=4, application="suara-bench-publish")
     results: dict[str, Any] = {}
     try:
-        wanted = {k: v for k, v in (await fetch_contests(pool)).items() if k in contests}
+        wanted = {k: v for k, v in (await fetch_contests(pool.pool)).items() if k in contests}
         catalog = await Catalog.load(pool)
         rollup = Rollup(pool)
         for contest_id in wanted:

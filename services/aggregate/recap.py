@@ -19,10 +19,12 @@ import asyncpg
 from google.protobuf.message import DecodeError
 
 from services.aggregate.catalog import Catalog
-from services.aggregate.errors import Conflict, InvalidRequest, NotFound, PermissionDenied, Unauthenticated
+from services.aggregate.errors import InvalidRequest
 from services.aggregate.queries import QUERIES
 from suara.election import signing
-from suara.runtime.errors import FieldProblem
+from suara.election.codes import parent_of
+from suara.runtime.database import Database
+from suara.runtime.errors import AlreadyExists, FieldProblem, NotFound, PermissionDenied, Unauthenticated
 from suara.v1 import aggregate_pb2
 
 SCALARS = ("suara_sah", "suara_tidak_sah", "suara_total", "dpt", "pengguna")
@@ -30,7 +32,7 @@ MAX_AREA_COUNT = 10**9  # more than the whole electorate: a typo, not a count
 
 
 async def submit_recap(
-    pool: asyncpg.Pool, catalog: Catalog, request: aggregate_pb2.SubmitRecapRequest
+    db: Database, catalog: Catalog, request: aggregate_pb2.SubmitRecapRequest
 ) -> aggregate_pb2.SubmitRecapResponse:
     signed = request.recap
     problems = []
@@ -44,7 +46,7 @@ async def submit_recap(
         problems.append(FieldProblem("recap.official_id", "empty: the id of the official's enrolled key"))
     if problems:
         raise InvalidRequest(problems)
-    official = await pool.fetchrow(QUERIES.official, signed.official_id)
+    official = await db.fetchrow(QUERIES.official, signed.official_id)
     if official is None:
         raise Unauthenticated(
             f"unknown or revoked official {signed.official_id!r}: enroll with `suara official enroll`"
@@ -61,10 +63,10 @@ async def submit_recap(
         raise PermissionDenied(
             f"official {signed.official_id} ({official['role']}) recaps area {official['area']}, not {form.area!r}"
         )
-    choices = await _validate(pool, catalog, form)
+    choices = await _validate(db, catalog, form)
     digest = hashlib.sha256(signed.payload).digest()
     votes = [form.totals.votes[c] for c in choices]
-    async with pool.acquire() as conn, conn.transaction():
+    async with db.acquire() as conn, conn.transaction():
         inserted = await conn.fetchval(
             QUERIES.insert_recap, uuid.uuid4(), form.area, form.contest, form.version, signed.payload, digest,
             signed.signature, signed.official_id, votes, *(getattr(form.totals, s) for s in SCALARS),
@@ -77,7 +79,7 @@ async def submit_recap(
             return aggregate_pb2.SubmitRecapResponse(outcome=outcome, recap_id=str(inserted), current_version=current)
         existing = await conn.fetchrow(QUERIES.recap_by_key, form.area, form.contest, form.version)
     if bytes(existing["payload_sha256"]) != digest:
-        raise Conflict(
+        raise AlreadyExists(
             f"recap version {form.version} of {form.area} {form.contest} is already stored with a different payload "
             f"(recap {existing['id']}); the original is kept. Sign a correction with a version above {current}"
         )
@@ -93,17 +95,17 @@ async def _log_recap_change(conn: asyncpg.Connection, contest: str, area: str) -
     """
     head = await conn.fetchrow(QUERIES.lock_head)
     sequence = head["sequence"] + 1
-    parent = {2: "", 4: area[:2], 6: area[:4]}[len(area)]
+    parent = parent_of(area) or ""  # a province's parent is the nation
     await conn.execute(QUERIES.log_change, sequence, contest, [area, parent])
     await conn.execute(QUERIES.set_head, sequence, None)
 
 
-async def _validate(pool: asyncpg.Pool, catalog: Catalog, form: aggregate_pb2.RecapForm) -> list[str]:
+async def _validate(db: Database, catalog: Catalog, form: aggregate_pb2.RecapForm) -> list[str]:
     problems = []
     contest = catalog.contests.get(form.contest)
     if contest is None:
         raise InvalidRequest([FieldProblem("contest", f"unknown contest {form.contest!r}")])
-    if await pool.fetchrow(QUERIES.area_digital, form.contest, form.area) is None:
+    if await db.fetchrow(QUERIES.area_digital, form.contest, form.area) is None:
         problems.append(FieldProblem("area", f"{form.contest} is not held in area {form.area!r}"))
     if form.version < 1:
         problems.append(FieldProblem("version", f"must be >= 1, got {form.version}"))
@@ -167,13 +169,11 @@ def reconcile(
     return result
 
 
-async def get_reconciliation(
-    pool: asyncpg.Pool, catalog: Catalog, area: str, contest: str
-) -> aggregate_pb2.Reconciliation:
+async def get_reconciliation(db: Database, catalog: Catalog, area: str, contest: str) -> aggregate_pb2.Reconciliation:
     if contest not in catalog.contests:
         raise InvalidRequest([FieldProblem("contest", f"unknown contest {contest!r}")])
     choices = catalog.choice_ids(contest)
-    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+    async with db.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         digital_row = await conn.fetchrow(QUERIES.area_digital, contest, area)
         history = await conn.fetch(QUERIES.recap_history, area, contest)
     if digital_row is None:
@@ -191,14 +191,14 @@ async def get_reconciliation(
 
 
 async def list_mismatches(
-    pool: asyncpg.Pool, catalog: Catalog, area: str, contest: str, include_incomplete: bool
+    db: Database, catalog: Catalog, area: str, contest: str, include_incomplete: bool
 ) -> aggregate_pb2.ListMismatchesResponse:
     if contest not in catalog.contests:
         raise InvalidRequest([FieldProblem("contest", f"unknown contest {contest!r}")])
     choices = catalog.choice_ids(contest)
     wanted = {aggregate_pb2.MISMATCH} | ({aggregate_pb2.INCOMPLETE} if include_incomplete else set())
     response = aggregate_pb2.ListMismatchesResponse()
-    for row in await pool.fetch(QUERIES.current_recaps_under, contest, area):
+    for row in await db.fetch(QUERIES.current_recaps_under, contest, area):
         recap = _totals(row["votes"], row, "", choices)
         digital = _totals(row["d_votes"] or [0] * len(choices), row, "d_", choices)
         item = _compare(row["area"], contest, recap, digital, row)

@@ -31,6 +31,7 @@ from services.aggregate.errors import InvalidRequest
 from services.aggregate.queries import QUERIES
 from services.aggregate.updates import AreaUpdate, LeafUpdate
 from suara.election.codes import DESA, DESA_LENGTH, LENGTHS
+from suara.runtime.database import Database
 from suara.runtime.errors import FieldProblem
 from suara.v1 import aggregate_pb2
 
@@ -80,12 +81,12 @@ def _columns(targets: set[Target]) -> tuple[list[str], list[str]]:
 
 
 class Rollup:
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     async def seed(self) -> int:
         """Area rows with tps_total from the registry, once per registry load; returns the sequence."""
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._db.acquire() as conn, conn.transaction():
             await conn.execute(QUERIES.custom_plans)
             head = await conn.fetchrow(QUERIES.lock_head)
             load = await conn.fetchval(QUERIES.registry_load)
@@ -101,7 +102,7 @@ class Rollup:
 
     async def apply_leaves(self, updates: list[LeafUpdate]) -> Applied:
         started = time.perf_counter()
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._db.acquire() as conn, conn.transaction():
             await conn.execute(QUERIES.custom_plans)
             head = await conn.fetchrow(QUERIES.lock_head)  # before any read: see the comment at the top
             keys = list({u.key for u in updates})
@@ -155,7 +156,7 @@ class Rollup:
 
     async def apply_feed(self, source: str, updates: list[AreaUpdate]) -> Applied:
         started = time.perf_counter()
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._db.acquire() as conn, conn.transaction():
             await conn.execute(QUERIES.custom_plans)
             head = await conn.fetchrow(QUERIES.lock_head)
             keys = list({u.key for u in updates})

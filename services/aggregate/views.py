@@ -9,12 +9,13 @@ from typing import Any
 import asyncpg
 
 from services.aggregate.catalog import Catalog
-from services.aggregate.errors import InvalidRequest, NotFound
+from services.aggregate.errors import InvalidRequest
 from services.aggregate.queries import QUERIES
 from services.aggregate.recap import reconcile
 from suara.election.codes import DESA_LENGTH, RECAP_LENGTHS, TPS_LENGTH, is_area_code
 from suara.election.contest import Contest
-from suara.runtime.errors import FieldProblem
+from suara.runtime.database import Database
+from suara.runtime.errors import FieldProblem, NotFound
 from suara.runtime.wire import AGGREGATE_MAX_AREAS
 from suara.v1 import aggregate_pb2
 
@@ -81,13 +82,13 @@ def _check_area(contest: Contest, area: str, field: str) -> None:
         raise NotFound(f"{field}: contest {contest.id!r} is not held in area {area!r} (its scope is {contest.scope!r})")
 
 
-async def get_area(pool: asyncpg.Pool, catalog: Catalog, area: str, contest_id: str) -> aggregate_pb2.AreaView:
+async def get_area(db: Database, catalog: Catalog, area: str, contest_id: str) -> aggregate_pb2.AreaView:
     contest = catalog.contests.get(contest_id)
     if contest is None:
         raise InvalidRequest([FieldProblem("contest", f"unknown contest {contest_id!r}")])
     _check_area(contest, area, "area")
     choices = catalog.choice_ids(contest_id)
-    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+    async with db.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         sequence = await conn.fetchval(QUERIES.head)  # the same snapshot as the rows below
         if len(area) == TPS_LENGTH:
             tps = await conn.fetchrow(QUERIES.tps_row, contest_id, area)
@@ -113,7 +114,7 @@ async def get_area(pool: asyncpg.Pool, catalog: Catalog, area: str, contest_id: 
 
 
 async def get_areas(
-    pool: asyncpg.Pool, catalog: Catalog, contest_id: str, areas: Sequence[str]
+    db: Database, catalog: Catalog, contest_id: str, areas: Sequence[str]
 ) -> aggregate_pb2.GetAreasResponse:
     """Many areas in one snapshot, in a handful of set-based queries whatever their number."""
     contest = catalog.contests.get(contest_id)
@@ -128,7 +129,7 @@ async def get_areas(
     choices = catalog.choice_ids(contest_id)
     wanted = list(dict.fromkeys(areas))
     desas = [a for a in wanted if len(a) == DESA_LENGTH]
-    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+    async with db.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         sequence = await conn.fetchval(QUERIES.head)
         rows = {r["code"]: r for r in await conn.fetch(QUERIES.areas_rows, contest_id, wanted)}
         children: dict[str, list[aggregate_pb2.AreaRow]] = {a: [] for a in wanted}
@@ -165,12 +166,12 @@ async def get_areas(
     return response
 
 
-async def changes(pool: asyncpg.Pool, since: int, limit: int) -> aggregate_pb2.ChangesResponse:
+async def changes(db: Database, since: int, limit: int) -> aggregate_pb2.ChangesResponse:
     """Whole sequences only: a reply never ends in the middle of one, so `since` = the last sequence is safe."""
     if limit < 0:
         raise InvalidRequest([FieldProblem("limit", f"must not be negative, got {limit}")])
     limit = limit or DEFAULT_CHANGES_LIMIT
-    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+    async with db.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         newest = await conn.fetchval(QUERIES.head)
         rows = list(await conn.fetch(QUERIES.changes_since, since, limit + 1))
         if len(rows) > limit:

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import grpc
 import structlog
 
@@ -27,6 +26,7 @@ from services.publish.queries import QUERIES
 from services.publish.sink import Sink
 from suara.election.codes import DESA_LENGTH, TPS_LENGTH
 from suara.election.contest import Contest
+from suara.runtime.database import Database
 from suara.v1 import aggregate_pb2, aggregate_pb2_grpc, tally_pb2, tally_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -70,7 +70,7 @@ class _Work:
 class Publisher:
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        pool: Database,
         sink: Sink,
         aggregate: aggregate_pb2_grpc.AggregateAsyncStub,
         tally: tally_pb2_grpc.TallyAsyncStub | None,

@@ -14,6 +14,7 @@ from pathlib import Path
 import asyncpg
 
 from services.tally.queries import QUERIES
+from suara.runtime.database import Database
 from suara.runtime.secrets_file import write_secret
 
 
@@ -33,8 +34,8 @@ class DeviceKeys:
     a device may be enrolled a moment later.
     """
 
-    def __init__(self, pool: asyncpg.Pool, capacity: int = 200_000) -> None:
-        self._pool = pool
+    def __init__(self, db: Database, capacity: int = 200_000) -> None:
+        self._db = db
         self._capacity = capacity
         self._cache: OrderedDict[str, DeviceRecord] = OrderedDict()
         self._waiting: dict[str, asyncio.Future[DeviceRecord | None]] = {}
@@ -84,7 +85,7 @@ class DeviceKeys:
 
     async def _flush(self, waiting: dict[str, asyncio.Future[DeviceRecord | None]]) -> None:
         try:
-            rows = await self._pool.fetch(QUERIES.device_keys, list(waiting), timeout=1.0)
+            rows = await self._db.fetch(QUERIES.device_keys, list(waiting), timeout_s=1.0)
         except Exception as exc:
             for fut in waiting.values():
                 if not fut.done():
@@ -98,7 +99,7 @@ class DeviceKeys:
 
 
 async def enroll_device(
-    conn: asyncpg.Connection | asyncpg.Pool, device_id: str, tps: str, public_key: bytes, label: str
+    conn: asyncpg.Connection | Database, device_id: str, tps: str, public_key: bytes, label: str
 ) -> None:
     row = await conn.fetchrow(QUERIES.enroll_device, device_id, tps, public_key, label)
     if row["tps"] != tps:
@@ -114,11 +115,11 @@ class EnrolledElsewhere(Exception):
 
 
 async def enroll_devices(
-    pool: asyncpg.Pool, device_ids: list[str], tps: list[str], public_keys: list[bytes], labels: list[str]
+    db: Database, device_ids: list[str], tps: list[str], public_keys: list[bytes], labels: list[str]
 ) -> None:
     """Many keys in one transaction: all are enrolled, or none (EnrolledElsewhere)."""
     wanted = dict(zip(device_ids, tps, strict=True))
-    async with pool.acquire() as conn, conn.transaction():
+    async with db.acquire() as conn, conn.transaction():
         rows = await conn.fetch(QUERIES.enroll_devices, device_ids, tps, public_keys, labels)
         clashes = [(r["device_id"], r["tps"]) for r in rows if wanted[r["device_id"]] != r["tps"]]
         if clashes:
@@ -164,8 +165,8 @@ class AdminTokens:
 
     TTL_S = 60.0
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
+    def __init__(self, db: Database) -> None:
+        self._db = db
         self._valid_until: dict[bytes, float] = {}
 
     async def is_valid(self, token: str) -> bool:
@@ -173,7 +174,7 @@ class AdminTokens:
         now = time.monotonic()
         if self._valid_until.get(digest, 0.0) > now:
             return True
-        ok = bool(await self._pool.fetchval(QUERIES.admin_token_valid, digest))
+        ok = bool(await self._db.fetchval(QUERIES.admin_token_valid, digest))
         if ok:
             self._valid_until[digest] = now + self.TTL_S
         return ok

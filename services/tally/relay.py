@@ -40,7 +40,7 @@ import structlog
 
 from services.tally.queries import QUERIES
 from suara.runtime.backoff import Backoff
-from suara.runtime.database import CONNECTION_ERRORS
+from suara.runtime.database import DatabaseUnavailable, Session
 from suara.runtime.service_auth import ServiceCredential
 from suara.runtime.settings import Settings
 from suara.runtime.wire import MESSAGE_LIMITS
@@ -133,7 +133,7 @@ class Relay:
         self._wake = asyncio.Event()
         self._progress = asyncio.Condition()
         self._caught_up = 0  # how many times a claim found nothing pending
-        self._conn: asyncpg.Connection | None = None
+        self._session: Session | None = None
         self._channel: grpc.aio.Channel | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -208,7 +208,7 @@ class Relay:
             except _Rejected as exc:
                 log.error("relay_bad_reply", error=str(exc), rows=len(pending))
                 await asyncio.sleep(self.backoff.next_delay())
-            except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+            except (DatabaseUnavailable, asyncpg.PostgresError) as exc:
                 # Without our session the lock is gone too: another relay may have taken over and sent this batch.
                 log.warning("relay_database_error", error=repr(exc), rows=len(pending))
                 pending = []
@@ -253,29 +253,24 @@ class Relay:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
 
-    async def _connection(self) -> asyncpg.Connection:
+    async def _connection(self) -> Session:
         # Its own connection, not the pool's: it holds the session lock and the LISTEN.
-        if self._conn is None or self._conn.is_closed():
+        if self._session is None or self._session.is_closed():
             self.active = False
-            conn = await asyncpg.connect(
-                self.database_url, timeout=5.0, server_settings={"application_name": APPLICATION_NAME}
-            )
+            session = await Session.connect(self.database_url, application=APPLICATION_NAME)
             try:
-                await conn.add_listener(CHANNEL, self._notified)
+                await session.add_listener(CHANNEL, self._notified)
             except BaseException:
-                await conn.close()
+                await session.close()
                 raise
-            self._conn = conn
+            self._session = session
             self._wake.set()  # rows may have arrived while disconnected
-        return self._conn
+        return self._session
 
     def _notified(self, *_: object) -> None:
         self._wake.set()
 
     async def _disconnect(self) -> None:
-        conn, self._conn, self.active = self._conn, None, False
-        if conn is not None and not conn.is_closed():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.close(), 2.0)
-            if not conn.is_closed():
-                conn.terminate()
+        session, self._session, self.active = self._session, None, False
+        if session is not None:
+            await session.close(grace_s=2.0)

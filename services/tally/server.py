@@ -21,22 +21,22 @@ from services.tally.credentials import (
     enroll_device,
     enroll_devices,
 )
-from services.tally.errors import (
-    Conflict,
-    InvalidForm,
-    InvalidRequest,
-    NotFound,
-    PermissionDenied,
-    TallyError,
-    Unauthenticated,
-)
+from services.tally.errors import InvalidForm, InvalidRequest
 from services.tally.intake import Intake
 from services.tally.queries import QUERIES
 from services.tally.relay import Relay, relay_for
 from suara.election import codes, signing
 from suara.registry.catalog import RegistryView as Catalog
-from suara.runtime.database import CONNECTION_ERRORS, create_pool
-from suara.runtime.errors import FieldProblem
+from suara.runtime import database
+from suara.runtime.database import Database, DatabaseUnavailable
+from suara.runtime.errors import (
+    AlreadyExists,
+    FieldProblem,
+    NotFound,
+    PermissionDenied,
+    ServiceError,
+    Unauthenticated,
+)
 from suara.runtime.grpc_server import Server, create_server, serve_until_signal
 from suara.runtime.settings import Settings
 from suara.runtime.wire import TALLY_MAX_BATCH
@@ -67,8 +67,9 @@ def receipt_pb(receipt: Receipt) -> tally_pb2.Receipt:
     )
 
 
-def conflict_error(result: Result) -> Conflict:
-    return Conflict(
+def conflict_error(result: Result) -> AlreadyExists:
+    """Same (tps, contest, version), different payload: the original is kept."""
+    return AlreadyExists(
         f"version already stored with a different payload (submission {result.receipt.submission_id}, "
         f"sha256 {result.receipt.payload_sha256.hex()}); the original is kept. Submit a correction with a "
         f"version above {result.current_version}"
@@ -99,23 +100,23 @@ def submission_pb(row: asyncpg.Record) -> tally_pb2.Submission:
 
 
 class TallyService(tally_pb2_grpc.TallyServicer):
-    def __init__(self, pool: asyncpg.Pool, catalog: Catalog, settings: Settings) -> None:
-        self.pool = pool
+    def __init__(self, db: Database, catalog: Catalog, settings: Settings) -> None:
+        self.db = db
         self.settings = settings
         self.server: Server | None = None
-        self.gate = DatabaseGate(pool, settings.retry_after_ms, on_change=self._db_changed)
+        self.gate = DatabaseGate(db, settings.retry_after_ms, on_change=self._db_changed)
         self.in_flight = InFlight(settings.max_in_flight, settings.retry_after_ms)
         self.executor = ThreadPoolExecutor(settings.verify_threads, thread_name_prefix="verify")
-        self.devices = DeviceKeys(pool)
-        self.admins = AdminTokens(pool)
+        self.devices = DeviceKeys(db)
+        self.admins = AdminTokens(db)
         self.intake = Intake(self.devices, catalog, self.executor, settings.photo_max_bytes)
-        self.committer = GroupCommitter(pool, self.gate, settings.commit_batch_max, settings.commit_wait_s)
+        self.committer = GroupCommitter(db, self.gate, settings.commit_batch_max, settings.commit_wait_s)
 
     async def _db_changed(self, available: bool) -> None:
         if self.server is not None:
             await self.server.set_serving(available)
 
-    async def _store(self, requests: list[tally_pb2.SubmitRequest]) -> list[Result | TallyError]:
+    async def _store(self, requests: list[tally_pb2.SubmitRequest]) -> list[Result | ServiceError]:
         """Admit, prepare and commit; one result per request, in order."""
         self.gate.check()
         self.in_flight.acquire(len(requests))
@@ -126,25 +127,25 @@ class TallyService(tally_pb2_grpc.TallyServicer):
         deadline = loop.time() + self.settings.commit_wait_s
         try:
             try:
-                async with asyncio.timeout_at(deadline):  # no task of its own, unlike wait_for
+                async with database.deadline(deadline):  # no task of its own, unlike wait_for
                     prepared = await self.intake.prepare(requests)
-            except CONNECTION_ERRORS as exc:  # TimeoutError included
+            except DatabaseUnavailable as exc:
                 self.gate.mark_down(exc)
-                raise self.gate.error(timed_out=isinstance(exc, TimeoutError)) from exc
-            ready = [p for p in prepared if not isinstance(p, TallyError)]
+                raise self.gate.error(timed_out=exc.timed_out) from exc
+            ready = [p for p in prepared if not isinstance(p, ServiceError)]
             futures = iter(self.committer.enqueue(ready))
-            waits = [None if isinstance(p, TallyError) else next(futures) for p in prepared]
+            waits = [None if isinstance(p, ServiceError) else next(futures) for p in prepared]
             pending = [f for f in waits if f is not None]
             if pending:
                 await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()))
-            outcomes: list[Result | TallyError] = []
+            outcomes: list[Result | ServiceError] = []
             for p, fut in zip(prepared, waits, strict=True):
                 if fut is None:
-                    assert isinstance(p, TallyError)
+                    assert isinstance(p, ServiceError)
                     outcomes.append(p)
                 elif not fut.done():  # past the deadline: the commit may still land
                     outcomes.append(self.gate.error(timed_out=True))
-                elif isinstance(fut.exception(), TallyError):
+                elif isinstance(fut.exception(), ServiceError):
                     outcomes.append(fut.exception())  # type: ignore[arg-type]
                 else:
                     outcomes.append(fut.result())
@@ -156,7 +157,7 @@ class TallyService(tally_pb2_grpc.TallyServicer):
         self, request: tally_pb2.SubmitRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> tally_pb2.SubmitResponse:
         (result,) = await self._store([request])
-        if isinstance(result, TallyError):
+        if isinstance(result, ServiceError):
             raise result
         if result.outcome == CONFLICT:
             raise conflict_error(result)
@@ -183,7 +184,7 @@ class TallyService(tally_pb2_grpc.TallyServicer):
         response = tally_pb2.SubmitBatchResponse()
         for index, result in enumerate(results):
             item = response.results.add(index=index)
-            if isinstance(result, TallyError):
+            if isinstance(result, ServiceError):
                 item.outcome = tally_pb2.REJECTED
                 item.error.CopyFrom(_item_error(result))
             elif result.outcome == CONFLICT:
@@ -200,8 +201,8 @@ class TallyService(tally_pb2_grpc.TallyServicer):
     async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         self.gate.check()
         try:
-            return list(await self.pool.fetch(query, *args, timeout=self.settings.commit_wait_s))
-        except CONNECTION_ERRORS as exc:
+            return await self.db.fetch(query, *args, timeout_s=self.settings.commit_wait_s)
+        except DatabaseUnavailable as exc:
             self.gate.mark_down(exc)
             raise self.gate.error() from exc
 
@@ -255,7 +256,7 @@ class TallyService(tally_pb2_grpc.TallyServicer):
             raise InvalidRequest(problems)
         device_id = signing.device_id_for(request.public_key)
         try:
-            await enroll_device(self.pool, device_id, request.tps, request.public_key, request.label)
+            await enroll_device(self.db, device_id, request.tps, request.public_key, request.label)
         except ValueError as exc:
             raise InvalidRequest([FieldProblem("public_key", str(exc))]) from None
         self.devices.remember(DeviceRecord(device_id, request.tps, request.public_key))
@@ -282,7 +283,7 @@ class TallyService(tally_pb2_grpc.TallyServicer):
         ids = [signing.device_id_for(d.public_key) for d in devices]
         try:
             await enroll_devices(
-                self.pool, ids, [d.tps for d in devices], [d.public_key for d in devices], [d.label for d in devices]
+                self.db, ids, [d.tps for d in devices], [d.public_key for d in devices], [d.label for d in devices]
             )
         except EnrolledElsewhere as exc:
             raise InvalidRequest(
@@ -323,7 +324,7 @@ class TallyService(tally_pb2_grpc.TallyServicer):
         self.executor.shutdown(wait=False)
 
 
-def _item_error(error: TallyError) -> tally_pb2.ItemError:
+def _item_error(error: ServiceError) -> tally_pb2.ItemError:
     return tally_pb2.ItemError(
         code=error.code.value[0],
         message=error.message,
@@ -334,18 +335,18 @@ def _item_error(error: TallyError) -> tally_pb2.ItemError:
 class TallyApp:
     """A running tally: pool, service and gRPC server. `start()` then `stop()`."""
 
-    def __init__(self, server: Server, port: int, service: TallyService, pool: asyncpg.Pool) -> None:
+    def __init__(self, server: Server, port: int, service: TallyService, db: Database) -> None:
         self.server = server
         self.port = port
         self.service = service
-        self.pool = pool
+        self.db = db
         self.relay: Relay | None = None  # delivers the outbox to aggregate, when a credential is configured
 
     @classmethod
     async def create(cls, settings: Settings, database_url: str) -> TallyApp:
-        pool = await create_pool(database_url, size=settings.db_pool_size, application="suara-tally")
-        catalog = await Catalog.load(pool)
-        service = TallyService(pool, catalog, settings)
+        db = await Database.open(database_url, size=settings.db_pool_size, application="suara-tally")
+        catalog = await Catalog.load(db)
+        service = TallyService(db, catalog, settings)
         server, port = create_server(
             lambda s: tally_pb2_grpc.add_TallyServicer_to_server(service, s),
             [SERVICE_NAME],
@@ -354,7 +355,7 @@ class TallyApp:
             reuse_port=bool(settings.tally_shared_port),
         )
         service.server = server
-        app = cls(server, port, service, pool)
+        app = cls(server, port, service, db)
         app.relay = relay_for(settings, database_url)
         return app
 
@@ -375,7 +376,7 @@ class TallyApp:
             await self.relay.stop()
         await self.server.stop(grace)
         await self.service.close()
-        await self.pool.close()
+        await self.db.close()
 
 
 async def serve(settings: Settings, database_url: str) -> None:
@@ -385,7 +386,7 @@ async def serve(settings: Settings, database_url: str) -> None:
         if app.relay is not None:
             await app.relay.stop()
         await app.service.close()
-        await app.pool.close()
+        await app.db.close()
         log.info("tally_stopped")
 
     await serve_until_signal(app.start, app.server, settings.shutdown_grace_s, on_stop)

@@ -36,7 +36,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
-from suara.runtime.database import CONNECTION_ERRORS
+from suara.runtime.database import Database, DatabaseUnavailable
 from suara.runtime.secrets_file import write_secret
 
 log = structlog.stdlib.get_logger("suara.service_auth")
@@ -186,12 +186,12 @@ class CredentialStore(Protocol):
 class PgCredentialStore:
     """The credential table in the protected service's schema (see `credential_table_ddl`)."""
 
-    def __init__(self, pool: asyncpg.Pool | asyncpg.Connection, table: str = DEFAULT_TABLE) -> None:
-        self._pool = pool
+    def __init__(self, db: Database, table: str = DEFAULT_TABLE) -> None:
+        self._db = db
         self._query = f"SELECT role, public_key FROM {_checked_table(table)} WHERE id = $1 AND revoked_at IS NULL"
 
     async def lookup(self, credential_id: str) -> tuple[str, bytes] | None:
-        row = await self._pool.fetchrow(self._query, credential_id)
+        row = await self._db.fetchrow(self._query, credential_id)
         return None if row is None else (str(row["role"]), bytes(row["public_key"]))
 
 
@@ -333,7 +333,7 @@ class ServiceAuthInterceptor(grpc.aio.ServerInterceptor):
             return cached[1], cached[2]
         try:
             found = await self._store.lookup(credential_id)
-        except CONNECTION_ERRORS as exc:
+        except DatabaseUnavailable as exc:
             raise AuthError(grpc.StatusCode.UNAVAILABLE, "cannot check the service credential right now") from exc
         if found is None:
             self._cache.pop(credential_id, None)

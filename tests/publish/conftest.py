@@ -26,6 +26,7 @@ from services.tally.credentials import enroll_device
 from suara.client.aggregate_stub import aggregate_stub
 from suara.election.signing import DeviceKey
 from suara.registry.catalog import fetch_contests
+from suara.runtime.database import Database
 from suara.runtime.service_auth import ServiceAuthClientInterceptor, issue_service_credential
 from suara.runtime.settings import Settings
 from suara.v1 import form_pb2, tally_pb2
@@ -204,7 +205,7 @@ async def pipeline(db_url: str, db: asyncpg.Connection, tmp_path: Path) -> Async
     channel = grpc.aio.insecure_channel(
         f"127.0.0.1:{aggregate.port}", interceptors=[ServiceAuthClientInterceptor(reader)]
     )
-    pool = await asyncpg.create_pool(db_url, min_size=1, max_size=4)
+    pool = Database(await asyncpg.create_pool(db_url, min_size=1, max_size=4))
     # On tmpfs where there is one: these tests are about what is written, and a full cycle writes ~50k
     # files, which this machine's virtual disk takes ten times longer to create than memory does.
     site = Path(tempfile.mkdtemp(prefix="suara-site-", dir=SHM if SHM_EXISTS else tmp_path))

@@ -19,6 +19,7 @@ import grpc
 import pytest
 
 from services.tally.relay import Relay
+from suara.runtime.database import Database
 from suara.runtime.grpc_server import Server, create_server
 from suara.runtime.service_auth import (
     PgCredentialStore,
@@ -206,7 +207,7 @@ class Rig:
 
 
 async def start_fake(fake: FakeAggregate, pool: asyncpg.Pool, port: int = 0) -> tuple[Server, int]:
-    auth = ServiceAuthInterceptor(PgCredentialStore(pool, TABLE), aggregate_rules())
+    auth = ServiceAuthInterceptor(PgCredentialStore(Database(pool), TABLE), aggregate_rules())
     server, bound = create_server(
         lambda s: aggregate_pb2_grpc.add_AggregateServicer_to_server(fake, s),
         ["suara.v1.Aggregate"],

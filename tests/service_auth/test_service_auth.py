@@ -21,6 +21,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from suara.runtime.database import Database
 from suara.runtime.grpc_server import Server, create_server
 from suara.runtime.service_auth import (
     PgCredentialStore,
@@ -82,7 +83,7 @@ async def protected(db: asyncpg.Connection, db_url: str) -> AsyncIterator[Protec
     server, port = create_server(
         lambda s: s.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Echo", handlers),)),
         ["test.Echo"],
-        interceptors=[ServiceAuthInterceptor(PgCredentialStore(pool, TABLE), RULES)],
+        interceptors=[ServiceAuthInterceptor(PgCredentialStore(Database(pool), TABLE), RULES)],
     )
     await server.start()
     target = f"127.0.0.1:{port}"
