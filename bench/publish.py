@@ -30,8 +30,9 @@ from services.publish.cycle import Publisher
 from services.publish.sink import LocalSink
 from suara.client.aggregate_stub import aggregate_stub
 from suara.registry.catalog import fetch_contests
+from suara.runtime.auth.client import ServiceAuthClientInterceptor
+from suara.runtime.auth.store import issue_service_credential
 from suara.runtime.database import Database, connect
-from suara.runtime.service_auth import ServiceAuthClientInterceptor, issue_service_credential
 from suara.runtime.settings import Settings
 from suara.runtime.wire import MESSAGE_LIMITS
 

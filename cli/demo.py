@@ -24,7 +24,7 @@ import grpc
 
 from cli.progress import Progress
 from cli.up import System, add_up_arguments, serve_until_signal
-from suara.runtime.service_auth import ServiceCredential
+from suara.runtime.auth.credential import ServiceCredential
 from suara.runtime.settings import Settings
 
 # Bound on the relay delivering the election and publish catching up with aggregate (seconds, not minutes).
@@ -63,7 +63,7 @@ async def run_demo(args: argparse.Namespace, settings: Settings) -> int:
 async def play(args: argparse.Namespace, system: System) -> int:
     """The simulated election against the running services, then the checks; 0 when they all pass."""
     from services.tally.audit import verify_chain
-    from services.tally.credentials import AdminCredential
+    from suara.runtime.auth.admin import AdminCredential
     from suara.runtime.database import connect
 
     say(f"site: {system.site_url} (the public page; its JSON is under /pemilu, /wilayah and /suara)")
@@ -130,7 +130,7 @@ async def _published_national(system: System) -> dict[str, Any]:
 async def show_totals(address: str, reader: ServiceCredential, choices: list[str]) -> dict[str, Any]:
     """The national row as aggregate serves it to publish: votes per choice and TPS progress."""
     from suara.client.aggregate_stub import aggregate_stub
-    from suara.runtime.service_auth import ServiceAuthClientInterceptor
+    from suara.runtime.auth.client import ServiceAuthClientInterceptor
     from suara.v1 import aggregate_pb2
 
     async with grpc.aio.insecure_channel(address, interceptors=[ServiceAuthClientInterceptor(reader)]) as channel:
@@ -153,13 +153,14 @@ async def simulate(address: str, admin_token: str, tps: list[str], choices: list
     """One form per TPS, plus what election night brings: resends, corrections, inconsistent forms."""
     from suara.client.stubs import tally_stub
     from suara.election.signing import DeviceKey
+    from suara.runtime.auth.admin import bearer_metadata
     from suara.v1 import form_pb2, tally_pb2
 
     rng = random.Random(seed)
     outcomes: collections.Counter[str] = collections.Counter()
     async with grpc.aio.insecure_channel(address) as channel:
         stub = tally_stub(channel)
-        auth = (("authorization", f"Bearer {admin_token}"),)
+        auth = bearer_metadata(admin_token)
         keys = [DeviceKey.generate(code) for code in tps]
         progress = Progress("enrolling devices", len(keys))
         for i, key in enumerate(keys, 1):

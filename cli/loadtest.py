@@ -82,7 +82,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     from cli.progress import Progress
     from loadtest.report import human_table, write_report
     from loadtest.run import Config, LoadTestError, run_loadtest
-    from services.tally.credentials import AdminCredential
+    from suara.runtime.auth.admin import AdminCredential
 
     admin_path = args.admin_key or settings.data_dir / "admin.key.json"
     try:

@@ -133,10 +133,10 @@ async def running_system(
     """Everything `suara up` starts, serving; stopped in reverse order when the block exits (or is cancelled)."""
     from cli.db import migrate_url
     from cli.embedded import database_url
-    from services.tally.credentials import create_admin_credential
+    from services.tally.access import create_admin_credential
     from suara.registry.loader import load_registry
+    from suara.runtime.auth.store import issue_service_credential
     from suara.runtime.database import connect
-    from suara.runtime.service_auth import issue_service_credential
 
     data_dir = (args.data_dir or settings.data_dir).resolve()
     site_dir = (args.site_dir or settings.site_dir).resolve()

@@ -20,6 +20,7 @@ import grpc
 
 from suara.client.stubs import tally_stub
 from suara.election.signing import DeviceKey
+from suara.runtime.auth.admin import bearer_metadata
 from suara.runtime.wire import TALLY_MAX_BATCH
 from suara.v1 import tally_pb2
 
@@ -56,7 +57,7 @@ async def enroll(
 ) -> Enrollment:
     loop = asyncio.get_running_loop()
     result = Enrollment({}, 0.0, 0.0)
-    metadata = (("authorization", f"Bearer {admin_token}"),)
+    metadata = bearer_metadata(admin_token)
     workers = max(1, concurrency)
     ready: asyncio.Queue[list[DeviceKey] | None] = asyncio.Queue()  # runs of keys to enroll; None: no more
     done = 0

@@ -9,17 +9,12 @@ import grpc
 import structlog
 
 from services.aggregate import recap, views
+from services.aggregate.access import access_interceptor
 from services.aggregate.catalog import Catalog
 from services.aggregate.rollup import Rollup
 from services.aggregate.updates import area_updates, leaf_updates
 from suara.runtime.database import Database
 from suara.runtime.grpc_server import Server, create_server, serve_until_signal
-from suara.runtime.service_auth import (
-    PgCredentialStore,
-    ServiceAuthInterceptor,
-    aggregate_rules,
-    aggregate_self_authenticated,
-)
 from suara.runtime.settings import Settings
 from suara.v1 import aggregate_pb2, aggregate_pb2_grpc
 
@@ -118,12 +113,7 @@ class AggregateApp:
             [SERVICE_NAME],
             host=settings.aggregate_host,
             port=settings.aggregate_port,
-            interceptors=[
-                ServiceAuthInterceptor(
-                    PgCredentialStore(db), aggregate_rules(), self_authenticated=aggregate_self_authenticated()
-                ),
-                *interceptors,
-            ],
+            interceptors=[access_interceptor(db), *interceptors],
         )
         return cls(server, port, service, settings)
 

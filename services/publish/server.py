@@ -21,10 +21,11 @@ from services.publish.sink import LocalSink, Sink, sink_from_url
 from suara.client.aggregate_stub import aggregate_stub
 from suara.client.stubs import tally_stub
 from suara.registry.catalog import fetch_contests
+from suara.runtime.auth.client import ServiceAuthClientInterceptor
+from suara.runtime.auth.credential import ServiceCredential
 from suara.runtime.backoff import Backoff
 from suara.runtime.database import Database, DatabaseUnavailable, Session
 from suara.runtime.grpc_server import Server, create_server, serve_until_signal
-from suara.runtime.service_auth import ServiceAuthClientInterceptor, ServiceCredential
 from suara.runtime.settings import Settings
 from suara.runtime.wire import MESSAGE_LIMITS
 from suara.v1 import aggregate_pb2, publish_pb2, publish_pb2_grpc

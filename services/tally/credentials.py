@@ -1,21 +1,15 @@
-"""Who may call tally: enrolled device keys (with a cache in front) and admin tokens."""
+"""The devices that may submit to tally: enrolled keys (with a cache in front) and their enrollment."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
-import secrets
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 
 import asyncpg
 
 from services.tally.queries import QUERIES
 from suara.runtime.database import Database
-from suara.runtime.secrets_file import write_secret
 
 
 @dataclass(frozen=True)
@@ -124,57 +118,3 @@ async def enroll_devices(
         clashes = [(r["device_id"], r["tps"]) for r in rows if wanted[r["device_id"]] != r["tps"]]
         if clashes:
             raise EnrolledElsewhere(clashes)  # raised inside the transaction: it rolls back
-
-
-# --- admin credentials -------------------------------------------------------------
-
-ADMIN_KIND = "suara-admin-credential"
-
-
-def token_hash(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
-
-
-@dataclass(frozen=True)
-class AdminCredential:
-    id: str
-    token: str
-
-    def to_json(self) -> str:
-        return json.dumps({"kind": ADMIN_KIND, "id": self.id, "token": self.token}, indent=2)
-
-    @classmethod
-    def load(cls, path: Path) -> AdminCredential:
-        data = json.loads(path.read_text())
-        if data.get("kind") != ADMIN_KIND:
-            raise ValueError(f"{path} is not a suara admin credential")
-        return cls(data["id"], data["token"])
-
-    def save(self, path: Path) -> None:
-        write_secret(path, self.to_json() + "\n")
-
-
-async def create_admin_credential(conn: asyncpg.Connection, label: str = "") -> AdminCredential:
-    credential = AdminCredential(id="adm_" + secrets.token_hex(6), token=secrets.token_urlsafe(32))
-    await conn.execute(QUERIES.insert_admin_credential, credential.id, token_hash(credential.token), label)
-    return credential
-
-
-class AdminTokens:
-    """Checks bearer tokens; a valid token is remembered for a minute to keep the database out of the hot path."""
-
-    TTL_S = 60.0
-
-    def __init__(self, db: Database) -> None:
-        self._db = db
-        self._valid_until: dict[bytes, float] = {}
-
-    async def is_valid(self, token: str) -> bool:
-        digest = token_hash(token)
-        now = time.monotonic()
-        if self._valid_until.get(digest, 0.0) > now:
-            return True
-        ok = bool(await self._db.fetchval(QUERIES.admin_token_valid, digest))
-        if ok:
-            self._valid_until[digest] = now + self.TTL_S
-        return ok

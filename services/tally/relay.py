@@ -39,9 +39,9 @@ import grpc
 import structlog
 
 from services.tally.queries import QUERIES
+from suara.runtime.auth.credential import ServiceCredential
 from suara.runtime.backoff import Backoff
 from suara.runtime.database import DatabaseUnavailable, Session
-from suara.runtime.service_auth import ServiceCredential
 from suara.runtime.settings import Settings
 from suara.runtime.wire import MESSAGE_LIMITS
 from suara.v1 import aggregate_pb2, aggregate_pb2_grpc

@@ -11,16 +11,10 @@ import grpc
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.tally.access import access_interceptor
 from services.tally.admission import DatabaseGate, InFlight
 from services.tally.committer import CONFLICT, GroupCommitter, Receipt, Result
-from services.tally.credentials import (
-    AdminTokens,
-    DeviceKeys,
-    DeviceRecord,
-    EnrolledElsewhere,
-    enroll_device,
-    enroll_devices,
-)
+from services.tally.credentials import DeviceKeys, DeviceRecord, EnrolledElsewhere, enroll_device, enroll_devices
 from services.tally.errors import InvalidForm, InvalidRequest
 from services.tally.intake import Intake
 from services.tally.queries import QUERIES
@@ -29,14 +23,7 @@ from suara.election import codes, signing
 from suara.registry.catalog import RegistryView as Catalog
 from suara.runtime import database
 from suara.runtime.database import Database, DatabaseUnavailable
-from suara.runtime.errors import (
-    AlreadyExists,
-    FieldProblem,
-    NotFound,
-    PermissionDenied,
-    ServiceError,
-    Unauthenticated,
-)
+from suara.runtime.errors import AlreadyExists, FieldProblem, NotFound, ServiceError
 from suara.runtime.grpc_server import Server, create_server, serve_until_signal
 from suara.runtime.settings import Settings
 from suara.runtime.wire import TALLY_MAX_BATCH
@@ -108,7 +95,6 @@ class TallyService(tally_pb2_grpc.TallyServicer):
         self.in_flight = InFlight(settings.max_in_flight, settings.retry_after_ms)
         self.executor = ThreadPoolExecutor(settings.verify_threads, thread_name_prefix="verify")
         self.devices = DeviceKeys(db)
-        self.admins = AdminTokens(db)
         self.intake = Intake(self.devices, catalog, self.executor, settings.photo_max_bytes)
         self.committer = GroupCommitter(db, self.gate, settings.commit_batch_max, settings.commit_wait_s)
 
@@ -250,7 +236,6 @@ class TallyService(tally_pb2_grpc.TallyServicer):
     async def EnrollDevice(
         self, request: tally_pb2.EnrollDeviceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> tally_pb2.EnrollDeviceResponse:
-        await self._require_admin(context)
         problems = await self._device_problems(request, "")
         if problems:
             raise InvalidRequest(problems)
@@ -265,7 +250,6 @@ class TallyService(tally_pb2_grpc.TallyServicer):
     async def EnrollDevices(
         self, request: tally_pb2.EnrollDevicesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> tally_pb2.EnrollDevicesResponse:
-        await self._require_admin(context)
         devices = list(request.devices)
         if not 1 <= len(devices) <= TALLY_MAX_BATCH:
             raise InvalidRequest(
@@ -310,14 +294,6 @@ class TallyService(tally_pb2_grpc.TallyServicer):
             )
         return problems
 
-    async def _require_admin(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        metadata = dict(context.invocation_metadata() or ())
-        auth = str(metadata.get("authorization", ""))
-        if not auth.startswith("Bearer "):
-            raise Unauthenticated("this call needs an admin credential: metadata `authorization: Bearer <token>`")
-        if not await self.admins.is_valid(auth.removeprefix("Bearer ").strip()):
-            raise PermissionDenied("the admin credential is not valid (unknown or revoked); see `suara admin init`")
-
     async def close(self) -> None:
         await self.committer.close()
         await self.gate.close()
@@ -352,6 +328,7 @@ class TallyApp:
             [SERVICE_NAME],
             host=settings.tally_host,
             port=settings.tally_port,
+            interceptors=[access_interceptor(db)],  # the admin methods; devices prove themselves by signing
             reuse_port=bool(settings.tally_shared_port),
         )
         service.server = server

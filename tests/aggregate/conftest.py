@@ -10,14 +10,12 @@ import asyncpg
 import grpc
 import pytest
 
+from services.aggregate.access import aggregate_rules
 from services.aggregate.server import AggregateApp
 from suara.client.aggregate_stub import aggregate_stub
-from suara.runtime.service_auth import (
-    ServiceAuthClientInterceptor,
-    ServiceCredential,
-    aggregate_rules,
-    issue_service_credential,
-)
+from suara.runtime.auth.client import ServiceAuthClientInterceptor
+from suara.runtime.auth.credential import ServiceCredential
+from suara.runtime.auth.store import issue_service_credential
 from suara.runtime.settings import Settings
 from suara.v1 import aggregate_pb2_grpc
 from tests.conftest import fresh_database

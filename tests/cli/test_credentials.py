@@ -9,8 +9,8 @@ import asyncpg
 import grpc
 import pytest
 
-from services.tally.credentials import AdminCredential
 from suara.election.signing import DeviceKey
+from suara.runtime.auth.admin import AdminCredential
 from suara.v1 import tally_pb2
 from tests.cli.conftest import file_mode, files_in, run_suara
 from tests.factories import consistent_form, signed

@@ -26,7 +26,7 @@ import pytest
 from cli.embedded import free_port
 from services.publish.cache import cache_control_for
 from services.publish.server import LOCK_KEY
-from suara.runtime.service_auth import issue_service_credential
+from suara.runtime.auth.store import issue_service_credential
 from suara.runtime.settings import Settings
 from tests.cli.conftest import SUARA, LogTail, run_suara, suara_env
 from tests.publish import conftest as publish_conftest

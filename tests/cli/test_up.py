@@ -21,9 +21,9 @@ import asyncpg
 import grpc
 
 from cli.embedded import EmbeddedPostgres
-from services.tally.credentials import AdminCredential
 from suara.client.stubs import tally_stub
 from suara.election.signing import DeviceKey
+from suara.runtime.auth.admin import AdminCredential
 from suara.v1 import tally_pb2
 from tests.cli.conftest import SUARA, LogTail, suara_env
 from tests.factories import consistent_form, signed

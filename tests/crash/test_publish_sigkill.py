@@ -27,7 +27,7 @@ import asyncpg
 import pytest
 
 from cli.embedded import free_port
-from suara.runtime.service_auth import issue_service_credential
+from suara.runtime.auth.store import issue_service_credential
 from tests.cli.conftest import SUARA, LogTail, suara_env
 from tests.crash.conftest import WAIT_S, poll_until
 from tests.publish import conftest as publish_conftest

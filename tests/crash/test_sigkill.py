@@ -25,7 +25,7 @@ import structlog
 
 from cli.embedded import free_port
 from services.aggregate.server import AggregateApp
-from suara.runtime.service_auth import issue_service_credential
+from suara.runtime.auth.store import issue_service_credential
 from tests.aggregate.conftest import BASE_SETTINGS as AGGREGATE_SETTINGS
 from tests.aggregate.oracle import Oracle, expected_versions, stored_rows, stored_versions
 from tests.crash.conftest import (

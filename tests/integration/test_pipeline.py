@@ -21,7 +21,8 @@ from services.aggregate.server import AggregateApp
 from services.tally.credentials import enroll_device
 from suara.client.aggregate_stub import aggregate_stub
 from suara.election.signing import DeviceKey
-from suara.runtime.service_auth import ServiceAuthClientInterceptor, issue_service_credential
+from suara.runtime.auth.client import ServiceAuthClientInterceptor
+from suara.runtime.auth.store import issue_service_credential
 from suara.runtime.settings import Settings
 from suara.v1 import aggregate_pb2, tally_pb2
 from tests.factories import consistent_form, signed

@@ -34,9 +34,10 @@ from loadtest.run import Config, LoadTestError, run_loadtest
 from loadtest.site import HttpSite
 from loadtest.verify import Mismatch, Verification, verify
 from services.publish.http import serve_site
-from services.tally.credentials import AdminCredential, create_admin_credential
+from services.tally.access import create_admin_credential
 from suara.election.checks import find_inconsistencies, find_malformed
 from suara.election.contest import Choice, Contest
+from suara.runtime.auth.admin import AdminCredential
 from suara.runtime.settings import Settings
 from tests.publish.conftest import Pipeline, pipeline  # noqa: F401  # the fixture, shared with publish's tests
 

@@ -26,8 +26,9 @@ from services.tally.credentials import enroll_device
 from suara.client.aggregate_stub import aggregate_stub
 from suara.election.signing import DeviceKey
 from suara.registry.catalog import fetch_contests
+from suara.runtime.auth.client import ServiceAuthClientInterceptor
+from suara.runtime.auth.store import issue_service_credential
 from suara.runtime.database import Database
-from suara.runtime.service_auth import ServiceAuthClientInterceptor, issue_service_credential
 from suara.runtime.settings import Settings
 from suara.v1 import form_pb2, tally_pb2
 from tests.factories import consistent_form, jpeg, png, signed

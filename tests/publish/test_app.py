@@ -24,7 +24,7 @@ from services.aggregate.server import AggregateApp
 from services.publish.server import LOCK_KEY, PublishApp
 from services.publish.sink import LocalSink
 from suara.client.stubs import publish_stub
-from suara.runtime.service_auth import issue_service_credential
+from suara.runtime.auth.store import issue_service_credential
 from suara.runtime.settings import Settings
 from suara.v1 import publish_pb2
 from tests.publish.conftest import SHM, SHM_EXISTS, KilledMidway, Pipeline, RecordingSink

@@ -18,17 +18,14 @@ import asyncpg
 import grpc
 import pytest
 
+from services.aggregate.access import aggregate_rules
 from services.tally.relay import Relay
+from suara.runtime.auth.credential import ServiceCredential
+from suara.runtime.auth.interceptor import AuthInterceptor
+from suara.runtime.auth.service_tokens import ServiceTokens
+from suara.runtime.auth.store import PgCredentialStore, credential_table_ddl, issue_service_credential
 from suara.runtime.database import Database
 from suara.runtime.grpc_server import Server, create_server
-from suara.runtime.service_auth import (
-    PgCredentialStore,
-    ServiceAuthInterceptor,
-    ServiceCredential,
-    aggregate_rules,
-    credential_table_ddl,
-    issue_service_credential,
-)
 from suara.v1 import aggregate_pb2, aggregate_pb2_grpc, form_pb2, tally_pb2
 from tests.factories import consistent_form, signed
 from tests.tally.conftest import Tally, tally  # noqa: F401  (the in-process tally fixture, shared)
@@ -207,7 +204,7 @@ class Rig:
 
 
 async def start_fake(fake: FakeAggregate, pool: asyncpg.Pool, port: int = 0) -> tuple[Server, int]:
-    auth = ServiceAuthInterceptor(PgCredentialStore(Database(pool), TABLE), aggregate_rules())
+    auth = AuthInterceptor(ServiceTokens(PgCredentialStore(Database(pool), TABLE)), aggregate_rules())
     server, bound = create_server(
         lambda s: aggregate_pb2_grpc.add_AggregateServicer_to_server(fake, s),
         ["suara.v1.Aggregate"],

@@ -17,8 +17,8 @@ import grpc
 import pytest
 
 from services.tally.relay import APPLICATION_NAME, APPLY_METHOD, relay_for
+from suara.runtime.auth.credential import ServiceCredential
 from suara.runtime.backoff import Backoff
-from suara.runtime.service_auth import ServiceCredential
 from suara.runtime.settings import Settings
 from suara.v1 import aggregate_pb2, aggregate_pb2_grpc
 from tests.relay.conftest import WAIT_S, Rig, received_update
@@ -158,7 +158,7 @@ async def test_a_backlog_drains_in_full_batches(rig: Rig) -> None:
 
 async def test_the_fake_is_behind_the_real_credential_check(rig: Rig) -> None:
     """So every delivery above also proves that the relay signs its calls as a writer."""
-    from suara.runtime.service_auth import issue_service_credential
+    from suara.runtime.auth.store import issue_service_credential
     from tests.relay.conftest import TABLE
 
     reader = await issue_service_credential(rig.db, "publish", "reader", TABLE)
