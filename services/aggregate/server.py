@@ -127,15 +127,12 @@ class AggregateApp:
         )
 
     async def stop(self, grace: float = 5.0) -> None:
+        """Health NOT_SERVING and in-flight calls given `grace` to finish, then the pool."""
         await self.server.stop(grace)
         await self.db.close()
+        log.info("aggregate_stopped")
 
 
 async def serve(settings: Settings, database_url: str) -> None:
     app = await AggregateApp.create(settings, database_url)
-
-    async def on_stop() -> None:
-        await app.db.close()
-        log.info("aggregate_stopped")
-
-    await serve_until_signal(app.start, app.server, settings.shutdown_grace_s, on_stop)
+    await serve_until_signal(app.start, app.stop, settings.shutdown_grace_s)

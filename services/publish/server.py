@@ -122,12 +122,14 @@ class PublishApp:
         )
 
     async def stop(self, grace: float = 5.0) -> None:
+        """The loop first (its lock goes to a standby), then the status server, given `grace`, and the rest."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.server.stop(grace)
         await close(self.publisher, self.db, self.channels)
+        log.info("publish_stopped")
 
     async def wait_cycles(self, n: int = 1) -> None:
         """Until `n` more cycles have run (each may have found nothing to publish)."""
@@ -242,9 +244,4 @@ async def rebuild(settings: Settings, database_url: str) -> CycleResult:
 
 async def serve(settings: Settings, database_url: str) -> None:
     app = await PublishApp.create(settings, database_url)
-
-    async def on_stop() -> None:
-        await app.stop(0)
-        log.info("publish_stopped")
-
-    await serve_until_signal(app.start, app.server, settings.shutdown_grace_s, on_stop)
+    await serve_until_signal(app.start, app.stop, settings.shutdown_grace_s)

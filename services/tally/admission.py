@@ -59,7 +59,7 @@ class DatabaseGate:
     ) -> None:
         self._db = db
         self._retry_after_ms = retry_after_ms
-        self._on_change = on_change
+        self.on_change = on_change  # told True/False as the gate opens and closes (the app wires health to it)
         self.available = True
         self._probe: asyncio.Task[None] | None = None
         self._notify: asyncio.Task[None] | None = None
@@ -108,8 +108,8 @@ class DatabaseGate:
         self.available = False
         log.error("database_unreachable", error=repr(error.__cause__ or error))
         self._probe = asyncio.create_task(self._wait_for_database())
-        if self._on_change is not None:
-            self._notify = asyncio.create_task(self._on_change(False))
+        if self.on_change is not None:
+            self._notify = asyncio.create_task(self.on_change(False))
 
     async def _wait_for_database(self) -> None:
         await self._db.pool.expire_connections()  # every pooled connection may be dead now
@@ -122,8 +122,8 @@ class DatabaseGate:
                 continue
             self.available = True
             log.info("database_back")
-            if self._on_change is not None:
-                await self._on_change(True)
+            if self.on_change is not None:
+                await self.on_change(True)
             return
 
     async def close(self) -> None:

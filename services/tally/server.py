@@ -90,17 +90,12 @@ class TallyService(tally_pb2_grpc.TallyServicer):
     def __init__(self, db: Database, catalog: Catalog, settings: Settings) -> None:
         self.db = db
         self.settings = settings
-        self.server: Server | None = None
-        self.gate = DatabaseGate(db, settings.retry_after_ms, on_change=self._db_changed)
+        self.gate = DatabaseGate(db, settings.retry_after_ms)
         self.in_flight = InFlight(settings.max_in_flight, settings.retry_after_ms)
         self.executor = ThreadPoolExecutor(settings.verify_threads, thread_name_prefix="verify")
         self.devices = DeviceKeys(db)
         self.intake = Intake(self.devices, catalog, self.executor, settings.photo_max_bytes)
         self.committer = GroupCommitter(db, self.gate, settings.commit_batch_max, settings.commit_wait_s)
-
-    async def _db_changed(self, available: bool) -> None:
-        if self.server is not None:
-            await self.server.set_serving(available)
 
     async def _store(self, requests: list[tally_pb2.SubmitRequest]) -> list[Result | ServiceError]:
         """Admit, prepare and commit; one result per request, in order."""
@@ -331,7 +326,7 @@ class TallyApp:
             interceptors=[access_interceptor(db)],  # the admin methods; devices prove themselves by signing
             reuse_port=bool(settings.tally_shared_port),
         )
-        service.server = server
+        service.gate.on_change = server.set_serving  # health follows the database: NOT_SERVING while it is away
         app = cls(server, port, service, db)
         app.relay = relay_for(settings, database_url)
         return app
@@ -349,21 +344,15 @@ class TallyApp:
             self.relay.start()
 
     async def stop(self, grace: float = 5.0) -> None:
+        """Health NOT_SERVING and in-flight calls given `grace` to finish, then the relay, the committer, the pool."""
+        await self.server.stop(grace)
         if self.relay is not None:
             await self.relay.stop()
-        await self.server.stop(grace)
         await self.service.close()
         await self.db.close()
+        log.info("tally_stopped")
 
 
 async def serve(settings: Settings, database_url: str) -> None:
     app = await TallyApp.create(settings, database_url)
-
-    async def on_stop() -> None:
-        if app.relay is not None:
-            await app.relay.stop()
-        await app.service.close()
-        await app.db.close()
-        log.info("tally_stopped")
-
-    await serve_until_signal(app.start, app.server, settings.shutdown_grace_s, on_stop)
+    await serve_until_signal(app.start, app.stop, settings.shutdown_grace_s)

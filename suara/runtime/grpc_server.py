@@ -1,8 +1,8 @@
 """The gRPC server kit every service uses.
 
 `create_server()` returns (server, port) without serving, so tests bind :0 and
-read the port; `serve()` runs it until SIGTERM/SIGINT with health flipped to
-NOT_SERVING first and in-flight calls given time to finish. One interceptor
+read the port; `serve_until_signal()` runs an app until SIGTERM/SIGINT, whose
+stop flips health to NOT_SERVING first and gives in-flight calls time to finish. One interceptor
 binds request context for the logs and maps ServiceError to a rich status.
 """
 
@@ -147,18 +147,17 @@ def create_server(
 
 
 async def serve_until_signal(
-    start: Callable[[], Awaitable[None]], server: Server, grace: float, on_stop: Callable[[], Awaitable[None]]
+    start: Callable[[], Awaitable[None]], stop: Callable[[float], Awaitable[None]], grace: float
 ) -> None:
-    """Run `start`, serve until SIGTERM or SIGINT, then shut down gracefully and run `on_stop`."""
-    stop = asyncio.Event()
+    """Run `start`, serve until SIGTERM or SIGINT, then `stop(grace)`: the app's one way of shutting down."""
+    signalled = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, signalled.set)
     await start()
-    await stop.wait()
+    await signalled.wait()
     log.info("shutting_down", grace_s=grace)
-    await server.stop(grace)
-    await on_stop()
+    await stop(grace)
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(Exception):
             loop.remove_signal_handler(sig)
