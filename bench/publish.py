@@ -33,7 +33,7 @@ from suara.registry.catalog import fetch_contests
 from suara.runtime.auth.client import ServiceAuthClientInterceptor
 from suara.runtime.auth.store import issue_service_credential
 from suara.runtime.database import Database, connect
-from suara.runtime.settings import Settings
+from suara.runtime.settings import AggregateSettings, LogSettings, Settings
 from suara.runtime.wire import MESSAGE_LIMITS
 
 
@@ -61,7 +61,9 @@ def _read_tree(root: Path) -> list[tuple[str, bytes]]:
 async def run(url: str, *, contests: tuple[str, ...]) -> dict[str, Any]:
     async with connect(url) as conn:
         reader = await issue_service_credential(conn, "bench-publish", "reader")
-    aggregate = await AggregateApp.create(Settings(aggregate_port=0, log_level="warning"), url)
+    aggregate = await AggregateApp.create(
+        Settings(aggregate=AggregateSettings(port=0), log=LogSettings(level="warning")), url
+    )
     await aggregate.start()
     channel = grpc.aio.insecure_channel(
         f"127.0.0.1:{aggregate.port}",

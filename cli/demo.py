@@ -46,10 +46,11 @@ def add_parser(sub: Any) -> None:
 
 
 async def run_demo(args: argparse.Namespace, settings: Settings) -> int:
-    import os
+    from suara.runtime.settings import PublishSettings
 
-    # publish looks for changes twice a second, so the site follows the election closely (unless set).
-    extra = {} if os.environ.get("SUARA_PUBLISH_INTERVAL_S") else {"SUARA_PUBLISH_INTERVAL_S": "0.5"}
+    # publish looks for changes twice a second, so the site follows the election closely (unless set otherwise).
+    default = settings.publish.interval_s == PublishSettings().interval_s
+    extra = {"SUARA_PUBLISH_INTERVAL_S": "0.5"} if default else {}
 
     async def election(system: System) -> tuple[int, bool]:
         code = await play(args, system)

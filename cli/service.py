@@ -111,11 +111,11 @@ async def run_relay(args: argparse.Namespace, settings: Settings) -> int:
     from services.tally.relay import Relay
 
     if args.aggregate:
-        settings = replace(settings, aggregate_address=args.aggregate)
+        settings = replace(settings, peers=replace(settings.peers, aggregate=args.aggregate))
     if args.credential:
-        settings = replace(settings, relay_credential=str(args.credential))
+        settings = replace(settings, relay=replace(settings.relay, credential=str(args.credential)))
     if args.batch:
-        settings = replace(settings, relay_batch=args.batch)
+        settings = replace(settings, relay=replace(settings.relay, batch=args.batch))
     with database_url(settings) as url:
         try:
             relay = Relay.from_settings(settings, url)

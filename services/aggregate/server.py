@@ -100,7 +100,7 @@ class AggregateApp:
     ) -> AggregateApp:
         """Every call needs a service credential (writer for Apply*, reader for GetArea/Changes);
         `interceptors` run after that check."""
-        db = await Database.open(database_url, size=settings.db_pool_size, application="suara-aggregate")
+        db = await Database.open(database_url, size=settings.database.pool_size, application="suara-aggregate")
         try:
             catalog = await Catalog.load(db)
             service = AggregateService(db, catalog)
@@ -111,8 +111,8 @@ class AggregateApp:
         server, port = create_server(
             lambda s: aggregate_pb2_grpc.add_AggregateServicer_to_server(service, s),
             [SERVICE_NAME],
-            host=settings.aggregate_host,
-            port=settings.aggregate_port,
+            host=settings.aggregate.host,
+            port=settings.aggregate.port,
             interceptors=[access_interceptor(db), *interceptors],
         )
         return cls(server, port, service, settings)
@@ -121,7 +121,7 @@ class AggregateApp:
         await self.server.start()
         log.info(
             "aggregate_serving",
-            address=f"{self.settings.aggregate_host}:{self.port}",
+            address=f"{self.settings.aggregate.host}:{self.port}",
             tps=len(self.service.catalog.tps),
             contests=sorted(self.service.catalog.contests),
         )

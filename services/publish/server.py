@@ -44,12 +44,12 @@ _RETRYABLE: tuple[type[BaseException], ...] = (grpc.aio.AioRpcError, OSError, Da
 
 
 def credential_path(settings: Settings) -> Path:
-    return Path(settings.publish_credential) if settings.publish_credential else settings.data_dir / "publish.key.json"
+    return Path(settings.publish.credential) if settings.publish.credential else settings.data_dir / "publish.key.json"
 
 
 def sink_for(settings: Settings) -> Sink:
     return sink_from_url(
-        settings.publish_to or str(settings.site_dir), s3_endpoint_url=settings.s3_endpoint_url or None
+        settings.publish.to or str(settings.site.dir), s3_endpoint_url=settings.publish.s3_endpoint_url or None
     )
 
 
@@ -109,8 +109,8 @@ class PublishApp:
         server, port = create_server(
             lambda s: publish_pb2_grpc.add_PublishServicer_to_server(service, s),
             [SERVICE_NAME],
-            host=settings.publish_host,
-            port=settings.publish_port,
+            host=settings.publish.host,
+            port=settings.publish.port,
         )
         return cls(settings, db, channels, publisher, server, port)
 
@@ -118,7 +118,7 @@ class PublishApp:
         await self.server.start()
         self._task = asyncio.create_task(self._run(), name="publish-loop")
         log.info(
-            "publish_serving", address=f"{self.settings.publish_host}:{self.port}", sink=self.publisher.sink.describe()
+            "publish_serving", address=f"{self.settings.publish.host}:{self.port}", sink=self.publisher.sink.describe()
         )
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -159,7 +159,7 @@ class PublishApp:
                         if result is not None:
                             self.last = result
                     backoff.reset()
-                    delay = self.settings.publish_interval_s
+                    delay = self.settings.publish.interval_s
                 except _RETRYABLE as exc:
                     delay = backoff.next_delay()
                     log.warning("publish_cycle_failed", error=_describe(exc), retry_in_s=round(delay, 2))
@@ -201,7 +201,7 @@ async def connect(
             "create it with `suara service issue --name publish --role reader --out " + str(path) + "`"
         )
     credential = ServiceCredential.load(path)
-    db = await Database.open(database_url, size=min(settings.db_pool_size, 4), application="suara-publish")
+    db = await Database.open(database_url, size=min(settings.database.pool_size, 4), application="suara-publish")
     try:
         async with db.acquire() as conn:
             contests = await fetch_contests(conn)
@@ -209,9 +209,9 @@ async def connect(
         await db.close()
         raise
     aggregate_channel = grpc.aio.insecure_channel(
-        settings.aggregate_address, options=CHANNEL_OPTIONS, interceptors=[ServiceAuthClientInterceptor(credential)]
+        settings.peers.aggregate, options=CHANNEL_OPTIONS, interceptors=[ServiceAuthClientInterceptor(credential)]
     )
-    tally_channel = grpc.aio.insecure_channel(settings.tally_address, options=CHANNEL_OPTIONS)
+    tally_channel = grpc.aio.insecure_channel(settings.peers.tally, options=CHANNEL_OPTIONS)
     publisher = Publisher(
         db, sink or sink_for(settings), aggregate_stub(aggregate_channel), tally_stub(tally_channel), contests
     )

@@ -64,7 +64,7 @@ CHANNEL_OPTIONS: Final = (
 
 
 def credential_path(settings: Settings) -> Path:
-    return Path(settings.relay_credential) if settings.relay_credential else settings.data_dir / "relay.key.json"
+    return Path(settings.relay.credential) if settings.relay.credential else settings.data_dir / "relay.key.json"
 
 
 def tps_update(row: asyncpg.Record | dict[str, Any]) -> aggregate_pb2.TpsUpdate:
@@ -142,7 +142,7 @@ class Relay:
         credential = ServiceCredential.load(credential_path(settings))
         if credential.role != "writer":
             raise ValueError(f"the relay needs a writer credential; {credential.id} is a {credential.role}")
-        return cls(database_url, settings.aggregate_address, credential, batch=settings.relay_batch)
+        return cls(database_url, settings.peers.aggregate, credential, batch=settings.relay.batch)
 
     def start(self) -> None:
         self._channel = grpc.aio.insecure_channel(self.aggregate_address, options=list(CHANNEL_OPTIONS))

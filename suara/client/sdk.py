@@ -191,12 +191,9 @@ class Client:
         self._channel: grpc.aio.Channel | None = None
 
     @classmethod
-    async def open(cls, outbox_path: Path, target: str, *, inline_outbox: bool = False, **options: Any) -> Client:
-        """A client with its own outbox at `outbox_path` (closed with the client); options as for __init__.
-
-        `inline_outbox`: the outbox runs on the event loop (for one on tmpfs; see suara.client.outbox)."""
-        outbox = await Outbox.open(outbox_path, inline=inline_outbox)
-        return cls(outbox, target, owns_outbox=True, **options)
+    async def open(cls, outbox_path: Path, target: str, **options: Any) -> Client:
+        """A client with its own outbox at `outbox_path` (closed with the client); options as for __init__."""
+        return cls(await Outbox.open(outbox_path), target, owns_outbox=True, **options)
 
     async def close(self) -> None:
         await self._drop_channel()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Iterable, Mapping, MutableMapping
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from tests.crash.conftest import (
     poll_until,
 )
 from tests.tally.conftest import BASE_SETTINGS as TALLY_SETTINGS
-from tests.tally.conftest import Tally, start_tally
+from tests.tally.conftest import Tally, relaying, start_tally
 
 pytestmark = pytest.mark.slow
 
@@ -123,7 +122,7 @@ async def test_aggregate_killed_mid_batch_repeatedly_loses_and_doubles_nothing(
     relay_log: list[MutableMapping[str, Any]] = []
     try:
         await aggregate.start()
-        settings = replace(TALLY_SETTINGS, relay_credential=str(credential), aggregate_address=aggregate.address)
+        settings = relaying(TALLY_SETTINGS, credential, aggregate.address)
         tally = await start_tally(db_url, db, settings)
         relay = tally.app.relay
         assert relay is not None, "tally should relay when it has a writer credential"

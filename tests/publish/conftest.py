@@ -11,7 +11,7 @@ import random
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
@@ -29,12 +29,12 @@ from suara.registry.catalog import fetch_contests
 from suara.runtime.auth.client import ServiceAuthClientInterceptor
 from suara.runtime.auth.store import issue_service_credential
 from suara.runtime.database import Database
-from suara.runtime.settings import Settings
 from suara.v1 import form_pb2, tally_pb2
+from tests.aggregate.conftest import aggregate_settings
 from tests.factories import consistent_form, jpeg, png, signed
 from tests.publish.oracle import Accepted, Registry, compare, expected_site
 from tests.tally.conftest import BASE_SETTINGS as TALLY_SETTINGS
-from tests.tally.conftest import Tally, start_tally
+from tests.tally.conftest import Tally, relaying, start_tally
 
 SHM = Path("/dev/shm")
 SHM_EXISTS = SHM.is_dir()
@@ -192,16 +192,12 @@ async def pipeline(db_url: str, db: asyncpg.Connection, tmp_path: Path) -> Async
     writer = await issue_service_credential(db, "relay", "writer")
     reader = await issue_service_credential(db, "publish", "reader")
     writer.save(tmp_path / "relay.key.json")
-    aggregate = await AggregateApp.create(Settings(aggregate_port=0, log_format="console"), db_url)
+    aggregate = await AggregateApp.create(aggregate_settings(0), db_url)
     await aggregate.start()
     tally = await start_tally(
         db_url,
         db,
-        replace(
-            TALLY_SETTINGS,
-            relay_credential=str(tmp_path / "relay.key.json"),
-            aggregate_address=f"127.0.0.1:{aggregate.port}",
-        ),
+        relaying(TALLY_SETTINGS, tmp_path / "relay.key.json", f"127.0.0.1:{aggregate.port}"),
     )
     channel = grpc.aio.insecure_channel(
         f"127.0.0.1:{aggregate.port}", interceptors=[ServiceAuthClientInterceptor(reader)]

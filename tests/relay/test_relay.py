@@ -19,7 +19,7 @@ import pytest
 from services.tally.relay import APPLICATION_NAME, APPLY_METHOD, relay_for
 from suara.runtime.auth.credential import ServiceCredential
 from suara.runtime.backoff import Backoff
-from suara.runtime.settings import Settings
+from suara.runtime.settings import DatabaseSettings, RelaySettings, Settings
 from suara.v1 import aggregate_pb2, aggregate_pb2_grpc
 from tests.relay.conftest import WAIT_S, Rig, received_update
 
@@ -196,9 +196,9 @@ def test_tally_runs_the_relay_only_with_a_writer_credential(tmp_path: Path) -> N
         relay_for(settings, "postgresql://unused")
     writer = ServiceCredential.generate("tally-relay", "writer")
     writer.save(tmp_path / "elsewhere.json")
-    relay = relay_for(replace(settings, relay_credential=str(tmp_path / "elsewhere.json"), relay_batch=7), "x")
+    relay = relay_for(replace(settings, relay=RelaySettings(credential=str(tmp_path / "elsewhere.json"), batch=7)), "x")
     assert relay is not None and relay.credential.id == writer.id and relay.batch == 7
-    assert relay.aggregate_address == settings.aggregate_address == "127.0.0.1:50052"
+    assert relay.aggregate_address == settings.peers.aggregate == "127.0.0.1:50052"
 
 
 async def test_suara_service_relay_refuses_to_start_without_a_credential(tmp_path: Path) -> None:
@@ -207,7 +207,7 @@ async def test_suara_service_relay_refuses_to_start_without_a_credential(tmp_pat
     from cli.service import run_relay
 
     args = argparse.Namespace(aggregate="127.0.0.1:1", credential=tmp_path / "missing.json", batch=None)
-    assert await run_relay(args, Settings(database_url="postgresql://unused", data_dir=tmp_path)) == 2
+    assert await run_relay(args, Settings(database=DatabaseSettings(url="postgresql://unused"), data_dir=tmp_path)) == 2
 
 
 async def test_suara_service_issue_explains_a_missing_table(db_url: str, tmp_path: Path) -> None:
@@ -216,5 +216,5 @@ async def test_suara_service_issue_explains_a_missing_table(db_url: str, tmp_pat
     from cli.service import run_issue
 
     args = argparse.Namespace(name="x", role="reader", out=None, table="nowhere.service_credential", force=False)
-    assert await run_issue(args, Settings(database_url=db_url, data_dir=tmp_path)) == 2
+    assert await run_issue(args, Settings(database=DatabaseSettings(url=db_url), data_dir=tmp_path)) == 2
     assert not (tmp_path / "x.key.json").exists()

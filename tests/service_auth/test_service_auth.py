@@ -34,7 +34,7 @@ from suara.runtime.auth.store import (
 )
 from suara.runtime.database import Database
 from suara.runtime.grpc_server import Server, create_server
-from suara.runtime.settings import Settings
+from suara.runtime.settings import DatabaseSettings, Settings
 
 TABLE = "svcauth_test.service_credential"
 WRITE, READ, OTHER = "/test.Echo/Write", "/test.Echo/Read", "/test.Echo/Other"
@@ -231,7 +231,7 @@ async def test_suara_service_issue_registers_and_writes_the_file(
 ) -> None:
     from cli.service import run_issue
 
-    settings = Settings(database_url=db_url, data_dir=tmp_path)
+    settings = Settings(database=DatabaseSettings(url=db_url), data_dir=tmp_path)
     args = argparse.Namespace(name="tally-relay", role="writer", out=None, table=TABLE, force=False)
     assert await run_issue(args, settings) == 0
     path = tmp_path / "tally-relay.key.json"
