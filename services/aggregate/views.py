@@ -12,7 +12,7 @@ from services.aggregate.catalog import Catalog
 from services.aggregate.errors import InvalidRequest
 from services.aggregate.queries import QUERIES
 from services.aggregate.recap import reconcile
-from suara.election.codes import DESA_LENGTH, RECAP_LENGTHS, TPS_LENGTH, is_area_code
+from suara.election.codes import DESA_LENGTH, LENGTHS, RECAP_LENGTHS, TPS_LENGTH, is_area_code
 from suara.election.contest import Contest
 from suara.runtime.database import Database
 from suara.runtime.errors import FieldProblem, NotFound
@@ -20,6 +20,7 @@ from suara.runtime.wire import AGGREGATE_MAX_AREAS
 from suara.v1 import aggregate_pb2
 
 NATIONAL_NAME = "Indonesia"
+_LENGTHS = "/".join(map(str, LENGTHS))  # 2/4/6/10/13
 DEFAULT_CHANGES_LIMIT = 10_000
 _SCALARS = ("suara_sah", "suara_tidak_sah", "suara_total", "dpt", "pengguna")
 
@@ -77,7 +78,7 @@ def _unix_ms(row: Any) -> int:
 
 def _check_area(contest: Contest, area: str, field: str) -> None:
     if not (area == "" or is_area_code(area)):
-        raise InvalidRequest([FieldProblem(field, f"must be '' (nasional) or a 2/4/6/10/13-digit code, got {area!r}")])
+        raise InvalidRequest([FieldProblem(field, f"must be '' (nasional) or a {_LENGTHS}-digit code, got {area!r}")])
     if not (area.startswith(contest.scope) or contest.scope.startswith(area)):
         raise NotFound(f"{field}: contest {contest.id!r} is not held in area {area!r} (its scope is {contest.scope!r})")
 

@@ -207,7 +207,9 @@ class TallyService(tally_pb2_grpc.TallyServicer):
         self, request: tally_pb2.ListSubmissionsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> tally_pb2.ListSubmissionsResponse:
         if not codes.is_tps_code(request.tps):
-            raise InvalidForm([FieldProblem("tps", f"must be a 13-digit TPS code, got {request.tps!r}")])
+            raise InvalidForm(
+                [FieldProblem("tps", f"must be a {codes.TPS_LENGTH}-digit TPS code, got {request.tps!r}")]
+            )
         rows = await self._fetch(QUERIES.submissions_for_tps, request.tps, request.contest)
         return tally_pb2.ListSubmissionsResponse(submissions=[submission_pb(r) for r in rows])
 

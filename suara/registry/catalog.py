@@ -11,7 +11,7 @@ from itertools import islice
 
 import asyncpg
 
-from suara.election.codes import is_tps_code
+from suara.election.codes import TPS_LENGTH, is_tps_code
 from suara.election.contest import Choice, Contest
 from suara.runtime.database import Database
 
@@ -87,7 +87,7 @@ def _key(code: object) -> int | None:
 def _parse(code: str) -> int:
     key = _key(code)
     if key is None:
-        raise ValueError(f"not a TPS code (13 digits): {code!r}")
+        raise ValueError(f"not a TPS code ({TPS_LENGTH} digits): {code!r}")
     return key
 
 
