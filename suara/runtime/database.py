@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
@@ -61,12 +61,25 @@ class _Translate:
 _TRANSLATE = _Translate()
 
 
-@contextlib.asynccontextmanager
-async def deadline(when: float) -> AsyncIterator[None]:
-    """Database work that must be done by loop time `when`: past it, DatabaseUnavailable (timed out)."""
-    with _TRANSLATE:
-        async with asyncio.timeout_at(when):
-            yield
+class deadline:
+    """Database work that must be done by loop time `when`: past it, DatabaseUnavailable (timed out).
+
+    A class around asyncio.timeout_at rather than a generator: it wraps every call tally serves."""
+
+    __slots__ = ("_timeout",)
+
+    def __init__(self, when: float) -> None:
+        self._timeout = asyncio.timeout_at(when)
+
+    def __aenter__(self) -> Awaitable[asyncio.Timeout]:
+        return self._timeout.__aenter__()  # the timeout's own coroutine: no frame of ours on the way in
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        with _TRANSLATE:
+            await self._timeout.__aexit__(kind, error, tb)  # the deadline's own TimeoutError, if it passed
+            _TRANSLATE.__exit__(kind, error, tb)  # a failure raised in the block
 
 
 class _Queries:
