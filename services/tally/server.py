@@ -25,7 +25,7 @@ from suara.runtime import database
 from suara.runtime.database import Database, DatabaseUnavailable
 from suara.runtime.errors import AlreadyExists, FieldProblem, NotFound, ServiceError
 from suara.runtime.grpc_server import Server, create_server, serve_until_signal
-from suara.runtime.settings import Settings
+from suara.runtime.settings import Settings, TallySettings
 from suara.runtime.wire import TALLY_MAX_BATCH
 from suara.v1 import tally_pb2, tally_pb2_grpc
 
@@ -87,15 +87,15 @@ def submission_pb(row: asyncpg.Record) -> tally_pb2.Submission:
 
 
 class TallyService(tally_pb2_grpc.TallyServicer):
-    def __init__(self, db: Database, catalog: Catalog, settings: Settings) -> None:
+    def __init__(self, db: Database, catalog: Catalog, settings: TallySettings) -> None:
         self.db = db
         self.settings = settings
-        self.gate = DatabaseGate(db, settings.tally.retry_after_ms)
-        self.in_flight = InFlight(settings.tally.max_in_flight, settings.tally.retry_after_ms)
-        self.executor = ThreadPoolExecutor(settings.tally.verify_threads, thread_name_prefix="verify")
+        self.gate = DatabaseGate(db, settings.retry_after_ms)
+        self.in_flight = InFlight(settings.max_in_flight, settings.retry_after_ms)
+        self.executor = ThreadPoolExecutor(settings.verify_threads, thread_name_prefix="verify")
         self.devices = DeviceKeys(db)
-        self.intake = Intake(self.devices, catalog, self.executor, settings.tally.photo_max_bytes)
-        self.committer = GroupCommitter(db, self.gate, settings.tally.commit_batch_max, settings.tally.commit_wait_s)
+        self.intake = Intake(self.devices, catalog, self.executor, settings.photo_max_bytes)
+        self.committer = GroupCommitter(db, self.gate, settings.commit_batch_max, settings.commit_wait_s)
 
     async def _store(self, requests: list[tally_pb2.SubmitRequest]) -> list[Result | ServiceError]:
         """Admit, prepare and commit; one result per request, in order."""
@@ -105,7 +105,7 @@ class TallyService(tally_pb2_grpc.TallyServicer):
         # yields UNAVAILABLE in time: not stored as far as the caller knows, and a resend is
         # answered DUPLICATE if the commit did land after all.
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.tally.commit_wait_s
+        deadline = loop.time() + self.settings.commit_wait_s
         try:
             try:
                 async with database.deadline(deadline):  # no task of its own, unlike wait_for
@@ -182,7 +182,7 @@ class TallyService(tally_pb2_grpc.TallyServicer):
     async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         self.gate.check()
         try:
-            return await self.db.fetch(query, *args, timeout_s=self.settings.tally.commit_wait_s)
+            return await self.db.fetch(query, *args, timeout_s=self.settings.commit_wait_s)
         except DatabaseUnavailable as exc:
             self.gate.mark_down(exc)
             raise self.gate.error() from exc
@@ -319,7 +319,7 @@ class TallyApp:
     async def create(cls, settings: Settings, database_url: str) -> TallyApp:
         db = await Database.open(database_url, size=settings.database.pool_size, application="suara-tally")
         catalog = await Catalog.load(db)
-        service = TallyService(db, catalog, settings)
+        service = TallyService(db, catalog, settings.tally)
         server, port = create_server(
             lambda s: tally_pb2_grpc.add_TallyServicer_to_server(service, s),
             [SERVICE_NAME],
@@ -338,7 +338,7 @@ class TallyApp:
         await self.server.start()
         log.info(
             "tally_serving",
-            address=f"{self.service.settings.tally.host}:{self.port}",
+            address=f"{self.service.settings.host}:{self.port}",
             tps=len(self.service.intake.catalog.tps),
             contests=sorted(self.service.intake.catalog.contests),
         )

@@ -46,7 +46,7 @@ async def test_bad_photos_are_refused_naming_each(tally: Tally) -> None:
 
 async def test_oversized_photo_is_refused(tally: Tally) -> None:
     st = await tally.station()
-    big = jpeg(b"x" * (tally.app.service.settings.tally.photo_max_bytes + 1))
+    big = jpeg(b"x" * (tally.app.service.settings.photo_max_bytes + 1))
     form = consistent_form(st.tps, "ppwp", tally.contests["ppwp"])
     form.photo_sha256.append(hashlib.sha256(big).hexdigest())
     with pytest.raises(grpc.aio.AioRpcError) as err:
