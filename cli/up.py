@@ -133,8 +133,10 @@ async def running_system(
     """Everything `suara up` starts, serving; stopped in reverse order when the block exits (or is cancelled)."""
     from cli.db import migrate_url
     from cli.embedded import database_url
+    from services.publish.server import published_sequence
     from services.tally.credentials import create_admin_credential
     from suara.registry.loader import load_registry
+    from suara.registry.summary import tps_count
     from suara.runtime.database import connect
     from suara.runtime.service_auth import issue_service_credential
 
@@ -152,7 +154,7 @@ async def running_system(
         note(f"migrations: {len(applied)} applied" if applied else "migrations: up to date")
         admin_key, relay_key, reader_key = (data_dir / f"{n}.key.json" for n in ("admin", "relay", "publish"))
         async with connect(url) as conn:
-            tps = await conn.fetchval("SELECT count(*) FROM registry.tps")
+            tps = await tps_count(conn)
             if not tps:
                 note(f"registry: loading the real areas and synthetic TPS at scale {args.scale} …")
                 tps = (await load_registry(conn, synthetic_scale=args.scale, seed=args.seed)).tps
@@ -165,9 +167,7 @@ async def running_system(
                 (await issue_service_credential(conn, "publish", "reader")).save(reader_key)
             # A site directory lost while the database kept publish's cursor: publish would only write
             # what changes next, so the whole site is rebuilt first.
-            rebuild = not (site_dir / "index.html").exists() and bool(
-                await conn.fetchval("SELECT sequence FROM publish.cursor")
-            )
+            rebuild = not (site_dir / "index.html").exists() and await published_sequence(conn) > 0
 
         # Every port is chosen now, once: a restarted child must come back on the same address.
         tally_port = settings.tally_port if args.tally_port is None else args.tally_port

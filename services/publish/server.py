@@ -221,6 +221,11 @@ async def close(publisher: Publisher, pool: asyncpg.Pool, channels: list[grpc.ai
     await pool.close()
 
 
+async def published_sequence(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+    """The last aggregate change published (0: nothing yet): a site directory lost since needs a rebuild."""
+    return int(await conn.fetchval(QUERIES.published_sequence) or 0)
+
+
 async def rebuild(settings: Settings, database_url: str) -> CycleResult:
     """Rewrite every file from aggregate's current state (disaster recovery: the site or bucket was lost)."""
     publisher, pool, channels = await connect(settings, database_url)

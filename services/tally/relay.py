@@ -63,6 +63,11 @@ CHANNEL_OPTIONS: Final = (
 )
 
 
+async def undelivered(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+    """Outbox rows not yet confirmed by aggregate: 0 once the relay has delivered everything."""
+    return int(await conn.fetchval(QUERIES.relay_undelivered))
+
+
 def credential_path(settings: Settings) -> Path:
     return Path(settings.relay_credential) if settings.relay_credential else settings.data_dir / "relay.key.json"
 

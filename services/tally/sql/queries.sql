@@ -132,3 +132,7 @@ WHERE id = ANY($1::bigint[]) AND delivered_at IS NULL;
 -- name: relay_try_lock
 -- One active relay per database; the lock is the session's and goes with its connection.
 SELECT pg_try_advisory_lock($1);
+
+-- name: relay_undelivered
+-- How many outbox rows the relay has yet to deliver (operators and `suara demo` wait on it).
+SELECT count(*) FROM tally.outbox WHERE delivered_at IS NULL;
