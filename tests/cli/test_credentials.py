@@ -12,9 +12,10 @@ import pytest
 from services.tally.credentials import AdminCredential
 from suara.election.signing import DeviceKey
 from suara.v1 import tally_pb2
-from tests.cli.conftest import file_mode, files_in, run_suara
-from tests.factories import consistent_form, signed
-from tests.tally.conftest import Tally
+from tests.cli.files import file_mode, files_in
+from tests.support.factories import consistent_form, signed
+from tests.support.processes import run_suara
+from tests.support.tally import Tally
 
 PRIVATE = 0o600  # owner read/write only, as both commands document
 

@@ -10,7 +10,7 @@ import pytest
 from cli.components import MIGRATION_DIRS
 from cli.embedded import EmbeddedPostgres
 from suara.runtime.migrations import discover
-from tests.cli.conftest import run_suara, suara_env
+from tests.support.processes import run_suara, suara_env
 
 
 async def test_db_commands_run_the_embedded_server(tmp_path: Path) -> None:

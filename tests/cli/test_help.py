@@ -16,7 +16,7 @@ import pytest
 
 import cli
 from suara.runtime.settings import Settings
-from tests.cli.conftest import SUARA, suara_env
+from tests.support.processes import SUARA, suara_env
 
 Tree = dict[str, tuple[argparse.ArgumentParser, str]]
 

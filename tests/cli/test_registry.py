@@ -6,7 +6,7 @@ from pathlib import Path
 
 import asyncpg
 
-from tests.cli.conftest import run_suara
+from tests.support.processes import run_suara
 
 
 async def test_registry_show_prints_the_tps_count(

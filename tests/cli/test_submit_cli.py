@@ -9,10 +9,10 @@ from services.tally.credentials import enroll_device
 from suara.election.form import form_to_dict
 from suara.election.signing import DeviceKey
 from suara.v1 import tally_pb2
-from tests.cli.conftest import run_suara
-from tests.client.conftest import closed_port
-from tests.factories import consistent_form, jpeg
-from tests.tally.conftest import Tally
+from tests.support.factories import consistent_form, jpeg
+from tests.support.ports import closed_port
+from tests.support.processes import run_suara
+from tests.support.tally import Tally
 
 
 def write_form(tally: Tally, tps: str, path: Path, version: int = 1) -> Path:

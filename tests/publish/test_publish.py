@@ -14,8 +14,9 @@ from services.aggregate.queries import QUERIES as AGGREGATE_QUERIES
 from services.publish.sink import LocalSink
 from suara.election.signing import OfficialKey
 from suara.v1 import aggregate_pb2
-from tests.publish.conftest import KilledMidway, Pipeline, RecordingSink
-from tests.publish.oracle import nest
+from tests.publish.recording import KilledMidway, RecordingSink
+from tests.support.oracles.publish import nest
+from tests.support.publish import Pipeline
 
 NIST_SCHEMA = Path(__file__).resolve().parents[2].parent / "shared/reference/nist-1500-100-v2-results.schema.json"
 

@@ -13,7 +13,7 @@ import cli
 from suara.registry.areas import read_areas
 from suara.registry.contests import read_contests
 from suara.registry.synthetic import synthetic_tps
-from tests.conftest import TEST_SCALE, TEST_SEED, with_database
+from tests.support.databases import TEST_SCALE, TEST_SEED, with_database
 
 # The CLI runs its own event loop (asyncio.run), so these tests are plain functions.
 
