@@ -55,15 +55,3 @@ async def test_an_edited_applied_migration_is_refused(empty_db: str, tmp_path: P
             await migrate(conn, [Migration("demo", "0001_a.sql", "CREATE SCHEMA demo; -- edited")])
     finally:
         await conn.close()
-
-
-def test_cli_migrate_is_idempotent(
-    empty_db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from cli import main
-
-    monkeypatch.setenv("DATABASE_URL", empty_db)
-    assert main(["db", "migrate"]) == 0
-    assert "applied" in capsys.readouterr().out
-    assert main(["db", "migrate"]) == 0
-    assert "already up to date" in capsys.readouterr().out

@@ -1,6 +1,6 @@
 """publish against the oracle: forms go in through tally, the relay feeds aggregate, publish writes the
 site; every totals file at every level, every TPS file, region list and status file must equal what
-tests/publish/oracle.py computes from what tally acknowledged."""
+tests/support/oracles/publish.py computes from what tally acknowledged."""
 
 from __future__ import annotations
 

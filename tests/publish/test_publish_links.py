@@ -1,6 +1,6 @@
 """A full cycle links every "no data yet" TPS file of a contest to `suara/kosong/{contest}.json`.
 
-Which TPS have no data comes from the oracle (tests/publish/oracle.py: the forms tally acknowledged),
+Which TPS have no data comes from the oracle (tests/support/oracles/publish.py: the forms tally acknowledged),
 not from the publisher; the bytes are checked against the oracle with its own site check; the sharing
 with `os.stat` (inode numbers, link counts). Through an S3 sink, which cannot link, every object must
 still hold the whole file: the bucket, read back with a client of the test's own, must equal the oracle.

@@ -1,6 +1,6 @@
 """The site the page tests read, written by the real pipeline: forms through tally, the relay into
 aggregate, a recap by a PPK, one publish cycle. The expected numbers are summed in plain Python from
-the forms tally acknowledged (tests/publish/oracle.py), not read from the published files."""
+the forms tally acknowledged (tests/support/oracles/publish.py), not read from the published files."""
 
 from __future__ import annotations
 
