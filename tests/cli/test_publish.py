@@ -20,7 +20,6 @@ import asyncpg
 from cli.embedded import free_port
 from services.publish.cache import cache_control_for
 from services.publish.server import LOCK_KEY
-from suara.runtime.service_auth import issue_service_credential
 from suara.runtime.settings import Settings
 from tests.support.processes import run_suara, running, suara_env
 from tests.support.publish import Pipeline
@@ -37,22 +36,6 @@ def _data_files(site: Path) -> dict[str, bytes]:
         for f in site.rglob("*")
         if f.is_file() and not f.name.startswith("snapshot.json")
     }
-
-
-async def _publish_env(p: Pipeline, tmp_path: Path, site: Path) -> dict[str, str]:
-    credential = tmp_path / "publish-cli.key.json"
-    if not credential.exists():
-        (await issue_service_credential(p.db, "publish-cli", "reader")).save(credential)
-    return suara_env(
-        DATABASE_URL=p.db_url,
-        SUARA_DATA_DIR=tmp_path / "state",
-        SUARA_SITE_DIR=site,
-        SUARA_AGGREGATE_ADDRESS=f"127.0.0.1:{p.aggregate.port}",
-        SUARA_TALLY_ADDRESS=f"127.0.0.1:{p.tally.app.port}",
-        SUARA_PUBLISH_CREDENTIAL=credential,
-        SUARA_PUBLISH_INTERVAL_S="0.05",
-        SUARA_LOG_FORMAT="json",
-    )
 
 
 async def test_publish_and_each_action_explain_themselves(tmp_path: Path) -> None:
@@ -100,7 +83,7 @@ async def test_run_publishes_answers_status_and_stops_on_sigterm(
     await pipeline.random_night(rng, 20)
     await pipeline.random_night(rng, 5, contest="pdpr")
     await pipeline.delivered()
-    env = await _publish_env(pipeline, tmp_path, site)
+    env = await pipeline.publish_env("publish-cli", site, tmp_path)
     port = free_port()
     async with running("publish", "run", "--port", str(port), env=env, cwd=tmp_path) as child:
         await child.log.wait_for_event("published", STARTUP_S)
@@ -141,7 +124,7 @@ async def test_rebuild_rewrites_a_deleted_site_equal_to_the_oracle(pipeline: Pip
     assert first is not None
     before = _data_files(pipeline.site)
     shutil.rmtree(pipeline.site)  # the site is lost
-    env = await _publish_env(pipeline, tmp_path, tmp_path / "unused")
+    env = await pipeline.publish_env("publish-cli", tmp_path / "unused", tmp_path)
 
     done = await run_suara("publish", "rebuild", "--site-dir", str(pipeline.site), env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -166,7 +149,7 @@ async def test_rebuild_refuses_while_another_publisher_holds_the_lock(
     try:
         assert await holder.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY)
         site = tmp_path / "site"
-        env = await _publish_env(pipeline, tmp_path, site)
+        env = await pipeline.publish_env("publish-cli", site, tmp_path)
         done = await run_suara("publish", "rebuild", "--site-dir", str(site), env=env, cwd=tmp_path)
     finally:
         await holder.close()

@@ -25,9 +25,8 @@ import asyncpg
 import pytest
 
 from cli.embedded import free_port
-from suara.runtime.service_auth import issue_service_credential
 from tests.support.oracles.publish import Registry, expected_site
-from tests.support.processes import Child, LogTail, suara_env
+from tests.support.processes import Child, LogTail
 from tests.support.publish import Pipeline
 from tests.support.waiting import WAIT_S, poll_until
 
@@ -98,18 +97,7 @@ class PublishProcess:
 
 @pytest.fixture
 async def publisher(pipeline: Pipeline, site: Path, tmp_path: Path) -> AsyncIterator[PublishProcess]:
-    credential = tmp_path / "publish.key.json"
-    (await issue_service_credential(pipeline.db, "publish-crash", "reader")).save(credential)
-    env = suara_env(
-        DATABASE_URL=pipeline.db_url,
-        SUARA_DATA_DIR=tmp_path / "state",
-        SUARA_SITE_DIR=site,
-        SUARA_AGGREGATE_ADDRESS=f"127.0.0.1:{pipeline.aggregate.port}",
-        SUARA_TALLY_ADDRESS=f"127.0.0.1:{pipeline.tally.app.port}",
-        SUARA_PUBLISH_CREDENTIAL=credential,
-        SUARA_PUBLISH_INTERVAL_S="0.05",
-        SUARA_LOG_FORMAT="json",
-    )
+    env = await pipeline.publish_env("publish-crash", site, tmp_path)
     process = PublishProcess(env, tmp_path)
     try:
         yield process

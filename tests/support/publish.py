@@ -31,6 +31,7 @@ from suara.runtime.settings import Settings
 from suara.v1 import form_pb2, tally_pb2
 from tests.support.factories import consistent_form, jpeg, png, signed
 from tests.support.oracles.publish import Accepted, Registry, compare, expected_site
+from tests.support.processes import suara_env
 from tests.support.tally import BASE_SETTINGS as TALLY_SETTINGS
 from tests.support.tally import Tally, start_tally
 
@@ -106,6 +107,23 @@ class Pipeline:
         for contest in contests:
             problems = compare(site or self.site, expected_site(registry, contest, self.current, self.photo_types()))
             assert not problems, f"{len(problems)} differences, first: " + "\n".join(problems[:5])
+
+    async def publish_env(self, name: str, site: Path, tmp_path: Path) -> dict[str, str]:
+        """The environment of a `suara publish run` child publishing this pipeline to `site`: a reader
+        credential `name` (issued once, kept in `tmp_path`), state in `tmp_path`/state, JSON logs."""
+        credential = tmp_path / f"{name}.key.json"
+        if not credential.exists():
+            (await issue_service_credential(self.db, name, "reader")).save(credential)
+        return suara_env(
+            DATABASE_URL=self.db_url,
+            SUARA_DATA_DIR=tmp_path / "state",
+            SUARA_SITE_DIR=site,
+            SUARA_AGGREGATE_ADDRESS=f"127.0.0.1:{self.aggregate.port}",
+            SUARA_TALLY_ADDRESS=f"127.0.0.1:{self.tally.app.port}",
+            SUARA_PUBLISH_CREDENTIAL=credential,
+            SUARA_PUBLISH_INTERVAL_S="0.05",
+            SUARA_LOG_FORMAT="json",
+        )
 
     async def delivered(self) -> None:
         """Until the relay has delivered everything tally acknowledged so far."""
