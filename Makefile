@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps demo test test-fast lint protos protos-check bench clean help
+.PHONY: install system-deps demo test test-fast lint protos protos-check docs bench clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -35,14 +35,18 @@ system-deps:  ## chromium and nginx for the site tests (apt, when root and missi
 test: install system-deps  ## the whole test suite, against real PostgreSQL (embedded unless DATABASE_URL is set)
 	$(BIN)/pytest -n $${PYTEST_WORKERS:-2} $(PYTEST_ARGS)
 
-lint: install  ## ruff and mypy, and the generated code must match protos/
+lint: install  ## ruff and mypy; the generated code must match protos/, docs/cli.md the CLI
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/python -m suara.protogen --check
+	$(BIN)/python -m cli.reference --check
 
 protos: install  ## regenerate suara/v1 from protos/
 	$(BIN)/python -m suara.protogen
+
+docs: install  ## regenerate docs/cli.md, the CLI reference, from the commands' --help
+	$(BIN)/python -m cli.reference
 
 bench: install  ## benchmarks (BENCH_QUICK=1 for a short run)
 	$(BIN)/python -m bench

@@ -1,6 +1,6 @@
 """What the published site must say, from what the load test sent and tally acknowledged — in plain Python.
 
-Independent of tests/publish/oracle.py and of services.*: it follows design.md and LAYOUT.md.
+Independent of tests/support/oracles/publish.py and of services.*: it follows design.md and LAYOUT.md.
 For every (TPS, contest) the current form is the highest version tally acknowledged (any stored
 outcome: ACCEPTED, QUARANTINED, DUPLICATE or SUPERSEDED says the server holds that version). A
 quarantined current form counts as reported-but-flagged: nothing in the totals, not in `progres`.

@@ -6,36 +6,9 @@ import grpc
 import pytest
 
 from suara.v1 import aggregate_pb2
-from tests.aggregate.conftest import Aggregate
-from tests.aggregate.oracle import Oracle, Registry, expected_versions, stored_rows, stored_versions, totals_for
-from tests.tally.helpers import bad_fields
-
-
-def update(
-    registry: Registry,
-    tps: str,
-    contest: str = "ppwp",
-    version: int = 1,
-    *,
-    quarantined: bool = False,
-    variant: int = 0,
-) -> aggregate_pb2.TpsUpdate:
-    return aggregate_pb2.TpsUpdate(
-        tps=tps,
-        contest=contest,
-        version=version,
-        totals=totals_for(tps, contest, version, registry.choices[contest], variant),
-        quarantined=quarantined,
-        failed_checks=["valid_plus_invalid"] if quarantined else [],
-    )
-
-
-async def apply(a: Aggregate, oracle: Oracle, updates: list[aggregate_pb2.TpsUpdate]) -> list[str]:
-    response = await a.stub.ApplyUpdates(aggregate_pb2.ApplyUpdatesRequest(updates=updates))
-    got = [aggregate_pb2.UpdateOutcome.Name(o) for o in response.outcomes]
-    want = [oracle.send(u) for u in updates]
-    assert got == want
-    return got
+from tests.support.aggregate import Aggregate, apply, update
+from tests.support.oracles.aggregate import Oracle, Registry, expected_versions, stored_rows, stored_versions
+from tests.support.rpc_errors import bad_fields
 
 
 async def check(a: Aggregate, oracle: Oracle) -> None:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncpg
 
 from suara.v1 import aggregate_pb2
-from tests.aggregate.conftest import Aggregate, start_aggregate
-from tests.aggregate.oracle import Oracle, Registry, stored_rows
-from tests.aggregate.test_apply import apply, update
+from tests.support.aggregate import Aggregate, apply, start_aggregate, update
+from tests.support.oracles.aggregate import Oracle, Registry, stored_rows
 
 
 async def _push(p: Aggregate, n: Aggregate, since: int, fed: list[str]) -> tuple[int, list[str]]:

@@ -19,8 +19,15 @@ from hypothesis import strategies as st
 from services.aggregate.server import AggregateApp
 from suara.client.aggregate_stub import aggregate_stub
 from suara.v1 import aggregate_pb2
-from tests.aggregate.conftest import BASE_SETTINGS, service_channel
-from tests.aggregate.oracle import Oracle, Registry, expected_versions, stored_rows, stored_versions, totals_for
+from tests.support.aggregate import BASE_SETTINGS, service_channel
+from tests.support.oracles.aggregate import (
+    Oracle,
+    Registry,
+    expected_versions,
+    stored_rows,
+    stored_versions,
+    totals_for,
+)
 
 SLOTS = 6
 CONTESTS = ("ppwp", "pdpr")

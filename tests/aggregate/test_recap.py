@@ -16,9 +16,9 @@ from services.aggregate.queries import QUERIES
 from suara.client.aggregate_stub import aggregate_stub
 from suara.election.signing import OfficialKey
 from suara.v1 import aggregate_pb2
-from tests.aggregate.conftest import Aggregate
-from tests.aggregate.oracle import totals_for
-from tests.tally.helpers import bad_fields
+from tests.support.aggregate import Aggregate
+from tests.support.oracles.aggregate import totals_for
+from tests.support.rpc_errors import bad_fields
 
 SCALARS = ("suara_sah", "suara_tidak_sah", "suara_total", "dpt", "pengguna")
 

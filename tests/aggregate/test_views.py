@@ -6,9 +6,8 @@ import grpc
 import pytest
 
 from suara.v1 import aggregate_pb2
-from tests.aggregate.conftest import Aggregate
-from tests.aggregate.oracle import Oracle, Registry, stored_rows
-from tests.aggregate.test_apply import apply, update
+from tests.support.aggregate import Aggregate, apply, update
+from tests.support.oracles.aggregate import Oracle, Registry, stored_rows
 
 
 async def _leaf_snapshot(a: Aggregate) -> dict[tuple[str, str], tuple[int, bool]]:

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 from suara.v1 import tally_pb2
-from tests.cli.conftest import run_suara
-from tests.factories import consistent_form, signed
-from tests.tally.conftest import Tally
+from tests.support.factories import consistent_form, signed
+from tests.support.processes import run_suara
+from tests.support.tally import Tally
 
 
 async def _submit(tally: Tally, stations: int) -> None:

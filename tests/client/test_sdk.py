@@ -26,8 +26,10 @@ from suara.election.signing import DeviceKey
 from suara.runtime.errors import ServiceError
 from suara.runtime.grpc_server import create_server
 from suara.v1 import form_pb2, tally_pb2
-from tests.client.conftest import Network, Tally, Waits, closed_port
-from tests.factories import Station, consistent_form, jpeg
+from tests.client.doubles import Network, Waits
+from tests.support.factories import Station, consistent_form, jpeg
+from tests.support.ports import closed_port
+from tests.support.tally import Tally
 
 
 def form_for(tally: Tally, station: Station, version: int = 1, seed: int = 0) -> form_pb2.CHasilForm:

@@ -24,9 +24,9 @@ from suara.election.signing import DeviceKey
 from suara.runtime.service_auth import ServiceAuthClientInterceptor, issue_service_credential
 from suara.runtime.settings import Settings
 from suara.v1 import aggregate_pb2, tally_pb2
-from tests.factories import consistent_form, signed
-from tests.tally.conftest import BASE_SETTINGS as TALLY_SETTINGS
-from tests.tally.conftest import start_tally
+from tests.support.factories import consistent_form, signed
+from tests.support.tally import BASE_SETTINGS as TALLY_SETTINGS
+from tests.support.tally import start_tally
 
 Contribution = tuple[dict[str, int], int, int, int, int, int]  # votes, sah, tidak_sah, total, dpt, pengguna
 

@@ -38,7 +38,7 @@ from services.tally.credentials import AdminCredential, create_admin_credential
 from suara.election.checks import find_inconsistencies, find_malformed
 from suara.election.contest import Choice, Contest
 from suara.runtime.settings import Settings
-from tests.publish.conftest import Pipeline, pipeline  # noqa: F401  # the fixture, shared with publish's tests
+from tests.support.publish import Pipeline
 
 
 @dataclass
@@ -49,7 +49,7 @@ class System:
 
 
 @pytest.fixture
-async def system(pipeline: Pipeline) -> AsyncIterator[System]:  # noqa: F811  # the imported fixture
+async def system(pipeline: Pipeline) -> AsyncIterator[System]:
     """The pipeline with an admin credential and a publisher cycling every 0.2 s, as `suara publish run` would."""
     admin = await create_admin_credential(pipeline.db, "loadtest")
 

@@ -14,9 +14,9 @@ import pytest
 from services.tally.credentials import enroll_device
 from suara.election.signing import DeviceKey
 from suara.v1 import form_pb2, tally_pb2
-from tests.factories import consistent_form, signed
-from tests.tally.conftest import Tally
-from tests.tally.helpers import bad_fields
+from tests.support.factories import consistent_form, signed
+from tests.support.rpc_errors import bad_fields
+from tests.support.tally import Tally
 
 Mutation = Callable[[form_pb2.CHasilForm], None]
 
@@ -98,7 +98,7 @@ async def test_missing_choice_is_named(tally: Tally) -> None:
 async def test_contest_not_held_at_the_tps_is_refused(tally: Tally) -> None:
     scoped = await tally.db.fetchrow("SELECT id, scope FROM registry.contest WHERE scope <> '' LIMIT 1")
     assert scoped is not None, "the test registry needs a contest held in one area only"
-    st = await tally.station()  # never inside the scoped area (see conftest)
+    st = await tally.station()  # never inside the scoped area (see tests/support/tally.py)
     assert not st.tps.startswith(scoped["scope"])
     form = consistent_form(st.tps, scoped["id"], tally.contests[scoped["id"]])
     with pytest.raises(grpc.aio.AioRpcError) as err:

@@ -33,8 +33,9 @@ from suara.client.stubs import tally_stub
 from suara.election.signing import DeviceKey
 from suara.registry.loader import load_registry
 from suara.v1 import tally_pb2
-from tests.factories import consistent_form, signed
-from tests.tally.conftest import BASE_SETTINGS
+from tests.support.factories import consistent_form, signed
+from tests.support.tally import BASE_SETTINGS
+from tests.support.waiting import within
 
 ACKS_BEFORE_FAULT = 150
 REFUSALS_DURING_FAULT = 30
@@ -64,13 +65,17 @@ class Rig:
     async def until(self, condition: Callable[[], bool]) -> None:
         while not condition():
             self.changed.clear()
-            await asyncio.wait_for(self.changed.wait(), 60)
+            await within(self.changed.wait(), "another reply to the submitters")
 
     async def serving_again(self) -> None:
         watch = health_pb2_grpc.HealthStub(self.channel).Watch(health_pb2.HealthCheckRequest(service="suara.v1.Tally"))
-        async for update in watch:  # tally recovers by itself: nobody restarts it
-            if update.status == health_pb2.HealthCheckResponse.SERVING:
-                break
+
+        async def serving() -> None:
+            async for update in watch:  # tally recovers by itself: nobody restarts it
+                if update.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+
+        await within(serving(), "tally SERVING again")
         watch.cancel()
 
     async def check_nothing_acknowledged_was_lost(self) -> None:

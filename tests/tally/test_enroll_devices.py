@@ -8,9 +8,9 @@ import pytest
 from services.tally.credentials import create_admin_credential
 from suara.election.signing import DeviceKey
 from suara.v1 import tally_pb2
-from tests.factories import consistent_form, signed
-from tests.tally.conftest import Tally
-from tests.tally.helpers import bad_fields
+from tests.support.factories import consistent_form, signed
+from tests.support.rpc_errors import bad_fields
+from tests.support.tally import Tally
 
 Auth = tuple[tuple[str, str], ...]
 

@@ -8,8 +8,8 @@ import grpc
 import pytest
 
 from suara.v1 import tally_pb2
-from tests.factories import consistent_form, signed
-from tests.tally.conftest import Tally
+from tests.support.factories import consistent_form, signed
+from tests.support.tally import Tally
 
 
 async def test_accepted_form_is_stored_with_receipt_and_outbox_row(tally: Tally) -> None:

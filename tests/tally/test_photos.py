@@ -8,9 +8,9 @@ import grpc
 import pytest
 
 from suara.v1 import tally_pb2
-from tests.factories import consistent_form, jpeg, png, signed
-from tests.tally.conftest import Tally
-from tests.tally.helpers import bad_fields
+from tests.support.factories import consistent_form, jpeg, png, signed
+from tests.support.rpc_errors import bad_fields
+from tests.support.tally import Tally
 
 
 async def test_photos_are_stored_content_addressed_once(tally: Tally) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import asyncpg
@@ -15,8 +15,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from suara.v1 import tally_pb2
-from tests.factories import consistent_form, signed
-from tests.tally.conftest import BASE_SETTINGS, Tally, start_tally
+from tests.support.factories import consistent_form, signed
+from tests.support.tally import BASE_SETTINGS, Tally, start_tally
+from tests.support.waiting import poll_until
 
 
 async def _health(channel: grpc.aio.Channel, service: str = "suara.v1.Tally") -> int:
@@ -61,12 +62,8 @@ class ChainLock:
         )
 
 
-async def _until(predicate: Callable[[], Awaitable[bool]], limit_s: float = 10.0) -> None:
-    """Wait for a condition only the database can tell us about (lock waits have no event to await)."""
-    deadline = asyncio.get_running_loop().time() + limit_s
-    while not await predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
+# Lock waits and counters inside tally have no event to await: a bounded poll (tests/support/waiting.py).
+UNTIL_S = 10.0
 
 
 async def test_overload_is_refused_with_a_retry_hint(db_url: str, db: asyncpg.Connection) -> None:
@@ -81,7 +78,7 @@ async def test_overload_is_refused_with_a_retry_hint(db_url: str, db: asyncpg.Co
             async def two_in_flight() -> bool:
                 return t.app.service.in_flight.current == 2
 
-            await _until(two_in_flight)
+            await poll_until(two_in_flight, "two calls in flight", UNTIL_S)
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await t.stub.Submit(requests[2])
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -111,7 +108,7 @@ async def test_graceful_shutdown_says_not_serving_then_finishes_in_flight_calls(
             async def committing() -> bool:
                 return await lock.waiters() > 0
 
-            await _until(committing)
+            await poll_until(committing, "the call waiting on the chain lock", UNTIL_S)
             stopping = asyncio.ensure_future(t.app.server.stop(grace=10.0))
             assert (await watcher.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
             watcher.cancel()  # an open watch is itself an in-flight call the grace period would wait for
@@ -167,7 +164,7 @@ async def test_concurrent_submissions_share_transactions(tally: Tally) -> None:
         async def all_waiting_to_commit() -> bool:
             return committer.queued + committer.writing == len(requests)
 
-        await _until(all_waiting_to_commit)
+        await poll_until(all_waiting_to_commit, "every call waiting to commit", UNTIL_S)
         first_batch = committer.writing
     responses = await asyncio.gather(*calls)
     assert all(r.outcome == tally_pb2.ACCEPTED for r in responses)
@@ -196,7 +193,7 @@ async def test_a_slow_database_is_not_taken_for_a_gone_one(db_url: str, db: asyn
             async def decided() -> bool:  # the committer's own deadline fires just after the call's
                 return not gate.available or (gate.checking is not None and gate.checking.done())
 
-            await _until(decided)
+            await poll_until(decided, "the gate deciding", UNTIL_S)
             assert gate.available, "a slow commit closed the gate: every call would be refused"
             assert await _health(t.channel) == health_pb2.HealthCheckResponse.SERVING
         response = await t.stub.Submit(request)  # the resend the message asks for

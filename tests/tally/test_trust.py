@@ -8,8 +8,8 @@ import pytest
 from services.tally.intake import INLINE_VERIFY
 from suara.election.signing import DeviceKey
 from suara.v1 import tally_pb2
-from tests.factories import consistent_form, signed
-from tests.tally.conftest import Tally
+from tests.support.factories import consistent_form, signed
+from tests.support.tally import Tally
 
 
 async def _refused(tally: Tally, request: tally_pb2.SubmitRequest) -> grpc.StatusCode:
@@ -57,7 +57,7 @@ async def test_payload_replayed_under_another_tps_device_is_unauthenticated(tall
 
 
 async def test_structurally_broken_request_names_each_field(tally: Tally) -> None:
-    from tests.tally.helpers import bad_fields
+    from tests.support.rpc_errors import bad_fields
 
     request = tally_pb2.SubmitRequest()
     request.form.payload = b""

@@ -22,8 +22,8 @@ from services.tally.server import TallyApp
 from suara.client.stubs import tally_stub
 from suara.election.signing import DeviceKey
 from suara.v1 import tally_pb2
-from tests.factories import consistent_form, signed
-from tests.tally.conftest import BASE_SETTINGS
+from tests.support.factories import consistent_form, signed
+from tests.support.tally import BASE_SETTINGS
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
-"""A running tally per test, on a free port, against the test's own database."""
+"""The in-process tally rig: a running tally per test, on a free port, against the test's own database."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import asyncpg
 import grpc
@@ -15,7 +15,7 @@ from suara.client.stubs import tally_stub
 from suara.election.signing import DeviceKey
 from suara.runtime.settings import Settings
 from suara.v1 import tally_pb2_grpc
-from tests.factories import Station
+from tests.support.factories import Station
 
 # No relay in tally's own tests (they read the outbox themselves), whatever a developer keeps in .suara.
 BASE_SETTINGS = Settings(tally_port=0, commit_wait_s=5.0, log_format="console", relay_credential="/nonexistent")
@@ -60,8 +60,3 @@ async def tally(db_url: str, db: asyncpg.Connection) -> AsyncIterator[Tally]:
     yield t
     await t.channel.close()
     await t.app.stop(grace=1.0)
-
-
-@pytest.fixture
-def settings() -> Settings:
-    return replace(BASE_SETTINGS)

@@ -1,4 +1,4 @@
-"""The oracle: plain Python over the updates sent, independent of the code under test.
+"""Aggregate's oracle: plain Python over the updates sent, independent of the code under test.
 
 For each (tps, contest) the highest version's update is current; a quarantined
 one adds nothing but counts as quarantined. Every area is the sum of the TPS
