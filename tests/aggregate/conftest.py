@@ -29,7 +29,7 @@ BASE_SETTINGS = Settings(aggregate_port=0, log_format="console")
 class Aggregate:
     app: AggregateApp
     channel: grpc.aio.Channel
-    stub: aggregate_pb2_grpc.AggregateAsyncStub
+    stub: aggregate_pb2_grpc.AggregateServiceAsyncStub
     db: asyncpg.Connection
     db_url: str
 

@@ -44,7 +44,7 @@ async def test_admin_init_writes_a_private_credential_that_enroll_device_accepts
     assert await tally.db.fetchval("SELECT tps FROM tally.device WHERE device_id = $1", key.device_id) == tps
     # The device that credential enrolled can submit right away.
     submitted = await tally.stub.Submit(signed(key, consistent_form(tps, "ppwp", tally.contests["ppwp"])))
-    assert submitted.outcome == tally_pb2.ACCEPTED
+    assert submitted.outcome == tally_pb2.OUTCOME_ACCEPTED
 
 
 async def test_enroll_device_refuses_a_missing_or_unknown_token(
@@ -109,7 +109,7 @@ async def test_device_enroll_writes_a_private_key_that_tally_accepts(
     assert device["revoked_at"] is None
 
     response = await tally.stub.Submit(signed(key, consistent_form(tps, "ppwp", tally.contests["ppwp"])))
-    assert response.outcome == tally_pb2.ACCEPTED
+    assert response.outcome == tally_pb2.OUTCOME_ACCEPTED
     assert response.receipt.chain_position == await tally.count("submission")
 
 
