@@ -131,7 +131,7 @@ async def _published_national(system: System) -> dict[str, Any]:
         stub = publish_stub(channel)
 
         async def caught_up() -> bool:
-            status = await stub.GetStatus(publish_pb2.GetStatusRequest(), timeout=5)
+            status = (await stub.GetStatus(publish_pb2.GetStatusRequest(), timeout=5)).status
             return status.snapshot > 0 and status.aggregate_sequence == status.aggregate_newest
 
         await _until(caught_up, "publish")
@@ -148,7 +148,8 @@ async def show_totals(address: str, reader: ServiceCredential, choices: list[str
     from suara.v1 import aggregate_pb2
 
     async with grpc.aio.insecure_channel(address, interceptors=[ServiceAuthClientInterceptor(reader)]) as channel:
-        view = await aggregate_stub(channel).GetArea(aggregate_pb2.GetAreaRequest(area="", contest="ppwp"))
+        reply = await aggregate_stub(channel).GetArea(aggregate_pb2.GetAreaRequest(area="", contest="ppwp"))
+    view = reply.view
     row = view.area
     shown = ", ".join(f"{c}: {row.totals.votes.get(c, 0):,}" for c in choices)
     say(f"nasional (ppwp): {shown}; valid {row.totals.suara_sah:,}")
@@ -166,6 +167,7 @@ def say(message: str) -> None:
 async def simulate(address: str, admin_token: str, tps: list[str], choices: list[str], seed: int) -> dict[str, int]:
     """One form per TPS, plus what election night brings: resends, corrections, inconsistent forms."""
     from suara.client.stubs import tally_stub
+    from suara.election.outcomes import outcome_name
     from suara.election.signing import DeviceKey
     from suara.v1 import form_pb2, tally_pb2
 
@@ -222,7 +224,7 @@ async def simulate(address: str, admin_token: str, tps: list[str], choices: list
             for request in sends:
                 try:
                     response = await stub.Submit(request)
-                    outcomes[tally_pb2.Outcome.Name(response.outcome)] += 1
+                    outcomes[outcome_name(response.outcome)] += 1
                 except grpc.aio.AioRpcError as err:
                     outcomes[err.code().name] += 1
             done += 1

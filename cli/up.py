@@ -135,6 +135,7 @@ async def running_system(
     from cli.embedded import database_url
     from services.publish.server import published_sequence
     from services.tally.credentials import create_admin_credential
+    from suara.client import service_names
     from suara.registry.loader import load_registry
     from suara.registry.summary import tps_count
     from suara.runtime.database import connect
@@ -203,7 +204,10 @@ async def running_system(
             started = time.perf_counter()
             await supervisor.start(
                 ChildSpec(
-                    "aggregate", ["aggregate", "serve"], env, grpc_health_probe(aggregate_address, "suara.v1.Aggregate")
+                    "aggregate",
+                    ["aggregate", "serve"],
+                    env,
+                    grpc_health_probe(aggregate_address, service_names.AGGREGATE.full_name),
                 )
             )
             note(f"aggregate: serving gRPC on {aggregate_address}")
@@ -215,7 +219,7 @@ async def running_system(
                         "tally" if i == 0 else f"tally-{i + 1}",
                         ["tally", "serve"],
                         tally_env,
-                        grpc_health_probe(tally_address, "suara.v1.Tally"),
+                        grpc_health_probe(tally_address, service_names.TALLY.full_name),
                     )
                 )
             note(f"tally: serving gRPC on {tally_address}, its relay feeding aggregate")
@@ -224,7 +228,12 @@ async def running_system(
                 if await supervisor.run_once("publish-rebuild", ["publish", "rebuild"], env) != 0:
                     raise SystemExit(f"`suara publish rebuild` failed; see {supervisor.log_file('publish-rebuild')}")
             await supervisor.start(
-                ChildSpec("publish", ["publish", "run"], env, grpc_health_probe(publish_address, "suara.v1.Publish"))
+                ChildSpec(
+                    "publish",
+                    ["publish", "run"],
+                    env,
+                    grpc_health_probe(publish_address, service_names.PUBLISH.full_name),
+                )
             )
             note(f"publish: writing the site to {site_dir}/ (status gRPC on {publish_address})")
             site_args = ["publish", "serve", "--site-dir", str(site_dir), "--http-port", str(http[1])]

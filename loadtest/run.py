@@ -33,6 +33,7 @@ from loadtest.verify import Mismatch, Verification, verify
 from suara.client.outbox import Entry
 from suara.client.sdk import Attempt, Client
 from suara.client.stubs import tally_stub
+from suara.election.outcomes import outcome_name
 from suara.election.signing import DeviceKey
 from suara.v1 import form_pb2, tally_pb2, tally_pb2_grpc
 
@@ -141,7 +142,7 @@ class Driver:
             **self.client_options(),
         )
 
-    def _stub(self) -> tally_pb2_grpc.TallyAsyncStub:
+    def _stub(self) -> tally_pb2_grpc.TallyServiceAsyncStub:
         if self._channel is None:
             self._channel = grpc.aio.insecure_channel(self.config.target)
         return tally_stub(self._channel)
@@ -210,7 +211,7 @@ class Driver:
         started = time.perf_counter()
         try:
             response = await self._stub().Submit(request, timeout=60)
-            self.stats.outcomes[tally_pb2.Outcome.Name(response.outcome)] += 1
+            self.stats.outcomes[outcome_name(response.outcome)] += 1
         except grpc.aio.AioRpcError as exc:
             self.stats.errors[exc.code().name] += 1
         self.stats.latencies_ms.append((time.perf_counter() - started) * 1000)

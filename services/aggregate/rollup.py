@@ -36,7 +36,11 @@ from suara.v1 import aggregate_pb2
 log = structlog.stdlib.get_logger("suara.aggregate.rollup")
 
 Outcome: TypeAlias = aggregate_pb2.UpdateOutcome.ValueType
-APPLIED, DUPLICATE, STALE = aggregate_pb2.APPLIED, aggregate_pb2.DUPLICATE_UPDATE, aggregate_pb2.STALE
+APPLIED, DUPLICATE, STALE = (
+    aggregate_pb2.UPDATE_OUTCOME_APPLIED,
+    aggregate_pb2.UPDATE_OUTCOME_DUPLICATE,
+    aggregate_pb2.UPDATE_OUTCOME_STALE,
+)
 
 # Code length of each area level; 0 is nasional (''), 4 desa.
 LEVEL_LENGTH = {0: 0, 1: 2, 2: 4, 3: 6, 4: 10}

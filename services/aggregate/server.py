@@ -14,6 +14,7 @@ from services.aggregate.catalog import Catalog
 from services.aggregate.errors import DatabaseUnavailable
 from services.aggregate.rollup import Rollup
 from services.aggregate.updates import area_updates, leaf_updates
+from suara.client import service_names
 from suara.runtime.database import CONNECTION_ERRORS, create_pool
 from suara.runtime.grpc_server import Server, create_server, serve_until_signal
 from suara.runtime.service_auth import (
@@ -27,7 +28,7 @@ from suara.v1 import aggregate_pb2, aggregate_pb2_grpc
 
 log = structlog.stdlib.get_logger("suara.aggregate")
 
-SERVICE_NAME = aggregate_pb2.DESCRIPTOR.services_by_name["Aggregate"].full_name
+SERVICE_NAME = service_names.AGGREGATE.full_name
 T = TypeVar("T")
 
 
@@ -39,7 +40,7 @@ async def _db(call: Awaitable[T]) -> T:
         raise DatabaseUnavailable(f"the database is unavailable ({type(exc).__name__}); retry later") from exc
 
 
-class AggregateService(aggregate_pb2_grpc.AggregateServicer):
+class AggregateService(aggregate_pb2_grpc.AggregateServiceServicer):
     def __init__(self, pool: asyncpg.Pool, catalog: Catalog) -> None:
         self.pool = pool
         self.catalog = catalog
@@ -54,15 +55,16 @@ class AggregateService(aggregate_pb2_grpc.AggregateServicer):
 
     async def ApplyAreaUpdates(
         self, request: aggregate_pb2.ApplyAreaUpdatesRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> aggregate_pb2.ApplyUpdatesResponse:
+    ) -> aggregate_pb2.ApplyAreaUpdatesResponse:
         updates = area_updates(request, self.catalog)
         applied = await _db(self.rollup.apply_feed(request.source, updates))
-        return aggregate_pb2.ApplyUpdatesResponse(outcomes=applied.outcomes, sequence=applied.sequence)
+        return aggregate_pb2.ApplyAreaUpdatesResponse(outcomes=applied.outcomes, sequence=applied.sequence)
 
     async def GetArea(
         self, request: aggregate_pb2.GetAreaRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> aggregate_pb2.AreaView:
-        return await _db(views.get_area(self.pool, self.catalog, request.area, request.contest))
+    ) -> aggregate_pb2.GetAreaResponse:
+        view = await _db(views.get_area(self.pool, self.catalog, request.area, request.contest))
+        return aggregate_pb2.GetAreaResponse(view=view)
 
     async def GetAreas(
         self, request: aggregate_pb2.GetAreasRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -81,15 +83,14 @@ class AggregateService(aggregate_pb2_grpc.AggregateServicer):
 
     async def GetReconciliation(
         self, request: aggregate_pb2.GetReconciliationRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> aggregate_pb2.Reconciliation:
-        return await _db(recap.get_reconciliation(self.pool, self.catalog, request.area, request.contest))
+    ) -> aggregate_pb2.GetReconciliationResponse:
+        found = await _db(recap.get_reconciliation(self.pool, self.catalog, request.area, request.contest))
+        return aggregate_pb2.GetReconciliationResponse(reconciliation=found)
 
     async def ListMismatches(
         self, request: aggregate_pb2.ListMismatchesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> aggregate_pb2.ListMismatchesResponse:
-        return await _db(
-            recap.list_mismatches(self.pool, self.catalog, request.area, request.contest, request.include_incomplete)
-        )
+        return await _db(recap.list_mismatches(self.pool, self.catalog, request))
 
 
 class AggregateApp:
@@ -123,7 +124,7 @@ class AggregateApp:
             await pool.close()
             raise
         server, port = create_server(
-            lambda s: aggregate_pb2_grpc.add_AggregateServicer_to_server(service, s),
+            lambda s: aggregate_pb2_grpc.add_AggregateServiceServicer_to_server(service, s),
             [SERVICE_NAME],
             host=settings.aggregate_host,
             port=settings.aggregate_port,

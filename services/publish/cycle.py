@@ -13,7 +13,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 import asyncpg
@@ -71,8 +71,8 @@ class Publisher:
         self,
         pool: asyncpg.Pool,
         sink: Sink,
-        aggregate: aggregate_pb2_grpc.AggregateAsyncStub,
-        tally: tally_pb2_grpc.TallyAsyncStub | None,
+        aggregate: aggregate_pb2_grpc.AggregateServiceAsyncStub,
+        tally: tally_pb2_grpc.TallyServiceAsyncStub | None,
         contests: dict[str, Contest],
     ) -> None:
         self.pool = pool
@@ -232,7 +232,7 @@ class Publisher:
             nationals[contest.id] = view
             nist = nist_report(
                 contest,
-                generated_at=datetime.fromtimestamp(view.last_change_unix_ms / 1000, UTC),
+                generated_at=view.last_change_at.ToDatetime(UTC),
                 national=_area_result(view.area),
                 provinces=[_area_result(child) for child in view.children],
             )
@@ -272,7 +272,8 @@ class Publisher:
             else:
                 if self.tally is None:
                     raise PublishError(f"photo {sha} is needed and no tally address is configured")
-                photo = await self.tally.GetPhoto(tally_pb2.GetPhotoRequest(sha256=sha), timeout=TALLY_TIMEOUT_S)
+                reply = await self.tally.GetPhoto(tally_pb2.GetPhotoRequest(sha256=sha), timeout=TALLY_TIMEOUT_S)
+                photo = reply.photo
                 path = documents.photo_path(sha, photo.content_type)
                 await out.add([SiteFile(path, photo.content, content_type=photo.content_type)])
                 await out.flush()  # before any TPS file that points at it
@@ -310,8 +311,8 @@ class Publisher:
         """Tally's head now; while tally is unreachable, the last one published (the site keeps going)."""
         if self.tally is not None:
             try:
-                head = await self.tally.GetChainHead(tally_pb2.GetChainHeadRequest(), timeout=TALLY_TIMEOUT_S)
-                return head.position, head.hash
+                reply = await self.tally.GetChainHead(tally_pb2.GetChainHeadRequest(), timeout=TALLY_TIMEOUT_S)
+                return reply.chain_head.position, reply.chain_head.hash
             except grpc.aio.AioRpcError as exc:
                 log.warning("chain_head_unavailable", code=exc.code().name, detail=exc.details())
         if cursor["chain_position"] is None:

@@ -11,16 +11,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from suara.election.contest import CONTEST_KINDS, Contest
 from suara.v1 import aggregate_pb2
 
 WIB = timezone(timedelta(hours=7))  # Sirekap writes Jakarta time
 LEVEL_OF_LENGTH = {2: 1, 4: 2, 6: 3, 10: 4, 13: 5}  # `tingkat`
+# The published names, by hand: renaming an API value must not change a published file.
 RECONCILIATION_NAMES = {
-    aggregate_pb2.MATCH: "MATCH",
-    aggregate_pb2.MISMATCH: "MISMATCH",
-    aggregate_pb2.INCOMPLETE: "INCOMPLETE",
-    aggregate_pb2.NO_RECAP: "NO_RECAP",
+    aggregate_pb2.RECONCILIATION_STATUS_MATCH: "MATCH",
+    aggregate_pb2.RECONCILIATION_STATUS_MISMATCH: "MISMATCH",
+    aggregate_pb2.RECONCILIATION_STATUS_INCOMPLETE: "INCOMPLETE",
+    aggregate_pb2.RECONCILIATION_STATUS_NO_RECAP: "NO_RECAP",
 }
 
 
@@ -34,6 +37,11 @@ def loads(body: bytes) -> Any:
 
 def wib(unix_ms: int) -> str:
     return datetime.fromtimestamp(unix_ms / 1000, WIB).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def wib_of(stamp: Timestamp) -> str:
+    """`wib` of an API time (unset: the epoch, as a row never changed has always shown)."""
+    return wib(stamp.ToMilliseconds())
 
 
 def iso(unix_ms: int) -> str:
@@ -104,7 +112,7 @@ def totals(contest: Contest, view: aggregate_pb2.AreaView) -> dict[str, Any]:
         else:  # Sirekap's shape for a child without data
             table[child.area] = {"persen": progress, "psu": None, "status_progress": False}
     return {
-        "ts": wib(view.last_change_unix_ms),
+        "ts": wib_of(view.last_change_at),
         "psu": None,
         "mode": "hhcw",
         "chart": {**_votes(contest, area.totals), "persen": persen(area.tps_reported, area.tps_total)},
@@ -135,7 +143,7 @@ def tps(
         "images": images,
         "administrasi": administrasi,
         "psu": None,
-        "ts": wib(row.changed_unix_ms),
+        "ts": wib_of(row.changed_at),
         "status_suara": counted,
         "status_adm": counted,
     }
@@ -180,7 +188,10 @@ def status(view: aggregate_pb2.AreaView) -> dict[str, Any]:
             entry["tps_quarantined"] = child.tps_quarantined
         if child.failed_checks and child.tps_quarantined:
             entry["failed_checks"] = list(child.failed_checks)
-        if child.reconciliation not in (aggregate_pb2.RECONCILIATION_STATUS_UNSPECIFIED, aggregate_pb2.NO_RECAP):
+        if child.reconciliation not in (
+            aggregate_pb2.RECONCILIATION_STATUS_UNSPECIFIED,
+            aggregate_pb2.RECONCILIATION_STATUS_NO_RECAP,
+        ):
             entry["reconciliation"] = RECONCILIATION_NAMES[child.reconciliation]
         if entry:
             children[child.area] = entry
@@ -210,7 +221,7 @@ def history_entry(contest: Contest, snapshot: int, national: aggregate_pb2.AreaV
 
     return {
         "snapshot": snapshot,
-        "ts": wib(national.last_change_unix_ms),
+        "ts": wib_of(national.last_change_at),
         "sequence": national.sequence,
         "nasional": row(national.area),
         "provinsi": {child.area: row(child) for child in national.children},

@@ -19,6 +19,7 @@ import structlog
 from services.publish.cycle import CycleResult, Publisher
 from services.publish.queries import QUERIES
 from services.publish.sink import LocalSink, Sink, sink_from_url
+from suara.client import service_names
 from suara.client.aggregate_stub import aggregate_stub
 from suara.client.stubs import tally_stub
 from suara.registry.catalog import fetch_contests
@@ -31,7 +32,7 @@ from suara.v1 import aggregate_pb2, publish_pb2, publish_pb2_grpc
 
 log = structlog.get_logger(__name__)
 
-SERVICE_NAME = "suara.v1.Publish"
+SERVICE_NAME = service_names.PUBLISH.full_name
 LOCK_KEY: Final = 0x5355415250554253  # "SUARPUBS": distinct from the relay's and the migration lock
 CHANNEL_OPTIONS = (
     ("grpc.max_reconnect_backoff_ms", 2000),
@@ -52,29 +53,30 @@ def sink_for(settings: Settings) -> Sink:
     )
 
 
-class PublishService(publish_pb2_grpc.PublishServicer):
+class PublishService(publish_pb2_grpc.PublishServiceServicer):
     def __init__(self, pool: asyncpg.Pool, publisher: Publisher) -> None:
         self.pool = pool
         self.publisher = publisher
 
     async def GetStatus(
         self, request: publish_pb2.GetStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> publish_pb2.PublishStatus:
+    ) -> publish_pb2.GetStatusResponse:
         row = await self.pool.fetchrow(QUERIES.status)
         status = publish_pb2.PublishStatus(
             snapshot=row["snapshot"],
             aggregate_sequence=row["sequence"],
             chain_position=row["chain_position"] or 0,
             chain_hash=row["chain_hash"] or "",
-            published_unix_ms=int(row["updated_at"].timestamp() * 1000) if row["updated_at"] else 0,
             files=row["files"] or 0,
             full_rebuild=bool(row["full_rebuild"]),
             sink=self.publisher.sink.describe(),
         )
+        if row["updated_at"] is not None:
+            status.published_at.FromDatetime(row["updated_at"])
         with contextlib.suppress(grpc.aio.AioRpcError):
             newest = await self.publisher.aggregate.Changes(aggregate_pb2.ChangesRequest(since=0, limit=1), timeout=2)
             status.aggregate_newest = newest.sequence
-        return status
+        return publish_pb2.GetStatusResponse(status=status)
 
 
 class PublishApp:
@@ -106,7 +108,7 @@ class PublishApp:
         publisher, pool, channels = await connect(settings, database_url, sink)
         service = PublishService(pool, publisher)
         server, port = create_server(
-            lambda s: publish_pb2_grpc.add_PublishServicer_to_server(service, s),
+            lambda s: publish_pb2_grpc.add_PublishServiceServicer_to_server(service, s),
             [SERVICE_NAME],
             host=settings.publish_host,
             port=settings.publish_port,

@@ -25,6 +25,7 @@ from grpc_status import rpc_status
 
 from suara.client.outbox import Entry, Outbox, Put, Receipt
 from suara.client.stubs import tally_stub
+from suara.election.outcomes import OUTCOMES, outcome_name
 from suara.election.signing import DeviceKey
 from suara.runtime.backoff import Backoff
 from suara.v1 import form_pb2, tally_pb2
@@ -52,7 +53,7 @@ _RECONNECT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADL
 
 Sleep = Callable[[float], Awaitable[None]]
 
-_STORED = frozenset({tally_pb2.ACCEPTED, tally_pb2.QUARANTINED, tally_pb2.DUPLICATE, tally_pb2.SUPERSEDED})
+_STORED = frozenset(OUTCOMES[name] for name in ("ACCEPTED", "QUARANTINED", "DUPLICATE", "SUPERSEDED"))
 _CODES = {code.value[0]: code for code in grpc.StatusCode}  # SubmitBatch reports an item's status as its number
 
 
@@ -90,10 +91,10 @@ def sign_form(form: form_pb2.CHasilForm, key: DeviceKey) -> form_pb2.SignedForm:
 
 def _same_apart_from_signing_time(payload: bytes, form: form_pb2.CHasilForm) -> bool:
     stored = form_pb2.CHasilForm.FromString(payload)
-    stored.signed_at_unix_ms = 0
+    stored.ClearField("signed_at")
     candidate = form_pb2.CHasilForm()
     candidate.CopyFrom(form)
-    candidate.signed_at_unix_ms = 0
+    candidate.ClearField("signed_at")
     return stored == candidate
 
 
@@ -241,13 +242,15 @@ class Client:
         def sign(existing: Entry | None) -> tuple[bytes, bytes, str]:  # in the outbox's thread
             if (
                 existing is not None
-                and form.signed_at_unix_ms == 0
+                and not form.HasField("signed_at")
                 and existing.device_id == key.device_id
                 and _same_apart_from_signing_time(existing.payload, form)
             ):
-                form.signed_at_unix_ms = form_pb2.CHasilForm.FromString(existing.payload).signed_at_unix_ms
-            elif form.signed_at_unix_ms == 0:
-                form.signed_at_unix_ms = self._clock_ms()
+                first = form_pb2.CHasilForm.FromString(existing.payload)
+                if first.HasField("signed_at"):
+                    form.signed_at.CopyFrom(first.signed_at)
+            elif not form.HasField("signed_at"):
+                form.signed_at.FromMilliseconds(self._clock_ms())
             signed = sign_form(form, key)
             return signed.payload, signed.signature, signed.device_id
 
@@ -309,7 +312,7 @@ class Client:
         failed_checks: Sequence[str],
         current_version: int,
     ) -> Attempt:
-        name = tally_pb2.Outcome.Name(outcome)  # type: ignore[arg-type]  # an int from the wire, a valid member
+        name = outcome_name(outcome)
         stored = Receipt(
             submission_id=receipt.submission_id,
             payload_sha256=receipt.payload_sha256,

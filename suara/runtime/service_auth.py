@@ -112,7 +112,7 @@ class ServiceCredential:
         return f"{SCHEME} {self.id}:{now}:{signature}"
 
     def metadata(self, method: str, unix_s: int | None = None) -> tuple[tuple[str, str], ...]:
-        """The call metadata for one call of `method` (the full name, "/suara.v1.Aggregate/ApplyUpdates")."""
+        """The call metadata for one call of `method` (the full name, "/suara.v1.AggregateService/ApplyUpdates")."""
         return (("authorization", self.token(method, unix_s)),)
 
     def to_json(self) -> str:
@@ -366,10 +366,10 @@ def _refusal(handler: grpc.RpcMethodHandler[Any, Any], error: AuthError) -> grpc
 
 
 def aggregate_rules() -> dict[str, Role]:
-    """Who may call suara.v1.Aggregate: writers apply, readers read."""
+    """Who may call suara.v1.AggregateService: writers apply, readers read."""
     from suara.v1 import aggregate_pb2
 
-    service = aggregate_pb2.DESCRIPTOR.services_by_name["Aggregate"]
+    service = aggregate_pb2.DESCRIPTOR.services_by_name["AggregateService"]
     writes = {"ApplyUpdates", "ApplyAreaUpdates"}
     return {
         f"/{service.full_name}/{m.name}": ("writer" if m.name in writes else "reader")
@@ -385,5 +385,5 @@ def aggregate_self_authenticated() -> frozenset[str]:
     """Aggregate methods an official calls with a signed payload instead of a service credential."""
     from suara.v1 import aggregate_pb2
 
-    service = aggregate_pb2.DESCRIPTOR.services_by_name["Aggregate"]
+    service = aggregate_pb2.DESCRIPTOR.services_by_name["AggregateService"]
     return frozenset(f"/{service.full_name}/{name}" for name in _OFFICIAL_METHODS)

@@ -35,13 +35,13 @@ async def test_a_replayed_batch_changes_nothing(aggregate: Aggregate) -> None:
     oracle = Oracle(registry)
     batch = [update(registry, t, contest) for t in registry.tps[:20:3] for contest in ("ppwp", "pdpr")]
     first = await aggregate.stub.ApplyUpdates(aggregate_pb2.ApplyUpdatesRequest(updates=batch))
-    assert set(first.outcomes) == {aggregate_pb2.APPLIED}
+    assert set(first.outcomes) == {aggregate_pb2.UPDATE_OUTCOME_APPLIED}
     for u in batch:
         oracle.send(u)
     rows_before = await stored_rows(aggregate.db, registry)
     changes_before = await aggregate.db.fetchval("SELECT count(*) FROM aggregate.change")
     again = await aggregate.stub.ApplyUpdates(aggregate_pb2.ApplyUpdatesRequest(updates=batch))
-    assert list(again.outcomes) == [aggregate_pb2.DUPLICATE_UPDATE] * len(batch)
+    assert list(again.outcomes) == [aggregate_pb2.UPDATE_OUTCOME_DUPLICATE] * len(batch)
     assert again.sequence == first.sequence
     assert await stored_rows(aggregate.db, registry) == rows_before == oracle.rows()
     assert await aggregate.db.fetchval("SELECT count(*) FROM aggregate.change") == changes_before
@@ -56,7 +56,7 @@ async def test_duplicates_and_stale_versions_in_one_batch(aggregate: Aggregate) 
         oracle,
         [update(registry, t, version=2), update(registry, t, version=2), update(registry, t, version=1)],
     )
-    assert got == ["APPLIED", "DUPLICATE_UPDATE", "STALE"]
+    assert got == ["APPLIED", "DUPLICATE", "STALE"]
     await check(aggregate, oracle)
 
 

@@ -110,7 +110,7 @@ async def _run(db_url: str, ops: list[Op], concurrent: bool) -> None:
         if not concurrent:
             for batch in batches.values():
                 response = await stubs[0].ApplyUpdates(aggregate_pb2.ApplyUpdatesRequest(updates=batch))
-                got = [aggregate_pb2.UpdateOutcome.Name(o) for o in response.outcomes]
+                got = [aggregate_pb2.UpdateOutcome.Name(o).removeprefix("UPDATE_OUTCOME_") for o in response.outcomes]
                 assert got == [oracle.send(u) for u in batch]
         else:
             # Two relays at once: outcomes depend on the interleaving, the final state must not.

@@ -42,7 +42,7 @@ async def test_admin_init_writes_a_private_credential_that_enroll_device_accepts
     assert await tally.db.fetchval("SELECT tps FROM tally.device WHERE device_id = $1", key.device_id) == tps
     # The device that credential enrolled can submit right away.
     submitted = await tally.stub.Submit(signed(key, consistent_form(tps, "ppwp", tally.contests["ppwp"])))
-    assert submitted.outcome == tally_pb2.ACCEPTED
+    assert submitted.outcome == tally_pb2.OUTCOME_ACCEPTED
 
 
 async def test_enroll_device_refuses_a_missing_or_unknown_token(

@@ -36,7 +36,7 @@ async def test_device_enroll_writes_a_private_key_that_tally_accepts(
     assert device["revoked_at"] is None
 
     response = await tally.stub.Submit(signed(key, consistent_form(tps, "ppwp", tally.contests["ppwp"])))
-    assert response.outcome == tally_pb2.ACCEPTED
+    assert response.outcome == tally_pb2.OUTCOME_ACCEPTED
     assert response.receipt.chain_position == await tally.count("submission")
 
 

@@ -30,7 +30,7 @@ EVENT_TIMEOUT_S = 10.0
 class Served:
     proc: asyncio.subprocess.Process
     port: int
-    stub: tally_pb2_grpc.TallyAsyncStub
+    stub: tally_pb2_grpc.TallyServiceAsyncStub
     log: LogTail
 
     async def stop(self, grace_s: float) -> int:
@@ -69,7 +69,7 @@ async def test_serve_accepts_a_form_and_exits_0_on_sigterm(
     key, choices = await _station(db)
     async with tally_process({**cli_env, "SUARA_LOG_FORMAT": "json"}, tmp_path) as served:
         response = await served.stub.Submit(signed(key, consistent_form(key.tps, "ppwp", choices)))
-        assert response.outcome == tally_pb2.ACCEPTED
+        assert response.outcome == tally_pb2.OUTCOME_ACCEPTED
         stored = await db.fetchrow(
             "SELECT id, chain_position FROM tally.submission WHERE tps = $1 AND contest = 'ppwp'", key.tps
         )
@@ -138,7 +138,7 @@ async def test_sigterm_lets_a_call_blocked_on_the_chain_lock_finish_accepted(
             await lock.rollback()
 
             response = await asyncio.wait_for(call, grace)
-            assert response.outcome == tally_pb2.ACCEPTED
+            assert response.outcome == tally_pb2.OUTCOME_ACCEPTED
             assert await asyncio.wait_for(served.proc.wait(), grace) == 0
     finally:
         await blocker.close()

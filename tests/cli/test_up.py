@@ -142,7 +142,7 @@ async def test_up_serves_restarts_a_killed_tally_and_stops_on_sigterm(
                 tally_pb2.EnrollDeviceRequest(tps=tps, public_key=key.public_key, label="test"), metadata=auth
             )
             first = await stub.Submit(request)
-        assert first.outcome == tally_pb2.ACCEPTED
+        assert first.outcome == tally_pb2.OUTCOME_ACCEPTED
 
         # SIGKILL tally: `up` restarts it on the same address and logs it.
         os.kill(pids["tally"], signal.SIGKILL)
@@ -154,7 +154,7 @@ async def test_up_serves_restarts_a_killed_tally_and_stops_on_sigterm(
         assert {n: p for n, p in after.items() if n != "tally"} == {n: p for n, p in pids.items() if n != "tally"}
         async with grpc.aio.insecure_channel(up.ready["tally"]) as channel:
             again = await tally_stub(channel).Submit(request)  # the same form, resent after a lost reply
-        assert again.outcome == tally_pb2.DUPLICATE
+        assert again.outcome == tally_pb2.OUTCOME_DUPLICATE
         assert again.receipt.submission_id == first.receipt.submission_id
 
         assert await up.stop(signal.SIGTERM) == 0, up.log.text()

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.tally.credentials import enroll_device
+from suara.client import service_names
 from suara.client.outbox import OutboxConflict
 from suara.client.sdk import Client, FormError, JitteredBackoff, retry_after_s
 from suara.client.stubs import tally_stub
@@ -109,7 +110,7 @@ async def test_a_lost_reply_is_answered_duplicate_and_stored_once(
             form=form_pb2.SignedForm(payload=pending.payload, signature=pending.signature, device_id=pending.device_id)
         )
     )
-    assert direct.outcome == tally_pb2.ACCEPTED
+    assert direct.outcome == tally_pb2.OUTCOME_ACCEPTED
 
     async with await Client.open(outbox_path, f"127.0.0.1:{tally.app.port}", sleep=waits) as back:
         report = await back.flush()
@@ -147,7 +148,7 @@ async def test_photos_are_bound_into_the_signed_form_and_kept_until_sent(
         (entry,) = (await back.flush()).sent
     (submission,) = await stored(tally, station.tps)
     assert entry.outcome == "ACCEPTED" and len(submission.photo_sha256) == 1
-    got = await tally.stub.GetPhoto(tally_pb2.GetPhotoRequest(sha256=submission.photo_sha256[0]))
+    got = (await tally.stub.GetPhoto(tally_pb2.GetPhotoRequest(sha256=submission.photo_sha256[0]))).photo
     assert got.content == photo
 
 
@@ -277,7 +278,7 @@ async def test_catching_up_sends_one_batch_with_an_outcome_per_form(
     ]
     (refused,) = report.rejected
     assert refused.tps == stranger.tps and refused.last_code == "UNAUTHENTICATED"
-    assert [s.version for s in await stored(tally, a.tps) if s.status == tally_pb2.CURRENT] == [2]
+    assert [s.version for s in await stored(tally, a.tps) if s.status == tally_pb2.SUBMISSION_STATUS_CURRENT] == [2]
 
 
 async def test_a_tally_without_submit_batch_gets_the_forms_one_by_one(
@@ -337,7 +338,9 @@ class FakeTally:
             request_deserializer=tally_pb2.SubmitRequest.FromString,
             response_serializer=tally_pb2.SubmitResponse.SerializeToString,
         )
-        handler = grpc.method_handlers_generic_handler("suara.v1.Tally", {"Submit": submit})  # Submit is all it serves
+        handler = grpc.method_handlers_generic_handler(
+            service_names.TALLY.full_name, {"Submit": submit}
+        )  # Submit is all it serves
         self.server, port = create_server(lambda s: s.add_generic_rpc_handlers((handler,)), [])
         await self.server.start()
         self.target = f"127.0.0.1:{port}"
@@ -450,7 +453,7 @@ async def test_every_signed_form_reaches_tally_exactly_once_whatever_the_network
         at_tally = await stored(tally, station.tps)
         assert {s.version: s.payload for s in at_tally} == {v: p for (s, v), p in signed.items() if s == slot}
         assert len(at_tally) == len({s.version for s in at_tally})  # each version once
-        current = [s.version for s in at_tally if s.status == tally_pb2.CURRENT]
+        current = [s.version for s in at_tally if s.status == tally_pb2.SUBMISSION_STATUS_CURRENT]
         assert current == ([version[slot]] if version[slot] else [])
 
 

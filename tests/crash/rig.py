@@ -193,15 +193,15 @@ class Forms:
         reply = await self.tally.stub.SubmitBatch(tally_pb2.SubmitBatchRequest(items=requests), timeout=WAIT_S)
         assert len(reply.results) == len(requests)
         for item in reply.results:
-            name = tally_pb2.Outcome.Name(item.outcome)
+            name = tally_pb2.Outcome.Name(item.outcome).removeprefix("OUTCOME_")
             self.outcomes[name] = self.outcomes.get(name, 0) + 1
             assert name != "REJECTED", item.error
-            if item.outcome not in (tally_pb2.ACCEPTED, tally_pb2.QUARANTINED):
+            if item.outcome not in (tally_pb2.OUTCOME_ACCEPTED, tally_pb2.OUTCOME_QUARANTINED):
                 continue
             form = form_pb2.CHasilForm.FromString(requests[item.index].form.payload)
             have = self.acked.get(form.tps)
             if have is None or form.version > have.version:
-                self.acked[form.tps] = Acked(form.version, form, item.outcome == tally_pb2.QUARANTINED)
+                self.acked[form.tps] = Acked(form.version, form, item.outcome == tally_pb2.OUTCOME_QUARANTINED)
 
     async def oracle(self, db: asyncpg.Connection) -> Oracle:
         oracle = Oracle(await Registry.read(db))

@@ -12,6 +12,7 @@ import contextlib
 import json
 import random
 from collections.abc import AsyncIterator
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,7 @@ async def test_the_loop_publishes_by_itself_and_get_status_matches_the_pointer_a
         assert pointer["snapshot"] > first["snapshot"]
         assert not app.last.full, "after the first cycle only what changed is rewritten"
 
-        status = await publish_stub(channel).GetStatus(publish_pb2.GetStatusRequest(), timeout=5)
+        status = (await publish_stub(channel).GetStatus(publish_pb2.GetStatusRequest(), timeout=5)).status
         head = await pipeline.db.fetchrow("SELECT position, hash FROM tally.chain_head")
         tally_head = {"position": head["position"], "hash": bytes(head["hash"]).hex()}
         assert status.snapshot == pointer["snapshot"] == app.last.snapshot
@@ -127,7 +128,8 @@ async def test_the_loop_publishes_by_itself_and_get_status_matches_the_pointer_a
         assert status.files == app.last.files > 0
         assert not status.full_rebuild
         assert status.sink == f"local:{site}"
-        assert status.published_unix_ms > 0
+        published_at = await pipeline.db.fetchval("SELECT updated_at FROM publish.cursor")
+        assert status.published_at.ToDatetime(UTC) == published_at
 
 
 async def test_a_second_app_stands_by_without_writing_and_takes_over_when_the_first_stops(

@@ -18,6 +18,7 @@ import asyncpg
 import grpc
 
 from services.tally.relay import Relay
+from suara.client import service_names
 from suara.runtime.grpc_server import Server, create_server
 from suara.runtime.service_auth import (
     PgCredentialStore,
@@ -35,7 +36,7 @@ TABLE = "relay_test.service_credential"
 Key = tuple[str, str, int]  # (tps, contest, version)
 
 
-class FakeAggregate(aggregate_pb2_grpc.AggregateServicer):
+class FakeAggregate(aggregate_pb2_grpc.AggregateServiceServicer):
     def __init__(self) -> None:
         self.attempts = 0  # every ApplyUpdates that reached the servicer
         self.received: list[list[aggregate_pb2.TpsUpdate]] = []  # batches it got (and applied) in order
@@ -65,18 +66,18 @@ class FakeAggregate(aggregate_pb2_grpc.AggregateServicer):
             self.confirmed.append(list(request.updates))
             self.changed.notify_all()
         return aggregate_pb2.ApplyUpdatesResponse(
-            outcomes=[aggregate_pb2.APPLIED] * len(request.updates), sequence=len(self.confirmed)
+            outcomes=[aggregate_pb2.UPDATE_OUTCOME_APPLIED] * len(request.updates), sequence=len(self.confirmed)
         )
 
     async def ApplyAreaUpdates(
         self, request: aggregate_pb2.ApplyAreaUpdatesRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> aggregate_pb2.ApplyUpdatesResponse:
+    ) -> aggregate_pb2.ApplyAreaUpdatesResponse:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
         raise AssertionError
 
     async def GetArea(
         self, request: aggregate_pb2.GetAreaRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> aggregate_pb2.AreaView:
+    ) -> aggregate_pb2.GetAreaResponse:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
         raise AssertionError
 
@@ -100,7 +101,7 @@ class FakeAggregate(aggregate_pb2_grpc.AggregateServicer):
 
     async def GetReconciliation(
         self, request: aggregate_pb2.GetReconciliationRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> aggregate_pb2.Reconciliation:
+    ) -> aggregate_pb2.GetReconciliationResponse:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
         raise AssertionError
 
@@ -205,8 +206,8 @@ class Rig:
 async def start_fake(fake: FakeAggregate, pool: asyncpg.Pool, port: int = 0) -> tuple[Server, int]:
     auth = ServiceAuthInterceptor(PgCredentialStore(pool, TABLE), aggregate_rules())
     server, bound = create_server(
-        lambda s: aggregate_pb2_grpc.add_AggregateServicer_to_server(fake, s),
-        ["suara.v1.Aggregate"],
+        lambda s: aggregate_pb2_grpc.add_AggregateServiceServicer_to_server(fake, s),
+        [service_names.AGGREGATE.full_name],
         port=port,
         interceptors=[auth],
     )

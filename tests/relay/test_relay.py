@@ -163,7 +163,7 @@ async def test_the_fake_is_behind_the_real_credential_check(rig: Rig) -> None:
     reader = await issue_service_credential(rig.db, "publish", "reader", TABLE)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{rig.port}")
     try:
-        stub = cast("aggregate_pb2_grpc.AggregateAsyncStub", aggregate_pb2_grpc.AggregateStub(channel))  # type: ignore[redundant-cast]  # runtime: a type-only name
+        stub = cast("aggregate_pb2_grpc.AggregateServiceAsyncStub", aggregate_pb2_grpc.AggregateServiceStub(channel))  # type: ignore[redundant-cast]  # runtime: a type-only name
         request = aggregate_pb2.ApplyUpdatesRequest()
         for metadata, code in (
             ((), grpc.StatusCode.UNAUTHENTICATED),

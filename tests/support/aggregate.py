@@ -29,7 +29,7 @@ BASE_SETTINGS = Settings(aggregate_port=0, log_format="console")
 class Aggregate:
     app: AggregateApp
     channel: grpc.aio.Channel
-    stub: aggregate_pb2_grpc.AggregateAsyncStub
+    stub: aggregate_pb2_grpc.AggregateServiceAsyncStub
     db: asyncpg.Connection
     db_url: str
 
@@ -94,7 +94,7 @@ def update(
 
 async def apply(a: Aggregate, oracle: Oracle, updates: list[aggregate_pb2.TpsUpdate]) -> list[str]:
     response = await a.stub.ApplyUpdates(aggregate_pb2.ApplyUpdatesRequest(updates=updates))
-    got = [aggregate_pb2.UpdateOutcome.Name(o) for o in response.outcomes]
+    got = [aggregate_pb2.UpdateOutcome.Name(o).removeprefix("UPDATE_OUTCOME_") for o in response.outcomes]
     want = [oracle.send(u) for u in updates]
     assert got == want
     return got

@@ -87,12 +87,12 @@ class Pipeline:
             if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
                 raise
             return None
-        if response.outcome in (tally_pb2.ACCEPTED, tally_pb2.QUARANTINED):
+        if response.outcome in (tally_pb2.OUTCOME_ACCEPTED, tally_pb2.OUTCOME_QUARANTINED):
             previous = self.current.get((tps, contest))
             if previous is None or version > previous.form.version:
                 self.current[(tps, contest)] = Accepted(
                     form_pb2.CHasilForm.FromString(form.SerializeToString()),
-                    response.outcome == tally_pb2.QUARANTINED,
+                    response.outcome == tally_pb2.OUTCOME_QUARANTINED,
                 )
             for p in photos:
                 self.photos[hashlib.sha256(p).hexdigest()] = p

@@ -25,7 +25,7 @@ BASE_SETTINGS = Settings(tally_port=0, commit_wait_s=5.0, log_format="console", 
 class Tally:
     app: TallyApp
     channel: grpc.aio.Channel
-    stub: tally_pb2_grpc.TallyAsyncStub
+    stub: tally_pb2_grpc.TallyServiceAsyncStub
     db: asyncpg.Connection
     db_url: str
     contests: dict[str, list[str]]  # contest id -> choice ids

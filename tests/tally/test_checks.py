@@ -159,7 +159,7 @@ async def test_inconsistent_form_is_quarantined_naming_the_check(tally: Tally, c
     form = consistent_form(st.tps, "ppwp", tally.contests["ppwp"])
     INCONSISTENT[check](form)
     response = await tally.stub.Submit(signed(st.key, form))
-    assert response.outcome == tally_pb2.QUARANTINED
+    assert response.outcome == tally_pb2.OUTCOME_QUARANTINED
     assert list(response.failed_checks) == [check]
     row = await tally.db.fetchrow("SELECT outcome, failed_checks FROM tally.submission")
     assert (row["outcome"], row["failed_checks"]) == ("QUARANTINED", [check])
@@ -170,4 +170,4 @@ async def test_dpr_contest_with_many_choices_is_accepted(tally: Tally) -> None:
     assert len(choices) >= 50
     st = await tally.station()
     response = await tally.stub.Submit(signed(st.key, consistent_form(st.tps, "pdpr", choices)))
-    assert response.outcome == tally_pb2.ACCEPTED
+    assert response.outcome == tally_pb2.OUTCOME_ACCEPTED

@@ -46,7 +46,7 @@ async def test_enrolls_every_key_in_order_and_each_can_submit(tally: Tally) -> N
     }
     for key in keys:
         receipt = await tally.stub.Submit(signed(key, consistent_form(key.tps, "ppwp", tally.contests["ppwp"])))
-        assert receipt.outcome == tally_pb2.ACCEPTED
+        assert receipt.outcome == tally_pb2.OUTCOME_ACCEPTED
 
     again = await tally.stub.EnrollDevices(_request(keys), metadata=auth)  # a rerun of the same provisioning
     assert list(again.devices) == list(response.devices)

@@ -86,7 +86,7 @@ async def test_enroll_device_needs_an_admin_credential(tally: Tally) -> None:
     response = await tally.stub.EnrollDevice(enroll, metadata=auth)
     assert (response.device_id, response.tps) == (key.device_id, tps)
     accepted = await tally.stub.Submit(signed(key, consistent_form(tps, "ppwp", tally.contests["ppwp"])))
-    assert accepted.outcome == tally_pb2.ACCEPTED
+    assert accepted.outcome == tally_pb2.OUTCOME_ACCEPTED
 
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await tally.stub.EnrollDevice(tally_pb2.EnrollDeviceRequest(tps="123", public_key=b"x"), metadata=auth)
@@ -100,7 +100,7 @@ async def test_a_forged_item_in_a_batch_is_refused_alone_on_either_verification_
     forged = size // 2
     items[forged].form.signature = DeviceKey.generate(stations[forged].tps).sign(items[forged].form.payload)
     response = await tally.stub.SubmitBatch(tally_pb2.SubmitBatchRequest(items=items))
-    outcomes = [tally_pb2.Outcome.Name(r.outcome) for r in response.results]
+    outcomes = [tally_pb2.Outcome.Name(r.outcome).removeprefix("OUTCOME_") for r in response.results]
     assert outcomes == ["REJECTED" if i == forged else "ACCEPTED" for i in range(size)]
     assert response.results[forged].error.code == grpc.StatusCode.UNAUTHENTICATED.value[0]
     stored = {r["tps"] for r in await tally.db.fetch("SELECT tps FROM tally.submission")}

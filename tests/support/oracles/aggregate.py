@@ -78,7 +78,7 @@ class Oracle:
         if have is None or update.version > have.version:
             self.current[key] = update
             return "APPLIED"
-        return "DUPLICATE_UPDATE" if update.version == have.version else "STALE"
+        return "DUPLICATE" if update.version == have.version else "STALE"
 
     def rows(self) -> dict[tuple[str, str], Row]:
         """(contest, area) -> the area's expected row, for every area holding a TPS of the contest."""
