@@ -172,7 +172,7 @@ class Rig:
             reply = await self.tally.stub.SubmitBatch(
                 tally_pb2.SubmitBatchRequest(items=requests[start : start + 1000]), timeout=WAIT_S
             )
-            outcomes = {tally_pb2.Outcome.Name(r.outcome) for r in reply.results}
+            outcomes = {tally_pb2.Outcome.Name(r.outcome).removeprefix("OUTCOME_") for r in reply.results}
             assert outcomes <= {"ACCEPTED", "QUARANTINED"}, outcomes
         return keys
 
