@@ -21,7 +21,8 @@ import pytest
 from services.aggregate.server import AggregateApp
 from services.publish.cycle import CycleResult, Publisher
 from services.publish.files import SiteFile
-from services.publish.sink import LocalSink, Sink
+from services.publish.sinks.base import Sink
+from services.publish.sinks.local import LocalSink
 from services.tally.credentials import enroll_device
 from suara.client.aggregate_stub import aggregate_stub
 from suara.election.signing import DeviceKey
@@ -161,6 +162,9 @@ class RecordingSink:
 
     async def read(self, path: str) -> bytes | None:
         return await self.inner.read(path)
+
+    async def sweep_temp(self) -> int:
+        return await self.inner.sweep_temp()
 
     async def close(self) -> None:
         await self.inner.close()

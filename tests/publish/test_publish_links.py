@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from services.publish.sink import S3Sink
+from services.publish.sinks.s3 import S3Sink
 from tests.publish.conftest import Pipeline
 from tests.publish.oracle import Registry, compare, expected_site
 from tests.publish.test_s3_publish import Bucket, _publisher

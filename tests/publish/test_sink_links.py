@@ -16,7 +16,8 @@ import boto3
 import pytest
 
 from services.publish.files import SiteFile
-from services.publish.sink import LocalSink, S3Sink
+from services.publish.sinks.local import LocalSink
+from services.publish.sinks.s3 import S3Sink
 
 TEMPLATE = "suara/kosong/ppwp.json"
 BODY = b'{"mode":"hhcw","chart":null,"images":[null,null,null],"administrasi":null,"ts":"2024-02-14 07:00:00"}'
