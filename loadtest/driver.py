@@ -3,9 +3,9 @@
 Every form goes through the client SDK (`suara.client.sdk.Client`): signed, stored in a SQLite outbox,
 sent, retried with the SDK's backoff and tally's retry-after (`Client.retry`). Each worker has its own
 outbox, and an offline device its own (it is flushed with `Client.flush` when the device is back). The
-outboxes live on tmpfs (/dev/shm) when there is one: the SDK keeps synchronous=FULL, and on tmpfs an
-fsync costs nothing, so the load generator's own durability (not what is tested) does not cap the rate
-— and no SDK change is needed.
+outboxes live on tmpfs (/dev/shm) when there is one: the SDK keeps synchronous=FULL, as on a phone, and
+on tmpfs an fsync costs nothing, so the load generator's own durability (not what is tested) does not
+cap the rate.
 """
 
 from __future__ import annotations
