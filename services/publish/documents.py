@@ -1,4 +1,4 @@
-"""The published documents, rendered from aggregate's views: pure functions, no I/O.
+"""The published documents, rendered from aggregate's views: pure functions, no I/O (where each goes: paths.py).
 
 Each file is built from one AreaView (an area and its children read in one snapshot), so a file never
 mixes states. Every value comes from the data, never from the clock, so a rebuild writes the same bytes.
@@ -13,6 +13,7 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.publish.paths import photo_path
 from suara.election.contest import CONTEST_KINDS, Contest
 from suara.v1 import aggregate_pb2
 
@@ -46,36 +47,6 @@ def wib_of(stamp: Timestamp) -> str:
 
 def iso(unix_ms: int) -> str:
     return datetime.fromtimestamp(unix_ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def area_path(area: str) -> str:
-    """'' → '', '3101011001' → '31/3101/310101/3101011001' (how Sirekap nests every code under its parents)."""
-    return "/".join(area[:n] for n in (2, 4, 6, 10, 13) if n <= len(area))
-
-
-def totals_path(contest: str, area: str) -> str:
-    return f"pemilu/hhcw/{contest}.json" if area == "" else f"pemilu/hhcw/{contest}/{area_path(area)}.json"
-
-
-def region_path(contest: str, area: str) -> str:
-    return f"wilayah/pemilu/{contest}/0.json" if area == "" else f"wilayah/pemilu/{contest}/{area_path(area)}.json"
-
-
-def status_path(contest: str, area: str) -> str:
-    return f"suara/status/{contest}.json" if area == "" else f"suara/status/{contest}/{area_path(area)}.json"
-
-
-def candidates_path(contest: str) -> str:
-    return f"pemilu/{contest}.json"
-
-
-def no_data_path(contest: str) -> str:
-    """The contest's "no data yet" TPS file: every such TPS file of a rebuild is a hard link to it."""
-    return f"suara/kosong/{contest}.json"
-
-
-def photo_path(sha256: str, content_type: str = "image/jpeg") -> str:
-    return f"foto/{sha256[:2]}/{sha256}.{'png' if content_type == 'image/png' else 'jpg'}"
 
 
 def persen(reported: int, total: int) -> float:

@@ -18,7 +18,8 @@ import structlog
 
 from services.publish.cycle import CycleResult, Publisher
 from services.publish.queries import QUERIES
-from services.publish.sink import LocalSink, Sink, sink_from_url
+from services.publish.sinks import sink_from_url
+from services.publish.sinks.base import Sink
 from suara.client import service_names
 from suara.client.aggregate_stub import aggregate_stub
 from suara.client.stubs import tally_stub
@@ -177,11 +178,10 @@ class PublishApp:
 
 
 async def prepare(sink: Sink) -> None:
-    """Before the first cycle: temp files a killed publisher left behind are swept."""
-    if isinstance(sink, LocalSink):
-        removed = await sink.sweep_temp()
-        if removed:
-            log.info("swept_temp_files", removed=removed)
+    """Before the first cycle: what a killed publisher left behind is swept."""
+    removed = await sink.sweep_temp()
+    if removed:
+        log.info("swept_temp_files", removed=removed)
 
 
 def _describe(exc: BaseException) -> str:

@@ -4,8 +4,9 @@
 to send it. `Client.flush` sends everything still pending, oldest first,
 retrying what may succeed later (the network, an overloaded or recovering
 tally) with exponential backoff and full jitter, never sooner than the
-server's retry-after hint. Resending is always safe: the outbox keeps the exact
-signed bytes, and tally answers a resend DUPLICATE with the original receipt.
+server's retry-after hint; `Client.retry` does the same for one attempt's
+entry. Resending is always safe: the outbox keeps the exact signed bytes, and
+tally answers a resend DUPLICATE with the original receipt.
 """
 
 from __future__ import annotations
@@ -343,6 +344,23 @@ class Client:
             raise KeyError(f"TPS {tps} {contest} v{version} is not in the outbox")
         return await self.send(entry)
 
+    async def retry(self, attempt: Attempt, on_attempt: Callable[[Attempt, float], None] | None = None) -> Attempt:
+        """Send `attempt`'s entry again until an answer settles it, waiting before each try as `flush`
+        does; the last attempt (`attempt` itself when it needs no retry).
+
+        Unlike `flush`, which sends the pending entries, this keeps at one entry whatever its state: a
+        resend of a sent entry that failed is sent again. `on_attempt` sees each attempt made here and
+        the seconds its call took.
+        """
+        backoff = self.backoff()
+        while attempt.retry:
+            await self._sleep(_retry_delay(backoff, (attempt,)))
+            started = time.perf_counter()
+            attempt = await self.send(attempt.entry)
+            if on_attempt is not None:
+                on_attempt(attempt, time.perf_counter() - started)
+        return attempt
+
     async def flush(
         self,
         deadline_s: float | None = None,
@@ -377,7 +395,7 @@ class Client:
                 backoff.reset()
                 progress(len(pending) - len(attempts), 0.0, None)
                 continue
-            delay = max(backoff.next_delay(), *(a.retry_after_s or 0.0 for a in failed))
+            delay = _retry_delay(backoff, failed)
             if end is not None and loop.time() + delay >= end:
                 break  # the next attempt could not start before the deadline
             progress(len(pending) - len(attempts) + len(failed), delay, failed[0].entry.last_error)
@@ -413,6 +431,11 @@ class Client:
         channel, self._channel = self._channel, None
         if channel is not None:
             await channel.close()
+
+
+def _retry_delay(backoff: JitteredBackoff, failed: Sequence[Attempt]) -> float:
+    """The wait before trying again: the backoff's draw, never less than a retry-after the server gave."""
+    return max(backoff.next_delay(), *(a.retry_after_s or 0.0 for a in failed))
 
 
 def _explain(code: grpc.StatusCode, message: str) -> str:

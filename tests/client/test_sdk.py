@@ -229,6 +229,45 @@ async def test_retry_info_alone_is_honoured(tally: Tally, outbox_path: Path, wai
     assert report.complete and waits.delays == [pytest.approx(1.5), pytest.approx(1.5)]
 
 
+async def test_retry_waits_before_each_attempt_and_shows_each_one(
+    tally: Tally, outbox_path: Path, waits: Waits
+) -> None:
+    station = await tally.station()
+    seen: list[tuple[bool, str | None, float]] = []
+    async with FakeTally(tally, busy=3, retry_after_ms=700) as fake:
+        client = await Client.open(outbox_path, fake.target, sleep=waits, backoff_base_s=0.01)
+        async with client:
+            first = await client.submit(form_for(tally, station), station.key)
+            last = await client.retry(first, on_attempt=lambda a, s: seen.append((a.retry, a.outcome, s)))
+    assert last.outcome == "ACCEPTED" and last.entry.state == "sent"
+    assert fake.calls == 4
+    # Unlike a flush, the first retry waits too: submit's own attempt was refused with a hint.
+    assert len(waits.delays) == 3 and all(d >= 0.7 for d in waits.delays)
+    assert [(r, o) for r, o, _ in seen] == [(True, None), (True, None), (False, "ACCEPTED")]
+    assert all(s > 0 for _, _, s in seen)
+    assert len(await stored(tally, station.tps)) == 1
+
+
+async def test_retry_sends_a_failed_resend_again_until_tally_answers(
+    tally: Tally, outbox_path: Path, waits: Waits
+) -> None:
+    station = await tally.station()
+
+    async def unavailable_once(request: tally_pb2.SubmitRequest, context: Any) -> None:
+        if fake.calls == 2:  # the resend: its answer is lost on the way
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset")
+
+    async with FakeTally(tally, before=unavailable_once) as fake:
+        client = await Client.open(outbox_path, fake.target, sleep=waits)
+        async with client:
+            sent = await client.submit(form_for(tally, station), station.key)
+            failed = await client.resend(*sent.entry.key)
+            assert failed.retry and failed.entry.state == "sent"  # nothing pending: a flush would not send it
+            last = await client.retry(failed)
+            assert await client.retry(last, on_attempt=lambda a, s: pytest.fail("nothing to retry")) is last
+    assert last.outcome == "DUPLICATE" and fake.calls == 3 and len(waits.delays) == 1
+
+
 async def test_flush_backs_off_with_full_jitter_and_stops_at_its_deadline(tally: Tally, outbox_path: Path) -> None:
     station = await tally.station()
     delays: list[float] = []

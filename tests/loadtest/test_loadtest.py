@@ -24,13 +24,15 @@ from hypothesis import strategies as st
 
 from cli import loadtest as loadtest_cli
 from loadtest import verify as verify_module
+from loadtest.config import STANDARD, Config
 from loadtest.devices import EnrollError, enroll
+from loadtest.errors import LoadTestError
 from loadtest.forms import administrasi, make_form, numbers
 from loadtest.freshness import freshness
 from loadtest.oracle import Oracle
-from loadtest.plan import FAULTS, STANDARD, make_plan, sample_tps
+from loadtest.plan import FAULTS, make_plan, sample_tps
 from loadtest.report import human_table, write_report
-from loadtest.run import Config, LoadTestError, run_loadtest
+from loadtest.run import run_loadtest
 from loadtest.site import HttpSite
 from loadtest.verify import Mismatch, Verification, verify
 from services.publish.http import serve_site

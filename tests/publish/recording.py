@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from services.publish.files import SiteFile
-from services.publish.sink import LocalSink
+from services.publish.sinks.local import LocalSink
 
 
 class RecordingSink:
@@ -32,6 +32,9 @@ class RecordingSink:
 
     async def read(self, path: str) -> bytes | None:
         return await self.inner.read(path)
+
+    async def sweep_temp(self) -> int:
+        return await self.inner.sweep_temp()
 
     async def close(self) -> None:
         await self.inner.close()

@@ -22,7 +22,7 @@ import structlog
 
 from services.aggregate.server import AggregateApp
 from services.publish.server import LOCK_KEY, PublishApp
-from services.publish.sink import LocalSink
+from services.publish.sinks.local import LocalSink
 from suara.client.stubs import publish_stub
 from suara.runtime.service_auth import issue_service_credential
 from suara.runtime.settings import Settings

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from services.aggregate.queries import QUERIES as AGGREGATE_QUERIES
-from services.publish.sink import LocalSink
+from services.publish.sinks.local import LocalSink
 from suara.election.signing import OfficialKey
 from suara.v1 import aggregate_pb2
 from tests.publish.recording import KilledMidway, RecordingSink

@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from services.publish.sink import S3Sink
+from services.publish.sinks.s3 import S3Sink
 from tests.support.oracles.publish import Registry, compare, expected_site
 from tests.support.publish import Pipeline
 from tests.support.s3 import Bucket, bucket_name

@@ -20,7 +20,9 @@ from pathlib import Path
 
 from services.publish.cache import cache_control_for, content_type_for
 from services.publish.cycle import Publisher
-from services.publish.sink import LocalSink, S3Sink, Sink
+from services.publish.sinks.base import Sink
+from services.publish.sinks.local import LocalSink
+from services.publish.sinks.s3 import S3Sink
 from tests.support.publish import Pipeline
 from tests.support.s3 import Bucket, Object, bucket_name
 

@@ -20,7 +20,9 @@ from hypothesis import strategies as st
 
 from services.publish.cache import IMMUTABLE, POINTER
 from services.publish.files import SiteFile
-from services.publish.sink import LocalSink, S3Sink, sink_from_url
+from services.publish.sinks import sink_from_url
+from services.publish.sinks.local import LocalSink
+from services.publish.sinks.s3 import S3Sink
 from tests.support.s3 import Bucket, bucket_name
 
 

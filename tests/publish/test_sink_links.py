@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from services.publish.files import SiteFile
-from services.publish.sink import LocalSink, S3Sink
+from services.publish.sinks.local import LocalSink
+from services.publish.sinks.s3 import S3Sink
 from tests.support.s3 import Bucket, bucket_name
 
 TEMPLATE = "suara/kosong/ppwp.json"

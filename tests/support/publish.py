@@ -21,7 +21,8 @@ import pytest
 
 from services.aggregate.server import AggregateApp
 from services.publish.cycle import CycleResult, Publisher
-from services.publish.sink import LocalSink, Sink
+from services.publish.sinks.base import Sink
+from services.publish.sinks.local import LocalSink
 from services.tally.credentials import enroll_device
 from suara.client.aggregate_stub import aggregate_stub
 from suara.election.signing import DeviceKey
