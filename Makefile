@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps demo test test-fast lint protos protos-check bench clean help
+.PHONY: install system-deps demo test test-fast lint protos protos-check docs bench clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -35,14 +35,25 @@ system-deps:  ## chromium and nginx for the site tests (apt, when root and missi
 test: install system-deps  ## the whole test suite, against real PostgreSQL (embedded unless DATABASE_URL is set)
 	$(BIN)/pytest -n $${PYTEST_WORKERS:-2} $(PYTEST_ARGS)
 
-lint: install  ## ruff and mypy, and the generated code must match protos/
+# What `buf breaking` compares protos/ with: branch main of this repository. The git common dir is
+# `.git` in a clone and the main repository's in a worktree (where `.git` is a file); buf clones it
+# locally, no network. subdir: the protos are a module of their own, with or without a buf.yaml there.
+BUF_AGAINST ?= $(shell git rev-parse --git-common-dir)\#branch=main,subdir=protos
+
+lint: install  ## ruff, mypy, buf lint; stubs and docs/api.md match protos/, docs/cli.md the CLI; no breaking change
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/python -m suara.protogen --check
+	$(BIN)/python -m cli.reference --check
+	$(BIN)/buf lint
+	$(BIN)/buf breaking --against '$(BUF_AGAINST)'
 
-protos: install  ## regenerate suara/v1 from protos/
+protos: install  ## regenerate suara/v1 and docs/api.md from protos/
 	$(BIN)/python -m suara.protogen
+
+docs: install  ## regenerate docs/cli.md, the CLI reference, from the commands' --help
+	$(BIN)/python -m cli.reference
 
 bench: install  ## benchmarks (BENCH_QUICK=1 for a short run)
 	$(BIN)/python -m bench

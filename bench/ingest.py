@@ -34,7 +34,7 @@ from cli.embedded import free_port
 from suara.client.stubs import tally_stub
 from suara.election.signing import DeviceKey
 from suara.v1 import tally_pb2
-from tests.factories import consistent_form, signed
+from tests.support.factories import consistent_form, signed
 
 
 @dataclass

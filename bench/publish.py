@@ -27,7 +27,7 @@ from services.aggregate.catalog import Catalog
 from services.aggregate.rollup import Rollup
 from services.aggregate.server import AggregateApp
 from services.publish.cycle import Publisher
-from services.publish.sink import LocalSink
+from services.publish.sinks.local import LocalSink
 from suara.client.aggregate_stub import aggregate_stub
 from suara.registry.catalog import fetch_contests
 from suara.runtime.auth.client import ServiceAuthClientInterceptor

@@ -16,7 +16,7 @@ def add_parser(sub: Any) -> None:
         "serve",
         help="serve the aggregate gRPC API until SIGTERM/SIGINT",
         description=(
-            "Serve aggregate's gRPC API (suara.v1.Aggregate, health, reflection) on\n"
+            "Serve aggregate's gRPC API (suara.v1.AggregateService, health, reflection) on\n"
             "SUARA_AGGREGATE_HOST:SUARA_AGGREGATE_PORT. At start it seeds one row per area and contest from\n"
             "the registry (once per `suara registry load`). On SIGTERM health turns NOT_SERVING first, then\n"
             "in-flight calls finish (SUARA_SHUTDOWN_GRACE_S)."

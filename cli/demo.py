@@ -18,6 +18,7 @@ import collections
 import contextlib
 import random
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -64,22 +65,19 @@ async def run_demo(args: argparse.Namespace, settings: Settings) -> int:
 async def play(args: argparse.Namespace, system: System) -> int:
     """The simulated election against the running services, then the checks; 0 when they all pass."""
     from services.tally.audit import verify_chain
+    from suara.registry.catalog import fetch_contests
+    from suara.registry.summary import sample_tps
     from suara.runtime.auth.admin import AdminCredential
     from suara.runtime.database import connect
 
     say(f"site: {system.site_url} (the public page; its JSON is under /pemilu, /wilayah and /suara)")
     admin = AdminCredential.load(system.admin_key)
     async with connect(system.database_url) as conn:
-        tps = [
-            r["code"] for r in await conn.fetch("SELECT code FROM registry.tps ORDER BY random() LIMIT $1", args.forms)
-        ]
-        choices = [
-            r["id"]
-            for r in await conn.fetch("SELECT id FROM registry.choice WHERE contest = 'ppwp' ORDER BY nomor_urut")
-        ]
+        tps = await sample_tps(conn, args.forms)
+        choices = [c.id for c in sorted((await fetch_contests(conn))["ppwp"].choices, key=lambda c: c.nomor_urut)]
     outcomes = await simulate(system.tally_address, admin.token, tps, choices, args.seed)
     say("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
-    await _until(system.database_url, "SELECT count(*) = 0 FROM tally.outbox WHERE delivered_at IS NULL", "the relay")
+    await _relay_delivered(system)
     national = await show_totals(system.aggregate_address, ServiceCredential.load(system.reader_key), choices)
     published = await _published_national(system)
     snapshot = published.pop("snapshot")
@@ -100,28 +98,44 @@ async def play(args: argparse.Namespace, system: System) -> int:
     return 0 if report.ok and same else 1
 
 
-async def _until(url: str, condition: str, what: str) -> None:
-    """Poll `condition` (a query returning a boolean) until true: the services run in other processes."""
-    from suara.runtime.database import connect
-
+async def _until(done: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Poll `done` until true: the services run in other processes, with nothing to await across them."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + CATCH_UP_TIMEOUT_S
-    async with connect(url) as conn:
-        while not await conn.fetchval(condition):
-            if loop.time() > deadline:
-                raise RuntimeError(f"{what} did not catch up within {CATCH_UP_TIMEOUT_S:.0f}s")
-            await asyncio.sleep(POLL_INTERVAL_S)
+    while not await done():
+        if loop.time() > deadline:
+            raise RuntimeError(f"{what} did not catch up within {CATCH_UP_TIMEOUT_S:.0f}s")
+        await asyncio.sleep(POLL_INTERVAL_S)
+
+
+async def _relay_delivered(system: System) -> None:
+    """Once tally's relay has delivered every accepted form to aggregate (tally's own account of its outbox)."""
+    from services.tally.relay import undelivered
+    from suara.runtime.database import connect
+
+    async with connect(system.database_url) as conn:
+
+        async def delivered() -> bool:
+            return await undelivered(conn) == 0
+
+        await _until(delivered, "the relay")
 
 
 async def _published_national(system: System) -> dict[str, Any]:
-    """Once publish has caught up with aggregate: the national numbers of the published ppwp file."""
+    """Once publish has caught up with aggregate (as its GetStatus says): the published national numbers."""
     import json
 
-    await _until(
-        system.database_url,
-        "SELECT (SELECT sequence FROM publish.cursor) >= (SELECT sequence FROM aggregate.head)",
-        "publish",
-    )
+    from suara.client.stubs import publish_stub
+    from suara.v1 import publish_pb2
+
+    async with grpc.aio.insecure_channel(system.publish_address) as channel:
+        stub = publish_stub(channel)
+
+        async def caught_up() -> bool:
+            status = (await stub.GetStatus(publish_pb2.GetStatusRequest(), timeout=5)).status
+            return status.snapshot > 0 and status.aggregate_sequence == status.aggregate_newest
+
+        await _until(caught_up, "publish")
     doc = json.loads((system.site_dir / "pemilu/hhcw/ppwp.json").read_bytes())
     pointer = json.loads((system.site_dir / "suara/snapshot.json").read_bytes())
     chart = {k: v for k, v in doc["chart"].items() if k != "persen"}
@@ -135,7 +149,8 @@ async def show_totals(address: str, reader: ServiceCredential, choices: list[str
     from suara.v1 import aggregate_pb2
 
     async with grpc.aio.insecure_channel(address, interceptors=[ServiceAuthClientInterceptor(reader)]) as channel:
-        view = await aggregate_stub(channel).GetArea(aggregate_pb2.GetAreaRequest(area="", contest="ppwp"))
+        reply = await aggregate_stub(channel).GetArea(aggregate_pb2.GetAreaRequest(area="", contest="ppwp"))
+    view = reply.view
     row = view.area
     shown = ", ".join(f"{c}: {row.totals.votes.get(c, 0):,}" for c in choices)
     say(f"nasional (ppwp): {shown}; valid {row.totals.suara_sah:,}")
@@ -153,6 +168,7 @@ def say(message: str) -> None:
 async def simulate(address: str, admin_token: str, tps: list[str], choices: list[str], seed: int) -> dict[str, int]:
     """One form per TPS, plus what election night brings: resends, corrections, inconsistent forms."""
     from suara.client.stubs import tally_stub
+    from suara.election.outcomes import outcome_name
     from suara.election.signing import DeviceKey
     from suara.runtime.auth.admin import bearer_metadata
     from suara.v1 import form_pb2, tally_pb2
@@ -210,7 +226,7 @@ async def simulate(address: str, admin_token: str, tps: list[str], choices: list
             for request in sends:
                 try:
                     response = await stub.Submit(request)
-                    outcomes[tally_pb2.Outcome.Name(response.outcome)] += 1
+                    outcomes[outcome_name(response.outcome)] += 1
                 except grpc.aio.AioRpcError as err:
                     outcomes[err.code().name] += 1
             done += 1

@@ -80,8 +80,10 @@ def add_parser(sub: Any) -> None:
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     from cli.progress import Progress
+    from loadtest.config import Config
+    from loadtest.errors import LoadTestError
     from loadtest.report import human_table, write_report
-    from loadtest.run import Config, LoadTestError, run_loadtest
+    from loadtest.run import run_loadtest
     from suara.runtime.auth.admin import AdminCredential
 
     admin_path = args.admin_key or settings.data_dir / "admin.key.json"

@@ -41,8 +41,9 @@ def add_parser(sub: Any) -> None:
 
 
 async def run_enroll(args: argparse.Namespace, settings: Settings) -> int:
-    from services.aggregate.queries import QUERIES
+    from services.aggregate.officials import enroll_official
     from suara.election.signing import OfficialKey
+    from suara.registry.summary import area_exists
 
     try:
         key = OfficialKey.generate(args.area, args.role)
@@ -58,13 +59,11 @@ async def run_enroll(args: argparse.Namespace, settings: Settings) -> int:
     try:
         with database_url(settings) as url:
             async with connect(url) as conn:
-                if await conn.fetchval("SELECT 1 FROM registry.area WHERE code = $1", args.area) is None:
+                if not await area_exists(conn, args.area):
                     print(f"unknown area {args.area!r}: not in the registry", file=sys.stderr)
                     out.unlink()  # noqa: ASYNC240  (undo the key file just written)
                     return 2
-                await conn.execute(
-                    QUERIES.enroll_official, key.official_id, key.area, key.role, key.public_key, args.label
-                )
+                await enroll_official(conn, key, args.label)
     except BaseException:
         out.unlink(missing_ok=True)  # noqa: ASYNC240  (undo the key file just written)
         raise

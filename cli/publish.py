@@ -34,7 +34,7 @@ def add_parser(sub: Any) -> None:
             "snapshot pointer suara/snapshot.json. The first run writes everything. Needs a reader credential\n"
             "(SUARA_PUBLISH_CREDENTIAL, default SUARA_DATA_DIR/publish.key.json: `suara service issue --name\n"
             "publish --role reader`); reads the chain head and photos from tally at SUARA_TALLY_ADDRESS.\n"
-            "Reports on gRPC (health, suara.v1.Publish/GetStatus) at SUARA_PUBLISH_HOST:SUARA_PUBLISH_PORT.\n\n"
+            "Reports on gRPC (health, suara.v1.PublishService/GetStatus) at SUARA_PUBLISH_HOST:SUARA_PUBLISH_PORT.\n\n"
             + _SINKS
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -140,10 +140,10 @@ async def run_status(args: argparse.Namespace, settings: Settings) -> int:
     address = args.address or f"{settings.publish.host}:{settings.publish.port}"
     async with grpc.aio.insecure_channel(address) as channel:
         try:
-            status = await publish_stub(channel).GetStatus(publish_pb2.GetStatusRequest(), timeout=5)
+            reply = await publish_stub(channel).GetStatus(publish_pb2.GetStatusRequest(), timeout=5)
         except grpc.aio.AioRpcError as exc:
             print(f"publish at {address} did not answer: {exc.code().name} {exc.details()}", flush=True)
             return 1
     with contextlib.suppress(BrokenPipeError):
-        print(json.dumps(MessageToDict(status, always_print_fields_with_no_presence=True), indent=2), flush=True)
+        print(json.dumps(MessageToDict(reply.status, always_print_fields_with_no_presence=True), indent=2), flush=True)
     return 0

@@ -8,13 +8,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from cli.embedded import database_url
 from cli.progress import Progress
 from suara.registry.areas import LEVEL_NAMES
 from suara.registry.contests import DEFAULT_PATH, ContestConfigError, read_contests
 from suara.registry.loader import load_registry
+from suara.registry.summary import is_migrated, summarize
 from suara.registry.synthetic import PEMILU_2024_TPS
 from suara.runtime.database import connect
 from suara.runtime.settings import Settings
@@ -109,10 +108,6 @@ def _seed(text: str) -> int:
     return value
 
 
-async def _migrated(conn: asyncpg.Connection) -> bool:
-    return await conn.fetchval("SELECT to_regclass('registry.load') IS NOT NULL") is True
-
-
 async def run_load(args: argparse.Namespace, settings: Settings) -> int:
     if not args.synthetic_tps and (args.scale is not None or args.seed is not None):
         print("--scale and --seed shape the synthetic TPS list: add --synthetic-tps", file=sys.stderr)
@@ -135,7 +130,7 @@ async def run_load(args: argparse.Namespace, settings: Settings) -> int:
 
     with database_url(settings) as url:
         async with connect(url) as conn:
-            if not await _migrated(conn):
+            if not await is_migrated(conn):
                 print(NOT_MIGRATED, file=sys.stderr)
                 return 2
             try:
@@ -165,32 +160,26 @@ async def run_load(args: argparse.Namespace, settings: Settings) -> int:
 async def run_show(args: argparse.Namespace, settings: Settings) -> int:
     with database_url(settings) as url:
         async with connect(url) as conn:
-            if not await _migrated(conn):
+            if not await is_migrated(conn):
                 print(NOT_MIGRATED, file=sys.stderr)
                 return 2
-            levels = dict(await conn.fetch("SELECT level, count(*) FROM registry.area GROUP BY level"))
-            tps, dpt = await conn.fetchrow("SELECT count(*), coalesce(sum(dpt), 0) FROM registry.tps")
-            contests = await conn.fetch(
-                "SELECT c.id, c.name, c.scope, c.max_voters_per_tps, count(ch.id) AS choices"
-                " FROM registry.contest c LEFT JOIN registry.choice ch ON ch.contest = c.id"
-                " GROUP BY c.id ORDER BY c.id"
-            )
-            last = await conn.fetchrow("SELECT * FROM registry.load ORDER BY id DESC LIMIT 1")
+            summary = await summarize(conn)
     print("areas:")
     for level, name in LEVEL_NAMES.items():
-        print(f"  {name:<15} {levels.get(level, 0):>9,}")
-    print(f"tps: {tps:,} with {dpt:,} voters (DPT)")
-    print(f"contests: {len(contests)}")
-    for c in contests:
-        where = f"scope {c['scope']}" if c["scope"] else "national"
-        print(f"  {c['id']:<8} {c['choices']:>4} choices  {where:<10} max {c['max_voters_per_tps']}/TPS  {c['name']}")
+        print(f"  {name:<15} {summary.areas_by_level.get(level, 0):>9,}")
+    print(f"tps: {summary.tps:,} with {summary.dpt:,} voters (DPT)")
+    print(f"contests: {len(summary.contests)}")
+    for c in summary.contests:
+        where = f"scope {c.scope}" if c.scope else "national"
+        print(f"  {c.id:<8} {c.choices:>4} choices  {where:<10} max {c.max_voters_per_tps}/TPS  {c.name}")
+    last = summary.last_load
     if last is None:
         print("last load: never (run `suara registry load`)")
     else:
         how = (
-            f"synthetic TPS at scale {last['synthetic_scale']}, seed {last['seed']}"
-            if last["synthetic_scale"] is not None
+            f"synthetic TPS at scale {last.synthetic_scale}, seed {last.seed}"
+            if last.synthetic_scale is not None
             else "no TPS"
         )
-        print(f"last load: #{last['id']} at {last['loaded_at']:%Y-%m-%d %H:%M:%S %Z} ({how})")
+        print(f"last load: #{last.id} at {last.loaded_at:%Y-%m-%d %H:%M:%S %Z} ({how})")
     return 0

@@ -16,7 +16,7 @@ def add_parser(sub: Any) -> None:
         "serve",
         help="serve the tally gRPC API until SIGTERM/SIGINT",
         description=(
-            "Serve tally's gRPC API (suara.v1.Tally, health, reflection) on SUARA_TALLY_HOST:SUARA_TALLY_PORT.\n"
+            "Serve tally's gRPC API (suara.v1.TallyService, health, reflection) on SUARA_TALLY_HOST:SUARA_TALLY_PORT.\n"
             "On SIGTERM health turns NOT_SERVING first, then in-flight calls finish (SUARA_SHUTDOWN_GRACE_S)."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -133,8 +133,11 @@ async def running_system(
     """Everything `suara up` starts, serving; stopped in reverse order when the block exits (or is cancelled)."""
     from cli.db import migrate_url
     from cli.embedded import database_url
+    from services.publish.server import published_sequence
     from services.tally.access import create_admin_credential
+    from suara.client import service_names
     from suara.registry.loader import load_registry
+    from suara.registry.summary import tps_count
     from suara.runtime.auth.store import issue_service_credential
     from suara.runtime.database import connect
 
@@ -152,7 +155,7 @@ async def running_system(
         note(f"migrations: {len(applied)} applied" if applied else "migrations: up to date")
         admin_key, relay_key, reader_key = (data_dir / f"{n}.key.json" for n in ("admin", "relay", "publish"))
         async with connect(url) as conn:
-            tps = await conn.fetchval("SELECT count(*) FROM registry.tps")
+            tps = await tps_count(conn)
             if not tps:
                 note(f"registry: loading the real areas and synthetic TPS at scale {args.scale} …")
                 tps = (await load_registry(conn, synthetic_scale=args.scale, seed=args.seed)).tps
@@ -165,9 +168,7 @@ async def running_system(
                 (await issue_service_credential(conn, "publish", "reader")).save(reader_key)
             # A site directory lost while the database kept publish's cursor: publish would only write
             # what changes next, so the whole site is rebuilt first.
-            rebuild = not (site_dir / "index.html").exists() and bool(
-                await conn.fetchval("SELECT sequence FROM publish.cursor")
-            )
+            rebuild = not (site_dir / "index.html").exists() and await published_sequence(conn) > 0
 
         # Every port is chosen now, once: a restarted child must come back on the same address.
         tally_port = settings.tally.port if args.tally_port is None else args.tally_port
@@ -203,7 +204,10 @@ async def running_system(
             started = time.perf_counter()
             await supervisor.start(
                 ChildSpec(
-                    "aggregate", ["aggregate", "serve"], env, grpc_health_probe(aggregate_address, "suara.v1.Aggregate")
+                    "aggregate",
+                    ["aggregate", "serve"],
+                    env,
+                    grpc_health_probe(aggregate_address, service_names.AGGREGATE.full_name),
                 )
             )
             note(f"aggregate: serving gRPC on {aggregate_address}")
@@ -215,7 +219,7 @@ async def running_system(
                         "tally" if i == 0 else f"tally-{i + 1}",
                         ["tally", "serve"],
                         tally_env,
-                        grpc_health_probe(tally_address, "suara.v1.Tally"),
+                        grpc_health_probe(tally_address, service_names.TALLY.full_name),
                     )
                 )
             note(f"tally: serving gRPC on {tally_address}, its relay feeding aggregate")
@@ -224,7 +228,12 @@ async def running_system(
                 if await supervisor.run_once("publish-rebuild", ["publish", "rebuild"], env) != 0:
                     raise SystemExit(f"`suara publish rebuild` failed; see {supervisor.log_file('publish-rebuild')}")
             await supervisor.start(
-                ChildSpec("publish", ["publish", "run"], env, grpc_health_probe(publish_address, "suara.v1.Publish"))
+                ChildSpec(
+                    "publish",
+                    ["publish", "run"],
+                    env,
+                    grpc_health_probe(publish_address, service_names.PUBLISH.full_name),
+                )
             )
             note(f"publish: writing the site to {site_dir}/ (status gRPC on {publish_address})")
             site_args = ["publish", "serve", "--site-dir", str(site_dir), "--http-port", str(http[1])]

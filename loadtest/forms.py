@@ -94,7 +94,7 @@ def make_form(
     form.suara_sah, form.suara_tidak_sah, form.suara_total = n.suara_sah, n.suara_tidak_sah, n.suara_total
     set_voter_counts(form, ((name, j, l) for name, (j, l) in zip(VOTER_COUNTS, n.voters, strict=True)))
     # A fixed signing time: the same key always signs the same bytes, so a resend is a DUPLICATE.
-    form.signed_at_unix_ms = 1_707_800_000_000 + version
+    form.signed_at.FromMilliseconds(1_707_800_000_000 + version)
     return form
 
 

@@ -1,11 +1,21 @@
 """What the published site must say, from what the load test sent and tally acknowledged — in plain Python.
 
-Independent of tests/publish/oracle.py and of services.*: it follows design.md and LAYOUT.md.
 For every (TPS, contest) the current form is the highest version tally acknowledged (any stored
 outcome: ACCEPTED, QUARANTINED, DUPLICATE or SUPERSEDED says the server holds that version). A
 quarantined current form counts as reported-but-flagged: nothing in the totals, not in `progres`.
 Whether a form is quarantined is the load test's own knowledge (it made it inconsistent on purpose),
 not what tally said; tally's answer is checked against it separately.
+
+Independent of the code under test: it follows design.md and LAYOUT.md, and imports nothing of
+services.* — its inputs are the region tree read from the site, the choices, and the forms' numbers
+regenerated from their keys (forms.py, plain ints); the sums, percentages and documents are its own.
+
+It is one of two site oracles, for another purpose than tests/publish/oracle.py, which it does not
+replace: this one checks a running system from outside at any scale (823,000 TPS), so it keeps a few
+bytes per TPS, streams expectations depth first (subtree totals handed between forked processes), and
+knows only the numbers — each totals file's chart, table and progres, each sampled TPS file's chart,
+administrasi and status flags. It cannot check region lists (the tree it reads is its input) nor
+names, status files or photos; tests/publish/oracle.py checks every file whole, at test scale.
 """
 
 from __future__ import annotations

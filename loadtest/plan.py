@@ -20,19 +20,8 @@ from typing import Literal
 
 from loadtest.forms import Variant
 
+# The kinds of fault a plan can hold; how often each happens is a profile of config.py.
 FAULTS = ("duplicate", "lost_reply", "correction", "stale", "inconsistent", "malformed", "offline")
-# Per (TPS, contest), except offline (per device). Modest: a few percent of a real night's TPS.
-STANDARD: dict[str, float] = {
-    "duplicate": 0.03,  # the same signed bytes sent twice → DUPLICATE
-    "lost_reply": 0.02,  # the reply is lost, the device resends → DUPLICATE
-    "correction": 0.03,  # the officer signs a corrected version+1 → ACCEPTED
-    "stale": 0.02,  # an older, never-sent version arrives after a newer one → SUPERSEDED
-    "inconsistent": 0.03,  # numbers that do not add up → QUARANTINED, corrected later by version+1
-    "malformed": 0.01,  # a negative count → INVALID_ARGUMENT (nothing stored), then the fixed form
-    "offline": 0.02,  # forms wait in the device's outbox, flushed when it is back
-}
-NONE: dict[str, float] = dict.fromkeys(FAULTS, 0.0)
-PROFILES = {"standard": STANDARD, "none": NONE}
 # When the faults are on and there are at least this many (TPS, contest) pairs, every kind happens
 # at least once: a small run still exercises each outcome instead of depending on luck.
 FORCE_EACH_FROM = 20

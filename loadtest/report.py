@@ -1,4 +1,4 @@
-"""The end of a run: the JSON report (`--report`) and the human table."""
+"""The end of a run: what the devices saw (`Stats`), the JSON report (`--report`) and the human table."""
 
 from __future__ import annotations
 
@@ -8,8 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loadtest.config import Config
+from loadtest.devices import Enrollment
 from loadtest.freshness import Freshness, percentile
-from loadtest.verify import Verification
+from loadtest.oracle import Oracle
+from loadtest.plan import Plan
+from loadtest.registry import Registry
+from loadtest.verify import Mismatch, Verification
 
 
 @dataclass
@@ -34,22 +39,51 @@ def _ms(values: list[float]) -> dict[str, float | None]:
 
 def build_report(
     *,
-    config: dict[str, Any],
-    registry: dict[str, Any],
-    devices: dict[str, Any],
-    plan: dict[str, Any],
+    config: Config,
+    contests: list[str],
+    registry: Registry,
+    enrollment: Enrollment,
+    plan: Plan,
     stats: Stats,
+    oracle: Oracle,
     run_s: float,
     fresh: Freshness,
     verification: Verification,
+    settled: bool,
     phases_s: dict[str, float],
 ) -> dict[str, Any]:
+    """The report of a run (its keys are read by tests and bench/end_to_end.py: keep them)."""
+    _add_unexpected(verification, stats, settled, oracle, contests)
     seconds = sorted(fresh.seconds)
     return {
-        "config": config,
-        "registry": registry,
-        "devices": devices,
-        "plan": plan,
+        "config": {
+            "target": config.target,
+            "site": config.site,
+            "scale": config.scale,
+            "contests": contests,
+            "concurrency": config.concurrency,
+            "rate": config.rate,
+            "faults": config.faults,
+            "seed": config.seed,
+            "mode": config.mode(),
+        },
+        "registry": {
+            c: {"tps": len(r.tps()), "areas": len(r.children), "choices": len(r.choices)}
+            for c, r in registry.contests.items()
+        },
+        "devices": {
+            "enrolled": len(enrollment.keys),
+            "keygen_s": round(enrollment.keygen_s, 3),
+            "enroll_s": round(enrollment.enroll_s, 3),
+            "enroll_per_s": round(len(enrollment.keys) / max(enrollment.enroll_s, 1e-9), 1),
+            "enroll_retries": dict(enrollment.retries),
+        },
+        "plan": {
+            "stations": plan.stations,
+            "jobs": len(plan.jobs),
+            "forms": plan.forms(),
+            "faults": dict(sorted(plan.faults.items())),
+        },
         "duration_s": round(run_s, 3),
         "phases_s": {k: round(v, 3) for k, v in phases_s.items()},
         "throughput": {
@@ -68,7 +102,29 @@ def build_report(
             "unseen": fresh.unseen,
         },
         "verification": verification.to_json(),
+        "settled": settled,
+        "oracle": {c: {"counted": oracle.counted(c)} for c in contests},
     }
+
+
+def _add_unexpected(
+    verification: Verification, stats: Stats, settled: bool, oracle: Oracle, contests: list[str]
+) -> None:
+    """Answers that contradict the forms' intent, and a site that never caught up, are mismatches too."""
+    extra = [
+        Mismatch(f"tally:{u['tps']}/{u['contest']}/v{u['version']}", "outcome", u["got"], _intended(u["variant"]))
+        for u in stats.unexpected
+    ]
+    if not settled:
+        extra.append(Mismatch("suara/snapshot.json", "settled", False, {c: oracle.counted(c) for c in contests}))
+    if extra:
+        verification.exact = False
+        verification.mismatch_count += len(extra)
+        verification.mismatches = (extra + verification.mismatches)[: max(len(verification.mismatches), 50)]
+
+
+def _intended(variant: str) -> str:
+    return {"ok": "ACCEPTED", "inconsistent": "QUARANTINED", "malformed": "INVALID_ARGUMENT"}[variant]
 
 
 def write_report(report: dict[str, Any], path: Path) -> None:

@@ -1,122 +1,17 @@
-"""Test databases: one PostgreSQL per test worker, one database per test.
-
-The server is DATABASE_URL's when it is set (CI also runs the suite against the
-machine's PostgreSQL that way), otherwise an embedded one started for this
-worker. Each worker migrates and loads a small registry into a template
-database once; every test gets a fresh copy of it, so tests run in parallel
-without seeing each other's rows.
-"""
+"""Fixtures every test package may ask for, registered once from tests/support (see its modules)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import pytest
 
-from cli.db import migrate_url
-from cli.embedded import EmbeddedPostgres
-
-# The registry every test database starts with: the real area hierarchy, the
-# configured contests, and a small reproducible synthetic TPS list.
-TEST_SCALE = 0.002
-TEST_SEED = 7
-
-
-def with_database(url: str, database: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
-
-
-@pytest.fixture(scope="session")
-def worker_id_safe(request: pytest.FixtureRequest) -> str:
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    return f"{worker}_{os.getpid()}"
-
-
-@pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """URL of a PostgreSQL server (its maintenance database) for this worker."""
-    if os.environ.get("DATABASE_URL"):
-        yield os.environ["DATABASE_URL"]
-        return
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "pgdata")
-    url = server.start()
-    yield url
-    server.stop("immediate")
-
-
-async def _prepare_template(server_url: str, name: str) -> None:
-    from suara.registry.loader import load_registry
-
-    admin = await asyncpg.connect(server_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = with_database(server_url, name)
-    await migrate_url(url)
-    conn = await asyncpg.connect(url)
-    try:
-        await load_registry(conn, synthetic_scale=TEST_SCALE, seed=TEST_SEED)
-    finally:
-        await conn.close()
-
-
-@pytest.fixture(scope="session")
-def template_db(pg_server: str, worker_id_safe: str) -> Iterator[str]:
-    name = f"suara_tpl_{worker_id_safe}"
-    asyncio.run(_prepare_template(pg_server, name))
-    yield name
-
-    async def drop() -> None:
-        admin = await asyncpg.connect(pg_server)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-    asyncio.run(drop())
-
-
-@contextlib.asynccontextmanager
-async def fresh_database(pg_server: str, template_db: str) -> AsyncIterator[str]:
-    """A new database copied from the worker's template, dropped afterwards."""
-    name = f"suara_t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_server)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    finally:
-        await admin.close()
-    try:
-        yield with_database(pg_server, name)
-    finally:
-        admin = await asyncpg.connect(pg_server)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-
-@pytest.fixture
-async def db_url(pg_server: str, template_db: str) -> AsyncIterator[str]:
-    """A fresh, migrated database with the test registry, dropped after the test."""
-    async with fresh_database(pg_server, template_db) as url:
-        yield url
-
-
-@pytest.fixture
-async def db(db_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(db_url)
-    yield conn
-    await conn.close()
+pytest_plugins = [
+    "tests.support.databases",
+    "tests.support.tally",
+    "tests.support.publish",
+    "tests.support.s3",
+]
 
 
 @pytest.fixture(scope="session")

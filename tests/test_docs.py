@@ -1,11 +1,15 @@
-"""The README is part of the contract: its configuration table matches the settings, and it shows the two commands."""
+"""The documents are part of the contract: the README's configuration table matches the settings and it shows
+the two commands; docs/cli.md is the CLI's own --help, current."""
 
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
+from cli import GROUPS, reference
 from suara.runtime.settings import Settings, settings_markdown
+from tests.support.processes import SUARA, suara_env
 
 
 def _readme(repo_root: Path) -> str:
@@ -27,8 +31,27 @@ def test_readme_shows_the_two_commands_first(repo_root: Path) -> None:
 
 
 def test_every_cli_group_is_in_the_readme(repo_root: Path) -> None:
-    from cli import GROUPS
-
     text = _readme(repo_root)
     for group in GROUPS:
         assert f"`suara {group}" in text, f"README does not mention `suara {group}`"
+
+
+def test_the_cli_reference_is_current(repo_root: Path) -> None:
+    """docs/cli.md is what `make docs` writes from the command tree as it is now."""
+    written = (repo_root / "docs" / "cli.md").read_text()
+    assert written == reference.render(), "docs/cli.md differs from the CLI's --help: run `make docs`"
+
+
+def test_the_cli_reference_shows_each_command_as_the_script_prints_its_help(repo_root: Path) -> None:
+    """Not vacuous: every command has its section, and the installed script's own --help, at the
+    reference's width, is in it word for word."""
+    text = (repo_root / "docs" / "cli.md").read_text()
+    for group in GROUPS:
+        assert f"\n## suara {group}\n" in text, f"no section for `suara {group}`"
+    for argv in ([], ["registry", "load"], ["outbox", "flush"]):
+        env = suara_env(COLUMNS=str(reference.WIDTH + 2))  # argparse wraps at COLUMNS - 2
+        shown = subprocess.run(
+            [str(SUARA), *argv, "--help"], env=env, capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+        assert shown.startswith(f"usage: {' '.join(('suara', *argv))}")
+        assert f"```text\n{shown.rstrip()}\n```" in text, f"`suara {' '.join(argv)} --help` is not in docs/cli.md"

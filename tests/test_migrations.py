@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -12,19 +10,6 @@ import pytest
 
 from cli.components import MIGRATION_DIRS
 from suara.runtime.migrations import Migration, MigrationError, discover, migrate
-from tests.conftest import with_database
-
-
-@pytest.fixture
-async def empty_db(pg_server: str) -> AsyncIterator[str]:
-    name = f"suara_m_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(pg_server)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    yield with_database(pg_server, name)
-    admin = await asyncpg.connect(pg_server)
-    await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    await admin.close()
 
 
 async def test_each_component_gets_its_own_schema(empty_db: str) -> None:
@@ -70,15 +55,3 @@ async def test_an_edited_applied_migration_is_refused(empty_db: str, tmp_path: P
             await migrate(conn, [Migration("demo", "0001_a.sql", "CREATE SCHEMA demo; -- edited")])
     finally:
         await conn.close()
-
-
-def test_cli_migrate_is_idempotent(
-    empty_db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from cli import main
-
-    monkeypatch.setenv("DATABASE_URL", empty_db)
-    assert main(["db", "migrate"]) == 0
-    assert "applied" in capsys.readouterr().out
-    assert main(["db", "migrate"]) == 0
-    assert "already up to date" in capsys.readouterr().out

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from suara.runtime.settings import SettingError, Settings, TallySettings
-from tests.cli.conftest import run_suara, suara_env
+from tests.support.processes import run_suara, suara_env
 
 
 def test_nothing_set_is_every_default() -> None:

@@ -1,22 +1,22 @@
-"""Who may call suara.v1.Aggregate: writers apply, readers read, officials sign their own recaps."""
+"""Who may call suara.v1.AggregateService: writers apply, readers read, officials sign their own recaps."""
 
 from __future__ import annotations
 
+from suara.client import service_names
 from suara.runtime.auth.credential import Role
 from suara.runtime.auth.interceptor import AuthInterceptor
 from suara.runtime.auth.service_tokens import ServiceTokens
 from suara.runtime.auth.store import PgCredentialStore
 from suara.runtime.database import Database
-from suara.v1 import aggregate_pb2
 
-_SERVICE = aggregate_pb2.DESCRIPTOR.services_by_name["Aggregate"]
+_SERVICE = service_names.AGGREGATE
 _WRITES = frozenset({"ApplyUpdates", "ApplyAreaUpdates"})
 # An official calls these with a signed payload, checked by the handler, instead of a service credential.
 _OFFICIAL_METHODS = frozenset({"SubmitRecap"})
 
 
 def _full(name: str) -> str:
-    return f"/{_SERVICE.full_name}/{name}"
+    return service_names.method_path(_SERVICE, name)
 
 
 def aggregate_rules() -> dict[str, Role]:

@@ -25,10 +25,12 @@ from suara.election import signing
 from suara.election.codes import parent_of
 from suara.runtime.database import Database
 from suara.runtime.errors import AlreadyExists, FieldProblem, NotFound, PermissionDenied, Unauthenticated
+from suara.runtime.pagination import Pager
 from suara.v1 import aggregate_pb2
 
 SCALARS = ("suara_sah", "suara_tidak_sah", "suara_total", "dpt", "pengguna")
 MAX_AREA_COUNT = 10**9  # more than the whole electorate: a typo, not a count
+MISMATCHES = Pager("ListMismatches", default_size=100, max_size=1000, key_types=(str,))
 
 
 async def submit_recap(
@@ -73,8 +75,9 @@ async def submit_recap(
         )  # fmt: skip
         current = int(await conn.fetchval(QUERIES.recap_current_version, form.area, form.contest))
         if inserted is not None:
-            outcome = aggregate_pb2.RECAP_ACCEPTED if form.version >= current else aggregate_pb2.RECAP_SUPERSEDED
-            if outcome == aggregate_pb2.RECAP_ACCEPTED:
+            accepted = form.version >= current
+            outcome = aggregate_pb2.RECAP_OUTCOME_ACCEPTED if accepted else aggregate_pb2.RECAP_OUTCOME_SUPERSEDED
+            if accepted:
                 await _log_recap_change(conn, form.contest, form.area)
             return aggregate_pb2.SubmitRecapResponse(outcome=outcome, recap_id=str(inserted), current_version=current)
         existing = await conn.fetchrow(QUERIES.recap_by_key, form.area, form.contest, form.version)
@@ -84,7 +87,7 @@ async def submit_recap(
             f"(recap {existing['id']}); the original is kept. Sign a correction with a version above {current}"
         )
     return aggregate_pb2.SubmitRecapResponse(
-        outcome=aggregate_pb2.RECAP_DUPLICATE, recap_id=str(existing["id"]), current_version=current
+        outcome=aggregate_pb2.RECAP_OUTCOME_DUPLICATE, recap_id=str(existing["id"]), current_version=current
     )
 
 
@@ -142,7 +145,7 @@ def _compare(
         tps_quarantined=counts["tps_quarantined"],
     )
     if recap is None:
-        result.status = aggregate_pb2.NO_RECAP
+        result.status = aggregate_pb2.RECONCILIATION_STATUS_NO_RECAP
         return result
     result.recap.CopyFrom(recap)
     pairs = [(f"votes[{c}]", recap.votes[c], digital.votes.get(c, 0)) for c in recap.votes]
@@ -151,9 +154,11 @@ def _compare(
         if r != d:
             result.differences.add(field=field, recap=r, digital=d, difference=r - d)
     if counts["tps_reported"] < counts["tps_total"]:
-        result.status = aggregate_pb2.INCOMPLETE
+        result.status = aggregate_pb2.RECONCILIATION_STATUS_INCOMPLETE
+    elif result.differences:
+        result.status = aggregate_pb2.RECONCILIATION_STATUS_MISMATCH
     else:
-        result.status = aggregate_pb2.MISMATCH if result.differences else aggregate_pb2.MATCH
+        result.status = aggregate_pb2.RECONCILIATION_STATUS_MATCH
     return result
 
 
@@ -180,29 +185,35 @@ async def get_reconciliation(db: Database, catalog: Catalog, area: str, contest:
         raise NotFound(f"no area {area!r} where {contest} is held")
     result = reconcile(area, contest, history[-1] if history else None, digital_row, choices)
     for row in history:
-        result.history.add(
+        version = result.history.add(
             version=row["version"],
             official_id=row["official_id"],
             totals=_totals(row["votes"], row, "", choices),
-            received_unix_ms=int(row["received_at"].timestamp() * 1000),
             recap_id=str(row["id"]),
         )
+        version.received_at.FromDatetime(row["received_at"])
     return result
 
 
 async def list_mismatches(
-    db: Database, catalog: Catalog, area: str, contest: str, include_incomplete: bool
+    db: Database, catalog: Catalog, request: aggregate_pb2.ListMismatchesRequest
 ) -> aggregate_pb2.ListMismatchesResponse:
+    """A page of the recapped areas whose reconciliation is MISMATCH (or, when asked, INCOMPLETE with
+    differences), by area code: the query picks them, `_compare` says how they differ."""
+    contest = request.contest
     if contest not in catalog.contests:
         raise InvalidRequest([FieldProblem("contest", f"unknown contest {contest!r}")])
+    filters = (request.area, contest, request.include_incomplete)
+    size = MISMATCHES.size(request.page_size)
+    (after,) = MISMATCHES.after(request.page_token, filters) or ("",)
     choices = catalog.choice_ids(contest)
-    wanted = {aggregate_pb2.MISMATCH} | ({aggregate_pb2.INCOMPLETE} if include_incomplete else set())
-    response = aggregate_pb2.ListMismatchesResponse()
-    for row in await db.fetch(QUERIES.current_recaps_under, contest, area):
+    rows = await db.fetch(QUERIES.mismatches_under, contest, request.area, after, request.include_incomplete, size + 1)
+    page, token = MISMATCHES.page(rows, size, lambda r: (r["area"],), filters)
+    response = aggregate_pb2.ListMismatchesResponse(next_page_token=token)
+    for row in page:
         recap = _totals(row["votes"], row, "", choices)
-        digital = _totals(row["d_votes"] or [0] * len(choices), row, "d_", choices)
+        digital = _totals(row["d_votes"], row, "d_", choices)
         item = _compare(row["area"], contest, recap, digital, row)
         item.recap_version = row["version"]
-        if item.status in wanted and item.differences:
-            response.items.append(item)
+        response.items.append(item)
     return response

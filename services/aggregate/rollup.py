@@ -38,7 +38,11 @@ from suara.v1 import aggregate_pb2
 log = structlog.stdlib.get_logger("suara.aggregate.rollup")
 
 Outcome: TypeAlias = aggregate_pb2.UpdateOutcome.ValueType
-APPLIED, DUPLICATE, STALE = aggregate_pb2.APPLIED, aggregate_pb2.DUPLICATE_UPDATE, aggregate_pb2.STALE
+APPLIED, DUPLICATE, STALE = (
+    aggregate_pb2.UPDATE_OUTCOME_APPLIED,
+    aggregate_pb2.UPDATE_OUTCOME_DUPLICATE,
+    aggregate_pb2.UPDATE_OUTCOME_STALE,
+)
 
 # Code length of each area level with rows of its own; 0 is nasional (''), DESA the lowest.
 LEVEL_LENGTH = {0: 0, **dict(enumerate(LENGTHS[:DESA], start=1))}

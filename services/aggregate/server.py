@@ -13,6 +13,7 @@ from services.aggregate.access import access_interceptor
 from services.aggregate.catalog import Catalog
 from services.aggregate.rollup import Rollup
 from services.aggregate.updates import area_updates, leaf_updates
+from suara.client import service_names
 from suara.runtime.database import Database
 from suara.runtime.grpc_server import Server, create_server, serve_until_signal
 from suara.runtime.settings import Settings
@@ -20,10 +21,10 @@ from suara.v1 import aggregate_pb2, aggregate_pb2_grpc
 
 log = structlog.stdlib.get_logger("suara.aggregate")
 
-SERVICE_NAME = aggregate_pb2.DESCRIPTOR.services_by_name["Aggregate"].full_name
+SERVICE_NAME = service_names.AGGREGATE.full_name
 
 
-class AggregateService(aggregate_pb2_grpc.AggregateServicer):
+class AggregateService(aggregate_pb2_grpc.AggregateServiceServicer):
     """A lost database is UNAVAILABLE (suara.runtime.database): resend later, applying is idempotent."""
 
     def __init__(self, db: Database, catalog: Catalog) -> None:
@@ -40,15 +41,16 @@ class AggregateService(aggregate_pb2_grpc.AggregateServicer):
 
     async def ApplyAreaUpdates(
         self, request: aggregate_pb2.ApplyAreaUpdatesRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> aggregate_pb2.ApplyUpdatesResponse:
+    ) -> aggregate_pb2.ApplyAreaUpdatesResponse:
         updates = area_updates(request, self.catalog)
         applied = await self.rollup.apply_feed(request.source, updates)
-        return aggregate_pb2.ApplyUpdatesResponse(outcomes=applied.outcomes, sequence=applied.sequence)
+        return aggregate_pb2.ApplyAreaUpdatesResponse(outcomes=applied.outcomes, sequence=applied.sequence)
 
     async def GetArea(
         self, request: aggregate_pb2.GetAreaRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> aggregate_pb2.AreaView:
-        return await views.get_area(self.db, self.catalog, request.area, request.contest)
+    ) -> aggregate_pb2.GetAreaResponse:
+        view = await views.get_area(self.db, self.catalog, request.area, request.contest)
+        return aggregate_pb2.GetAreaResponse(view=view)
 
     async def GetAreas(
         self, request: aggregate_pb2.GetAreasRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -67,15 +69,14 @@ class AggregateService(aggregate_pb2_grpc.AggregateServicer):
 
     async def GetReconciliation(
         self, request: aggregate_pb2.GetReconciliationRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> aggregate_pb2.Reconciliation:
-        return await recap.get_reconciliation(self.db, self.catalog, request.area, request.contest)
+    ) -> aggregate_pb2.GetReconciliationResponse:
+        found = await recap.get_reconciliation(self.db, self.catalog, request.area, request.contest)
+        return aggregate_pb2.GetReconciliationResponse(reconciliation=found)
 
     async def ListMismatches(
         self, request: aggregate_pb2.ListMismatchesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> aggregate_pb2.ListMismatchesResponse:
-        return await recap.list_mismatches(
-            self.db, self.catalog, request.area, request.contest, request.include_incomplete
-        )
+        return await recap.list_mismatches(self.db, self.catalog, request)
 
 
 class AggregateApp:
@@ -109,7 +110,7 @@ class AggregateApp:
             await db.close()
             raise
         server, port = create_server(
-            lambda s: aggregate_pb2_grpc.add_AggregateServicer_to_server(service, s),
+            lambda s: aggregate_pb2_grpc.add_AggregateServiceServicer_to_server(service, s),
             [SERVICE_NAME],
             host=settings.aggregate.host,
             port=settings.aggregate.port,

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.aggregate.catalog import Catalog
 from services.aggregate.errors import InvalidRequest
@@ -60,7 +61,7 @@ def _tps_row(row: asyncpg.Record, choices: Sequence[str]) -> aggregate_pb2.AreaR
         tps_quarantined=int(quarantined),
         version=row["version"] or 0,
         changed_sequence=row["changed_sequence"] or 0,
-        changed_unix_ms=_unix_ms(row),
+        changed_at=_changed_at(row),
     )
     if reported:
         out.submitted.CopyFrom(_totals(row, choices))
@@ -71,9 +72,14 @@ def _tps_row(row: asyncpg.Record, choices: Sequence[str]) -> aggregate_pb2.AreaR
     return out
 
 
-def _unix_ms(row: Any) -> int:
+def _changed_at(row: Any) -> Timestamp | None:
+    """When the row last changed; None (the field stays unset) for no row or one never changed."""
     when = None if row is None else row["changed_at"]
-    return 0 if when is None else int(when.timestamp() * 1000)
+    if when is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(when)
+    return stamp
 
 
 def _check_area(contest: Contest, area: str, field: str) -> None:
@@ -96,7 +102,7 @@ async def get_area(db: Database, catalog: Catalog, area: str, contest_id: str) -
             if tps is None:
                 raise NotFound(f"no TPS {area!r} in the registry")
             return aggregate_pb2.AreaView(
-                area=_tps_row(tps, choices), sequence=sequence, last_change_unix_ms=_unix_ms(tps)
+                area=_tps_row(tps, choices), sequence=sequence, last_change_at=_changed_at(tps)
             )
         name = NATIONAL_NAME if area == "" else await conn.fetchval(QUERIES.area_name, area)
         if name is None:
@@ -110,7 +116,7 @@ async def get_area(db: Database, catalog: Catalog, area: str, contest_id: str) -
                 for r in await conn.fetch(QUERIES.child_areas, contest_id, area, contest.scope)
             ]
     return aggregate_pb2.AreaView(
-        area=_area_row(area, name, row, choices), children=kids, sequence=sequence, last_change_unix_ms=_unix_ms(row)
+        area=_area_row(area, name, row, choices), children=kids, sequence=sequence, last_change_at=_changed_at(row)
     )
 
 
@@ -152,14 +158,17 @@ async def get_areas(
             area=_area_row(area, NATIONAL_NAME if area == "" else row["name"], row, choices),
             children=children[area],
             sequence=sequence,
-            last_change_unix_ms=_unix_ms(row),
+            last_change_at=_changed_at(row),
         )
-        view.area.changed_unix_ms = view.last_change_unix_ms
+        if view.HasField("last_change_at"):
+            view.area.changed_at.CopyFrom(view.last_change_at)
         if len(area) in RECAP_LENGTHS:
             view.reconciliation.CopyFrom(reconcile(area, contest_id, recaps.get(area), digital[area], choices))
             view.area.reconciliation = view.reconciliation.status
         for child in view.children:
-            child.changed_unix_ms = _unix_ms(digital.get(child.area)) or child.changed_unix_ms
+            changed = _changed_at(digital.get(child.area))
+            if changed is not None:
+                child.changed_at.CopyFrom(changed)
             if len(child.area) in RECAP_LENGTHS:
                 child.reconciliation = reconcile(
                     child.area, contest_id, recaps.get(child.area), digital[child.area], choices

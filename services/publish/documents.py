@@ -1,4 +1,4 @@
-"""The published documents, rendered from aggregate's views: pure functions, no I/O.
+"""The published documents, rendered from aggregate's views: pure functions, no I/O (where each goes: paths.py).
 
 Each file is built from one AreaView (an area and its children read in one snapshot), so a file never
 mixes states. Every value comes from the data, never from the clock, so a rebuild writes the same bytes.
@@ -11,17 +11,22 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-from suara.election.codes import LENGTHS, RECAP_LENGTHS, path_of
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.publish.paths import photo_path
+from suara.election.checks import MAX_PHOTOS
+from suara.election.codes import LENGTHS, RECAP_LENGTHS
 from suara.election.contest import CONTEST_KINDS, Contest
 from suara.v1 import aggregate_pb2
 
 WIB = timezone(timedelta(hours=7))  # Sirekap writes Jakarta time
 LEVEL_OF_LENGTH = {n: level for level, n in enumerate(LENGTHS, start=1)}  # `tingkat`
+# The published names, by hand: renaming an API value must not change a published file.
 RECONCILIATION_NAMES = {
-    aggregate_pb2.MATCH: "MATCH",
-    aggregate_pb2.MISMATCH: "MISMATCH",
-    aggregate_pb2.INCOMPLETE: "INCOMPLETE",
-    aggregate_pb2.NO_RECAP: "NO_RECAP",
+    aggregate_pb2.RECONCILIATION_STATUS_MATCH: "MATCH",
+    aggregate_pb2.RECONCILIATION_STATUS_MISMATCH: "MISMATCH",
+    aggregate_pb2.RECONCILIATION_STATUS_INCOMPLETE: "INCOMPLETE",
+    aggregate_pb2.RECONCILIATION_STATUS_NO_RECAP: "NO_RECAP",
 }
 
 
@@ -37,38 +42,13 @@ def wib(unix_ms: int) -> str:
     return datetime.fromtimestamp(unix_ms / 1000, WIB).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def wib_of(stamp: Timestamp) -> str:
+    """`wib` of an API time (unset: the epoch, as a row never changed has always shown)."""
+    return wib(stamp.ToMilliseconds())
+
+
 def iso(unix_ms: int) -> str:
     return datetime.fromtimestamp(unix_ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def area_path(area: str) -> str:
-    """'' → '', '3101011001' → '31/3101/310101/3101011001' (how Sirekap nests every code under its parents)."""
-    return path_of(area)
-
-
-def totals_path(contest: str, area: str) -> str:
-    return f"pemilu/hhcw/{contest}.json" if area == "" else f"pemilu/hhcw/{contest}/{area_path(area)}.json"
-
-
-def region_path(contest: str, area: str) -> str:
-    return f"wilayah/pemilu/{contest}/0.json" if area == "" else f"wilayah/pemilu/{contest}/{area_path(area)}.json"
-
-
-def status_path(contest: str, area: str) -> str:
-    return f"suara/status/{contest}.json" if area == "" else f"suara/status/{contest}/{area_path(area)}.json"
-
-
-def candidates_path(contest: str) -> str:
-    return f"pemilu/{contest}.json"
-
-
-def no_data_path(contest: str) -> str:
-    """The contest's "no data yet" TPS file: every such TPS file of a rebuild is a hard link to it."""
-    return f"suara/kosong/{contest}.json"
-
-
-def photo_path(sha256: str, content_type: str = "image/jpeg") -> str:
-    return f"foto/{sha256[:2]}/{sha256}.{'png' if content_type == 'image/png' else 'jpg'}"
 
 
 def persen(reported: int, total: int) -> float:
@@ -105,7 +85,7 @@ def totals(contest: Contest, view: aggregate_pb2.AreaView) -> dict[str, Any]:
         else:  # Sirekap's shape for a child without data
             table[child.area] = {"persen": progress, "psu": None, "status_progress": False}
     return {
-        "ts": wib(view.last_change_unix_ms),
+        "ts": wib_of(view.last_change_at),
         "psu": None,
         "mode": "hhcw",
         "chart": {**_votes(contest, area.totals), "persen": persen(area.tps_reported, area.tps_total)},
@@ -121,9 +101,9 @@ def tps(
     if row.version == 0:
         return no_data_tps(no_data_ts)
     images: list[str | None] = [
-        "/" + photo_path(sha, photo_types.get(sha, "image/jpeg")) for sha in row.photo_sha256[:3]
+        "/" + photo_path(sha, photo_types.get(sha, "image/jpeg")) for sha in row.photo_sha256[:MAX_PHOTOS]
     ]
-    images += [None] * (3 - len(images))
+    images += [None] * (MAX_PHOTOS - len(images))  # Sirekap's file always has a slot per photo
     submitted = row.submitted
     # An update without administrasi (a sender older than it) shows none, as Sirekap does before that
     # section is in, rather than a partial one a strict reader would refuse.
@@ -136,7 +116,7 @@ def tps(
         "images": images,
         "administrasi": administrasi,
         "psu": None,
-        "ts": wib(row.changed_unix_ms),
+        "ts": wib_of(row.changed_at),
         "status_suara": counted,
         "status_adm": counted,
     }
@@ -181,7 +161,10 @@ def status(view: aggregate_pb2.AreaView) -> dict[str, Any]:
             entry["tps_quarantined"] = child.tps_quarantined
         if child.failed_checks and child.tps_quarantined:
             entry["failed_checks"] = list(child.failed_checks)
-        if child.reconciliation not in (aggregate_pb2.RECONCILIATION_STATUS_UNSPECIFIED, aggregate_pb2.NO_RECAP):
+        if child.reconciliation not in (
+            aggregate_pb2.RECONCILIATION_STATUS_UNSPECIFIED,
+            aggregate_pb2.RECONCILIATION_STATUS_NO_RECAP,
+        ):
             entry["reconciliation"] = RECONCILIATION_NAMES[child.reconciliation]
         if entry:
             children[child.area] = entry
@@ -211,7 +194,7 @@ def history_entry(contest: Contest, snapshot: int, national: aggregate_pb2.AreaV
 
     return {
         "snapshot": snapshot,
-        "ts": wib(national.last_change_unix_ms),
+        "ts": wib_of(national.last_change_at),
         "sequence": national.sequence,
         "nasional": row(national.area),
         "provinsi": {child.area: row(child) for child in national.children},

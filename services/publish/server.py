@@ -12,12 +12,15 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
+import asyncpg
 import grpc
 import structlog
 
 from services.publish.cycle import CycleResult, Publisher
 from services.publish.queries import QUERIES
-from services.publish.sink import LocalSink, Sink, sink_from_url
+from services.publish.sinks import sink_from_url
+from services.publish.sinks.base import Sink
+from suara.client import service_names
 from suara.client.aggregate_stub import aggregate_stub
 from suara.client.stubs import tally_stub
 from suara.registry.catalog import fetch_contests
@@ -32,7 +35,7 @@ from suara.v1 import aggregate_pb2, publish_pb2, publish_pb2_grpc
 
 log = structlog.get_logger(__name__)
 
-SERVICE_NAME = "suara.v1.Publish"
+SERVICE_NAME = service_names.PUBLISH.full_name
 LOCK_KEY: Final = 0x5355415250554253  # "SUARPUBS": distinct from the relay's and the migration lock
 CHANNEL_OPTIONS = (
     ("grpc.max_reconnect_backoff_ms", 2000),
@@ -53,29 +56,30 @@ def sink_for(settings: Settings) -> Sink:
     )
 
 
-class PublishService(publish_pb2_grpc.PublishServicer):
+class PublishService(publish_pb2_grpc.PublishServiceServicer):
     def __init__(self, db: Database, publisher: Publisher) -> None:
         self.db = db
         self.publisher = publisher
 
     async def GetStatus(
         self, request: publish_pb2.GetStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> publish_pb2.PublishStatus:
+    ) -> publish_pb2.GetStatusResponse:
         row = await self.db.fetchrow(QUERIES.status)
         status = publish_pb2.PublishStatus(
             snapshot=row["snapshot"],
             aggregate_sequence=row["sequence"],
             chain_position=row["chain_position"] or 0,
             chain_hash=row["chain_hash"] or "",
-            published_unix_ms=int(row["updated_at"].timestamp() * 1000) if row["updated_at"] else 0,
             files=row["files"] or 0,
             full_rebuild=bool(row["full_rebuild"]),
             sink=self.publisher.sink.describe(),
         )
+        if row["updated_at"] is not None:
+            status.published_at.FromDatetime(row["updated_at"])
         with contextlib.suppress(grpc.aio.AioRpcError):
             newest = await self.publisher.aggregate.Changes(aggregate_pb2.ChangesRequest(since=0, limit=1), timeout=2)
             status.aggregate_newest = newest.sequence
-        return status
+        return publish_pb2.GetStatusResponse(status=status)
 
 
 class PublishApp:
@@ -107,7 +111,7 @@ class PublishApp:
         publisher, db, channels = await connect(settings, database_url, sink)
         service = PublishService(db, publisher)
         server, port = create_server(
-            lambda s: publish_pb2_grpc.add_PublishServicer_to_server(service, s),
+            lambda s: publish_pb2_grpc.add_PublishServiceServicer_to_server(service, s),
             [SERVICE_NAME],
             host=settings.publish.host,
             port=settings.publish.port,
@@ -178,11 +182,10 @@ class PublishApp:
 
 
 async def prepare(sink: Sink) -> None:
-    """Before the first cycle: temp files a killed publisher left behind are swept."""
-    if isinstance(sink, LocalSink):
-        removed = await sink.sweep_temp()
-        if removed:
-            log.info("swept_temp_files", removed=removed)
+    """Before the first cycle: what a killed publisher left behind is swept."""
+    removed = await sink.sweep_temp()
+    if removed:
+        log.info("swept_temp_files", removed=removed)
 
 
 def _describe(exc: BaseException) -> str:
@@ -223,6 +226,11 @@ async def close(publisher: Publisher, db: Database, channels: list[grpc.aio.Chan
         await channel.close()
     await publisher.sink.close()
     await db.close()
+
+
+async def published_sequence(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+    """The last aggregate change published (0: nothing yet): a site directory lost since needs a rebuild."""
+    return int(await conn.fetchval(QUERIES.published_sequence) or 0)
 
 
 async def rebuild(settings: Settings, database_url: str) -> CycleResult:

@@ -10,20 +10,20 @@ import time
 import asyncpg
 
 from services.tally.queries import QUERIES
+from suara.client import service_names
 from suara.runtime.auth.admin import BEARER, AdminCredential
 from suara.runtime.auth.interceptor import AuthInterceptor
 from suara.runtime.auth.principal import Call, Principal
 from suara.runtime.database import Database
 from suara.runtime.errors import PermissionDenied, Unauthenticated
-from suara.v1 import tally_pb2
 
 ADMIN = "admin"
 ADMIN_METHODS = frozenset({"EnrollDevice", "EnrollDevices"})
-_SERVICE = tally_pb2.DESCRIPTOR.services_by_name["Tally"]
+_SERVICE = service_names.TALLY
 
 
 def _full(name: str) -> str:
-    return f"/{_SERVICE.full_name}/{name}"
+    return service_names.method_path(_SERVICE, name)
 
 
 def admin_rules() -> dict[str, str]:

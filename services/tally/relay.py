@@ -32,25 +32,27 @@ import contextlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import asyncpg
 import grpc
 import structlog
 
 from services.tally.queries import QUERIES
+from suara.client import service_names
+from suara.client.aggregate_stub import aggregate_stub
 from suara.runtime.auth.credential import ServiceCredential
 from suara.runtime.backoff import Backoff
 from suara.runtime.database import DatabaseUnavailable, Session
 from suara.runtime.settings import Settings
 from suara.runtime.wire import MESSAGE_LIMITS
-from suara.v1 import aggregate_pb2, aggregate_pb2_grpc
+from suara.v1 import aggregate_pb2
 
 log = structlog.stdlib.get_logger("suara.tally.relay")
 
 CHANNEL: Final = "suara_tally_outbox"
 LOCK_KEY: Final = 0x5355415252454C59  # "SUARRELY": distinct from the migration lock
-APPLY_METHOD: Final = "/suara.v1.Aggregate/ApplyUpdates"
+APPLY_METHOD: Final = service_names.method_path(service_names.AGGREGATE, "ApplyUpdates")
 APPLICATION_NAME: Final = "suara-relay"  # how operators (and tests) find its session in pg_stat_activity
 
 # Without these, gRPC's own reconnect backoff grows to 120 s while aggregate is down, and every call
@@ -61,6 +63,11 @@ CHANNEL_OPTIONS: Final = (
     ("grpc.max_reconnect_backoff_ms", 2000),
     *MESSAGE_LIMITS,
 )
+
+
+async def undelivered(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+    """Outbox rows not yet confirmed by aggregate: 0 once the relay has delivered everything."""
+    return int(await conn.fetchval(QUERIES.relay_undelivered))
 
 
 def credential_path(settings: Settings) -> Path:
@@ -222,7 +229,7 @@ class Relay:
 
     async def _send(self, rows: Sequence[asyncpg.Record]) -> None:
         assert self._channel is not None
-        stub = cast("aggregate_pb2_grpc.AggregateAsyncStub", aggregate_pb2_grpc.AggregateStub(self._channel))  # type: ignore[redundant-cast]  # runtime: a type-only name
+        stub = aggregate_stub(self._channel)
         request = aggregate_pb2.ApplyUpdatesRequest(updates=[tps_update(r) for r in rows])
         response = await stub.ApplyUpdates(
             request, timeout=self.call_timeout_s, metadata=self.credential.metadata(APPLY_METHOD)

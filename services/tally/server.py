@@ -19,26 +19,31 @@ from services.tally.errors import InvalidForm, InvalidRequest
 from services.tally.intake import Intake
 from services.tally.queries import QUERIES
 from services.tally.relay import Relay, relay_for
+from suara.client import service_names
 from suara.election import codes, signing
+from suara.election.outcomes import OUTCOMES
 from suara.registry.catalog import RegistryView as Catalog
 from suara.runtime import database
 from suara.runtime.database import Database, DatabaseUnavailable
 from suara.runtime.errors import AlreadyExists, FieldProblem, NotFound, ServiceError
 from suara.runtime.grpc_server import Server, create_server, serve_until_signal
+from suara.runtime.pagination import Pager
 from suara.runtime.settings import Settings, TallySettings
 from suara.runtime.wire import TALLY_MAX_BATCH
 from suara.v1 import tally_pb2, tally_pb2_grpc
 
 log = structlog.stdlib.get_logger("suara.tally")
 
-SERVICE_NAME = tally_pb2.DESCRIPTOR.services_by_name["Tally"].full_name
+SERVICE_NAME = service_names.TALLY.full_name
+SUBMISSIONS = Pager("ListSubmissions", default_size=100, max_size=1000, key_types=(str, int))
 
+# (stored outcome, is current) → what the submission is now
 _STATUS = {
-    ("ACCEPTED", True): tally_pb2.CURRENT,
-    ("QUARANTINED", True): tally_pb2.CURRENT_QUARANTINED,
-    ("ACCEPTED", False): tally_pb2.REPLACED,
-    ("QUARANTINED", False): tally_pb2.REPLACED,
-    ("SUPERSEDED", False): tally_pb2.HISTORY,
+    ("ACCEPTED", True): tally_pb2.SUBMISSION_STATUS_CURRENT,
+    ("QUARANTINED", True): tally_pb2.SUBMISSION_STATUS_CURRENT_QUARANTINED,
+    ("ACCEPTED", False): tally_pb2.SUBMISSION_STATUS_REPLACED,
+    ("QUARANTINED", False): tally_pb2.SUBMISSION_STATUS_REPLACED,
+    ("SUPERSEDED", False): tally_pb2.SUBMISSION_STATUS_HISTORY,
 }
 
 
@@ -76,7 +81,7 @@ def submission_pb(row: asyncpg.Record) -> tally_pb2.Submission:
         tps=row["tps"],
         contest=row["contest"],
         version=row["version"],
-        outcome=tally_pb2.Outcome.Value(row["outcome"]),
+        outcome=OUTCOMES[row["outcome"]],
         status=_STATUS[(row["outcome"], row["is_current"])],
         failed_checks=row["failed_checks"],
         device_id=row["device_id"],
@@ -86,7 +91,7 @@ def submission_pb(row: asyncpg.Record) -> tally_pb2.Submission:
     )
 
 
-class TallyService(tally_pb2_grpc.TallyServicer):
+class TallyService(tally_pb2_grpc.TallyServiceServicer):
     def __init__(self, db: Database, catalog: Catalog, settings: TallySettings) -> None:
         self.db = db
         self.settings = settings
@@ -143,7 +148,7 @@ class TallyService(tally_pb2_grpc.TallyServicer):
         if result.outcome == CONFLICT:
             raise conflict_error(result)
         return tally_pb2.SubmitResponse(
-            outcome=tally_pb2.Outcome.Value(result.outcome),
+            outcome=OUTCOMES[result.outcome],
             receipt=receipt_pb(result.receipt),
             failed_checks=result.failed_checks,
             current_version=result.current_version,
@@ -166,14 +171,14 @@ class TallyService(tally_pb2_grpc.TallyServicer):
         for index, result in enumerate(results):
             item = response.results.add(index=index)
             if isinstance(result, ServiceError):
-                item.outcome = tally_pb2.REJECTED
+                item.outcome = tally_pb2.OUTCOME_REJECTED
                 item.error.CopyFrom(_item_error(result))
             elif result.outcome == CONFLICT:
-                item.outcome = tally_pb2.CONFLICT
+                item.outcome = tally_pb2.OUTCOME_CONFLICT
                 item.error.CopyFrom(_item_error(conflict_error(result)))
                 item.current_version = result.current_version
             else:
-                item.outcome = tally_pb2.Outcome.Value(result.outcome)
+                item.outcome = OUTCOMES[result.outcome]
                 item.receipt.CopyFrom(receipt_pb(result.receipt))
                 item.failed_checks.extend(result.failed_checks)
                 item.current_version = result.current_version
@@ -189,7 +194,7 @@ class TallyService(tally_pb2_grpc.TallyServicer):
 
     async def GetSubmission(
         self, request: tally_pb2.GetSubmissionRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> tally_pb2.Submission:
+    ) -> tally_pb2.GetSubmissionResponse:
         import uuid
 
         try:
@@ -201,7 +206,7 @@ class TallyService(tally_pb2_grpc.TallyServicer):
         rows = await self._fetch(QUERIES.submission_by_id, submission_id)
         if not rows:
             raise NotFound(f"no submission {request.submission_id}")
-        return submission_pb(rows[0])
+        return tally_pb2.GetSubmissionResponse(submission=submission_pb(rows[0]))
 
     async def ListSubmissions(
         self, request: tally_pb2.ListSubmissionsRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -210,25 +215,31 @@ class TallyService(tally_pb2_grpc.TallyServicer):
             raise InvalidForm(
                 [FieldProblem("tps", f"must be a {codes.TPS_LENGTH}-digit TPS code, got {request.tps!r}")]
             )
-        rows = await self._fetch(QUERIES.submissions_for_tps, request.tps, request.contest)
-        return tally_pb2.ListSubmissionsResponse(submissions=[submission_pb(r) for r in rows])
+        filters = (request.tps, request.contest)
+        size = SUBMISSIONS.size(request.page_size)
+        contest, version = SUBMISSIONS.after(request.page_token, filters) or (None, None)
+        rows = await self._fetch(QUERIES.submissions_for_tps, *filters, contest, version, size + 1)
+        page, token = SUBMISSIONS.page(rows, size, lambda r: (r["contest"], r["version"]), filters)
+        return tally_pb2.ListSubmissionsResponse(submissions=[submission_pb(r) for r in page], next_page_token=token)
 
     async def GetChainHead(
         self, request: tally_pb2.GetChainHeadRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> tally_pb2.ChainHead:
+    ) -> tally_pb2.GetChainHeadResponse:
         rows = await self._fetch(QUERIES.chain_head)
-        return tally_pb2.ChainHead(position=rows[0]["position"], hash=bytes(rows[0]["hash"]).hex())
+        head = tally_pb2.ChainHead(position=rows[0]["position"], hash=bytes(rows[0]["hash"]).hex())
+        return tally_pb2.GetChainHeadResponse(chain_head=head)
 
     async def GetPhoto(
         self, request: tally_pb2.GetPhotoRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> tally_pb2.StoredPhoto:
+    ) -> tally_pb2.GetPhotoResponse:
         if len(request.sha256) != 64 or not all(c in "0123456789abcdef" for c in request.sha256):
             raise InvalidForm([FieldProblem("sha256", f"must be 64 lowercase hex digits, got {request.sha256!r}")])
         rows = await self._fetch(QUERIES.photo, request.sha256)
         if not rows:
             raise NotFound(f"no photo {request.sha256}: it arrives with the form that lists it")
         row = rows[0]
-        return tally_pb2.StoredPhoto(sha256=row["sha256"], content_type=row["content_type"], content=row["content"])
+        photo = tally_pb2.StoredPhoto(sha256=row["sha256"], content_type=row["content_type"], content=row["content"])
+        return tally_pb2.GetPhotoResponse(photo=photo)
 
     async def EnrollDevice(
         self, request: tally_pb2.EnrollDeviceRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -321,7 +332,7 @@ class TallyApp:
         catalog = await Catalog.load(db)
         service = TallyService(db, catalog, settings.tally)
         server, port = create_server(
-            lambda s: tally_pb2_grpc.add_TallyServicer_to_server(service, s),
+            lambda s: tally_pb2_grpc.add_TallyServiceServicer_to_server(service, s),
             [SERVICE_NAME],
             host=settings.tally.host,
             port=settings.tally.port,

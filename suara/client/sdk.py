@@ -4,8 +4,9 @@
 to send it. `Client.flush` sends everything still pending, oldest first,
 retrying what may succeed later (the network, an overloaded or recovering
 tally) with exponential backoff and full jitter, never sooner than the
-server's retry-after hint. Resending is always safe: the outbox keeps the exact
-signed bytes, and tally answers a resend DUPLICATE with the original receipt.
+server's retry-after hint; `Client.retry` does the same for one attempt's
+entry. Resending is always safe: the outbox keeps the exact signed bytes, and
+tally answers a resend DUPLICATE with the original receipt.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from grpc_status import rpc_status
 from suara.client.outbox import Entry, Outbox, Put, Receipt
 from suara.client.stubs import tally_stub
 from suara.election.checks import MAX_PHOTOS
+from suara.election.outcomes import OUTCOMES, outcome_name
 from suara.election.signing import DeviceKey
 from suara.runtime.backoff import Backoff
 from suara.runtime.wire import MESSAGE_LIMITS, RETRY_AFTER_KEY
@@ -51,7 +53,7 @@ _RECONNECT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADL
 
 Sleep = Callable[[float], Awaitable[None]]
 
-_STORED = frozenset({tally_pb2.ACCEPTED, tally_pb2.QUARANTINED, tally_pb2.DUPLICATE, tally_pb2.SUPERSEDED})
+_STORED = frozenset(OUTCOMES[name] for name in ("ACCEPTED", "QUARANTINED", "DUPLICATE", "SUPERSEDED"))
 _CODES = {code.value[0]: code for code in grpc.StatusCode}  # SubmitBatch reports an item's status as its number
 
 
@@ -89,10 +91,10 @@ def sign_form(form: form_pb2.CHasilForm, key: DeviceKey) -> form_pb2.SignedForm:
 
 def _same_apart_from_signing_time(payload: bytes, form: form_pb2.CHasilForm) -> bool:
     stored = form_pb2.CHasilForm.FromString(payload)
-    stored.signed_at_unix_ms = 0
+    stored.ClearField("signed_at")
     candidate = form_pb2.CHasilForm()
     candidate.CopyFrom(form)
-    candidate.signed_at_unix_ms = 0
+    candidate.ClearField("signed_at")
     return stored == candidate
 
 
@@ -221,13 +223,15 @@ class Client:
         def sign(existing: Entry | None) -> tuple[bytes, bytes, str]:  # in the outbox's thread
             if (
                 existing is not None
-                and form.signed_at_unix_ms == 0
+                and not form.HasField("signed_at")
                 and existing.device_id == key.device_id
                 and _same_apart_from_signing_time(existing.payload, form)
             ):
-                form.signed_at_unix_ms = form_pb2.CHasilForm.FromString(existing.payload).signed_at_unix_ms
-            elif form.signed_at_unix_ms == 0:
-                form.signed_at_unix_ms = self._clock_ms()
+                first = form_pb2.CHasilForm.FromString(existing.payload)
+                if first.HasField("signed_at"):
+                    form.signed_at.CopyFrom(first.signed_at)
+            elif not form.HasField("signed_at"):
+                form.signed_at.FromMilliseconds(self._clock_ms())
             signed = sign_form(form, key)
             return signed.payload, signed.signature, signed.device_id
 
@@ -289,7 +293,7 @@ class Client:
         failed_checks: Sequence[str],
         current_version: int,
     ) -> Attempt:
-        name = tally_pb2.Outcome.Name(outcome)  # type: ignore[arg-type]  # an int from the wire, a valid member
+        name = outcome_name(outcome)
         stored = Receipt(
             submission_id=receipt.submission_id,
             payload_sha256=receipt.payload_sha256,
@@ -319,6 +323,23 @@ class Client:
         if entry is None:
             raise KeyError(f"TPS {tps} {contest} v{version} is not in the outbox")
         return await self.send(entry)
+
+    async def retry(self, attempt: Attempt, on_attempt: Callable[[Attempt, float], None] | None = None) -> Attempt:
+        """Send `attempt`'s entry again until an answer settles it, waiting before each try as `flush`
+        does; the last attempt (`attempt` itself when it needs no retry).
+
+        Unlike `flush`, which sends the pending entries, this keeps at one entry whatever its state: a
+        resend of a sent entry that failed is sent again. `on_attempt` sees each attempt made here and
+        the seconds its call took.
+        """
+        backoff = self.backoff()
+        while attempt.retry:
+            await self._sleep(_retry_delay(backoff, (attempt,)))
+            started = time.perf_counter()
+            attempt = await self.send(attempt.entry)
+            if on_attempt is not None:
+                on_attempt(attempt, time.perf_counter() - started)
+        return attempt
 
     async def flush(
         self,
@@ -354,7 +375,7 @@ class Client:
                 backoff.reset()
                 progress(len(pending) - len(attempts), 0.0, None)
                 continue
-            delay = max(backoff.next_delay(), *(a.retry_after_s or 0.0 for a in failed))
+            delay = _retry_delay(backoff, failed)
             if end is not None and loop.time() + delay >= end:
                 break  # the next attempt could not start before the deadline
             progress(len(pending) - len(attempts) + len(failed), delay, failed[0].entry.last_error)
@@ -390,6 +411,11 @@ class Client:
         channel, self._channel = self._channel, None
         if channel is not None:
             await channel.close()
+
+
+def _retry_delay(backoff: Backoff, failed: Sequence[Attempt]) -> float:
+    """The wait before trying again: the backoff's draw, never less than a retry-after the server gave."""
+    return max(backoff.next_delay(), *(a.retry_after_s or 0.0 for a in failed))
 
 
 def _explain(code: grpc.StatusCode, message: str) -> str:

@@ -2,7 +2,8 @@
 
 Three shapes meet here: the signed protobuf, the human JSON a KPPS app or
 `suara submit FORM.json` writes, and Sirekap's flat `administrasi` dict, which
-suara publishes and hands to the aggregate service.
+suara publishes and hands to the aggregate service. The JSON gives the signing
+time as `signed_at_unix_ms` (0 or absent: not said), the protobuf as a Timestamp.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ _ADMIN_FIELDS: dict[str, tuple[Scalar, None] | tuple[Triple, Sex]] = {
 ADMIN_KEYS = tuple(_ADMIN_FIELDS)
 
 _INT64 = range(-(2**63), 2**63)
+_TIMESTAMP_MS = range(-62_135_596_800_000, 253_402_300_800_000)  # a Timestamp's years 1 to 9999
 _WIB = timezone(timedelta(hours=7))  # Sirekap's `ts` is Jakarta time
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -106,7 +108,7 @@ def form_to_dict(form: form_pb2.CHasilForm) -> dict[str, Any]:
         "votes": dict(sorted(form.votes.items())),
         "administrasi": {key: value for key, value in _admin_items(form) if value is not None},
         "photo_sha256": list(form.photo_sha256),
-        "signed_at_unix_ms": form.signed_at_unix_ms,
+        "signed_at_unix_ms": form.signed_at.ToMilliseconds() if form.HasField("signed_at") else 0,
     }
 
 
@@ -137,9 +139,10 @@ def form_from_dict(data: object) -> form_pb2.CHasilForm:
                 setattr(form, key, data[key])
             else:
                 problems.append(Violation(key, f"must be a string, got {_type_of(data[key])}"))
-    for key in ("version", "signed_at_unix_ms"):
-        if key in data and (number := _int64(key, data[key], problems)) is not None:
-            setattr(form, key, number)
+    if "version" in data and (number := _int64("version", data["version"], problems)) is not None:
+        form.version = number
+    if "signed_at_unix_ms" in data:
+        _read_signed_at(form, data["signed_at_unix_ms"], problems)
     if "votes" in data:
         _read_votes(form, data["votes"], problems)
     if "administrasi" in data:
@@ -172,6 +175,18 @@ def _read_administrasi(form: form_pb2.CHasilForm, admin: object, problems: list[
             problems.append(Violation(where, f"unknown key; expected only {', '.join(ADMIN_KEYS)}"))
         elif value is not None and (number := _int64(where, value, problems)) is not None:
             _set_admin(form, key, number)
+
+
+def _read_signed_at(form: form_pb2.CHasilForm, value: object, problems: list[Violation]) -> None:
+    number = _int64("signed_at_unix_ms", value, problems)
+    if not number:  # not an integer (already said), or 0: no signing time
+        return
+    if number not in _TIMESTAMP_MS:
+        problems.append(
+            Violation("signed_at_unix_ms", f"must be a time in the years 1 to 9999 (Unix milliseconds), got {number}")
+        )
+        return
+    form.signed_at.FromMilliseconds(number)
 
 
 def _read_photos(form: form_pb2.CHasilForm, photos: object, problems: list[Violation]) -> None:

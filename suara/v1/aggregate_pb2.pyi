@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
@@ -26,22 +27,27 @@ class _RecapOutcome:
 class _RecapOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RecapOutcome.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     RECAP_OUTCOME_UNSPECIFIED: _RecapOutcome.ValueType  # 0
-    RECAP_ACCEPTED: _RecapOutcome.ValueType  # 1
-    """the area's current recap now"""
-    RECAP_DUPLICATE: _RecapOutcome.ValueType  # 2
-    """byte-identical to the stored one"""
-    RECAP_SUPERSEDED: _RecapOutcome.ValueType  # 3
-    """below the current version: kept in the history only"""
+    """Never sent."""
+    RECAP_OUTCOME_ACCEPTED: _RecapOutcome.ValueType  # 1
+    """Stored, and the area's current recap now."""
+    RECAP_OUTCOME_DUPLICATE: _RecapOutcome.ValueType  # 2
+    """Byte-identical to the stored recap of this version: nothing changed."""
+    RECAP_OUTCOME_SUPERSEDED: _RecapOutcome.ValueType  # 3
+    """Below the current version: kept in the history only."""
 
-class RecapOutcome(_RecapOutcome, metaclass=_RecapOutcomeEnumTypeWrapper): ...
+class RecapOutcome(_RecapOutcome, metaclass=_RecapOutcomeEnumTypeWrapper):
+    """What became of a submitted recap (a different payload for a stored version
+    is the error ALREADY_EXISTS, not an outcome).
+    """
 
 RECAP_OUTCOME_UNSPECIFIED: RecapOutcome.ValueType  # 0
-RECAP_ACCEPTED: RecapOutcome.ValueType  # 1
-"""the area's current recap now"""
-RECAP_DUPLICATE: RecapOutcome.ValueType  # 2
-"""byte-identical to the stored one"""
-RECAP_SUPERSEDED: RecapOutcome.ValueType  # 3
-"""below the current version: kept in the history only"""
+"""Never sent."""
+RECAP_OUTCOME_ACCEPTED: RecapOutcome.ValueType  # 1
+"""Stored, and the area's current recap now."""
+RECAP_OUTCOME_DUPLICATE: RecapOutcome.ValueType  # 2
+"""Byte-identical to the stored recap of this version: nothing changed."""
+RECAP_OUTCOME_SUPERSEDED: RecapOutcome.ValueType  # 3
+"""Below the current version: kept in the history only."""
 Global___RecapOutcome: _TypeAlias = RecapOutcome  # noqa: Y015
 
 class _ReconciliationStatus:
@@ -51,26 +57,33 @@ class _ReconciliationStatus:
 class _ReconciliationStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReconciliationStatus.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     RECONCILIATION_STATUS_UNSPECIFIED: _ReconciliationStatus.ValueType  # 0
-    MATCH: _ReconciliationStatus.ValueType  # 1
-    """the recap equals the digital totals, and every TPS is counted"""
-    MISMATCH: _ReconciliationStatus.ValueType  # 2
-    """they differ: see differences"""
-    INCOMPLETE: _ReconciliationStatus.ValueType  # 3
-    """the digital count is not complete yet (TPS missing or quarantined)"""
-    NO_RECAP: _ReconciliationStatus.ValueType  # 4
-    """no recap entered for this area yet"""
+    """Not computed for this row (e.g. a desa or TPS, or GetArea's rows)."""
+    RECONCILIATION_STATUS_MATCH: _ReconciliationStatus.ValueType  # 1
+    """The recap equals the digital totals, and every TPS is counted."""
+    RECONCILIATION_STATUS_MISMATCH: _ReconciliationStatus.ValueType  # 2
+    """Every TPS is counted and the recap differs: see differences."""
+    RECONCILIATION_STATUS_INCOMPLETE: _ReconciliationStatus.ValueType  # 3
+    """The digital count is not complete yet (TPS missing or quarantined), so a
+    difference may still close.
+    """
+    RECONCILIATION_STATUS_NO_RECAP: _ReconciliationStatus.ValueType  # 4
+    """No recap entered for this area yet."""
 
-class ReconciliationStatus(_ReconciliationStatus, metaclass=_ReconciliationStatusEnumTypeWrapper): ...
+class ReconciliationStatus(_ReconciliationStatus, metaclass=_ReconciliationStatusEnumTypeWrapper):
+    """How an area's current recap compares with its digital totals."""
 
 RECONCILIATION_STATUS_UNSPECIFIED: ReconciliationStatus.ValueType  # 0
-MATCH: ReconciliationStatus.ValueType  # 1
-"""the recap equals the digital totals, and every TPS is counted"""
-MISMATCH: ReconciliationStatus.ValueType  # 2
-"""they differ: see differences"""
-INCOMPLETE: ReconciliationStatus.ValueType  # 3
-"""the digital count is not complete yet (TPS missing or quarantined)"""
-NO_RECAP: ReconciliationStatus.ValueType  # 4
-"""no recap entered for this area yet"""
+"""Not computed for this row (e.g. a desa or TPS, or GetArea's rows)."""
+RECONCILIATION_STATUS_MATCH: ReconciliationStatus.ValueType  # 1
+"""The recap equals the digital totals, and every TPS is counted."""
+RECONCILIATION_STATUS_MISMATCH: ReconciliationStatus.ValueType  # 2
+"""Every TPS is counted and the recap differs: see differences."""
+RECONCILIATION_STATUS_INCOMPLETE: ReconciliationStatus.ValueType  # 3
+"""The digital count is not complete yet (TPS missing or quarantined), so a
+difference may still close.
+"""
+RECONCILIATION_STATUS_NO_RECAP: ReconciliationStatus.ValueType  # 4
+"""No recap entered for this area yet."""
 Global___ReconciliationStatus: _TypeAlias = ReconciliationStatus  # noqa: Y015
 
 class _UpdateOutcome:
@@ -80,20 +93,25 @@ class _UpdateOutcome:
 class _UpdateOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UpdateOutcome.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     UPDATE_OUTCOME_UNSPECIFIED: _UpdateOutcome.ValueType  # 0
-    APPLIED: _UpdateOutcome.ValueType  # 1
-    DUPLICATE_UPDATE: _UpdateOutcome.ValueType  # 2
-    """same version already applied"""
-    STALE: _UpdateOutcome.ValueType  # 3
-    """a higher version is already applied"""
+    """Never sent."""
+    UPDATE_OUTCOME_APPLIED: _UpdateOutcome.ValueType  # 1
+    """A higher version than the applied one: it replaced it."""
+    UPDATE_OUTCOME_DUPLICATE: _UpdateOutcome.ValueType  # 2
+    """The same version is already applied: nothing changed."""
+    UPDATE_OUTCOME_STALE: _UpdateOutcome.ValueType  # 3
+    """A higher version is already applied: nothing changed."""
 
-class UpdateOutcome(_UpdateOutcome, metaclass=_UpdateOutcomeEnumTypeWrapper): ...
+class UpdateOutcome(_UpdateOutcome, metaclass=_UpdateOutcomeEnumTypeWrapper):
+    """What an update did."""
 
 UPDATE_OUTCOME_UNSPECIFIED: UpdateOutcome.ValueType  # 0
-APPLIED: UpdateOutcome.ValueType  # 1
-DUPLICATE_UPDATE: UpdateOutcome.ValueType  # 2
-"""same version already applied"""
-STALE: UpdateOutcome.ValueType  # 3
-"""a higher version is already applied"""
+"""Never sent."""
+UPDATE_OUTCOME_APPLIED: UpdateOutcome.ValueType  # 1
+"""A higher version than the applied one: it replaced it."""
+UPDATE_OUTCOME_DUPLICATE: UpdateOutcome.ValueType  # 2
+"""The same version is already applied: nothing changed."""
+UPDATE_OUTCOME_STALE: UpdateOutcome.ValueType  # 3
+"""A higher version is already applied: nothing changed."""
 Global___UpdateOutcome: _TypeAlias = UpdateOutcome  # noqa: Y015
 
 @_typing.final
@@ -106,16 +124,24 @@ class RecapForm(_message.Message):
     CONTEST_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     TOTALS_FIELD_NUMBER: _builtins.int
-    SIGNED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    SIGNED_AT_FIELD_NUMBER: _builtins.int
     area: _builtins.str
-    """the official's area: kecamatan (6), kabupaten/kota (4) or province (2)"""
+    """The official's own area: a kecamatan (6 digits), kabupaten/kota (4) or
+    province (2) code where the contest is held.
+    """
     contest: _builtins.str
+    """The contest id (ppwp, pdpr, ...)."""
     version: _builtins.int
-    """grows per (area, contest)"""
-    signed_at_unix_ms: _builtins.int
+    """At least 1, growing per (area, contest): a correction is a higher version."""
     @_builtins.property
     def totals(self) -> Global___Totals:
-        """every choice of the contest, suara_sah, suara_tidak_sah, suara_total, dpt, pengguna"""
+        """Every choice of the contest (0 if none, no other) and suara_sah,
+        suara_tidak_sah, suara_total, dpt and pengguna, each from 0 to 10^9.
+        """
+
+    @_builtins.property
+    def signed_at(self) -> _timestamp_pb2.Timestamp:
+        """When the official signed, as their clock saw it: informative, not checked."""
 
     def __init__(
         self,
@@ -124,11 +150,11 @@ class RecapForm(_message.Message):
         contest: _builtins.str = ...,
         version: _builtins.int = ...,
         totals: Global___Totals | None = ...,
-        signed_at_unix_ms: _builtins.int = ...,
+        signed_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["totals", b"totals"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["signed_at", b"signed_at", "totals", b"totals"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["area", b"area", "contest", b"contest", "signed_at_unix_ms", b"signed_at_unix_ms", "totals", b"totals", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["area", b"area", "contest", b"contest", "signed_at", b"signed_at", "totals", b"totals", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -136,16 +162,21 @@ Global___RecapForm: _TypeAlias = RecapForm  # noqa: Y015
 
 @_typing.final
 class SignedRecap(_message.Message):
+    """A recap as it travels: the exact signed bytes and the signature over them."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PAYLOAD_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     OFFICIAL_ID_FIELD_NUMBER: _builtins.int
     payload: _builtins.bytes
-    """serialized RecapForm"""
+    """A serialized RecapForm, exactly as signed (never re-encode it)."""
     signature: _builtins.bytes
-    """Ed25519 over payload"""
+    """Ed25519 signature (64 bytes) over `payload` with the official's key."""
     official_id: _builtins.str
+    """The official's id: "off_" followed by the first 24 hex digits of
+    SHA-256(raw 32-byte public key).
+    """
     def __init__(
         self,
         *,
@@ -163,11 +194,15 @@ Global___SignedRecap: _TypeAlias = SignedRecap  # noqa: Y015
 
 @_typing.final
 class SubmitRecapRequest(_message.Message):
+    """Request of AggregateService.SubmitRecap."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RECAP_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def recap(self) -> Global___SignedRecap: ...
+    def recap(self) -> Global___SignedRecap:
+        """The signed recap."""
+
     def __init__(
         self,
         *,
@@ -183,14 +218,19 @@ Global___SubmitRecapRequest: _TypeAlias = SubmitRecapRequest  # noqa: Y015
 
 @_typing.final
 class SubmitRecapResponse(_message.Message):
+    """Response of AggregateService.SubmitRecap."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     OUTCOME_FIELD_NUMBER: _builtins.int
     RECAP_ID_FIELD_NUMBER: _builtins.int
     CURRENT_VERSION_FIELD_NUMBER: _builtins.int
     outcome: Global___RecapOutcome.ValueType
+    """What became of it."""
     recap_id: _builtins.str
+    """The stored recap's id (a UUID; for DUPLICATE the original's)."""
     current_version: _builtins.int
+    """The area's current recap version for the contest after this call."""
     def __init__(
         self,
         *,
@@ -208,7 +248,7 @@ Global___SubmitRecapResponse: _TypeAlias = SubmitRecapResponse  # noqa: Y015
 
 @_typing.final
 class Difference(_message.Message):
-    """recap − digital, for one choice ("votes[ID]") or count ("suara_sah", …)."""
+    """recap − digital, for one choice or count."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -217,9 +257,15 @@ class Difference(_message.Message):
     DIGITAL_FIELD_NUMBER: _builtins.int
     DIFFERENCE_FIELD_NUMBER: _builtins.int
     field: _builtins.str
+    """"votes[<choice id>]", or one of suara_sah, suara_tidak_sah, suara_total,
+    dpt, pengguna.
+    """
     recap: _builtins.int
+    """The recap's value."""
     digital: _builtins.int
+    """The digital total."""
     difference: _builtins.int
+    """recap − digital."""
     def __init__(
         self,
         *,
@@ -238,31 +284,41 @@ Global___Difference: _TypeAlias = Difference  # noqa: Y015
 
 @_typing.final
 class RecapVersion(_message.Message):
+    """One stored version of an area's recap."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     VERSION_FIELD_NUMBER: _builtins.int
     OFFICIAL_ID_FIELD_NUMBER: _builtins.int
     TOTALS_FIELD_NUMBER: _builtins.int
-    RECEIVED_UNIX_MS_FIELD_NUMBER: _builtins.int
     RECAP_ID_FIELD_NUMBER: _builtins.int
+    RECEIVED_AT_FIELD_NUMBER: _builtins.int
     version: _builtins.int
+    """Its version."""
     official_id: _builtins.str
-    received_unix_ms: _builtins.int
+    """The official who signed it."""
     recap_id: _builtins.str
+    """Its id (a UUID)."""
     @_builtins.property
-    def totals(self) -> Global___Totals: ...
+    def totals(self) -> Global___Totals:
+        """Its totals."""
+
+    @_builtins.property
+    def received_at(self) -> _timestamp_pb2.Timestamp:
+        """When aggregate stored it."""
+
     def __init__(
         self,
         *,
         version: _builtins.int = ...,
         official_id: _builtins.str = ...,
         totals: Global___Totals | None = ...,
-        received_unix_ms: _builtins.int = ...,
         recap_id: _builtins.str = ...,
+        received_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["totals", b"totals"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["received_at", b"received_at", "totals", b"totals"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["official_id", b"official_id", "recap_id", b"recap_id", "received_unix_ms", b"received_unix_ms", "totals", b"totals", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["official_id", b"official_id", "recap_id", b"recap_id", "received_at", b"received_at", "totals", b"totals", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -270,6 +326,8 @@ Global___RecapVersion: _TypeAlias = RecapVersion  # noqa: Y015
 
 @_typing.final
 class Reconciliation(_message.Message):
+    """An area's current recap against its digital totals."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AREA_FIELD_NUMBER: _builtins.int
@@ -284,23 +342,34 @@ class Reconciliation(_message.Message):
     TPS_QUARANTINED_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
     area: _builtins.str
+    """The area (2, 4 or 6 digits)."""
     contest: _builtins.str
+    """The contest."""
     status: Global___ReconciliationStatus.ValueType
+    """How they compare."""
     recap_version: _builtins.int
+    """The current recap's version (0 for NO_RECAP)."""
     tps_total: _builtins.int
+    """TPS in the area where the contest is held."""
     tps_reported: _builtins.int
+    """TPS whose current form counts."""
     tps_quarantined: _builtins.int
+    """TPS whose current form is quarantined."""
     @_builtins.property
-    def recap(self) -> Global___Totals: ...
+    def recap(self) -> Global___Totals:
+        """The current recap's totals (unset for NO_RECAP)."""
+
     @_builtins.property
-    def digital(self) -> Global___Totals: ...
+    def digital(self) -> Global___Totals:
+        """The area's digital totals."""
+
     @_builtins.property
     def differences(self) -> _containers.RepeatedCompositeFieldContainer[Global___Difference]:
-        """every field that differs (also while INCOMPLETE)"""
+        """Every field that differs, by field name (also while INCOMPLETE)."""
 
     @_builtins.property
     def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecapVersion]:
-        """every recap version stored, oldest first"""
+        """Every recap version stored, oldest first (GetReconciliation only)."""
 
     def __init__(
         self,
@@ -327,12 +396,16 @@ Global___Reconciliation: _TypeAlias = Reconciliation  # noqa: Y015
 
 @_typing.final
 class GetReconciliationRequest(_message.Message):
+    """Request of AggregateService.GetReconciliation."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AREA_FIELD_NUMBER: _builtins.int
     CONTEST_FIELD_NUMBER: _builtins.int
     area: _builtins.str
+    """A kecamatan (6 digits), kabupaten/kota (4) or province (2) code."""
     contest: _builtins.str
+    """The contest id."""
     def __init__(
         self,
         *,
@@ -348,27 +421,69 @@ class GetReconciliationRequest(_message.Message):
 Global___GetReconciliationRequest: _TypeAlias = GetReconciliationRequest  # noqa: Y015
 
 @_typing.final
+class GetReconciliationResponse(_message.Message):
+    """Response of AggregateService.GetReconciliation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECONCILIATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reconciliation(self) -> Global___Reconciliation:
+        """The area's reconciliation, with its history."""
+
+    def __init__(
+        self,
+        *,
+        reconciliation: Global___Reconciliation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reconciliation", b"reconciliation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reconciliation", b"reconciliation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReconciliationResponse: _TypeAlias = GetReconciliationResponse  # noqa: Y015
+
+@_typing.final
 class ListMismatchesRequest(_message.Message):
+    """Request of AggregateService.ListMismatches."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AREA_FIELD_NUMBER: _builtins.int
     CONTEST_FIELD_NUMBER: _builtins.int
     INCLUDE_INCOMPLETE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     area: _builtins.str
-    """"" for the whole country"""
+    """Only areas at or under this one; "" for the whole country."""
     contest: _builtins.str
+    """The contest id."""
     include_incomplete: _builtins.bool
-    """also areas whose recap differs only because counting goes on"""
+    """Also areas whose recap differs while counting goes on (INCOMPLETE), not
+    only MISMATCH.
+    """
+    page_size: _builtins.int
+    """Most areas in the reply: 0 for the default (100); values above the
+    maximum (1,000) are lowered to it; negative is INVALID_ARGUMENT.
+    """
+    page_token: _builtins.str
+    """Empty for the first page; else the next_page_token of the previous reply
+    to a request with the same area, contest and include_incomplete
+    (otherwise INVALID_ARGUMENT naming page_token).
+    """
     def __init__(
         self,
         *,
         area: _builtins.str = ...,
         contest: _builtins.str = ...,
         include_incomplete: _builtins.bool = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["area", b"area", "contest", b"contest", "include_incomplete", b"include_incomplete"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["area", b"area", "contest", b"contest", "include_incomplete", b"include_incomplete", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -376,21 +491,30 @@ Global___ListMismatchesRequest: _TypeAlias = ListMismatchesRequest  # noqa: Y015
 
 @_typing.final
 class ListMismatchesResponse(_message.Message):
+    """Response of AggregateService.ListMismatches."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ITEMS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as page_token for the next page; empty on the last page. Pages follow
+    the area code, so an area whose recap starts to differ meanwhile appears
+    on a later page if its code sorts after this page, and none is repeated.
+    """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reconciliation]:
-        """by area code; without history"""
+        """By area code; without history."""
 
     def __init__(
         self,
         *,
         items: _abc.Iterable[Global___Reconciliation] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -429,15 +553,18 @@ class Totals(_message.Message):
     DPT_FIELD_NUMBER: _builtins.int
     PENGGUNA_FIELD_NUMBER: _builtins.int
     suara_sah: _builtins.int
+    """Valid ballots."""
     suara_tidak_sah: _builtins.int
+    """Invalid ballots."""
     suara_total: _builtins.int
+    """All ballots cast."""
     dpt: _builtins.int
-    """registered voters (pemilih_dpt_j)"""
+    """Registered voters (the form's pemilih_dpt.j)."""
     pengguna: _builtins.int
-    """voters who voted (pengguna_total_j)"""
+    """Voters who voted (the form's pengguna_total.j)."""
     @_builtins.property
     def votes(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
-        """choice id -> votes"""
+        """Choice id -> votes."""
 
     def __init__(
         self,
@@ -459,6 +586,8 @@ Global___Totals: _TypeAlias = Totals  # noqa: Y015
 
 @_typing.final
 class TpsUpdate(_message.Message):
+    """One TPS's current form, as tally's relay delivers it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -490,21 +619,36 @@ class TpsUpdate(_message.Message):
     ADMINISTRASI_FIELD_NUMBER: _builtins.int
     PHOTO_SHA256_FIELD_NUMBER: _builtins.int
     tps: _builtins.str
+    """The 13-digit TPS code, in the registry, where the contest is held."""
     contest: _builtins.str
+    """The contest id."""
     version: _builtins.int
+    """The form's version, at least 1: only a higher version than the applied
+    one changes anything.
+    """
     quarantined: _builtins.bool
+    """The form failed a consistency check: the TPS counts as flagged."""
     @_builtins.property
     def totals(self) -> Global___Totals:
-        """ignored (zero contribution) when quarantined"""
+        """The form's counts, none negative and every choice a choice of the contest
+        (a choice left out counts 0). Ignored (a zero contribution) when
+        quarantined.
+        """
 
     @_builtins.property
-    def failed_checks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def failed_checks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The names of the checks it failed."""
+
     @_builtins.property
     def administrasi(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
-        """The form's whole Sirekap `administrasi` (18 counts) and its photos, for the published TPS file."""
+        """The form's whole Sirekap `administrasi` (its 18 counts, each from 0 to
+        10^6), for the published TPS file.
+        """
 
     @_builtins.property
-    def photo_sha256(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def photo_sha256(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The form's photos (at most 3 SHA-256, 64 lowercase hex digits each)."""
+
     def __init__(
         self,
         *,
@@ -539,15 +683,23 @@ class AreaUpdate(_message.Message):
     TPS_REPORTED_FIELD_NUMBER: _builtins.int
     TPS_QUARANTINED_FIELD_NUMBER: _builtins.int
     area: _builtins.str
-    """the subtree root: a province code (or kabupaten)"""
+    """The subtree root: a province, kabupaten/kota, kecamatan or desa code
+    (2, 4, 6 or 10 digits) where the contest has TPS.
+    """
     contest: _builtins.str
+    """The contest id."""
     version: _builtins.int
-    """the sending instance's change sequence for that area"""
+    """The sending instance's change sequence for that area, at least 1."""
     tps_total: _builtins.int
+    """TPS in the subtree."""
     tps_reported: _builtins.int
+    """TPS whose current form counts; tps_reported + tps_quarantined <= tps_total."""
     tps_quarantined: _builtins.int
+    """TPS whose current form is quarantined."""
     @_builtins.property
-    def totals(self) -> Global___Totals: ...
+    def totals(self) -> Global___Totals:
+        """The subtree's totals, none negative."""
+
     def __init__(
         self,
         *,
@@ -569,11 +721,17 @@ Global___AreaUpdate: _TypeAlias = AreaUpdate  # noqa: Y015
 
 @_typing.final
 class ApplyUpdatesRequest(_message.Message):
+    """Request of AggregateService.ApplyUpdates."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     UPDATES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def updates(self) -> _containers.RepeatedCompositeFieldContainer[Global___TpsUpdate]: ...
+    def updates(self) -> _containers.RepeatedCompositeFieldContainer[Global___TpsUpdate]:
+        """At most 10,000 updates, applied in order (a later one for the same TPS
+        and contest competes with the earlier by version).
+        """
+
     def __init__(
         self,
         *,
@@ -588,40 +746,18 @@ class ApplyUpdatesRequest(_message.Message):
 Global___ApplyUpdatesRequest: _TypeAlias = ApplyUpdatesRequest  # noqa: Y015
 
 @_typing.final
-class ApplyAreaUpdatesRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    SOURCE_FIELD_NUMBER: _builtins.int
-    UPDATES_FIELD_NUMBER: _builtins.int
-    source: _builtins.str
-    """the sending instance's name"""
-    @_builtins.property
-    def updates(self) -> _containers.RepeatedCompositeFieldContainer[Global___AreaUpdate]: ...
-    def __init__(
-        self,
-        *,
-        source: _builtins.str = ...,
-        updates: _abc.Iterable[Global___AreaUpdate] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["source", b"source", "updates", b"updates"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ApplyAreaUpdatesRequest: _TypeAlias = ApplyAreaUpdatesRequest  # noqa: Y015
-
-@_typing.final
 class ApplyUpdatesResponse(_message.Message):
+    """Response of AggregateService.ApplyUpdates."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     OUTCOMES_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
-    """the change sequence after this batch"""
+    """The change sequence after this batch."""
     @_builtins.property
     def outcomes(self) -> _containers.RepeatedScalarFieldContainer[Global___UpdateOutcome.ValueType]:
-        """one per update, in order"""
+        """One per update, in request order."""
 
     def __init__(
         self,
@@ -638,14 +774,75 @@ class ApplyUpdatesResponse(_message.Message):
 Global___ApplyUpdatesResponse: _TypeAlias = ApplyUpdatesResponse  # noqa: Y015
 
 @_typing.final
+class ApplyAreaUpdatesRequest(_message.Message):
+    """Request of AggregateService.ApplyAreaUpdates."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    UPDATES_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """The sending instance's name (non-empty)."""
+    @_builtins.property
+    def updates(self) -> _containers.RepeatedCompositeFieldContainer[Global___AreaUpdate]:
+        """At most 10,000 updates, applied in order."""
+
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        updates: _abc.Iterable[Global___AreaUpdate] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["source", b"source", "updates", b"updates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyAreaUpdatesRequest: _TypeAlias = ApplyAreaUpdatesRequest  # noqa: Y015
+
+@_typing.final
+class ApplyAreaUpdatesResponse(_message.Message):
+    """Response of AggregateService.ApplyAreaUpdates."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOMES_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """The change sequence after this batch."""
+    @_builtins.property
+    def outcomes(self) -> _containers.RepeatedScalarFieldContainer[Global___UpdateOutcome.ValueType]:
+        """One per update, in request order."""
+
+    def __init__(
+        self,
+        *,
+        outcomes: _abc.Iterable[Global___UpdateOutcome.ValueType] | None = ...,
+        sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcomes", b"outcomes", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyAreaUpdatesResponse: _TypeAlias = ApplyAreaUpdatesResponse  # noqa: Y015
+
+@_typing.final
 class GetAreaRequest(_message.Message):
+    """Request of AggregateService.GetArea."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AREA_FIELD_NUMBER: _builtins.int
     CONTEST_FIELD_NUMBER: _builtins.int
     area: _builtins.str
-    """"" for nasional, else a province/kabupaten/kecamatan/desa/TPS code"""
+    """"" for nasional, else a province (2 digits), kabupaten/kota (4),
+    kecamatan (6), desa (10) or TPS (13) code.
+    """
     contest: _builtins.str
+    """The contest id."""
     def __init__(
         self,
         *,
@@ -662,6 +859,8 @@ Global___GetAreaRequest: _TypeAlias = GetAreaRequest  # noqa: Y015
 
 @_typing.final
 class AreaRow(_message.Message):
+    """One area's (or TPS's) numbers for one contest."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -692,41 +891,60 @@ class AreaRow(_message.Message):
     TPS_QUARANTINED_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     CHANGED_SEQUENCE_FIELD_NUMBER: _builtins.int
-    CHANGED_UNIX_MS_FIELD_NUMBER: _builtins.int
     SUBMITTED_FIELD_NUMBER: _builtins.int
     ADMINISTRASI_FIELD_NUMBER: _builtins.int
     PHOTO_SHA256_FIELD_NUMBER: _builtins.int
     FAILED_CHECKS_FIELD_NUMBER: _builtins.int
     RECONCILIATION_FIELD_NUMBER: _builtins.int
+    CHANGED_AT_FIELD_NUMBER: _builtins.int
     area: _builtins.str
+    """Its code ("" for nasional)."""
     name: _builtins.str
+    """Its name ("TPS 001" for a TPS)."""
     tps_total: _builtins.int
+    """TPS in it where the contest is held."""
     tps_reported: _builtins.int
-    """TPS whose current form counts"""
+    """TPS whose current form counts."""
     tps_quarantined: _builtins.int
-    """TPS whose current form is quarantined (counted as flagged, not in totals)"""
+    """TPS whose current form is quarantined (counted as flagged, not in totals)."""
     version: _builtins.int
-    """for a TPS: its current version; else 0"""
+    """For a TPS: its current version (0: no form yet); else 0."""
     changed_sequence: _builtins.int
-    """the change sequence that last touched it"""
-    changed_unix_ms: _builtins.int
-    """when that change was applied (0: never)"""
+    """The change sequence that last touched it."""
     reconciliation: Global___ReconciliationStatus.ValueType
-    """A kecamatan, kabupaten/kota or province: how its manual recap compares (NO_RECAP if none)."""
+    """GetAreas only, for a kecamatan, kabupaten/kota or province: how its
+    manual recap compares (NO_RECAP if none).
+    """
     @_builtins.property
-    def totals(self) -> Global___Totals: ...
-    @_builtins.property
-    def submitted(self) -> Global___Totals:
-        """A TPS with a current form: the form's own counts as signed (also when quarantined, where
-        `totals` is zero), its administrasi, photos and failed checks.
+    def totals(self) -> Global___Totals:
+        """What counts: the sum over its TPS whose current form is not quarantined
+        (for a quarantined TPS: zero).
         """
 
     @_builtins.property
-    def administrasi(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    def submitted(self) -> Global___Totals:
+        """A TPS with a current form: the form's own counts as signed (also when
+        quarantined, where `totals` is zero).
+        """
+
     @_builtins.property
-    def photo_sha256(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def administrasi(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """A TPS with a current form: its Sirekap administrasi (18 counts)."""
+
     @_builtins.property
-    def failed_checks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def photo_sha256(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """A TPS with a current form: its photos (SHA-256, hex), for GetPhoto."""
+
+    @_builtins.property
+    def failed_checks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """A TPS with a current form: the consistency checks it failed."""
+
+    @_builtins.property
+    def changed_at(self) -> _timestamp_pb2.Timestamp:
+        """When that change was applied; unset if never. Set for TPS rows, and by
+        GetAreas for every row.
+        """
+
     def __init__(
         self,
         *,
@@ -738,16 +956,16 @@ class AreaRow(_message.Message):
         tps_quarantined: _builtins.int = ...,
         version: _builtins.int = ...,
         changed_sequence: _builtins.int = ...,
-        changed_unix_ms: _builtins.int = ...,
         submitted: Global___Totals | None = ...,
         administrasi: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         photo_sha256: _abc.Iterable[_builtins.str] | None = ...,
         failed_checks: _abc.Iterable[_builtins.str] | None = ...,
         reconciliation: Global___ReconciliationStatus.ValueType = ...,
+        changed_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["submitted", b"submitted", "totals", b"totals"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "submitted", b"submitted", "totals", b"totals"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["administrasi", b"administrasi", "area", b"area", "changed_sequence", b"changed_sequence", "changed_unix_ms", b"changed_unix_ms", "failed_checks", b"failed_checks", "name", b"name", "photo_sha256", b"photo_sha256", "reconciliation", b"reconciliation", "submitted", b"submitted", "totals", b"totals", "tps_quarantined", b"tps_quarantined", "tps_reported", b"tps_reported", "tps_total", b"tps_total", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["administrasi", b"administrasi", "area", b"area", "changed_at", b"changed_at", "changed_sequence", b"changed_sequence", "failed_checks", b"failed_checks", "name", b"name", "photo_sha256", b"photo_sha256", "reconciliation", b"reconciliation", "submitted", b"submitted", "totals", b"totals", "tps_quarantined", b"tps_quarantined", "tps_reported", b"tps_reported", "tps_total", b"tps_total", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -755,23 +973,36 @@ Global___AreaRow: _TypeAlias = AreaRow  # noqa: Y015
 
 @_typing.final
 class AreaView(_message.Message):
+    """An area with its children, read in one snapshot."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AREA_FIELD_NUMBER: _builtins.int
     CHILDREN_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
-    LAST_CHANGE_UNIX_MS_FIELD_NUMBER: _builtins.int
     RECONCILIATION_FIELD_NUMBER: _builtins.int
+    LAST_CHANGE_AT_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
-    """the global change sequence this view was read at (only grows)"""
-    last_change_unix_ms: _builtins.int
+    """The global change sequence this view was read at (only grows)."""
     @_builtins.property
-    def area(self) -> Global___AreaRow: ...
+    def area(self) -> Global___AreaRow:
+        """The area itself."""
+
     @_builtins.property
-    def children(self) -> _containers.RepeatedCompositeFieldContainer[Global___AreaRow]: ...
+    def children(self) -> _containers.RepeatedCompositeFieldContainer[Global___AreaRow]:
+        """Its child areas where the contest is held, by code (for a desa: its TPS;
+        for a TPS: none).
+        """
+
     @_builtins.property
     def reconciliation(self) -> Global___Reconciliation:
-        """GetAreas only, for a kecamatan, kabupaten/kota or province: its reconciliation, without history."""
+        """GetAreas only, for a kecamatan, kabupaten/kota or province: its
+        reconciliation, without history.
+        """
+
+    @_builtins.property
+    def last_change_at(self) -> _timestamp_pb2.Timestamp:
+        """When the area last changed; unset if never."""
 
     def __init__(
         self,
@@ -779,27 +1010,56 @@ class AreaView(_message.Message):
         area: Global___AreaRow | None = ...,
         children: _abc.Iterable[Global___AreaRow] | None = ...,
         sequence: _builtins.int = ...,
-        last_change_unix_ms: _builtins.int = ...,
         reconciliation: Global___Reconciliation | None = ...,
+        last_change_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["area", b"area", "reconciliation", b"reconciliation"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["area", b"area", "last_change_at", b"last_change_at", "reconciliation", b"reconciliation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["area", b"area", "children", b"children", "last_change_unix_ms", b"last_change_unix_ms", "reconciliation", b"reconciliation", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["area", b"area", "children", b"children", "last_change_at", b"last_change_at", "reconciliation", b"reconciliation", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AreaView: _TypeAlias = AreaView  # noqa: Y015
 
 @_typing.final
+class GetAreaResponse(_message.Message):
+    """Response of AggregateService.GetArea."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VIEW_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def view(self) -> Global___AreaView:
+        """The area and its children."""
+
+    def __init__(
+        self,
+        *,
+        view: Global___AreaView | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["view", b"view"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["view", b"view"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAreaResponse: _TypeAlias = GetAreaResponse  # noqa: Y015
+
+@_typing.final
 class GetAreasRequest(_message.Message):
+    """Request of AggregateService.GetAreas."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTEST_FIELD_NUMBER: _builtins.int
     AREAS_FIELD_NUMBER: _builtins.int
     contest: _builtins.str
+    """The contest id."""
     @_builtins.property
     def areas(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """"" for nasional, or 2/4/6/10-digit codes where the contest is held; at most 2000"""
+        """"" for nasional, or 2/4/6/10-digit codes where the contest is held; at
+        most 2,000 (a TPS is read through its desa).
+        """
 
     def __init__(
         self,
@@ -817,15 +1077,17 @@ Global___GetAreasRequest: _TypeAlias = GetAreasRequest  # noqa: Y015
 
 @_typing.final
 class GetAreasResponse(_message.Message):
+    """Response of AggregateService.GetAreas."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     VIEWS_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
-    """the snapshot every view was read at"""
+    """The snapshot every view was read at."""
     @_builtins.property
     def views(self) -> _containers.RepeatedCompositeFieldContainer[Global___AreaView]:
-        """one per requested area, in request order"""
+        """One per requested area, in request order."""
 
     def __init__(
         self,
@@ -843,14 +1105,21 @@ Global___GetAreasResponse: _TypeAlias = GetAreasResponse  # noqa: Y015
 
 @_typing.final
 class ChangesRequest(_message.Message):
+    """Request of AggregateService.Changes."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SINCE_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     since: _builtins.int
-    """exclusive"""
+    """The cursor: changes with a sequence above this one (0 for all). A
+    follower passes the last sequence it has taken in.
+    """
     limit: _builtins.int
-    """default 10000"""
+    """Most changes in the reply: 0 for 10,000; negative is INVALID_ARGUMENT.
+    A reply holds whole sequences only, so it may be shorter, and a single
+    sequence larger than the limit comes whole.
+    """
     def __init__(
         self,
         *,
@@ -867,14 +1136,19 @@ Global___ChangesRequest: _TypeAlias = ChangesRequest  # noqa: Y015
 
 @_typing.final
 class Change(_message.Message):
+    """One area (or TPS) one change sequence touched."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SEQUENCE_FIELD_NUMBER: _builtins.int
     AREA_FIELD_NUMBER: _builtins.int
     CONTEST_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
+    """The change sequence."""
     area: _builtins.str
+    """The area or TPS code ("" for nasional)."""
     contest: _builtins.str
+    """The contest id."""
     def __init__(
         self,
         *,
@@ -892,14 +1166,22 @@ Global___Change: _TypeAlias = Change  # noqa: Y015
 
 @_typing.final
 class ChangesResponse(_message.Message):
+    """Response of AggregateService.Changes."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CHANGES_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
-    """the newest sequence at read time"""
+    """The newest sequence at read time. The next cursor is the last change's
+    sequence (or this one when `changes` is empty).
+    """
     @_builtins.property
-    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Change]: ...
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Change]:
+        """By sequence, then contest and area; whole sequences only. Empty when
+        nothing changed after `since`.
+        """
+
     def __init__(
         self,
         *,

@@ -25,16 +25,24 @@ if _version_not_supported:
     )
 
 
-class AggregateStub:
+class AggregateServiceStub:
     """aggregate owns the totals. It takes idempotent versioned updates: a duplicate
     or an older version changes nothing; a higher version replaces that TPS's (or
     that subtree's) contribution. Totals roll up TPS -> desa -> kecamatan ->
     kabupaten/kota -> provinsi -> nasional.
 
-    Every call needs a service credential (see `suara service issue`): metadata
-    `authorization: Suara-Service <credential id>:<unix seconds>:<hex Ed25519
-    signature over "<method>\n<unix seconds>">`. Writers (the tally relay, a
-    federated aggregate) may call Apply*; readers (publish) may call Get*/Changes.
+    Every call but SubmitRecap needs a service credential (`suara service
+    issue`) in the metadata `authorization: Suara-Service <credential
+    id>:<unix seconds>:<hex Ed25519 signature over "<full method>\n<unix
+    seconds>">`, e.g. full method "/suara.v1.AggregateService/GetArea", within
+    60 s of the server's clock. A writer credential may call ApplyUpdates and
+    ApplyAreaUpdates; a reader credential every other method but SubmitRecap.
+    Without a valid token: UNAUTHENTICATED; with the wrong role:
+    PERMISSION_DENIED; while the credential cannot be checked: UNAVAILABLE.
+
+    Any call may fail UNAVAILABLE while the database is unreachable: every
+    method is safe to retry with the same request. Errors with bad fields carry
+    a google.rpc.BadRequest naming each. Requests and replies may be up to 64 MiB.
     """
 
     def __init__(self, channel):
@@ -44,89 +52,112 @@ class AggregateStub:
             channel: A grpc.Channel.
         """
         self.ApplyUpdates = channel.unary_unary(
-                '/suara.v1.Aggregate/ApplyUpdates',
+                '/suara.v1.AggregateService/ApplyUpdates',
                 request_serializer=suara_dot_v1_dot_aggregate__pb2.ApplyUpdatesRequest.SerializeToString,
                 response_deserializer=suara_dot_v1_dot_aggregate__pb2.ApplyUpdatesResponse.FromString,
                 _registered_method=True)
         self.ApplyAreaUpdates = channel.unary_unary(
-                '/suara.v1.Aggregate/ApplyAreaUpdates',
+                '/suara.v1.AggregateService/ApplyAreaUpdates',
                 request_serializer=suara_dot_v1_dot_aggregate__pb2.ApplyAreaUpdatesRequest.SerializeToString,
-                response_deserializer=suara_dot_v1_dot_aggregate__pb2.ApplyUpdatesResponse.FromString,
+                response_deserializer=suara_dot_v1_dot_aggregate__pb2.ApplyAreaUpdatesResponse.FromString,
                 _registered_method=True)
         self.GetArea = channel.unary_unary(
-                '/suara.v1.Aggregate/GetArea',
+                '/suara.v1.AggregateService/GetArea',
                 request_serializer=suara_dot_v1_dot_aggregate__pb2.GetAreaRequest.SerializeToString,
-                response_deserializer=suara_dot_v1_dot_aggregate__pb2.AreaView.FromString,
+                response_deserializer=suara_dot_v1_dot_aggregate__pb2.GetAreaResponse.FromString,
                 _registered_method=True)
         self.GetAreas = channel.unary_unary(
-                '/suara.v1.Aggregate/GetAreas',
+                '/suara.v1.AggregateService/GetAreas',
                 request_serializer=suara_dot_v1_dot_aggregate__pb2.GetAreasRequest.SerializeToString,
                 response_deserializer=suara_dot_v1_dot_aggregate__pb2.GetAreasResponse.FromString,
                 _registered_method=True)
         self.Changes = channel.unary_unary(
-                '/suara.v1.Aggregate/Changes',
+                '/suara.v1.AggregateService/Changes',
                 request_serializer=suara_dot_v1_dot_aggregate__pb2.ChangesRequest.SerializeToString,
                 response_deserializer=suara_dot_v1_dot_aggregate__pb2.ChangesResponse.FromString,
                 _registered_method=True)
         self.SubmitRecap = channel.unary_unary(
-                '/suara.v1.Aggregate/SubmitRecap',
+                '/suara.v1.AggregateService/SubmitRecap',
                 request_serializer=suara_dot_v1_dot_aggregate__pb2.SubmitRecapRequest.SerializeToString,
                 response_deserializer=suara_dot_v1_dot_aggregate__pb2.SubmitRecapResponse.FromString,
                 _registered_method=True)
         self.GetReconciliation = channel.unary_unary(
-                '/suara.v1.Aggregate/GetReconciliation',
+                '/suara.v1.AggregateService/GetReconciliation',
                 request_serializer=suara_dot_v1_dot_aggregate__pb2.GetReconciliationRequest.SerializeToString,
-                response_deserializer=suara_dot_v1_dot_aggregate__pb2.Reconciliation.FromString,
+                response_deserializer=suara_dot_v1_dot_aggregate__pb2.GetReconciliationResponse.FromString,
                 _registered_method=True)
         self.ListMismatches = channel.unary_unary(
-                '/suara.v1.Aggregate/ListMismatches',
+                '/suara.v1.AggregateService/ListMismatches',
                 request_serializer=suara_dot_v1_dot_aggregate__pb2.ListMismatchesRequest.SerializeToString,
                 response_deserializer=suara_dot_v1_dot_aggregate__pb2.ListMismatchesResponse.FromString,
                 _registered_method=True)
 
 
-class AggregateServicer:
+class AggregateServiceServicer:
     """aggregate owns the totals. It takes idempotent versioned updates: a duplicate
     or an older version changes nothing; a higher version replaces that TPS's (or
     that subtree's) contribution. Totals roll up TPS -> desa -> kecamatan ->
     kabupaten/kota -> provinsi -> nasional.
 
-    Every call needs a service credential (see `suara service issue`): metadata
-    `authorization: Suara-Service <credential id>:<unix seconds>:<hex Ed25519
-    signature over "<method>\n<unix seconds>">`. Writers (the tally relay, a
-    federated aggregate) may call Apply*; readers (publish) may call Get*/Changes.
+    Every call but SubmitRecap needs a service credential (`suara service
+    issue`) in the metadata `authorization: Suara-Service <credential
+    id>:<unix seconds>:<hex Ed25519 signature over "<full method>\n<unix
+    seconds>">`, e.g. full method "/suara.v1.AggregateService/GetArea", within
+    60 s of the server's clock. A writer credential may call ApplyUpdates and
+    ApplyAreaUpdates; a reader credential every other method but SubmitRecap.
+    Without a valid token: UNAUTHENTICATED; with the wrong role:
+    PERMISSION_DENIED; while the credential cannot be checked: UNAVAILABLE.
+
+    Any call may fail UNAVAILABLE while the database is unreachable: every
+    method is safe to retry with the same request. Errors with bad fields carry
+    a google.rpc.BadRequest naming each. Requests and replies may be up to 64 MiB.
     """
 
     def ApplyUpdates(self, request, context):
-        """TPS-level updates, from tally's outbox relay. One transaction per batch.
+        """TPS-level updates (writer credential), from tally's outbox relay: one
+        transaction per batch of at most 10,000, all or nothing. INVALID_ARGUMENT
+        names every bad field and applies none of the batch.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ApplyAreaUpdates(self, request, context):
-        """Subtree totals from another aggregate instance (federation): the same
-        versioned contract one level up.
+        """Subtree totals from another aggregate instance (federation; writer
+        credential): the same versioned contract one level up, at most 10,000 per
+        batch. INVALID_ARGUMENT names every bad field and applies none.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetArea(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One area (or TPS) of one contest with its children, read in one snapshot
+        (reader credential). INVALID_ARGUMENT for an unknown contest or a malformed
+        area code; NOT_FOUND when the contest is not held there or the area is not
+        in the registry.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetAreas(self, request, context):
-        """Many areas of one contest, all read in one snapshot (publish renders a cycle from it).
+        """Many areas of one contest, all read in one snapshot (reader credential;
+        publish renders a cycle from it). INVALID_ARGUMENT for an unknown contest,
+        more than 2,000 areas, a malformed or TPS code; NOT_FOUND for an area where
+        the contest has no TPS.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Changes(self, request, context):
-        """What changed after a sequence number, so publish follows without rescanning.
+        """What changed after a sequence number, so a follower (publish) keeps up
+        without rescanning (reader credential). A feed rather than a paginated
+        list: the cursor is the public change sequence itself, which a follower
+        stores and resumes from at any later time, also after the last change
+        (an AIP page token ends with the last page). INVALID_ARGUMENT for a
+        negative limit.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,30 +166,38 @@ class AggregateServicer:
     def SubmitRecap(self, request, context):
         """Rekapitulasi berjenjang: an official (PPK for a kecamatan, KPU for a
         kabupaten/kota or province) enters the manual recap totals of their area.
-        Signed with the official's key (`suara official enroll`), not a service
-        credential; versioned like forms: DUPLICATE, ALREADY_EXISTS on a different
-        payload for a stored version, SUPERSEDED below the current one.
+        Authenticated by the official's signature over the RecapForm (`suara
+        official enroll`), not a service credential. Versioned like forms: a
+        resend is DUPLICATE, a lower version SUPERSEDED. INVALID_ARGUMENT names
+        every bad field; UNAUTHENTICATED for an unknown or revoked official or a
+        signature that does not verify; PERMISSION_DENIED for another area than
+        the official's; ALREADY_EXISTS for a stored version with a different
+        payload (the original is kept: sign a correction with a higher version).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetReconciliation(self, request, context):
-        """The recap of one area against the digital totals (reader credential).
+        """The recap of one area against the digital totals, with its history
+        (reader credential). INVALID_ARGUMENT for an unknown contest; NOT_FOUND
+        when the contest is not held in the area.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListMismatches(self, request, context):
-        """Every recapped area under an area whose recap disagrees (reader credential).
+        """Every recapped area at or under an area whose current recap differs from
+        its digital totals, a page at a time (reader credential). INVALID_ARGUMENT
+        for an unknown contest, a bad page_size or page_token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
 
-def add_AggregateServicer_to_server(servicer, server):
+def add_AggregateServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ApplyUpdates': grpc.unary_unary_rpc_method_handler(
                     servicer.ApplyUpdates,
@@ -168,12 +207,12 @@ def add_AggregateServicer_to_server(servicer, server):
             'ApplyAreaUpdates': grpc.unary_unary_rpc_method_handler(
                     servicer.ApplyAreaUpdates,
                     request_deserializer=suara_dot_v1_dot_aggregate__pb2.ApplyAreaUpdatesRequest.FromString,
-                    response_serializer=suara_dot_v1_dot_aggregate__pb2.ApplyUpdatesResponse.SerializeToString,
+                    response_serializer=suara_dot_v1_dot_aggregate__pb2.ApplyAreaUpdatesResponse.SerializeToString,
             ),
             'GetArea': grpc.unary_unary_rpc_method_handler(
                     servicer.GetArea,
                     request_deserializer=suara_dot_v1_dot_aggregate__pb2.GetAreaRequest.FromString,
-                    response_serializer=suara_dot_v1_dot_aggregate__pb2.AreaView.SerializeToString,
+                    response_serializer=suara_dot_v1_dot_aggregate__pb2.GetAreaResponse.SerializeToString,
             ),
             'GetAreas': grpc.unary_unary_rpc_method_handler(
                     servicer.GetAreas,
@@ -193,7 +232,7 @@ def add_AggregateServicer_to_server(servicer, server):
             'GetReconciliation': grpc.unary_unary_rpc_method_handler(
                     servicer.GetReconciliation,
                     request_deserializer=suara_dot_v1_dot_aggregate__pb2.GetReconciliationRequest.FromString,
-                    response_serializer=suara_dot_v1_dot_aggregate__pb2.Reconciliation.SerializeToString,
+                    response_serializer=suara_dot_v1_dot_aggregate__pb2.GetReconciliationResponse.SerializeToString,
             ),
             'ListMismatches': grpc.unary_unary_rpc_method_handler(
                     servicer.ListMismatches,
@@ -202,22 +241,30 @@ def add_AggregateServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'suara.v1.Aggregate', rpc_method_handlers)
+            'suara.v1.AggregateService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('suara.v1.Aggregate', rpc_method_handlers)
+    server.add_registered_method_handlers('suara.v1.AggregateService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Aggregate:
+class AggregateService:
     """aggregate owns the totals. It takes idempotent versioned updates: a duplicate
     or an older version changes nothing; a higher version replaces that TPS's (or
     that subtree's) contribution. Totals roll up TPS -> desa -> kecamatan ->
     kabupaten/kota -> provinsi -> nasional.
 
-    Every call needs a service credential (see `suara service issue`): metadata
-    `authorization: Suara-Service <credential id>:<unix seconds>:<hex Ed25519
-    signature over "<method>\n<unix seconds>">`. Writers (the tally relay, a
-    federated aggregate) may call Apply*; readers (publish) may call Get*/Changes.
+    Every call but SubmitRecap needs a service credential (`suara service
+    issue`) in the metadata `authorization: Suara-Service <credential
+    id>:<unix seconds>:<hex Ed25519 signature over "<full method>\n<unix
+    seconds>">`, e.g. full method "/suara.v1.AggregateService/GetArea", within
+    60 s of the server's clock. A writer credential may call ApplyUpdates and
+    ApplyAreaUpdates; a reader credential every other method but SubmitRecap.
+    Without a valid token: UNAUTHENTICATED; with the wrong role:
+    PERMISSION_DENIED; while the credential cannot be checked: UNAVAILABLE.
+
+    Any call may fail UNAVAILABLE while the database is unreachable: every
+    method is safe to retry with the same request. Errors with bad fields carry
+    a google.rpc.BadRequest naming each. Requests and replies may be up to 64 MiB.
     """
 
     @staticmethod
@@ -234,7 +281,7 @@ class Aggregate:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/suara.v1.Aggregate/ApplyUpdates',
+            '/suara.v1.AggregateService/ApplyUpdates',
             suara_dot_v1_dot_aggregate__pb2.ApplyUpdatesRequest.SerializeToString,
             suara_dot_v1_dot_aggregate__pb2.ApplyUpdatesResponse.FromString,
             options,
@@ -261,9 +308,9 @@ class Aggregate:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/suara.v1.Aggregate/ApplyAreaUpdates',
+            '/suara.v1.AggregateService/ApplyAreaUpdates',
             suara_dot_v1_dot_aggregate__pb2.ApplyAreaUpdatesRequest.SerializeToString,
-            suara_dot_v1_dot_aggregate__pb2.ApplyUpdatesResponse.FromString,
+            suara_dot_v1_dot_aggregate__pb2.ApplyAreaUpdatesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -288,9 +335,9 @@ class Aggregate:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/suara.v1.Aggregate/GetArea',
+            '/suara.v1.AggregateService/GetArea',
             suara_dot_v1_dot_aggregate__pb2.GetAreaRequest.SerializeToString,
-            suara_dot_v1_dot_aggregate__pb2.AreaView.FromString,
+            suara_dot_v1_dot_aggregate__pb2.GetAreaResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -315,7 +362,7 @@ class Aggregate:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/suara.v1.Aggregate/GetAreas',
+            '/suara.v1.AggregateService/GetAreas',
             suara_dot_v1_dot_aggregate__pb2.GetAreasRequest.SerializeToString,
             suara_dot_v1_dot_aggregate__pb2.GetAreasResponse.FromString,
             options,
@@ -342,7 +389,7 @@ class Aggregate:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/suara.v1.Aggregate/Changes',
+            '/suara.v1.AggregateService/Changes',
             suara_dot_v1_dot_aggregate__pb2.ChangesRequest.SerializeToString,
             suara_dot_v1_dot_aggregate__pb2.ChangesResponse.FromString,
             options,
@@ -369,7 +416,7 @@ class Aggregate:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/suara.v1.Aggregate/SubmitRecap',
+            '/suara.v1.AggregateService/SubmitRecap',
             suara_dot_v1_dot_aggregate__pb2.SubmitRecapRequest.SerializeToString,
             suara_dot_v1_dot_aggregate__pb2.SubmitRecapResponse.FromString,
             options,
@@ -396,9 +443,9 @@ class Aggregate:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/suara.v1.Aggregate/GetReconciliation',
+            '/suara.v1.AggregateService/GetReconciliation',
             suara_dot_v1_dot_aggregate__pb2.GetReconciliationRequest.SerializeToString,
-            suara_dot_v1_dot_aggregate__pb2.Reconciliation.FromString,
+            suara_dot_v1_dot_aggregate__pb2.GetReconciliationResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -423,7 +470,7 @@ class Aggregate:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/suara.v1.Aggregate/ListMismatches',
+            '/suara.v1.AggregateService/ListMismatches',
             suara_dot_v1_dot_aggregate__pb2.ListMismatchesRequest.SerializeToString,
             suara_dot_v1_dot_aggregate__pb2.ListMismatchesResponse.FromString,
             options,

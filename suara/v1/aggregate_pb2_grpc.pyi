@@ -26,92 +26,174 @@ class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ig
 GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
-class AggregateStub:
+class AggregateServiceStub:
     """aggregate owns the totals. It takes idempotent versioned updates: a duplicate
     or an older version changes nothing; a higher version replaces that TPS's (or
     that subtree's) contribution. Totals roll up TPS -> desa -> kecamatan ->
     kabupaten/kota -> provinsi -> nasional.
 
-    Every call needs a service credential (see `suara service issue`): metadata
-    `authorization: Suara-Service <credential id>:<unix seconds>:<hex Ed25519
-    signature over "<method>\\n<unix seconds>">`. Writers (the tally relay, a
-    federated aggregate) may call Apply*; readers (publish) may call Get*/Changes.
+    Every call but SubmitRecap needs a service credential (`suara service
+    issue`) in the metadata `authorization: Suara-Service <credential
+    id>:<unix seconds>:<hex Ed25519 signature over "<full method>\\n<unix
+    seconds>">`, e.g. full method "/suara.v1.AggregateService/GetArea", within
+    60 s of the server's clock. A writer credential may call ApplyUpdates and
+    ApplyAreaUpdates; a reader credential every other method but SubmitRecap.
+    Without a valid token: UNAUTHENTICATED; with the wrong role:
+    PERMISSION_DENIED; while the credential cannot be checked: UNAVAILABLE.
+
+    Any call may fail UNAVAILABLE while the database is unreachable: every
+    method is safe to retry with the same request. Errors with bad fields carry
+    a google.rpc.BadRequest naming each. Requests and replies may be up to 64 MiB.
     """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
-    def __new__(cls, channel: _aio.Channel) -> AggregateAsyncStub: ...
+    def __new__(cls, channel: _aio.Channel) -> AggregateServiceAsyncStub: ...
     ApplyUpdates: _grpc.UnaryUnaryMultiCallable[_aggregate_pb2.ApplyUpdatesRequest, _aggregate_pb2.ApplyUpdatesResponse]
-    """TPS-level updates, from tally's outbox relay. One transaction per batch."""
-    ApplyAreaUpdates: _grpc.UnaryUnaryMultiCallable[_aggregate_pb2.ApplyAreaUpdatesRequest, _aggregate_pb2.ApplyUpdatesResponse]
-    """Subtree totals from another aggregate instance (federation): the same
-    versioned contract one level up.
+    """TPS-level updates (writer credential), from tally's outbox relay: one
+    transaction per batch of at most 10,000, all or nothing. INVALID_ARGUMENT
+    names every bad field and applies none of the batch.
     """
-    GetArea: _grpc.UnaryUnaryMultiCallable[_aggregate_pb2.GetAreaRequest, _aggregate_pb2.AreaView]
+    ApplyAreaUpdates: _grpc.UnaryUnaryMultiCallable[_aggregate_pb2.ApplyAreaUpdatesRequest, _aggregate_pb2.ApplyAreaUpdatesResponse]
+    """Subtree totals from another aggregate instance (federation; writer
+    credential): the same versioned contract one level up, at most 10,000 per
+    batch. INVALID_ARGUMENT names every bad field and applies none.
+    """
+    GetArea: _grpc.UnaryUnaryMultiCallable[_aggregate_pb2.GetAreaRequest, _aggregate_pb2.GetAreaResponse]
+    """One area (or TPS) of one contest with its children, read in one snapshot
+    (reader credential). INVALID_ARGUMENT for an unknown contest or a malformed
+    area code; NOT_FOUND when the contest is not held there or the area is not
+    in the registry.
+    """
     GetAreas: _grpc.UnaryUnaryMultiCallable[_aggregate_pb2.GetAreasRequest, _aggregate_pb2.GetAreasResponse]
-    """Many areas of one contest, all read in one snapshot (publish renders a cycle from it)."""
+    """Many areas of one contest, all read in one snapshot (reader credential;
+    publish renders a cycle from it). INVALID_ARGUMENT for an unknown contest,
+    more than 2,000 areas, a malformed or TPS code; NOT_FOUND for an area where
+    the contest has no TPS.
+    """
     Changes: _grpc.UnaryUnaryMultiCallable[_aggregate_pb2.ChangesRequest, _aggregate_pb2.ChangesResponse]
-    """What changed after a sequence number, so publish follows without rescanning."""
+    """What changed after a sequence number, so a follower (publish) keeps up
+    without rescanning (reader credential). A feed rather than a paginated
+    list: the cursor is the public change sequence itself, which a follower
+    stores and resumes from at any later time, also after the last change
+    (an AIP page token ends with the last page). INVALID_ARGUMENT for a
+    negative limit.
+    """
     SubmitRecap: _grpc.UnaryUnaryMultiCallable[_aggregate_pb2.SubmitRecapRequest, _aggregate_pb2.SubmitRecapResponse]
     """Rekapitulasi berjenjang: an official (PPK for a kecamatan, KPU for a
     kabupaten/kota or province) enters the manual recap totals of their area.
-    Signed with the official's key (`suara official enroll`), not a service
-    credential; versioned like forms: DUPLICATE, ALREADY_EXISTS on a different
-    payload for a stored version, SUPERSEDED below the current one.
+    Authenticated by the official's signature over the RecapForm (`suara
+    official enroll`), not a service credential. Versioned like forms: a
+    resend is DUPLICATE, a lower version SUPERSEDED. INVALID_ARGUMENT names
+    every bad field; UNAUTHENTICATED for an unknown or revoked official or a
+    signature that does not verify; PERMISSION_DENIED for another area than
+    the official's; ALREADY_EXISTS for a stored version with a different
+    payload (the original is kept: sign a correction with a higher version).
     """
-    GetReconciliation: _grpc.UnaryUnaryMultiCallable[_aggregate_pb2.GetReconciliationRequest, _aggregate_pb2.Reconciliation]
-    """The recap of one area against the digital totals (reader credential)."""
+    GetReconciliation: _grpc.UnaryUnaryMultiCallable[_aggregate_pb2.GetReconciliationRequest, _aggregate_pb2.GetReconciliationResponse]
+    """The recap of one area against the digital totals, with its history
+    (reader credential). INVALID_ARGUMENT for an unknown contest; NOT_FOUND
+    when the contest is not held in the area.
+    """
     ListMismatches: _grpc.UnaryUnaryMultiCallable[_aggregate_pb2.ListMismatchesRequest, _aggregate_pb2.ListMismatchesResponse]
-    """Every recapped area under an area whose recap disagrees (reader credential)."""
+    """Every recapped area at or under an area whose current recap differs from
+    its digital totals, a page at a time (reader credential). INVALID_ARGUMENT
+    for an unknown contest, a bad page_size or page_token.
+    """
 
 @_typing.type_check_only
-class AggregateAsyncStub(AggregateStub):
+class AggregateServiceAsyncStub(AggregateServiceStub):
     """aggregate owns the totals. It takes idempotent versioned updates: a duplicate
     or an older version changes nothing; a higher version replaces that TPS's (or
     that subtree's) contribution. Totals roll up TPS -> desa -> kecamatan ->
     kabupaten/kota -> provinsi -> nasional.
 
-    Every call needs a service credential (see `suara service issue`): metadata
-    `authorization: Suara-Service <credential id>:<unix seconds>:<hex Ed25519
-    signature over "<method>\\n<unix seconds>">`. Writers (the tally relay, a
-    federated aggregate) may call Apply*; readers (publish) may call Get*/Changes.
+    Every call but SubmitRecap needs a service credential (`suara service
+    issue`) in the metadata `authorization: Suara-Service <credential
+    id>:<unix seconds>:<hex Ed25519 signature over "<full method>\\n<unix
+    seconds>">`, e.g. full method "/suara.v1.AggregateService/GetArea", within
+    60 s of the server's clock. A writer credential may call ApplyUpdates and
+    ApplyAreaUpdates; a reader credential every other method but SubmitRecap.
+    Without a valid token: UNAUTHENTICATED; with the wrong role:
+    PERMISSION_DENIED; while the credential cannot be checked: UNAVAILABLE.
+
+    Any call may fail UNAVAILABLE while the database is unreachable: every
+    method is safe to retry with the same request. Errors with bad fields carry
+    a google.rpc.BadRequest naming each. Requests and replies may be up to 64 MiB.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ApplyUpdates: _aio.UnaryUnaryMultiCallable[_aggregate_pb2.ApplyUpdatesRequest, _aggregate_pb2.ApplyUpdatesResponse]  # type: ignore[assignment]
-    """TPS-level updates, from tally's outbox relay. One transaction per batch."""
-    ApplyAreaUpdates: _aio.UnaryUnaryMultiCallable[_aggregate_pb2.ApplyAreaUpdatesRequest, _aggregate_pb2.ApplyUpdatesResponse]  # type: ignore[assignment]
-    """Subtree totals from another aggregate instance (federation): the same
-    versioned contract one level up.
+    """TPS-level updates (writer credential), from tally's outbox relay: one
+    transaction per batch of at most 10,000, all or nothing. INVALID_ARGUMENT
+    names every bad field and applies none of the batch.
     """
-    GetArea: _aio.UnaryUnaryMultiCallable[_aggregate_pb2.GetAreaRequest, _aggregate_pb2.AreaView]  # type: ignore[assignment]
+    ApplyAreaUpdates: _aio.UnaryUnaryMultiCallable[_aggregate_pb2.ApplyAreaUpdatesRequest, _aggregate_pb2.ApplyAreaUpdatesResponse]  # type: ignore[assignment]
+    """Subtree totals from another aggregate instance (federation; writer
+    credential): the same versioned contract one level up, at most 10,000 per
+    batch. INVALID_ARGUMENT names every bad field and applies none.
+    """
+    GetArea: _aio.UnaryUnaryMultiCallable[_aggregate_pb2.GetAreaRequest, _aggregate_pb2.GetAreaResponse]  # type: ignore[assignment]
+    """One area (or TPS) of one contest with its children, read in one snapshot
+    (reader credential). INVALID_ARGUMENT for an unknown contest or a malformed
+    area code; NOT_FOUND when the contest is not held there or the area is not
+    in the registry.
+    """
     GetAreas: _aio.UnaryUnaryMultiCallable[_aggregate_pb2.GetAreasRequest, _aggregate_pb2.GetAreasResponse]  # type: ignore[assignment]
-    """Many areas of one contest, all read in one snapshot (publish renders a cycle from it)."""
+    """Many areas of one contest, all read in one snapshot (reader credential;
+    publish renders a cycle from it). INVALID_ARGUMENT for an unknown contest,
+    more than 2,000 areas, a malformed or TPS code; NOT_FOUND for an area where
+    the contest has no TPS.
+    """
     Changes: _aio.UnaryUnaryMultiCallable[_aggregate_pb2.ChangesRequest, _aggregate_pb2.ChangesResponse]  # type: ignore[assignment]
-    """What changed after a sequence number, so publish follows without rescanning."""
+    """What changed after a sequence number, so a follower (publish) keeps up
+    without rescanning (reader credential). A feed rather than a paginated
+    list: the cursor is the public change sequence itself, which a follower
+    stores and resumes from at any later time, also after the last change
+    (an AIP page token ends with the last page). INVALID_ARGUMENT for a
+    negative limit.
+    """
     SubmitRecap: _aio.UnaryUnaryMultiCallable[_aggregate_pb2.SubmitRecapRequest, _aggregate_pb2.SubmitRecapResponse]  # type: ignore[assignment]
     """Rekapitulasi berjenjang: an official (PPK for a kecamatan, KPU for a
     kabupaten/kota or province) enters the manual recap totals of their area.
-    Signed with the official's key (`suara official enroll`), not a service
-    credential; versioned like forms: DUPLICATE, ALREADY_EXISTS on a different
-    payload for a stored version, SUPERSEDED below the current one.
+    Authenticated by the official's signature over the RecapForm (`suara
+    official enroll`), not a service credential. Versioned like forms: a
+    resend is DUPLICATE, a lower version SUPERSEDED. INVALID_ARGUMENT names
+    every bad field; UNAUTHENTICATED for an unknown or revoked official or a
+    signature that does not verify; PERMISSION_DENIED for another area than
+    the official's; ALREADY_EXISTS for a stored version with a different
+    payload (the original is kept: sign a correction with a higher version).
     """
-    GetReconciliation: _aio.UnaryUnaryMultiCallable[_aggregate_pb2.GetReconciliationRequest, _aggregate_pb2.Reconciliation]  # type: ignore[assignment]
-    """The recap of one area against the digital totals (reader credential)."""
+    GetReconciliation: _aio.UnaryUnaryMultiCallable[_aggregate_pb2.GetReconciliationRequest, _aggregate_pb2.GetReconciliationResponse]  # type: ignore[assignment]
+    """The recap of one area against the digital totals, with its history
+    (reader credential). INVALID_ARGUMENT for an unknown contest; NOT_FOUND
+    when the contest is not held in the area.
+    """
     ListMismatches: _aio.UnaryUnaryMultiCallable[_aggregate_pb2.ListMismatchesRequest, _aggregate_pb2.ListMismatchesResponse]  # type: ignore[assignment]
-    """Every recapped area under an area whose recap disagrees (reader credential)."""
+    """Every recapped area at or under an area whose current recap differs from
+    its digital totals, a page at a time (reader credential). INVALID_ARGUMENT
+    for an unknown contest, a bad page_size or page_token.
+    """
 
-class AggregateServicer(metaclass=_abc_1.ABCMeta):
+class AggregateServiceServicer(metaclass=_abc_1.ABCMeta):
     """aggregate owns the totals. It takes idempotent versioned updates: a duplicate
     or an older version changes nothing; a higher version replaces that TPS's (or
     that subtree's) contribution. Totals roll up TPS -> desa -> kecamatan ->
     kabupaten/kota -> provinsi -> nasional.
 
-    Every call needs a service credential (see `suara service issue`): metadata
-    `authorization: Suara-Service <credential id>:<unix seconds>:<hex Ed25519
-    signature over "<method>\\n<unix seconds>">`. Writers (the tally relay, a
-    federated aggregate) may call Apply*; readers (publish) may call Get*/Changes.
+    Every call but SubmitRecap needs a service credential (`suara service
+    issue`) in the metadata `authorization: Suara-Service <credential
+    id>:<unix seconds>:<hex Ed25519 signature over "<full method>\\n<unix
+    seconds>">`, e.g. full method "/suara.v1.AggregateService/GetArea", within
+    60 s of the server's clock. A writer credential may call ApplyUpdates and
+    ApplyAreaUpdates; a reader credential every other method but SubmitRecap.
+    Without a valid token: UNAUTHENTICATED; with the wrong role:
+    PERMISSION_DENIED; while the credential cannot be checked: UNAVAILABLE.
+
+    Any call may fail UNAVAILABLE while the database is unreachable: every
+    method is safe to retry with the same request. Errors with bad fields carry
+    a google.rpc.BadRequest naming each. Requests and replies may be up to 64 MiB.
     """
 
     @_abc_1.abstractmethod
@@ -120,16 +202,20 @@ class AggregateServicer(metaclass=_abc_1.ABCMeta):
         request: _aggregate_pb2.ApplyUpdatesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_aggregate_pb2.ApplyUpdatesResponse, _abc.Awaitable[_aggregate_pb2.ApplyUpdatesResponse]]:
-        """TPS-level updates, from tally's outbox relay. One transaction per batch."""
+        """TPS-level updates (writer credential), from tally's outbox relay: one
+        transaction per batch of at most 10,000, all or nothing. INVALID_ARGUMENT
+        names every bad field and applies none of the batch.
+        """
 
     @_abc_1.abstractmethod
     def ApplyAreaUpdates(
         self,
         request: _aggregate_pb2.ApplyAreaUpdatesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_aggregate_pb2.ApplyUpdatesResponse, _abc.Awaitable[_aggregate_pb2.ApplyUpdatesResponse]]:
-        """Subtree totals from another aggregate instance (federation): the same
-        versioned contract one level up.
+    ) -> _typing.Union[_aggregate_pb2.ApplyAreaUpdatesResponse, _abc.Awaitable[_aggregate_pb2.ApplyAreaUpdatesResponse]]:
+        """Subtree totals from another aggregate instance (federation; writer
+        credential): the same versioned contract one level up, at most 10,000 per
+        batch. INVALID_ARGUMENT names every bad field and applies none.
         """
 
     @_abc_1.abstractmethod
@@ -137,7 +223,12 @@ class AggregateServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _aggregate_pb2.GetAreaRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_aggregate_pb2.AreaView, _abc.Awaitable[_aggregate_pb2.AreaView]]: ...
+    ) -> _typing.Union[_aggregate_pb2.GetAreaResponse, _abc.Awaitable[_aggregate_pb2.GetAreaResponse]]:
+        """One area (or TPS) of one contest with its children, read in one snapshot
+        (reader credential). INVALID_ARGUMENT for an unknown contest or a malformed
+        area code; NOT_FOUND when the contest is not held there or the area is not
+        in the registry.
+        """
 
     @_abc_1.abstractmethod
     def GetAreas(
@@ -145,7 +236,11 @@ class AggregateServicer(metaclass=_abc_1.ABCMeta):
         request: _aggregate_pb2.GetAreasRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_aggregate_pb2.GetAreasResponse, _abc.Awaitable[_aggregate_pb2.GetAreasResponse]]:
-        """Many areas of one contest, all read in one snapshot (publish renders a cycle from it)."""
+        """Many areas of one contest, all read in one snapshot (reader credential;
+        publish renders a cycle from it). INVALID_ARGUMENT for an unknown contest,
+        more than 2,000 areas, a malformed or TPS code; NOT_FOUND for an area where
+        the contest has no TPS.
+        """
 
     @_abc_1.abstractmethod
     def Changes(
@@ -153,7 +248,13 @@ class AggregateServicer(metaclass=_abc_1.ABCMeta):
         request: _aggregate_pb2.ChangesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_aggregate_pb2.ChangesResponse, _abc.Awaitable[_aggregate_pb2.ChangesResponse]]:
-        """What changed after a sequence number, so publish follows without rescanning."""
+        """What changed after a sequence number, so a follower (publish) keeps up
+        without rescanning (reader credential). A feed rather than a paginated
+        list: the cursor is the public change sequence itself, which a follower
+        stores and resumes from at any later time, also after the last change
+        (an AIP page token ends with the last page). INVALID_ARGUMENT for a
+        negative limit.
+        """
 
     @_abc_1.abstractmethod
     def SubmitRecap(
@@ -163,9 +264,13 @@ class AggregateServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_aggregate_pb2.SubmitRecapResponse, _abc.Awaitable[_aggregate_pb2.SubmitRecapResponse]]:
         """Rekapitulasi berjenjang: an official (PPK for a kecamatan, KPU for a
         kabupaten/kota or province) enters the manual recap totals of their area.
-        Signed with the official's key (`suara official enroll`), not a service
-        credential; versioned like forms: DUPLICATE, ALREADY_EXISTS on a different
-        payload for a stored version, SUPERSEDED below the current one.
+        Authenticated by the official's signature over the RecapForm (`suara
+        official enroll`), not a service credential. Versioned like forms: a
+        resend is DUPLICATE, a lower version SUPERSEDED. INVALID_ARGUMENT names
+        every bad field; UNAUTHENTICATED for an unknown or revoked official or a
+        signature that does not verify; PERMISSION_DENIED for another area than
+        the official's; ALREADY_EXISTS for a stored version with a different
+        payload (the original is kept: sign a correction with a higher version).
         """
 
     @_abc_1.abstractmethod
@@ -173,8 +278,11 @@ class AggregateServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _aggregate_pb2.GetReconciliationRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_aggregate_pb2.Reconciliation, _abc.Awaitable[_aggregate_pb2.Reconciliation]]:
-        """The recap of one area against the digital totals (reader credential)."""
+    ) -> _typing.Union[_aggregate_pb2.GetReconciliationResponse, _abc.Awaitable[_aggregate_pb2.GetReconciliationResponse]]:
+        """The recap of one area against the digital totals, with its history
+        (reader credential). INVALID_ARGUMENT for an unknown contest; NOT_FOUND
+        when the contest is not held in the area.
+        """
 
     @_abc_1.abstractmethod
     def ListMismatches(
@@ -182,6 +290,9 @@ class AggregateServicer(metaclass=_abc_1.ABCMeta):
         request: _aggregate_pb2.ListMismatchesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_aggregate_pb2.ListMismatchesResponse, _abc.Awaitable[_aggregate_pb2.ListMismatchesResponse]]:
-        """Every recapped area under an area whose recap disagrees (reader credential)."""
+        """Every recapped area at or under an area whose current recap differs from
+        its digital totals, a page at a time (reader credential). INVALID_ARGUMENT
+        for an unknown contest, a bad page_size or page_token.
+        """
 
-def add_AggregateServicer_to_server(servicer: AggregateServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+def add_AggregateServiceServicer_to_server(servicer: AggregateServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

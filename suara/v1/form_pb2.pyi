@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
@@ -25,10 +26,13 @@ class CHasilForm(_message.Message):
     A device serializes this message and signs the exact bytes (Ed25519). The
     server parses those signed bytes and never a re-encoding, so the byte string
     is the document: two submissions are "the same" only if their payload bytes
-    are identical.
+    are identical. Serialize once, keep the bytes, and resend those bytes.
 
     Counts are signed int64 with explicit presence so that a negative or missing
-    count can be reported precisely instead of being silently read as zero.
+    count can be reported precisely instead of being silently read as zero. Every
+    count must be between 0 and 10,000; a form with a count outside that range, a
+    missing count, an unknown TPS or choice is refused (INVALID_ARGUMENT). A form
+    whose counts do not add up is stored but quarantined (see Outcome).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -66,46 +70,70 @@ class CHasilForm(_message.Message):
     PENGGUNA_NON_DPT_FIELD_NUMBER: _builtins.int
     PENGGUNA_TOTAL_FIELD_NUMBER: _builtins.int
     PHOTO_SHA256_FIELD_NUMBER: _builtins.int
-    SIGNED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    SIGNED_AT_FIELD_NUMBER: _builtins.int
     tps: _builtins.str
-    """13-digit TPS code: desa (10) + TPS number (3)"""
+    """13-digit TPS code: the desa code (10 digits) and the TPS number (3 digits).
+    Must be the TPS the signing device is enrolled for.
+    """
     contest: _builtins.str
-    """jenis: ppwp, pdpr, pdpd, pdprdp, pdprdk, pkwkp, pkwkk"""
+    """The contest (jenis): ppwp, pdpr, pdpd, pdprdp, pdprdk, pkwkp or pkwkk; it
+    must be held at this TPS.
+    """
     version: _builtins.int
-    """chosen by the device, >= 1, grows per (tps, contest)"""
+    """Chosen by the device, from 1 to 2,147,483,647, growing per (tps, contest): a
+    correction is a new form with a higher version.
+    """
     suara_sah: _builtins.int
+    """Valid ballots (suara sah). Should equal the sum of `votes`, else the form
+    is quarantined (check sum_choices_ne_suara_sah).
+    """
     suara_tidak_sah: _builtins.int
+    """Invalid ballots (suara tidak sah)."""
     suara_total: _builtins.int
-    signed_at_unix_ms: _builtins.int
-    """When the officer signed, as the device saw it (informative, not trusted)."""
+    """All ballots cast. Should equal suara_sah + suara_tidak_sah (check
+    sah_plus_tidak_sah_ne_suara_total) and not exceed pengguna_total.j
+    (suara_total_gt_pengguna_total).
+    """
     @_builtins.property
     def votes(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
-        """choice id -> votes; every choice of the contest"""
+        """Choice id -> votes, one entry for every choice of the contest (0 if it got
+        none) and no other.
+        """
 
     @_builtins.property
     def pemilih_dpt(self) -> Global___VoterCount:
-        """registered voters (DPT)"""
+        """Registered voters (DPT)."""
 
     @_builtins.property
     def pengguna_dpt(self) -> Global___VoterCount:
-        """DPT voters who voted"""
+        """DPT voters who voted."""
 
     @_builtins.property
     def pengguna_dptb(self) -> Global___VoterCount:
-        """moved-in voters who voted (DPTb)"""
+        """Moved-in voters who voted (DPTb)."""
 
     @_builtins.property
     def pengguna_non_dpt(self) -> Global___VoterCount:
-        """special-list voters who voted (DPK)"""
+        """Special-list voters who voted (DPK)."""
 
     @_builtins.property
     def pengguna_total(self) -> Global___VoterCount:
-        """all who voted"""
+        """All who voted. Should equal pengguna_dpt + pengguna_dptb +
+        pengguna_non_dpt for each of j, l and p (check pengguna_total_ne_dpt_dptb_dpk).
+        """
 
     @_builtins.property
     def photo_sha256(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """SHA-256 (hex) of the form photos this document covers, at most 3. Binding
-        them into the signed bytes means a photo can never be swapped afterwards.
+        """SHA-256 (64 lowercase hex digits) of each form photo this document covers,
+        at most 3, each once. Binding them into the signed bytes means a photo can
+        never be swapped afterwards; the photos themselves travel beside the form
+        in SubmitRequest.photos.
+        """
+
+    @_builtins.property
+    def signed_at(self) -> _timestamp_pb2.Timestamp:
+        """When the officer signed, as the device's clock saw it: informative, not
+        trusted and not checked. Unset if the device did not say.
         """
 
     def __init__(
@@ -124,11 +152,11 @@ class CHasilForm(_message.Message):
         pengguna_non_dpt: Global___VoterCount | None = ...,
         pengguna_total: Global___VoterCount | None = ...,
         photo_sha256: _abc.Iterable[_builtins.str] | None = ...,
-        signed_at_unix_ms: _builtins.int = ...,
+        signed_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_suara_sah", b"_suara_sah", "_suara_tidak_sah", b"_suara_tidak_sah", "_suara_total", b"_suara_total", "pemilih_dpt", b"pemilih_dpt", "pengguna_dpt", b"pengguna_dpt", "pengguna_dptb", b"pengguna_dptb", "pengguna_non_dpt", b"pengguna_non_dpt", "pengguna_total", b"pengguna_total", "suara_sah", b"suara_sah", "suara_tidak_sah", b"suara_tidak_sah", "suara_total", b"suara_total"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_suara_sah", b"_suara_sah", "_suara_tidak_sah", b"_suara_tidak_sah", "_suara_total", b"_suara_total", "pemilih_dpt", b"pemilih_dpt", "pengguna_dpt", b"pengguna_dpt", "pengguna_dptb", b"pengguna_dptb", "pengguna_non_dpt", b"pengguna_non_dpt", "pengguna_total", b"pengguna_total", "signed_at", b"signed_at", "suara_sah", b"suara_sah", "suara_tidak_sah", b"suara_tidak_sah", "suara_total", b"suara_total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_suara_sah", b"_suara_sah", "_suara_tidak_sah", b"_suara_tidak_sah", "_suara_total", b"_suara_total", "contest", b"contest", "pemilih_dpt", b"pemilih_dpt", "pengguna_dpt", b"pengguna_dpt", "pengguna_dptb", b"pengguna_dptb", "pengguna_non_dpt", b"pengguna_non_dpt", "pengguna_total", b"pengguna_total", "photo_sha256", b"photo_sha256", "signed_at_unix_ms", b"signed_at_unix_ms", "suara_sah", b"suara_sah", "suara_tidak_sah", b"suara_tidak_sah", "suara_total", b"suara_total", "tps", b"tps", "version", b"version", "votes", b"votes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_suara_sah", b"_suara_sah", "_suara_tidak_sah", b"_suara_tidak_sah", "_suara_total", b"_suara_total", "contest", b"contest", "pemilih_dpt", b"pemilih_dpt", "pengguna_dpt", b"pengguna_dpt", "pengguna_dptb", b"pengguna_dptb", "pengguna_non_dpt", b"pengguna_non_dpt", "pengguna_total", b"pengguna_total", "photo_sha256", b"photo_sha256", "signed_at", b"signed_at", "suara_sah", b"suara_sah", "suara_tidak_sah", b"suara_tidak_sah", "suara_total", b"suara_total", "tps", b"tps", "version", b"version", "votes", b"votes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__suara_sah: _TypeAlias = _typing.Literal["suara_sah"]  # noqa: Y015
     _WhichOneofArgType__suara_sah: _TypeAlias = _typing.Literal["_suara_sah", b"_suara_sah"]  # noqa: Y015
@@ -147,7 +175,10 @@ Global___CHasilForm: _TypeAlias = CHasilForm  # noqa: Y015
 
 @_typing.final
 class VoterCount(_message.Message):
-    """A count split by sex: j (jumlah, total) = l (laki-laki) + p (perempuan)."""
+    """A count split by sex: j (jumlah, total), l (laki-laki) and p (perempuan). All
+    three must be present, each from 0 to 10,000; j should equal l + p (check
+    j_ne_l_plus_p).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -155,8 +186,11 @@ class VoterCount(_message.Message):
     L_FIELD_NUMBER: _builtins.int
     P_FIELD_NUMBER: _builtins.int
     j: _builtins.int
+    """Total (jumlah)."""
     l: _builtins.int
+    """Men (laki-laki)."""
     p: _builtins.int
+    """Women (perempuan)."""
     def __init__(
         self,
         *,
@@ -193,11 +227,15 @@ class SignedForm(_message.Message):
     SIGNATURE_FIELD_NUMBER: _builtins.int
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     payload: _builtins.bytes
-    """serialized CHasilForm"""
+    """A serialized CHasilForm, exactly as signed. Never re-encode it: the
+    server hashes and verifies these bytes, and a re-encoding may differ.
+    """
     signature: _builtins.bytes
-    """Ed25519 over payload"""
+    """Ed25519 signature (64 bytes) over `payload` with the device's private key."""
     device_id: _builtins.str
-    """which enrolled key signed it"""
+    """The id of the enrolled key that signed: "dev_" followed by the first 24 hex
+    digits of SHA-256(raw 32-byte public key).
+    """
     def __init__(
         self,
         *,

@@ -22,19 +22,22 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16suara/v1/publish.proto\x12\x08suara.v1\"\x12\n\x10GetStatusRequest\"\xd1\x01\n\rPublishStatus\x12\x10\n\x08snapshot\x18\x01 \x01(\x03\x12\x1a\n\x12\x61ggregate_sequence\x18\x02 \x01(\x03\x12\x16\n\x0e\x63hain_position\x18\x03 \x01(\x03\x12\x12\n\nchain_hash\x18\x04 \x01(\t\x12\x19\n\x11published_unix_ms\x18\x05 \x01(\x03\x12\r\n\x05\x66iles\x18\x06 \x01(\x05\x12\x14\n\x0c\x66ull_rebuild\x18\x07 \x01(\x08\x12\x0c\n\x04sink\x18\x08 \x01(\t\x12\x18\n\x10\x61ggregate_newest\x18\t \x01(\x03\x32K\n\x07Publish\x12@\n\tGetStatus\x12\x1a.suara.v1.GetStatusRequest\x1a\x17.suara.v1.PublishStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16suara/v1/publish.proto\x12\x08suara.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n\x10GetStatusRequest\"\x81\x02\n\rPublishStatus\x12\x10\n\x08snapshot\x18\x01 \x01(\x03\x12\x1a\n\x12\x61ggregate_sequence\x18\x02 \x01(\x03\x12\x16\n\x0e\x63hain_position\x18\x03 \x01(\x03\x12\x12\n\nchain_hash\x18\x04 \x01(\t\x12\r\n\x05\x66iles\x18\x06 \x01(\x05\x12\x14\n\x0c\x66ull_rebuild\x18\x07 \x01(\x08\x12\x0c\n\x04sink\x18\x08 \x01(\t\x12\x18\n\x10\x61ggregate_newest\x18\t \x01(\x03\x12\x30\n\x0cpublished_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampJ\x04\x08\x05\x10\x06R\x11published_unix_ms\"<\n\x11GetStatusResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.suara.v1.PublishStatus2V\n\x0ePublishService\x12\x44\n\tGetStatus\x12\x1a.suara.v1.GetStatusRequest\x1a\x1b.suara.v1.GetStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'suara.v1.publish_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETSTATUSREQUEST']._serialized_start=36
-  _globals['_GETSTATUSREQUEST']._serialized_end=54
-  _globals['_PUBLISHSTATUS']._serialized_start=57
-  _globals['_PUBLISHSTATUS']._serialized_end=266
-  _globals['_PUBLISH']._serialized_start=268
-  _globals['_PUBLISH']._serialized_end=343
+  _globals['_GETSTATUSREQUEST']._serialized_start=69
+  _globals['_GETSTATUSREQUEST']._serialized_end=87
+  _globals['_PUBLISHSTATUS']._serialized_start=90
+  _globals['_PUBLISHSTATUS']._serialized_end=347
+  _globals['_GETSTATUSRESPONSE']._serialized_start=349
+  _globals['_GETSTATUSRESPONSE']._serialized_end=409
+  _globals['_PUBLISHSERVICE']._serialized_start=411
+  _globals['_PUBLISHSERVICE']._serialized_end=497
 # @@protoc_insertion_point(module_scope)

@@ -5,6 +5,7 @@ isort:skip_file
 
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,6 +19,8 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class GetStatusRequest(_message.Message):
+    """Request of PublishService.GetStatus."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -33,33 +36,41 @@ Global___GetStatusRequest: _TypeAlias = GetStatusRequest  # noqa: Y015
 
 @_typing.final
 class PublishStatus(_message.Message):
+    """Where publishing stands."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SNAPSHOT_FIELD_NUMBER: _builtins.int
     AGGREGATE_SEQUENCE_FIELD_NUMBER: _builtins.int
     CHAIN_POSITION_FIELD_NUMBER: _builtins.int
     CHAIN_HASH_FIELD_NUMBER: _builtins.int
-    PUBLISHED_UNIX_MS_FIELD_NUMBER: _builtins.int
     FILES_FIELD_NUMBER: _builtins.int
     FULL_REBUILD_FIELD_NUMBER: _builtins.int
     SINK_FIELD_NUMBER: _builtins.int
     AGGREGATE_NEWEST_FIELD_NUMBER: _builtins.int
+    PUBLISHED_AT_FIELD_NUMBER: _builtins.int
     snapshot: _builtins.int
-    """the last snapshot written (0: none yet)"""
+    """The last snapshot written (0: none yet)."""
     aggregate_sequence: _builtins.int
-    """the last aggregate change it includes"""
+    """The last aggregate change sequence it includes."""
     chain_position: _builtins.int
-    """tally's chain head at that snapshot"""
+    """tally's chain head position at that snapshot (0: unknown)."""
     chain_hash: _builtins.str
-    published_unix_ms: _builtins.int
+    """tally's chain head hash at that snapshot (hex; empty: unknown)."""
     files: _builtins.int
-    """files the last cycle wrote"""
+    """Files the last cycle wrote."""
     full_rebuild: _builtins.bool
-    """the last cycle rewrote everything"""
+    """The last cycle rewrote everything."""
     sink: _builtins.str
-    """where the site is written"""
+    """Where the site is written (a directory or s3://bucket/prefix)."""
     aggregate_newest: _builtins.int
-    """aggregate's newest change when asked (lag = this - aggregate_sequence)"""
+    """aggregate's newest change sequence when asked (0 if aggregate did not
+    answer); the lag is this minus aggregate_sequence.
+    """
+    @_builtins.property
+    def published_at(self) -> _timestamp_pb2.Timestamp:
+        """When the last snapshot was written; unset if none yet."""
+
     def __init__(
         self,
         *,
@@ -67,16 +78,40 @@ class PublishStatus(_message.Message):
         aggregate_sequence: _builtins.int = ...,
         chain_position: _builtins.int = ...,
         chain_hash: _builtins.str = ...,
-        published_unix_ms: _builtins.int = ...,
         files: _builtins.int = ...,
         full_rebuild: _builtins.bool = ...,
         sink: _builtins.str = ...,
         aggregate_newest: _builtins.int = ...,
+        published_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["published_at", b"published_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_newest", b"aggregate_newest", "aggregate_sequence", b"aggregate_sequence", "chain_hash", b"chain_hash", "chain_position", b"chain_position", "files", b"files", "full_rebuild", b"full_rebuild", "published_unix_ms", b"published_unix_ms", "sink", b"sink", "snapshot", b"snapshot"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_newest", b"aggregate_newest", "aggregate_sequence", b"aggregate_sequence", "chain_hash", b"chain_hash", "chain_position", b"chain_position", "files", b"files", "full_rebuild", b"full_rebuild", "published_at", b"published_at", "sink", b"sink", "snapshot", b"snapshot"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PublishStatus: _TypeAlias = PublishStatus  # noqa: Y015
+
+@_typing.final
+class GetStatusResponse(_message.Message):
+    """Response of PublishService.GetStatus."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> Global___PublishStatus:
+        """The status."""
+
+    def __init__(
+        self,
+        *,
+        status: Global___PublishStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatusResponse: _TypeAlias = GetStatusResponse  # noqa: Y015

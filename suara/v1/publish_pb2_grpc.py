@@ -25,10 +25,11 @@ if _version_not_supported:
     )
 
 
-class PublishStub:
-    """publish follows aggregate's changes and writes static snapshots of the public site
-    (the Sirekap-compatible layout plus suara's own files: services/publish/LAYOUT.md).
-    This API only reports; the site itself is read over HTTP, never through publish.
+class PublishServiceStub:
+    """publish follows aggregate's changes and writes static snapshots of the public
+    site (the Sirekap-compatible layout plus suara's own files:
+    services/publish/LAYOUT.md). This API only reports; the site itself is read
+    over HTTP, never through publish. No credential needed.
     """
 
     def __init__(self, channel):
@@ -38,45 +39,48 @@ class PublishStub:
             channel: A grpc.Channel.
         """
         self.GetStatus = channel.unary_unary(
-                '/suara.v1.Publish/GetStatus',
+                '/suara.v1.PublishService/GetStatus',
                 request_serializer=suara_dot_v1_dot_publish__pb2.GetStatusRequest.SerializeToString,
-                response_deserializer=suara_dot_v1_dot_publish__pb2.PublishStatus.FromString,
+                response_deserializer=suara_dot_v1_dot_publish__pb2.GetStatusResponse.FromString,
                 _registered_method=True)
 
 
-class PublishServicer:
-    """publish follows aggregate's changes and writes static snapshots of the public site
-    (the Sirekap-compatible layout plus suara's own files: services/publish/LAYOUT.md).
-    This API only reports; the site itself is read over HTTP, never through publish.
+class PublishServiceServicer:
+    """publish follows aggregate's changes and writes static snapshots of the public
+    site (the Sirekap-compatible layout plus suara's own files:
+    services/publish/LAYOUT.md). This API only reports; the site itself is read
+    over HTTP, never through publish. No credential needed.
     """
 
     def GetStatus(self, request, context):
         """Where publishing stands. Open: everything in it is public on the site too.
+        A read: safe to retry on any error.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
 
-def add_PublishServicer_to_server(servicer, server):
+def add_PublishServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatus,
                     request_deserializer=suara_dot_v1_dot_publish__pb2.GetStatusRequest.FromString,
-                    response_serializer=suara_dot_v1_dot_publish__pb2.PublishStatus.SerializeToString,
+                    response_serializer=suara_dot_v1_dot_publish__pb2.GetStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'suara.v1.Publish', rpc_method_handlers)
+            'suara.v1.PublishService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('suara.v1.Publish', rpc_method_handlers)
+    server.add_registered_method_handlers('suara.v1.PublishService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Publish:
-    """publish follows aggregate's changes and writes static snapshots of the public site
-    (the Sirekap-compatible layout plus suara's own files: services/publish/LAYOUT.md).
-    This API only reports; the site itself is read over HTTP, never through publish.
+class PublishService:
+    """publish follows aggregate's changes and writes static snapshots of the public
+    site (the Sirekap-compatible layout plus suara's own files:
+    services/publish/LAYOUT.md). This API only reports; the site itself is read
+    over HTTP, never through publish. No credential needed.
     """
 
     @staticmethod
@@ -93,9 +97,9 @@ class Publish:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/suara.v1.Publish/GetStatus',
+            '/suara.v1.PublishService/GetStatus',
             suara_dot_v1_dot_publish__pb2.GetStatusRequest.SerializeToString,
-            suara_dot_v1_dot_publish__pb2.PublishStatus.FromString,
+            suara_dot_v1_dot_publish__pb2.GetStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -26,34 +26,41 @@ class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ig
 GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
-class PublishStub:
-    """publish follows aggregate's changes and writes static snapshots of the public site
-    (the Sirekap-compatible layout plus suara's own files: services/publish/LAYOUT.md).
-    This API only reports; the site itself is read over HTTP, never through publish.
+class PublishServiceStub:
+    """publish follows aggregate's changes and writes static snapshots of the public
+    site (the Sirekap-compatible layout plus suara's own files:
+    services/publish/LAYOUT.md). This API only reports; the site itself is read
+    over HTTP, never through publish. No credential needed.
     """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
-    def __new__(cls, channel: _aio.Channel) -> PublishAsyncStub: ...
-    GetStatus: _grpc.UnaryUnaryMultiCallable[_publish_pb2.GetStatusRequest, _publish_pb2.PublishStatus]
-    """Where publishing stands. Open: everything in it is public on the site too."""
+    def __new__(cls, channel: _aio.Channel) -> PublishServiceAsyncStub: ...
+    GetStatus: _grpc.UnaryUnaryMultiCallable[_publish_pb2.GetStatusRequest, _publish_pb2.GetStatusResponse]
+    """Where publishing stands. Open: everything in it is public on the site too.
+    A read: safe to retry on any error.
+    """
 
 @_typing.type_check_only
-class PublishAsyncStub(PublishStub):
-    """publish follows aggregate's changes and writes static snapshots of the public site
-    (the Sirekap-compatible layout plus suara's own files: services/publish/LAYOUT.md).
-    This API only reports; the site itself is read over HTTP, never through publish.
+class PublishServiceAsyncStub(PublishServiceStub):
+    """publish follows aggregate's changes and writes static snapshots of the public
+    site (the Sirekap-compatible layout plus suara's own files:
+    services/publish/LAYOUT.md). This API only reports; the site itself is read
+    over HTTP, never through publish. No credential needed.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    GetStatus: _aio.UnaryUnaryMultiCallable[_publish_pb2.GetStatusRequest, _publish_pb2.PublishStatus]  # type: ignore[assignment]
-    """Where publishing stands. Open: everything in it is public on the site too."""
+    GetStatus: _aio.UnaryUnaryMultiCallable[_publish_pb2.GetStatusRequest, _publish_pb2.GetStatusResponse]  # type: ignore[assignment]
+    """Where publishing stands. Open: everything in it is public on the site too.
+    A read: safe to retry on any error.
+    """
 
-class PublishServicer(metaclass=_abc_1.ABCMeta):
-    """publish follows aggregate's changes and writes static snapshots of the public site
-    (the Sirekap-compatible layout plus suara's own files: services/publish/LAYOUT.md).
-    This API only reports; the site itself is read over HTTP, never through publish.
+class PublishServiceServicer(metaclass=_abc_1.ABCMeta):
+    """publish follows aggregate's changes and writes static snapshots of the public
+    site (the Sirekap-compatible layout plus suara's own files:
+    services/publish/LAYOUT.md). This API only reports; the site itself is read
+    over HTTP, never through publish. No credential needed.
     """
 
     @_abc_1.abstractmethod
@@ -61,7 +68,9 @@ class PublishServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _publish_pb2.GetStatusRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_publish_pb2.PublishStatus, _abc.Awaitable[_publish_pb2.PublishStatus]]:
-        """Where publishing stands. Open: everything in it is public on the site too."""
+    ) -> _typing.Union[_publish_pb2.GetStatusResponse, _abc.Awaitable[_publish_pb2.GetStatusResponse]]:
+        """Where publishing stands. Open: everything in it is public on the site too.
+        A read: safe to retry on any error.
+        """
 
-def add_PublishServicer_to_server(servicer: PublishServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+def add_PublishServiceServicer_to_server(servicer: PublishServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

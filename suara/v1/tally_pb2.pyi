@@ -28,34 +28,55 @@ class _Outcome:
 class _OutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Outcome.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     OUTCOME_UNSPECIFIED: _Outcome.ValueType  # 0
-    ACCEPTED: _Outcome.ValueType  # 1
-    """became the TPS's current form"""
-    QUARANTINED: _Outcome.ValueType  # 2
-    """became current, but failed a consistency check: counts nothing"""
-    DUPLICATE: _Outcome.ValueType  # 3
-    """byte-identical to what is stored: the original receipt again"""
-    SUPERSEDED: _Outcome.ValueType  # 4
-    """older than the current version: kept for audit only"""
-    CONFLICT: _Outcome.ValueType  # 5
-    """same version, different payload: rejected, original kept"""
-    REJECTED: _Outcome.ValueType  # 6
-    """SubmitBatch only: see `error`"""
+    """Never sent."""
+    OUTCOME_ACCEPTED: _Outcome.ValueType  # 1
+    """Stored, and became the TPS's current form for this contest: it counts."""
+    OUTCOME_QUARANTINED: _Outcome.ValueType  # 2
+    """Stored and became current, but failed a consistency check (see
+    failed_checks): the TPS counts as reported-but-flagged, and its votes stay
+    out of the totals until a corrected, higher version arrives.
+    """
+    OUTCOME_DUPLICATE: _Outcome.ValueType  # 3
+    """Byte-identical to a stored form: nothing new stored, the original receipt
+    again. What a resend gets.
+    """
+    OUTCOME_SUPERSEDED: _Outcome.ValueType  # 4
+    """Older than the current version: stored for audit only, counts nothing."""
+    OUTCOME_CONFLICT: _Outcome.ValueType  # 5
+    """Same version, different payload: refused, the original kept. Submit
+    answers ALREADY_EXISTS instead; SubmitBatch reports it per item.
+    """
+    OUTCOME_REJECTED: _Outcome.ValueType  # 6
+    """SubmitBatch only: the item was refused, see its `error`."""
 
-class Outcome(_Outcome, metaclass=_OutcomeEnumTypeWrapper): ...
+class Outcome(_Outcome, metaclass=_OutcomeEnumTypeWrapper):
+    """What became of a submitted form. The Versions table: for one (tps, contest),
+    a version never stored before is ACCEPTED or QUARANTINED when it is above
+    the current version, SUPERSEDED when below; a version already stored is
+    DUPLICATE when the payload bytes are identical and CONFLICT otherwise.
+    """
 
 OUTCOME_UNSPECIFIED: Outcome.ValueType  # 0
-ACCEPTED: Outcome.ValueType  # 1
-"""became the TPS's current form"""
-QUARANTINED: Outcome.ValueType  # 2
-"""became current, but failed a consistency check: counts nothing"""
-DUPLICATE: Outcome.ValueType  # 3
-"""byte-identical to what is stored: the original receipt again"""
-SUPERSEDED: Outcome.ValueType  # 4
-"""older than the current version: kept for audit only"""
-CONFLICT: Outcome.ValueType  # 5
-"""same version, different payload: rejected, original kept"""
-REJECTED: Outcome.ValueType  # 6
-"""SubmitBatch only: see `error`"""
+"""Never sent."""
+OUTCOME_ACCEPTED: Outcome.ValueType  # 1
+"""Stored, and became the TPS's current form for this contest: it counts."""
+OUTCOME_QUARANTINED: Outcome.ValueType  # 2
+"""Stored and became current, but failed a consistency check (see
+failed_checks): the TPS counts as reported-but-flagged, and its votes stay
+out of the totals until a corrected, higher version arrives.
+"""
+OUTCOME_DUPLICATE: Outcome.ValueType  # 3
+"""Byte-identical to a stored form: nothing new stored, the original receipt
+again. What a resend gets.
+"""
+OUTCOME_SUPERSEDED: Outcome.ValueType  # 4
+"""Older than the current version: stored for audit only, counts nothing."""
+OUTCOME_CONFLICT: Outcome.ValueType  # 5
+"""Same version, different payload: refused, the original kept. Submit
+answers ALREADY_EXISTS instead; SubmitBatch reports it per item.
+"""
+OUTCOME_REJECTED: Outcome.ValueType  # 6
+"""SubmitBatch only: the item was refused, see its `error`."""
 Global___Outcome: _TypeAlias = Outcome  # noqa: Y015
 
 class _SubmissionStatus:
@@ -65,35 +86,43 @@ class _SubmissionStatus:
 class _SubmissionStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SubmissionStatus.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     SUBMISSION_STATUS_UNSPECIFIED: _SubmissionStatus.ValueType  # 0
-    CURRENT: _SubmissionStatus.ValueType  # 1
-    """the TPS's highest accepted version, counted"""
-    CURRENT_QUARANTINED: _SubmissionStatus.ValueType  # 2
-    """the highest version, but quarantined"""
-    REPLACED: _SubmissionStatus.ValueType  # 3
-    """was current, a higher version replaced it"""
-    HISTORY: _SubmissionStatus.ValueType  # 4
-    """arrived after a higher version (SUPERSEDED)"""
+    """Never sent."""
+    SUBMISSION_STATUS_CURRENT: _SubmissionStatus.ValueType  # 1
+    """The TPS's current (highest accepted) version for the contest, counted."""
+    SUBMISSION_STATUS_CURRENT_QUARANTINED: _SubmissionStatus.ValueType  # 2
+    """The current version, but quarantined: counted as flagged, not in totals."""
+    SUBMISSION_STATUS_REPLACED: _SubmissionStatus.ValueType  # 3
+    """Was current; a higher version replaced it."""
+    SUBMISSION_STATUS_HISTORY: _SubmissionStatus.ValueType  # 4
+    """Arrived after a higher version (it was SUPERSEDED): history only."""
 
-class SubmissionStatus(_SubmissionStatus, metaclass=_SubmissionStatusEnumTypeWrapper): ...
+class SubmissionStatus(_SubmissionStatus, metaclass=_SubmissionStatusEnumTypeWrapper):
+    """Where a stored submission stands now."""
 
 SUBMISSION_STATUS_UNSPECIFIED: SubmissionStatus.ValueType  # 0
-CURRENT: SubmissionStatus.ValueType  # 1
-"""the TPS's highest accepted version, counted"""
-CURRENT_QUARANTINED: SubmissionStatus.ValueType  # 2
-"""the highest version, but quarantined"""
-REPLACED: SubmissionStatus.ValueType  # 3
-"""was current, a higher version replaced it"""
-HISTORY: SubmissionStatus.ValueType  # 4
-"""arrived after a higher version (SUPERSEDED)"""
+"""Never sent."""
+SUBMISSION_STATUS_CURRENT: SubmissionStatus.ValueType  # 1
+"""The TPS's current (highest accepted) version for the contest, counted."""
+SUBMISSION_STATUS_CURRENT_QUARANTINED: SubmissionStatus.ValueType  # 2
+"""The current version, but quarantined: counted as flagged, not in totals."""
+SUBMISSION_STATUS_REPLACED: SubmissionStatus.ValueType  # 3
+"""Was current; a higher version replaced it."""
+SUBMISSION_STATUS_HISTORY: SubmissionStatus.ValueType  # 4
+"""Arrived after a higher version (it was SUPERSEDED): history only."""
 Global___SubmissionStatus: _TypeAlias = SubmissionStatus  # noqa: Y015
 
 @_typing.final
 class Photo(_message.Message):
+    """A form photo as uploaded."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTENT_FIELD_NUMBER: _builtins.int
     content: _builtins.bytes
-    """JPEG or PNG, checked by content; its SHA-256 must be in the form"""
+    """The image, JPEG or PNG (checked by content, not by name), non-empty and at
+    most the server's SUARA_PHOTO_MAX_BYTES (2 MiB by default). Its SHA-256
+    must be listed in the signed form's photo_sha256.
+    """
     def __init__(
         self,
         *,
@@ -109,14 +138,23 @@ Global___Photo: _TypeAlias = Photo  # noqa: Y015
 
 @_typing.final
 class SubmitRequest(_message.Message):
+    """Request of TallyService.Submit, and one item of SubmitBatch."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FORM_FIELD_NUMBER: _builtins.int
     PHOTOS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def form(self) -> _form_pb2.SignedForm: ...
+    def form(self) -> _form_pb2.SignedForm:
+        """The signed form."""
+
     @_builtins.property
-    def photos(self) -> _containers.RepeatedCompositeFieldContainer[Global___Photo]: ...
+    def photos(self) -> _containers.RepeatedCompositeFieldContainer[Global___Photo]:
+        """At most 3 photos, each listed in the form's photo_sha256. A listed photo
+        not sent is not stored; photos sent with a resend (DUPLICATE) are not
+        stored either, so send them with the first attempt and every retry of it.
+        """
+
     def __init__(
         self,
         *,
@@ -133,6 +171,10 @@ Global___SubmitRequest: _TypeAlias = SubmitRequest  # noqa: Y015
 
 @_typing.final
 class Receipt(_message.Message):
+    """Proof that a form is stored: returned for every stored outcome, and the
+    same receipt again for a DUPLICATE.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SUBMISSION_ID_FIELD_NUMBER: _builtins.int
@@ -141,14 +183,17 @@ class Receipt(_message.Message):
     CHAIN_HASH_FIELD_NUMBER: _builtins.int
     SERVER_TIME_FIELD_NUMBER: _builtins.int
     submission_id: _builtins.str
+    """The submission's id (a UUID), for GetSubmission."""
     payload_sha256: _builtins.str
-    """hex"""
+    """SHA-256 of the stored payload bytes, 64 lowercase hex digits."""
     chain_position: _builtins.int
-    """1-based position in the tamper-evident chain"""
+    """1-based position of this submission in the tamper-evident chain."""
     chain_hash: _builtins.str
-    """hex SHA-256 of this link"""
+    """SHA-256 of this chain link, 64 lowercase hex digits."""
     @_builtins.property
-    def server_time(self) -> _timestamp_pb2.Timestamp: ...
+    def server_time(self) -> _timestamp_pb2.Timestamp:
+        """When tally stored the form (its clock), to the microsecond."""
+
     def __init__(
         self,
         *,
@@ -168,6 +213,8 @@ Global___Receipt: _TypeAlias = Receipt  # noqa: Y015
 
 @_typing.final
 class SubmitResponse(_message.Message):
+    """Response of TallyService.Submit."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     OUTCOME_FIELD_NUMBER: _builtins.int
@@ -175,13 +222,18 @@ class SubmitResponse(_message.Message):
     FAILED_CHECKS_FIELD_NUMBER: _builtins.int
     CURRENT_VERSION_FIELD_NUMBER: _builtins.int
     outcome: Global___Outcome.ValueType
+    """ACCEPTED, QUARANTINED, DUPLICATE or SUPERSEDED (a conflict is an error)."""
     current_version: _builtins.int
-    """the TPS's current version for this contest after this call"""
+    """The TPS's current version for this contest after this call."""
     @_builtins.property
-    def receipt(self) -> Global___Receipt: ...
+    def receipt(self) -> Global___Receipt:
+        """The stored form's receipt (for DUPLICATE: the original's)."""
+
     @_builtins.property
     def failed_checks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """for QUARANTINED: which consistency checks failed"""
+        """For QUARANTINED (and a DUPLICATE of one): the names of the consistency
+        checks that failed, e.g. "sum_choices_ne_suara_sah".
+        """
 
     def __init__(
         self,
@@ -201,12 +253,20 @@ Global___SubmitResponse: _TypeAlias = SubmitResponse  # noqa: Y015
 
 @_typing.final
 class FieldViolation(_message.Message):
+    """One bad field of a refused item; the same as a google.rpc.BadRequest
+    field violation.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FIELD_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     field: _builtins.str
+    """The field's path: "form.payload", "photos[0].content", or a path inside
+    the decoded CHasilForm such as "votes[ppwp_01]" or "pemilih_dpt.j".
+    """
     description: _builtins.str
+    """What is wrong with it, and what is expected."""
     def __init__(
         self,
         *,
@@ -223,9 +283,7 @@ Global___FieldViolation: _TypeAlias = FieldViolation  # noqa: Y015
 
 @_typing.final
 class ItemError(_message.Message):
-    """Why one item of a batch was refused; `code` is the gRPC status code that
-    Submit would have returned for it.
-    """
+    """Why one item of a batch was refused."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -233,9 +291,16 @@ class ItemError(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     FIELD_VIOLATIONS_FIELD_NUMBER: _builtins.int
     code: _builtins.int
+    """The gRPC status code (its number) Submit would have returned for this
+    form: 3 INVALID_ARGUMENT, 16 UNAUTHENTICATED, 7 PERMISSION_DENIED,
+    6 ALREADY_EXISTS, 14 UNAVAILABLE, 13 INTERNAL.
+    """
     message: _builtins.str
+    """A human-readable reason."""
     @_builtins.property
-    def field_violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldViolation]: ...
+    def field_violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldViolation]:
+        """For INVALID_ARGUMENT: every bad field."""
+
     def __init__(
         self,
         *,
@@ -253,11 +318,15 @@ Global___ItemError: _TypeAlias = ItemError  # noqa: Y015
 
 @_typing.final
 class SubmitBatchRequest(_message.Message):
+    """Request of TallyService.SubmitBatch."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ITEMS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubmitRequest]: ...
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubmitRequest]:
+        """At most 1,000 forms, each as for Submit (none: an empty reply)."""
+
     def __init__(
         self,
         *,
@@ -273,6 +342,8 @@ Global___SubmitBatchRequest: _TypeAlias = SubmitBatchRequest  # noqa: Y015
 
 @_typing.final
 class SubmitBatchItemResult(_message.Message):
+    """The outcome of one item of a batch."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     INDEX_FIELD_NUMBER: _builtins.int
@@ -282,17 +353,22 @@ class SubmitBatchItemResult(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     CURRENT_VERSION_FIELD_NUMBER: _builtins.int
     index: _builtins.int
+    """The item's index in SubmitBatchRequest.items (0-based)."""
     outcome: Global___Outcome.ValueType
+    """Any Outcome but UNSPECIFIED."""
     current_version: _builtins.int
+    """The TPS's current version for this contest (0 for REJECTED)."""
     @_builtins.property
     def receipt(self) -> Global___Receipt:
-        """for ACCEPTED, QUARANTINED, DUPLICATE, SUPERSEDED"""
+        """For ACCEPTED, QUARANTINED, DUPLICATE and SUPERSEDED."""
 
     @_builtins.property
-    def failed_checks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def failed_checks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """As SubmitResponse.failed_checks."""
+
     @_builtins.property
     def error(self) -> Global___ItemError:
-        """for CONFLICT and REJECTED"""
+        """For CONFLICT (code ALREADY_EXISTS) and REJECTED."""
 
     def __init__(
         self,
@@ -314,11 +390,15 @@ Global___SubmitBatchItemResult: _TypeAlias = SubmitBatchItemResult  # noqa: Y015
 
 @_typing.final
 class SubmitBatchResponse(_message.Message):
+    """Response of TallyService.SubmitBatch."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubmitBatchItemResult]: ...
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubmitBatchItemResult]:
+        """One result per item, in request order."""
+
     def __init__(
         self,
         *,
@@ -334,6 +414,8 @@ Global___SubmitBatchResponse: _TypeAlias = SubmitBatchResponse  # noqa: Y015
 
 @_typing.final
 class Submission(_message.Message):
+    """A stored form with what it got and where it stands."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RECEIPT_FIELD_NUMBER: _builtins.int
@@ -348,21 +430,33 @@ class Submission(_message.Message):
     SIGNATURE_FIELD_NUMBER: _builtins.int
     PHOTO_SHA256_FIELD_NUMBER: _builtins.int
     tps: _builtins.str
+    """The form's TPS."""
     contest: _builtins.str
+    """The form's contest."""
     version: _builtins.int
+    """The form's version."""
     outcome: Global___Outcome.ValueType
-    """what it got when it arrived"""
+    """What it got when it arrived: ACCEPTED, QUARANTINED or SUPERSEDED."""
     status: Global___SubmissionStatus.ValueType
-    """what it is now"""
+    """What it is now."""
     device_id: _builtins.str
+    """The device key that signed it."""
     payload: _builtins.bytes
+    """The exact signed bytes (a CHasilForm)."""
     signature: _builtins.bytes
+    """The Ed25519 signature over `payload`."""
     @_builtins.property
-    def receipt(self) -> Global___Receipt: ...
+    def receipt(self) -> Global___Receipt:
+        """Its receipt."""
+
     @_builtins.property
-    def failed_checks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def failed_checks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The consistency checks it failed (when it was QUARANTINED)."""
+
     @_builtins.property
-    def photo_sha256(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def photo_sha256(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The photos the form binds (SHA-256, hex)."""
+
     def __init__(
         self,
         *,
@@ -388,10 +482,13 @@ Global___Submission: _TypeAlias = Submission  # noqa: Y015
 
 @_typing.final
 class GetSubmissionRequest(_message.Message):
+    """Request of TallyService.GetSubmission."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SUBMISSION_ID_FIELD_NUMBER: _builtins.int
     submission_id: _builtins.str
+    """The id from a Receipt (a UUID)."""
     def __init__(
         self,
         *,
@@ -406,23 +503,63 @@ class GetSubmissionRequest(_message.Message):
 Global___GetSubmissionRequest: _TypeAlias = GetSubmissionRequest  # noqa: Y015
 
 @_typing.final
+class GetSubmissionResponse(_message.Message):
+    """Response of TallyService.GetSubmission."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBMISSION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def submission(self) -> Global___Submission:
+        """The submission."""
+
+    def __init__(
+        self,
+        *,
+        submission: Global___Submission | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["submission", b"submission"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["submission", b"submission"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSubmissionResponse: _TypeAlias = GetSubmissionResponse  # noqa: Y015
+
+@_typing.final
 class ListSubmissionsRequest(_message.Message):
+    """Request of TallyService.ListSubmissions."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TPS_FIELD_NUMBER: _builtins.int
     CONTEST_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     tps: _builtins.str
+    """The 13-digit TPS code."""
     contest: _builtins.str
-    """empty: every contest at that TPS"""
+    """Only this contest; empty for every contest at that TPS."""
+    page_size: _builtins.int
+    """Most submissions in the reply: 0 for the default (100); values above the
+    maximum (1,000) are lowered to it; negative is INVALID_ARGUMENT.
+    """
+    page_token: _builtins.str
+    """Empty for the first page; else the next_page_token of the previous reply
+    to a request with the same tps and contest (otherwise INVALID_ARGUMENT
+    naming page_token).
+    """
     def __init__(
         self,
         *,
         tps: _builtins.str = ...,
         contest: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contest", b"contest", "tps", b"tps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contest", b"contest", "page_size", b"page_size", "page_token", b"page_token", "tps", b"tps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -430,21 +567,30 @@ Global___ListSubmissionsRequest: _TypeAlias = ListSubmissionsRequest  # noqa: Y0
 
 @_typing.final
 class ListSubmissionsResponse(_message.Message):
+    """Response of TallyService.ListSubmissions."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SUBMISSIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as page_token for the next page; empty on the last page. Pages are
+    stable: a submission stored meanwhile appears on a later page if it sorts
+    after this one, and is never repeated.
+    """
     @_builtins.property
     def submissions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Submission]:
-        """by contest, then version"""
+        """By contest, then version."""
 
     def __init__(
         self,
         *,
         submissions: _abc.Iterable[Global___Submission] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["submissions", b"submissions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "submissions", b"submissions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -452,15 +598,19 @@ Global___ListSubmissionsResponse: _TypeAlias = ListSubmissionsResponse  # noqa: 
 
 @_typing.final
 class EnrollDeviceRequest(_message.Message):
+    """Request of TallyService.EnrollDevice, and one item of EnrollDevices."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TPS_FIELD_NUMBER: _builtins.int
     PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     LABEL_FIELD_NUMBER: _builtins.int
     tps: _builtins.str
+    """The 13-digit TPS the key may submit forms for; it must be in the registry."""
     public_key: _builtins.bytes
-    """raw 32-byte Ed25519 public key"""
+    """The raw 32-byte Ed25519 public key."""
     label: _builtins.str
+    """A free-form note (who holds the device)."""
     def __init__(
         self,
         *,
@@ -478,12 +628,16 @@ Global___EnrollDeviceRequest: _TypeAlias = EnrollDeviceRequest  # noqa: Y015
 
 @_typing.final
 class EnrollDeviceResponse(_message.Message):
+    """Response of TallyService.EnrollDevice, and one item of EnrollDevices."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     TPS_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
+    """The key's device id ("dev_" + 24 hex digits of SHA-256(public_key))."""
     tps: _builtins.str
+    """The TPS it is enrolled for."""
     def __init__(
         self,
         *,
@@ -500,12 +654,14 @@ Global___EnrollDeviceResponse: _TypeAlias = EnrollDeviceResponse  # noqa: Y015
 
 @_typing.final
 class EnrollDevicesRequest(_message.Message):
+    """Request of TallyService.EnrollDevices."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DEVICES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def devices(self) -> _containers.RepeatedCompositeFieldContainer[Global___EnrollDeviceRequest]:
-        """1..1,000, each public key once"""
+        """1 to 1,000 devices, each public key once."""
 
     def __init__(
         self,
@@ -522,12 +678,14 @@ Global___EnrollDevicesRequest: _TypeAlias = EnrollDevicesRequest  # noqa: Y015
 
 @_typing.final
 class EnrollDevicesResponse(_message.Message):
+    """Response of TallyService.EnrollDevices."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DEVICES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def devices(self) -> _containers.RepeatedCompositeFieldContainer[Global___EnrollDeviceResponse]:
-        """in request order"""
+        """One per requested device, in request order."""
 
     def __init__(
         self,
@@ -544,6 +702,8 @@ Global___EnrollDevicesResponse: _TypeAlias = EnrollDevicesResponse  # noqa: Y015
 
 @_typing.final
 class GetChainHeadRequest(_message.Message):
+    """Request of TallyService.GetChainHead."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -559,14 +719,16 @@ Global___GetChainHeadRequest: _TypeAlias = GetChainHeadRequest  # noqa: Y015
 
 @_typing.final
 class ChainHead(_message.Message):
+    """The last link of tally's tamper-evident chain of stored submissions."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     POSITION_FIELD_NUMBER: _builtins.int
     HASH_FIELD_NUMBER: _builtins.int
     position: _builtins.int
-    """records in the chain (0: empty)"""
+    """Records in the chain (0: empty)."""
     hash: _builtins.str
-    """hex SHA-256 of the last link"""
+    """SHA-256 of the last link, 64 lowercase hex digits (64 zeros when empty)."""
     def __init__(
         self,
         *,
@@ -582,12 +744,38 @@ class ChainHead(_message.Message):
 Global___ChainHead: _TypeAlias = ChainHead  # noqa: Y015
 
 @_typing.final
+class GetChainHeadResponse(_message.Message):
+    """Response of TallyService.GetChainHead."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHAIN_HEAD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def chain_head(self) -> Global___ChainHead:
+        """The head now."""
+
+    def __init__(
+        self,
+        *,
+        chain_head: Global___ChainHead | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chain_head", b"chain_head"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain_head", b"chain_head"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetChainHeadResponse: _TypeAlias = GetChainHeadResponse  # noqa: Y015
+
+@_typing.final
 class GetPhotoRequest(_message.Message):
+    """Request of TallyService.GetPhoto."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SHA256_FIELD_NUMBER: _builtins.int
     sha256: _builtins.str
-    """hex, lowercase"""
+    """The photo's SHA-256, 64 lowercase hex digits."""
     def __init__(
         self,
         *,
@@ -603,15 +791,19 @@ Global___GetPhotoRequest: _TypeAlias = GetPhotoRequest  # noqa: Y015
 
 @_typing.final
 class StoredPhoto(_message.Message):
+    """A stored form photo."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SHA256_FIELD_NUMBER: _builtins.int
     CONTENT_TYPE_FIELD_NUMBER: _builtins.int
     CONTENT_FIELD_NUMBER: _builtins.int
     sha256: _builtins.str
+    """Its SHA-256, 64 lowercase hex digits."""
     content_type: _builtins.str
-    """image/jpeg or image/png"""
+    """image/jpeg or image/png."""
     content: _builtins.bytes
+    """The image bytes."""
     def __init__(
         self,
         *,
@@ -626,3 +818,27 @@ class StoredPhoto(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StoredPhoto: _TypeAlias = StoredPhoto  # noqa: Y015
+
+@_typing.final
+class GetPhotoResponse(_message.Message):
+    """Response of TallyService.GetPhoto."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHOTO_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def photo(self) -> Global___StoredPhoto:
+        """The photo."""
+
+    def __init__(
+        self,
+        *,
+        photo: Global___StoredPhoto | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["photo", b"photo"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["photo", b"photo"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPhotoResponse: _TypeAlias = GetPhotoResponse  # noqa: Y015

@@ -25,9 +25,17 @@ if _version_not_supported:
     )
 
 
-class TallyStub:
+class TallyServiceStub:
     """tally accepts signed C.Hasil forms from TPS devices and relays, stores them
     durably (acknowledged means committed) and idempotently, and chains them.
+
+    Errors carry a google.rpc.Status: INVALID_ARGUMENT comes with a
+    google.rpc.BadRequest naming every bad field, RESOURCE_EXHAUSTED and
+    UNAVAILABLE with a google.rpc.RetryInfo and the same delay in the trailing
+    metadata `retry-after-ms` (decimal milliseconds). Submit, SubmitBatch and
+    the reads may always be retried with the same request: a form is stored at
+    most once, and a resend of a stored form is answered OUTCOME_DUPLICATE with
+    the original receipt. Requests and replies may be up to 64 MiB.
     """
 
     def __init__(self, channel):
@@ -37,116 +45,150 @@ class TallyStub:
             channel: A grpc.Channel.
         """
         self.Submit = channel.unary_unary(
-                '/suara.v1.Tally/Submit',
+                '/suara.v1.TallyService/Submit',
                 request_serializer=suara_dot_v1_dot_tally__pb2.SubmitRequest.SerializeToString,
                 response_deserializer=suara_dot_v1_dot_tally__pb2.SubmitResponse.FromString,
                 _registered_method=True)
         self.SubmitBatch = channel.unary_unary(
-                '/suara.v1.Tally/SubmitBatch',
+                '/suara.v1.TallyService/SubmitBatch',
                 request_serializer=suara_dot_v1_dot_tally__pb2.SubmitBatchRequest.SerializeToString,
                 response_deserializer=suara_dot_v1_dot_tally__pb2.SubmitBatchResponse.FromString,
                 _registered_method=True)
         self.GetSubmission = channel.unary_unary(
-                '/suara.v1.Tally/GetSubmission',
+                '/suara.v1.TallyService/GetSubmission',
                 request_serializer=suara_dot_v1_dot_tally__pb2.GetSubmissionRequest.SerializeToString,
-                response_deserializer=suara_dot_v1_dot_tally__pb2.Submission.FromString,
+                response_deserializer=suara_dot_v1_dot_tally__pb2.GetSubmissionResponse.FromString,
                 _registered_method=True)
         self.ListSubmissions = channel.unary_unary(
-                '/suara.v1.Tally/ListSubmissions',
+                '/suara.v1.TallyService/ListSubmissions',
                 request_serializer=suara_dot_v1_dot_tally__pb2.ListSubmissionsRequest.SerializeToString,
                 response_deserializer=suara_dot_v1_dot_tally__pb2.ListSubmissionsResponse.FromString,
                 _registered_method=True)
         self.GetChainHead = channel.unary_unary(
-                '/suara.v1.Tally/GetChainHead',
+                '/suara.v1.TallyService/GetChainHead',
                 request_serializer=suara_dot_v1_dot_tally__pb2.GetChainHeadRequest.SerializeToString,
-                response_deserializer=suara_dot_v1_dot_tally__pb2.ChainHead.FromString,
+                response_deserializer=suara_dot_v1_dot_tally__pb2.GetChainHeadResponse.FromString,
                 _registered_method=True)
         self.GetPhoto = channel.unary_unary(
-                '/suara.v1.Tally/GetPhoto',
+                '/suara.v1.TallyService/GetPhoto',
                 request_serializer=suara_dot_v1_dot_tally__pb2.GetPhotoRequest.SerializeToString,
-                response_deserializer=suara_dot_v1_dot_tally__pb2.StoredPhoto.FromString,
+                response_deserializer=suara_dot_v1_dot_tally__pb2.GetPhotoResponse.FromString,
                 _registered_method=True)
         self.EnrollDevice = channel.unary_unary(
-                '/suara.v1.Tally/EnrollDevice',
+                '/suara.v1.TallyService/EnrollDevice',
                 request_serializer=suara_dot_v1_dot_tally__pb2.EnrollDeviceRequest.SerializeToString,
                 response_deserializer=suara_dot_v1_dot_tally__pb2.EnrollDeviceResponse.FromString,
                 _registered_method=True)
         self.EnrollDevices = channel.unary_unary(
-                '/suara.v1.Tally/EnrollDevices',
+                '/suara.v1.TallyService/EnrollDevices',
                 request_serializer=suara_dot_v1_dot_tally__pb2.EnrollDevicesRequest.SerializeToString,
                 response_deserializer=suara_dot_v1_dot_tally__pb2.EnrollDevicesResponse.FromString,
                 _registered_method=True)
 
 
-class TallyServicer:
+class TallyServiceServicer:
     """tally accepts signed C.Hasil forms from TPS devices and relays, stores them
     durably (acknowledged means committed) and idempotently, and chains them.
+
+    Errors carry a google.rpc.Status: INVALID_ARGUMENT comes with a
+    google.rpc.BadRequest naming every bad field, RESOURCE_EXHAUSTED and
+    UNAVAILABLE with a google.rpc.RetryInfo and the same delay in the trailing
+    metadata `retry-after-ms` (decimal milliseconds). Submit, SubmitBatch and
+    the reads may always be retried with the same request: a form is stored at
+    most once, and a resend of a stored form is answered OUTCOME_DUPLICATE with
+    the original receipt. Requests and replies may be up to 64 MiB.
     """
 
     def Submit(self, request, context):
-        """One signed form, with up to 3 photos. Malformed: INVALID_ARGUMENT with a
-        google.rpc.BadRequest naming every bad field. Bad or unknown signature:
-        UNAUTHENTICATED. A key of another TPS: PERMISSION_DENIED. Same version,
-        different payload: ALREADY_EXISTS (the original is kept). Overload:
-        RESOURCE_EXHAUSTED with `retry-after-ms` in trailing metadata. Database
-        unreachable: UNAVAILABLE; retrying the same form is always safe.
+        """Store one signed form with up to 3 photos. Needs no credential: the form's
+        signature by an enrolled device key is the authentication.
+
+        Answers the outcome (ACCEPTED, QUARANTINED, DUPLICATE or SUPERSEDED) with a
+        receipt, or fails with: INVALID_ARGUMENT (malformed form or photo; nothing
+        stored; BadRequest names each field); UNAUTHENTICATED (unknown or revoked
+        device, or a signature that does not verify); PERMISSION_DENIED (the device
+        is enrolled for another TPS); ALREADY_EXISTS (this version is stored with a
+        different payload: the original is kept; send a correction with a higher
+        version); RESOURCE_EXHAUSTED (overloaded; retry the same request after the
+        hint); UNAVAILABLE (the database is unreachable or did not answer in time;
+        retry the same request after the hint: if it was stored after all, the
+        answer is DUPLICATE); INTERNAL (storing failed; nothing stored; retry).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SubmitBatch(self, request, context):
-        """Many signed forms in one call, for relays and devices catching up after an
-        outage. Every item gets its own outcome; one bad item never fails the rest.
+        """Many signed forms in one call (at most 1,000), for relays and devices
+        catching up after an outage. Every item gets its own outcome; one bad item
+        never fails the rest. The call as a whole fails with INVALID_ARGUMENT
+        (more than 1,000 items), RESOURCE_EXHAUSTED or UNAVAILABLE: retry the same
+        batch after the hint (items stored meanwhile are answered DUPLICATE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetSubmission(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One stored submission by its id (from a receipt). INVALID_ARGUMENT if the
+        id is not a UUID, NOT_FOUND if no such submission, UNAVAILABLE while the
+        database is unreachable (retry). No credential needed.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListSubmissions(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Every stored submission of one TPS (optionally of one contest), by contest
+        then version, a page at a time. INVALID_ARGUMENT for a bad TPS code,
+        page_size or page_token; UNAVAILABLE while the database is unreachable
+        (retry). No credential needed.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetChainHead(self, request, context):
-        """Public by design (publish shows both to everyone): the chain's head, which
-        every snapshot carries so anyone can check the log was not rewritten, and a
-        form photo by its SHA-256 (NOT_FOUND until a form carrying it is stored).
+        """The chain's head, which every published snapshot carries so anyone can
+        check the log was not rewritten. Public by design; UNAVAILABLE while the
+        database is unreachable (retry).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetPhoto(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A form photo by its SHA-256. Public by design (the site shows it).
+        INVALID_ARGUMENT for a malformed hash, NOT_FOUND until a form carrying the
+        photo is stored, UNAVAILABLE while the database is unreachable (retry).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def EnrollDevice(self, request, context):
-        """Admin only (authorization: Bearer <admin token>): register a device key.
+        """Register one device key for one TPS. Admin only: metadata `authorization:
+        Bearer <admin token>` (UNAUTHENTICATED without it, PERMISSION_DENIED for an
+        unknown or revoked token). INVALID_ARGUMENT names each bad field (unknown
+        TPS, a key that is not 32 bytes, a key enrolled for another TPS).
+        Enrolling the same key for the same TPS again changes nothing and answers
+        the same device: safe to retry.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def EnrollDevices(self, request, context):
-        """Admin only: register up to 1,000 device keys in one transaction, all or
-        none (a provisioning run; INVALID_ARGUMENT names each bad `devices[i]`).
+        """Register 1 to 1,000 device keys in one transaction, all or none (a
+        provisioning run). Admin only, as EnrollDevice; INVALID_ARGUMENT names each
+        bad `devices[i]` field and enrolls none. Safe to retry.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
 
-def add_TallyServicer_to_server(servicer, server):
+def add_TallyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Submit': grpc.unary_unary_rpc_method_handler(
                     servicer.Submit,
@@ -161,7 +203,7 @@ def add_TallyServicer_to_server(servicer, server):
             'GetSubmission': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSubmission,
                     request_deserializer=suara_dot_v1_dot_tally__pb2.GetSubmissionRequest.FromString,
-                    response_serializer=suara_dot_v1_dot_tally__pb2.Submission.SerializeToString,
+                    response_serializer=suara_dot_v1_dot_tally__pb2.GetSubmissionResponse.SerializeToString,
             ),
             'ListSubmissions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListSubmissions,
@@ -171,12 +213,12 @@ def add_TallyServicer_to_server(servicer, server):
             'GetChainHead': grpc.unary_unary_rpc_method_handler(
                     servicer.GetChainHead,
                     request_deserializer=suara_dot_v1_dot_tally__pb2.GetChainHeadRequest.FromString,
-                    response_serializer=suara_dot_v1_dot_tally__pb2.ChainHead.SerializeToString,
+                    response_serializer=suara_dot_v1_dot_tally__pb2.GetChainHeadResponse.SerializeToString,
             ),
             'GetPhoto': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPhoto,
                     request_deserializer=suara_dot_v1_dot_tally__pb2.GetPhotoRequest.FromString,
-                    response_serializer=suara_dot_v1_dot_tally__pb2.StoredPhoto.SerializeToString,
+                    response_serializer=suara_dot_v1_dot_tally__pb2.GetPhotoResponse.SerializeToString,
             ),
             'EnrollDevice': grpc.unary_unary_rpc_method_handler(
                     servicer.EnrollDevice,
@@ -190,15 +232,23 @@ def add_TallyServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'suara.v1.Tally', rpc_method_handlers)
+            'suara.v1.TallyService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('suara.v1.Tally', rpc_method_handlers)
+    server.add_registered_method_handlers('suara.v1.TallyService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Tally:
+class TallyService:
     """tally accepts signed C.Hasil forms from TPS devices and relays, stores them
     durably (acknowledged means committed) and idempotently, and chains them.
+
+    Errors carry a google.rpc.Status: INVALID_ARGUMENT comes with a
+    google.rpc.BadRequest naming every bad field, RESOURCE_EXHAUSTED and
+    UNAVAILABLE with a google.rpc.RetryInfo and the same delay in the trailing
+    metadata `retry-after-ms` (decimal milliseconds). Submit, SubmitBatch and
+    the reads may always be retried with the same request: a form is stored at
+    most once, and a resend of a stored form is answered OUTCOME_DUPLICATE with
+    the original receipt. Requests and replies may be up to 64 MiB.
     """
 
     @staticmethod
@@ -215,7 +265,7 @@ class Tally:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/suara.v1.Tally/Submit',
+            '/suara.v1.TallyService/Submit',
             suara_dot_v1_dot_tally__pb2.SubmitRequest.SerializeToString,
             suara_dot_v1_dot_tally__pb2.SubmitResponse.FromString,
             options,
@@ -242,7 +292,7 @@ class Tally:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/suara.v1.Tally/SubmitBatch',
+            '/suara.v1.TallyService/SubmitBatch',
             suara_dot_v1_dot_tally__pb2.SubmitBatchRequest.SerializeToString,
             suara_dot_v1_dot_tally__pb2.SubmitBatchResponse.FromString,
             options,
@@ -269,9 +319,9 @@ class Tally:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/suara.v1.Tally/GetSubmission',
+            '/suara.v1.TallyService/GetSubmission',
             suara_dot_v1_dot_tally__pb2.GetSubmissionRequest.SerializeToString,
-            suara_dot_v1_dot_tally__pb2.Submission.FromString,
+            suara_dot_v1_dot_tally__pb2.GetSubmissionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -296,7 +346,7 @@ class Tally:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/suara.v1.Tally/ListSubmissions',
+            '/suara.v1.TallyService/ListSubmissions',
             suara_dot_v1_dot_tally__pb2.ListSubmissionsRequest.SerializeToString,
             suara_dot_v1_dot_tally__pb2.ListSubmissionsResponse.FromString,
             options,
@@ -323,9 +373,9 @@ class Tally:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/suara.v1.Tally/GetChainHead',
+            '/suara.v1.TallyService/GetChainHead',
             suara_dot_v1_dot_tally__pb2.GetChainHeadRequest.SerializeToString,
-            suara_dot_v1_dot_tally__pb2.ChainHead.FromString,
+            suara_dot_v1_dot_tally__pb2.GetChainHeadResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -350,9 +400,9 @@ class Tally:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/suara.v1.Tally/GetPhoto',
+            '/suara.v1.TallyService/GetPhoto',
             suara_dot_v1_dot_tally__pb2.GetPhotoRequest.SerializeToString,
-            suara_dot_v1_dot_tally__pb2.StoredPhoto.FromString,
+            suara_dot_v1_dot_tally__pb2.GetPhotoResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -377,7 +427,7 @@ class Tally:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/suara.v1.Tally/EnrollDevice',
+            '/suara.v1.TallyService/EnrollDevice',
             suara_dot_v1_dot_tally__pb2.EnrollDeviceRequest.SerializeToString,
             suara_dot_v1_dot_tally__pb2.EnrollDeviceResponse.FromString,
             options,
@@ -404,7 +454,7 @@ class Tally:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/suara.v1.Tally/EnrollDevices',
+            '/suara.v1.TallyService/EnrollDevices',
             suara_dot_v1_dot_tally__pb2.EnrollDevicesRequest.SerializeToString,
             suara_dot_v1_dot_tally__pb2.EnrollDevicesResponse.FromString,
             options,

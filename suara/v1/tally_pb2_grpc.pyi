@@ -26,79 +26,163 @@ class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ig
 GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
-class TallyStub:
+class TallyServiceStub:
     """tally accepts signed C.Hasil forms from TPS devices and relays, stores them
     durably (acknowledged means committed) and idempotently, and chains them.
+
+    Errors carry a google.rpc.Status: INVALID_ARGUMENT comes with a
+    google.rpc.BadRequest naming every bad field, RESOURCE_EXHAUSTED and
+    UNAVAILABLE with a google.rpc.RetryInfo and the same delay in the trailing
+    metadata `retry-after-ms` (decimal milliseconds). Submit, SubmitBatch and
+    the reads may always be retried with the same request: a form is stored at
+    most once, and a resend of a stored form is answered OUTCOME_DUPLICATE with
+    the original receipt. Requests and replies may be up to 64 MiB.
     """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
-    def __new__(cls, channel: _aio.Channel) -> TallyAsyncStub: ...
+    def __new__(cls, channel: _aio.Channel) -> TallyServiceAsyncStub: ...
     Submit: _grpc.UnaryUnaryMultiCallable[_tally_pb2.SubmitRequest, _tally_pb2.SubmitResponse]
-    """One signed form, with up to 3 photos. Malformed: INVALID_ARGUMENT with a
-    google.rpc.BadRequest naming every bad field. Bad or unknown signature:
-    UNAUTHENTICATED. A key of another TPS: PERMISSION_DENIED. Same version,
-    different payload: ALREADY_EXISTS (the original is kept). Overload:
-    RESOURCE_EXHAUSTED with `retry-after-ms` in trailing metadata. Database
-    unreachable: UNAVAILABLE; retrying the same form is always safe.
+    """Store one signed form with up to 3 photos. Needs no credential: the form's
+    signature by an enrolled device key is the authentication.
+
+    Answers the outcome (ACCEPTED, QUARANTINED, DUPLICATE or SUPERSEDED) with a
+    receipt, or fails with: INVALID_ARGUMENT (malformed form or photo; nothing
+    stored; BadRequest names each field); UNAUTHENTICATED (unknown or revoked
+    device, or a signature that does not verify); PERMISSION_DENIED (the device
+    is enrolled for another TPS); ALREADY_EXISTS (this version is stored with a
+    different payload: the original is kept; send a correction with a higher
+    version); RESOURCE_EXHAUSTED (overloaded; retry the same request after the
+    hint); UNAVAILABLE (the database is unreachable or did not answer in time;
+    retry the same request after the hint: if it was stored after all, the
+    answer is DUPLICATE); INTERNAL (storing failed; nothing stored; retry).
     """
     SubmitBatch: _grpc.UnaryUnaryMultiCallable[_tally_pb2.SubmitBatchRequest, _tally_pb2.SubmitBatchResponse]
-    """Many signed forms in one call, for relays and devices catching up after an
-    outage. Every item gets its own outcome; one bad item never fails the rest.
+    """Many signed forms in one call (at most 1,000), for relays and devices
+    catching up after an outage. Every item gets its own outcome; one bad item
+    never fails the rest. The call as a whole fails with INVALID_ARGUMENT
+    (more than 1,000 items), RESOURCE_EXHAUSTED or UNAVAILABLE: retry the same
+    batch after the hint (items stored meanwhile are answered DUPLICATE).
     """
-    GetSubmission: _grpc.UnaryUnaryMultiCallable[_tally_pb2.GetSubmissionRequest, _tally_pb2.Submission]
+    GetSubmission: _grpc.UnaryUnaryMultiCallable[_tally_pb2.GetSubmissionRequest, _tally_pb2.GetSubmissionResponse]
+    """One stored submission by its id (from a receipt). INVALID_ARGUMENT if the
+    id is not a UUID, NOT_FOUND if no such submission, UNAVAILABLE while the
+    database is unreachable (retry). No credential needed.
+    """
     ListSubmissions: _grpc.UnaryUnaryMultiCallable[_tally_pb2.ListSubmissionsRequest, _tally_pb2.ListSubmissionsResponse]
-    GetChainHead: _grpc.UnaryUnaryMultiCallable[_tally_pb2.GetChainHeadRequest, _tally_pb2.ChainHead]
-    """Public by design (publish shows both to everyone): the chain's head, which
-    every snapshot carries so anyone can check the log was not rewritten, and a
-    form photo by its SHA-256 (NOT_FOUND until a form carrying it is stored).
+    """Every stored submission of one TPS (optionally of one contest), by contest
+    then version, a page at a time. INVALID_ARGUMENT for a bad TPS code,
+    page_size or page_token; UNAVAILABLE while the database is unreachable
+    (retry). No credential needed.
     """
-    GetPhoto: _grpc.UnaryUnaryMultiCallable[_tally_pb2.GetPhotoRequest, _tally_pb2.StoredPhoto]
+    GetChainHead: _grpc.UnaryUnaryMultiCallable[_tally_pb2.GetChainHeadRequest, _tally_pb2.GetChainHeadResponse]
+    """The chain's head, which every published snapshot carries so anyone can
+    check the log was not rewritten. Public by design; UNAVAILABLE while the
+    database is unreachable (retry).
+    """
+    GetPhoto: _grpc.UnaryUnaryMultiCallable[_tally_pb2.GetPhotoRequest, _tally_pb2.GetPhotoResponse]
+    """A form photo by its SHA-256. Public by design (the site shows it).
+    INVALID_ARGUMENT for a malformed hash, NOT_FOUND until a form carrying the
+    photo is stored, UNAVAILABLE while the database is unreachable (retry).
+    """
     EnrollDevice: _grpc.UnaryUnaryMultiCallable[_tally_pb2.EnrollDeviceRequest, _tally_pb2.EnrollDeviceResponse]
-    """Admin only (authorization: Bearer <admin token>): register a device key."""
+    """Register one device key for one TPS. Admin only: metadata `authorization:
+    Bearer <admin token>` (UNAUTHENTICATED without it, PERMISSION_DENIED for an
+    unknown or revoked token). INVALID_ARGUMENT names each bad field (unknown
+    TPS, a key that is not 32 bytes, a key enrolled for another TPS).
+    Enrolling the same key for the same TPS again changes nothing and answers
+    the same device: safe to retry.
+    """
     EnrollDevices: _grpc.UnaryUnaryMultiCallable[_tally_pb2.EnrollDevicesRequest, _tally_pb2.EnrollDevicesResponse]
-    """Admin only: register up to 1,000 device keys in one transaction, all or
-    none (a provisioning run; INVALID_ARGUMENT names each bad `devices[i]`).
+    """Register 1 to 1,000 device keys in one transaction, all or none (a
+    provisioning run). Admin only, as EnrollDevice; INVALID_ARGUMENT names each
+    bad `devices[i]` field and enrolls none. Safe to retry.
     """
 
 @_typing.type_check_only
-class TallyAsyncStub(TallyStub):
+class TallyServiceAsyncStub(TallyServiceStub):
     """tally accepts signed C.Hasil forms from TPS devices and relays, stores them
     durably (acknowledged means committed) and idempotently, and chains them.
+
+    Errors carry a google.rpc.Status: INVALID_ARGUMENT comes with a
+    google.rpc.BadRequest naming every bad field, RESOURCE_EXHAUSTED and
+    UNAVAILABLE with a google.rpc.RetryInfo and the same delay in the trailing
+    metadata `retry-after-ms` (decimal milliseconds). Submit, SubmitBatch and
+    the reads may always be retried with the same request: a form is stored at
+    most once, and a resend of a stored form is answered OUTCOME_DUPLICATE with
+    the original receipt. Requests and replies may be up to 64 MiB.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Submit: _aio.UnaryUnaryMultiCallable[_tally_pb2.SubmitRequest, _tally_pb2.SubmitResponse]  # type: ignore[assignment]
-    """One signed form, with up to 3 photos. Malformed: INVALID_ARGUMENT with a
-    google.rpc.BadRequest naming every bad field. Bad or unknown signature:
-    UNAUTHENTICATED. A key of another TPS: PERMISSION_DENIED. Same version,
-    different payload: ALREADY_EXISTS (the original is kept). Overload:
-    RESOURCE_EXHAUSTED with `retry-after-ms` in trailing metadata. Database
-    unreachable: UNAVAILABLE; retrying the same form is always safe.
+    """Store one signed form with up to 3 photos. Needs no credential: the form's
+    signature by an enrolled device key is the authentication.
+
+    Answers the outcome (ACCEPTED, QUARANTINED, DUPLICATE or SUPERSEDED) with a
+    receipt, or fails with: INVALID_ARGUMENT (malformed form or photo; nothing
+    stored; BadRequest names each field); UNAUTHENTICATED (unknown or revoked
+    device, or a signature that does not verify); PERMISSION_DENIED (the device
+    is enrolled for another TPS); ALREADY_EXISTS (this version is stored with a
+    different payload: the original is kept; send a correction with a higher
+    version); RESOURCE_EXHAUSTED (overloaded; retry the same request after the
+    hint); UNAVAILABLE (the database is unreachable or did not answer in time;
+    retry the same request after the hint: if it was stored after all, the
+    answer is DUPLICATE); INTERNAL (storing failed; nothing stored; retry).
     """
     SubmitBatch: _aio.UnaryUnaryMultiCallable[_tally_pb2.SubmitBatchRequest, _tally_pb2.SubmitBatchResponse]  # type: ignore[assignment]
-    """Many signed forms in one call, for relays and devices catching up after an
-    outage. Every item gets its own outcome; one bad item never fails the rest.
+    """Many signed forms in one call (at most 1,000), for relays and devices
+    catching up after an outage. Every item gets its own outcome; one bad item
+    never fails the rest. The call as a whole fails with INVALID_ARGUMENT
+    (more than 1,000 items), RESOURCE_EXHAUSTED or UNAVAILABLE: retry the same
+    batch after the hint (items stored meanwhile are answered DUPLICATE).
     """
-    GetSubmission: _aio.UnaryUnaryMultiCallable[_tally_pb2.GetSubmissionRequest, _tally_pb2.Submission]  # type: ignore[assignment]
+    GetSubmission: _aio.UnaryUnaryMultiCallable[_tally_pb2.GetSubmissionRequest, _tally_pb2.GetSubmissionResponse]  # type: ignore[assignment]
+    """One stored submission by its id (from a receipt). INVALID_ARGUMENT if the
+    id is not a UUID, NOT_FOUND if no such submission, UNAVAILABLE while the
+    database is unreachable (retry). No credential needed.
+    """
     ListSubmissions: _aio.UnaryUnaryMultiCallable[_tally_pb2.ListSubmissionsRequest, _tally_pb2.ListSubmissionsResponse]  # type: ignore[assignment]
-    GetChainHead: _aio.UnaryUnaryMultiCallable[_tally_pb2.GetChainHeadRequest, _tally_pb2.ChainHead]  # type: ignore[assignment]
-    """Public by design (publish shows both to everyone): the chain's head, which
-    every snapshot carries so anyone can check the log was not rewritten, and a
-    form photo by its SHA-256 (NOT_FOUND until a form carrying it is stored).
+    """Every stored submission of one TPS (optionally of one contest), by contest
+    then version, a page at a time. INVALID_ARGUMENT for a bad TPS code,
+    page_size or page_token; UNAVAILABLE while the database is unreachable
+    (retry). No credential needed.
     """
-    GetPhoto: _aio.UnaryUnaryMultiCallable[_tally_pb2.GetPhotoRequest, _tally_pb2.StoredPhoto]  # type: ignore[assignment]
+    GetChainHead: _aio.UnaryUnaryMultiCallable[_tally_pb2.GetChainHeadRequest, _tally_pb2.GetChainHeadResponse]  # type: ignore[assignment]
+    """The chain's head, which every published snapshot carries so anyone can
+    check the log was not rewritten. Public by design; UNAVAILABLE while the
+    database is unreachable (retry).
+    """
+    GetPhoto: _aio.UnaryUnaryMultiCallable[_tally_pb2.GetPhotoRequest, _tally_pb2.GetPhotoResponse]  # type: ignore[assignment]
+    """A form photo by its SHA-256. Public by design (the site shows it).
+    INVALID_ARGUMENT for a malformed hash, NOT_FOUND until a form carrying the
+    photo is stored, UNAVAILABLE while the database is unreachable (retry).
+    """
     EnrollDevice: _aio.UnaryUnaryMultiCallable[_tally_pb2.EnrollDeviceRequest, _tally_pb2.EnrollDeviceResponse]  # type: ignore[assignment]
-    """Admin only (authorization: Bearer <admin token>): register a device key."""
+    """Register one device key for one TPS. Admin only: metadata `authorization:
+    Bearer <admin token>` (UNAUTHENTICATED without it, PERMISSION_DENIED for an
+    unknown or revoked token). INVALID_ARGUMENT names each bad field (unknown
+    TPS, a key that is not 32 bytes, a key enrolled for another TPS).
+    Enrolling the same key for the same TPS again changes nothing and answers
+    the same device: safe to retry.
+    """
     EnrollDevices: _aio.UnaryUnaryMultiCallable[_tally_pb2.EnrollDevicesRequest, _tally_pb2.EnrollDevicesResponse]  # type: ignore[assignment]
-    """Admin only: register up to 1,000 device keys in one transaction, all or
-    none (a provisioning run; INVALID_ARGUMENT names each bad `devices[i]`).
+    """Register 1 to 1,000 device keys in one transaction, all or none (a
+    provisioning run). Admin only, as EnrollDevice; INVALID_ARGUMENT names each
+    bad `devices[i]` field and enrolls none. Safe to retry.
     """
 
-class TallyServicer(metaclass=_abc_1.ABCMeta):
+class TallyServiceServicer(metaclass=_abc_1.ABCMeta):
     """tally accepts signed C.Hasil forms from TPS devices and relays, stores them
     durably (acknowledged means committed) and idempotently, and chains them.
+
+    Errors carry a google.rpc.Status: INVALID_ARGUMENT comes with a
+    google.rpc.BadRequest naming every bad field, RESOURCE_EXHAUSTED and
+    UNAVAILABLE with a google.rpc.RetryInfo and the same delay in the trailing
+    metadata `retry-after-ms` (decimal milliseconds). Submit, SubmitBatch and
+    the reads may always be retried with the same request: a form is stored at
+    most once, and a resend of a stored form is answered OUTCOME_DUPLICATE with
+    the original receipt. Requests and replies may be up to 64 MiB.
     """
 
     @_abc_1.abstractmethod
@@ -107,12 +191,19 @@ class TallyServicer(metaclass=_abc_1.ABCMeta):
         request: _tally_pb2.SubmitRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tally_pb2.SubmitResponse, _abc.Awaitable[_tally_pb2.SubmitResponse]]:
-        """One signed form, with up to 3 photos. Malformed: INVALID_ARGUMENT with a
-        google.rpc.BadRequest naming every bad field. Bad or unknown signature:
-        UNAUTHENTICATED. A key of another TPS: PERMISSION_DENIED. Same version,
-        different payload: ALREADY_EXISTS (the original is kept). Overload:
-        RESOURCE_EXHAUSTED with `retry-after-ms` in trailing metadata. Database
-        unreachable: UNAVAILABLE; retrying the same form is always safe.
+        """Store one signed form with up to 3 photos. Needs no credential: the form's
+        signature by an enrolled device key is the authentication.
+
+        Answers the outcome (ACCEPTED, QUARANTINED, DUPLICATE or SUPERSEDED) with a
+        receipt, or fails with: INVALID_ARGUMENT (malformed form or photo; nothing
+        stored; BadRequest names each field); UNAUTHENTICATED (unknown or revoked
+        device, or a signature that does not verify); PERMISSION_DENIED (the device
+        is enrolled for another TPS); ALREADY_EXISTS (this version is stored with a
+        different payload: the original is kept; send a correction with a higher
+        version); RESOURCE_EXHAUSTED (overloaded; retry the same request after the
+        hint); UNAVAILABLE (the database is unreachable or did not answer in time;
+        retry the same request after the hint: if it was stored after all, the
+        answer is DUPLICATE); INTERNAL (storing failed; nothing stored; retry).
         """
 
     @_abc_1.abstractmethod
@@ -121,8 +212,11 @@ class TallyServicer(metaclass=_abc_1.ABCMeta):
         request: _tally_pb2.SubmitBatchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tally_pb2.SubmitBatchResponse, _abc.Awaitable[_tally_pb2.SubmitBatchResponse]]:
-        """Many signed forms in one call, for relays and devices catching up after an
-        outage. Every item gets its own outcome; one bad item never fails the rest.
+        """Many signed forms in one call (at most 1,000), for relays and devices
+        catching up after an outage. Every item gets its own outcome; one bad item
+        never fails the rest. The call as a whole fails with INVALID_ARGUMENT
+        (more than 1,000 items), RESOURCE_EXHAUSTED or UNAVAILABLE: retry the same
+        batch after the hint (items stored meanwhile are answered DUPLICATE).
         """
 
     @_abc_1.abstractmethod
@@ -130,24 +224,33 @@ class TallyServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _tally_pb2.GetSubmissionRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_tally_pb2.Submission, _abc.Awaitable[_tally_pb2.Submission]]: ...
+    ) -> _typing.Union[_tally_pb2.GetSubmissionResponse, _abc.Awaitable[_tally_pb2.GetSubmissionResponse]]:
+        """One stored submission by its id (from a receipt). INVALID_ARGUMENT if the
+        id is not a UUID, NOT_FOUND if no such submission, UNAVAILABLE while the
+        database is unreachable (retry). No credential needed.
+        """
 
     @_abc_1.abstractmethod
     def ListSubmissions(
         self,
         request: _tally_pb2.ListSubmissionsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_tally_pb2.ListSubmissionsResponse, _abc.Awaitable[_tally_pb2.ListSubmissionsResponse]]: ...
+    ) -> _typing.Union[_tally_pb2.ListSubmissionsResponse, _abc.Awaitable[_tally_pb2.ListSubmissionsResponse]]:
+        """Every stored submission of one TPS (optionally of one contest), by contest
+        then version, a page at a time. INVALID_ARGUMENT for a bad TPS code,
+        page_size or page_token; UNAVAILABLE while the database is unreachable
+        (retry). No credential needed.
+        """
 
     @_abc_1.abstractmethod
     def GetChainHead(
         self,
         request: _tally_pb2.GetChainHeadRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_tally_pb2.ChainHead, _abc.Awaitable[_tally_pb2.ChainHead]]:
-        """Public by design (publish shows both to everyone): the chain's head, which
-        every snapshot carries so anyone can check the log was not rewritten, and a
-        form photo by its SHA-256 (NOT_FOUND until a form carrying it is stored).
+    ) -> _typing.Union[_tally_pb2.GetChainHeadResponse, _abc.Awaitable[_tally_pb2.GetChainHeadResponse]]:
+        """The chain's head, which every published snapshot carries so anyone can
+        check the log was not rewritten. Public by design; UNAVAILABLE while the
+        database is unreachable (retry).
         """
 
     @_abc_1.abstractmethod
@@ -155,7 +258,11 @@ class TallyServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _tally_pb2.GetPhotoRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_tally_pb2.StoredPhoto, _abc.Awaitable[_tally_pb2.StoredPhoto]]: ...
+    ) -> _typing.Union[_tally_pb2.GetPhotoResponse, _abc.Awaitable[_tally_pb2.GetPhotoResponse]]:
+        """A form photo by its SHA-256. Public by design (the site shows it).
+        INVALID_ARGUMENT for a malformed hash, NOT_FOUND until a form carrying the
+        photo is stored, UNAVAILABLE while the database is unreachable (retry).
+        """
 
     @_abc_1.abstractmethod
     def EnrollDevice(
@@ -163,7 +270,13 @@ class TallyServicer(metaclass=_abc_1.ABCMeta):
         request: _tally_pb2.EnrollDeviceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tally_pb2.EnrollDeviceResponse, _abc.Awaitable[_tally_pb2.EnrollDeviceResponse]]:
-        """Admin only (authorization: Bearer <admin token>): register a device key."""
+        """Register one device key for one TPS. Admin only: metadata `authorization:
+        Bearer <admin token>` (UNAUTHENTICATED without it, PERMISSION_DENIED for an
+        unknown or revoked token). INVALID_ARGUMENT names each bad field (unknown
+        TPS, a key that is not 32 bytes, a key enrolled for another TPS).
+        Enrolling the same key for the same TPS again changes nothing and answers
+        the same device: safe to retry.
+        """
 
     @_abc_1.abstractmethod
     def EnrollDevices(
@@ -171,8 +284,9 @@ class TallyServicer(metaclass=_abc_1.ABCMeta):
         request: _tally_pb2.EnrollDevicesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tally_pb2.EnrollDevicesResponse, _abc.Awaitable[_tally_pb2.EnrollDevicesResponse]]:
-        """Admin only: register up to 1,000 device keys in one transaction, all or
-        none (a provisioning run; INVALID_ARGUMENT names each bad `devices[i]`).
+        """Register 1 to 1,000 device keys in one transaction, all or none (a
+        provisioning run). Admin only, as EnrollDevice; INVALID_ARGUMENT names each
+        bad `devices[i]` field and enrolls none. Safe to retry.
         """
 
-def add_TallyServicer_to_server(servicer: TallyServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+def add_TallyServiceServicer_to_server(servicer: TallyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,79 +1,14 @@
-"""A running aggregate per test, on a free port, against the test's own database."""
+"""A running aggregate per test, on a free port, against the test's own database (tests/support/aggregate.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import AsyncIterator
 
 import asyncpg
-import grpc
 import pytest
 
-from services.aggregate.access import aggregate_rules
-from services.aggregate.server import AggregateApp
-from suara.client.aggregate_stub import aggregate_stub
-from suara.runtime.auth.client import ServiceAuthClientInterceptor
-from suara.runtime.auth.credential import ServiceCredential
-from suara.runtime.auth.store import issue_service_credential
-from suara.runtime.settings import AggregateSettings, LogSettings, Settings
-from suara.v1 import aggregate_pb2_grpc
-from tests.conftest import fresh_database
-
-
-def aggregate_settings(port: int) -> Settings:
-    return Settings(aggregate=AggregateSettings(port=port), log=LogSettings(format="console"))
-
-
-BASE_SETTINGS = aggregate_settings(0)
-
-
-@dataclass
-class Aggregate:
-    app: AggregateApp
-    channel: grpc.aio.Channel
-    stub: aggregate_pb2_grpc.AggregateAsyncStub
-    db: asyncpg.Connection
-    db_url: str
-
-    async def close(self) -> None:
-        await self.channel.close()
-        await self.app.stop(grace=0.5)
-
-
-class BothRoles(grpc.aio.UnaryUnaryClientInterceptor):
-    """Signs each call with the credential its method needs, so one test stub can write and read.
-
-    Real callers hold one role each (the relay writes, publish reads)."""
-
-    def __init__(self, writer: ServiceCredential, reader: ServiceCredential) -> None:
-        self.by_role = {"writer": ServiceAuthClientInterceptor(writer), "reader": ServiceAuthClientInterceptor(reader)}
-        self.rules = aggregate_rules()
-
-    async def intercept_unary_unary(
-        self,
-        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request: Any,
-    ) -> Any:
-        method = client_call_details.method
-        name = method.decode() if isinstance(method, bytes) else str(method)
-        role = self.rules.get(name, "reader")
-        return await self.by_role[role].intercept_unary_unary(continuation, client_call_details, request)
-
-
-async def service_channel(db: asyncpg.Connection, port: int) -> grpc.aio.Channel:
-    """A channel to the aggregate on `port` carrying fresh writer and reader credentials registered in `db`."""
-    writer = await issue_service_credential(db, "test-writer", "writer")
-    reader = await issue_service_credential(db, "test-reader", "reader")
-    return grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=[BothRoles(writer, reader)])
-
-
-async def start_aggregate(db_url: str, db: asyncpg.Connection) -> Aggregate:
-    app = await AggregateApp.create(BASE_SETTINGS, db_url)
-    await app.start()
-    channel = await service_channel(db, app.port)
-    return Aggregate(app, channel, aggregate_stub(channel), db, db_url)
+from tests.support.aggregate import Aggregate, start_aggregate
+from tests.support.databases import fresh_database
 
 
 @pytest.fixture

@@ -6,36 +6,9 @@ import grpc
 import pytest
 
 from suara.v1 import aggregate_pb2
-from tests.aggregate.conftest import Aggregate
-from tests.aggregate.oracle import Oracle, Registry, expected_versions, stored_rows, stored_versions, totals_for
-from tests.tally.helpers import bad_fields
-
-
-def update(
-    registry: Registry,
-    tps: str,
-    contest: str = "ppwp",
-    version: int = 1,
-    *,
-    quarantined: bool = False,
-    variant: int = 0,
-) -> aggregate_pb2.TpsUpdate:
-    return aggregate_pb2.TpsUpdate(
-        tps=tps,
-        contest=contest,
-        version=version,
-        totals=totals_for(tps, contest, version, registry.choices[contest], variant),
-        quarantined=quarantined,
-        failed_checks=["valid_plus_invalid"] if quarantined else [],
-    )
-
-
-async def apply(a: Aggregate, oracle: Oracle, updates: list[aggregate_pb2.TpsUpdate]) -> list[str]:
-    response = await a.stub.ApplyUpdates(aggregate_pb2.ApplyUpdatesRequest(updates=updates))
-    got = [aggregate_pb2.UpdateOutcome.Name(o) for o in response.outcomes]
-    want = [oracle.send(u) for u in updates]
-    assert got == want
-    return got
+from tests.support.aggregate import Aggregate, apply, update
+from tests.support.oracles.aggregate import Oracle, Registry, expected_versions, stored_rows, stored_versions
+from tests.support.rpc_errors import bad_fields
 
 
 async def check(a: Aggregate, oracle: Oracle) -> None:
@@ -62,13 +35,13 @@ async def test_a_replayed_batch_changes_nothing(aggregate: Aggregate) -> None:
     oracle = Oracle(registry)
     batch = [update(registry, t, contest) for t in registry.tps[:20:3] for contest in ("ppwp", "pdpr")]
     first = await aggregate.stub.ApplyUpdates(aggregate_pb2.ApplyUpdatesRequest(updates=batch))
-    assert set(first.outcomes) == {aggregate_pb2.APPLIED}
+    assert set(first.outcomes) == {aggregate_pb2.UPDATE_OUTCOME_APPLIED}
     for u in batch:
         oracle.send(u)
     rows_before = await stored_rows(aggregate.db, registry)
     changes_before = await aggregate.db.fetchval("SELECT count(*) FROM aggregate.change")
     again = await aggregate.stub.ApplyUpdates(aggregate_pb2.ApplyUpdatesRequest(updates=batch))
-    assert list(again.outcomes) == [aggregate_pb2.DUPLICATE_UPDATE] * len(batch)
+    assert list(again.outcomes) == [aggregate_pb2.UPDATE_OUTCOME_DUPLICATE] * len(batch)
     assert again.sequence == first.sequence
     assert await stored_rows(aggregate.db, registry) == rows_before == oracle.rows()
     assert await aggregate.db.fetchval("SELECT count(*) FROM aggregate.change") == changes_before
@@ -83,7 +56,7 @@ async def test_duplicates_and_stale_versions_in_one_batch(aggregate: Aggregate) 
         oracle,
         [update(registry, t, version=2), update(registry, t, version=2), update(registry, t, version=1)],
     )
-    assert got == ["APPLIED", "DUPLICATE_UPDATE", "STALE"]
+    assert got == ["APPLIED", "DUPLICATE", "STALE"]
     await check(aggregate, oracle)
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncpg
 
 from suara.v1 import aggregate_pb2
-from tests.aggregate.conftest import Aggregate, start_aggregate
-from tests.aggregate.oracle import Oracle, Registry, stored_rows
-from tests.aggregate.test_apply import apply, update
+from tests.support.aggregate import Aggregate, apply, start_aggregate, update
+from tests.support.oracles.aggregate import Oracle, Registry, stored_rows
 
 
 async def _push(p: Aggregate, n: Aggregate, since: int, fed: list[str]) -> tuple[int, list[str]]:
@@ -16,7 +15,7 @@ async def _push(p: Aggregate, n: Aggregate, since: int, fed: list[str]) -> tuple
     provinces = sorted({(c.contest, c.area) for c in changes.changes if c.area in fed})
     updates = []
     for contest, area in provinces:
-        row = (await p.stub.GetArea(aggregate_pb2.GetAreaRequest(area=area, contest=contest))).area
+        row = (await p.stub.GetArea(aggregate_pb2.GetAreaRequest(area=area, contest=contest))).view.area
         updates.append(
             aggregate_pb2.AreaUpdate(
                 area=area,
@@ -29,7 +28,9 @@ async def _push(p: Aggregate, n: Aggregate, since: int, fed: list[str]) -> tuple
             )
         )
     response = await n.stub.ApplyAreaUpdates(aggregate_pb2.ApplyAreaUpdatesRequest(source="P", updates=updates))
-    return changes.sequence, [aggregate_pb2.UpdateOutcome.Name(o) for o in response.outcomes]
+    return changes.sequence, [
+        aggregate_pb2.UpdateOutcome.Name(o).removeprefix("UPDATE_OUTCOME_") for o in response.outcomes
+    ]
 
 
 async def test_a_national_instance_fed_by_a_province_instance(aggregate: Aggregate, other_db_url: str) -> None:
@@ -74,14 +75,14 @@ async def test_a_national_instance_fed_by_a_province_instance(aggregate: Aggrega
         assert await n_db.fetchval("SELECT sequence FROM aggregate.head") == sequence_before + 1
 
         _, outcomes = await _push(p, n, since, fed)  # the reply was lost: the relay resends
-        assert set(outcomes) == {"DUPLICATE_UPDATE"}
+        assert set(outcomes) == {"DUPLICATE"}
         assert await n_db.fetchval("SELECT sequence FROM aggregate.head") == sequence_before + 1
         await _check(n_db, registry, oracle, fed, own)
 
         # An older push arriving late is stale and changes nothing.
         stale = aggregate_pb2.AreaUpdate(area=fed[0], contest="ppwp", version=1, tps_total=1)
         response = await n.stub.ApplyAreaUpdates(aggregate_pb2.ApplyAreaUpdatesRequest(source="P", updates=[stale]))
-        assert list(response.outcomes) == [aggregate_pb2.STALE]
+        assert list(response.outcomes) == [aggregate_pb2.UPDATE_OUTCOME_STALE]
         await _check(n_db, registry, oracle, fed, own)
     finally:
         await n.close()

@@ -19,8 +19,15 @@ from hypothesis import strategies as st
 from services.aggregate.server import AggregateApp
 from suara.client.aggregate_stub import aggregate_stub
 from suara.v1 import aggregate_pb2
-from tests.aggregate.conftest import BASE_SETTINGS, service_channel
-from tests.aggregate.oracle import Oracle, Registry, expected_versions, stored_rows, stored_versions, totals_for
+from tests.support.aggregate import BASE_SETTINGS, service_channel
+from tests.support.oracles.aggregate import (
+    Oracle,
+    Registry,
+    expected_versions,
+    stored_rows,
+    stored_versions,
+    totals_for,
+)
 
 SLOTS = 6
 CONTESTS = ("ppwp", "pdpr")
@@ -103,7 +110,7 @@ async def _run(db_url: str, ops: list[Op], concurrent: bool) -> None:
         if not concurrent:
             for batch in batches.values():
                 response = await stubs[0].ApplyUpdates(aggregate_pb2.ApplyUpdatesRequest(updates=batch))
-                got = [aggregate_pb2.UpdateOutcome.Name(o) for o in response.outcomes]
+                got = [aggregate_pb2.UpdateOutcome.Name(o).removeprefix("UPDATE_OUTCOME_") for o in response.outcomes]
                 assert got == [oracle.send(u) for u in batch]
         else:
             # Two relays at once: outcomes depend on the interleaving, the final state must not.

@@ -16,9 +16,9 @@ from services.aggregate.queries import QUERIES
 from suara.client.aggregate_stub import aggregate_stub
 from suara.election.signing import OfficialKey
 from suara.v1 import aggregate_pb2
-from tests.aggregate.conftest import Aggregate
-from tests.aggregate.oracle import totals_for
-from tests.tally.helpers import bad_fields
+from tests.support.aggregate import Aggregate
+from tests.support.oracles.aggregate import totals_for
+from tests.support.rpc_errors import bad_fields
 
 SCALARS = ("suara_sah", "suara_tidak_sah", "suara_total", "dpt", "pengguna")
 
@@ -67,21 +67,23 @@ async def test_reconciliation_goes_incomplete_match_mismatch(aggregate: Aggregat
     hand_count = _sum(list(sent.values()), choices)  # what the PPK plenary counted by hand
 
     get = aggregate_pb2.GetReconciliationRequest(area=area, contest="ppwp")
-    assert (await aggregate.stub.GetReconciliation(get)).status == aggregate_pb2.NO_RECAP
+    assert (
+        await aggregate.stub.GetReconciliation(get)
+    ).reconciliation.status == aggregate_pb2.RECONCILIATION_STATUS_NO_RECAP
 
     first = await aggregate.stub.SubmitRecap(_signed(ppk, area, 1, hand_count))
-    assert first.outcome == aggregate_pb2.RECAP_ACCEPTED
+    assert first.outcome == aggregate_pb2.RECAP_OUTCOME_ACCEPTED
 
     updates = [aggregate_pb2.TpsUpdate(tps=code, contest="ppwp", version=1, totals=t) for code, t in sent.items()]
     await aggregate.stub.ApplyUpdates(aggregate_pb2.ApplyUpdatesRequest(updates=updates[:-1]))
-    partial = await aggregate.stub.GetReconciliation(get)
-    assert partial.status == aggregate_pb2.INCOMPLETE  # one TPS is still out
+    partial = (await aggregate.stub.GetReconciliation(get)).reconciliation
+    assert partial.status == aggregate_pb2.RECONCILIATION_STATUS_INCOMPLETE  # one TPS is still out
     assert (partial.tps_reported, partial.tps_total) == (len(tps) - 1, len(tps))
     assert partial.digital == _sum(list(sent.values())[:-1], choices)
 
     await aggregate.stub.ApplyUpdates(aggregate_pb2.ApplyUpdatesRequest(updates=updates[-1:]))
-    complete = await aggregate.stub.GetReconciliation(get)
-    assert complete.status == aggregate_pb2.MATCH and not complete.differences
+    complete = (await aggregate.stub.GetReconciliation(get)).reconciliation
+    assert complete.status == aggregate_pb2.RECONCILIATION_STATUS_MATCH and not complete.differences
     assert complete.recap == hand_count == complete.digital
 
     miscount = aggregate_pb2.Totals()
@@ -89,25 +91,27 @@ async def test_reconciliation_goes_incomplete_match_mismatch(aggregate: Aggregat
     miscount.votes[choices[1]] += 5
     miscount.suara_sah += 5
     second = await aggregate.stub.SubmitRecap(_signed(ppk, area, 2, miscount))
-    assert second.outcome == aggregate_pb2.RECAP_ACCEPTED and second.current_version == 2
-    mismatch = await aggregate.stub.GetReconciliation(get)
-    assert mismatch.status == aggregate_pb2.MISMATCH
+    assert second.outcome == aggregate_pb2.RECAP_OUTCOME_ACCEPTED and second.current_version == 2
+    mismatch = (await aggregate.stub.GetReconciliation(get)).reconciliation
+    assert mismatch.status == aggregate_pb2.RECONCILIATION_STATUS_MISMATCH
     assert [(d.field, d.difference) for d in mismatch.differences] == [("suara_sah", 5), (f"votes[{choices[1]}]", 5)]
     assert [(h.version, h.official_id) for h in mismatch.history] == [(1, ppk.official_id), (2, ppk.official_id)]
 
     listed = await aggregate.stub.ListMismatches(aggregate_pb2.ListMismatchesRequest(area=area[:2], contest="ppwp"))
-    assert [(i.area, i.status, i.recap_version) for i in listed.items] == [(area, aggregate_pb2.MISMATCH, 2)]
+    assert [(i.area, i.status, i.recap_version) for i in listed.items] == [
+        (area, aggregate_pb2.RECONCILIATION_STATUS_MISMATCH, 2)
+    ]
 
 
 async def test_recap_versions_follow_the_form_rules(aggregate: Aggregate) -> None:
     area, _, choices = await _kecamatan(aggregate.db)
     ppk = await _official(aggregate.db, area, "ppk")
     v2 = _signed(ppk, area, 2, totals_for(area, "ppwp", 2, choices))
-    assert (await aggregate.stub.SubmitRecap(v2)).outcome == aggregate_pb2.RECAP_ACCEPTED
+    assert (await aggregate.stub.SubmitRecap(v2)).outcome == aggregate_pb2.RECAP_OUTCOME_ACCEPTED
     again = await aggregate.stub.SubmitRecap(v2)
-    assert (again.outcome, again.current_version) == (aggregate_pb2.RECAP_DUPLICATE, 2)
+    assert (again.outcome, again.current_version) == (aggregate_pb2.RECAP_OUTCOME_DUPLICATE, 2)
     older = await aggregate.stub.SubmitRecap(_signed(ppk, area, 1, totals_for(area, "ppwp", 1, choices)))
-    assert older.outcome == aggregate_pb2.RECAP_SUPERSEDED
+    assert older.outcome == aggregate_pb2.RECAP_OUTCOME_SUPERSEDED
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await aggregate.stub.SubmitRecap(_signed(ppk, area, 2, totals_for(area, "ppwp", 2, choices, variant=1)))
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
@@ -159,3 +163,74 @@ async def test_reading_reconciliation_needs_a_reader_credential(aggregate: Aggre
                 aggregate_pb2.GetReconciliationRequest(area="", contest="ppwp")
             )
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def _list_all(aggregate: Aggregate, request: aggregate_pb2.ListMismatchesRequest) -> list[list[str]]:
+    pages: list[list[str]] = []
+    while True:
+        reply = await aggregate.stub.ListMismatches(request)
+        pages.append([item.area for item in reply.items])
+        if not reply.next_page_token:
+            return pages
+        request.page_token = reply.next_page_token
+
+
+async def test_list_mismatches_pages_through_exactly_the_differing_areas(aggregate: Aggregate) -> None:
+    rows = await aggregate.db.fetch(
+        "SELECT left(code, 6) AS k, array_agg(code ORDER BY code) AS tps FROM registry.tps"
+        " GROUP BY 1 HAVING count(*) >= 2 ORDER BY 1 LIMIT 5"
+    )
+    choices = [
+        r["id"]
+        for r in await aggregate.db.fetch("SELECT id FROM registry.choice WHERE contest = 'ppwp' ORDER BY nomor_urut")
+    ]
+    # Per kecamatan: are all its TPS in, and what the PPK recaps (the sum of all its TPS, or of those in, ± 5).
+    plan = {"match": (True, 0), "mismatch": (True, 5), "early": (False, 0), "partial": (False, None), "off": (True, 7)}
+    kecamatan = {name: (r["k"], list(r["tps"])) for name, r in zip(plan, rows, strict=True)}
+    updates, officials = [], {}
+    for name, (complete, off) in plan.items():
+        area, tps = kecamatan[name]
+        sent = {code: totals_for(code, "ppwp", 1, choices) for code in tps}
+        counted = tps if complete else tps[:-1]
+        updates += [aggregate_pb2.TpsUpdate(tps=c, contest="ppwp", version=1, totals=sent[c]) for c in counted]
+        recap = _sum([sent[c] for c in (tps if off is not None else counted)], choices)  # "partial": what is in
+        recap.suara_tidak_sah += off or 0
+        officials[name] = await _official(aggregate.db, area, "ppk")
+        await aggregate.stub.SubmitRecap(_signed(officials[name], area, 1, recap))
+    await aggregate.stub.ApplyUpdates(aggregate_pb2.ApplyUpdatesRequest(updates=updates))
+    # The plain-Python oracle: complete and differing; with include_incomplete, also incomplete and differing.
+    mismatched = sorted(kecamatan[n][0] for n in ("mismatch", "off"))
+    differing = sorted(kecamatan[n][0] for n in ("mismatch", "off", "early"))
+
+    for include_incomplete, expected in ((False, mismatched), (True, differing)):
+        for size in range(1, len(expected) + 2):
+            request = aggregate_pb2.ListMismatchesRequest(
+                contest="ppwp", include_incomplete=include_incomplete, page_size=size
+            )
+            pages = await _list_all(aggregate, request)
+            assert [a for page in pages for a in page] == expected, (include_incomplete, size)
+            assert all(len(page) == size for page in pages[:-1]) and len(pages[-1]) <= size
+    province = kecamatan["mismatch"][0][:2]
+    under = await _list_all(aggregate, aggregate_pb2.ListMismatchesRequest(area=province, contest="ppwp"))
+    assert under == [[a for a in mismatched if a.startswith(province)]]
+
+    # A recap that starts to differ between pages, before the cursor, is not listed late; nothing repeats.
+    request = aggregate_pb2.ListMismatchesRequest(contest="ppwp", page_size=1)
+    first = await aggregate.stub.ListMismatches(request)
+    assert [i.area for i in first.items] == mismatched[:1]
+    match_area, match_tps = kecamatan["match"]
+    assert match_area < mismatched[0]  # the first kecamatan, by the plan's order
+    wrong = _sum([totals_for(c, "ppwp", 1, choices) for c in match_tps], choices)
+    wrong.suara_sah += 1
+    await aggregate.stub.SubmitRecap(_signed(officials["match"], match_area, 2, wrong))
+    request.page_token = first.next_page_token
+    assert [a for page in await _list_all(aggregate, request) for a in page] == mismatched[1:]
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await aggregate.stub.ListMismatches(
+            aggregate_pb2.ListMismatchesRequest(
+                contest="ppwp", include_incomplete=True, page_token=first.next_page_token
+            )
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_fields(err.value) == ["page_token"]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC
+
 import grpc
 import pytest
 
 from suara.v1 import aggregate_pb2
-from tests.aggregate.conftest import Aggregate
-from tests.aggregate.oracle import Oracle, Registry, stored_rows
-from tests.aggregate.test_apply import apply, update
+from tests.support.aggregate import Aggregate, apply, update
+from tests.support.oracles.aggregate import Oracle, Registry, stored_rows
 
 
 async def _leaf_snapshot(a: Aggregate) -> dict[tuple[str, str], tuple[int, bool]]:
@@ -24,7 +25,7 @@ async def test_get_area_at_every_level(aggregate: Aggregate) -> None:
     await apply(aggregate, oracle, [update(registry, tps, version=4), update(registry, neighbour, quarantined=True)])
     expected = oracle.rows()
     for area in ("", tps[:2], tps[:4], tps[:6], tps[:10]):
-        view = await aggregate.stub.GetArea(aggregate_pb2.GetAreaRequest(area=area, contest="ppwp"))
+        view = (await aggregate.stub.GetArea(aggregate_pb2.GetAreaRequest(area=area, contest="ppwp"))).view
         row = expected[("ppwp", area)]
         assert view.area.area == area
         assert dict(view.area.totals.votes) == row.votes
@@ -35,21 +36,24 @@ async def test_get_area_at_every_level(aggregate: Aggregate) -> None:
             row.tps_quarantined,
         )
         assert view.sequence == await aggregate.db.fetchval("SELECT sequence FROM aggregate.head")
-        assert view.last_change_unix_ms > 0
+        changed_at = await aggregate.db.fetchval(
+            "SELECT changed_at FROM aggregate.area_total WHERE contest = 'ppwp' AND area = $1", area
+        )
+        assert view.last_change_at.ToDatetime(UTC) == changed_at  # to the microsecond
         # The children sum to the area.
         assert sum(c.totals.suara_sah for c in view.children) == view.area.totals.suara_sah
         assert sum(c.tps_total for c in view.children) == view.area.tps_total
-    national = await aggregate.stub.GetArea(aggregate_pb2.GetAreaRequest(area="", contest="ppwp"))
+    national = (await aggregate.stub.GetArea(aggregate_pb2.GetAreaRequest(area="", contest="ppwp"))).view
     assert national.area.name == "Indonesia"
     assert len(national.children) == 38
-    desa = await aggregate.stub.GetArea(aggregate_pb2.GetAreaRequest(area=tps[:10], contest="ppwp"))
+    desa = (await aggregate.stub.GetArea(aggregate_pb2.GetAreaRequest(area=tps[:10], contest="ppwp"))).view
     versions = {c.area: c.version for c in desa.children}
     assert versions[tps] == 4
     assert versions[neighbour] == 1
     assert set(versions) == {t for t in registry.tps if t.startswith(tps[:10])}
     flagged = next(c for c in desa.children if c.area == neighbour)
     assert flagged.tps_quarantined == 1 and flagged.totals.suara_sah == 0  # a quarantined TPS adds nothing
-    one = await aggregate.stub.GetArea(aggregate_pb2.GetAreaRequest(area=tps, contest="ppwp"))
+    one = (await aggregate.stub.GetArea(aggregate_pb2.GetAreaRequest(area=tps, contest="ppwp"))).view
     assert one.area.version == 4 and dict(one.area.totals.votes) == dict(oracle.current[(tps, "ppwp")].totals.votes)
 
 

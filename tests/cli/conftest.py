@@ -1,119 +1,12 @@
-"""The `suara` command as an operator runs it: the installed script in a real subprocess.
-
-Every run gets a scrubbed environment (no DATABASE_URL or SUARA_* leaking in from the
-machine running the tests) plus exactly the settings a test gives it, and runs in the
-test's own directory, so a default output path can never land in the working tree.
-"""
+"""The environment the CLI tests run `suara` in (tests/support/processes.py runs it)."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import stat
-import sys
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.tally.conftest import Tally, tally  # noqa: F401  (the in-process tally fixture, shared)
-
-# The console script installed next to the interpreter running the tests (`[project.scripts] suara`).
-SUARA = Path(sys.executable).with_name("suara")
-# Upper bound for one short command (help, migrate, enroll…); it normally takes well under a second.
-COMMAND_TIMEOUT_S = 120.0
-
-
-@dataclass(frozen=True)
-class Completed:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def suara_env(**settings: str | Path) -> dict[str, str]:
-    """This process's environment without any suara setting, plus `settings` (env var name → value)."""
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL" and not k.startswith("SUARA_")}
-    env.update({k: str(v) for k, v in settings.items()})
-    return env
-
-
-async def run_suara(*args: str, env: Mapping[str, str], cwd: Path) -> Completed:
-    """Run `suara ARGS…` to completion without blocking the event loop (an in-process tally keeps serving)."""
-    proc = await asyncio.create_subprocess_exec(
-        str(SUARA),
-        *args,
-        env=dict(env),
-        cwd=cwd,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), COMMAND_TIMEOUT_S)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return Completed(proc.returncode, out.decode(), err.decode())
-
-
-def file_mode(path: Path) -> int:
-    return stat.S_IMODE(path.stat().st_mode)
-
-
-def files_in(directory: Path) -> list[Path]:
-    return sorted(directory.iterdir())
-
-
-class LogTail:
-    """Collects a child's stderr line by line as it arrives; lets a test await a given log event."""
-
-    def __init__(self, stream: asyncio.StreamReader) -> None:
-        self.lines: list[str] = []
-        self.closed = False
-        self._changed = asyncio.Condition()
-        self._task = asyncio.create_task(self._pump(stream))
-
-    async def _pump(self, stream: asyncio.StreamReader) -> None:
-        async for raw in stream:
-            async with self._changed:
-                self.lines.append(raw.decode(errors="replace"))
-                self._changed.notify_all()
-        async with self._changed:
-            self.closed = True
-            self._changed.notify_all()
-
-    def events(self) -> list[dict[str, Any]]:
-        """The lines that are JSON objects (structured log records), in order."""
-        records = []
-        for line in self.lines:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-        return records
-
-    def has_event(self, name: str) -> bool:
-        return any(r.get("event") == name for r in self.events())
-
-    async def wait_for_event(self, name: str, within_s: float) -> None:
-        """Until a JSON record with "event": name is logged; fails if the stream ends first."""
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: self.has_event(name) or self.closed), within_s)
-        assert self.has_event(name), f"stderr ended without a {name!r} event:\n{self.text()}"
-
-    async def finish(self) -> None:
-        await self._task
-
-    def text(self) -> str:
-        return "".join(self.lines)
+from tests.support.processes import suara_env
 
 
 @pytest.fixture

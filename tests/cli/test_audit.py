@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 from suara.v1 import tally_pb2
-from tests.cli.conftest import run_suara
-from tests.factories import consistent_form, signed
-from tests.tally.conftest import Tally
+from tests.support.factories import consistent_form, signed
+from tests.support.processes import run_suara
+from tests.support.tally import Tally
 
 
 async def _submit(tally: Tally, stations: int) -> None:
@@ -18,7 +18,7 @@ async def _submit(tally: Tally, stations: int) -> None:
         for version in (1, 2):
             form = consistent_form(st.tps, "ppwp", tally.contests["ppwp"], version)
             response = await tally.stub.Submit(signed(st.key, form))
-            assert response.outcome == tally_pb2.ACCEPTED
+            assert response.outcome == tally_pb2.OUTCOME_ACCEPTED
 
 
 async def test_verify_reports_an_intact_chain_then_names_a_tampered_record(

@@ -9,7 +9,7 @@ from pathlib import Path
 import asyncpg
 
 from suara.v1 import form_pb2
-from tests.cli.conftest import run_suara, suara_env
+from tests.support.processes import run_suara, suara_env
 
 
 async def test_demo_runs_the_pipeline_and_reports_true_national_totals(

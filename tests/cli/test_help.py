@@ -10,34 +10,13 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 
 import cli
+from cli.reference import subcommands, walk
 from suara.runtime.settings import Settings
-from tests.cli.conftest import SUARA, suara_env
-
-Tree = dict[str, tuple[argparse.ArgumentParser, str]]
-
-
-def subcommands(parser: argparse.ArgumentParser) -> Tree:
-    """name → (its parser, the one-line help its parent lists it with)."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            helps = {choice.dest: choice.help or "" for choice in action._choices_actions}
-            return {name: (sub, helps.get(name, "")) for name, sub in action.choices.items()}
-    return {}
-
-
-def walk(
-    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
-) -> Iterator[tuple[str, argparse.ArgumentParser, str]]:
-    """Every command below `parser`, depth first: ("db migrate", its parser, its help line)."""
-    for name, (sub, help) in subcommands(parser).items():
-        yield " ".join((*path, name)), sub, help
-        yield from walk(sub, (*path, name))
-
+from tests.support.processes import SUARA, suara_env
 
 ROOT = cli.build_parser()
 TOP = subcommands(ROOT)

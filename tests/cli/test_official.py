@@ -9,7 +9,7 @@ from pathlib import Path
 import asyncpg
 
 from suara.election.signing import OfficialKey
-from tests.cli.conftest import run_suara
+from tests.support.processes import run_suara
 
 
 async def test_enroll_writes_a_private_key_bound_to_the_area(

@@ -1,12 +1,132 @@
-"""`suara registry show` against the test database, checked against SQL."""
+"""`suara registry load` and `suara registry show`: through the real entry point in-process, and `show` as the
+installed script against the test database, checked against SQL."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
+import pytest
 
-from tests.cli.conftest import run_suara
+import cli
+from suara.registry.areas import read_areas
+from suara.registry.contests import read_contests
+from suara.registry.synthetic import synthetic_tps
+from tests.support.databases import TEST_SCALE, TEST_SEED, with_database
+from tests.support.processes import run_suara
+
+# The CLI runs its own event loop (asyncio.run), so the in-process tests are plain functions.
+
+
+@pytest.fixture
+def database(db_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    return db_url
+
+
+@pytest.fixture
+def nowhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database the command must not reach: it fails before connecting."""
+    monkeypatch.setenv("DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
+
+
+@pytest.fixture
+def unmigrated(pg_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    name = f"suara_r_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_admin(pg_server, f'CREATE DATABASE "{name}"'))
+    monkeypatch.setenv("DATABASE_URL", with_database(pg_server, name))
+    yield name
+    asyncio.run(_admin(pg_server, f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+async def _admin(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _tps(url: str) -> list[tuple[str, int]]:
+    conn = await asyncpg.connect(url)
+    try:
+        return [tuple(r) for r in await conn.fetch("SELECT code, dpt FROM registry.tps ORDER BY code")]
+    finally:
+        await conn.close()
+
+
+def test_show_prints_what_the_registry_holds(database: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["registry", "show"]) == 0
+    out = capsys.readouterr().out
+    tps = synthetic_tps(read_areas(), scale=TEST_SCALE, seed=TEST_SEED)
+    assert "83,762" in out and "7,285" in out and "514" in out
+    assert f"tps: {len(tps):,} with {sum(t.dpt for t in tps):,} voters" in out
+    for contest in read_contests():
+        assert contest.id in out and f"{len(contest.choices)} choices" in out
+    assert f"scale {TEST_SCALE}, seed {TEST_SEED}" in out
+
+
+def test_load_replaces_the_registry_and_reports_each_phase(database: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["registry", "load", "--synthetic-tps", "--scale", "0.001", "--seed", "5"]) == 0
+    tps = synthetic_tps(read_areas(), scale=0.001, seed=5)
+    assert asyncio.run(_tps(database)) == [(t.code, t.dpt) for t in tps]
+    captured = capsys.readouterr()
+    assert f"{len(tps):,} synthetic TPS (scale 0.001, seed 5)" in captured.out
+    for done in ("areas read", "TPS generated", "old rows deleted", "areas copied", "TPS copied", "committed"):
+        assert done in captured.err
+
+
+def test_load_without_synthetic_tps_loads_no_tps(database: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["registry", "load"]) == 0
+    assert asyncio.run(_tps(database)) == []
+    assert "no TPS" in capsys.readouterr().out
+
+
+def test_scale_and_seed_need_synthetic_tps(nowhere: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["registry", "load", "--seed", "3"]) == 2
+    assert "--synthetic-tps" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("action", ["load", "show"])
+def test_an_unmigrated_database_asks_for_migrate(
+    unmigrated: str, action: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["registry", action]) == 2
+    assert "run `suara db migrate` first" in capsys.readouterr().err
+
+
+def test_a_bad_contests_file_fails_before_any_database(nowhere: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["registry", "load", "--contests", "/nonexistent/contests.toml"]) == 2
+    assert "cannot read contests" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--scale", "0"), ("--scale", "1.5"), ("--scale", "abc"), ("--seed", "-1"), ("--seed", str(2**63))],
+)
+def test_a_scale_or_seed_out_of_range_is_a_usage_error(
+    flag: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["registry", "load", "--synthetic-tps", flag, value])
+    assert exit_.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_help_explains_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["registry", "load", "--help"])
+    assert exit_.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for flag, words in [
+        ("--synthetic-tps", "synthetic TPS list"),
+        ("--scale F", "fraction of the 823,220 TPS"),
+        ("--seed N", "same scale and seed give the same list"),
+        ("--contests PATH", "contests file"),
+    ]:
+        assert f"{flag} " in out and words in out, flag
 
 
 async def test_registry_show_prints_the_tps_count(

@@ -25,8 +25,9 @@ from suara.client.stubs import tally_stub
 from suara.election.signing import DeviceKey
 from suara.runtime.auth.admin import AdminCredential
 from suara.v1 import tally_pb2
-from tests.cli.conftest import SUARA, LogTail, suara_env
-from tests.factories import consistent_form, signed
+from tests.support.factories import consistent_form, signed
+from tests.support.processes import SUARA, Child, LogTail, suara_env
+from tests.support.waiting import within
 
 READY = re.compile(
     r"^ready tally=(?P<tally>127\.0\.0\.1:\d+) site=(?P<site>http://127\.0\.0\.1:\d+/) admin_key=(?P<admin_key>/\S+)$"
@@ -72,23 +73,25 @@ def alive(pid: int) -> bool:
 @contextlib.asynccontextmanager
 async def suara_up(env: dict[str, str], cwd: Path, *extra: str) -> AsyncIterator[Up]:
     data_dir = cwd / "state"
-    proc = await asyncio.create_subprocess_exec(
-        str(SUARA), "up", "--data-dir", str(data_dir), "--site-dir", str(cwd / "site"), "--http-port", "0",
-        "--scale", "0.0005", *extra,
-        env=env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    child = await Child.spawn(
+        "up", "--data-dir", str(data_dir), "--site-dir", str(cwd / "site"), "--http-port", "0", "--scale", "0.0005",
+        *extra, env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    assert proc.stdout is not None and proc.stderr is not None
-    log = LogTail(proc.stderr)
+    proc, log = child.proc, child.log
+    assert proc.stdout is not None
+    stdout = proc.stdout
     lines: list[str] = []
+
+    async def ready_line() -> None:
+        while True:
+            raw = await stdout.readline()
+            assert raw, f"suara up ended before its ready line ({await proc.wait()}):\n{log.text()}"
+            lines.append(raw.decode().rstrip("\n"))
+            if lines[-1].startswith("ready "):
+                return
+
     try:
-        async with asyncio.timeout(READY_TIMEOUT_S):
-            while True:
-                raw = await proc.stdout.readline()
-                assert raw, f"suara up ended before its ready line ({await proc.wait()}):\n{log.text()}"
-                lines.append(raw.decode().rstrip("\n"))
-                if lines[-1].startswith("ready "):
-                    break
+        await within(ready_line(), "suara up's ready line", READY_TIMEOUT_S, detail=log.text)
         match = READY.match(lines[-1])
         assert match, f"the ready line is not in the documented format: {lines[-1]!r}"
         yield Up(proc, match, lines, log, data_dir)
@@ -139,7 +142,7 @@ async def test_up_serves_restarts_a_killed_tally_and_stops_on_sigterm(
                 tally_pb2.EnrollDeviceRequest(tps=tps, public_key=key.public_key, label="test"), metadata=auth
             )
             first = await stub.Submit(request)
-        assert first.outcome == tally_pb2.ACCEPTED
+        assert first.outcome == tally_pb2.OUTCOME_ACCEPTED
 
         # SIGKILL tally: `up` restarts it on the same address and logs it.
         os.kill(pids["tally"], signal.SIGKILL)
@@ -151,7 +154,7 @@ async def test_up_serves_restarts_a_killed_tally_and_stops_on_sigterm(
         assert {n: p for n, p in after.items() if n != "tally"} == {n: p for n, p in pids.items() if n != "tally"}
         async with grpc.aio.insecure_channel(up.ready["tally"]) as channel:
             again = await tally_stub(channel).Submit(request)  # the same form, resent after a lost reply
-        assert again.outcome == tally_pb2.DUPLICATE
+        assert again.outcome == tally_pb2.OUTCOME_DUPLICATE
         assert again.receipt.submission_id == first.receipt.submission_id
 
         assert await up.stop(signal.SIGTERM) == 0, up.log.text()

@@ -12,7 +12,7 @@ from loadtest.outbox import InlineOutbox
 from suara.client.outbox import NotAForm, Outbox, OutboxConflict, Receipt
 from suara.election.signing import DeviceKey
 from suara.v1 import form_pb2
-from tests.factories import consistent_form
+from tests.support.factories import consistent_form
 
 TPS = "1101012001001"
 CHOICES = ["100025", "100026", "100027"]

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.tally.credentials import enroll_device
+from suara.client import service_names
 from suara.client.outbox import OutboxConflict
 from suara.client.sdk import Client, FormError, retry_after_s
 from suara.client.stubs import tally_stub
@@ -27,8 +28,10 @@ from suara.runtime.backoff import Backoff
 from suara.runtime.errors import ServiceError
 from suara.runtime.grpc_server import create_server
 from suara.v1 import form_pb2, tally_pb2
-from tests.client.conftest import Network, Tally, Waits, closed_port
-from tests.factories import Station, consistent_form, jpeg
+from tests.client.doubles import Network, Waits
+from tests.support.factories import Station, consistent_form, jpeg
+from tests.support.ports import closed_port
+from tests.support.tally import Tally
 
 
 def form_for(tally: Tally, station: Station, version: int = 1, seed: int = 0) -> form_pb2.CHasilForm:
@@ -108,7 +111,7 @@ async def test_a_lost_reply_is_answered_duplicate_and_stored_once(
             form=form_pb2.SignedForm(payload=pending.payload, signature=pending.signature, device_id=pending.device_id)
         )
     )
-    assert direct.outcome == tally_pb2.ACCEPTED
+    assert direct.outcome == tally_pb2.OUTCOME_ACCEPTED
 
     async with await Client.open(outbox_path, f"127.0.0.1:{tally.app.port}", sleep=waits) as back:
         report = await back.flush()
@@ -146,7 +149,7 @@ async def test_photos_are_bound_into_the_signed_form_and_kept_until_sent(
         (entry,) = (await back.flush()).sent
     (submission,) = await stored(tally, station.tps)
     assert entry.outcome == "ACCEPTED" and len(submission.photo_sha256) == 1
-    got = await tally.stub.GetPhoto(tally_pb2.GetPhotoRequest(sha256=submission.photo_sha256[0]))
+    got = (await tally.stub.GetPhoto(tally_pb2.GetPhotoRequest(sha256=submission.photo_sha256[0]))).photo
     assert got.content == photo
 
 
@@ -227,6 +230,45 @@ async def test_retry_info_alone_is_honoured(tally: Tally, outbox_path: Path, wai
     assert report.complete and waits.delays == [pytest.approx(1.5), pytest.approx(1.5)]
 
 
+async def test_retry_waits_before_each_attempt_and_shows_each_one(
+    tally: Tally, outbox_path: Path, waits: Waits
+) -> None:
+    station = await tally.station()
+    seen: list[tuple[bool, str | None, float]] = []
+    async with FakeTally(tally, busy=3, retry_after_ms=700) as fake:
+        client = await Client.open(outbox_path, fake.target, sleep=waits, backoff_base_s=0.01)
+        async with client:
+            first = await client.submit(form_for(tally, station), station.key)
+            last = await client.retry(first, on_attempt=lambda a, s: seen.append((a.retry, a.outcome, s)))
+    assert last.outcome == "ACCEPTED" and last.entry.state == "sent"
+    assert fake.calls == 4
+    # Unlike a flush, the first retry waits too: submit's own attempt was refused with a hint.
+    assert len(waits.delays) == 3 and all(d >= 0.7 for d in waits.delays)
+    assert [(r, o) for r, o, _ in seen] == [(True, None), (True, None), (False, "ACCEPTED")]
+    assert all(s > 0 for _, _, s in seen)
+    assert len(await stored(tally, station.tps)) == 1
+
+
+async def test_retry_sends_a_failed_resend_again_until_tally_answers(
+    tally: Tally, outbox_path: Path, waits: Waits
+) -> None:
+    station = await tally.station()
+
+    async def unavailable_once(request: tally_pb2.SubmitRequest, context: Any) -> None:
+        if fake.calls == 2:  # the resend: its answer is lost on the way
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset")
+
+    async with FakeTally(tally, before=unavailable_once) as fake:
+        client = await Client.open(outbox_path, fake.target, sleep=waits)
+        async with client:
+            sent = await client.submit(form_for(tally, station), station.key)
+            failed = await client.resend(*sent.entry.key)
+            assert failed.retry and failed.entry.state == "sent"  # nothing pending: a flush would not send it
+            last = await client.retry(failed)
+            assert await client.retry(last, on_attempt=lambda a, s: pytest.fail("nothing to retry")) is last
+    assert last.outcome == "DUPLICATE" and fake.calls == 3 and len(waits.delays) == 1
+
+
 async def test_flush_backs_off_with_full_jitter_and_stops_at_its_deadline(tally: Tally, outbox_path: Path) -> None:
     station = await tally.station()
     delays: list[float] = []
@@ -276,7 +318,7 @@ async def test_catching_up_sends_one_batch_with_an_outcome_per_form(
     ]
     (refused,) = report.rejected
     assert refused.tps == stranger.tps and refused.last_code == "UNAUTHENTICATED"
-    assert [s.version for s in await stored(tally, a.tps) if s.status == tally_pb2.CURRENT] == [2]
+    assert [s.version for s in await stored(tally, a.tps) if s.status == tally_pb2.SUBMISSION_STATUS_CURRENT] == [2]
 
 
 async def test_a_tally_without_submit_batch_gets_the_forms_one_by_one(
@@ -336,7 +378,9 @@ class FakeTally:
             request_deserializer=tally_pb2.SubmitRequest.FromString,
             response_serializer=tally_pb2.SubmitResponse.SerializeToString,
         )
-        handler = grpc.method_handlers_generic_handler("suara.v1.Tally", {"Submit": submit})  # Submit is all it serves
+        handler = grpc.method_handlers_generic_handler(
+            service_names.TALLY.full_name, {"Submit": submit}
+        )  # Submit is all it serves
         self.server, port = create_server(lambda s: s.add_generic_rpc_handlers((handler,)), [])
         await self.server.start()
         self.target = f"127.0.0.1:{port}"
@@ -449,7 +493,7 @@ async def test_every_signed_form_reaches_tally_exactly_once_whatever_the_network
         at_tally = await stored(tally, station.tps)
         assert {s.version: s.payload for s in at_tally} == {v: p for (s, v), p in signed.items() if s == slot}
         assert len(at_tally) == len({s.version for s in at_tally})  # each version once
-        current = [s.version for s in at_tally if s.status == tally_pb2.CURRENT]
+        current = [s.version for s in at_tally if s.status == tally_pb2.SUBMISSION_STATUS_CURRENT]
         assert current == ([version[slot]] if version[slot] else [])
 
 

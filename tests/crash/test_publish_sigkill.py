@@ -1,11 +1,11 @@
 """Crash safety of publish: `suara publish run` killed with SIGKILL mid-cycle, again and again.
 
-Tally (with its relay) and aggregate run in-process (tests/publish/conftest.py's `pipeline`); the
+Tally (with its relay) and aggregate run in-process (tests/support/publish.py's `pipeline`); the
 publisher is a real `suara publish run` process writing a site directory. It is killed at seeded
 random moments while it writes its large first (full) cycle, then while it publishes incremental
 cycles as forms keep arriving. While it is dead the site must be readable: every .json parses, and a
 snapshot pointer, when there is one, names a snapshot whose files are all there. Restarted, it
-catches up with aggregate, and then the whole site equals tests/publish/oracle.py, every .gz matches
+catches up with aggregate, and then the whole site equals tests/support/oracles/publish.py, every .gz matches
 its file, no temp file is left and the history agrees with the national totals.
 """
 
@@ -15,9 +15,7 @@ import asyncio
 import gzip
 import json
 import random
-import shutil
 import signal
-import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,16 +25,12 @@ import asyncpg
 import pytest
 
 from cli.embedded import free_port
-from suara.runtime.auth.store import issue_service_credential
-from tests.cli.conftest import SUARA, LogTail, suara_env
-from tests.crash.conftest import WAIT_S, poll_until
-from tests.publish import conftest as publish_conftest
-from tests.publish.conftest import SHM, SHM_EXISTS, Pipeline
-from tests.publish.oracle import Registry, expected_site
+from tests.support.oracles.publish import Registry, expected_site
+from tests.support.processes import Child, LogTail
+from tests.support.publish import Pipeline
+from tests.support.waiting import WAIT_S, poll_until
 
 pytestmark = pytest.mark.slow
-
-pipeline = publish_conftest.pipeline  # the whole pipeline fixture (tally, relay, aggregate), shared
 
 SEED = 20261124
 FULL_KILLS = 2  # kills during the first (full) cycle
@@ -59,17 +53,8 @@ class PublishProcess:
 
     async def start(self) -> None:
         assert self.proc is None or self.proc.returncode is not None
-        self.proc = await asyncio.create_subprocess_exec(
-            str(SUARA),
-            *("publish", "run", "--port", str(free_port())),
-            env=self.env,
-            cwd=self.cwd,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        assert self.proc.stderr is not None
-        self.log = LogTail(self.proc.stderr)
+        child = await Child.spawn("publish", "run", "--port", str(free_port()), env=self.env, cwd=self.cwd)
+        self.proc, self.log = child.proc, child.log
 
     def published(self) -> int:
         """Cycles this run has completed (the `published` log event)."""
@@ -78,11 +63,13 @@ class PublishProcess:
 
     async def wait_published(self, cycles: int) -> None:
         """A bounded poll of the child's log: until this run has published `cycles` cycles."""
-        try:
-            await poll_until(lambda: self._published_at_least(cycles), f"{cycles} cycles published", check=self.check)
-        except AssertionError:
-            assert self.log is not None
-            raise AssertionError(f"no {cycles} cycles published; the child's log:\n{self.log.text()[-4000:]}") from None
+        await poll_until(
+            lambda: self._published_at_least(cycles), f"{cycles} cycles published", check=self.check, detail=self._tail
+        )
+
+    def _tail(self) -> str:
+        assert self.log is not None
+        return f"the child's log:\n{self.log.text()[-4000:]}"
 
     async def _published_at_least(self, cycles: int) -> bool:
         return self.published() >= cycles
@@ -109,27 +96,8 @@ class PublishProcess:
 
 
 @pytest.fixture
-def site() -> Any:
-    # On tmpfs where there is one (see tests/publish/conftest.py: a full cycle writes ~50k files).
-    path = Path(tempfile.mkdtemp(prefix="suara-crash-site-", dir=SHM if SHM_EXISTS else None))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
 async def publisher(pipeline: Pipeline, site: Path, tmp_path: Path) -> AsyncIterator[PublishProcess]:
-    credential = tmp_path / "publish.key.json"
-    (await issue_service_credential(pipeline.db, "publish-crash", "reader")).save(credential)
-    env = suara_env(
-        DATABASE_URL=pipeline.db_url,
-        SUARA_DATA_DIR=tmp_path / "state",
-        SUARA_SITE_DIR=site,
-        SUARA_AGGREGATE_ADDRESS=f"127.0.0.1:{pipeline.aggregate.port}",
-        SUARA_TALLY_ADDRESS=f"127.0.0.1:{pipeline.tally.app.port}",
-        SUARA_PUBLISH_CREDENTIAL=credential,
-        SUARA_PUBLISH_INTERVAL_S="0.05",
-        SUARA_LOG_FORMAT="json",
-    )
+    env = await pipeline.publish_env("publish-crash", site, tmp_path)
     process = PublishProcess(env, tmp_path)
     try:
         yield process

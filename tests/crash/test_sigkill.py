@@ -25,20 +25,12 @@ import structlog
 from cli.embedded import free_port
 from services.aggregate.server import AggregateApp
 from suara.runtime.auth.store import issue_service_credential
-from tests.aggregate.conftest import BASE_SETTINGS as AGGREGATE_SETTINGS
-from tests.aggregate.oracle import Oracle, expected_versions, stored_rows, stored_versions
-from tests.crash.conftest import (
-    WAIT_S,
-    AggregateProcess,
-    ApplyCounter,
-    Forms,
-    RelayProcess,
-    delivered,
-    pending,
-    poll_until,
-)
-from tests.tally.conftest import BASE_SETTINGS as TALLY_SETTINGS
-from tests.tally.conftest import Tally, relaying, start_tally
+from tests.crash.rig import AggregateProcess, ApplyCounter, Forms, RelayProcess, delivered, pending
+from tests.support.aggregate import BASE_SETTINGS as AGGREGATE_SETTINGS
+from tests.support.oracles.aggregate import Oracle, expected_versions, stored_rows, stored_versions
+from tests.support.tally import BASE_SETTINGS as TALLY_SETTINGS
+from tests.support.tally import Tally, relaying, start_tally
+from tests.support.waiting import WAIT_S, poll_until
 
 pytestmark = pytest.mark.slow
 

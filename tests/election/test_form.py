@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -139,7 +140,34 @@ def test_optional_keys_default() -> None:
     del data["photo_sha256"], data["signed_at_unix_ms"]
     form = form_from_dict(data)
     assert list(form.photo_sha256) == []
-    assert form.signed_at_unix_ms == 0
+    assert not form.HasField("signed_at")
+
+
+@pytest.mark.parametrize(
+    ("unix_ms", "expected"),
+    [
+        (1_707_900_000_123, datetime(2024, 2, 14, 8, 40, 0, 123000, tzinfo=UTC)),
+        (-86_400_000, datetime(1969, 12, 31, tzinfo=UTC)),
+        (253_402_300_799_999, datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)),
+    ],
+)
+def test_the_signing_time_is_unix_milliseconds(unix_ms: int, expected: datetime) -> None:
+    data = base_dict()
+    data["signed_at_unix_ms"] = unix_ms
+    form = form_from_dict(data)
+    assert form.signed_at.ToDatetime(UTC) == expected
+    assert form_to_dict(form)["signed_at_unix_ms"] == unix_ms
+
+
+@pytest.mark.parametrize("unix_ms", [253_402_300_800_000, -62_135_596_800_001])
+def test_a_signing_time_outside_years_1_to_9999_is_named(unix_ms: int) -> None:
+    data = base_dict()
+    data["signed_at_unix_ms"] = unix_ms
+    with pytest.raises(FormDictError) as caught:
+        form_from_dict(data)
+    assert caught.value.problems == [
+        Violation("signed_at_unix_ms", f"must be a time in the years 1 to 9999 (Unix milliseconds), got {unix_ms}")
+    ]
 
 
 def test_to_dict_leaves_absent_counts_out() -> None:

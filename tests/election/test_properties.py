@@ -25,6 +25,7 @@ from tests.election.factories import PPWP
 from tests.election.oracle import TRIPLES, expected_inconsistencies
 
 INT64 = st.integers(-(2**63), 2**63 - 1)
+SIGNED_AT_MS = st.integers(-62_135_596_800_000, 253_402_300_799_999)  # what a Timestamp holds, in Unix ms
 
 
 @st.composite
@@ -64,7 +65,7 @@ def consistent_forms(draw: st.DrawFn) -> dict[str, Any]:
             **{f"{t}_{s}": n for t, counts in triples.items() for s, n in zip("jlp", counts, strict=True)},
         },
         "photo_sha256": [hashlib.sha256(p).hexdigest() for p in photos],
-        "signed_at_unix_ms": draw(st.integers(0, 2**53)),
+        "signed_at_unix_ms": draw(SIGNED_AT_MS),
     }
 
 
@@ -115,8 +116,9 @@ def any_forms(draw: st.DrawFn) -> form_pb2.CHasilForm:
         contest=draw(st.text(max_size=8)),
         version=draw(INT64),
         photo_sha256=draw(st.lists(st.text(max_size=70), max_size=5)),
-        signed_at_unix_ms=draw(INT64),
     )
+    if draw(st.booleans()):  # the JSON says 0 for "not said", so a signing time at the epoch has no spelling
+        form.signed_at.FromMilliseconds(draw(SIGNED_AT_MS.filter(bool)))
     form.votes.update(draw(st.dictionaries(st.text(max_size=8), INT64, max_size=4)))
     for name in ("suara_sah", "suara_tidak_sah", "suara_total"):
         if draw(st.booleans()):

@@ -65,7 +65,7 @@ def test_the_sirekap_ts_is_jakarta_time() -> None:
     data = _load(SAMPLES / "3101011001001.json")  # "ts": "2024-02-16 16:25:10" WIB
     form = form_from_sirekap("3101011001001", "ppwp", 1, data)
     assert form is not None
-    assert form.signed_at_unix_ms == int(datetime(2024, 2, 16, 9, 25, 10, tzinfo=UTC).timestamp()) * 1000
+    assert form.signed_at.ToDatetime(UTC) == datetime(2024, 2, 16, 9, 25, 10, tzinfo=UTC)
     assert list(form.photo_sha256) == []  # the file has photo URLs, not the photos
 
 

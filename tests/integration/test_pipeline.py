@@ -23,10 +23,10 @@ from suara.election.signing import DeviceKey
 from suara.runtime.auth.client import ServiceAuthClientInterceptor
 from suara.runtime.auth.store import issue_service_credential
 from suara.v1 import aggregate_pb2, tally_pb2
-from tests.aggregate.conftest import aggregate_settings
-from tests.factories import consistent_form, signed
-from tests.tally.conftest import BASE_SETTINGS as TALLY_SETTINGS
-from tests.tally.conftest import relaying, start_tally
+from tests.support.aggregate import aggregate_settings
+from tests.support.factories import consistent_form, signed
+from tests.support.tally import BASE_SETTINGS as TALLY_SETTINGS
+from tests.support.tally import relaying, start_tally
 
 Contribution = tuple[dict[str, int], int, int, int, int, int]  # votes, sah, tidak_sah, total, dpt, pengguna
 
@@ -67,8 +67,8 @@ async def test_forms_flow_through_relay_into_totals_at_every_level(
                 response = await tally.stub.Submit(request)
                 if rng.random() < 0.3:  # a lost reply: the device sends the same form again
                     again = await tally.stub.Submit(request)
-                    assert again.outcome == tally_pb2.DUPLICATE and again.receipt == response.receipt
-                current = response.outcome in (tally_pb2.ACCEPTED, tally_pb2.QUARANTINED)
+                    assert again.outcome == tally_pb2.OUTCOME_DUPLICATE and again.receipt == response.receipt
+                current = response.outcome in (tally_pb2.OUTCOME_ACCEPTED, tally_pb2.OUTCOME_QUARANTINED)
                 if current and version > acknowledged.get(tps, (0, request, False))[0]:
                     acknowledged[tps] = (version, request, quarantined)
 
@@ -99,7 +99,7 @@ async def test_forms_flow_through_relay_into_totals_at_every_level(
 
         areas = sorted({a for tps in acknowledged for a in ("", tps[:2], tps[:4], tps[:6], tps[:10])})
         for area in areas:
-            view = await stub.GetArea(aggregate_pb2.GetAreaRequest(area=area, contest="ppwp"))
+            view = (await stub.GetArea(aggregate_pb2.GetAreaRequest(area=area, contest="ppwp"))).view
             assert as_list(view.area.totals) == expected[area], area
             assert (view.area.tps_reported, view.area.tps_quarantined) == (reported[area], flagged[area]), area
 

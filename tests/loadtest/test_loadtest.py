@@ -24,13 +24,15 @@ from hypothesis import strategies as st
 
 from cli import loadtest as loadtest_cli
 from loadtest import verify as verify_module
+from loadtest.config import STANDARD, Config
 from loadtest.devices import EnrollError, enroll
+from loadtest.errors import LoadTestError
 from loadtest.forms import administrasi, make_form, numbers
 from loadtest.freshness import freshness
 from loadtest.oracle import Oracle
-from loadtest.plan import FAULTS, STANDARD, make_plan, sample_tps
+from loadtest.plan import FAULTS, make_plan, sample_tps
 from loadtest.report import human_table, write_report
-from loadtest.run import Config, LoadTestError, run_loadtest
+from loadtest.run import run_loadtest
 from loadtest.site import HttpSite
 from loadtest.verify import Mismatch, Verification, verify
 from services.publish.http import serve_site
@@ -39,7 +41,7 @@ from suara.election.checks import find_inconsistencies, find_malformed
 from suara.election.contest import Choice, Contest
 from suara.runtime.auth.admin import AdminCredential
 from suara.runtime.settings import Settings
-from tests.publish.conftest import Pipeline, pipeline  # noqa: F401  # the fixture, shared with publish's tests
+from tests.support.publish import Pipeline
 
 
 @dataclass
@@ -50,7 +52,7 @@ class System:
 
 
 @pytest.fixture
-async def system(pipeline: Pipeline) -> AsyncIterator[System]:  # noqa: F811  # the imported fixture
+async def system(pipeline: Pipeline) -> AsyncIterator[System]:
     """The pipeline with an admin credential and a publisher cycling every 0.2 s, as `suara publish run` would."""
     admin = await create_admin_credential(pipeline.db, "loadtest")
 

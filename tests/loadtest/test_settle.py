@@ -2,8 +2,7 @@
 and gives up on one that stopped.
 
 The site here is a directory whose pointer the test writes in the publisher's place (the pointer is the
-only file settling reads); the driver stands in for the night with its one part settling uses, the oracle's
-count of TPS per contest.
+only file settling reads); the night is an oracle that acknowledged COUNTED forms, all counted.
 """
 
 from __future__ import annotations
@@ -12,10 +11,10 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
-from loadtest.run import Config, settle
+from loadtest.config import Config
+from loadtest.oracle import Oracle
+from loadtest.settle import settle
 from loadtest.site import open_site
 
 COUNTED = 40
@@ -32,8 +31,11 @@ def _config(site: Path, timeout_s: float) -> Config:
     )
 
 
-def _driver() -> Any:
-    return SimpleNamespace(oracle=SimpleNamespace(counted=lambda contest: COUNTED))
+def _night() -> Oracle:
+    oracle = Oracle()
+    for n in range(COUNTED):
+        oracle.acknowledge(f"3101011001{n:03d}", "ppwp", 1, "ok")
+    return oracle
 
 
 def _point(site: Path, snapshot: int, progres: int) -> None:
@@ -72,7 +74,7 @@ async def test_a_backlog_longer_than_the_timeout_is_waited_for_while_snapshots_k
     lines = _Lines()
     started = time.monotonic()
     task = asyncio.create_task(publisher())
-    settled = await settle(open_site(tmp_path), _driver(), ["ppwp"], _config(tmp_path, timeout_s), lines)
+    settled = await settle(open_site(tmp_path), _night(), ["ppwp"], _config(tmp_path, timeout_s), lines)
     await task
     assert settled is True
     assert time.monotonic() - started > timeout_s  # it did outlast the timeout, because snapshots kept coming
@@ -85,6 +87,6 @@ async def test_a_publisher_that_stops_writing_snapshots_is_given_up_on(tmp_path:
     _point(tmp_path, 7, COUNTED - 1)  # one TPS short, and nothing more will come
     timeout_s = 0.2
     started = time.monotonic()
-    settled = await settle(open_site(tmp_path), _driver(), ["ppwp"], _config(tmp_path, timeout_s))
+    settled = await settle(open_site(tmp_path), _night(), ["ppwp"], _config(tmp_path, timeout_s))
     assert settled is False
     assert time.monotonic() - started >= timeout_s

@@ -1,7 +1,8 @@
 """PublishApp as `suara publish run` runs it, in-process: the loop, GetStatus, the standby, an aggregate outage.
 
 Tally (with its relay) and aggregate are the `pipeline` fixture's; the app under test is built from
-Settings alone, as the command builds it. Every published file is checked against tests/publish/oracle.py.
+Settings alone, as the command builds it. Every published file is checked against
+tests/support/oracles/publish.py.
 """
 
 from __future__ import annotations
@@ -10,9 +11,8 @@ import asyncio
 import contextlib
 import json
 import random
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +22,18 @@ import structlog
 
 from services.aggregate.server import AggregateApp
 from services.publish.server import LOCK_KEY, PublishApp
-from services.publish.sink import LocalSink
+from services.publish.sinks.local import LocalSink
 from suara.client.stubs import publish_stub
 from suara.runtime.auth.store import issue_service_credential
 from suara.runtime.settings import LogSettings, PeerSettings, PublishSettings, Settings, SiteSettings
 from suara.v1 import publish_pb2
-from tests.aggregate.conftest import aggregate_settings
-from tests.publish.conftest import SHM, SHM_EXISTS, KilledMidway, Pipeline, RecordingSink
+from tests.publish.recording import KilledMidway, RecordingSink
+from tests.support.aggregate import aggregate_settings
+from tests.support.publish import Pipeline
+from tests.support.waiting import poll_until
 
 WAIT_S = 30.0  # bound on anything awaited; normally well under a few seconds
 STOP_S = 10.0  # bound on PublishApp.stop(): a stop that hangs fails the test instead of hanging the run
-POLL_S = 0.01
 
 
 def _tree(site: Path) -> dict[str, bytes]:
@@ -41,14 +42,6 @@ def _tree(site: Path) -> dict[str, bytes]:
 
 def _pointer(site: Path) -> dict[str, Any]:
     return dict(json.loads((site / "suara/snapshot.json").read_bytes()))
-
-
-@pytest.fixture
-def site() -> Iterator[Path]:
-    # On tmpfs where there is one (see tests/publish/conftest.py: a full cycle writes ~50k files).
-    path = Path(tempfile.mkdtemp(prefix="suara-app-site-", dir=SHM if SHM_EXISTS else None))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 async def _settings(p: Pipeline, site: Path, tmp_path: Path) -> Settings:
@@ -123,7 +116,7 @@ async def test_the_loop_publishes_by_itself_and_get_status_matches_the_pointer_a
         assert pointer["snapshot"] > first["snapshot"]
         assert not app.last.full, "after the first cycle only what changed is rewritten"
 
-        status = await publish_stub(channel).GetStatus(publish_pb2.GetStatusRequest(), timeout=5)
+        status = (await publish_stub(channel).GetStatus(publish_pb2.GetStatusRequest(), timeout=5)).status
         head = await pipeline.db.fetchrow("SELECT position, hash FROM tally.chain_head")
         tally_head = {"position": head["position"], "hash": bytes(head["hash"]).hex()}
         assert status.snapshot == pointer["snapshot"] == app.last.snapshot
@@ -133,7 +126,8 @@ async def test_the_loop_publishes_by_itself_and_get_status_matches_the_pointer_a
         assert status.files == app.last.files > 0
         assert not status.full_rebuild
         assert status.sink == f"local:{site}"
-        assert status.published_unix_ms > 0
+        published_at = await pipeline.db.fetchval("SELECT updated_at FROM publish.cursor")
+        assert status.published_at.ToDatetime(UTC) == published_at
 
 
 async def test_a_second_app_stands_by_without_writing_and_takes_over_when_the_first_stops(
@@ -153,7 +147,7 @@ async def test_a_second_app_stands_by_without_writing_and_takes_over_when_the_fi
             await _published(pipeline, first)
             # Both have asked for the lock: PostgreSQL shows two publish sessions whose last statement was
             # the try-lock, one of them holding it. A bounded poll: the standby's attempts are not awaitable.
-            await _poll(lambda: _lock_tries(pipeline), "the standby asking for the lock", expect=2)
+            await poll_until(lambda: _two_lock_tries(pipeline), "the standby asking for the lock", WAIT_S)
             holders = await pipeline.db.fetchval(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
                 " AND ((classid::bigint << 32) | objid::bigint) = $1",
@@ -188,21 +182,12 @@ async def _until_active(app: PublishApp) -> None:
         await app.wait_cycles(1)
 
 
-async def _lock_tries(p: Pipeline) -> int:
-    return int(
-        await p.db.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND application_name = 'suara-publish' AND query ILIKE '%pg_try_advisory_lock%'"
-        )
+async def _two_lock_tries(p: Pipeline) -> bool:
+    tries = await p.db.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND application_name = 'suara-publish' AND query ILIKE '%pg_try_advisory_lock%'"
     )
-
-
-async def _poll(read: Any, what: str, *, expect: int) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT_S
-    while await read() < expect:
-        assert loop.time() < deadline, f"not {what} within {WAIT_S}s"
-        await asyncio.sleep(POLL_S)
+    return int(tries) >= 2
 
 
 async def test_aggregate_down_keeps_the_last_site_and_publishing_resumes_when_it_is_back(

@@ -1,6 +1,6 @@
 """publish against the oracle: forms go in through tally, the relay feeds aggregate, publish writes the
 site; every totals file at every level, every TPS file, region list and status file must equal what
-tests/publish/oracle.py computes from what tally acknowledged."""
+tests/support/oracles/publish.py computes from what tally acknowledged."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from services.aggregate.queries import QUERIES as AGGREGATE_QUERIES
-from services.publish.sink import LocalSink
+from services.publish.sinks.local import LocalSink
 from suara.election.signing import OfficialKey
 from suara.v1 import aggregate_pb2
-from tests.publish.conftest import KilledMidway, Pipeline, RecordingSink
-from tests.publish.oracle import nest
+from tests.publish.recording import KilledMidway, RecordingSink
+from tests.support.oracles.publish import nest
+from tests.support.publish import Pipeline
 
 NIST_SCHEMA = Path(__file__).resolve().parents[2].parent / "shared/reference/nist-1500-100-v2-results.schema.json"
 

@@ -1,6 +1,6 @@
 """A full cycle links every "no data yet" TPS file of a contest to `suara/kosong/{contest}.json`.
 
-Which TPS have no data comes from the oracle (tests/publish/oracle.py: the forms tally acknowledged),
+Which TPS have no data comes from the oracle (tests/support/oracles/publish.py: the forms tally acknowledged),
 not from the publisher; the bytes are checked against the oracle with its own site check; the sharing
 with `os.stat` (inode numbers, link counts). Through an S3 sink, which cannot link, every object must
 still hold the whole file: the bucket, read back with a client of the test's own, must equal the oracle.
@@ -13,12 +13,10 @@ import random
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from services.publish.sink import S3Sink
-from tests.publish.conftest import Pipeline
-from tests.publish.oracle import Registry, compare, expected_site
-from tests.publish.test_s3_publish import Bucket, _publisher
+from services.publish.sinks.s3 import S3Sink
+from tests.support.oracles.publish import Registry, compare, expected_site
+from tests.support.publish import Pipeline
+from tests.support.s3 import Bucket, bucket_name
 
 CONTESTS = ("ppwp", "pdpr", "pkwkp")
 
@@ -100,25 +98,17 @@ async def test_a_full_cycle_links_the_no_data_tps_files_to_the_contest_template(
     assert not [f for f in site.rglob("*") if f.name.endswith(".tmp")]
 
 
-@pytest.fixture
-def s3_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-
-
 async def test_a_full_cycle_to_s3_puts_whole_no_data_tps_files(
-    pipeline: Pipeline, moto_endpoint: str, s3_env: None, tmp_path: Path
+    pipeline: Pipeline, s3_endpoint: str, tmp_path: Path
 ) -> None:
     """moto's S3 server stands in for a real S3-compatible server; one contest (pkwkp), as in test_s3_publish."""
     contest = "pkwkp"
     await pipeline.random_night(random.Random(12), 15, contest=contest)
     await pipeline.delivered()
-    bucket = Bucket(moto_endpoint, f"kosong-{tmp_path.name.lower().replace('_', '-')}"[:63])
-    result = await _publisher(pipeline, S3Sink(bucket.name, endpoint_url=moto_endpoint, concurrency=8)).cycle(full=True)
+    bucket = Bucket(s3_endpoint, bucket_name("kosong", tmp_path))
+    result = await pipeline.publisher_for(
+        S3Sink(bucket.name, endpoint_url=s3_endpoint, concurrency=8), (contest,)
+    ).cycle(full=True)
     assert result is not None and result.full
 
     # The bucket, copied into a directory, against the oracle.

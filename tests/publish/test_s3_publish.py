@@ -14,21 +14,17 @@ ones, photos, status, history, NIST, the page's assets and the pointer — in a 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import random
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import boto3
-import pytest
 
 from services.publish.cache import cache_control_for, content_type_for
 from services.publish.cycle import Publisher
-from services.publish.sink import LocalSink, S3Sink, Sink
-from tests.publish.conftest import Pipeline
+from services.publish.sinks.base import Sink
+from services.publish.sinks.local import LocalSink
+from services.publish.sinks.s3 import S3Sink
+from tests.support.publish import Pipeline
+from tests.support.s3 import Bucket, Object, bucket_name
 
 PREFIX = "pemilu2024"
 CONTEST = "pkwkp"
@@ -36,60 +32,8 @@ POINTER = ("suara/snapshot.json", "suara/snapshot.json.gz")  # names its snapsho
 
 
 def _publisher(pipeline: Pipeline, sink: Sink) -> Publisher:
-    """`pipeline.publisher_for(sink)`, for the one contest (see the module's docstring)."""
-    everything = pipeline.publisher_for(sink)
-    contests = {CONTEST: everything.contests[CONTEST]}
-    return Publisher(everything.pool, sink, everything.aggregate, everything.tally, contests)
-
-
-@pytest.fixture
-def s3_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    # No config of the machine's own may leak in.
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-
-
-@dataclass(frozen=True)
-class Object:
-    body: bytes
-    content_type: str
-    cache_control: str
-    content_encoding: str | None
-
-
-class Bucket:
-    """The test's own view of the bucket: a plain boto3 client, nothing of the sink's."""
-
-    def __init__(self, endpoint: str, name: str) -> None:
-        self.name = name
-        self.client: Any = boto3.session.Session().client("s3", endpoint_url=endpoint, region_name="us-east-1")
-        self.client.create_bucket(Bucket=name)
-
-    def etags(self) -> dict[str, str]:
-        """Key → MD5 of the body (the ETag of a single-part PUT), from the listing alone."""
-        out: dict[str, str] = {}
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.name):
-            for obj in page.get("Contents", []):
-                out[obj["Key"]] = obj["ETag"].strip('"')
-        return out
-
-    def get(self, key: str) -> Object:
-        response = self.client.get_object(Bucket=self.name, Key=key)
-        return Object(
-            response["Body"].read(),
-            response["ContentType"],
-            response["CacheControl"],
-            response.get("ContentEncoding") or None,
-        )
-
-    async def get_many(self, keys: list[str]) -> dict[str, Object]:
-        with ThreadPoolExecutor(8) as pool:
-            objects = await asyncio.get_running_loop().run_in_executor(None, lambda: list(pool.map(self.get, keys)))
-        return dict(zip(keys, objects, strict=True))
+    """A publisher of the one contest (see the module's docstring)."""
+    return pipeline.publisher_for(sink, (CONTEST,))
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -113,15 +57,15 @@ def _check_object(path: str, obj: Object, expected_body: bytes) -> None:
 
 
 async def test_a_full_cycle_to_s3_equals_one_to_a_directory_and_an_incremental_one_follows(
-    pipeline: Pipeline, moto_endpoint: str, s3_env: None, tmp_path: Path
+    pipeline: Pipeline, s3_endpoint: str, tmp_path: Path
 ) -> None:
     rng = random.Random(5)
     await pipeline.random_night(rng, 40, contest=CONTEST)
     await pipeline.random_night(rng, 10)  # another contest's forms: not in this publisher's files
     await pipeline.delivered()
 
-    bucket = Bucket(moto_endpoint, f"suara-{tmp_path.name.lower().replace('_', '-')}"[:63])
-    s3 = _publisher(pipeline, S3Sink(bucket.name, PREFIX + "/", endpoint_url=moto_endpoint, concurrency=8))
+    bucket = Bucket(s3_endpoint, bucket_name("suara", tmp_path))
+    s3 = _publisher(pipeline, S3Sink(bucket.name, PREFIX + "/", endpoint_url=s3_endpoint, concurrency=8))
     result = await s3.cycle(full=True)
     assert result is not None and result.full
     local = await _publisher(pipeline, LocalSink(tmp_path / "local")).cycle(full=True)

@@ -14,14 +14,16 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.publish.cache import IMMUTABLE, POINTER
 from services.publish.files import SiteFile
-from services.publish.sink import LocalSink, S3Sink, sink_from_url
+from services.publish.sinks import sink_from_url
+from services.publish.sinks.local import LocalSink
+from services.publish.sinks.s3 import S3Sink
+from tests.support.s3 import Bucket, bucket_name
 
 
 def _site() -> list[SiteFile]:
@@ -193,32 +195,16 @@ def test_local_last_write_wins(batches: list[list[tuple[str, bytes]]], chunk: in
 # --- S3Sink ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def s3_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    # No config of the machine's own may leak in.
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-
-
-def _oracle_client(endpoint: str) -> Any:
-    return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name="us-east-1")
-
-
-async def test_s3_objects_headers_and_reads(moto_endpoint: str, s3_env: None, tmp_path: Path) -> None:
+async def test_s3_objects_headers_and_reads(s3_endpoint: str, tmp_path: Path) -> None:
     """moto's S3 server stands in for a real S3-compatible server, none of which can run here.
 
     Checked with a boto3 client of the test's own: bodies, Content-Type, Cache-Control, and the .gz
     objects' Content-Encoding; then the sink's own `exists` and `read`.
     """
-    bucket = f"site-{tmp_path.name.lower().replace('_', '-')}"[:63]
-    oracle = _oracle_client(moto_endpoint)
-    oracle.create_bucket(Bucket=bucket)
-    sink = S3Sink(bucket, prefix="pemilu2024/", endpoint_url=moto_endpoint, concurrency=4)
-    assert sink.describe() == f"s3://{bucket}/pemilu2024 via {moto_endpoint}"
+    bucket = bucket_name("site", tmp_path)
+    oracle = Bucket(s3_endpoint, bucket).client
+    sink = S3Sink(bucket, prefix="pemilu2024/", endpoint_url=s3_endpoint, concurrency=4)
+    assert sink.describe() == f"s3://{bucket}/pemilu2024 via {s3_endpoint}"
     files = _site()
     await sink.write(files)
 
@@ -254,11 +240,10 @@ async def test_s3_objects_headers_and_reads(moto_endpoint: str, s3_env: None, tm
     await sink.close()
 
 
-async def test_s3_writes_gz_before_plain_object(moto_endpoint: str, s3_env: None, tmp_path: Path) -> None:
+async def test_s3_writes_gz_before_plain_object(s3_endpoint: str, tmp_path: Path) -> None:
     """moto's S3 server stands in for a real S3-compatible server, none of which can run here."""
-    bucket = f"order-{tmp_path.name.lower().replace('_', '-')}"[:63]
-    _oracle_client(moto_endpoint).create_bucket(Bucket=bucket)
-    sink = S3Sink(bucket, endpoint_url=moto_endpoint, concurrency=3)
+    bucket = Bucket(s3_endpoint, bucket_name("order", tmp_path)).name
+    sink = S3Sink(bucket, endpoint_url=s3_endpoint, concurrency=3)
     done: list[str] = []
     lock = threading.Lock()
     real_put = sink._client.put_object

@@ -12,11 +12,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from services.publish.files import SiteFile
-from services.publish.sink import LocalSink, S3Sink
+from services.publish.sinks.local import LocalSink
+from services.publish.sinks.s3 import S3Sink
+from tests.support.s3 import Bucket, bucket_name
 
 TEMPLATE = "suara/kosong/ppwp.json"
 BODY = b'{"mode":"hhcw","chart":null,"images":[null,null,null],"administrasi":null,"ts":"2024-02-14 07:00:00"}'
@@ -208,22 +209,11 @@ def test_same_as_stays_inside_the_site() -> None:
 # --- S3Sink: cannot link, writes the body --------------------------------------------------------------
 
 
-@pytest.fixture
-def s3_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-
-
-async def test_s3_writes_the_body_of_a_file_with_same_as(moto_endpoint: str, s3_env: None, tmp_path: Path) -> None:
+async def test_s3_writes_the_body_of_a_file_with_same_as(s3_endpoint: str, tmp_path: Path) -> None:
     """moto's S3 server stands in for a real S3-compatible server, none of which can run here."""
-    bucket = f"links-{tmp_path.name.lower().replace('_', '-')}"[:63]
-    oracle: Any = boto3.session.Session().client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
-    oracle.create_bucket(Bucket=bucket)
-    sink = S3Sink(bucket, endpoint_url=moto_endpoint, concurrency=2)
+    bucket = bucket_name("links", tmp_path)
+    oracle = Bucket(s3_endpoint, bucket).client
+    sink = S3Sink(bucket, endpoint_url=s3_endpoint, concurrency=2)
     await sink.write([SiteFile(TEMPLATE, BODY)])
     # The second file names a template that is not there: an S3 sink never looks.
     await sink.write([SiteFile(TPS[0], BODY, same_as=TEMPLATE), SiteFile(TPS[1], BODY, same_as="suara/none.json")])

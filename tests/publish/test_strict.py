@@ -20,7 +20,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.publish.conftest import Pipeline
 from tests.publish.strict import (
     ADMINISTRASI_KEYS,
     LayoutError,
@@ -31,6 +30,7 @@ from tests.publish.strict import (
     check_tps,
     parse,
 )
+from tests.support.publish import Pipeline
 
 SAMPLES = Path(__file__).resolve().parents[1] / "election" / "sirekap-tps-samples"
 SAMPLE_FILES = sorted(SAMPLES.glob("*.json"))

@@ -15,7 +15,7 @@ from suara.registry.areas import read_areas
 from suara.registry.catalog import TpsIndex, fetch_contests, fetch_tps_index, tps_exists
 from suara.registry.contests import read_contests
 from suara.registry.synthetic import PEMILU_2024_TPS, synthetic_tps
-from tests.conftest import TEST_SCALE, TEST_SEED
+from tests.support.databases import TEST_SCALE, TEST_SEED
 
 tps_codes = st.from_regex(r"[0-9]{13}", fullmatch=True)
 registries = st.dictionaries(tps_codes, st.integers(min_value=1, max_value=600), max_size=200)

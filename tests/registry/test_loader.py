@@ -16,7 +16,7 @@ from suara.registry.areas import read_areas
 from suara.registry.contests import ContestConfigError, read_contests
 from suara.registry.loader import load_registry
 from suara.registry.synthetic import Tps, synthetic_tps
-from tests.conftest import TEST_SCALE, TEST_SEED
+from tests.support.databases import TEST_SCALE, TEST_SEED
 
 
 async def snapshot(conn: asyncpg.Connection) -> dict[str, Any]:

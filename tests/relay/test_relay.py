@@ -1,4 +1,4 @@
-"""tally's outbox relay against a fake aggregate (see conftest: it stands in for the aggregate
+"""tally's outbox relay against a fake aggregate (see rig.py: it stands in for the aggregate
 service until the integration tests are added), with forms entering the outbox through the real tally.
 
 The oracle is the forms the test itself submitted, in the order tally stored
@@ -21,7 +21,8 @@ from suara.runtime.auth.credential import ServiceCredential
 from suara.runtime.backoff import Backoff
 from suara.runtime.settings import DatabaseSettings, RelaySettings, Settings
 from suara.v1 import aggregate_pb2, aggregate_pb2_grpc
-from tests.relay.conftest import WAIT_S, Rig, received_update
+from tests.relay.rig import TABLE, Rig, received_update
+from tests.support.waiting import WAIT_S
 
 
 async def test_every_row_is_delivered_as_stored_in_arrival_order(rig: Rig) -> None:
@@ -159,12 +160,11 @@ async def test_a_backlog_drains_in_full_batches(rig: Rig) -> None:
 async def test_the_fake_is_behind_the_real_credential_check(rig: Rig) -> None:
     """So every delivery above also proves that the relay signs its calls as a writer."""
     from suara.runtime.auth.store import issue_service_credential
-    from tests.relay.conftest import TABLE
 
     reader = await issue_service_credential(rig.db, "publish", "reader", TABLE)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{rig.port}")
     try:
-        stub = cast("aggregate_pb2_grpc.AggregateAsyncStub", aggregate_pb2_grpc.AggregateStub(channel))  # type: ignore[redundant-cast]  # runtime: a type-only name
+        stub = cast("aggregate_pb2_grpc.AggregateServiceAsyncStub", aggregate_pb2_grpc.AggregateServiceStub(channel))  # type: ignore[redundant-cast]  # runtime: a type-only name
         request = aggregate_pb2.ApplyUpdatesRequest()
         for metadata, code in (
             ((), grpc.StatusCode.UNAUTHENTICATED),

@@ -198,17 +198,17 @@ async def test_health_needs_no_credential(protected: Protected) -> None:
 def test_aggregate_rules_name_every_rpc() -> None:
     from suara.v1 import aggregate_pb2
 
-    methods = {m.name for m in aggregate_pb2.DESCRIPTOR.services_by_name["Aggregate"].methods}
+    methods = {m.name for m in aggregate_pb2.DESCRIPTOR.services_by_name["AggregateService"].methods}
     rules = aggregate_rules()
     official = {name.rsplit("/", 1)[1] for name in aggregate_self_authenticated()}
     assert official == {"SubmitRecap"}  # an official's signed recap, not a service credential
     assert {name.rsplit("/", 1)[1] for name in rules} | official == methods
     assert not {name.rsplit("/", 1)[1] for name in rules} & official
-    assert rules["/suara.v1.Aggregate/GetReconciliation"] == "reader"
-    assert rules["/suara.v1.Aggregate/ApplyUpdates"] == "writer"
-    assert rules["/suara.v1.Aggregate/ApplyAreaUpdates"] == "writer"
-    assert rules["/suara.v1.Aggregate/GetArea"] == "reader"
-    assert rules["/suara.v1.Aggregate/Changes"] == "reader"
+    assert rules["/suara.v1.AggregateService/GetReconciliation"] == "reader"
+    assert rules["/suara.v1.AggregateService/ApplyUpdates"] == "writer"
+    assert rules["/suara.v1.AggregateService/ApplyAreaUpdates"] == "writer"
+    assert rules["/suara.v1.AggregateService/GetArea"] == "reader"
+    assert rules["/suara.v1.AggregateService/Changes"] == "reader"
 
 
 def test_the_credential_file_round_trips_and_is_owner_only(tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from services.publish.http import serve_site
-from tests.publish.conftest import pipeline  # noqa: F401  # the page tests publish with the real pipeline
 from tests.site.cdp import Browser, launch
 from tests.site.sample import SampleSite, build_sample_site
 

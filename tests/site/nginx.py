@@ -7,18 +7,11 @@ import asyncio
 import contextlib
 import getpass
 import re
-import socket
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-
-def free_port() -> int:
-    # nginx binds it a moment later: a small race with other processes, fine on a test machine.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from cli.embedded import free_port
+from tests.support.waiting import poll_until
 
 
 def render(template: Path, prefix: Path, **values: str) -> Path:
@@ -39,19 +32,24 @@ def _text(log: Path) -> str:
 
 
 async def _wait_listening(port: int, process: asyncio.subprocess.Process, log: Path, within: float) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
+    """Until nginx, an external process starting up, accepts connections on `port`."""
+
+    def running() -> None:
         if process.returncode is not None:
             raise RuntimeError(f"nginx exited with {process.returncode}: {_text(log)}")
+
+    async def listening() -> bool:
         try:
             _, writer = await asyncio.open_connection("127.0.0.1", port)
         except OSError:
-            await asyncio.sleep(0.05)  # an external process starting up: poll with a deadline
-            continue
+            return False
         writer.close()
         await writer.wait_closed()
-        return
-    raise RuntimeError(f"nginx did not listen on {port} within {within}s: {_text(log)}")
+        return True
+
+    await poll_until(
+        listening, f"nginx listening on {port}", within, running, detail=lambda: _text(log), interval_s=0.05
+    )
 
 
 @contextlib.asynccontextmanager
@@ -59,7 +57,7 @@ async def run_nginx(
     nginx: str, template: Path, prefix: Path, within: float = 10.0, **values: str
 ) -> AsyncIterator[str]:
     """nginx with `template` (PORT and USER filled in here) for the block; yields its base URL."""
-    port = free_port()
+    port = free_port()  # nginx binds it a moment later: a small race with other processes, fine on a test machine
     conf = render(template, prefix, PORT=f"127.0.0.1:{port}", USER=getpass.getuser(), **values)
     log = prefix / "nginx.log"
     with log.open("wb") as out:

@@ -1,6 +1,6 @@
 """The site the page tests read, written by the real pipeline: forms through tally, the relay into
 aggregate, a recap by a PPK, one publish cycle. The expected numbers are summed in plain Python from
-the forms tally acknowledged (tests/publish/oracle.py), not read from the published files."""
+the forms tally acknowledged (tests/support/oracles/publish.py), not read from the published files."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from services.aggregate.queries import QUERIES as AGGREGATE_QUERIES
 from suara.client.aggregate_stub import aggregate_stub
 from suara.election.signing import OfficialKey
 from suara.v1 import aggregate_pb2
-from tests.publish.conftest import Pipeline
-from tests.publish.oracle import administrasi
 from tests.site.sample import PHOTO_JPEG, SampleSite
+from tests.support.oracles.publish import administrasi
+from tests.support.publish import Pipeline
 
 CONTEST = "ppwp"
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from tests.publish.conftest import Pipeline
 from tests.site.cdp import Browser, Page
 from tests.site.real import build_real_site
 from tests.site.sample import SampleSite
+from tests.support.publish import Pipeline
 
 FIRST_LOAD_BUDGET = 60_000
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncpg
 
 from services.tally.audit import verify_chain
-from tests.factories import consistent_form, signed
-from tests.tally.conftest import Tally
+from tests.support.factories import consistent_form, signed
+from tests.support.tally import Tally
 
 
 async def _fill(tally: Tally, n: int) -> None:

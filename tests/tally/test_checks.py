@@ -14,9 +14,9 @@ import pytest
 from services.tally.credentials import enroll_device
 from suara.election.signing import DeviceKey
 from suara.v1 import form_pb2, tally_pb2
-from tests.factories import consistent_form, signed
-from tests.tally.conftest import Tally
-from tests.tally.helpers import bad_fields
+from tests.support.factories import consistent_form, signed
+from tests.support.rpc_errors import bad_fields
+from tests.support.tally import Tally
 
 Mutation = Callable[[form_pb2.CHasilForm], None]
 
@@ -98,7 +98,7 @@ async def test_missing_choice_is_named(tally: Tally) -> None:
 async def test_contest_not_held_at_the_tps_is_refused(tally: Tally) -> None:
     scoped = await tally.db.fetchrow("SELECT id, scope FROM registry.contest WHERE scope <> '' LIMIT 1")
     assert scoped is not None, "the test registry needs a contest held in one area only"
-    st = await tally.station()  # never inside the scoped area (see conftest)
+    st = await tally.station()  # never inside the scoped area (see tests/support/tally.py)
     assert not st.tps.startswith(scoped["scope"])
     form = consistent_form(st.tps, scoped["id"], tally.contests[scoped["id"]])
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -159,7 +159,7 @@ async def test_inconsistent_form_is_quarantined_naming_the_check(tally: Tally, c
     form = consistent_form(st.tps, "ppwp", tally.contests["ppwp"])
     INCONSISTENT[check](form)
     response = await tally.stub.Submit(signed(st.key, form))
-    assert response.outcome == tally_pb2.QUARANTINED
+    assert response.outcome == tally_pb2.OUTCOME_QUARANTINED
     assert list(response.failed_checks) == [check]
     row = await tally.db.fetchrow("SELECT outcome, failed_checks FROM tally.submission")
     assert (row["outcome"], row["failed_checks"]) == ("QUARANTINED", [check])
@@ -170,4 +170,4 @@ async def test_dpr_contest_with_many_choices_is_accepted(tally: Tally) -> None:
     assert len(choices) >= 50
     st = await tally.station()
     response = await tally.stub.Submit(signed(st.key, consistent_form(st.tps, "pdpr", choices)))
-    assert response.outcome == tally_pb2.ACCEPTED
+    assert response.outcome == tally_pb2.OUTCOME_ACCEPTED

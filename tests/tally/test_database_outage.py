@@ -29,12 +29,14 @@ from cli.embedded import EmbeddedPostgres
 from services.tally.audit import verify_chain
 from services.tally.credentials import enroll_device
 from services.tally.server import TallyApp
+from suara.client import service_names
 from suara.client.stubs import tally_stub
 from suara.election.signing import DeviceKey
 from suara.registry.loader import load_registry
 from suara.v1 import tally_pb2
-from tests.factories import consistent_form, signed
-from tests.tally.conftest import BASE_SETTINGS, with_tally
+from tests.support.factories import consistent_form, signed
+from tests.support.tally import BASE_SETTINGS, with_tally
+from tests.support.waiting import within
 
 ACKS_BEFORE_FAULT = 150
 REFUSALS_DURING_FAULT = 30
@@ -64,13 +66,19 @@ class Rig:
     async def until(self, condition: Callable[[], bool]) -> None:
         while not condition():
             self.changed.clear()
-            await asyncio.wait_for(self.changed.wait(), 60)
+            await within(self.changed.wait(), "another reply to the submitters")
 
     async def serving_again(self) -> None:
-        watch = health_pb2_grpc.HealthStub(self.channel).Watch(health_pb2.HealthCheckRequest(service="suara.v1.Tally"))
-        async for update in watch:  # tally recovers by itself: nobody restarts it
-            if update.status == health_pb2.HealthCheckResponse.SERVING:
-                break
+        watch = health_pb2_grpc.HealthStub(self.channel).Watch(
+            health_pb2.HealthCheckRequest(service=service_names.TALLY.full_name)
+        )
+
+        async def serving() -> None:
+            async for update in watch:  # tally recovers by itself: nobody restarts it
+                if update.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+
+        await within(serving(), "tally SERVING again")
         watch.cancel()
 
     async def check_nothing_acknowledged_was_lost(self) -> None:
@@ -135,7 +143,7 @@ async def load_rig(tmp_path: Path) -> AsyncIterator[Rig]:
                             continue  # resend the same form: always safe
                         rig.other_errors.append(f"{err.code()}: {err.details()}")
                         continue
-                    assert response.outcome in (tally_pb2.ACCEPTED, tally_pb2.DUPLICATE)
+                    assert response.outcome in (tally_pb2.OUTCOME_ACCEPTED, tally_pb2.OUTCOME_DUPLICATE)
                     rig.acks[(key.tps, version[key.tps])] = response.receipt
                     rig.payload_sha[(key.tps, version[key.tps])] = hashlib.sha256(request.form.payload).hexdigest()
                     rig.changed.set()

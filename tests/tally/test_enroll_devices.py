@@ -8,9 +8,9 @@ import pytest
 from services.tally.access import create_admin_credential
 from suara.election.signing import DeviceKey
 from suara.v1 import tally_pb2
-from tests.factories import consistent_form, signed
-from tests.tally.conftest import Tally
-from tests.tally.helpers import bad_fields
+from tests.support.factories import consistent_form, signed
+from tests.support.rpc_errors import bad_fields
+from tests.support.tally import Tally
 
 Auth = tuple[tuple[str, str], ...]
 
@@ -46,7 +46,7 @@ async def test_enrolls_every_key_in_order_and_each_can_submit(tally: Tally) -> N
     }
     for key in keys:
         receipt = await tally.stub.Submit(signed(key, consistent_form(key.tps, "ppwp", tally.contests["ppwp"])))
-        assert receipt.outcome == tally_pb2.ACCEPTED
+        assert receipt.outcome == tally_pb2.OUTCOME_ACCEPTED
 
     again = await tally.stub.EnrollDevices(_request(keys), metadata=auth)  # a rerun of the same provisioning
     assert list(again.devices) == list(response.devices)

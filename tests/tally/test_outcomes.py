@@ -8,8 +8,8 @@ import grpc
 import pytest
 
 from suara.v1 import tally_pb2
-from tests.factories import consistent_form, signed
-from tests.tally.conftest import Tally
+from tests.support.factories import consistent_form, signed
+from tests.support.tally import Tally
 
 
 async def test_accepted_form_is_stored_with_receipt_and_outbox_row(tally: Tally) -> None:
@@ -18,7 +18,7 @@ async def test_accepted_form_is_stored_with_receipt_and_outbox_row(tally: Tally)
     request = signed(st.key, form)
     response = await tally.stub.Submit(request)
 
-    assert response.outcome == tally_pb2.ACCEPTED
+    assert response.outcome == tally_pb2.OUTCOME_ACCEPTED
     assert response.current_version == 1
     assert list(response.failed_checks) == []
     import hashlib
@@ -42,7 +42,7 @@ async def test_inconsistent_form_is_stored_quarantined(tally: Tally) -> None:
     form = consistent_form(st.tps, "ppwp", tally.contests["ppwp"])
     form.votes[tally.contests["ppwp"][0]] += 1  # sum of choices no longer equals suara_sah
     response = await tally.stub.Submit(signed(st.key, form))
-    assert response.outcome == tally_pb2.QUARANTINED
+    assert response.outcome == tally_pb2.OUTCOME_QUARANTINED
     assert list(response.failed_checks) == ["sum_choices_ne_suara_sah"]
     outbox = await tally.db.fetchrow("SELECT quarantined, failed_checks FROM tally.outbox")
     assert outbox["quarantined"] is True
@@ -54,7 +54,7 @@ async def test_duplicate_returns_the_original_receipt_and_changes_nothing(tally:
     request = signed(st.key, consistent_form(st.tps, "ppwp", tally.contests["ppwp"]))
     first = await tally.stub.Submit(request)
     again = await tally.stub.Submit(request)
-    assert again.outcome == tally_pb2.DUPLICATE
+    assert again.outcome == tally_pb2.OUTCOME_DUPLICATE
     assert again.receipt == first.receipt
     assert await tally.count("submission") == 1
     assert await tally.count("outbox") == 1
@@ -81,15 +81,15 @@ async def test_older_version_is_superseded_kept_for_audit_and_not_current(tally:
     choices = tally.contests["ppwp"]
     v2 = await tally.stub.Submit(signed(st.key, consistent_form(st.tps, "ppwp", choices, version=2)))
     v1 = await tally.stub.Submit(signed(st.key, consistent_form(st.tps, "ppwp", choices, version=1)))
-    assert v2.outcome == tally_pb2.ACCEPTED
-    assert v1.outcome == tally_pb2.SUPERSEDED
+    assert v2.outcome == tally_pb2.OUTCOME_ACCEPTED
+    assert v1.outcome == tally_pb2.OUTCOME_SUPERSEDED
     assert v1.current_version == 2
     assert await tally.db.fetchval("SELECT version FROM tally.current") == 2
     assert await tally.db.fetchval("SELECT array_agg(version ORDER BY id) FROM tally.outbox") == [2]
     history = await tally.stub.ListSubmissions(tally_pb2.ListSubmissionsRequest(tps=st.tps, contest="ppwp"))
     assert [(s.version, s.status) for s in history.submissions] == [
-        (1, tally_pb2.HISTORY),
-        (2, tally_pb2.CURRENT),
+        (1, tally_pb2.SUBMISSION_STATUS_HISTORY),
+        (2, tally_pb2.SUBMISSION_STATUS_CURRENT),
     ]
 
 
@@ -100,9 +100,10 @@ async def test_higher_version_replaces_and_history_shows_it(tally: Tally) -> Non
     bad.suara_total += 1
     first = await tally.stub.Submit(signed(st.key, bad))
     fixed = await tally.stub.Submit(signed(st.key, consistent_form(st.tps, "ppwp", choices, version=2)))
-    assert (first.outcome, fixed.outcome) == (tally_pb2.QUARANTINED, tally_pb2.ACCEPTED)
-    got = await tally.stub.GetSubmission(tally_pb2.GetSubmissionRequest(submission_id=first.receipt.submission_id))
-    assert (got.outcome, got.status) == (tally_pb2.QUARANTINED, tally_pb2.REPLACED)
+    assert (first.outcome, fixed.outcome) == (tally_pb2.OUTCOME_QUARANTINED, tally_pb2.OUTCOME_ACCEPTED)
+    reply = await tally.stub.GetSubmission(tally_pb2.GetSubmissionRequest(submission_id=first.receipt.submission_id))
+    got = reply.submission
+    assert (got.outcome, got.status) == (tally_pb2.OUTCOME_QUARANTINED, tally_pb2.SUBMISSION_STATUS_REPLACED)
     assert got.receipt == first.receipt
     rows = await tally.db.fetch("SELECT version, quarantined FROM tally.outbox ORDER BY id")
     assert [tuple(r) for r in rows] == [(1, True), (2, False)]
@@ -112,7 +113,7 @@ async def test_same_form_fifty_times_at_once_is_stored_once(tally: Tally) -> Non
     st = await tally.station()
     request = signed(st.key, consistent_form(st.tps, "ppwp", tally.contests["ppwp"]))
     responses = await asyncio.gather(*(tally.stub.Submit(request) for _ in range(50)))
-    outcomes = sorted(tally_pb2.Outcome.Name(r.outcome) for r in responses)
+    outcomes = sorted(tally_pb2.Outcome.Name(r.outcome).removeprefix("OUTCOME_") for r in responses)
     assert outcomes == ["ACCEPTED"] + ["DUPLICATE"] * 49
     assert len({r.receipt.SerializeToString() for r in responses}) == 1
     assert await tally.count("submission") == 1
@@ -145,7 +146,7 @@ async def test_submit_batch_gives_an_outcome_per_item(tally: Tally) -> None:
     garbage.form.signature = bytes(64)
     batch = tally_pb2.SubmitBatchRequest(items=[good, good, older, clash, garbage])
     response = await tally.stub.SubmitBatch(batch)
-    got = [(r.index, tally_pb2.Outcome.Name(r.outcome)) for r in response.results]
+    got = [(r.index, tally_pb2.Outcome.Name(r.outcome).removeprefix("OUTCOME_")) for r in response.results]
     assert got == [(0, "ACCEPTED"), (1, "DUPLICATE"), (2, "SUPERSEDED"), (3, "CONFLICT"), (4, "REJECTED")]
     assert response.results[3].error.code == grpc.StatusCode.ALREADY_EXISTS.value[0]
     assert response.results[4].error.code == grpc.StatusCode.UNAUTHENTICATED.value[0]

@@ -8,9 +8,9 @@ import grpc
 import pytest
 
 from suara.v1 import tally_pb2
-from tests.factories import consistent_form, jpeg, png, signed
-from tests.tally.conftest import Tally
-from tests.tally.helpers import bad_fields
+from tests.support.factories import consistent_form, jpeg, png, signed
+from tests.support.rpc_errors import bad_fields
+from tests.support.tally import Tally
 
 
 async def test_photos_are_stored_content_addressed_once(tally: Tally) -> None:
@@ -21,7 +21,7 @@ async def test_photos_are_stored_content_addressed_once(tally: Tally) -> None:
         form = consistent_form(st.tps, "ppwp", tally.contests["ppwp"], version=version)
         form.photo_sha256.extend(hashes)
         response = await tally.stub.Submit(signed(st.key, form, photos))
-        assert response.outcome == tally_pb2.ACCEPTED
+        assert response.outcome == tally_pb2.OUTCOME_ACCEPTED
     rows = await tally.db.fetch("SELECT sha256, content_type, content FROM tally.photo ORDER BY content_type")
     assert [(r["sha256"], r["content_type"], bytes(r["content"])) for r in rows] == [
         (hashes[0], "image/jpeg", photos[0]),

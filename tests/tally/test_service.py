@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import asyncpg
 import grpc
@@ -13,12 +13,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from suara.client import service_names
 from suara.v1 import tally_pb2
-from tests.factories import consistent_form, signed
-from tests.tally.conftest import BASE_SETTINGS, Tally, start_tally, with_tally
+from tests.support.factories import consistent_form, signed
+from tests.support.tally import BASE_SETTINGS, Tally, start_tally, with_tally
+from tests.support.waiting import poll_until
 
 
-async def _health(channel: grpc.aio.Channel, service: str = "suara.v1.Tally") -> int:
+async def _health(channel: grpc.aio.Channel, service: str = service_names.TALLY.full_name) -> int:
     stub = health_pb2_grpc.HealthStub(channel)
     response = await stub.Check(health_pb2.HealthCheckRequest(service=service))
     return int(response.status)
@@ -34,7 +36,7 @@ async def test_health_and_reflection(tally: Tally) -> None:
 
     async for response in stub.ServerReflectionInfo(requests()):
         names = {s.name for s in response.list_services_response.service}
-        assert {"suara.v1.Tally", "grpc.health.v1.Health"} <= names
+        assert {"suara.v1.TallyService", "grpc.health.v1.Health"} <= names
 
 
 class ChainLock:
@@ -60,12 +62,8 @@ class ChainLock:
         )
 
 
-async def _until(predicate: Callable[[], Awaitable[bool]], limit_s: float = 10.0) -> None:
-    """Wait for a condition only the database can tell us about (lock waits have no event to await)."""
-    deadline = asyncio.get_running_loop().time() + limit_s
-    while not await predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
+# Lock waits and counters inside tally have no event to await: a bounded poll (tests/support/waiting.py).
+UNTIL_S = 10.0
 
 
 async def test_overload_is_refused_with_a_retry_hint(db_url: str, db: asyncpg.Connection) -> None:
@@ -80,16 +78,16 @@ async def test_overload_is_refused_with_a_retry_hint(db_url: str, db: asyncpg.Co
             async def two_in_flight() -> bool:
                 return t.app.service.in_flight.current == 2
 
-            await _until(two_in_flight)
+            await poll_until(two_in_flight, "two calls in flight", UNTIL_S)
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await t.stub.Submit(requests[2])
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert dict(err.value.trailing_metadata() or ())["retry-after-ms"] == "321"
             assert lock is not None
         # Released: the admitted calls complete, and the refused one goes through when resent.
-        assert (await first).outcome == tally_pb2.ACCEPTED
-        assert (await second).outcome == tally_pb2.ACCEPTED
-        assert (await t.stub.Submit(requests[2])).outcome == tally_pb2.ACCEPTED
+        assert (await first).outcome == tally_pb2.OUTCOME_ACCEPTED
+        assert (await second).outcome == tally_pb2.OUTCOME_ACCEPTED
+        assert (await t.stub.Submit(requests[2])).outcome == tally_pb2.OUTCOME_ACCEPTED
     finally:
         await t.channel.close()
         await t.app.stop(1.0)
@@ -102,7 +100,9 @@ async def test_graceful_shutdown_says_not_serving_then_finishes_in_flight_calls(
     try:
         st = await t.station()
         request = signed(st.key, consistent_form(st.tps, "ppwp", t.contests["ppwp"]))
-        watcher = health_pb2_grpc.HealthStub(t.channel).Watch(health_pb2.HealthCheckRequest(service="suara.v1.Tally"))
+        watcher = health_pb2_grpc.HealthStub(t.channel).Watch(
+            health_pb2.HealthCheckRequest(service=service_names.TALLY.full_name)
+        )
         assert (await watcher.read()).status == health_pb2.HealthCheckResponse.SERVING
         async with ChainLock(db_url) as lock:
             call = asyncio.ensure_future(t.stub.Submit(request))
@@ -110,13 +110,13 @@ async def test_graceful_shutdown_says_not_serving_then_finishes_in_flight_calls(
             async def committing() -> bool:
                 return await lock.waiters() > 0
 
-            await _until(committing)
+            await poll_until(committing, "the call waiting on the chain lock", UNTIL_S)
             stopping = asyncio.ensure_future(t.app.server.stop(grace=10.0))
             assert (await watcher.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
             watcher.cancel()  # an open watch is itself an in-flight call the grace period would wait for
             assert not call.done()
         response = await call  # the lock is gone: the in-flight call finishes normally
-        assert response.outcome == tally_pb2.ACCEPTED
+        assert response.outcome == tally_pb2.OUTCOME_ACCEPTED
         await stopping
         assert await t.count("submission") == 1
     finally:
@@ -149,7 +149,7 @@ async def test_logs_are_json_with_request_context(tally: Tally, caplog: pytest.L
     errors = [line for line in lines if line.get("event") == "rpc_error"]
     assert errors, lines
     assert errors[0]["request_id"] == "req-42"
-    assert errors[0]["method"] == "/suara.v1.Tally/Submit"
+    assert errors[0]["method"] == "/suara.v1.TallyService/Submit"
     assert errors[0]["code"] == "INVALID_ARGUMENT"
     assert errors[0]["service"] == "tally-test"
 
@@ -166,10 +166,10 @@ async def test_concurrent_submissions_share_transactions(tally: Tally) -> None:
         async def all_waiting_to_commit() -> bool:
             return committer.queued + committer.writing == len(requests)
 
-        await _until(all_waiting_to_commit)
+        await poll_until(all_waiting_to_commit, "every call waiting to commit", UNTIL_S)
         first_batch = committer.writing
     responses = await asyncio.gather(*calls)
-    assert all(r.outcome == tally_pb2.ACCEPTED for r in responses)
+    assert all(r.outcome == tally_pb2.OUTCOME_ACCEPTED for r in responses)
     # The first transaction waited on the lock; everything that queued meanwhile shares the next one.
     assert 1 <= first_batch < len(requests)
     assert committer.batches - batches_before == 2
@@ -195,11 +195,11 @@ async def test_a_slow_database_is_not_taken_for_a_gone_one(db_url: str, db: asyn
             async def decided() -> bool:  # the committer's own deadline fires just after the call's
                 return not gate.available or (gate.checking is not None and gate.checking.done())
 
-            await _until(decided)
+            await poll_until(decided, "the gate deciding", UNTIL_S)
             assert gate.available, "a slow commit closed the gate: every call would be refused"
             assert await _health(t.channel) == health_pb2.HealthCheckResponse.SERVING
         response = await t.stub.Submit(request)  # the resend the message asks for
-        assert response.outcome == tally_pb2.ACCEPTED  # the timed-out commit was rolled back, not half-done
+        assert response.outcome == tally_pb2.OUTCOME_ACCEPTED  # the timed-out commit was rolled back, not half-done
         assert await t.count("submission") == 1
     finally:
         await t.channel.close()

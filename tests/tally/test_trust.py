@@ -8,8 +8,8 @@ import pytest
 from services.tally.intake import INLINE_VERIFY
 from suara.election.signing import DeviceKey
 from suara.v1 import tally_pb2
-from tests.factories import consistent_form, signed
-from tests.tally.conftest import Tally
+from tests.support.factories import consistent_form, signed
+from tests.support.tally import Tally
 
 
 async def _refused(tally: Tally, request: tally_pb2.SubmitRequest) -> grpc.StatusCode:
@@ -57,7 +57,7 @@ async def test_payload_replayed_under_another_tps_device_is_unauthenticated(tall
 
 
 async def test_structurally_broken_request_names_each_field(tally: Tally) -> None:
-    from tests.tally.helpers import bad_fields
+    from tests.support.rpc_errors import bad_fields
 
     request = tally_pb2.SubmitRequest()
     request.form.payload = b""
@@ -86,7 +86,7 @@ async def test_enroll_device_needs_an_admin_credential(tally: Tally) -> None:
     response = await tally.stub.EnrollDevice(enroll, metadata=auth)
     assert (response.device_id, response.tps) == (key.device_id, tps)
     accepted = await tally.stub.Submit(signed(key, consistent_form(tps, "ppwp", tally.contests["ppwp"])))
-    assert accepted.outcome == tally_pb2.ACCEPTED
+    assert accepted.outcome == tally_pb2.OUTCOME_ACCEPTED
 
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await tally.stub.EnrollDevice(tally_pb2.EnrollDeviceRequest(tps="123", public_key=b"x"), metadata=auth)
@@ -94,7 +94,7 @@ async def test_enroll_device_needs_an_admin_credential(tally: Tally) -> None:
 
 
 async def test_only_the_enroll_methods_ask_for_an_admin_credential(tally: Tally) -> None:
-    service = tally_pb2.DESCRIPTOR.services_by_name["Tally"]
+    service = tally_pb2.DESCRIPTOR.services_by_name["TallyService"]
     asking = set()
     for method in service.methods:
         request = getattr(tally_pb2, method.input_type.name)()  # empty: refused or answered, never stored
@@ -114,7 +114,7 @@ async def test_a_forged_item_in_a_batch_is_refused_alone_on_either_verification_
     forged = size // 2
     items[forged].form.signature = DeviceKey.generate(stations[forged].tps).sign(items[forged].form.payload)
     response = await tally.stub.SubmitBatch(tally_pb2.SubmitBatchRequest(items=items))
-    outcomes = [tally_pb2.Outcome.Name(r.outcome) for r in response.results]
+    outcomes = [tally_pb2.Outcome.Name(r.outcome).removeprefix("OUTCOME_") for r in response.results]
     assert outcomes == ["REJECTED" if i == forged else "ACCEPTED" for i in range(size)]
     assert response.results[forged].error.code == grpc.StatusCode.UNAUTHENTICATED.value[0]
     stored = {r["tps"] for r in await tally.db.fetch("SELECT tps FROM tally.submission")}

@@ -22,8 +22,8 @@ from services.tally.server import TallyApp
 from suara.client.stubs import tally_stub
 from suara.election.signing import DeviceKey
 from suara.v1 import tally_pb2
-from tests.factories import consistent_form, signed
-from tests.tally.conftest import BASE_SETTINGS
+from tests.support.factories import consistent_form, signed
+from tests.support.tally import BASE_SETTINGS
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ async def _run(db_url: str, ops: list[Op]) -> None:
                     group.append(ops[i + len(group)])
                 requests = [request(o) for o in group]
                 response = await stub.SubmitBatch(tally_pb2.SubmitBatchRequest(items=requests))
-                got = [tally_pb2.Outcome.Name(r.outcome) for r in response.results]
+                got = [tally_pb2.Outcome.Name(r.outcome).removeprefix("OUTCOME_") for r in response.results]
                 want = [oracle.submit(o, r.form.payload) for o, r in zip(group, requests, strict=True)]
                 assert got == want, (group, got, want)
                 i += len(group)
@@ -120,7 +120,7 @@ async def _run(db_url: str, ops: list[Op]) -> None:
             req = request(op)
             want_one = oracle.submit(op, req.form.payload)
             try:
-                got_one = tally_pb2.Outcome.Name((await stub.Submit(req)).outcome)
+                got_one = tally_pb2.Outcome.Name((await stub.Submit(req)).outcome).removeprefix("OUTCOME_")
             except grpc.aio.AioRpcError as err:
                 assert err.code() == grpc.StatusCode.ALREADY_EXISTS
                 got_one = "CONFLICT"

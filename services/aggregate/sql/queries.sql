@@ -380,13 +380,25 @@ FROM aggregate.recap WHERE area = $1 AND contest = $2 ORDER BY version;
 SELECT area, votes, suara_sah, suara_tidak_sah, suara_total, dpt, pengguna, tps_total, tps_reported, tps_quarantined
 FROM aggregate.area_total WHERE contest = $1 AND area = $2;
 
--- name: current_recaps_under
--- The current recap of every area under (or at) an area, with its digital row.
-SELECT DISTINCT ON (r.area) r.area, r.version, r.votes, r.suara_sah, r.suara_tidak_sah, r.suara_total, r.dpt,
-       r.pengguna, a.votes AS d_votes, a.suara_sah AS d_suara_sah, a.suara_tidak_sah AS d_suara_tidak_sah,
+-- name: mismatches_under
+-- A page of the recapped areas at or under $2 whose current recap differs from their digital row, by
+-- area after $3 ('' for the first page), $5 at most: those recap.py reconciles as MISMATCH (every TPS
+-- counted), and with $4 also those still INCOMPLETE. Votes arrays are both in the contest's choice order.
+WITH current AS (
+    SELECT DISTINCT ON (r.area) r.area, r.version, r.votes, r.suara_sah, r.suara_tidak_sah, r.suara_total,
+           r.dpt, r.pengguna
+    FROM aggregate.recap r
+    WHERE r.contest = $1 AND r.area LIKE $2 || '%' AND r.area > $3
+    ORDER BY r.area, r.version DESC
+)
+SELECT c.area, c.version, c.votes, c.suara_sah, c.suara_tidak_sah, c.suara_total, c.dpt, c.pengguna,
+       a.votes AS d_votes, a.suara_sah AS d_suara_sah, a.suara_tidak_sah AS d_suara_tidak_sah,
        a.suara_total AS d_suara_total, a.dpt AS d_dpt, a.pengguna AS d_pengguna, a.tps_total, a.tps_reported,
        a.tps_quarantined
-FROM aggregate.recap r
-JOIN aggregate.area_total a ON a.contest = r.contest AND a.area = r.area
-WHERE r.contest = $1 AND r.area LIKE $2 || '%'
-ORDER BY r.area, r.version DESC;
+FROM current c
+JOIN aggregate.area_total a ON a.contest = $1 AND a.area = c.area
+WHERE (c.votes, c.suara_sah, c.suara_tidak_sah, c.suara_total, c.dpt, c.pengguna)
+      IS DISTINCT FROM (a.votes, a.suara_sah, a.suara_tidak_sah, a.suara_total, a.dpt, a.pengguna)
+  AND ($4::boolean OR a.tps_reported >= a.tps_total)
+ORDER BY c.area
+LIMIT $5;

@@ -44,3 +44,7 @@ WITH snap AS (
 UPDATE publish.cursor
 SET sequence = $1, snapshot = $2, chain_position = $3, chain_hash = $4, registry_load = $7, updated_at = now()
 WHERE singleton;
+
+-- name: published_sequence
+-- The last aggregate change a snapshot included (0: nothing published yet).
+SELECT sequence FROM publish.cursor WHERE singleton;

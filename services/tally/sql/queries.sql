@@ -58,11 +58,15 @@ LEFT JOIN tally.current c ON c.submission_id = s.id
 WHERE s.id = $1;
 
 -- name: submissions_for_tps
+-- A page of one TPS's submissions ($2: one contest, or '' for all), by the unique key: the rows after
+-- ($3 contest, $4 version), or from the first when $3 is NULL; $5 rows at most.
 SELECT s.*, (c.submission_id IS NOT NULL) AS is_current
 FROM tally.submission s
 LEFT JOIN tally.current c ON c.submission_id = s.id
 WHERE s.tps = $1 AND ($2 = '' OR s.contest = $2)
-ORDER BY s.contest, s.version;
+  AND ($3::text IS NULL OR (s.contest, s.version) > ($3::text, $4::bigint))
+ORDER BY s.contest, s.version
+LIMIT $5;
 
 -- name: chain_records
 -- For `suara audit verify`: the whole chain in order, with each signer's key.
@@ -130,3 +134,7 @@ WHERE id = ANY($1::bigint[]) AND delivered_at IS NULL;
 -- name: relay_try_lock
 -- One active relay per database; the lock is the session's and goes with its connection.
 SELECT pg_try_advisory_lock($1);
+
+-- name: relay_undelivered
+-- How many outbox rows the relay has yet to deliver (operators and `suara demo` wait on it).
+SELECT count(*) FROM tally.outbox WHERE delivered_at IS NULL;

@@ -68,7 +68,7 @@ class ServiceCredential:
         return f"{SCHEME} {self.id}:{now}:{signature}"
 
     def metadata(self, method: str, unix_s: int | None = None) -> tuple[tuple[str, str], ...]:
-        """The call metadata for one call of `method` (the full name, "/suara.v1.Aggregate/ApplyUpdates")."""
+        """The call metadata for one call of `method` (the full name, "/suara.v1.AggregateService/ApplyUpdates")."""
         return (("authorization", self.token(method, unix_s)),)
 
     def to_json(self) -> str:

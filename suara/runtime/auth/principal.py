@@ -21,7 +21,7 @@ class Principal:
 class Call:
     """What an authenticator may look at: the method, the request, and the call's metadata and context."""
 
-    method: str  # the full name, "/suara.v1.Aggregate/ApplyUpdates"
+    method: str  # the full name, "/suara.v1.AggregateService/ApplyUpdates"
     request: Any
     metadata: Mapping[str, str | bytes]
     context: grpc.aio.ServicerContext[Any, Any]

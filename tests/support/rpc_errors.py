@@ -1,3 +1,5 @@
+"""What a refused call carries: the fields its google.rpc.BadRequest detail names."""
+
 from __future__ import annotations
 
 import grpc

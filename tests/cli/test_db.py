@@ -1,4 +1,5 @@
-"""Without DATABASE_URL, suara runs its own PostgreSQL in SUARA_DATA_DIR: `suara db …` as a newcomer meets it."""
+"""`suara db …`: without DATABASE_URL, suara runs its own PostgreSQL in SUARA_DATA_DIR, as a newcomer meets it;
+`db migrate` against a given database is idempotent."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from cli.components import MIGRATION_DIRS
 from cli.embedded import EmbeddedPostgres
 from suara.runtime.migrations import discover
-from tests.cli.conftest import run_suara, suara_env
+from tests.support.processes import run_suara, suara_env
 
 
 async def test_db_commands_run_the_embedded_server(tmp_path: Path) -> None:
@@ -60,3 +61,15 @@ async def test_db_commands_run_the_embedded_server(tmp_path: Path) -> None:
             await asyncpg.connect(url, timeout=5)
     finally:
         server.stop("immediate")  # whatever happened above, leave no server running
+
+
+def test_cli_migrate_is_idempotent(
+    empty_db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cli import main
+
+    monkeypatch.setenv("DATABASE_URL", empty_db)
+    assert main(["db", "migrate"]) == 0
+    assert "applied" in capsys.readouterr().out
+    assert main(["db", "migrate"]) == 0
+    assert "already up to date" in capsys.readouterr().out

@@ -1,11 +1,4 @@
-"""Where the published site goes: a local directory (served by nginx or `suara publish serve`) or an S3 bucket.
-
-Every sink writes each file whole: a reader sees the old file or the new one, never a mix. A file's
-`.gz` sibling is written before the file itself, so a reader that finds the new file also finds the
-matching `.gz`. `write` returns once every file of the call is in place; within one call files may
-land in any order (a sink may write them in parallel), so what must come after them — the snapshot
-pointer, or the files whose `same_as` names a file — goes in a later call.
-"""
+"""A site directory: files land by rename over the old ones, and identical files are hard links."""
 
 from __future__ import annotations
 
@@ -15,12 +8,12 @@ import errno
 import itertools
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple
 
 from services.publish.files import SiteFile
+from services.publish.sinks.base import check_path
 
 # Files per thread hop: the hop then costs nothing next to the file work, and the event loop is
 # never blocked. Four threads: on this machine's virtual disk a file create or rename waits on the
@@ -29,33 +22,6 @@ from services.publish.files import SiteFile
 _CHUNK = 256
 _LOCAL_THREADS = 4
 _TMP_SUFFIX = ".tmp"
-
-
-class Sink(Protocol):
-    cheap_reads: bool  # reading a file back costs much less than writing it (publish may compare first)
-
-    async def write(self, files: Sequence[SiteFile]) -> None:
-        """Write each file and, when `f.gzipped()` is not None, its `path + ".gz"` first.
-
-        Whatever a sink does with `f.same_as` (LocalSink links), what lands is `f.body` and its `.gz`.
-        """
-
-    async def exists(self, path: str) -> bool:
-        """Whether `path` is there (to skip re-uploading immutable photos)."""
-
-    async def read(self, path: str) -> bytes | None:
-        """The bytes at `path`, or None when there is nothing."""
-
-    async def close(self) -> None: ...
-
-    def describe(self) -> str:
-        """Where the files go, for logs."""
-
-
-def _check_path(path: str) -> str:
-    if path.startswith("/") or not path or ".." in path.split("/"):
-        raise ValueError(f"site paths are relative and stay inside the site: {path!r}")
-    return path
 
 
 def _pieces(f: SiteFile) -> list[tuple[str, bytes]]:
@@ -227,13 +193,13 @@ class LocalSink:
             raise
 
     async def exists(self, path: str) -> bool:
-        return await asyncio.to_thread(os.path.isfile, self.root / _check_path(path))
+        return await asyncio.to_thread(os.path.isfile, self.root / check_path(path))
 
     async def read(self, path: str) -> bytes | None:
         # Inline, not in a thread: what is read back is a small status file the page cache holds. Under
         # load, handing each read to a thread cost more than the read: a third of a cycle at scale 1.0.
         try:
-            return (self.root / _check_path(path)).read_bytes()
+            return (self.root / check_path(path)).read_bytes()
         except FileNotFoundError:
             return None
 
@@ -254,131 +220,3 @@ class LocalSink:
 
     async def close(self) -> None:
         return None
-
-
-class S3Sink:
-    """An S3 (or S3-compatible) bucket; PutObject replaces an object atomically.
-
-    `cheap_reads` is False: a GET per file would cost about what the PUT it saves does.
-
-    boto3 is blocking, so the calls run in a pool of `concurrency` threads sharing one client (clients
-    are thread-safe; creating one is not cheap). Credentials come from boto3's usual chain
-    (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, profile, instance role). They need s3:ListBucket as well
-    as Get/PutObject: without it S3 answers a HEAD of a missing object with 403, and `exists` raises.
-    """
-
-    cheap_reads = False
-
-    def __init__(
-        self,
-        bucket: str,
-        prefix: str = "",
-        endpoint_url: str | None = None,
-        region: str = "us-east-1",
-        concurrency: int = 16,
-    ) -> None:
-        import boto3
-        from botocore.config import Config
-
-        if not bucket:
-            raise ValueError("S3Sink needs a bucket")
-        self.bucket = bucket
-        self.prefix = prefix.strip("/")
-        self.endpoint_url = endpoint_url
-        self._concurrency = concurrency
-        config = Config(
-            max_pool_connections=concurrency,
-            retries={"mode": "standard", "max_attempts": 5},
-            # S3-compatible servers (MinIO, Ceph, moto) are addressed by host:port, not bucket subdomains.
-            s3={"addressing_style": "path"} if endpoint_url else {},
-            # boto3 ≥ 1.36 adds CRC checksums (aws-chunked bodies) to every upload by default, which several
-            # S3-compatible servers reject; against those, send checksums only where an API requires them.
-            request_checksum_calculation="when_required" if endpoint_url else "when_supported",
-            response_checksum_validation="when_required" if endpoint_url else "when_supported",
-        )
-        self._client: Any = boto3.session.Session().client(
-            "s3", endpoint_url=endpoint_url, region_name=region, config=config
-        )
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="s3sink")
-
-    def describe(self) -> str:
-        where = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
-        return f"{where} via {self.endpoint_url}" if self.endpoint_url else where
-
-    def _key(self, path: str) -> str:
-        path = _check_path(path)
-        return f"{self.prefix}/{path}" if self.prefix else path
-
-    def _put_file(self, f: SiteFile) -> None:
-        gz = f.gzipped()
-        if gz is not None:
-            self._client.put_object(
-                Bucket=self.bucket,
-                Key=self._key(f.path + ".gz"),
-                Body=gz,
-                ContentType=f.content_type,  # the JSON's type: served as-is with Content-Encoding
-                ContentEncoding="gzip",
-                CacheControl=f.cache_control,
-            )
-        self._client.put_object(
-            Bucket=self.bucket,
-            Key=self._key(f.path),
-            Body=f.body,
-            ContentType=f.content_type,
-            CacheControl=f.cache_control,
-        )
-
-    async def write(self, files: Sequence[SiteFile]) -> None:
-        loop = asyncio.get_running_loop()
-        it = iter(files)
-
-        async def worker() -> None:
-            for f in it:  # shared iterator: at most `concurrency` uploads in flight, no task per file up front
-                await loop.run_in_executor(self._pool, self._put_file, f)
-
-        async with asyncio.TaskGroup() as tg:
-            for _ in range(min(self._concurrency, len(files))):
-                tg.create_task(worker())
-
-    def _head(self, key: str) -> bool:
-        from botocore.exceptions import ClientError
-
-        try:
-            self._client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise
-        return True
-
-    def _get(self, key: str) -> bytes | None:
-        from botocore.exceptions import ClientError
-
-        try:
-            response = self._client.get_object(Bucket=self.bucket, Key=key)
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise
-        body: bytes = response["Body"].read()
-        return body
-
-    async def exists(self, path: str) -> bool:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._head, self._key(path))
-
-    async def read(self, path: str) -> bytes | None:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._get, self._key(path))
-
-    async def close(self) -> None:
-        await asyncio.to_thread(self._pool.shutdown, True)
-        self._client.close()
-
-
-def sink_from_url(target: str, *, s3_endpoint_url: str | None = None) -> Sink:
-    """`s3://bucket/prefix` → S3Sink (at `s3_endpoint_url` when given); anything else is a local directory."""
-    if target.startswith("s3://"):
-        bucket, _, prefix = target.removeprefix("s3://").partition("/")
-        if not bucket:
-            raise ValueError(f"no bucket in {target!r}")
-        return S3Sink(bucket, prefix, endpoint_url=s3_endpoint_url)
-    return LocalSink(Path(target))

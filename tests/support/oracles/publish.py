@@ -1,5 +1,15 @@
 """What the published site must hold, computed in plain Python from the registry and the forms tally
-acknowledged — independently of services.publish (it follows LAYOUT.md and design.md, not the code)."""
+acknowledged — independently of services.publish and services.aggregate: it follows LAYOUT.md and
+design.md, and imports nothing of them (its inputs are the registry's tables and the acknowledged
+forms as the test built them).
+
+Every file of a contest, whole (only `ts` is checked for its format instead of its value): totals, TPS
+files with their photo paths, region lists against the registry's names, status files. It is one of two
+site oracles; loadtest/oracle.py computes the same counting rule for another purpose (the numbers of a
+running system at any scale, streamed, from the region tree the site itself lists, for forms it can
+regenerate from their keys): it checks neither region lists, names, status files nor photos, and takes
+no form it did not make itself (these tests send their own protobuf forms, photos included). Hence two.
+"""
 
 from __future__ import annotations
 

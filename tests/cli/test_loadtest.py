@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cli import build_parser
-from loadtest.run import Config
+from loadtest.config import Config
 
 
 def test_the_command_line_defaults_are_the_load_tests_own() -> None:

@@ -1,11 +1,12 @@
 """The whole pipeline for publish tests: real tally (with its relay), real aggregate, a real publisher.
 
 `Pipeline.submit` sends signed forms through tally and keeps, in plain Python, what tally acknowledged:
-the oracle every published file is checked against (tests/publish/oracle.py).
+the oracle every published file is checked against (tests/support/oracles/publish.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import random
 import shutil
@@ -20,8 +21,8 @@ import pytest
 
 from services.aggregate.server import AggregateApp
 from services.publish.cycle import CycleResult, Publisher
-from services.publish.files import SiteFile
-from services.publish.sink import LocalSink, Sink
+from services.publish.sinks.base import Sink
+from services.publish.sinks.local import LocalSink
 from services.tally.credentials import enroll_device
 from suara.client.aggregate_stub import aggregate_stub
 from suara.election.signing import DeviceKey
@@ -30,11 +31,12 @@ from suara.runtime.auth.client import ServiceAuthClientInterceptor
 from suara.runtime.auth.store import issue_service_credential
 from suara.runtime.database import Database
 from suara.v1 import form_pb2, tally_pb2
-from tests.aggregate.conftest import aggregate_settings
-from tests.factories import consistent_form, jpeg, png, signed
-from tests.publish.oracle import Accepted, Registry, compare, expected_site
-from tests.tally.conftest import BASE_SETTINGS as TALLY_SETTINGS
-from tests.tally.conftest import Tally, relaying, start_tally
+from tests.support.aggregate import aggregate_settings
+from tests.support.factories import consistent_form, jpeg, png, signed
+from tests.support.oracles.publish import Accepted, Registry, compare, expected_site
+from tests.support.processes import suara_env
+from tests.support.tally import BASE_SETTINGS as TALLY_SETTINGS
+from tests.support.tally import Tally, relaying, start_tally
 
 SHM = Path("/dev/shm")
 SHM_EXISTS = SHM.is_dir()
@@ -88,12 +90,12 @@ class Pipeline:
             if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
                 raise
             return None
-        if response.outcome in (tally_pb2.ACCEPTED, tally_pb2.QUARANTINED):
+        if response.outcome in (tally_pb2.OUTCOME_ACCEPTED, tally_pb2.OUTCOME_QUARANTINED):
             previous = self.current.get((tps, contest))
             if previous is None or version > previous.form.version:
                 self.current[(tps, contest)] = Accepted(
                     form_pb2.CHasilForm.FromString(form.SerializeToString()),
-                    response.outcome == tally_pb2.QUARANTINED,
+                    response.outcome == tally_pb2.OUTCOME_QUARANTINED,
                 )
             for p in photos:
                 self.photos[hashlib.sha256(p).hexdigest()] = p
@@ -103,11 +105,28 @@ class Pipeline:
         return {sha: "image/png" if b.startswith(b"\x89PNG") else "image/jpeg" for sha, b in self.photos.items()}
 
     async def check_site(self, site: Path | None = None, contests: Sequence[str] = ("ppwp", "pdpr", "pkwkp")) -> None:
-        """Every published file of these contests equals the oracle (tests/publish/oracle.py)."""
+        """Every published file of these contests equals the oracle (tests/support/oracles/publish.py)."""
         registry = await Registry.read(self.db)
         for contest in contests:
             problems = compare(site or self.site, expected_site(registry, contest, self.current, self.photo_types()))
             assert not problems, f"{len(problems)} differences, first: " + "\n".join(problems[:5])
+
+    async def publish_env(self, name: str, site: Path, tmp_path: Path) -> dict[str, str]:
+        """The environment of a `suara publish run` child publishing this pipeline to `site`: a reader
+        credential `name` (issued once, kept in `tmp_path`), state in `tmp_path`/state, JSON logs."""
+        credential = tmp_path / f"{name}.key.json"
+        if not credential.exists():
+            (await issue_service_credential(self.db, name, "reader")).save(credential)
+        return suara_env(
+            DATABASE_URL=self.db_url,
+            SUARA_DATA_DIR=tmp_path / "state",
+            SUARA_SITE_DIR=site,
+            SUARA_AGGREGATE_ADDRESS=f"127.0.0.1:{self.aggregate.port}",
+            SUARA_TALLY_ADDRESS=f"127.0.0.1:{self.tally.app.port}",
+            SUARA_PUBLISH_CREDENTIAL=credential,
+            SUARA_PUBLISH_INTERVAL_S="0.05",
+            SUARA_LOG_FORMAT="json",
+        )
 
     async def delivered(self) -> None:
         """Until the relay has delivered everything tally acknowledged so far."""
@@ -118,9 +137,10 @@ class Pipeline:
         await self.delivered()
         return await self.publisher.cycle(**kwargs)
 
-    def publisher_for(self, sink: Sink) -> Publisher:
-        return Publisher(self.publisher.pool, sink, self.publisher.aggregate, self.publisher.tally,
-                         self.publisher.contests)  # fmt: skip
+    def publisher_for(self, sink: Sink, contests: Sequence[str] | None = None) -> Publisher:
+        """Another publisher of this pipeline, writing to `sink`: of every contest, or of `contests` only."""
+        chosen = self.publisher.contests if contests is None else {c: self.publisher.contests[c] for c in contests}
+        return Publisher(self.publisher.pool, sink, self.publisher.aggregate, self.publisher.tally, chosen)
 
     async def random_night(self, rng: random.Random, n: int, contest: str = "ppwp") -> None:
         """`n` submissions over random TPS: corrections, stale versions, quarantine and its correction, photos."""
@@ -139,52 +159,25 @@ class Pipeline:
     all_tps: list[str] = field(default_factory=list)
 
 
-class RecordingSink:
-    """A LocalSink that also remembers every path written (to prove a cycle wrote only what changed),
-    and can be told to die after N files (a publisher killed midway)."""
+@contextlib.contextmanager
+def scratch_site(prefix: str, elsewhere: Path | None = None) -> Iterator[Path]:
+    """A new, empty site directory, removed afterwards: on tmpfs where there is one, else in `elsewhere`
+    (by default the system's temporary directory).
 
-    def __init__(self, inner: LocalSink, die_after: int | None = None) -> None:
-        self.inner = inner
-        self.cheap_reads = inner.cheap_reads
-        self.paths: list[str] = []
-        self.die_after = die_after
-
-    async def write(self, files: Sequence[SiteFile]) -> None:
-        if self.die_after is not None and len(self.paths) + len(files) > self.die_after:
-            keep = max(0, self.die_after - len(self.paths))
-            await self.inner.write(files[:keep])
-            self.paths.extend(f.path for f in files[:keep])
-            raise KilledMidway(f"killed after {self.die_after} files")
-        await self.inner.write(files)
-        self.paths.extend(f.path for f in files)
-
-    async def exists(self, path: str) -> bool:
-        return await self.inner.exists(path)
-
-    async def read(self, path: str) -> bytes | None:
-        return await self.inner.read(path)
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    def describe(self) -> str:
-        return f"recording {self.inner.describe()}"
+    These tests are about what is written, and a full cycle writes ~50k files, which this machine's
+    virtual disk takes ten times longer to create than memory does."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=SHM if SHM_EXISTS else elsewhere))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
-class KilledMidway(Exception):
-    pass
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    """moto's S3 server stands in for a real S3-compatible server (MinIO, AWS), none of which can run here."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+@pytest.fixture
+def site() -> Iterator[Path]:
+    """A site directory of the test's own, for a publisher other than the pipeline's."""
+    with scratch_site("suara-test-site-") as path:
+        yield path
 
 
 @pytest.fixture
@@ -203,21 +196,18 @@ async def pipeline(db_url: str, db: asyncpg.Connection, tmp_path: Path) -> Async
         f"127.0.0.1:{aggregate.port}", interceptors=[ServiceAuthClientInterceptor(reader)]
     )
     pool = Database(await asyncpg.create_pool(db_url, min_size=1, max_size=4))
-    # On tmpfs where there is one: these tests are about what is written, and a full cycle writes ~50k
-    # files, which this machine's virtual disk takes ten times longer to create than memory does.
-    site = Path(tempfile.mkdtemp(prefix="suara-site-", dir=SHM if SHM_EXISTS else tmp_path))
-    publisher = Publisher(pool, LocalSink(site), aggregate_stub(channel), tally.stub, await fetch_contests(db))
     all_tps = [r["code"] for r in await db.fetch("SELECT code FROM registry.tps ORDER BY code")]
-    p = Pipeline(tally, aggregate, channel, db, db_url, site, publisher, all_tps=all_tps)
-    try:
-        yield p
-    finally:
-        shutil.rmtree(site, ignore_errors=True)
-        await pool.close()
-        await channel.close()
-        await tally.channel.close()
-        await tally.app.stop(0.5)
-        await p.aggregate.stop(0.5)  # the one serving now (a test may have replaced the first)
-        # Stopped gRPC servers caught in reference cycles must be freed while this test's event loop still
-        # runs: freed later, from another test's loop, grpc's AioServer.__dealloc__ can block for good.
-        gc.collect()
+    with scratch_site("suara-site-", tmp_path) as site:
+        publisher = Publisher(pool, LocalSink(site), aggregate_stub(channel), tally.stub, await fetch_contests(db))
+        p = Pipeline(tally, aggregate, channel, db, db_url, site, publisher, all_tps=all_tps)
+        try:
+            yield p
+        finally:
+            await pool.close()
+            await channel.close()
+            await tally.channel.close()
+            await tally.app.stop(0.5)
+            await p.aggregate.stop(0.5)  # the one serving now (a test may have replaced the first)
+            # Stopped gRPC servers caught in reference cycles must be freed while this test's event loop still
+            # runs: freed later, from another test's loop, grpc's AioServer.__dealloc__ can block for good.
+            gc.collect()

@@ -4,12 +4,11 @@
 database and are killed with SIGKILL (no handler, no cleanup, no goodbye), then
 started again. `Forms` feeds the in-process tally (several TPS, corrections,
 stale versions, quarantine, resends) and remembers what tally acknowledged; the
-oracle (tests.aggregate.oracle, plain Python) is built from that alone.
+oracle (tests.support.oracles.aggregate, plain Python) is built from that alone.
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
 import signal
 from collections.abc import Awaitable, Callable
@@ -19,62 +18,22 @@ from typing import Any
 
 import asyncpg
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.aggregate.server import SERVICE_NAME as AGGREGATE_SERVICE
 from services.tally.credentials import enroll_device
 from services.tally.relay import APPLY_METHOD
 from suara.election.signing import DeviceKey
 from suara.v1 import aggregate_pb2, form_pb2, tally_pb2
-from tests.aggregate.oracle import Oracle, Registry
-from tests.cli.conftest import SUARA, LogTail, suara_env
-from tests.factories import consistent_form, signed
-from tests.tally.conftest import Tally
-
-STARTUP_TIMEOUT_S = 60.0  # bound on a child importing, connecting to PostgreSQL and binding its port
-HEALTH_CHECK_DEADLINE_S = 0.5
-WAIT_S = 60.0  # bound on anything else a test awaits; normally a few seconds
-POLL_S = 0.01  # how often a bounded poll looks at another process's progress (in the database)
-# Reconnect quickly while a child is (re)starting (gRPC's default first backoff is a whole second).
-CHANNEL_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 500),
-]
+from tests.support.factories import consistent_form, signed
+from tests.support.oracles.aggregate import Oracle, Registry
+from tests.support.processes import Child, suara_env
+from tests.support.tally import Tally
+from tests.support.waiting import CHANNEL_OPTIONS, STARTUP_S, WAIT_S, until_serving
 
 
-class Child:
-    """One `suara …` subprocess with its stderr tailed; `kill()` is SIGKILL, never a polite stop."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, log: LogTail) -> None:
-        self.proc = proc
-        self.log = log
-
-    @classmethod
-    async def spawn(cls, args: list[str], db_url: str, cwd: Path) -> Child:
-        env = suara_env(DATABASE_URL=db_url, SUARA_LOG_FORMAT="json", SUARA_DATA_DIR=cwd / "state")
-        proc = await asyncio.create_subprocess_exec(
-            str(SUARA),
-            *args,
-            env=env,
-            cwd=cwd,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        assert proc.stderr is not None
-        return cls(proc, LogTail(proc.stderr))
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.returncode is None
-
-    async def kill(self) -> int:
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGKILL)
-        code = await self.proc.wait()
-        await self.log.finish()
-        return code
+def child_env(db_url: str, cwd: Path) -> dict[str, str]:
+    """A crash child's environment: the test's database, JSON logs, its state under `cwd`."""
+    return suara_env(DATABASE_URL=db_url, SUARA_LOG_FORMAT="json", SUARA_DATA_DIR=cwd / "state")
 
 
 @dataclass
@@ -93,32 +52,10 @@ class AggregateProcess:
 
     async def start(self) -> None:
         assert self.child is None or not self.child.alive
-        self.child = await Child.spawn(["aggregate", "serve", "--port", str(self.port)], self.db_url, self.cwd)
-        await self._wait_until_serving(self.child)
-
-    async def _wait_until_serving(self, child: Child) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + STARTUP_TIMEOUT_S
+        args = ("aggregate", "serve", "--port", str(self.port))
+        self.child = child = await Child.spawn(*args, env=child_env(self.db_url, self.cwd), cwd=self.cwd)
         async with grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            request = health_pb2.HealthCheckRequest(service=AGGREGATE_SERVICE)
-            # A bounded poll: the child binds its port at a moment we cannot await from outside. Each Check
-            # waits for the connection (wait_for_ready) for at most a short deadline, then asks again.
-            while True:
-                assert child.alive, f"aggregate exited with {child.proc.returncode}:\n{child.log.text()}"
-                try:
-                    reply = await health.Check(request, timeout=HEALTH_CHECK_DEADLINE_S, wait_for_ready=True)
-                except grpc.aio.AioRpcError as exc:
-                    if exc.code() not in (
-                        grpc.StatusCode.UNAVAILABLE,
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
-                        grpc.StatusCode.NOT_FOUND,
-                    ):
-                        raise
-                else:
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                assert loop.time() < deadline, f"aggregate not SERVING after {STARTUP_TIMEOUT_S}s:\n{child.log.text()}"
+            await until_serving(channel, AGGREGATE_SERVICE, STARTUP_S, child.assert_alive, detail=child.log.text)
 
     async def kill(self) -> None:
         assert self.child is not None and self.child.alive, "aggregate died on its own"
@@ -145,11 +82,13 @@ class RelayProcess:
     async def start(self) -> None:
         assert self.child is None or not self.child.alive
         args = ["service", "relay", "--aggregate", self.aggregate, "--credential", str(self.credential)]
-        self.child = await Child.spawn([*args, "--batch", str(self.batch)], self.db_url, self.cwd)
+        self.child = await Child.spawn(
+            *args, "--batch", str(self.batch), env=child_env(self.db_url, self.cwd), cwd=self.cwd
+        )
 
     def assert_alive(self) -> None:
         assert self.child is not None
-        assert self.child.alive, f"relay exited with {self.child.proc.returncode}:\n{self.child.log.text()}"
+        self.child.assert_alive()
 
     async def kill(self) -> None:
         self.assert_alive()
@@ -199,21 +138,6 @@ async def pending(db: asyncpg.Connection) -> int:
 
 async def delivered(db: asyncpg.Connection) -> int:
     return int(await db.fetchval("SELECT count(*) FROM tally.outbox WHERE delivered_at IS NOT NULL"))
-
-
-async def poll_until(
-    condition: Callable[[], Awaitable[bool]],
-    what: str,
-    within_s: float = WAIT_S,
-    check: Callable[[], None] = lambda: None,
-) -> None:
-    """A bounded poll, for progress made by another process that we can only see in the database."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while not await condition():
-        check()
-        assert loop.time() < deadline, f"not {what} within {within_s}s"
-        await asyncio.sleep(POLL_S)
 
 
 @dataclass
@@ -269,15 +193,15 @@ class Forms:
         reply = await self.tally.stub.SubmitBatch(tally_pb2.SubmitBatchRequest(items=requests), timeout=WAIT_S)
         assert len(reply.results) == len(requests)
         for item in reply.results:
-            name = tally_pb2.Outcome.Name(item.outcome)
+            name = tally_pb2.Outcome.Name(item.outcome).removeprefix("OUTCOME_")
             self.outcomes[name] = self.outcomes.get(name, 0) + 1
             assert name != "REJECTED", item.error
-            if item.outcome not in (tally_pb2.ACCEPTED, tally_pb2.QUARANTINED):
+            if item.outcome not in (tally_pb2.OUTCOME_ACCEPTED, tally_pb2.OUTCOME_QUARANTINED):
                 continue
             form = form_pb2.CHasilForm.FromString(requests[item.index].form.payload)
             have = self.acked.get(form.tps)
             if have is None or form.version > have.version:
-                self.acked[form.tps] = Acked(form.version, form, item.outcome == tally_pb2.QUARANTINED)
+                self.acked[form.tps] = Acked(form.version, form, item.outcome == tally_pb2.OUTCOME_QUARANTINED)
 
     async def oracle(self, db: asyncpg.Connection) -> Oracle:
         oracle = Oracle(await Registry.read(db))

@@ -1,4 +1,4 @@
-"""A running tally per test, on a free port, against the test's own database."""
+"""The in-process tally rig: a running tally per test, on a free port, against the test's own database."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from suara.client.stubs import tally_stub
 from suara.election.signing import DeviceKey
 from suara.runtime.settings import LogSettings, PeerSettings, RelaySettings, Settings, TallySettings
 from suara.v1 import tally_pb2_grpc
-from tests.factories import Station
+from tests.support.factories import Station
 
 # No relay in tally's own tests (they read the outbox themselves), whatever a developer keeps in .suara.
 BASE_SETTINGS = Settings(
@@ -40,7 +40,7 @@ def relaying(settings: Settings, credential: object, aggregate: str) -> Settings
 class Tally:
     app: TallyApp
     channel: grpc.aio.Channel
-    stub: tally_pb2_grpc.TallyAsyncStub
+    stub: tally_pb2_grpc.TallyServiceAsyncStub
     db: asyncpg.Connection
     db_url: str
     contests: dict[str, list[str]]  # contest id -> choice ids
@@ -75,8 +75,3 @@ async def tally(db_url: str, db: asyncpg.Connection) -> AsyncIterator[Tally]:
     yield t
     await t.channel.close()
     await t.app.stop(grace=1.0)
-
-
-@pytest.fixture
-def settings() -> Settings:
-    return replace(BASE_SETTINGS)

@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cli.embedded import free_port
 from services.tally.credentials import enroll_device
@@ -21,25 +19,18 @@ from suara.client.stubs import tally_stub
 from suara.election.signing import DeviceKey
 from suara.runtime.settings import Settings
 from suara.v1 import tally_pb2, tally_pb2_grpc
-from tests.cli.conftest import SUARA, LogTail
-from tests.factories import consistent_form, signed
+from tests.support.factories import consistent_form, signed
+from tests.support.processes import LogTail, running
+from tests.support.waiting import CHANNEL_OPTIONS, poll_until, until_serving
 
-STARTUP_TIMEOUT_S = 60.0  # bound on the child importing, connecting to PostgreSQL and binding its port
-HEALTH_CHECK_DEADLINE_S = 0.5
 EVENT_TIMEOUT_S = 10.0
-# Reconnect quickly while the child is still starting (gRPC's default first backoff is a whole second).
-CHANNEL_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 500),
-]
 
 
 @dataclass
 class Served:
     proc: asyncio.subprocess.Process
     port: int
-    stub: tally_pb2_grpc.TallyAsyncStub
+    stub: tally_pb2_grpc.TallyServiceAsyncStub
     log: LogTail
 
     async def stop(self, grace_s: float) -> int:
@@ -50,59 +41,15 @@ class Served:
         return code
 
 
-async def wait_until_serving(channel: grpc.aio.Channel, served: Served) -> None:
-    health = health_pb2_grpc.HealthStub(channel)
-    request = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + STARTUP_TIMEOUT_S
-    # A bounded poll: the child binds its port at a moment we cannot await from outside. Each Check
-    # waits for the connection (wait_for_ready) for at most a short deadline, then asks again.
-    while True:
-        assert served.proc.returncode is None, f"tally exited with {served.proc.returncode}:\n{served.log.text()}"
-        try:
-            response = await health.Check(request, timeout=HEALTH_CHECK_DEADLINE_S, wait_for_ready=True)
-        except grpc.aio.AioRpcError as exc:
-            # NOT_FOUND: listening, but the service's health not set yet.
-            if exc.code() not in (
-                grpc.StatusCode.UNAVAILABLE,
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                grpc.StatusCode.NOT_FOUND,
-            ):
-                raise
-        else:
-            if response.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        assert loop.time() < deadline, f"tally not SERVING after {STARTUP_TIMEOUT_S}s:\n{served.log.text()}"
-
-
 @contextlib.asynccontextmanager
 async def tally_process(env: dict[str, str], cwd: Path) -> AsyncIterator[Served]:
     port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        str(SUARA),
-        "tally",
-        "serve",
-        "--port",
-        str(port),
-        env=env,
-        cwd=cwd,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    log = LogTail(proc.stderr)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
-    served = Served(proc, port, tally_stub(channel), log)
-    try:
-        await wait_until_serving(channel, served)
-        yield served
-    finally:
-        await channel.close()
-        if proc.returncode is None:  # the test failed before stopping it
-            proc.kill()
-            await proc.wait()
-        await log.finish()
+    async with (
+        running("tally", "serve", "--port", str(port), env=env, cwd=cwd) as child,
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) as channel,
+    ):
+        await until_serving(channel, SERVICE_NAME, check=child.assert_alive, detail=child.log.text)
+        yield Served(child.proc, port, tally_stub(channel), child.log)
 
 
 async def _station(db: asyncpg.Connection) -> tuple[DeviceKey, list[str]]:
@@ -122,7 +69,7 @@ async def test_serve_accepts_a_form_and_exits_0_on_sigterm(
     key, choices = await _station(db)
     async with tally_process({**cli_env, "SUARA_LOG_FORMAT": "json"}, tmp_path) as served:
         response = await served.stub.Submit(signed(key, consistent_form(key.tps, "ppwp", choices)))
-        assert response.outcome == tally_pb2.ACCEPTED
+        assert response.outcome == tally_pb2.OUTCOME_ACCEPTED
         stored = await db.fetchrow(
             "SELECT id, chain_position FROM tally.submission WHERE tps = $1 AND contest = 'ppwp'", key.tps
         )
@@ -174,13 +121,16 @@ async def test_sigterm_lets_a_call_blocked_on_the_chain_lock_finish_accepted(
             call = asyncio.create_task(submit())
 
             # Until tally's commit waits on our lock: PostgreSQL offers nothing to await for that, so a
-            # bounded poll of pg_blocking_pids, briefly yielding between looks.
+            # bounded poll of pg_blocking_pids.
             blocked_by_us = "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))"
-            started = time.monotonic()
-            while await db.fetchval(blocked_by_us, blocker.get_server_pid()) == 0:
+
+            async def waiting_on_us() -> bool:
+                return bool(await db.fetchval(blocked_by_us, blocker.get_server_pid()))
+
+            def still_held() -> None:
                 assert not call.done(), "the call finished although the chain head was locked"
-                assert time.monotonic() - started < EVENT_TIMEOUT_S, "tally never waited on the chain lock"
-                await asyncio.sleep(0.02)
+
+            await poll_until(waiting_on_us, "tally waiting on the chain lock", EVENT_TIMEOUT_S, still_held)
 
             served.proc.send_signal(signal.SIGTERM)
             await served.log.wait_for_event("shutting_down", EVENT_TIMEOUT_S)
@@ -188,7 +138,7 @@ async def test_sigterm_lets_a_call_blocked_on_the_chain_lock_finish_accepted(
             await lock.rollback()
 
             response = await asyncio.wait_for(call, grace)
-            assert response.outcome == tally_pb2.ACCEPTED
+            assert response.outcome == tally_pb2.OUTCOME_ACCEPTED
             assert await asyncio.wait_for(served.proc.wait(), grace) == 0
     finally:
         await blocker.close()

@@ -1,38 +1,28 @@
 """`suara publish run|rebuild|serve|status` as an operator runs them: the installed script in real subprocesses.
 
-Tally (with its relay) and aggregate run in-process (tests/publish/conftest.py's `pipeline`); the commands
+Tally (with its relay) and aggregate run in-process (tests/support/publish.py's `pipeline`); the commands
 under test are real processes against the same database. Published files are checked against
-tests/publish/oracle.py, computed from what tally acknowledged.
+tests/support/oracles/publish.py, computed from what tally acknowledged.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
 import re
 import shutil
-import signal
-import tempfile
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import asyncpg
-import pytest
 
 from cli.embedded import free_port
 from services.publish.cache import cache_control_for
 from services.publish.server import LOCK_KEY
-from suara.runtime.auth.store import issue_service_credential
 from suara.runtime.settings import Settings
-from tests.cli.conftest import SUARA, LogTail, run_suara, suara_env
-from tests.publish import conftest as publish_conftest
-from tests.publish.conftest import SHM, SHM_EXISTS, Pipeline
-
-pipeline = publish_conftest.pipeline  # the whole pipeline fixture (tally, relay, aggregate), shared
+from tests.support.processes import run_suara, running, suara_env
+from tests.support.publish import Pipeline
 
 STARTUP_S = 60.0  # bound on a child importing, connecting and publishing its first (full) cycle
 STOP_S = Settings().shutdown_grace_s + 10.0  # SIGTERM to exit: the grace period plus closing
@@ -46,60 +36,6 @@ def _data_files(site: Path) -> dict[str, bytes]:
         for f in site.rglob("*")
         if f.is_file() and not f.name.startswith("snapshot.json")
     }
-
-
-async def _publish_env(p: Pipeline, tmp_path: Path, site: Path) -> dict[str, str]:
-    credential = tmp_path / "publish-cli.key.json"
-    if not credential.exists():
-        (await issue_service_credential(p.db, "publish-cli", "reader")).save(credential)
-    return suara_env(
-        DATABASE_URL=p.db_url,
-        SUARA_DATA_DIR=tmp_path / "state",
-        SUARA_SITE_DIR=site,
-        SUARA_AGGREGATE_ADDRESS=f"127.0.0.1:{p.aggregate.port}",
-        SUARA_TALLY_ADDRESS=f"127.0.0.1:{p.tally.app.port}",
-        SUARA_PUBLISH_CREDENTIAL=credential,
-        SUARA_PUBLISH_INTERVAL_S="0.05",
-        SUARA_LOG_FORMAT="json",
-    )
-
-
-@dataclass
-class Child:
-    proc: asyncio.subprocess.Process
-    log: LogTail
-
-    async def terminate(self) -> int:
-        """SIGTERM, then the exit status, which must come within STOP_S."""
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = await asyncio.wait_for(self.proc.wait(), STOP_S)
-        except TimeoutError:
-            pytest.fail(f"still running {STOP_S}s after SIGTERM:\n{self.log.text()[-3000:]}")
-        await self.log.finish()
-        return code
-
-
-@contextlib.asynccontextmanager
-async def spawn(*args: str, env: dict[str, str], cwd: Path, stdout: int | None = None) -> AsyncIterator[Child]:
-    proc = await asyncio.create_subprocess_exec(
-        str(SUARA),
-        *args,
-        env=env,
-        cwd=cwd,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=stdout if stdout is not None else asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    child = Child(proc, LogTail(proc.stderr))
-    try:
-        yield child
-    finally:
-        if proc.returncode is None:  # the test failed before stopping it
-            proc.kill()
-            await proc.wait()
-        await child.log.finish()
 
 
 async def test_publish_and_each_action_explain_themselves(tmp_path: Path) -> None:
@@ -140,25 +76,16 @@ async def test_publish_and_each_action_explain_themselves(tmp_path: Path) -> Non
         assert phrase in text["status"], phrase
 
 
-@pytest.fixture
-def shm_site() -> Iterator[Path]:
-    """A site directory on tmpfs where there is one (a full cycle writes ~50k files; see tests/publish/conftest.py)."""
-    path = Path(tempfile.mkdtemp(prefix="suara-cli-site-", dir=SHM if SHM_EXISTS else None))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 async def test_run_publishes_answers_status_and_stops_on_sigterm(
-    pipeline: Pipeline, tmp_path: Path, shm_site: Path
+    pipeline: Pipeline, tmp_path: Path, site: Path
 ) -> None:
     rng = random.Random(21)
     await pipeline.random_night(rng, 20)
     await pipeline.random_night(rng, 5, contest="pdpr")
     await pipeline.delivered()
-    site = shm_site
-    env = await _publish_env(pipeline, tmp_path, site)
+    env = await pipeline.publish_env("publish-cli", site, tmp_path)
     port = free_port()
-    async with spawn("publish", "run", "--port", str(port), env=env, cwd=tmp_path) as child:
+    async with running("publish", "run", "--port", str(port), env=env, cwd=tmp_path) as child:
         await child.log.wait_for_event("published", STARTUP_S)
         await pipeline.check_site(site)
         pointer = json.loads((site / "suara/snapshot.json").read_bytes())
@@ -172,7 +99,7 @@ async def test_run_publishes_answers_status_and_stops_on_sigterm(
         assert status["fullRebuild"] is True and status["files"] > 0
         assert status["sink"] == f"local:{site}"
 
-        assert await child.terminate() == 0
+        assert await child.terminate(STOP_S) == 0
     names = [e.get("event") for e in child.log.events()]
     assert names.index("publish_active") < names.index("published") < names.index("shutting_down"), names
     assert "publish_stopped" in names, names
@@ -197,7 +124,7 @@ async def test_rebuild_rewrites_a_deleted_site_equal_to_the_oracle(pipeline: Pip
     assert first is not None
     before = _data_files(pipeline.site)
     shutil.rmtree(pipeline.site)  # the site is lost
-    env = await _publish_env(pipeline, tmp_path, tmp_path / "unused")
+    env = await pipeline.publish_env("publish-cli", tmp_path / "unused", tmp_path)
 
     done = await run_suara("publish", "rebuild", "--site-dir", str(pipeline.site), env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -222,7 +149,7 @@ async def test_rebuild_refuses_while_another_publisher_holds_the_lock(
     try:
         assert await holder.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY)
         site = tmp_path / "site"
-        env = await _publish_env(pipeline, tmp_path, site)
+        env = await pipeline.publish_env("publish-cli", site, tmp_path)
         done = await run_suara("publish", "rebuild", "--site-dir", str(site), env=env, cwd=tmp_path)
     finally:
         await holder.close()
@@ -239,7 +166,7 @@ async def test_serve_serves_the_site_with_its_cache_headers_and_exits_0_on_sigte
     site = pipeline.site
     env = suara_env(SUARA_DATA_DIR=tmp_path / "state", SUARA_LOG_FORMAT="json")
     args = ("publish", "serve", "--site-dir", str(site), "--http-port", "0")
-    async with spawn(*args, env=env, cwd=tmp_path, stdout=asyncio.subprocess.PIPE) as child:
+    async with running(*args, env=env, cwd=tmp_path, stdout=asyncio.subprocess.PIPE) as child:
         assert child.proc.stdout is not None
         line = (await asyncio.wait_for(child.proc.stdout.readline(), STARTUP_S)).decode()
         match = SERVING.match(line)
@@ -265,4 +192,4 @@ async def test_serve_serves_the_site_with_its_cache_headers_and_exits_0_on_sigte
             async with session.get(f"{url}/pemilu/hhcw/nothing.json") as missing:
                 assert missing.status == 404
 
-        assert await child.terminate() == 0
+        assert await child.terminate(STOP_S) == 0

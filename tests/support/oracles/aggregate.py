@@ -1,4 +1,4 @@
-"""The oracle: plain Python over the updates sent, independent of the code under test.
+"""Aggregate's oracle: plain Python over the updates sent, independent of the code under test.
 
 For each (tps, contest) the highest version's update is current; a quarantined
 one adds nothing but counts as quarantined. Every area is the sum of the TPS
@@ -78,7 +78,7 @@ class Oracle:
         if have is None or update.version > have.version:
             self.current[key] = update
             return "APPLIED"
-        return "DUPLICATE_UPDATE" if update.version == have.version else "STALE"
+        return "DUPLICATE" if update.version == have.version else "STALE"
 
     def rows(self) -> dict[tuple[str, str], Row]:
         """(contest, area) -> the area's expected row, for every area holding a TPS of the contest."""

@@ -1,0 +1,59 @@
+"""Where each published file lives, relative to the site root: LAYOUT.md's tables as functions.
+
+Every path a cycle writes is built here, so the layout is read in one place; what goes inside the
+files is documents.py's.
+"""
+
+from __future__ import annotations
+
+from suara.election.codes import path_of
+
+POINTER = "suara/snapshot.json"
+
+
+def area_path(area: str) -> str:
+    """'' → '', '3101011001' → '31/3101/310101/3101011001' (how Sirekap nests every code under its parents)."""
+    return path_of(area)
+
+
+def totals_path(contest: str, area: str) -> str:
+    return f"pemilu/hhcw/{contest}.json" if area == "" else f"pemilu/hhcw/{contest}/{area_path(area)}.json"
+
+
+def tps_path(contest: str, tps: str) -> str:
+    """A TPS file: under its desa's totals, as Sirekap nests it."""
+    return f"pemilu/hhcw/{contest}/{area_path(tps)}.json"
+
+
+def region_path(contest: str, area: str) -> str:
+    return f"wilayah/pemilu/{contest}/0.json" if area == "" else f"wilayah/pemilu/{contest}/{area_path(area)}.json"
+
+
+def status_path(contest: str, area: str) -> str:
+    return f"suara/status/{contest}.json" if area == "" else f"suara/status/{contest}/{area_path(area)}.json"
+
+
+def candidates_path(contest: str) -> str:
+    return f"pemilu/{contest}.json"
+
+
+def no_data_path(contest: str) -> str:
+    """The contest's "no data yet" TPS file: every such TPS file of a rebuild is a hard link to it."""
+    return f"suara/kosong/{contest}.json"
+
+
+def nist_path(contest: str) -> str:
+    return f"suara/nist/{contest}.json"
+
+
+def history_index_path(contest: str) -> str:
+    return f"suara/riwayat/{contest}.json"
+
+
+def history_path(contest: str, snapshot: int) -> str:
+    """One snapshot's history entry: never rewritten once published."""
+    return f"suara/riwayat/{contest}/{snapshot}.json"
+
+
+def photo_path(sha256: str, content_type: str = "image/jpeg") -> str:
+    return f"foto/{sha256[:2]}/{sha256}.{'png' if content_type == 'image/png' else 'jpg'}"

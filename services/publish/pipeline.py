@@ -1,0 +1,238 @@
+"""A cycle's write pipeline: aggregate's views in, files in the sink out.
+
+Its stages overlap, so a cycle costs about its slowest stage rather than their sum:
+- reading (`read_views`): areas are asked of aggregate a chunk at a time, the next chunk while this
+  one is rendered;
+- rendering (`Renderer`): each view becomes its files, with the photos its TPS files show copied in
+  first; in a full cycle every TPS file without a form names the contest's "no data yet" file as
+  `same_as`, which a sink that can links instead of writing;
+- writing (`Writer`): files are buffered and handed to the sink in large writes, one at a time and in
+  order, the next ones rendered while the sink compresses and writes the previous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import UTC
+from typing import Protocol
+
+import grpc
+
+from services.publish import documents, paths
+from services.publish.files import SiteFile
+from services.publish.nist import AreaResult, nist_json, nist_report
+from services.publish.sinks.base import Sink
+from suara.election.codes import DESA_LENGTH, TPS_LENGTH
+from suara.election.contest import Contest
+from suara.v1 import aggregate_pb2, aggregate_pb2_grpc, tally_pb2, tally_pb2_grpc
+
+AREAS_PER_CALL = 500  # GetAreas chunk: large enough to amortize the call, small enough for one message
+FLUSH_FILES = 2000  # files handed to the sink at once
+TALLY_TIMEOUT_S = 2.0
+
+
+class PublishError(Exception):
+    """publish cannot go on: the message says why and what to do."""
+
+
+class Counts(Protocol):
+    """What a cycle wrote, counted as the pipeline goes (a CycleResult)."""
+
+    files: int
+    areas: int
+    tps_files: int
+    photos: int
+
+
+async def read_views(
+    aggregate: aggregate_pb2_grpc.AggregateServiceAsyncStub, contest: str, areas: Sequence[str]
+) -> AsyncIterator[aggregate_pb2.AreaView]:
+    """A chunk at a time, the next one asked for while this one is rendered and written: aggregate
+    reads while publish renders (one after the other, a scale-1.0 backlog drained with a core idle).
+    A cycle holds two chunks of views at most, however many areas changed."""
+    chunks = [areas[i : i + AREAS_PER_CALL] for i in range(0, len(areas), AREAS_PER_CALL)]
+    if not chunks:
+        return
+
+    def ask(chunk: Sequence[str]) -> asyncio.Task[aggregate_pb2.GetAreasResponse]:
+        request = aggregate_pb2.GetAreasRequest(contest=contest, areas=chunk)
+        return asyncio.ensure_future(aggregate.GetAreas(request))
+
+    ahead = ask(chunks[0])
+    try:
+        for i in range(len(chunks)):
+            response = await ahead
+            if i + 1 < len(chunks):
+                ahead = ask(chunks[i + 1])
+            for view in response.views:
+                yield view
+    finally:
+        if not ahead.done():  # the cycle failed or was cancelled: the read ahead goes with it
+            ahead.cancel()
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                await ahead
+
+
+async def every_area(
+    aggregate: aggregate_pb2_grpc.AggregateServiceAsyncStub, contest: str
+) -> AsyncIterator[aggregate_pb2.AreaView]:
+    """Level by level from nasional down to every desa."""
+    level = [""]
+    while level:
+        below: list[str] = []
+        async for view in read_views(aggregate, contest, level):
+            below.extend(child.area for child in view.children if len(child.area) < TPS_LENGTH)
+            yield view
+        level = below
+
+
+class Writer:
+    """Buffers files and hands them to the sink in large writes, one write at a time, in order.
+
+    A write runs while the cycle goes on reading and rendering the next files (the sink's threads wait
+    on the disk, the event loop does not), so a cycle costs about the larger of the two, not their sum.
+    `flush()` returns when everything handed over is written: what must come after (a TPS file after its
+    photo, the pointer after everything) is added only after a flush.
+    """
+
+    def __init__(self, sink: Sink, counts: Counts, *, overlap: bool = True) -> None:
+        self.sink = sink
+        self.counts = counts
+        self.overlap = overlap
+        self.pending: list[SiteFile] = []
+        self._writing: asyncio.Task[None] | None = None
+
+    async def add(self, files: Iterable[SiteFile]) -> None:
+        self.pending.extend(files)
+        if len(self.pending) >= FLUSH_FILES:
+            await self._hand_over()
+
+    async def _hand_over(self) -> None:
+        if not self.pending:
+            return
+        files, self.pending = self.pending, []
+        await self._finish_write()  # writes stay in order: the next starts when the previous is done
+        self._writing = asyncio.create_task(self.sink.write(files), name="publish-write")
+        self.counts.files += len(files)
+        if not self.overlap:
+            await self._finish_write()
+
+    async def _finish_write(self) -> None:
+        task, self._writing = self._writing, None
+        if task is not None:
+            await task
+
+    async def flush(self) -> None:
+        await self._hand_over()
+        await self._finish_write()
+
+    async def abandon(self) -> None:
+        """A cycle that fails or is cancelled waits for the write under way (it must not outlive the cycle)."""
+        task, self._writing = self._writing, None
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)
+
+
+class Renderer:
+    """Turns views into files, for the writer's sink; remembers, across cycles, which photos it holds."""
+
+    def __init__(self, tally: tally_pb2_grpc.TallyServiceAsyncStub | None) -> None:
+        self.tally = tally
+        self._photo_types: dict[str, str] = {}  # sha256 → content type, of photos known to be in the sink
+
+    async def no_data(self, out: Writer, contest: Contest, no_data_ts: str) -> SiteFile:
+        """A full cycle's first files of a contest: its candidates, and its "no data yet" TPS file, in the
+        sink (flushed) before any TPS file names it as `same_as`. Most TPS files of a rebuild are this
+        one, and a sink that can link makes them links to it (on a local disk ~100 µs per TPS file and
+        .gz, against 300-500 µs written). Written to every sink: the same site everywhere."""
+        candidates = documents.dumps(documents.candidates(contest, no_data_ts))
+        await out.add([SiteFile(paths.candidates_path(contest.id), candidates)])
+        no_data = SiteFile(paths.no_data_path(contest.id), documents.dumps(documents.no_data_tps(no_data_ts)))
+        await out.add([no_data])
+        await out.flush()
+        return no_data
+
+    async def area(
+        self,
+        out: Writer,
+        contest: Contest,
+        view: aggregate_pb2.AreaView,
+        changed_tps: set[str] | None,
+        no_data_ts: str,
+        *,
+        full: bool,
+        no_data: SiteFile | None = None,
+    ) -> None:
+        """One area's files, and its TPS files (those in `changed_tps`; every one when None).
+
+        `no_data`: the contest's "no data yet" TPS file, already in the sink (a full cycle's)."""
+        area = view.area.area
+        if area == "":
+            nist = nist_report(
+                contest,
+                generated_at=view.last_change_at.ToDatetime(UTC),
+                national=_area_result(view.area),
+                provinces=[_area_result(child) for child in view.children],
+            )
+            await out.add([SiteFile(paths.nist_path(contest.id), nist_json(nist))])
+        files = [SiteFile(paths.totals_path(contest.id, area), documents.dumps(documents.totals(contest, view)))]
+        # A status file changes only with quarantine or a recap, rarely: rewritten only when it differs
+        # (on a sink where reading back is cheap), which spares about a third of an incremental cycle.
+        status_path = paths.status_path(contest.id, area)
+        status_body = documents.dumps(documents.status(view))
+        if full or not out.sink.cheap_reads or await out.sink.read(status_path) != status_body:
+            files.append(SiteFile(status_path, status_body))
+        if full:
+            files.append(
+                SiteFile(paths.region_path(contest.id, area), documents.dumps(documents.region_list(view.children)))
+            )
+        out.counts.areas += 1
+        if len(area) == DESA_LENGTH:
+            rows = [c for c in view.children if changed_tps is None or c.area in changed_tps]
+            await self._photos(out, rows)
+            for row in rows:
+                path = paths.tps_path(contest.id, row.area)
+                if no_data is not None and row.version == 0:  # documents.tps would give no_data's body
+                    files.append(SiteFile(path, no_data.body, same_as=no_data.path))
+                else:
+                    doc = documents.tps(contest, row, self._photo_types, no_data_ts)
+                    files.append(SiteFile(path, documents.dumps(doc)))
+            out.counts.tps_files += len(rows)
+        await out.add(files)
+
+    async def _photos(self, out: Writer, rows: Iterable[aggregate_pb2.AreaRow]) -> None:
+        """Copy the photos these TPS files reference into the sink, once each (they never change)."""
+        for sha in {sha for row in rows for sha in row.photo_sha256} - self._photo_types.keys():
+            for kind in ("image/jpeg", "image/png"):
+                if await out.sink.exists(paths.photo_path(sha, kind)):
+                    self._photo_types[sha] = kind
+                    break
+            else:
+                if self.tally is None:
+                    raise PublishError(f"photo {sha} is needed and no tally address is configured")
+                reply = await self.tally.GetPhoto(tally_pb2.GetPhotoRequest(sha256=sha), timeout=TALLY_TIMEOUT_S)
+                photo = reply.photo
+                path = paths.photo_path(sha, photo.content_type)
+                await out.add([SiteFile(path, photo.content, content_type=photo.content_type)])
+                await out.flush()  # before any TPS file that points at it
+                self._photo_types[sha] = photo.content_type
+                out.counts.photos += 1
+
+
+def _area_result(row: aggregate_pb2.AreaRow) -> AreaResult:
+    t = row.totals
+    return AreaResult(
+        code=row.area,
+        name=row.name,
+        votes=dict(t.votes),
+        suara_sah=t.suara_sah,
+        suara_tidak_sah=t.suara_tidak_sah,
+        suara_total=t.suara_total,
+        dpt=t.dpt,
+        pengguna=t.pengguna,
+        tps_total=row.tps_total,
+        tps_reported=row.tps_reported,
+    )
