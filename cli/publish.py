@@ -17,7 +17,7 @@ from suara.runtime.settings import Settings
 _SINKS = (
     "The site goes to SUARA_SITE_DIR (default ./site), or with SUARA_PUBLISH_TO=s3://bucket/prefix to an\n"
     "S3-compatible bucket (SUARA_S3_ENDPOINT_URL for MinIO and the like; credentials as boto3 reads them).\n"
-    "The layout: services/publish/LAYOUT.md."
+    "The layout: docs/layout.md."
 )
 
 

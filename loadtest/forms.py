@@ -8,7 +8,7 @@ The numbers come first, as plain ints (`numbers`): the devices build the signed 
 `administrasi`), so verifying a site does not build 823,000 protobufs to read them back — and both
 sides see the same numbers by construction.
 
-The arithmetic is design.md's rules written out, independent of suara.election.checks:
+The arithmetic is docs/domain.md's rules written out, independent of suara.election.checks:
 choices sum to suara_sah, sah + tidak_sah = total, total ≤ users, users = DPT + DPTb + DPK users,
 j = l + p, and nothing above DPT × 1.02 + DPTb + DPK.
 """
@@ -99,7 +99,7 @@ def make_form(
 
 
 def administrasi(n: Numbers) -> dict[str, int]:
-    """Sirekap's flat administrasi dict, written out from LAYOUT.md's 18 keys (p = j - l)."""
+    """Sirekap's flat administrasi dict, written out from docs/layout.md's 18 keys (p = j - l)."""
     (dpt, dpt_l), (dpt_u, dpt_ul), (dptb, dptb_l), (dpk, dpk_l), (users, users_l) = n.voters
     return {
         "suara_sah": n.suara_sah, "suara_tidak_sah": n.suara_tidak_sah, "suara_total": n.suara_total,

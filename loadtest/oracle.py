@@ -6,7 +6,7 @@ quarantined current form counts as reported-but-flagged: nothing in the totals, 
 Whether a form is quarantined is the load test's own knowledge (it made it inconsistent on purpose),
 not what tally said; tally's answer is checked against it separately.
 
-Independent of the code under test: it follows design.md and LAYOUT.md, and imports nothing of
+Independent of the code under test: it follows docs/domain.md and docs/layout.md, and imports nothing of
 services.* — its inputs are the region tree read from the site, the choices, and the forms' numbers
 regenerated from their keys (forms.py, plain ints); the sums, percentages and documents are its own.
 

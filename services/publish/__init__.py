@@ -1,4 +1,4 @@
-"""publish: follows aggregate's changes and writes the static site (see LAYOUT.md)."""
+"""publish: follows aggregate's changes and writes the static site (see docs/layout.md)."""
 
 from pathlib import Path
 

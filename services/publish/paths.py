@@ -1,4 +1,4 @@
-"""Where each published file lives, relative to the site root: LAYOUT.md's tables as functions.
+"""Where each published file lives, relative to the site root: docs/layout.md's tables as functions.
 
 Every path a cycle writes is built here, so the layout is read in one place; what goes inside the
 files is documents.py's.

@@ -1,4 +1,4 @@
-"""The checks every C.Hasil form gets (design.md, "Domain").
+"""The checks every C.Hasil form gets (docs/domain.md).
 
 *Malformed* forms cannot be read as a result at all: an unknown TPS or choice,
 a contest not held there, a negative, absurd or missing number. They are

@@ -28,7 +28,7 @@ if _version_not_supported:
 class PublishServiceStub:
     """publish follows aggregate's changes and writes static snapshots of the public
     site (the Sirekap-compatible layout plus suara's own files:
-    services/publish/LAYOUT.md). This API only reports; the site itself is read
+    docs/layout.md). This API only reports; the site itself is read
     over HTTP, never through publish. No credential needed.
     """
 
@@ -48,7 +48,7 @@ class PublishServiceStub:
 class PublishServiceServicer:
     """publish follows aggregate's changes and writes static snapshots of the public
     site (the Sirekap-compatible layout plus suara's own files:
-    services/publish/LAYOUT.md). This API only reports; the site itself is read
+    docs/layout.md). This API only reports; the site itself is read
     over HTTP, never through publish. No credential needed.
     """
 
@@ -79,7 +79,7 @@ def add_PublishServiceServicer_to_server(servicer, server):
 class PublishService:
     """publish follows aggregate's changes and writes static snapshots of the public
     site (the Sirekap-compatible layout plus suara's own files:
-    services/publish/LAYOUT.md). This API only reports; the site itself is read
+    docs/layout.md). This API only reports; the site itself is read
     over HTTP, never through publish. No credential needed.
     """
 

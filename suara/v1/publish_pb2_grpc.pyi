@@ -29,7 +29,7 @@ GRPC_VERSION: str
 class PublishServiceStub:
     """publish follows aggregate's changes and writes static snapshots of the public
     site (the Sirekap-compatible layout plus suara's own files:
-    services/publish/LAYOUT.md). This API only reports; the site itself is read
+    docs/layout.md). This API only reports; the site itself is read
     over HTTP, never through publish. No credential needed.
     """
 
@@ -46,7 +46,7 @@ class PublishServiceStub:
 class PublishServiceAsyncStub(PublishServiceStub):
     """publish follows aggregate's changes and writes static snapshots of the public
     site (the Sirekap-compatible layout plus suara's own files:
-    services/publish/LAYOUT.md). This API only reports; the site itself is read
+    docs/layout.md). This API only reports; the site itself is read
     over HTTP, never through publish. No credential needed.
     """
 
@@ -59,7 +59,7 @@ class PublishServiceAsyncStub(PublishServiceStub):
 class PublishServiceServicer(metaclass=_abc_1.ABCMeta):
     """publish follows aggregate's changes and writes static snapshots of the public
     site (the Sirekap-compatible layout plus suara's own files:
-    services/publish/LAYOUT.md). This API only reports; the site itself is read
+    docs/layout.md). This API only reports; the site itself is read
     over HTTP, never through publish. No credential needed.
     """
 

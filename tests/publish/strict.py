@@ -1,15 +1,15 @@
 """A strict reader of the Sirekap-compatible layout, the way a civic tool that trusts the layout would read it.
 
-Written from the spec (design.md "Publishing", services/publish/LAYOUT.md) and the 53 real Sirekap TPS
+Written from the spec (docs/layout.md) and the 53 real Sirekap TPS
 files in tests/election/sirekap-tps-samples/, independently of services.publish (nothing here imports it).
 Every check raises `LayoutError(path, problem)` on the first deviation: a key too many or too few, a
 value of another JSON type (an int where a float is wanted, `true` where a count is wanted — Python's
 bool is an int, so that is checked explicitly), a malformed `ts`, a `persen` out of range or with more
 than 2 decimals, a code that does not fit where it is.
 
-Where the real files and LAYOUT.md disagree, the reader of a single TPS file follows the real files:
+Where the real files and docs/layout.md disagree, the reader of a single TPS file follows the real files:
 40 of the 53 real TPS files have no `"mode"` key, so `check_tps` accepts a file without it unless told
-`require_mode=True` (as `check_site` does for suara's own site, whose LAYOUT.md promises it).
+`require_mode=True` (as `check_site` does for suara's own site, whose docs/layout.md promises it).
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from services.publish.nist import AreaResult, nist_json, nist_report
 from suara.election.contest import Choice, Contest
 
-# The repository is checked out with ../shared beside it.
-SCHEMA_PATH = Path(__file__).resolve().parents[2].parent / "shared/reference/nist-1500-100-v2-results.schema.json"
+# NIST SP 1500-100 rev 2's JSON schema (a work of the US government, public domain), as NIST publishes it.
+SCHEMA_PATH = Path(__file__).resolve().parent / "nist-1500-100-v2-results.schema.json"
 SCHEMA = json.loads(SCHEMA_PATH.read_text())
 VALIDATOR = jsonschema.Draft4Validator(SCHEMA, format_checker=jsonschema.Draft4Validator.FORMAT_CHECKER)
 # The properties that name another element by its @id: the schema marks them with (non-standard) refTypes.

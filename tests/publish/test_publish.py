@@ -18,7 +18,7 @@ from tests.publish.recording import KilledMidway, RecordingSink
 from tests.support.oracles.publish import nest
 from tests.support.publish import Pipeline
 
-NIST_SCHEMA = Path(__file__).resolve().parents[2].parent / "shared/reference/nist-1500-100-v2-results.schema.json"
+NIST_SCHEMA = Path(__file__).resolve().parent / "nist-1500-100-v2-results.schema.json"
 
 
 def _tree(site: Path) -> dict[str, bytes]:

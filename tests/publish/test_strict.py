@@ -1,7 +1,7 @@
 """The strict layout reader (tests/publish/strict.py): it takes the real Sirekap files as they are, it
 rejects any one deviation from a valid document, and the site the real pipeline publishes passes it whole.
 
-The reader is written from design.md, LAYOUT.md and the real files, not from services.publish; the site
+The reader is written from docs/layout.md and the real files, not from services.publish; the site
 check also counts TPS against what tally acknowledged (the pipeline's own record), not against publish.
 """
 
@@ -57,9 +57,9 @@ def test_every_real_sirekap_tps_file_is_accepted_unchanged(file: Path) -> None:
 
 
 def test_real_files_without_mode_are_why_mode_is_optional_for_a_single_file() -> None:
-    """LAYOUT.md shows `"mode": "hhcw"` in a TPS file; 40 of the 53 real files have no `mode` at all.
+    """docs/layout.md shows `"mode": "hhcw"` in a TPS file; 40 of the 53 real files have no `mode` at all.
 
-    So a reader of real files must not require it; suara's own site, which LAYOUT.md pins, must have it.
+    So a reader of real files must not require it; suara's own site, which docs/layout.md pins, must have it.
     """
     without = [f.stem for f in SAMPLE_FILES if "mode" not in _real(f)]
     assert len(without) == 40
@@ -272,7 +272,7 @@ def test_strict_json_and_a_few_named_deviations() -> None:
     with pytest.raises(LayoutError, match="not strict JSON"):
         parse(b"\xff{}", "bytes.json")
     totals = copy.deepcopy(TOTALS)
-    totals["chart"]["persen"] = 65.28  # LAYOUT.md's example: 15 of 23 TPS is 65.22 %, not 65.28 %
+    totals["chart"]["persen"] = 65.28  # docs/layout.md's example: 15 of 23 TPS is 65.22 %, not 65.28 %
     with pytest.raises(LayoutError, match=r"is not 15/23 TPS = 65\.22"):
         check_totals(totals, "t", PPWP_2024, CHILDREN)
     totals = copy.deepcopy(TOTALS)

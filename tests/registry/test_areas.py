@@ -7,7 +7,7 @@ from collections import Counter
 from suara.election.codes import LENGTHS
 from suara.registry.areas import read_areas
 
-# The real hierarchy (Kepmendagri 2025), as design.md documents it.
+# The real hierarchy (Kepmendagri 2025), as docs/domain.md documents it.
 REAL_COUNTS = {1: 38, 2: 514, 3: 7_285, 4: 83_762}
 
 

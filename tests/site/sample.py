@@ -1,4 +1,4 @@
-"""A small but complete published site (LAYOUT.md), written by hand for the page and server tests.
+"""A small but complete published site (docs/layout.md), written by hand for the page and server tests.
 
 Stand-in until the real pipeline (tally → aggregate → publish) can build the site: only
 `build_sample_site` and the fields of `SampleSite` are the tests' interface; the body may be
@@ -79,7 +79,7 @@ class SampleSite:
 
 
 def _administrasi(votes: dict[str, int], invalid: int, dpt: tuple[int, int], dptb: int, dpk: int) -> dict[str, int]:
-    """A form whose numbers all agree (design.md's checks), from the votes and a few voter counts."""
+    """A form whose numbers all agree (docs/domain.md's checks), from the votes and a few voter counts."""
     valid = sum(votes.values())
     total = valid + invalid
     adm = {"suara_sah": valid, "suara_tidak_sah": invalid, "suara_total": total}

@@ -1,4 +1,4 @@
-"""Every check of design.md through the API: each form fails exactly one check.
+"""Every check of docs/domain.md through the API: each form fails exactly one check.
 
 Malformed forms are refused with INVALID_ARGUMENT naming the field and nothing
 is stored; inconsistent ones are stored QUARANTINED naming the check.

@@ -1,4 +1,4 @@
-"""Each outcome of the Versions table (design.md), through the real API and database."""
+"""Each outcome of the Versions table (docs/domain.md), through the real API and database."""
 
 from __future__ import annotations
 

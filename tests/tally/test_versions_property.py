@@ -1,4 +1,4 @@
-"""Random histories against the Versions table of design.md, written out as a plain-Python oracle.
+"""Random histories against the Versions table of docs/domain.md, written out as a plain-Python oracle.
 
 Each example is a sequence of submissions to a few (TPS, contest) slots: new
 versions, resends, different payloads for a stored version, older versions,

@@ -1,5 +1,5 @@
 "use strict";
-// The public page: plain JS over the published JSON (services/publish/LAYOUT.md), no build step.
+// The public page: plain JS over the published JSON (docs/layout.md), no build step.
 // State lives in the hash (#ppwp/31/3101/…) so a link is shareable and Back works.
 (() => {
   const LEVELS = ["Nasional", "Provinsi", "Kabupaten/Kota", "Kecamatan", "Desa/Kelurahan", "TPS"];

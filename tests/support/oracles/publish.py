@@ -1,6 +1,6 @@
 """What the published site must hold, computed in plain Python from the registry and the forms tally
-acknowledged — independently of services.publish and services.aggregate: it follows LAYOUT.md and
-design.md, and imports nothing of them (its inputs are the registry's tables and the acknowledged
+acknowledged — independently of services.publish and services.aggregate: it follows docs/layout.md and
+docs/domain.md, and imports nothing of them (its inputs are the registry's tables and the acknowledged
 forms as the test built them).
 
 Every file of a contest, whole (only `ts` is checked for its format instead of its value): totals, TPS
