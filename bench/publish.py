@@ -30,9 +30,11 @@ from services.publish.cycle import Publisher
 from services.publish.sinks.local import LocalSink
 from suara.client.aggregate_stub import aggregate_stub
 from suara.registry.catalog import fetch_contests
-from suara.runtime.database import connect, create_pool
-from suara.runtime.service_auth import ServiceAuthClientInterceptor, issue_service_credential
-from suara.runtime.settings import Settings
+from suara.runtime.auth.client import ServiceAuthClientInterceptor
+from suara.runtime.auth.store import issue_service_credential
+from suara.runtime.database import Database, connect
+from suara.runtime.settings import AggregateSettings, LogSettings, Settings
+from suara.runtime.wire import MESSAGE_LIMITS
 
 
 def _raw_write(files: list[tuple[str, bytes]], root: Path) -> float:
@@ -59,17 +61,19 @@ def _read_tree(root: Path) -> list[tuple[str, bytes]]:
 async def run(url: str, *, contests: tuple[str, ...]) -> dict[str, Any]:
     async with connect(url) as conn:
         reader = await issue_service_credential(conn, "bench-publish", "reader")
-    aggregate = await AggregateApp.create(Settings(aggregate_port=0, log_level="warning"), url)
+    aggregate = await AggregateApp.create(
+        Settings(aggregate=AggregateSettings(port=0), log=LogSettings(level="warning")), url
+    )
     await aggregate.start()
     channel = grpc.aio.insecure_channel(
         f"127.0.0.1:{aggregate.port}",
         interceptors=[ServiceAuthClientInterceptor(reader)],
-        options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
+        options=list(MESSAGE_LIMITS),
     )
-    pool = await create_pool(url, size=4, application="suara-bench-publish")
+    pool = await Database.open(url, size=4, application="suara-bench-publish")
     results: dict[str, Any] = {}
     try:
-        wanted = {k: v for k, v in (await fetch_contests(pool)).items() if k in contests}
+        wanted = {k: v for k, v in (await fetch_contests(pool.pool)).items() if k in contests}
         catalog = await Catalog.load(pool)
         rollup = Rollup(pool)
         for contest_id in wanted:

@@ -24,7 +24,7 @@ import asyncpg
 from services.aggregate.catalog import Catalog
 from services.aggregate.rollup import Rollup
 from services.aggregate.updates import Counts, LeafUpdate
-from suara.runtime.database import create_pool
+from suara.runtime.database import Database
 
 BATCH = 1000
 LOAD_BATCH = 5000
@@ -71,7 +71,7 @@ def _update(tps: str, contest: str, choices: list[str], version: int, rng: rando
 
 
 async def report_every_tps(
-    pool: asyncpg.Pool, rollup: Rollup, catalog: Catalog, contest: str, rng: random.Random
+    pool: Database, rollup: Rollup, catalog: Catalog, contest: str, rng: random.Random
 ) -> list[str]:
     """Every TPS where `contest` is held reports a form (version 1); returns those TPS."""
     await rollup.seed()
@@ -98,7 +98,7 @@ async def _timed_full(conn: asyncpg.Connection, contest: str) -> float:
 
 async def run(url: str, contests: tuple[str, ...] = CONTESTS) -> dict[str, Any]:
     """`url`: a migrated database with a registry at the scale to measure."""
-    pool = await create_pool(url, size=2, application="suara-bench-rollup")
+    pool = await Database.open(url, size=2, application="suara-bench-rollup")
     rng = random.Random(1)
     results: dict[str, Any] = {}
     try:

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from suara.runtime.logging import configure_logging
-from suara.runtime.settings import Settings, settings_help
+from suara.runtime.settings import SettingError, Settings, settings_help
 
 GROUPS = (
     "db",
@@ -68,14 +68,16 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    settings = Settings.from_env()
-    configure_logging(settings.log_level, settings.log_format, service=f"suara-{args.command}")
-    handler = args.handler
     try:
-        result = handler(args, settings)
+        settings = Settings.from_env()
+        configure_logging(settings.log.level, settings.log.format, service=f"suara-{args.command}")
+        result = args.handler(args, settings)
         if inspect.isawaitable(result):
             with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
                 result = runner.run(result)  # type: ignore[arg-type]
+    except SettingError as error:  # from the environment, or a flag standing in for a setting
+        print(f"suara: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     return int(result or 0)

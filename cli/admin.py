@@ -31,7 +31,7 @@ def add_parser(sub: Any) -> None:
 
 
 async def run_init(args: argparse.Namespace, settings: Settings) -> int:
-    from services.tally.credentials import create_admin_credential
+    from services.tally.access import create_admin_credential
 
     out: Path = args.out or settings.data_dir / "admin.key.json"
     if out.exists() and not args.force:  # noqa: ASYNC240  (one stat before any I/O of consequence)

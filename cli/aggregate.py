@@ -34,9 +34,9 @@ async def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     from services.aggregate.server import serve
 
     if args.host:
-        settings = replace(settings, aggregate_host=args.host)
+        settings = replace(settings, aggregate=replace(settings.aggregate, host=args.host))
     if args.port is not None:
-        settings = replace(settings, aggregate_port=args.port)
+        settings = replace(settings, aggregate=replace(settings.aggregate, port=args.port))
     with database_url(settings) as url:
         await serve(settings, url)
     return 0

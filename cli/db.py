@@ -57,22 +57,22 @@ async def run_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_start(args: argparse.Namespace, settings: Settings) -> int:
-    if settings.database_url:
-        print(settings.database_url)
+    if settings.database.url:
+        print(settings.database.url)
         return 0
     print(embedded_server(settings).start())
     return 0
 
 
 def run_stop(args: argparse.Namespace, settings: Settings) -> int:
-    if not settings.database_url:
+    if not settings.database.url:
         embedded_server(settings).stop()
     return 0
 
 
 def run_url(args: argparse.Namespace, settings: Settings) -> int:
-    if settings.database_url:
-        print(settings.database_url)
+    if settings.database.url:
+        print(settings.database.url)
     else:
         server = embedded_server(settings)
         print(server.url() if server.is_running() else f"(embedded server in {server.pgdata} is not running)")

@@ -25,7 +25,7 @@ import grpc
 
 from cli.progress import Progress
 from cli.up import System, add_up_arguments, serve_until_signal
-from suara.runtime.service_auth import ServiceCredential
+from suara.runtime.auth.credential import ServiceCredential
 from suara.runtime.settings import Settings
 
 # Bound on the relay delivering the election and publish catching up with aggregate (seconds, not minutes).
@@ -47,10 +47,11 @@ def add_parser(sub: Any) -> None:
 
 
 async def run_demo(args: argparse.Namespace, settings: Settings) -> int:
-    import os
+    from suara.runtime.settings import PublishSettings
 
-    # publish looks for changes twice a second, so the site follows the election closely (unless set).
-    extra = {} if os.environ.get("SUARA_PUBLISH_INTERVAL_S") else {"SUARA_PUBLISH_INTERVAL_S": "0.5"}
+    # publish looks for changes twice a second, so the site follows the election closely (unless set otherwise).
+    default = settings.publish.interval_s == PublishSettings().interval_s
+    extra = {"SUARA_PUBLISH_INTERVAL_S": "0.5"} if default else {}
 
     async def election(system: System) -> tuple[int, bool]:
         code = await play(args, system)
@@ -64,9 +65,9 @@ async def run_demo(args: argparse.Namespace, settings: Settings) -> int:
 async def play(args: argparse.Namespace, system: System) -> int:
     """The simulated election against the running services, then the checks; 0 when they all pass."""
     from services.tally.audit import verify_chain
-    from services.tally.credentials import AdminCredential
     from suara.registry.catalog import fetch_contests
     from suara.registry.summary import sample_tps
+    from suara.runtime.auth.admin import AdminCredential
     from suara.runtime.database import connect
 
     say(f"site: {system.site_url} (the public page; its JSON is under /pemilu, /wilayah and /suara)")
@@ -144,7 +145,7 @@ async def _published_national(system: System) -> dict[str, Any]:
 async def show_totals(address: str, reader: ServiceCredential, choices: list[str]) -> dict[str, Any]:
     """The national row as aggregate serves it to publish: votes per choice and TPS progress."""
     from suara.client.aggregate_stub import aggregate_stub
-    from suara.runtime.service_auth import ServiceAuthClientInterceptor
+    from suara.runtime.auth.client import ServiceAuthClientInterceptor
     from suara.v1 import aggregate_pb2
 
     async with grpc.aio.insecure_channel(address, interceptors=[ServiceAuthClientInterceptor(reader)]) as channel:
@@ -169,13 +170,14 @@ async def simulate(address: str, admin_token: str, tps: list[str], choices: list
     from suara.client.stubs import tally_stub
     from suara.election.outcomes import outcome_name
     from suara.election.signing import DeviceKey
+    from suara.runtime.auth.admin import bearer_metadata
     from suara.v1 import form_pb2, tally_pb2
 
     rng = random.Random(seed)
     outcomes: collections.Counter[str] = collections.Counter()
     async with grpc.aio.insecure_channel(address) as channel:
         stub = tally_stub(channel)
-        auth = (("authorization", f"Bearer {admin_token}"),)
+        auth = bearer_metadata(admin_token)
         keys = [DeviceKey.generate(code) for code in tps]
         progress = Progress("enrolling devices", len(keys))
         for i, key in enumerate(keys, 1):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cli.embedded import database_url
+from suara.election.codes import TPS_LENGTH
 from suara.runtime.database import connect
 from suara.runtime.settings import Settings
 
@@ -24,7 +25,7 @@ def add_parser(sub: Any) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--tps", required=True, help="the 13-digit TPS code the device serves")
+    p.add_argument("--tps", required=True, help=f"the {TPS_LENGTH}-digit TPS code the device serves")
     p.add_argument("--out", type=Path, help="key file to write (default: ./TPS-DEVICEID.key.json)")
     p.add_argument("--label", default="", help="a note, e.g. the officer or the phone")
     p.set_defaults(handler=run_enroll)

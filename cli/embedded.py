@@ -216,8 +216,8 @@ def embedded_server(settings: Settings) -> EmbeddedPostgres:
 @contextlib.contextmanager
 def database_url(settings: Settings) -> Iterator[str]:
     """The URL to use: DATABASE_URL, or the embedded server (started for the duration if it was not running)."""
-    if settings.database_url:
-        yield settings.database_url
+    if settings.database.url:
+        yield settings.database.url
         return
     server = embedded_server(settings)
     was_running = server.is_running()

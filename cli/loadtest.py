@@ -84,7 +84,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     from loadtest.errors import LoadTestError
     from loadtest.report import human_table, write_report
     from loadtest.run import run_loadtest
-    from services.tally.credentials import AdminCredential
+    from suara.runtime.auth.admin import AdminCredential
 
     admin_path = args.admin_key or settings.data_dir / "admin.key.json"
     try:
@@ -93,9 +93,9 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"suara loadtest: cannot read the admin credential {admin_path}: {exc}", file=sys.stderr)
         return EXIT_ERROR
     config = Config(
-        target=args.target or settings.tally_address,
+        target=args.target or settings.peers.tally,
         admin_token=token,
-        site=args.site or str(settings.site_dir),
+        site=args.site or str(settings.site.dir),
         scale=args.scale,
         contests=[c.strip() for c in args.contests.split(",") if c.strip()] if args.contests else None,
         concurrency=args.concurrency,

@@ -89,7 +89,7 @@ def outbox_path(args: argparse.Namespace, settings: Settings) -> Path:
 
 
 def target_of(args: argparse.Namespace, settings: Settings) -> str:
-    return args.target or f"{settings.tally_host}:{settings.tally_port}"
+    return args.target or f"{settings.tally.host}:{settings.tally.port}"
 
 
 def entry_json(entry: Entry) -> dict[str, Any]:

@@ -85,7 +85,7 @@ def _site_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _with_site(args: argparse.Namespace, settings: Settings) -> Settings:
-    return replace(settings, site_dir=args.site_dir) if args.site_dir else settings
+    return replace(settings, site=replace(settings.site, dir=args.site_dir)) if args.site_dir else settings
 
 
 async def run_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -93,7 +93,7 @@ async def run_run(args: argparse.Namespace, settings: Settings) -> int:
 
     settings = _with_site(args, settings)
     if args.port is not None:
-        settings = replace(settings, publish_port=args.port)
+        settings = replace(settings, publish=replace(settings.publish, port=args.port))
     with database_url(settings) as url:
         await serve(settings, url)
     return 0
@@ -116,10 +116,10 @@ async def run_rebuild(args: argparse.Namespace, settings: Settings) -> int:
 async def run_serve_site(args: argparse.Namespace, settings: Settings) -> int:
     from services.publish.http import serve_site
 
-    site_dir = args.site_dir or settings.site_dir
+    site_dir = args.site_dir or settings.site.dir
     if not (site_dir / "index.html").exists():
         print(f"note: {site_dir}/index.html does not exist yet; `suara publish run` writes the site", flush=True)
-    port = settings.http_port if args.http_port is None else args.http_port
+    port = settings.site.http_port if args.http_port is None else args.http_port
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -137,7 +137,7 @@ async def run_status(args: argparse.Namespace, settings: Settings) -> int:
     from suara.client.stubs import publish_stub
     from suara.v1 import publish_pb2
 
-    address = args.address or f"{settings.publish_host}:{settings.publish_port}"
+    address = args.address or f"{settings.publish.host}:{settings.publish.port}"
     async with grpc.aio.insecure_channel(address) as channel:
         try:
             reply = await publish_stub(channel).GetStatus(publish_pb2.GetStatusRequest(), timeout=5)

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from cli.embedded import database_url
+from suara.runtime.auth.credential import ROLES
+from suara.runtime.auth.store import DEFAULT_TABLE
 from suara.runtime.database import connect
-from suara.runtime.service_auth import DEFAULT_TABLE, ROLES
 from suara.runtime.settings import Settings
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -66,7 +67,7 @@ def add_parser(sub: Any) -> None:
 
 
 async def run_issue(args: argparse.Namespace, settings: Settings) -> int:
-    from suara.runtime.service_auth import issue_service_credential
+    from suara.runtime.auth.store import issue_service_credential
 
     if not _NAME.match(args.name):
         print(f"--name must be letters, digits, '.', '_' or '-', got {args.name!r}", file=sys.stderr)
@@ -90,7 +91,7 @@ async def run_issue(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def run_revoke(args: argparse.Namespace, settings: Settings) -> int:
-    from suara.runtime.service_auth import revoke_service_credential
+    from suara.runtime.auth.store import revoke_service_credential
 
     with database_url(settings) as url:
         async with connect(url) as conn:
@@ -110,11 +111,11 @@ async def run_relay(args: argparse.Namespace, settings: Settings) -> int:
     from services.tally.relay import Relay
 
     if args.aggregate:
-        settings = replace(settings, aggregate_address=args.aggregate)
+        settings = replace(settings, peers=replace(settings.peers, aggregate=args.aggregate))
     if args.credential:
-        settings = replace(settings, relay_credential=str(args.credential))
+        settings = replace(settings, relay=replace(settings.relay, credential=str(args.credential)))
     if args.batch:
-        settings = replace(settings, relay_batch=args.batch)
+        settings = replace(settings, relay=replace(settings.relay, batch=args.batch))
     with database_url(settings) as url:
         try:
             relay = Relay.from_settings(settings, url)

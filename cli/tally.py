@@ -32,9 +32,9 @@ async def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     from services.tally.server import serve
 
     if args.host:
-        settings = replace(settings, tally_host=args.host)
+        settings = replace(settings, tally=replace(settings.tally, host=args.host))
     if args.port is not None:
-        settings = replace(settings, tally_port=args.port)
+        settings = replace(settings, tally=replace(settings.tally, port=args.port))
     with database_url(settings) as url:
         await serve(settings, url)
     return 0

@@ -134,23 +134,23 @@ async def running_system(
     from cli.db import migrate_url
     from cli.embedded import database_url
     from services.publish.server import published_sequence
-    from services.tally.credentials import create_admin_credential
+    from services.tally.access import create_admin_credential
     from suara.client import service_names
     from suara.registry.loader import load_registry
     from suara.registry.summary import tps_count
+    from suara.runtime.auth.store import issue_service_credential
     from suara.runtime.database import connect
-    from suara.runtime.service_auth import issue_service_credential
 
     data_dir = (args.data_dir or settings.data_dir).resolve()
-    site_dir = (args.site_dir or settings.site_dir).resolve()
-    settings = replace(settings, data_dir=data_dir, site_dir=site_dir)
+    site_dir = (args.site_dir or settings.site.dir).resolve()
+    settings = replace(settings, data_dir=data_dir, site=replace(settings.site, dir=site_dir))
     data_dir.mkdir(parents=True, exist_ok=True)
     pid_file = data_dir / "up.pids.json"
     if killed := clean_up_after(pid_file):
         note(f"stopped {len(killed)} process(es) a killed `suara up` left running: {killed}")
 
     with database_url(settings) as url:
-        note(f"database: {'DATABASE_URL' if settings.database_url else f'embedded PostgreSQL in {data_dir}/pgdata'}")
+        note(f"database: {'DATABASE_URL' if settings.database.url else f'embedded PostgreSQL in {data_dir}/pgdata'}")
         applied = await migrate_url(url)
         note(f"migrations: {len(applied)} applied" if applied else "migrations: up to date")
         admin_key, relay_key, reader_key = (data_dir / f"{n}.key.json" for n in ("admin", "relay", "publish"))
@@ -171,11 +171,11 @@ async def running_system(
             rebuild = not (site_dir / "index.html").exists() and await published_sequence(conn) > 0
 
         # Every port is chosen now, once: a restarted child must come back on the same address.
-        tally_port = settings.tally_port if args.tally_port is None else args.tally_port
-        tally = (settings.tally_host, _port(settings.tally_host, tally_port))
-        aggregate = (settings.aggregate_host, _port(settings.aggregate_host, settings.aggregate_port))
-        publish = (settings.publish_host, _port(settings.publish_host, settings.publish_port))
-        http = ("127.0.0.1", _port("127.0.0.1", settings.http_port if args.http_port is None else args.http_port))
+        tally_port = settings.tally.port if args.tally_port is None else args.tally_port
+        tally = (settings.tally.host, _port(settings.tally.host, tally_port))
+        aggregate = (settings.aggregate.host, _port(settings.aggregate.host, settings.aggregate.port))
+        publish = (settings.publish.host, _port(settings.publish.host, settings.publish.port))
+        http = ("127.0.0.1", _port("127.0.0.1", settings.site.http_port if args.http_port is None else args.http_port))
         tally_address, aggregate_address, publish_address = (f"{h}:{p}" for h, p in (tally, aggregate, publish))
         env = {
             **os.environ,
@@ -246,7 +246,7 @@ async def running_system(
             )  # fmt: skip
         finally:
             await supervisor.stop()
-            if not settings.database_url:
+            if not settings.database.url:
                 note("database: stopping the embedded PostgreSQL")
 
 

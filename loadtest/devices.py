@@ -20,12 +20,14 @@ import grpc
 
 from suara.client.stubs import tally_stub
 from suara.election.signing import DeviceKey
+from suara.runtime.auth.admin import bearer_metadata
+from suara.runtime.wire import TALLY_MAX_BATCH
 from suara.v1 import tally_pb2
 
 RETRYABLE = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
 )
-ENROLL_CHUNK = 1_000  # tally's limit per EnrollDevices call; also the run of keys generated at a time
+ENROLL_CHUNK = TALLY_MAX_BATCH  # tally's limit per EnrollDevices call; also the run of keys generated at a time
 
 
 class EnrollError(Exception):
@@ -55,7 +57,7 @@ async def enroll(
 ) -> Enrollment:
     loop = asyncio.get_running_loop()
     result = Enrollment({}, 0.0, 0.0)
-    metadata = (("authorization", f"Bearer {admin_token}"),)
+    metadata = bearer_metadata(admin_token)
     workers = max(1, concurrency)
     ready: asyncio.Queue[list[DeviceKey] | None] = asyncio.Queue()  # runs of keys to enroll; None: no more
     done = 0

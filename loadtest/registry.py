@@ -13,13 +13,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from loadtest.site import Site, SiteError, read_json
-
-LEVELS = (2, 4, 6, 10, 13)  # code lengths: province, kabupaten/kota, kecamatan, desa, TPS
+from suara.election.codes import TPS_LENGTH, path_of
 
 
 def nest(code: str) -> str:
     """`3101012001` → `31/3101/310101/3101012001`, the path of an area below a contest's root."""
-    return "/".join(code[:n] for n in LEVELS if n <= len(code))
+    return path_of(code)
 
 
 def totals_path(contest: str, code: str) -> str:
@@ -41,7 +40,7 @@ class ContestRegistry:
         return iter(self.children)
 
     def tps(self) -> list[str]:
-        return sorted(code for kids in self.children.values() for code in kids if len(code) == 13)
+        return sorted(code for kids in self.children.values() for code in kids if len(code) == TPS_LENGTH)
 
 
 @dataclass(frozen=True)
@@ -98,6 +97,6 @@ async def read_registry(
         while level:
             found = await asyncio.gather(*(region(contest, code) for code in level))
             children.update(found)
-            level = [kid for _, kids in found for kid in kids if len(kid) < 13]
+            level = [kid for _, kids in found for kid in kids if len(kid) < TPS_LENGTH]
         out[contest] = ContestRegistry(contest, choices, children)
     return Registry(out)

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from cli import GROUPS, reference
-from suara.runtime.settings import Settings
+from suara.runtime.settings import Settings, settings_markdown
 from tests.support.processes import SUARA, suara_env
 
 
@@ -16,11 +16,12 @@ def _readme(repo_root: Path) -> str:
     return (repo_root / "README.md").read_text()
 
 
-def test_readme_configuration_table_matches_settings(repo_root: Path) -> None:
-    rows = re.findall(r"^\| `([A-Z0-9_]+)` \| (.+?) \| (.+?) \|$", _readme(repo_root), re.MULTILINE)
-    documented = {env: (default.strip("`"), help) for env, default, help in rows}
-    declared = {env: ("(empty)" if default == "" else default, help) for env, default, help in Settings.describe()}
-    assert documented == declared
+def test_readme_configuration_table_is_the_settings_table(repo_root: Path) -> None:
+    """Every setting, in the settings' own order and groups: regenerate it with `settings_markdown()`."""
+    text = _readme(repo_root)
+    assert settings_markdown() in text
+    rows = re.findall(r"^\| `([A-Z0-9_]+)` \|", text, re.MULTILINE)
+    assert rows == [env for env, _, _ in Settings.describe()]  # no row left over from an older table
 
 
 def test_readme_shows_the_two_commands_first(repo_root: Path) -> None:

@@ -19,10 +19,12 @@ import asyncpg
 from google.protobuf.message import DecodeError
 
 from services.aggregate.catalog import Catalog
-from services.aggregate.errors import Conflict, InvalidRequest, NotFound, PermissionDenied, Unauthenticated
+from services.aggregate.errors import InvalidRequest
 from services.aggregate.queries import QUERIES
 from suara.election import signing
-from suara.runtime.errors import FieldProblem
+from suara.election.codes import parent_of
+from suara.runtime.database import Database
+from suara.runtime.errors import AlreadyExists, FieldProblem, NotFound, PermissionDenied, Unauthenticated
 from suara.runtime.pagination import Pager
 from suara.v1 import aggregate_pb2
 
@@ -32,7 +34,7 @@ MISMATCHES = Pager("ListMismatches", default_size=100, max_size=1000, key_types=
 
 
 async def submit_recap(
-    pool: asyncpg.Pool, catalog: Catalog, request: aggregate_pb2.SubmitRecapRequest
+    db: Database, catalog: Catalog, request: aggregate_pb2.SubmitRecapRequest
 ) -> aggregate_pb2.SubmitRecapResponse:
     signed = request.recap
     problems = []
@@ -46,7 +48,7 @@ async def submit_recap(
         problems.append(FieldProblem("recap.official_id", "empty: the id of the official's enrolled key"))
     if problems:
         raise InvalidRequest(problems)
-    official = await pool.fetchrow(QUERIES.official, signed.official_id)
+    official = await db.fetchrow(QUERIES.official, signed.official_id)
     if official is None:
         raise Unauthenticated(
             f"unknown or revoked official {signed.official_id!r}: enroll with `suara official enroll`"
@@ -63,10 +65,10 @@ async def submit_recap(
         raise PermissionDenied(
             f"official {signed.official_id} ({official['role']}) recaps area {official['area']}, not {form.area!r}"
         )
-    choices = await _validate(pool, catalog, form)
+    choices = await _validate(db, catalog, form)
     digest = hashlib.sha256(signed.payload).digest()
     votes = [form.totals.votes[c] for c in choices]
-    async with pool.acquire() as conn, conn.transaction():
+    async with db.acquire() as conn, conn.transaction():
         inserted = await conn.fetchval(
             QUERIES.insert_recap, uuid.uuid4(), form.area, form.contest, form.version, signed.payload, digest,
             signed.signature, signed.official_id, votes, *(getattr(form.totals, s) for s in SCALARS),
@@ -80,7 +82,7 @@ async def submit_recap(
             return aggregate_pb2.SubmitRecapResponse(outcome=outcome, recap_id=str(inserted), current_version=current)
         existing = await conn.fetchrow(QUERIES.recap_by_key, form.area, form.contest, form.version)
     if bytes(existing["payload_sha256"]) != digest:
-        raise Conflict(
+        raise AlreadyExists(
             f"recap version {form.version} of {form.area} {form.contest} is already stored with a different payload "
             f"(recap {existing['id']}); the original is kept. Sign a correction with a version above {current}"
         )
@@ -96,17 +98,17 @@ async def _log_recap_change(conn: asyncpg.Connection, contest: str, area: str) -
     """
     head = await conn.fetchrow(QUERIES.lock_head)
     sequence = head["sequence"] + 1
-    parent = {2: "", 4: area[:2], 6: area[:4]}[len(area)]
+    parent = parent_of(area) or ""  # a province's parent is the nation
     await conn.execute(QUERIES.log_change, sequence, contest, [area, parent])
     await conn.execute(QUERIES.set_head, sequence, None)
 
 
-async def _validate(pool: asyncpg.Pool, catalog: Catalog, form: aggregate_pb2.RecapForm) -> list[str]:
+async def _validate(db: Database, catalog: Catalog, form: aggregate_pb2.RecapForm) -> list[str]:
     problems = []
     contest = catalog.contests.get(form.contest)
     if contest is None:
         raise InvalidRequest([FieldProblem("contest", f"unknown contest {form.contest!r}")])
-    if await pool.fetchrow(QUERIES.area_digital, form.contest, form.area) is None:
+    if await db.fetchrow(QUERIES.area_digital, form.contest, form.area) is None:
         problems.append(FieldProblem("area", f"{form.contest} is not held in area {form.area!r}"))
     if form.version < 1:
         problems.append(FieldProblem("version", f"must be >= 1, got {form.version}"))
@@ -172,13 +174,11 @@ def reconcile(
     return result
 
 
-async def get_reconciliation(
-    pool: asyncpg.Pool, catalog: Catalog, area: str, contest: str
-) -> aggregate_pb2.Reconciliation:
+async def get_reconciliation(db: Database, catalog: Catalog, area: str, contest: str) -> aggregate_pb2.Reconciliation:
     if contest not in catalog.contests:
         raise InvalidRequest([FieldProblem("contest", f"unknown contest {contest!r}")])
     choices = catalog.choice_ids(contest)
-    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+    async with db.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         digital_row = await conn.fetchrow(QUERIES.area_digital, contest, area)
         history = await conn.fetch(QUERIES.recap_history, area, contest)
     if digital_row is None:
@@ -196,7 +196,7 @@ async def get_reconciliation(
 
 
 async def list_mismatches(
-    pool: asyncpg.Pool, catalog: Catalog, request: aggregate_pb2.ListMismatchesRequest
+    db: Database, catalog: Catalog, request: aggregate_pb2.ListMismatchesRequest
 ) -> aggregate_pb2.ListMismatchesResponse:
     """A page of the recapped areas whose reconciliation is MISMATCH (or, when asked, INCOMPLETE with
     differences), by area code: the query picks them, `_compare` says how they differ."""
@@ -207,9 +207,7 @@ async def list_mismatches(
     size = MISMATCHES.size(request.page_size)
     (after,) = MISMATCHES.after(request.page_token, filters) or ("",)
     choices = catalog.choice_ids(contest)
-    rows = await pool.fetch(
-        QUERIES.mismatches_under, contest, request.area, after, request.include_incomplete, size + 1
-    )
+    rows = await db.fetch(QUERIES.mismatches_under, contest, request.area, after, request.include_incomplete, size + 1)
     page, token = MISMATCHES.page(rows, size, lambda r: (r["area"],), filters)
     response = aggregate_pb2.ListMismatchesResponse(next_page_token=token)
     for row in page:

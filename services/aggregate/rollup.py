@@ -30,6 +30,8 @@ import structlog
 from services.aggregate.errors import InvalidRequest
 from services.aggregate.queries import QUERIES
 from services.aggregate.updates import AreaUpdate, LeafUpdate
+from suara.election.codes import DESA, DESA_LENGTH, LENGTHS
+from suara.runtime.database import Database
 from suara.runtime.errors import FieldProblem
 from suara.v1 import aggregate_pb2
 
@@ -42,8 +44,8 @@ APPLIED, DUPLICATE, STALE = (
     aggregate_pb2.UPDATE_OUTCOME_STALE,
 )
 
-# Code length of each area level; 0 is nasional (''), 4 desa.
-LEVEL_LENGTH = {0: 0, 1: 2, 2: 4, 3: 6, 4: 10}
+# Code length of each area level with rows of its own; 0 is nasional (''), DESA the lowest.
+LEVEL_LENGTH = {0: 0, **dict(enumerate(LENGTHS[:DESA], start=1))}
 LEVEL_OF_LENGTH = {n: level for level, n in LEVEL_LENGTH.items()}
 
 Target = tuple[str, str]  # (contest, area)
@@ -83,12 +85,12 @@ def _columns(targets: set[Target]) -> tuple[list[str], list[str]]:
 
 
 class Rollup:
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     async def seed(self) -> int:
         """Area rows with tps_total from the registry, once per registry load; returns the sequence."""
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._db.acquire() as conn, conn.transaction():
             await conn.execute(QUERIES.custom_plans)
             head = await conn.fetchrow(QUERIES.lock_head)
             load = await conn.fetchval(QUERIES.registry_load)
@@ -104,7 +106,7 @@ class Rollup:
 
     async def apply_leaves(self, updates: list[LeafUpdate]) -> Applied:
         started = time.perf_counter()
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._db.acquire() as conn, conn.transaction():
             await conn.execute(QUERIES.custom_plans)
             head = await conn.fetchrow(QUERIES.lock_head)  # before any read: see the comment at the top
             keys = list({u.key for u in updates})
@@ -139,8 +141,8 @@ class Rollup:
             written = {(r["tps"], r["contest"]) for r in applied}
             differences = None if await conn.fetchval(QUERIES.any_feed) else _differences(won, written, before)
             if differences is None:
-                desas = {(contest, tps[:10]) for tps, contest in written}
-                areas = await self._roll_up(conn, {4: desas}, sequence, now)
+                desas = {(contest, tps[:DESA_LENGTH]) for tps, contest in written}
+                areas = await self._roll_up(conn, {DESA: desas}, sequence, now)
             else:
                 areas = await self._add(conn, differences, sequence, now)
             await conn.execute(QUERIES.set_head, sequence, None)
@@ -158,7 +160,7 @@ class Rollup:
 
     async def apply_feed(self, source: str, updates: list[AreaUpdate]) -> Applied:
         started = time.perf_counter()
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._db.acquire() as conn, conn.transaction():
             await conn.execute(QUERIES.custom_plans)
             head = await conn.fetchrow(QUERIES.lock_head)
             keys = list({u.key for u in updates})
@@ -239,12 +241,12 @@ class Rollup:
         """Recompute the targets bottom-up; a changed row makes its parent a target. Returns rows changed."""
         changed_total = 0
         carried: set[Target] = set()
-        for level in (4, 3, 2, 1, 0):
+        for level in range(DESA, -1, -1):
             todo = targets.get(level, set()) | carried
             carried = set()
             if not todo:
                 continue
-            query = QUERIES.recompute_desa if level == 4 else QUERIES.recompute_upper
+            query = QUERIES.recompute_desa if level == DESA else QUERIES.recompute_upper
             changed = await conn.fetch(query, *_columns(todo), sequence, now)
             changed_total += len(changed)
             if level > 0:
@@ -255,7 +257,7 @@ class Rollup:
 # After the votes, a contribution carries suara_sah, suara_tidak_sah, suara_total, dpt, pengguna and
 # the TPS counts reported and quarantined (add_to_areas takes them in this order).
 _SCALARS = 7
-_ANCESTORS = (10, 6, 4, 2, 0)  # desa, kecamatan, kabupaten/kota, provinsi, nasional ('')
+_ANCESTORS = tuple(LEVEL_LENGTH[level] for level in range(DESA, -1, -1))  # desa up to nasional ('')
 
 
 def _contribution(quarantined: bool, votes: Sequence[int], sums: Sequence[int]) -> list[int]:

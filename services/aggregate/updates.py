@@ -8,14 +8,14 @@ from dataclasses import dataclass, field
 
 from services.aggregate.catalog import Catalog
 from services.aggregate.errors import InvalidRequest
+from suara.election.checks import MAX_PHOTOS
+from suara.election.codes import TPS_LENGTH, is_area_code
 from suara.election.form import ADMIN_KEYS
 from suara.runtime.errors import FieldProblem
+from suara.runtime.wire import AGGREGATE_MAX_BATCH
 from suara.v1 import aggregate_pb2
 
-MAX_BATCH = 10_000
 SCALARS = ("suara_sah", "suara_tidak_sah", "suara_total", "dpt", "pengguna")
-AREA_LENGTHS = (2, 4, 6, 10)
-MAX_PHOTOS = 3
 MAX_FORM_COUNT = 10**6  # far above any TPS (at most 600 voters): a typo, not a count
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -84,8 +84,10 @@ def _counts(
 
 
 def _batch_size(n: int) -> None:
-    if n > MAX_BATCH:
-        raise InvalidRequest([FieldProblem("updates", f"at most {MAX_BATCH} updates per batch, got {n}; split it")])
+    if n > AGGREGATE_MAX_BATCH:
+        raise InvalidRequest(
+            [FieldProblem("updates", f"at most {AGGREGATE_MAX_BATCH} updates per batch, got {n}; split it")]
+        )
 
 
 async def leaf_updates(request: aggregate_pb2.ApplyUpdatesRequest, catalog: Catalog) -> list[LeafUpdate]:
@@ -149,7 +151,7 @@ def area_updates(request: aggregate_pb2.ApplyAreaUpdatesRequest, catalog: Catalo
         contest = catalog.contests.get(u.contest)
         if contest is None:
             problems.append(FieldProblem(f"{where}.contest", f"unknown contest {u.contest!r}"))
-        if not (u.area.isascii() and u.area.isdigit() and len(u.area) in AREA_LENGTHS):
+        if not is_area_code(u.area) or len(u.area) == TPS_LENGTH:
             problems.append(
                 FieldProblem(
                     f"{where}.area", f"must be a province, kabupaten/kota, kecamatan or desa code, got {u.area!r}"

@@ -10,14 +10,18 @@ import asyncpg
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.aggregate.catalog import Catalog
-from services.aggregate.errors import InvalidRequest, NotFound
+from services.aggregate.errors import InvalidRequest
 from services.aggregate.queries import QUERIES
 from services.aggregate.recap import reconcile
+from suara.election.codes import DESA_LENGTH, LENGTHS, RECAP_LENGTHS, TPS_LENGTH, is_area_code
 from suara.election.contest import Contest
-from suara.runtime.errors import FieldProblem
+from suara.runtime.database import Database
+from suara.runtime.errors import FieldProblem, NotFound
+from suara.runtime.wire import AGGREGATE_MAX_AREAS
 from suara.v1 import aggregate_pb2
 
 NATIONAL_NAME = "Indonesia"
+_LENGTHS = "/".join(map(str, LENGTHS))  # 2/4/6/10/13
 DEFAULT_CHANGES_LIMIT = 10_000
 _SCALARS = ("suara_sah", "suara_tidak_sah", "suara_total", "dpt", "pengguna")
 
@@ -79,21 +83,21 @@ def _changed_at(row: Any) -> Timestamp | None:
 
 
 def _check_area(contest: Contest, area: str, field: str) -> None:
-    if not (area == "" or (area.isascii() and area.isdigit() and len(area) in (2, 4, 6, 10, 13))):
-        raise InvalidRequest([FieldProblem(field, f"must be '' (nasional) or a 2/4/6/10/13-digit code, got {area!r}")])
+    if not (area == "" or is_area_code(area)):
+        raise InvalidRequest([FieldProblem(field, f"must be '' (nasional) or a {_LENGTHS}-digit code, got {area!r}")])
     if not (area.startswith(contest.scope) or contest.scope.startswith(area)):
         raise NotFound(f"{field}: contest {contest.id!r} is not held in area {area!r} (its scope is {contest.scope!r})")
 
 
-async def get_area(pool: asyncpg.Pool, catalog: Catalog, area: str, contest_id: str) -> aggregate_pb2.AreaView:
+async def get_area(db: Database, catalog: Catalog, area: str, contest_id: str) -> aggregate_pb2.AreaView:
     contest = catalog.contests.get(contest_id)
     if contest is None:
         raise InvalidRequest([FieldProblem("contest", f"unknown contest {contest_id!r}")])
     _check_area(contest, area, "area")
     choices = catalog.choice_ids(contest_id)
-    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+    async with db.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         sequence = await conn.fetchval(QUERIES.head)  # the same snapshot as the rows below
-        if len(area) == 13:
+        if len(area) == TPS_LENGTH:
             tps = await conn.fetchrow(QUERIES.tps_row, contest_id, area)
             if tps is None:
                 raise NotFound(f"no TPS {area!r} in the registry")
@@ -104,7 +108,7 @@ async def get_area(pool: asyncpg.Pool, catalog: Catalog, area: str, contest_id: 
         if name is None:
             raise NotFound(f"no area {area!r} in the registry")
         row = await conn.fetchrow(QUERIES.area_row, contest_id, area)
-        if len(area) == 10:
+        if len(area) == DESA_LENGTH:
             kids = [_tps_row(r, choices) for r in await conn.fetch(QUERIES.child_tps, contest_id, area, contest.scope)]
         else:
             kids = [
@@ -116,31 +120,27 @@ async def get_area(pool: asyncpg.Pool, catalog: Catalog, area: str, contest_id: 
     )
 
 
-MAX_AREAS = 2000
-RECAP_LENGTHS = (2, 4, 6)
-
-
 async def get_areas(
-    pool: asyncpg.Pool, catalog: Catalog, contest_id: str, areas: Sequence[str]
+    db: Database, catalog: Catalog, contest_id: str, areas: Sequence[str]
 ) -> aggregate_pb2.GetAreasResponse:
     """Many areas in one snapshot, in a handful of set-based queries whatever their number."""
     contest = catalog.contests.get(contest_id)
     if contest is None:
         raise InvalidRequest([FieldProblem("contest", f"unknown contest {contest_id!r}")])
-    if len(areas) > MAX_AREAS:
-        raise InvalidRequest([FieldProblem("areas", f"at most {MAX_AREAS} areas per call, got {len(areas)}")])
+    if len(areas) > AGGREGATE_MAX_AREAS:
+        raise InvalidRequest([FieldProblem("areas", f"at most {AGGREGATE_MAX_AREAS} areas per call, got {len(areas)}")])
     for i, area in enumerate(areas):
         _check_area(contest, area, f"areas[{i}]")
-        if len(area) == 13:
+        if len(area) == TPS_LENGTH:
             raise InvalidRequest([FieldProblem(f"areas[{i}]", "a TPS is read through its desa (its parent's view)")])
     choices = catalog.choice_ids(contest_id)
     wanted = list(dict.fromkeys(areas))
-    desas = [a for a in wanted if len(a) == 10]
-    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+    desas = [a for a in wanted if len(a) == DESA_LENGTH]
+    async with db.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         sequence = await conn.fetchval(QUERIES.head)
         rows = {r["code"]: r for r in await conn.fetch(QUERIES.areas_rows, contest_id, wanted)}
         children: dict[str, list[aggregate_pb2.AreaRow]] = {a: [] for a in wanted}
-        child_rows = await conn.fetch(QUERIES.areas_children, contest_id, [a for a in wanted if len(a) < 10])
+        child_rows = await conn.fetch(QUERIES.areas_children, contest_id, [a for a in wanted if len(a) < DESA_LENGTH])
         for r in child_rows:
             children[r["parent"]].append(_area_row(r["code"], r["name"], r, choices))
         for r in await conn.fetch(QUERIES.desas_tps, contest_id, desas, contest.scope) if desas else ():
@@ -176,12 +176,12 @@ async def get_areas(
     return response
 
 
-async def changes(pool: asyncpg.Pool, since: int, limit: int) -> aggregate_pb2.ChangesResponse:
+async def changes(db: Database, since: int, limit: int) -> aggregate_pb2.ChangesResponse:
     """Whole sequences only: a reply never ends in the middle of one, so `since` = the last sequence is safe."""
     if limit < 0:
         raise InvalidRequest([FieldProblem("limit", f"must not be negative, got {limit}")])
     limit = limit or DEFAULT_CHANGES_LIMIT
-    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+    async with db.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         newest = await conn.fetchval(QUERIES.head)
         rows = list(await conn.fetch(QUERIES.changes_since, since, limit + 1))
         if len(rows) > limit:

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
 import grpc
 import structlog
 
@@ -23,7 +22,9 @@ from services.publish.files import SiteFile
 from services.publish.pipeline import TALLY_TIMEOUT_S, Renderer, Writer, every_area, read_views
 from services.publish.queries import QUERIES
 from services.publish.sinks.base import Sink
+from suara.election.codes import DESA_LENGTH, TPS_LENGTH
 from suara.election.contest import Contest
+from suara.runtime.database import Database
 from suara.v1 import aggregate_pb2, aggregate_pb2_grpc, tally_pb2, tally_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -54,9 +55,9 @@ class _Work:
     tps: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
 
     def add(self, contest: str, code: str) -> None:
-        if len(code) == 13:
+        if len(code) == TPS_LENGTH:
             self.tps[contest].add(code)
-            self.areas[contest].add(code[:10])
+            self.areas[contest].add(code[:DESA_LENGTH])
         else:
             self.areas[contest].add(code)
 
@@ -64,7 +65,7 @@ class _Work:
 class Publisher:
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        pool: Database,
         sink: Sink,
         aggregate: aggregate_pb2_grpc.AggregateServiceAsyncStub,
         tally: tally_pb2_grpc.TallyServiceAsyncStub | None,

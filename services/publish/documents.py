@@ -14,11 +14,13 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.publish.paths import photo_path
+from suara.election.checks import MAX_PHOTOS
+from suara.election.codes import LENGTHS, RECAP_LENGTHS
 from suara.election.contest import CONTEST_KINDS, Contest
 from suara.v1 import aggregate_pb2
 
 WIB = timezone(timedelta(hours=7))  # Sirekap writes Jakarta time
-LEVEL_OF_LENGTH = {2: 1, 4: 2, 6: 3, 10: 4, 13: 5}  # `tingkat`
+LEVEL_OF_LENGTH = {n: level for level, n in enumerate(LENGTHS, start=1)}  # `tingkat`
 # The published names, by hand: renaming an API value must not change a published file.
 RECONCILIATION_NAMES = {
     aggregate_pb2.RECONCILIATION_STATUS_MATCH: "MATCH",
@@ -99,9 +101,9 @@ def tps(
     if row.version == 0:
         return no_data_tps(no_data_ts)
     images: list[str | None] = [
-        "/" + photo_path(sha, photo_types.get(sha, "image/jpeg")) for sha in row.photo_sha256[:3]
+        "/" + photo_path(sha, photo_types.get(sha, "image/jpeg")) for sha in row.photo_sha256[:MAX_PHOTOS]
     ]
-    images += [None] * (3 - len(images))
+    images += [None] * (MAX_PHOTOS - len(images))  # Sirekap's file always has a slot per photo
     submitted = row.submitted
     # An update without administrasi (a sender older than it) shows none, as Sirekap does before that
     # section is in, rather than a partial one a strict reader would refuse.
@@ -166,7 +168,7 @@ def status(view: aggregate_pb2.AreaView) -> dict[str, Any]:
             entry["reconciliation"] = RECONCILIATION_NAMES[child.reconciliation]
         if entry:
             children[child.area] = entry
-    has_recap = len(area.area) in (2, 4, 6) and view.HasField("reconciliation")
+    has_recap = len(area.area) in RECAP_LENGTHS and view.HasField("reconciliation")
     return {  # no `ts`: the file then changes only when a flag does, and publish skips rewriting it
         "kode": area.area,
         "tps_quarantined": area.tps_quarantined,

@@ -6,12 +6,14 @@ files is documents.py's.
 
 from __future__ import annotations
 
+from suara.election.codes import path_of
+
 POINTER = "suara/snapshot.json"
 
 
 def area_path(area: str) -> str:
     """'' → '', '3101011001' → '31/3101/310101/3101011001' (how Sirekap nests every code under its parents)."""
-    return "/".join(area[:n] for n in (2, 4, 6, 10, 13) if n <= len(area))
+    return path_of(area)
 
 
 def totals_path(contest: str, area: str) -> str:

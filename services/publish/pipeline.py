@@ -24,6 +24,7 @@ from services.publish import documents, paths
 from services.publish.files import SiteFile
 from services.publish.nist import AreaResult, nist_json, nist_report
 from services.publish.sinks.base import Sink
+from suara.election.codes import DESA_LENGTH, TPS_LENGTH
 from suara.election.contest import Contest
 from suara.v1 import aggregate_pb2, aggregate_pb2_grpc, tally_pb2, tally_pb2_grpc
 
@@ -82,7 +83,7 @@ async def every_area(
     while level:
         below: list[str] = []
         async for view in read_views(aggregate, contest, level):
-            below.extend(child.area for child in view.children if len(child.area) < 13)
+            below.extend(child.area for child in view.children if len(child.area) < TPS_LENGTH)
             yield view
         level = below
 
@@ -189,7 +190,7 @@ class Renderer:
                 SiteFile(paths.region_path(contest.id, area), documents.dumps(documents.region_list(view.children)))
             )
         out.counts.areas += 1
-        if len(area) == 10:
+        if len(area) == DESA_LENGTH:
             rows = [c for c in view.children if changed_tps is None or c.area in changed_tps]
             await self._photos(out, rows)
             for row in rows:

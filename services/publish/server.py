@@ -24,11 +24,13 @@ from suara.client import service_names
 from suara.client.aggregate_stub import aggregate_stub
 from suara.client.stubs import tally_stub
 from suara.registry.catalog import fetch_contests
+from suara.runtime.auth.client import ServiceAuthClientInterceptor
+from suara.runtime.auth.credential import ServiceCredential
 from suara.runtime.backoff import Backoff
-from suara.runtime.database import CONNECTION_ERRORS, create_pool
+from suara.runtime.database import Database, DatabaseUnavailable, Session
 from suara.runtime.grpc_server import Server, create_server, serve_until_signal
-from suara.runtime.service_auth import ServiceAuthClientInterceptor, ServiceCredential
 from suara.runtime.settings import Settings
+from suara.runtime.wire import MESSAGE_LIMITS
 from suara.v1 import aggregate_pb2, publish_pb2, publish_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -37,32 +39,32 @@ SERVICE_NAME = service_names.PUBLISH.full_name
 LOCK_KEY: Final = 0x5355415250554253  # "SUARPUBS": distinct from the relay's and the migration lock
 CHANNEL_OPTIONS = (
     ("grpc.max_reconnect_backoff_ms", 2000),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    *MESSAGE_LIMITS,
 )
 
 
-_RETRYABLE: tuple[type[BaseException], ...] = (grpc.aio.AioRpcError, OSError, *CONNECTION_ERRORS)
+_RETRYABLE: tuple[type[BaseException], ...] = (grpc.aio.AioRpcError, OSError, DatabaseUnavailable)
 
 
 def credential_path(settings: Settings) -> Path:
-    return Path(settings.publish_credential) if settings.publish_credential else settings.data_dir / "publish.key.json"
+    return Path(settings.publish.credential) if settings.publish.credential else settings.data_dir / "publish.key.json"
 
 
 def sink_for(settings: Settings) -> Sink:
     return sink_from_url(
-        settings.publish_to or str(settings.site_dir), s3_endpoint_url=settings.s3_endpoint_url or None
+        settings.publish.to or str(settings.site.dir), s3_endpoint_url=settings.publish.s3_endpoint_url or None
     )
 
 
 class PublishService(publish_pb2_grpc.PublishServiceServicer):
-    def __init__(self, pool: asyncpg.Pool, publisher: Publisher) -> None:
-        self.pool = pool
+    def __init__(self, db: Database, publisher: Publisher) -> None:
+        self.db = db
         self.publisher = publisher
 
     async def GetStatus(
         self, request: publish_pb2.GetStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> publish_pb2.GetStatusResponse:
-        row = await self.pool.fetchrow(QUERIES.status)
+        row = await self.db.fetchrow(QUERIES.status)
         status = publish_pb2.PublishStatus(
             snapshot=row["snapshot"],
             aggregate_sequence=row["sequence"],
@@ -86,14 +88,14 @@ class PublishApp:
     def __init__(
         self,
         settings: Settings,
-        pool: asyncpg.Pool,
+        db: Database,
         channels: list[grpc.aio.Channel],
         publisher: Publisher,
         server: Server,
         port: int,
     ) -> None:
         self.settings = settings
-        self.pool = pool
+        self.db = db
         self.channels = channels
         self.publisher = publisher
         self.server = server
@@ -106,30 +108,32 @@ class PublishApp:
 
     @classmethod
     async def create(cls, settings: Settings, database_url: str, sink: Sink | None = None) -> PublishApp:
-        publisher, pool, channels = await connect(settings, database_url, sink)
-        service = PublishService(pool, publisher)
+        publisher, db, channels = await connect(settings, database_url, sink)
+        service = PublishService(db, publisher)
         server, port = create_server(
             lambda s: publish_pb2_grpc.add_PublishServiceServicer_to_server(service, s),
             [SERVICE_NAME],
-            host=settings.publish_host,
-            port=settings.publish_port,
+            host=settings.publish.host,
+            port=settings.publish.port,
         )
-        return cls(settings, pool, channels, publisher, server, port)
+        return cls(settings, db, channels, publisher, server, port)
 
     async def start(self) -> None:
         await self.server.start()
         self._task = asyncio.create_task(self._run(), name="publish-loop")
         log.info(
-            "publish_serving", address=f"{self.settings.publish_host}:{self.port}", sink=self.publisher.sink.describe()
+            "publish_serving", address=f"{self.settings.publish.host}:{self.port}", sink=self.publisher.sink.describe()
         )
 
     async def stop(self, grace: float = 5.0) -> None:
+        """The loop first (its lock goes to a standby), then the status server, given `grace`, and the rest."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.server.stop(grace)
-        await close(self.publisher, self.pool, self.channels)
+        await close(self.publisher, self.db, self.channels)
+        log.info("publish_stopped")
 
     async def wait_cycles(self, n: int = 1) -> None:
         """Until `n` more cycles have run (each may have found nothing to publish)."""
@@ -139,18 +143,18 @@ class PublishApp:
 
     async def _run(self) -> None:
         backoff = Backoff(base_s=0.2, cap_s=5.0)
-        lock_conn: asyncpg.Connection | None = None
+        lock: Session | None = None  # the connection holding the session lock
         try:
             while True:
                 try:
-                    if lock_conn is not None and lock_conn.is_closed():
-                        await self.pool.release(lock_conn)
-                        lock_conn = None
-                    if lock_conn is None:
+                    if lock is not None and lock.is_closed():
+                        await self.db.release(lock)
+                        lock = None
+                    if lock is None:
                         self.active = False
-                        lock_conn = await self.pool.acquire()
+                        lock = await self.db.session()
                     if not self.active:
-                        self.active = bool(await lock_conn.fetchval(QUERIES.try_lock, LOCK_KEY))
+                        self.active = bool(await lock.fetchval(QUERIES.try_lock, LOCK_KEY))
                         if self.active:
                             log.info("publish_active", sink=self.publisher.sink.describe())
                             await prepare(self.publisher.sink)
@@ -159,7 +163,7 @@ class PublishApp:
                         if result is not None:
                             self.last = result
                     backoff.reset()
-                    delay = self.settings.publish_interval_s
+                    delay = self.settings.publish.interval_s
                 except _RETRYABLE as exc:
                     delay = backoff.next_delay()
                     log.warning("publish_cycle_failed", error=_describe(exc), retry_in_s=round(delay, 2))
@@ -171,10 +175,10 @@ class PublishApp:
                     self._cycled.notify_all()
                 await asyncio.sleep(delay)
         finally:
-            if lock_conn is not None:
-                with contextlib.suppress(*CONNECTION_ERRORS):  # hand the lock to a standby now, not at pool close
-                    await lock_conn.execute("SELECT pg_advisory_unlock_all()")
-                await self.pool.release(lock_conn)
+            if lock is not None:
+                with contextlib.suppress(DatabaseUnavailable):  # hand the lock to a standby now, not at pool close
+                    await lock.execute("SELECT pg_advisory_unlock_all()")
+                await self.db.release(lock)
 
 
 async def prepare(sink: Sink) -> None:
@@ -192,7 +196,7 @@ def _describe(exc: BaseException) -> str:
 
 async def connect(
     settings: Settings, database_url: str, sink: Sink | None = None
-) -> tuple[Publisher, asyncpg.Pool, list[grpc.aio.Channel]]:
+) -> tuple[Publisher, Database, list[grpc.aio.Channel]]:
     path = credential_path(settings)
     if not path.exists():
         raise SystemExit(
@@ -200,27 +204,28 @@ async def connect(
             "create it with `suara service issue --name publish --role reader --out " + str(path) + "`"
         )
     credential = ServiceCredential.load(path)
-    pool = await create_pool(database_url, size=min(settings.db_pool_size, 4), application="suara-publish")
+    db = await Database.open(database_url, size=min(settings.database.pool_size, 4), application="suara-publish")
     try:
-        contests = await fetch_contests(pool)
+        async with db.acquire() as conn:
+            contests = await fetch_contests(conn)
     except BaseException:
-        await pool.close()
+        await db.close()
         raise
     aggregate_channel = grpc.aio.insecure_channel(
-        settings.aggregate_address, options=CHANNEL_OPTIONS, interceptors=[ServiceAuthClientInterceptor(credential)]
+        settings.peers.aggregate, options=CHANNEL_OPTIONS, interceptors=[ServiceAuthClientInterceptor(credential)]
     )
-    tally_channel = grpc.aio.insecure_channel(settings.tally_address, options=CHANNEL_OPTIONS)
+    tally_channel = grpc.aio.insecure_channel(settings.peers.tally, options=CHANNEL_OPTIONS)
     publisher = Publisher(
-        pool, sink or sink_for(settings), aggregate_stub(aggregate_channel), tally_stub(tally_channel), contests
+        db, sink or sink_for(settings), aggregate_stub(aggregate_channel), tally_stub(tally_channel), contests
     )
-    return publisher, pool, [aggregate_channel, tally_channel]
+    return publisher, db, [aggregate_channel, tally_channel]
 
 
-async def close(publisher: Publisher, pool: asyncpg.Pool, channels: list[grpc.aio.Channel]) -> None:
+async def close(publisher: Publisher, db: Database, channels: list[grpc.aio.Channel]) -> None:
     for channel in channels:
         await channel.close()
     await publisher.sink.close()
-    await pool.close()
+    await db.close()
 
 
 async def published_sequence(conn: asyncpg.Connection | asyncpg.Pool) -> int:
@@ -230,9 +235,9 @@ async def published_sequence(conn: asyncpg.Connection | asyncpg.Pool) -> int:
 
 async def rebuild(settings: Settings, database_url: str) -> CycleResult:
     """Rewrite every file from aggregate's current state (disaster recovery: the site or bucket was lost)."""
-    publisher, pool, channels = await connect(settings, database_url)
+    publisher, db, channels = await connect(settings, database_url)
     try:
-        async with pool.acquire() as conn:
+        async with db.acquire() as conn:
             if not await conn.fetchval(QUERIES.try_lock, LOCK_KEY):
                 raise SystemExit("another publisher is active on this database: stop it before a rebuild")
             await prepare(publisher.sink)
@@ -242,14 +247,9 @@ async def rebuild(settings: Settings, database_url: str) -> CycleResult:
             log.info("rebuilt", files=result.files, s=round(time.perf_counter() - started, 2))
             return result
     finally:
-        await close(publisher, pool, channels)
+        await close(publisher, db, channels)
 
 
 async def serve(settings: Settings, database_url: str) -> None:
     app = await PublishApp.create(settings, database_url)
-
-    async def on_stop() -> None:
-        await app.stop(0)
-        log.info("publish_stopped")
-
-    await serve_until_signal(app.start, app.server, settings.shutdown_grace_s, on_stop)
+    await serve_until_signal(app.start, app.stop, settings.shutdown_grace_s)

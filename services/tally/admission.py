@@ -12,10 +12,10 @@ import contextlib
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import asyncpg
 import structlog
 
-from services.tally.errors import DatabaseUnavailable, Overloaded
+from suara.runtime.database import Database, DatabaseUnavailable
+from suara.runtime.errors import ResourceExhausted
 
 log = structlog.stdlib.get_logger("suara.tally.admission")
 
@@ -28,7 +28,7 @@ class InFlight:
 
     def acquire(self, n: int) -> None:
         if self.current + n > self.limit and self.current > 0:
-            raise Overloaded(
+            raise ResourceExhausted(
                 f"tally is at capacity ({self.current} forms in flight); retry after {self.retry_after_ms} ms",
                 retry_after_ms=self.retry_after_ms,
             )
@@ -39,7 +39,7 @@ class InFlight:
 
 
 class DatabaseGate:
-    """Open while the database answers. Closed on the first connection error; a probe reopens it.
+    """Open while the database answers. Closed when it is unreachable; a probe reopens it.
 
     A timeout alone does not close it: under load a busy PostgreSQL outlives a call's deadline now and
     then (5 times in a 27-minute scale-1.0 night), and closing on that answered ~200 calls UNAVAILABLE
@@ -53,13 +53,13 @@ class DatabaseGate:
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        db: Database,
         retry_after_ms: int,
         on_change: Callable[[bool], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
-        self._pool = pool
+        self._db = db
         self._retry_after_ms = retry_after_ms
-        self._on_change = on_change
+        self.on_change = on_change  # told True/False as the gate opens and closes (the app wires health to it)
         self.available = True
         self._probe: asyncio.Task[None] | None = None
         self._notify: asyncio.Task[None] | None = None
@@ -78,52 +78,52 @@ class DatabaseGate:
             )
         else:
             message = "the database is unreachable; nothing was stored. Resend the same form later (it is safe)"
-        return DatabaseUnavailable(message, retry_after_ms=self._retry_after_ms)
+        return DatabaseUnavailable(message, timed_out=timed_out, retry_after_ms=self._retry_after_ms)
 
-    def mark_down(self, exc: BaseException) -> None:
+    def mark_down(self, error: DatabaseUnavailable) -> None:
         if not self.available:
             return
-        if isinstance(exc, TimeoutError):
+        if error.timed_out:
             if self.checking is None or self.checking.done():
-                self.checking = asyncio.create_task(self._check_after_timeout(exc))
+                self.checking = asyncio.create_task(self._check_after_timeout(error))
             return
-        self._close(exc)
+        self._close(error)
 
-    async def _check_after_timeout(self, exc: TimeoutError) -> None:
+    async def _check_after_timeout(self, error: DatabaseUnavailable) -> None:
         try:
-            async with self._pool.acquire(timeout=self.CHECK_S) as conn:
+            async with self._db.acquire(wait_s=self.CHECK_S) as conn:
                 await conn.fetchval("SELECT 1", timeout=self.CHECK_S)
         except Exception as probe_error:
-            log.error("database_not_answering", error=repr(probe_error))
-            self._close(exc)
+            log.error("database_not_answering", error=repr(probe_error.__cause__ or probe_error))
+            self._close(error)
             return
         log.warning(
             "database_slow",
             error="a call's database work outlived its deadline, but the database answers: tally keeps accepting",
         )
 
-    def _close(self, exc: BaseException) -> None:
+    def _close(self, error: DatabaseUnavailable) -> None:
         if not self.available:
             return
         self.available = False
-        log.error("database_unreachable", error=repr(exc))
+        log.error("database_unreachable", error=repr(error.__cause__ or error))
         self._probe = asyncio.create_task(self._wait_for_database())
-        if self._on_change is not None:
-            self._notify = asyncio.create_task(self._on_change(False))
+        if self.on_change is not None:
+            self._notify = asyncio.create_task(self.on_change(False))
 
     async def _wait_for_database(self) -> None:
-        await self._pool.expire_connections()  # every pooled connection may be dead now
+        await self._db.pool.expire_connections()  # every pooled connection may be dead now
         while True:
             await asyncio.sleep(self.PROBE_INTERVAL_S)
             try:
-                async with self._pool.acquire(timeout=1.0) as conn:
+                async with self._db.acquire(wait_s=1.0) as conn:
                     await conn.fetchval("SELECT 1", timeout=1.0)
             except Exception:
                 continue
             self.available = True
             log.info("database_back")
-            if self._on_change is not None:
-                await self._on_change(True)
+            if self.on_change is not None:
+                await self.on_change(True)
             return
 
     async def close(self) -> None:

@@ -18,15 +18,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import asyncpg
 import structlog
 
 from services.tally.admission import DatabaseGate
-from services.tally.errors import TallyError
 from services.tally.intake import Prepared
 from services.tally.queries import QUERIES
 from suara.election.chain import ChainRecord, link_hash
-from suara.runtime.database import CONNECTION_ERRORS
+from suara.runtime.database import Database, DatabaseUnavailable
+from suara.runtime.errors import Internal, ServiceError
 
 log = structlog.stdlib.get_logger("suara.tally.commit")
 
@@ -70,8 +69,8 @@ class _Item:
 
 
 class GroupCommitter:
-    def __init__(self, pool: asyncpg.Pool, gate: DatabaseGate, batch_max: int, timeout_s: float) -> None:
-        self._pool = pool
+    def __init__(self, db: Database, gate: DatabaseGate, batch_max: int, timeout_s: float) -> None:
+        self._db = db
         self._gate = gate
         self._batch_max = batch_max
         self._timeout_s = timeout_s
@@ -126,15 +125,15 @@ class GroupCommitter:
             return
         started = time.perf_counter()
         try:
-            results = await asyncio.wait_for(self._write([i.prepared for i in batch]), self._timeout_s)
-        except CONNECTION_ERRORS as exc:
+            results = await self._write([i.prepared for i in batch])
+        except DatabaseUnavailable as exc:
             # The commit may or may not have happened; nobody is told "stored", and a resend is safe.
             self._gate.mark_down(exc)
-            self._fail(batch, self._gate.error(timed_out=isinstance(exc, TimeoutError)))
+            self._fail(batch, self._gate.error(timed_out=exc.timed_out))
             return
         except Exception:
             log.exception("commit_failed", forms=len(batch))
-            self._fail(batch, TallyError("storing the form failed; it was not stored. Resend it"))
+            self._fail(batch, Internal("storing the form failed; it was not stored. Resend it"))
             return
         self.batches += 1
         self.committed += len(batch)
@@ -144,13 +143,13 @@ class GroupCommitter:
                 item.future.set_result(result)
 
     @staticmethod
-    def _fail(batch: list[_Item], error: TallyError) -> None:
+    def _fail(batch: list[_Item], error: ServiceError) -> None:
         for item in batch:
             if not item.future.done():
                 item.future.set_exception(error)
 
     async def _write(self, batch: list[Prepared]) -> list[Result]:
-        async with self._pool.acquire(timeout=1.0) as conn, conn.transaction():
+        async with self._db.acquire(wait_s=1.0, within_s=self._timeout_s) as conn, conn.transaction():
             head = await conn.fetchrow(QUERIES.lock_chain_head)
             position: int = head["position"]
             previous: bytes = bytes(head["hash"])

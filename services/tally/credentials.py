@@ -1,20 +1,15 @@
-"""Who may call tally: enrolled device keys (with a cache in front) and admin tokens."""
+"""The devices that may submit to tally: enrolled keys (with a cache in front) and their enrollment."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
-import secrets
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 
 import asyncpg
 
 from services.tally.queries import QUERIES
-from suara.runtime.secrets_file import write_secret
+from suara.runtime.database import Database
 
 
 @dataclass(frozen=True)
@@ -33,8 +28,8 @@ class DeviceKeys:
     a device may be enrolled a moment later.
     """
 
-    def __init__(self, pool: asyncpg.Pool, capacity: int = 200_000) -> None:
-        self._pool = pool
+    def __init__(self, db: Database, capacity: int = 200_000) -> None:
+        self._db = db
         self._capacity = capacity
         self._cache: OrderedDict[str, DeviceRecord] = OrderedDict()
         self._waiting: dict[str, asyncio.Future[DeviceRecord | None]] = {}
@@ -84,7 +79,7 @@ class DeviceKeys:
 
     async def _flush(self, waiting: dict[str, asyncio.Future[DeviceRecord | None]]) -> None:
         try:
-            rows = await self._pool.fetch(QUERIES.device_keys, list(waiting), timeout=1.0)
+            rows = await self._db.fetch(QUERIES.device_keys, list(waiting), timeout_s=1.0)
         except Exception as exc:
             for fut in waiting.values():
                 if not fut.done():
@@ -98,7 +93,7 @@ class DeviceKeys:
 
 
 async def enroll_device(
-    conn: asyncpg.Connection | asyncpg.Pool, device_id: str, tps: str, public_key: bytes, label: str
+    conn: asyncpg.Connection | Database, device_id: str, tps: str, public_key: bytes, label: str
 ) -> None:
     row = await conn.fetchrow(QUERIES.enroll_device, device_id, tps, public_key, label)
     if row["tps"] != tps:
@@ -114,66 +109,12 @@ class EnrolledElsewhere(Exception):
 
 
 async def enroll_devices(
-    pool: asyncpg.Pool, device_ids: list[str], tps: list[str], public_keys: list[bytes], labels: list[str]
+    db: Database, device_ids: list[str], tps: list[str], public_keys: list[bytes], labels: list[str]
 ) -> None:
     """Many keys in one transaction: all are enrolled, or none (EnrolledElsewhere)."""
     wanted = dict(zip(device_ids, tps, strict=True))
-    async with pool.acquire() as conn, conn.transaction():
+    async with db.acquire() as conn, conn.transaction():
         rows = await conn.fetch(QUERIES.enroll_devices, device_ids, tps, public_keys, labels)
         clashes = [(r["device_id"], r["tps"]) for r in rows if wanted[r["device_id"]] != r["tps"]]
         if clashes:
             raise EnrolledElsewhere(clashes)  # raised inside the transaction: it rolls back
-
-
-# --- admin credentials -------------------------------------------------------------
-
-ADMIN_KIND = "suara-admin-credential"
-
-
-def token_hash(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
-
-
-@dataclass(frozen=True)
-class AdminCredential:
-    id: str
-    token: str
-
-    def to_json(self) -> str:
-        return json.dumps({"kind": ADMIN_KIND, "id": self.id, "token": self.token}, indent=2)
-
-    @classmethod
-    def load(cls, path: Path) -> AdminCredential:
-        data = json.loads(path.read_text())
-        if data.get("kind") != ADMIN_KIND:
-            raise ValueError(f"{path} is not a suara admin credential")
-        return cls(data["id"], data["token"])
-
-    def save(self, path: Path) -> None:
-        write_secret(path, self.to_json() + "\n")
-
-
-async def create_admin_credential(conn: asyncpg.Connection, label: str = "") -> AdminCredential:
-    credential = AdminCredential(id="adm_" + secrets.token_hex(6), token=secrets.token_urlsafe(32))
-    await conn.execute(QUERIES.insert_admin_credential, credential.id, token_hash(credential.token), label)
-    return credential
-
-
-class AdminTokens:
-    """Checks bearer tokens; a valid token is remembered for a minute to keep the database out of the hot path."""
-
-    TTL_S = 60.0
-
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
-        self._valid_until: dict[bytes, float] = {}
-
-    async def is_valid(self, token: str) -> bool:
-        digest = token_hash(token)
-        now = time.monotonic()
-        if self._valid_until.get(digest, 0.0) > now:
-            return True
-        ok = bool(await self._pool.fetchval(QUERIES.admin_token_valid, digest))
-        if ok:
-            self._valid_until[digest] = now + self.TTL_S
-        return ok

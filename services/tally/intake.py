@@ -17,13 +17,13 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from services.tally.credentials import DeviceKeys, DeviceRecord
-from services.tally.errors import InvalidForm, PermissionDenied, TallyError, Unauthenticated
+from services.tally.errors import InvalidForm
 from services.tally.photos import Photo, check_photos
 from suara.election import signing
 from suara.election.checks import find_inconsistencies, find_malformed
 from suara.election.form import counts_of
 from suara.registry.catalog import RegistryView as Catalog
-from suara.runtime.errors import FieldProblem
+from suara.runtime.errors import FieldProblem, PermissionDenied, ServiceError, Unauthenticated
 from suara.v1 import form_pb2, tally_pb2
 
 
@@ -82,8 +82,8 @@ class Intake:
         self.executor = executor
         self.photo_max_bytes = photo_max_bytes
 
-    async def prepare(self, requests: list[tally_pb2.SubmitRequest]) -> list[Prepared | TallyError]:
-        results: list[Prepared | TallyError | None] = [None] * len(requests)
+    async def prepare(self, requests: list[tally_pb2.SubmitRequest]) -> list[Prepared | ServiceError]:
+        results: list[Prepared | ServiceError | None] = [None] * len(requests)
         for i, request in enumerate(requests):
             problems = _structure(request)
             if problems:
@@ -121,7 +121,7 @@ class Intake:
             results[i] = await self._check_form(requests[i], device)
         return [r for r in results if r is not None]
 
-    async def _check_form(self, request: tally_pb2.SubmitRequest, device: DeviceRecord) -> Prepared | TallyError:
+    async def _check_form(self, request: tally_pb2.SubmitRequest, device: DeviceRecord) -> Prepared | ServiceError:
         payload = request.form.payload
         try:
             form = form_pb2.CHasilForm.FromString(payload)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from suara.election.checks import MAX_PHOTOS
 from suara.runtime.errors import FieldProblem
 
-MAX_PHOTOS = 3
 _JPEG = b"\xff\xd8\xff"
 _PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -41,10 +41,11 @@ import structlog
 from services.tally.queries import QUERIES
 from suara.client import service_names
 from suara.client.aggregate_stub import aggregate_stub
+from suara.runtime.auth.credential import ServiceCredential
 from suara.runtime.backoff import Backoff
-from suara.runtime.database import CONNECTION_ERRORS
-from suara.runtime.service_auth import ServiceCredential
+from suara.runtime.database import DatabaseUnavailable, Session
 from suara.runtime.settings import Settings
+from suara.runtime.wire import MESSAGE_LIMITS
 from suara.v1 import aggregate_pb2
 
 log = structlog.stdlib.get_logger("suara.tally.relay")
@@ -60,8 +61,7 @@ CHANNEL_OPTIONS: Final = (
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2000),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    *MESSAGE_LIMITS,
 )
 
 
@@ -71,7 +71,7 @@ async def undelivered(conn: asyncpg.Connection | asyncpg.Pool) -> int:
 
 
 def credential_path(settings: Settings) -> Path:
-    return Path(settings.relay_credential) if settings.relay_credential else settings.data_dir / "relay.key.json"
+    return Path(settings.relay.credential) if settings.relay.credential else settings.data_dir / "relay.key.json"
 
 
 def tps_update(row: asyncpg.Record | dict[str, Any]) -> aggregate_pb2.TpsUpdate:
@@ -140,7 +140,7 @@ class Relay:
         self._wake = asyncio.Event()
         self._progress = asyncio.Condition()
         self._caught_up = 0  # how many times a claim found nothing pending
-        self._conn: asyncpg.Connection | None = None
+        self._session: Session | None = None
         self._channel: grpc.aio.Channel | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -149,7 +149,7 @@ class Relay:
         credential = ServiceCredential.load(credential_path(settings))
         if credential.role != "writer":
             raise ValueError(f"the relay needs a writer credential; {credential.id} is a {credential.role}")
-        return cls(database_url, settings.aggregate_address, credential, batch=settings.relay_batch)
+        return cls(database_url, settings.peers.aggregate, credential, batch=settings.relay.batch)
 
     def start(self) -> None:
         self._channel = grpc.aio.insecure_channel(self.aggregate_address, options=list(CHANNEL_OPTIONS))
@@ -215,7 +215,7 @@ class Relay:
             except _Rejected as exc:
                 log.error("relay_bad_reply", error=str(exc), rows=len(pending))
                 await asyncio.sleep(self.backoff.next_delay())
-            except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+            except (DatabaseUnavailable, asyncpg.PostgresError) as exc:
                 # Without our session the lock is gone too: another relay may have taken over and sent this batch.
                 log.warning("relay_database_error", error=repr(exc), rows=len(pending))
                 pending = []
@@ -260,29 +260,24 @@ class Relay:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
 
-    async def _connection(self) -> asyncpg.Connection:
+    async def _connection(self) -> Session:
         # Its own connection, not the pool's: it holds the session lock and the LISTEN.
-        if self._conn is None or self._conn.is_closed():
+        if self._session is None or self._session.is_closed():
             self.active = False
-            conn = await asyncpg.connect(
-                self.database_url, timeout=5.0, server_settings={"application_name": APPLICATION_NAME}
-            )
+            session = await Session.connect(self.database_url, application=APPLICATION_NAME)
             try:
-                await conn.add_listener(CHANNEL, self._notified)
+                await session.add_listener(CHANNEL, self._notified)
             except BaseException:
-                await conn.close()
+                await session.close()
                 raise
-            self._conn = conn
+            self._session = session
             self._wake.set()  # rows may have arrived while disconnected
-        return self._conn
+        return self._session
 
     def _notified(self, *_: object) -> None:
         self._wake.set()
 
     async def _disconnect(self) -> None:
-        conn, self._conn, self.active = self._conn, None, False
-        if conn is not None and not conn.is_closed():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.close(), 2.0)
-            if not conn.is_closed():
-                conn.terminate()
+        session, self._session, self.active = self._session, None, False
+        if session is not None:
+            await session.close(grace_s=2.0)

@@ -11,42 +11,29 @@ import grpc
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.tally.access import access_interceptor
 from services.tally.admission import DatabaseGate, InFlight
 from services.tally.committer import CONFLICT, GroupCommitter, Receipt, Result
-from services.tally.credentials import (
-    AdminTokens,
-    DeviceKeys,
-    DeviceRecord,
-    EnrolledElsewhere,
-    enroll_device,
-    enroll_devices,
-)
-from services.tally.errors import (
-    Conflict,
-    InvalidForm,
-    InvalidRequest,
-    NotFound,
-    PermissionDenied,
-    TallyError,
-    Unauthenticated,
-)
+from services.tally.credentials import DeviceKeys, DeviceRecord, EnrolledElsewhere, enroll_device, enroll_devices
+from services.tally.errors import InvalidForm, InvalidRequest
 from services.tally.intake import Intake
 from services.tally.queries import QUERIES
 from services.tally.relay import Relay, relay_for
 from suara.client import service_names
-from suara.election import signing
+from suara.election import codes, signing
 from suara.election.outcomes import OUTCOMES
 from suara.registry.catalog import RegistryView as Catalog
-from suara.runtime.database import CONNECTION_ERRORS, create_pool
-from suara.runtime.errors import FieldProblem
+from suara.runtime import database
+from suara.runtime.database import Database, DatabaseUnavailable
+from suara.runtime.errors import AlreadyExists, FieldProblem, NotFound, ServiceError
 from suara.runtime.grpc_server import Server, create_server, serve_until_signal
 from suara.runtime.pagination import Pager
-from suara.runtime.settings import Settings
+from suara.runtime.settings import Settings, TallySettings
+from suara.runtime.wire import TALLY_MAX_BATCH
 from suara.v1 import tally_pb2, tally_pb2_grpc
 
 log = structlog.stdlib.get_logger("suara.tally")
 
-MAX_BATCH_ITEMS = 1000
 SERVICE_NAME = service_names.TALLY.full_name
 SUBMISSIONS = Pager("ListSubmissions", default_size=100, max_size=1000, key_types=(str, int))
 
@@ -72,8 +59,9 @@ def receipt_pb(receipt: Receipt) -> tally_pb2.Receipt:
     )
 
 
-def conflict_error(result: Result) -> Conflict:
-    return Conflict(
+def conflict_error(result: Result) -> AlreadyExists:
+    """Same (tps, contest, version), different payload: the original is kept."""
+    return AlreadyExists(
         f"version already stored with a different payload (submission {result.receipt.submission_id}, "
         f"sha256 {result.receipt.payload_sha256.hex()}); the original is kept. Submit a correction with a "
         f"version above {result.current_version}"
@@ -104,23 +92,17 @@ def submission_pb(row: asyncpg.Record) -> tally_pb2.Submission:
 
 
 class TallyService(tally_pb2_grpc.TallyServiceServicer):
-    def __init__(self, pool: asyncpg.Pool, catalog: Catalog, settings: Settings) -> None:
-        self.pool = pool
+    def __init__(self, db: Database, catalog: Catalog, settings: TallySettings) -> None:
+        self.db = db
         self.settings = settings
-        self.server: Server | None = None
-        self.gate = DatabaseGate(pool, settings.retry_after_ms, on_change=self._db_changed)
+        self.gate = DatabaseGate(db, settings.retry_after_ms)
         self.in_flight = InFlight(settings.max_in_flight, settings.retry_after_ms)
         self.executor = ThreadPoolExecutor(settings.verify_threads, thread_name_prefix="verify")
-        self.devices = DeviceKeys(pool)
-        self.admins = AdminTokens(pool)
+        self.devices = DeviceKeys(db)
         self.intake = Intake(self.devices, catalog, self.executor, settings.photo_max_bytes)
-        self.committer = GroupCommitter(pool, self.gate, settings.commit_batch_max, settings.commit_wait_s)
+        self.committer = GroupCommitter(db, self.gate, settings.commit_batch_max, settings.commit_wait_s)
 
-    async def _db_changed(self, available: bool) -> None:
-        if self.server is not None:
-            await self.server.set_serving(available)
-
-    async def _store(self, requests: list[tally_pb2.SubmitRequest]) -> list[Result | TallyError]:
+    async def _store(self, requests: list[tally_pb2.SubmitRequest]) -> list[Result | ServiceError]:
         """Admit, prepare and commit; one result per request, in order."""
         self.gate.check()
         self.in_flight.acquire(len(requests))
@@ -131,25 +113,25 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
         deadline = loop.time() + self.settings.commit_wait_s
         try:
             try:
-                async with asyncio.timeout_at(deadline):  # no task of its own, unlike wait_for
+                async with database.deadline(deadline):  # no task of its own, unlike wait_for
                     prepared = await self.intake.prepare(requests)
-            except CONNECTION_ERRORS as exc:  # TimeoutError included
+            except DatabaseUnavailable as exc:
                 self.gate.mark_down(exc)
-                raise self.gate.error(timed_out=isinstance(exc, TimeoutError)) from exc
-            ready = [p for p in prepared if not isinstance(p, TallyError)]
+                raise self.gate.error(timed_out=exc.timed_out) from exc
+            ready = [p for p in prepared if not isinstance(p, ServiceError)]
             futures = iter(self.committer.enqueue(ready))
-            waits = [None if isinstance(p, TallyError) else next(futures) for p in prepared]
+            waits = [None if isinstance(p, ServiceError) else next(futures) for p in prepared]
             pending = [f for f in waits if f is not None]
             if pending:
                 await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()))
-            outcomes: list[Result | TallyError] = []
+            outcomes: list[Result | ServiceError] = []
             for p, fut in zip(prepared, waits, strict=True):
                 if fut is None:
-                    assert isinstance(p, TallyError)
+                    assert isinstance(p, ServiceError)
                     outcomes.append(p)
                 elif not fut.done():  # past the deadline: the commit may still land
                     outcomes.append(self.gate.error(timed_out=True))
-                elif isinstance(fut.exception(), TallyError):
+                elif isinstance(fut.exception(), ServiceError):
                     outcomes.append(fut.exception())  # type: ignore[arg-type]
                 else:
                     outcomes.append(fut.result())
@@ -161,7 +143,7 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
         self, request: tally_pb2.SubmitRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> tally_pb2.SubmitResponse:
         (result,) = await self._store([request])
-        if isinstance(result, TallyError):
+        if isinstance(result, ServiceError):
             raise result
         if result.outcome == CONFLICT:
             raise conflict_error(result)
@@ -175,12 +157,12 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
     async def SubmitBatch(
         self, request: tally_pb2.SubmitBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> tally_pb2.SubmitBatchResponse:
-        if len(request.items) > MAX_BATCH_ITEMS:
+        if len(request.items) > TALLY_MAX_BATCH:
             raise InvalidForm(
                 [
                     FieldProblem(
                         "items",
-                        f"at most {MAX_BATCH_ITEMS} forms per batch, got {len(request.items)}; split it",
+                        f"at most {TALLY_MAX_BATCH} forms per batch, got {len(request.items)}; split it",
                     )
                 ]
             )
@@ -188,7 +170,7 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
         response = tally_pb2.SubmitBatchResponse()
         for index, result in enumerate(results):
             item = response.results.add(index=index)
-            if isinstance(result, TallyError):
+            if isinstance(result, ServiceError):
                 item.outcome = tally_pb2.OUTCOME_REJECTED
                 item.error.CopyFrom(_item_error(result))
             elif result.outcome == CONFLICT:
@@ -205,8 +187,8 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
     async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         self.gate.check()
         try:
-            return list(await self.pool.fetch(query, *args, timeout=self.settings.commit_wait_s))
-        except CONNECTION_ERRORS as exc:
+            return await self.db.fetch(query, *args, timeout_s=self.settings.commit_wait_s)
+        except DatabaseUnavailable as exc:
             self.gate.mark_down(exc)
             raise self.gate.error() from exc
 
@@ -229,8 +211,10 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
     async def ListSubmissions(
         self, request: tally_pb2.ListSubmissionsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> tally_pb2.ListSubmissionsResponse:
-        if len(request.tps) != 13 or not request.tps.isdigit():
-            raise InvalidForm([FieldProblem("tps", f"must be a 13-digit TPS code, got {request.tps!r}")])
+        if not codes.is_tps_code(request.tps):
+            raise InvalidForm(
+                [FieldProblem("tps", f"must be a {codes.TPS_LENGTH}-digit TPS code, got {request.tps!r}")]
+            )
         filters = (request.tps, request.contest)
         size = SUBMISSIONS.size(request.page_size)
         contest, version = SUBMISSIONS.after(request.page_token, filters) or (None, None)
@@ -260,13 +244,12 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
     async def EnrollDevice(
         self, request: tally_pb2.EnrollDeviceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> tally_pb2.EnrollDeviceResponse:
-        await self._require_admin(context)
         problems = await self._device_problems(request, "")
         if problems:
             raise InvalidRequest(problems)
         device_id = signing.device_id_for(request.public_key)
         try:
-            await enroll_device(self.pool, device_id, request.tps, request.public_key, request.label)
+            await enroll_device(self.db, device_id, request.tps, request.public_key, request.label)
         except ValueError as exc:
             raise InvalidRequest([FieldProblem("public_key", str(exc))]) from None
         self.devices.remember(DeviceRecord(device_id, request.tps, request.public_key))
@@ -275,11 +258,10 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
     async def EnrollDevices(
         self, request: tally_pb2.EnrollDevicesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> tally_pb2.EnrollDevicesResponse:
-        await self._require_admin(context)
         devices = list(request.devices)
-        if not 1 <= len(devices) <= MAX_BATCH_ITEMS:
+        if not 1 <= len(devices) <= TALLY_MAX_BATCH:
             raise InvalidRequest(
-                [FieldProblem("devices", f"send 1 to {MAX_BATCH_ITEMS} devices per call, got {len(devices)}")]
+                [FieldProblem("devices", f"send 1 to {TALLY_MAX_BATCH} devices per call, got {len(devices)}")]
             )
         problems: list[FieldProblem] = []
         first_index: dict[bytes, int] = {}
@@ -293,7 +275,7 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
         ids = [signing.device_id_for(d.public_key) for d in devices]
         try:
             await enroll_devices(
-                self.pool, ids, [d.tps for d in devices], [d.public_key for d in devices], [d.label for d in devices]
+                self.db, ids, [d.tps for d in devices], [d.public_key for d in devices], [d.label for d in devices]
             )
         except EnrolledElsewhere as exc:
             raise InvalidRequest(
@@ -320,21 +302,13 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
             )
         return problems
 
-    async def _require_admin(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        metadata = dict(context.invocation_metadata() or ())
-        auth = str(metadata.get("authorization", ""))
-        if not auth.startswith("Bearer "):
-            raise Unauthenticated("this call needs an admin credential: metadata `authorization: Bearer <token>`")
-        if not await self.admins.is_valid(auth.removeprefix("Bearer ").strip()):
-            raise PermissionDenied("the admin credential is not valid (unknown or revoked); see `suara admin init`")
-
     async def close(self) -> None:
         await self.committer.close()
         await self.gate.close()
         self.executor.shutdown(wait=False)
 
 
-def _item_error(error: TallyError) -> tally_pb2.ItemError:
+def _item_error(error: ServiceError) -> tally_pb2.ItemError:
     return tally_pb2.ItemError(
         code=error.code.value[0],
         message=error.message,
@@ -345,27 +319,28 @@ def _item_error(error: TallyError) -> tally_pb2.ItemError:
 class TallyApp:
     """A running tally: pool, service and gRPC server. `start()` then `stop()`."""
 
-    def __init__(self, server: Server, port: int, service: TallyService, pool: asyncpg.Pool) -> None:
+    def __init__(self, server: Server, port: int, service: TallyService, db: Database) -> None:
         self.server = server
         self.port = port
         self.service = service
-        self.pool = pool
+        self.db = db
         self.relay: Relay | None = None  # delivers the outbox to aggregate, when a credential is configured
 
     @classmethod
     async def create(cls, settings: Settings, database_url: str) -> TallyApp:
-        pool = await create_pool(database_url, size=settings.db_pool_size, application="suara-tally")
-        catalog = await Catalog.load(pool)
-        service = TallyService(pool, catalog, settings)
+        db = await Database.open(database_url, size=settings.database.pool_size, application="suara-tally")
+        catalog = await Catalog.load(db)
+        service = TallyService(db, catalog, settings.tally)
         server, port = create_server(
             lambda s: tally_pb2_grpc.add_TallyServiceServicer_to_server(service, s),
             [SERVICE_NAME],
-            host=settings.tally_host,
-            port=settings.tally_port,
-            reuse_port=bool(settings.tally_shared_port),
+            host=settings.tally.host,
+            port=settings.tally.port,
+            interceptors=[access_interceptor(db)],  # the admin methods; devices prove themselves by signing
+            reuse_port=settings.tally.shared_port,
         )
-        service.server = server
-        app = cls(server, port, service, pool)
+        service.gate.on_change = server.set_serving  # health follows the database: NOT_SERVING while it is away
+        app = cls(server, port, service, db)
         app.relay = relay_for(settings, database_url)
         return app
 
@@ -374,7 +349,7 @@ class TallyApp:
         await self.server.start()
         log.info(
             "tally_serving",
-            address=f"{self.service.settings.tally_host}:{self.port}",
+            address=f"{self.service.settings.host}:{self.port}",
             tps=len(self.service.intake.catalog.tps),
             contests=sorted(self.service.intake.catalog.contests),
         )
@@ -382,21 +357,15 @@ class TallyApp:
             self.relay.start()
 
     async def stop(self, grace: float = 5.0) -> None:
+        """Health NOT_SERVING and in-flight calls given `grace` to finish, then the relay, the committer, the pool."""
+        await self.server.stop(grace)
         if self.relay is not None:
             await self.relay.stop()
-        await self.server.stop(grace)
         await self.service.close()
-        await self.pool.close()
+        await self.db.close()
+        log.info("tally_stopped")
 
 
 async def serve(settings: Settings, database_url: str) -> None:
     app = await TallyApp.create(settings, database_url)
-
-    async def on_stop() -> None:
-        if app.relay is not None:
-            await app.relay.stop()
-        await app.service.close()
-        await app.pool.close()
-        log.info("tally_stopped")
-
-    await serve_until_signal(app.start, app.server, settings.shutdown_grace_s, on_stop)
+    await serve_until_signal(app.start, app.stop, settings.shutdown_grace_s)

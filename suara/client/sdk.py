@@ -26,13 +26,12 @@ from grpc_status import rpc_status
 
 from suara.client.outbox import Entry, Outbox, Put, Receipt
 from suara.client.stubs import tally_stub
+from suara.election.checks import MAX_PHOTOS
 from suara.election.outcomes import OUTCOMES, outcome_name
 from suara.election.signing import DeviceKey
 from suara.runtime.backoff import Backoff
+from suara.runtime.wire import MESSAGE_LIMITS, RETRY_AFTER_KEY
 from suara.v1 import form_pb2, tally_pb2
-
-RETRY_AFTER_KEY = "retry-after-ms"  # as suara.runtime.grpc_server sends it beside google.rpc.RetryInfo
-MAX_PHOTOS = 3
 
 # Refusals about the form itself, its signer or its key: the same bytes would be refused again.
 # Anything else (UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, a lost connection, even
@@ -128,22 +127,6 @@ def _request(entry: Entry) -> tally_pb2.SubmitRequest:
     )
 
 
-class JitteredBackoff(Backoff):
-    """suara.runtime.backoff.Backoff with its uniform draw injectable, so tests can seed it."""
-
-    def __init__(self, base_s: float, cap_s: float, rng: random.Random) -> None:
-        super().__init__(base_s, cap_s)
-        self.rng = rng
-
-    def ceiling(self) -> float:
-        return min(self.cap_s, self.base_s * 2.0 ** min(self.failures, 32))
-
-    def next_delay(self) -> float:
-        ceiling = self.ceiling()
-        self.failures += 1
-        return self.rng.uniform(0.0, ceiling)
-
-
 @dataclass(frozen=True)
 class Attempt:
     """What one send attempt did to an entry."""
@@ -210,12 +193,9 @@ class Client:
         self._channel: grpc.aio.Channel | None = None
 
     @classmethod
-    async def open(cls, outbox_path: Path, target: str, *, inline_outbox: bool = False, **options: Any) -> Client:
-        """A client with its own outbox at `outbox_path` (closed with the client); options as for __init__.
-
-        `inline_outbox`: the outbox runs on the event loop (for one on tmpfs; see suara.client.outbox)."""
-        outbox = await Outbox.open(outbox_path, inline=inline_outbox)
-        return cls(outbox, target, owns_outbox=True, **options)
+    async def open(cls, outbox_path: Path, target: str, **options: Any) -> Client:
+        """A client with its own outbox at `outbox_path` (closed with the client); options as for __init__."""
+        return cls(await Outbox.open(outbox_path), target, owns_outbox=True, **options)
 
     async def close(self) -> None:
         await self._drop_channel()
@@ -228,8 +208,8 @@ class Client:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def backoff(self) -> JitteredBackoff:
-        return JitteredBackoff(self.backoff_base_s, self.backoff_cap_s, self._rng)
+    def backoff(self) -> Backoff:
+        return Backoff(self.backoff_base_s, self.backoff_cap_s, self._rng)
 
     async def store(self, form: form_pb2.CHasilForm, key: DeviceKey, photos: Sequence[bytes] = ()) -> tuple[Entry, Put]:
         """Sign and commit to the outbox; nothing goes on the network.
@@ -419,7 +399,7 @@ class Client:
             self._channel = grpc.aio.insecure_channel(
                 self.target,
                 options=[
-                    ("grpc.max_send_message_length", 64 * 1024 * 1024),  # three photos of up to 2 MB each
+                    *MESSAGE_LIMITS,
                     # A connection of its own, as a phone has: clients in one process (the load test's
                     # devices) would otherwise share one, and one tally process behind a shared port.
                     ("grpc.use_local_subchannel_pool", 1),
@@ -433,7 +413,7 @@ class Client:
             await channel.close()
 
 
-def _retry_delay(backoff: JitteredBackoff, failed: Sequence[Attempt]) -> float:
+def _retry_delay(backoff: Backoff, failed: Sequence[Attempt]) -> float:
     """The wait before trying again: the backoff's draw, never less than a retry-after the server gave."""
     return max(backoff.next_delay(), *(a.retry_after_s or 0.0 for a in failed))
 

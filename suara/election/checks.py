@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from suara.election.codes import is_tps_code
+from suara.election.codes import TPS_LENGTH, is_tps_code
 from suara.election.contest import Contest
 from suara.election.form import ADMIN_TRIPLES, SCALARS, SEXES, Violation
 from suara.v1 import form_pb2
@@ -82,7 +82,9 @@ def find_malformed(form: form_pb2.CHasilForm, *, contest: Contest | None, tps_kn
 
 def _place(form: form_pb2.CHasilForm, contest: Contest | None, tps_known: bool) -> Iterator[Violation]:
     if not is_tps_code(form.tps):
-        yield Violation("tps", f"must be a 13-digit TPS code (desa code + 3-digit number), got {_show(form.tps)}")
+        yield Violation(
+            "tps", f"must be a {TPS_LENGTH}-digit TPS code (desa code + 3-digit number), got {_show(form.tps)}"
+        )
     elif not tps_known:
         yield Violation("tps", f"unknown TPS {form.tps}; expected a TPS of the registry")
     if contest is None:

@@ -14,6 +14,9 @@ NATIONAL = ""
 PROVINSI, KABUPATEN_KOTA, KECAMATAN, DESA, TPS = 1, 2, 3, 4, 5
 # Code length at each level, index = level - 1 (Sirekap's `tingkat`).
 LENGTHS = (2, 4, 6, 10, 13)
+PROVINSI_LENGTH, KABUPATEN_KOTA_LENGTH, KECAMATAN_LENGTH, DESA_LENGTH, TPS_LENGTH = LENGTHS
+# Areas whose result is also recapitulated by officials (provinsi, kabupaten/kota, kecamatan).
+RECAP_LENGTHS = LENGTHS[:KECAMATAN]
 # Digits each level adds; the segments of a dotted code ("11.01.01.2001.001").
 _SEGMENTS = (2, 2, 2, 4, 3)
 
@@ -25,13 +28,23 @@ def _is_digits(code: str) -> bool:
 
 def level_of(code: str) -> int:
     """1 provinsi, 2 kabupaten/kota, 3 kecamatan, 4 desa/kelurahan, 5 TPS."""
-    if _is_digits(code) and len(code) in LENGTHS:
+    if is_area_code(code):
         return LENGTHS.index(len(code)) + 1
     raise ValueError(f"not an area code: {code!r} (expected 2, 4, 6, 10 or 13 digits)")
 
 
 def is_tps_code(code: str) -> bool:
-    return len(code) == LENGTHS[-1] and _is_digits(code)
+    return len(code) == TPS_LENGTH and _is_digits(code)
+
+
+def is_area_code(code: str) -> bool:
+    """Any level's code, the TPS's included ("" for the nation is not one)."""
+    return len(code) in LENGTHS and _is_digits(code)
+
+
+def path_of(code: str) -> str:
+    """'' → '', '3101011001' → '31/3101/310101/3101011001': the code nested under its ancestors' codes."""
+    return "/".join(code[:n] for n in LENGTHS if n <= len(code))
 
 
 def parent_of(code: str) -> str | None:

@@ -18,6 +18,8 @@ import nacl.exceptions
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
+from suara.election.codes import KABUPATEN_KOTA_LENGTH, KECAMATAN_LENGTH, PROVINSI_LENGTH
+
 SIGNATURE_BYTES = 64
 PUBLIC_KEY_BYTES = 32
 
@@ -111,7 +113,11 @@ class DeviceKey:
 
 
 # Officials of the tiered recap and the area level each role recaps (its code length).
-OFFICIAL_ROLES: dict[str, int] = {"ppk": 6, "kpu-kabkota": 4, "kpu-provinsi": 2}
+OFFICIAL_ROLES: dict[str, int] = {
+    "ppk": KECAMATAN_LENGTH,
+    "kpu-kabkota": KABUPATEN_KOTA_LENGTH,
+    "kpu-provinsi": PROVINSI_LENGTH,
+}
 
 
 def official_id_for(public_key: bytes) -> str:

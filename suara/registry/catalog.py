@@ -11,8 +11,9 @@ from itertools import islice
 
 import asyncpg
 
-from suara.election.codes import is_tps_code
+from suara.election.codes import TPS_LENGTH, is_tps_code
 from suara.election.contest import Choice, Contest
+from suara.runtime.database import Database
 
 _FETCH_ROWS = 50_000  # rows per cursor round trip when reading every TPS
 
@@ -86,7 +87,7 @@ def _key(code: object) -> int | None:
 def _parse(code: str) -> int:
     key = _key(code)
     if key is None:
-        raise ValueError(f"not a TPS code (13 digits): {code!r}")
+        raise ValueError(f"not a TPS code ({TPS_LENGTH} digits): {code!r}")
     return key
 
 
@@ -121,21 +122,21 @@ class RegistryView:
 
     CONTEST_REFRESH_S = 10.0
 
-    def __init__(self, pool: asyncpg.Pool, contests: dict[str, Contest], tps: TpsIndex) -> None:
-        self._pool = pool
+    def __init__(self, db: Database, contests: dict[str, Contest], tps: TpsIndex) -> None:
+        self._db = db
         self.contests = contests
         self.tps = tps
         self._contests_loaded = time.monotonic()
 
     @classmethod
-    async def load(cls, pool: asyncpg.Pool) -> RegistryView:
-        async with pool.acquire() as conn:
-            return cls(pool, await fetch_contests(conn), await fetch_tps_index(conn))
+    async def load(cls, db: Database) -> RegistryView:
+        async with db.acquire() as conn:
+            return cls(db, await fetch_contests(conn), await fetch_tps_index(conn))
 
     async def contest(self, contest_id: str) -> Contest | None:
         found = self.contests.get(contest_id)
         if found is None and time.monotonic() - self._contests_loaded > self.CONTEST_REFRESH_S:
-            async with self._pool.acquire() as conn:
+            async with self._db.acquire() as conn:
                 self.contests = await fetch_contests(conn)
             self._contests_loaded = time.monotonic()
             found = self.contests.get(contest_id)
@@ -144,9 +145,9 @@ class RegistryView:
     async def tps_known(self, code: str) -> bool:
         if code in self.tps:
             return True
-        if len(code) != 13 or not code.isdigit():
+        if not is_tps_code(code):
             return False
-        async with self._pool.acquire() as conn:
+        async with self._db.acquire() as conn:
             return await tps_exists(conn, code) is not None
 
     def choice_ids(self, contest: str) -> list[str]:

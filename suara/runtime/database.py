@@ -1,16 +1,25 @@
-"""Connections to PostgreSQL: the pool every service uses, and one-off connections."""
+"""Connections to PostgreSQL: the pool every service uses, connections held for a session, one-off ones.
+
+A database that is not there, or that does not answer in time, comes out of
+`Database` and `Session` as one exception, DatabaseUnavailable (an
+UNAVAILABLE: the work may be asked for again later), whatever asyncpg or the
+socket raised. Every other error (a bad query, a broken constraint) passes
+through as it is. This is the one place that knows which errors mean "gone".
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import TracebackType
 from typing import Any
 
 import asyncpg
 
-# Errors that mean "the database is not there right now", as opposed to "the
-# query was wrong": the caller answers UNAVAILABLE and retries later.
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+from suara.runtime.errors import Unavailable
+
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
     asyncpg.PostgresConnectionError,
@@ -21,35 +30,176 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+class DatabaseUnavailable(Unavailable):
+    """The database is not there, or did not answer in time (`timed_out`): the work may or may not be done."""
+
+    def __init__(self, message: str, *, timed_out: bool = False, retry_after_ms: int | None = None) -> None:
+        super().__init__(message, retry_after_ms=retry_after_ms)
+        self.timed_out = timed_out
+
+    @classmethod
+    def of(cls, error: BaseException) -> DatabaseUnavailable:
+        return cls(
+            f"the database is unavailable ({type(error).__name__}); retry later",
+            timed_out=isinstance(error, TimeoutError),
+        )
+
+
+class _Translate:
+    """`with _TRANSLATE:` turns a connection failure raised in the block into DatabaseUnavailable."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        if error is not None and isinstance(error, _CONNECTION_ERRORS):
+            raise DatabaseUnavailable.of(error) from error
+
+
+_TRANSLATE = _Translate()
+
+
+class deadline:
+    """Database work that must be done by loop time `when`: past it, DatabaseUnavailable (timed out).
+
+    A class around asyncio.timeout_at rather than a generator: it wraps every call tally serves."""
+
+    __slots__ = ("_timeout",)
+
+    def __init__(self, when: float) -> None:
+        self._timeout = asyncio.timeout_at(when)
+
+    def __aenter__(self) -> Awaitable[asyncio.Timeout]:
+        return self._timeout.__aenter__()  # the timeout's own coroutine: no frame of ours on the way in
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        with _TRANSLATE:
+            await self._timeout.__aexit__(kind, error, tb)  # the deadline's own TimeoutError, if it passed
+            _TRANSLATE.__exit__(kind, error, tb)  # a failure raised in the block
+
+
+class _Queries:
+    """The one-statement calls, on a pool or a connection, with failures translated."""
+
+    _target: Any  # asyncpg.Pool or asyncpg.Connection: the same methods
+
+    async def fetch(self, query: str, *args: Any, timeout_s: float | None = None) -> list[asyncpg.Record]:
+        with _TRANSLATE:
+            rows: list[asyncpg.Record] = await self._target.fetch(query, *args, timeout=timeout_s)
+        return rows
+
+    async def fetchrow(self, query: str, *args: Any, timeout_s: float | None = None) -> Any:
+        """The first row (an asyncpg.Record), or None."""
+        with _TRANSLATE:
+            return await self._target.fetchrow(query, *args, timeout=timeout_s)
+
+    async def fetchval(self, query: str, *args: Any, timeout_s: float | None = None) -> Any:
+        with _TRANSLATE:
+            return await self._target.fetchval(query, *args, timeout=timeout_s)
+
+    async def execute(self, query: str, *args: Any, timeout_s: float | None = None) -> str:
+        with _TRANSLATE:
+            status: str = await self._target.execute(query, *args, timeout=timeout_s)
+        return status
+
+
+class Session(_Queries):
+    """One connection kept for a while (a session advisory lock, a LISTEN): its own, or one taken from a pool."""
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self.connection = connection
+        self._target = connection
+
+    @classmethod
+    async def connect(cls, url: str, *, application: str, connect_s: float = 5.0) -> Session:
+        with _TRANSLATE:
+            conn = await asyncpg.connect(url, timeout=connect_s, server_settings={"application_name": application})
+        return cls(conn)
+
+    def is_closed(self) -> bool:
+        return bool(self.connection.is_closed())
+
+    async def add_listener(self, channel: str, callback: Callable[..., object]) -> None:
+        with _TRANSLATE:
+            await self.connection.add_listener(channel, callback)
+
+    async def close(self, grace_s: float = 2.0) -> None:
+        """Close politely within `grace_s`, else drop the socket. Never raises: the connection may be gone."""
+        if self.connection.is_closed():
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.connection.close(), grace_s)
+        if not self.connection.is_closed():
+            self.connection.terminate()
+
+
 async def _keep(conn: asyncpg.Connection) -> None:
     """Services keep no session state (no SET, LISTEN or temp tables), so a released connection needs no reset."""
 
 
-async def create_pool(url: str, *, size: int = 8, application: str = "suara", **kwargs: Any) -> asyncpg.Pool:
-    return await asyncpg.create_pool(
-        url,
-        min_size=1,
-        max_size=size,
-        timeout=2.0,  # connect timeout: an unreachable database must not hang a call
-        # Custom plans always: every hot query takes its rows as arrays (unnest), and a generic plan made
-        # while the tables were nearly empty kept scanning them whole as they grew (tally's duplicate
-        # check read all of tally.submission on half its calls in a load test). Planning costs far less.
-        # And an index probe priced as what it is where the working set is in memory (SSD or cache): at
-        # the default 4.0, a batch of 1,000 TPS joined to its rows by hashing the whole table (88 ms
-        # against 12 ms for the index; 240 against 93 ms for the areas the batch adds to).
-        server_settings={
-            "application_name": application,
-            "synchronous_commit": "on",
-            "plan_cache_mode": "force_custom_plan",
-            "random_page_cost": "1.1",
-        },
-        reset=_keep,  # the default reset costs a round trip on every release
-        **kwargs,
-    )
+class Database(_Queries):
+    """The connection pool of a service process."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self._target = pool
+
+    @classmethod
+    async def open(cls, url: str, *, size: int = 8, application: str = "suara", **kwargs: Any) -> Database:
+        with _TRANSLATE:
+            pool = await asyncpg.create_pool(
+                url,
+                min_size=1,
+                max_size=size,
+                timeout=2.0,  # connect timeout: an unreachable database must not hang a call
+                # Custom plans always: every hot query takes its rows as arrays (unnest), and a generic plan
+                # made while the tables were nearly empty kept scanning them whole as they grew (tally's
+                # duplicate check read all of tally.submission on half its calls in a load test). Planning
+                # costs far less. And an index probe priced as what it is where the working set is in memory
+                # (SSD or cache): at the default 4.0, a batch of 1,000 TPS joined to its rows by hashing the
+                # whole table (88 ms against 12 ms for the index; 240 against 93 ms for the areas the batch
+                # adds to).
+                server_settings={
+                    "application_name": application,
+                    "synchronous_commit": "on",
+                    "plan_cache_mode": "force_custom_plan",
+                    "random_page_cost": "1.1",
+                },
+                reset=_keep,  # the default reset costs a round trip on every release
+                **kwargs,
+            )
+        return cls(pool)
+
+    @contextlib.asynccontextmanager
+    async def acquire(
+        self, *, wait_s: float | None = None, within_s: float | None = None
+    ) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection for the block. `wait_s` bounds the wait for a connection; `within_s` the
+        whole block, acquiring included. Failures raised in the block come out as DatabaseUnavailable."""
+        with _TRANSLATE:
+            async with asyncio.timeout(within_s), self.pool.acquire(timeout=wait_s) as conn:
+                yield conn
+
+    async def session(self) -> Session:
+        """A pooled connection to keep across calls (a session lock); hand it back with `release`."""
+        with _TRANSLATE:
+            return Session(await self.pool.acquire())
+
+    async def release(self, session: Session) -> None:
+        with _TRANSLATE:
+            await self.pool.release(session.connection)
+
+    async def close(self) -> None:
+        await self.pool.close()
 
 
 @contextlib.asynccontextmanager
 async def connect(url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A one-off connection (the CLI's tools, migrations)."""
     conn = await asyncpg.connect(url, timeout=10)
     try:
         yield conn

@@ -1,8 +1,9 @@
-"""The root of every service's exception hierarchy, and how it becomes a gRPC status.
+"""The root of every exception a caller is told about, one class per gRPC status, and how it becomes one.
 
-Each service subclasses ServiceError once (TallyError, AggregateError, …) and
-raises precise subclasses; the server kit maps them at the edge, with a
-google.rpc.BadRequest naming each bad field where there are any.
+Services raise these (or their own subclasses, for a message of their own); the
+server kit (suara.runtime.grpc_server) maps them at the edge, with a
+google.rpc.BadRequest naming each bad field where there are any, and a
+google.rpc.RetryInfo (and `retry-after-ms` metadata) where a retry hint is given.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ class FieldProblem:
 
 
 class ServiceError(Exception):
+    """A failure the caller is told about as gRPC status `code`: INTERNAL unless a subclass says otherwise."""
+
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
     def __init__(
@@ -60,6 +63,50 @@ class ServiceError(Exception):
             )
             status.details.append(detail)
         return status
+
+
+class Internal(ServiceError):
+    """Our fault, not the request's: nothing was done, and the same request may succeed later."""
+
+
+class InvalidArgument(ServiceError):
+    """The request is malformed and nothing of it was done; `violations` names every bad field."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class Unauthenticated(ServiceError):
+    """Who is calling could not be established: no credential, a bad one, or an unknown one."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(ServiceError):
+    """The caller is known, but may not do this."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class NotFound(ServiceError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(ServiceError):
+    """Something else is already stored under this key; the original is kept."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class ResourceExhausted(ServiceError):
+    """Overloaded: refused before any work; retry after `retry_after_ms`."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(ServiceError):
+    """Not done as far as the caller can know; resending later (after `retry_after_ms`, if given) is the remedy."""
+
+    code = grpc.StatusCode.UNAVAILABLE
 
 
 assert grpc.StatusCode.INVALID_ARGUMENT.value[0] == code_pb2.INVALID_ARGUMENT

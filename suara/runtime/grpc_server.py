@@ -1,8 +1,8 @@
 """The gRPC server kit every service uses.
 
 `create_server()` returns (server, port) without serving, so tests bind :0 and
-read the port; `serve()` runs it until SIGTERM/SIGINT with health flipped to
-NOT_SERVING first and in-flight calls given time to finish. One interceptor
+read the port; `serve_until_signal()` runs an app until SIGTERM/SIGINT, whose
+stop flips health to NOT_SERVING first and gives in-flight calls time to finish. One interceptor
 binds request context for the logs and maps ServiceError to a rich status.
 """
 
@@ -24,11 +24,9 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from suara.runtime.errors import ServiceError
+from suara.runtime.wire import MESSAGE_LIMITS, RETRY_AFTER_KEY
 
 log = structlog.stdlib.get_logger("suara.grpc")
-
-RETRY_AFTER_KEY = "retry-after-ms"
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class _Status(grpc.Status):
@@ -42,7 +40,6 @@ async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: Service
     status = rpc_status.to_status(error.to_status())
     metadata = tuple(status.trailing_metadata)
     if error.retry_after_ms is not None:
-        # Plain metadata too, so a client needs no protobuf decoding to honour the hint.
         metadata += ((RETRY_AFTER_KEY, str(error.retry_after_ms)),)
     await context.abort_with_status(_Status(status.code, status.details, metadata))
 
@@ -135,8 +132,7 @@ def create_server(
     server = grpc.aio.server(
         interceptors=[ContextInterceptor(), *interceptors],
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            *MESSAGE_LIMITS,
             ("grpc.so_reuseport", int(reuse_port)),
         ],
     )
@@ -151,18 +147,17 @@ def create_server(
 
 
 async def serve_until_signal(
-    start: Callable[[], Awaitable[None]], server: Server, grace: float, on_stop: Callable[[], Awaitable[None]]
+    start: Callable[[], Awaitable[None]], stop: Callable[[float], Awaitable[None]], grace: float
 ) -> None:
-    """Run `start`, serve until SIGTERM or SIGINT, then shut down gracefully and run `on_stop`."""
-    stop = asyncio.Event()
+    """Run `start`, serve until SIGTERM or SIGINT, then `stop(grace)`: the app's one way of shutting down."""
+    signalled = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, signalled.set)
     await start()
-    await stop.wait()
+    await signalled.wait()
     log.info("shutting_down", grace_s=grace)
-    await server.stop(grace)
-    await on_stop()
+    await stop(grace)
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(Exception):
             loop.remove_signal_handler(sig)

@@ -1,126 +1,338 @@
-"""Settings, declared once with their environment variable, default and help.
+"""Settings, declared once each with their environment variable, default, help and the values allowed.
 
-Every process reads the same table: the CLI prints it in `--help`, the README
-lists it (a test keeps the two in step), and nothing else reads os.environ.
+They are grouped by the component that reads them (Settings.tally, .relay, .publish …; what every
+process reads sits on Settings itself). `Settings.from_env()` is the one reader of os.environ; the
+CLI prints the same table in `--help`, and the README lists it (`settings_markdown()`; a test keeps
+the two in step). Every value is checked when the settings are made, however they are made: a bad
+one raises SettingError naming the variable, its value and what is allowed (the CLI exits 2).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
+
+from suara.runtime.wire import AGGREGATE_MAX_BATCH, MAX_MESSAGE_BYTES
+
+EVENT_LOOPS: Final = ("uvloop", "asyncio")
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+LOG_FORMATS: Final = ("json", "console", "auto")
+_TRUE: Final = ("1", "true", "yes")
+_FALSE: Final = ("0", "false", "no")
 
 
-def _setting(env: str, default: Any, help: str) -> Any:
-    return field(default=default, metadata={"env": env, "help": help})
+class SettingError(ValueError):
+    """A setting's value is not one it allows."""
+
+    def __init__(self, env: str, value: object, allowed: str) -> None:
+        super().__init__(f"{env}={value!r}: expected {allowed}")
+        self.env = env
 
 
 @dataclass(frozen=True)
-class Settings:
-    database_url: str = _setting(
-        "DATABASE_URL", "", "PostgreSQL to use; empty: an embedded server kept in SUARA_DATA_DIR/pgdata"
+class Allowed:
+    """The values a setting allows: `what` says it to the operator, `ok` checks a parsed value."""
+
+    what: str
+    ok: Callable[[Any], bool] = lambda _: True
+
+
+def _between(low: float, high: float, what: str) -> Allowed:
+    return Allowed(what, lambda v: low <= v <= high)
+
+
+def _one_of(choices: tuple[str, ...], *, any_case: bool = False) -> Allowed:
+    return Allowed("one of " + ", ".join(choices), lambda v: (v.lower() if any_case else v) in choices)
+
+
+def _is_address(value: str) -> bool:
+    host, _, port = value.rpartition(":")
+    return bool(host) and not any(c.isspace() for c in host) and port.isdigit() and 0 < int(port) <= 65535
+
+
+PORT = _between(0, 65535, "a port, 0 to 65535 (0: any free one)")
+COUNT = _between(1, float("inf"), "a whole number of 1 or more")
+SECONDS = Allowed("a number of seconds above 0", lambda v: v > 0)
+GRACE = Allowed("a number of seconds, 0 or more", lambda v: v >= 0)
+HOST = Allowed("a host name or address", lambda v: bool(v) and not any(c.isspace() for c in v))
+ADDRESS = Allowed("HOST:PORT, the port 1 to 65535", _is_address)
+PATH = Allowed("a path", lambda v: str(v) != "")
+ANY = Allowed("any text")
+
+
+def _setting(env: str, default: Any, help: str, allowed: Allowed) -> Any:
+    return field(default=default, metadata={"env": env, "help": help, "allowed": allowed})
+
+
+def _section(kind: type[_Section], title: str) -> Any:
+    return field(default_factory=kind, metadata={"section": title})
+
+
+def _parse(kind: type, raw: str) -> Any:
+    if kind is bool:
+        word = raw.strip().lower()
+        if word not in _TRUE + _FALSE:
+            raise ValueError(raw)
+        return word in _TRUE
+    return kind(raw)
+
+
+class _Section:
+    """Checks every setting it declares when it is made."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]  # every subclass is a dataclass
+            if "env" not in f.metadata:
+                continue
+            value = getattr(self, f.name)
+            allowed: Allowed = f.metadata["allowed"]
+            if not _typed(value, type(f.default)) or not allowed.ok(value):
+                raise SettingError(f.metadata["env"], value, allowed.what)
+
+
+def _typed(value: object, kind: type) -> bool:
+    if isinstance(value, bool) or kind is bool:
+        return type(value) is kind
+    return isinstance(value, kind) or (kind is float and isinstance(value, int))
+
+
+@dataclass(frozen=True)
+class DatabaseSettings(_Section):
+    url: str = _setting(
+        "DATABASE_URL",
+        "",
+        "PostgreSQL to use; empty: an embedded server kept in SUARA_DATA_DIR/pgdata",
+        Allowed("empty, or a postgresql:// URL", lambda v: v == "" or v.startswith(("postgresql://", "postgres://"))),
     )
-    data_dir: Path = _setting(
-        "SUARA_DATA_DIR", Path(".suara"), "local state: the embedded database, keys, the admin credential"
-    )
-    tally_host: str = _setting("SUARA_TALLY_HOST", "127.0.0.1", "address the tally gRPC server binds")
-    tally_port: int = _setting("SUARA_TALLY_PORT", 50051, "port of the tally gRPC server (0: any free port)")
-    aggregate_host: str = _setting(
-        "SUARA_AGGREGATE_HOST", "127.0.0.1", "address the aggregate gRPC server (`suara aggregate serve`) binds"
-    )
-    aggregate_port: int = _setting(
-        "SUARA_AGGREGATE_PORT", 50052, "port of the aggregate gRPC server (0: any free port)"
-    )
-    tally_shared_port: int = _setting(
-        "SUARA_TALLY_SHARED_PORT", 0, "1: several tally processes may serve one port (SO_REUSEPORT), one core each"
+    pool_size: int = _setting("SUARA_DB_POOL_SIZE", 8, "PostgreSQL connections per service process", COUNT)
+
+
+@dataclass(frozen=True)
+class TallySettings(_Section):
+    host: str = _setting("SUARA_TALLY_HOST", "127.0.0.1", "address the tally gRPC server binds", HOST)
+    port: int = _setting("SUARA_TALLY_PORT", 50051, "port of the tally gRPC server (0: any free port)", PORT)
+    shared_port: bool = _setting(
+        "SUARA_TALLY_SHARED_PORT",
+        False,
+        "true: several tally processes may serve one port (SO_REUSEPORT), one core each",
+        Allowed(", ".join(_TRUE + _FALSE)),
     )
     max_in_flight: int = _setting(
-        "SUARA_TALLY_MAX_IN_FLIGHT", 4096, "forms admitted at once; beyond it RESOURCE_EXHAUSTED"
+        "SUARA_TALLY_MAX_IN_FLIGHT", 4096, "forms admitted at once; beyond it RESOURCE_EXHAUSTED", COUNT
     )
-    commit_batch_max: int = _setting("SUARA_TALLY_COMMIT_BATCH", 500, "most forms one group-commit transaction takes")
+    commit_batch_max: int = _setting(
+        "SUARA_TALLY_COMMIT_BATCH", 500, "most forms one group-commit transaction takes", COUNT
+    )
     commit_wait_s: float = _setting(
-        "SUARA_TALLY_COMMIT_WAIT_S", 1.0, "deadline of a call's database work; past it UNAVAILABLE (safe to resend)"
+        "SUARA_TALLY_COMMIT_WAIT_S",
+        1.0,
+        "deadline of a call's database work; past it UNAVAILABLE (safe to resend)",
+        SECONDS,
     )
     retry_after_ms: int = _setting(
-        "SUARA_TALLY_RETRY_AFTER_MS", 250, "retry-after hint sent with RESOURCE_EXHAUSTED and UNAVAILABLE"
+        "SUARA_TALLY_RETRY_AFTER_MS",
+        250,
+        "retry-after hint sent with RESOURCE_EXHAUSTED and UNAVAILABLE",
+        _between(0, 3_600_000, "milliseconds, 0 to 3600000"),
     )
-    photo_max_bytes: int = _setting("SUARA_PHOTO_MAX_BYTES", 2 * 1024 * 1024, "largest form photo accepted")
+    photo_max_bytes: int = _setting(
+        "SUARA_PHOTO_MAX_BYTES",
+        2 * 1024 * 1024,
+        "largest form photo accepted",
+        _between(1, MAX_MESSAGE_BYTES, f"bytes, 1 to {MAX_MESSAGE_BYTES} (a gRPC message)"),
+    )
     verify_threads: int = _setting(
         "SUARA_VERIFY_THREADS",
         2,
         "threads verifying a batch's Ed25519 signatures beside the event loop (one form: inline)",
+        COUNT,
     )
-    event_loop: str = _setting(
-        "SUARA_EVENT_LOOP", "uvloop", "event loop of every suara process: uvloop (less CPU per call) or asyncio"
+
+
+@dataclass(frozen=True)
+class AggregateSettings(_Section):
+    host: str = _setting(
+        "SUARA_AGGREGATE_HOST", "127.0.0.1", "address the aggregate gRPC server (`suara aggregate serve`) binds", HOST
     )
-    db_pool_size: int = _setting("SUARA_DB_POOL_SIZE", 8, "PostgreSQL connections per service process")
-    shutdown_grace_s: float = _setting(
-        "SUARA_SHUTDOWN_GRACE_S", 10.0, "on SIGTERM, how long in-flight calls may take to finish"
+    port: int = _setting("SUARA_AGGREGATE_PORT", 50052, "port of the aggregate gRPC server (0: any free port)", PORT)
+
+
+@dataclass(frozen=True)
+class PeerSettings(_Section):
+    """Where this process finds the other services."""
+
+    aggregate: str = _setting(
+        "SUARA_AGGREGATE_ADDRESS",
+        "127.0.0.1:50052",
+        "host:port of the aggregate gRPC server the relay delivers to",
+        ADDRESS,
     )
-    aggregate_address: str = _setting(
-        "SUARA_AGGREGATE_ADDRESS", "127.0.0.1:50052", "host:port of the aggregate gRPC server the relay delivers to"
+    tally: str = _setting(
+        "SUARA_TALLY_ADDRESS",
+        "127.0.0.1:50051",
+        "host:port of tally, where publish reads the chain head and photos",
+        ADDRESS,
     )
-    relay_credential: str = _setting(
+
+
+@dataclass(frozen=True)
+class RelaySettings(_Section):
+    credential: str = _setting(
         "SUARA_RELAY_CREDENTIAL",
         "",
         "the relay's writer credential (`suara service issue`); empty: SUARA_DATA_DIR/relay.key.json",
+        ANY,
     )
-    relay_batch: int = _setting("SUARA_RELAY_BATCH", 1000, "most outbox rows the relay sends in one ApplyUpdates call")
-    site_dir: Path = _setting(
-        "SUARA_SITE_DIR", Path("site"), "where publish writes the static site (and serves it from)"
+    batch: int = _setting(
+        "SUARA_RELAY_BATCH",
+        1000,
+        "most outbox rows the relay sends in one ApplyUpdates call",
+        _between(1, AGGREGATE_MAX_BATCH, f"1 to {AGGREGATE_MAX_BATCH} (aggregate's limit per call)"),
     )
-    publish_to: str = _setting(
-        "SUARA_PUBLISH_TO", "", "publish's sink: empty for SUARA_SITE_DIR, or s3://bucket/prefix (S3-compatible)"
+
+
+@dataclass(frozen=True)
+class SiteSettings(_Section):
+    dir: Path = _setting(
+        "SUARA_SITE_DIR", Path("site"), "where publish writes the static site (and serves it from)", PATH
+    )
+    http_port: int = _setting("SUARA_HTTP_PORT", 8080, "port of `suara publish serve` (the public site, locally)", PORT)
+
+
+@dataclass(frozen=True)
+class PublishSettings(_Section):
+    to: str = _setting(
+        "SUARA_PUBLISH_TO",
+        "",
+        "publish's sink: empty for SUARA_SITE_DIR, or s3://bucket/prefix (S3-compatible)",
+        Allowed("empty, or s3://bucket/prefix", lambda v: v == "" or (v.startswith("s3://") and len(v) > 5)),
     )
     s3_endpoint_url: str = _setting(
-        "SUARA_S3_ENDPOINT_URL", "", "endpoint of an S3-compatible server (MinIO, Ceph…); empty: AWS"
+        "SUARA_S3_ENDPOINT_URL",
+        "",
+        "endpoint of an S3-compatible server (MinIO, Ceph…); empty: AWS",
+        Allowed("empty, or an http(s):// URL", lambda v: v == "" or v.startswith(("http://", "https://"))),
     )
-    publish_host: str = _setting("SUARA_PUBLISH_HOST", "127.0.0.1", "address publish's gRPC status server binds")
-    publish_port: int = _setting("SUARA_PUBLISH_PORT", 50053, "port of publish's gRPC status server (0: any free)")
-    publish_interval_s: float = _setting(
-        "SUARA_PUBLISH_INTERVAL_S", 1.0, "how often publish looks for aggregate's changes (a cycle runs only on change)"
+    host: str = _setting("SUARA_PUBLISH_HOST", "127.0.0.1", "address publish's gRPC status server binds", HOST)
+    port: int = _setting("SUARA_PUBLISH_PORT", 50053, "port of publish's gRPC status server (0: any free)", PORT)
+    interval_s: float = _setting(
+        "SUARA_PUBLISH_INTERVAL_S",
+        1.0,
+        "how often publish looks for aggregate's changes (a cycle runs only on change)",
+        SECONDS,
     )
-    publish_credential: str = _setting(
+    credential: str = _setting(
         "SUARA_PUBLISH_CREDENTIAL",
         "",
         "publish's reader credential for aggregate (`suara service issue`); empty: SUARA_DATA_DIR/publish.key.json",
+        ANY,
     )
-    tally_address: str = _setting(
-        "SUARA_TALLY_ADDRESS", "127.0.0.1:50051", "host:port of tally, where publish reads the chain head and photos"
+
+
+@dataclass(frozen=True)
+class LogSettings(_Section):
+    level: str = _setting(
+        "SUARA_LOG_LEVEL", "info", "debug, info, warning or error", _one_of(LOG_LEVELS, any_case=True)
     )
-    http_port: int = _setting("SUARA_HTTP_PORT", 8080, "port of `suara publish serve` (the public site, locally)")
-    log_level: str = _setting("SUARA_LOG_LEVEL", "info", "debug, info, warning or error")
-    log_format: str = _setting("SUARA_LOG_FORMAT", "auto", "json, console, or auto (json unless a terminal)")
+    format: str = _setting(
+        "SUARA_LOG_FORMAT", "auto", "json, console, or auto (json unless a terminal)", _one_of(LOG_FORMATS)
+    )
+
+
+@dataclass(frozen=True)
+class Settings(_Section):
+    """Every setting: those every process reads, then one section per component."""
+
+    data_dir: Path = _setting(
+        "SUARA_DATA_DIR", Path(".suara"), "local state: the embedded database, keys, the admin credential", PATH
+    )
+    event_loop: str = _setting(
+        "SUARA_EVENT_LOOP",
+        "uvloop",
+        "event loop of every suara process: uvloop (less CPU per call) or asyncio",
+        _one_of(EVENT_LOOPS),
+    )
+    shutdown_grace_s: float = _setting(
+        "SUARA_SHUTDOWN_GRACE_S", 10.0, "on SIGTERM, how long in-flight calls may take to finish", GRACE
+    )
+    log: LogSettings = _section(LogSettings, "logging")
+    database: DatabaseSettings = _section(DatabaseSettings, "database")
+    tally: TallySettings = _section(TallySettings, "tally")
+    relay: RelaySettings = _section(RelaySettings, "relay")
+    aggregate: AggregateSettings = _section(AggregateSettings, "aggregate")
+    publish: PublishSettings = _section(PublishSettings, "publish")
+    site: SiteSettings = _section(SiteSettings, "site")
+    peers: PeerSettings = _section(PeerSettings, "addresses")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """From the environment (unset or empty: the default). A bad value raises SettingError."""
         env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(f.metadata["env"])
-            if raw is None or raw == "":
-                continue
-            kind: Any = type(f.default)  # every setting has a default; its type parses the variable
-            try:
-                values[f.name] = kind(raw)
-            except ValueError as exc:
-                raise SystemExit(f"{f.metadata['env']}={raw!r} is not a valid {kind.__name__}: {exc}") from exc
-        values.update(overrides)
-        return cls(**values)
+
+        def build(kind: type[_Section]) -> Any:
+            values: dict[str, Any] = {}
+            for f in fields(kind):  # type: ignore[arg-type]  # every section is a dataclass
+                if "section" in f.metadata:
+                    values[f.name] = build(f.default_factory)  # type: ignore[arg-type]  # a section class
+                    continue
+                raw = env.get(f.metadata["env"])
+                if raw is None or raw == "":
+                    continue
+                try:
+                    values[f.name] = _parse(type(f.default), raw)
+                except ValueError:
+                    raise SettingError(f.metadata["env"], raw, f.metadata["allowed"].what) from None
+            return kind(**values)
+
+        settings: Settings = build(cls)
+        return settings
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, str]]:
-        """(environment variable, default, help) for every setting."""
-        return [(f.metadata["env"], str(f.default), f.metadata["help"]) for f in fields(cls)]
+        """(environment variable, default, help) of every setting, in table order."""
+        return [(env, default, help) for _, env, default, help in _rows()]
+
+
+def _rows() -> list[tuple[str, str, str, str]]:
+    """(its group, environment variable, default, help) of every setting, in table order."""
+    return [(title, f.metadata["env"], _shown(f.default), f.metadata["help"]) for title, f in _walk(Settings, "")]
+
+
+def _walk(kind: type[_Section], title: str) -> Iterator[tuple[str, Any]]:
+    for f in fields(kind):  # type: ignore[arg-type]  # every section is a dataclass
+        if "section" in f.metadata:
+            yield from _walk(f.default_factory, f.metadata["section"])  # type: ignore[arg-type]  # a section class
+        else:
+            yield title or "every process", f
+
+
+def _shown(default: object) -> str:
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    return str(default)
 
 
 def settings_help() -> str:
-    rows = Settings.describe()
-    width = max(len(env) for env, _, _ in rows)
+    rows = _rows()
+    width = max(len(env) for _, env, _, _ in rows)
     lines = ["environment:"]
-    for env, default, help in rows:
+    current = None
+    for title, env, default, help in rows:
+        if title != current:
+            current = title
+            lines.append(f" {title}:")
         shown = f" (default: {default})" if default else ""
         lines.append(f"  {env.ljust(width)}  {help}{shown}")
+    return "\n".join(lines)
+
+
+def settings_markdown() -> str:
+    """The README's configuration table."""
+    lines = ["| variable | group | default | meaning |", "|---|---|---|---|"]
+    for title, env, default, help in _rows():
+        shown = f"`{default}`" if default else "(empty)"
+        lines.append(f"| `{env}` | {title} | {shown} | {help} |")
     return "\n".join(lines)

@@ -8,8 +8,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from services.tally.credentials import AdminCredential
 from suara.election.signing import DeviceKey
+from suara.runtime.auth.admin import AdminCredential
 from suara.v1 import tally_pb2
 from tests.cli.files import PRIVATE, file_mode, files_in
 from tests.support.factories import consistent_form, signed

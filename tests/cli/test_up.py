@@ -21,9 +21,9 @@ import asyncpg
 import grpc
 
 from cli.embedded import EmbeddedPostgres
-from services.tally.credentials import AdminCredential
 from suara.client.stubs import tally_stub
 from suara.election.signing import DeviceKey
+from suara.runtime.auth.admin import AdminCredential
 from suara.v1 import tally_pb2
 from tests.support.factories import consistent_form, signed
 from tests.support.processes import SUARA, Child, LogTail, suara_env
@@ -207,8 +207,8 @@ async def test_up_help_documents_the_ready_line(tmp_path: Path) -> None:
 
 
 async def test_up_exits_1_naming_the_log_when_a_service_cannot_start(db_url: str, tmp_path: Path) -> None:
-    # A pool of no connections: aggregate, the first service, fails at once (the setting passes through).
-    env = suara_env(DATABASE_URL=db_url, SUARA_DB_POOL_SIZE="0", SUARA_AGGREGATE_PORT="0")
+    # An address of no interface here (TEST-NET-1): aggregate, the first service, cannot bind and fails at once.
+    env = suara_env(DATABASE_URL=db_url, SUARA_AGGREGATE_HOST="192.0.2.1", SUARA_AGGREGATE_PORT="0")
     proc = await asyncio.create_subprocess_exec(
         str(SUARA), "up", "--data-dir", str(tmp_path / "state"), "--site-dir", str(tmp_path / "site"),
         "--http-port", "0", env=env, cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -218,5 +218,5 @@ async def test_up_exits_1_naming_the_log_when_a_service_cannot_start(db_url: str
     assert not out.strip(), "no ready line when something is not serving"
     log = tmp_path / "state" / "logs" / "aggregate.log"
     assert f"aggregate exited with 1 while starting; see {log.resolve()}" in err.decode()
-    assert "max_size" in log.read_text()  # the child's own error is in its log
+    assert "bind to address 192.0.2.1:" in log.read_text()  # the child's own error is in its log
     assert not (tmp_path / "state" / "up.pids.json").exists()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from loadtest.outbox import InlineOutbox
 from suara.client.outbox import NotAForm, Outbox, OutboxConflict, Receipt
 from suara.election.signing import DeviceKey
 from suara.v1 import form_pb2
@@ -28,13 +29,18 @@ RECEIPT = Receipt("3f1c…", "ab" * 32, 7, "cd" * 32, "2024-02-14T13:00:00Z")
 
 @pytest.fixture(params=[False, True], ids=["thread", "inline"])
 def inline(request: pytest.FixtureRequest) -> bool:
-    """Every behaviour holds whether the outbox hops to its thread or runs on the event loop (tmpfs)."""
+    """Every behaviour holds whether the outbox hops to its thread or runs on the event loop (the load
+    generator's, on tmpfs)."""
     return bool(request.param)
+
+
+def _kind(inline: bool) -> type[Outbox]:
+    return InlineOutbox if inline else Outbox
 
 
 async def test_put_is_committed_durably_before_it_returns(tmp_path: Path, inline: bool) -> None:
     path = tmp_path / "nested" / "outbox.sqlite3"
-    async with await Outbox.open(path, inline=inline) as outbox:
+    async with await _kind(inline).open(path) as outbox:
         entry, how = await outbox.put(*signed(), photos=[b"\xff\xd8\xffphoto"])
         # Another connection (another process after a crash) sees it at once.
         with contextlib.closing(sqlite3.connect(path)) as other:
@@ -51,7 +57,7 @@ async def test_put_is_committed_durably_before_it_returns(tmp_path: Path, inline
 
 
 async def test_the_same_form_twice_is_one_entry(tmp_path: Path, inline: bool) -> None:
-    async with await Outbox.open(tmp_path / "o.sqlite3", inline=inline) as outbox:
+    async with await _kind(inline).open(tmp_path / "o.sqlite3") as outbox:
         first, _ = await outbox.put(*signed())
         again, how = await outbox.put(*signed())
         assert how == "exists" and again == first
@@ -59,7 +65,7 @@ async def test_the_same_form_twice_is_one_entry(tmp_path: Path, inline: bool) ->
 
 
 async def test_other_content_for_a_stored_version_is_refused(tmp_path: Path, inline: bool) -> None:
-    async with await Outbox.open(tmp_path / "o.sqlite3", inline=inline) as outbox:
+    async with await _kind(inline).open(tmp_path / "o.sqlite3") as outbox:
         first, _ = await outbox.put(*signed(seed=0))
         with pytest.raises(OutboxConflict, match="version 2 or above") as refused:
             await outbox.put(*signed(seed=1))
@@ -71,7 +77,7 @@ async def test_other_content_for_a_stored_version_is_refused(tmp_path: Path, inl
 
 
 async def test_a_rejected_form_may_be_replaced_unless_tally_holds_another(tmp_path: Path, inline: bool) -> None:
-    async with await Outbox.open(tmp_path / "o.sqlite3", inline=inline) as outbox:
+    async with await _kind(inline).open(tmp_path / "o.sqlite3") as outbox:
         malformed, _ = await outbox.put(*signed(version=1, seed=0))
         await outbox.mark_rejected(malformed.id, "INVALID_ARGUMENT", "the form is malformed (votes)")
         fixed, how = await outbox.put(*signed(version=1, seed=1))
@@ -89,7 +95,7 @@ async def test_a_rejected_form_may_be_replaced_unless_tally_holds_another(tmp_pa
 
 
 async def test_pending_is_oldest_first_and_a_receipt_is_kept_once_given(tmp_path: Path, inline: bool) -> None:
-    async with await Outbox.open(tmp_path / "o.sqlite3", inline=inline) as outbox:
+    async with await _kind(inline).open(tmp_path / "o.sqlite3") as outbox:
         ids = [(await outbox.put(*signed(version=v)))[0].id for v in (3, 1, 2)]
         assert [e.id for e in await outbox.pending()] == ids
         failed = await outbox.record_failure(ids[0], "UNAVAILABLE", "tally unreachable")
@@ -105,7 +111,7 @@ async def test_pending_is_oldest_first_and_a_receipt_is_kept_once_given(tmp_path
 
 
 async def test_status_counts_states_and_shows_the_oldest_pending_and_the_errors(tmp_path: Path, inline: bool) -> None:
-    async with await Outbox.open(tmp_path / "o.sqlite3", inline=inline) as outbox:
+    async with await _kind(inline).open(tmp_path / "o.sqlite3") as outbox:
         a, _ = await outbox.put(*signed(version=1))
         b, _ = await outbox.put(*signed(version=2))
         c, _ = await outbox.put(*signed(version=3))
@@ -120,14 +126,14 @@ async def test_status_counts_states_and_shows_the_oldest_pending_and_the_errors(
 
 async def test_entries_survive_reopening(tmp_path: Path, inline: bool) -> None:
     path = tmp_path / "o.sqlite3"
-    async with await Outbox.open(path, inline=inline) as outbox:
+    async with await _kind(inline).open(path) as outbox:
         entry, _ = await outbox.put(*signed(), photos=[b"a", b"b"])
-    async with await Outbox.open(path, inline=inline) as reopened:
+    async with await _kind(inline).open(path) as reopened:
         assert await reopened.pending() == [entry]
 
 
 async def test_a_payload_that_is_not_a_form_is_refused(tmp_path: Path, inline: bool) -> None:
-    async with await Outbox.open(tmp_path / "o.sqlite3", inline=inline) as outbox:
+    async with await _kind(inline).open(tmp_path / "o.sqlite3") as outbox:
         with pytest.raises(NotAForm):
             await outbox.put(b"\xff\xff\xff", b"sig", "dev_x")
         assert form_pb2.CHasilForm.FromString(signed()[0]).tps == TPS
@@ -140,7 +146,7 @@ async def test_what_put_and_updates_return_is_what_a_read_gives(
 ) -> None:
     """put builds its entry from what it wrote and updates take theirs from RETURNING: both must equal a
     fresh read of the row, or a caller would act on a state the outbox does not hold."""
-    async with await Outbox.open(tmp_path / "outbox.sqlite3", inline=inline) as outbox:
+    async with await _kind(inline).open(tmp_path / "outbox.sqlite3") as outbox:
         entry, how = await outbox.put(*signed(), photos=photos)
         assert how == "new" and entry == await outbox.get_by_id(entry.id)
         failed = await outbox.record_failure(entry.id, "UNAVAILABLE", "tally restarting")

@@ -21,9 +21,10 @@ from hypothesis import strategies as st
 from services.tally.credentials import enroll_device
 from suara.client import service_names
 from suara.client.outbox import OutboxConflict
-from suara.client.sdk import Client, FormError, JitteredBackoff, retry_after_s
+from suara.client.sdk import Client, FormError, retry_after_s
 from suara.client.stubs import tally_stub
 from suara.election.signing import DeviceKey
+from suara.runtime.backoff import Backoff
 from suara.runtime.errors import ServiceError
 from suara.runtime.grpc_server import create_server
 from suara.v1 import form_pb2, tally_pb2
@@ -335,7 +336,7 @@ async def test_a_tally_without_submit_batch_gets_the_forms_one_by_one(
 
 
 def test_backoff_ceiling_grows_to_its_cap() -> None:
-    backoff = JitteredBackoff(0.5, 4.0, random.Random(1))
+    backoff = Backoff(0.5, 4.0, random.Random(1))
     ceilings = []
     for _ in range(6):
         ceilings.append(backoff.ceiling())

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Iterable, Mapping, MutableMapping
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,12 +24,12 @@ import structlog
 
 from cli.embedded import free_port
 from services.aggregate.server import AggregateApp
-from suara.runtime.service_auth import issue_service_credential
+from suara.runtime.auth.store import issue_service_credential
 from tests.crash.rig import AggregateProcess, ApplyCounter, Forms, RelayProcess, delivered, pending
 from tests.support.aggregate import BASE_SETTINGS as AGGREGATE_SETTINGS
 from tests.support.oracles.aggregate import Oracle, expected_versions, stored_rows, stored_versions
 from tests.support.tally import BASE_SETTINGS as TALLY_SETTINGS
-from tests.support.tally import Tally, start_tally
+from tests.support.tally import Tally, relaying, start_tally
 from tests.support.waiting import WAIT_S, poll_until
 
 pytestmark = pytest.mark.slow
@@ -115,7 +114,7 @@ async def test_aggregate_killed_mid_batch_repeatedly_loses_and_doubles_nothing(
     relay_log: list[MutableMapping[str, Any]] = []
     try:
         await aggregate.start()
-        settings = replace(TALLY_SETTINGS, relay_credential=str(credential), aggregate_address=aggregate.address)
+        settings = relaying(TALLY_SETTINGS, credential, aggregate.address)
         tally = await start_tally(db_url, db, settings)
         relay = tally.app.relay
         assert relay is not None, "tally should relay when it has a writer credential"

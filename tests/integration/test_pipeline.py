@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import random
-from dataclasses import replace
 from pathlib import Path
 
 import asyncpg
@@ -21,12 +20,13 @@ from services.aggregate.server import AggregateApp
 from services.tally.credentials import enroll_device
 from suara.client.aggregate_stub import aggregate_stub
 from suara.election.signing import DeviceKey
-from suara.runtime.service_auth import ServiceAuthClientInterceptor, issue_service_credential
-from suara.runtime.settings import Settings
+from suara.runtime.auth.client import ServiceAuthClientInterceptor
+from suara.runtime.auth.store import issue_service_credential
 from suara.v1 import aggregate_pb2, tally_pb2
+from tests.support.aggregate import aggregate_settings
 from tests.support.factories import consistent_form, signed
 from tests.support.tally import BASE_SETTINGS as TALLY_SETTINGS
-from tests.support.tally import start_tally
+from tests.support.tally import relaying, start_tally
 
 Contribution = tuple[dict[str, int], int, int, int, int, int]  # votes, sah, tidak_sah, total, dpt, pengguna
 
@@ -42,13 +42,9 @@ async def test_forms_flow_through_relay_into_totals_at_every_level(
     reader = await issue_service_credential(db, "publish", "reader")
     writer.save(tmp_path / "relay.key.json")
 
-    aggregate = await AggregateApp.create(Settings(aggregate_port=0, log_format="console"), db_url)
+    aggregate = await AggregateApp.create(aggregate_settings(0), db_url)
     await aggregate.start()
-    tally_settings = replace(
-        TALLY_SETTINGS,
-        relay_credential=str(tmp_path / "relay.key.json"),
-        aggregate_address=f"127.0.0.1:{aggregate.port}",
-    )
+    tally_settings = relaying(TALLY_SETTINGS, tmp_path / "relay.key.json", f"127.0.0.1:{aggregate.port}")
     tally = await start_tally(db_url, db, tally_settings)
     channel = grpc.aio.insecure_channel(
         f"127.0.0.1:{aggregate.port}", interceptors=[ServiceAuthClientInterceptor(reader)]

@@ -36,9 +36,10 @@ from loadtest.run import run_loadtest
 from loadtest.site import HttpSite
 from loadtest.verify import Mismatch, Verification, verify
 from services.publish.http import serve_site
-from services.tally.credentials import AdminCredential, create_admin_credential
+from services.tally.access import create_admin_credential
 from suara.election.checks import find_inconsistencies, find_malformed
 from suara.election.contest import Choice, Contest
+from suara.runtime.auth.admin import AdminCredential
 from suara.runtime.settings import Settings
 from tests.support.publish import Pipeline
 

@@ -24,10 +24,11 @@ from services.aggregate.server import AggregateApp
 from services.publish.server import LOCK_KEY, PublishApp
 from services.publish.sinks.local import LocalSink
 from suara.client.stubs import publish_stub
-from suara.runtime.service_auth import issue_service_credential
-from suara.runtime.settings import Settings
+from suara.runtime.auth.store import issue_service_credential
+from suara.runtime.settings import LogSettings, PeerSettings, PublishSettings, Settings, SiteSettings
 from suara.v1 import publish_pb2
 from tests.publish.recording import KilledMidway, RecordingSink
+from tests.support.aggregate import aggregate_settings
 from tests.support.publish import Pipeline
 from tests.support.waiting import poll_until
 
@@ -48,13 +49,10 @@ async def _settings(p: Pipeline, site: Path, tmp_path: Path) -> Settings:
     if not credential.exists():
         (await issue_service_credential(p.db, "publish-app", "reader")).save(credential)
     return Settings(
-        publish_port=0,
-        site_dir=site,
-        aggregate_address=f"127.0.0.1:{p.aggregate.port}",
-        tally_address=f"127.0.0.1:{p.tally.app.port}",
-        publish_credential=str(credential),
-        publish_interval_s=0.05,
-        log_format="console",
+        publish=PublishSettings(port=0, credential=str(credential), interval_s=0.05),
+        site=SiteSettings(dir=site),
+        peers=PeerSettings(aggregate=f"127.0.0.1:{p.aggregate.port}", tally=f"127.0.0.1:{p.tally.app.port}"),
+        log=LogSettings(format="console"),
         data_dir=tmp_path / "state",
     )
 
@@ -81,7 +79,7 @@ async def _published(p: Pipeline, app: PublishApp) -> None:
     head = await _aggregate_head(p)
 
     async def caught_up() -> None:
-        while _pointer_sequence(app.settings.site_dir) < head:
+        while _pointer_sequence(app.settings.site.dir) < head:
             await app.wait_cycles(1)  # a cycle may also fail (aggregate unreachable) and be retried
 
     await asyncio.wait_for(caught_up(), WAIT_S)
@@ -217,7 +215,7 @@ async def test_aggregate_down_keeps_the_last_site_and_publishing_resumes_when_it
         assert _tree(site) == published, "while aggregate is down the last site stays as it was"
         assert app.last is last and app.active
 
-        restarted = await AggregateApp.create(Settings(aggregate_port=port, log_format="console"), pipeline.db_url)
+        restarted = await AggregateApp.create(aggregate_settings(port), pipeline.db_url)
         await restarted.start()
         pipeline.aggregate = restarted  # the fixture stops this one
         await _published(pipeline, app)

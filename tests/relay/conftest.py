@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from suara.runtime.service_auth import credential_table_ddl, issue_service_credential
+from suara.runtime.auth.store import credential_table_ddl, issue_service_credential
 from tests.relay.rig import TABLE, FakeAggregate, Rig, start_fake
 from tests.support.tally import Tally
 

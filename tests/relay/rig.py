@@ -17,15 +17,15 @@ from typing import Any
 import asyncpg
 import grpc
 
+from services.aggregate.access import aggregate_rules
 from services.tally.relay import Relay
 from suara.client import service_names
+from suara.runtime.auth.credential import ServiceCredential
+from suara.runtime.auth.interceptor import AuthInterceptor
+from suara.runtime.auth.service_tokens import ServiceTokens
+from suara.runtime.auth.store import PgCredentialStore
+from suara.runtime.database import Database
 from suara.runtime.grpc_server import Server, create_server
-from suara.runtime.service_auth import (
-    PgCredentialStore,
-    ServiceAuthInterceptor,
-    ServiceCredential,
-    aggregate_rules,
-)
 from suara.v1 import aggregate_pb2, aggregate_pb2_grpc, form_pb2, tally_pb2
 from tests.support.factories import consistent_form, signed
 from tests.support.tally import Tally
@@ -204,7 +204,7 @@ class Rig:
 
 
 async def start_fake(fake: FakeAggregate, pool: asyncpg.Pool, port: int = 0) -> tuple[Server, int]:
-    auth = ServiceAuthInterceptor(PgCredentialStore(pool, TABLE), aggregate_rules())
+    auth = AuthInterceptor(ServiceTokens(PgCredentialStore(Database(pool), TABLE)), aggregate_rules())
     server, bound = create_server(
         lambda s: aggregate_pb2_grpc.add_AggregateServiceServicer_to_server(fake, s),
         [service_names.AGGREGATE.full_name],

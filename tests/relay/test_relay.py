@@ -8,6 +8,7 @@ them; nothing here asks the relay what it thinks it sent.
 from __future__ import annotations
 
 import asyncio
+import random
 from dataclasses import replace
 from pathlib import Path
 from typing import cast
@@ -16,9 +17,9 @@ import grpc
 import pytest
 
 from services.tally.relay import APPLICATION_NAME, APPLY_METHOD, relay_for
+from suara.runtime.auth.credential import ServiceCredential
 from suara.runtime.backoff import Backoff
-from suara.runtime.service_auth import ServiceCredential
-from suara.runtime.settings import Settings
+from suara.runtime.settings import DatabaseSettings, RelaySettings, Settings
 from suara.v1 import aggregate_pb2, aggregate_pb2_grpc
 from tests.relay.rig import TABLE, Rig, received_update
 from tests.support.waiting import WAIT_S
@@ -158,7 +159,7 @@ async def test_a_backlog_drains_in_full_batches(rig: Rig) -> None:
 
 async def test_the_fake_is_behind_the_real_credential_check(rig: Rig) -> None:
     """So every delivery above also proves that the relay signs its calls as a writer."""
-    from suara.runtime.service_auth import issue_service_credential
+    from suara.runtime.auth.store import issue_service_credential
 
     reader = await issue_service_credential(rig.db, "publish", "reader", TABLE)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{rig.port}")
@@ -179,7 +180,7 @@ async def test_the_fake_is_behind_the_real_credential_check(rig: Rig) -> None:
 
 
 def test_backoff_is_full_jitter_under_a_cap() -> None:
-    backoff = Backoff(0.1, 2.0)
+    backoff = Backoff(0.1, 2.0, random.Random(7))  # seeded: the draws below are the same every run
     delays = [backoff.next_delay() for _ in range(200)]
     assert all(0.0 <= d <= 2.0 for d in delays)
     assert max(delays[:1]) <= 0.1 and max(delays[50:]) > 0.2  # grows, then stays under the cap
@@ -195,9 +196,9 @@ def test_tally_runs_the_relay_only_with_a_writer_credential(tmp_path: Path) -> N
         relay_for(settings, "postgresql://unused")
     writer = ServiceCredential.generate("tally-relay", "writer")
     writer.save(tmp_path / "elsewhere.json")
-    relay = relay_for(replace(settings, relay_credential=str(tmp_path / "elsewhere.json"), relay_batch=7), "x")
+    relay = relay_for(replace(settings, relay=RelaySettings(credential=str(tmp_path / "elsewhere.json"), batch=7)), "x")
     assert relay is not None and relay.credential.id == writer.id and relay.batch == 7
-    assert relay.aggregate_address == settings.aggregate_address == "127.0.0.1:50052"
+    assert relay.aggregate_address == settings.peers.aggregate == "127.0.0.1:50052"
 
 
 async def test_suara_service_relay_refuses_to_start_without_a_credential(tmp_path: Path) -> None:
@@ -206,7 +207,7 @@ async def test_suara_service_relay_refuses_to_start_without_a_credential(tmp_pat
     from cli.service import run_relay
 
     args = argparse.Namespace(aggregate="127.0.0.1:1", credential=tmp_path / "missing.json", batch=None)
-    assert await run_relay(args, Settings(database_url="postgresql://unused", data_dir=tmp_path)) == 2
+    assert await run_relay(args, Settings(database=DatabaseSettings(url="postgresql://unused"), data_dir=tmp_path)) == 2
 
 
 async def test_suara_service_issue_explains_a_missing_table(db_url: str, tmp_path: Path) -> None:
@@ -215,5 +216,5 @@ async def test_suara_service_issue_explains_a_missing_table(db_url: str, tmp_pat
     from cli.service import run_issue
 
     args = argparse.Namespace(name="x", role="reader", out=None, table="nowhere.service_credential", force=False)
-    assert await run_issue(args, Settings(database_url=db_url, data_dir=tmp_path)) == 2
+    assert await run_issue(args, Settings(database=DatabaseSettings(url=db_url), data_dir=tmp_path)) == 2
     assert not (tmp_path / "x.key.json").exists()

@@ -21,20 +21,20 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from suara.runtime.grpc_server import Server, create_server
-from suara.runtime.service_auth import (
+from services.aggregate.access import aggregate_rules, aggregate_self_authenticated
+from suara.runtime.auth.client import ServiceAuthClientInterceptor
+from suara.runtime.auth.credential import Role, ServiceCredential
+from suara.runtime.auth.interceptor import AuthInterceptor
+from suara.runtime.auth.service_tokens import ServiceTokens
+from suara.runtime.auth.store import (
     PgCredentialStore,
-    Role,
-    ServiceAuthClientInterceptor,
-    ServiceAuthInterceptor,
-    ServiceCredential,
-    aggregate_rules,
-    aggregate_self_authenticated,
     credential_table_ddl,
     issue_service_credential,
     revoke_service_credential,
 )
-from suara.runtime.settings import Settings
+from suara.runtime.database import Database
+from suara.runtime.grpc_server import Server, create_server
+from suara.runtime.settings import DatabaseSettings, Settings
 
 TABLE = "svcauth_test.service_credential"
 WRITE, READ, OTHER = "/test.Echo/Write", "/test.Echo/Read", "/test.Echo/Other"
@@ -82,7 +82,7 @@ async def protected(db: asyncpg.Connection, db_url: str) -> AsyncIterator[Protec
     server, port = create_server(
         lambda s: s.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Echo", handlers),)),
         ["test.Echo"],
-        interceptors=[ServiceAuthInterceptor(PgCredentialStore(pool, TABLE), RULES)],
+        interceptors=[AuthInterceptor(ServiceTokens(PgCredentialStore(Database(pool), TABLE)), RULES)],
     )
     await server.start()
     target = f"127.0.0.1:{port}"
@@ -155,7 +155,7 @@ async def test_unknown_and_revoked_credentials_are_unauthenticated(protected: Pr
 async def test_a_new_credential_works_at_once_though_a_miss_came_first(protected: Protected) -> None:
     credential = ServiceCredential.generate("late", "writer")
     assert await protected.code(WRITE, credential.metadata(WRITE)) == grpc.StatusCode.UNAUTHENTICATED
-    from suara.runtime.service_auth import register_service_credential
+    from suara.runtime.auth.store import register_service_credential
 
     await register_service_credential(protected.db, credential, TABLE)
     assert await protected.code(WRITE, credential.metadata(WRITE)) == grpc.StatusCode.OK
@@ -231,7 +231,7 @@ async def test_suara_service_issue_registers_and_writes_the_file(
 ) -> None:
     from cli.service import run_issue
 
-    settings = Settings(database_url=db_url, data_dir=tmp_path)
+    settings = Settings(database=DatabaseSettings(url=db_url), data_dir=tmp_path)
     args = argparse.Namespace(name="tally-relay", role="writer", out=None, table=TABLE, force=False)
     assert await run_issue(args, settings) == 0
     path = tmp_path / "tally-relay.key.json"

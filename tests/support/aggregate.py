@@ -10,19 +10,22 @@ from typing import Any
 import asyncpg
 import grpc
 
+from services.aggregate.access import aggregate_rules
 from services.aggregate.server import AggregateApp
 from suara.client.aggregate_stub import aggregate_stub
-from suara.runtime.service_auth import (
-    ServiceAuthClientInterceptor,
-    ServiceCredential,
-    aggregate_rules,
-    issue_service_credential,
-)
-from suara.runtime.settings import Settings
+from suara.runtime.auth.client import ServiceAuthClientInterceptor
+from suara.runtime.auth.credential import ServiceCredential
+from suara.runtime.auth.store import issue_service_credential
+from suara.runtime.settings import AggregateSettings, LogSettings, Settings
 from suara.v1 import aggregate_pb2, aggregate_pb2_grpc
 from tests.support.oracles.aggregate import Oracle, Registry, totals_for
 
-BASE_SETTINGS = Settings(aggregate_port=0, log_format="console")
+
+def aggregate_settings(port: int) -> Settings:
+    return Settings(aggregate=AggregateSettings(port=port), log=LogSettings(format="console"))
+
+
+BASE_SETTINGS = aggregate_settings(0)
 
 
 @dataclass

@@ -12,7 +12,7 @@ import random
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
@@ -27,14 +27,16 @@ from services.tally.credentials import enroll_device
 from suara.client.aggregate_stub import aggregate_stub
 from suara.election.signing import DeviceKey
 from suara.registry.catalog import fetch_contests
-from suara.runtime.service_auth import ServiceAuthClientInterceptor, issue_service_credential
-from suara.runtime.settings import Settings
+from suara.runtime.auth.client import ServiceAuthClientInterceptor
+from suara.runtime.auth.store import issue_service_credential
+from suara.runtime.database import Database
 from suara.v1 import form_pb2, tally_pb2
+from tests.support.aggregate import aggregate_settings
 from tests.support.factories import consistent_form, jpeg, png, signed
 from tests.support.oracles.publish import Accepted, Registry, compare, expected_site
 from tests.support.processes import suara_env
 from tests.support.tally import BASE_SETTINGS as TALLY_SETTINGS
-from tests.support.tally import Tally, start_tally
+from tests.support.tally import Tally, relaying, start_tally
 
 SHM = Path("/dev/shm")
 SHM_EXISTS = SHM.is_dir()
@@ -183,21 +185,17 @@ async def pipeline(db_url: str, db: asyncpg.Connection, tmp_path: Path) -> Async
     writer = await issue_service_credential(db, "relay", "writer")
     reader = await issue_service_credential(db, "publish", "reader")
     writer.save(tmp_path / "relay.key.json")
-    aggregate = await AggregateApp.create(Settings(aggregate_port=0, log_format="console"), db_url)
+    aggregate = await AggregateApp.create(aggregate_settings(0), db_url)
     await aggregate.start()
     tally = await start_tally(
         db_url,
         db,
-        replace(
-            TALLY_SETTINGS,
-            relay_credential=str(tmp_path / "relay.key.json"),
-            aggregate_address=f"127.0.0.1:{aggregate.port}",
-        ),
+        relaying(TALLY_SETTINGS, tmp_path / "relay.key.json", f"127.0.0.1:{aggregate.port}"),
     )
     channel = grpc.aio.insecure_channel(
         f"127.0.0.1:{aggregate.port}", interceptors=[ServiceAuthClientInterceptor(reader)]
     )
-    pool = await asyncpg.create_pool(db_url, min_size=1, max_size=4)
+    pool = Database(await asyncpg.create_pool(db_url, min_size=1, max_size=4))
     all_tps = [r["code"] for r in await db.fetch("SELECT code FROM registry.tps ORDER BY code")]
     with scratch_site("suara-site-", tmp_path) as site:
         publisher = Publisher(pool, LocalSink(site), aggregate_stub(channel), tally.stub, await fetch_contests(db))

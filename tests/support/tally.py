@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import asyncpg
 import grpc
@@ -13,12 +14,26 @@ from services.tally.credentials import enroll_device
 from services.tally.server import TallyApp
 from suara.client.stubs import tally_stub
 from suara.election.signing import DeviceKey
-from suara.runtime.settings import Settings
+from suara.runtime.settings import LogSettings, PeerSettings, RelaySettings, Settings, TallySettings
 from suara.v1 import tally_pb2_grpc
 from tests.support.factories import Station
 
 # No relay in tally's own tests (they read the outbox themselves), whatever a developer keeps in .suara.
-BASE_SETTINGS = Settings(tally_port=0, commit_wait_s=5.0, log_format="console", relay_credential="/nonexistent")
+BASE_SETTINGS = Settings(
+    tally=TallySettings(port=0, commit_wait_s=5.0),
+    log=LogSettings(format="console"),
+    relay=RelaySettings(credential="/nonexistent"),
+)
+
+
+def with_tally(settings: Settings, **changes: Any) -> Settings:
+    """`settings` with some of tally's own settings changed."""
+    return replace(settings, tally=replace(settings.tally, **changes))
+
+
+def relaying(settings: Settings, credential: object, aggregate: str) -> Settings:
+    """`settings` for a tally whose relay delivers to `aggregate` (HOST:PORT) with the `credential` file."""
+    return replace(settings, relay=RelaySettings(credential=str(credential)), peers=PeerSettings(aggregate=aggregate))
 
 
 @dataclass

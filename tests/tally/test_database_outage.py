@@ -15,7 +15,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
@@ -35,7 +35,7 @@ from suara.election.signing import DeviceKey
 from suara.registry.loader import load_registry
 from suara.v1 import tally_pb2
 from tests.support.factories import consistent_form, signed
-from tests.support.tally import BASE_SETTINGS
+from tests.support.tally import BASE_SETTINGS, with_tally
 from tests.support.waiting import within
 
 ACKS_BEFORE_FAULT = 150
@@ -120,7 +120,7 @@ async def load_rig(tmp_path: Path) -> AsyncIterator[Rig]:
             await enroll_device(conn, key.device_id, key.tps, key.public_key, "outage-test")
         await conn.close()
 
-        settings = replace(BASE_SETTINGS, commit_wait_s=DEADLINE_S, retry_after_ms=50)
+        settings = with_tally(BASE_SETTINGS, commit_wait_s=DEADLINE_S, retry_after_ms=50)
         app = await TallyApp.create(settings, url)
         await app.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")

@@ -13,19 +13,20 @@ import pytest
 
 from services.tally.credentials import DeviceKeys, enroll_device
 from suara.election.signing import DeviceKey
+from suara.runtime.database import Database, DatabaseUnavailable
 
 
 async def test_a_failed_lookup_raises_for_every_caller_and_leaves_no_failure_unread(db_url: str) -> None:
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=1)
     await pool.close()  # every query on it fails: as a lookup that timed out would
-    keys = DeviceKeys(pool)
+    keys = DeviceKeys(Database(pool))
     loop = asyncio.get_running_loop()
     unread: list[dict[str, Any]] = []
     previous = loop.get_exception_handler()
     loop.set_exception_handler(lambda _loop, context: unread.append(context))
     try:
         for ids in (["a", "b", "c"], ["d"]):
-            with pytest.raises(asyncpg.InterfaceError):
+            with pytest.raises(DatabaseUnavailable):
                 await keys.get_many(ids)
         gc.collect()  # a future whose failure nobody read reports it when it is collected
     finally:
@@ -41,7 +42,7 @@ async def test_a_cancelled_caller_does_not_cancel_the_lookup_another_caller_wait
     await enroll_device(db, key.device_id, tps, key.public_key, "test")
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=1)
     try:
-        keys = DeviceKeys(pool)
+        keys = DeviceKeys(Database(pool))
         first = asyncio.create_task(keys.get_many([key.device_id]))
         second = asyncio.create_task(keys.get_many([key.device_id]))
         await asyncio.sleep(0)  # the first starts the lookup, the second joins it, before it is sent

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from services.tally.credentials import create_admin_credential
+from services.tally.access import create_admin_credential
 from suara.election.signing import DeviceKey
 from suara.v1 import tally_pb2
 from tests.support.factories import consistent_form, signed

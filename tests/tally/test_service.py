@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import replace
 
 import asyncpg
 import grpc
@@ -17,7 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from suara.client import service_names
 from suara.v1 import tally_pb2
 from tests.support.factories import consistent_form, signed
-from tests.support.tally import BASE_SETTINGS, Tally, start_tally
+from tests.support.tally import BASE_SETTINGS, Tally, start_tally, with_tally
 from tests.support.waiting import poll_until
 
 
@@ -68,7 +67,7 @@ UNTIL_S = 10.0
 
 
 async def test_overload_is_refused_with_a_retry_hint(db_url: str, db: asyncpg.Connection) -> None:
-    t = await start_tally(db_url, db, replace(BASE_SETTINGS, max_in_flight=2, retry_after_ms=321))
+    t = await start_tally(db_url, db, with_tally(BASE_SETTINGS, max_in_flight=2, retry_after_ms=321))
     try:
         stations = [await t.station() for _ in range(3)]
         requests = [signed(s.key, consistent_form(s.tps, "ppwp", t.contests["ppwp"])) for s in stations]
@@ -182,7 +181,7 @@ async def test_a_slow_database_is_not_taken_for_a_gone_one(db_url: str, db: asyn
     """A commit held past its deadline behind a lock is answered UNAVAILABLE (it may or may not be stored),
     but the database still answers a probe: tally keeps accepting and stays SERVING, unlike when the
     database is gone (tests/tally/test_database_outage.py)."""
-    t = await start_tally(db_url, db, replace(BASE_SETTINGS, commit_wait_s=0.5))
+    t = await start_tally(db_url, db, with_tally(BASE_SETTINGS, commit_wait_s=0.5))
     try:
         station = await t.station()
         request = signed(station.key, consistent_form(station.tps, "ppwp", t.contests["ppwp"]))

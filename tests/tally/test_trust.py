@@ -69,7 +69,7 @@ async def test_structurally_broken_request_names_each_field(tally: Tally) -> Non
 
 
 async def test_enroll_device_needs_an_admin_credential(tally: Tally) -> None:
-    from services.tally.credentials import create_admin_credential
+    from services.tally.access import create_admin_credential
 
     tps = tally.tps_codes.pop()
     key = DeviceKey.generate(tps)
@@ -91,6 +91,20 @@ async def test_enroll_device_needs_an_admin_credential(tally: Tally) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await tally.stub.EnrollDevice(tally_pb2.EnrollDeviceRequest(tps="123", public_key=b"x"), metadata=auth)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_only_the_enroll_methods_ask_for_an_admin_credential(tally: Tally) -> None:
+    service = tally_pb2.DESCRIPTOR.services_by_name["TallyService"]
+    asking = set()
+    for method in service.methods:
+        request = getattr(tally_pb2, method.input_type.name)()  # empty: refused or answered, never stored
+        try:
+            await getattr(tally.stub, method.name)(request)
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.UNAUTHENTICATED:
+                assert "needs an admin credential" in str(err.details())
+                asking.add(method.name)
+    assert asking == {"EnrollDevice", "EnrollDevices"}
 
 
 @pytest.mark.parametrize("size", [INLINE_VERIFY, INLINE_VERIFY + 3], ids=["verified-inline", "verified-in-threads"])

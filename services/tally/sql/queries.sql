@@ -45,10 +45,8 @@ SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[])
 ON CONFLICT (device_id) DO UPDATE SET label = tally.device.label
 RETURNING device_id, tps;
 
--- name: admin_token_valid
-SELECT EXISTS (
-    SELECT 1 FROM tally.admin_credential WHERE token_sha256 = $1 AND revoked_at IS NULL
-);
+-- name: admin_by_token
+SELECT id FROM tally.admin_credential WHERE token_sha256 = $1 AND revoked_at IS NULL;
 
 -- name: insert_admin_credential
 INSERT INTO tally.admin_credential (id, token_sha256, label) VALUES ($1, $2, $3);
