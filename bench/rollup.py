@@ -80,7 +80,7 @@ async def report_every_tps(
     held = [t for t in all_tps if catalog.contests[contest].held_at(t)]
     for i in range(0, len(held), LOAD_BATCH):
         await rollup.apply_leaves([_update(t, contest, choices, 1, rng) for t in held[i : i + LOAD_BATCH]])
-    # As autovacuum would soon: the plans must hold with real statistics (see recompute_desa).
+    # As autovacuum would soon: the plans must hold with real statistics (see recompute_areas).
     await pool.execute("ANALYZE aggregate.tps_result; ANALYZE aggregate.area_total")
     return held
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from cli.embedded import database_url
+from cli.serving import add_bind_arguments, serve_section
 from suara.runtime.settings import Settings
 
 
@@ -23,20 +23,11 @@ def add_parser(sub: Any) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--host", help="bind address (default: SUARA_AGGREGATE_HOST)")
-    p.add_argument("--port", type=int, help="port, 0 for any free one (default: SUARA_AGGREGATE_PORT)")
+    add_bind_arguments(p, "aggregate")
     p.set_defaults(handler=run_serve)
 
 
 async def run_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from dataclasses import replace
-
     from services.aggregate.server import serve
 
-    if args.host:
-        settings = replace(settings, aggregate=replace(settings.aggregate, host=args.host))
-    if args.port is not None:
-        settings = replace(settings, aggregate=replace(settings.aggregate, port=args.port))
-    with database_url(settings) as url:
-        await serve(settings, url)
-    return 0
+    return await serve_section(args, settings, "aggregate", serve)

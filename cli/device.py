@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cli.embedded import database_url
+from cli.keyfiles import write_key_file
 from suara.election.codes import TPS_LENGTH
 from suara.runtime.database import connect
 from suara.runtime.settings import Settings
@@ -41,10 +42,7 @@ async def run_enroll(args: argparse.Namespace, settings: Settings) -> int:
     if out.exists():  # noqa: ASYNC240  (one stat before any I/O of consequence)
         print(f"{out} exists; a device key is never overwritten. Choose another --out.", file=sys.stderr)
         return 2
-    try:
-        key.save(out)  # the key file first: a device must never be enrolled with a key nobody holds
-    except OSError as exc:
-        print(f"cannot write the key file {out}: {exc.strerror}", file=sys.stderr)
+    if not write_key_file(key, out):
         return 2
     try:
         with database_url(settings) as url:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cli.embedded import database_url
+from cli.keyfiles import write_key_file
 from suara.runtime.database import connect
 from suara.runtime.settings import Settings
 
@@ -51,10 +52,7 @@ async def run_enroll(args: argparse.Namespace, settings: Settings) -> int:
         print(exc, file=sys.stderr)
         return 2
     out: Path = args.out or Path(f"{args.area}-{key.official_id}.key.json")
-    try:
-        key.save(out)  # the key file first: never an enrolled key that nobody holds
-    except OSError as exc:
-        print(f"cannot write the key file {out}: {exc.strerror}", file=sys.stderr)
+    if not write_key_file(key, out):
         return 2
     try:
         with database_url(settings) as url:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cli.embedded import database_url
+from cli.serving import add_bind_arguments, serve_section
 from suara.runtime.settings import Settings
 
 _SINKS = (
@@ -40,7 +41,7 @@ def add_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _site_arg(p)
-    p.add_argument("--port", type=int, help="gRPC status port, 0 for any free one (default: SUARA_PUBLISH_PORT)")
+    add_bind_arguments(p, "publish", host=False)
     p.set_defaults(handler=run_run)
 
     r = psub.add_parser(
@@ -91,12 +92,7 @@ def _with_site(args: argparse.Namespace, settings: Settings) -> Settings:
 async def run_run(args: argparse.Namespace, settings: Settings) -> int:
     from services.publish.server import serve
 
-    settings = _with_site(args, settings)
-    if args.port is not None:
-        settings = replace(settings, publish=replace(settings.publish, port=args.port))
-    with database_url(settings) as url:
-        await serve(settings, url)
-    return 0
+    return await serve_section(args, _with_site(args, settings), "publish", serve)
 
 
 async def run_rebuild(args: argparse.Namespace, settings: Settings) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from cli.embedded import database_url
+from cli.serving import add_bind_arguments, serve_section
 from suara.runtime.settings import Settings
 
 
@@ -21,20 +21,11 @@ def add_parser(sub: Any) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--host", help="bind address (default: SUARA_TALLY_HOST)")
-    p.add_argument("--port", type=int, help="port, 0 for any free one (default: SUARA_TALLY_PORT)")
+    add_bind_arguments(p, "tally")
     p.set_defaults(handler=run_serve)
 
 
 async def run_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from dataclasses import replace
-
     from services.tally.server import serve
 
-    if args.host:
-        settings = replace(settings, tally=replace(settings.tally, host=args.host))
-    if args.port is not None:
-        settings = replace(settings, tally=replace(settings.tally, port=args.port))
-    with database_url(settings) as url:
-        await serve(settings, url)
-    return 0
+    return await serve_section(args, settings, "tally", serve)

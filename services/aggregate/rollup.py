@@ -18,11 +18,12 @@ values, so parents are recomputed from their children, level by level.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import AsyncIterator, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeAlias
+from typing import TypeAlias, TypeVar
 
 import asyncpg
 import structlog
@@ -49,6 +50,7 @@ LEVEL_LENGTH = {0: 0, **dict(enumerate(LENGTHS[:DESA], start=1))}
 LEVEL_OF_LENGTH = {n: level for level, n in LEVEL_LENGTH.items()}
 
 Target = tuple[str, str]  # (contest, area)
+U = TypeVar("U", LeafUpdate, AreaUpdate)
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,12 @@ def decide(
     return outcomes, winners
 
 
+def _decided(updates: Sequence[U], stored: dict[Hashable, int]) -> tuple[list[Outcome], list[U]]:
+    """`decide` for whole updates: each one's outcome, and the updates that win their key."""
+    outcomes, winners = decide([(u.key, u.version) for u in updates], stored)
+    return outcomes, [updates[i] for i in winners.values()]
+
+
 def _columns(targets: set[Target]) -> tuple[list[str], list[str]]:
     ordered = sorted(targets)
     return [t[0] for t in ordered], [t[1] for t in ordered]
@@ -104,22 +112,26 @@ class Rollup:
             log.info("areas_seeded", registry_load=load, rows=seeded, sequence=sequence)
             return sequence
 
-    async def apply_leaves(self, updates: list[LeafUpdate]) -> Applied:
-        started = time.perf_counter()
+    @contextlib.asynccontextmanager
+    async def _holding_head(self) -> AsyncIterator[tuple[asyncpg.Connection, int]]:
+        """A transaction that holds the head row, taken before any read (see the comment at the top):
+        the connection, and the head's sequence."""
         async with self._db.acquire() as conn, conn.transaction():
             await conn.execute(QUERIES.custom_plans)
-            head = await conn.fetchrow(QUERIES.lock_head)  # before any read: see the comment at the top
+            head = await conn.fetchrow(QUERIES.lock_head)
+            yield conn, head["sequence"]
+
+    async def apply_leaves(self, updates: list[LeafUpdate]) -> Applied:
+        started = time.perf_counter()
+        async with self._holding_head() as (conn, sequence):
             keys = list({u.key for u in updates})
             rows = await conn.fetch(QUERIES.current_versions, [k[0] for k in keys], [k[1] for k in keys])
             before = {(r["tps"], r["contest"]): r for r in rows}
             stored: dict[Hashable, int] = {key: r["version"] for key, r in before.items()}
-            outcomes, winners = decide([(u.key, u.version) for u in updates], stored)
-            sequence: int = head["sequence"]
-            if not winners:
+            outcomes, won = _decided(updates, stored)
+            if not won:
                 return Applied(outcomes, sequence)
-            sequence += 1
-            now = datetime.now(UTC)
-            won = [updates[i] for i in winners.values()]
+            sequence, now = sequence + 1, datetime.now(UTC)
             applied = await conn.fetch(
                 QUERIES.upsert_leaves,
                 [u.tps for u in won],
@@ -160,9 +172,7 @@ class Rollup:
 
     async def apply_feed(self, source: str, updates: list[AreaUpdate]) -> Applied:
         started = time.perf_counter()
-        async with self._db.acquire() as conn, conn.transaction():
-            await conn.execute(QUERIES.custom_plans)
-            head = await conn.fetchrow(QUERIES.lock_head)
+        async with self._holding_head() as (conn, sequence):
             keys = list({u.key for u in updates})
             known = await conn.fetch(QUERIES.known_areas, [k[1] for k in keys], [k[0] for k in keys])
             have_rows = {(r["area"], r["contest"]) for r in known}
@@ -175,13 +185,10 @@ class Rollup:
                 raise InvalidRequest(problems)
             rows = await conn.fetch(QUERIES.current_feed_versions, [k[0] for k in keys], [k[1] for k in keys])
             stored: dict[Hashable, int] = {(r["area"], r["contest"]): r["version"] for r in rows}
-            outcomes, winners = decide([(u.key, u.version) for u in updates], stored)
-            sequence: int = head["sequence"]
-            if not winners:
+            outcomes, won = _decided(updates, stored)
+            if not won:
                 return Applied(outcomes, sequence)
-            sequence += 1
-            now = datetime.now(UTC)
-            won = [updates[i] for i in winners.values()]
+            sequence, now = sequence + 1, datetime.now(UTC)
             fed = await conn.fetch(
                 QUERIES.upsert_feed,
                 [u.area for u in won],
@@ -246,8 +253,7 @@ class Rollup:
             carried = set()
             if not todo:
                 continue
-            query = QUERIES.recompute_desa if level == DESA else QUERIES.recompute_upper
-            changed = await conn.fetch(query, *_columns(todo), sequence, now)
+            changed = await conn.fetch(QUERIES.recompute_areas, *_columns(todo), sequence, now)
             changed_total += len(changed)
             if level > 0:
                 carried = {(r["contest"], r["area"][: LEVEL_LENGTH[level - 1]]) for r in changed}

@@ -158,74 +158,27 @@ SELECT a.contest, a.area
 FROM unnest($1::text[], $2::text[]) AS k (contest, area)
 JOIN aggregate.area_total a USING (contest, area);
 
--- name: recompute_desa
--- Desa rows ($1 contest, $2 area) from their TPS rows; a quarantined TPS adds
--- zero votes and counts in tps_quarantined; a fed area takes the feed's values.
--- Only rows whose values really change are written and stamped $3; returned.
+-- name: recompute_areas
+-- Area rows ($1 contest, $2 area, one level at a time) from their children, and only those whose
+-- values really change are written, stamped $3 at $4 and returned. A desa sums its TPS rows (a
+-- quarantined TPS adds zero votes and counts in tps_quarantined); any other area sums its child area
+-- rows; a fed area takes the feed's values. Each target finds children in one of the two tables only.
 --
--- Each child becomes one vector: its votes, then suara_sah, suara_tidak_sah,
--- suara_total, dpt, pengguna, reported, quarantined, tps_total (8 more), so a
--- single GROUP BY sums everything. One aggregation chain, no join between
--- aggregates: the plan stays linear whatever the row estimates say (joined
--- aggregates under a nested loop took minutes once the tables were analyzed).
+-- Each child becomes one vector: its votes, then suara_sah, suara_tidak_sah, suara_total, dpt,
+-- pengguna, reported, quarantined, tps_total (8 more), so a single GROUP BY sums everything. A TPS
+-- row's tps_total is NULL: a desa keeps its seeded tps_total unless it is fed. One aggregation chain,
+-- no join between aggregates: the plan stays linear whatever the row estimates say (joined aggregates
+-- under a nested loop took minutes once the tables were analyzed).
 WITH t AS MATERIALIZED (
     SELECT * FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u (contest, area, id)
 ), kids AS MATERIALIZED (
     SELECT t.id, t.contest, t.area,
            CASE WHEN r.quarantined
-                THEN array_fill(0::bigint, ARRAY[cardinality(r.votes) + 6]) || ARRAY[1, 0]::bigint[]
-                ELSE r.votes || ARRAY[r.suara_sah, r.suara_tidak_sah, r.suara_total, r.dpt, r.pengguna, 1, 0, 0]
+                THEN array_fill(0::bigint, ARRAY[cardinality(r.votes) + 6]) || ARRAY[1, NULL]::bigint[]
+                ELSE r.votes || ARRAY[r.suara_sah, r.suara_tidak_sah, r.suara_total, r.dpt, r.pengguna, 1, 0, NULL]
            END AS vec
     FROM t JOIN aggregate.tps_result r ON r.contest = t.contest AND r.desa = t.area
-), summed AS MATERIALIZED (
-    -- One grouped pass: every element of vec summed per target, then put back in order.
-    -- Grouped by the target's number, not its text key: integer sorts, no collation.
-    SELECT min(contest) AS contest, min(area) AS area, array_agg(v ORDER BY i) AS vec
-    FROM (
-        SELECT id, i, sum(v)::bigint AS v, min(contest) AS contest, min(area) AS area
-        FROM kids CROSS JOIN unnest(vec) WITH ORDINALITY AS e (v, i)
-        GROUP BY id, i
-    ) per_element
-    GROUP BY id
-), new AS MATERIALIZED (
-    SELECT s.contest, s.area,
-           coalesce(f.votes, s.vec[1:n - 8]) AS votes,
-           coalesce(f.suara_sah, s.vec[n - 7]) AS suara_sah,
-           coalesce(f.suara_tidak_sah, s.vec[n - 6]) AS suara_tidak_sah,
-           coalesce(f.suara_total, s.vec[n - 5]) AS suara_total,
-           coalesce(f.dpt, s.vec[n - 4]) AS dpt,
-           coalesce(f.pengguna, s.vec[n - 3]) AS pengguna,
-           coalesce(f.tps_reported, s.vec[n - 2]) AS tps_reported,
-           coalesce(f.tps_quarantined, s.vec[n - 1]) AS tps_quarantined,
-           f.tps_total AS tps_total  -- NULL unless fed: a desa keeps its seeded tps_total
-    FROM summed s
-    CROSS JOIN LATERAL (SELECT cardinality(s.vec) AS n) AS width
-    LEFT JOIN aggregate.area_feed f ON f.contest = s.contest AND f.area = s.area
-), updated AS (
-    UPDATE aggregate.area_total a
-    SET votes = n.votes, suara_sah = n.suara_sah, suara_tidak_sah = n.suara_tidak_sah,
-        suara_total = n.suara_total, dpt = n.dpt, pengguna = n.pengguna,
-        tps_total = coalesce(n.tps_total, a.tps_total),
-        tps_reported = n.tps_reported, tps_quarantined = n.tps_quarantined,
-        changed_sequence = $3, changed_at = $4
-    FROM new n
-    WHERE a.contest = n.contest AND a.area = n.area
-      AND (a.votes, a.suara_sah, a.suara_tidak_sah, a.suara_total, a.dpt, a.pengguna,
-           a.tps_total, a.tps_reported, a.tps_quarantined)
-          IS DISTINCT FROM (n.votes, n.suara_sah, n.suara_tidak_sah, n.suara_total, n.dpt, n.pengguna,
-                            coalesce(n.tps_total, a.tps_total), n.tps_reported, n.tps_quarantined)
-    RETURNING a.contest, a.area
-), logged AS (
-    INSERT INTO aggregate.change (sequence, contest, area) SELECT $3, contest, area FROM updated
-)
-SELECT contest, area FROM updated;
-
--- name: recompute_upper
--- Kecamatan, kabupaten/kota, provinsi and nasional rows ($1 contest, $2 area)
--- from their child area rows, the same way as recompute_desa.
-WITH t AS MATERIALIZED (
-    SELECT * FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u (contest, area, id)
-), kids AS MATERIALIZED (
+    UNION ALL
     SELECT t.id, t.contest, t.area,
            k.votes || ARRAY[k.suara_sah, k.suara_tidak_sah, k.suara_total, k.dpt, k.pengguna,
                             k.tps_reported, k.tps_quarantined, k.tps_total] AS vec
@@ -250,7 +203,7 @@ WITH t AS MATERIALIZED (
            coalesce(f.pengguna, s.vec[n - 3]) AS pengguna,
            coalesce(f.tps_reported, s.vec[n - 2]) AS tps_reported,
            coalesce(f.tps_quarantined, s.vec[n - 1]) AS tps_quarantined,
-           coalesce(f.tps_total, s.vec[n]) AS tps_total
+           coalesce(f.tps_total, s.vec[n]) AS tps_total  -- NULL for an unfed desa: it keeps its own
     FROM summed s
     CROSS JOIN LATERAL (SELECT cardinality(s.vec) AS n) AS width
     LEFT JOIN aggregate.area_feed f ON f.contest = s.contest AND f.area = s.area
