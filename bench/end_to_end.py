@@ -28,22 +28,20 @@ READY = re.compile(r"^ready tally=(\S+) site=(\S+) admin_key=(\S+)$")
 SAMPLE_S = 0.5
 RESULTS = Path(__file__).parent / "results"
 SHM = Path("/dev/shm")
-# Bytes of site per unit of scale (all contests, ppwp's TPS all reported): 2.3 GB at scale 0.1 before the
-# night, ~3 GB after; files under 4 KiB take a page each on tmpfs.
+# Bytes of site per unit of scale (all contests, ppwp's TPS all reported), with room to spare: files
+# under 4 KiB take a page each on tmpfs.
 SITE_BYTES_PER_SCALE = 32e9
 
 
 def _site_parent(scale: float) -> Path | None:
     """Where the site goes: tmpfs when the machine has one and the site fits in half of it, else the disk.
 
-    This machine's disk is ext4 without a journal, where creating a file scans past every inode of
-    its block group deleted in the last 5 s (300 s while the inode table block is dirty): ext4 does
-    that check (`recently_deleted`, fs/ext4/ialloc.c) only without a journal. Publish replaces files
-    by rename, deleting an inode per file written: after a few minutes of that a file costs 100-540 µs
-    of kernel CPU here (perf: find_inode_bit, recently_deleted), against ~20 µs on tmpfs, and CPU is
-    what the whole run is short of. At scale 0.1 tmpfs took the site's catching up after the night
-    from 53 to 6 s. The site is derived data (publish rebuilds it from aggregate), so tmpfs is a sound
-    place for it; PostgreSQL stays on disk. At scale 1.0 (~30 GB of site) it does not fit here.
+    On ext4 without a journal, creating a file scans past every inode of its block group deleted in
+    the last seconds to minutes (`recently_deleted`, fs/ext4/ialloc.c, checked only without a journal).
+    Publish replaces files by rename, deleting an inode per file written, so after a few minutes each
+    file create costs many times what it costs on tmpfs, in kernel CPU, which is what the whole run is
+    short of. The site is derived data (publish rebuilds it from aggregate), so tmpfs is a sound place
+    for it; PostgreSQL stays on disk. A whole-country site does not fit in a small machine's tmpfs.
     """
     if not (SHM.is_dir() and os.access(SHM, os.W_OK)):
         return None

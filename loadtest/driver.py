@@ -68,7 +68,7 @@ class Driver:
 
     async def open_client(self, name: str) -> Client:
         path = self.workdir / f"{name}.sqlite"
-        # On tmpfs, the outbox's calls stay on the event loop: a thread hop per call cost ~0.4 ms of CPU per form.
+        # On tmpfs, the outbox's calls stay on the event loop: a thread hop per call costs more than the call.
         outbox = await (InlineOutbox if _on_tmpfs(self.workdir) else Outbox).open(path)
         return Client(outbox, self.config.target, owns_outbox=True, **self.client_options())
 

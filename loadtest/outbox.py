@@ -2,7 +2,7 @@
 
 The SDK hops to a thread for every outbox call, so that a phone's event loop never waits on its
 disk. On a RAM disk (tmpfs) a commit never waits on a device, and the hop costs more than the
-call itself: ~0.2 ms of the load generator's CPU per form, with 64 virtual devices in one process.
+call itself: CPU the load generator would take from the system it measures.
 """
 
 from __future__ import annotations

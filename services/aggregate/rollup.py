@@ -10,8 +10,8 @@ A batch of TPS updates adds, to each area above a changed TPS, the difference
 between the TPS's new and old contribution: one statement, one row written per
 changed area, and no hot national row written more than once per batch. The
 cost follows the batch, never the size of the country or of an area's children
-(recomputing kabupaten rows from their kecamatan, and so on, cost a scale-1.0
-batch ~100 ms of sorting and half of PostgreSQL's time in a load test). Where
+(recomputing every parent from its children instead sorts whole levels on every
+batch; `python -m bench.rollup` measures the two). Where
 another instance feeds a subtree (federation), the fed areas take the feed's
 values, so parents are recomputed from their children, level by level.
 """

@@ -92,9 +92,8 @@ class Publisher:
         snapshot = cursor["snapshot"] + 1
         no_data_ts = documents.wib(int(registry["loaded_at"].timestamp() * 1000)) if registry else ""
         result = CycleResult(snapshot=snapshot, sequence=sequence, full=full)
-        # Overlapping writes with rendering pays in an incremental cycle (1.7 s against 2.3 s for 1,000
-        # changed TPS in `make bench`); in a full rebuild the writer threads and the renderer contend for
-        # the GIL and it was slower (36 s against 28 s), so a rebuild writes in turn.
+        # Overlapping writes with rendering pays in an incremental cycle; in a full rebuild the writer
+        # threads and the renderer contend for the GIL, so a rebuild writes in turn (`make bench` has both).
         out = Writer(self.sink, result, overlap=not full)
         try:
             if full or not self._assets_written:

@@ -42,8 +42,8 @@ class DatabaseGate:
     """Open while the database answers. Closed when it is unreachable; a probe reopens it.
 
     A timeout alone does not close it: under load a busy PostgreSQL outlives a call's deadline now and
-    then (5 times in a 27-minute scale-1.0 night), and closing on that answered ~200 calls UNAVAILABLE
-    each time and turned health NOT_SERVING, which a load balancer reads as "take tally out". So a
+    then, and closing on that would answer every call UNAVAILABLE meanwhile and turn health NOT_SERVING,
+    which a load balancer reads as "take tally out". So a
     timeout asks the database once (SELECT 1 within CHECK_S): it closes only if that gets no answer,
     as with a frozen server. Every call keeps its own deadline meanwhile.
     """

@@ -157,12 +157,10 @@ class Database(_Queries):
                 max_size=size,
                 timeout=2.0,  # connect timeout: an unreachable database must not hang a call
                 # Custom plans always: every hot query takes its rows as arrays (unnest), and a generic plan
-                # made while the tables were nearly empty kept scanning them whole as they grew (tally's
-                # duplicate check read all of tally.submission on half its calls in a load test). Planning
+                # made while the tables were nearly empty keeps scanning them whole as they grow; planning
                 # costs far less. And an index probe priced as what it is where the working set is in memory
-                # (SSD or cache): at the default 4.0, a batch of 1,000 TPS joined to its rows by hashing the
-                # whole table (88 ms against 12 ms for the index; 240 against 93 ms for the areas the batch
-                # adds to).
+                # (SSD or cache): at the default 4.0 the planner joins a batch to its rows by hashing whole
+                # tables.
                 server_settings={
                     "application_name": application,
                     "synchronous_commit": "on",

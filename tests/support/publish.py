@@ -164,8 +164,8 @@ def scratch_site(prefix: str, elsewhere: Path | None = None) -> Iterator[Path]:
     """A new, empty site directory, removed afterwards: on tmpfs where there is one, else in `elsewhere`
     (by default the system's temporary directory).
 
-    These tests are about what is written, and a full cycle writes ~50k files, which this machine's
-    virtual disk takes ten times longer to create than memory does."""
+    These tests are about what is written, and a full cycle writes tens of thousands of files, which a
+    virtual disk is much slower to create than memory."""
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=SHM if SHM_EXISTS else elsewhere))
     try:
         yield path

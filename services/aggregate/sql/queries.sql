@@ -8,7 +8,7 @@ SELECT sequence, registry_load FROM aggregate.head WHERE singleton FOR UPDATE;
 -- For the apply transaction only (SET LOCAL; sent without parameters, so as one
 -- simple query). The batch's arrays decide the plan, not a generic plan of a
 -- prepared statement; and the per-element sums of a batch of 1,000 TPS sort in
--- memory rather than spill to disk (default work_mem 4MB: 2-3x slower).
+-- memory rather than spill to disk (as the default work_mem of 4MB makes them).
 SET LOCAL plan_cache_mode = force_custom_plan;
 SET LOCAL work_mem = '64MB';
 

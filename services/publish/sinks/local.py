@@ -16,9 +16,8 @@ from services.publish.files import SiteFile
 from services.publish.sinks.base import check_path
 
 # Files per thread hop: the hop then costs nothing next to the file work, and the event loop is
-# never blocked. Four threads: on this machine's virtual disk a file create or rename waits on the
-# device, and 4 threads wrote 26k files (+ .gz) in 8.0 s against 13.5 s with one; on tmpfs, where
-# nothing waits, one thread was a little faster (the GIL), which matters less.
+# never blocked. Four threads: on a virtual disk a file create or rename waits on the device, and
+# threads overlap those waits; on tmpfs nothing waits and one thread would do (the GIL).
 _CHUNK = 256
 _LOCAL_THREADS = 4
 _TMP_SUFFIX = ".tmp"
@@ -56,8 +55,8 @@ class LocalSink:
     files of an unfinished cycle, which the next cycle rewrites from its cursor.
 
     A file with `same_as` (a rebuild's "no data yet" TPS files, identical across a contest) is a hard
-    link to that file, made under a temp name and renamed over the target like a written file: on this
-    machine's disk ~100 µs per file and its .gz, against 300-500 µs written. Links share an inode, safe only
+    link to that file, made under a temp name and renamed over the target like a written file, at a
+    fraction of the cost of writing it. Links share an inode, safe only
     because nothing here ever writes *into* an existing file: every write goes to a new inode (a temp
     file created with O_EXCL) or is a new link, and lands by rename, which replaces the directory entry
     alone. So when one linked path is later rewritten (the TPS gets a form), the template and the other
@@ -196,8 +195,8 @@ class LocalSink:
         return await asyncio.to_thread(os.path.isfile, self.root / check_path(path))
 
     async def read(self, path: str) -> bytes | None:
-        # Inline, not in a thread: what is read back is a small status file the page cache holds. Under
-        # load, handing each read to a thread cost more than the read: a third of a cycle at scale 1.0.
+        # Inline, not in a thread: what is read back is a small status file the page cache holds, and
+        # handing such a read to a thread costs more than the read.
         try:
             return (self.root / check_path(path)).read_bytes()
         except FileNotFoundError:
