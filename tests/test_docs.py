@@ -55,3 +55,35 @@ def test_the_cli_reference_shows_each_command_as_the_script_prints_its_help(repo
         ).stdout
         assert shown.startswith(f"usage: {' '.join(('suara', *argv))}")
         assert f"```text\n{shown.rstrip()}\n```" in text, f"`suara {' '.join(argv)} --help` is not in docs/cli.md"
+
+
+def _documents(repo_root: Path) -> list[Path]:
+    found = [repo_root / "README.md", *sorted((repo_root / "docs").glob("*.md")), *(repo_root / "deploy").rglob("*.md")]
+    assert len(found) > 5, found
+    return found
+
+
+_LINK = re.compile(r"\]\(([^)\s#]+)(?:#[^)]*)?\)")
+
+
+def test_every_document_link_stays_in_the_repository_and_resolves(repo_root: Path) -> None:
+    """A clone has only what is in it: no link to ../shared or elsewhere outside, none to a missing file."""
+    broken = []
+    for doc in _documents(repo_root):
+        text = doc.read_text()
+        if "../shared" in text or "shared/reference" in text:
+            broken.append(f"{doc.name}: names ../shared, which a clone does not have")
+        for target in _LINK.findall(text):
+            if re.match(r"^[a-z]+:", target):  # http:, https:, mailto:
+                continue
+            resolved = (doc.parent / target).resolve()
+            if not resolved.is_relative_to(repo_root.resolve()) or not resolved.exists():
+                broken.append(f"{doc.name}: ({target})")
+    assert broken == []
+
+
+def test_the_link_check_sees_a_link(tmp_path: Path) -> None:
+    assert _LINK.findall("see [the layout](docs/layout.md#tps) and [x](https://a.b)") == [
+        "docs/layout.md",
+        "https://a.b",
+    ]
