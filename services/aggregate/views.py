@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -72,14 +73,19 @@ def _tps_row(row: asyncpg.Record, choices: Sequence[str]) -> aggregate_pb2.AreaR
     return out
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def _changed_at(row: Any) -> Timestamp | None:
     """When the row last changed; None (the field stays unset) for no row or one never changed."""
     when = None if row is None else row["changed_at"]
     if when is None:
         return None
-    stamp = Timestamp()
-    stamp.FromDatetime(when)
-    return stamp
+    # Exact integer arithmetic, as Timestamp.FromDatetime does, at half its cost: it runs for every row
+    # of every view.
+    micros = (when - _EPOCH) // _MICROSECOND
+    return Timestamp(seconds=micros // 1_000_000, nanos=micros % 1_000_000 * 1000)
 
 
 def _check_area(contest: Contest, area: str, field: str) -> None:

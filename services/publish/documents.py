@@ -44,7 +44,7 @@ def wib(unix_ms: int) -> str:
 
 def wib_of(stamp: Timestamp) -> str:
     """`wib` of an API time (unset: the epoch, as a row never changed has always shown)."""
-    return wib(stamp.ToMilliseconds())
+    return wib(stamp.seconds * 1000 + stamp.nanos // 1_000_000)  # ToMilliseconds, without its Python call
 
 
 def iso(unix_ms: int) -> str:
