@@ -35,10 +35,12 @@ system-deps:  ## chromium and nginx for the site tests (apt, when root and missi
 test: install system-deps  ## the whole test suite, against real PostgreSQL (embedded unless DATABASE_URL is set)
 	$(BIN)/pytest -n $${PYTEST_WORKERS:-2} $(PYTEST_ARGS)
 
-# What `buf breaking` compares protos/ with: branch main of this repository. The git common dir is
-# `.git` in a clone and the main repository's in a worktree (where `.git` is a file); buf clones it
-# locally, no network. subdir: the protos are a module of their own, with or without a buf.yaml there.
-BUF_AGAINST ?= $(shell git rev-parse --git-common-dir)\#branch=main,subdir=protos
+# What `buf breaking` compares protos/ with: branch main of this repository (HEAD in a checkout that has
+# no local main, such as a detached CI checkout: then what is uncommitted is compared). The git common
+# dir is `.git` in a clone and the main repository's in a worktree (where `.git` is a file); buf clones
+# it locally, no network. subdir: the protos are a module of their own, with or without a buf.yaml there.
+BUF_REF := $(shell git rev-parse --verify -q refs/heads/main >/dev/null && echo branch=main || echo ref=HEAD)
+BUF_AGAINST ?= $(shell git rev-parse --git-common-dir)\#$(BUF_REF),subdir=protos
 
 lint: install  ## ruff, mypy, buf lint; stubs and docs/api.md match protos/, docs/cli.md the CLI; no breaking change
 	$(BIN)/ruff check .
