@@ -14,9 +14,11 @@ from services.aggregate.catalog import Catalog
 from services.aggregate.rollup import Rollup
 from services.aggregate.updates import area_updates, leaf_updates
 from suara.client import service_names
+from suara.runtime.auth.certificate import PeerCertificates
 from suara.runtime.database import Database
 from suara.runtime.grpc_server import Server, create_server, serve_until_signal
 from suara.runtime.settings import Settings
+from suara.runtime.tls import server_tls
 from suara.v1 import aggregate_pb2, aggregate_pb2_grpc
 
 log = structlog.stdlib.get_logger("suara.aggregate")
@@ -92,6 +94,12 @@ class AggregateApp:
     def db(self) -> Database:
         return self.service.db
 
+    @property
+    def internal_port(self) -> int:
+        """The internal listener's port: services, by client certificate."""
+        assert self.server.internal_port is not None
+        return self.server.internal_port
+
     @classmethod
     async def create(
         cls,
@@ -101,6 +109,8 @@ class AggregateApp:
     ) -> AggregateApp:
         """Every call needs a service credential (writer for Apply*, reader for GetArea/Changes);
         `interceptors` run after that check."""
+        tls = server_tls(settings, "aggregate")  # before the pool: missing certificates stop it at once
+        certificates = None if tls is None else PeerCertificates(tls.revocations)
         db = await Database.open(database_url, size=settings.database.pool_size, application="suara-aggregate")
         try:
             catalog = await Catalog.load(db)
@@ -114,8 +124,12 @@ class AggregateApp:
             [SERVICE_NAME],
             host=settings.aggregate.host,
             port=settings.aggregate.port,
-            interceptors=[access_interceptor(db), *interceptors],
+            interceptors=[access_interceptor(db, certificates), *interceptors],
+            tls=tls,
+            internal_port=settings.aggregate.internal_port,
         )
+        if certificates is not None:
+            certificates.internal_address = f"{settings.aggregate.host}:{server.internal_port}"
         return cls(server, port, service, settings)
 
     async def start(self) -> None:
@@ -123,6 +137,7 @@ class AggregateApp:
         log.info(
             "aggregate_serving",
             address=f"{self.settings.aggregate.host}:{self.port}",
+            internal=f"{self.settings.aggregate.host}:{self.server.internal_port}",
             tps=len(self.service.catalog.tps),
             contests=sorted(self.service.catalog.contests),
         )

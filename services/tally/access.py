@@ -1,6 +1,7 @@
-"""Who may call tally's admin methods: holders of an admin credential (a bearer token; only its SHA-256
-is stored, in tally.admin_credential). Every other method is open: a device proves itself by the
-signature on its form, and reads are public."""
+"""Who may call tally's admin methods: holders of an admin certificate (role admin, on the internal
+mutual-TLS listener), or, in plaintext debugging mode only, of an admin bearer token (only its SHA-256
+is stored, in tally.admin_credential; a token on a plaintext wire can be captured and replayed). Every
+other method is open: a device proves itself by the signature on its form, and reads are public."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import asyncpg
 from services.tally.queries import QUERIES
 from suara.client import service_names
 from suara.runtime.auth.admin import BEARER, AdminCredential
+from suara.runtime.auth.certificate import PeerCertificates
 from suara.runtime.auth.interceptor import AuthInterceptor
 from suara.runtime.auth.principal import Call, Principal
 from suara.runtime.database import Database
@@ -70,5 +72,6 @@ class AdminTokens:
         return Principal(credential_id, ADMIN)
 
 
-def access_interceptor(db: Database) -> AuthInterceptor:
-    return AuthInterceptor(AdminTokens(db), admin_rules(), open_methods=open_methods())
+def access_interceptor(db: Database, certificates: PeerCertificates | None = None) -> AuthInterceptor:
+    """Callers proven by their `certificates` (TLS), or by admin tokens when None (plaintext debugging)."""
+    return AuthInterceptor(certificates or AdminTokens(db), admin_rules(), open_methods=open_methods())

@@ -24,11 +24,13 @@ from suara.election import codes, signing
 from suara.election.outcomes import OUTCOMES
 from suara.registry.catalog import RegistryView as Catalog
 from suara.runtime import database
+from suara.runtime.auth.certificate import PeerCertificates
 from suara.runtime.database import Database, DatabaseUnavailable
 from suara.runtime.errors import AlreadyExists, FieldProblem, NotFound, ServiceError
 from suara.runtime.grpc_server import Server, create_server, serve_until_signal
 from suara.runtime.pagination import Pager
 from suara.runtime.settings import Settings, TallySettings
+from suara.runtime.tls import server_tls
 from suara.runtime.wire import TALLY_MAX_BATCH
 from suara.v1 import tally_pb2, tally_pb2_grpc
 
@@ -326,8 +328,16 @@ class TallyApp:
         self.db = db
         self.relay: Relay | None = None  # delivers the outbox to aggregate, when a credential is configured
 
+    @property
+    def internal_port(self) -> int:
+        """The internal listener's port: admins and services, by client certificate."""
+        assert self.server.internal_port is not None
+        return self.server.internal_port
+
     @classmethod
     async def create(cls, settings: Settings, database_url: str) -> TallyApp:
+        tls = server_tls(settings, "tally")  # before the pool: missing certificates stop it at once
+        certificates = None if tls is None else PeerCertificates(tls.revocations)
         db = await Database.open(database_url, size=settings.database.pool_size, application="suara-tally")
         catalog = await Catalog.load(db)
         service = TallyService(db, catalog, settings.tally)
@@ -336,9 +346,13 @@ class TallyApp:
             [SERVICE_NAME],
             host=settings.tally.host,
             port=settings.tally.port,
-            interceptors=[access_interceptor(db)],  # the admin methods; devices prove themselves by signing
+            interceptors=[access_interceptor(db, certificates)],  # admin methods; devices prove themselves by signing
             reuse_port=settings.tally.shared_port,
+            tls=tls,
+            internal_port=settings.tally.internal_port,
         )
+        if certificates is not None:
+            certificates.internal_address = f"{settings.tally.host}:{server.internal_port}"
         service.gate.on_change = server.set_serving  # health follows the database: NOT_SERVING while it is away
         app = cls(server, port, service, db)
         app.relay = relay_for(settings, database_url)
@@ -350,6 +364,7 @@ class TallyApp:
         log.info(
             "tally_serving",
             address=f"{self.service.settings.host}:{self.port}",
+            internal=f"{self.service.settings.host}:{self.server.internal_port}",
             tps=len(self.service.intake.catalog.tps),
             contests=sorted(self.service.intake.catalog.contests),
         )

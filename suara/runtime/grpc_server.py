@@ -1,7 +1,10 @@
 """The gRPC server kit every service uses.
 
 `create_server()` returns (server, port) without serving, so tests bind :0 and
-read the port; `serve_until_signal()` runs an app until SIGTERM/SIGINT, whose
+read the port. With TLS (the default) it binds a public listener (server-authenticated TLS: devices,
+officials) and, for a service whose methods are certificate-authenticated, an internal listener
+(mutual TLS: a client certificate signed by the deployment's CA is required) on `internal_port`; every
+call on either must have negotiated TLS 1.3; `serve_until_signal()` runs an app until SIGTERM/SIGINT, whose
 stop flips health to NOT_SERVING first and gives in-flight calls time to finish. One interceptor
 binds request context for the logs and maps ServiceError to a rich status.
 """
@@ -24,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from suara.runtime.errors import ServiceError
+from suara.runtime.tls import RequireTls13, ServerTls
 from suara.runtime.wire import MESSAGE_LIMITS, RETRY_AFTER_KEY
 
 log = structlog.stdlib.get_logger("suara.grpc")
@@ -101,6 +105,7 @@ class Server:
         self.grpc = server
         self.health = health_servicer
         self.services = list(services)
+        self.internal_port: int | None = None  # the mutual-TLS listener's port, when there is one
 
     async def start(self) -> None:
         await self.grpc.start()
@@ -126,11 +131,17 @@ def create_server(
     port: int = 0,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     reuse_port: bool = False,
+    tls: ServerTls | None = None,
+    internal_port: int | None = None,
 ) -> tuple[Server, int]:
     """`reuse_port`: several processes may serve one port (the kernel spreads connections among them);
-    off by default so that a port already taken is an error, not a silent second server."""
+    off by default so that a port already taken is an error, not a silent second server.
+
+    `tls` None serves plaintext (explicitly insecure: SUARA_INSECURE). `internal_port` (0: any free
+    one) adds the internal listener: mutual TLS, or a second plaintext port when insecure, so that
+    callers' addresses are the same either way."""
     server = grpc.aio.server(
-        interceptors=[ContextInterceptor(), *interceptors],
+        interceptors=[*([RequireTls13()] if tls is not None else []), ContextInterceptor(), *interceptors],
         options=[
             *MESSAGE_LIMITS,
             ("grpc.so_reuseport", int(reuse_port)),
@@ -140,10 +151,22 @@ def create_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*service_names, reflection.SERVICE_NAME, health.SERVICE_NAME], server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if tls is None:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    else:
+        bound = server.add_secure_port(f"{host}:{port}", tls.credentials(require_client_auth=False))
     if bound == 0:
         raise OSError(f"cannot bind {host}:{port}")
-    return Server(server, health_servicer, service_names), bound
+    result = Server(server, health_servicer, service_names)
+    if internal_port is not None:
+        address = f"{host}:{internal_port}"
+        if tls is None:
+            result.internal_port = server.add_insecure_port(address)
+        else:
+            result.internal_port = server.add_secure_port(address, tls.credentials(require_client_auth=True))
+        if result.internal_port == 0:
+            raise OSError(f"cannot bind {address}")
+    return result, bound
 
 
 async def serve_until_signal(

@@ -1,4 +1,5 @@
-"""`suara admin init`: the credential file it writes is private and opens EnrollDevice on tally."""
+"""`suara admin init`: the credential file it writes is private and opens EnrollDevice on a tally in
+plaintext mode (SUARA_INSECURE, debugging only; under TLS an admin is known by a certificate, `suara pki`)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from tests.support.tally import Tally
 
 
 async def test_admin_init_writes_a_private_credential_that_enroll_device_accepts(
-    tally: Tally, cli_env: dict[str, str], tmp_path: Path
+    insecure_tally: Tally, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
+    tally = insecure_tally
     out = tmp_path / "secrets" / "admin.key.json"  # the directory does not exist yet
     result = await run_suara("admin", "init", "--out", str(out), "--label", "ops desk", env=cli_env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -46,9 +48,10 @@ async def test_admin_init_writes_a_private_credential_that_enroll_device_accepts
 
 
 async def test_enroll_device_refuses_a_missing_or_unknown_token(
-    tally: Tally, cli_env: dict[str, str], tmp_path: Path
+    insecure_tally: Tally, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     """The contrast to the test above: it is the token from the file that opens EnrollDevice."""
+    tally = insecure_tally
     out = tmp_path / "admin.key.json"
     assert (await run_suara("admin", "init", "--out", str(out), env=cli_env, cwd=tmp_path)).returncode == 0
     token = AdminCredential.load(out).token

@@ -14,15 +14,20 @@ from services.tally.credentials import enroll_device
 from services.tally.server import TallyApp
 from suara.client.stubs import tally_stub
 from suara.election.signing import DeviceKey
-from suara.runtime.settings import LogSettings, PeerSettings, RelaySettings, Settings, TallySettings
+from suara.runtime.settings import LogSettings, RelaySettings, Settings, TallySettings
+from suara.runtime.tls import open_channel
 from suara.v1 import tally_pb2_grpc
 from tests.support.factories import Station
+from tests.support.pki import insecure, suite_pki, with_tls
 
 # No relay in tally's own tests (they read the outbox themselves), whatever a developer keeps in .suara.
-BASE_SETTINGS = Settings(
-    tally=TallySettings(port=0, commit_wait_s=5.0),
-    log=LogSettings(format="console"),
-    relay=RelaySettings(credential="/nonexistent"),
+# TLS with the suite's PKI, as in production; `insecure(BASE_SETTINGS)` for the plaintext debugging mode.
+BASE_SETTINGS = with_tls(
+    Settings(
+        tally=TallySettings(port=0, internal_port=0, commit_wait_s=5.0),
+        log=LogSettings(format="console"),
+        relay=RelaySettings(credential="/nonexistent"),
+    )
 )
 
 
@@ -33,7 +38,8 @@ def with_tally(settings: Settings, **changes: Any) -> Settings:
 
 def relaying(settings: Settings, credential: object, aggregate: str) -> Settings:
     """`settings` for a tally whose relay delivers to `aggregate` (HOST:PORT) with the `credential` file."""
-    return replace(settings, relay=RelaySettings(credential=str(credential)), peers=PeerSettings(aggregate=aggregate))
+    relay = replace(settings.relay, credential=str(credential))
+    return replace(settings, relay=relay, peers=replace(settings.peers, aggregate=aggregate))
 
 
 @dataclass
@@ -45,6 +51,14 @@ class Tally:
     db_url: str
     contests: dict[str, list[str]]  # contest id -> choice ids
     tps_codes: list[str]
+    # The internal listener with an admin's certificate (TLS), or the plaintext port (insecure: tokens prove).
+    admin_channel: grpc.aio.Channel
+    admin: tally_pb2_grpc.TallyServiceAsyncStub
+
+    async def close(self) -> None:
+        await self.channel.close()
+        await self.admin_channel.close()
+        await self.app.stop(grace=1.0)
 
     async def station(self, tps: str | None = None) -> Station:
         tps = tps or self.tps_codes.pop()
@@ -59,19 +73,35 @@ class Tally:
 async def start_tally(db_url: str, db: asyncpg.Connection, settings: Settings = BASE_SETTINGS) -> Tally:
     app = await TallyApp.create(settings, db_url)
     await app.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
+    channel, admin_channel = tally_channels(app, settings)
     rows = await db.fetch("SELECT contest, id FROM registry.choice ORDER BY contest, nomor_urut")
     contests: dict[str, list[str]] = {}
     for r in rows:
         contests.setdefault(r["contest"], []).append(r["id"])
     # National TPS outside DKI Jakarta, so province-scoped contests can be tested as "not held here".
     tps = [r["code"] for r in await db.fetch("SELECT code FROM registry.tps WHERE code NOT LIKE '31%' ORDER BY code")]
-    return Tally(app, channel, tally_stub(channel), db, db_url, contests, tps)
+    return Tally(app, channel, tally_stub(channel), db, db_url, contests, tps, admin_channel, tally_stub(admin_channel))
+
+
+def tally_channels(app: TallyApp, settings: Settings) -> tuple[grpc.aio.Channel, grpc.aio.Channel]:
+    """A device's channel (the public listener) and an admin's (the internal listener, by certificate)."""
+    if settings.tls.insecure:
+        return open_channel(f"127.0.0.1:{app.port}", None), open_channel(f"127.0.0.1:{app.internal_port}", None)
+    pki = suite_pki()
+    admin = pki.credential("test-admin", "admin")
+    return pki.channel(f"127.0.0.1:{app.port}"), pki.channel(f"127.0.0.1:{app.internal_port}", admin)
 
 
 @pytest.fixture
 async def tally(db_url: str, db: asyncpg.Connection) -> AsyncIterator[Tally]:
     t = await start_tally(db_url, db)
     yield t
-    await t.channel.close()
-    await t.app.stop(grace=1.0)
+    await t.close()
+
+
+@pytest.fixture
+async def insecure_tally(db_url: str, db: asyncpg.Connection) -> AsyncIterator[Tally]:
+    """tally in plaintext (SUARA_INSECURE): the debugging mode, where admin bearer tokens are the proof."""
+    t = await start_tally(db_url, db, insecure(BASE_SETTINGS))
+    yield t
+    await t.close()

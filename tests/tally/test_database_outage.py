@@ -35,6 +35,7 @@ from suara.election.signing import DeviceKey
 from suara.registry.loader import load_registry
 from suara.v1 import tally_pb2
 from tests.support.factories import consistent_form, signed
+from tests.support.pki import suite_pki
 from tests.support.tally import BASE_SETTINGS, with_tally
 from tests.support.waiting import within
 
@@ -123,7 +124,7 @@ async def load_rig(tmp_path: Path) -> AsyncIterator[Rig]:
         settings = with_tally(BASE_SETTINGS, commit_wait_s=DEADLINE_S, retry_after_ms=50)
         app = await TallyApp.create(settings, url)
         await app.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
+        channel = suite_pki().channel(f"127.0.0.1:{app.port}")
         stub = tally_stub(channel)
         rig = Rig(server, url, channel)
 
