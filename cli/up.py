@@ -348,8 +348,9 @@ def local_pki(
             pki.issue_server(service, hosts)
         env[f"SUARA_{service.upper()}_TLS_CERT"] = str(pki.cert(service))
         env[f"SUARA_{service.upper()}_TLS_KEY"] = str(pki.key(service))
+    # Client certificates by names of their own: `pki.cert(service)` is that service's server certificate.
     for bundle, name, role in ((admin_key, "admin", "admin"), (relay_key, "tally-relay", "writer"),
-                               (reader_key, "publish", "reader")):  # fmt: skip
+                               (reader_key, "publish-reader", "reader")):  # fmt: skip
         if not bundle.exists():
             pair = pki.issue_client(name, role) if not pki.cert(name).exists() else None
             cert = pair.cert_pem if pair else pki.cert(name).read_bytes()

@@ -50,7 +50,7 @@ class SuitePki:
         """A client certificate and its key in one PEM file (what a credential setting points at), issued once."""
         path = Path(self.pki.path) / f"{name}.pem"
         if not path.exists():
-            pair = self.pki.issue_client(name, role)
+            pair = self.pki.issue_client(f"client-{name}", role)  # never over a service's server certificate
             write_secret(path, (pair.cert_pem + pair.key_pem).decode())
         return path
 
