@@ -92,12 +92,10 @@ class DeviceKeys:
                 fut.set_result(self._cache.get(device_id))
 
 
-async def enroll_device(
-    conn: asyncpg.Connection | Database, device_id: str, tps: str, public_key: bytes, label: str
-) -> None:
-    row = await conn.fetchrow(QUERIES.enroll_device, device_id, tps, public_key, label)
-    if row["tps"] != tps:
-        raise ValueError(f"device {device_id} is already enrolled for TPS {row['tps']}")
+# Live (unrevoked) keys one TPS may have. A TPS runs one or two phones; a lost phone is replaced by
+# enrolling a new key (and revoking the old), so a few spare slots and no more: each key is one more
+# way in for that TPS, and unbounded enrollment is unbounded state.
+MAX_DEVICES_PER_TPS = 5
 
 
 class EnrolledElsewhere(Exception):
@@ -108,13 +106,49 @@ class EnrolledElsewhere(Exception):
         self.devices = devices
 
 
-async def enroll_devices(
-    db: Database, device_ids: list[str], tps: list[str], public_keys: list[bytes], labels: list[str]
+class TooManyDevices(Exception):
+    """Enrolling would give some TPS more than MAX_DEVICES_PER_TPS live keys: (TPS, live count it would have) each."""
+
+    def __init__(self, tps: list[tuple[str, int]]) -> None:
+        super().__init__(f"{len(tps)} TPS would have more than {MAX_DEVICES_PER_TPS} live device keys")
+        self.tps = tps
+
+
+async def enroll_device(
+    conn: asyncpg.Connection | Database, device_id: str, tps: str, public_key: bytes, label: str
 ) -> None:
-    """Many keys in one transaction: all are enrolled, or none (EnrolledElsewhere)."""
+    """Enroll one key (again: a no-op). ValueError if it is enrolled for another TPS; TooManyDevices."""
+    try:
+        await enroll_devices(conn, [device_id], [tps], [public_key], [label])
+    except EnrolledElsewhere as exc:
+        raise ValueError(f"device {device_id} is already enrolled for TPS {exc.devices[0][1]}") from None
+
+
+async def enroll_devices(
+    db: asyncpg.Connection | Database,
+    device_ids: list[str],
+    tps: list[str],
+    public_keys: list[bytes],
+    labels: list[str],
+) -> None:
+    """Many keys in one transaction: all are enrolled, or none (EnrolledElsewhere, TooManyDevices)."""
+    if isinstance(db, Database):
+        async with db.acquire() as conn:
+            await _enroll(conn, device_ids, tps, public_keys, labels)
+    else:
+        await _enroll(db, device_ids, tps, public_keys, labels)
+
+
+async def _enroll(
+    conn: asyncpg.Connection, device_ids: list[str], tps: list[str], public_keys: list[bytes], labels: list[str]
+) -> None:
     wanted = dict(zip(device_ids, tps, strict=True))
-    async with db.acquire() as conn, conn.transaction():
+    async with conn.transaction():  # an exception raised inside rolls it back
+        await conn.execute(QUERIES.lock_tps_devices, tps)
         rows = await conn.fetch(QUERIES.enroll_devices, device_ids, tps, public_keys, labels)
         clashes = [(r["device_id"], r["tps"]) for r in rows if wanted[r["device_id"]] != r["tps"]]
         if clashes:
-            raise EnrolledElsewhere(clashes)  # raised inside the transaction: it rolls back
+            raise EnrolledElsewhere(clashes)
+        over = await conn.fetch(QUERIES.tps_over_device_cap, sorted(set(tps)), MAX_DEVICES_PER_TPS)
+        if over:
+            raise TooManyDevices([(r["tps"], int(r["live"])) for r in over])

@@ -14,7 +14,15 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from services.tally.access import access_interceptor
 from services.tally.admission import DatabaseGate, InFlight
 from services.tally.committer import CONFLICT, GroupCommitter, Receipt, Result
-from services.tally.credentials import DeviceKeys, DeviceRecord, EnrolledElsewhere, enroll_device, enroll_devices
+from services.tally.credentials import (
+    MAX_DEVICES_PER_TPS,
+    DeviceKeys,
+    DeviceRecord,
+    EnrolledElsewhere,
+    TooManyDevices,
+    enroll_device,
+    enroll_devices,
+)
 from services.tally.errors import InvalidForm, InvalidRequest
 from services.tally.intake import Intake
 from services.tally.queries import QUERIES
@@ -25,7 +33,7 @@ from suara.election.outcomes import OUTCOMES
 from suara.registry.catalog import RegistryView as Catalog
 from suara.runtime import database
 from suara.runtime.database import Database, DatabaseUnavailable
-from suara.runtime.errors import AlreadyExists, FieldProblem, NotFound, ServiceError
+from suara.runtime.errors import AlreadyExists, FailedPrecondition, FieldProblem, NotFound, ServiceError
 from suara.runtime.grpc_server import Server, create_server, serve_until_signal
 from suara.runtime.pagination import Pager
 from suara.runtime.settings import Settings, TallySettings
@@ -252,6 +260,8 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
             await enroll_device(self.db, device_id, request.tps, request.public_key, request.label)
         except ValueError as exc:
             raise InvalidRequest([FieldProblem("public_key", str(exc))]) from None
+        except TooManyDevices as exc:
+            raise _too_many(exc, {request.tps: ""}) from None
         self.devices.remember(DeviceRecord(device_id, request.tps, request.public_key))
         return tally_pb2.EnrollDeviceResponse(device_id=device_id, tps=request.tps)
 
@@ -284,6 +294,11 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
                     for device_id, tps in exc.devices
                 ]
             ) from None
+        except TooManyDevices as exc:
+            first: dict[str, str] = {}
+            for i, device in enumerate(devices):
+                first.setdefault(device.tps, f"devices[{i}].")
+            raise _too_many(exc, first) from None
         for device_id, device in zip(ids, devices, strict=True):
             self.devices.remember(DeviceRecord(device_id, device.tps, device.public_key))
         return tally_pb2.EnrollDevicesResponse(
@@ -306,6 +321,20 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
         await self.committer.close()
         await self.gate.close()
         self.executor.shutdown(wait=False)
+
+
+def _too_many(exc: TooManyDevices, prefix: dict[str, str]) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"at most {MAX_DEVICES_PER_TPS} live device keys per TPS; nothing was enrolled",
+        violations=[
+            FieldProblem(
+                f"{prefix.get(tps, '')}tps",
+                f"TPS {tps} would have {live} live device keys, above the cap of {MAX_DEVICES_PER_TPS}: "
+                "revoke a lost device's key (`suara device revoke`) before enrolling its replacement",
+            )
+            for tps, live in exc.tps
+        ],
+    )
 
 
 def _item_error(error: ServiceError) -> tally_pb2.ItemError:
