@@ -77,5 +77,9 @@ def run_url(args: argparse.Namespace, settings: Settings) -> int:
         print(settings.database.url)
     else:
         server = embedded_server(settings)
-        print(server.url(role=OWNER_ROLE) if server.is_running() else f"(embedded server in {server.pgdata} is not running)")
+        print(
+            server.url(role=OWNER_ROLE)
+            if server.is_running()
+            else f"(embedded server in {server.pgdata} is not running)"
+        )
     return 0

@@ -85,8 +85,11 @@ def free_port() -> int:
 class EmbeddedPostgres:
     """One server on one data directory; the port is kept in the directory."""
 
-    def __init__(self, pgdata: Path) -> None:
+    def __init__(self, pgdata: Path, bin_dir: Path = POSTGRES_BIN_PATH) -> None:
+        """`bin_dir`: the server's programs; the package's by default (built without TLS: a server that
+        serves TLS, as a remote one does, comes from a distribution's build)."""
         self.pgdata = pgdata.resolve()
+        self.bin_dir = bin_dir
         self._run_as = SYSTEM_USER if os.geteuid() == 0 else None
 
     @property
@@ -144,7 +147,7 @@ class EmbeddedPostgres:
             yield
 
     def _command(self, exe: str, *args: str) -> list[str]:
-        cmd = [str(POSTGRES_BIN_PATH / exe), *args]
+        cmd = [str(self.bin_dir / exe), *args]
         # `runuser` rather than subprocess's user=: that option forces a plain fork(), which crashes
         # in a process whose gRPC threads are running; without it CPython can vfork and exec at once.
         return ["runuser", "-u", self._run_as, "--", *cmd] if self._run_as else cmd
@@ -173,9 +176,10 @@ class EmbeddedPostgres:
             fcntl.flock(lock, fcntl.LOCK_EX)
             ensure_user_exists(self._run_as)
         ensure_prefix_permissions(self.pgdata)
-        ensure_prefix_permissions(POSTGRES_BIN_PATH)
-        ensure_folder_permissions(POSTGRES_BIN_PATH, 0o055)
-        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", 0o044)
+        if self.bin_dir == POSTGRES_BIN_PATH:  # the package's files, installed for root alone
+            ensure_prefix_permissions(POSTGRES_BIN_PATH)
+            ensure_folder_permissions(POSTGRES_BIN_PATH, 0o055)
+            ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", 0o044)
         entry = pwd.getpwnam(self._run_as)
         for path in (self.pgdata, self.log_file):
             if path.exists():
@@ -207,7 +211,7 @@ class EmbeddedPostgres:
 
     def _own(self, path: Path) -> None:
         """Hand `path` to the server's system user (when running as root), readable by it alone."""
-        os.chmod(path, 0o600)
+        path.chmod(0o600)
         if self._run_as is not None:
             import pwd
 
@@ -265,10 +269,22 @@ class EmbeddedPostgres:
             hba.write_text(PG_HBA)
             self._run("pg_ctl", "-D", str(self.pgdata), "reload")
 
+    def use_tls(self, cert_pem: bytes, key_pem: bytes) -> None:
+        """Serve TLS with this certificate and key (PEM) from now on; the server must be running.
+
+        Clients then choose to verify it: `sslmode=verify-full&sslrootcert=CA` in their URL (as with any
+        remote PostgreSQL; see the runbook)."""
+        for name, pem in (("server.crt", cert_pem), ("server.key", key_pem)):
+            path = self.pgdata / name
+            path.write_bytes(pem)
+            self._own(path)  # the server refuses a key others may read
+        self._psql("ALTER SYSTEM SET ssl = on;\nSELECT pg_reload_conf();\n")
+
     def _psql(self, sql: str) -> None:
         """Run `sql` as the superuser, fed on stdin (it holds passwords: never on a command line)."""
         env = {**os.environ, "PGPASSFILE": str(self.passfile(SUPERUSER))}
         host = str(self.pgdata) if self._socket_ok else "127.0.0.1"
+        # The package's psql, whichever server: a client of any version speaks to it.
         cmd = [str(POSTGRES_BIN_PATH / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", host, "-p", str(self.port),
                "-U", SUPERUSER, "-d", "postgres", "-f", "-"]  # fmt: skip
         proc = subprocess.run(cmd, input=sql, capture_output=True, text=True, env=env, timeout=60, check=False)

@@ -99,9 +99,7 @@ def _typed(value: object, kind: type) -> bool:
     return isinstance(value, kind) or (kind is float and isinstance(value, int))
 
 
-_DB_URL = Allowed(
-    "empty, or a postgresql:// URL", lambda v: v == "" or v.startswith(("postgresql://", "postgres://"))
-)
+_DB_URL = Allowed("empty, or a postgresql:// URL", lambda v: v == "" or v.startswith(("postgresql://", "postgres://")))
 
 
 @dataclass(frozen=True)

@@ -56,12 +56,9 @@ async def _create_test_roles(server_url: str) -> None:
     try:
         for service in ("tally", "aggregate", "publish"):
             role = login_role(service)
-            try:
-                await conn.execute(
-                    f"CREATE ROLE {role} LOGIN PASSWORD '{TEST_ROLE_PASSWORD}' IN ROLE suara_{service}"
-                )
-            except (asyncpg.DuplicateObjectError, asyncpg.UniqueViolationError):
-                pass  # another worker made it (now, or in an earlier run on this server)
+            # Another worker may make it meanwhile (or an earlier run on this server made it already).
+            with contextlib.suppress(asyncpg.DuplicateObjectError, asyncpg.UniqueViolationError):
+                await conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{TEST_ROLE_PASSWORD}' IN ROLE suara_{service}")
     finally:
         await conn.close()
 
