@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cli.embedded import database_url
+from cli.embedded import database_url, service_database_url
 from suara.runtime.auth.credential import ROLES
 from suara.runtime.auth.store import DEFAULT_TABLE
 from suara.runtime.database import connect
@@ -116,7 +116,7 @@ async def run_relay(args: argparse.Namespace, settings: Settings) -> int:
         settings = replace(settings, relay=replace(settings.relay, credential=str(args.credential)))
     if args.batch:
         settings = replace(settings, relay=replace(settings.relay, batch=args.batch))
-    with database_url(settings) as url:
+    with service_database_url(settings, "tally") as url:
         try:
             relay = Relay.from_settings(settings, url)
         except (OSError, ValueError) as exc:

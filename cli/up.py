@@ -132,7 +132,7 @@ async def running_system(
 ) -> AsyncIterator[System]:
     """Everything `suara up` starts, serving; stopped in reverse order when the block exits (or is cancelled)."""
     from cli.db import migrate_url
-    from cli.embedded import database_url
+    from cli.embedded import database_url, service_database_env
     from services.publish.server import published_sequence
     from services.tally.access import create_admin_credential
     from suara.client import service_names
@@ -179,7 +179,7 @@ async def running_system(
         tally_address, aggregate_address, publish_address = (f"{h}:{p}" for h, p in (tally, aggregate, publish))
         env = {
             **os.environ,
-            "DATABASE_URL": url,
+            **service_database_env(settings),  # each service as its own role (DATABASE_URL passes through)
             "SUARA_DATA_DIR": str(data_dir),
             "SUARA_SITE_DIR": str(site_dir),
             "SUARA_TALLY_HOST": tally[0],

@@ -16,6 +16,7 @@ from suara.client.stubs import tally_stub
 from suara.election.signing import DeviceKey
 from suara.runtime.settings import LogSettings, PeerSettings, RelaySettings, Settings, TallySettings
 from suara.v1 import tally_pb2_grpc
+from tests.support.databases import as_service
 from tests.support.factories import Station
 
 # No relay in tally's own tests (they read the outbox themselves), whatever a developer keeps in .suara.
@@ -57,7 +58,7 @@ class Tally:
 
 
 async def start_tally(db_url: str, db: asyncpg.Connection, settings: Settings = BASE_SETTINGS) -> Tally:
-    app = await TallyApp.create(settings, db_url)
+    app = await TallyApp.create(settings, as_service(db_url, "tally"))  # as tally's own role, as deployed
     await app.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
     rows = await db.fetch("SELECT contest, id FROM registry.choice ORDER BY contest, nomor_urut")
