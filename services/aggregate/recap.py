@@ -24,6 +24,7 @@ from services.aggregate.errors import InvalidRequest
 from services.aggregate.queries import QUERIES
 from suara.election import signing
 from suara.election.codes import parent_of
+from suara.election.payloads import describe_unknown, unknown_fields
 from suara.runtime.database import Database
 from suara.runtime.errors import AlreadyExists, FieldProblem, NotFound, PermissionDenied, Unauthenticated
 from suara.runtime.pagination import Pager
@@ -68,6 +69,9 @@ async def submit_recap(
         form = aggregate_pb2.RecapForm.FromString(signed.payload)
     except DecodeError:
         raise InvalidRequest([FieldProblem("recap.payload", "is not a serialized suara.v1.RecapForm")]) from None
+    unknown = unknown_fields(form)
+    if unknown:
+        raise InvalidRequest([FieldProblem("recap.payload", describe_unknown(unknown, "suara.v1.RecapForm"))])
     if form.area != official["area"]:
         raise PermissionDenied(
             f"official {signed.official_id} ({official['role']}) recaps area {official['area']}, not {form.area!r}"

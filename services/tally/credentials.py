@@ -4,11 +4,10 @@ revocation, and the record of who did either."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -149,14 +148,26 @@ class DeviceKeys:
             log.error("alarm_not_stored", kind=REVOKED_ALARM, device_id=device.device_id, error=str(exc))
 
 
-@contextlib.asynccontextmanager
-async def _transaction(conn: asyncpg.Connection | Database) -> AsyncIterator[asyncpg.Connection]:
-    if isinstance(conn, Database):
-        async with conn.acquire() as c, c.transaction():
-            yield c
-    else:
-        async with conn.transaction():
-            yield conn
+# Live (unrevoked) keys one TPS may have. A TPS runs one or two phones; a lost phone is replaced by
+# enrolling a new key (and revoking the old), so a few spare slots and no more: each key is one more
+# way in for that TPS, and unbounded enrollment is unbounded state.
+MAX_DEVICES_PER_TPS = 5
+
+
+class EnrolledElsewhere(Exception):
+    """Some keys are already enrolled for another TPS: (device id, that TPS) each."""
+
+    def __init__(self, devices: list[tuple[str, str]]) -> None:
+        super().__init__(f"{len(devices)} device keys are enrolled for other TPS")
+        self.devices = devices
+
+
+class TooManyDevices(Exception):
+    """Enrolling would give some TPS more than MAX_DEVICES_PER_TPS live keys: (TPS, live count it would have) each."""
+
+    def __init__(self, tps: list[tuple[str, int]]) -> None:
+        super().__init__(f"{len(tps)} TPS would have more than {MAX_DEVICES_PER_TPS} live device keys")
+        self.tps = tps
 
 
 async def enroll_device(
@@ -168,25 +179,16 @@ async def enroll_device(
     *,
     actor: str | None = None,
 ) -> None:
-    """Enroll one key for one TPS; with an `actor`, recorded in tally.admin_log in the same transaction."""
-    async with _transaction(conn) as c:
-        row = await c.fetchrow(QUERIES.enroll_device, device_id, tps, public_key, label)
-        if row["tps"] != tps:
-            raise ValueError(f"device {device_id} is already enrolled for TPS {row['tps']}")
-        if actor is not None:
-            await record_admin_action(c, actor, "device.enroll", device_id, {"tps": tps, "label": label})
-
-
-class EnrolledElsewhere(Exception):
-    """Some keys are already enrolled for another TPS: (device id, that TPS) each."""
-
-    def __init__(self, devices: list[tuple[str, str]]) -> None:
-        super().__init__(f"{len(devices)} device keys are enrolled for other TPS")
-        self.devices = devices
+    """Enroll one key (again: a no-op). ValueError if it is enrolled for another TPS; TooManyDevices.
+    With an `actor`, recorded in tally.admin_log in the same transaction."""
+    try:
+        await enroll_devices(conn, [device_id], [tps], [public_key], [label], actor=actor)
+    except EnrolledElsewhere as exc:
+        raise ValueError(f"device {device_id} is already enrolled for TPS {exc.devices[0][1]}") from None
 
 
 async def enroll_devices(
-    db: Database,
+    db: asyncpg.Connection | Database,
     device_ids: list[str],
     tps: list[str],
     public_keys: list[bytes],
@@ -194,15 +196,38 @@ async def enroll_devices(
     *,
     actor: str | None = None,
 ) -> None:
-    """Many keys in one transaction: all are enrolled, or none (EnrolledElsewhere). With an `actor`, one
-    row of tally.admin_log names them all."""
+    """Many keys in one transaction: all are enrolled, or none (EnrolledElsewhere, TooManyDevices). With
+    an `actor`, one row of tally.admin_log names them all."""
+    if isinstance(db, Database):
+        async with db.acquire() as conn:
+            await _enroll(conn, device_ids, tps, public_keys, labels, actor)
+    else:
+        await _enroll(db, device_ids, tps, public_keys, labels, actor)
+
+
+async def _enroll(
+    conn: asyncpg.Connection,
+    device_ids: list[str],
+    tps: list[str],
+    public_keys: list[bytes],
+    labels: list[str],
+    actor: str | None,
+) -> None:
     wanted = dict(zip(device_ids, tps, strict=True))
-    async with db.acquire() as conn, conn.transaction():
+    async with conn.transaction():  # an exception raised inside rolls it back
+        await conn.execute(QUERIES.lock_tps_devices, tps)
         rows = await conn.fetch(QUERIES.enroll_devices, device_ids, tps, public_keys, labels)
         clashes = [(r["device_id"], r["tps"]) for r in rows if wanted[r["device_id"]] != r["tps"]]
         if clashes:
-            raise EnrolledElsewhere(clashes)  # raised inside the transaction: it rolls back
-        if actor is not None:
+            raise EnrolledElsewhere(clashes)
+        over = await conn.fetch(QUERIES.tps_over_device_cap, sorted(set(tps)), MAX_DEVICES_PER_TPS)
+        if over:
+            raise TooManyDevices([(r["tps"], int(r["live"])) for r in over])
+        if actor is None:
+            return
+        if len(wanted) == 1:
+            await record_admin_action(conn, actor, "device.enroll", device_ids[0], {"tps": tps[0], "label": labels[0]})
+        else:
             detail = {"devices": [{"device_id": d, "tps": t} for d, t in wanted.items()]}
             await record_admin_action(conn, actor, "device.enroll", f"{len(wanted)} devices", detail)
 

@@ -22,6 +22,7 @@ from services.tally.photos import Photo, check_photos
 from suara.election import signing
 from suara.election.checks import find_inconsistencies, find_malformed
 from suara.election.form import counts_of
+from suara.election.payloads import describe_unknown, unknown_fields
 from suara.registry.catalog import RegistryView as Catalog
 from suara.runtime.errors import FieldProblem, PermissionDenied, ServiceError, Unauthenticated
 from suara.v1 import form_pb2, tally_pb2
@@ -141,6 +142,9 @@ class Intake:
             form = form_pb2.CHasilForm.FromString(payload)
         except DecodeError:
             return InvalidForm([FieldProblem("form.payload", "is not a serialized suara.v1.CHasilForm")])
+        unknown = unknown_fields(form)
+        if unknown:
+            return InvalidForm([FieldProblem("form.payload", describe_unknown(unknown, "suara.v1.CHasilForm"))])
         if form.tps != device.tps:
             return PermissionDenied(
                 f"device {device.device_id} is enrolled for TPS {device.tps} and may not submit for TPS {form.tps!r}"

@@ -15,10 +15,12 @@ from services.tally.access import AdminTokens, access_interceptor
 from services.tally.admission import DatabaseGate, InFlight
 from services.tally.committer import CONFLICT, GroupCommitter, Receipt, Result
 from services.tally.credentials import (
+    MAX_DEVICES_PER_TPS,
     REVOKED_CHANNEL,
     DeviceKeys,
     DeviceRecord,
     EnrolledElsewhere,
+    TooManyDevices,
     enroll_device,
     enroll_devices,
 )
@@ -33,7 +35,7 @@ from suara.registry.catalog import RegistryView as Catalog
 from suara.runtime import database
 from suara.runtime.auth.principal import CALLER
 from suara.runtime.database import Database, DatabaseUnavailable
-from suara.runtime.errors import AlreadyExists, FieldProblem, NotFound, ServiceError
+from suara.runtime.errors import AlreadyExists, FailedPrecondition, FieldProblem, NotFound, ServiceError
 from suara.runtime.grpc_server import Server, create_server, serve_until_signal
 from suara.runtime.notifications import ChannelListener
 from suara.runtime.pagination import Pager
@@ -263,6 +265,8 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
             )
         except ValueError as exc:
             raise InvalidRequest([FieldProblem("public_key", str(exc))]) from None
+        except TooManyDevices as exc:
+            raise _too_many(exc, {request.tps: ""}) from None
         self.devices.remember(DeviceRecord(device_id, request.tps, request.public_key))
         return tally_pb2.EnrollDeviceResponse(device_id=device_id, tps=request.tps)
 
@@ -296,6 +300,11 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
                     for device_id, tps in exc.devices
                 ]
             ) from None
+        except TooManyDevices as exc:
+            first: dict[str, str] = {}
+            for i, device in enumerate(devices):
+                first.setdefault(device.tps, f"devices[{i}].")
+            raise _too_many(exc, first) from None
         for device_id, device in zip(ids, devices, strict=True):
             self.devices.remember(DeviceRecord(device_id, device.tps, device.public_key))
         return tally_pb2.EnrollDevicesResponse(
@@ -324,6 +333,20 @@ def _admin_actor() -> str:
     """Who is calling an admin method, for tally.admin_log: the credential the interceptor proved."""
     caller = CALLER.get()
     return caller.id if caller is not None else "unknown"
+
+
+def _too_many(exc: TooManyDevices, prefix: dict[str, str]) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"at most {MAX_DEVICES_PER_TPS} live device keys per TPS; nothing was enrolled",
+        violations=[
+            FieldProblem(
+                f"{prefix.get(tps, '')}tps",
+                f"TPS {tps} would have {live} live device keys, above the cap of {MAX_DEVICES_PER_TPS}: "
+                "revoke a lost device's key (`suara device revoke`) before enrolling its replacement",
+            )
+            for tps, live in exc.tps
+        ],
+    )
 
 
 def _item_error(error: ServiceError) -> tally_pb2.ItemError:

@@ -80,8 +80,9 @@ class CHasilForm(_message.Message):
     must be held at this TPS.
     """
     version: _builtins.int
-    """Chosen by the device, from 1 to 2,147,483,647, growing per (tps, contest): a
-    correction is a new form with a higher version.
+    """Chosen by the device, from 1 to 100 (the cap on versions of one form),
+    growing per (tps, contest): a correction is a new form with a higher
+    version.
     """
     suara_sah: _builtins.int
     """Valid ballots (suara sah). Should equal the sum of `votes`, else the form

@@ -18,7 +18,7 @@ from suara.election.signing import OfficialKey
 from suara.v1 import aggregate_pb2
 from tests.support.aggregate import Aggregate
 from tests.support.oracles.aggregate import totals_for
-from tests.support.rpc_errors import bad_fields
+from tests.support.rpc_errors import bad_fields, violations
 
 SCALARS = ("suara_sah", "suara_tidak_sah", "suara_total", "dpt", "pengguna")
 
@@ -234,3 +234,18 @@ async def test_list_mismatches_pages_through_exactly_the_differing_areas(aggrega
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_fields(err.value) == ["page_token"]
+
+
+async def test_a_recap_with_unknown_fields_is_refused_naming_them(aggregate: Aggregate) -> None:
+    area, tps, choices = await _kecamatan(aggregate.db)
+    ppk = await _official(aggregate.db, area, "ppk")
+    totals = _sum([totals_for(code, "ppwp", 1, choices) for code in tps], choices)
+    request = _signed(ppk, area, 1, totals)
+    payload = request.recap.payload + bytes([0xAA, 0x1F, 3]) + b"abc"  # field 501, length-delimited
+    request.recap.payload, request.recap.signature = payload, ppk.sign(payload)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await aggregate.stub.SubmitRecap(request)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_fields(err.value) == ["recap.payload"]
+    assert "#501" in violations(err.value)["recap.payload"]
+    assert await aggregate.db.fetchval("SELECT count(*) FROM aggregate.recap") == 0

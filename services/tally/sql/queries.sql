@@ -33,18 +33,24 @@ SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::jsonb
 SELECT device_id, tps, public_key, revoked_at IS NOT NULL AS revoked FROM tally.device
 WHERE device_id = ANY($1::text[]);
 
--- name: enroll_device
--- Enrolling the same key for the same TPS again is a no-op that returns the device.
-INSERT INTO tally.device (device_id, tps, public_key, label) VALUES ($1, $2, $3, $4)
-ON CONFLICT (device_id) DO UPDATE SET label = tally.device.label
-RETURNING device_id, tps;
-
 -- name: enroll_devices
--- enroll_device for many keys in one statement; the caller checks every returned TPS.
+-- Enrolling the same key for the same TPS again is a no-op that returns the device; the caller
+-- checks every returned TPS.
 INSERT INTO tally.device (device_id, tps, public_key, label)
 SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[])
 ON CONFLICT (device_id) DO UPDATE SET label = tally.device.label
 RETURNING device_id, tps;
+
+-- name: lock_tps_devices
+-- Serializes enrollments per TPS (in sorted order: no deadlock), so the cap on live devices holds
+-- under concurrent enrollments.
+SELECT pg_advisory_xact_lock(hashtextextended('suara.tally.device:' || tps, 0))
+FROM (SELECT DISTINCT unnest($1::text[]) AS tps) t ORDER BY tps;
+
+-- name: tps_over_device_cap
+SELECT tps, count(*) AS live FROM tally.device
+WHERE tps = ANY($1::text[]) AND revoked_at IS NULL
+GROUP BY tps HAVING count(*) > $2 ORDER BY tps;
 
 -- name: admin_by_token
 SELECT id FROM tally.admin_credential WHERE token_sha256 = $1 AND revoked_at IS NULL;
