@@ -131,6 +131,7 @@ async def running_system(
     args: argparse.Namespace, settings: Settings, extra_env: Mapping[str, str] | None = None
 ) -> AsyncIterator[System]:
     """Everything `suara up` starts, serving; stopped in reverse order when the block exits (or is cancelled)."""
+    from cli.actor import operator
     from cli.db import migrate_url
     from cli.embedded import database_url, service_database_env
     from services.publish.server import published_sequence
@@ -161,7 +162,7 @@ async def running_system(
                 tps = (await load_registry(conn, synthetic_scale=args.scale, seed=args.seed)).tps
             note(f"registry: {tps:,} TPS")
             if not admin_key.exists():
-                (await create_admin_credential(conn, "suara up")).save(admin_key)
+                (await create_admin_credential(conn, "suara up", actor=operator())).save(admin_key)
             if not relay_key.exists():
                 (await issue_service_credential(conn, "relay", "writer")).save(relay_key)
             if not reader_key.exists():

@@ -11,11 +11,12 @@ import grpc
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from services.tally.access import access_interceptor
+from services.tally.access import AdminTokens, access_interceptor
 from services.tally.admission import DatabaseGate, InFlight
 from services.tally.committer import CONFLICT, GroupCommitter, Receipt, Result
 from services.tally.credentials import (
     MAX_DEVICES_PER_TPS,
+    REVOKED_CHANNEL,
     DeviceKeys,
     DeviceRecord,
     EnrolledElsewhere,
@@ -32,9 +33,11 @@ from suara.election import codes, signing
 from suara.election.outcomes import OUTCOMES
 from suara.registry.catalog import RegistryView as Catalog
 from suara.runtime import database
+from suara.runtime.auth.principal import CALLER
 from suara.runtime.database import Database, DatabaseUnavailable
 from suara.runtime.errors import AlreadyExists, FailedPrecondition, FieldProblem, NotFound, ServiceError
 from suara.runtime.grpc_server import Server, create_server, serve_until_signal
+from suara.runtime.notifications import ChannelListener
 from suara.runtime.pagination import Pager
 from suara.runtime.settings import Settings, TallySettings
 from suara.runtime.wire import TALLY_MAX_BATCH
@@ -257,7 +260,9 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
             raise InvalidRequest(problems)
         device_id = signing.device_id_for(request.public_key)
         try:
-            await enroll_device(self.db, device_id, request.tps, request.public_key, request.label)
+            await enroll_device(
+                self.db, device_id, request.tps, request.public_key, request.label, actor=_admin_actor()
+            )
         except ValueError as exc:
             raise InvalidRequest([FieldProblem("public_key", str(exc))]) from None
         except TooManyDevices as exc:
@@ -285,8 +290,9 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
         ids = [signing.device_id_for(d.public_key) for d in devices]
         try:
             await enroll_devices(
-                self.db, ids, [d.tps for d in devices], [d.public_key for d in devices], [d.label for d in devices]
-            )
+                self.db, ids, [d.tps for d in devices], [d.public_key for d in devices], [d.label for d in devices],
+                actor=_admin_actor(),
+            )  # fmt: skip
         except EnrolledElsewhere as exc:
             raise InvalidRequest(
                 [
@@ -323,6 +329,12 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
         self.executor.shutdown(wait=False)
 
 
+def _admin_actor() -> str:
+    """Who is calling an admin method, for tally.admin_log: the credential the interceptor proved."""
+    caller = CALLER.get()
+    return caller.id if caller is not None else "unknown"
+
+
 def _too_many(exc: TooManyDevices, prefix: dict[str, str]) -> FailedPrecondition:
     return FailedPrecondition(
         f"at most {MAX_DEVICES_PER_TPS} live device keys per TPS; nothing was enrolled",
@@ -348,32 +360,59 @@ def _item_error(error: ServiceError) -> tally_pb2.ItemError:
 class TallyApp:
     """A running tally: pool, service and gRPC server. `start()` then `stop()`."""
 
-    def __init__(self, server: Server, port: int, service: TallyService, db: Database) -> None:
+    LISTEN_WAIT_S = 5.0  # at start, how long to wait for the revocation listener before serving anyway
+
+    def __init__(
+        self, server: Server, port: int, service: TallyService, db: Database, admins: AdminTokens, database_url: str
+    ) -> None:
         self.server = server
         self.port = port
         self.service = service
         self.db = db
+        self.admins = admins
         self.relay: Relay | None = None  # delivers the outbox to aggregate, when a credential is configured
+        # Revocations reach this process's caches within a second; see migration 0004.
+        self.revocations = ChannelListener(
+            database_url, REVOKED_CHANNEL, self._revoked, self._forget_all, application="suara-tally-revocations"
+        )
+
+    def _revoked(self, payload: str) -> None:
+        kind, _, ident = payload.partition(":")
+        if kind == "device":
+            self.service.devices.forget(ident)
+        elif kind == "admin":
+            self.admins.forget(ident)
+        log.info("revocation_received", kind=kind, id=ident)
+
+    def _forget_all(self) -> None:
+        self.service.devices.clear()
+        self.admins.clear()
 
     @classmethod
     async def create(cls, settings: Settings, database_url: str) -> TallyApp:
         db = await Database.open(database_url, size=settings.database.pool_size, application="suara-tally")
         catalog = await Catalog.load(db)
         service = TallyService(db, catalog, settings.tally)
+        admins = AdminTokens(db)
         server, port = create_server(
             lambda s: tally_pb2_grpc.add_TallyServiceServicer_to_server(service, s),
             [SERVICE_NAME],
             host=settings.tally.host,
             port=settings.tally.port,
-            interceptors=[access_interceptor(db)],  # the admin methods; devices prove themselves by signing
+            interceptors=[access_interceptor(db, admins)],  # the admin methods; devices prove themselves by signing
             reuse_port=settings.tally.shared_port,
         )
         service.gate.on_change = server.set_serving  # health follows the database: NOT_SERVING while it is away
-        app = cls(server, port, service, db)
+        app = cls(server, port, service, db, admins, database_url)
         app.relay = relay_for(settings, database_url)
         return app
 
     async def start(self) -> None:
+        self.revocations.start()
+        try:
+            await asyncio.wait_for(self.revocations.listening.wait(), self.LISTEN_WAIT_S)
+        except TimeoutError:  # the caches then live by their short expiry until the listener gets through
+            log.warning("revocations_not_followed_yet", within_s=self.LISTEN_WAIT_S)
         self.service.committer.start()
         await self.server.start()
         log.info(
@@ -390,6 +429,7 @@ class TallyApp:
         await self.server.stop(grace)
         if self.relay is not None:
             await self.relay.stop()
+        await self.revocations.stop()
         await self.service.close()
         await self.db.close()
         log.info("tally_stopped")

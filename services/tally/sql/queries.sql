@@ -29,8 +29,9 @@ INSERT INTO tally.alarm (kind, tps, contest, version, detail)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::jsonb[]);
 
 -- name: device_keys
-SELECT device_id, tps, public_key FROM tally.device
-WHERE device_id = ANY($1::text[]) AND revoked_at IS NULL;
+-- Revoked devices too: a revoked device's form is refused by name (and raises an alarm), not as unknown.
+SELECT device_id, tps, public_key, revoked_at IS NOT NULL AS revoked FROM tally.device
+WHERE device_id = ANY($1::text[]);
 
 -- name: enroll_devices
 -- Enrolling the same key for the same TPS again is a no-op that returns the device; the caller
@@ -144,3 +145,19 @@ SELECT pg_try_advisory_lock($1);
 -- name: relay_undelivered
 -- How many outbox rows the relay has yet to deliver (operators and `suara demo` wait on it).
 SELECT count(*) FROM tally.outbox WHERE delivered_at IS NULL;
+
+-- name: revoke_device
+-- The device's TPS when this revoked it; no row when it was unknown or already revoked.
+UPDATE tally.device SET revoked_at = now() WHERE device_id = $1 AND revoked_at IS NULL RETURNING tps;
+
+-- name: device_state
+SELECT device_id, tps, revoked_at FROM tally.device WHERE device_id = $1;
+
+-- name: revoke_admin_credential
+UPDATE tally.admin_credential SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING id;
+
+-- name: record_admin_action
+INSERT INTO tally.admin_log (actor, action, subject, detail) VALUES ($1, $2, $3, $4::jsonb) RETURNING id, at;
+
+-- name: admin_log
+SELECT id, at, actor, action, subject, detail::text AS detail FROM tally.admin_log ORDER BY id;
