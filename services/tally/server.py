@@ -37,13 +37,16 @@ from suara.runtime.errors import AlreadyExists, FailedPrecondition, FieldProblem
 from suara.runtime.grpc_server import Server, create_server, serve_until_signal
 from suara.runtime.pagination import Pager
 from suara.runtime.settings import Settings, TallySettings
-from suara.runtime.wire import TALLY_MAX_BATCH
+from suara.runtime.wire import SMALL_REQUEST_BYTES, TALLY_MAX_BATCH, tally_request_limits
 from suara.v1 import tally_pb2, tally_pb2_grpc
 
 log = structlog.stdlib.get_logger("suara.tally")
 
 SERVICE_NAME = service_names.TALLY.full_name
-SUBMISSIONS = Pager("ListSubmissions", default_size=100, max_size=1000, key_types=(str, int))
+# A TPS has at most MAX_VERSION versions of each of its few contests; a page is also cut at
+# REPLY_BUDGET_BYTES of payloads, so no small request is answered with megabytes.
+SUBMISSIONS = Pager("ListSubmissions", default_size=50, max_size=100, key_types=(str, int))
+REPLY_BUDGET_BYTES = 1024 * 1024
 
 # (stored outcome, is current) → what the submission is now
 _STATUS = {
@@ -227,6 +230,14 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
         size = SUBMISSIONS.size(request.page_size)
         contest, version = SUBMISSIONS.after(request.page_token, filters) or (None, None)
         rows = await self._fetch(QUERIES.submissions_for_tps, *filters, contest, version, size + 1)
+        fits, spent = 0, 0
+        for row in rows[:size]:
+            spent += len(row["payload"])
+            if fits and spent > REPLY_BUDGET_BYTES:
+                break
+            fits += 1
+        if fits < size:  # the rest on the next page
+            rows, size = rows[: fits + 1], fits
         page, token = SUBMISSIONS.page(rows, size, lambda r: (r["contest"], r["version"]), filters)
         return tally_pb2.ListSubmissionsResponse(submissions=[submission_pb(r) for r in page], next_page_token=token)
 
@@ -367,6 +378,11 @@ class TallyApp:
             port=settings.tally.port,
             interceptors=[access_interceptor(db)],  # the admin methods; devices prove themselves by signing
             reuse_port=settings.tally.shared_port,
+            request_limits={
+                service_names.method_path(service_names.TALLY, name): limit
+                for name, limit in tally_request_limits(settings.tally.photo_max_bytes).items()
+            },
+            default_request_limit=SMALL_REQUEST_BYTES,
         )
         service.gate.on_change = server.set_serving  # health follows the database: NOT_SERVING while it is away
         app = cls(server, port, service, db)

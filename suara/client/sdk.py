@@ -175,7 +175,7 @@ class Client:
         rng: random.Random | None = None,
         clock: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         batch_max: int = 100,
-        batch_bytes: int = 8 * 1024 * 1024,
+        batch_bytes: int = 4 * 1024 * 1024,  # well under tally's SubmitBatch limit (wire.tally_submit_bytes)
         owns_outbox: bool = False,
     ) -> None:
         self.outbox = outbox

@@ -541,8 +541,9 @@ class ListSubmissionsRequest(_message.Message):
     contest: _builtins.str
     """Only this contest; empty for every contest at that TPS."""
     page_size: _builtins.int
-    """Most submissions in the reply: 0 for the default (100); values above the
-    maximum (1,000) are lowered to it; negative is INVALID_ARGUMENT.
+    """Most submissions in the reply: 0 for the default (50); values above the
+    maximum (100) are lowered to it; negative is INVALID_ARGUMENT. A page
+    may hold fewer (1 MiB of payloads at most): follow next_page_token.
     """
     page_token: _builtins.str
     """Empty for the first page; else the next_page_token of the previous reply
