@@ -36,6 +36,7 @@ from suara.runtime.database import Database, DatabaseUnavailable
 from suara.runtime.errors import AlreadyExists, FailedPrecondition, FieldProblem, NotFound, ServiceError
 from suara.runtime.grpc_server import Server, create_server, serve_until_signal
 from suara.runtime.pagination import Pager
+from suara.runtime.ratelimit import PeerLimitInterceptor, RateLimiter
 from suara.runtime.settings import Settings, TallySettings
 from suara.runtime.wire import SMALL_REQUEST_BYTES, TALLY_MAX_BATCH, tally_request_limits
 from suara.v1 import tally_pb2, tally_pb2_grpc
@@ -110,7 +111,8 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
         self.in_flight = InFlight(settings.max_in_flight, settings.retry_after_ms)
         self.executor = ThreadPoolExecutor(settings.verify_threads, thread_name_prefix="verify")
         self.devices = DeviceKeys(db)
-        self.intake = Intake(self.devices, catalog, self.executor, settings.photo_max_bytes)
+        device_limit = RateLimiter(settings.device_rate_per_min / 60, settings.device_burst)
+        self.intake = Intake(self.devices, catalog, self.executor, settings.photo_max_bytes, device_limit)
         self.committer = GroupCommitter(db, self.gate, settings.commit_batch_max, settings.commit_wait_s)
 
     async def _store(self, requests: list[tally_pb2.SubmitRequest]) -> list[Result | ServiceError]:
@@ -353,6 +355,7 @@ def _item_error(error: ServiceError) -> tally_pb2.ItemError:
         code=error.code.value[0],
         message=error.message,
         field_violations=[tally_pb2.FieldViolation(field=v.field, description=v.description) for v in error.violations],
+        retry_after_ms=error.retry_after_ms or 0,
     )
 
 
@@ -376,7 +379,13 @@ class TallyApp:
             [SERVICE_NAME],
             host=settings.tally.host,
             port=settings.tally.port,
-            interceptors=[access_interceptor(db)],  # the admin methods; devices prove themselves by signing
+            interceptors=[
+                # Before any credential is looked at: a flood from one address costs one bucket lookup.
+                PeerLimitInterceptor(
+                    RateLimiter(settings.tally.peer_rate, settings.tally.peer_burst), "SUARA_TALLY_PEER_RATE"
+                ),
+                access_interceptor(db),  # the admin methods; devices prove themselves by signing
+            ],
             reuse_port=settings.tally.shared_port,
             request_limits={
                 service_names.method_path(service_names.TALLY, name): limit

@@ -47,6 +47,14 @@ TERMINAL_CODES = frozenset(
         grpc.StatusCode.UNIMPLEMENTED,
     }
 )
+
+
+def _too_large(code: grpc.StatusCode, hint: float | None) -> bool:
+    """RESOURCE_EXHAUSTED without a retry hint: the request is above a size limit (tally's every
+    overload and rate refusal gives a hint), so the same bytes would be refused again."""
+    return code == grpc.StatusCode.RESOURCE_EXHAUSTED and hint is None
+
+
 # Statuses that may mean the connection itself is broken: a fresh channel connects at once,
 # instead of waiting out grpc's own reconnect backoff once the network is back.
 _RECONNECT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
@@ -266,7 +274,7 @@ class Client:
             response = await tally_stub(self._connect()).SubmitBatch(request, timeout=self.call_timeout_s)
         except grpc.aio.AioRpcError as error:
             code = error.code()
-            if code in TERMINAL_CODES:
+            if code in TERMINAL_CODES or _too_large(code, retry_after_s(error)):
                 # A refusal of the call (an older tally without SubmitBatch, a batch too large) says
                 # nothing about any one form: fall back to sending them one by one.
                 self.batch_max = 1
@@ -282,7 +290,8 @@ class Client:
                 )
             else:
                 code = _CODES.get(item.error.code, grpc.StatusCode.UNKNOWN)
-                attempts.append(await self._failed(entry, code, item.error.message or code.name, None))
+                hint = item.error.retry_after_ms / 1000 if item.error.retry_after_ms > 0 else None
+                attempts.append(await self._failed(entry, code, item.error.message or code.name, None, hint))
         return attempts
 
     async def _sent(
@@ -305,15 +314,21 @@ class Client:
         return Attempt(sent, retry=False, outcome=name)
 
     async def _failed(
-        self, entry: Entry, code: grpc.StatusCode, message: str, error: grpc.aio.AioRpcError | None
+        self,
+        entry: Entry,
+        code: grpc.StatusCode,
+        message: str,
+        error: grpc.aio.AioRpcError | None,
+        hint: float | None = None,
     ) -> Attempt:
-        if code in TERMINAL_CODES:
+        if error is not None:
+            hint = retry_after_s(error)
+        if code in TERMINAL_CODES or _too_large(code, hint):
             if entry.state == "sent":  # a resend refused now does not undo the stored receipt
                 return Attempt(entry, retry=False)
             return Attempt(await self.outbox.mark_rejected(entry.id, code.name, message), retry=False)
         if code in _RECONNECT_CODES and error is not None:
             await self._drop_channel()
-        hint = None if error is None else retry_after_s(error)
         failed = await self.outbox.record_failure(entry.id, code.name, _explain(code, message))
         return Attempt(failed, retry=True, retry_after_s=hint)
 

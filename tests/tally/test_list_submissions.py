@@ -67,7 +67,8 @@ async def test_the_page_size_has_a_default_and_a_maximum(tally: Tally) -> None:
     st = await tally.station()
     first, second = (await _national_contests(tally, st.tps))[:2]
     keys = sorted((c, v) for c in (first, second) for v in range(1, 101))  # every version the cap allows
-    await _submit(tally, st, keys)
+    await _submit(tally, st, keys[:100])
+    await _submit(tally, await tally.station(st.tps), keys[100:])  # a second device: each stays in its budget
     default = await tally.admin.ListSubmissions(tally_pb2.ListSubmissionsRequest(tps=st.tps))
     assert [(s.contest, s.version) for s in default.submissions] == keys[:50]
     capped = await tally.admin.ListSubmissions(tally_pb2.ListSubmissionsRequest(tps=st.tps, page_size=5000))
