@@ -22,7 +22,7 @@ from services.tally.photos import Photo, check_photos
 from suara.election import signing
 from suara.election.checks import find_inconsistencies, find_malformed
 from suara.election.form import counts_of
-from suara.election.payloads import describe_unknown, unknown_fields
+from suara.election.payloads import describe_unknown, other_election, unknown_fields
 from suara.registry.catalog import RegistryView as Catalog
 from suara.runtime.errors import FieldProblem, PermissionDenied, ResourceExhausted, ServiceError, Unauthenticated
 from suara.runtime.ratelimit import RateLimiter, retry_ms
@@ -148,6 +148,9 @@ class Intake:
         unknown = unknown_fields(form)
         if unknown:
             return InvalidForm([FieldProblem("form.payload", describe_unknown(unknown, "suara.v1.CHasilForm"))])
+        election = await self.catalog.election(form.election_id)
+        if form.election_id != election:
+            return other_election("form", form.election_id, election)
         if form.tps != device.tps:
             return PermissionDenied(
                 f"device {device.device_id} is enrolled for TPS {device.tps} and may not submit for TPS {form.tps!r}"

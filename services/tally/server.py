@@ -276,7 +276,8 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
         except TooManyDevices as exc:
             raise _too_many(exc, {request.tps: ""}) from None
         self.devices.remember(DeviceRecord(device_id, request.tps, request.public_key))
-        return tally_pb2.EnrollDeviceResponse(device_id=device_id, tps=request.tps)
+        election = self.intake.catalog.election_id
+        return tally_pb2.EnrollDeviceResponse(device_id=device_id, tps=request.tps, election_id=election)
 
     async def EnrollDevices(
         self, request: tally_pb2.EnrollDevicesRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -315,7 +316,10 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
         for device_id, device in zip(ids, devices, strict=True):
             self.devices.remember(DeviceRecord(device_id, device.tps, device.public_key))
         return tally_pb2.EnrollDevicesResponse(
-            devices=[tally_pb2.EnrollDeviceResponse(device_id=i, tps=d.tps) for i, d in zip(ids, devices, strict=True)]
+            devices=[
+                tally_pb2.EnrollDeviceResponse(device_id=i, tps=d.tps, election_id=self.intake.catalog.election_id)
+                for i, d in zip(ids, devices, strict=True)
+            ]
         )
 
     async def _device_problems(self, device: tally_pb2.EnrollDeviceRequest, prefix: str) -> list[FieldProblem]:

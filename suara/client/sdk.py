@@ -86,6 +86,18 @@ def prepare_form(form: form_pb2.CHasilForm, photos: Sequence[bytes] = ()) -> for
     return prepared
 
 
+def with_election(form: form_pb2.CHasilForm, key: DeviceKey) -> form_pb2.CHasilForm:
+    """`form` naming the election of the key (which its key file carries), unless it names one itself."""
+    if not form.election_id:
+        form.election_id = key.election_id
+    elif key.election_id and form.election_id != key.election_id:
+        raise FormError(
+            f"the form is of election {form.election_id!r} but this device key is of election {key.election_id!r}; "
+            "tally would refuse it (FAILED_PRECONDITION)"
+        )
+    return form
+
+
 def sign_form(form: form_pb2.CHasilForm, key: DeviceKey) -> form_pb2.SignedForm:
     """Serialize once (deterministically: map order fixed) and sign those bytes."""
     if form.tps != key.tps:
@@ -226,7 +238,7 @@ class Client:
         again (same content, whatever the clock says now) keeps the bytes signed the
         first time, so a second `suara submit` of one file is a resend, not a CONFLICT.
         """
-        form = prepare_form(form, photos)
+        form = with_election(prepare_form(form, photos), key)
 
         def sign(existing: Entry | None) -> tuple[bytes, bytes, str]:  # in the outbox's thread
             if (

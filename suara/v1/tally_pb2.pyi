@@ -642,19 +642,26 @@ class EnrollDeviceResponse(_message.Message):
 
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     TPS_FIELD_NUMBER: _builtins.int
+    ELECTION_ID_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     """The key's device id ("dev_" + 24 hex digits of SHA-256(public_key))."""
     tps: _builtins.str
     """The TPS it is enrolled for."""
+    election_id: _builtins.str
+    """The election this tally serves (set by `suara registry load`): the device
+    signs it into every form (CHasilForm.election_id) and keeps it in its key
+    file.
+    """
     def __init__(
         self,
         *,
         device_id: _builtins.str = ...,
         tps: _builtins.str = ...,
+        election_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "tps", b"tps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "election_id", b"election_id", "tps", b"tps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -17,7 +17,7 @@ from suara.client.stubs import tally_stub
 from suara.election.signing import DeviceKey
 from suara.runtime.settings import LogSettings, PeerSettings, RelaySettings, Settings, TallySettings
 from suara.v1 import tally_pb2_grpc
-from tests.support.factories import Station
+from tests.support.factories import TEST_ELECTION, Station
 
 # No relay in tally's own tests (they read the outbox themselves), whatever a developer keeps in .suara.
 BASE_SETTINGS = Settings(
@@ -57,7 +57,7 @@ class Tally:
 
     async def station(self, tps: str | None = None) -> Station:
         tps = tps or self.tps_codes.pop()
-        key = DeviceKey.generate(tps)
+        key = DeviceKey.generate(tps, TEST_ELECTION)
         await enroll_device(self.db, key.device_id, tps, key.public_key, "test")
         return Station(tps, key)
 
