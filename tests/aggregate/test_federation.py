@@ -131,5 +131,5 @@ async def test_a_bad_area_update_is_refused_alone(aggregate: Aggregate) -> None:
         (3, ["updates[3].tps_total"]),
         (4, ["updates[4].area"]),
     ]
-    national = await aggregate.db.fetchval("SELECT votes FROM aggregate.area_total WHERE contest = 'ppwp' AND area = ''")
+    national = await aggregate.db.fetchval("SELECT votes FROM aggregate.area_total WHERE contest='ppwp' AND area=''")
     assert national[0] == 10, "only the good subtree counts"
