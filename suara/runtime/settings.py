@@ -144,6 +144,13 @@ class TallySettings(_Section):
         "largest form photo accepted",
         _between(1, MAX_MESSAGE_BYTES, f"bytes, 1 to {MAX_MESSAGE_BYTES} (a gRPC message)"),
     )
+    chain_key: str = _setting(
+        "SUARA_TALLY_CHAIN_KEY",
+        "",
+        "the key file tally signs its chain heads with (Ed25519, created if missing; never in the database); "
+        "empty: SUARA_DATA_DIR/chain.key.json",
+        ANY,
+    )
     verify_threads: int = _setting(
         "SUARA_VERIFY_THREADS",
         2,
