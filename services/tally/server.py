@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -30,7 +31,9 @@ from services.tally.queries import QUERIES
 from services.tally.relay import Relay, relay_for
 from suara.client import service_names
 from suara.election import codes, signing
+from suara.election.chain import sign_head
 from suara.election.outcomes import OUTCOMES
+from suara.election.signing import ChainKey
 from suara.registry.catalog import RegistryView as Catalog
 from suara.runtime import database
 from suara.runtime.auth.principal import CALLER
@@ -40,7 +43,7 @@ from suara.runtime.grpc_server import Server, create_server, serve_until_signal
 from suara.runtime.notifications import ChannelListener
 from suara.runtime.pagination import Pager
 from suara.runtime.ratelimit import PeerLimitInterceptor, RateLimiter
-from suara.runtime.settings import Settings, TallySettings
+from suara.runtime.settings import SettingError, Settings, TallySettings
 from suara.runtime.wire import SMALL_REQUEST_BYTES, TALLY_MAX_BATCH, tally_request_limits
 from suara.v1 import tally_pb2, tally_pb2_grpc
 
@@ -107,9 +110,11 @@ def submission_pb(row: asyncpg.Record) -> tally_pb2.Submission:
 
 
 class TallyService(tally_pb2_grpc.TallyServiceServicer):
-    def __init__(self, db: Database, catalog: Catalog, settings: TallySettings) -> None:
+    def __init__(self, db: Database, catalog: Catalog, settings: TallySettings, chain_key: ChainKey) -> None:
         self.db = db
         self.settings = settings
+        self.chain_key = chain_key
+        self._signed_head: tuple[int, bytes, bytes] = (-1, b"", b"")  # the last head signed: signed once
         self.gate = DatabaseGate(db, settings.retry_after_ms)
         self.in_flight = InFlight(settings.max_in_flight, settings.retry_after_ms)
         self.executor = ThreadPoolExecutor(settings.verify_threads, thread_name_prefix="verify")
@@ -250,8 +255,15 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
         self, request: tally_pb2.GetChainHeadRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> tally_pb2.GetChainHeadResponse:
         rows = await self._fetch(QUERIES.chain_head)
-        head = tally_pb2.ChainHead(position=rows[0]["position"], hash=bytes(rows[0]["hash"]).hex())
-        return tally_pb2.GetChainHeadResponse(chain_head=head)
+        position, head_hash = rows[0]["position"], bytes(rows[0]["hash"])
+        # Signed here, once per head handed out, not per commit: the commit path stays as cheap as it was.
+        if self._signed_head[:2] != (position, head_hash):
+            self._signed_head = (position, head_hash, sign_head(self.chain_key, position, head_hash))
+        head = tally_pb2.ChainHead(
+            position=position, hash=head_hash.hex(), signature=self._signed_head[2], key_id=self.chain_key.key_id
+        )
+        key = tally_pb2.ChainKey(key_id=self.chain_key.key_id, public_key=self.chain_key.public_key)
+        return tally_pb2.GetChainHeadResponse(chain_head=head, chain_key=key)
 
     async def GetPhoto(
         self, request: tally_pb2.GetPhotoRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -407,10 +419,13 @@ class TallyApp:
         self.admins.clear()
 
     @classmethod
-    async def create(cls, settings: Settings, database_url: str) -> TallyApp:
+    async def create(cls, settings: Settings, database_url: str, chain_key: ChainKey | None = None) -> TallyApp:
+        """`chain_key`: the key to sign heads with; None: the one in SUARA_TALLY_CHAIN_KEY's file."""
+        if chain_key is None:
+            chain_key = load_chain_key(settings)
         db = await Database.open(database_url, size=settings.database.pool_size, application="suara-tally")
         catalog = await Catalog.load(db)
-        service = TallyService(db, catalog, settings.tally)
+        service = TallyService(db, catalog, settings.tally, chain_key)
         admins = AdminTokens(db)
         server, port = create_server(
             lambda s: tally_pb2_grpc.add_TallyServiceServicer_to_server(service, s),
@@ -462,6 +477,26 @@ class TallyApp:
         await self.service.close()
         await self.db.close()
         log.info("tally_stopped")
+
+
+def chain_key_path(settings: Settings) -> Path:
+    return Path(settings.tally.chain_key) if settings.tally.chain_key else settings.data_dir / "chain.key.json"
+
+
+def load_chain_key(settings: Settings) -> ChainKey:
+    """The chain key of SUARA_TALLY_CHAIN_KEY, made on a fresh deployment's first start."""
+    path = chain_key_path(settings)
+    try:
+        key, created = ChainKey.load_or_create(path)
+    except (OSError, ValueError) as exc:
+        raise SettingError(
+            "SUARA_TALLY_CHAIN_KEY", str(path), f"a readable chain key file, or a writable path for a new one ({exc})"
+        ) from exc
+    if created:
+        log.warning("chain_key_created", path=str(path), key_id=key.key_id)
+    else:
+        log.info("chain_key", path=str(path), key_id=key.key_id)
+    return key
 
 
 async def serve(settings: Settings, database_url: str) -> None:

@@ -192,6 +192,13 @@ class TallySettings(_Section):
     peer_burst: int = _setting(
         "SUARA_TALLY_PEER_BURST", 10000, "calls one address may make at once, per tally process", COUNT
     )
+    chain_key: str = _setting(
+        "SUARA_TALLY_CHAIN_KEY",
+        "",
+        "the key file tally signs its chain heads with (Ed25519, created if missing; never in the database); "
+        "empty: SUARA_DATA_DIR/chain.key.json",
+        ANY,
+    )
     verify_threads: int = _setting(
         "SUARA_VERIFY_THREADS",
         2,

@@ -76,11 +76,17 @@ ORDER BY s.contest, s.version
 LIMIT $5;
 
 -- name: chain_records
--- For `suara audit verify`: the whole chain in order, with each signer's key.
-SELECT s.id, s.chain_position, s.chain_hash, s.payload, s.payload_sha256, s.signature, s.outcome,
-       s.received_at, s.tps, s.contest, s.version, d.public_key
-FROM tally.submission s JOIN tally.device d USING (device_id)
+-- For `suara audit verify`: the whole chain in order, with each signer's key and TPS (a LEFT JOIN, so a
+-- row naming no enrolled device is reported rather than skipped).
+SELECT s.id, s.chain_position, s.chain_hash, s.chain_version, s.payload, s.payload_sha256, s.signature,
+       s.outcome, s.received_at, s.tps, s.contest, s.version, s.device_id, s.failed_checks, s.photo_sha256,
+       d.public_key, d.tps AS device_tps
+FROM tally.submission s LEFT JOIN tally.device d USING (device_id)
 ORDER BY s.chain_position;
+
+-- name: photo_hashes
+-- For `suara audit verify`: every stored photo, to check its bytes still have the hash that names it.
+SELECT sha256, content FROM tally.photo ORDER BY sha256;
 
 -- name: chain_head
 SELECT position, hash FROM tally.chain_head WHERE singleton;
@@ -101,10 +107,11 @@ WITH new AS (
               device_id, outcome, failed_checks, photo_sha256, chain_position, chain_hash, counts)
 ), submissions AS (
     INSERT INTO tally.submission (id, tps, contest, version, payload, payload_sha256, signature, device_id,
-                                  outcome, failed_checks, photo_sha256, chain_position, chain_hash, received_at)
+                                  outcome, failed_checks, photo_sha256, chain_position, chain_hash, received_at,
+                                  chain_version)
     SELECT id, tps, contest, version, payload, payload_sha256, signature, device_id,
            outcome, string_to_array(failed_checks, ','), string_to_array(photo_sha256, ','),
-           chain_position, chain_hash, $15::timestamptz
+           chain_position, chain_hash, $15::timestamptz, $22::smallint
     FROM new
 ), announced AS (
     INSERT INTO tally.outbox (submission_id, tps, contest, version, counts, quarantined, failed_checks)
