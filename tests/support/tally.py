@@ -10,21 +10,27 @@ import asyncpg
 import grpc
 import pytest
 
+from services.tally.access import create_admin_credential
 from services.tally.credentials import enroll_device
 from services.tally.server import TallyApp
 from suara.client.stubs import tally_stub
-from suara.election.signing import DeviceKey
+from suara.election.signing import ChainKey, DeviceKey
 from suara.runtime.settings import LogSettings, RelaySettings, Settings, TallySettings
 from suara.runtime.tls import open_channel
 from suara.v1 import tally_pb2_grpc
-from tests.support.factories import Station
+from tests.support.databases import as_service
+from tests.support.factories import TEST_ELECTION, Station
 from tests.support.pki import insecure, suite_pki, with_tls
 
-# No relay in tally's own tests (they read the outbox themselves), whatever a developer keeps in .suara.
+# The chain key of every in-process tally of this test run (tests check heads against its public half).
+CHAIN_KEY = ChainKey.generate()
+
+# No relay in tally's own tests (they read the outbox themselves), whatever a developer keeps in .suara;
+# no chain key file either (a tally made from these settings without CHAIN_KEY fails instead of making one).
 # TLS with the suite's PKI, as in production; `insecure(BASE_SETTINGS)` for the plaintext debugging mode.
 BASE_SETTINGS = with_tls(
     Settings(
-        tally=TallySettings(port=0, internal_port=0, commit_wait_s=5.0),
+        tally=TallySettings(port=0, internal_port=0, commit_wait_s=5.0, chain_key="/nonexistent/chain.key.json"),
         log=LogSettings(format="console"),
         relay=RelaySettings(credential="/nonexistent"),
     )
@@ -51,7 +57,8 @@ class Tally:
     db_url: str
     contests: dict[str, list[str]]  # contest id -> choice ids
     tps_codes: list[str]
-    # The internal listener with an admin's certificate (TLS), or the plaintext port (insecure: tokens prove).
+    # The internal listener with an admin's certificate (TLS), or in plaintext a channel whose every call
+    # carries an admin bearer token, and its stub: the admin and read methods.
     admin_channel: grpc.aio.Channel
     admin: tally_pb2_grpc.TallyServiceAsyncStub
 
@@ -62,7 +69,7 @@ class Tally:
 
     async def station(self, tps: str | None = None) -> Station:
         tps = tps or self.tps_codes.pop()
-        key = DeviceKey.generate(tps)
+        key = DeviceKey.generate(tps, TEST_ELECTION)
         await enroll_device(self.db, key.device_id, tps, key.public_key, "test")
         return Station(tps, key)
 
@@ -71,9 +78,9 @@ class Tally:
 
 
 async def start_tally(db_url: str, db: asyncpg.Connection, settings: Settings = BASE_SETTINGS) -> Tally:
-    app = await TallyApp.create(settings, db_url)
+    app = await TallyApp.create(settings, as_service(db_url, "tally"), CHAIN_KEY)  # tally's own role, as deployed
     await app.start()
-    channel, admin_channel = tally_channels(app, settings)
+    channel, admin_channel = await tally_channels(app, settings, db)
     rows = await db.fetch("SELECT contest, id FROM registry.choice ORDER BY contest, nomor_urut")
     contests: dict[str, list[str]] = {}
     for r in rows:
@@ -83,13 +90,28 @@ async def start_tally(db_url: str, db: asyncpg.Connection, settings: Settings = 
     return Tally(app, channel, tally_stub(channel), db, db_url, contests, tps, admin_channel, tally_stub(admin_channel))
 
 
-def tally_channels(app: TallyApp, settings: Settings) -> tuple[grpc.aio.Channel, grpc.aio.Channel]:
-    """A device's channel (the public listener) and an admin's (the internal listener, by certificate)."""
+async def tally_channels(
+    app: TallyApp, settings: Settings, db: asyncpg.Connection
+) -> tuple[grpc.aio.Channel, grpc.aio.Channel]:
+    """A device's channel (the public listener) and an admin's (the internal listener, by certificate;
+    in plaintext, by a bearer token in every call)."""
     if settings.tls.insecure:
-        return open_channel(f"127.0.0.1:{app.port}", None), open_channel(f"127.0.0.1:{app.internal_port}", None)
+        credential = await create_admin_credential(db, "test-admin")
+        token = _WithMetadata((("authorization", f"Bearer {credential.token}"),))
+        internal = f"127.0.0.1:{app.internal_port}"
+        return open_channel(f"127.0.0.1:{app.port}", None), open_channel(internal, None, interceptors=[token])
     pki = suite_pki()
     admin = pki.credential("test-admin", "admin")
     return pki.channel(f"127.0.0.1:{app.port}"), pki.channel(f"127.0.0.1:{app.internal_port}", admin)
+
+
+class _WithMetadata(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.metadata = metadata
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        merged = (*(details.metadata or ()), *self.metadata)
+        return await continuation(details._replace(metadata=merged), request)
 
 
 @pytest.fixture

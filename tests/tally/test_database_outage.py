@@ -36,7 +36,7 @@ from suara.registry.loader import load_registry
 from suara.v1 import tally_pb2
 from tests.support.factories import consistent_form, signed
 from tests.support.pki import suite_pki
-from tests.support.tally import BASE_SETTINGS, with_tally
+from tests.support.tally import BASE_SETTINGS, CHAIN_KEY, with_tally
 from tests.support.waiting import within
 
 ACKS_BEFORE_FAULT = 150
@@ -122,7 +122,7 @@ async def load_rig(tmp_path: Path) -> AsyncIterator[Rig]:
         await conn.close()
 
         settings = with_tally(BASE_SETTINGS, commit_wait_s=DEADLINE_S, retry_after_ms=50)
-        app = await TallyApp.create(settings, url)
+        app = await TallyApp.create(settings, url, CHAIN_KEY)
         await app.start()
         channel = suite_pki().channel(f"127.0.0.1:{app.port}")
         stub = tally_stub(channel)

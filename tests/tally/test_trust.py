@@ -95,7 +95,7 @@ async def test_in_plaintext_enroll_device_needs_an_admin_bearer_token(insecure_t
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_only_the_enroll_methods_ask_for_a_certificate(tally: Tally) -> None:
+async def test_only_the_enroll_and_submission_read_methods_ask_for_a_certificate(tally: Tally) -> None:
     service = tally_pb2.DESCRIPTOR.services_by_name["TallyService"]
     asking = set()
     for method in service.methods:
@@ -106,7 +106,7 @@ async def test_only_the_enroll_methods_ask_for_a_certificate(tally: Tally) -> No
             if err.code() == grpc.StatusCode.UNAUTHENTICATED:
                 assert "needs a client certificate" in str(err.details())
                 asking.add(method.name)
-    assert asking == {"EnrollDevice", "EnrollDevices"}
+    assert asking == {"EnrollDevice", "EnrollDevices", "GetSubmission", "ListSubmissions"}
 
 
 @pytest.mark.parametrize("size", [INLINE_VERIFY, INLINE_VERIFY + 3], ids=["verified-inline", "verified-in-threads"])

@@ -127,7 +127,7 @@ async def test_a_revoked_certificate_is_refused_within_a_second(
         async with own_pki.channel(f"127.0.0.1:{a.app.internal_port}", writer) as channel:
             stub = aggregate_stub(channel)
             await stub.ApplyUpdates(aggregate_pb2.ApplyUpdatesRequest())  # connected, and let in
-            own_pki.pki.revoke("relay")
+            own_pki.pki.revoke("client-relay")  # the name SuitePki.bundle issues it under
 
             async def refused() -> bool:
                 try:
