@@ -96,7 +96,9 @@ async def test_live_devices_per_tps_are_capped(tally: Tally) -> None:
     assert await tally.count("device") == DEVICE_CAP, "a refused batch enrolls nobody"
     # A revoked key frees its slot: a lost phone is replaced.
     await tally.db.execute("UPDATE tally.device SET revoked_at = now() WHERE device_id = $1", keys[0].device_id)
-    await tally.admin.EnrollDevice(tally_pb2.EnrollDeviceRequest(tps=tps, public_key=keys[-1].public_key), metadata=auth)
+    await tally.admin.EnrollDevice(
+        tally_pb2.EnrollDeviceRequest(tps=tps, public_key=keys[-1].public_key), metadata=auth
+    )
 
 
 async def test_a_form_of_another_election_is_refused_naming_both(tally: Tally) -> None:
