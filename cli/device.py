@@ -52,17 +52,14 @@ def add_parser(sub: Any) -> None:
 
 
 async def run_enroll(args: argparse.Namespace, settings: Settings) -> int:
-    from services.tally.credentials import enroll_device
+    from services.tally.credentials import MAX_DEVICES_PER_TPS, TooManyDevices, enroll_device
     from suara.election.signing import DeviceKey
-    from suara.registry.catalog import tps_exists
+    from suara.registry.catalog import fetch_election_id, tps_exists
 
-    key = DeviceKey.generate(args.tps)
-    out: Path = args.out or Path(f"{args.tps}-{key.device_id}.key.json")
-    if out.exists():  # noqa: ASYNC240  (one stat before any I/O of consequence)
-        print(f"{out} exists; a device key is never overwritten. Choose another --out.", file=sys.stderr)
+    if args.out is not None and args.out.exists():
+        print(f"{args.out} exists; a device key is never overwritten. Choose another --out.", file=sys.stderr)
         return 2
-    if not write_key_file(key, out):
-        return 2
+    written: Path | None = None
     try:
         with database_url(settings) as url:
             async with connect(url) as conn:
@@ -71,13 +68,33 @@ async def run_enroll(args: argparse.Namespace, settings: Settings) -> int:
                         f"unknown TPS {args.tps!r}: it is not in the registry (see `suara registry show`)",
                         file=sys.stderr,
                     )
-                    out.unlink()  # noqa: ASYNC240  (undo the key file just written)
                     return 2
-                await enroll_device(conn, key.device_id, args.tps, key.public_key, args.label, actor=operator())
+                # The key file names the election: the device signs it into every form.
+                key = DeviceKey.generate(args.tps, await fetch_election_id(conn))
+                out: Path = args.out or Path(f"{args.tps}-{key.device_id}.key.json")
+                if out.exists():  # noqa: ASYNC240  (one stat before any I/O of consequence)
+                    print(f"{out} exists; a device key is never overwritten. Choose another --out.", file=sys.stderr)
+                    return 2
+                if not write_key_file(key, out):
+                    return 2
+                written = out
+                try:
+                    await enroll_device(conn, key.device_id, args.tps, key.public_key, args.label, actor=operator())
+                except TooManyDevices:
+                    out.unlink()  # noqa: ASYNC240  (undo the key file just written)
+                    print(
+                        f"TPS {args.tps} already has {MAX_DEVICES_PER_TPS} live device keys, the most it may have: "
+                        "revoke a lost device's key before enrolling its replacement",
+                        file=sys.stderr,
+                    )
+                    return 2
     except BaseException:
-        out.unlink(missing_ok=True)  # noqa: ASYNC240  (undo the key file just written)
+        if written is not None:
+            written.unlink(missing_ok=True)
         raise
-    print(f"device {key.device_id} enrolled for TPS {args.tps}; private key written to {out}")
+    print(
+        f"device {key.device_id} enrolled for TPS {args.tps} (election {key.election_id}); private key written to {out}"
+    )
     return 0
 
 

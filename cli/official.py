@@ -61,26 +61,31 @@ def add_parser(sub: Any) -> None:
 async def run_enroll(args: argparse.Namespace, settings: Settings) -> int:
     from services.aggregate.officials import enroll_official
     from suara.election.signing import OfficialKey
+    from suara.registry.catalog import fetch_election_id
     from suara.registry.summary import area_exists
 
     try:
-        key = OfficialKey.generate(args.area, args.role)
+        OfficialKey.generate(args.area, args.role)  # the role and area fit: checked before the database
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
-    out: Path = args.out or Path(f"{args.area}-{key.official_id}.key.json")
-    if not write_key_file(key, out):
-        return 2
+    written: Path | None = None
     try:
         with database_url(settings) as url:
             async with connect(url) as conn:
                 if not await area_exists(conn, args.area):
                     print(f"unknown area {args.area!r}: not in the registry", file=sys.stderr)
-                    out.unlink()  # noqa: ASYNC240  (undo the key file just written)
                     return 2
+                # The key file names the election: the official signs it into every recap.
+                key = OfficialKey.generate(args.area, args.role, await fetch_election_id(conn))
+                out: Path = args.out or Path(f"{args.area}-{key.official_id}.key.json")
+                if not write_key_file(key, out):
+                    return 2
+                written = out
                 await enroll_official(conn, key, args.label, actor=operator())
     except BaseException:
-        out.unlink(missing_ok=True)  # noqa: ASYNC240  (undo the key file just written)
+        if written is not None:
+            written.unlink(missing_ok=True)
         raise
     print(f"official {key.official_id} ({key.role}) enrolled for area {key.area}; private key written to {out}")
     return 0

@@ -24,7 +24,7 @@ from services.aggregate.errors import InvalidRequest
 from services.aggregate.queries import QUERIES
 from suara.election import signing
 from suara.election.codes import parent_of
-from suara.election.payloads import describe_unknown, unknown_fields
+from suara.election.payloads import describe_unknown, other_election, unknown_fields
 from suara.runtime.database import Database
 from suara.runtime.errors import AlreadyExists, FieldProblem, NotFound, PermissionDenied, Unauthenticated
 from suara.runtime.pagination import Pager
@@ -72,6 +72,9 @@ async def submit_recap(
     unknown = unknown_fields(form)
     if unknown:
         raise InvalidRequest([FieldProblem("recap.payload", describe_unknown(unknown, "suara.v1.RecapForm"))])
+    election = await catalog.election(form.election_id)
+    if form.election_id != election:
+        raise other_election("recap", form.election_id, election)
     if form.area != official["area"]:
         raise PermissionDenied(
             f"official {signed.official_id} ({official['role']}) recaps area {official['area']}, not {form.area!r}"

@@ -13,7 +13,7 @@ from services.aggregate import recap, views
 from services.aggregate.access import access_interceptor
 from services.aggregate.catalog import Catalog
 from services.aggregate.rollup import Rollup
-from services.aggregate.updates import area_updates, leaf_updates
+from services.aggregate.updates import area_updates, leaf_updates, reply
 from suara.client import service_names
 from suara.runtime.auth.service_tokens import ServiceTokens
 from suara.runtime.database import Database
@@ -42,16 +42,20 @@ class AggregateService(aggregate_pb2_grpc.AggregateServiceServicer):
     async def ApplyUpdates(
         self, request: aggregate_pb2.ApplyUpdatesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> aggregate_pb2.ApplyUpdatesResponse:
-        updates = await leaf_updates(request, self.catalog)
-        applied = await self.rollup.apply_leaves(updates)
-        return aggregate_pb2.ApplyUpdatesResponse(outcomes=applied.outcomes, sequence=applied.sequence)
+        checked = await leaf_updates(request, self.catalog)
+        applied = await self.rollup.apply_leaves(checked.updates)
+        outcomes, refusals = reply(checked, applied.outcomes, applied.refused)
+        _log_refusals("ApplyUpdates", refusals, [(u.tps, u.contest, u.version) for u in request.updates])
+        return aggregate_pb2.ApplyUpdatesResponse(outcomes=outcomes, sequence=applied.sequence, refusals=refusals)
 
     async def ApplyAreaUpdates(
         self, request: aggregate_pb2.ApplyAreaUpdatesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> aggregate_pb2.ApplyAreaUpdatesResponse:
-        updates = area_updates(request, self.catalog)
-        applied = await self.rollup.apply_feed(request.source, updates)
-        return aggregate_pb2.ApplyAreaUpdatesResponse(outcomes=applied.outcomes, sequence=applied.sequence)
+        checked = area_updates(request, self.catalog)
+        applied = await self.rollup.apply_feed(request.source, checked.updates)
+        outcomes, refusals = reply(checked, applied.outcomes, applied.refused)
+        _log_refusals("ApplyAreaUpdates", refusals, [(u.area, u.contest, u.version) for u in request.updates])
+        return aggregate_pb2.ApplyAreaUpdatesResponse(outcomes=outcomes, sequence=applied.sequence, refusals=refusals)
 
     async def GetArea(
         self, request: aggregate_pb2.GetAreaRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -84,6 +88,18 @@ class AggregateService(aggregate_pb2_grpc.AggregateServiceServicer):
         self, request: aggregate_pb2.ListMismatchesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> aggregate_pb2.ListMismatchesResponse:
         return await recap.list_mismatches(self.db, self.catalog, request)
+
+
+def _log_refusals(
+    method: str, refusals: Sequence[aggregate_pb2.UpdateRefusal], keys: Sequence[tuple[str, str, int]]
+) -> None:
+    # The sender sets each aside (tally: its dead letters); here, a writer sent what no form can hold.
+    for r in refusals:
+        where, contest, version = keys[r.index]
+        log.warning(
+            "update_refused", method=method, index=r.index, area=where[:16], contest=contest[:16], version=version,
+            reason=r.reason,
+        )  # fmt: skip
 
 
 class AggregateApp:

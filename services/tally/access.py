@@ -1,6 +1,8 @@
 """Who may call tally's admin methods: holders of an admin credential (a bearer token; only its SHA-256
-is stored, in tally.admin_credential). Every other method is open: a device proves itself by the
-signature on its form, and reads are public."""
+is stored, in tally.admin_credential). The reads of stored submissions are admin methods too: they
+return signed documents and device ids in bulk, nothing an anonymous caller needs. Every other method
+is open: a device proves itself by the signature on its form; the chain head and photos are public
+(publish reads them, and the site publishes both)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from suara.runtime.database import Database
 from suara.runtime.errors import PermissionDenied, Unauthenticated
 
 ADMIN = "admin"
-ADMIN_METHODS = frozenset({"EnrollDevice", "EnrollDevices"})
+ADMIN_METHODS = frozenset({"EnrollDevice", "EnrollDevices", "GetSubmission", "ListSubmissions"})
 _SERVICE = service_names.TALLY
 
 

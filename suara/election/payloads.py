@@ -13,6 +13,8 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
+from suara.runtime.errors import FailedPrecondition, FieldProblem
+
 _MESSAGE = FieldDescriptor.CPPTYPE_MESSAGE
 
 
@@ -49,4 +51,19 @@ def describe_unknown(paths: list[str], what: str) -> str:
     return (
         f"has fields {what} does not define ({shown}): sign only the fields of {what}; "
         "a client built from newer protos must not send fields this server cannot check"
+    )
+
+
+def other_election(what: str, claimed: str, serving: str) -> FailedPrecondition:
+    """The refusal of a signed document of another election than the registry's (or of none)."""
+    said = repr(claimed) if claimed else "no election"
+    return FailedPrecondition(
+        f"this {what} is of {said}, and this deployment serves election {serving!r}; nothing was stored",
+        violations=[
+            FieldProblem(
+                "election_id",
+                f"got {said}, expected {serving!r}: sign the {what} again with a key file of election {serving!r} "
+                "(a rehearsal's documents are never valid on the real night)",
+            )
+        ],
     )

@@ -170,6 +170,35 @@ class TallySettings(_Section):
         "largest form photo accepted",
         _between(1, MAX_MESSAGE_BYTES, f"bytes, 1 to {MAX_MESSAGE_BYTES} (a gRPC message)"),
     )
+    device_rate_per_min: float = _setting(
+        "SUARA_TALLY_DEVICE_RATE_PER_MIN",
+        10.0,
+        "forms a minute one device key may send, beyond its burst (resends count); beyond: RESOURCE_EXHAUSTED",
+        _between(0.001, 1_000_000, "forms a minute, above 0"),
+    )
+    device_burst: int = _setting(
+        "SUARA_TALLY_DEVICE_BURST",
+        100,
+        "forms one device key may send at once (a whole night's outbox is a few dozen)",
+        COUNT,
+    )
+    peer_rate: float = _setting(
+        "SUARA_TALLY_PEER_RATE",
+        5000.0,
+        "calls a second from one address, per tally process (phones behind one NAT share it; "
+        "the load test is one address)",
+        _between(0.001, 1_000_000_000, "calls a second, above 0"),
+    )
+    peer_burst: int = _setting(
+        "SUARA_TALLY_PEER_BURST", 10000, "calls one address may make at once, per tally process", COUNT
+    )
+    chain_key: str = _setting(
+        "SUARA_TALLY_CHAIN_KEY",
+        "",
+        "the key file tally signs its chain heads with (Ed25519, created if missing; never in the database); "
+        "empty: SUARA_DATA_DIR/chain.key.json",
+        ANY,
+    )
     verify_threads: int = _setting(
         "SUARA_VERIFY_THREADS",
         2,

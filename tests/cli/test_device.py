@@ -14,7 +14,7 @@ import structlog
 from suara.election.signing import DeviceKey
 from suara.v1 import tally_pb2
 from tests.cli.files import PRIVATE, file_mode, files_in
-from tests.support.factories import consistent_form, signed
+from tests.support.factories import TEST_ELECTION, consistent_form, signed
 from tests.support.processes import run_suara
 from tests.support.tally import Tally
 from tests.support.waiting import poll_until
@@ -32,6 +32,7 @@ async def test_device_enroll_writes_a_private_key_that_tally_accepts(
     assert file_mode(out) == PRIVATE
     key = DeviceKey.load(out)
     assert key.tps == tps
+    assert key.election_id == TEST_ELECTION  # the registry's: the device signs it into its forms
     assert key.device_id in result.stdout and tps in result.stdout
     device = await tally.db.fetchrow(
         "SELECT tps, public_key, label, revoked_at FROM tally.device WHERE device_id = $1", key.device_id

@@ -13,6 +13,7 @@ import pytest
 from suara.election.signing import OfficialKey
 from suara.v1 import aggregate_pb2
 from tests.support.aggregate import start_aggregate
+from tests.support.factories import TEST_ELECTION
 from tests.support.processes import run_suara
 
 
@@ -27,6 +28,7 @@ async def test_enroll_writes_a_private_key_bound_to_the_area(
     assert result.returncode == 0, result.stderr
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     key = OfficialKey.load(out)
+    assert key.election_id == TEST_ELECTION  # the registry's: the official signs it into every recap
     row = await db.fetchrow(
         "SELECT area, role, public_key FROM aggregate.official WHERE official_id = $1", key.official_id
     )

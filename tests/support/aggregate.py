@@ -92,7 +92,7 @@ def update(
         version=version,
         totals=totals_for(tps, contest, version, registry.choices[contest], variant),
         quarantined=quarantined,
-        failed_checks=["valid_plus_invalid"] if quarantined else [],
+        failed_checks=["sah_plus_tidak_sah_ne_suara_total"] if quarantined else [],
     )
 
 

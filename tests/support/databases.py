@@ -83,6 +83,7 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 async def _prepare_template(server_url: str, name: str) -> None:
     from suara.registry.loader import load_registry
+    from tests.support.factories import TEST_ELECTION
 
     admin = await asyncpg.connect(server_url)
     try:
@@ -95,7 +96,7 @@ async def _prepare_template(server_url: str, name: str) -> None:
     await _create_test_roles(server_url)
     conn = await asyncpg.connect(url)
     try:
-        await load_registry(conn, synthetic_scale=TEST_SCALE, seed=TEST_SEED)
+        await load_registry(conn, synthetic_scale=TEST_SCALE, seed=TEST_SEED, election_id=TEST_ELECTION)
     finally:
         await conn.close()
 

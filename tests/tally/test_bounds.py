@@ -9,7 +9,7 @@ import pytest
 from services.tally.access import create_admin_credential
 from suara.election.signing import DeviceKey
 from suara.v1 import form_pb2, tally_pb2
-from tests.support.factories import consistent_form, signed
+from tests.support.factories import TEST_ELECTION, consistent_form, signed
 from tests.support.rpc_errors import bad_fields, violations
 from tests.support.tally import Tally
 
@@ -97,3 +97,27 @@ async def test_live_devices_per_tps_are_capped(tally: Tally) -> None:
     # A revoked key frees its slot: a lost phone is replaced.
     await tally.db.execute("UPDATE tally.device SET revoked_at = now() WHERE device_id = $1", keys[0].device_id)
     await tally.stub.EnrollDevice(tally_pb2.EnrollDeviceRequest(tps=tps, public_key=keys[-1].public_key), metadata=auth)
+
+
+async def test_a_form_of_another_election_is_refused_naming_both(tally: Tally) -> None:
+    station = await tally.station()
+    choices = tally.contests["ppwp"]
+    for other in ("gladi-2024", ""):  # a rehearsal's form, and one that names no election
+        form = consistent_form(station.tps, "ppwp", choices, election_id=other)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await tally.stub.Submit(signed(station.key, form))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert bad_fields(err.value) == ["election_id"]
+        said = violations(err.value)["election_id"]
+        assert repr(TEST_ELECTION) in said and (repr(other) if other else "no election") in said
+        batch = await tally.stub.SubmitBatch(tally_pb2.SubmitBatchRequest(items=[signed(station.key, form)]))
+        assert batch.results[0].error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert await tally.count("submission") == 0
+    accepted = await tally.stub.Submit(signed(station.key, consistent_form(station.tps, "ppwp", choices)))
+    assert accepted.outcome == tally_pb2.OUTCOME_ACCEPTED
+
+
+async def test_enrollment_names_the_election(tally: Tally) -> None:
+    key = DeviceKey.generate(tally.tps_codes.pop())
+    reply = await tally.admin.EnrollDevice(tally_pb2.EnrollDeviceRequest(tps=key.tps, public_key=key.public_key))
+    assert reply.election_id == TEST_ELECTION

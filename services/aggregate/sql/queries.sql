@@ -153,8 +153,8 @@ ON CONFLICT (area, contest) DO UPDATE
 RETURNING f.contest, f.area;
 
 -- name: known_areas
--- Which of these (contest, area) pairs have a row: the contest has TPS there.
-SELECT a.contest, a.area
+-- Which of these (contest, area) pairs have a row (the contest has TPS there), with how many.
+SELECT a.contest, a.area, a.tps_total
 FROM unnest($1::text[], $2::text[]) AS k (contest, area)
 JOIN aggregate.area_total a USING (contest, area);
 
