@@ -44,7 +44,9 @@ __all__ = [
 ]
 
 MAX_COUNT = 10_000  # absurd for any one count: no TPS has that many voters
-MAX_VERSION = 2**31 - 1
+# Versions of one form (per TPS and contest). A form is corrected a few times at most; a cap far
+# above that keeps a version from being pushed to the integer limit, where no correction could follow.
+MAX_VERSION = 100
 MAX_PHOTOS = 3
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -99,7 +101,10 @@ def _place(form: form_pb2.CHasilForm, contest: Contest | None, tps_known: bool) 
 
 def _version(form: form_pb2.CHasilForm) -> Iterator[Violation]:
     if not 1 <= form.version <= MAX_VERSION:
-        yield Violation("version", f"must be between 1 and {MAX_VERSION}, got {form.version}")
+        yield Violation(
+            "version",
+            f"must be between 1 and {MAX_VERSION} (the cap on versions of one form), got {form.version}",
+        )
 
 
 def _votes(form: form_pb2.CHasilForm, contest: Contest | None) -> Iterator[Violation]:

@@ -78,16 +78,18 @@ def _save_new(path: Path, text: str) -> None:
 
 @dataclass(frozen=True)
 class DeviceKey:
-    """What a KPPS device keeps: its TPS, its device id and its private key."""
+    """What a KPPS device keeps: its TPS, its device id, its private key and the election it signs for
+    ("" in a key file written before elections were named: then the form must say it)."""
 
     tps: str
     device_id: str
     private_key: Ed25519PrivateKey
+    election_id: str = ""
 
     @classmethod
-    def generate(cls, tps: str) -> DeviceKey:
+    def generate(cls, tps: str, election_id: str = "") -> DeviceKey:
         key = Ed25519PrivateKey.generate()
-        return cls(tps=tps, device_id=device_id_for(public_bytes(key)), private_key=key)
+        return cls(tps=tps, device_id=device_id_for(public_bytes(key)), private_key=key, election_id=election_id)
 
     @property
     def public_key(self) -> bytes:
@@ -97,12 +99,16 @@ class DeviceKey:
         return self.private_key.sign(payload)
 
     def to_json(self) -> str:
-        return _key_file("suara-device-key", self.private_key, tps=self.tps, device_id=self.device_id)
+        return _key_file(
+            "suara-device-key", self.private_key, tps=self.tps, device_id=self.device_id, election_id=self.election_id
+        )
 
     @classmethod
     def from_json(cls, text: str) -> DeviceKey:
         data, key = _read_key_file(text, "suara-device-key", "device_id", device_id_for)
-        return cls(tps=data["tps"], device_id=data["device_id"], private_key=key)
+        return cls(
+            tps=data["tps"], device_id=data["device_id"], private_key=key, election_id=data.get("election_id", "")
+        )
 
     def save(self, path: Path) -> None:
         _save_new(path, self.to_json())
@@ -132,14 +138,15 @@ class OfficialKey:
     area: str
     role: str
     private_key: Ed25519PrivateKey
+    election_id: str = ""  # the election its recaps are signed for
 
     @classmethod
-    def generate(cls, area: str, role: str) -> OfficialKey:
+    def generate(cls, area: str, role: str, election_id: str = "") -> OfficialKey:
         if OFFICIAL_ROLES.get(role) != len(area) or not area.isdigit():
             roles = ", ".join(f"{r} ({n}-digit area)" for r, n in OFFICIAL_ROLES.items())
             raise ValueError(f"role {role!r} does not recap area {area!r}; the roles are {roles}")
         key = Ed25519PrivateKey.generate()
-        return cls(official_id_for(public_bytes(key)), area, role, key)
+        return cls(official_id_for(public_bytes(key)), area, role, key, election_id)
 
     @property
     def public_key(self) -> bytes:
@@ -150,7 +157,12 @@ class OfficialKey:
 
     def to_json(self) -> str:
         return _key_file(
-            "suara-official-key", self.private_key, official_id=self.official_id, area=self.area, role=self.role
+            "suara-official-key",
+            self.private_key,
+            official_id=self.official_id,
+            area=self.area,
+            role=self.role,
+            election_id=self.election_id,
         )
 
     @classmethod
@@ -159,7 +171,64 @@ class OfficialKey:
             data, key = _read_key_file(path.read_text(), "suara-official-key", "official_id", official_id_for)
         except (ValueError, KeyError) as exc:
             raise ValueError(f"{path}: {exc}") from exc
-        return cls(data["official_id"], data["area"], data["role"], key)
+        return cls(data["official_id"], data["area"], data["role"], key, data.get("election_id", ""))
 
     def save(self, path: Path) -> None:
         _save_new(path, self.to_json())
+
+
+def chain_key_id_for(public_key: bytes) -> str:
+    return "chn_" + hashlib.sha256(public_key).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class ChainKey:
+    """tally's own key, which signs the chain heads it hands out for publishing (never in the database)."""
+
+    key_id: str
+    private_key: Ed25519PrivateKey
+
+    @classmethod
+    def generate(cls) -> ChainKey:
+        key = Ed25519PrivateKey.generate()
+        return cls(chain_key_id_for(public_bytes(key)), key)
+
+    @property
+    def public_key(self) -> bytes:
+        return public_bytes(self.private_key)
+
+    def sign(self, message: bytes) -> bytes:
+        return self.private_key.sign(message)
+
+    def to_json(self) -> str:
+        return _key_file("suara-chain-key", self.private_key, key_id=self.key_id)
+
+    @classmethod
+    def load(cls, path: Path) -> ChainKey:
+        try:
+            data, key = _read_key_file(path.read_text(), "suara-chain-key", "key_id", chain_key_id_for)
+        except (ValueError, KeyError) as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+        return cls(data["key_id"], key)
+
+    def save(self, path: Path) -> None:
+        _save_new(path, self.to_json())
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> tuple[ChainKey, bool]:
+        """The key in `path`, or a new one saved there (True). Several processes starting at once end up
+        with the same key: the file appears whole (written aside, then linked into place) or not at all."""
+        if path.exists():
+            return cls.load(path), False
+        key = cls.generate()
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        aside = path.with_name(f".{path.name}.{os.getpid()}.new")
+        try:
+            key.save(aside)
+            try:
+                os.link(aside, path)
+            except FileExistsError:
+                return cls.load(path), False
+        finally:
+            aside.unlink(missing_ok=True)
+        return key, True

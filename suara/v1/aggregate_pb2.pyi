@@ -135,6 +135,7 @@ class RecapForm(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     TOTALS_FIELD_NUMBER: _builtins.int
     SIGNED_AT_FIELD_NUMBER: _builtins.int
+    ELECTION_ID_FIELD_NUMBER: _builtins.int
     area: _builtins.str
     """The official's own area: a kecamatan (6 digits), kabupaten/kota (4) or
     province (2) code where the contest is held.
@@ -143,6 +144,11 @@ class RecapForm(_message.Message):
     """The contest id (ppwp, pdpr, ...)."""
     version: _builtins.int
     """At least 1, growing per (area, contest): a correction is a higher version."""
+    election_id: _builtins.str
+    """The election this recap belongs to (the official's key file carries it);
+    a recap of another election is refused: FAILED_PRECONDITION naming
+    election_id.
+    """
     @_builtins.property
     def totals(self) -> Global___Totals:
         """Every choice of the contest (0 if none, no other) and suara_sah,
@@ -161,10 +167,11 @@ class RecapForm(_message.Message):
         version: _builtins.int = ...,
         totals: Global___Totals | None = ...,
         signed_at: _timestamp_pb2.Timestamp | None = ...,
+        election_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["signed_at", b"signed_at", "totals", b"totals"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["area", b"area", "contest", b"contest", "signed_at", b"signed_at", "totals", b"totals", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["area", b"area", "contest", b"contest", "election_id", b"election_id", "signed_at", b"signed_at", "totals", b"totals", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

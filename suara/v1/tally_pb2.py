@@ -26,17 +26,17 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from suara.v1 import form_pb2 as suara_dot_v1_dot_form__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14suara/v1/tally.proto\x12\x08suara.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13suara/v1/form.proto\"\x18\n\x05Photo\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\"T\n\rSubmitRequest\x12\"\n\x04\x66orm\x18\x01 \x01(\x0b\x32\x14.suara.v1.SignedForm\x12\x1f\n\x06photos\x18\x02 \x03(\x0b\x32\x0f.suara.v1.Photo\"\x95\x01\n\x07Receipt\x12\x15\n\rsubmission_id\x18\x01 \x01(\t\x12\x16\n\x0epayload_sha256\x18\x02 \x01(\t\x12\x16\n\x0e\x63hain_position\x18\x03 \x01(\x03\x12\x12\n\nchain_hash\x18\x04 \x01(\t\x12/\n\x0bserver_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x88\x01\n\x0eSubmitResponse\x12\"\n\x07outcome\x18\x01 \x01(\x0e\x32\x11.suara.v1.Outcome\x12\"\n\x07receipt\x18\x02 \x01(\x0b\x32\x11.suara.v1.Receipt\x12\x15\n\rfailed_checks\x18\x03 \x03(\t\x12\x17\n\x0f\x63urrent_version\x18\x04 \x01(\x03\"4\n\x0e\x46ieldViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"^\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x32\n\x10\x66ield_violations\x18\x03 \x03(\x0b\x32\x18.suara.v1.FieldViolation\"<\n\x12SubmitBatchRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.suara.v1.SubmitRequest\"\xc2\x01\n\x15SubmitBatchItemResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\"\n\x07outcome\x18\x02 \x01(\x0e\x32\x11.suara.v1.Outcome\x12\"\n\x07receipt\x18\x03 \x01(\x0b\x32\x11.suara.v1.Receipt\x12\x15\n\rfailed_checks\x18\x04 \x03(\t\x12\"\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x13.suara.v1.ItemError\x12\x17\n\x0f\x63urrent_version\x18\x06 \x01(\x03\"G\n\x13SubmitBatchResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.suara.v1.SubmitBatchItemResult\"\x93\x02\n\nSubmission\x12\"\n\x07receipt\x18\x01 \x01(\x0b\x32\x11.suara.v1.Receipt\x12\x0b\n\x03tps\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontest\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12\"\n\x07outcome\x18\x05 \x01(\x0e\x32\x11.suara.v1.Outcome\x12*\n\x06status\x18\x06 \x01(\x0e\x32\x1a.suara.v1.SubmissionStatus\x12\x15\n\rfailed_checks\x18\x07 \x03(\t\x12\x11\n\tdevice_id\x18\x08 \x01(\t\x12\x0f\n\x07payload\x18\t \x01(\x0c\x12\x11\n\tsignature\x18\n \x01(\x0c\x12\x14\n\x0cphoto_sha256\x18\x0b \x03(\t\"-\n\x14GetSubmissionRequest\x12\x15\n\rsubmission_id\x18\x01 \x01(\t\"A\n\x15GetSubmissionResponse\x12(\n\nsubmission\x18\x01 \x01(\x0b\x32\x14.suara.v1.Submission\"]\n\x16ListSubmissionsRequest\x12\x0b\n\x03tps\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontest\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"]\n\x17ListSubmissionsResponse\x12)\n\x0bsubmissions\x18\x01 \x03(\x0b\x32\x14.suara.v1.Submission\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"E\n\x13\x45nrollDeviceRequest\x12\x0b\n\x03tps\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\r\n\x05label\x18\x03 \x01(\t\"6\n\x14\x45nrollDeviceResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0b\n\x03tps\x18\x02 \x01(\t\"F\n\x14\x45nrollDevicesRequest\x12.\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x1d.suara.v1.EnrollDeviceRequest\"H\n\x15\x45nrollDevicesResponse\x12/\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x1e.suara.v1.EnrollDeviceResponse\"\x15\n\x13GetChainHeadRequest\"+\n\tChainHead\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x0c\n\x04hash\x18\x02 \x01(\t\"?\n\x14GetChainHeadResponse\x12\'\n\nchain_head\x18\x01 \x01(\x0b\x32\x13.suara.v1.ChainHead\"!\n\x0fGetPhotoRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"D\n\x0bStoredPhoto\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\"8\n\x10GetPhotoResponse\x12$\n\x05photo\x18\x01 \x01(\x0b\x32\x15.suara.v1.StoredPhoto*\xac\x01\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n\x10OUTCOME_ACCEPTED\x10\x01\x12\x17\n\x13OUTCOME_QUARANTINED\x10\x02\x12\x15\n\x11OUTCOME_DUPLICATE\x10\x03\x12\x16\n\x12OUTCOME_SUPERSEDED\x10\x04\x12\x14\n\x10OUTCOME_CONFLICT\x10\x05\x12\x14\n\x10OUTCOME_REJECTED\x10\x06*\xbe\x01\n\x10SubmissionStatus\x12!\n\x1dSUBMISSION_STATUS_UNSPECIFIED\x10\x00\x12\x1d\n\x19SUBMISSION_STATUS_CURRENT\x10\x01\x12)\n%SUBMISSION_STATUS_CURRENT_QUARANTINED\x10\x02\x12\x1e\n\x1aSUBMISSION_STATUS_REPLACED\x10\x03\x12\x1d\n\x19SUBMISSION_STATUS_HISTORY\x10\x04\x32\xf4\x04\n\x0cTallyService\x12;\n\x06Submit\x12\x17.suara.v1.SubmitRequest\x1a\x18.suara.v1.SubmitResponse\x12J\n\x0bSubmitBatch\x12\x1c.suara.v1.SubmitBatchRequest\x1a\x1d.suara.v1.SubmitBatchResponse\x12P\n\rGetSubmission\x12\x1e.suara.v1.GetSubmissionRequest\x1a\x1f.suara.v1.GetSubmissionResponse\x12V\n\x0fListSubmissions\x12 .suara.v1.ListSubmissionsRequest\x1a!.suara.v1.ListSubmissionsResponse\x12M\n\x0cGetChainHead\x12\x1d.suara.v1.GetChainHeadRequest\x1a\x1e.suara.v1.GetChainHeadResponse\x12\x41\n\x08GetPhoto\x12\x19.suara.v1.GetPhotoRequest\x1a\x1a.suara.v1.GetPhotoResponse\x12M\n\x0c\x45nrollDevice\x12\x1d.suara.v1.EnrollDeviceRequest\x1a\x1e.suara.v1.EnrollDeviceResponse\x12P\n\rEnrollDevices\x12\x1e.suara.v1.EnrollDevicesRequest\x1a\x1f.suara.v1.EnrollDevicesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14suara/v1/tally.proto\x12\x08suara.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13suara/v1/form.proto\"\x18\n\x05Photo\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\"T\n\rSubmitRequest\x12\"\n\x04\x66orm\x18\x01 \x01(\x0b\x32\x14.suara.v1.SignedForm\x12\x1f\n\x06photos\x18\x02 \x03(\x0b\x32\x0f.suara.v1.Photo\"\x95\x01\n\x07Receipt\x12\x15\n\rsubmission_id\x18\x01 \x01(\t\x12\x16\n\x0epayload_sha256\x18\x02 \x01(\t\x12\x16\n\x0e\x63hain_position\x18\x03 \x01(\x03\x12\x12\n\nchain_hash\x18\x04 \x01(\t\x12/\n\x0bserver_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x88\x01\n\x0eSubmitResponse\x12\"\n\x07outcome\x18\x01 \x01(\x0e\x32\x11.suara.v1.Outcome\x12\"\n\x07receipt\x18\x02 \x01(\x0b\x32\x11.suara.v1.Receipt\x12\x15\n\rfailed_checks\x18\x03 \x03(\t\x12\x17\n\x0f\x63urrent_version\x18\x04 \x01(\x03\"4\n\x0e\x46ieldViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"v\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x32\n\x10\x66ield_violations\x18\x03 \x03(\x0b\x32\x18.suara.v1.FieldViolation\x12\x16\n\x0eretry_after_ms\x18\x04 \x01(\x03\"<\n\x12SubmitBatchRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.suara.v1.SubmitRequest\"\xc2\x01\n\x15SubmitBatchItemResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\"\n\x07outcome\x18\x02 \x01(\x0e\x32\x11.suara.v1.Outcome\x12\"\n\x07receipt\x18\x03 \x01(\x0b\x32\x11.suara.v1.Receipt\x12\x15\n\rfailed_checks\x18\x04 \x03(\t\x12\"\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x13.suara.v1.ItemError\x12\x17\n\x0f\x63urrent_version\x18\x06 \x01(\x03\"G\n\x13SubmitBatchResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.suara.v1.SubmitBatchItemResult\"\x93\x02\n\nSubmission\x12\"\n\x07receipt\x18\x01 \x01(\x0b\x32\x11.suara.v1.Receipt\x12\x0b\n\x03tps\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontest\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12\"\n\x07outcome\x18\x05 \x01(\x0e\x32\x11.suara.v1.Outcome\x12*\n\x06status\x18\x06 \x01(\x0e\x32\x1a.suara.v1.SubmissionStatus\x12\x15\n\rfailed_checks\x18\x07 \x03(\t\x12\x11\n\tdevice_id\x18\x08 \x01(\t\x12\x0f\n\x07payload\x18\t \x01(\x0c\x12\x11\n\tsignature\x18\n \x01(\x0c\x12\x14\n\x0cphoto_sha256\x18\x0b \x03(\t\"-\n\x14GetSubmissionRequest\x12\x15\n\rsubmission_id\x18\x01 \x01(\t\"A\n\x15GetSubmissionResponse\x12(\n\nsubmission\x18\x01 \x01(\x0b\x32\x14.suara.v1.Submission\"]\n\x16ListSubmissionsRequest\x12\x0b\n\x03tps\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontest\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"]\n\x17ListSubmissionsResponse\x12)\n\x0bsubmissions\x18\x01 \x03(\x0b\x32\x14.suara.v1.Submission\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"E\n\x13\x45nrollDeviceRequest\x12\x0b\n\x03tps\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\r\n\x05label\x18\x03 \x01(\t\"K\n\x14\x45nrollDeviceResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0b\n\x03tps\x18\x02 \x01(\t\x12\x13\n\x0b\x65lection_id\x18\x03 \x01(\t\"F\n\x14\x45nrollDevicesRequest\x12.\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x1d.suara.v1.EnrollDeviceRequest\"H\n\x15\x45nrollDevicesResponse\x12/\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x1e.suara.v1.EnrollDeviceResponse\"\x15\n\x13GetChainHeadRequest\"N\n\tChainHead\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x0c\n\x04hash\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12\x0e\n\x06key_id\x18\x04 \x01(\t\".\n\x08\x43hainKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\"f\n\x14GetChainHeadResponse\x12\'\n\nchain_head\x18\x01 \x01(\x0b\x32\x13.suara.v1.ChainHead\x12%\n\tchain_key\x18\x02 \x01(\x0b\x32\x12.suara.v1.ChainKey\"!\n\x0fGetPhotoRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"D\n\x0bStoredPhoto\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\"8\n\x10GetPhotoResponse\x12$\n\x05photo\x18\x01 \x01(\x0b\x32\x15.suara.v1.StoredPhoto*\xac\x01\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n\x10OUTCOME_ACCEPTED\x10\x01\x12\x17\n\x13OUTCOME_QUARANTINED\x10\x02\x12\x15\n\x11OUTCOME_DUPLICATE\x10\x03\x12\x16\n\x12OUTCOME_SUPERSEDED\x10\x04\x12\x14\n\x10OUTCOME_CONFLICT\x10\x05\x12\x14\n\x10OUTCOME_REJECTED\x10\x06*\xbe\x01\n\x10SubmissionStatus\x12!\n\x1dSUBMISSION_STATUS_UNSPECIFIED\x10\x00\x12\x1d\n\x19SUBMISSION_STATUS_CURRENT\x10\x01\x12)\n%SUBMISSION_STATUS_CURRENT_QUARANTINED\x10\x02\x12\x1e\n\x1aSUBMISSION_STATUS_REPLACED\x10\x03\x12\x1d\n\x19SUBMISSION_STATUS_HISTORY\x10\x04\x32\xf4\x04\n\x0cTallyService\x12;\n\x06Submit\x12\x17.suara.v1.SubmitRequest\x1a\x18.suara.v1.SubmitResponse\x12J\n\x0bSubmitBatch\x12\x1c.suara.v1.SubmitBatchRequest\x1a\x1d.suara.v1.SubmitBatchResponse\x12P\n\rGetSubmission\x12\x1e.suara.v1.GetSubmissionRequest\x1a\x1f.suara.v1.GetSubmissionResponse\x12V\n\x0fListSubmissions\x12 .suara.v1.ListSubmissionsRequest\x1a!.suara.v1.ListSubmissionsResponse\x12M\n\x0cGetChainHead\x12\x1d.suara.v1.GetChainHeadRequest\x1a\x1e.suara.v1.GetChainHeadResponse\x12\x41\n\x08GetPhoto\x12\x19.suara.v1.GetPhotoRequest\x1a\x1a.suara.v1.GetPhotoResponse\x12M\n\x0c\x45nrollDevice\x12\x1d.suara.v1.EnrollDeviceRequest\x1a\x1e.suara.v1.EnrollDeviceResponse\x12P\n\rEnrollDevices\x12\x1e.suara.v1.EnrollDevicesRequest\x1a\x1f.suara.v1.EnrollDevicesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'suara.v1.tally_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTCOME']._serialized_start=2125
-  _globals['_OUTCOME']._serialized_end=2297
-  _globals['_SUBMISSIONSTATUS']._serialized_start=2300
-  _globals['_SUBMISSIONSTATUS']._serialized_end=2490
+  _globals['_OUTCOME']._serialized_start=2292
+  _globals['_OUTCOME']._serialized_end=2464
+  _globals['_SUBMISSIONSTATUS']._serialized_start=2467
+  _globals['_SUBMISSIONSTATUS']._serialized_end=2657
   _globals['_PHOTO']._serialized_start=88
   _globals['_PHOTO']._serialized_end=112
   _globals['_SUBMITREQUEST']._serialized_start=114
@@ -48,43 +48,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FIELDVIOLATION']._serialized_start=491
   _globals['_FIELDVIOLATION']._serialized_end=543
   _globals['_ITEMERROR']._serialized_start=545
-  _globals['_ITEMERROR']._serialized_end=639
-  _globals['_SUBMITBATCHREQUEST']._serialized_start=641
-  _globals['_SUBMITBATCHREQUEST']._serialized_end=701
-  _globals['_SUBMITBATCHITEMRESULT']._serialized_start=704
-  _globals['_SUBMITBATCHITEMRESULT']._serialized_end=898
-  _globals['_SUBMITBATCHRESPONSE']._serialized_start=900
-  _globals['_SUBMITBATCHRESPONSE']._serialized_end=971
-  _globals['_SUBMISSION']._serialized_start=974
-  _globals['_SUBMISSION']._serialized_end=1249
-  _globals['_GETSUBMISSIONREQUEST']._serialized_start=1251
-  _globals['_GETSUBMISSIONREQUEST']._serialized_end=1296
-  _globals['_GETSUBMISSIONRESPONSE']._serialized_start=1298
-  _globals['_GETSUBMISSIONRESPONSE']._serialized_end=1363
-  _globals['_LISTSUBMISSIONSREQUEST']._serialized_start=1365
-  _globals['_LISTSUBMISSIONSREQUEST']._serialized_end=1458
-  _globals['_LISTSUBMISSIONSRESPONSE']._serialized_start=1460
-  _globals['_LISTSUBMISSIONSRESPONSE']._serialized_end=1553
-  _globals['_ENROLLDEVICEREQUEST']._serialized_start=1555
-  _globals['_ENROLLDEVICEREQUEST']._serialized_end=1624
-  _globals['_ENROLLDEVICERESPONSE']._serialized_start=1626
-  _globals['_ENROLLDEVICERESPONSE']._serialized_end=1680
-  _globals['_ENROLLDEVICESREQUEST']._serialized_start=1682
-  _globals['_ENROLLDEVICESREQUEST']._serialized_end=1752
-  _globals['_ENROLLDEVICESRESPONSE']._serialized_start=1754
-  _globals['_ENROLLDEVICESRESPONSE']._serialized_end=1826
-  _globals['_GETCHAINHEADREQUEST']._serialized_start=1828
-  _globals['_GETCHAINHEADREQUEST']._serialized_end=1849
-  _globals['_CHAINHEAD']._serialized_start=1851
-  _globals['_CHAINHEAD']._serialized_end=1894
-  _globals['_GETCHAINHEADRESPONSE']._serialized_start=1896
-  _globals['_GETCHAINHEADRESPONSE']._serialized_end=1959
-  _globals['_GETPHOTOREQUEST']._serialized_start=1961
-  _globals['_GETPHOTOREQUEST']._serialized_end=1994
-  _globals['_STOREDPHOTO']._serialized_start=1996
-  _globals['_STOREDPHOTO']._serialized_end=2064
-  _globals['_GETPHOTORESPONSE']._serialized_start=2066
-  _globals['_GETPHOTORESPONSE']._serialized_end=2122
-  _globals['_TALLYSERVICE']._serialized_start=2493
-  _globals['_TALLYSERVICE']._serialized_end=3121
+  _globals['_ITEMERROR']._serialized_end=663
+  _globals['_SUBMITBATCHREQUEST']._serialized_start=665
+  _globals['_SUBMITBATCHREQUEST']._serialized_end=725
+  _globals['_SUBMITBATCHITEMRESULT']._serialized_start=728
+  _globals['_SUBMITBATCHITEMRESULT']._serialized_end=922
+  _globals['_SUBMITBATCHRESPONSE']._serialized_start=924
+  _globals['_SUBMITBATCHRESPONSE']._serialized_end=995
+  _globals['_SUBMISSION']._serialized_start=998
+  _globals['_SUBMISSION']._serialized_end=1273
+  _globals['_GETSUBMISSIONREQUEST']._serialized_start=1275
+  _globals['_GETSUBMISSIONREQUEST']._serialized_end=1320
+  _globals['_GETSUBMISSIONRESPONSE']._serialized_start=1322
+  _globals['_GETSUBMISSIONRESPONSE']._serialized_end=1387
+  _globals['_LISTSUBMISSIONSREQUEST']._serialized_start=1389
+  _globals['_LISTSUBMISSIONSREQUEST']._serialized_end=1482
+  _globals['_LISTSUBMISSIONSRESPONSE']._serialized_start=1484
+  _globals['_LISTSUBMISSIONSRESPONSE']._serialized_end=1577
+  _globals['_ENROLLDEVICEREQUEST']._serialized_start=1579
+  _globals['_ENROLLDEVICEREQUEST']._serialized_end=1648
+  _globals['_ENROLLDEVICERESPONSE']._serialized_start=1650
+  _globals['_ENROLLDEVICERESPONSE']._serialized_end=1725
+  _globals['_ENROLLDEVICESREQUEST']._serialized_start=1727
+  _globals['_ENROLLDEVICESREQUEST']._serialized_end=1797
+  _globals['_ENROLLDEVICESRESPONSE']._serialized_start=1799
+  _globals['_ENROLLDEVICESRESPONSE']._serialized_end=1871
+  _globals['_GETCHAINHEADREQUEST']._serialized_start=1873
+  _globals['_GETCHAINHEADREQUEST']._serialized_end=1894
+  _globals['_CHAINHEAD']._serialized_start=1896
+  _globals['_CHAINHEAD']._serialized_end=1974
+  _globals['_CHAINKEY']._serialized_start=1976
+  _globals['_CHAINKEY']._serialized_end=2022
+  _globals['_GETCHAINHEADRESPONSE']._serialized_start=2024
+  _globals['_GETCHAINHEADRESPONSE']._serialized_end=2126
+  _globals['_GETPHOTOREQUEST']._serialized_start=2128
+  _globals['_GETPHOTOREQUEST']._serialized_end=2161
+  _globals['_STOREDPHOTO']._serialized_start=2163
+  _globals['_STOREDPHOTO']._serialized_end=2231
+  _globals['_GETPHOTORESPONSE']._serialized_start=2233
+  _globals['_GETPHOTORESPONSE']._serialized_end=2289
+  _globals['_TALLYSERVICE']._serialized_start=2660
+  _globals['_TALLYSERVICE']._serialized_end=3288
 # @@protoc_insertion_point(module_scope)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
 
 from suara.v1 import tally_pb2
 from tests.support.factories import consistent_form, jpeg, signed
@@ -43,8 +42,9 @@ async def test_a_photo_that_fails_its_hash_or_does_not_decode_is_not_published(p
     assert (site / f"foto/{good_sha[:2]}/{good_sha}.jpg").read_bytes() == good
     assert not list(site.glob(f"foto/*/{altered_sha}.*")) and not list(site.glob(f"foto/*/{html_sha}.*"))
 
-    def tps_file(code: str) -> Any:
-        return json.loads((site / f"pemilu/hhcw/ppwp/{nest(code)}.json").read_bytes())
+    def tps_file(code: str) -> dict[str, object]:
+        document: dict[str, object] = json.loads((site / f"pemilu/hhcw/ppwp/{nest(code)}.json").read_bytes())
+        return document
 
     assert tps_file(good_tps)["images"] == [f"/foto/{good_sha[:2]}/{good_sha}.jpg", None, None]
     assert tps_file(altered_tps)["images"] == [None, None, None]

@@ -19,6 +19,9 @@ from suara.election.form import set_voter_counts
 from suara.election.signing import DeviceKey
 from suara.v1 import form_pb2, tally_pb2
 
+# The election the test registry is loaded for (tests/support/databases.py): forms are signed for it.
+TEST_ELECTION = "pemilu-test"
+
 
 def consistent_form(
     tps: str,
@@ -28,8 +31,10 @@ def consistent_form(
     *,
     seed: int = 0,
     dpt: int = 250,
+    election_id: str = TEST_ELECTION,
 ) -> form_pb2.CHasilForm:
-    """A form that passes every check: votes split at random, every identity holding."""
+    """A form that passes every check: votes split at random, every identity holding, of the test
+    registry's election."""
     rng = random.Random(f"{tps}:{contest}:{version}:{seed}")
     dpt_l = rng.randint(0, dpt)
     users_dpt = rng.randint(len(choices), dpt * 9 // 10)
@@ -46,7 +51,7 @@ def consistent_form(
         n = left if i == len(choices) - 1 else rng.randint(0, left)
         votes[choice] = n
         left -= n
-    form = form_pb2.CHasilForm(tps=tps, contest=contest, version=version, votes=votes)
+    form = form_pb2.CHasilForm(tps=tps, contest=contest, version=version, votes=votes, election_id=election_id)
     form.suara_sah = valid
     form.suara_tidak_sah = invalid
     form.suara_total = total

@@ -20,14 +20,27 @@ def bad_fields(error: grpc.aio.AioRpcError) -> list[str]:
     return fields
 
 
-def bad_field_descriptions(error: grpc.aio.AioRpcError) -> dict[str, str]:
-    """Each field a google.rpc.BadRequest detail names, with what it says is wrong."""
+def violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
+    """field → description of each field a google.rpc.BadRequest detail names."""
     status = rpc_status.from_call(error)
     assert status is not None, "expected rich status details"
-    out: dict[str, str] = {}
+    found: dict[str, str] = {}
     for detail in status.details:
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)
-            out.update((v.field, v.description) for v in bad.field_violations)
-    return out
+            found.update((v.field, v.description) for v in bad.field_violations)
+    return found
+
+
+def retry_after_ms(error: grpc.aio.AioRpcError) -> int | None:
+    """The google.rpc.RetryInfo delay of a refused call, in milliseconds; None without one."""
+    status = rpc_status.from_call(error)
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return info.retry_delay.seconds * 1000 + info.retry_delay.nanos // 1_000_000
+    return None

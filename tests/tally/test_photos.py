@@ -9,7 +9,7 @@ import pytest
 
 from suara.v1 import tally_pb2
 from tests.support.factories import consistent_form, jpeg, png, signed
-from tests.support.rpc_errors import bad_field_descriptions, bad_fields
+from tests.support.rpc_errors import bad_fields, violations
 from tests.support.tally import Tally
 
 
@@ -67,6 +67,6 @@ async def test_a_photo_is_checked_by_decoding_not_by_its_first_bytes(tally: Tall
         await tally.stub.Submit(signed(st.key, form, bad))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_fields(err.value) == ["photos[0].content", "photos[1].content", "photos[2].content"]
-    assert all("does not decode" in why for why in bad_field_descriptions(err.value).values())
+    assert all("does not decode" in why for why in violations(err.value).values())
     assert await tally.count("submission") == 0
     assert await tally.count("photo") == 0

@@ -29,21 +29,28 @@ INSERT INTO tally.alarm (kind, tps, contest, version, detail)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::jsonb[]);
 
 -- name: device_keys
-SELECT device_id, tps, public_key FROM tally.device
-WHERE device_id = ANY($1::text[]) AND revoked_at IS NULL;
-
--- name: enroll_device
--- Enrolling the same key for the same TPS again is a no-op that returns the device.
-INSERT INTO tally.device (device_id, tps, public_key, label) VALUES ($1, $2, $3, $4)
-ON CONFLICT (device_id) DO UPDATE SET label = tally.device.label
-RETURNING device_id, tps;
+-- Revoked devices too: a revoked device's form is refused by name (and raises an alarm), not as unknown.
+SELECT device_id, tps, public_key, revoked_at IS NOT NULL AS revoked FROM tally.device
+WHERE device_id = ANY($1::text[]);
 
 -- name: enroll_devices
--- enroll_device for many keys in one statement; the caller checks every returned TPS.
+-- Enrolling the same key for the same TPS again is a no-op that returns the device; the caller
+-- checks every returned TPS.
 INSERT INTO tally.device (device_id, tps, public_key, label)
 SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[])
 ON CONFLICT (device_id) DO UPDATE SET label = tally.device.label
 RETURNING device_id, tps;
+
+-- name: lock_tps_devices
+-- Serializes enrollments per TPS (in sorted order: no deadlock), so the cap on live devices holds
+-- under concurrent enrollments.
+SELECT pg_advisory_xact_lock(hashtextextended('suara.tally.device:' || tps, 0))
+FROM (SELECT DISTINCT unnest($1::text[]) AS tps) t ORDER BY tps;
+
+-- name: tps_over_device_cap
+SELECT tps, count(*) AS live FROM tally.device
+WHERE tps = ANY($1::text[]) AND revoked_at IS NULL
+GROUP BY tps HAVING count(*) > $2 ORDER BY tps;
 
 -- name: admin_by_token
 SELECT id FROM tally.admin_credential WHERE token_sha256 = $1 AND revoked_at IS NULL;
@@ -69,11 +76,17 @@ ORDER BY s.contest, s.version
 LIMIT $5;
 
 -- name: chain_records
--- For `suara audit verify`: the whole chain in order, with each signer's key.
-SELECT s.id, s.chain_position, s.chain_hash, s.payload, s.payload_sha256, s.signature, s.outcome,
-       s.received_at, s.tps, s.contest, s.version, d.public_key
-FROM tally.submission s JOIN tally.device d USING (device_id)
+-- For `suara audit verify`: the whole chain in order, with each signer's key and TPS (a LEFT JOIN, so a
+-- row naming no enrolled device is reported rather than skipped).
+SELECT s.id, s.chain_position, s.chain_hash, s.chain_version, s.payload, s.payload_sha256, s.signature,
+       s.outcome, s.received_at, s.tps, s.contest, s.version, s.device_id, s.failed_checks, s.photo_sha256,
+       d.public_key, d.tps AS device_tps
+FROM tally.submission s LEFT JOIN tally.device d USING (device_id)
 ORDER BY s.chain_position;
+
+-- name: photo_hashes
+-- For `suara audit verify`: every stored photo, to check its bytes still have the hash that names it.
+SELECT sha256, content FROM tally.photo ORDER BY sha256;
 
 -- name: chain_head
 SELECT position, hash FROM tally.chain_head WHERE singleton;
@@ -94,10 +107,11 @@ WITH new AS (
               device_id, outcome, failed_checks, photo_sha256, chain_position, chain_hash, counts)
 ), submissions AS (
     INSERT INTO tally.submission (id, tps, contest, version, payload, payload_sha256, signature, device_id,
-                                  outcome, failed_checks, photo_sha256, chain_position, chain_hash, received_at)
+                                  outcome, failed_checks, photo_sha256, chain_position, chain_hash, received_at,
+                                  chain_version)
     SELECT id, tps, contest, version, payload, payload_sha256, signature, device_id,
            outcome, string_to_array(failed_checks, ','), string_to_array(photo_sha256, ','),
-           chain_position, chain_hash, $15::timestamptz
+           chain_position, chain_hash, $15::timestamptz, $22::smallint
     FROM new
 ), announced AS (
     INSERT INTO tally.outbox (submission_id, tps, contest, version, counts, quarantined, failed_checks)
@@ -139,6 +153,21 @@ SELECT pg_try_advisory_lock($1);
 -- How many outbox rows the relay has yet to deliver (operators and `suara demo` wait on it).
 SELECT count(*) FROM tally.outbox WHERE delivered_at IS NULL;
 
+-- name: revoke_device
+-- The device's TPS when this revoked it; no row when it was unknown or already revoked.
+UPDATE tally.device SET revoked_at = now() WHERE device_id = $1 AND revoked_at IS NULL RETURNING tps;
+
+-- name: device_state
+SELECT device_id, tps, revoked_at FROM tally.device WHERE device_id = $1;
+
+-- name: revoke_admin_credential
+UPDATE tally.admin_credential SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING id;
+
+-- name: record_admin_action
+INSERT INTO tally.admin_log (actor, action, subject, detail) VALUES ($1, $2, $3, $4::jsonb) RETURNING id, at;
+
+-- name: admin_log
+SELECT id, at, actor, action, subject, detail::text AS detail FROM tally.admin_log ORDER BY id;
 -- name: relay_settle
 -- After aggregate's reply: the rows it took ($1) are delivered; the rows set aside ($2, with their
 -- reasons $3 and newline-joined bad fields $4) go to the dead letters, each with an alarm, and are
