@@ -224,3 +224,23 @@ async def test_behind_a_backlog_each_cycle_takes_part_and_moves_the_pointer(
     assert reached == sorted(reached) and reached[-1] == newest
     assert snapshots == list(range(snapshots[0], snapshots[0] + len(snapshots)))
     await pipeline.check_site()
+
+
+async def test_a_file_rewritten_by_a_later_cycle_is_never_served_immutable(pipeline: Pipeline) -> None:
+    """Whatever two cycles write with different bytes under one name must not be cached for a year."""
+    from services.publish.cache import cache_control_for
+
+    rng = random.Random(21)
+    await pipeline.random_night(rng, 15)
+    await pipeline.cycle()
+    before = _tree(pipeline.site)
+    await pipeline.random_night(rng, 15)
+    await pipeline.random_night(rng, 5, contest="pdpr")
+    await pipeline.cycle()
+    after = _tree(pipeline.site)
+    rewritten = sorted(path for path in before.keys() & after.keys() if before[path] != after[path])
+    assert "suara/riwayat/ppwp.json" in rewritten, "the history list is rewritten every snapshot"
+    immutable = [path for path in rewritten if "immutable" in cache_control_for(path)]
+    assert not immutable, immutable
+    kept = [path for path in before if "immutable" in cache_control_for(path)]
+    assert kept and all(after[path] == before[path] for path in kept), "what is immutable is never rewritten"

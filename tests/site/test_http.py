@@ -112,3 +112,17 @@ async def test_only_files_never_rewritten_are_immutable() -> None:
     assert "immutable" not in cache_control_for("suara/riwayat/ppwp.json.gz")
     assert "immutable" in cache_control_for("suara/riwayat/ppwp/42.json")
     assert "immutable" in cache_control_for("foto/4f/" + "4f" * 32 + ".jpg")
+
+
+def test_the_page_needs_no_inline_script_or_style_and_parses_no_data_as_html() -> None:
+    """What lets the Content-Security-Policy forbid inline script and style: the page has none, and
+    app.js builds its DOM from text nodes and attributes, never from markup."""
+    import re
+
+    source = Path(__file__).resolve().parents[2] / "services/publish/site"
+    html = (source / "index.html").read_text()
+    assert re.findall(r"<script(?![^>]*\bsrc=)[^>]*>", html) == [], "an inline <script>"
+    assert re.findall(r"<style\b|\sstyle=|\son[a-z]+=", html) == [], "inline style or an event handler attribute"
+    script = (source / "app.js").read_text()
+    assert re.findall(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|\beval\(|new Function", script) == []
+    assert re.findall(r"""style=["'`]""", script) == [], "a style attribute in markup"

@@ -320,3 +320,27 @@ async def test_every_value_is_shown_as_text_never_as_markup(
     )
     assert injected == [True, 1, 0]
     assert page.console == []
+
+
+async def test_a_photo_publish_held_back_is_shown_as_unavailable(
+    sample: SampleSite, site_url: str, browser: Browser
+) -> None:
+    c = sample.contest
+    codes = sample.tps_path
+    tps = codes[-1]
+    status_rel = f"suara/status/{c}/{'/'.join(codes[:4])}.json"
+    status = read(sample, status_rel)
+    status["children"].setdefault(tps, {})["photos_unavailable"] = [{"sha256": "ab" * 32, "reason": "does not decode"}]
+    write(sample, status_rel, status)
+    tps_rel = totals_path(c, codes)
+    document = read(sample, tps_rel)
+    document["images"] = [None, None, None]
+    write(sample, tps_rel, document)
+
+    view = "/".join((c, *codes))
+    page = await open_page(browser, f"{site_url}/#{view}", view)
+    assert await page.evaluate("document.querySelectorAll('#detail [data-unavailable]').length") == 1
+    assert await page.evaluate("document.querySelectorAll('#detail .nofoto').length") == 3
+    assert "1 foto tidak tersedia" in await page.evaluate("document.getElementById('flags').textContent")
+    assert "dikarantina" not in await page.evaluate("document.getElementById('flags').textContent")
+    assert page.console == []

@@ -25,7 +25,7 @@
   const colour = (w) => (/^#[0-9a-f]{3,8}$/i.test(w || "") ? w : "#888");
 
   // el("td", {class: "num", style: {width: "5%"}}, "text", node, [more]): styles through the CSSOM,
-  // which the CSP allows (it blocks style="").
+  // which the CSP allows (it blocks style attributes).
   function el(tag, attrs, ...kids) {
     const node = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) {
