@@ -9,7 +9,8 @@ import asyncpg
 import grpc
 
 from suara.v1 import aggregate_pb2
-from tests.support.aggregate import start_aggregate
+from tests.support.aggregate import BASE_SETTINGS, start_aggregate
+from tests.support.pki import insecure
 from tests.support.processes import run_suara
 from tests.support.waiting import poll_until
 
@@ -17,7 +18,8 @@ from tests.support.waiting import poll_until
 async def test_a_reader_revoked_while_aggregate_serves_is_refused_within_a_second(
     cli_env: dict[str, str], db: asyncpg.Connection, db_url: str, tmp_path: Path
 ) -> None:
-    aggregate = await start_aggregate(db_url, db)
+    # Service tokens are plaintext mode's proof (SUARA_INSECURE); under TLS see `suara pki revoke`.
+    aggregate = await start_aggregate(db_url, db, insecure(BASE_SETTINGS))
     try:
         request = aggregate_pb2.GetAreaRequest(area="", contest="ppwp")
         await aggregate.stub.GetArea(request)  # aggregate now holds the reader in its cache

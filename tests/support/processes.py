@@ -42,6 +42,8 @@ def suara_env(**settings: str | Path) -> dict[str, str]:
 
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL" and not k.startswith("SUARA_")}
     env.update(tls_env())
+    # The internal listeners on any free port: parallel tests must not meet on the default ones.
+    env.update(SUARA_TALLY_INTERNAL_PORT="0", SUARA_AGGREGATE_INTERNAL_PORT="0")
     env.update({k: str(v) for k, v in settings.items()})
     return env
 
