@@ -25,10 +25,9 @@ import structlog
 from cli.embedded import free_port
 from services.aggregate.server import AggregateApp
 from suara.runtime.auth.store import issue_service_credential
-from tests.crash.rig import AggregateProcess, ApplyCounter, Forms, RelayProcess, delivered, pending
+from tests.crash.rig import DRILL_SETTINGS, AggregateProcess, ApplyCounter, Forms, RelayProcess, delivered, pending
 from tests.support.aggregate import BASE_SETTINGS as AGGREGATE_SETTINGS
 from tests.support.oracles.aggregate import Oracle, expected_versions, stored_rows, stored_versions
-from tests.support.tally import BASE_SETTINGS as TALLY_SETTINGS
 from tests.support.tally import Tally, relaying, start_tally
 from tests.support.waiting import WAIT_S, poll_until
 
@@ -114,7 +113,7 @@ async def test_aggregate_killed_mid_batch_repeatedly_loses_and_doubles_nothing(
     relay_log: list[MutableMapping[str, Any]] = []
     try:
         await aggregate.start()
-        settings = relaying(TALLY_SETTINGS, credential, aggregate.address)
+        settings = relaying(DRILL_SETTINGS, credential, aggregate.address)
         tally = await start_tally(db_url, db, settings)
         relay = tally.app.relay
         assert relay is not None, "tally should relay when it has a writer credential"
@@ -154,7 +153,7 @@ async def test_relay_killed_mid_backlog_repeatedly_loses_and_doubles_nothing(
     tally: Tally | None = None
     relay = RelayProcess(db_url, f"127.0.0.1:{aggregate.port}", credential, tmp_path, batch=100)
     try:
-        tally = await start_tally(db_url, db)  # no relay of its own: the subprocess delivers
+        tally = await start_tally(db_url, db, DRILL_SETTINGS)  # no relay of its own: the subprocess delivers
         assert tally.app.relay is None
         forms = Forms(tally, rng)
         await forms.enroll(300)
@@ -204,7 +203,7 @@ async def test_two_relays_stay_exact_through_aggregate_kills_and_the_active_rela
     submitting: asyncio.Task[None] | None = None
     try:
         await aggregate.start()
-        tally = await start_tally(db_url, db)  # no relay of its own: the two subprocesses deliver
+        tally = await start_tally(db_url, db, DRILL_SETTINGS)  # no relay of its own: the two subprocesses deliver
         for relay in relays:
             await relay.start()
         forms = Forms(tally, rng)
