@@ -1,4 +1,4 @@
-"""`suara device enroll`: give a TPS device its signing key."""
+"""`suara device enroll|revoke`: give a TPS device its signing key; take it back."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cli.actor import operator
 from cli.embedded import database_url
 from cli.keyfiles import write_key_file
 from suara.election.codes import TPS_LENGTH
@@ -30,6 +31,24 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--out", type=Path, help="key file to write (default: ./TPS-DEVICEID.key.json)")
     p.add_argument("--label", default="", help="a note, e.g. the officer or the phone")
     p.set_defaults(handler=run_enroll)
+
+    r = dsub.add_parser(
+        "revoke",
+        help="revoke a device's key: every running tally refuses its forms within a second",
+        description=(
+            "Revoke a TPS device's key (a lost or stolen phone, an officer replaced). Every running tally refuses\n"
+            "its forms within a second, PERMISSION_DENIED naming the device, and each such form raises an alarm\n"
+            "(a `revoked_device` error in tally's log, a row in tally.alarm). Recorded in tally.admin_log with\n"
+            "who and when. Forms it sent before stay as they were. To replace the phone, enroll a new key for\n"
+            "the same TPS (`suara device enroll --tps TPS`): it continues from the TPS's current version."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    which = r.add_mutually_exclusive_group(required=True)
+    which.add_argument("--key", type=Path, metavar="KEYFILE", help="the device's key file")
+    which.add_argument("--device-id", help="the device id (as `suara device enroll` printed it)")
+    r.add_argument("--reason", default="", help="why, for the record (e.g. 'phone lost')")
+    r.set_defaults(handler=run_revoke)
 
 
 async def run_enroll(args: argparse.Namespace, settings: Settings) -> int:
@@ -60,7 +79,7 @@ async def run_enroll(args: argparse.Namespace, settings: Settings) -> int:
                     return 2
                 written = out
                 try:
-                    await enroll_device(conn, key.device_id, args.tps, key.public_key, args.label)
+                    await enroll_device(conn, key.device_id, args.tps, key.public_key, args.label, actor=operator())
                 except TooManyDevices:
                     out.unlink()  # noqa: ASYNC240  (undo the key file just written)
                     print(
@@ -75,5 +94,30 @@ async def run_enroll(args: argparse.Namespace, settings: Settings) -> int:
         raise
     print(
         f"device {key.device_id} enrolled for TPS {args.tps} (election {key.election_id}); private key written to {out}"
+    )
+    return 0
+
+
+async def run_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    from services.tally.credentials import NotEnrolled, revoke_device
+    from suara.election.signing import DeviceKey
+
+    device_id: str = args.device_id
+    if args.key is not None:
+        try:
+            device_id = DeviceKey.load(args.key).device_id
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"cannot read the device key file {args.key}: {exc}", file=sys.stderr)
+            return 2
+    with database_url(settings) as url:
+        async with connect(url) as conn:
+            try:
+                tps = await revoke_device(conn, device_id, operator(), args.reason)
+            except NotEnrolled as exc:
+                print(f"{exc}; nothing revoked", file=sys.stderr)
+                return 1
+    print(
+        f"device {device_id} (TPS {tps}) revoked; running tally processes refuse it within a second. "
+        f"To replace the phone: suara device enroll --tps {tps}"
     )
     return 0

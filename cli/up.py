@@ -6,7 +6,8 @@ In order:
   2. The migrations.
   3. The registry, when it holds no TPS: the real areas and synthetic TPS at --scale (with --seed).
   4. Credentials in DATA_DIR, those missing: admin.key.json (EnrollDevice), relay.key.json (tally's
-     relay, a writer of aggregate) and publish.key.json (publish, a reader of aggregate).
+     relay, a writer of aggregate) and publish.key.json (publish, a reader of aggregate); tally's
+     chain key (SUARA_TALLY_CHAIN_KEY, by default chain.key.json), which signs the published heads.
   5. The services, each a `suara …` child process, each waited for until it serves (gRPC health):
      aggregate, tally (whose relay feeds aggregate), publish (`publish run`, writing the site to
      --site-dir), and the site server (`publish serve`: waited for until it serves index.html).
@@ -131,10 +132,12 @@ async def running_system(
     args: argparse.Namespace, settings: Settings, extra_env: Mapping[str, str] | None = None
 ) -> AsyncIterator[System]:
     """Everything `suara up` starts, serving; stopped in reverse order when the block exits (or is cancelled)."""
+    from cli.actor import operator
     from cli.db import migrate_url
-    from cli.embedded import database_url
+    from cli.embedded import database_url, service_database_env
     from services.publish.server import published_sequence
     from services.tally.access import create_admin_credential
+    from services.tally.server import chain_key_path, load_chain_key
     from suara.client import service_names
     from suara.registry.loader import load_registry
     from suara.registry.summary import tps_count
@@ -161,11 +164,15 @@ async def running_system(
                 tps = (await load_registry(conn, synthetic_scale=args.scale, seed=args.seed)).tps
             note(f"registry: {tps:,} TPS")
             if not admin_key.exists():
-                (await create_admin_credential(conn, "suara up")).save(admin_key)
+                (await create_admin_credential(conn, "suara up", actor=operator())).save(admin_key)
             if not relay_key.exists():
                 (await issue_service_credential(conn, "relay", "writer")).save(relay_key)
             if not reader_key.exists():
                 (await issue_service_credential(conn, "publish", "reader")).save(reader_key)
+        # Made here, before any tally process starts, so its several processes never race to make it.
+        chain_key = load_chain_key(settings)
+        note(f"chain key: {chain_key.key_id} in {chain_key_path(settings)}")
+        async with connect(url) as conn:
             # A site directory lost while the database kept publish's cursor: publish would only write
             # what changes next, so the whole site is rebuilt first.
             rebuild = not (site_dir / "index.html").exists() and await published_sequence(conn) > 0
@@ -179,7 +186,7 @@ async def running_system(
         tally_address, aggregate_address, publish_address = (f"{h}:{p}" for h, p in (tally, aggregate, publish))
         env = {
             **os.environ,
-            "DATABASE_URL": url,
+            **service_database_env(settings),  # each service as its own role (DATABASE_URL passes through)
             "SUARA_DATA_DIR": str(data_dir),
             "SUARA_SITE_DIR": str(site_dir),
             "SUARA_TALLY_HOST": tally[0],

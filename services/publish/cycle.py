@@ -22,8 +22,10 @@ from services.publish.files import SiteFile
 from services.publish.pipeline import TALLY_TIMEOUT_S, Renderer, Writer, every_area, read_views
 from services.publish.queries import QUERIES
 from services.publish.sinks.base import Sink
+from suara.election.chain import SignedHead
 from suara.election.codes import DESA_LENGTH, TPS_LENGTH
 from suara.election.contest import Contest
+from suara.election.signing import chain_key_id_for
 from suara.runtime.database import Database
 from suara.v1 import aggregate_pb2, aggregate_pb2_grpc, tally_pb2, tally_pb2_grpc
 
@@ -78,6 +80,7 @@ class Publisher:
         self.contests = contests
         self._renderer = Renderer(tally)
         self._assets_written = False
+        self._keys_written: list[tuple[str, bytes]] | None = None
 
     async def cycle(self, *, full: bool = False) -> CycleResult | None:
         """Publish what changed; None when nothing did. `full` rewrites every file (`suara publish rebuild`)."""
@@ -98,6 +101,11 @@ class Publisher:
         try:
             if full or not self._assets_written:
                 await out.add(_assets())
+            # Asked first, so that the history entries of this snapshot carry the same head as its pointer.
+            chain = await self._chain_head(cursor)
+            keys = [(r["key_id"], bytes(r["public_key"])) for r in await self.pool.fetch(QUERIES.chain_keys)]
+            if full or keys != self._keys_written:  # before any file that carries a head signed by them
+                await out.add([SiteFile(paths.CHAIN_KEYS, documents.dumps(documents.chain_keys(keys)))])
             nationals: dict[str, aggregate_pb2.AreaView] = {}
             for contest in self.contests.values():
                 if full:
@@ -113,8 +121,7 @@ class Publisher:
                     await self._renderer.area(out, contest, view, changed_tps, no_data_ts, full=full, no_data=no_data)
                 if contest.id not in nationals:
                     nationals[contest.id] = (await self._views(contest.id, [""]))[0]
-                await self._history(out, contest, snapshot, nationals[contest.id], full=full)
-            chain = await self._chain_head(cursor)
+                await self._history(out, contest, snapshot, nationals[contest.id], chain, full=full)
             caught_up = await self._nothing_after(sequence)
             await out.flush()
         except BaseException:
@@ -131,10 +138,12 @@ class Publisher:
         await out.add([SiteFile(paths.POINTER, documents.dumps(pointer))])
         await out.flush()
         await self.pool.execute(
-            QUERIES.commit_cycle, sequence, snapshot, chain[0] if chain else None, chain[1] if chain else None,
-            result.files, full, registry_load,
+            QUERIES.commit_cycle, sequence, snapshot, chain.position if chain else None,
+            chain.hash.hex() if chain else None, result.files, full, registry_load,
+            chain.key_id if chain else None, chain.signature if chain else None,
         )  # fmt: skip
         self._assets_written = True
+        self._keys_written = keys
         result.seconds = time.perf_counter() - started
         log.info("published", **{k: v for k, v in vars(result).items() if k != "seconds"},
                  ms=round(result.seconds * 1000, 1))  # fmt: skip
@@ -168,14 +177,21 @@ class Publisher:
         return [view async for view in read_views(self.aggregate, contest, areas)]
 
     async def _history(
-        self, out: Writer, contest: Contest, snapshot: int, national: aggregate_pb2.AreaView, *, full: bool
+        self,
+        out: Writer,
+        contest: Contest,
+        snapshot: int,
+        national: aggregate_pb2.AreaView,
+        chain: SignedHead | None,
+        *,
+        full: bool,
     ) -> None:
         """A history entry when the national or a provincial row changed since the previous snapshot's.
 
         Compared with the entry of an *earlier* snapshot: a killed cycle may already have recorded this
         snapshot's, and the cycle that redoes it must still write its file and the index.
         """
-        entry = documents.history_entry(contest, snapshot, national)
+        entry = documents.history_entry(contest, snapshot, national, chain)
         async with self.pool.acquire() as conn:
             previous = await conn.fetchval(QUERIES.history_body_before, contest.id, snapshot)
             changed = previous is None or _numbers(documents.loads(previous)) != _numbers(entry)
@@ -194,17 +210,29 @@ class Publisher:
                     await out.add([SiteFile(paths.history_path(contest.id, row["snapshot"]), bytes(row["body"]))])
         await out.add([SiteFile(paths.history_index_path(contest.id), documents.dumps(documents.history_index(index)))])
 
-    async def _chain_head(self, cursor: Any) -> tuple[int, str] | None:
-        """Tally's head now; while tally is unreachable, the last one published (the site keeps going)."""
+    async def _chain_head(self, cursor: Any) -> SignedHead | None:
+        """Tally's signed head now; while tally is unreachable (or hands out a head its key does not sign),
+        the last one published, so the site keeps going and keeps carrying a signed head."""
         if self.tally is not None:
             try:
                 reply = await self.tally.GetChainHead(tally_pb2.GetChainHeadRequest(), timeout=TALLY_TIMEOUT_S)
-                return reply.chain_head.position, reply.chain_head.hash
             except grpc.aio.AioRpcError as exc:
                 log.warning("chain_head_unavailable", code=exc.code().name, detail=exc.details())
-        if cursor["chain_position"] is None:
+            else:
+                head, key = reply.chain_head, reply.chain_key
+                signed = SignedHead(head.position, bytes.fromhex(head.hash), head.key_id, head.signature)
+                if key.key_id == head.key_id == chain_key_id_for(key.public_key) and signed.signed_by(key.public_key):
+                    await self.pool.execute(QUERIES.remember_chain_key, key.key_id, key.public_key, head.position)
+                    return signed
+                log.error("chain_head_not_signed", position=head.position, key_id=head.key_id)
+        if cursor["chain_signature"] is None:
             return None
-        return cursor["chain_position"], cursor["chain_hash"]
+        return SignedHead(
+            cursor["chain_position"],
+            bytes.fromhex(cursor["chain_hash"]),
+            cursor["chain_key_id"],
+            bytes(cursor["chain_signature"]),
+        )
 
 
 def _numbers(entry: dict[str, Any]) -> tuple[Any, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.publish.paths import photo_path
+from suara.election.chain import SignedHead
 from suara.election.checks import MAX_PHOTOS
 from suara.election.codes import LENGTHS, RECAP_LENGTHS
 from suara.election.contest import CONTEST_KINDS, Contest
@@ -186,8 +187,10 @@ def progress(area: aggregate_pb2.AreaRow) -> dict[str, Any]:
     }
 
 
-def history_entry(contest: Contest, snapshot: int, national: aggregate_pb2.AreaView) -> dict[str, Any]:
-    """National and provincial totals at one snapshot."""
+def history_entry(
+    contest: Contest, snapshot: int, national: aggregate_pb2.AreaView, chain_head: SignedHead | None = None
+) -> dict[str, Any]:
+    """National and provincial totals at one snapshot, with the chain head the snapshot published."""
 
     def row(area: aggregate_pb2.AreaRow) -> dict[str, Any]:
         return {**_votes(contest, area.totals), **progress(area)}
@@ -198,6 +201,7 @@ def history_entry(contest: Contest, snapshot: int, national: aggregate_pb2.AreaV
         "sequence": national.sequence,
         "nasional": row(national.area),
         "provinsi": {child.area: row(child) for child in national.children},
+        "chain_head": signed_head(chain_head),
     }
 
 
@@ -209,12 +213,45 @@ def _contest_order(contest: str) -> tuple[int, str]:
     return (CONTEST_KINDS.index(contest) if contest in CONTEST_KINDS else len(CONTEST_KINDS), contest)
 
 
+def signed_head(head: SignedHead | None) -> dict[str, Any] | None:
+    """A signed chain head as the pointer and every history entry carry it (docs/layout.md)."""
+    if head is None:
+        return None
+    return {
+        "position": head.position,
+        "hash": head.hash.hex(),
+        "key_id": head.key_id,
+        "signature": head.signature.hex(),
+    }
+
+
+def parse_signed_head(value: object) -> SignedHead:
+    """The inverse of signed_head; ValueError (saying what is wrong) for anything else."""
+    if not isinstance(value, dict):
+        raise ValueError(f"a chain head is an object, got {type(value).__name__}")
+    try:
+        position, head_hash, key_id, signature = (value[k] for k in ("position", "hash", "key_id", "signature"))
+        if not (isinstance(position, int) and isinstance(key_id, str)):
+            raise TypeError
+        return SignedHead(position, bytes.fromhex(head_hash), key_id, bytes.fromhex(signature))
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"a chain head has position, hash, key_id and signature, got {value!r}") from None
+
+
+def chain_keys(keys: Sequence[tuple[str, bytes]]) -> dict[str, Any]:
+    """suara/kunci-rantai.json: every key tally has signed the published heads with."""
+    return {
+        "algorithm": "Ed25519",
+        "keys": [{"key_id": key_id, "public_key": public_key.hex()} for key_id, public_key in keys],
+    }
+
+
 def pointer(
     *,
     snapshot: int,
     now_unix_ms: int,
     sequence: int,
-    chain_head: tuple[int, str] | None,
+    chain_head: SignedHead | None,
     nationals: Mapping[str, aggregate_pb2.AreaView],
     caught_up: bool,
 ) -> dict[str, Any]:
@@ -224,7 +261,7 @@ def pointer(
         "generated_at": iso(now_unix_ms),
         "aggregate_sequence": sequence,
         "caught_up": caught_up,
-        "chain_head": None if chain_head is None else {"position": chain_head[0], "hash": chain_head[1]},
+        "chain_head": signed_head(chain_head),
         # In the election's own order (president first): the page opens on the first one.
         "contests": {contest: progress(nationals[contest].area) for contest in sorted(nationals, key=_contest_order)},
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 from suara.election.codes import path_of
 
 POINTER = "suara/snapshot.json"
+CHAIN_KEYS = "suara/kunci-rantai.json"  # tally's chain keys, which sign the heads the pointer and history carry
 
 
 def area_path(area: str) -> str:

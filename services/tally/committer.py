@@ -23,7 +23,7 @@ import structlog
 from services.tally.admission import DatabaseGate
 from services.tally.intake import Prepared
 from services.tally.queries import QUERIES
-from suara.election.chain import ChainRecord, link_hash
+from suara.election.chain import CHAIN_VERSION, ChainRecord, link_hash
 from suara.runtime.database import Database, DatabaseUnavailable
 from suara.runtime.errors import Internal, ServiceError
 
@@ -197,7 +197,10 @@ class GroupCommitter:
                     outcome = SUPERSEDED
                 position += 1
                 submission_id = uuid.uuid4()
-                record = ChainRecord(position, str(submission_id), p.payload_sha256, p.signature, outcome, now)
+                record = ChainRecord(
+                    position, str(submission_id), p.tps, p.contest, p.version, p.device_id, p.payload_sha256,
+                    p.signature, outcome, p.failed_checks, p.photo_sha256, now,
+                )  # fmt: skip
                 previous = link_hash(previous, record)
                 receipt = Receipt(str(submission_id), p.payload_sha256, position, previous, now)
                 stored[p.key] = _Stored(receipt, outcome, tuple(p.failed_checks))
@@ -226,6 +229,7 @@ class GroupCommitter:
                     [v[1] for v in new_current.values()],
                     position,
                     previous,
+                    CHAIN_VERSION,
                 )
             if photos:
                 await conn.execute(

@@ -106,7 +106,7 @@ class Intake:
             device_id = requests[i].form.device_id
             if device_id not in keys:
                 results[i] = Unauthenticated(
-                    f"unknown or revoked device {device_id!r}: enroll the device with `suara device enroll` "
+                    f"unknown device {device_id!r}: enroll the device with `suara device enroll` "
                     "(or the EnrollDevice RPC) before it submits"
                 )
             else:
@@ -128,6 +128,9 @@ class Intake:
                     "the payload was altered, or it was signed with another key"
                 )
                 continue
+            if device.revoked:  # signed by a revoked key: refused, and someone must go and look
+                results[i] = await self._refuse_revoked(requests[i], device)
+                continue
             if self.device_limit is not None and (wait := self.device_limit.take(device.device_id)) is not None:
                 results[i] = ResourceExhausted(
                     f"device {device.device_id} sent more forms than a device sends in a night: at most "
@@ -138,6 +141,18 @@ class Intake:
                 continue
             results[i] = await self._check_form(requests[i], device)
         return [r for r in results if r is not None]
+
+    async def _refuse_revoked(self, request: tally_pb2.SubmitRequest, device: DeviceRecord) -> ServiceError:
+        try:
+            form = form_pb2.CHasilForm.FromString(request.form.payload)
+            tps, contest, version = form.tps, form.contest, form.version
+        except DecodeError:
+            tps, contest, version = device.tps, "", 0
+        await self.devices.refuse_revoked(device, tps, contest, version)
+        return PermissionDenied(
+            f"device {device.device_id} (TPS {device.tps}) is revoked: its forms are refused. A replaced phone "
+            f"submits with the new key enrolled for TPS {device.tps} (`suara device enroll`)"
+        )
 
     async def _check_form(self, request: tally_pb2.SubmitRequest, device: DeviceRecord) -> Prepared | ServiceError:
         payload = request.form.payload

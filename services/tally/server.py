@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -11,11 +12,12 @@ import grpc
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from services.tally.access import access_interceptor
+from services.tally.access import AdminTokens, access_interceptor
 from services.tally.admission import DatabaseGate, InFlight
 from services.tally.committer import CONFLICT, GroupCommitter, Receipt, Result
 from services.tally.credentials import (
     MAX_DEVICES_PER_TPS,
+    REVOKED_CHANNEL,
     DeviceKeys,
     DeviceRecord,
     EnrolledElsewhere,
@@ -29,15 +31,19 @@ from services.tally.queries import QUERIES
 from services.tally.relay import Relay, relay_for
 from suara.client import service_names
 from suara.election import codes, signing
+from suara.election.chain import sign_head
 from suara.election.outcomes import OUTCOMES
+from suara.election.signing import ChainKey
 from suara.registry.catalog import RegistryView as Catalog
 from suara.runtime import database
+from suara.runtime.auth.principal import CALLER
 from suara.runtime.database import Database, DatabaseUnavailable
 from suara.runtime.errors import AlreadyExists, FailedPrecondition, FieldProblem, NotFound, ServiceError
 from suara.runtime.grpc_server import Server, create_server, serve_until_signal
+from suara.runtime.notifications import ChannelListener
 from suara.runtime.pagination import Pager
 from suara.runtime.ratelimit import PeerLimitInterceptor, RateLimiter
-from suara.runtime.settings import Settings, TallySettings
+from suara.runtime.settings import SettingError, Settings, TallySettings
 from suara.runtime.wire import SMALL_REQUEST_BYTES, TALLY_MAX_BATCH, tally_request_limits
 from suara.v1 import tally_pb2, tally_pb2_grpc
 
@@ -104,9 +110,11 @@ def submission_pb(row: asyncpg.Record) -> tally_pb2.Submission:
 
 
 class TallyService(tally_pb2_grpc.TallyServiceServicer):
-    def __init__(self, db: Database, catalog: Catalog, settings: TallySettings) -> None:
+    def __init__(self, db: Database, catalog: Catalog, settings: TallySettings, chain_key: ChainKey) -> None:
         self.db = db
         self.settings = settings
+        self.chain_key = chain_key
+        self._signed_head: tuple[int, bytes, bytes] = (-1, b"", b"")  # the last head signed: signed once
         self.gate = DatabaseGate(db, settings.retry_after_ms)
         self.in_flight = InFlight(settings.max_in_flight, settings.retry_after_ms)
         self.executor = ThreadPoolExecutor(settings.verify_threads, thread_name_prefix="verify")
@@ -247,8 +255,15 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
         self, request: tally_pb2.GetChainHeadRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> tally_pb2.GetChainHeadResponse:
         rows = await self._fetch(QUERIES.chain_head)
-        head = tally_pb2.ChainHead(position=rows[0]["position"], hash=bytes(rows[0]["hash"]).hex())
-        return tally_pb2.GetChainHeadResponse(chain_head=head)
+        position, head_hash = rows[0]["position"], bytes(rows[0]["hash"])
+        # Signed here, once per head handed out, not per commit: the commit path stays as cheap as it was.
+        if self._signed_head[:2] != (position, head_hash):
+            self._signed_head = (position, head_hash, sign_head(self.chain_key, position, head_hash))
+        head = tally_pb2.ChainHead(
+            position=position, hash=head_hash.hex(), signature=self._signed_head[2], key_id=self.chain_key.key_id
+        )
+        key = tally_pb2.ChainKey(key_id=self.chain_key.key_id, public_key=self.chain_key.public_key)
+        return tally_pb2.GetChainHeadResponse(chain_head=head, chain_key=key)
 
     async def GetPhoto(
         self, request: tally_pb2.GetPhotoRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -270,7 +285,9 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
             raise InvalidRequest(problems)
         device_id = signing.device_id_for(request.public_key)
         try:
-            await enroll_device(self.db, device_id, request.tps, request.public_key, request.label)
+            await enroll_device(
+                self.db, device_id, request.tps, request.public_key, request.label, actor=_admin_actor()
+            )
         except ValueError as exc:
             raise InvalidRequest([FieldProblem("public_key", str(exc))]) from None
         except TooManyDevices as exc:
@@ -299,8 +316,9 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
         ids = [signing.device_id_for(d.public_key) for d in devices]
         try:
             await enroll_devices(
-                self.db, ids, [d.tps for d in devices], [d.public_key for d in devices], [d.label for d in devices]
-            )
+                self.db, ids, [d.tps for d in devices], [d.public_key for d in devices], [d.label for d in devices],
+                actor=_admin_actor(),
+            )  # fmt: skip
         except EnrolledElsewhere as exc:
             raise InvalidRequest(
                 [
@@ -340,6 +358,12 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
         self.executor.shutdown(wait=False)
 
 
+def _admin_actor() -> str:
+    """Who is calling an admin method, for tally.admin_log: the credential the interceptor proved."""
+    caller = CALLER.get()
+    return caller.id if caller is not None else "unknown"
+
+
 def _too_many(exc: TooManyDevices, prefix: dict[str, str]) -> FailedPrecondition:
     return FailedPrecondition(
         f"at most {MAX_DEVICES_PER_TPS} live device keys per TPS; nothing was enrolled",
@@ -366,18 +390,43 @@ def _item_error(error: ServiceError) -> tally_pb2.ItemError:
 class TallyApp:
     """A running tally: pool, service and gRPC server. `start()` then `stop()`."""
 
-    def __init__(self, server: Server, port: int, service: TallyService, db: Database) -> None:
+    LISTEN_WAIT_S = 5.0  # at start, how long to wait for the revocation listener before serving anyway
+
+    def __init__(
+        self, server: Server, port: int, service: TallyService, db: Database, admins: AdminTokens, database_url: str
+    ) -> None:
         self.server = server
         self.port = port
         self.service = service
         self.db = db
+        self.admins = admins
         self.relay: Relay | None = None  # delivers the outbox to aggregate, when a credential is configured
+        # Revocations reach this process's caches within a second; see migration 0004.
+        self.revocations = ChannelListener(
+            database_url, REVOKED_CHANNEL, self._revoked, self._forget_all, application="suara-tally-revocations"
+        )
+
+    def _revoked(self, payload: str) -> None:
+        kind, _, ident = payload.partition(":")
+        if kind == "device":
+            self.service.devices.forget(ident)
+        elif kind == "admin":
+            self.admins.forget(ident)
+        log.info("revocation_received", kind=kind, id=ident)
+
+    def _forget_all(self) -> None:
+        self.service.devices.clear()
+        self.admins.clear()
 
     @classmethod
-    async def create(cls, settings: Settings, database_url: str) -> TallyApp:
+    async def create(cls, settings: Settings, database_url: str, chain_key: ChainKey | None = None) -> TallyApp:
+        """`chain_key`: the key to sign heads with; None: the one in SUARA_TALLY_CHAIN_KEY's file."""
+        if chain_key is None:
+            chain_key = load_chain_key(settings)
         db = await Database.open(database_url, size=settings.database.pool_size, application="suara-tally")
         catalog = await Catalog.load(db)
-        service = TallyService(db, catalog, settings.tally)
+        service = TallyService(db, catalog, settings.tally, chain_key)
+        admins = AdminTokens(db)
         server, port = create_server(
             lambda s: tally_pb2_grpc.add_TallyServiceServicer_to_server(service, s),
             [SERVICE_NAME],
@@ -388,7 +437,7 @@ class TallyApp:
                 PeerLimitInterceptor(
                     RateLimiter(settings.tally.peer_rate, settings.tally.peer_burst), "SUARA_TALLY_PEER_RATE"
                 ),
-                access_interceptor(db),  # the admin methods; devices prove themselves by signing
+                access_interceptor(db, admins),  # the admin methods; devices prove themselves by signing
             ],
             reuse_port=settings.tally.shared_port,
             request_limits={
@@ -398,11 +447,16 @@ class TallyApp:
             default_request_limit=SMALL_REQUEST_BYTES,
         )
         service.gate.on_change = server.set_serving  # health follows the database: NOT_SERVING while it is away
-        app = cls(server, port, service, db)
+        app = cls(server, port, service, db, admins, database_url)
         app.relay = relay_for(settings, database_url)
         return app
 
     async def start(self) -> None:
+        self.revocations.start()
+        try:
+            await asyncio.wait_for(self.revocations.listening.wait(), self.LISTEN_WAIT_S)
+        except TimeoutError:  # the caches then live by their short expiry until the listener gets through
+            log.warning("revocations_not_followed_yet", within_s=self.LISTEN_WAIT_S)
         self.service.committer.start()
         await self.server.start()
         log.info(
@@ -419,9 +473,30 @@ class TallyApp:
         await self.server.stop(grace)
         if self.relay is not None:
             await self.relay.stop()
+        await self.revocations.stop()
         await self.service.close()
         await self.db.close()
         log.info("tally_stopped")
+
+
+def chain_key_path(settings: Settings) -> Path:
+    return Path(settings.tally.chain_key) if settings.tally.chain_key else settings.data_dir / "chain.key.json"
+
+
+def load_chain_key(settings: Settings) -> ChainKey:
+    """The chain key of SUARA_TALLY_CHAIN_KEY, made on a fresh deployment's first start."""
+    path = chain_key_path(settings)
+    try:
+        key, created = ChainKey.load_or_create(path)
+    except (OSError, ValueError) as exc:
+        raise SettingError(
+            "SUARA_TALLY_CHAIN_KEY", str(path), f"a readable chain key file, or a writable path for a new one ({exc})"
+        ) from exc
+    if created:
+        log.warning("chain_key_created", path=str(path), key_id=key.key_id)
+    else:
+        log.info("chain_key", path=str(path), key_id=key.key_id)
+    return key
 
 
 async def serve(settings: Settings, database_url: str) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "TOTAL_GT_USERS",
     "USERS_NE_PARTS",
     "Violation",
+    "ballot_ceiling",
     "find_inconsistencies",
     "find_malformed",
 ]
@@ -181,6 +182,18 @@ def find_inconsistencies(form: form_pb2.CHasilForm) -> list[str]:
         OVER_DPT_LIMIT: any(100 * n > limit_x100 for n in (*votes, sah, tidak_sah, total, users.j, parts[0].j)),
     }
     return [name for name in ALL_CHECKS if broken[name]]
+
+
+def ballot_ceiling(registered_dpt: int, max_voters_per_tps: int) -> int:
+    """The most ballots (or voters) a counted form of a TPS can show, from the registry alone.
+
+    count_gt_dpt_limit's allowance, DPT × 1.02 + DPTb + DPK, with the registry's DPT (or the
+    contest's max_voters_per_tps, if more: forms are not held to the registry's DPT, which may
+    be out of date) and room for up to max_voters_per_tps DPTb and DPK voters. aggregate refuses
+    an update above it: a form's numbers cannot get there, only a writer's.
+    """
+    registered = max(registered_dpt, max_voters_per_tps)
+    return (102 * registered) // 100 + max_voters_per_tps
 
 
 def _sexes(counts: form_pb2.VoterCount) -> tuple[int, int, int]:

@@ -175,3 +175,60 @@ class OfficialKey:
 
     def save(self, path: Path) -> None:
         _save_new(path, self.to_json())
+
+
+def chain_key_id_for(public_key: bytes) -> str:
+    return "chn_" + hashlib.sha256(public_key).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class ChainKey:
+    """tally's own key, which signs the chain heads it hands out for publishing (never in the database)."""
+
+    key_id: str
+    private_key: Ed25519PrivateKey
+
+    @classmethod
+    def generate(cls) -> ChainKey:
+        key = Ed25519PrivateKey.generate()
+        return cls(chain_key_id_for(public_bytes(key)), key)
+
+    @property
+    def public_key(self) -> bytes:
+        return public_bytes(self.private_key)
+
+    def sign(self, message: bytes) -> bytes:
+        return self.private_key.sign(message)
+
+    def to_json(self) -> str:
+        return _key_file("suara-chain-key", self.private_key, key_id=self.key_id)
+
+    @classmethod
+    def load(cls, path: Path) -> ChainKey:
+        try:
+            data, key = _read_key_file(path.read_text(), "suara-chain-key", "key_id", chain_key_id_for)
+        except (ValueError, KeyError) as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+        return cls(data["key_id"], key)
+
+    def save(self, path: Path) -> None:
+        _save_new(path, self.to_json())
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> tuple[ChainKey, bool]:
+        """The key in `path`, or a new one saved there (True). Several processes starting at once end up
+        with the same key: the file appears whole (written aside, then linked into place) or not at all."""
+        if path.exists():
+            return cls.load(path), False
+        key = cls.generate()
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        aside = path.with_name(f".{path.name}.{os.getpid()}.new")
+        try:
+            key.save(aside)
+            try:
+                os.link(aside, path)
+            except FileExistsError:
+                return cls.load(path), False
+        finally:
+            aside.unlink(missing_ok=True)
+        return key, True

@@ -168,6 +168,14 @@ class RegistryView:
         async with self._db.acquire() as conn:
             return await tps_exists(conn, code) is not None
 
+    async def tps_dpt(self, code: str) -> int | None:
+        """The registered DPT of TPS `code`, or None if the registry has no such TPS."""
+        dpt = self.tps.dpt(code)
+        if dpt is not None or not is_tps_code(code):
+            return dpt
+        async with self._db.acquire() as conn:
+            return await tps_exists(conn, code)
+
     def choice_ids(self, contest: str) -> list[str]:
         """The choices in registry order (nomor_urut, id): the order of every votes array."""
         return [c.id for c in self.contests[contest].choices]

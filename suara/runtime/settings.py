@@ -99,15 +99,41 @@ def _typed(value: object, kind: type) -> bool:
     return isinstance(value, kind) or (kind is float and isinstance(value, int))
 
 
+_DB_URL = Allowed("empty, or a postgresql:// URL", lambda v: v == "" or v.startswith(("postgresql://", "postgres://")))
+
+
 @dataclass(frozen=True)
 class DatabaseSettings(_Section):
     url: str = _setting(
         "DATABASE_URL",
         "",
         "PostgreSQL to use; empty: an embedded server kept in SUARA_DATA_DIR/pgdata",
-        Allowed("empty, or a postgresql:// URL", lambda v: v == "" or v.startswith(("postgresql://", "postgres://"))),
+        _DB_URL,
+    )
+    tally_url: str = _setting(
+        "SUARA_TALLY_DATABASE_URL",
+        "",
+        "tally's own connection, as role suara_tally; empty: DATABASE_URL, or the embedded server's suara_tally",
+        _DB_URL,
+    )
+    aggregate_url: str = _setting(
+        "SUARA_AGGREGATE_DATABASE_URL",
+        "",
+        "aggregate's own connection, as role suara_aggregate; empty: as for tally",
+        _DB_URL,
+    )
+    publish_url: str = _setting(
+        "SUARA_PUBLISH_DATABASE_URL",
+        "",
+        "publish's own connection, as role suara_publish; empty: as for tally",
+        _DB_URL,
     )
     pool_size: int = _setting("SUARA_DB_POOL_SIZE", 8, "PostgreSQL connections per service process", COUNT)
+
+    def url_for(self, service: str) -> str:
+        """The service's own URL (tally, aggregate, publish); empty when it has none of its own."""
+        url: str = getattr(self, f"{service}_url")
+        return url
 
 
 @dataclass(frozen=True)
@@ -165,6 +191,13 @@ class TallySettings(_Section):
     )
     peer_burst: int = _setting(
         "SUARA_TALLY_PEER_BURST", 10000, "calls one address may make at once, per tally process", COUNT
+    )
+    chain_key: str = _setting(
+        "SUARA_TALLY_CHAIN_KEY",
+        "",
+        "the key file tally signs its chain heads with (Ed25519, created if missing; never in the database); "
+        "empty: SUARA_DATA_DIR/chain.key.json",
+        ANY,
     )
     verify_threads: int = _setting(
         "SUARA_VERIFY_THREADS",

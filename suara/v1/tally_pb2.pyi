@@ -740,23 +740,63 @@ class ChainHead(_message.Message):
 
     POSITION_FIELD_NUMBER: _builtins.int
     HASH_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
     position: _builtins.int
     """Records in the chain (0: empty)."""
     hash: _builtins.str
     """SHA-256 of the last link, 64 lowercase hex digits (64 zeros when empty)."""
+    signature: _builtins.bytes
+    """The Ed25519 signature (64 bytes) by the chain key `key_id` over the
+    head's encoding: position and hash (docs/domain.md, "The signed head").
+    """
+    key_id: _builtins.str
+    """The chain key that signed it ("chn_" + 24 hex digits of the SHA-256 of
+    its public key).
+    """
     def __init__(
         self,
         *,
         position: _builtins.int = ...,
         hash: _builtins.str = ...,
+        signature: _builtins.bytes = ...,
+        key_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hash", b"hash", "position", b"position"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hash", b"hash", "key_id", b"key_id", "position", b"position", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChainHead: _TypeAlias = ChainHead  # noqa: Y015
+
+@_typing.final
+class ChainKey(_message.Message):
+    """tally's chain key, whose public half the site publishes
+    (suara/kunci-rantai.json).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    """"chn_" + 24 hex digits of the SHA-256 of public_key."""
+    public_key: _builtins.bytes
+    """The raw 32-byte Ed25519 public key."""
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        public_key: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "public_key", b"public_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChainKey: _TypeAlias = ChainKey  # noqa: Y015
 
 @_typing.final
 class GetChainHeadResponse(_message.Message):
@@ -765,18 +805,24 @@ class GetChainHeadResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CHAIN_HEAD_FIELD_NUMBER: _builtins.int
+    CHAIN_KEY_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def chain_head(self) -> Global___ChainHead:
-        """The head now."""
+        """The head now, signed."""
+
+    @_builtins.property
+    def chain_key(self) -> Global___ChainKey:
+        """The key that signed it."""
 
     def __init__(
         self,
         *,
         chain_head: Global___ChainHead | None = ...,
+        chain_key: Global___ChainKey | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["chain_head", b"chain_head"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chain_head", b"chain_head", "chain_key", b"chain_key"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain_head", b"chain_head"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain_head", b"chain_head", "chain_key", b"chain_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -150,9 +150,10 @@ class TallyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetChainHead(self, request, context):
-        """The chain's head, which every published snapshot carries so anyone can
-        check the log was not rewritten. Public by design; UNAVAILABLE while the
-        database is unreachable (retry).
+        """The chain's head, signed with tally's chain key, which every published
+        snapshot carries so anyone can check the log was not cut back or
+        rewritten since (docs/domain.md says what is signed). Public by design;
+        UNAVAILABLE while the database is unreachable (retry).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

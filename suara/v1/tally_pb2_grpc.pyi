@@ -78,9 +78,10 @@ class TallyServiceStub:
     submissions and 1 MiB of payloads.
     """
     GetChainHead: _grpc.UnaryUnaryMultiCallable[_tally_pb2.GetChainHeadRequest, _tally_pb2.GetChainHeadResponse]
-    """The chain's head, which every published snapshot carries so anyone can
-    check the log was not rewritten. Public by design; UNAVAILABLE while the
-    database is unreachable (retry).
+    """The chain's head, signed with tally's chain key, which every published
+    snapshot carries so anyone can check the log was not cut back or
+    rewritten since (docs/domain.md says what is signed). Public by design;
+    UNAVAILABLE while the database is unreachable (retry).
     """
     GetPhoto: _grpc.UnaryUnaryMultiCallable[_tally_pb2.GetPhotoRequest, _tally_pb2.GetPhotoResponse]
     """A form photo by its SHA-256. Public by design (the site shows it).
@@ -151,9 +152,10 @@ class TallyServiceAsyncStub(TallyServiceStub):
     submissions and 1 MiB of payloads.
     """
     GetChainHead: _aio.UnaryUnaryMultiCallable[_tally_pb2.GetChainHeadRequest, _tally_pb2.GetChainHeadResponse]  # type: ignore[assignment]
-    """The chain's head, which every published snapshot carries so anyone can
-    check the log was not rewritten. Public by design; UNAVAILABLE while the
-    database is unreachable (retry).
+    """The chain's head, signed with tally's chain key, which every published
+    snapshot carries so anyone can check the log was not cut back or
+    rewritten since (docs/domain.md says what is signed). Public by design;
+    UNAVAILABLE while the database is unreachable (retry).
     """
     GetPhoto: _aio.UnaryUnaryMultiCallable[_tally_pb2.GetPhotoRequest, _tally_pb2.GetPhotoResponse]  # type: ignore[assignment]
     """A form photo by its SHA-256. Public by design (the site shows it).
@@ -251,9 +253,10 @@ class TallyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tally_pb2.GetChainHeadRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tally_pb2.GetChainHeadResponse, _abc.Awaitable[_tally_pb2.GetChainHeadResponse]]:
-        """The chain's head, which every published snapshot carries so anyone can
-        check the log was not rewritten. Public by design; UNAVAILABLE while the
-        database is unreachable (retry).
+        """The chain's head, signed with tally's chain key, which every published
+        snapshot carries so anyone can check the log was not cut back or
+        rewritten since (docs/domain.md says what is signed). Public by design;
+        UNAVAILABLE while the database is unreachable (retry).
         """
 
     @_abc_1.abstractmethod

@@ -95,7 +95,8 @@ async def test_run_publishes_answers_status_and_stops_on_sigterm(
         status = json.loads(asked.stdout)  # int64 fields are JSON strings (proto3 JSON mapping)
         assert int(status["snapshot"]) == pointer["snapshot"]
         assert int(status["aggregateSequence"]) == pointer["aggregate_sequence"] == int(status["aggregateNewest"])
-        assert {"position": int(status["chainPosition"]), "hash": status["chainHash"]} == pointer["chain_head"]
+        published = {k: pointer["chain_head"][k] for k in ("position", "hash")}
+        assert {"position": int(status["chainPosition"]), "hash": status["chainHash"]} == published
         assert status["fullRebuild"] is True and status["files"] > 0
         assert status["sink"] == f"local:{site}"
 

@@ -16,8 +16,10 @@ from suara.election.signing import OfficialKey
 from suara.v1 import aggregate_pb2
 from tests.publish.recording import KilledMidway, RecordingSink
 from tests.support.factories import TEST_ELECTION
+from tests.support.oracles import chain as chain_oracle
 from tests.support.oracles.publish import nest
 from tests.support.publish import Pipeline
+from tests.support.tally import CHAIN_KEY
 
 NIST_SCHEMA = Path(__file__).resolve().parent / "nist-1500-100-v2-results.schema.json"
 
@@ -179,7 +181,16 @@ async def test_history_and_pointer(pipeline: Pipeline) -> None:
         assert pointer["snapshot"] == result.snapshot
         assert pointer["contests"]["ppwp"]["progres"] == national["progres"]["progres"]
         head = await pipeline.db.fetchrow("SELECT position, hash FROM tally.chain_head")
-        assert pointer["chain_head"] == {"position": head["position"], "hash": bytes(head["hash"]).hex()}
+        published = pointer["chain_head"]
+        assert (published["position"], published["hash"]) == (head["position"], bytes(head["hash"]).hex())
+        assert chain_oracle.head_verifies(CHAIN_KEY.public_key, published), "signed by tally's chain key"
+        entry = json.loads((pipeline.site / f"suara/riwayat/ppwp/{result.snapshot}.json").read_bytes())
+        assert entry["chain_head"] == published, "the history entry carries the snapshot's head"
+    keys = json.loads((pipeline.site / "suara/kunci-rantai.json").read_bytes())
+    assert keys == {
+        "algorithm": "Ed25519",
+        "keys": [{"key_id": CHAIN_KEY.key_id, "public_key": CHAIN_KEY.public_key.hex()}],
+    }
     index = json.loads((pipeline.site / "suara/riwayat/ppwp.json").read_bytes())
     assert [e["snapshot"] for e in index] == snapshots
     last = json.loads((pipeline.site / f"suara/riwayat/ppwp/{snapshots[-1]}.json").read_bytes())

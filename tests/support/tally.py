@@ -14,14 +14,19 @@ from services.tally.access import create_admin_credential
 from services.tally.credentials import enroll_device
 from services.tally.server import TallyApp
 from suara.client.stubs import tally_stub
-from suara.election.signing import DeviceKey
+from suara.election.signing import ChainKey, DeviceKey
 from suara.runtime.settings import LogSettings, PeerSettings, RelaySettings, Settings, TallySettings
 from suara.v1 import tally_pb2_grpc
+from tests.support.databases import as_service
 from tests.support.factories import TEST_ELECTION, Station
 
-# No relay in tally's own tests (they read the outbox themselves), whatever a developer keeps in .suara.
+# The chain key of every in-process tally of this test run (tests check heads against its public half).
+CHAIN_KEY = ChainKey.generate()
+
+# No relay in tally's own tests (they read the outbox themselves), whatever a developer keeps in .suara;
+# no chain key file either (a tally made from these settings without CHAIN_KEY fails instead of making one).
 BASE_SETTINGS = Settings(
-    tally=TallySettings(port=0, commit_wait_s=5.0),
+    tally=TallySettings(port=0, commit_wait_s=5.0, chain_key="/nonexistent/chain.key.json"),
     log=LogSettings(format="console"),
     relay=RelaySettings(credential="/nonexistent"),
 )
@@ -66,7 +71,7 @@ class Tally:
 
 
 async def start_tally(db_url: str, db: asyncpg.Connection, settings: Settings = BASE_SETTINGS) -> Tally:
-    app = await TallyApp.create(settings, db_url)
+    app = await TallyApp.create(settings, as_service(db_url, "tally"), CHAIN_KEY)  # tally's own role, as deployed
     await app.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
     credential = await create_admin_credential(db, "test-admin")

@@ -35,7 +35,7 @@ from suara.election.signing import DeviceKey
 from suara.registry.loader import load_registry
 from suara.v1 import tally_pb2
 from tests.support.factories import consistent_form, signed
-from tests.support.tally import BASE_SETTINGS, with_tally
+from tests.support.tally import BASE_SETTINGS, CHAIN_KEY, with_tally
 from tests.support.waiting import within
 
 ACKS_BEFORE_FAULT = 150
@@ -121,7 +121,7 @@ async def load_rig(tmp_path: Path) -> AsyncIterator[Rig]:
         await conn.close()
 
         settings = with_tally(BASE_SETTINGS, commit_wait_s=DEADLINE_S, retry_after_ms=50)
-        app = await TallyApp.create(settings, url)
+        app = await TallyApp.create(settings, url, CHAIN_KEY)
         await app.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
         stub = tally_stub(channel)

@@ -23,7 +23,7 @@ from suara.client.stubs import tally_stub
 from suara.election.signing import DeviceKey
 from suara.v1 import tally_pb2
 from tests.support.factories import consistent_form, signed
-from tests.support.tally import BASE_SETTINGS
+from tests.support.tally import BASE_SETTINGS, CHAIN_KEY
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ async def _run(db_url: str, ops: list[Op]) -> None:
     for key in keys:
         await enroll_device(conn, key.device_id, key.tps, key.public_key, "property")
     choices = [r["id"] for r in await conn.fetch("SELECT id FROM registry.choice WHERE contest = 'ppwp'")]
-    app = await TallyApp.create(BASE_SETTINGS, db_url)
+    app = await TallyApp.create(BASE_SETTINGS, db_url, CHAIN_KEY)
     await app.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
     stub = tally_stub(channel)

@@ -3,7 +3,15 @@
 SELECT pg_try_advisory_lock($1);
 
 -- name: cursor
-SELECT sequence, snapshot, registry_load, chain_position, chain_hash FROM publish.cursor WHERE singleton;
+SELECT sequence, snapshot, registry_load, chain_position, chain_hash, chain_key_id, chain_signature
+FROM publish.cursor WHERE singleton;
+
+-- name: remember_chain_key
+INSERT INTO publish.chain_key (key_id, public_key, first_position) VALUES ($1, $2, $3)
+ON CONFLICT (key_id) DO NOTHING;
+
+-- name: chain_keys
+SELECT key_id, public_key, first_position FROM publish.chain_key ORDER BY first_position, first_seen_at;
 
 -- name: registry_load
 -- The registry is shared reference data (see README): its load id says when region lists must be redone.
@@ -34,15 +42,18 @@ WHERE c.singleton;
 -- name: commit_cycle
 -- The cycle's files are all written: move the cursor and record the snapshot, in one transaction.
 WITH snap AS (
-    INSERT INTO publish.snapshot (id, sequence, chain_position, chain_hash, files, full_rebuild, published_at)
-    VALUES ($2, $1, $3, $4, $5, $6, now())
+    INSERT INTO publish.snapshot (id, sequence, chain_position, chain_hash, files, full_rebuild, published_at,
+                                  chain_key_id, chain_signature)
+    VALUES ($2, $1, $3, $4, $5, $6, now(), $8, $9)
     ON CONFLICT (id) DO UPDATE
         SET sequence = EXCLUDED.sequence, chain_position = EXCLUDED.chain_position,
             chain_hash = EXCLUDED.chain_hash, files = EXCLUDED.files, full_rebuild = EXCLUDED.full_rebuild,
-            published_at = EXCLUDED.published_at
+            published_at = EXCLUDED.published_at, chain_key_id = EXCLUDED.chain_key_id,
+            chain_signature = EXCLUDED.chain_signature
 )
 UPDATE publish.cursor
-SET sequence = $1, snapshot = $2, chain_position = $3, chain_hash = $4, registry_load = $7, updated_at = now()
+SET sequence = $1, snapshot = $2, chain_position = $3, chain_hash = $4, registry_load = $7, updated_at = now(),
+    chain_key_id = $8, chain_signature = $9
 WHERE singleton;
 
 -- name: published_sequence
