@@ -34,7 +34,7 @@ from suara.client.stubs import tally_stub
 from suara.election.signing import DeviceKey
 from suara.registry.loader import load_registry
 from suara.v1 import tally_pb2
-from tests.support.factories import consistent_form, signed
+from tests.support.factories import TEST_ELECTION, consistent_form, signed
 from tests.support.tally import BASE_SETTINGS, CHAIN_KEY, with_tally
 from tests.support.waiting import within
 
@@ -111,7 +111,7 @@ async def load_rig(tmp_path: Path) -> AsyncIterator[Rig]:
     try:
         await migrate_url(url)
         conn = await asyncpg.connect(url)
-        await load_registry(conn, synthetic_scale=0.001, seed=3)
+        await load_registry(conn, synthetic_scale=0.001, seed=3, election_id=TEST_ELECTION)
         codes = [r["code"] for r in await conn.fetch("SELECT code FROM registry.tps ORDER BY code LIMIT 40")]
         rows = await conn.fetch("SELECT id FROM registry.choice WHERE contest = 'ppwp' ORDER BY nomor_urut")
         choices = [r["id"] for r in rows]
