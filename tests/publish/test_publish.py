@@ -238,8 +238,8 @@ async def test_without_a_signed_head_from_tally_the_last_signed_one_stays_publis
     async def unreachable(*args: object, **kwargs: object) -> tally_pb2.GetChainHeadResponse:
         raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "down")
 
-    async def forged(request: tally_pb2.GetChainHeadRequest, timeout: float) -> tally_pb2.GetChainHeadResponse:
-        reply: tally_pb2.GetChainHeadResponse = await genuine(request, timeout=timeout)
+    async def forged(request: tally_pb2.GetChainHeadRequest, **kwargs: float) -> tally_pb2.GetChainHeadResponse:
+        reply: tally_pb2.GetChainHeadResponse = await genuine(request, timeout=kwargs["timeout"])
         reply.chain_head.position += 1  # no longer what the signature covers
         return reply
 
