@@ -33,6 +33,7 @@ from bench.echo_server import METHOD
 from cli.embedded import free_port
 from suara.client.stubs import tally_stub
 from suara.election.signing import DeviceKey
+from suara.registry.catalog import fetch_election_id
 from suara.v1 import tally_pb2
 from tests.support.factories import consistent_form, signed
 
@@ -126,7 +127,8 @@ async def run(db_url: str, *, forms: int, levels: tuple[int, ...] = LEVELS, roun
     choices = [
         r["id"] for r in await conn.fetch("SELECT id FROM registry.choice WHERE contest='ppwp' ORDER BY nomor_urut")
     ]
-    keys = [DeviceKey.generate(code) for code in tps]
+    election = await fetch_election_id(conn)  # the forms are signed for the registry's election
+    keys = [DeviceKey.generate(code, election) for code in tps]
     await conn.copy_records_to_table(
         "device",
         schema_name="tally",
@@ -136,10 +138,13 @@ async def run(db_url: str, *, forms: int, levels: tuple[int, ...] = LEVELS, roun
     await conn.close()
     sweep = [(r, level) for r in range(rounds) for level in levels]
     unary = {
-        step: [signed(k, consistent_form(k.tps, "ppwp", choices, version=i + 1)) for k in keys[:forms]]
+        step: [
+            signed(k, consistent_form(k.tps, "ppwp", choices, version=i + 1, election_id=election))
+            for k in keys[:forms]
+        ]
         for i, step in enumerate(sweep)
     }
-    batched = [signed(k, consistent_form(k.tps, "ppwp", choices)) for k in keys[forms:]]
+    batched = [signed(k, consistent_form(k.tps, "ppwp", choices, election_id=election)) for k in keys[forms:]]
     request_size = sum(len(r.SerializeToString()) for r in unary[sweep[0]]) // forms
 
     # A port per process, not one shared port: SO_REUSEPORT hashes 4 connections onto 2 processes

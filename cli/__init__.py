@@ -32,6 +32,7 @@ GROUPS = (
     "official",
     "submit",
     "outbox",
+    "pki",
 )
 
 

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from cli.components import MIGRATION_DIRS
-from cli.embedded import database_url, embedded_server
+from cli.embedded import OWNER_ROLE, database_url, embedded_server
 from suara.runtime.database import connect
 from suara.runtime.migrations import discover, migrate
 from suara.runtime.settings import Settings
@@ -60,7 +60,9 @@ def run_start(args: argparse.Namespace, settings: Settings) -> int:
     if settings.database.url:
         print(settings.database.url)
         return 0
-    print(embedded_server(settings).start())
+    server = embedded_server(settings)
+    server.start()
+    print(server.url(role=OWNER_ROLE))
     return 0
 
 
@@ -75,5 +77,9 @@ def run_url(args: argparse.Namespace, settings: Settings) -> int:
         print(settings.database.url)
     else:
         server = embedded_server(settings)
-        print(server.url() if server.is_running() else f"(embedded server in {server.pgdata} is not running)")
+        print(
+            server.url(role=OWNER_ROLE)
+            if server.is_running()
+            else f"(embedded server in {server.pgdata} is not running)"
+        )
     return 0

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import random
 import sys
 from collections.abc import Awaitable, Callable
@@ -187,14 +188,15 @@ async def simulate(address: str, admin_token: str, tps: list[str], choices: list
         keys = [DeviceKey.generate(code) for code in tps]
         progress = Progress("enrolling devices", len(keys))
         for i, key in enumerate(keys, 1):
-            await stub.EnrollDevice(
+            enrolled = await stub.EnrollDevice(
                 tally_pb2.EnrollDeviceRequest(tps=key.tps, public_key=key.public_key, label="demo"), metadata=auth
             )
+            keys[i - 1] = dataclasses.replace(key, election_id=enrolled.election_id)  # what its forms must name
             progress.update(i)
         progress.done(f"{len(keys)} devices")
 
         def form(key: DeviceKey, version: int, broken: bool) -> tally_pb2.SubmitRequest:
-            f = form_pb2.CHasilForm(tps=key.tps, contest="ppwp", version=version)
+            f = form_pb2.CHasilForm(tps=key.tps, contest="ppwp", version=version, election_id=key.election_id)
             dpt = rng.randint(150, 300)
             users = rng.randint(dpt // 2, dpt)
             invalid = rng.randint(0, 6)

@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from cli.embedded import database_url
+from cli.embedded import service_database_url
 from cli.serving import add_bind_arguments, serve_section
 from suara.runtime.settings import Settings
 
@@ -99,7 +99,7 @@ async def run_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     from services.publish.server import rebuild
 
     settings = _with_site(args, settings)
-    with database_url(settings) as url:
+    with service_database_url(settings, "publish") as url:
         result = await rebuild(settings, url)
     print(
         f"rebuilt snapshot {result.snapshot} at aggregate sequence {result.sequence}: {result.files:,} files "

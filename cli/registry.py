@@ -12,7 +12,7 @@ from cli.embedded import database_url
 from cli.progress import Progress
 from suara.registry.areas import LEVEL_NAMES
 from suara.registry.contests import DEFAULT_PATH, ContestConfigError, read_contests
-from suara.registry.loader import load_registry
+from suara.registry.loader import check_election_id, load_registry
 from suara.registry.summary import is_migrated, summarize
 from suara.registry.synthetic import PEMILU_2024_TPS
 from suara.runtime.database import connect
@@ -72,6 +72,15 @@ def add_parser(sub: Any) -> None:
         ),
     )
     p.add_argument(
+        "--election-id",
+        metavar="ID",
+        help=(
+            "the election this registry is for (e.g. pemilu-2024; a rehearsal gets its own, e.g. gladi-2024-01): "
+            "every signed form, recap and key file names it, and documents of another election are refused. "
+            "Default: keep the current one; on a first load, a new random one"
+        ),
+    )
+    p.add_argument(
         "--contests",
         type=Path,
         default=None,
@@ -113,6 +122,12 @@ async def run_load(args: argparse.Namespace, settings: Settings) -> int:
         print("--scale and --seed shape the synthetic TPS list: add --synthetic-tps", file=sys.stderr)
         return 2
     try:
+        if args.election_id is not None:
+            check_election_id(args.election_id)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    try:
         read_contests(args.contests)  # fail on a bad file before starting a database
     except ContestConfigError as exc:
         print(exc, file=sys.stderr)
@@ -140,6 +155,7 @@ async def run_load(args: argparse.Namespace, settings: Settings) -> int:
                     seed=DEFAULT_SEED if args.seed is None else args.seed,
                     contests_path=args.contests,
                     progress=progress,
+                    election_id=args.election_id,
                 )
             except ContestConfigError as exc:
                 print(exc, file=sys.stderr)
@@ -152,7 +168,7 @@ async def run_load(args: argparse.Namespace, settings: Settings) -> int:
     )
     print(
         f"loaded registry #{summary.load_id} in {summary.seconds:.1f}s: {summary.areas:,} areas, {tps}, "
-        f"{summary.contests} contests with {summary.choices} choices"
+        f"{summary.contests} contests with {summary.choices} choices; election {summary.election_id}"
     )
     return 0
 
@@ -182,4 +198,5 @@ async def run_show(args: argparse.Namespace, settings: Settings) -> int:
             else "no TPS"
         )
         print(f"last load: #{last.id} at {last.loaded_at:%Y-%m-%d %H:%M:%S %Z} ({how})")
+        print(f"election: {last.election_id or '(none named: run `suara registry load`)'}")
     return 0

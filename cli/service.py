@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cli.embedded import database_url
+from cli.actor import operator
+from cli.embedded import database_url, service_database_url
 from suara.runtime.auth.credential import ROLES
 from suara.runtime.auth.store import DEFAULT_TABLE
 from suara.runtime.database import connect
@@ -44,7 +45,7 @@ def add_parser(sub: Any) -> None:
     r = ssub.add_parser(
         "revoke",
         help="revoke a service credential by id",
-        description="Revoke a service credential. Servers refuse it once their short cache expires (30 s).",
+        description="Revoke a service credential. Every running aggregate refuses it within a second.",
     )
     r.add_argument("credential_id", help="the id, e.g. svc_0123456789ab")
     r.add_argument("--table", default=DEFAULT_TABLE, help=f"the credential table (default: {DEFAULT_TABLE})")
@@ -67,6 +68,7 @@ def add_parser(sub: Any) -> None:
 
 
 async def run_issue(args: argparse.Namespace, settings: Settings) -> int:
+    from services.aggregate.admin_log import record_admin_action
     from suara.runtime.auth.store import issue_service_credential
 
     if not _NAME.match(args.name):
@@ -81,7 +83,11 @@ async def run_issue(args: argparse.Namespace, settings: Settings) -> int:
     with database_url(settings) as url:
         async with connect(url) as conn:
             try:
-                credential = await issue_service_credential(conn, args.name, args.role, args.table)
+                async with conn.transaction():
+                    credential = await issue_service_credential(conn, args.name, args.role, args.table)
+                    if args.table == DEFAULT_TABLE:  # aggregate's own: on its record
+                        detail = {"name": args.name, "role": args.role}
+                        await record_admin_action(conn, operator(), "service.issue", credential.id, detail)
             except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
                 print(f"no table {args.table}: run `suara db migrate` first", file=sys.stderr)
                 return 2
@@ -91,11 +97,14 @@ async def run_issue(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def run_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    from services.aggregate.admin_log import record_admin_action
     from suara.runtime.auth.store import revoke_service_credential
 
     with database_url(settings) as url:
-        async with connect(url) as conn:
+        async with connect(url) as conn, conn.transaction():
             revoked = await revoke_service_credential(conn, args.credential_id, args.table)
+            if revoked and args.table == DEFAULT_TABLE:
+                await record_admin_action(conn, operator(), "service.revoke", args.credential_id)
     if not revoked:
         print(f"no live credential {args.credential_id}", file=sys.stderr)
         return 1
@@ -116,7 +125,7 @@ async def run_relay(args: argparse.Namespace, settings: Settings) -> int:
         settings = replace(settings, relay=replace(settings.relay, credential=str(args.credential)))
     if args.batch:
         settings = replace(settings, relay=replace(settings.relay, batch=args.batch))
-    with database_url(settings) as url:
+    with service_database_url(settings, "tally") as url:
         try:
             relay = Relay.from_settings(settings, url)
         except (OSError, ValueError) as exc:

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
-from cli.embedded import database_url
+from cli.embedded import service_database_url
 from suara.runtime.settings import Settings
 
 Serve = Callable[[Settings, str], Awaitable[None]]
@@ -32,6 +32,6 @@ def bound(settings: Settings, section: str, args: argparse.Namespace) -> Setting
 
 async def serve_section(args: argparse.Namespace, settings: Settings, section: str, serve: Serve) -> int:
     settings = bound(settings, section, args)
-    with database_url(settings) as url:
+    with service_database_url(settings, section) as url:  # as the service's own role
         await serve(settings, url)
     return 0

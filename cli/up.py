@@ -132,8 +132,9 @@ async def running_system(
     args: argparse.Namespace, settings: Settings, extra_env: Mapping[str, str] | None = None
 ) -> AsyncIterator[System]:
     """Everything `suara up` starts, serving; stopped in reverse order when the block exits (or is cancelled)."""
+    from cli.actor import operator
     from cli.db import migrate_url
-    from cli.embedded import database_url
+    from cli.embedded import database_url, service_database_env
     from services.publish.server import published_sequence
     from services.tally.access import create_admin_credential
     from services.tally.server import chain_key_path, load_chain_key
@@ -163,7 +164,7 @@ async def running_system(
                 tps = (await load_registry(conn, synthetic_scale=args.scale, seed=args.seed)).tps
             note(f"registry: {tps:,} TPS")
             if not admin_key.exists():
-                (await create_admin_credential(conn, "suara up")).save(admin_key)
+                (await create_admin_credential(conn, "suara up", actor=operator())).save(admin_key)
             if not relay_key.exists():
                 (await issue_service_credential(conn, "relay", "writer")).save(relay_key)
             if not reader_key.exists():
@@ -185,7 +186,7 @@ async def running_system(
         tally_address, aggregate_address, publish_address = (f"{h}:{p}" for h, p in (tally, aggregate, publish))
         env = {
             **os.environ,
-            "DATABASE_URL": url,
+            **service_database_env(settings),  # each service as its own role (DATABASE_URL passes through)
             "SUARA_DATA_DIR": str(data_dir),
             "SUARA_SITE_DIR": str(site_dir),
             "SUARA_TALLY_HOST": tally[0],

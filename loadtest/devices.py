@@ -14,7 +14,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import grpc
 
@@ -87,7 +87,7 @@ async def enroll(
                 delay = 0.05
                 while True:
                     try:
-                        await stub.EnrollDevices(request, metadata=metadata, timeout=60)
+                        reply = await stub.EnrollDevices(request, metadata=metadata, timeout=60)
                         break
                     except grpc.aio.AioRpcError as exc:
                         if exc.code() not in RETRYABLE:
@@ -96,6 +96,9 @@ async def enroll(
                         result.retries[exc.code().name] += 1
                         await asyncio.sleep(delay)  # tally is busy or away: back off; a rerun of a run is a no-op
                         delay = min(delay * 2, 2.0)
+                # The reply names the election tally serves: the devices sign it into every form.
+                for key, device in zip(chunk, reply.devices, strict=True):
+                    result.keys[key.tps] = replace(key, election_id=device.election_id)
                 done += len(chunk)
                 if on_progress is not None:
                     on_progress(done)

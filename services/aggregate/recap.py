@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
+import structlog
 from google.protobuf.message import DecodeError
 
 from services.aggregate.catalog import Catalog
@@ -23,10 +24,13 @@ from services.aggregate.errors import InvalidRequest
 from services.aggregate.queries import QUERIES
 from suara.election import signing
 from suara.election.codes import parent_of
+from suara.election.payloads import describe_unknown, other_election, unknown_fields
 from suara.runtime.database import Database
 from suara.runtime.errors import AlreadyExists, FieldProblem, NotFound, PermissionDenied, Unauthenticated
 from suara.runtime.pagination import Pager
 from suara.v1 import aggregate_pb2
+
+log = structlog.stdlib.get_logger("suara.aggregate.recap")
 
 SCALARS = ("suara_sah", "suara_tidak_sah", "suara_total", "dpt", "pengguna")
 MAX_AREA_COUNT = 10**9  # more than the whole electorate: a typo, not a count
@@ -50,17 +54,27 @@ async def submit_recap(
         raise InvalidRequest(problems)
     official = await db.fetchrow(QUERIES.official, signed.official_id)
     if official is None:
-        raise Unauthenticated(
-            f"unknown or revoked official {signed.official_id!r}: enroll with `suara official enroll`"
-        )
+        raise Unauthenticated(f"unknown official {signed.official_id!r}: enroll with `suara official enroll`")
     if not signing.verify(bytes(official["public_key"]), signed.payload, signed.signature):
         raise Unauthenticated(
             f"the signature does not verify with official {signed.official_id}'s key: altered, or another key"
+        )
+    if official["revoked"]:  # signed with a revoked key: refused, and someone must go and look
+        log.error("revoked_official", official_id=signed.official_id, area=official["area"], role=official["role"])
+        raise PermissionDenied(
+            f"official {signed.official_id} ({official['role']} of {official['area']}) is revoked: its recaps are "
+            "refused. A successor signs with a key of their own (`suara official enroll`)"
         )
     try:
         form = aggregate_pb2.RecapForm.FromString(signed.payload)
     except DecodeError:
         raise InvalidRequest([FieldProblem("recap.payload", "is not a serialized suara.v1.RecapForm")]) from None
+    unknown = unknown_fields(form)
+    if unknown:
+        raise InvalidRequest([FieldProblem("recap.payload", describe_unknown(unknown, "suara.v1.RecapForm"))])
+    election = await catalog.election(form.election_id)
+    if form.election_id != election:
+        raise other_election("recap", form.election_id, election)
     if form.area != official["area"]:
         raise PermissionDenied(
             f"official {signed.official_id} ({official['role']}) recaps area {official['area']}, not {form.area!r}"

@@ -21,14 +21,13 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeAlias, TypeVar
 
 import asyncpg
 import structlog
 
-from services.aggregate.errors import InvalidRequest
 from services.aggregate.queries import QUERIES
 from services.aggregate.updates import AreaUpdate, LeafUpdate
 from suara.election.codes import DESA, DESA_LENGTH, LENGTHS
@@ -39,10 +38,11 @@ from suara.v1 import aggregate_pb2
 log = structlog.stdlib.get_logger("suara.aggregate.rollup")
 
 Outcome: TypeAlias = aggregate_pb2.UpdateOutcome.ValueType
-APPLIED, DUPLICATE, STALE = (
+APPLIED, DUPLICATE, STALE, REFUSED = (
     aggregate_pb2.UPDATE_OUTCOME_APPLIED,
     aggregate_pb2.UPDATE_OUTCOME_DUPLICATE,
     aggregate_pb2.UPDATE_OUTCOME_STALE,
+    aggregate_pb2.UPDATE_OUTCOME_REFUSED,
 )
 
 # Code length of each area level with rows of its own; 0 is nasional (''), DESA the lowest.
@@ -55,8 +55,9 @@ U = TypeVar("U", LeafUpdate, AreaUpdate)
 
 @dataclass(frozen=True)
 class Applied:
-    outcomes: list[Outcome]
+    outcomes: list[Outcome]  # one per update given, REFUSED for those in `refused`
     sequence: int  # the change sequence after the batch
+    refused: dict[int, list[FieldProblem]] = field(default_factory=dict)  # by position in the updates given
 
 
 def decide(
@@ -85,6 +86,18 @@ def _decided(updates: Sequence[U], stored: dict[Hashable, int]) -> tuple[list[Ou
     """`decide` for whole updates: each one's outcome, and the updates that win their key."""
     outcomes, winners = decide([(u.key, u.version) for u in updates], stored)
     return outcomes, [updates[i] for i in winners.values()]
+
+
+def _unknown_here(updates: Sequence[AreaUpdate], tps_here: dict[tuple[str, str], int]) -> dict[int, list[FieldProblem]]:
+    """Fed updates this instance has no such area for, or fewer TPS in it than the feed claims."""
+    refused: dict[int, list[FieldProblem]] = {}
+    for i, u in enumerate(updates):
+        have = tps_here.get(u.key)
+        if have is None:
+            refused[i] = [FieldProblem("area", f"contest {u.contest!r} has no TPS in area {u.area!r} here")]
+        elif u.tps_total > have:
+            refused[i] = [FieldProblem("tps_total", f"{u.tps_total} TPS, where this registry has {have}")]
+    return refused
 
 
 def _columns(targets: set[Target]) -> tuple[list[str], list[str]]:
@@ -175,19 +188,16 @@ class Rollup:
         async with self._holding_head() as (conn, sequence):
             keys = list({u.key for u in updates})
             known = await conn.fetch(QUERIES.known_areas, [k[1] for k in keys], [k[0] for k in keys])
-            have_rows = {(r["area"], r["contest"]) for r in known}
-            problems = [
-                FieldProblem(f"updates[{i}].area", f"contest {u.contest!r} has no TPS in area {u.area!r} here")
-                for i, u in enumerate(updates)
-                if u.key not in have_rows
-            ]
-            if problems:
-                raise InvalidRequest(problems)
+            tps_here = {(r["area"], r["contest"]): r["tps_total"] for r in known}
+            refused = _unknown_here(updates, tps_here)
+            fit = [u for i, u in enumerate(updates) if i not in refused]
             rows = await conn.fetch(QUERIES.current_feed_versions, [k[0] for k in keys], [k[1] for k in keys])
             stored: dict[Hashable, int] = {(r["area"], r["contest"]): r["version"] for r in rows}
-            outcomes, won = _decided(updates, stored)
+            fit_outcomes, won = _decided(fit, stored)
+            it = iter(fit_outcomes)
+            outcomes = [REFUSED if i in refused else next(it) for i in range(len(updates))]
             if not won:
-                return Applied(outcomes, sequence)
+                return Applied(outcomes, sequence, refused)
             sequence, now = sequence + 1, datetime.now(UTC)
             fed = await conn.fetch(
                 QUERIES.upsert_feed,
@@ -219,11 +229,12 @@ class Rollup:
             source=source,
             updates=len(updates),
             applied=len(won),
+            refused=len(refused),
             areas_changed=areas,
             sequence=sequence,
             ms=round((time.perf_counter() - started) * 1000, 2),
         )
-        return Applied(outcomes, sequence)
+        return Applied(outcomes, sequence, refused)
 
     @staticmethod
     async def _add(conn: asyncpg.Connection, differences: dict[Target, list[int]], sequence: int, now: datetime) -> int:

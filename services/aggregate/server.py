@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,12 +13,18 @@ from services.aggregate import recap, views
 from services.aggregate.access import access_interceptor
 from services.aggregate.catalog import Catalog
 from services.aggregate.rollup import Rollup
-from services.aggregate.updates import area_updates, leaf_updates
+from services.aggregate.updates import area_updates, leaf_updates, reply
 from suara.client import service_names
+from suara.runtime.auth.service_tokens import ServiceTokens
 from suara.runtime.database import Database
 from suara.runtime.grpc_server import Server, create_server, serve_until_signal
+from suara.runtime.notifications import ChannelListener
 from suara.runtime.settings import Settings
 from suara.v1 import aggregate_pb2, aggregate_pb2_grpc
+
+# Where aggregate's triggers announce revocations (migration 0005): "service:<id>", "official:<id>".
+REVOKED_CHANNEL = "suara_aggregate_revoked"
+LISTEN_WAIT_S = 5.0  # at start, how long to wait for the revocation listener before serving anyway
 
 log = structlog.stdlib.get_logger("suara.aggregate")
 
@@ -35,16 +42,20 @@ class AggregateService(aggregate_pb2_grpc.AggregateServiceServicer):
     async def ApplyUpdates(
         self, request: aggregate_pb2.ApplyUpdatesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> aggregate_pb2.ApplyUpdatesResponse:
-        updates = await leaf_updates(request, self.catalog)
-        applied = await self.rollup.apply_leaves(updates)
-        return aggregate_pb2.ApplyUpdatesResponse(outcomes=applied.outcomes, sequence=applied.sequence)
+        checked = await leaf_updates(request, self.catalog)
+        applied = await self.rollup.apply_leaves(checked.updates)
+        outcomes, refusals = reply(checked, applied.outcomes, applied.refused)
+        _log_refusals("ApplyUpdates", refusals, [(u.tps, u.contest, u.version) for u in request.updates])
+        return aggregate_pb2.ApplyUpdatesResponse(outcomes=outcomes, sequence=applied.sequence, refusals=refusals)
 
     async def ApplyAreaUpdates(
         self, request: aggregate_pb2.ApplyAreaUpdatesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> aggregate_pb2.ApplyAreaUpdatesResponse:
-        updates = area_updates(request, self.catalog)
-        applied = await self.rollup.apply_feed(request.source, updates)
-        return aggregate_pb2.ApplyAreaUpdatesResponse(outcomes=applied.outcomes, sequence=applied.sequence)
+        checked = area_updates(request, self.catalog)
+        applied = await self.rollup.apply_feed(request.source, checked.updates)
+        outcomes, refusals = reply(checked, applied.outcomes, applied.refused)
+        _log_refusals("ApplyAreaUpdates", refusals, [(u.area, u.contest, u.version) for u in request.updates])
+        return aggregate_pb2.ApplyAreaUpdatesResponse(outcomes=outcomes, sequence=applied.sequence, refusals=refusals)
 
     async def GetArea(
         self, request: aggregate_pb2.GetAreaRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -79,6 +90,18 @@ class AggregateService(aggregate_pb2_grpc.AggregateServiceServicer):
         return await recap.list_mismatches(self.db, self.catalog, request)
 
 
+def _log_refusals(
+    method: str, refusals: Sequence[aggregate_pb2.UpdateRefusal], keys: Sequence[tuple[str, str, int]]
+) -> None:
+    # The sender sets each aside (tally: its dead letters); here, a writer sent what no form can hold.
+    for r in refusals:
+        where, contest, version = keys[r.index]
+        log.warning(
+            "update_refused", method=method, index=r.index, area=where[:16], contest=contest[:16], version=version,
+            reason=r.reason,
+        )  # fmt: skip
+
+
 class AggregateApp:
     """A running aggregate: pool, service and gRPC server. `start()` then `stop()`."""
 
@@ -109,16 +132,41 @@ class AggregateApp:
         except BaseException:
             await db.close()
             raise
+        access = access_interceptor(db)
         server, port = create_server(
             lambda s: aggregate_pb2_grpc.add_AggregateServiceServicer_to_server(service, s),
             [SERVICE_NAME],
             host=settings.aggregate.host,
             port=settings.aggregate.port,
-            interceptors=[access_interceptor(db), *interceptors],
+            interceptors=[access, *interceptors],
         )
-        return cls(server, port, service, settings)
+        app = cls(server, port, service, settings)
+        credentials = access.authenticator
+
+        def revoked(payload: str) -> None:
+            kind, _, ident = payload.partition(":")
+            if kind == "service" and isinstance(credentials, ServiceTokens):
+                credentials.forget(ident)
+            log.info("revocation_received", kind=kind, id=ident)  # officials: looked up on every recap
+
+        def forget_all() -> None:
+            if isinstance(credentials, ServiceTokens):
+                credentials.clear()
+
+        app.revocations = ChannelListener(
+            database_url, REVOKED_CHANNEL, revoked, forget_all, application="suara-aggregate-revocations"
+        )
+        return app
+
+    revocations: ChannelListener | None = None
 
     async def start(self) -> None:
+        if self.revocations is not None:
+            self.revocations.start()
+            try:
+                await asyncio.wait_for(self.revocations.listening.wait(), LISTEN_WAIT_S)
+            except TimeoutError:  # cached credentials then live by their short expiry until it gets through
+                log.warning("revocations_not_followed_yet", within_s=LISTEN_WAIT_S)
         await self.server.start()
         log.info(
             "aggregate_serving",
@@ -130,6 +178,8 @@ class AggregateApp:
     async def stop(self, grace: float = 5.0) -> None:
         """Health NOT_SERVING and in-flight calls given `grace` to finish, then the pool."""
         await self.server.stop(grace)
+        if self.revocations is not None:
+            await self.revocations.stop()
         await self.db.close()
         log.info("aggregate_stopped")
 

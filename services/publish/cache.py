@@ -2,8 +2,13 @@
 
 What changes with every snapshot gets a short max-age, so a reader is at most seconds behind, plus
 `stale-while-revalidate` (a cache answers at once while it refetches) and `stale-if-error` (a cache
-keeps serving the last good copy for a day while the origin is down). What never changes once
-written (photos, named by their hash; one snapshot's history entry) is cached for a year.
+keeps serving the last good copy for a day while the origin is down). Only what never changes once
+written (photos, named by their hash; one snapshot's history entry) is cached for a year, `immutable`:
+a file rewritten in place (the history list `suara/riwayat/{c}.json`, every snapshot) never is, or
+readers would keep a stale copy for a year.
+
+Every answer, whatever the file, also carries SECURITY_HEADERS: the page runs no inline script or
+style and loads nothing from elsewhere, so a value that slips into the page as markup cannot run.
 """
 
 from __future__ import annotations
@@ -19,10 +24,22 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 _RULES: tuple[tuple[str, str], ...] = (
     ("suara/snapshot.json", POINTER),
     ("foto/", IMMUTABLE),
-    ("suara/riwayat/", IMMUTABLE),  # suara/riwayat/{contest}/{snapshot}.json: one snapshot, never rewritten
     ("wilayah/", SLOW),  # region lists change only when the registry is reloaded
 )
+_HISTORY = "suara/riwayat/"  # {contest}.json: the list, rewritten every snapshot; {contest}/{n}.json: never
 _SLOW_SUFFIXES = (".css", ".js", ".svg", ".ico", ".png")
+
+# The page's own files only ('self'); data: for the empty favicon; no inline script or style, no frames,
+# no forms, no <base>. nginx (deploy/nginx/*.conf) sends the same three headers.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS: dict[str, str] = {
+    "X-Content-Type-Options": "nosniff",  # a photo is never taken for HTML, whatever its bytes
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "Referrer-Policy": "no-referrer",
+}
 
 _TYPES = {
     ".json": "application/json",
@@ -41,6 +58,9 @@ def cache_control_for(path: str) -> str:
     for prefix, policy in _RULES:
         if path.startswith(prefix):
             return policy
+    if path.startswith(_HISTORY):
+        # One snapshot's entry is never rewritten; the contest's list of them is, every snapshot.
+        return IMMUTABLE if "/" in path.removeprefix(_HISTORY) else CHANGING
     if path.startswith("pemilu/") and path.count("/") == 1:
         return SLOW  # pemilu/{contest}.json: the candidate list
     if path.endswith(_SLOW_SUFFIXES):

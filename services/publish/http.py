@@ -13,7 +13,7 @@ from pathlib import Path
 import structlog
 from aiohttp import hdrs, web
 
-from services.publish.cache import cache_control_for, content_type_for
+from services.publish.cache import SECURITY_HEADERS, cache_control_for, content_type_for
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -74,6 +74,11 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def _secure(request: web.Request, response: web.StreamResponse) -> None:
+    # Every answer, 404s included: nginx (deploy/nginx) adds the same with `always`.
+    response.headers.update(SECURITY_HEADERS)
+
+
 async def _log_request(request: web.Request, response: web.StreamResponse) -> None:
     # on_response_prepare runs once the status is final (FileResponse turns 200 into 304, 206, 404 late).
     log.debug(
@@ -90,6 +95,7 @@ def make_app(site_dir: Path) -> web.Application:
     app = web.Application()
     app[_SITE_DIR] = site_dir.resolve()
     app.router.add_get("/{path:.*}", _handle)  # add_get answers HEAD too
+    app.on_response_prepare.append(_secure)
     app.on_response_prepare.append(_log_request)
     return app
 

@@ -16,17 +16,21 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
+import structlog
 
 from services.publish import documents, paths
 from services.publish.files import SiteFile
 from services.publish.nist import AreaResult, nist_json, nist_report
 from services.publish.sinks.base import Sink
+from suara.election import photos as photo_rules
 from suara.election.codes import DESA_LENGTH, TPS_LENGTH
 from suara.election.contest import Contest
 from suara.v1 import aggregate_pb2, aggregate_pb2_grpc, tally_pb2, tally_pb2_grpc
+
+log = structlog.stdlib.get_logger("suara.publish.pipeline")
 
 AREAS_PER_CALL = 500  # GetAreas chunk: large enough to amortize the call, small enough for one message
 FLUSH_FILES = 2000  # files handed to the sink at once
@@ -142,6 +146,9 @@ class Renderer:
     def __init__(self, tally: tally_pb2_grpc.TallyServiceAsyncStub | None) -> None:
         self.tally = tally
         self._photo_types: dict[str, str] = {}  # sha256 → content type, of photos known to be in the sink
+        # sha256 → why not: photos tally gave that fail their hash or do not decode, never published.
+        # Their TPS files show no photo there; their desa's status file says so (photos_unavailable).
+        self.unavailable: dict[str, str] = {}
 
     async def no_data(self, out: Writer, contest: Contest, no_data_ts: str) -> SiteFile:
         """A full cycle's first files of a contest: its candidates, and its "no data yet" TPS file, in the
@@ -179,10 +186,14 @@ class Renderer:
             )
             await out.add([SiteFile(paths.nist_path(contest.id), nist_json(nist))])
         files = [SiteFile(paths.totals_path(contest.id, area), documents.dumps(documents.totals(contest, view)))]
+        rows: list[aggregate_pb2.AreaRow] = []
+        if len(area) == DESA_LENGTH:
+            rows = [c for c in view.children if changed_tps is None or c.area in changed_tps]
+            await self._photos(out, rows)  # first: the status file says which could not be published
         # A status file changes only with quarantine or a recap, rarely: rewritten only when it differs
         # (on a sink where reading back is cheap), which spares about a third of an incremental cycle.
         status_path = paths.status_path(contest.id, area)
-        status_body = documents.dumps(documents.status(view))
+        status_body = documents.dumps(self._flag_photos(documents.status(view), view))
         if full or not out.sink.cheap_reads or await out.sink.read(status_path) != status_body:
             files.append(SiteFile(status_path, status_body))
         if full:
@@ -191,19 +202,33 @@ class Renderer:
             )
         out.counts.areas += 1
         if len(area) == DESA_LENGTH:
-            rows = [c for c in view.children if changed_tps is None or c.area in changed_tps]
-            await self._photos(out, rows)
             for row in rows:
                 path = paths.tps_path(contest.id, row.area)
                 if no_data is not None and row.version == 0:  # documents.tps would give no_data's body
                     files.append(SiteFile(path, no_data.body, same_as=no_data.path))
                 else:
                     doc = documents.tps(contest, row, self._photo_types, no_data_ts)
+                    held = [sha in self.unavailable for sha in row.photo_sha256]
+                    doc["images"] = [None if i < len(held) and held[i] else p for i, p in enumerate(doc["images"])]
                     files.append(SiteFile(path, documents.dumps(doc)))
             out.counts.tps_files += len(rows)
         await out.add(files)
 
-    async def _photos(self, out: Writer, rows: Iterable[aggregate_pb2.AreaRow]) -> None:
+    def _flag_photos(self, status: dict[str, Any], view: aggregate_pb2.AreaView) -> dict[str, Any]:
+        """A desa's status file, with each TPS whose photos could not be published flagged, and why."""
+        children: dict[str, Any] = status["children"]
+        flagged = False
+        for child in view.children:
+            held = [sha for sha in child.photo_sha256 if sha in self.unavailable]
+            if held:
+                entry = children.setdefault(child.area, {})
+                entry["photos_unavailable"] = [{"sha256": sha, "reason": self.unavailable[sha]} for sha in held]
+                flagged = True
+        if flagged:
+            status["children"] = dict(sorted(children.items()))
+        return status
+
+    async def _photos(self, out: Writer, rows: Sequence[aggregate_pb2.AreaRow]) -> None:
         """Copy the photos these TPS files reference into the sink, once each (they never change)."""
         for sha in {sha for row in rows for sha in row.photo_sha256} - self._photo_types.keys():
             for kind in ("image/jpeg", "image/png"):
@@ -213,8 +238,20 @@ class Renderer:
             else:
                 if self.tally is None:
                     raise PublishError(f"photo {sha} is needed and no tally address is configured")
+                if sha in self.unavailable:
+                    continue
                 reply = await self.tally.GetPhoto(tally_pb2.GetPhotoRequest(sha256=sha), timeout=TALLY_TIMEOUT_S)
                 photo = reply.photo
+                wrong = photo_rules.verified(photo.content, sha)
+                if wrong is None and photo_rules.sniff(photo.content) != photo.content_type:
+                    wrong = f"stored as {photo.content_type}, but its bytes are {photo_rules.sniff(photo.content)}"
+                if wrong is not None:
+                    # Not published: the page shows the slot as unavailable. An operator repairs it in
+                    # tally (docs/runbook.md) and restarts publish, which tries it again.
+                    self.unavailable[sha] = wrong
+                    tps = sorted(row.area for row in rows if sha in row.photo_sha256)
+                    log.error("photo_unpublished", sha256=sha, tps=tps, reason=wrong)
+                    continue
                 path = paths.photo_path(sha, photo.content_type)
                 await out.add([SiteFile(path, photo.content, content_type=photo.content_type)])
                 await out.flush()  # before any TPS file that points at it

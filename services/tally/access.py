@@ -1,6 +1,8 @@
 """Who may call tally's admin methods: holders of an admin credential (a bearer token; only its SHA-256
-is stored, in tally.admin_credential). Every other method is open: a device proves itself by the
-signature on its form, and reads are public."""
+is stored, in tally.admin_credential). The reads of stored submissions are admin methods too: they
+return signed documents and device ids in bulk, nothing an anonymous caller needs. Every other method
+is open: a device proves itself by the signature on its form; the chain head and photos are public
+(publish reads them, and the site publishes both)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import time
 
 import asyncpg
 
+from services.tally.credentials import record_admin_action
 from services.tally.queries import QUERIES
 from suara.client import service_names
 from suara.runtime.auth.admin import BEARER, AdminCredential
@@ -18,7 +21,7 @@ from suara.runtime.database import Database
 from suara.runtime.errors import PermissionDenied, Unauthenticated
 
 ADMIN = "admin"
-ADMIN_METHODS = frozenset({"EnrollDevice", "EnrollDevices"})
+ADMIN_METHODS = frozenset({"EnrollDevice", "EnrollDevices", "GetSubmission", "ListSubmissions"})
 _SERVICE = service_names.TALLY
 
 
@@ -38,22 +41,48 @@ def token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-async def create_admin_credential(conn: asyncpg.Connection, label: str = "") -> AdminCredential:
+async def create_admin_credential(
+    conn: asyncpg.Connection, label: str = "", *, actor: str | None = None
+) -> AdminCredential:
+    """A new admin credential; with an `actor`, recorded in tally.admin_log in the same transaction."""
     credential = AdminCredential.generate()
-    await conn.execute(QUERIES.insert_admin_credential, credential.id, token_hash(credential.token), label)
+    async with conn.transaction():
+        await conn.execute(QUERIES.insert_admin_credential, credential.id, token_hash(credential.token), label)
+        if actor is not None:
+            await record_admin_action(conn, actor, "admin.issue", credential.id, {"label": label})
     return credential
+
+
+async def revoke_admin_credential(conn: asyncpg.Connection, credential_id: str, actor: str, reason: str = "") -> bool:
+    """Revoke it and record who did; False when no live credential has that id. Every running tally
+    refuses it within a second (the revocation's notification)."""
+    async with conn.transaction():
+        if await conn.fetchval(QUERIES.revoke_admin_credential, credential_id) is None:
+            return False
+        await record_admin_action(conn, actor, "admin.revoke", credential_id, {"reason": reason})
+    return True
 
 
 class AdminTokens:
     """Proves an admin by the bearer token of an admin credential. A valid token is remembered for a
-    minute, to keep the database out of the way of a provisioning run."""
+    few seconds, to keep the database out of the way of a provisioning run; a revocation drops it at
+    once (`forget`, on its notification)."""
 
     name = "admin credential"
-    TTL_S = 60.0
+    TTL_S = 10.0
 
     def __init__(self, db: Database) -> None:
         self._db = db
         self._valid: dict[bytes, tuple[float, str]] = {}  # token hash -> (valid until, credential id)
+        self._forgotten = 0  # counts forget/clear: a lookup that raced one is not remembered
+
+    def forget(self, credential_id: str) -> None:
+        self._valid = {k: v for k, v in self._valid.items() if v[1] != credential_id}
+        self._forgotten += 1
+
+    def clear(self) -> None:
+        self._valid.clear()
+        self._forgotten += 1
 
     async def authenticate(self, call: Call) -> Principal:
         header = str(call.metadata.get("authorization", ""))
@@ -63,12 +92,14 @@ class AdminTokens:
         now = time.monotonic()
         until, credential_id = self._valid.get(digest, (0.0, ""))
         if until <= now:
+            forgotten = self._forgotten
             credential_id = await self._db.fetchval(QUERIES.admin_by_token, digest)
             if credential_id is None:
                 raise PermissionDenied("the admin credential is not valid (unknown or revoked); see `suara admin init`")
-            self._valid[digest] = (now + self.TTL_S, credential_id)
+            if forgotten == self._forgotten:  # no revocation came while the database answered
+                self._valid[digest] = (now + self.TTL_S, credential_id)
         return Principal(credential_id, ADMIN)
 
 
-def access_interceptor(db: Database) -> AuthInterceptor:
-    return AuthInterceptor(AdminTokens(db), admin_rules(), open_methods=open_methods())
+def access_interceptor(db: Database, admins: AdminTokens | None = None) -> AuthInterceptor:
+    return AuthInterceptor(admins or AdminTokens(db), admin_rules(), open_methods=open_methods())

@@ -22,8 +22,10 @@ from services.tally.photos import Photo, check_photos
 from suara.election import signing
 from suara.election.checks import find_inconsistencies, find_malformed
 from suara.election.form import counts_of
+from suara.election.payloads import describe_unknown, other_election, unknown_fields
 from suara.registry.catalog import RegistryView as Catalog
-from suara.runtime.errors import FieldProblem, PermissionDenied, ServiceError, Unauthenticated
+from suara.runtime.errors import FieldProblem, PermissionDenied, ResourceExhausted, ServiceError, Unauthenticated
+from suara.runtime.ratelimit import RateLimiter, retry_ms
 from suara.v1 import form_pb2, tally_pb2
 
 
@@ -76,11 +78,20 @@ def _verify_all(jobs: list[tuple[bytes, bytes, bytes]]) -> list[bool]:
 
 
 class Intake:
-    def __init__(self, devices: DeviceKeys, catalog: Catalog, executor: Executor, photo_max_bytes: int) -> None:
+    def __init__(
+        self,
+        devices: DeviceKeys,
+        catalog: Catalog,
+        executor: Executor,
+        photo_max_bytes: int,
+        device_limit: RateLimiter | None = None,
+    ) -> None:
         self.devices = devices
         self.catalog = catalog
         self.executor = executor
         self.photo_max_bytes = photo_max_bytes
+        # Charged only once a signature verifies: a forger naming a device cannot spend its budget.
+        self.device_limit = device_limit
 
     async def prepare(self, requests: list[tally_pb2.SubmitRequest]) -> list[Prepared | ServiceError]:
         results: list[Prepared | ServiceError | None] = [None] * len(requests)
@@ -95,7 +106,7 @@ class Intake:
             device_id = requests[i].form.device_id
             if device_id not in keys:
                 results[i] = Unauthenticated(
-                    f"unknown or revoked device {device_id!r}: enroll the device with `suara device enroll` "
+                    f"unknown device {device_id!r}: enroll the device with `suara device enroll` "
                     "(or the EnrollDevice RPC) before it submits"
                 )
             else:
@@ -117,8 +128,31 @@ class Intake:
                     "the payload was altered, or it was signed with another key"
                 )
                 continue
+            if device.revoked:  # signed by a revoked key: refused, and someone must go and look
+                results[i] = await self._refuse_revoked(requests[i], device)
+                continue
+            if self.device_limit is not None and (wait := self.device_limit.take(device.device_id)) is not None:
+                results[i] = ResourceExhausted(
+                    f"device {device.device_id} sent more forms than a device sends in a night: at most "
+                    f"{self.device_limit.burst:g} at once, then {self.device_limit.rate * 60:g} a minute "
+                    "(SUARA_TALLY_DEVICE_BURST, SUARA_TALLY_DEVICE_RATE_PER_MIN); retry after the hint",
+                    retry_after_ms=retry_ms(wait),
+                )
+                continue
             results[i] = await self._check_form(requests[i], device)
         return [r for r in results if r is not None]
+
+    async def _refuse_revoked(self, request: tally_pb2.SubmitRequest, device: DeviceRecord) -> ServiceError:
+        try:
+            form = form_pb2.CHasilForm.FromString(request.form.payload)
+            tps, contest, version = form.tps, form.contest, form.version
+        except DecodeError:
+            tps, contest, version = device.tps, "", 0
+        await self.devices.refuse_revoked(device, tps, contest, version)
+        return PermissionDenied(
+            f"device {device.device_id} (TPS {device.tps}) is revoked: its forms are refused. A replaced phone "
+            f"submits with the new key enrolled for TPS {device.tps} (`suara device enroll`)"
+        )
 
     async def _check_form(self, request: tally_pb2.SubmitRequest, device: DeviceRecord) -> Prepared | ServiceError:
         payload = request.form.payload
@@ -126,6 +160,12 @@ class Intake:
             form = form_pb2.CHasilForm.FromString(payload)
         except DecodeError:
             return InvalidForm([FieldProblem("form.payload", "is not a serialized suara.v1.CHasilForm")])
+        unknown = unknown_fields(form)
+        if unknown:
+            return InvalidForm([FieldProblem("form.payload", describe_unknown(unknown, "suara.v1.CHasilForm"))])
+        election = await self.catalog.election(form.election_id)
+        if form.election_id != election:
+            return other_election("form", form.election_id, election)
         if form.tps != device.tps:
             return PermissionDenied(
                 f"device {device.device_id} is enrolled for TPS {device.tps} and may not submit for TPS {form.tps!r}"

@@ -1,15 +1,13 @@
-"""Form photos: JPEG or PNG by content (not by what the caller says), size-limited, content-addressed."""
+"""Form photos: a JPEG or PNG that decodes (suara.election.photos), size-limited, content-addressed."""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
 
+from suara.election import photos as photo_rules
 from suara.election.checks import MAX_PHOTOS
 from suara.runtime.errors import FieldProblem
-
-_JPEG = b"\xff\xd8\xff"
-_PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass(frozen=True)
@@ -17,14 +15,6 @@ class Photo:
     sha256: str
     content_type: str
     content: bytes
-
-
-def sniff(content: bytes) -> str | None:
-    if content.startswith(_JPEG):
-        return "image/jpeg"
-    if content.startswith(_PNG):
-        return "image/png"
-    return None
 
 
 def check_photos(
@@ -43,7 +33,7 @@ def check_photos(
         if len(content) > max_bytes:
             problems.append(FieldProblem(field, f"photo is {len(content)} bytes; the limit is {max_bytes}"))
             continue
-        kind = sniff(content)
+        kind = photo_rules.sniff(content)
         if kind is None:
             problems.append(FieldProblem(field, "not a JPEG or PNG image (checked by content)"))
             continue
@@ -52,6 +42,10 @@ def check_photos(
             problems.append(
                 FieldProblem(field, f"photo sha256 {digest} is not listed in the signed form's photo_sha256")
             )
+            continue
+        wrong = photo_rules.problem(content)  # last: decoding costs the most
+        if wrong is not None:
+            problems.append(FieldProblem(field, wrong))
             continue
         photos.append(Photo(digest, kind, content))
     return photos, problems

@@ -23,6 +23,19 @@ retry the same batch; after an outage the backlog drains at full batch speed,
 with no pause between full batches. New rows wake the relay at once through
 LISTEN on `suara_tally_outbox` (a hint from the 0002 trigger); the poll
 interval is the fallback if a notification is missed.
+
+A bad row never holds up the rest (the dead letters, tally.dead_letter). A row
+aggregate refuses (UPDATE_OUTCOME_REFUSED: no form can hold its numbers) is set
+aside with aggregate's reason while the rest of its batch is delivered; so is a
+row that cannot even be encoded. A batch that fails as a whole for a reason that
+may be in its rows (INVALID_ARGUMENT, INTERNAL, a reply that does not fit …) is
+halved, and the halves sent, down to the one row at fault, which is set aside
+after failing alone LONE_ATTEMPTS times. Each row set aside raises an alarm and
+an error log event `relay_dead_letter`. What says nothing about the rows (aggregate
+down, a refused credential) is retried as before; and should row after row fail
+alone with nothing delivered in between (aggregate broken, not the rows), the
+relay stops setting rows aside after DEAD_LETTER_STORM and retries with backoff
+instead: `relay_stuck` in the log.
 """
 
 from __future__ import annotations
@@ -31,6 +44,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -54,6 +68,24 @@ CHANNEL: Final = "suara_tally_outbox"
 LOCK_KEY: Final = 0x5355415252454C59  # "SUARRELY": distinct from the migration lock
 APPLY_METHOD: Final = service_names.method_path(service_names.AGGREGATE, "ApplyUpdates")
 APPLICATION_NAME: Final = "suara-relay"  # how operators (and tests) find its session in pg_stat_activity
+LONE_ATTEMPTS: Final = 3  # a row failing alone this many times in a row is set aside
+DEAD_LETTER_STORM: Final = 10  # rows set aside for failing alone, with nothing delivered since: aggregate is at fault
+
+TRANSIENT: Final = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+# About the caller or the server, never the rows: splitting the batch would not help.
+NOT_THE_ROWS: Final = TRANSIENT | {
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNIMPLEMENTED,
+}
 
 # Without these, gRPC's own reconnect backoff grows to 120 s while aggregate is down, and every call
 # fails fast meanwhile: the backlog would wait up to two minutes after aggregate is back.
@@ -111,6 +143,25 @@ class _Rejected(Exception):
     """aggregate answered, but not with one outcome per update: not a confirmation."""
 
 
+def _encode(rows: Sequence[asyncpg.Record]) -> tuple[list[tuple[asyncpg.Record, aggregate_pb2.TpsUpdate]], list[_Dead]]:
+    """Each row as a TpsUpdate, or set aside when it cannot be one (a count beyond int64, bad JSON)."""
+    sendable: list[tuple[asyncpg.Record, aggregate_pb2.TpsUpdate]] = []
+    dead: list[_Dead] = []
+    for row in rows:
+        try:
+            sendable.append((row, tps_update(row)))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            dead.append(_Dead(row, f"cannot be sent as a TpsUpdate: {str(exc)[:200]}", ()))
+    return sendable, dead
+
+
+@dataclass(frozen=True)
+class _Dead:
+    row: asyncpg.Record
+    reason: str
+    fields: tuple[str, ...]
+
+
 class Relay:
     """Drains tally.outbox into aggregate. `start()` / `stop()`, in the tally process or on its own."""
 
@@ -134,6 +185,12 @@ class Relay:
         self.call_timeout_s = call_timeout_s
         self.backoff = Backoff(backoff_base_s, backoff_cap_s)
         self.delivered = 0  # rows marked delivered by this relay
+        self.dead_lettered = 0  # rows this relay set aside (tally.dead_letter)
+        self._lone_failures = 0  # times the batch of one row in `pending` failed in a row
+        self._dead_since_delivery = 0  # rows set aside for failing alone since a call last succeeded
+        # While a failed batch is being halved: the last outbox id it held, and the size to claim next,
+        # so that the search goes on through its other half rather than from a full batch again.
+        self._suspect: tuple[int, int] | None = None
         self.calls = 0  # ApplyUpdates calls answered
         self.active = False  # holds the lock: the one relay delivering
         self.lock_attempts = 0  # tries for the lock (a standby: one per poll interval)
@@ -197,23 +254,34 @@ class Relay:
                     log.info("relay_active", aggregate=self.aggregate_address)
                 if not pending:
                     self._wake.clear()  # before the read, so a NOTIFY during it is not lost
-                    pending = list(await conn.fetch(QUERIES.relay_pending, self.batch))
+                    pending = self._narrowed(list(await conn.fetch(QUERIES.relay_pending, self.batch)))
                     if not pending:
                         self._caught_up += 1
                         await self._note_progress()
                         await self._sleep_or_wake(self.poll_interval_s)
                         continue
-                await self._send(pending)
-                ids = [row["id"] for row in pending]
-                await conn.execute(QUERIES.relay_mark_delivered, ids)
-                self.delivered += len(ids)
+                sendable, dead = _encode(pending)
+                refused = await self._send([u for _, u in sendable]) if sendable else {}
+                dead += [
+                    _Dead(row, refused[i].reason or "refused by aggregate", tuple(refused[i].fields))
+                    for i, (row, _) in enumerate(sendable)
+                    if i in refused
+                ]
+                taken = [row["id"] for i, (row, _) in enumerate(sendable) if i not in refused]
+                await self._settle(conn, taken, dead)
                 pending = []
+                self._lone_failures = 0
+                if sendable:
+                    self._dead_since_delivery = 0
                 self.backoff.reset()
             except grpc.aio.AioRpcError as exc:
                 self._log_rpc_failure(exc, len(pending))
+                if exc.code() not in NOT_THE_ROWS:
+                    pending = await self._narrow(pending, f"{exc.code().name}: {(exc.details() or '')[:300]}")
                 await asyncio.sleep(self.backoff.next_delay())
             except _Rejected as exc:
                 log.error("relay_bad_reply", error=str(exc), rows=len(pending))
+                pending = await self._narrow(pending, f"a reply that does not fit the batch: {exc}")
                 await asyncio.sleep(self.backoff.next_delay())
             except (DatabaseUnavailable, asyncpg.PostgresError) as exc:
                 # Without our session the lock is gone too: another relay may have taken over and sent this batch.
@@ -227,26 +295,86 @@ class Relay:
                 pending = []
                 await asyncio.sleep(self.backoff.cap_s)
 
-    async def _send(self, rows: Sequence[asyncpg.Record]) -> None:
+    async def _send(self, updates: Sequence[aggregate_pb2.TpsUpdate]) -> dict[int, aggregate_pb2.UpdateRefusal]:
+        """One ApplyUpdates call; the refused updates by index (every other one aggregate has taken)."""
         assert self._channel is not None
         stub = aggregate_stub(self._channel)
-        request = aggregate_pb2.ApplyUpdatesRequest(updates=[tps_update(r) for r in rows])
+        request = aggregate_pb2.ApplyUpdatesRequest(updates=updates)
         response = await stub.ApplyUpdates(
             request, timeout=self.call_timeout_s, metadata=self.credential.metadata(APPLY_METHOD)
         )
         self.calls += 1
-        if len(response.outcomes) != len(rows):
-            raise _Rejected(f"{len(response.outcomes)} outcomes for {len(rows)} updates")
+        if len(response.outcomes) != len(updates):
+            raise _Rejected(f"{len(response.outcomes)} outcomes for {len(updates)} updates")
+        refusals = {r.index: r for r in response.refusals}
+        refused = [i for i, o in enumerate(response.outcomes) if o == aggregate_pb2.UPDATE_OUTCOME_REFUSED]
+        if sorted(refusals) != refused:
+            raise _Rejected(f"refusals for {sorted(refusals)[:10]}, outcomes REFUSED for {refused[:10]}")
+        return refusals
+
+    async def _settle(self, conn: Session, taken: list[int], dead: list[_Dead]) -> None:
+        """Mark what aggregate took delivered, and set the dead rows aside (with an alarm each), at once."""
+        await conn.execute(
+            QUERIES.relay_settle,
+            taken,
+            [d.row["id"] for d in dead],
+            [d.reason for d in dead],
+            ["\n".join(d.fields) for d in dead],
+        )
+        self.delivered += len(taken)
+        self.dead_lettered += len(dead)
+        for d in dead:
+            log.error(
+                "relay_dead_letter",
+                outbox_id=d.row["id"], tps=d.row["tps"], contest=d.row["contest"], version=d.row["version"],
+                reason=d.reason, hint="`suara tally dead-letters`; repair, then `suara tally dead-letters redeliver`",
+            )  # fmt: skip
+
+    def _narrowed(self, claimed: list[asyncpg.Record]) -> list[asyncpg.Record]:
+        """The claimed rows, cut to the part of a failed batch still to be searched, if one is."""
+        if self._suspect is None:
+            return claimed
+        until, size = self._suspect
+        within = [r for r in claimed if r["id"] <= until][:size]
+        if within:
+            return within
+        self._suspect = None  # every row of the failed batch went through: nothing left to search
+        return claimed
+
+    async def _narrow(self, pending: list[asyncpg.Record], reason: str) -> list[asyncpg.Record]:
+        """After a batch failed as a whole for what may be one of its rows: the batch to send next.
+
+        Half of it (the other half is claimed again afterwards), down to one row; that row, once it
+        has failed alone LONE_ATTEMPTS times, is set aside and the relay goes on. Unless rows keep
+        failing alone with nothing delivered in between: then aggregate is at fault, not the rows,
+        and the row stays to be retried with backoff.
+        """
+        if len(pending) > 1:
+            half = pending[: len(pending) // 2]
+            self._suspect = (pending[-1]["id"], len(half))
+            log.warning("relay_batch_split", rows=len(pending), next=len(half), reason=reason)
+            self._lone_failures = 0
+            return half
+        if not pending:
+            return pending
+        self._lone_failures += 1
+        if self._lone_failures < LONE_ATTEMPTS:
+            return pending
+        if self._dead_since_delivery >= DEAD_LETTER_STORM:
+            log.error(
+                "relay_stuck", rows_set_aside=self._dead_since_delivery, reason=reason, outbox_id=pending[0]["id"]
+            )
+            return pending
+        conn = await self._connection()
+        await self._settle(conn, [], [_Dead(pending[0], f"failed alone {self._lone_failures} times: {reason}", ())])
+        self._dead_since_delivery += 1
+        self._lone_failures = 0
+        self._suspect = None  # found it; should another row of that batch be bad too, the search starts over
+        return []
 
     def _log_rpc_failure(self, exc: grpc.aio.AioRpcError, rows: int) -> None:
         code = exc.code()
-        transient = code in (
-            grpc.StatusCode.UNAVAILABLE,
-            grpc.StatusCode.DEADLINE_EXCEEDED,
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            grpc.StatusCode.ABORTED,
-            grpc.StatusCode.CANCELLED,
-        )
+        transient = code in TRANSIENT
         # Anything else (a revoked credential, a bug) needs an operator; the rows stay pending meanwhile.
         (log.info if transient else log.error)(
             "relay_call_failed", code=code.name, error=exc.details(), rows=rows, attempt=self.backoff.failures + 1

@@ -12,10 +12,19 @@ import grpc
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from services.tally.access import access_interceptor
+from services.tally.access import AdminTokens, access_interceptor
 from services.tally.admission import DatabaseGate, InFlight
 from services.tally.committer import CONFLICT, GroupCommitter, Receipt, Result
-from services.tally.credentials import DeviceKeys, DeviceRecord, EnrolledElsewhere, enroll_device, enroll_devices
+from services.tally.credentials import (
+    MAX_DEVICES_PER_TPS,
+    REVOKED_CHANNEL,
+    DeviceKeys,
+    DeviceRecord,
+    EnrolledElsewhere,
+    TooManyDevices,
+    enroll_device,
+    enroll_devices,
+)
 from services.tally.errors import InvalidForm, InvalidRequest
 from services.tally.intake import Intake
 from services.tally.queries import QUERIES
@@ -27,18 +36,24 @@ from suara.election.outcomes import OUTCOMES
 from suara.election.signing import ChainKey
 from suara.registry.catalog import RegistryView as Catalog
 from suara.runtime import database
+from suara.runtime.auth.principal import CALLER
 from suara.runtime.database import Database, DatabaseUnavailable
-from suara.runtime.errors import AlreadyExists, FieldProblem, NotFound, ServiceError
+from suara.runtime.errors import AlreadyExists, FailedPrecondition, FieldProblem, NotFound, ServiceError
 from suara.runtime.grpc_server import Server, create_server, serve_until_signal
+from suara.runtime.notifications import ChannelListener
 from suara.runtime.pagination import Pager
+from suara.runtime.ratelimit import PeerLimitInterceptor, RateLimiter
 from suara.runtime.settings import SettingError, Settings, TallySettings
-from suara.runtime.wire import TALLY_MAX_BATCH
+from suara.runtime.wire import SMALL_REQUEST_BYTES, TALLY_MAX_BATCH, tally_request_limits
 from suara.v1 import tally_pb2, tally_pb2_grpc
 
 log = structlog.stdlib.get_logger("suara.tally")
 
 SERVICE_NAME = service_names.TALLY.full_name
-SUBMISSIONS = Pager("ListSubmissions", default_size=100, max_size=1000, key_types=(str, int))
+# A TPS has at most MAX_VERSION versions of each of its few contests; a page is also cut at
+# REPLY_BUDGET_BYTES of payloads, so no small request is answered with megabytes.
+SUBMISSIONS = Pager("ListSubmissions", default_size=50, max_size=100, key_types=(str, int))
+REPLY_BUDGET_BYTES = 1024 * 1024
 
 # (stored outcome, is current) → what the submission is now
 _STATUS = {
@@ -104,7 +119,8 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
         self.in_flight = InFlight(settings.max_in_flight, settings.retry_after_ms)
         self.executor = ThreadPoolExecutor(settings.verify_threads, thread_name_prefix="verify")
         self.devices = DeviceKeys(db)
-        self.intake = Intake(self.devices, catalog, self.executor, settings.photo_max_bytes)
+        device_limit = RateLimiter(settings.device_rate_per_min / 60, settings.device_burst)
+        self.intake = Intake(self.devices, catalog, self.executor, settings.photo_max_bytes, device_limit)
         self.committer = GroupCommitter(db, self.gate, settings.commit_batch_max, settings.commit_wait_s)
 
     async def _store(self, requests: list[tally_pb2.SubmitRequest]) -> list[Result | ServiceError]:
@@ -224,6 +240,14 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
         size = SUBMISSIONS.size(request.page_size)
         contest, version = SUBMISSIONS.after(request.page_token, filters) or (None, None)
         rows = await self._fetch(QUERIES.submissions_for_tps, *filters, contest, version, size + 1)
+        fits, spent = 0, 0
+        for row in rows[:size]:
+            spent += len(row["payload"])
+            if fits and spent > REPLY_BUDGET_BYTES:
+                break
+            fits += 1
+        if fits < size:  # the rest on the next page
+            rows, size = rows[: fits + 1], fits
         page, token = SUBMISSIONS.page(rows, size, lambda r: (r["contest"], r["version"]), filters)
         return tally_pb2.ListSubmissionsResponse(submissions=[submission_pb(r) for r in page], next_page_token=token)
 
@@ -261,11 +285,16 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
             raise InvalidRequest(problems)
         device_id = signing.device_id_for(request.public_key)
         try:
-            await enroll_device(self.db, device_id, request.tps, request.public_key, request.label)
+            await enroll_device(
+                self.db, device_id, request.tps, request.public_key, request.label, actor=_admin_actor()
+            )
         except ValueError as exc:
             raise InvalidRequest([FieldProblem("public_key", str(exc))]) from None
+        except TooManyDevices as exc:
+            raise _too_many(exc, {request.tps: ""}) from None
         self.devices.remember(DeviceRecord(device_id, request.tps, request.public_key))
-        return tally_pb2.EnrollDeviceResponse(device_id=device_id, tps=request.tps)
+        election = self.intake.catalog.election_id
+        return tally_pb2.EnrollDeviceResponse(device_id=device_id, tps=request.tps, election_id=election)
 
     async def EnrollDevices(
         self, request: tally_pb2.EnrollDevicesRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -287,8 +316,9 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
         ids = [signing.device_id_for(d.public_key) for d in devices]
         try:
             await enroll_devices(
-                self.db, ids, [d.tps for d in devices], [d.public_key for d in devices], [d.label for d in devices]
-            )
+                self.db, ids, [d.tps for d in devices], [d.public_key for d in devices], [d.label for d in devices],
+                actor=_admin_actor(),
+            )  # fmt: skip
         except EnrolledElsewhere as exc:
             raise InvalidRequest(
                 [
@@ -296,10 +326,18 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
                     for device_id, tps in exc.devices
                 ]
             ) from None
+        except TooManyDevices as exc:
+            first: dict[str, str] = {}
+            for i, device in enumerate(devices):
+                first.setdefault(device.tps, f"devices[{i}].")
+            raise _too_many(exc, first) from None
         for device_id, device in zip(ids, devices, strict=True):
             self.devices.remember(DeviceRecord(device_id, device.tps, device.public_key))
         return tally_pb2.EnrollDevicesResponse(
-            devices=[tally_pb2.EnrollDeviceResponse(device_id=i, tps=d.tps) for i, d in zip(ids, devices, strict=True)]
+            devices=[
+                tally_pb2.EnrollDeviceResponse(device_id=i, tps=d.tps, election_id=self.intake.catalog.election_id)
+                for i, d in zip(ids, devices, strict=True)
+            ]
         )
 
     async def _device_problems(self, device: tally_pb2.EnrollDeviceRequest, prefix: str) -> list[FieldProblem]:
@@ -320,23 +358,65 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
         self.executor.shutdown(wait=False)
 
 
+def _admin_actor() -> str:
+    """Who is calling an admin method, for tally.admin_log: the credential the interceptor proved."""
+    caller = CALLER.get()
+    return caller.id if caller is not None else "unknown"
+
+
+def _too_many(exc: TooManyDevices, prefix: dict[str, str]) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"at most {MAX_DEVICES_PER_TPS} live device keys per TPS; nothing was enrolled",
+        violations=[
+            FieldProblem(
+                f"{prefix.get(tps, '')}tps",
+                f"TPS {tps} would have {live} live device keys, above the cap of {MAX_DEVICES_PER_TPS}: "
+                "revoke a lost device's key (`suara device revoke`) before enrolling its replacement",
+            )
+            for tps, live in exc.tps
+        ],
+    )
+
+
 def _item_error(error: ServiceError) -> tally_pb2.ItemError:
     return tally_pb2.ItemError(
         code=error.code.value[0],
         message=error.message,
         field_violations=[tally_pb2.FieldViolation(field=v.field, description=v.description) for v in error.violations],
+        retry_after_ms=error.retry_after_ms or 0,
     )
 
 
 class TallyApp:
     """A running tally: pool, service and gRPC server. `start()` then `stop()`."""
 
-    def __init__(self, server: Server, port: int, service: TallyService, db: Database) -> None:
+    LISTEN_WAIT_S = 5.0  # at start, how long to wait for the revocation listener before serving anyway
+
+    def __init__(
+        self, server: Server, port: int, service: TallyService, db: Database, admins: AdminTokens, database_url: str
+    ) -> None:
         self.server = server
         self.port = port
         self.service = service
         self.db = db
+        self.admins = admins
         self.relay: Relay | None = None  # delivers the outbox to aggregate, when a credential is configured
+        # Revocations reach this process's caches within a second; see migration 0004.
+        self.revocations = ChannelListener(
+            database_url, REVOKED_CHANNEL, self._revoked, self._forget_all, application="suara-tally-revocations"
+        )
+
+    def _revoked(self, payload: str) -> None:
+        kind, _, ident = payload.partition(":")
+        if kind == "device":
+            self.service.devices.forget(ident)
+        elif kind == "admin":
+            self.admins.forget(ident)
+        log.info("revocation_received", kind=kind, id=ident)
+
+    def _forget_all(self) -> None:
+        self.service.devices.clear()
+        self.admins.clear()
 
     @classmethod
     async def create(cls, settings: Settings, database_url: str, chain_key: ChainKey | None = None) -> TallyApp:
@@ -346,20 +426,37 @@ class TallyApp:
         db = await Database.open(database_url, size=settings.database.pool_size, application="suara-tally")
         catalog = await Catalog.load(db)
         service = TallyService(db, catalog, settings.tally, chain_key)
+        admins = AdminTokens(db)
         server, port = create_server(
             lambda s: tally_pb2_grpc.add_TallyServiceServicer_to_server(service, s),
             [SERVICE_NAME],
             host=settings.tally.host,
             port=settings.tally.port,
-            interceptors=[access_interceptor(db)],  # the admin methods; devices prove themselves by signing
+            interceptors=[
+                # Before any credential is looked at: a flood from one address costs one bucket lookup.
+                PeerLimitInterceptor(
+                    RateLimiter(settings.tally.peer_rate, settings.tally.peer_burst), "SUARA_TALLY_PEER_RATE"
+                ),
+                access_interceptor(db, admins),  # the admin methods; devices prove themselves by signing
+            ],
             reuse_port=settings.tally.shared_port,
+            request_limits={
+                service_names.method_path(service_names.TALLY, name): limit
+                for name, limit in tally_request_limits(settings.tally.photo_max_bytes).items()
+            },
+            default_request_limit=SMALL_REQUEST_BYTES,
         )
         service.gate.on_change = server.set_serving  # health follows the database: NOT_SERVING while it is away
-        app = cls(server, port, service, db)
+        app = cls(server, port, service, db, admins, database_url)
         app.relay = relay_for(settings, database_url)
         return app
 
     async def start(self) -> None:
+        self.revocations.start()
+        try:
+            await asyncio.wait_for(self.revocations.listening.wait(), self.LISTEN_WAIT_S)
+        except TimeoutError:  # the caches then live by their short expiry until the listener gets through
+            log.warning("revocations_not_followed_yet", within_s=self.LISTEN_WAIT_S)
         self.service.committer.start()
         await self.server.start()
         log.info(
@@ -376,6 +473,7 @@ class TallyApp:
         await self.server.stop(grace)
         if self.relay is not None:
             await self.relay.stop()
+        await self.revocations.stop()
         await self.service.close()
         await self.db.close()
         log.info("tally_stopped")

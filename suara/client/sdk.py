@@ -47,6 +47,14 @@ TERMINAL_CODES = frozenset(
         grpc.StatusCode.UNIMPLEMENTED,
     }
 )
+
+
+def _too_large(code: grpc.StatusCode, hint: float | None) -> bool:
+    """RESOURCE_EXHAUSTED without a retry hint: the request is above a size limit (tally's every
+    overload and rate refusal gives a hint), so the same bytes would be refused again."""
+    return code == grpc.StatusCode.RESOURCE_EXHAUSTED and hint is None
+
+
 # Statuses that may mean the connection itself is broken: a fresh channel connects at once,
 # instead of waiting out grpc's own reconnect backoff once the network is back.
 _RECONNECT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
@@ -76,6 +84,18 @@ def prepare_form(form: form_pb2.CHasilForm, photos: Sequence[bytes] = ()) -> for
         if digest not in prepared.photo_sha256:
             prepared.photo_sha256.append(digest)
     return prepared
+
+
+def with_election(form: form_pb2.CHasilForm, key: DeviceKey) -> form_pb2.CHasilForm:
+    """`form` naming the election of the key (which its key file carries), unless it names one itself."""
+    if not form.election_id:
+        form.election_id = key.election_id
+    elif key.election_id and form.election_id != key.election_id:
+        raise FormError(
+            f"the form is of election {form.election_id!r} but this device key is of election {key.election_id!r}; "
+            "tally would refuse it (FAILED_PRECONDITION)"
+        )
+    return form
 
 
 def sign_form(form: form_pb2.CHasilForm, key: DeviceKey) -> form_pb2.SignedForm:
@@ -175,7 +195,7 @@ class Client:
         rng: random.Random | None = None,
         clock: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         batch_max: int = 100,
-        batch_bytes: int = 8 * 1024 * 1024,
+        batch_bytes: int = 4 * 1024 * 1024,  # well under tally's SubmitBatch limit (wire.tally_submit_bytes)
         owns_outbox: bool = False,
     ) -> None:
         self.outbox = outbox
@@ -218,7 +238,7 @@ class Client:
         again (same content, whatever the clock says now) keeps the bytes signed the
         first time, so a second `suara submit` of one file is a resend, not a CONFLICT.
         """
-        form = prepare_form(form, photos)
+        form = with_election(prepare_form(form, photos), key)
 
         def sign(existing: Entry | None) -> tuple[bytes, bytes, str]:  # in the outbox's thread
             if (
@@ -266,7 +286,7 @@ class Client:
             response = await tally_stub(self._connect()).SubmitBatch(request, timeout=self.call_timeout_s)
         except grpc.aio.AioRpcError as error:
             code = error.code()
-            if code in TERMINAL_CODES:
+            if code in TERMINAL_CODES or _too_large(code, retry_after_s(error)):
                 # A refusal of the call (an older tally without SubmitBatch, a batch too large) says
                 # nothing about any one form: fall back to sending them one by one.
                 self.batch_max = 1
@@ -282,7 +302,8 @@ class Client:
                 )
             else:
                 code = _CODES.get(item.error.code, grpc.StatusCode.UNKNOWN)
-                attempts.append(await self._failed(entry, code, item.error.message or code.name, None))
+                hint = item.error.retry_after_ms / 1000 if item.error.retry_after_ms > 0 else None
+                attempts.append(await self._failed(entry, code, item.error.message or code.name, None, hint))
         return attempts
 
     async def _sent(
@@ -305,15 +326,21 @@ class Client:
         return Attempt(sent, retry=False, outcome=name)
 
     async def _failed(
-        self, entry: Entry, code: grpc.StatusCode, message: str, error: grpc.aio.AioRpcError | None
+        self,
+        entry: Entry,
+        code: grpc.StatusCode,
+        message: str,
+        error: grpc.aio.AioRpcError | None,
+        hint: float | None = None,
     ) -> Attempt:
-        if code in TERMINAL_CODES:
+        if error is not None:
+            hint = retry_after_s(error)
+        if code in TERMINAL_CODES or _too_large(code, hint):
             if entry.state == "sent":  # a resend refused now does not undo the stored receipt
                 return Attempt(entry, retry=False)
             return Attempt(await self.outbox.mark_rejected(entry.id, code.name, message), retry=False)
         if code in _RECONNECT_CODES and error is not None:
             await self._drop_channel()
-        hint = None if error is None else retry_after_s(error)
         failed = await self.outbox.record_failure(entry.id, code.name, _explain(code, message))
         return Attempt(failed, retry=True, retry_after_s=hint)
 

@@ -28,7 +28,7 @@ HASH_BYTES = 32
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # The link encoding written for new submissions. Version 1 (rows stored before the tally migration
-# 0003_chain_v2) covered neither TPS, contest, version, device, failed checks nor photos; its rows keep
+# 0006_chain_v2) covered neither TPS, contest, version, device, failed checks nor photos; its rows keep
 # it, as re-linking them would change hashes already handed out in receipts and published heads.
 CHAIN_VERSION = 2
 CHAIN_VERSIONS = (1, 2)

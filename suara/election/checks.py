@@ -38,12 +38,15 @@ __all__ = [
     "TOTAL_GT_USERS",
     "USERS_NE_PARTS",
     "Violation",
+    "ballot_ceiling",
     "find_inconsistencies",
     "find_malformed",
 ]
 
 MAX_COUNT = 10_000  # absurd for any one count: no TPS has that many voters
-MAX_VERSION = 2**31 - 1
+# Versions of one form (per TPS and contest). A form is corrected a few times at most; a cap far
+# above that keeps a version from being pushed to the integer limit, where no correction could follow.
+MAX_VERSION = 100
 MAX_PHOTOS = 3
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -98,7 +101,10 @@ def _place(form: form_pb2.CHasilForm, contest: Contest | None, tps_known: bool) 
 
 def _version(form: form_pb2.CHasilForm) -> Iterator[Violation]:
     if not 1 <= form.version <= MAX_VERSION:
-        yield Violation("version", f"must be between 1 and {MAX_VERSION}, got {form.version}")
+        yield Violation(
+            "version",
+            f"must be between 1 and {MAX_VERSION} (the cap on versions of one form), got {form.version}",
+        )
 
 
 def _votes(form: form_pb2.CHasilForm, contest: Contest | None) -> Iterator[Violation]:
@@ -176,6 +182,18 @@ def find_inconsistencies(form: form_pb2.CHasilForm) -> list[str]:
         OVER_DPT_LIMIT: any(100 * n > limit_x100 for n in (*votes, sah, tidak_sah, total, users.j, parts[0].j)),
     }
     return [name for name in ALL_CHECKS if broken[name]]
+
+
+def ballot_ceiling(registered_dpt: int, max_voters_per_tps: int) -> int:
+    """The most ballots (or voters) a counted form of a TPS can show, from the registry alone.
+
+    count_gt_dpt_limit's allowance, DPT × 1.02 + DPTb + DPK, with the registry's DPT (or the
+    contest's max_voters_per_tps, if more: forms are not held to the registry's DPT, which may
+    be out of date) and room for up to max_voters_per_tps DPTb and DPK voters. aggregate refuses
+    an update above it: a form's numbers cannot get there, only a writer's.
+    """
+    registered = max(registered_dpt, max_voters_per_tps)
+    return (102 * registered) // 100 + max_voters_per_tps
 
 
 def _sexes(counts: form_pb2.VoterCount) -> tuple[int, int, int]:

@@ -109,11 +109,12 @@ def form_to_dict(form: form_pb2.CHasilForm) -> dict[str, Any]:
         "administrasi": {key: value for key, value in _admin_items(form) if value is not None},
         "photo_sha256": list(form.photo_sha256),
         "signed_at_unix_ms": form.signed_at.ToMilliseconds() if form.HasField("signed_at") else 0,
+        **({"election_id": form.election_id} if form.election_id else {}),
     }
 
 
 _REQUIRED = ("tps", "contest", "version", "votes", "administrasi")
-_OPTIONAL = ("photo_sha256", "signed_at_unix_ms")
+_OPTIONAL = ("photo_sha256", "signed_at_unix_ms", "election_id")  # election_id: else the key file's
 
 
 def form_from_dict(data: object) -> form_pb2.CHasilForm:
@@ -133,7 +134,7 @@ def form_from_dict(data: object) -> form_pb2.CHasilForm:
     for key in _REQUIRED:
         if key not in data:
             problems.append(Violation(key, "missing"))
-    for key in ("tps", "contest"):
+    for key in ("tps", "contest", "election_id"):
         if key in data:
             if isinstance(data[key], str):
                 setattr(form, key, data[key])

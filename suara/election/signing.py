@@ -78,16 +78,18 @@ def _save_new(path: Path, text: str) -> None:
 
 @dataclass(frozen=True)
 class DeviceKey:
-    """What a KPPS device keeps: its TPS, its device id and its private key."""
+    """What a KPPS device keeps: its TPS, its device id, its private key and the election it signs for
+    ("" in a key file written before elections were named: then the form must say it)."""
 
     tps: str
     device_id: str
     private_key: Ed25519PrivateKey
+    election_id: str = ""
 
     @classmethod
-    def generate(cls, tps: str) -> DeviceKey:
+    def generate(cls, tps: str, election_id: str = "") -> DeviceKey:
         key = Ed25519PrivateKey.generate()
-        return cls(tps=tps, device_id=device_id_for(public_bytes(key)), private_key=key)
+        return cls(tps=tps, device_id=device_id_for(public_bytes(key)), private_key=key, election_id=election_id)
 
     @property
     def public_key(self) -> bytes:
@@ -97,12 +99,16 @@ class DeviceKey:
         return self.private_key.sign(payload)
 
     def to_json(self) -> str:
-        return _key_file("suara-device-key", self.private_key, tps=self.tps, device_id=self.device_id)
+        return _key_file(
+            "suara-device-key", self.private_key, tps=self.tps, device_id=self.device_id, election_id=self.election_id
+        )
 
     @classmethod
     def from_json(cls, text: str) -> DeviceKey:
         data, key = _read_key_file(text, "suara-device-key", "device_id", device_id_for)
-        return cls(tps=data["tps"], device_id=data["device_id"], private_key=key)
+        return cls(
+            tps=data["tps"], device_id=data["device_id"], private_key=key, election_id=data.get("election_id", "")
+        )
 
     def save(self, path: Path) -> None:
         _save_new(path, self.to_json())
@@ -132,14 +138,15 @@ class OfficialKey:
     area: str
     role: str
     private_key: Ed25519PrivateKey
+    election_id: str = ""  # the election its recaps are signed for
 
     @classmethod
-    def generate(cls, area: str, role: str) -> OfficialKey:
+    def generate(cls, area: str, role: str, election_id: str = "") -> OfficialKey:
         if OFFICIAL_ROLES.get(role) != len(area) or not area.isdigit():
             roles = ", ".join(f"{r} ({n}-digit area)" for r, n in OFFICIAL_ROLES.items())
             raise ValueError(f"role {role!r} does not recap area {area!r}; the roles are {roles}")
         key = Ed25519PrivateKey.generate()
-        return cls(official_id_for(public_bytes(key)), area, role, key)
+        return cls(official_id_for(public_bytes(key)), area, role, key, election_id)
 
     @property
     def public_key(self) -> bytes:
@@ -150,7 +157,12 @@ class OfficialKey:
 
     def to_json(self) -> str:
         return _key_file(
-            "suara-official-key", self.private_key, official_id=self.official_id, area=self.area, role=self.role
+            "suara-official-key",
+            self.private_key,
+            official_id=self.official_id,
+            area=self.area,
+            role=self.role,
+            election_id=self.election_id,
         )
 
     @classmethod
@@ -159,7 +171,7 @@ class OfficialKey:
             data, key = _read_key_file(path.read_text(), "suara-official-key", "official_id", official_id_for)
         except (ValueError, KeyError) as exc:
             raise ValueError(f"{path}: {exc}") from exc
-        return cls(data["official_id"], data["area"], data["role"], key)
+        return cls(data["official_id"], data["area"], data["role"], key, data.get("election_id", ""))
 
     def save(self, path: Path) -> None:
         _save_new(path, self.to_json())

@@ -13,6 +13,7 @@ import asyncpg
 
 from suara.election.codes import TPS_LENGTH, is_tps_code
 from suara.election.contest import Choice, Contest
+from suara.registry.queries import QUERIES
 from suara.runtime.database import Database
 
 _FETCH_ROWS = 50_000  # rows per cursor round trip when reading every TPS
@@ -104,6 +105,11 @@ async def fetch_tps_index(conn: asyncpg.Connection) -> TpsIndex:
     return TpsIndex(codes, dpt)
 
 
+async def fetch_election_id(conn: asyncpg.Connection) -> str:
+    """The newest registry load's election id ("" if no load named one)."""
+    return str(await conn.fetchval(QUERIES.election_id) or "")
+
+
 async def tps_exists(conn: asyncpg.Connection, code: str) -> int | None:
     """The DPT of TPS `code`, or None if there is no such TPS: for a TpsIndex miss."""
     if _key(code) is None:
@@ -122,16 +128,28 @@ class RegistryView:
 
     CONTEST_REFRESH_S = 10.0
 
-    def __init__(self, db: Database, contests: dict[str, Contest], tps: TpsIndex) -> None:
+    def __init__(self, db: Database, contests: dict[str, Contest], tps: TpsIndex, election_id: str = "") -> None:
         self._db = db
         self.contests = contests
         self.tps = tps
+        self.election_id = election_id  # "" before a load named one (a registry loaded before elections had ids)
         self._contests_loaded = time.monotonic()
+        self._election_loaded = time.monotonic()
 
     @classmethod
     async def load(cls, db: Database) -> RegistryView:
         async with db.acquire() as conn:
-            return cls(db, await fetch_contests(conn), await fetch_tps_index(conn))
+            election = await fetch_election_id(conn)
+            return cls(db, await fetch_contests(conn), await fetch_tps_index(conn), election)
+
+    async def election(self, claimed: str) -> str:
+        """The election this registry is for; re-read (at most every CONTEST_REFRESH_S) when a signed
+        document claims another, since the operator may have loaded the registry again meanwhile."""
+        if claimed != self.election_id and time.monotonic() - self._election_loaded > self.CONTEST_REFRESH_S:
+            async with self._db.acquire() as conn:
+                self.election_id = await fetch_election_id(conn)
+            self._election_loaded = time.monotonic()
+        return self.election_id
 
     async def contest(self, contest_id: str) -> Contest | None:
         found = self.contests.get(contest_id)
@@ -149,6 +167,14 @@ class RegistryView:
             return False
         async with self._db.acquire() as conn:
             return await tps_exists(conn, code) is not None
+
+    async def tps_dpt(self, code: str) -> int | None:
+        """The registered DPT of TPS `code`, or None if the registry has no such TPS."""
+        dpt = self.tps.dpt(code)
+        if dpt is not None or not is_tps_code(code):
+            return dpt
+        async with self._db.acquire() as conn:
+            return await tps_exists(conn, code)
 
     def choice_ids(self, contest: str) -> list[str]:
         """The choices in registry order (nomor_urut, id): the order of every votes array."""

@@ -8,6 +8,8 @@ block them instead). A transaction-scoped advisory lock serializes two loads.
 
 from __future__ import annotations
 
+import re
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from typing import Any
 import asyncpg
 
 from suara.registry.areas import Area, read_areas
+from suara.registry.catalog import fetch_election_id
 from suara.registry.contests import DEFAULT_PATH, ContestConfigError, read_contests
 from suara.registry.synthetic import Tps, synthetic_tps
 
@@ -26,9 +29,23 @@ _CHUNK = 100_000  # rows per COPY: one progress report each, without slowing the
 Progress = Callable[[str, int, int], None]
 
 
+# An election id: lowercase letters, digits, '.', '_' and '-', at most 64 (e.g. "pemilu-2024").
+ELECTION_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+def check_election_id(election_id: str) -> str:
+    if not ELECTION_ID.fullmatch(election_id):
+        raise ValueError(
+            f"election id {election_id!r}: use 1 to 64 lowercase letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (e.g. pemilu-2024, or gladi-2024-02 for a rehearsal)"
+        )
+    return election_id
+
+
 @dataclass(frozen=True)
 class LoadSummary:
     load_id: int
+    election_id: str
     areas: int
     tps: int
     dpt: int  # total registered voters over all TPS
@@ -46,14 +63,21 @@ async def load_registry(
     seed: int = 1,
     contests_path: Path | None = None,
     progress: Progress | None = None,
+    election_id: str | None = None,
 ) -> LoadSummary:
     """Load the real areas, the contests and (unless `synthetic_scale` is None) a synthetic TPS list.
+
+    `election_id` names the election; None keeps the current one, or (on a first load) makes a new
+    random one, so that two deployments loaded without a name (a rehearsal and the real night) never
+    accept each other's forms.
 
     `progress(phase, done, total)` is called after each step of each phase:
     read (areas), generate (TPS), delete (old rows), area, tps, contests, commit.
     """
     if not 0 <= seed < 2**63:  # registry.load.seed is a bigint
         raise ValueError(f"seed must be in [0, 2**63), not {seed}")
+    if election_id is not None:
+        check_election_id(election_id)
     started = time.perf_counter()
     report = progress or (lambda phase, done, total: None)
     # Everything is read and generated before the transaction, to keep it short.
@@ -68,6 +92,8 @@ async def load_registry(
 
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+        if election_id is None:
+            election_id = await fetch_election_id(conn) or f"election-{secrets.token_hex(6)}"
         # Children first; choice rows go with their contest (ON DELETE CASCADE).
         deleted = 0
         for table in ("tps", "contest", "area"):
@@ -91,13 +117,14 @@ async def load_registry(
         )
         report("contests", len(contests), len(contests))
         load_id = await conn.fetchval(
-            "INSERT INTO registry.load (synthetic_scale, seed, areas, tps, contests)"
-            " VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            "INSERT INTO registry.load (synthetic_scale, seed, areas, tps, contests, election_id)"
+            " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
             synthetic_scale,
             seed if synthetic_scale is not None else None,
             len(areas),
             len(tps),
             len(contests),
+            election_id,
         )
     # Fresh planner statistics, so the first queries after a reload do not
     # plan for the old table sizes (autovacuum would get there, later).
@@ -105,6 +132,7 @@ async def load_registry(
     report("commit", 1, 1)
     return LoadSummary(
         load_id=int(load_id),
+        election_id=election_id,
         areas=len(areas),
         tps=len(tps),
         dpt=sum(t.dpt for t in tps),

@@ -25,6 +25,7 @@ class LoadRecord:
     loaded_at: datetime
     synthetic_scale: float | None
     seed: int | None
+    election_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -61,5 +62,9 @@ async def summarize(conn: asyncpg.Connection) -> RegistrySummary:
         for r in await conn.fetch(QUERIES.contest_summaries)
     ]
     last = await conn.fetchrow(QUERIES.last_load)
-    load = None if last is None else LoadRecord(last["id"], last["loaded_at"], last["synthetic_scale"], last["seed"])
+    load = (
+        None
+        if last is None
+        else LoadRecord(last["id"], last["loaded_at"], last["synthetic_scale"], last["seed"], last["election_id"])
+    )
     return RegistrySummary(levels, int(totals["tps"]), int(totals["dpt"]), contests, load)

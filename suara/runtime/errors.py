@@ -97,6 +97,13 @@ class AlreadyExists(ServiceError):
     code = grpc.StatusCode.ALREADY_EXISTS
 
 
+class FailedPrecondition(ServiceError):
+    """Well-formed, but the system is not in a state to take it (another election, a cap reached);
+    `violations` names the fields, and resending the same request will not help."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class ResourceExhausted(ServiceError):
     """Overloaded: refused before any work; retry after `retry_after_ms`."""
 

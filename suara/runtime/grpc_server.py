@@ -14,7 +14,7 @@ import itertools
 import secrets
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -23,8 +23,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from suara.runtime.errors import ServiceError
-from suara.runtime.wire import MESSAGE_LIMITS, RETRY_AFTER_KEY
+from suara.runtime.errors import InvalidArgument, ResourceExhausted, ServiceError
+from suara.runtime.wire import MAX_MESSAGE_BYTES, RETRY_AFTER_KEY, TRANSPORT_LIMITS
 
 log = structlog.stdlib.get_logger("suara.grpc")
 
@@ -48,8 +48,48 @@ _PROCESS = secrets.token_hex(4)  # request ids: unique across processes without 
 _CALLS = itertools.count(1)
 
 
+class _Refused:
+    """What the deserializer hands the handler instead of a request it would not parse."""
+
+    def __init__(self, error: ServiceError) -> None:
+        self.error = error
+
+
+def _checked(
+    method: str, deserialize: Callable[[bytes], Any] | None, limit: int | None
+) -> Callable[[bytes], Any] | None:
+    """`deserialize` behind this method's size limit, turning bytes it cannot parse into a precise refusal.
+
+    gRPC refuses a message above the server-wide limit (the largest method's) before Python sees it; this
+    holds each method to its own, before a byte is parsed. A request that does not parse is the caller's
+    fault: INVALID_ARGUMENT, where gRPC itself would answer INTERNAL."""
+    if deserialize is None:
+        return None
+    name = method.rsplit("/", 1)[-1]
+
+    def checked(data: bytes) -> Any:
+        if limit is not None and len(data) > limit:
+            return _Refused(
+                ResourceExhausted(
+                    f"request of {len(data)} bytes is above {name}'s limit of {limit} bytes; "
+                    "send less per call (see the client guide's limits)"
+                )
+            )
+        try:
+            return deserialize(data)
+        except Exception:  # protobuf's DecodeError, or anything a parser of hostile bytes raises
+            return _Refused(InvalidArgument(f"the request is not a valid {name} request message"))
+
+    return checked
+
+
 class ContextInterceptor(grpc.aio.ServerInterceptor):
-    """Request context in every log line of a call, and ServiceError → gRPC status at the edge."""
+    """Request context in every log line of a call, ServiceError → gRPC status at the edge, and each
+    method's request size limit (`limits`: full method path → bytes; others `default_limit`)."""
+
+    def __init__(self, limits: Mapping[str, int] | None = None, default_limit: int | None = None) -> None:
+        self.limits = dict(limits or {})
+        self.default_limit = default_limit
 
     async def intercept_service(
         self,
@@ -64,10 +104,12 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
         inner = handler.unary_unary
 
         async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            request_id = str(metadata.get("x-request-id") or f"{_PROCESS}-{next(_CALLS):x}")
+            request_id = str(metadata.get("x-request-id") or f"{_PROCESS}-{next(_CALLS):x}")[:64]
             structlog.contextvars.bind_contextvars(request_id=request_id, method=method, peer=context.peer())
             started = time.perf_counter()
             try:
+                if isinstance(request, _Refused):
+                    raise request.error
                 return await inner(request, context)  # type: ignore[arg-type]  # aio handlers take aio contexts
             except ServiceError as error:
                 log.info(
@@ -89,7 +131,9 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             wrapper,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_checked(
+                method, handler.request_deserializer, self.limits.get(method, self.default_limit)
+            ),
             response_serializer=handler.response_serializer,
         )
 
@@ -126,13 +170,23 @@ def create_server(
     port: int = 0,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     reuse_port: bool = False,
+    request_limits: Mapping[str, int] | None = None,
+    default_request_limit: int | None = None,
 ) -> tuple[Server, int]:
     """`reuse_port`: several processes may serve one port (the kernel spreads connections among them);
-    off by default so that a port already taken is an error, not a silent second server."""
+    off by default so that a port already taken is an error, not a silent second server.
+
+    `request_limits` (full method path → bytes, others `default_request_limit`) bound each method's
+    requests; gRPC itself refuses anything above the largest of them (decompressed size: a gzip bomb
+    is cut off there) before reading it whole. Without them, MAX_MESSAGE_BYTES."""
+    limits = [*(request_limits or {}).values(), *([default_request_limit] if default_request_limit else [])]
+    receive = max(limits) if limits else MAX_MESSAGE_BYTES
     server = grpc.aio.server(
-        interceptors=[ContextInterceptor(), *interceptors],
+        interceptors=[ContextInterceptor(request_limits, default_request_limit), *interceptors],
         options=[
-            *MESSAGE_LIMITS,
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", receive),
+            *TRANSPORT_LIMITS,
             ("grpc.so_reuseport", int(reuse_port)),
         ],
     )

@@ -99,15 +99,41 @@ def _typed(value: object, kind: type) -> bool:
     return isinstance(value, kind) or (kind is float and isinstance(value, int))
 
 
+_DB_URL = Allowed("empty, or a postgresql:// URL", lambda v: v == "" or v.startswith(("postgresql://", "postgres://")))
+
+
 @dataclass(frozen=True)
 class DatabaseSettings(_Section):
     url: str = _setting(
         "DATABASE_URL",
         "",
         "PostgreSQL to use; empty: an embedded server kept in SUARA_DATA_DIR/pgdata",
-        Allowed("empty, or a postgresql:// URL", lambda v: v == "" or v.startswith(("postgresql://", "postgres://"))),
+        _DB_URL,
+    )
+    tally_url: str = _setting(
+        "SUARA_TALLY_DATABASE_URL",
+        "",
+        "tally's own connection, as role suara_tally; empty: DATABASE_URL, or the embedded server's suara_tally",
+        _DB_URL,
+    )
+    aggregate_url: str = _setting(
+        "SUARA_AGGREGATE_DATABASE_URL",
+        "",
+        "aggregate's own connection, as role suara_aggregate; empty: as for tally",
+        _DB_URL,
+    )
+    publish_url: str = _setting(
+        "SUARA_PUBLISH_DATABASE_URL",
+        "",
+        "publish's own connection, as role suara_publish; empty: as for tally",
+        _DB_URL,
     )
     pool_size: int = _setting("SUARA_DB_POOL_SIZE", 8, "PostgreSQL connections per service process", COUNT)
+
+    def url_for(self, service: str) -> str:
+        """The service's own URL (tally, aggregate, publish); empty when it has none of its own."""
+        url: str = getattr(self, f"{service}_url")
+        return url
 
 
 @dataclass(frozen=True)
@@ -143,6 +169,28 @@ class TallySettings(_Section):
         2 * 1024 * 1024,
         "largest form photo accepted",
         _between(1, MAX_MESSAGE_BYTES, f"bytes, 1 to {MAX_MESSAGE_BYTES} (a gRPC message)"),
+    )
+    device_rate_per_min: float = _setting(
+        "SUARA_TALLY_DEVICE_RATE_PER_MIN",
+        10.0,
+        "forms a minute one device key may send, beyond its burst (resends count); beyond: RESOURCE_EXHAUSTED",
+        _between(0.001, 1_000_000, "forms a minute, above 0"),
+    )
+    device_burst: int = _setting(
+        "SUARA_TALLY_DEVICE_BURST",
+        100,
+        "forms one device key may send at once (a whole night's outbox is a few dozen)",
+        COUNT,
+    )
+    peer_rate: float = _setting(
+        "SUARA_TALLY_PEER_RATE",
+        5000.0,
+        "calls a second from one address, per tally process (phones behind one NAT share it; "
+        "the load test is one address)",
+        _between(0.001, 1_000_000_000, "calls a second, above 0"),
+    )
+    peer_burst: int = _setting(
+        "SUARA_TALLY_PEER_BURST", 10000, "calls one address may make at once, per tally process", COUNT
     )
     chain_key: str = _setting(
         "SUARA_TALLY_CHAIN_KEY",

@@ -100,6 +100,11 @@ class _UpdateOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UpdateO
     """The same version is already applied: nothing changed."""
     UPDATE_OUTCOME_STALE: _UpdateOutcome.ValueType  # 3
     """A higher version is already applied: nothing changed."""
+    UPDATE_OUTCOME_REFUSED: _UpdateOutcome.ValueType  # 4
+    """Not applied: it breaks a rule of its message (its UpdateRefusal says
+    which). Sending it again changes nothing; the sender sets it aside (tally's
+    relay: its dead letters) and goes on with the rest.
+    """
 
 class UpdateOutcome(_UpdateOutcome, metaclass=_UpdateOutcomeEnumTypeWrapper):
     """What an update did."""
@@ -112,6 +117,11 @@ UPDATE_OUTCOME_DUPLICATE: UpdateOutcome.ValueType  # 2
 """The same version is already applied: nothing changed."""
 UPDATE_OUTCOME_STALE: UpdateOutcome.ValueType  # 3
 """A higher version is already applied: nothing changed."""
+UPDATE_OUTCOME_REFUSED: UpdateOutcome.ValueType  # 4
+"""Not applied: it breaks a rule of its message (its UpdateRefusal says
+which). Sending it again changes nothing; the sender sets it aside (tally's
+relay: its dead letters) and goes on with the rest.
+"""
 Global___UpdateOutcome: _TypeAlias = UpdateOutcome  # noqa: Y015
 
 @_typing.final
@@ -125,6 +135,7 @@ class RecapForm(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     TOTALS_FIELD_NUMBER: _builtins.int
     SIGNED_AT_FIELD_NUMBER: _builtins.int
+    ELECTION_ID_FIELD_NUMBER: _builtins.int
     area: _builtins.str
     """The official's own area: a kecamatan (6 digits), kabupaten/kota (4) or
     province (2) code where the contest is held.
@@ -133,6 +144,11 @@ class RecapForm(_message.Message):
     """The contest id (ppwp, pdpr, ...)."""
     version: _builtins.int
     """At least 1, growing per (area, contest): a correction is a higher version."""
+    election_id: _builtins.str
+    """The election this recap belongs to (the official's key file carries it);
+    a recap of another election is refused: FAILED_PRECONDITION naming
+    election_id.
+    """
     @_builtins.property
     def totals(self) -> Global___Totals:
         """Every choice of the contest (0 if none, no other) and suara_sah,
@@ -151,10 +167,11 @@ class RecapForm(_message.Message):
         version: _builtins.int = ...,
         totals: Global___Totals | None = ...,
         signed_at: _timestamp_pb2.Timestamp | None = ...,
+        election_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["signed_at", b"signed_at", "totals", b"totals"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["area", b"area", "contest", b"contest", "signed_at", b"signed_at", "totals", b"totals", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["area", b"area", "contest", b"contest", "election_id", b"election_id", "signed_at", b"signed_at", "totals", b"totals", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -586,7 +603,9 @@ Global___Totals: _TypeAlias = Totals  # noqa: Y015
 
 @_typing.final
 class TpsUpdate(_message.Message):
-    """One TPS's current form, as tally's relay delivers it."""
+    """One TPS's current form, as tally's relay delivers it. An update that breaks
+    any rule below is REFUSED (docs/domain.md, "Updates aggregate refuses").
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -623,21 +642,28 @@ class TpsUpdate(_message.Message):
     contest: _builtins.str
     """The contest id."""
     version: _builtins.int
-    """The form's version, at least 1: only a higher version than the applied
-    one changes anything.
+    """The form's version, from 1 to 2^31 - 1: only a higher version than the
+    applied one changes anything.
     """
     quarantined: _builtins.bool
     """The form failed a consistency check: the TPS counts as flagged."""
     @_builtins.property
     def totals(self) -> Global___Totals:
-        """The form's counts, none negative and every choice a choice of the contest
-        (a choice left out counts 0). Ignored (a zero contribution) when
-        quarantined.
+        """The form's counts, every choice a choice of the contest (a choice left out
+        counts 0), each from 0 to 10,000. Unless quarantined, they add up as a
+        form's must (the votes to suara_sah, suara_sah + suara_tidak_sah to
+        suara_total, suara_total at most pengguna), and the votes, suara_sah,
+        suara_tidak_sah, suara_total and pengguna are each at most the TPS's
+        registered DPT (or the contest's max_voters_per_tps, if more) × 1.02 plus
+        max_voters_per_tps for DPTb and DPK voters. Ignored (a zero contribution)
+        when quarantined.
         """
 
     @_builtins.property
     def failed_checks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The names of the checks it failed."""
+        """The names of the checks it failed, each once, each a check of
+        docs/domain.md (e.g. "sum_choices_ne_suara_sah").
+        """
 
     @_builtins.property
     def administrasi(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
@@ -691,14 +717,17 @@ class AreaUpdate(_message.Message):
     version: _builtins.int
     """The sending instance's change sequence for that area, at least 1."""
     tps_total: _builtins.int
-    """TPS in the subtree."""
+    """TPS in the subtree: at most as many as this instance's registry has there."""
     tps_reported: _builtins.int
     """TPS whose current form counts; tps_reported + tps_quarantined <= tps_total."""
     tps_quarantined: _builtins.int
     """TPS whose current form is quarantined."""
     @_builtins.property
     def totals(self) -> Global___Totals:
-        """The subtree's totals, none negative."""
+        """The subtree's totals, none negative, each at most what tps_reported TPS
+        can count (see TpsUpdate.totals, with max_voters_per_tps as every TPS's
+        DPT; dpt at most 10,000 per TPS).
+        """
 
     def __init__(
         self,
@@ -718,6 +747,38 @@ class AreaUpdate(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AreaUpdate: _TypeAlias = AreaUpdate  # noqa: Y015
+
+@_typing.final
+class UpdateRefusal(_message.Message):
+    """Why one update of a batch was refused."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Its index in the request's updates."""
+    reason: _builtins.str
+    """What is wrong with each, for an operator: "<field>: <problem>; …"."""
+    @_builtins.property
+    def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Every bad field, as a path from the request: "updates[3].totals.votes[100025]"."""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        fields: _abc.Iterable[_builtins.str] | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fields", b"fields", "index", b"index", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateRefusal: _TypeAlias = UpdateRefusal  # noqa: Y015
 
 @_typing.final
 class ApplyUpdatesRequest(_message.Message):
@@ -753,21 +814,27 @@ class ApplyUpdatesResponse(_message.Message):
 
     OUTCOMES_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
+    REFUSALS_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """The change sequence after this batch."""
     @_builtins.property
     def outcomes(self) -> _containers.RepeatedScalarFieldContainer[Global___UpdateOutcome.ValueType]:
         """One per update, in request order."""
 
+    @_builtins.property
+    def refusals(self) -> _containers.RepeatedCompositeFieldContainer[Global___UpdateRefusal]:
+        """One per REFUSED outcome, by index."""
+
     def __init__(
         self,
         *,
         outcomes: _abc.Iterable[Global___UpdateOutcome.ValueType] | None = ...,
         sequence: _builtins.int = ...,
+        refusals: _abc.Iterable[Global___UpdateRefusal] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcomes", b"outcomes", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcomes", b"outcomes", "refusals", b"refusals", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -809,21 +876,27 @@ class ApplyAreaUpdatesResponse(_message.Message):
 
     OUTCOMES_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
+    REFUSALS_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """The change sequence after this batch."""
     @_builtins.property
     def outcomes(self) -> _containers.RepeatedScalarFieldContainer[Global___UpdateOutcome.ValueType]:
         """One per update, in request order."""
 
+    @_builtins.property
+    def refusals(self) -> _containers.RepeatedCompositeFieldContainer[Global___UpdateRefusal]:
+        """One per REFUSED outcome, by index."""
+
     def __init__(
         self,
         *,
         outcomes: _abc.Iterable[Global___UpdateOutcome.ValueType] | None = ...,
         sequence: _builtins.int = ...,
+        refusals: _abc.Iterable[Global___UpdateRefusal] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcomes", b"outcomes", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcomes", b"outcomes", "refusals", b"refusals", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

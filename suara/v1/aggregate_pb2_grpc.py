@@ -115,8 +115,11 @@ class AggregateServiceServicer:
 
     def ApplyUpdates(self, request, context):
         """TPS-level updates (writer credential), from tally's outbox relay: one
-        transaction per batch of at most 10,000, all or nothing. INVALID_ARGUMENT
-        names every bad field and applies none of the batch.
+        transaction per batch of at most 10,000. Each update is checked against
+        the registry on its own (see TpsUpdate); one that fails is REFUSED alone,
+        with its reason in `refusals`, and the rest of the batch applies.
+        INVALID_ARGUMENT only for the batch itself (more than 10,000 updates),
+        and then none applies.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -125,7 +128,8 @@ class AggregateServiceServicer:
     def ApplyAreaUpdates(self, request, context):
         """Subtree totals from another aggregate instance (federation; writer
         credential): the same versioned contract one level up, at most 10,000 per
-        batch. INVALID_ARGUMENT names every bad field and applies none.
+        batch. A bad update is REFUSED alone, as in ApplyUpdates; INVALID_ARGUMENT
+        only for the batch itself (an empty source, more than 10,000 updates).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -52,13 +52,17 @@ class AggregateServiceStub:
     def __new__(cls, channel: _aio.Channel) -> AggregateServiceAsyncStub: ...
     ApplyUpdates: _grpc.UnaryUnaryMultiCallable[_aggregate_pb2.ApplyUpdatesRequest, _aggregate_pb2.ApplyUpdatesResponse]
     """TPS-level updates (writer credential), from tally's outbox relay: one
-    transaction per batch of at most 10,000, all or nothing. INVALID_ARGUMENT
-    names every bad field and applies none of the batch.
+    transaction per batch of at most 10,000. Each update is checked against
+    the registry on its own (see TpsUpdate); one that fails is REFUSED alone,
+    with its reason in `refusals`, and the rest of the batch applies.
+    INVALID_ARGUMENT only for the batch itself (more than 10,000 updates),
+    and then none applies.
     """
     ApplyAreaUpdates: _grpc.UnaryUnaryMultiCallable[_aggregate_pb2.ApplyAreaUpdatesRequest, _aggregate_pb2.ApplyAreaUpdatesResponse]
     """Subtree totals from another aggregate instance (federation; writer
     credential): the same versioned contract one level up, at most 10,000 per
-    batch. INVALID_ARGUMENT names every bad field and applies none.
+    batch. A bad update is REFUSED alone, as in ApplyUpdates; INVALID_ARGUMENT
+    only for the batch itself (an empty source, more than 10,000 updates).
     """
     GetArea: _grpc.UnaryUnaryMultiCallable[_aggregate_pb2.GetAreaRequest, _aggregate_pb2.GetAreaResponse]
     """One area (or TPS) of one contest with its children, read in one snapshot
@@ -126,13 +130,17 @@ class AggregateServiceAsyncStub(AggregateServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ApplyUpdates: _aio.UnaryUnaryMultiCallable[_aggregate_pb2.ApplyUpdatesRequest, _aggregate_pb2.ApplyUpdatesResponse]  # type: ignore[assignment]
     """TPS-level updates (writer credential), from tally's outbox relay: one
-    transaction per batch of at most 10,000, all or nothing. INVALID_ARGUMENT
-    names every bad field and applies none of the batch.
+    transaction per batch of at most 10,000. Each update is checked against
+    the registry on its own (see TpsUpdate); one that fails is REFUSED alone,
+    with its reason in `refusals`, and the rest of the batch applies.
+    INVALID_ARGUMENT only for the batch itself (more than 10,000 updates),
+    and then none applies.
     """
     ApplyAreaUpdates: _aio.UnaryUnaryMultiCallable[_aggregate_pb2.ApplyAreaUpdatesRequest, _aggregate_pb2.ApplyAreaUpdatesResponse]  # type: ignore[assignment]
     """Subtree totals from another aggregate instance (federation; writer
     credential): the same versioned contract one level up, at most 10,000 per
-    batch. INVALID_ARGUMENT names every bad field and applies none.
+    batch. A bad update is REFUSED alone, as in ApplyUpdates; INVALID_ARGUMENT
+    only for the batch itself (an empty source, more than 10,000 updates).
     """
     GetArea: _aio.UnaryUnaryMultiCallable[_aggregate_pb2.GetAreaRequest, _aggregate_pb2.GetAreaResponse]  # type: ignore[assignment]
     """One area (or TPS) of one contest with its children, read in one snapshot
@@ -203,8 +211,11 @@ class AggregateServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_aggregate_pb2.ApplyUpdatesResponse, _abc.Awaitable[_aggregate_pb2.ApplyUpdatesResponse]]:
         """TPS-level updates (writer credential), from tally's outbox relay: one
-        transaction per batch of at most 10,000, all or nothing. INVALID_ARGUMENT
-        names every bad field and applies none of the batch.
+        transaction per batch of at most 10,000. Each update is checked against
+        the registry on its own (see TpsUpdate); one that fails is REFUSED alone,
+        with its reason in `refusals`, and the rest of the batch applies.
+        INVALID_ARGUMENT only for the batch itself (more than 10,000 updates),
+        and then none applies.
         """
 
     @_abc_1.abstractmethod
@@ -215,7 +226,8 @@ class AggregateServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_aggregate_pb2.ApplyAreaUpdatesResponse, _abc.Awaitable[_aggregate_pb2.ApplyAreaUpdatesResponse]]:
         """Subtree totals from another aggregate instance (federation; writer
         credential): the same versioned contract one level up, at most 10,000 per
-        batch. INVALID_ARGUMENT names every bad field and applies none.
+        batch. A bad update is REFUSED alone, as in ApplyUpdates; INVALID_ARGUMENT
+        only for the batch itself (an empty source, more than 10,000 updates).
         """
 
     @_abc_1.abstractmethod

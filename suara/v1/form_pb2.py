@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13suara/v1/form.proto\x12\x08suara.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdb\x04\n\nCHasilForm\x12\x0b\n\x03tps\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontest\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12.\n\x05votes\x18\x04 \x03(\x0b\x32\x1f.suara.v1.CHasilForm.VotesEntry\x12\x16\n\tsuara_sah\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x1c\n\x0fsuara_tidak_sah\x18\x06 \x01(\x03H\x01\x88\x01\x01\x12\x18\n\x0bsuara_total\x18\x07 \x01(\x03H\x02\x88\x01\x01\x12)\n\x0bpemilih_dpt\x18\x08 \x01(\x0b\x32\x14.suara.v1.VoterCount\x12*\n\x0cpengguna_dpt\x18\t \x01(\x0b\x32\x14.suara.v1.VoterCount\x12+\n\rpengguna_dptb\x18\n \x01(\x0b\x32\x14.suara.v1.VoterCount\x12.\n\x10pengguna_non_dpt\x18\x0b \x01(\x0b\x32\x14.suara.v1.VoterCount\x12,\n\x0epengguna_total\x18\x0c \x01(\x0b\x32\x14.suara.v1.VoterCount\x12\x14\n\x0cphoto_sha256\x18\r \x03(\t\x12-\n\tsigned_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a,\n\nVotesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x42\x0c\n\n_suara_sahB\x12\n\x10_suara_tidak_sahB\x0e\n\x0c_suara_totalJ\x04\x08\x0e\x10\x0fR\x11signed_at_unix_ms\"N\n\nVoterCount\x12\x0e\n\x01j\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x0e\n\x01l\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x0e\n\x01p\x18\x03 \x01(\x03H\x02\x88\x01\x01\x42\x04\n\x02_jB\x04\n\x02_lB\x04\n\x02_p\"C\n\nSignedForm\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x11\n\tdevice_id\x18\x03 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13suara/v1/form.proto\x12\x08suara.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf0\x04\n\nCHasilForm\x12\x0b\n\x03tps\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontest\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12.\n\x05votes\x18\x04 \x03(\x0b\x32\x1f.suara.v1.CHasilForm.VotesEntry\x12\x16\n\tsuara_sah\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x1c\n\x0fsuara_tidak_sah\x18\x06 \x01(\x03H\x01\x88\x01\x01\x12\x18\n\x0bsuara_total\x18\x07 \x01(\x03H\x02\x88\x01\x01\x12)\n\x0bpemilih_dpt\x18\x08 \x01(\x0b\x32\x14.suara.v1.VoterCount\x12*\n\x0cpengguna_dpt\x18\t \x01(\x0b\x32\x14.suara.v1.VoterCount\x12+\n\rpengguna_dptb\x18\n \x01(\x0b\x32\x14.suara.v1.VoterCount\x12.\n\x10pengguna_non_dpt\x18\x0b \x01(\x0b\x32\x14.suara.v1.VoterCount\x12,\n\x0epengguna_total\x18\x0c \x01(\x0b\x32\x14.suara.v1.VoterCount\x12\x14\n\x0cphoto_sha256\x18\r \x03(\t\x12-\n\tsigned_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x65lection_id\x18\x10 \x01(\t\x1a,\n\nVotesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x42\x0c\n\n_suara_sahB\x12\n\x10_suara_tidak_sahB\x0e\n\x0c_suara_totalJ\x04\x08\x0e\x10\x0fR\x11signed_at_unix_ms\"N\n\nVoterCount\x12\x0e\n\x01j\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x0e\n\x01l\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x0e\n\x01p\x18\x03 \x01(\x03H\x02\x88\x01\x01\x42\x04\n\x02_jB\x04\n\x02_lB\x04\n\x02_p\"C\n\nSignedForm\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x11\n\tdevice_id\x18\x03 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,11 +35,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHASILFORM_VOTESENTRY']._loaded_options = None
   _globals['_CHASILFORM_VOTESENTRY']._serialized_options = b'8\001'
   _globals['_CHASILFORM']._serialized_start=67
-  _globals['_CHASILFORM']._serialized_end=670
-  _globals['_CHASILFORM_VOTESENTRY']._serialized_start=551
-  _globals['_CHASILFORM_VOTESENTRY']._serialized_end=595
-  _globals['_VOTERCOUNT']._serialized_start=672
-  _globals['_VOTERCOUNT']._serialized_end=750
-  _globals['_SIGNEDFORM']._serialized_start=752
-  _globals['_SIGNEDFORM']._serialized_end=819
+  _globals['_CHASILFORM']._serialized_end=691
+  _globals['_CHASILFORM_VOTESENTRY']._serialized_start=572
+  _globals['_CHASILFORM_VOTESENTRY']._serialized_end=616
+  _globals['_VOTERCOUNT']._serialized_start=693
+  _globals['_VOTERCOUNT']._serialized_end=771
+  _globals['_SIGNEDFORM']._serialized_start=773
+  _globals['_SIGNEDFORM']._serialized_end=840
 # @@protoc_insertion_point(module_scope)

@@ -71,6 +71,7 @@ class CHasilForm(_message.Message):
     PENGGUNA_TOTAL_FIELD_NUMBER: _builtins.int
     PHOTO_SHA256_FIELD_NUMBER: _builtins.int
     SIGNED_AT_FIELD_NUMBER: _builtins.int
+    ELECTION_ID_FIELD_NUMBER: _builtins.int
     tps: _builtins.str
     """13-digit TPS code: the desa code (10 digits) and the TPS number (3 digits).
     Must be the TPS the signing device is enrolled for.
@@ -80,8 +81,9 @@ class CHasilForm(_message.Message):
     must be held at this TPS.
     """
     version: _builtins.int
-    """Chosen by the device, from 1 to 2,147,483,647, growing per (tps, contest): a
-    correction is a new form with a higher version.
+    """Chosen by the device, from 1 to 100 (the cap on versions of one form),
+    growing per (tps, contest): a correction is a new form with a higher
+    version.
     """
     suara_sah: _builtins.int
     """Valid ballots (suara sah). Should equal the sum of `votes`, else the form
@@ -93,6 +95,12 @@ class CHasilForm(_message.Message):
     """All ballots cast. Should equal suara_sah + suara_tidak_sah (check
     sah_plus_tidak_sah_ne_suara_total) and not exceed pengguna_total.j
     (suara_total_gt_pengguna_total).
+    """
+    election_id: _builtins.str
+    """The election this form belongs to, as `suara registry load` named it (the
+    device's key file and its enrollment reply carry it). A form of another
+    election (a rehearsal's, say) is refused: FAILED_PRECONDITION naming
+    election_id.
     """
     @_builtins.property
     def votes(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
@@ -153,10 +161,11 @@ class CHasilForm(_message.Message):
         pengguna_total: Global___VoterCount | None = ...,
         photo_sha256: _abc.Iterable[_builtins.str] | None = ...,
         signed_at: _timestamp_pb2.Timestamp | None = ...,
+        election_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_suara_sah", b"_suara_sah", "_suara_tidak_sah", b"_suara_tidak_sah", "_suara_total", b"_suara_total", "pemilih_dpt", b"pemilih_dpt", "pengguna_dpt", b"pengguna_dpt", "pengguna_dptb", b"pengguna_dptb", "pengguna_non_dpt", b"pengguna_non_dpt", "pengguna_total", b"pengguna_total", "signed_at", b"signed_at", "suara_sah", b"suara_sah", "suara_tidak_sah", b"suara_tidak_sah", "suara_total", b"suara_total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_suara_sah", b"_suara_sah", "_suara_tidak_sah", b"_suara_tidak_sah", "_suara_total", b"_suara_total", "contest", b"contest", "pemilih_dpt", b"pemilih_dpt", "pengguna_dpt", b"pengguna_dpt", "pengguna_dptb", b"pengguna_dptb", "pengguna_non_dpt", b"pengguna_non_dpt", "pengguna_total", b"pengguna_total", "photo_sha256", b"photo_sha256", "signed_at", b"signed_at", "suara_sah", b"suara_sah", "suara_tidak_sah", b"suara_tidak_sah", "suara_total", b"suara_total", "tps", b"tps", "version", b"version", "votes", b"votes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_suara_sah", b"_suara_sah", "_suara_tidak_sah", b"_suara_tidak_sah", "_suara_total", b"_suara_total", "contest", b"contest", "election_id", b"election_id", "pemilih_dpt", b"pemilih_dpt", "pengguna_dpt", b"pengguna_dpt", "pengguna_dptb", b"pengguna_dptb", "pengguna_non_dpt", b"pengguna_non_dpt", "pengguna_total", b"pengguna_total", "photo_sha256", b"photo_sha256", "signed_at", b"signed_at", "suara_sah", b"suara_sah", "suara_tidak_sah", b"suara_tidak_sah", "suara_total", b"suara_total", "tps", b"tps", "version", b"version", "votes", b"votes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__suara_sah: _TypeAlias = _typing.Literal["suara_sah"]  # noqa: Y015
     _WhichOneofArgType__suara_sah: _TypeAlias = _typing.Literal["_suara_sah", b"_suara_sah"]  # noqa: Y015

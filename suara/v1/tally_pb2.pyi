@@ -290,13 +290,19 @@ class ItemError(_message.Message):
     CODE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     FIELD_VIOLATIONS_FIELD_NUMBER: _builtins.int
+    RETRY_AFTER_MS_FIELD_NUMBER: _builtins.int
     code: _builtins.int
     """The gRPC status code (its number) Submit would have returned for this
     form: 3 INVALID_ARGUMENT, 16 UNAUTHENTICATED, 7 PERMISSION_DENIED,
-    6 ALREADY_EXISTS, 14 UNAVAILABLE, 13 INTERNAL.
+    6 ALREADY_EXISTS, 8 RESOURCE_EXHAUSTED (the device's rate limit),
+    9 FAILED_PRECONDITION, 14 UNAVAILABLE, 13 INTERNAL.
     """
     message: _builtins.str
     """A human-readable reason."""
+    retry_after_ms: _builtins.int
+    """For RESOURCE_EXHAUSTED and UNAVAILABLE: wait at least this long before
+    sending this form again (0: no hint).
+    """
     @_builtins.property
     def field_violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldViolation]:
         """For INVALID_ARGUMENT: every bad field."""
@@ -307,10 +313,11 @@ class ItemError(_message.Message):
         code: _builtins.int = ...,
         message: _builtins.str = ...,
         field_violations: _abc.Iterable[Global___FieldViolation] | None = ...,
+        retry_after_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "field_violations", b"field_violations", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "field_violations", b"field_violations", "message", b"message", "retry_after_ms", b"retry_after_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -541,8 +548,9 @@ class ListSubmissionsRequest(_message.Message):
     contest: _builtins.str
     """Only this contest; empty for every contest at that TPS."""
     page_size: _builtins.int
-    """Most submissions in the reply: 0 for the default (100); values above the
-    maximum (1,000) are lowered to it; negative is INVALID_ARGUMENT.
+    """Most submissions in the reply: 0 for the default (50); values above the
+    maximum (100) are lowered to it; negative is INVALID_ARGUMENT. A page
+    may hold fewer (1 MiB of payloads at most): follow next_page_token.
     """
     page_token: _builtins.str
     """Empty for the first page; else the next_page_token of the previous reply
@@ -634,19 +642,26 @@ class EnrollDeviceResponse(_message.Message):
 
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     TPS_FIELD_NUMBER: _builtins.int
+    ELECTION_ID_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     """The key's device id ("dev_" + 24 hex digits of SHA-256(public_key))."""
     tps: _builtins.str
     """The TPS it is enrolled for."""
+    election_id: _builtins.str
+    """The election this tally serves (set by `suara registry load`): the device
+    signs it into every form (CHasilForm.election_id) and keeps it in its key
+    file.
+    """
     def __init__(
         self,
         *,
         device_id: _builtins.str = ...,
         tps: _builtins.str = ...,
+        election_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "tps", b"tps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "election_id", b"election_id", "tps", b"tps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -132,7 +132,7 @@ class TallyServiceServicer:
     def GetSubmission(self, request, context):
         """One stored submission by its id (from a receipt). INVALID_ARGUMENT if the
         id is not a UUID, NOT_FOUND if no such submission, UNAVAILABLE while the
-        database is unreachable (retry). No credential needed.
+        database is unreachable (retry). Needs an admin credential.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -142,7 +142,8 @@ class TallyServiceServicer:
         """Every stored submission of one TPS (optionally of one contest), by contest
         then version, a page at a time. INVALID_ARGUMENT for a bad TPS code,
         page_size or page_token; UNAVAILABLE while the database is unreachable
-        (retry). No credential needed.
+        (retry). Needs an admin credential. A page holds at most 100
+        submissions and 1 MiB of payloads.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -68,13 +68,14 @@ class TallyServiceStub:
     GetSubmission: _grpc.UnaryUnaryMultiCallable[_tally_pb2.GetSubmissionRequest, _tally_pb2.GetSubmissionResponse]
     """One stored submission by its id (from a receipt). INVALID_ARGUMENT if the
     id is not a UUID, NOT_FOUND if no such submission, UNAVAILABLE while the
-    database is unreachable (retry). No credential needed.
+    database is unreachable (retry). Needs an admin credential.
     """
     ListSubmissions: _grpc.UnaryUnaryMultiCallable[_tally_pb2.ListSubmissionsRequest, _tally_pb2.ListSubmissionsResponse]
     """Every stored submission of one TPS (optionally of one contest), by contest
     then version, a page at a time. INVALID_ARGUMENT for a bad TPS code,
     page_size or page_token; UNAVAILABLE while the database is unreachable
-    (retry). No credential needed.
+    (retry). Needs an admin credential. A page holds at most 100
+    submissions and 1 MiB of payloads.
     """
     GetChainHead: _grpc.UnaryUnaryMultiCallable[_tally_pb2.GetChainHeadRequest, _tally_pb2.GetChainHeadResponse]
     """The chain's head, signed with tally's chain key, which every published
@@ -141,13 +142,14 @@ class TallyServiceAsyncStub(TallyServiceStub):
     GetSubmission: _aio.UnaryUnaryMultiCallable[_tally_pb2.GetSubmissionRequest, _tally_pb2.GetSubmissionResponse]  # type: ignore[assignment]
     """One stored submission by its id (from a receipt). INVALID_ARGUMENT if the
     id is not a UUID, NOT_FOUND if no such submission, UNAVAILABLE while the
-    database is unreachable (retry). No credential needed.
+    database is unreachable (retry). Needs an admin credential.
     """
     ListSubmissions: _aio.UnaryUnaryMultiCallable[_tally_pb2.ListSubmissionsRequest, _tally_pb2.ListSubmissionsResponse]  # type: ignore[assignment]
     """Every stored submission of one TPS (optionally of one contest), by contest
     then version, a page at a time. INVALID_ARGUMENT for a bad TPS code,
     page_size or page_token; UNAVAILABLE while the database is unreachable
-    (retry). No credential needed.
+    (retry). Needs an admin credential. A page holds at most 100
+    submissions and 1 MiB of payloads.
     """
     GetChainHead: _aio.UnaryUnaryMultiCallable[_tally_pb2.GetChainHeadRequest, _tally_pb2.GetChainHeadResponse]  # type: ignore[assignment]
     """The chain's head, signed with tally's chain key, which every published
@@ -229,7 +231,7 @@ class TallyServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_tally_pb2.GetSubmissionResponse, _abc.Awaitable[_tally_pb2.GetSubmissionResponse]]:
         """One stored submission by its id (from a receipt). INVALID_ARGUMENT if the
         id is not a UUID, NOT_FOUND if no such submission, UNAVAILABLE while the
-        database is unreachable (retry). No credential needed.
+        database is unreachable (retry). Needs an admin credential.
         """
 
     @_abc_1.abstractmethod
@@ -241,7 +243,8 @@ class TallyServiceServicer(metaclass=_abc_1.ABCMeta):
         """Every stored submission of one TPS (optionally of one contest), by contest
         then version, a page at a time. INVALID_ARGUMENT for a bad TPS code,
         page_size or page_token; UNAVAILABLE while the database is unreachable
-        (retry). No credential needed.
+        (retry). Needs an admin credential. A page holds at most 100
+        submissions and 1 MiB of payloads.
         """
 
     @_abc_1.abstractmethod

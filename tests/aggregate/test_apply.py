@@ -89,51 +89,87 @@ async def test_corrections_that_cancel_out_leave_their_ancestors_unwritten(aggre
     assert sorted(r["area"] for r in logged) == sorted([a, b])
 
 
-def _malformed_cases(registry: Registry) -> list[tuple[aggregate_pb2.TpsUpdate, str]]:
+def _bad_cases(registry: Registry) -> list[tuple[aggregate_pb2.TpsUpdate, list[str]]]:
+    """Updates no form tally accepted can become, each with the fields its refusal must name."""
     good = registry.tps[0]
     outside_jakarta = next(t for t in registry.tps if not t.startswith("31"))
-    cases: list[tuple[aggregate_pb2.TpsUpdate, str]] = []
-    u = update(registry, good)
-    u.tps = "9999999999999"
-    cases.append((u, "updates[1].tps"))
-    u = update(registry, good)
-    u.tps = "12AB"
-    cases.append((u, "updates[1].tps"))
-    u = update(registry, good)
-    u.contest = "nope"
-    cases.append((u, "updates[1].contest"))
-    cases.append((update(registry, outside_jakarta, "pkwkp"), "updates[1].tps"))
-    u = update(registry, good)
-    u.totals.votes["999999"] = 3
-    cases.append((u, "updates[1].totals.votes[999999]"))
-    u = update(registry, good)
-    u.totals.votes[registry.choices["ppwp"][0]] = -1
-    cases.append((u, f"updates[1].totals.votes[{registry.choices['ppwp'][0]}]"))
-    u = update(registry, good)
-    u.totals.suara_sah = -5
-    cases.append((u, "updates[1].totals.suara_sah"))
-    u = update(registry, good)
-    u.totals.pengguna = -1
-    cases.append((u, "updates[1].totals.pengguna"))
-    u = update(registry, good)
-    u.version = 0
-    cases.append((u, "updates[1].version"))
+    first = registry.choices["ppwp"][0]
+    cases: list[tuple[aggregate_pb2.TpsUpdate, list[str]]] = []
+
+    def case(change: object = None, *fields: str, base: aggregate_pb2.TpsUpdate | None = None) -> None:
+        u = base or update(registry, good)
+        if callable(change):
+            change(u)
+        cases.append((u, [f"updates[1].{f}" for f in fields]))
+
+    case(lambda u: setattr(u, "tps", "9999999999999"), "tps")
+    case(lambda u: setattr(u, "tps", "12AB"), "tps")
+    case(lambda u: setattr(u, "contest", "nope"), "contest")
+    case(None, "tps", base=update(registry, outside_jakarta, "pkwkp"))
+    case(lambda u: u.totals.votes.__setitem__("999999", 3), "totals.votes[999999]")
+    case(lambda u: u.totals.votes.__setitem__(first, -1), f"totals.votes[{first}]")
+    case(lambda u: setattr(u.totals, "suara_sah", -5), "totals.suara_sah")
+    case(lambda u: setattr(u.totals, "pengguna", -1), "totals.pengguna")
+    case(lambda u: setattr(u, "version", 0), "version")
+    case(lambda u: setattr(u, "version", 2**31), "version")
+
+    def poisoned(u: aggregate_pb2.TpsUpdate) -> None:  # the finding: 9.22e18 votes for one choice
+        u.totals.votes[first] = 2**63 - 1
+
+    case(poisoned, f"totals.votes[{first}]")
+
+    def consistent_but_huge(u: aggregate_pb2.TpsUpdate) -> None:  # adds up, but no TPS holds 5,000 voters
+        u.totals.votes[first] += 5000
+        u.totals.suara_sah += 5000
+        u.totals.suara_total += 5000
+        u.totals.pengguna += 5000
+
+    case(consistent_but_huge, f"totals.votes[{first}]", "totals.suara_sah", "totals.suara_total", "totals.pengguna")
+    case(lambda u: setattr(u.totals, "suara_sah", u.totals.suara_sah + 1), "totals.suara_sah", "totals.suara_total")
+    case(lambda u: setattr(u.totals, "pengguna", u.totals.suara_total - 1), "totals.suara_total")
+    quarantined = update(registry, good, quarantined=True)
+    quarantined.failed_checks[:] = ['<img src=x onerror="alert(1)">']
+    case(None, "failed_checks[0]", base=quarantined)
+    quarantined = update(registry, good, quarantined=True)
+    quarantined.failed_checks.extend(["sah_plus_tidak_sah_ne_suara_total"] * 1000)
+    case(None, "failed_checks", base=quarantined)
+    quarantined = update(registry, good, quarantined=True)
+    quarantined.failed_checks.append("sah_plus_tidak_sah_ne_suara_total")
+    case(None, "failed_checks[1]", base=quarantined)
+    quarantined = update(registry, good, quarantined=True)
+    quarantined.totals.suara_tidak_sah = 10_001  # quarantined counts nothing, but is shown: a form's bound
+    case(None, "totals.suara_tidak_sah", base=quarantined)
     return cases
 
 
-async def test_every_malformed_update_is_named_and_nothing_is_written(aggregate: Aggregate) -> None:
+async def test_each_bad_update_is_refused_alone_and_the_rest_applies(aggregate: Aggregate) -> None:
     registry = await Registry.read(aggregate.db)
-    sequence = await aggregate.db.fetchval("SELECT sequence FROM aggregate.head")
-    rows = await stored_rows(aggregate.db, registry)
-    for bad, field in _malformed_cases(registry):
-        batch = [update(registry, registry.tps[3]), bad]
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await aggregate.stub.ApplyUpdates(aggregate_pb2.ApplyUpdatesRequest(updates=batch))
-        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert bad_fields(caught.value) == [field], field
-        assert await aggregate.db.fetchval("SELECT count(*) FROM aggregate.tps_result") == 0
-        assert await aggregate.db.fetchval("SELECT sequence FROM aggregate.head") == sequence
-        assert await stored_rows(aggregate.db, registry) == rows
+    oracle = Oracle(registry)
+    neighbour = registry.tps[3]
+    for n, (bad, fields) in enumerate(_bad_cases(registry), start=1):
+        good = update(registry, neighbour, version=n)
+        response = await aggregate.stub.ApplyUpdates(aggregate_pb2.ApplyUpdatesRequest(updates=[good, bad]))
+        assert list(response.outcomes) == [
+            aggregate_pb2.UPDATE_OUTCOME_APPLIED,
+            aggregate_pb2.UPDATE_OUTCOME_REFUSED,
+        ], fields
+        assert [(r.index, list(r.fields)) for r in response.refusals] == [(1, fields)]
+        assert len(response.refusals[0].reason) < 2000, "a refusal's reason stays short"
+        oracle.send(good)
+        await check(aggregate, oracle)  # the good one counted, nothing of the bad one anywhere
+    later = update(registry, registry.tps[0], version=1)  # the refused TPS itself is not blocked
+    await apply(aggregate, oracle, [later])
+    await check(aggregate, oracle)
+
+
+async def test_a_batch_too_large_is_refused_whole(aggregate: Aggregate) -> None:
+    registry = await Registry.read(aggregate.db)
+    batch = [update(registry, registry.tps[0])] * 10_001
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await aggregate.stub.ApplyUpdates(aggregate_pb2.ApplyUpdatesRequest(updates=batch))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_fields(caught.value) == ["updates"]
+    assert await aggregate.db.fetchval("SELECT count(*) FROM aggregate.tps_result") == 0
 
 
 async def test_a_province_scoped_contest_rolls_up_only_where_it_is_held(aggregate: Aggregate) -> None:

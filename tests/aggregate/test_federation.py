@@ -101,3 +101,35 @@ async def _check(n_db: asyncpg.Connection, registry: Registry, oracle: Oracle, f
     for key, row in expected.items():
         if key[1][:2] not in fed:
             assert stored[key] == row, key
+
+
+async def test_a_bad_area_update_is_refused_alone(aggregate: Aggregate) -> None:
+    registry = await Registry.read(aggregate.db)
+    provinces = sorted({t[:2] for t in registry.tps})
+    held = {p: sum(t.startswith(p) for t in registry.held("ppwp")) for p in provinces}
+    choices = registry.choices["ppwp"]
+
+    def fed(area: str, *, votes: int = 10, reported: int = 1, total: int | None = None) -> aggregate_pb2.AreaUpdate:
+        return aggregate_pb2.AreaUpdate(
+            area=area, contest="ppwp", version=1, tps_total=held[area] if total is None else total,
+            tps_reported=reported, totals=aggregate_pb2.Totals(votes={choices[0]: votes}, suara_sah=votes),
+        )  # fmt: skip
+
+    updates = [
+        fed(provinces[0]),
+        fed(provinces[1], votes=2**63 - 1),  # the poisoned subtree
+        fed(provinces[2], votes=10_001),  # one reported TPS counts no more than one form can
+        fed(provinces[3], total=held[provinces[3]] + 1),  # more TPS than this registry has there
+        fed("99", total=1),  # no such province here
+    ]
+    response = await aggregate.stub.ApplyAreaUpdates(aggregate_pb2.ApplyAreaUpdatesRequest(source="P", updates=updates))
+    names = [aggregate_pb2.UpdateOutcome.Name(o).removeprefix("UPDATE_OUTCOME_") for o in response.outcomes]
+    assert names == ["APPLIED", "REFUSED", "REFUSED", "REFUSED", "REFUSED"]
+    assert [(r.index, list(r.fields)) for r in response.refusals] == [
+        (1, ["updates[1].totals.suara_sah", f"updates[1].totals.votes[{choices[0]}]"]),
+        (2, ["updates[2].totals.suara_sah", f"updates[2].totals.votes[{choices[0]}]"]),
+        (3, ["updates[3].tps_total"]),
+        (4, ["updates[4].area"]),
+    ]
+    national = await aggregate.db.fetchval("SELECT votes FROM aggregate.area_total WHERE contest='ppwp' AND area=''")
+    assert national[0] == 10, "only the good subtree counts"

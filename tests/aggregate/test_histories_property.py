@@ -100,7 +100,7 @@ async def _run(db_url: str, ops: list[Op], concurrent: bool) -> None:
                     version=op.version,
                     totals=totals_for(tps, contest, op.version, registry.choices[contest]),
                     quarantined=op.quarantined,
-                    failed_checks=["suara_sah"] if op.quarantined else [],
+                    failed_checks=["sum_choices_ne_suara_sah"] if op.quarantined else [],
                 ),
             )
         batches: dict[int, list[aggregate_pb2.TpsUpdate]] = {}

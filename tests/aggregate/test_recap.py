@@ -17,8 +17,9 @@ from suara.client.aggregate_stub import aggregate_stub
 from suara.election.signing import OfficialKey
 from suara.v1 import aggregate_pb2
 from tests.support.aggregate import Aggregate
+from tests.support.factories import TEST_ELECTION
 from tests.support.oracles.aggregate import totals_for
-from tests.support.rpc_errors import bad_fields
+from tests.support.rpc_errors import bad_fields, violations
 
 SCALARS = ("suara_sah", "suara_tidak_sah", "suara_total", "dpt", "pengguna")
 
@@ -42,9 +43,11 @@ async def _official(db: asyncpg.Connection, area: str, role: str) -> OfficialKey
 
 
 def _signed(
-    key: OfficialKey, area: str, version: int, totals: aggregate_pb2.Totals
+    key: OfficialKey, area: str, version: int, totals: aggregate_pb2.Totals, election_id: str = TEST_ELECTION
 ) -> aggregate_pb2.SubmitRecapRequest:
-    payload = aggregate_pb2.RecapForm(area=area, contest="ppwp", version=version, totals=totals).SerializeToString()
+    payload = aggregate_pb2.RecapForm(
+        area=area, contest="ppwp", version=version, totals=totals, election_id=election_id
+    ).SerializeToString()
     return aggregate_pb2.SubmitRecapRequest(
         recap=aggregate_pb2.SignedRecap(payload=payload, signature=key.sign(payload), official_id=key.official_id)
     )
@@ -234,3 +237,34 @@ async def test_list_mismatches_pages_through_exactly_the_differing_areas(aggrega
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_fields(err.value) == ["page_token"]
+
+
+async def test_a_recap_with_unknown_fields_is_refused_naming_them(aggregate: Aggregate) -> None:
+    area, tps, choices = await _kecamatan(aggregate.db)
+    ppk = await _official(aggregate.db, area, "ppk")
+    totals = _sum([totals_for(code, "ppwp", 1, choices) for code in tps], choices)
+    request = _signed(ppk, area, 1, totals)
+    payload = request.recap.payload + bytes([0xAA, 0x1F, 3]) + b"abc"  # field 501, length-delimited
+    request.recap.payload, request.recap.signature = payload, ppk.sign(payload)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await aggregate.stub.SubmitRecap(request)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_fields(err.value) == ["recap.payload"]
+    assert "#501" in violations(err.value)["recap.payload"]
+    assert await aggregate.db.fetchval("SELECT count(*) FROM aggregate.recap") == 0
+
+
+async def test_a_recap_of_another_election_is_refused_naming_both(aggregate: Aggregate) -> None:
+    area, tps, choices = await _kecamatan(aggregate.db)
+    ppk = await _official(aggregate.db, area, "ppk")
+    totals = _sum([totals_for(code, "ppwp", 1, choices) for code in tps], choices)
+    for other in ("gladi-2024", ""):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await aggregate.stub.SubmitRecap(_signed(ppk, area, 1, totals, election_id=other))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert bad_fields(err.value) == ["election_id"]
+        said = violations(err.value)["election_id"]
+        assert repr(TEST_ELECTION) in said and (repr(other) if other else "no election") in said
+    assert await aggregate.db.fetchval("SELECT count(*) FROM aggregate.recap") == 0
+    accepted = await aggregate.stub.SubmitRecap(_signed(ppk, area, 1, totals))
+    assert accepted.outcome == aggregate_pb2.RECAP_OUTCOME_ACCEPTED

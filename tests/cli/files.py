@@ -8,7 +8,7 @@ from pathlib import Path
 
 from suara.election.form import form_to_dict
 from suara.election.signing import DeviceKey
-from tests.support.factories import consistent_form
+from tests.support.factories import TEST_ELECTION, consistent_form
 from tests.support.tally import Tally
 
 PRIVATE = 0o600  # owner read/write only, as the commands writing secrets document
@@ -32,6 +32,6 @@ def key_path(tmp_path: Path) -> Path:
 
 
 def write_key(tps: str, path: Path) -> DeviceKey:
-    key = DeviceKey.generate(tps)
+    key = DeviceKey.generate(tps, TEST_ELECTION)
     key.save(path)
     return key

@@ -1,20 +1,23 @@
-"""`suara admin init`: the credential file it writes is private and opens EnrollDevice on tally."""
+"""`suara admin init|revoke`: the credential file it writes is private and opens EnrollDevice on tally,
+until it is revoked: then every running tally refuses it within a second."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from pathlib import Path
 
 import grpc
 import pytest
 
-from suara.election.signing import DeviceKey
+from suara.election.signing import DeviceKey, device_id_for
 from suara.runtime.auth.admin import AdminCredential
 from suara.v1 import tally_pb2
 from tests.cli.files import PRIVATE, file_mode, files_in
 from tests.support.factories import consistent_form, signed
 from tests.support.processes import run_suara
 from tests.support.tally import Tally
+from tests.support.waiting import poll_until
 
 
 async def test_admin_init_writes_a_private_credential_that_enroll_device_accepts(
@@ -84,3 +87,47 @@ async def test_admin_init_never_leaves_the_token_in_a_readable_file(cli_env: dic
     assert file_mode(out) == PRIVATE
     assert AdminCredential.load(out).id in forced.stdout
     assert files_in(tmp_path) == [out]  # no temporary copy of the secret left beside it
+
+
+async def test_an_admin_credential_revoked_while_tally_serves_is_refused_within_a_second(
+    tally: Tally, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    out = tmp_path / "admin.key.json"
+    assert (await run_suara("admin", "init", "--out", str(out), env=cli_env, cwd=tmp_path)).returncode == 0
+    credential = AdminCredential.load(out)
+    bearer = (("authorization", f"Bearer {credential.token}"),)
+
+    def enroll() -> tally_pb2.EnrollDeviceRequest:
+        tps = tally.tps_codes.pop()
+        return tally_pb2.EnrollDeviceRequest(tps=tps, public_key=DeviceKey.generate(tps).public_key)
+
+    first = enroll()
+    await tally.stub.EnrollDevice(first, metadata=bearer)  # tally now holds the credential in its cache
+
+    revoked = await run_suara("admin", "revoke", "--key", str(out), "--reason", "leaked", env=cli_env, cwd=tmp_path)
+    loop = asyncio.get_running_loop()
+    revoked_at = loop.time()
+    assert revoked.returncode == 0, revoked.stderr
+    assert credential.id in revoked.stdout
+
+    async def refused() -> bool:
+        try:
+            await tally.stub.EnrollDevice(enroll(), metadata=bearer, timeout=1.0)
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.PERMISSION_DENIED, exc.details()
+            return True
+        return False
+
+    await poll_until(refused, "the revoked admin credential refused", within_s=max(0.0, revoked_at + 1.0 - loop.time()))
+    assert loop.time() - revoked_at < 1.0
+
+    again = await run_suara("admin", "revoke", credential.id, env=cli_env, cwd=tmp_path)
+    assert again.returncode == 1 and credential.id in again.stderr
+    log = await tally.db.fetch("SELECT actor, action, subject, detail FROM tally.admin_log ORDER BY id")
+    assert [(r["action"], r["subject"]) for r in log][:3] == [
+        ("admin.issue", credential.id),
+        ("device.enroll", device_id_for(first.public_key)),  # the RPC records the credential that called it
+        ("admin.revoke", credential.id),
+    ]
+    assert log[1]["actor"] == credential.id
+    assert log[0]["actor"].startswith("cli:") and log[2]["actor"].startswith("cli:")

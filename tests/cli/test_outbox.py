@@ -47,7 +47,7 @@ async def test_offline_submit_is_kept_then_flushed_when_tally_is_back(
     flushed = await run_suara("outbox", "flush", "--target", online, env=cli_env, cwd=tmp_path)
     assert flushed.returncode == 0, flushed.stdout + flushed.stderr
     assert f"sent TPS {tps} ppwp v1: ACCEPTED" in flushed.stdout
-    (submission,) = (await tally.stub.ListSubmissions(tally_pb2.ListSubmissionsRequest(tps=tps))).submissions
+    (submission,) = (await tally.admin.ListSubmissions(tally_pb2.ListSubmissionsRequest(tps=tps))).submissions
     assert len(submission.photo_sha256) == 1
 
     after = json.loads((await run_suara("outbox", "status", "--json", env=cli_env, cwd=tmp_path)).stdout)

@@ -16,6 +16,7 @@ from suara.registry.areas import read_areas
 from suara.registry.contests import read_contests
 from suara.registry.synthetic import synthetic_tps
 from tests.support.databases import TEST_SCALE, TEST_SEED, with_database
+from tests.support.factories import TEST_ELECTION
 from tests.support.processes import run_suara
 
 # The CLI runs its own event loop (asyncio.run), so the in-process tests are plain functions.
@@ -139,3 +140,35 @@ async def test_registry_show_prints_the_tps_count(
     assert result.returncode == 0, result.stderr
     assert f"tps: {tps:,} with {dpt:,} voters (DPT)" in result.stdout.splitlines()
     assert f"contests: {contests}" in result.stdout.splitlines()
+
+
+async def _election(url: str) -> str:
+    conn = await asyncpg.connect(url)
+    try:
+        return str(await conn.fetchval("SELECT election_id FROM registry.load ORDER BY id DESC LIMIT 1"))
+    finally:
+        await conn.close()
+
+
+def test_load_names_the_election_and_a_reload_keeps_it(database: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert asyncio.run(_election(database)) == TEST_ELECTION  # the test registry's
+    assert cli.main(["registry", "load", "--election-id", "gladi-2024-01"]) == 0
+    assert "election gladi-2024-01" in capsys.readouterr().out
+    assert asyncio.run(_election(database)) == "gladi-2024-01"
+    assert cli.main(["registry", "load"]) == 0  # a reload without a name keeps the election
+    assert asyncio.run(_election(database)) == "gladi-2024-01"
+    assert cli.main(["registry", "show"]) == 0
+    assert "election: gladi-2024-01" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("nowhere")
+def test_a_malformed_election_id_is_refused_before_the_database(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["registry", "load", "--election-id", "Pemilu 2024"]) == 2
+    assert "election id 'Pemilu 2024'" in capsys.readouterr().err
+
+
+def test_a_first_load_without_a_name_gets_a_random_one(unmigrated: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["db", "migrate"]) == 0
+    assert cli.main(["registry", "load"]) == 0
+    first = capsys.readouterr().out.rsplit("election ", 1)[1].strip()
+    assert first.startswith("election-") and len(first) > len("election-")

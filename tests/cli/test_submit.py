@@ -21,7 +21,7 @@ async def test_submit_online_prints_the_receipt_and_a_second_submit_changes_noth
 
     first = await run_suara(*args, env=cli_env, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    (submission,) = (await tally.stub.ListSubmissions(tally_pb2.ListSubmissionsRequest(tps=station.tps))).submissions
+    (submission,) = (await tally.admin.ListSubmissions(tally_pb2.ListSubmissionsRequest(tps=station.tps))).submissions
     assert "ACCEPTED" in first.stdout and submission.receipt.submission_id in first.stdout
     assert f"chain position {submission.receipt.chain_position}" in first.stdout
 

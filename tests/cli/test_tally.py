@@ -32,6 +32,7 @@ class Served:
     port: int
     stub: tally_pb2_grpc.TallyServiceAsyncStub
     log: LogTail
+    channel: grpc.aio.Channel
 
     async def stop(self, grace_s: float) -> int:
         """SIGTERM, then the exit status, which must come within the grace period."""
@@ -49,7 +50,7 @@ async def tally_process(env: dict[str, str], cwd: Path) -> AsyncIterator[Served]
         grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) as channel,
     ):
         await until_serving(channel, SERVICE_NAME, check=child.assert_alive, detail=child.log.text)
-        yield Served(child.proc, port, tally_stub(channel), child.log)
+        yield Served(child.proc, port, tally_stub(channel), child.log, channel)
 
 
 async def _station(db: asyncpg.Connection) -> tuple[DeviceKey, list[str]]:

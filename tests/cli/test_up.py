@@ -184,9 +184,24 @@ async def test_up_runs_its_own_postgresql_and_stops_it_on_sigint(tmp_path: Path)
                 names = {
                     r["application_name"] for r in await conn.fetch("SELECT application_name FROM pg_stat_activity")
                 }
+                # Each service as its own role: none holds the superuser's or the owner's connection.
+                users = await conn.fetch(
+                    "SELECT DISTINCT application_name, usename FROM pg_stat_activity WHERE application_name = ANY($1)",
+                    ["suara-tally", "suara-relay", "suara-aggregate", "suara-publish"],
+                )
+                owners = await conn.fetch(
+                    "SELECT nspname, pg_get_userbyid(nspowner) AS owner FROM pg_namespace WHERE nspname = ANY($1)",
+                    ["registry", "tally", "aggregate", "publish"],
+                )
             finally:
                 await conn.close()
             assert {"suara-publish"} <= names, names
+            roles = {"suara-tally": "suara_tally", "suara-relay": "suara_tally", "suara-aggregate": "suara_aggregate",
+                     "suara-publish": "suara_publish"}  # fmt: skip
+            seen = {(r["application_name"], r["usename"]) for r in users}
+            assert seen == {(app, role) for app, role in roles.items() if app in {a for a, _ in seen}}, seen
+            assert {a for a, _ in seen} >= {"suara-tally", "suara-aggregate", "suara-publish"}, seen
+            assert {r["owner"] for r in owners} == {"suara_owner"}, owners  # the migrations ran as the owner
             assert await up.stop(signal.SIGINT) == 0, up.log.text()
         assert not [pid for pid in pids.values() if alive(pid)], "a child outlived `suara up`"
         assert not server.is_running(), "`suara up` started the embedded PostgreSQL, so it must stop it"

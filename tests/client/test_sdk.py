@@ -39,7 +39,7 @@ def form_for(tally: Tally, station: Station, version: int = 1, seed: int = 0) ->
 
 
 async def stored(tally: Tally, tps: str) -> list[tally_pb2.Submission]:
-    return list((await tally.stub.ListSubmissions(tally_pb2.ListSubmissionsRequest(tps=tps))).submissions)
+    return list((await tally.admin.ListSubmissions(tally_pb2.ListSubmissionsRequest(tps=tps))).submissions)
 
 
 @pytest.fixture

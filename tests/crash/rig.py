@@ -22,6 +22,7 @@ import grpc
 from services.aggregate.server import SERVICE_NAME as AGGREGATE_SERVICE
 from services.tally.credentials import enroll_device
 from services.tally.relay import APPLY_METHOD
+from suara.election.checks import MAX_VERSION
 from suara.election.signing import DeviceKey
 from suara.v1 import aggregate_pb2, form_pb2, tally_pb2
 from tests.support.factories import consistent_form, signed
@@ -172,10 +173,11 @@ class Forms:
             return self.rng.choice(self.sent)
         tps, key = self.rng.choice(self.stations)
         choices = self.tally.contests["ppwp"]
-        if roll < 0.2 and self.next_version[tps] > 1:  # an older version arriving late (or a conflicting one)
+        corrected_to_the_cap = self.next_version[tps] > MAX_VERSION
+        if (roll < 0.2 or corrected_to_the_cap) and self.next_version[tps] > 1:  # an older version arriving late
             version = self.rng.randint(1, self.next_version[tps] - 1)
         else:  # a correction: the next version, now and then skipping one
-            version = self.next_version[tps] + (self.rng.random() < 0.1)
+            version = min(self.next_version[tps] + (self.rng.random() < 0.1), MAX_VERSION)
             self.next_version[tps] = version + 1
         # Mostly the same content for the same version (a late copy is SUPERSEDED or a DUPLICATE); now and
         # then different content under a version tally already holds (a CONFLICT).

@@ -116,6 +116,7 @@ def _missing(f: str) -> Violation:
 SCALARS = ("suara_sah", "suara_tidak_sah", "suara_total")
 TRIPLES = ("pemilih_dpt", "pengguna_dpt", "pengguna_dptb", "pengguna_non_dpt", "pengguna_total")
 CHOICES = "expected 100025, 100026, 100027"
+VERSION_RULE = "must be between 1 and 100 (the cap on versions of one form), got"
 NOT_HEX = "must be a SHA-256 as 64 lowercase hex digits, got "
 
 
@@ -182,16 +183,21 @@ MALFORMED = [
         [Violation("contest", f"pkwkp is not held at TPS {TPS_ACEH}; expected a TPS under area 31")],
         contest=PKWKP_31,
     ),
-    Bad("version-zero", _set("version", 0), [Violation("version", "must be between 1 and 2147483647, got 0")]),
+    Bad("version-zero", _set("version", 0), [Violation("version", f"{VERSION_RULE} 0")]),
     Bad(
         "version-negative",
         _set("version", -5),
-        [Violation("version", "must be between 1 and 2147483647, got -5")],
+        [Violation("version", f"{VERSION_RULE} -5")],
     ),
     Bad(
-        "version-too-big",
-        _set("version", 2**31),
-        [Violation("version", "must be between 1 and 2147483647, got 2147483648")],
+        "version-above-cap",
+        _set("version", 101),
+        [Violation("version", f"{VERSION_RULE} 101")],
+    ),
+    Bad(
+        "version-at-int32-limit",
+        _set("version", 2**31 - 1),
+        [Violation("version", f"{VERSION_RULE} 2147483647")],
     ),
     Bad(
         "votes-unknown-choice",
@@ -238,7 +244,7 @@ def test_each_malformation_alone(case: Bad) -> None:
 GOOD_EDGES: list[tuple[str, Edit]] = [
     ("count-at-max", _set("administrasi/suara_tidak_sah", MAX_COUNT)),
     ("zero-votes", _set("votes/100027", 0)),
-    ("version-max", _set("version", 2**31 - 1)),
+    ("version-max", _set("version", 100)),
     ("no-photos", _set("photo_sha256", [])),
     ("three-photos", _set("photo_sha256", [photo(1), photo(2), photo(3)])),
     ("tps-9xx", _set("tps", "3101011002901")),

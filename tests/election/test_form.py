@@ -85,7 +85,8 @@ def test_every_bad_key_is_named_at_once() -> None:
     assert caught.value.problems == [
         Violation(
             "colour",
-            "unknown key; expected only tps, contest, version, votes, administrasi, photo_sha256, signed_at_unix_ms",
+            "unknown key; expected only tps, contest, version, votes, administrasi, photo_sha256, "
+            "signed_at_unix_ms, election_id",
         ),
         Violation("tps", "missing"),
         Violation("contest", "must be a string, got int 7"),

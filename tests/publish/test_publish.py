@@ -16,6 +16,7 @@ from services.publish.sinks.local import LocalSink
 from suara.election.signing import OfficialKey
 from suara.v1 import aggregate_pb2, tally_pb2
 from tests.publish.recording import KilledMidway, RecordingSink
+from tests.support.factories import TEST_ELECTION
 from tests.support.oracles import chain as chain_oracle
 from tests.support.oracles.publish import nest
 from tests.support.publish import Pipeline
@@ -131,7 +132,9 @@ async def test_quarantine_and_reconciliation_are_published_in_status_files(pipel
     await pipeline.db.execute(
         AGGREGATE_QUERIES.enroll_official, key.official_id, key.area, key.role, key.public_key, "test"
     )
-    payload = aggregate_pb2.RecapForm(area=kecamatan, contest="ppwp", version=1, totals=totals).SerializeToString()
+    payload = aggregate_pb2.RecapForm(
+        area=kecamatan, contest="ppwp", version=1, totals=totals, election_id=TEST_ELECTION
+    ).SerializeToString()
     from suara.client.aggregate_stub import aggregate_stub
 
     await aggregate_stub(pipeline.channel).SubmitRecap(

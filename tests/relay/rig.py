@@ -44,6 +44,11 @@ class FakeAggregate(aggregate_pb2_grpc.AggregateServiceServicer):
         self.unavailable_for = 0  # the next N calls fail before doing anything
         self.drop_replies = 0  # the next N calls are recorded, then the reply is lost
         self.hold: asyncio.Event | None = None  # when set, replies wait for it
+        # A batch holding one of these TPS fails whole (INTERNAL), as every batch did behind a TPS whose
+        # votes overflowed bigint; one holding a TPS of `refuse` gets it REFUSED, the rest APPLIED.
+        self.fail_with_tps: set[str] = set()
+        self.refuse: set[str] = set()
+        self.fail_every_call: grpc.StatusCode | None = None
         self.changed = asyncio.Condition()
 
     async def ApplyUpdates(
@@ -55,6 +60,10 @@ class FakeAggregate(aggregate_pb2_grpc.AggregateServiceServicer):
             if self.unavailable_for > 0:
                 self.unavailable_for -= 1
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "aggregate is down (fake)")
+            if self.fail_every_call is not None:
+                await context.abort(self.fail_every_call, "aggregate is broken (fake)")
+            if any(u.tps in self.fail_with_tps for u in request.updates):
+                await context.abort(grpc.StatusCode.INTERNAL, "numeric value out of range (fake)")
             self.received.append(list(request.updates))
             self.changed.notify_all()
         if self.hold is not None:
@@ -63,10 +72,21 @@ class FakeAggregate(aggregate_pb2_grpc.AggregateServiceServicer):
             if self.drop_replies > 0:
                 self.drop_replies -= 1
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "reply lost (fake)")
-            self.confirmed.append(list(request.updates))
+            refused = [i for i, u in enumerate(request.updates) if u.tps in self.refuse]
+            self.confirmed.append([u for i, u in enumerate(request.updates) if i not in refused])
             self.changed.notify_all()
         return aggregate_pb2.ApplyUpdatesResponse(
-            outcomes=[aggregate_pb2.UPDATE_OUTCOME_APPLIED] * len(request.updates), sequence=len(self.confirmed)
+            outcomes=[
+                aggregate_pb2.UPDATE_OUTCOME_REFUSED if i in refused else aggregate_pb2.UPDATE_OUTCOME_APPLIED
+                for i in range(len(request.updates))
+            ],
+            sequence=len(self.confirmed),
+            refusals=[
+                aggregate_pb2.UpdateRefusal(
+                    index=i, fields=[f"updates[{i}].totals.suara_sah"], reason="more than this TPS can count (fake)"
+                )
+                for i in refused
+            ],
         )
 
     async def ApplyAreaUpdates(

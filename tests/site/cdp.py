@@ -64,12 +64,16 @@ class Page:
             self.console.append(" ".join(str(a.get("value", a.get("description", ""))) for a in params["args"]))
         elif method == "Runtime.exceptionThrown":
             self.console.append("exception: " + json.dumps(params["exceptionDetails"])[:500])
+        elif method == "Log.entryAdded" and "Content Security Policy" in params["entry"].get("text", ""):
+            # A refused inline script or style: the page must need none (services/publish/cache.py's CSP).
+            self.console.append("csp: " + params["entry"]["text"][:500])
         for listener in list(self._listeners):
             listener(method, params)
 
     async def enable(self, *, network: bool = False) -> None:
         await self.send("Page.enable")
         await self.send("Runtime.enable")
+        await self.send("Log.enable")
         if network:
             await self.send("Network.enable")
 

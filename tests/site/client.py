@@ -17,6 +17,17 @@ class Reply:
     body: bytes
 
 
+def security_problems(reply: Reply) -> list[str]:
+    """How the reply's security headers differ from cache.py's SECURITY_HEADERS (each exactly once)."""
+    from services.publish.cache import SECURITY_HEADERS
+
+    return [
+        f"{name}: {reply.headers.getall(name, [])!r}"
+        for name, value in SECURITY_HEADERS.items()
+        if reply.headers.getall(name, []) != [value]
+    ]
+
+
 async def fetch(url: str, headers: dict[str, str] | None = None, method: str = "GET") -> Reply:
     """One request; `Accept-Encoding` is only what `headers` says (aiohttp would add gzip itself)."""
     sent = {"Accept-Encoding": "identity"} | (headers or {})

@@ -11,6 +11,7 @@ from suara.client.aggregate_stub import aggregate_stub
 from suara.election.signing import OfficialKey
 from suara.v1 import aggregate_pb2
 from tests.site.sample import PHOTO_JPEG, SampleSite
+from tests.support.factories import TEST_ELECTION
 from tests.support.oracles.publish import administrasi
 from tests.support.publish import Pipeline
 
@@ -48,7 +49,7 @@ async def build_real_site(p: Pipeline) -> SampleSite:
     key = OfficialKey.generate(kecamatan, "ppk")
     await p.db.execute(AGGREGATE_QUERIES.enroll_official, key.official_id, key.area, key.role, key.public_key, "t")
     payload = aggregate_pb2.RecapForm(
-        area=kecamatan, contest=CONTEST, version=1, totals=aggregate_pb2.Totals(votes=votes)
+        area=kecamatan, contest=CONTEST, version=1, totals=aggregate_pb2.Totals(votes=votes), election_id=TEST_ELECTION
     ).SerializeToString()
     await aggregate_stub(p.channel).SubmitRecap(
         aggregate_pb2.SubmitRecapRequest(

@@ -269,6 +269,10 @@ def build_sample_site(site_dir: Path) -> SampleSite:
         },
     )
 
+    # The history (docs/layout.md): the contest's list, rewritten every snapshot, and one entry, never.
+    _json(site_dir, f"suara/riwayat/{c}.json", [{"snapshot": 42, "ts": TS}])
+    _json(site_dir, f"suara/riwayat/{c}/42.json", {"snapshot": 42, "ts": TS, "contest": c})
+
     # The oracle: a flat sum over the TPS inputs, not the per-area aggregation above.
     expected = dict.fromkeys(choices, 0)
     progres = 0

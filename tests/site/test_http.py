@@ -7,7 +7,7 @@ from pathlib import Path
 
 from services.publish.cache import cache_control_for, content_type_for
 from services.publish.http import MISSING_CACHE_CONTROL
-from tests.site.client import fetch, raw_get
+from tests.site.client import fetch, raw_get, security_problems
 from tests.site.sample import SampleSite
 
 
@@ -27,6 +27,7 @@ async def test_every_file_with_the_policy_of_cache_py(sample: SampleSite, site_u
         assert "Content-Encoding" not in plain.headers, rel
         assert plain.headers["Cache-Control"] == cache_control_for(rel), rel
         assert plain.headers["Content-Type"] == content_type_for(rel), rel
+        assert not security_problems(plain), rel
 
         zipped = await fetch(f"{site_url}/{rel}", {"Accept-Encoding": "gzip, deflate, br"})
         assert zipped.status == 200, rel
@@ -82,6 +83,7 @@ async def test_missing_is_a_short_lived_404(site_url: str) -> None:
         reply = await fetch(f"{site_url}/{rel}")
         assert reply.status == 404, rel
         assert reply.headers["Cache-Control"] == MISSING_CACHE_CONTROL, rel
+        assert not security_problems(reply), rel
 
 
 async def test_nothing_outside_the_site(sample: SampleSite, site_url: str, tmp_path: Path) -> None:
@@ -102,3 +104,11 @@ async def test_nothing_outside_the_site(sample: SampleSite, site_url: str, tmp_p
         assert await raw_get(site_url, target) in (400, 404), target
     # The files themselves are there, so a 404 above is the refusal and not a typo in the test.
     assert await raw_get(site_url, "/suara/snapshot.json") == 200
+
+
+async def test_only_files_never_rewritten_are_immutable() -> None:
+    # docs/layout.md: the history list is rewritten every snapshot, one snapshot's entry never is.
+    assert "immutable" not in cache_control_for("suara/riwayat/ppwp.json")
+    assert "immutable" not in cache_control_for("suara/riwayat/ppwp.json.gz")
+    assert "immutable" in cache_control_for("suara/riwayat/ppwp/42.json")
+    assert "immutable" in cache_control_for("foto/4f/" + "4f" * 32 + ".jpg")

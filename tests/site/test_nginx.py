@@ -13,7 +13,7 @@ from aiohttp import web
 
 from services.publish.cache import cache_control_for, content_type_for
 from services.publish.http import make_app, serve_app
-from tests.site.client import Reply, fetch, raw_get
+from tests.site.client import Reply, fetch, raw_get, security_problems
 from tests.site.nginx import run_nginx
 from tests.site.sample import SampleSite
 
@@ -36,11 +36,13 @@ async def test_site_conf_serves_the_site_like_cache_py(
             assert plain.body == body, rel
             assert plain.headers["Cache-Control"] == cache_control_for(rel), rel
             assert plain.headers["Content-Type"] == content_type_for(rel), rel
+            assert not security_problems(plain), rel
             assert "Content-Encoding" not in plain.headers, rel
 
             zipped = await fetch(f"{url}/{rel}", {"Accept-Encoding": "gzip"})
             assert zipped.headers["Cache-Control"] == cache_control_for(rel), rel
             assert zipped.headers["Content-Type"] == content_type_for(rel), rel
+            assert not security_problems(zipped), rel
             if (site / (rel + ".gz")).exists():
                 assert zipped.headers["Content-Encoding"] == "gzip", rel  # gzip_static, not compressed per request
                 assert zipped.body == (site / (rel + ".gz")).read_bytes(), rel
@@ -56,6 +58,10 @@ async def test_site_conf_serves_the_site_like_cache_py(
         missing = await fetch(f"{url}/pemilu/hhcw/{sample.contest}/99.json")
         assert missing.status == 404
         assert missing.headers["Cache-Control"] == "public, max-age=5"
+        assert not security_problems(missing)
+        assert not security_problems(root)
+        history = await fetch(f"{url}/suara/riwayat/{sample.contest}.json")
+        assert history.status == 200 and "immutable" not in history.headers["Cache-Control"]
         for target in ("/../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/wilayah/../../../etc/passwd"):
             assert await raw_get(url, target) in (400, 404), target
 
@@ -105,6 +111,7 @@ async def test_cache_conf_serves_stale_copies_while_the_origin_is_down(
                     assert reply.status == 200, path
                     assert reply.headers["X-Cache-Status"] == "MISS", path
                     assert reply.headers["Cache-Control"] == SHORT, path  # the origin's, passed on
+                    assert not security_problems(reply), path  # once each, though the origin sends them too
                     direct = await fetch(origin + path, headers)
                     assert reply.body == direct.body, path
                     assert reply.headers.get("Content-Encoding") == direct.headers.get("Content-Encoding"), path
@@ -134,6 +141,7 @@ async def test_cache_conf_serves_stale_copies_while_the_origin_is_down(
                     assert reply.status == 200, path
                     assert reply.body == before.body, path
                     assert reply.headers.get("Content-Encoding") == before.headers.get("Content-Encoding"), path
+                    assert not security_problems(reply), path
                     if reply.headers["X-Cache-Status"] == "STALE":
                         stale.add((path, i))
                 await asyncio.sleep(0.2)  # between rounds of an external process's answers

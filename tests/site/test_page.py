@@ -269,3 +269,54 @@ async def test_a_new_snapshot_is_shown(sample: SampleSite, site_url: str, browse
     )
     assert await page.evaluate("document.body.dataset.snapshot") == str(snapshot["snapshot"] + 1)
     assert "16:30:00" in await page.evaluate("document.getElementById('last-updated').textContent")
+
+
+HOSTILE = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>"\'&'
+
+
+async def test_every_value_is_shown_as_text_never_as_markup(
+    sample: SampleSite, site_url: str, browser: Browser
+) -> None:
+    """Whatever a writer slips into a published file (a check name, a name, a choice) is text on the page."""
+    c = sample.contest
+    q = sample.quarantined_tps
+    codes = (q[:2], q[:4], q[:6], q[:10])
+    status_rel = f"suara/status/{c}/{'/'.join(codes)}.json"
+    status = read(sample, status_rel)
+    status["children"][q]["failed_checks"] = [HOSTILE, "x" * 3]
+    status["children"][q]["tps_quarantined"] = HOSTILE  # a count where markup was put instead
+    write(sample, status_rel, status)
+    candidates = read(sample, f"pemilu/{c}.json")
+    first = next(iter(candidates))
+    candidates[first]["nama"] = HOSTILE
+    candidates[first]["warna"] = 'red;background:url("javascript:1")'
+    write(sample, f"pemilu/{c}.json", candidates)
+    regions_rel = f"wilayah/pemilu/{c}/{'/'.join(codes)}.json"
+    regions = read(sample, regions_rel)
+    regions[0]["nama"] = HOSTILE
+    write(sample, regions_rel, regions)
+    tps_rel = totals_path(c, (*codes, q))
+    tps = read(sample, tps_rel)
+    tps["administrasi"] = dict(tps["administrasi"] or {}, **{HOSTILE: 1})
+    tps["ts"] = HOSTILE
+    write(sample, tps_rel, tps)
+
+    page = await open_page(browser, f"{site_url}/#{c}/{'/'.join(codes)}", f"{c}/{'/'.join(codes)}")
+    assert await page.evaluate(f"document.querySelector('tr[data-child=\"{regions[0]['kode']}\"] a').textContent") == (
+        HOSTILE
+    )
+    assert HOSTILE in await page.evaluate(f"document.querySelector('tr[data-child=\"{q}\"] .muted').textContent")
+    assert await page.evaluate(f"document.querySelector('#chart [data-choice=\"{first}\"] span').textContent") == (
+        f"{candidates[first]['nomor_urut']:02d} · {HOSTILE}"
+    )
+    view = f"{c}/{'/'.join(codes)}/{q}"
+    await page.evaluate(f"location.hash = '#{view}'")
+    await ready(page, view)
+    assert HOSTILE in await page.evaluate("document.getElementById('flags').textContent")
+    assert HOSTILE in await page.evaluate("document.getElementById('detail').textContent")
+    injected = await page.evaluate(
+        "[window.pwned === undefined, document.querySelectorAll('script').length,"
+        " [...document.images].filter(i => !i.closest('figure')).length]"
+    )
+    assert injected == [True, 1, 0]
+    assert page.console == []

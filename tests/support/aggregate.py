@@ -18,6 +18,7 @@ from suara.runtime.auth.credential import ServiceCredential
 from suara.runtime.auth.store import issue_service_credential
 from suara.runtime.settings import AggregateSettings, LogSettings, Settings
 from suara.v1 import aggregate_pb2, aggregate_pb2_grpc
+from tests.support.databases import as_service
 from tests.support.oracles.aggregate import Oracle, Registry, totals_for
 
 
@@ -70,7 +71,7 @@ async def service_channel(db: asyncpg.Connection, port: int) -> grpc.aio.Channel
 
 
 async def start_aggregate(db_url: str, db: asyncpg.Connection) -> Aggregate:
-    app = await AggregateApp.create(BASE_SETTINGS, db_url)
+    app = await AggregateApp.create(BASE_SETTINGS, as_service(db_url, "aggregate"))  # as aggregate's own role
     await app.start()
     channel = await service_channel(db, app.port)
     return Aggregate(app, channel, aggregate_stub(channel), db, db_url)
@@ -91,7 +92,7 @@ def update(
         version=version,
         totals=totals_for(tps, contest, version, registry.choices[contest], variant),
         quarantined=quarantined,
-        failed_checks=["valid_plus_invalid"] if quarantined else [],
+        failed_checks=["sah_plus_tidak_sah_ne_suara_total"] if quarantined else [],
     )
 
 

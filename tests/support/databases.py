@@ -28,9 +28,39 @@ TEST_SCALE = 0.002
 TEST_SEED = 7
 
 
+# The services' roles in tests: a login role that is a member of each service's group role (as a
+# deployment's would be). Roles are the whole server's, so these are shared by every worker and every
+# test database, with one fixed password (a test server only).
+TEST_ROLE_PASSWORD = "suara-test-only"
+
+
+def login_role(service: str) -> str:
+    return f"suara_test_{service}"
+
+
 def with_database(url: str, database: str) -> str:
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
+
+
+def as_service(url: str, service: str) -> str:
+    """`url` (a test database's) logging in as the test role of `service` (tally, aggregate, publish)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"{login_role(service)}:{TEST_ROLE_PASSWORD}@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+async def _create_test_roles(server_url: str) -> None:
+    conn = await asyncpg.connect(server_url)
+    try:
+        for service in ("tally", "aggregate", "publish"):
+            role = login_role(service)
+            # Another worker may make it meanwhile (or an earlier run on this server made it already).
+            with contextlib.suppress(asyncpg.DuplicateObjectError, asyncpg.UniqueViolationError):
+                await conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{TEST_ROLE_PASSWORD}' IN ROLE suara_{service}")
+    finally:
+        await conn.close()
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +83,7 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 async def _prepare_template(server_url: str, name: str) -> None:
     from suara.registry.loader import load_registry
+    from tests.support.factories import TEST_ELECTION
 
     admin = await asyncpg.connect(server_url)
     try:
@@ -61,10 +92,11 @@ async def _prepare_template(server_url: str, name: str) -> None:
     finally:
         await admin.close()
     url = with_database(server_url, name)
-    await migrate_url(url)
+    await migrate_url(url)  # creates the services' group roles, if this server has none yet
+    await _create_test_roles(server_url)
     conn = await asyncpg.connect(url)
     try:
-        await load_registry(conn, synthetic_scale=TEST_SCALE, seed=TEST_SEED)
+        await load_registry(conn, synthetic_scale=TEST_SCALE, seed=TEST_SEED, election_id=TEST_ELECTION)
     finally:
         await conn.close()
 

@@ -6,13 +6,21 @@ independent of suara.election.checks.
 
 from __future__ import annotations
 
+import io
 import random
+import struct
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from PIL import Image
 
 from suara.election.form import set_voter_counts
 from suara.election.signing import DeviceKey
 from suara.v1 import form_pb2, tally_pb2
+
+# The election the test registry is loaded for (tests/support/databases.py): forms are signed for it.
+TEST_ELECTION = "pemilu-test"
 
 
 def consistent_form(
@@ -23,8 +31,10 @@ def consistent_form(
     *,
     seed: int = 0,
     dpt: int = 250,
+    election_id: str = TEST_ELECTION,
 ) -> form_pb2.CHasilForm:
-    """A form that passes every check: votes split at random, every identity holding."""
+    """A form that passes every check: votes split at random, every identity holding, of the test
+    registry's election."""
     rng = random.Random(f"{tps}:{contest}:{version}:{seed}")
     dpt_l = rng.randint(0, dpt)
     users_dpt = rng.randint(len(choices), dpt * 9 // 10)
@@ -41,7 +51,7 @@ def consistent_form(
         n = left if i == len(choices) - 1 else rng.randint(0, left)
         votes[choice] = n
         left -= n
-    form = form_pb2.CHasilForm(tps=tps, contest=contest, version=version, votes=votes)
+    form = form_pb2.CHasilForm(tps=tps, contest=contest, version=version, votes=votes, election_id=election_id)
     form.suara_sah = valid
     form.suara_tidak_sah = invalid
     form.suara_total = total
@@ -74,10 +84,26 @@ class Station:
     key: DeviceKey
 
 
-# Smallest valid images, by their magic numbers; the content after it varies per test.
+def _image(kind: str) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(out, kind)
+    return out.getvalue()
+
+
+_JPEG, _PNG = _image("JPEG"), _image("PNG")
+
+
+# Small images that decode (tally decodes every photo), with `tag` inside so each test's photo
+# differs: in JPEG comment segments, in a PNG text chunk.
 def jpeg(tag: bytes = b"") -> bytes:
-    return b"\xff\xd8\xff\xe0" + b"\x00\x10JFIF\x00" + tag + b"\xff\xd9"
+    segments = b"".join(
+        b"\xff\xfe" + struct.pack(">H", len(part) + 2) + part
+        for part in (tag[i : i + 65533] for i in range(0, len(tag), 65533))
+    )
+    return _JPEG[:2] + segments + _JPEG[2:]
 
 
 def png(tag: bytes = b"") -> bytes:
-    return b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + tag
+    data = b"tag\x00" + tag
+    chunk = struct.pack(">I", len(data)) + b"tEXt" + data + struct.pack(">I", zlib.crc32(b"tEXt" + data))
+    return _PNG[:33] + chunk + _PNG[33:]  # after the signature (8) and IHDR (25)

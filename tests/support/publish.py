@@ -32,6 +32,7 @@ from suara.runtime.auth.store import issue_service_credential
 from suara.runtime.database import Database
 from suara.v1 import form_pb2, tally_pb2
 from tests.support.aggregate import aggregate_settings
+from tests.support.databases import as_service
 from tests.support.factories import consistent_form, jpeg, png, signed
 from tests.support.oracles.publish import Accepted, Registry, compare, expected_site
 from tests.support.processes import suara_env
@@ -185,7 +186,7 @@ async def pipeline(db_url: str, db: asyncpg.Connection, tmp_path: Path) -> Async
     writer = await issue_service_credential(db, "relay", "writer")
     reader = await issue_service_credential(db, "publish", "reader")
     writer.save(tmp_path / "relay.key.json")
-    aggregate = await AggregateApp.create(aggregate_settings(0), db_url)
+    aggregate = await AggregateApp.create(aggregate_settings(0), as_service(db_url, "aggregate"))
     await aggregate.start()
     tally = await start_tally(
         db_url,
@@ -195,7 +196,7 @@ async def pipeline(db_url: str, db: asyncpg.Connection, tmp_path: Path) -> Async
     channel = grpc.aio.insecure_channel(
         f"127.0.0.1:{aggregate.port}", interceptors=[ServiceAuthClientInterceptor(reader)]
     )
-    pool = Database(await asyncpg.create_pool(db_url, min_size=1, max_size=4))
+    pool = Database(await asyncpg.create_pool(as_service(db_url, "publish"), min_size=1, max_size=4))
     all_tps = [r["code"] for r in await db.fetch("SELECT code FROM registry.tps ORDER BY code")]
     with scratch_site("suara-site-", tmp_path) as site:
         publisher = Publisher(pool, LocalSink(site), aggregate_stub(channel), tally.stub, await fetch_contests(db))

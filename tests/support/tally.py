@@ -10,13 +10,15 @@ import asyncpg
 import grpc
 import pytest
 
+from services.tally.access import create_admin_credential
 from services.tally.credentials import enroll_device
 from services.tally.server import TallyApp
 from suara.client.stubs import tally_stub
 from suara.election.signing import ChainKey, DeviceKey
 from suara.runtime.settings import LogSettings, PeerSettings, RelaySettings, Settings, TallySettings
 from suara.v1 import tally_pb2_grpc
-from tests.support.factories import Station
+from tests.support.databases import as_service
+from tests.support.factories import TEST_ELECTION, Station
 
 # The chain key of every in-process tally of this test run (tests check heads against its public half).
 CHAIN_KEY = ChainKey.generate()
@@ -49,10 +51,18 @@ class Tally:
     db_url: str
     contests: dict[str, list[str]]  # contest id -> choice ids
     tps_codes: list[str]
+    # A channel whose every call carries an admin credential, and its stub: the admin and read methods.
+    admin_channel: grpc.aio.Channel
+    admin: tally_pb2_grpc.TallyServiceAsyncStub
+
+    async def close(self) -> None:
+        await self.channel.close()
+        await self.admin_channel.close()
+        await self.app.stop(grace=1.0)
 
     async def station(self, tps: str | None = None) -> Station:
         tps = tps or self.tps_codes.pop()
-        key = DeviceKey.generate(tps)
+        key = DeviceKey.generate(tps, TEST_ELECTION)
         await enroll_device(self.db, key.device_id, tps, key.public_key, "test")
         return Station(tps, key)
 
@@ -61,21 +71,33 @@ class Tally:
 
 
 async def start_tally(db_url: str, db: asyncpg.Connection, settings: Settings = BASE_SETTINGS) -> Tally:
-    app = await TallyApp.create(settings, db_url, CHAIN_KEY)
+    app = await TallyApp.create(settings, as_service(db_url, "tally"), CHAIN_KEY)  # tally's own role, as deployed
     await app.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
+    credential = await create_admin_credential(db, "test-admin")
+    admin_channel = grpc.aio.insecure_channel(
+        f"127.0.0.1:{app.port}", interceptors=[_WithMetadata((("authorization", f"Bearer {credential.token}"),))]
+    )
     rows = await db.fetch("SELECT contest, id FROM registry.choice ORDER BY contest, nomor_urut")
     contests: dict[str, list[str]] = {}
     for r in rows:
         contests.setdefault(r["contest"], []).append(r["id"])
     # National TPS outside DKI Jakarta, so province-scoped contests can be tested as "not held here".
     tps = [r["code"] for r in await db.fetch("SELECT code FROM registry.tps WHERE code NOT LIKE '31%' ORDER BY code")]
-    return Tally(app, channel, tally_stub(channel), db, db_url, contests, tps)
+    return Tally(app, channel, tally_stub(channel), db, db_url, contests, tps, admin_channel, tally_stub(admin_channel))
+
+
+class _WithMetadata(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.metadata = metadata
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        merged = (*(details.metadata or ()), *self.metadata)
+        return await continuation(details._replace(metadata=merged), request)
 
 
 @pytest.fixture
 async def tally(db_url: str, db: asyncpg.Connection) -> AsyncIterator[Tally]:
     t = await start_tally(db_url, db)
     yield t
-    await t.channel.close()
-    await t.app.stop(grace=1.0)
+    await t.close()

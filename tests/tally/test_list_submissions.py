@@ -28,7 +28,7 @@ async def _national_contests(tally: Tally, tps: str) -> list[str]:
 async def _all_pages(tally: Tally, request: tally_pb2.ListSubmissionsRequest) -> list[list[Key]]:
     pages: list[list[Key]] = []
     while True:
-        reply = await tally.stub.ListSubmissions(request)
+        reply = await tally.admin.ListSubmissions(request)
         pages.append([(s.contest, s.version) for s in reply.submissions])
         if not reply.next_page_token:
             return pages
@@ -55,7 +55,7 @@ async def test_a_submission_stored_between_pages_is_never_repeated_or_shifts_a_p
     first, second = (await _national_contests(tally, st.tps))[:2]
     await _submit(tally, st, [(first, 2), (first, 3), (second, 1), (second, 2)])
     request = tally_pb2.ListSubmissionsRequest(tps=st.tps, page_size=2)
-    page = await tally.stub.ListSubmissions(request)
+    page = await tally.admin.ListSubmissions(request)
     assert [(s.contest, s.version) for s in page.submissions] == [(first, 2), (first, 3)]
     await _submit(tally, st, [(first, 1), (second, 3)])  # one sorts before the cursor, one after
     request.page_token = page.next_page_token
@@ -65,15 +65,50 @@ async def test_a_submission_stored_between_pages_is_never_repeated_or_shifts_a_p
 
 async def test_the_page_size_has_a_default_and_a_maximum(tally: Tally) -> None:
     st = await tally.station()
-    await _submit(tally, st, [("ppwp", v) for v in range(1, 1003)])
-    default = await tally.stub.ListSubmissions(tally_pb2.ListSubmissionsRequest(tps=st.tps))
-    assert [s.version for s in default.submissions] == list(range(1, 101))
-    capped = await tally.stub.ListSubmissions(tally_pb2.ListSubmissionsRequest(tps=st.tps, page_size=5000))
-    assert [s.version for s in capped.submissions] == list(range(1, 1001))  # lowered to the maximum, not refused
-    last = await tally.stub.ListSubmissions(
+    first, second = (await _national_contests(tally, st.tps))[:2]
+    keys = sorted((c, v) for c in (first, second) for v in range(1, 101))  # every version the cap allows
+    await _submit(tally, st, keys[:100])
+    await _submit(tally, await tally.station(st.tps), keys[100:])  # a second device: each stays in its budget
+    default = await tally.admin.ListSubmissions(tally_pb2.ListSubmissionsRequest(tps=st.tps))
+    assert [(s.contest, s.version) for s in default.submissions] == keys[:50]
+    capped = await tally.admin.ListSubmissions(tally_pb2.ListSubmissionsRequest(tps=st.tps, page_size=5000))
+    assert [(s.contest, s.version) for s in capped.submissions] == keys[:100]  # lowered to the maximum, not refused
+    last = await tally.admin.ListSubmissions(
         tally_pb2.ListSubmissionsRequest(tps=st.tps, page_size=5000, page_token=capped.next_page_token)
     )
-    assert ([s.version for s in last.submissions], last.next_page_token) == ([1001, 1002], "")
+    assert ([(s.contest, s.version) for s in last.submissions], last.next_page_token) == (keys[100:], "")
+
+
+async def test_a_page_is_cut_at_a_megabyte_of_payloads(tally: Tally) -> None:
+    st = await tally.station()
+    await _submit(tally, st, [("ppwp", v) for v in range(1, 6)])
+    # Payloads stored before unknown fields were refused can be large; a reply must stay bounded anyway.
+    await tally.db.execute("UPDATE tally.submission SET payload = payload || repeat('x', 700000)::bytea")
+    seen: list[int] = []
+    request = tally_pb2.ListSubmissionsRequest(tps=st.tps, page_size=100)
+    while True:
+        reply = await tally.admin.ListSubmissions(request)
+        assert reply.ByteSize() < 1024 * 1024 + 64 * 1024
+        assert len(reply.submissions) == 1
+        seen += [s.version for s in reply.submissions]
+        if not reply.next_page_token:
+            break
+        request.page_token = reply.next_page_token
+    assert seen == [1, 2, 3, 4, 5]
+
+
+async def test_reads_of_submissions_need_a_credential(tally: Tally) -> None:
+    st = await tally.station()
+    await _submit(tally, st, [("ppwp", 1)])
+    listed = await tally.admin.ListSubmissions(tally_pb2.ListSubmissionsRequest(tps=st.tps))
+    submission_id = listed.submissions[0].receipt.submission_id
+    for call in (
+        tally.stub.ListSubmissions(tally_pb2.ListSubmissionsRequest(tps=st.tps)),
+        tally.stub.GetSubmission(tally_pb2.GetSubmissionRequest(submission_id=submission_id)),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 @pytest.mark.parametrize(
@@ -88,12 +123,12 @@ async def test_the_page_size_has_a_default_and_a_maximum(tally: Tally) -> None:
 async def test_a_bad_page_size_or_foreign_token_is_named(tally: Tally, change: dict[str, object], field: str) -> None:
     st = await tally.station()
     await _submit(tally, st, [("ppwp", 1), ("ppwp", 2)])
-    first = await tally.stub.ListSubmissions(tally_pb2.ListSubmissionsRequest(tps=st.tps, page_size=1))
+    first = await tally.admin.ListSubmissions(tally_pb2.ListSubmissionsRequest(tps=st.tps, page_size=1))
     request = tally_pb2.ListSubmissionsRequest(tps=st.tps, page_size=1, page_token=first.next_page_token)
     for name, value in change.items():
         setattr(request, name, value)
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await tally.stub.ListSubmissions(request)
+        await tally.admin.ListSubmissions(request)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_fields(err.value) == [field]
 
@@ -101,9 +136,9 @@ async def test_a_bad_page_size_or_foreign_token_is_named(tally: Tally, change: d
 async def test_a_token_is_bound_to_its_tps(tally: Tally) -> None:
     a, b = await tally.station(), await tally.station()
     await _submit(tally, a, [("ppwp", 1), ("ppwp", 2)])
-    first = await tally.stub.ListSubmissions(tally_pb2.ListSubmissionsRequest(tps=a.tps, page_size=1))
+    first = await tally.admin.ListSubmissions(tally_pb2.ListSubmissionsRequest(tps=a.tps, page_size=1))
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await tally.stub.ListSubmissions(
+        await tally.admin.ListSubmissions(
             tally_pb2.ListSubmissionsRequest(tps=b.tps, page_size=1, page_token=first.next_page_token)
         )
     assert bad_fields(err.value) == ["page_token"]

@@ -86,7 +86,7 @@ async def test_older_version_is_superseded_kept_for_audit_and_not_current(tally:
     assert v1.current_version == 2
     assert await tally.db.fetchval("SELECT version FROM tally.current") == 2
     assert await tally.db.fetchval("SELECT array_agg(version ORDER BY id) FROM tally.outbox") == [2]
-    history = await tally.stub.ListSubmissions(tally_pb2.ListSubmissionsRequest(tps=st.tps, contest="ppwp"))
+    history = await tally.admin.ListSubmissions(tally_pb2.ListSubmissionsRequest(tps=st.tps, contest="ppwp"))
     assert [(s.version, s.status) for s in history.submissions] == [
         (1, tally_pb2.SUBMISSION_STATUS_HISTORY),
         (2, tally_pb2.SUBMISSION_STATUS_CURRENT),
@@ -101,7 +101,7 @@ async def test_higher_version_replaces_and_history_shows_it(tally: Tally) -> Non
     first = await tally.stub.Submit(signed(st.key, bad))
     fixed = await tally.stub.Submit(signed(st.key, consistent_form(st.tps, "ppwp", choices, version=2)))
     assert (first.outcome, fixed.outcome) == (tally_pb2.OUTCOME_QUARANTINED, tally_pb2.OUTCOME_ACCEPTED)
-    reply = await tally.stub.GetSubmission(tally_pb2.GetSubmissionRequest(submission_id=first.receipt.submission_id))
+    reply = await tally.admin.GetSubmission(tally_pb2.GetSubmissionRequest(submission_id=first.receipt.submission_id))
     got = reply.submission
     assert (got.outcome, got.status) == (tally_pb2.OUTCOME_QUARANTINED, tally_pb2.SUBMISSION_STATUS_REPLACED)
     assert got.receipt == first.receipt

@@ -9,7 +9,7 @@ import pytest
 
 from suara.v1 import tally_pb2
 from tests.support.factories import consistent_form, jpeg, png, signed
-from tests.support.rpc_errors import bad_fields
+from tests.support.rpc_errors import bad_fields, violations
 from tests.support.tally import Tally
 
 
@@ -52,3 +52,21 @@ async def test_oversized_photo_is_refused(tally: Tally) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await tally.stub.Submit(signed(st.key, form, [big]))
     assert bad_fields(err.value) == ["photos[0].content"]
+
+
+async def test_a_photo_is_checked_by_decoding_not_by_its_first_bytes(tally: Tally) -> None:
+    """The finding: a "JPEG" whose bytes after the magic number are HTML was stored and published."""
+    st = await tally.station()
+    html = b"\xff\xd8\xff\xe0<html><script>alert(document.domain)</script></html>"
+    truncated = jpeg(b"cut short")[:-20]
+    png_html = b"\x89PNG\r\n\x1a\n<!doctype html><p>not a picture</p>"
+    bad = [html, truncated, png_html]
+    form = consistent_form(st.tps, "ppwp", tally.contests["ppwp"])
+    form.photo_sha256.extend(hashlib.sha256(p).hexdigest() for p in bad)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await tally.stub.Submit(signed(st.key, form, bad))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_fields(err.value) == ["photos[0].content", "photos[1].content", "photos[2].content"]
+    assert all("does not decode" in why for why in violations(err.value).values())
+    assert await tally.count("submission") == 0
+    assert await tally.count("photo") == 0

@@ -93,7 +93,7 @@ async def test_enroll_device_needs_an_admin_credential(tally: Tally) -> None:
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_only_the_enroll_methods_ask_for_an_admin_credential(tally: Tally) -> None:
+async def test_only_the_enroll_and_submission_read_methods_ask_for_an_admin_credential(tally: Tally) -> None:
     service = tally_pb2.DESCRIPTOR.services_by_name["TallyService"]
     asking = set()
     for method in service.methods:
@@ -104,7 +104,7 @@ async def test_only_the_enroll_methods_ask_for_an_admin_credential(tally: Tally)
             if err.code() == grpc.StatusCode.UNAUTHENTICATED:
                 assert "needs an admin credential" in str(err.details())
                 asking.add(method.name)
-    assert asking == {"EnrollDevice", "EnrollDevices"}
+    assert asking == {"EnrollDevice", "EnrollDevices", "GetSubmission", "ListSubmissions"}
 
 
 @pytest.mark.parametrize("size", [INLINE_VERIFY, INLINE_VERIFY + 3], ids=["verified-inline", "verified-in-threads"])

@@ -153,8 +153,8 @@ ON CONFLICT (area, contest) DO UPDATE
 RETURNING f.contest, f.area;
 
 -- name: known_areas
--- Which of these (contest, area) pairs have a row: the contest has TPS there.
-SELECT a.contest, a.area
+-- Which of these (contest, area) pairs have a row (the contest has TPS there), with how many.
+SELECT a.contest, a.area, a.tps_total
 FROM unnest($1::text[], $2::text[]) AS k (contest, area)
 JOIN aggregate.area_total a USING (contest, area);
 
@@ -306,7 +306,9 @@ LIMIT $2;
 SELECT sequence, contest, area FROM aggregate.change WHERE sequence = $1 ORDER BY contest, area;
 
 -- name: official
-SELECT official_id, area, role, public_key FROM aggregate.official WHERE official_id = $1 AND revoked_at IS NULL;
+-- Revoked officials too: a revoked key's recap is refused by name (and logged as an alarm), not as unknown.
+SELECT official_id, area, role, public_key, revoked_at IS NOT NULL AS revoked
+FROM aggregate.official WHERE official_id = $1;
 
 -- name: enroll_official
 INSERT INTO aggregate.official (official_id, area, role, public_key, label) VALUES ($1, $2, $3, $4, $5);
@@ -355,3 +357,12 @@ WHERE (c.votes, c.suara_sah, c.suara_tidak_sah, c.suara_total, c.dpt, c.pengguna
   AND ($4::boolean OR a.tps_reported >= a.tps_total)
 ORDER BY c.area
 LIMIT $5;
+
+-- name: revoke_official
+UPDATE aggregate.official SET revoked_at = now() WHERE official_id = $1 AND revoked_at IS NULL RETURNING area, role;
+
+-- name: record_admin_action
+INSERT INTO aggregate.admin_log (actor, action, subject, detail) VALUES ($1, $2, $3, $4::jsonb) RETURNING id, at;
+
+-- name: admin_log
+SELECT id, at, actor, action, subject, detail::text AS detail FROM aggregate.admin_log ORDER BY id;

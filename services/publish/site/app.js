@@ -1,6 +1,8 @@
 "use strict";
 // The public page: plain JS over the published JSON (docs/layout.md), no build step.
 // State lives in the hash (#ppwp/31/3101/…) so a link is shareable and Back works.
+// Data goes into the page only as text or attribute values (el below): nothing parses HTML, and the
+// site's CSP forbids inline script and style besides.
 (() => {
   const LEVELS = ["Nasional", "Provinsi", "Kabupaten/Kota", "Kecamatan", "Desa/Kelurahan", "TPS"];
   const CODE_LEN = [2, 4, 6, 10, 13];
@@ -18,10 +20,26 @@
   const POLL_MS = 30000;
 
   const $ = (id) => document.getElementById(id);
-  const esc = (s) => String(s).replace(/[&<>"']/g, (ch) => "&#" + ch.charCodeAt(0) + ";");
   const fmt = (n) => Number(n).toLocaleString("id-ID");
   const pct = (n) => Number(n).toLocaleString("id-ID", { minimumFractionDigits: 2, maximumFractionDigits: 2 }) + "%";
   const colour = (w) => (/^#[0-9a-f]{3,8}$/i.test(w || "") ? w : "#888");
+
+  // el("td", {class: "num", style: {width: "5%"}}, "text", node, [more]): styles through the CSSOM,
+  // which the CSP allows (it blocks style="").
+  function el(tag, attrs, ...kids) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (k === "style") Object.assign(node.style, v);
+      else if (v != null && v !== false) node.setAttribute(k, String(v));
+    }
+    return fill(node, kids);
+  }
+  function fill(node, ...kids) {
+    node.replaceChildren(...kids.flat(Infinity).filter((k) => k != null && k !== "")); // strings: text nodes
+    return node;
+  }
+  const swatch = (w) => el("i", { class: "sw", style: { background: w } });
+  const numero = (cand) => String(cand.nomor_urut).padStart(2, "0");
 
   let snap = null;
   let fresh = false; // after a snapshot change, revalidate instead of trusting the HTTP cache's max-age
@@ -68,51 +86,52 @@
     const sel = $("contest");
     const keys = Object.keys(snap.contests || {});
     if (sel.dataset.keys !== keys.join()) {
-      sel.innerHTML = keys.map((k) => `<option value="${esc(k)}">${esc(CONTESTS[k] || k)}</option>`).join("");
+      fill(sel, keys.map((k) => el("option", { value: k }, CONTESTS[k] || k)));
       sel.dataset.keys = keys.join();
     }
     sel.value = c;
     const head = snap.chain_head || {};
-    $("chain").innerHTML =
-      `Snapshot #${esc(snap.snapshot)} · rantai posisi ${esc(head.position ?? "–")} · hash ` +
-      `<code title="${esc(head.hash || "")}">${esc((head.hash || "").slice(0, 16))}…</code>`;
+    const hash = String(head.hash || "");
+    fill($("chain"), `Snapshot #${snap.snapshot} · rantai posisi ${head.position ?? "–"} · hash `,
+      el("code", { title: hash }, hash.slice(0, 16) + "…"));
   }
 
   function choiceRows(cands, chart) {
     const ids = Object.keys(cands).sort((a, b) => cands[a].nomor_urut - cands[b].nomor_urut);
     const votes = ids.map((id) => Number((chart && chart[id]) || 0));
     const sum = votes.reduce((a, b) => a + b, 0);
-    return ids
-      .map((id, i) => {
-        const share = sum ? (votes[i] * 100) / sum : 0;
-        const w = colour(cands[id].warna);
-        return (
-          `<div class="row" data-choice="${esc(id)}" data-votes="${votes[i]}">` +
-          `<span><i class="sw" style="background:${w}"></i>${String(cands[id].nomor_urut).padStart(2, "0")} · ${esc(cands[id].nama)}</span>` +
-          `<div class="bar"><i style="width:${share.toFixed(2)}%;background:${w}"></i></div>` +
-          `<span class="num"><b>${fmt(votes[i])}</b> (${pct(share)})</span></div>`
-        );
-      })
-      .join("");
+    return ids.map((id, i) => {
+      const share = sum ? (votes[i] * 100) / sum : 0;
+      const w = colour(cands[id].warna);
+      return el("div", { class: "row", "data-choice": id, "data-votes": votes[i] },
+        el("span", {}, swatch(w), `${numero(cands[id])} · ${cands[id].nama}`),
+        el("div", { class: "bar" }, el("i", { style: { width: share.toFixed(2) + "%", background: w } })),
+        el("span", { class: "num" }, el("b", {}, fmt(votes[i])), ` (${pct(share)})`));
+    });
   }
+
+  const unavailable = (st) => (st && Array.isArray(st.photos_unavailable) ? st.photos_unavailable.length : 0);
 
   // `tps`: the flags of one TPS, whose count of quarantined TPS is itself.
   function tags(st, cands, tps) {
-    if (!st) return "";
-    let h = "";
+    const out = [];
+    if (!st) return out;
     const q = st.tps_quarantined;
-    if (q) h += `<span class="tag q" data-quarantined="${q}">${tps ? "" : fmt(q) + " TPS "}dikarantina</span>`;
+    if (q) out.push(el("span", { class: "tag q", "data-quarantined": q }, `${tps ? "" : fmt(q) + " TPS "}dikarantina`));
     const rec = typeof st.reconciliation === "string" ? st.reconciliation : st.reconciliation && st.reconciliation.status;
-    if (rec) h += `<span class="tag ${esc(rec)}" data-recon="${esc(rec)}">Rekap: ${esc(RECON[rec] || rec)}</span>`;
-    if (st.failed_checks && st.failed_checks.length) h += ` <span class="muted">${st.failed_checks.map(esc).join("; ")}</span>`;
+    if (rec) out.push(el("span", { class: "tag " + rec, "data-recon": rec }, "Rekap: " + (RECON[rec] || rec)));
+    if (Array.isArray(st.failed_checks) && st.failed_checks.length) {
+      out.push(" ", el("span", { class: "muted" }, st.failed_checks.map(String).join("; ")));
+    }
+    const held = unavailable(st);
+    if (held) out.push(" ", el("span", { class: "muted", "data-photos-unavailable": held }, `${held} foto tidak tersedia`));
     const diffs = (st.reconciliation && st.reconciliation.differences) || [];
     if (diffs.length) {
-      const label = (f) => f.replace(/^votes\[(\d+)\]$/, (_, id) => "suara " + ((cands[id] && cands[id].nama) || id));
-      h += '<ul class="diff">' + diffs.map((d) =>
-        `<li>${esc(label(d.field))}: rekap ${fmt(d.recap)}, digital ${fmt(d.digital)} (selisih ${fmt(d.difference)})</li>`
-      ).join("") + "</ul>";
+      const label = (f) => String(f).replace(/^votes\[(\d+)\]$/, (_, id) => "suara " + ((cands[id] && cands[id].nama) || id));
+      out.push(el("ul", { class: "diff" }, diffs.map((d) =>
+        el("li", {}, `${label(d.field)}: rekap ${fmt(d.recap)}, digital ${fmt(d.digital)} (selisih ${fmt(d.difference)})`))));
     }
-    return h;
+    return out;
   }
 
   function childTable(c, codes, cands, data, kids, st) {
@@ -121,47 +140,65 @@
     const items = (kids || []).map((k) => [k.kode, k.nama]);
     for (const code of Object.keys(table)) if (!items.some((it) => it[0] === code)) items.push([code, code]);
     const flags = (st && st.children) || {};
-    const head =
-      `<th>${LEVELS[codes.length + 1]}</th>` +
-      ids.map((id) => `<th class="num" title="${esc(cands[id].nama)}"><i class="sw" style="background:${colour(cands[id].warna)}"></i>${String(cands[id].nomor_urut).padStart(2, "0")}</th>`).join("") +
-      '<th class="num">Progres</th><th>Keterangan</th>';
+    const head = [
+      el("th", {}, LEVELS[codes.length + 1]),
+      ids.map((id) => el("th", { class: "num", title: cands[id].nama }, swatch(colour(cands[id].warna)), numero(cands[id]))),
+      el("th", { class: "num" }, "Progres"),
+      el("th", {}, "Keterangan"),
+    ];
     const rows = items.map(([code, nama]) => {
       const e = table[code] || {};
       const cells = ids.map((id) =>
-        e.status_progress && id in e ? `<td class="num" data-choice="${esc(id)}" data-votes="${Number(e[id])}">${fmt(e[id])}</td>` : '<td class="num">–</td>'
-      ).join("");
-      return (
-        `<tr data-child="${esc(code)}"><td><a href="${hashOf(c, [...codes, code])}">${esc(nama)}</a></td>${cells}` +
-        `<td class="num" data-persen="${Number(e.persen || 0)}">${pct(e.persen || 0)}</td><td>${tags(flags[code], cands, codes.length === 4)}</td></tr>`
-      );
+        e.status_progress && id in e
+          ? el("td", { class: "num", "data-choice": id, "data-votes": Number(e[id]) }, fmt(e[id]))
+          : el("td", { class: "num" }, "–"));
+      return el("tr", { "data-child": code },
+        el("td", {}, el("a", { href: hashOf(c, [...codes, code]) }, nama)),
+        cells,
+        el("td", { class: "num", "data-persen": Number(e.persen || 0) }, pct(e.persen || 0)),
+        el("td", {}, tags(flags[code], cands, codes.length === 4)));
     });
-    return `<div class="scroll"><table><thead><tr>${head}</tr></thead><tbody>${rows.join("")}</tbody></table></div>`;
+    return el("div", { class: "scroll" }, el("table", {}, el("thead", {}, el("tr", {}, head)), el("tbody", {}, rows)));
   }
 
-  function tpsDetail(data) {
-    let h = "<h2>Formulir C.Hasil</h2>";
+  // `held`: photos publish held back (the status file's photos_unavailable).
+  function tpsDetail(data, held) {
+    const out = [el("h2", {}, "Formulir C.Hasil")];
     const adm = data.administrasi;
-    if (!adm) h += "<p>Belum ada data formulir dari TPS ini.</p>";
+    if (!adm) out.push(el("p", {}, "Belum ada data formulir dari TPS ini."));
     else {
-      const cell = (k) => `<td class="num" data-tps-field="${k}">${k in adm ? fmt(adm[k]) : "–"}</td>`;
-      h += '<div class="scroll"><table><thead><tr><th>Data pemilih</th><th class="num">Laki-laki</th><th class="num">Perempuan</th><th class="num">Jumlah</th></tr></thead><tbody>';
-      h += ADM_GROUPS.map(([k, label]) => `<tr><td>${label}</td>${cell(k + "_l")}${cell(k + "_p")}${cell(k + "_j")}</tr>`).join("");
-      h += ADM_VOTES.map(([k, label]) => `<tr><td>${label}</td><td></td><td></td>${cell(k)}</tr>`).join("");
+      const cell = (k) => el("td", { class: "num", "data-tps-field": k }, k in adm ? fmt(adm[k]) : "–");
+      const blank = () => el("td");
       const known = new Set(ADM_VOTES.map((v) => v[0]));
       for (const [g] of ADM_GROUPS) for (const s of ["_j", "_l", "_p"]) known.add(g + s);
-      for (const k of Object.keys(adm)) if (!known.has(k)) h += `<tr><td>${esc(k)}</td><td></td><td></td>${cell(esc(k))}</tr>`;
-      h += "</tbody></table></div>";
+      const rows = [
+        ADM_GROUPS.map(([k, label]) => el("tr", {}, el("td", {}, label), cell(k + "_l"), cell(k + "_p"), cell(k + "_j"))),
+        ADM_VOTES.map(([k, label]) => el("tr", {}, el("td", {}, label), blank(), blank(), cell(k))),
+        Object.keys(adm).filter((k) => !known.has(k)).map((k) => el("tr", {}, el("td", {}, k), blank(), blank(), cell(k))),
+      ];
+      const head = el("tr", {}, el("th", {}, "Data pemilih"),
+        ["Laki-laki", "Perempuan", "Jumlah"].map((t) => el("th", { class: "num" }, t)));
+      out.push(el("div", { class: "scroll" }, el("table", {}, el("thead", {}, head), el("tbody", {}, rows))));
     }
-    h += '<h2>Foto formulir</h2><div class="photos">';
-    (data.images || [null, null, null]).forEach((src, i) => {
-      // Site paths start with "/": made relative so the site also works under a bucket prefix.
-      // Anything but a site path or an http(s) URL (javascript:, data:) is not a photo.
-      const url = /^(\/[^/]|https?:\/\/)/.test(src || "") ? src.replace(/^\//, "") : null;
-      h += `<figure data-photo="${i}">` + (url
-        ? `<a href="${esc(url)}"><img loading="lazy" src="${esc(url)}" alt="Foto formulir halaman ${i + 1}"></a>`
-        : '<div class="nofoto">belum ada foto</div>') + `<figcaption class="muted">Halaman ${i + 1}</figcaption></figure>`;
+    out.push(el("h2", {}, "Foto formulir"));
+    const images = Array.isArray(data.images) ? data.images : [null, null, null];
+    const figures = images.map((src, i) => {
+      // Site paths ("/foto/…") made relative, for a bucket prefix; http(s) URLs; nothing else (javascript:).
+      const url = typeof src === "string" && /^(\/[^/]|https?:\/\/)/.test(src) ? src.replace(/^\//, "") : null;
+      let shown;
+      if (url) {
+        shown = el("a", { href: url }, el("img", { loading: "lazy", src: url, alt: `Foto formulir halaman ${i + 1}` }));
+      } else if (held > 0) {
+        held -= 1; // not passed off as never sent
+        shown = el("div", { class: "nofoto", "data-unavailable": "" }, "foto tidak tersedia");
+      } else {
+        shown = el("div", { class: "nofoto" }, "belum ada foto");
+      }
+      return el("figure", { "data-photo": i }, shown, el("figcaption", { class: "muted" }, `Halaman ${i + 1}`));
     });
-    return h + `</div><p class="muted">Diperbarui: ${esc(data.ts || "–")} WIB</p>`;
+    out.push(el("div", { class: "photos" }, figures));
+    out.push(el("p", { class: "muted" }, `Diperbarui: ${data.ts || "–"} WIB`));
+    return out;
   }
 
   async function render() {
@@ -182,16 +219,14 @@
       if (mine !== seq) return;
       header(c);
       const names = codes.map((code, i) => ((ancestors[i] || []).find((k) => k.kode === code) || {}).nama || code);
-      $("crumbs").innerHTML = [c, ...codes]
-        .map((_, i) => {
-          const label = i ? names[i - 1] : LEVELS[0];
-          return i === depth ? `<span>${esc(label)}</span>` : `<a href="${hashOf(c, codes.slice(0, i))}">${esc(label)}</a>`;
-        })
-        .join("");
+      fill($("crumbs"), [c, ...codes].map((_, i) => {
+        const label = i ? names[i - 1] : LEVELS[0];
+        return i === depth ? el("span", {}, label) : el("a", { href: hashOf(c, codes.slice(0, i)) }, label);
+      }));
       const title = depth === 5 ? names[4] : depth ? LEVELS[depth] + " " + names[depth - 1] : LEVELS[0];
       $("area-name").textContent = title + " — " + (CONTESTS[c] || c);
       document.title = (depth ? names[depth - 1] + " · " : "") + "Hasil Hitung Suara";
-      $("chart").innerHTML = choiceRows(cands, data.chart);
+      fill($("chart"), choiceRows(cands, data.chart));
       const prog = $("progress");
       let flags;
       if (depth < 5) {
@@ -201,17 +236,17 @@
         prog.textContent = `Progres: ${fmt(p.progres)} dari ${fmt(p.total)} TPS (${pct((data.chart && data.chart.persen) || 0)})`;
         const own = st || (depth === 0 && { tps_quarantined: (snap.contests[c] || {}).quarantined });
         flags = tags(own, cands);
-        $("detail").innerHTML = childTable(c, codes, cands, data, kids, st);
+        fill($("detail"), childTable(c, codes, cands, data, kids, st));
       } else {
         const mark = ((st && st.children) || {})[codes[4]];
-        const held = Boolean(mark) || (data.chart && !data.status_suara);
+        const held = Boolean(mark && mark.tps_quarantined) || (data.chart && !data.status_suara);
         delete prog.dataset.progres;
         delete prog.dataset.total;
         prog.textContent = !data.chart ? "Belum ada data" : held ? "Formulir masuk, dikarantina: tidak dihitung" : "Formulir masuk dan dihitung";
-        flags = held ? tags(mark || { tps_quarantined: 1 }, cands, true) : "";
-        $("detail").innerHTML = tpsDetail(data);
+        flags = tags(held ? { tps_quarantined: 1, ...mark } : mark, cands, true);
+        fill($("detail"), tpsDetail(data, unavailable(mark)));
       }
-      $("flags").innerHTML = flags;
+      fill($("flags"), flags);
       $("error").hidden = true;
       body.dataset.state = "ready";
     } catch (err) {

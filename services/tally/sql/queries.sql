@@ -29,21 +29,28 @@ INSERT INTO tally.alarm (kind, tps, contest, version, detail)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::jsonb[]);
 
 -- name: device_keys
-SELECT device_id, tps, public_key FROM tally.device
-WHERE device_id = ANY($1::text[]) AND revoked_at IS NULL;
-
--- name: enroll_device
--- Enrolling the same key for the same TPS again is a no-op that returns the device.
-INSERT INTO tally.device (device_id, tps, public_key, label) VALUES ($1, $2, $3, $4)
-ON CONFLICT (device_id) DO UPDATE SET label = tally.device.label
-RETURNING device_id, tps;
+-- Revoked devices too: a revoked device's form is refused by name (and raises an alarm), not as unknown.
+SELECT device_id, tps, public_key, revoked_at IS NOT NULL AS revoked FROM tally.device
+WHERE device_id = ANY($1::text[]);
 
 -- name: enroll_devices
--- enroll_device for many keys in one statement; the caller checks every returned TPS.
+-- Enrolling the same key for the same TPS again is a no-op that returns the device; the caller
+-- checks every returned TPS.
 INSERT INTO tally.device (device_id, tps, public_key, label)
 SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[])
 ON CONFLICT (device_id) DO UPDATE SET label = tally.device.label
 RETURNING device_id, tps;
+
+-- name: lock_tps_devices
+-- Serializes enrollments per TPS (in sorted order: no deadlock), so the cap on live devices holds
+-- under concurrent enrollments.
+SELECT pg_advisory_xact_lock(hashtextextended('suara.tally.device:' || tps, 0))
+FROM (SELECT DISTINCT unnest($1::text[]) AS tps) t ORDER BY tps;
+
+-- name: tps_over_device_cap
+SELECT tps, count(*) AS live FROM tally.device
+WHERE tps = ANY($1::text[]) AND revoked_at IS NULL
+GROUP BY tps HAVING count(*) > $2 ORDER BY tps;
 
 -- name: admin_by_token
 SELECT id FROM tally.admin_credential WHERE token_sha256 = $1 AND revoked_at IS NULL;
@@ -145,3 +152,58 @@ SELECT pg_try_advisory_lock($1);
 -- name: relay_undelivered
 -- How many outbox rows the relay has yet to deliver (operators and `suara demo` wait on it).
 SELECT count(*) FROM tally.outbox WHERE delivered_at IS NULL;
+
+-- name: revoke_device
+-- The device's TPS when this revoked it; no row when it was unknown or already revoked.
+UPDATE tally.device SET revoked_at = now() WHERE device_id = $1 AND revoked_at IS NULL RETURNING tps;
+
+-- name: device_state
+SELECT device_id, tps, revoked_at FROM tally.device WHERE device_id = $1;
+
+-- name: revoke_admin_credential
+UPDATE tally.admin_credential SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING id;
+
+-- name: record_admin_action
+INSERT INTO tally.admin_log (actor, action, subject, detail) VALUES ($1, $2, $3, $4::jsonb) RETURNING id, at;
+
+-- name: admin_log
+SELECT id, at, actor, action, subject, detail::text AS detail FROM tally.admin_log ORDER BY id;
+-- name: relay_settle
+-- After aggregate's reply: the rows it took ($1) are delivered; the rows set aside ($2, with their
+-- reasons $3 and newline-joined bad fields $4) go to the dead letters, each with an alarm, and are
+-- marked delivered too. One statement: a reply is settled whole or not at all.
+WITH dead AS (
+    INSERT INTO tally.dead_letter (outbox_id, tps, contest, version, reason, fields)
+    SELECT o.id, o.tps, o.contest, o.version, d.reason, string_to_array(d.fields, E'\n')
+    FROM unnest($2::bigint[], $3::text[], $4::text[]) AS d (id, reason, fields)
+    JOIN tally.outbox o ON o.id = d.id
+    ON CONFLICT (outbox_id) DO UPDATE
+        SET reason = EXCLUDED.reason, fields = EXCLUDED.fields, dead_at = now(), redelivered_at = NULL,
+            attempts = tally.dead_letter.attempts + 1
+    RETURNING outbox_id, tps, contest, version, reason
+), alarmed AS (
+    INSERT INTO tally.alarm (kind, tps, contest, version, detail)
+    SELECT 'dead_letter', tps, contest, version, jsonb_build_object('outbox_id', outbox_id, 'reason', reason)
+    FROM dead
+)
+UPDATE tally.outbox SET delivered_at = now()
+WHERE id = ANY($1::bigint[] || $2::bigint[]) AND delivered_at IS NULL;
+
+-- name: dead_letters
+-- The dead letters, oldest first: only those not redelivered yet unless $1.
+SELECT outbox_id, tps, contest, version, reason, fields, attempts, dead_at, redelivered_at
+FROM tally.dead_letter
+WHERE $1::boolean OR redelivered_at IS NULL
+ORDER BY outbox_id;
+
+-- name: dead_letters_redeliver
+-- Hand dead letters back to the relay: these outbox ids ($1), or every one not redelivered yet
+-- when $1 is NULL. Returns the ids handed back.
+WITH chosen AS (
+    UPDATE tally.dead_letter SET redelivered_at = now()
+    WHERE redelivered_at IS NULL AND ($1::bigint[] IS NULL OR outbox_id = ANY($1::bigint[]))
+    RETURNING outbox_id
+)
+UPDATE tally.outbox o SET delivered_at = NULL
+FROM chosen WHERE o.id = chosen.outbox_id
+RETURNING o.id;

@@ -7,7 +7,7 @@ from typing import Any, Final
 
 import grpc
 
-from suara.runtime.auth.principal import Authenticator, Call, Principal
+from suara.runtime.auth.principal import CALLER, Authenticator, Call, Principal
 from suara.runtime.errors import PermissionDenied
 
 # Always reachable: load balancers probe health without credentials, and reflection only describes the API.
@@ -56,6 +56,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             principal = await self.authenticator.authenticate(Call(method, request, metadata, context))
             self.authorize(method, principal)
+            CALLER.set(principal)  # this call's own context: the handler may name who called
             return await inner(request, context)  # type: ignore[arg-type]  # aio handlers take aio contexts
 
         return grpc.unary_unary_rpc_method_handler(

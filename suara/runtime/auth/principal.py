@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -15,6 +16,11 @@ class Principal:
 
     id: str
     role: str
+
+
+# The caller of the call being served, once the interceptor has proven it (None for an open method):
+# what a handler records as who did an admin action.
+CALLER: ContextVar[Principal | None] = ContextVar("suara_caller", default=None)
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,9 @@ class ServiceTokens:
     """Authenticates a call by its signed token: the credential id's key must have signed this method
     within ±`max_skew_s` of the server's clock.
 
-    A verified credential's (role, key) is cached for `cache_ttl_s`, which is also how long a
-    revocation takes to bite; unknown ids are never cached, so a new credential works at once.
+    A verified credential's (role, key) is cached for `cache_ttl_s`; a revocation drops it at once
+    when the service follows its notifications (`forget`), and the expiry bounds how long a missed
+    one keeps it alive. Unknown ids are never cached, so a new credential works at once.
     """
 
     name = "service credential"
@@ -33,7 +34,7 @@ class ServiceTokens:
         self,
         store: CredentialStore,
         *,
-        cache_ttl_s: float = 30.0,
+        cache_ttl_s: float = 10.0,
         max_skew_s: int = MAX_SKEW_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -42,6 +43,16 @@ class ServiceTokens:
         self._skew = max_skew_s
         self._clock = clock
         self._cache: dict[str, tuple[float, str, Ed25519PublicKey]] = {}
+        self._forgotten = 0  # counts forget/clear: a lookup that raced one is answered, not remembered
+
+    def forget(self, credential_id: str) -> None:
+        """Drop a revoked credential now (its notification), rather than when its cache entry expires."""
+        self._cache.pop(credential_id, None)
+        self._forgotten += 1
+
+    def clear(self) -> None:
+        self._cache.clear()
+        self._forgotten += 1
 
     async def authenticate(self, call: Call) -> Principal:
         header = call.metadata.get("authorization")
@@ -77,6 +88,7 @@ class ServiceTokens:
         cached = self._cache.get(credential_id)
         if cached is not None and cached[0] > now:
             return cached[1], cached[2]
+        forgotten = self._forgotten
         try:
             found = await self._store.lookup(credential_id)
         except DatabaseUnavailable as exc:
@@ -88,5 +100,6 @@ class ServiceTokens:
         key = Ed25519PublicKey.from_public_bytes(raw)
         if len(self._cache) > 10_000:  # a handful of services call; bound it anyway
             self._cache.clear()
-        self._cache[credential_id] = (now + self._ttl, role, key)
+        if forgotten == self._forgotten:  # no revocation came while the store answered
+            self._cache[credential_id] = (now + self._ttl, role, key)
         return role, key

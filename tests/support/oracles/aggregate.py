@@ -40,7 +40,8 @@ class Registry:
 
 def totals_for(tps: str, contest: str, version: int, choices: list[str], variant: int = 0) -> aggregate_pb2.Totals:
     rng = random.Random(f"{tps}:{contest}:{version}:{variant}")
-    votes = {c: rng.randint(0, 40) for c in choices}
+    # What one TPS can count (aggregate refuses more): up to 40 per choice, about 200 over many choices.
+    votes = {c: rng.randint(0, min(40, max(1, 200 // len(choices)))) for c in choices}
     valid = sum(votes.values())
     invalid = rng.randint(0, 9)
     return aggregate_pb2.Totals(

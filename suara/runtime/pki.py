@@ -1,0 +1,331 @@
+"""A deployment's private certificate authority: the CA, the certificates it issues, and its revocation list.
+
+Every gRPC hop in suara is TLS; services call each other with client certificates whose role
+(writer, reader, federation, admin) is written into the certificate as a SAN URI
+`urn:suara:role:<role>`, so no bearer secret crosses the wire and a stolen listing of any table
+grants nothing. The CA signs a CRL; a revoked serial is refused by every process that reads it.
+
+Keys are ECDSA P-256 (small, fast handshakes, supported by every TLS stack a phone has). Only
+`cryptography` is used: no gRPC here, so the CLI, the services and the tests share it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from suara.runtime.secrets_file import write_secret
+
+CLIENT_ROLES: Final = ("writer", "reader", "federation", "admin")
+ROLE_URI_PREFIX: Final = "urn:suara:role:"
+CA_DAYS: Final = 3650
+LEAF_DAYS: Final = 397  # the longest lifetime browsers accept for a leaf; rotation is routine, not an event
+_NAME: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+# Certificates are valid from a little before now: a peer whose clock is slightly behind still accepts them.
+_BACKDATE: Final = datetime.timedelta(minutes=5)
+_PEM_BLOCK: Final = re.compile(rb"-----BEGIN ([A-Z ]+)-----.*?-----END \1-----\n?", re.DOTALL)
+
+
+class PkiError(ValueError):
+    """A PKI request that cannot be done as asked (bad name, unknown role, missing CA); the message says why."""
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """One certificate with its private key, both PEM."""
+
+    cert_pem: bytes
+    key_pem: bytes
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.cert_pem)
+
+    @property
+    def private_key(self) -> ec.EllipticCurvePrivateKey:
+        key = serialization.load_pem_private_key(self.key_pem, password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise PkiError("the key is not an EC private key")
+        return key
+
+    def bundle(self) -> bytes:
+        """Certificate and key in one PEM file: what an operator's key file (the admin's) holds."""
+        return self.cert_pem + self.key_pem
+
+
+def split_bundle(pem: bytes) -> KeyPair:
+    """The certificate and the key of a bundle written by `KeyPair.bundle()` (either order)."""
+    blocks = [(m.group(1), m.group(0)) for m in _PEM_BLOCK.finditer(pem)]
+    certs = [block for kind, block in blocks if kind == b"CERTIFICATE"]
+    keys = [block for kind, block in blocks if kind.endswith(b"PRIVATE KEY")]
+    if len(certs) != 1 or len(keys) != 1:
+        raise PkiError("a key bundle holds exactly one CERTIFICATE and one PRIVATE KEY, in PEM")
+    return KeyPair(certs[0], keys[0])
+
+
+def load_pair(cert_path: Path, key_path: Path) -> KeyPair:
+    return KeyPair(cert_path.read_bytes(), key_path.read_bytes())
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _checked_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise PkiError(f"name {name!r}: use 1-63 lower-case letters, digits, '.', '_' or '-'")
+    return name
+
+
+def create_ca(name: str = "suara private CA", days: int = CA_DAYS) -> KeyPair:
+    key = _new_key()
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+
+
+def _leaf(ca: KeyPair, name: str, san: list[x509.GeneralName], usage: x509.ObjectIdentifier, days: int) -> KeyPair:
+    key = _new_key()
+    ca_cert = ca.certificate
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(min(now + datetime.timedelta(days=days), ca_cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=True,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(san), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.private_key.public_key()), critical=False)
+        .sign(ca.private_key, hashes.SHA256())
+    )
+    return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+
+
+def _host_name(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        if not re.match(r"^[A-Za-z0-9*]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$", host):
+            raise PkiError(f"host {host!r} is neither an IP address nor a DNS name") from None
+        return x509.DNSName(host)
+
+
+def issue_server(ca: KeyPair, name: str, hosts: Sequence[str], days: int = LEAF_DAYS) -> KeyPair:
+    """A server certificate for `hosts` (DNS names and IP addresses clients dial)."""
+    if not hosts:
+        raise PkiError("a server certificate needs at least one host (a DNS name or an IP address)")
+    return _leaf(ca, _checked_name(name), [_host_name(h) for h in hosts], ExtendedKeyUsageOID.SERVER_AUTH, days)
+
+
+def issue_client(ca: KeyPair, name: str, role: str, days: int = LEAF_DAYS) -> KeyPair:
+    """A client certificate naming its holder (CN) and role (SAN URI urn:suara:role:<role>)."""
+    if role not in CLIENT_ROLES:
+        raise PkiError(f"role must be one of {', '.join(CLIENT_ROLES)}, not {role!r}")
+    san: list[x509.GeneralName] = [x509.UniformResourceIdentifier(ROLE_URI_PREFIX + role)]
+    return _leaf(ca, _checked_name(name), san, ExtendedKeyUsageOID.CLIENT_AUTH, days)
+
+
+def role_of(cert: x509.Certificate) -> str | None:
+    """The role a client certificate was issued for; None if it names none (a server certificate)."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    roles = [
+        uri.removeprefix(ROLE_URI_PREFIX)
+        for uri in san.get_values_for_type(x509.UniformResourceIdentifier)
+        if uri.startswith(ROLE_URI_PREFIX)
+    ]
+    return roles[0] if len(roles) == 1 and roles[0] in CLIENT_ROLES else None
+
+
+def common_name(cert: x509.Certificate) -> str:
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else ""
+
+
+class Crl:
+    """The CA's certificate revocation list (X.509 CRL, PEM)."""
+
+    @staticmethod
+    def empty(ca: KeyPair) -> bytes:
+        return Crl._build(ca, [])
+
+    @staticmethod
+    def revoke(ca: KeyPair, crl_pem: bytes, serial: int) -> bytes:
+        """A new CRL with `serial` added (kept once if it was already there)."""
+        crl = x509.load_pem_x509_crl(crl_pem)
+        entries = [(r.serial_number, r.revocation_date_utc) for r in crl]
+        if serial not in {s for s, _ in entries}:
+            entries.append((serial, _now()))
+        return Crl._build(ca, entries)
+
+    @staticmethod
+    def revoked_serials(crl_pem: bytes, ca_cert: x509.Certificate) -> frozenset[int]:
+        """The serials the CA has revoked; ValueError if the CRL is not the CA's (a forged list revokes nothing
+        and, worse, could un-revoke: refuse it)."""
+        crl = x509.load_pem_x509_crl(crl_pem)
+        public_key = ca_cert.public_key()
+        if not isinstance(public_key, ec.EllipticCurvePublicKey) or not crl.is_signature_valid(public_key):
+            raise ValueError("the CRL is not signed by this CA")
+        return frozenset(r.serial_number for r in crl)
+
+    @staticmethod
+    def _build(ca: KeyPair, entries: list[tuple[int, datetime.datetime]]) -> bytes:
+        now = _now()
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(ca.certificate.subject)
+            .last_update(now - _BACKDATE)
+            .next_update(now + datetime.timedelta(days=30))
+        )
+        for serial, when in entries:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build()
+            )
+        return builder.sign(ca.private_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+class PkiDir:
+    """A deployment's PKI directory, as `suara pki` manages it:
+
+        ca.crt  ca.key (0600)  crl.pem  issued/<name>.crt  issued/<name>.key (0600)
+
+    Only the machine that issues certificates needs ca.key; every process needs ca.crt and crl.pem.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.path / "ca.crt"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.path / "ca.key"
+
+    @property
+    def crl(self) -> Path:
+        return self.path / "crl.pem"
+
+    def cert(self, name: str) -> Path:
+        return self.path / "issued" / f"{_checked_name(name)}.crt"
+
+    def key(self, name: str) -> Path:
+        return self.path / "issued" / f"{_checked_name(name)}.key"
+
+    def exists(self) -> bool:
+        return self.ca_cert.exists() and self.ca_key.exists()
+
+    def init(self, name: str = "suara private CA") -> bool:
+        """Create the CA and an empty CRL; False (changing nothing) if the directory already has a CA."""
+        if self.exists():
+            return False
+        ca = create_ca(name)
+        write_secret(self.ca_key, ca.key_pem.decode())
+        _write_public(self.ca_cert, ca.cert_pem)
+        _write_public(self.crl, Crl.empty(ca))
+        return True
+
+    def authority(self) -> KeyPair:
+        if not self.exists():
+            raise PkiError(f"{self.path} has no CA; run `suara pki init --dir {self.path}` first")
+        return load_pair(self.ca_cert, self.ca_key)
+
+    def issue_server(self, name: str, hosts: Sequence[str], days: int = LEAF_DAYS) -> KeyPair:
+        return self._save(name, issue_server(self.authority(), name, hosts, days))
+
+    def issue_client(self, name: str, role: str, days: int = LEAF_DAYS) -> KeyPair:
+        return self._save(name, issue_client(self.authority(), name, role, days))
+
+    def revoke(self, name: str) -> int:
+        """Revoke the certificate issued under `name`; its serial. The CRL file is replaced atomically, so a
+        process watching it never reads half of one."""
+        path = self.cert(name)
+        if not path.exists():
+            raise PkiError(f"no certificate named {name!r} in {self.path / 'issued'}")
+        serial = x509.load_pem_x509_certificate(path.read_bytes()).serial_number
+        ca = self.authority()
+        current = self.crl.read_bytes() if self.crl.exists() else Crl.empty(ca)
+        _write_public(self.crl, Crl.revoke(ca, current, serial))
+        return int(serial)
+
+    def _save(self, name: str, pair: KeyPair) -> KeyPair:
+        write_secret(self.key(name), pair.key_pem.decode())
+        _write_public(self.cert(name), pair.cert_pem)
+        return pair
+
+
+def _write_public(path: Path, data: bytes) -> None:
+    """Certificates and CRLs are public: 0644, written beside and renamed over, never torn."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    tmp.chmod(0o644)
+    tmp.replace(path)

@@ -1,0 +1,56 @@
+"""`suara pki init | issue | revoke`: the files an operator hands out, and refusals that say what to do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cryptography import x509
+
+from suara.runtime.pki import Crl, role_of, split_bundle
+from tests.support.processes import run_suara, suara_env
+
+
+async def test_init_issue_revoke_round_trip(tmp_path: Path) -> None:
+    env = suara_env(SUARA_DATA_DIR=tmp_path / "state")
+    pki = tmp_path / "state" / "pki"  # the default directory
+    first = await run_suara("pki", "init", env=env, cwd=tmp_path)
+    assert first.returncode == 0 and "CA created" in first.stdout, first.stderr
+    again = await run_suara("pki", "init", env=env, cwd=tmp_path)
+    assert again.returncode == 0 and "nothing changed" in again.stdout
+    ca = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+
+    bundle = tmp_path / "admin.pem"
+    issued = await run_suara(
+        "pki", "issue", "admin-budi", "--role", "admin", "--bundle", str(bundle), env=env, cwd=tmp_path
+    )
+    assert issued.returncode == 0, issued.stderr
+    pair = split_bundle(bundle.read_bytes())
+    assert role_of(pair.certificate) == "admin"
+    assert pair.certificate.issuer == ca.subject
+    assert bundle.stat().st_mode & 0o777 == 0o600
+
+    server = await run_suara(
+        "pki", "issue", "tally-1", "--host", "127.0.0.1", "--host", "tally.local", env=env, cwd=tmp_path
+    )
+    assert server.returncode == 0, server.stderr
+    cert = x509.load_pem_x509_certificate((pki / "issued" / "tally-1.crt").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["tally.local"]
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+
+    revoked = await run_suara("pki", "revoke", "admin-budi", env=env, cwd=tmp_path)
+    assert revoked.returncode == 0, revoked.stderr
+    assert Crl.revoked_serials((pki / "crl.pem").read_bytes(), ca) == {pair.certificate.serial_number}
+
+
+async def test_refusals_name_what_to_do(tmp_path: Path) -> None:
+    env = suara_env(SUARA_DATA_DIR=tmp_path / "state")
+    no_ca = await run_suara("pki", "issue", "relay", "--role", "writer", env=env, cwd=tmp_path)
+    assert no_ca.returncode == 2 and "suara pki init" in no_ca.stderr
+    await run_suara("pki", "init", env=env, cwd=tmp_path)
+    unknown = await run_suara("pki", "revoke", "nobody", env=env, cwd=tmp_path)
+    assert unknown.returncode == 2 and "no certificate named 'nobody'" in unknown.stderr
+    bad_role = await run_suara("pki", "issue", "relay", "--role", "root", env=env, cwd=tmp_path)
+    assert bad_role.returncode == 2 and "invalid choice" in bad_role.stderr
+    bad_name = await run_suara("pki", "issue", "Relay One", "--role", "writer", env=env, cwd=tmp_path)
+    assert bad_name.returncode == 2 and "lower-case" in bad_name.stderr

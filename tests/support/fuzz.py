@@ -1,0 +1,30 @@
+"""Hostile request bytes for fuzzing RPCs: valid requests mutated (they mostly still parse, so they reach
+the handler's own checks), and the statuses that say nothing precise."""
+
+from __future__ import annotations
+
+import grpc
+from hypothesis import strategies as st
+
+# What a handler must never answer to bad input: it says "our bug", not what is wrong with the request.
+IMPRECISE = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
+
+
+@st.composite
+def mutated(draw: st.DrawFn, seed: bytes) -> bytes:
+    """`seed` with a few bytes flipped, inserted, deleted or a slice repeated: mostly still parses."""
+    data = bytearray(seed)
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["flip", "insert", "delete", "repeat", "truncate"]))
+        at = draw(st.integers(0, max(0, len(data) - 1)))
+        if kind == "flip" and data:
+            data[at] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=8))
+        elif kind == "delete" and data:
+            del data[at : at + draw(st.integers(1, 4))]
+        elif kind == "repeat" and data:
+            data[at:at] = data[at : at + draw(st.integers(1, 16))]
+        elif kind == "truncate":
+            del data[at:]
+    return bytes(data)
