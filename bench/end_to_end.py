@@ -24,7 +24,7 @@ from typing import Any
 
 import psutil
 
-READY = re.compile(r"^ready tally=(\S+) site=(\S+) admin_key=(\S+)$")
+READY = re.compile(r"^ready tally=(\S+) site=(\S+) admin_key=(\S+) ca=(\S*)$")
 SAMPLE_S = 0.5
 RESULTS = Path(__file__).parent / "results"
 SHM = Path("/dev/shm")
@@ -78,8 +78,12 @@ class ProcessSampler:
 
     def _pids(self) -> dict[str, int]:
         pids: dict[str, int] = dict(self.extra)
-        with contextlib.suppress(FileNotFoundError, json.JSONDecodeError, KeyError):
-            pids.update(json.loads(self.pid_file.read_text())["children"])
+        with contextlib.suppress(FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
+            state = json.loads(self.pid_file.read_text())  # `suara up`'s up.json
+            for service, entries in state["services"].items():
+                pids.update({(service if i == 0 else f"{service}-{i + 1}"): e["pid"] for i, e in enumerate(entries)})
+            if state["site"]["pid"]:
+                pids["site"] = state["site"]["pid"]
         with contextlib.suppress(FileNotFoundError, ValueError, IndexError):
             pids["postgres"] = int((self.pgdata / "postmaster.pid").read_text().split()[0])
         return pids
@@ -144,14 +148,16 @@ async def run(scale: float, *, tally_processes: int = 2) -> dict[str, Any]:
             await up.wait()
             raise RuntimeError(f"suara up did not get ready (exit {up.returncode}): {line!r}")
         up_s = time.perf_counter() - started
-        tally, _, admin_key = match.groups()
-        sampler = ProcessSampler(data / "up.pids.json", data / "pgdata")
+        tally, _, admin_key, ca = match.groups()
+        admin_target = json.loads((data / "up.json").read_text())["services"]["tally"][0]["internal"]
+        sampler = ProcessSampler(data / "up.json", data / "pgdata")
         sampling = asyncio.create_task(sampler.run())
         try:
             started = time.perf_counter()
             load_started = time.monotonic()
             load = await asyncio.create_subprocess_exec(
-                _suara(), "loadtest", "--target", tally, "--admin-key", admin_key, "--site", str(site),
+                _suara(), "loadtest", "--target", tally, "--admin-target", admin_target, "--admin-key", admin_key,
+                "--ca", ca, "--site", str(site),
                 "--contests", "ppwp", "--faults", "standard", "--seed", "1", "--report", str(report_path),
                 env=env,
             )  # fmt: skip

@@ -19,21 +19,24 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import grpc
 
 from bench.echo_server import METHOD
 from cli.embedded import free_port
 from suara.client.stubs import tally_stub
 from suara.election.signing import DeviceKey
 from suara.registry.catalog import fetch_election_id
+from suara.runtime.pki import PkiDir
+from suara.runtime.tls import ClientTls, open_channel
 from suara.v1 import tally_pb2
 from tests.support.factories import consistent_form, signed
 
@@ -96,10 +99,10 @@ def _spawn(args: list[str], env: dict[str, str], ready: str) -> subprocess.Popen
     raise RuntimeError(f"{args} exited before serving")
 
 
-async def _wait_serving(address: str) -> None:
+async def _wait_serving(address: str, tls: ClientTls) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with open_channel(address, tls) as channel:
         await channel.channel_ready()
         stub = health_pb2_grpc.HealthStub(channel)
         await stub.Check(health_pb2.HealthCheckRequest(), wait_for_ready=True)
@@ -152,6 +155,18 @@ async def run(db_url: str, *, forms: int, levels: tuple[int, ...] = LEVELS, roun
     ports = [free_port() for _ in range(TALLY_PROCESSES)]
     env = {**os.environ, "DATABASE_URL": db_url, "SUARA_LOG_LEVEL": "info", "SUARA_LOG_FORMAT": "json"}
     env["SUARA_DB_POOL_SIZE"] = "4"
+    # Both servers over the same TLS 1.3 with one certificate: the ratio is tally's work, TLS included on
+    # both sides of it, as devices will call it.
+    pki = PkiDir(Path(tempfile.mkdtemp(prefix="suara-bench-pki-")))
+    pki.init()
+    pki.issue_server("bench", ["127.0.0.1"])
+    tls = ClientTls(pki.ca_cert.read_bytes())
+    env.update(
+        SUARA_CA_FILE=str(pki.ca_cert),
+        SUARA_TALLY_TLS_CERT=str(pki.cert("bench")),
+        SUARA_TALLY_TLS_KEY=str(pki.key("bench")),
+        SUARA_TALLY_INTERNAL_PORT="0",
+    )
     suara = str(Path(sys.executable).parent / "suara")
     tallies = [
         subprocess.Popen(  # noqa: ASYNC220  (started once, before anything is measured)
@@ -160,17 +175,16 @@ async def run(db_url: str, *, forms: int, levels: tuple[int, ...] = LEVELS, roun
         for port in ports
     ]
     echo_port = free_port()
-    echo = _spawn([sys.executable, "-m", "bench.echo_server", str(echo_port), "180"], env, "ready")
+    echo_args = [str(echo_port), "180", str(pki.cert("bench")), str(pki.key("bench"))]
+    echo = _spawn([sys.executable, "-m", "bench.echo_server", *echo_args], env, "ready")
     echo_rates: dict[int, Rate] = {}
     submit_rates: dict[int, Rate] = {}
     cpu_us: dict[tuple[str, int], float] = {}
     try:
         for port in ports:
-            await _wait_serving(f"127.0.0.1:{port}")
-        echo_channels = [grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}", options=_own()) for _ in range(CHANNELS)]
-        channels = [
-            grpc.aio.insecure_channel(f"127.0.0.1:{ports[i % len(ports)]}", options=_own()) for i in range(CHANNELS)
-        ]
+            await _wait_serving(f"127.0.0.1:{port}", tls)
+        echo_channels = [open_channel(f"127.0.0.1:{echo_port}", tls, options=_own()) for _ in range(CHANNELS)]
+        channels = [open_channel(f"127.0.0.1:{ports[i % len(ports)]}", tls, options=_own()) for i in range(CHANNELS)]
         for c in channels:
             await c.channel_ready()
         try:
@@ -213,6 +227,7 @@ async def run(db_url: str, *, forms: int, levels: tuple[int, ...] = LEVELS, roun
         echo.terminate()
         tally_log = "".join(t.communicate(timeout=30)[1] for t in tallies)
         echo.wait(30)
+        shutil.rmtree(pki.path, ignore_errors=True)
     stats = [json.loads(line) for line in tally_log.splitlines() if "group_commit_stats" in line]
     echo_knee, submit_knee = knee(echo_rates), knee(submit_rates)
     curve = {

@@ -33,7 +33,7 @@ from suara.registry.catalog import fetch_contests
 from suara.runtime.auth.client import ServiceAuthClientInterceptor
 from suara.runtime.auth.store import issue_service_credential
 from suara.runtime.database import Database, connect
-from suara.runtime.settings import AggregateSettings, LogSettings, Settings
+from suara.runtime.settings import AggregateSettings, LogSettings, Settings, TlsSettings
 from suara.runtime.wire import MESSAGE_LIMITS
 
 
@@ -62,7 +62,13 @@ async def run(url: str, *, contests: tuple[str, ...]) -> dict[str, Any]:
     async with connect(url) as conn:
         reader = await issue_service_credential(conn, "bench-publish", "reader")
     aggregate = await AggregateApp.create(
-        Settings(aggregate=AggregateSettings(port=0), log=LogSettings(level="warning")), url
+        # Plaintext (SUARA_INSECURE): what this measures is publish's cycle, not the transport.
+        Settings(
+            aggregate=AggregateSettings(port=0, internal_port=0),
+            log=LogSettings(level="warning"),
+            tls=TlsSettings(insecure=True),
+        ),
+        url,
     )
     await aggregate.start()
     channel = grpc.aio.insecure_channel(

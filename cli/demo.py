@@ -26,7 +26,6 @@ import grpc
 
 from cli.progress import Progress
 from cli.up import System, add_up_arguments, serve_until_signal
-from suara.runtime.auth.credential import ServiceCredential
 from suara.runtime.settings import Settings
 
 # Bound on the relay delivering the election and publish catching up with aggregate (seconds, not minutes).
@@ -69,18 +68,16 @@ async def play(args: argparse.Namespace, system: System) -> int:
     from services.tally.audit import verify_chain
     from suara.registry.catalog import fetch_contests
     from suara.registry.summary import sample_tps
-    from suara.runtime.auth.admin import AdminCredential
     from suara.runtime.database import connect
 
     say(f"site: {system.site_url} (the public page; its JSON is under /pemilu, /wilayah and /suara)")
-    admin = AdminCredential.load(system.admin_key)
     async with connect(system.database_url) as conn:
         tps = await sample_tps(conn, args.forms)
         choices = [c.id for c in sorted((await fetch_contests(conn))["ppwp"].choices, key=lambda c: c.nomor_urut)]
-    outcomes = await simulate(system.tally_address, admin.token, tps, choices, args.seed)
+    outcomes = await simulate(system, tps, choices, args.seed)
     say("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
     await _relay_delivered(system)
-    national = await show_totals(system.aggregate_address, ServiceCredential.load(system.reader_key), choices)
+    national = await show_totals(system, choices)
     published = await _published_national(system)
     snapshot = published.pop("snapshot")
     same = published == national
@@ -138,7 +135,7 @@ async def _published_national(system: System) -> dict[str, Any]:
     from suara.client.stubs import publish_stub
     from suara.v1 import publish_pb2
 
-    async with grpc.aio.insecure_channel(system.publish_address) as channel:
+    async with system.channel(system.publish_address) as channel:
         stub = publish_stub(channel)
 
         async def caught_up() -> bool:
@@ -152,13 +149,13 @@ async def _published_national(system: System) -> dict[str, Any]:
     return {"votes": chart, "progres": doc["progres"]["progres"], "snapshot": pointer["snapshot"]}
 
 
-async def show_totals(address: str, reader: ServiceCredential, choices: list[str]) -> dict[str, Any]:
-    """The national row as aggregate serves it to publish: votes per choice and TPS progress."""
+async def show_totals(system: System, choices: list[str]) -> dict[str, Any]:
+    """The national row as aggregate serves it to publish (with publish's reader credential): votes per
+    choice and TPS progress."""
     from suara.client.aggregate_stub import aggregate_stub
-    from suara.runtime.auth.client import ServiceAuthClientInterceptor
     from suara.v1 import aggregate_pb2
 
-    async with grpc.aio.insecure_channel(address, interceptors=[ServiceAuthClientInterceptor(reader)]) as channel:
+    async with system.channel(system.aggregate_internal, system.reader_key) as channel:
         reply = await aggregate_stub(channel).GetArea(aggregate_pb2.GetAreaRequest(area="", contest="ppwp"))
     view = reply.view
     row = view.area
@@ -175,28 +172,31 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
-async def simulate(address: str, admin_token: str, tps: list[str], choices: list[str], seed: int) -> dict[str, int]:
-    """One form per TPS, plus what election night brings: resends, corrections, inconsistent forms."""
+async def simulate(system: System, tps: list[str], choices: list[str], seed: int) -> dict[str, int]:
+    """One form per TPS, plus what election night brings: resends, corrections, inconsistent forms.
+
+    Devices are enrolled by the admin on tally's internal address; forms go to its public one."""
     from suara.client.stubs import tally_stub
     from suara.election.outcomes import outcome_name
     from suara.election.signing import DeviceKey
-    from suara.runtime.auth.admin import bearer_metadata
     from suara.v1 import form_pb2, tally_pb2
 
     rng = random.Random(seed)
     outcomes: collections.Counter[str] = collections.Counter()
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = tally_stub(channel)
-        auth = bearer_metadata(admin_token)
-        keys = [DeviceKey.generate(code) for code in tps]
+    keys = [DeviceKey.generate(code) for code in tps]
+    async with system.channel(system.tally_internal, system.admin_key) as admin_channel:
+        admin = tally_stub(admin_channel)
+        auth = system.admin_metadata()
         progress = Progress("enrolling devices", len(keys))
         for i, key in enumerate(keys, 1):
-            enrolled = await stub.EnrollDevice(
+            enrolled = await admin.EnrollDevice(
                 tally_pb2.EnrollDeviceRequest(tps=key.tps, public_key=key.public_key, label="demo"), metadata=auth
             )
             keys[i - 1] = dataclasses.replace(key, election_id=enrolled.election_id)  # what its forms must name
             progress.update(i)
         progress.done(f"{len(keys)} devices")
+    async with system.channel(system.tally_address) as channel:
+        stub = tally_stub(channel)
 
         def form(key: DeviceKey, version: int, broken: bool) -> tally_pb2.SubmitRequest:
             f = form_pb2.CHasilForm(tps=key.tps, contest="ppwp", version=version, election_id=key.election_id)

@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cli.outbox import add_tls_arguments, tls_of
 from suara.runtime.settings import Settings
 
 EXIT_MISMATCH = 1
@@ -44,10 +45,22 @@ def add_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="exit status: 0 the site is exact; 1 a published number differs from the oracle; 2 the run failed.",
     )
-    p.add_argument("--target", metavar="HOST:PORT", help="tally's HOST:PORT (default: SUARA_TALLY_ADDRESS)")
     p.add_argument(
-        "--admin-key", type=Path, metavar="PATH", help="admin credential file (default: SUARA_DATA_DIR/admin.key.json)"
+        "--target", metavar="HOST:PORT", help="tally's public address (default: SUARA_TALLY_HOST:SUARA_TALLY_PORT)"
     )
+    p.add_argument(
+        "--admin-target",
+        metavar="HOST:PORT",
+        help="tally's internal address, where the admin enrolls the devices (default: SUARA_TALLY_ADDRESS)",
+    )
+    p.add_argument(
+        "--admin-key",
+        type=Path,
+        metavar="PATH",
+        help="the admin's certificate and key, one PEM file (with --insecure: a `suara admin init` file); "
+        "default: SUARA_DATA_DIR/admin.pem (admin.key.json with --insecure)",
+    )
+    add_tls_arguments(p, "tally's")
     p.add_argument(
         "--site",
         metavar="DIR-or-URL",
@@ -91,15 +104,25 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     from loadtest.report import human_table, write_report
     from loadtest.run import run_loadtest
     from suara.runtime.auth.admin import AdminCredential
+    from suara.runtime.auth.certificate import CertCredential
 
-    admin_path = args.admin_key or settings.data_dir / "admin.key.json"
+    device_tls = tls_of(args, settings)
+    insecure = device_tls is None
+    admin_path = args.admin_key or settings.data_dir / ("admin.key.json" if insecure else "admin.pem")
+    token, admin_tls = "", None
     try:
-        token = AdminCredential.load(admin_path).token
+        if insecure:
+            token = AdminCredential.load(admin_path).token
+        else:
+            admin_tls = tls_of(args, settings, CertCredential.load(admin_path).key_pair)
     except (OSError, ValueError, KeyError) as exc:
         print(f"suara loadtest: cannot read the admin credential {admin_path}: {exc}", file=sys.stderr)
         return EXIT_ERROR
     config = Config(
-        target=args.target or settings.peers.tally,
+        target=args.target or f"{settings.tally.host}:{settings.tally.port}",
+        admin_target=args.admin_target or settings.peers.tally,
+        tls=device_tls,
+        admin_tls=admin_tls,
         admin_token=token,
         site=args.site or str(settings.site.dir),
         scale=args.scale,

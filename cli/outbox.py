@@ -6,11 +6,14 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from suara.client.outbox import Entry
+from suara.runtime.pki import KeyPair
 from suara.runtime.settings import Settings
+from suara.runtime.tls import ClientTls, client_tls
 
 EXIT_REJECTED = 1
 EXIT_PENDING = 3
@@ -79,6 +82,7 @@ def add_outbox_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_target_argument(parser: argparse.ArgumentParser) -> None:
+    add_tls_arguments(parser, "tally's")
     parser.add_argument(
         "--target", metavar="HOST:PORT", help="tally's address (default: SUARA_TALLY_HOST:SUARA_TALLY_PORT)"
     )
@@ -86,6 +90,27 @@ def add_target_argument(parser: argparse.ArgumentParser) -> None:
 
 def outbox_path(args: argparse.Namespace, settings: Settings) -> Path:
     return args.outbox or settings.data_dir / "outbox.sqlite3"
+
+
+def add_tls_arguments(parser: argparse.ArgumentParser, whose: str) -> None:
+    """--ca and --insecure: how a client verifies the server it calls."""
+    parser.add_argument(
+        "--ca", type=Path, metavar="PATH", help=f"the CA that signed {whose} certificate, PEM (default: SUARA_CA_FILE)"
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext, no TLS: only against a server started with SUARA_INSECURE=1, for debugging",
+    )
+
+
+def tls_of(args: argparse.Namespace, settings: Settings, identity: KeyPair | None = None) -> ClientTls | None:
+    """The client TLS the flags and settings ask for (--ca over SUARA_CA_FILE); None for --insecure."""
+    if args.insecure:
+        settings = replace(settings, tls=replace(settings.tls, insecure=True))
+    elif args.ca is not None:
+        settings = replace(settings, tls=replace(settings.tls, ca_file=str(args.ca)))
+    return client_tls(settings, identity)
 
 
 def target_of(args: argparse.Namespace, settings: Settings) -> str:
@@ -180,7 +205,7 @@ async def run_flush(args: argparse.Namespace, settings: Settings) -> int:
             line += f"; retrying in {p.waiting_s:.1f} s ({p.last_error})"
         print(line, file=sys.stderr, flush=True)
 
-    async with await Client.open(path, target, call_timeout_s=args.timeout) as client:
+    async with await Client.open(path, target, tls=tls_of(args, settings), call_timeout_s=args.timeout) as client:
         pending = len(await client.outbox.pending())
         if not pending:
             print("nothing pending: every form in the outbox has been answered by tally")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cli.embedded import service_database_url
+from cli.outbox import add_tls_arguments
 from cli.serving import add_bind_arguments, serve_section
 from suara.runtime.settings import Settings
 
@@ -78,6 +79,7 @@ def add_parser(sub: Any) -> None:
         description="Print publish's GetStatus as JSON: snapshot, aggregate sequence and lag, chain head, sink.",
     )
     st.add_argument("--address", help="host:port of publish (default: SUARA_PUBLISH_HOST:SUARA_PUBLISH_PORT)")
+    add_tls_arguments(st, "publish's")
     st.set_defaults(handler=run_status)
 
 
@@ -130,11 +132,13 @@ async def run_status(args: argparse.Namespace, settings: Settings) -> int:
     import grpc
     from google.protobuf.json_format import MessageToDict
 
+    from cli.outbox import tls_of
     from suara.client.stubs import publish_stub
+    from suara.runtime.tls import open_channel
     from suara.v1 import publish_pb2
 
     address = args.address or f"{settings.publish.host}:{settings.publish.port}"
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with open_channel(address, tls_of(args, settings)) as channel:
         try:
             reply = await publish_stub(channel).GetStatus(publish_pb2.GetStatusRequest(), timeout=5)
         except grpc.aio.AioRpcError as exc:

@@ -28,7 +28,9 @@ def add_parser(sub: Any) -> None:
         description=(
             "Create a service credential: an id, a role and an Ed25519 key pair. The public key is registered in\n"
             "the protected service's credential table; the private key goes to the file, and nowhere else.\n"
-            "Callers sign each call: metadata `authorization: Suara-Service <id>:<unix s>:<hex signature>`.\n\n"
+            "Callers sign each call: metadata `authorization: Suara-Service <id>:<unix s>:<hex signature>`.\n"
+            "Only servers in plaintext mode (SUARA_INSECURE=1, debugging) take these tokens, which a network can\n"
+            "capture and replay; under TLS a service is known by its client certificate (`suara pki issue --role`).\n\n"
             "roles (disjoint, least privilege):\n"
             "  writer  may call aggregate's Apply* (tally's relay, a federated aggregate)\n"
             "  reader  may call aggregate's GetArea, GetAreas, Changes, GetReconciliation (publish)"
@@ -62,7 +64,12 @@ def add_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     relay.add_argument("--aggregate", help="aggregate's HOST:PORT (default: SUARA_AGGREGATE_ADDRESS)")
-    relay.add_argument("--credential", type=Path, help="a writer credential file (default: SUARA_RELAY_CREDENTIAL)")
+    relay.add_argument(
+        "--credential",
+        type=Path,
+        help="the writer's certificate and key in one PEM file, or with SUARA_INSECURE a token credential "
+        "(default: SUARA_RELAY_CREDENTIAL)",
+    )
     relay.add_argument("--batch", type=int, help="rows per call (default: SUARA_RELAY_BATCH)")
     relay.set_defaults(handler=run_relay)
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cli.outbox import add_outbox_argument, add_target_argument, entry_json, outbox_path, target_of
+from cli.outbox import add_outbox_argument, add_target_argument, entry_json, outbox_path, target_of, tls_of
 from suara.client.outbox import Entry
 from suara.runtime.settings import Settings
 
@@ -98,7 +98,10 @@ async def run_submit(args: argparse.Namespace, settings: Settings) -> int:
 
     target = target_of(args, settings)
     try:
-        async with await Client.open(outbox_path(args, settings), target, call_timeout_s=args.timeout) as client:
+        tls = tls_of(args, settings)
+        async with await Client.open(
+            outbox_path(args, settings), target, tls=tls, call_timeout_s=args.timeout
+        ) as client:
             attempt = await client.submit(form, key, photos)
     except FormError as exc:
         return _fail(str(exc))

@@ -21,12 +21,14 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from suara.runtime.backoff import Backoff
+from suara.runtime.tls import ClientTls, open_channel
 
 log = structlog.stdlib.get_logger("suara.supervisor")
 
@@ -67,11 +69,11 @@ class _Child:
     backoff: Backoff = field(default_factory=lambda: Backoff(base_s=0.5, cap_s=10.0))
 
 
-def grpc_health_probe(address: str, service: str) -> Probe:
-    """SERVING from grpc.health.v1.Health/Check for `service` at `address`."""
+def grpc_health_probe(address: str, service: str, tls: ClientTls | None) -> Probe:
+    """SERVING from grpc.health.v1.Health/Check for `service` at `address` (over `tls`; None: plaintext)."""
 
     async def probe() -> bool:
-        async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        async with open_channel(address, tls, options=CHANNEL_OPTIONS) as channel:
             try:
                 response = await health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(service=service), timeout=0.5, wait_for_ready=True
@@ -125,6 +127,20 @@ def _is_suara(pid: int) -> bool:
     return b"suara" in cmdline
 
 
+def default_state(pids: Mapping[str, int]) -> dict[str, Any]:
+    return {"pid": os.getpid(), "children": dict(pids)}
+
+
+def recorded_pids(recorded: Mapping[str, Any]) -> list[int]:
+    """The children's pids in a state file: `suara up`'s up.json (services and site) or the plain form."""
+    pids = [int(p) for p in recorded.get("children", {}).values()]
+    for entries in recorded.get("services", {}).values():
+        pids += [int(e["pid"]) for e in entries if e.get("pid")]
+    if (site := recorded.get("site")) and site.get("pid"):
+        pids.append(int(site["pid"]))
+    return pids
+
+
 def clean_up_after(pid_file: Path) -> list[int]:
     """Children a previous supervisor left running when it was killed: SIGKILLed. Their pids.
 
@@ -134,11 +150,11 @@ def clean_up_after(pid_file: Path) -> list[int]:
         recorded = json.loads(pid_file.read_text())
     except (OSError, ValueError):
         return []
-    owner = int(recorded.get("up", 0))
+    owner = int(recorded.get("pid", 0))
     if owner and owner != os.getpid() and _alive(owner) and _is_suara(owner):
         raise SystemExit(f"another `suara up` (pid {owner}) is running on this data directory ({pid_file})")
     killed = []
-    for pid in recorded.get("children", {}).values():
+    for pid in recorded_pids(recorded):
         if _alive(int(pid)) and _is_suara(int(pid)):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(int(pid), signal.SIGKILL)  # its own group: anything it started goes too
@@ -151,10 +167,19 @@ class Supervisor:
     """Starts children one by one (each must be ready before the next), restarts them, stops them in reverse."""
 
     def __init__(
-        self, log_dir: Path, pid_file: Path, *, grace_s: float = 10.0, startup_timeout_s: float = 120.0
+        self,
+        log_dir: Path,
+        pid_file: Path,
+        *,
+        grace_s: float = 10.0,
+        startup_timeout_s: float = 120.0,
+        state: Callable[[Mapping[str, int]], dict[str, Any]] = default_state,
     ) -> None:
+        """`state` makes what `pid_file` holds from the children's pids (rewritten whenever one starts);
+        it must keep "pid" (this process) and the children's pids findable by `recorded_pids`."""
         self.log_dir = log_dir
         self.pid_file = pid_file
+        self.state = state
         self.grace_s = grace_s
         self.startup_timeout_s = startup_timeout_s
         self._children: list[_Child] = []
@@ -280,10 +305,14 @@ class Supervisor:
             code = await proc.wait()
         log.info("child_stopped", name=child.spec.name, pid=proc.pid, exit_code=code)
 
+    def write_state(self) -> None:
+        """Rewrite the state file now (it is rewritten whenever a child starts)."""
+        self._write_pids()
+
     def _write_pids(self) -> None:
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.pid_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"up": os.getpid(), "children": self.pids()}, indent=2) + "\n")
+        tmp.write_text(json.dumps(self.state(self.pids()), indent=2) + "\n")
         tmp.replace(self.pid_file)  # atomically: a reader never sees half a file
 
     def _tail(self, name: str, lines: int = 20) -> str:

@@ -5,25 +5,35 @@ In order:
      (the services are given its URL; none of them starts a server of its own).
   2. The migrations.
   3. The registry, when it holds no TPS: the real areas and synthetic TPS at --scale (with --seed).
-  4. Credentials in DATA_DIR, those missing: admin.key.json (EnrollDevice), relay.key.json (tally's
-     relay, a writer of aggregate) and publish.key.json (publish, a reader of aggregate); tally's
-     chain key (SUARA_TALLY_CHAIN_KEY, by default chain.key.json), which signs the published heads.
-  5. The services, each a `suara …` child process, each waited for until it serves (gRPC health):
-     aggregate, tally (whose relay feeds aggregate), publish (`publish run`, writing the site to
-     --site-dir), and the site server (`publish serve`: waited for until it serves index.html).
+  4. A private CA in DATA_DIR/pki (`suara pki`), and what is missing of: a server certificate per
+     service for 127.0.0.1 and localhost, and client certificates, each with its key in one file in
+     DATA_DIR: admin.pem (an admin: EnrollDevice on tally's internal address), relay.pem (tally's
+     relay, a writer of aggregate) and publish.pem (publish, a reader of aggregate and tally). With
+     SUARA_INSECURE=1 (plaintext, debugging only) token credentials instead: admin.key.json,
+     relay.key.json, publish.key.json. tally's chain key (SUARA_TALLY_CHAIN_KEY, by default
+     chain.key.json), which signs the published heads.
+  5. The services, each a `suara …` child process serving TLS 1.3, each waited for until it serves
+     (gRPC health): aggregate, tally (whose relay feeds aggregate), publish (`publish run`, writing
+     the site to --site-dir), and the site server (`publish serve`: waited for until it serves index.html).
   6. One line on stdout, exactly:
-       ready tally=HOST:PORT site=URL admin_key=PATH
+       ready tally=HOST:PORT site=URL admin_key=PATH ca=PATH
+     tally= is its public address (devices); ca= the CA every client verifies the services by
+     (empty with SUARA_INSECURE).
   7. Serve. A child that exits is restarted on the same port, after a backoff, and `child_restarted`
      is logged (structured, on stderr). On SIGINT or SIGTERM the children are stopped in reverse
      order (site, publish, tally, aggregate; SIGTERM, then SIGKILL after SUARA_SHUTDOWN_GRACE_S + 5 s),
      then the embedded PostgreSQL, and `suara up` exits 0.
 
 Each service's port is chosen once, before it starts, so a restart keeps its address: the setting
-(SUARA_TALLY_PORT, SUARA_AGGREGATE_PORT, SUARA_PUBLISH_PORT, SUARA_HTTP_PORT) or the flag when that
-port is free, otherwise (or with 0) any free port. Children log JSON lines to DATA_DIR/logs/<name>.log;
-their pids are in DATA_DIR/up.pids.json (a later `suara up` on the same directory stops children a
-SIGKILLed one left behind, and refuses to start while another one is running). Other settings
-(SUARA_LOG_LEVEL, SUARA_TALLY_MAX_IN_FLIGHT …) pass through to the children.
+(SUARA_TALLY_PORT, SUARA_TALLY_INTERNAL_PORT, SUARA_AGGREGATE_PORT, SUARA_AGGREGATE_INTERNAL_PORT,
+SUARA_PUBLISH_PORT, SUARA_HTTP_PORT) or the flag when that port is free, otherwise (or with 0) any
+free port. Children log JSON lines to DATA_DIR/logs/<name>.log. DATA_DIR/up.json describes the
+running system (complete once the ready line is out; rewritten when a child restarts):
+  {"pid": N, "ca": PATH, "admin_key": PATH, "database_url": URL, "site": {"url", "dir", "pid"},
+   "services": {"tally": [{"address", "internal", "pid"}, …], "aggregate": […], "publish": […]}}
+A later `suara up` on the same directory stops children a SIGKILLed one left behind (from up.json),
+and refuses to start while another one is running. Other settings (SUARA_LOG_LEVEL,
+SUARA_TALLY_MAX_IN_FLIGHT …) pass through to the children.
 """
 
 from __future__ import annotations
@@ -41,9 +51,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from cli.registry import _scale, _seed
 from cli.supervisor import ChildFailed, ChildSpec, Supervisor, clean_up_after, grpc_health_probe, http_probe
+from suara.runtime.auth.certificate import CertCredential
 from suara.runtime.settings import Settings
+from suara.runtime.tls import ClientTls, open_channel
 
 DEFAULT_SCALE = 0.001
 DEFAULT_SEED = 2024
@@ -102,9 +116,39 @@ class System:
     relay_key: Path
     reader_key: Path
     supervisor: Supervisor = field(repr=False)
+    ca: Path | None = None  # None: plaintext (SUARA_INSECURE)
+    tally_internal: str = ""  # tally's internal (mutual TLS) address: admins, publish
+    aggregate_internal: str = ""  # aggregate's internal address: the relay, publish
+    settings: Settings | None = field(default=None, repr=False)  # what the children were given
 
     def ready_line(self) -> str:
-        return f"ready tally={self.tally_address} site={self.site_url} admin_key={self.admin_key}"
+        ca = "" if self.ca is None else str(self.ca)
+        return f"ready tally={self.tally_address} site={self.site_url} admin_key={self.admin_key} ca={ca}"
+
+    def client_tls(self, credential: Path | None = None) -> ClientTls | None:
+        """TLS to reach a service as a client of this system (with `credential`'s certificate when given)."""
+        if self.ca is None:
+            return None
+        identity = None if credential is None else CertCredential.load(credential).key_pair
+        return ClientTls(self.ca.read_bytes(), identity)
+
+    def channel(self, address: str, credential: Path | None = None) -> grpc.aio.Channel:
+        """A channel to one of this system's services, proving `credential` (a service's; see
+        `admin_metadata` for the admin's): its certificate, or in plaintext mode its signed token."""
+        from suara.runtime.auth.client import ServiceAuthClientInterceptor
+        from suara.runtime.auth.credential import ServiceCredential
+
+        if self.ca is not None or credential is None or credential == self.admin_key:
+            return open_channel(address, self.client_tls(credential))
+        return open_channel(
+            address, None, interceptors=[ServiceAuthClientInterceptor(ServiceCredential.load(credential))]
+        )
+
+    def admin_metadata(self) -> tuple[tuple[str, str], ...]:
+        """What an admin's call carries: nothing under TLS (the certificate proves it), a bearer token in plaintext."""
+        from suara.runtime.auth.admin import AdminCredential
+
+        return () if self.ca is not None else AdminCredential.load(self.admin_key).metadata()
 
 
 def note(message: str) -> None:
@@ -148,26 +192,30 @@ async def running_system(
     site_dir = (args.site_dir or settings.site.dir).resolve()
     settings = replace(settings, data_dir=data_dir, site=replace(settings.site, dir=site_dir))
     data_dir.mkdir(parents=True, exist_ok=True)
-    pid_file = data_dir / "up.pids.json"
+    pid_file = data_dir / "up.json"
     if killed := clean_up_after(pid_file):
         note(f"stopped {len(killed)} process(es) a killed `suara up` left running: {killed}")
+    insecure = settings.tls.insecure
 
     with database_url(settings) as url:
         note(f"database: {'DATABASE_URL' if settings.database.url else f'embedded PostgreSQL in {data_dir}/pgdata'}")
         applied = await migrate_url(url)
         note(f"migrations: {len(applied)} applied" if applied else "migrations: up to date")
-        admin_key, relay_key, reader_key = (data_dir / f"{n}.key.json" for n in ("admin", "relay", "publish"))
+        suffix = ".key.json" if insecure else ".pem"
+        admin_key, relay_key, reader_key = (data_dir / f"{n}{suffix}" for n in ("admin", "relay", "publish"))
+        hosts = sorted({"127.0.0.1", "localhost", settings.tally.host, settings.aggregate.host, settings.publish.host})
+        tls_env, ca = ({}, None) if insecure else local_pki(data_dir, hosts, admin_key, relay_key, reader_key)
         async with connect(url) as conn:
             tps = await tps_count(conn)
             if not tps:
                 note(f"registry: loading the real areas and synthetic TPS at scale {args.scale} …")
                 tps = (await load_registry(conn, synthetic_scale=args.scale, seed=args.seed)).tps
             note(f"registry: {tps:,} TPS")
-            if not admin_key.exists():
+            if insecure and not admin_key.exists():
                 (await create_admin_credential(conn, "suara up", actor=operator())).save(admin_key)
-            if not relay_key.exists():
+            if insecure and not relay_key.exists():
                 (await issue_service_credential(conn, "relay", "writer")).save(relay_key)
-            if not reader_key.exists():
+            if insecure and not reader_key.exists():
                 (await issue_service_credential(conn, "publish", "reader")).save(reader_key)
         # Made here, before any tally process starts, so its several processes never race to make it.
         chain_key = load_chain_key(settings)
@@ -180,10 +228,13 @@ async def running_system(
         # Every port is chosen now, once: a restarted child must come back on the same address.
         tally_port = settings.tally.port if args.tally_port is None else args.tally_port
         tally = (settings.tally.host, _port(settings.tally.host, tally_port))
+        tally_internal = _port(settings.tally.host, settings.tally.internal_port)
         aggregate = (settings.aggregate.host, _port(settings.aggregate.host, settings.aggregate.port))
+        aggregate_internal = _port(settings.aggregate.host, settings.aggregate.internal_port)
         publish = (settings.publish.host, _port(settings.publish.host, settings.publish.port))
         http = ("127.0.0.1", _port("127.0.0.1", settings.site.http_port if args.http_port is None else args.http_port))
         tally_address, aggregate_address, publish_address = (f"{h}:{p}" for h, p in (tally, aggregate, publish))
+        tally_inside, aggregate_inside = f"{tally[0]}:{tally_internal}", f"{aggregate[0]}:{aggregate_internal}"
         env = {
             **os.environ,
             **service_database_env(settings),  # each service as its own role (DATABASE_URL passes through)
@@ -191,22 +242,49 @@ async def running_system(
             "SUARA_SITE_DIR": str(site_dir),
             "SUARA_TALLY_HOST": tally[0],
             "SUARA_TALLY_PORT": str(tally[1]),
+            "SUARA_TALLY_INTERNAL_PORT": str(tally_internal),
             "SUARA_AGGREGATE_HOST": aggregate[0],
             "SUARA_AGGREGATE_PORT": str(aggregate[1]),
-            "SUARA_AGGREGATE_ADDRESS": aggregate_address,
-            "SUARA_TALLY_ADDRESS": tally_address,
+            "SUARA_AGGREGATE_INTERNAL_PORT": str(aggregate_internal),
+            "SUARA_AGGREGATE_ADDRESS": aggregate_inside,
+            "SUARA_TALLY_ADDRESS": tally_inside,
             "SUARA_PUBLISH_HOST": publish[0],
             "SUARA_PUBLISH_PORT": str(publish[1]),
             "SUARA_HTTP_PORT": str(http[1]),
             "SUARA_RELAY_CREDENTIAL": str(relay_key),
             "SUARA_PUBLISH_CREDENTIAL": str(reader_key),
             "SUARA_LOG_FORMAT": "json",  # the log files are read by tools, not on a terminal
+            **tls_env,
             **(extra_env or {}),
         }
+        probe_tls = None if ca is None else ClientTls(ca.read_bytes())
         log_dir = data_dir / "logs"
+        site_url = f"http://{http[0]}:{http[1]}/"
+        addresses = {
+            "tally": {"address": tally_address, "internal": tally_inside},
+            "aggregate": {"address": aggregate_address, "internal": aggregate_inside},
+            "publish": {"address": publish_address},
+        }
+
+        def state(pids: Mapping[str, int]) -> dict[str, Any]:
+            """up.json: where everything is, for operators and tools (one entry per process)."""
+            services: dict[str, list[dict[str, Any]]] = {name: [] for name in addresses}
+            for name, pid in pids.items():
+                service = name.split("-")[0]
+                if service in services and name != "publish-rebuild":
+                    services[service].append({**addresses[service], "pid": pid})
+            return {
+                "pid": os.getpid(),
+                "ca": None if ca is None else str(ca),
+                "admin_key": str(admin_key),
+                "database_url": url,
+                "site": {"url": site_url, "dir": str(site_dir), "pid": pids.get("site")},
+                "services": services,
+            }
+
         # A child gets its own grace (the same setting) and a little more to close its pool before SIGKILL.
-        supervisor = Supervisor(log_dir, pid_file, grace_s=settings.shutdown_grace_s + 5.0)
-        note(f"logs: {log_dir}/<service>.log (JSON lines); pids: {pid_file}")
+        supervisor = Supervisor(log_dir, pid_file, grace_s=settings.shutdown_grace_s + 5.0, state=state)
+        note(f"logs: {log_dir}/<service>.log (JSON lines); processes and addresses: {pid_file}")
         try:
             started = time.perf_counter()
             await supervisor.start(
@@ -214,7 +292,7 @@ async def running_system(
                     "aggregate",
                     ["aggregate", "serve"],
                     env,
-                    grpc_health_probe(aggregate_address, service_names.AGGREGATE.full_name),
+                    grpc_health_probe(aggregate_address, service_names.AGGREGATE.full_name, probe_tls),
                 )
             )
             note(f"aggregate: serving gRPC on {aggregate_address}")
@@ -226,7 +304,7 @@ async def running_system(
                         "tally" if i == 0 else f"tally-{i + 1}",
                         ["tally", "serve"],
                         tally_env,
-                        grpc_health_probe(tally_address, service_names.TALLY.full_name),
+                        grpc_health_probe(tally_address, service_names.TALLY.full_name, probe_tls),
                     )
                 )
             note(f"tally: serving gRPC on {tally_address}, its relay feeding aggregate")
@@ -239,22 +317,63 @@ async def running_system(
                     "publish",
                     ["publish", "run"],
                     env,
-                    grpc_health_probe(publish_address, service_names.PUBLISH.full_name),
+                    grpc_health_probe(publish_address, service_names.PUBLISH.full_name, probe_tls),
                 )
             )
             note(f"publish: writing the site to {site_dir}/ (status gRPC on {publish_address})")
             site_args = ["publish", "serve", "--site-dir", str(site_dir), "--http-port", str(http[1])]
             await supervisor.start(ChildSpec("site", site_args, env, http_probe(*http)))
-            site_url = f"http://{http[0]}:{http[1]}/"
             note(f"site: serving {site_url} ({time.perf_counter() - started:.1f}s to start the services)")
+            supervisor.write_state()
             yield System(
                 url, data_dir, site_dir, tally_address, aggregate_address, publish_address, site_url,
-                admin_key, relay_key, reader_key, supervisor,
+                admin_key, relay_key, reader_key, supervisor, ca, tally_inside, aggregate_inside,
+                replace(settings, database=replace(settings.database, url=url)),
             )  # fmt: skip
         finally:
             await supervisor.stop()
             if not settings.database.url:
                 note("database: stopping the embedded PostgreSQL")
+
+
+def local_pki(
+    data_dir: Path, hosts: list[str], admin_key: Path, relay_key: Path, reader_key: Path
+) -> tuple[dict[str, str], Path]:
+    """The PKI of a local system in DATA_DIR/pki, made or completed: the children's TLS settings and the CA.
+
+    Kept across runs (clients keep trusting the same CA); what is missing is issued, and a service whose
+    certificate does not name every host it now binds gets a new one."""
+    from suara.runtime.pki import PkiDir
+    from suara.runtime.secrets_file import write_secret
+
+    pki = PkiDir(data_dir / "pki")
+    if pki.init():
+        note(f"pki: a new private CA in {pki.path}")
+    env = {"SUARA_CA_FILE": str(pki.ca_cert), "SUARA_CRL_FILE": str(pki.crl)}
+    for service in ("tally", "aggregate", "publish"):
+        if not pki.cert(service).exists() or not _names_hosts(pki.cert(service), hosts):
+            pki.issue_server(service, hosts)
+        env[f"SUARA_{service.upper()}_TLS_CERT"] = str(pki.cert(service))
+        env[f"SUARA_{service.upper()}_TLS_KEY"] = str(pki.key(service))
+    # Client certificates by names of their own: `pki.cert(service)` is that service's server certificate.
+    for bundle, name, role in ((admin_key, "admin", "admin"), (relay_key, "tally-relay", "writer"),
+                               (reader_key, "publish-reader", "reader")):  # fmt: skip
+        if not bundle.exists():
+            pair = pki.issue_client(name, role) if not pki.cert(name).exists() else None
+            cert = pair.cert_pem if pair else pki.cert(name).read_bytes()
+            key = pair.key_pem if pair else pki.key(name).read_bytes()
+            write_secret(bundle, (cert + key).decode())
+    return env, pki.ca_cert
+
+
+def _names_hosts(cert_path: Path, hosts: list[str]) -> bool:
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    named = {str(v) for v in san.get_values_for_type(x509.DNSName)}
+    named |= {str(v) for v in san.get_values_for_type(x509.IPAddress)}
+    return set(hosts) <= named
 
 
 async def serve_until_signal(

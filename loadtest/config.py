@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Protocol
 
 from loadtest.plan import FAULTS
+from suara.runtime.tls import ClientTls
 
 # Per (TPS, contest), except offline (per device). Modest: a few percent of a real night's TPS.
 STANDARD: dict[str, float] = {
@@ -33,9 +34,12 @@ class ProgressLine(Protocol):
 
 @dataclass
 class Config:
-    target: str
-    admin_token: str  # tally's admin bearer token (the CLI reads it from --admin-key)
+    target: str  # tally's public address: where the devices send
+    admin_token: str  # plaintext only: tally's admin bearer token (the CLI reads it from --admin-key)
     site: str
+    admin_target: str = ""  # tally's internal address, where the admin enrolls the devices; empty: `target`
+    tls: ClientTls | None = None  # the devices' TLS (tally's CA); None: plaintext (SUARA_INSECURE)
+    admin_tls: ClientTls | None = None  # the admin's: the CA and the admin's certificate
     scale: float = 1.0
     contests: list[str] | None = None  # None: every contest the site's pointer lists
     # Closed loop: workers; open loop: devices in flight at most (arrivals beyond wait). Election night has

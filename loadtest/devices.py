@@ -21,6 +21,7 @@ import grpc
 from suara.client.stubs import tally_stub
 from suara.election.signing import DeviceKey
 from suara.runtime.auth.admin import bearer_metadata
+from suara.runtime.tls import ClientTls, open_channel
 from suara.runtime.wire import TALLY_MAX_BATCH
 from suara.v1 import tally_pb2
 
@@ -51,13 +52,14 @@ async def enroll(
     admin_token: str,
     codes: Sequence[str],
     *,
+    tls: ClientTls | None = None,
     concurrency: int = 4,
     label: str = "loadtest",
     on_progress: Callable[[int], None] | None = None,
 ) -> Enrollment:
     loop = asyncio.get_running_loop()
     result = Enrollment({}, 0.0, 0.0)
-    metadata = bearer_metadata(admin_token)
+    metadata = () if tls is not None else bearer_metadata(admin_token)  # under TLS the certificate proves it
     workers = max(1, concurrency)
     ready: asyncio.Queue[list[DeviceKey] | None] = asyncio.Queue()  # runs of keys to enroll; None: no more
     done = 0
@@ -73,7 +75,7 @@ async def enroll(
         for _ in range(workers):
             ready.put_nowait(None)
 
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with open_channel(target, tls) as channel:
         stub = tally_stub(channel)
 
         async def worker() -> None:

@@ -31,6 +31,7 @@ from suara.client.sdk import Attempt, Client
 from suara.client.stubs import tally_stub
 from suara.election.outcomes import outcome_name
 from suara.election.signing import DeviceKey
+from suara.runtime.tls import open_channel
 from suara.v1 import form_pb2, tally_pb2, tally_pb2_grpc
 
 SHM = Path("/dev/shm")
@@ -70,11 +71,11 @@ class Driver:
         path = self.workdir / f"{name}.sqlite"
         # On tmpfs, the outbox's calls stay on the event loop: a thread hop per call costs more than the call.
         outbox = await (InlineOutbox if _on_tmpfs(self.workdir) else Outbox).open(path)
-        return Client(outbox, self.config.target, owns_outbox=True, **self.client_options())
+        return Client(outbox, self.config.target, tls=self.config.tls, owns_outbox=True, **self.client_options())
 
     def _stub(self) -> tally_pb2_grpc.TallyServiceAsyncStub:
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.config.target)
+            self._channel = open_channel(self.config.target, self.config.tls)
         return tally_stub(self._channel)
 
     async def close(self) -> None:

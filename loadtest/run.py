@@ -76,8 +76,8 @@ async def run_loadtest(config: Config) -> dict[str, Any]:
 
         with phases.phase("devices", "enrolling devices", len(sampled)) as line:
             enrollment = await enroll(
-                config.target, config.admin_token, sampled, concurrency=config.enroll_concurrency,
-                on_progress=line.update,
+                config.admin_target or config.target, config.admin_token, sampled, tls=config.admin_tls,
+                concurrency=config.enroll_concurrency, on_progress=line.update,
             )  # fmt: skip
             line.done(
                 f"{len(enrollment.keys):,} devices (keys {enrollment.keygen_s:.1f} s, "

@@ -15,11 +15,13 @@ from services.aggregate.catalog import Catalog
 from services.aggregate.rollup import Rollup
 from services.aggregate.updates import area_updates, leaf_updates, reply
 from suara.client import service_names
+from suara.runtime.auth.certificate import PeerCertificates
 from suara.runtime.auth.service_tokens import ServiceTokens
 from suara.runtime.database import Database
 from suara.runtime.grpc_server import Server, create_server, serve_until_signal
 from suara.runtime.notifications import ChannelListener
 from suara.runtime.settings import Settings
+from suara.runtime.tls import server_tls
 from suara.v1 import aggregate_pb2, aggregate_pb2_grpc
 
 # Where aggregate's triggers announce revocations (migration 0005): "service:<id>", "official:<id>".
@@ -115,6 +117,12 @@ class AggregateApp:
     def db(self) -> Database:
         return self.service.db
 
+    @property
+    def internal_port(self) -> int:
+        """The internal listener's port: services, by client certificate."""
+        assert self.server.internal_port is not None
+        return self.server.internal_port
+
     @classmethod
     async def create(
         cls,
@@ -124,6 +132,8 @@ class AggregateApp:
     ) -> AggregateApp:
         """Every call needs a service credential (writer for Apply*, reader for GetArea/Changes);
         `interceptors` run after that check."""
+        tls = server_tls(settings, "aggregate")  # before the pool: missing certificates stop it at once
+        certificates = None if tls is None else PeerCertificates(tls.revocations)
         db = await Database.open(database_url, size=settings.database.pool_size, application="suara-aggregate")
         try:
             catalog = await Catalog.load(db)
@@ -132,14 +142,18 @@ class AggregateApp:
         except BaseException:
             await db.close()
             raise
-        access = access_interceptor(db)
+        access = access_interceptor(db, certificates)
         server, port = create_server(
             lambda s: aggregate_pb2_grpc.add_AggregateServiceServicer_to_server(service, s),
             [SERVICE_NAME],
             host=settings.aggregate.host,
             port=settings.aggregate.port,
             interceptors=[access, *interceptors],
+            tls=tls,
+            internal_port=settings.aggregate.internal_port,
         )
+        if certificates is not None:
+            certificates.internal_address = f"{settings.aggregate.host}:{server.internal_port}"
         app = cls(server, port, service, settings)
         credentials = access.authenticator
 
@@ -171,6 +185,7 @@ class AggregateApp:
         log.info(
             "aggregate_serving",
             address=f"{self.settings.aggregate.host}:{self.port}",
+            internal=f"{self.settings.aggregate.host}:{self.server.internal_port}",
             tps=len(self.service.catalog.tps),
             contests=sorted(self.service.catalog.contests),
         )

@@ -24,12 +24,13 @@ from suara.client import service_names
 from suara.client.aggregate_stub import aggregate_stub
 from suara.client.stubs import tally_stub
 from suara.registry.catalog import fetch_contests
-from suara.runtime.auth.client import ServiceAuthClientInterceptor
-from suara.runtime.auth.credential import ServiceCredential
+from suara.runtime.auth.certificate import load_credential
+from suara.runtime.auth.client import caller_channel
 from suara.runtime.backoff import Backoff
 from suara.runtime.database import Database, DatabaseUnavailable, Session
 from suara.runtime.grpc_server import Server, create_server, serve_until_signal
 from suara.runtime.settings import Settings
+from suara.runtime.tls import server_tls
 from suara.runtime.wire import MESSAGE_LIMITS
 from suara.v1 import aggregate_pb2, publish_pb2, publish_pb2_grpc
 
@@ -108,6 +109,7 @@ class PublishApp:
 
     @classmethod
     async def create(cls, settings: Settings, database_url: str, sink: Sink | None = None) -> PublishApp:
+        tls = server_tls(settings, "publish")  # its status is public: one server-authenticated listener
         publisher, db, channels = await connect(settings, database_url, sink)
         service = PublishService(db, publisher)
         server, port = create_server(
@@ -115,6 +117,7 @@ class PublishApp:
             [SERVICE_NAME],
             host=settings.publish.host,
             port=settings.publish.port,
+            tls=tls,
         )
         return cls(settings, db, channels, publisher, server, port)
 
@@ -201,9 +204,10 @@ async def connect(
     if not path.exists():
         raise SystemExit(
             f"publish needs a reader credential for aggregate at {path}: "
-            "create it with `suara service issue --name publish --role reader --out " + str(path) + "`"
+            "issue a client certificate with `suara pki issue --role reader` (its certificate and key in one file), "
+            "or, in plaintext mode, `suara service issue --name publish --role reader --out " + str(path) + "`"
         )
-    credential = ServiceCredential.load(path)
+    credential = load_credential(path)
     db = await Database.open(database_url, size=min(settings.database.pool_size, 4), application="suara-publish")
     try:
         async with db.acquire() as conn:
@@ -211,10 +215,8 @@ async def connect(
     except BaseException:
         await db.close()
         raise
-    aggregate_channel = grpc.aio.insecure_channel(
-        settings.peers.aggregate, options=CHANNEL_OPTIONS, interceptors=[ServiceAuthClientInterceptor(credential)]
-    )
-    tally_channel = grpc.aio.insecure_channel(settings.peers.tally, options=CHANNEL_OPTIONS)
+    aggregate_channel = caller_channel(settings.peers.aggregate, settings, credential, options=CHANNEL_OPTIONS)
+    tally_channel = caller_channel(settings.peers.tally, settings, credential, options=CHANNEL_OPTIONS)
     publisher = Publisher(
         db, sink or sink_for(settings), aggregate_stub(aggregate_channel), tally_stub(tally_channel), contests
     )

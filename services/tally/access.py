@@ -1,8 +1,10 @@
-"""Who may call tally's admin methods: holders of an admin credential (a bearer token; only its SHA-256
-is stored, in tally.admin_credential). The reads of stored submissions are admin methods too: they
-return signed documents and device ids in bulk, nothing an anonymous caller needs. Every other method
-is open: a device proves itself by the signature on its form; the chain head and photos are public
-(publish reads them, and the site publishes both)."""
+"""Who may call tally's admin methods: holders of an admin certificate (role admin, on the internal
+mutual-TLS listener), or, in plaintext debugging mode only, of an admin bearer token (only its SHA-256
+is stored, in tally.admin_credential; a token on a plaintext wire can be captured and replayed). The
+reads of stored submissions are admin methods too: they return signed documents and device ids in
+bulk, nothing an anonymous caller needs. Every other method is open: a device proves itself by the
+signature on its form; the chain head and photos are public (publish reads them, and the site
+publishes both)."""
 
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ from services.tally.credentials import record_admin_action
 from services.tally.queries import QUERIES
 from suara.client import service_names
 from suara.runtime.auth.admin import BEARER, AdminCredential
+from suara.runtime.auth.certificate import PeerCertificates
 from suara.runtime.auth.interceptor import AuthInterceptor
-from suara.runtime.auth.principal import Call, Principal
+from suara.runtime.auth.principal import Authenticator, Call, Principal
 from suara.runtime.database import Database
 from suara.runtime.errors import PermissionDenied, Unauthenticated
 
@@ -101,5 +104,9 @@ class AdminTokens:
         return Principal(credential_id, ADMIN)
 
 
-def access_interceptor(db: Database, admins: AdminTokens | None = None) -> AuthInterceptor:
-    return AuthInterceptor(admins or AdminTokens(db), admin_rules(), open_methods=open_methods())
+def access_interceptor(
+    db: Database, admins: AdminTokens | None = None, certificates: PeerCertificates | None = None
+) -> AuthInterceptor:
+    """Callers proven by their `certificates` (TLS), or by admin tokens when None (plaintext debugging)."""
+    authenticator: Authenticator = certificates or admins or AdminTokens(db)
+    return AuthInterceptor(authenticator, admin_rules(), open_methods=open_methods())

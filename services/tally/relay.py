@@ -55,10 +55,12 @@ import structlog
 from services.tally.queries import QUERIES
 from suara.client import service_names
 from suara.client.aggregate_stub import aggregate_stub
+from suara.runtime.auth.certificate import CertCredential, credential_tls, load_credential
 from suara.runtime.auth.credential import ServiceCredential
 from suara.runtime.backoff import Backoff
 from suara.runtime.database import DatabaseUnavailable, Session
 from suara.runtime.settings import Settings
+from suara.runtime.tls import ClientTls, open_channel
 from suara.runtime.wire import MESSAGE_LIMITS
 from suara.v1 import aggregate_pb2
 
@@ -169,8 +171,9 @@ class Relay:
         self,
         database_url: str,
         aggregate_address: str,
-        credential: ServiceCredential,
+        credential: CertCredential | ServiceCredential,
         *,
+        tls: ClientTls | None = None,
         batch: int = 1000,
         poll_interval_s: float = 1.0,
         call_timeout_s: float = 30.0,
@@ -180,6 +183,7 @@ class Relay:
         self.database_url = database_url
         self.aggregate_address = aggregate_address
         self.credential = credential
+        self.tls = tls  # None: plaintext (SUARA_INSECURE), the credential a token in each call
         self.batch = batch
         self.poll_interval_s = poll_interval_s
         self.call_timeout_s = call_timeout_s
@@ -203,13 +207,14 @@ class Relay:
 
     @classmethod
     def from_settings(cls, settings: Settings, database_url: str) -> Relay:
-        credential = ServiceCredential.load(credential_path(settings))
+        credential = load_credential(credential_path(settings))
         if credential.role != "writer":
             raise ValueError(f"the relay needs a writer credential; {credential.id} is a {credential.role}")
-        return cls(database_url, settings.peers.aggregate, credential, batch=settings.relay.batch)
+        tls = credential_tls(settings, credential)
+        return cls(database_url, settings.peers.aggregate, credential, tls=tls, batch=settings.relay.batch)
 
     def start(self) -> None:
-        self._channel = grpc.aio.insecure_channel(self.aggregate_address, options=list(CHANNEL_OPTIONS))
+        self._channel = open_channel(self.aggregate_address, self.tls, options=CHANNEL_OPTIONS)
         self._task = asyncio.create_task(self._run(), name="tally-outbox-relay")
 
     async def stop(self) -> None:

@@ -36,6 +36,7 @@ from suara.election.outcomes import OUTCOMES
 from suara.election.signing import ChainKey
 from suara.registry.catalog import RegistryView as Catalog
 from suara.runtime import database
+from suara.runtime.auth.certificate import PeerCertificates
 from suara.runtime.auth.principal import CALLER
 from suara.runtime.database import Database, DatabaseUnavailable
 from suara.runtime.errors import AlreadyExists, FailedPrecondition, FieldProblem, NotFound, ServiceError
@@ -44,6 +45,7 @@ from suara.runtime.notifications import ChannelListener
 from suara.runtime.pagination import Pager
 from suara.runtime.ratelimit import PeerLimitInterceptor, RateLimiter
 from suara.runtime.settings import SettingError, Settings, TallySettings
+from suara.runtime.tls import server_tls
 from suara.runtime.wire import SMALL_REQUEST_BYTES, TALLY_MAX_BATCH, tally_request_limits
 from suara.v1 import tally_pb2, tally_pb2_grpc
 
@@ -418,9 +420,17 @@ class TallyApp:
         self.service.devices.clear()
         self.admins.clear()
 
+    @property
+    def internal_port(self) -> int:
+        """The internal listener's port: admins and services, by client certificate."""
+        assert self.server.internal_port is not None
+        return self.server.internal_port
+
     @classmethod
     async def create(cls, settings: Settings, database_url: str, chain_key: ChainKey | None = None) -> TallyApp:
         """`chain_key`: the key to sign heads with; None: the one in SUARA_TALLY_CHAIN_KEY's file."""
+        tls = server_tls(settings, "tally")  # before the pool: missing certificates stop it at once
+        certificates = None if tls is None else PeerCertificates(tls.revocations)
         if chain_key is None:
             chain_key = load_chain_key(settings)
         db = await Database.open(database_url, size=settings.database.pool_size, application="suara-tally")
@@ -437,7 +447,7 @@ class TallyApp:
                 PeerLimitInterceptor(
                     RateLimiter(settings.tally.peer_rate, settings.tally.peer_burst), "SUARA_TALLY_PEER_RATE"
                 ),
-                access_interceptor(db, admins),  # the admin methods; devices prove themselves by signing
+                access_interceptor(db, admins, certificates),  # admin methods; devices prove themselves by signing
             ],
             reuse_port=settings.tally.shared_port,
             request_limits={
@@ -445,7 +455,11 @@ class TallyApp:
                 for name, limit in tally_request_limits(settings.tally.photo_max_bytes).items()
             },
             default_request_limit=SMALL_REQUEST_BYTES,
+            tls=tls,
+            internal_port=settings.tally.internal_port,
         )
+        if certificates is not None:
+            certificates.internal_address = f"{settings.tally.host}:{server.internal_port}"
         service.gate.on_change = server.set_serving  # health follows the database: NOT_SERVING while it is away
         app = cls(server, port, service, db, admins, database_url)
         app.relay = relay_for(settings, database_url)
@@ -462,6 +476,7 @@ class TallyApp:
         log.info(
             "tally_serving",
             address=f"{self.service.settings.host}:{self.port}",
+            internal=f"{self.service.settings.host}:{self.server.internal_port}",
             tps=len(self.service.intake.catalog.tps),
             contests=sorted(self.service.intake.catalog.contests),
         )

@@ -30,6 +30,7 @@ from suara.election.checks import MAX_PHOTOS
 from suara.election.outcomes import OUTCOMES, outcome_name
 from suara.election.signing import DeviceKey
 from suara.runtime.backoff import Backoff
+from suara.runtime.tls import ClientTls, open_channel
 from suara.runtime.wire import MESSAGE_LIMITS, RETRY_AFTER_KEY
 from suara.v1 import form_pb2, tally_pb2
 
@@ -188,6 +189,7 @@ class Client:
         outbox: Outbox,
         target: str,
         *,
+        tls: ClientTls | None,
         call_timeout_s: float = 20.0,
         backoff_base_s: float = 0.5,
         backoff_cap_s: float = 60.0,
@@ -200,6 +202,7 @@ class Client:
     ) -> None:
         self.outbox = outbox
         self.target = target
+        self.tls = tls  # tally's CA (a device has no certificate of its own); None: plaintext, only if asked for
         self.call_timeout_s = call_timeout_s
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
@@ -423,8 +426,9 @@ class Client:
 
     def _connect(self) -> grpc.aio.Channel:
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(
+            self._channel = open_channel(
                 self.target,
+                self.tls,
                 options=[
                     *MESSAGE_LIMITS,
                     # A connection of its own, as a phone has: clients in one process (the load test's

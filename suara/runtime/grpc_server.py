@@ -1,7 +1,10 @@
 """The gRPC server kit every service uses.
 
 `create_server()` returns (server, port) without serving, so tests bind :0 and
-read the port; `serve_until_signal()` runs an app until SIGTERM/SIGINT, whose
+read the port. With TLS (the default) it binds a public listener (server-authenticated TLS: devices,
+officials) and, for a service whose methods are certificate-authenticated, an internal listener
+(mutual TLS: a client certificate signed by the deployment's CA is required) on `internal_port`; every
+call on either must have negotiated TLS 1.3; `serve_until_signal()` runs an app until SIGTERM/SIGINT, whose
 stop flips health to NOT_SERVING first and gives in-flight calls time to finish. One interceptor
 binds request context for the logs and maps ServiceError to a rich status.
 """
@@ -25,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from suara.runtime.errors import FieldProblem, InvalidArgument, ResourceExhausted, ServiceError
+from suara.runtime.tls import RequireTls13, ServerTls
 from suara.runtime.wire import MAX_MESSAGE_BYTES, RETRY_AFTER_KEY, TRANSPORT_LIMITS
 
 log = structlog.stdlib.get_logger("suara.grpc")
@@ -182,6 +186,7 @@ class Server:
         self.grpc = server
         self.health = health_servicer
         self.services = list(services)
+        self.internal_port: int | None = None  # the mutual-TLS listener's port, when there is one
 
     async def start(self) -> None:
         await self.grpc.start()
@@ -209,17 +214,27 @@ def create_server(
     reuse_port: bool = False,
     request_limits: Mapping[str, int] | None = None,
     default_request_limit: int | None = None,
+    tls: ServerTls | None = None,
+    internal_port: int | None = None,
 ) -> tuple[Server, int]:
     """`reuse_port`: several processes may serve one port (the kernel spreads connections among them);
     off by default so that a port already taken is an error, not a silent second server.
 
     `request_limits` (full method path → bytes, others `default_request_limit`) bound each method's
     requests; gRPC itself refuses anything above the largest of them (decompressed size: a gzip bomb
-    is cut off there) before reading it whole. Without them, MAX_MESSAGE_BYTES."""
+    is cut off there) before reading it whole. Without them, MAX_MESSAGE_BYTES.
+
+    `tls` None serves plaintext (explicitly insecure: SUARA_INSECURE). `internal_port` (0: any free
+    one) adds the internal listener: mutual TLS, or a second plaintext port when insecure, so that
+    callers' addresses are the same either way."""
     limits = [*(request_limits or {}).values(), *([default_request_limit] if default_request_limit else [])]
     receive = max(limits) if limits else MAX_MESSAGE_BYTES
     server = grpc.aio.server(
-        interceptors=[ContextInterceptor(request_limits, default_request_limit), *interceptors],
+        interceptors=[
+            *([RequireTls13()] if tls is not None else []),
+            ContextInterceptor(request_limits, default_request_limit),
+            *interceptors,
+        ],
         options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", receive),
@@ -231,10 +246,22 @@ def create_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*service_names, reflection.SERVICE_NAME, health.SERVICE_NAME], server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if tls is None:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    else:
+        bound = server.add_secure_port(f"{host}:{port}", tls.credentials(require_client_auth=False))
     if bound == 0:
         raise OSError(f"cannot bind {host}:{port}")
-    return Server(server, health_servicer, service_names), bound
+    result = Server(server, health_servicer, service_names)
+    if internal_port is not None:
+        address = f"{host}:{internal_port}"
+        if tls is None:
+            result.internal_port = server.add_insecure_port(address)
+        else:
+            result.internal_port = server.add_secure_port(address, tls.credentials(require_client_auth=True))
+        if result.internal_port == 0:
+            raise OSError(f"cannot bind {address}")
+    return result, bound
 
 
 async def serve_until_signal(

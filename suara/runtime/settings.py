@@ -139,7 +139,17 @@ class DatabaseSettings(_Section):
 @dataclass(frozen=True)
 class TallySettings(_Section):
     host: str = _setting("SUARA_TALLY_HOST", "127.0.0.1", "address the tally gRPC server binds", HOST)
-    port: int = _setting("SUARA_TALLY_PORT", 50051, "port of the tally gRPC server (0: any free port)", PORT)
+    port: int = _setting(
+        "SUARA_TALLY_PORT", 50051, "port of tally's public gRPC listener: devices (0: any free port)", PORT
+    )
+    internal_port: int = _setting(
+        "SUARA_TALLY_INTERNAL_PORT",
+        50061,
+        "port of tally's internal listener: mutual TLS, for admins and services (0: any free port)",
+        PORT,
+    )
+    tls_cert: str = _setting("SUARA_TALLY_TLS_CERT", "", "tally's server certificate (PEM file)", ANY)
+    tls_key: str = _setting("SUARA_TALLY_TLS_KEY", "", "the private key of SUARA_TALLY_TLS_CERT (PEM file)", ANY)
     shared_port: bool = _setting(
         "SUARA_TALLY_SHARED_PORT",
         False,
@@ -212,7 +222,19 @@ class AggregateSettings(_Section):
     host: str = _setting(
         "SUARA_AGGREGATE_HOST", "127.0.0.1", "address the aggregate gRPC server (`suara aggregate serve`) binds", HOST
     )
-    port: int = _setting("SUARA_AGGREGATE_PORT", 50052, "port of the aggregate gRPC server (0: any free port)", PORT)
+    port: int = _setting(
+        "SUARA_AGGREGATE_PORT", 50052, "port of aggregate's public listener: officials' recaps (0: any free port)", PORT
+    )
+    internal_port: int = _setting(
+        "SUARA_AGGREGATE_INTERNAL_PORT",
+        50062,
+        "port of aggregate's internal listener: mutual TLS, for services (0: any free port)",
+        PORT,
+    )
+    tls_cert: str = _setting("SUARA_AGGREGATE_TLS_CERT", "", "aggregate's server certificate (PEM file)", ANY)
+    tls_key: str = _setting(
+        "SUARA_AGGREGATE_TLS_KEY", "", "the private key of SUARA_AGGREGATE_TLS_CERT (PEM file)", ANY
+    )
 
 
 @dataclass(frozen=True)
@@ -221,14 +243,14 @@ class PeerSettings(_Section):
 
     aggregate: str = _setting(
         "SUARA_AGGREGATE_ADDRESS",
-        "127.0.0.1:50052",
-        "host:port of the aggregate gRPC server the relay delivers to",
+        "127.0.0.1:50062",
+        "host:port of aggregate's internal listener, where the relay delivers and publish reads",
         ADDRESS,
     )
     tally: str = _setting(
         "SUARA_TALLY_ADDRESS",
-        "127.0.0.1:50051",
-        "host:port of tally, where publish reads the chain head and photos",
+        "127.0.0.1:50061",
+        "host:port of tally's internal listener, where publish reads the chain head and photos",
         ADDRESS,
     )
 
@@ -238,7 +260,8 @@ class RelaySettings(_Section):
     credential: str = _setting(
         "SUARA_RELAY_CREDENTIAL",
         "",
-        "the relay's writer credential (`suara service issue`); empty: SUARA_DATA_DIR/relay.key.json",
+        "the relay's writer credential: a client certificate and key in one PEM file (or, with SUARA_INSECURE, "
+        "a `suara service issue` file); empty: SUARA_DATA_DIR/relay.key.json",
         ANY,
     )
     batch: int = _setting(
@@ -273,6 +296,8 @@ class PublishSettings(_Section):
     )
     host: str = _setting("SUARA_PUBLISH_HOST", "127.0.0.1", "address publish's gRPC status server binds", HOST)
     port: int = _setting("SUARA_PUBLISH_PORT", 50053, "port of publish's gRPC status server (0: any free)", PORT)
+    tls_cert: str = _setting("SUARA_PUBLISH_TLS_CERT", "", "publish's server certificate (PEM file)", ANY)
+    tls_key: str = _setting("SUARA_PUBLISH_TLS_KEY", "", "the private key of SUARA_PUBLISH_TLS_CERT (PEM file)", ANY)
     interval_s: float = _setting(
         "SUARA_PUBLISH_INTERVAL_S",
         1.0,
@@ -282,7 +307,32 @@ class PublishSettings(_Section):
     credential: str = _setting(
         "SUARA_PUBLISH_CREDENTIAL",
         "",
-        "publish's reader credential for aggregate (`suara service issue`); empty: SUARA_DATA_DIR/publish.key.json",
+        "publish's reader credential: a client certificate and key in one PEM file (or, with SUARA_INSECURE, "
+        "a `suara service issue` file); empty: SUARA_DATA_DIR/publish.key.json",
+        ANY,
+    )
+
+
+@dataclass(frozen=True)
+class TlsSettings(_Section):
+    """What every server and client of a deployment shares; each service's own certificate is in its section."""
+
+    insecure: bool = _setting(
+        "SUARA_INSECURE",
+        False,
+        "true: plaintext gRPC, no TLS (debugging only: credentials travel in clear and can be replayed)",
+        Allowed(", ".join(_TRUE + _FALSE)),
+    )
+    ca_file: str = _setting(
+        "SUARA_CA_FILE",
+        "",
+        "the deployment's CA (PEM): clients verify servers by it, servers verify client certificates by it",
+        ANY,
+    )
+    crl_file: str = _setting(
+        "SUARA_CRL_FILE",
+        "",
+        "the CA's revocation list (PEM, `suara pki revoke`), re-read when it changes; empty: nothing revoked",
         ANY,
     )
 
@@ -314,6 +364,7 @@ class Settings(_Section):
         "SUARA_SHUTDOWN_GRACE_S", 10.0, "on SIGTERM, how long in-flight calls may take to finish", GRACE
     )
     log: LogSettings = _section(LogSettings, "logging")
+    tls: TlsSettings = _section(TlsSettings, "TLS")
     database: DatabaseSettings = _section(DatabaseSettings, "database")
     tally: TallySettings = _section(TallySettings, "tally")
     relay: RelaySettings = _section(RelaySettings, "relay")

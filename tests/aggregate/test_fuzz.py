@@ -61,7 +61,7 @@ async def _rows(aggregate: Aggregate) -> tuple[int, ...]:
 
 
 async def _call(aggregate: Aggregate, method: str, body: bytes) -> grpc.StatusCode:
-    call: Callable[..., object] = aggregate.channel.unary_unary(service_names.method_path(SERVICE, method))
+    call: Callable[..., object] = aggregate.channel_for(method).unary_unary(service_names.method_path(SERVICE, method))
     try:
         await call(body, timeout=10)  # type: ignore[misc]  # bytes in, bytes out: no (de)serializer
     except grpc.aio.AioRpcError as error:
@@ -85,7 +85,9 @@ async def test_hostile_bytes_get_a_precise_status_and_apply_nothing(
 async def test_a_nul_in_a_string_is_refused_naming_the_field(aggregate: Aggregate) -> None:
     # Found by the fuzzing above: PostgreSQL text cannot hold U+0000, and the query failed as INTERNAL.
     body = aggregate_pb2.GetReconciliationRequest(area="\x001101", contest="ppwp").SerializeToString()
-    call: Callable[..., object] = aggregate.channel.unary_unary(service_names.method_path(SERVICE, "GetReconciliation"))
+    call: Callable[..., object] = aggregate.channel_for("GetReconciliation").unary_unary(
+        service_names.method_path(SERVICE, "GetReconciliation")
+    )
     try:
         await call(body, timeout=10)  # type: ignore[misc]  # bytes in, bytes out
     except grpc.aio.AioRpcError as error:

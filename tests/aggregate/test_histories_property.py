@@ -17,9 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.aggregate.server import AggregateApp
-from suara.client.aggregate_stub import aggregate_stub
 from suara.v1 import aggregate_pb2
-from tests.support.aggregate import BASE_SETTINGS, service_channel
+from tests.support.aggregate import BASE_SETTINGS, service_callers
 from tests.support.oracles.aggregate import (
     Oracle,
     Registry,
@@ -84,8 +83,8 @@ async def _run(db_url: str, ops: list[Op], concurrent: bool) -> None:
     apps = [await AggregateApp.create(BASE_SETTINGS, db_url) for _ in range(2)]
     for app in apps:
         await app.start()
-    channels = [await service_channel(conn, app.port) for app in apps]
-    stubs = [aggregate_stub(c) for c in channels]
+    callers = [await service_callers(conn, app) for app in apps]
+    stubs = [c.stub for c in callers]
     oracle = Oracle(registry)
     try:
         # One payload per (slot, contest, version): what a device signs once and the relay may redeliver.
@@ -134,8 +133,8 @@ async def _run(db_url: str, ops: list[Op], concurrent: bool) -> None:
         )
         assert last_change == await conn.fetchval("SELECT sequence FROM aggregate.head")
     finally:
-        for channel in channels:
-            await channel.close()
+        for party in callers:
+            await party.close()
         for app in apps:
             await app.stop(0.5)
         await conn.close()

@@ -19,6 +19,7 @@ from suara.v1 import aggregate_pb2
 from tests.support.aggregate import Aggregate
 from tests.support.factories import TEST_ELECTION
 from tests.support.oracles.aggregate import totals_for
+from tests.support.pki import suite_pki
 from tests.support.rpc_errors import bad_fields, violations
 
 SCALARS = ("suara_sah", "suara_tidak_sah", "suara_total", "dpt", "pengguna")
@@ -160,12 +161,25 @@ async def test_only_the_areas_own_official_may_recap(aggregate: Aggregate) -> No
 
 
 async def test_reading_reconciliation_needs_a_reader_credential(aggregate: Aggregate) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{aggregate.app.port}") as bare:
+    """On the public listener (TLS, no client certificate) a reader's method is refused, naming where to go."""
+    async with suite_pki().channel(f"127.0.0.1:{aggregate.app.port}") as bare:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await aggregate_stub(bare).GetReconciliation(
                 aggregate_pb2.GetReconciliationRequest(area="", contest="ppwp")
             )
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert f"127.0.0.1:{aggregate.app.internal_port}" in (err.value.details() or "")
+
+
+async def test_an_official_submits_a_recap_on_the_public_listener_without_a_certificate(aggregate: Aggregate) -> None:
+    """Officials are many and their signed recap is their proof: no client certificate is needed for it."""
+    area, tps, choices = await _kecamatan(aggregate.db)
+    ppk = await _official(aggregate.db, area, "ppk")
+    hand_count = _sum([totals_for(code, "ppwp", 1, choices) for code in tps], choices)
+    async with suite_pki().channel(f"127.0.0.1:{aggregate.app.port}") as public:
+        reply = await aggregate_stub(public).SubmitRecap(_signed(ppk, area, 1, hand_count))
+    assert reply.outcome == aggregate_pb2.RECAP_OUTCOME_ACCEPTED
+    assert await aggregate.db.fetchval("SELECT count(*) FROM aggregate.recap") == 1
 
 
 async def _list_all(aggregate: Aggregate, request: aggregate_pb2.ListMismatchesRequest) -> list[list[str]]:

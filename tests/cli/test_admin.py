@@ -1,5 +1,6 @@
-"""`suara admin init|revoke`: the credential file it writes is private and opens EnrollDevice on tally,
-until it is revoked: then every running tally refuses it within a second."""
+"""`suara admin init|revoke`: the credential file it writes is private and opens EnrollDevice on a tally
+in plaintext mode (SUARA_INSECURE, debugging only; under TLS an admin is known by a certificate, `suara
+pki`), until it is revoked: then every running tally refuses it within a second."""
 
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ from tests.support.waiting import poll_until
 
 
 async def test_admin_init_writes_a_private_credential_that_enroll_device_accepts(
-    tally: Tally, cli_env: dict[str, str], tmp_path: Path
+    insecure_tally: Tally, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
+    tally = insecure_tally
     out = tmp_path / "secrets" / "admin.key.json"  # the directory does not exist yet
     result = await run_suara("admin", "init", "--out", str(out), "--label", "ops desk", env=cli_env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -49,9 +51,10 @@ async def test_admin_init_writes_a_private_credential_that_enroll_device_accepts
 
 
 async def test_enroll_device_refuses_a_missing_or_unknown_token(
-    tally: Tally, cli_env: dict[str, str], tmp_path: Path
+    insecure_tally: Tally, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     """The contrast to the test above: it is the token from the file that opens EnrollDevice."""
+    tally = insecure_tally
     out = tmp_path / "admin.key.json"
     assert (await run_suara("admin", "init", "--out", str(out), env=cli_env, cwd=tmp_path)).returncode == 0
     token = AdminCredential.load(out).token
@@ -90,8 +93,10 @@ async def test_admin_init_never_leaves_the_token_in_a_readable_file(cli_env: dic
 
 
 async def test_an_admin_credential_revoked_while_tally_serves_is_refused_within_a_second(
-    tally: Tally, cli_env: dict[str, str], tmp_path: Path
+    insecure_tally: Tally, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
+    """Bearer tokens are plaintext mode's proof; an admin certificate is revoked with `suara pki revoke`."""
+    tally = insecure_tally
     out = tmp_path / "admin.key.json"
     assert (await run_suara("admin", "init", "--out", str(out), env=cli_env, cwd=tmp_path)).returncode == 0
     credential = AdminCredential.load(out)

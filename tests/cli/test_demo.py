@@ -19,7 +19,9 @@ async def test_demo_runs_the_pipeline_and_reports_true_national_totals(
         DATABASE_URL=db_url,
         SUARA_DATA_DIR=tmp_path / "state",
         SUARA_TALLY_PORT="0",
+        SUARA_TALLY_INTERNAL_PORT="0",
         SUARA_AGGREGATE_PORT="0",
+        SUARA_AGGREGATE_INTERNAL_PORT="0",
         SUARA_LOG_LEVEL="warning",
     )
     result = await run_suara("demo", "--once", "--forms", "60", env=env, cwd=tmp_path)
@@ -28,7 +30,7 @@ async def test_demo_runs_the_pipeline_and_reports_true_national_totals(
     assert re.search(r"^verification: OK .*, [1-9]\d* signed published heads reached;", result.stdout, re.M)
     # `suara demo` is `suara up` plus the election: the same ready line, then the report.
     assert re.search(
-        r"^ready tally=127\.0\.0\.1:\d+ site=http://127\.0\.0\.1:\d+/ admin_key=/\S+$", result.stdout, re.M
+        r"^ready tally=127\.0\.0\.1:\d+ site=http://127\.0\.0\.1:\d+/ admin_key=/\S+ ca=/\S+$", result.stdout, re.M
     )
 
     # The oracle: every TPS's current, non-quarantined form, decoded from the signed bytes tally stored.
@@ -49,4 +51,4 @@ async def test_demo_runs_the_pipeline_and_reports_true_national_totals(
     assert "site: http://127.0.0.1:" in result.stdout
     progress = next(line for line in result.stdout.splitlines() if line.startswith("progress:"))
     assert progress.startswith(f"progress: {len(rows):,} of ")
-    assert not (tmp_path / "state" / "up.pids.json").exists(), "--once stops every child it started"
+    assert not (tmp_path / "state" / "up.json").exists(), "--once stops every child it started"

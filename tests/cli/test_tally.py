@@ -20,6 +20,7 @@ from suara.election.signing import DeviceKey
 from suara.runtime.settings import Settings
 from suara.v1 import tally_pb2, tally_pb2_grpc
 from tests.support.factories import consistent_form, signed
+from tests.support.pki import suite_pki
 from tests.support.processes import LogTail, running
 from tests.support.waiting import CHANNEL_OPTIONS, poll_until, until_serving
 
@@ -47,7 +48,7 @@ async def tally_process(env: dict[str, str], cwd: Path) -> AsyncIterator[Served]
     port = free_port()
     async with (
         running("tally", "serve", "--port", str(port), env=env, cwd=cwd) as child,
-        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) as channel,
+        suite_pki().channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) as channel,
     ):
         await until_serving(channel, SERVICE_NAME, check=child.assert_alive, detail=child.log.text)
         yield Served(child.proc, port, tally_stub(channel), child.log, channel)

@@ -15,28 +15,36 @@ import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
 import grpc
+import pytest
 
 from cli.embedded import EmbeddedPostgres
+from cli.supervisor import recorded_pids
 from suara.client.stubs import tally_stub
 from suara.election.signing import DeviceKey
-from suara.runtime.auth.admin import AdminCredential
+from suara.runtime.auth.certificate import CertCredential
+from suara.runtime.tls import ClientTls, open_channel
 from suara.v1 import tally_pb2
 from tests.support.factories import consistent_form, signed
 from tests.support.processes import SUARA, Child, LogTail, suara_env
 from tests.support.waiting import within
 
 READY = re.compile(
-    r"^ready tally=(?P<tally>127\.0\.0\.1:\d+) site=(?P<site>http://127\.0\.0\.1:\d+/) admin_key=(?P<admin_key>/\S+)$"
+    r"^ready tally=(?P<tally>127\.0\.0\.1:\d+) site=(?P<site>http://127\.0\.0\.1:\d+/) admin_key=(?P<admin_key>/\S+)"
+    r" ca=(?P<ca>/\S+)$"
 )
 READY_TIMEOUT_S = 120.0  # an embedded initdb, the registry load and four children starting, on a busy machine
 RESTART_TIMEOUT_S = 60.0
 # Four children stopped one after the other, each well inside SUARA_SHUTDOWN_GRACE_S, then PostgreSQL.
 STOP_TIMEOUT_S = 30.0
 CHILDREN = {"aggregate", "tally", "publish", "site"}
+FREE_PORTS = {
+    f"SUARA_{name}_PORT": "0" for name in ("TALLY", "TALLY_INTERNAL", "AGGREGATE", "AGGREGATE_INTERNAL", "PUBLISH")
+}
 
 
 @dataclass
@@ -47,10 +55,24 @@ class Up:
     log: LogTail
     data_dir: Path
 
+    def state(self) -> dict[str, Any]:
+        recorded: dict[str, Any] = json.loads((self.data_dir / "up.json").read_text())
+        assert recorded["pid"] == self.proc.pid
+        return recorded
+
     def pids(self) -> dict[str, int]:
-        recorded = json.loads((self.data_dir / "up.pids.json").read_text())
-        assert recorded["up"] == self.proc.pid
-        return {name: int(pid) for name, pid in recorded["children"].items()}
+        """Each process of up.json by its service's name (one process each here), and the site server's."""
+        state = self.state()
+        pids = {"site": int(state["site"]["pid"])}
+        for service, entries in state["services"].items():
+            (entry,) = entries
+            pids[service] = int(entry["pid"])
+        return pids
+
+    def tls(self, credential: Path | None = None) -> ClientTls:
+        """TLS as a client of this `suara up` knows it from the ready line: its CA (and a certificate)."""
+        identity = None if credential is None else CertCredential.load(credential).key_pair
+        return ClientTls(Path(self.ready["ca"]).read_bytes(), identity)
 
     async def stop(self, sig: signal.Signals) -> int:
         self.proc.send_signal(sig)
@@ -98,7 +120,7 @@ async def suara_up(env: dict[str, str], cwd: Path, *extra: str) -> AsyncIterator
     finally:
         if proc.returncode is None:  # the test failed before stopping it: take the whole tree down
             with contextlib.suppress(OSError, ValueError):
-                for pid in json.loads((data_dir / "up.pids.json").read_text())["children"].values():
+                for pid in recorded_pids(json.loads((data_dir / "up.json").read_text())):
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(pid, signal.SIGKILL)
             proc.kill()
@@ -114,12 +136,19 @@ async def fetch(url: str) -> tuple[int, str]:
 async def test_up_serves_restarts_a_killed_tally_and_stops_on_sigterm(
     db_url: str, db: asyncpg.Connection, tmp_path: Path
 ) -> None:
-    env = suara_env(DATABASE_URL=db_url, SUARA_TALLY_PORT="0", SUARA_AGGREGATE_PORT="0", SUARA_PUBLISH_PORT="0")
+    env = suara_env(DATABASE_URL=db_url, **FREE_PORTS)
     async with suara_up(env, tmp_path) as up:
         assert [line for line in up.stdout if line.strip()] == [up.ready.group(0)], "stdout is the ready line only"
         admin_key = Path(up.ready["admin_key"])
-        assert admin_key == (tmp_path / "state" / "admin.key.json").resolve()
+        assert admin_key == (tmp_path / "state" / "admin.pem").resolve()
         assert admin_key.is_file()  # noqa: ASYNC240  (one stat in a test)
+        assert Path(up.ready["ca"]) == (tmp_path / "state" / "pki" / "ca.crt").resolve()
+        state = up.state()
+        assert (state["ca"], state["admin_key"], state["database_url"]) == (up.ready["ca"], str(admin_key), db_url)
+        assert state["site"]["url"] == up.ready["site"] and state["site"]["dir"] == str((tmp_path / "site").resolve())
+        assert state["services"]["tally"][0]["address"] == up.ready["tally"]
+        tally_internal = state["services"]["tally"][0]["internal"]
+        assert tally_internal != up.ready["tally"] and state["services"]["aggregate"][0]["internal"]
 
         status, page = await fetch(up.ready["site"])
         assert status == 200 and "<html" in page.lower()
@@ -135,12 +164,14 @@ async def test_up_serves_restarts_a_killed_tally_and_stops_on_sigterm(
         ]
         key = DeviceKey.generate(tps)
         request = signed(key, consistent_form(tps, "ppwp", choices))
-        auth = (("authorization", f"Bearer {AdminCredential.load(admin_key).token}"),)
-        async with grpc.aio.insecure_channel(up.ready["tally"]) as channel:
+        enroll = tally_pb2.EnrollDeviceRequest(tps=tps, public_key=key.public_key, label="test")
+        async with open_channel(up.ready["tally"], up.tls()) as channel:  # a device: no certificate of its own
             stub = tally_stub(channel)
-            await stub.EnrollDevice(
-                tally_pb2.EnrollDeviceRequest(tps=tps, public_key=key.public_key, label="test"), metadata=auth
-            )
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.EnrollDevice(enroll)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            async with open_channel(tally_internal, up.tls(admin_key)) as admin:  # the admin, by certificate
+                await tally_stub(admin).EnrollDevice(enroll)
             first = await stub.Submit(request)
         assert first.outcome == tally_pb2.OUTCOME_ACCEPTED
 
@@ -152,7 +183,8 @@ async def test_up_serves_restarts_a_killed_tally_and_stops_on_sigterm(
         after = up.pids()
         assert after["tally"] == restarted["pid"] != pids["tally"] and alive(after["tally"])
         assert {n: p for n, p in after.items() if n != "tally"} == {n: p for n, p in pids.items() if n != "tally"}
-        async with grpc.aio.insecure_channel(up.ready["tally"]) as channel:
+        assert up.state()["services"]["tally"][0]["pid"] == after["tally"]  # up.json follows the restart
+        async with open_channel(up.ready["tally"], up.tls()) as channel:
             again = await tally_stub(channel).Submit(request)  # the same form, resent after a lost reply
         assert again.outcome == tally_pb2.OUTCOME_DUPLICATE
         assert again.receipt.submission_id == first.receipt.submission_id
@@ -160,7 +192,7 @@ async def test_up_serves_restarts_a_killed_tally_and_stops_on_sigterm(
         assert await up.stop(signal.SIGTERM) == 0, up.log.text()
     every = {*pids.values(), *after.values()}
     assert not [pid for pid in every if alive(pid)], "a child outlived `suara up`"
-    assert not (tmp_path / "state" / "up.pids.json").exists()
+    assert not (tmp_path / "state" / "up.json").exists()
     stopped = [e["name"] for e in up.log.events() if e["event"] == "child_stopped"]
     assert stopped == ["site", "publish", "tally", "aggregate"]  # reverse dependency order
     for name in CHILDREN:  # each child logged JSON lines to its own file
@@ -169,7 +201,7 @@ async def test_up_serves_restarts_a_killed_tally_and_stops_on_sigterm(
 
 
 async def test_up_runs_its_own_postgresql_and_stops_it_on_sigint(tmp_path: Path) -> None:
-    env = suara_env(SUARA_TALLY_PORT="0", SUARA_AGGREGATE_PORT="0", SUARA_PUBLISH_PORT="0")  # no DATABASE_URL
+    env = suara_env(**FREE_PORTS)  # no DATABASE_URL
     server = EmbeddedPostgres(tmp_path / "state" / "pgdata")
     try:
         async with suara_up(env, tmp_path) as up:
@@ -216,7 +248,7 @@ async def test_up_help_documents_the_ready_line(tmp_path: Path) -> None:
     out, _ = await proc.communicate()
     assert proc.returncode == 0
     text = " ".join(out.decode().split())
-    assert "ready tally=HOST:PORT site=URL admin_key=PATH" in text
+    assert "ready tally=HOST:PORT site=URL admin_key=PATH ca=PATH" in text
     for flag in ("--data-dir", "--site-dir", "--http-port", "--scale", "--seed", "--tally-port"):
         assert flag in text
 
@@ -234,4 +266,4 @@ async def test_up_exits_1_naming_the_log_when_a_service_cannot_start(db_url: str
     log = tmp_path / "state" / "logs" / "aggregate.log"
     assert f"aggregate exited with 1 while starting; see {log.resolve()}" in err.decode()
     assert "bind to address 192.0.2.1:" in log.read_text()  # the child's own error is in its log
-    assert not (tmp_path / "state" / "up.pids.json").exists()
+    assert not (tmp_path / "state" / "up.json").exists()

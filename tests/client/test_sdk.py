@@ -30,6 +30,7 @@ from suara.runtime.grpc_server import create_server
 from suara.v1 import form_pb2, tally_pb2
 from tests.client.doubles import Network, Waits
 from tests.support.factories import TEST_ELECTION, Station, consistent_form, jpeg
+from tests.support.pki import suite_pki
 from tests.support.ports import closed_port
 from tests.support.tally import Tally
 
@@ -49,14 +50,14 @@ def outbox_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def online(tally: Tally, outbox_path: Path, waits: Waits) -> AsyncIterator[Client]:
-    client = await Client.open(outbox_path, f"127.0.0.1:{tally.app.port}", sleep=waits)
+    client = await open_client(outbox_path, f"127.0.0.1:{tally.app.port}", sleep=waits)
     yield client
     await client.close()
 
 
 @pytest.fixture
 async def offline(outbox_path: Path, waits: Waits) -> AsyncIterator[Client]:
-    client = await Client.open(outbox_path, f"127.0.0.1:{closed_port()}", sleep=waits, call_timeout_s=5.0)
+    client = await open_client(outbox_path, f"127.0.0.1:{closed_port()}", sleep=waits, call_timeout_s=5.0)
     yield client
     await client.close()
 
@@ -71,7 +72,7 @@ async def test_a_form_signed_offline_is_kept_and_sent_when_the_network_returns(
     assert await tally.count("submission") == 0
     await offline.close()  # the phone is switched off: a new process opens the same outbox
 
-    async with await Client.open(outbox_path, f"127.0.0.1:{tally.app.port}", sleep=waits) as back:
+    async with await open_client(outbox_path, f"127.0.0.1:{tally.app.port}", sleep=waits) as back:
         report = await back.flush()
         assert report.complete and [e.key for e in report.sent] == [attempt.entry.key]
         entry = await back.outbox.get(*attempt.entry.key)
@@ -113,7 +114,7 @@ async def test_a_lost_reply_is_answered_duplicate_and_stored_once(
     )
     assert direct.outcome == tally_pb2.OUTCOME_ACCEPTED
 
-    async with await Client.open(outbox_path, f"127.0.0.1:{tally.app.port}", sleep=waits) as back:
+    async with await open_client(outbox_path, f"127.0.0.1:{tally.app.port}", sleep=waits) as back:
         report = await back.flush()
     (entry,) = report.sent
     assert entry.outcome == "DUPLICATE"
@@ -131,7 +132,7 @@ async def test_the_form_is_on_disk_before_the_first_attempt(tally: Tally, outbox
             seen.extend(conn.execute("SELECT state, length(payload) FROM entry").fetchall())
 
     station = await tally.station()
-    async with FakeTally(tally, before=before) as fake, await Client.open(outbox_path, fake.target) as client:
+    async with FakeTally(tally, before=before) as fake, await open_client(outbox_path, fake.target) as client:
         attempt = await client.submit(form_for(tally, station), station.key)
     assert attempt.entry.state == "sent"
     assert seen == [("pending", len(attempt.entry.payload))]
@@ -145,7 +146,7 @@ async def test_photos_are_bound_into_the_signed_form_and_kept_until_sent(
     pending = (await offline.submit(form_for(tally, station), station.key, photos=[photo])).entry
     assert pending.photos == (photo,)
     await offline.close()
-    async with await Client.open(outbox_path, f"127.0.0.1:{tally.app.port}") as back:
+    async with await open_client(outbox_path, f"127.0.0.1:{tally.app.port}") as back:
         (entry,) = (await back.flush()).sent
     (submission,) = await stored(tally, station.tps)
     assert entry.outcome == "ACCEPTED" and len(submission.photo_sha256) == 1
@@ -209,7 +210,7 @@ async def test_retry_after_in_metadata_is_honoured(tally: Tally, outbox_path: Pa
     station = await tally.station()
     async with FakeTally(tally, busy=3, retry_after_ms=700) as fake:
         # A tiny backoff base: the jittered delay alone would retry far sooner than tally asks.
-        client = await Client.open(outbox_path, fake.target, sleep=waits, backoff_base_s=0.01)
+        client = await open_client(outbox_path, fake.target, sleep=waits, backoff_base_s=0.01)
         async with client:
             attempt = await client.submit(form_for(tally, station), station.key)
             assert attempt.retry and attempt.retry_after_s == pytest.approx(0.7)
@@ -223,7 +224,7 @@ async def test_retry_after_in_metadata_is_honoured(tally: Tally, outbox_path: Pa
 async def test_retry_info_alone_is_honoured(tally: Tally, outbox_path: Path, waits: Waits) -> None:
     station = await tally.station()
     async with FakeTally(tally, busy=2, retry_after_ms=1500, metadata=False) as fake:
-        client = await Client.open(outbox_path, fake.target, sleep=waits, backoff_base_s=0.01)
+        client = await open_client(outbox_path, fake.target, sleep=waits, backoff_base_s=0.01)
         async with client:
             await client.store(form_for(tally, station), station.key)
             report = await client.flush()
@@ -236,7 +237,7 @@ async def test_retry_waits_before_each_attempt_and_shows_each_one(
     station = await tally.station()
     seen: list[tuple[bool, str | None, float]] = []
     async with FakeTally(tally, busy=3, retry_after_ms=700) as fake:
-        client = await Client.open(outbox_path, fake.target, sleep=waits, backoff_base_s=0.01)
+        client = await open_client(outbox_path, fake.target, sleep=waits, backoff_base_s=0.01)
         async with client:
             first = await client.submit(form_for(tally, station), station.key)
             last = await client.retry(first, on_attempt=lambda a, s: seen.append((a.retry, a.outcome, s)))
@@ -259,7 +260,7 @@ async def test_retry_sends_a_failed_resend_again_until_tally_answers(
             await context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset")
 
     async with FakeTally(tally, before=unavailable_once) as fake:
-        client = await Client.open(outbox_path, fake.target, sleep=waits)
+        client = await open_client(outbox_path, fake.target, sleep=waits)
         async with client:
             sent = await client.submit(form_for(tally, station), station.key)
             failed = await client.resend(*sent.entry.key)
@@ -281,7 +282,7 @@ async def test_flush_backs_off_with_full_jitter_and_stops_at_its_deadline(tally:
         if len(delays) == 6:
             raise Enough  # the officer gives up; the form stays pending
 
-    async with await Client.open(
+    async with await open_client(
         outbox_path, f"127.0.0.1:{closed_port()}", sleep=sleep, rng=random.Random(42), backoff_base_s=0.5
     ) as client:
         await client.store(form_for(tally, station), station.key)
@@ -308,7 +309,7 @@ async def test_catching_up_sends_one_batch_with_an_outcome_per_form(
     await offline.store(consistent_form(stranger.tps, "ppwp", tally.contests["ppwp"]), stranger)
     await offline.close()
 
-    async with await Client.open(outbox_path, f"127.0.0.1:{tally.app.port}") as back:
+    async with await open_client(outbox_path, f"127.0.0.1:{tally.app.port}") as back:
         report = await back.flush()
     assert report.attempts == 1  # one SubmitBatch round trip
     assert [(e.tps, e.version, e.outcome) for e in report.sent] == [
@@ -328,7 +329,7 @@ async def test_a_tally_without_submit_batch_gets_the_forms_one_by_one(
     for version in (1, 2, 3):
         await offline.store(form_for(tally, station, version), station.key)
     async with FakeTally(tally) as fake:  # serves Submit only: SubmitBatch is UNIMPLEMENTED
-        client = await Client.open(outbox_path, fake.target)
+        client = await open_client(outbox_path, fake.target)
         async with client:
             report = await client.flush()
     assert report.complete and [e.version for e in report.sent] == [1, 2, 3]
@@ -381,7 +382,9 @@ class FakeTally:
         handler = grpc.method_handlers_generic_handler(
             service_names.TALLY.full_name, {"Submit": submit}
         )  # Submit is all it serves
-        self.server, port = create_server(lambda s: s.add_generic_rpc_handlers((handler,)), [])
+        self.server, port = create_server(
+            lambda s: s.add_generic_rpc_handlers((handler,)), [], tls=suite_pki().server_tls("tally")
+        )
         await self.server.start()
         self.target = f"127.0.0.1:{port}"
         return self
@@ -448,10 +451,10 @@ async def test_every_signed_form_reaches_tally_exactly_once_whatever_the_network
     path = tmp_path / f"{uuid.uuid4().hex}.sqlite3"
     waits = Waits()
 
-    async def open_client() -> Client:
-        return await Client.open(path, network.target, sleep=waits, call_timeout_s=5.0, batch_max=batch_max)
+    async def reopen() -> Client:
+        return await open_client(path, network.target, sleep=waits, call_timeout_s=5.0, batch_max=batch_max)
 
-    client = await open_client()
+    client = await reopen()
     version = [0, 0]
     last: dict[int, form_pb2.CHasilForm] = {}
     signed: dict[tuple[int, int], bytes] = {}  # (slot, version) -> the bytes the device signed
@@ -475,7 +478,7 @@ async def test_every_signed_form_reaches_tally_exactly_once_whatever_the_network
                 await client.flush(deadline_s=0)  # what goes through now, without waiting
             elif step.kind == "restart":
                 await client.close()
-                client = await open_client()
+                client = await reopen()
         network.restore()
         async with asyncio.timeout(30):
             report = await client.flush()
@@ -517,3 +520,8 @@ async def test_a_form_is_signed_for_the_election_of_its_key(tally: Tally, online
     with pytest.raises(FormError, match="election 'gladi-2024'"):
         other = consistent_form(station.tps, "ppwp", tally.contests["ppwp"], 2, election_id="gladi-2024")
         await online.submit(other, station.key)
+
+
+async def open_client(path: Path, target: str, **options: Any) -> Client:
+    """A client as a device has it: verifying tally's certificate against the CA, no certificate of its own."""
+    return await Client.open(path, target, tls=suite_pki().client_tls(), **options)

@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 import grpc
 
+from cli.embedded import free_port
 from services.aggregate.server import SERVICE_NAME as AGGREGATE_SERVICE
 from services.tally.credentials import enroll_device
 from services.tally.relay import APPLY_METHOD
@@ -27,6 +28,7 @@ from suara.election.signing import DeviceKey
 from suara.v1 import aggregate_pb2, form_pb2, tally_pb2
 from tests.support.factories import consistent_form, signed
 from tests.support.oracles.aggregate import Oracle, Registry
+from tests.support.pki import suite_pki
 from tests.support.processes import Child, suara_env
 from tests.support.tally import BASE_SETTINGS, Tally, with_tally
 from tests.support.waiting import CHANNEL_OPTIONS, STARTUP_S, WAIT_S, until_serving
@@ -50,16 +52,22 @@ class AggregateProcess:
     cwd: Path
     child: Child | None = None
     kills: int = 0
+    internal_port: int = field(default_factory=free_port)
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        """Its internal listener: where the relay delivers."""
+        return f"127.0.0.1:{self.internal_port}"
 
     async def start(self) -> None:
         assert self.child is None or not self.child.alive
         args = ("aggregate", "serve", "--port", str(self.port))
-        self.child = child = await Child.spawn(*args, env=child_env(self.db_url, self.cwd), cwd=self.cwd)
-        async with grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS) as channel:
+        env = {**child_env(self.db_url, self.cwd), "SUARA_AGGREGATE_INTERNAL_PORT": str(self.internal_port)}
+        self.child = child = await Child.spawn(*args, env=env, cwd=self.cwd)
+        pki = suite_pki()
+        async with pki.channel(
+            self.address, pki.credential("test-reader", "reader"), options=CHANNEL_OPTIONS
+        ) as channel:
             await until_serving(channel, AGGREGATE_SERVICE, STARTUP_S, child.assert_alive, detail=child.log.text)
 
     async def kill(self) -> None:

@@ -24,10 +24,10 @@ import structlog
 
 from cli.embedded import free_port
 from services.aggregate.server import AggregateApp
-from suara.runtime.auth.store import issue_service_credential
 from tests.crash.rig import DRILL_SETTINGS, AggregateProcess, ApplyCounter, Forms, RelayProcess, delivered, pending
 from tests.support.aggregate import BASE_SETTINGS as AGGREGATE_SETTINGS
 from tests.support.oracles.aggregate import Oracle, expected_versions, stored_rows, stored_versions
+from tests.support.pki import suite_pki
 from tests.support.tally import Tally, relaying, start_tally
 from tests.support.waiting import WAIT_S, poll_until
 
@@ -38,9 +38,8 @@ KILLS = 4
 
 
 async def writer_credential(db: asyncpg.Connection, path: Path) -> Path:
-    credential = await issue_service_credential(db, "tally-relay", "writer")
-    credential.save(path)
-    return path
+    """The relay's writer certificate (the suite's PKI; `path` is unused under TLS)."""
+    return suite_pki().bundle("tally-relay", "writer")
 
 
 async def assert_matches(db: asyncpg.Connection, oracle: Oracle) -> None:
@@ -151,7 +150,7 @@ async def test_relay_killed_mid_backlog_repeatedly_loses_and_doubles_nothing(
     aggregate = await AggregateApp.create(AGGREGATE_SETTINGS, db_url, interceptors=[counter])
     await aggregate.start()
     tally: Tally | None = None
-    relay = RelayProcess(db_url, f"127.0.0.1:{aggregate.port}", credential, tmp_path, batch=100)
+    relay = RelayProcess(db_url, f"127.0.0.1:{aggregate.internal_port}", credential, tmp_path, batch=100)
     try:
         tally = await start_tally(db_url, db, DRILL_SETTINGS)  # no relay of its own: the subprocess delivers
         assert tally.app.relay is None

@@ -20,11 +20,10 @@ from services.aggregate.server import AggregateApp
 from services.tally.credentials import enroll_device
 from suara.client.aggregate_stub import aggregate_stub
 from suara.election.signing import DeviceKey
-from suara.runtime.auth.client import ServiceAuthClientInterceptor
-from suara.runtime.auth.store import issue_service_credential
 from suara.v1 import aggregate_pb2, tally_pb2
 from tests.support.aggregate import aggregate_settings
 from tests.support.factories import consistent_form, signed
+from tests.support.pki import suite_pki
 from tests.support.tally import BASE_SETTINGS as TALLY_SETTINGS
 from tests.support.tally import relaying, start_tally
 
@@ -38,17 +37,13 @@ def _zero(choices: list[str]) -> list[int]:
 async def test_forms_flow_through_relay_into_totals_at_every_level(
     db_url: str, db: asyncpg.Connection, tmp_path: Path
 ) -> None:
-    writer = await issue_service_credential(db, "relay", "writer")
-    reader = await issue_service_credential(db, "publish", "reader")
-    writer.save(tmp_path / "relay.key.json")
-
+    pki = suite_pki()
     aggregate = await AggregateApp.create(aggregate_settings(0), db_url)
     await aggregate.start()
-    tally_settings = relaying(TALLY_SETTINGS, tmp_path / "relay.key.json", f"127.0.0.1:{aggregate.port}")
+    internal = f"127.0.0.1:{aggregate.internal_port}"
+    tally_settings = relaying(TALLY_SETTINGS, pki.bundle("tally-relay", "writer"), internal)
     tally = await start_tally(db_url, db, tally_settings)
-    channel = grpc.aio.insecure_channel(
-        f"127.0.0.1:{aggregate.port}", interceptors=[ServiceAuthClientInterceptor(reader)]
-    )
+    channel = pki.channel(internal, pki.credential("publish", "reader"))
     try:
         assert tally.app.relay is not None, "tally should relay when it has a writer credential"
         choices = tally.contests["ppwp"]
@@ -103,12 +98,11 @@ async def test_forms_flow_through_relay_into_totals_at_every_level(
             assert as_list(view.area.totals) == expected[area], area
             assert (view.area.tps_reported, view.area.tps_quarantined) == (reported[area], flagged[area]), area
 
-        with pytest.raises(grpc.aio.AioRpcError) as err:  # nobody without a credential reads, let alone writes
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{aggregate.port}") as bare:
+        with pytest.raises(grpc.aio.AioRpcError) as err:  # nobody without a certificate reads, let alone writes
+            async with pki.channel(f"127.0.0.1:{aggregate.port}") as bare:
                 await aggregate_stub(bare).ApplyUpdates(aggregate_pb2.ApplyUpdatesRequest())
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     finally:
         await channel.close()
-        await tally.channel.close()
-        await tally.app.stop(0.5)
+        await tally.close()
         await aggregate.stop(0.5)

@@ -36,11 +36,10 @@ from loadtest.run import run_loadtest
 from loadtest.site import HttpSite
 from loadtest.verify import Mismatch, Verification, verify
 from services.publish.http import serve_site
-from services.tally.access import create_admin_credential
 from suara.election.checks import find_inconsistencies, find_malformed
 from suara.election.contest import Choice, Contest
-from suara.runtime.auth.admin import AdminCredential
 from suara.runtime.settings import Settings
+from tests.support.pki import suite_pki
 from tests.support.publish import Pipeline
 
 
@@ -48,13 +47,14 @@ from tests.support.publish import Pipeline
 class System:
     pipeline: Pipeline
     config: Config
-    admin: AdminCredential
+    admin: Path  # the admin's certificate and key (one PEM file)
 
 
 @pytest.fixture
 async def system(pipeline: Pipeline) -> AsyncIterator[System]:
     """The pipeline with an admin credential and a publisher cycling every 0.2 s, as `suara publish run` would."""
-    admin = await create_admin_credential(pipeline.db, "loadtest")
+    pki = suite_pki()
+    admin = pki.bundle("loadtest-admin", "admin")
 
     async def publish_loop() -> None:
         while True:
@@ -64,7 +64,10 @@ async def system(pipeline: Pipeline) -> AsyncIterator[System]:
     task = asyncio.create_task(publish_loop())
     config = Config(
         target=f"127.0.0.1:{pipeline.tally.app.port}",
-        admin_token=admin.token,
+        admin_target=f"127.0.0.1:{pipeline.tally.app.internal_port}",
+        tls=pki.client_tls(),
+        admin_tls=pki.client_tls(pki.credential("loadtest-admin", "admin")),
+        admin_token="",
         site=str(pipeline.site),
         scale=0.08,
         concurrency=8,
@@ -129,11 +132,11 @@ async def test_a_corrupted_totals_file_is_a_mismatch(
         return await verify(*args, **kwargs)
 
     monkeypatch.setattr("loadtest.run.verify", corrupt_then_verify)
-    admin_key = tmp_path / "admin.key.json"
-    system.admin.save(admin_key)
+    admin_key = system.admin
     parser = argparse.ArgumentParser()
     loadtest_cli.add_parser(parser.add_subparsers())
-    argv = f"loadtest --target {system.config.target} --admin-key {admin_key} --site {site} --scale 0.05"
+    argv = f"loadtest --target {system.config.target} --admin-target {system.config.admin_target}"
+    argv += f" --admin-key {admin_key} --ca {suite_pki().ca} --site {site} --scale 0.05"
     argv += f" --contests ppwp --faults none --seed 3 --report {tmp_path / 'report.json'}"
     args = parser.parse_args(argv.split())
     status = await args.handler(args, Settings())
@@ -223,13 +226,14 @@ async def test_enrolling_stops_at_the_first_run_tally_refuses(system: System) ->
     """Keys are generated while earlier runs are enrolled: a refused run (a TPS tally does not know)
     ends the enrollment with EnrollError, and nothing is left running."""
     known = system.pipeline.all_tps[:2_500]
+    admin_target, admin_tls = system.config.admin_target, system.config.admin_tls
     assert len(known) > 1_000  # more than one run of keys
     with pytest.raises(EnrollError, match="9999999999999"):
-        await enroll(system.config.target, system.config.admin_token, [*known, "9999999999999"], concurrency=2)
-    with pytest.raises(EnrollError, match=r"UNAUTHENTICATED|PERMISSION_DENIED"):
-        await enroll(system.config.target, "not-the-admin-token", known[:10])
+        await enroll(admin_target, "", [*known, "9999999999999"], tls=admin_tls, concurrency=2)
+    with pytest.raises(EnrollError, match=r"UNAUTHENTICATED|PERMISSION_DENIED"):  # a device's TLS: no certificate
+        await enroll(system.config.target, "", known[:10], tls=system.config.tls)
     assert not [t for t in asyncio.all_tasks() if getattr(t.get_coro(), "__qualname__", "").startswith("enroll.")]
-    done = await enroll(system.config.target, system.config.admin_token, known, concurrency=2)
+    done = await enroll(admin_target, "", known, tls=admin_tls, concurrency=2)
     assert list(done.keys) == known
     assert done.keygen_s > 0 and done.enroll_s > 0
 

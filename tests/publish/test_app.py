@@ -16,7 +16,6 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 import structlog
 
@@ -24,11 +23,11 @@ from services.aggregate.server import AggregateApp
 from services.publish.server import LOCK_KEY, PublishApp
 from services.publish.sinks.local import LocalSink
 from suara.client.stubs import publish_stub
-from suara.runtime.auth.store import issue_service_credential
 from suara.runtime.settings import LogSettings, PeerSettings, PublishSettings, Settings, SiteSettings
 from suara.v1 import publish_pb2
 from tests.publish.recording import KilledMidway, RecordingSink
 from tests.support.aggregate import aggregate_settings
+from tests.support.pki import suite_pki, with_tls
 from tests.support.publish import Pipeline
 from tests.support.waiting import poll_until
 
@@ -45,15 +44,18 @@ def _pointer(site: Path) -> dict[str, Any]:
 
 
 async def _settings(p: Pipeline, site: Path, tmp_path: Path) -> Settings:
-    credential = tmp_path / "publish-app.key.json"
-    if not credential.exists():
-        (await issue_service_credential(p.db, "publish-app", "reader")).save(credential)
-    return Settings(
-        publish=PublishSettings(port=0, credential=str(credential), interval_s=0.05),
-        site=SiteSettings(dir=site),
-        peers=PeerSettings(aggregate=f"127.0.0.1:{p.aggregate.port}", tally=f"127.0.0.1:{p.tally.app.port}"),
-        log=LogSettings(format="console"),
-        data_dir=tmp_path / "state",
+    credential = suite_pki().bundle("publish-app", "reader")
+    peers = PeerSettings(
+        aggregate=f"127.0.0.1:{p.aggregate.internal_port}", tally=f"127.0.0.1:{p.tally.app.internal_port}"
+    )
+    return with_tls(
+        Settings(
+            publish=PublishSettings(port=0, credential=str(credential), interval_s=0.05),
+            site=SiteSettings(dir=site),
+            peers=peers,
+            log=LogSettings(format="console"),
+            data_dir=tmp_path / "state",
+        )
     )
 
 
@@ -101,7 +103,7 @@ async def test_the_loop_publishes_by_itself_and_get_status_matches_the_pointer_a
 ) -> None:
     rng = random.Random(11)
     app = await PublishApp.create(await _settings(pipeline, site, tmp_path), pipeline.db_url)
-    async with running(app), grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+    async with running(app), suite_pki().channel(f"127.0.0.1:{app.port}") as channel:
         await pipeline.random_night(rng, 25)
         await _published(pipeline, app)
         assert app.active and app.last is not None
@@ -204,7 +206,7 @@ async def test_aggregate_down_keeps_the_last_site_and_publishing_resumes_when_it
         await _published(pipeline, app)
         await pipeline.check_site(site)
         published, last = _tree(site), app.last
-        port = pipeline.aggregate.port
+        port, internal_port = pipeline.aggregate.port, pipeline.aggregate.internal_port
 
         await pipeline.aggregate.stop(0.5)
         with structlog.testing.capture_logs() as logs:
@@ -216,7 +218,7 @@ async def test_aggregate_down_keeps_the_last_site_and_publishing_resumes_when_it
         assert _tree(site) == published, "while aggregate is down the last site stays as it was"
         assert app.last is last and app.active
 
-        restarted = await AggregateApp.create(aggregate_settings(port), pipeline.db_url)
+        restarted = await AggregateApp.create(aggregate_settings(port, internal_port), pipeline.db_url)
         await restarted.start()
         pipeline.aggregate = restarted  # the fixture stops this one
         await _published(pipeline, app)

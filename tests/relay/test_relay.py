@@ -19,9 +19,10 @@ import pytest
 from services.tally.relay import APPLICATION_NAME, APPLY_METHOD, relay_for
 from suara.runtime.auth.credential import ServiceCredential
 from suara.runtime.backoff import Backoff
-from suara.runtime.settings import DatabaseSettings, RelaySettings, Settings
+from suara.runtime.settings import DatabaseSettings, RelaySettings, SettingError, Settings, TlsSettings
 from suara.v1 import aggregate_pb2, aggregate_pb2_grpc
 from tests.relay.rig import TABLE, Rig, received_update
+from tests.support.pki import suite_pki, with_tls
 from tests.support.waiting import WAIT_S
 
 
@@ -189,7 +190,7 @@ def test_backoff_is_full_jitter_under_a_cap() -> None:
 
 
 def test_tally_runs_the_relay_only_with_a_writer_credential(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path)
+    settings = Settings(data_dir=tmp_path, tls=TlsSettings(insecure=True))  # token credentials: plaintext only
     assert relay_for(settings, "postgresql://unused") is None  # no credential: tally runs without a relay
     ServiceCredential.generate("publish", "reader").save(tmp_path / "relay.key.json")
     with pytest.raises(ValueError, match="writer"):
@@ -198,7 +199,21 @@ def test_tally_runs_the_relay_only_with_a_writer_credential(tmp_path: Path) -> N
     writer.save(tmp_path / "elsewhere.json")
     relay = relay_for(replace(settings, relay=RelaySettings(credential=str(tmp_path / "elsewhere.json"), batch=7)), "x")
     assert relay is not None and relay.credential.id == writer.id and relay.batch == 7
-    assert relay.aggregate_address == settings.peers.aggregate == "127.0.0.1:50052"
+    assert relay.aggregate_address == settings.peers.aggregate == "127.0.0.1:50062"  # aggregate's internal port
+    assert relay.tls is None
+
+
+def test_under_tls_the_relay_presents_a_writer_certificate_and_refuses_a_token(tmp_path: Path) -> None:
+    pki = suite_pki()
+    settings = with_tls(Settings(data_dir=tmp_path))
+    relay = relay_for(replace(settings, relay=RelaySettings(credential=str(pki.bundle("tally-relay", "writer")))), "x")
+    assert relay is not None and relay.credential.role == "writer" and relay.tls is not None
+    assert relay.tls.identity is not None and relay.tls.ca_pem == pki.ca.read_bytes()
+    with pytest.raises(ValueError, match="writer"):  # a reader's certificate is no relay's
+        relay_for(replace(settings, relay=RelaySettings(credential=str(pki.bundle("publish", "reader")))), "x")
+    ServiceCredential.generate("tally-relay", "writer").save(tmp_path / "token.json")
+    with pytest.raises(SettingError, match="SUARA_INSECURE"):  # a replayable token is refused under TLS
+        relay_for(replace(settings, relay=RelaySettings(credential=str(tmp_path / "token.json"))), "x")
 
 
 async def test_suara_service_relay_refuses_to_start_without_a_credential(tmp_path: Path) -> None:

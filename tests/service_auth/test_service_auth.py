@@ -206,7 +206,8 @@ def test_aggregate_rules_name_every_rpc() -> None:
     assert not {name.rsplit("/", 1)[1] for name in rules} & official
     assert rules["/suara.v1.AggregateService/GetReconciliation"] == "reader"
     assert rules["/suara.v1.AggregateService/ApplyUpdates"] == "writer"
-    assert rules["/suara.v1.AggregateService/ApplyAreaUpdates"] == "writer"
+    assert rules["/suara.v1.AggregateService/ApplyAreaUpdates"] == "federation"  # by certificate
+    assert aggregate_rules(federation="writer")["/suara.v1.AggregateService/ApplyAreaUpdates"] == "writer"
     assert rules["/suara.v1.AggregateService/GetArea"] == "reader"
     assert rules["/suara.v1.AggregateService/Changes"] == "reader"
 

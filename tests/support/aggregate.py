@@ -3,27 +3,31 @@ can both write and read, and updates sent through it checked against the oracle.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import grpc
 
 from services.aggregate.access import aggregate_rules
 from services.aggregate.server import AggregateApp
+from suara.client import service_names
 from suara.client.aggregate_stub import aggregate_stub
 from suara.runtime.auth.client import ServiceAuthClientInterceptor
-from suara.runtime.auth.credential import ServiceCredential
 from suara.runtime.auth.store import issue_service_credential
 from suara.runtime.settings import AggregateSettings, LogSettings, Settings
+from suara.runtime.tls import open_channel
 from suara.v1 import aggregate_pb2, aggregate_pb2_grpc
 from tests.support.databases import as_service
 from tests.support.oracles.aggregate import Oracle, Registry, totals_for
+from tests.support.pki import suite_pki, with_tls
 
 
-def aggregate_settings(port: int) -> Settings:
-    return Settings(aggregate=AggregateSettings(port=port), log=LogSettings(format="console"))
+def aggregate_settings(port: int, internal_port: int = 0) -> Settings:
+    """Over TLS with the suite's PKI (`insecure()` of it for plaintext)."""
+    return with_tls(
+        Settings(aggregate=AggregateSettings(port=port, internal_port=internal_port), log=LogSettings(format="console"))
+    )
 
 
 BASE_SETTINGS = aggregate_settings(0)
@@ -32,49 +36,76 @@ BASE_SETTINGS = aggregate_settings(0)
 @dataclass
 class Aggregate:
     app: AggregateApp
-    channel: grpc.aio.Channel
+    callers: Callers
     stub: aggregate_pb2_grpc.AggregateServiceAsyncStub
     db: asyncpg.Connection
     db_url: str
 
+    def channel_for(self, method: str) -> grpc.aio.Channel:
+        """The channel whose certificate has the role `method` (a short name) needs, for calls by path."""
+        return self.callers.by_role[
+            aggregate_rules().get(service_names.method_path(service_names.AGGREGATE, method), "reader")
+        ]
+
     async def close(self) -> None:
-        await self.channel.close()
+        await self.callers.close()
         await self.app.stop(grace=0.5)
 
 
-class BothRoles(grpc.aio.UnaryUnaryClientInterceptor):
-    """Signs each call with the credential its method needs, so one test stub can write and read.
+class BothRoles:
+    """A stub that sends each call through the channel whose certificate has the role its method needs,
+    so one test stub can write and read. Real callers hold one role each (the relay writes, publish reads)."""
 
-    Real callers hold one role each (the relay writes, publish reads)."""
+    def __init__(self, stubs: dict[str, aggregate_pb2_grpc.AggregateServiceAsyncStub]) -> None:
+        self._stubs = stubs
+        self._rules = aggregate_rules()
 
-    def __init__(self, writer: ServiceCredential, reader: ServiceCredential) -> None:
-        self.by_role = {"writer": ServiceAuthClientInterceptor(writer), "reader": ServiceAuthClientInterceptor(reader)}
-        self.rules = aggregate_rules()
-
-    async def intercept_unary_unary(
-        self,
-        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request: Any,
-    ) -> Any:
-        method = client_call_details.method
-        name = method.decode() if isinstance(method, bytes) else str(method)
-        role = self.rules.get(name, "reader")
-        return await self.by_role[role].intercept_unary_unary(continuation, client_call_details, request)
+    def __getattr__(self, name: str) -> Any:
+        role = self._rules.get(service_names.method_path(service_names.AGGREGATE, name), "reader")
+        return getattr(self._stubs[role], name)
 
 
-async def service_channel(db: asyncpg.Connection, port: int) -> grpc.aio.Channel:
-    """A channel to the aggregate on `port` carrying fresh writer and reader credentials registered in `db`."""
-    writer = await issue_service_credential(db, "test-writer", "writer")
-    reader = await issue_service_credential(db, "test-reader", "reader")
-    return grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=[BothRoles(writer, reader)])
+@dataclass
+class Callers:
+    """Channels to aggregate's internal listener, one per role, and the stub that uses them."""
+
+    channels: list[grpc.aio.Channel]
+    stub: aggregate_pb2_grpc.AggregateServiceAsyncStub
+    by_role: dict[str, grpc.aio.Channel]
+
+    async def close(self) -> None:
+        for channel in self.channels:
+            await channel.close()
 
 
-async def start_aggregate(db_url: str, db: asyncpg.Connection) -> Aggregate:
-    app = await AggregateApp.create(BASE_SETTINGS, as_service(db_url, "aggregate"))  # as aggregate's own role
+async def service_callers(db: asyncpg.Connection, app: AggregateApp) -> Callers:
+    """A writer's and a reader's channel to `app`'s internal listener: certificates over TLS, or fresh
+    token credentials registered in `db` when it serves plaintext."""
+    address = f"127.0.0.1:{app.internal_port}"
+    if app.settings.tls.insecure:
+        writer = await issue_service_credential(db, "test-writer", "writer")
+        reader = await issue_service_credential(db, "test-reader", "reader")
+        channels = {
+            "writer": open_channel(address, None, interceptors=[ServiceAuthClientInterceptor(writer)]),
+            "reader": open_channel(address, None, interceptors=[ServiceAuthClientInterceptor(reader)]),
+        }
+        stubs = {role: aggregate_stub(channel) for role, channel in channels.items()}
+        stubs["federation"] = stubs["writer"]  # tokens know no federation role: a writer federates
+        channels["federation"] = channels["writer"]
+    else:
+        pki = suite_pki()
+        roles = ("writer", "reader", "federation")
+        channels = {role: pki.channel(address, pki.credential(f"test-{role}", role)) for role in roles}
+        stubs = {role: aggregate_stub(channel) for role, channel in channels.items()}
+    stub = cast("aggregate_pb2_grpc.AggregateServiceAsyncStub", BothRoles(stubs))
+    return Callers(list(set(channels.values())), stub, channels)
+
+
+async def start_aggregate(db_url: str, db: asyncpg.Connection, settings: Settings = BASE_SETTINGS) -> Aggregate:
+    app = await AggregateApp.create(settings, as_service(db_url, "aggregate"))  # as aggregate's own role
     await app.start()
-    channel = await service_channel(db, app.port)
-    return Aggregate(app, channel, aggregate_stub(channel), db, db_url)
+    callers = await service_callers(db, app)
+    return Aggregate(app, callers, callers.stub, db, db_url)
 
 
 def update(

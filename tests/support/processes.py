@@ -36,8 +36,12 @@ class Completed:
 
 
 def suara_env(**settings: str | Path) -> dict[str, str]:
-    """This process's environment without any suara setting, plus `settings` (env var name → value)."""
+    """This process's environment without any suara setting, plus the suite's TLS (its CA, CRL and the
+    services' certificates: servers serve TLS, clients verify) and `settings` (env var name → value)."""
+    from tests.support.pki import tls_env
+
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL" and not k.startswith("SUARA_")}
+    env.update(tls_env())
     env.update({k: str(v) for k, v in settings.items()})
     return env
 

@@ -27,14 +27,13 @@ from services.tally.credentials import enroll_device
 from suara.client.aggregate_stub import aggregate_stub
 from suara.election.signing import DeviceKey
 from suara.registry.catalog import fetch_contests
-from suara.runtime.auth.client import ServiceAuthClientInterceptor
-from suara.runtime.auth.store import issue_service_credential
 from suara.runtime.database import Database
 from suara.v1 import form_pb2, tally_pb2
 from tests.support.aggregate import aggregate_settings
 from tests.support.databases import as_service
 from tests.support.factories import consistent_form, jpeg, png, signed
 from tests.support.oracles.publish import Accepted, Registry, compare, expected_site
+from tests.support.pki import suite_pki
 from tests.support.processes import suara_env
 from tests.support.tally import BASE_SETTINGS as TALLY_SETTINGS
 from tests.support.tally import Tally, relaying, start_tally
@@ -115,15 +114,13 @@ class Pipeline:
     async def publish_env(self, name: str, site: Path, tmp_path: Path) -> dict[str, str]:
         """The environment of a `suara publish run` child publishing this pipeline to `site`: a reader
         credential `name` (issued once, kept in `tmp_path`), state in `tmp_path`/state, JSON logs."""
-        credential = tmp_path / f"{name}.key.json"
-        if not credential.exists():
-            (await issue_service_credential(self.db, name, "reader")).save(credential)
+        credential = suite_pki().bundle(name, "reader")
         return suara_env(
             DATABASE_URL=self.db_url,
             SUARA_DATA_DIR=tmp_path / "state",
             SUARA_SITE_DIR=site,
-            SUARA_AGGREGATE_ADDRESS=f"127.0.0.1:{self.aggregate.port}",
-            SUARA_TALLY_ADDRESS=f"127.0.0.1:{self.tally.app.port}",
+            SUARA_AGGREGATE_ADDRESS=f"127.0.0.1:{self.aggregate.internal_port}",
+            SUARA_TALLY_ADDRESS=f"127.0.0.1:{self.tally.app.internal_port}",
             SUARA_PUBLISH_CREDENTIAL=credential,
             SUARA_PUBLISH_INTERVAL_S="0.05",
             SUARA_LOG_FORMAT="json",
@@ -183,19 +180,15 @@ def site() -> Iterator[Path]:
 
 @pytest.fixture
 async def pipeline(db_url: str, db: asyncpg.Connection, tmp_path: Path) -> AsyncIterator[Pipeline]:
-    writer = await issue_service_credential(db, "relay", "writer")
-    reader = await issue_service_credential(db, "publish", "reader")
-    writer.save(tmp_path / "relay.key.json")
+    pki = suite_pki()
     aggregate = await AggregateApp.create(aggregate_settings(0), as_service(db_url, "aggregate"))
     await aggregate.start()
     tally = await start_tally(
         db_url,
         db,
-        relaying(TALLY_SETTINGS, tmp_path / "relay.key.json", f"127.0.0.1:{aggregate.port}"),
+        relaying(TALLY_SETTINGS, pki.bundle("relay", "writer"), f"127.0.0.1:{aggregate.internal_port}"),
     )
-    channel = grpc.aio.insecure_channel(
-        f"127.0.0.1:{aggregate.port}", interceptors=[ServiceAuthClientInterceptor(reader)]
-    )
+    channel = pki.channel(f"127.0.0.1:{aggregate.internal_port}", pki.credential("publish", "reader"))
     pool = Database(await asyncpg.create_pool(as_service(db_url, "publish"), min_size=1, max_size=4))
     all_tps = [r["code"] for r in await db.fetch("SELECT code FROM registry.tps ORDER BY code")]
     with scratch_site("suara-site-", tmp_path) as site:

@@ -15,20 +15,25 @@ from services.tally.credentials import enroll_device
 from services.tally.server import TallyApp
 from suara.client.stubs import tally_stub
 from suara.election.signing import ChainKey, DeviceKey
-from suara.runtime.settings import LogSettings, PeerSettings, RelaySettings, Settings, TallySettings
+from suara.runtime.settings import LogSettings, RelaySettings, Settings, TallySettings
+from suara.runtime.tls import open_channel
 from suara.v1 import tally_pb2_grpc
 from tests.support.databases import as_service
 from tests.support.factories import TEST_ELECTION, Station
+from tests.support.pki import insecure, suite_pki, with_tls
 
 # The chain key of every in-process tally of this test run (tests check heads against its public half).
 CHAIN_KEY = ChainKey.generate()
 
 # No relay in tally's own tests (they read the outbox themselves), whatever a developer keeps in .suara;
 # no chain key file either (a tally made from these settings without CHAIN_KEY fails instead of making one).
-BASE_SETTINGS = Settings(
-    tally=TallySettings(port=0, commit_wait_s=5.0, chain_key="/nonexistent/chain.key.json"),
-    log=LogSettings(format="console"),
-    relay=RelaySettings(credential="/nonexistent"),
+# TLS with the suite's PKI, as in production; `insecure(BASE_SETTINGS)` for the plaintext debugging mode.
+BASE_SETTINGS = with_tls(
+    Settings(
+        tally=TallySettings(port=0, internal_port=0, commit_wait_s=5.0, chain_key="/nonexistent/chain.key.json"),
+        log=LogSettings(format="console"),
+        relay=RelaySettings(credential="/nonexistent"),
+    )
 )
 
 
@@ -39,7 +44,8 @@ def with_tally(settings: Settings, **changes: Any) -> Settings:
 
 def relaying(settings: Settings, credential: object, aggregate: str) -> Settings:
     """`settings` for a tally whose relay delivers to `aggregate` (HOST:PORT) with the `credential` file."""
-    return replace(settings, relay=RelaySettings(credential=str(credential)), peers=PeerSettings(aggregate=aggregate))
+    relay = replace(settings.relay, credential=str(credential))
+    return replace(settings, relay=relay, peers=replace(settings.peers, aggregate=aggregate))
 
 
 @dataclass
@@ -51,7 +57,8 @@ class Tally:
     db_url: str
     contests: dict[str, list[str]]  # contest id -> choice ids
     tps_codes: list[str]
-    # A channel whose every call carries an admin credential, and its stub: the admin and read methods.
+    # The internal listener with an admin's certificate (TLS), or in plaintext a channel whose every call
+    # carries an admin bearer token, and its stub: the admin and read methods.
     admin_channel: grpc.aio.Channel
     admin: tally_pb2_grpc.TallyServiceAsyncStub
 
@@ -73,11 +80,7 @@ class Tally:
 async def start_tally(db_url: str, db: asyncpg.Connection, settings: Settings = BASE_SETTINGS) -> Tally:
     app = await TallyApp.create(settings, as_service(db_url, "tally"), CHAIN_KEY)  # tally's own role, as deployed
     await app.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
-    credential = await create_admin_credential(db, "test-admin")
-    admin_channel = grpc.aio.insecure_channel(
-        f"127.0.0.1:{app.port}", interceptors=[_WithMetadata((("authorization", f"Bearer {credential.token}"),))]
-    )
+    channel, admin_channel = await tally_channels(app, settings, db)
     rows = await db.fetch("SELECT contest, id FROM registry.choice ORDER BY contest, nomor_urut")
     contests: dict[str, list[str]] = {}
     for r in rows:
@@ -85,6 +88,21 @@ async def start_tally(db_url: str, db: asyncpg.Connection, settings: Settings = 
     # National TPS outside DKI Jakarta, so province-scoped contests can be tested as "not held here".
     tps = [r["code"] for r in await db.fetch("SELECT code FROM registry.tps WHERE code NOT LIKE '31%' ORDER BY code")]
     return Tally(app, channel, tally_stub(channel), db, db_url, contests, tps, admin_channel, tally_stub(admin_channel))
+
+
+async def tally_channels(
+    app: TallyApp, settings: Settings, db: asyncpg.Connection
+) -> tuple[grpc.aio.Channel, grpc.aio.Channel]:
+    """A device's channel (the public listener) and an admin's (the internal listener, by certificate;
+    in plaintext, by a bearer token in every call)."""
+    if settings.tls.insecure:
+        credential = await create_admin_credential(db, "test-admin")
+        token = _WithMetadata((("authorization", f"Bearer {credential.token}"),))
+        internal = f"127.0.0.1:{app.internal_port}"
+        return open_channel(f"127.0.0.1:{app.port}", None), open_channel(internal, None, interceptors=[token])
+    pki = suite_pki()
+    admin = pki.credential("test-admin", "admin")
+    return pki.channel(f"127.0.0.1:{app.port}"), pki.channel(f"127.0.0.1:{app.internal_port}", admin)
 
 
 class _WithMetadata(grpc.aio.UnaryUnaryClientInterceptor):
@@ -99,5 +117,13 @@ class _WithMetadata(grpc.aio.UnaryUnaryClientInterceptor):
 @pytest.fixture
 async def tally(db_url: str, db: asyncpg.Connection) -> AsyncIterator[Tally]:
     t = await start_tally(db_url, db)
+    yield t
+    await t.close()
+
+
+@pytest.fixture
+async def insecure_tally(db_url: str, db: asyncpg.Connection) -> AsyncIterator[Tally]:
+    """tally in plaintext (SUARA_INSECURE): the debugging mode, where admin bearer tokens are the proof."""
+    t = await start_tally(db_url, db, insecure(BASE_SETTINGS))
     yield t
     await t.close()

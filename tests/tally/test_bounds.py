@@ -75,11 +75,11 @@ async def test_live_devices_per_tps_are_capped(tally: Tally) -> None:
     tps = tally.tps_codes.pop()
     keys = [DeviceKey.generate(tps) for _ in range(DEVICE_CAP + 1)]
     for key in keys[:DEVICE_CAP]:
-        await tally.stub.EnrollDevice(tally_pb2.EnrollDeviceRequest(tps=tps, public_key=key.public_key), metadata=auth)
+        await tally.admin.EnrollDevice(tally_pb2.EnrollDeviceRequest(tps=tps, public_key=key.public_key), metadata=auth)
     # Enrolling a key already there again is no new device.
-    await tally.stub.EnrollDevice(tally_pb2.EnrollDeviceRequest(tps=tps, public_key=keys[0].public_key), metadata=auth)
+    await tally.admin.EnrollDevice(tally_pb2.EnrollDeviceRequest(tps=tps, public_key=keys[0].public_key), metadata=auth)
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await tally.stub.EnrollDevice(
+        await tally.admin.EnrollDevice(
             tally_pb2.EnrollDeviceRequest(tps=tps, public_key=keys[-1].public_key), metadata=auth
         )
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -90,13 +90,15 @@ async def test_live_devices_per_tps_are_capped(tally: Tally) -> None:
         devices=[tally_pb2.EnrollDeviceRequest(tps=k.tps, public_key=k.public_key) for k in (other, keys[-1])]
     )
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await tally.stub.EnrollDevices(batch, metadata=auth)
+        await tally.admin.EnrollDevices(batch, metadata=auth)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert bad_fields(err.value) == ["devices[1].tps"]
     assert await tally.count("device") == DEVICE_CAP, "a refused batch enrolls nobody"
     # A revoked key frees its slot: a lost phone is replaced.
     await tally.db.execute("UPDATE tally.device SET revoked_at = now() WHERE device_id = $1", keys[0].device_id)
-    await tally.stub.EnrollDevice(tally_pb2.EnrollDeviceRequest(tps=tps, public_key=keys[-1].public_key), metadata=auth)
+    await tally.admin.EnrollDevice(
+        tally_pb2.EnrollDeviceRequest(tps=tps, public_key=keys[-1].public_key), metadata=auth
+    )
 
 
 async def test_a_form_of_another_election_is_refused_naming_both(tally: Tally) -> None:

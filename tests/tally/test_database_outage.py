@@ -36,6 +36,7 @@ from suara.election.signing import DeviceKey
 from suara.registry.loader import load_registry
 from suara.v1 import tally_pb2
 from tests.support.factories import TEST_ELECTION, consistent_form, signed
+from tests.support.pki import suite_pki
 from tests.support.tally import BASE_SETTINGS, CHAIN_KEY, with_tally
 from tests.support.waiting import within
 
@@ -128,7 +129,7 @@ async def load_rig(tmp_path: Path) -> AsyncIterator[Rig]:
         )
         app = await TallyApp.create(settings, url, CHAIN_KEY)
         await app.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
+        channel = suite_pki().channel(f"127.0.0.1:{app.port}")
         stub = tally_stub(channel)
         rig = Rig(server, url, channel)
 

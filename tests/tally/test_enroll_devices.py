@@ -5,7 +5,6 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from services.tally.access import create_admin_credential
 from suara.election.signing import DeviceKey
 from suara.v1 import tally_pb2
 from tests.support.factories import consistent_form, signed
@@ -16,8 +15,8 @@ Auth = tuple[tuple[str, str], ...]
 
 
 async def _auth(tally: Tally) -> Auth:
-    credential = await create_admin_credential(tally.db, "test")
-    return (("authorization", f"Bearer {credential.token}"),)
+    """Nothing in the metadata: `tally.admin` calls the internal listener with an admin's certificate."""
+    return ()
 
 
 def _request(keys: list[DeviceKey]) -> tally_pb2.EnrollDevicesRequest:
@@ -29,7 +28,7 @@ def _request(keys: list[DeviceKey]) -> tally_pb2.EnrollDevicesRequest:
 async def _refused(tally: Tally, request: tally_pb2.EnrollDevicesRequest, auth: Auth) -> list[str]:
     before = await tally.count("device")
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await tally.stub.EnrollDevices(request, metadata=auth)
+        await tally.admin.EnrollDevices(request, metadata=auth)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert await tally.count("device") == before, "a refused run must enroll nobody"
     return bad_fields(err.value)
@@ -38,7 +37,7 @@ async def _refused(tally: Tally, request: tally_pb2.EnrollDevicesRequest, auth: 
 async def test_enrolls_every_key_in_order_and_each_can_submit(tally: Tally) -> None:
     auth = await _auth(tally)
     keys = [DeviceKey.generate(tally.tps_codes.pop()) for _ in range(5)]
-    response = await tally.stub.EnrollDevices(_request(keys), metadata=auth)
+    response = await tally.admin.EnrollDevices(_request(keys), metadata=auth)
     assert [(d.device_id, d.tps) for d in response.devices] == [(k.device_id, k.tps) for k in keys]
     rows = await tally.db.fetch("SELECT device_id, tps, public_key, label FROM tally.device")
     assert {(r["device_id"], r["tps"], bytes(r["public_key"]), r["label"]) for r in rows} == {
@@ -48,7 +47,7 @@ async def test_enrolls_every_key_in_order_and_each_can_submit(tally: Tally) -> N
         receipt = await tally.stub.Submit(signed(key, consistent_form(key.tps, "ppwp", tally.contests["ppwp"])))
         assert receipt.outcome == tally_pb2.OUTCOME_ACCEPTED
 
-    again = await tally.stub.EnrollDevices(_request(keys), metadata=auth)  # a rerun of the same provisioning
+    again = await tally.admin.EnrollDevices(_request(keys), metadata=auth)  # a rerun of the same provisioning
     assert list(again.devices) == list(response.devices)
     assert await tally.count("device") == len(keys)
 

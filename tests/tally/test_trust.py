@@ -68,9 +68,11 @@ async def test_structurally_broken_request_names_each_field(tally: Tally) -> Non
     assert bad_fields(err.value) == ["form.payload", "form.signature", "form.device_id"]
 
 
-async def test_enroll_device_needs_an_admin_credential(tally: Tally) -> None:
+async def test_in_plaintext_enroll_device_needs_an_admin_bearer_token(insecure_tally: Tally) -> None:
+    """SUARA_INSECURE (debugging only): the admin's bearer token is the proof, on either port."""
     from services.tally.access import create_admin_credential
 
+    tally = insecure_tally
     tps = tally.tps_codes.pop()
     key = DeviceKey.generate(tps)
     enroll = tally_pb2.EnrollDeviceRequest(tps=tps, public_key=key.public_key)
@@ -93,7 +95,7 @@ async def test_enroll_device_needs_an_admin_credential(tally: Tally) -> None:
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_only_the_enroll_and_submission_read_methods_ask_for_an_admin_credential(tally: Tally) -> None:
+async def test_only_the_enroll_and_submission_read_methods_ask_for_a_certificate(tally: Tally) -> None:
     service = tally_pb2.DESCRIPTOR.services_by_name["TallyService"]
     asking = set()
     for method in service.methods:
@@ -102,7 +104,7 @@ async def test_only_the_enroll_and_submission_read_methods_ask_for_an_admin_cred
             await getattr(tally.stub, method.name)(request)
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.UNAUTHENTICATED:
-                assert "needs an admin credential" in str(err.details())
+                assert "needs a client certificate" in str(err.details())
                 asking.add(method.name)
     assert asking == {"EnrollDevice", "EnrollDevices", "GetSubmission", "ListSubmissions"}
 

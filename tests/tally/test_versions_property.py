@@ -23,6 +23,7 @@ from suara.client.stubs import tally_stub
 from suara.election.signing import DeviceKey
 from suara.v1 import tally_pb2
 from tests.support.factories import consistent_form, signed
+from tests.support.pki import suite_pki
 from tests.support.tally import BASE_SETTINGS, CHAIN_KEY
 
 
@@ -90,7 +91,7 @@ async def _run(db_url: str, ops: list[Op]) -> None:
     choices = [r["id"] for r in await conn.fetch("SELECT id FROM registry.choice WHERE contest = 'ppwp'")]
     app = await TallyApp.create(BASE_SETTINGS, db_url, CHAIN_KEY)
     await app.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
+    channel = suite_pki().channel(f"127.0.0.1:{app.port}")
     stub = tally_stub(channel)
     oracle = Oracle()
     try:

@@ -1,13 +1,16 @@
-"""The caller's side: every unary call made through a channel is signed with a service credential."""
+"""The caller's side: a channel that proves a service credential, by certificate (TLS) or signed token (plaintext)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
 
+from suara.runtime.auth.certificate import CertCredential, credential_tls
 from suara.runtime.auth.credential import ServiceCredential
+from suara.runtime.settings import Settings
+from suara.runtime.tls import open_channel
 
 
 class ServiceAuthClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
@@ -35,3 +38,18 @@ class ServiceAuthClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
             client_call_details.wait_for_ready,
         )
         return await continuation(details, request)
+
+
+def caller_channel(
+    address: str,
+    settings: Settings,
+    credential: CertCredential | ServiceCredential,
+    *,
+    options: Sequence[tuple[str, Any]] = (),
+) -> grpc.aio.Channel:
+    """A channel whose every call proves `credential`: by its certificate over mutual TLS, or, in
+    plaintext debugging mode, by a token signed into each call."""
+    tls = credential_tls(settings, credential)
+    if isinstance(credential, ServiceCredential):
+        return open_channel(address, tls, options=options, interceptors=[ServiceAuthClientInterceptor(credential)])
+    return open_channel(address, tls, options=options)

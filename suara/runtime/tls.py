@@ -1,0 +1,301 @@
+"""TLS on every gRPC listener and channel, configured from files.
+
+Servers. `server_tls(settings, section)` reads a service's certificate and key and the deployment's CA
+and CRL (see Settings.tls and each service's section). Its `credentials()` are gRPC's dynamic
+credentials: before every new handshake a fetcher compares the files' stat with what it loaded, and
+reloads them when they changed, so a renewed certificate (or CA bundle) is used without a restart.
+A public listener asks for no client certificate (a device proves itself by its signed form); an
+internal listener requires one signed by the CA. gRPC Python cannot set a minimum TLS version
+(grpc/grpc#37305), so `RequireTls13` refuses every call on a connection that negotiated anything else.
+
+Revocation. `Revocations` holds the CRL's revoked serials and re-reads the file when it changes,
+checking at most every RECHECK_S, so a running process refuses a revoked certificate within a second.
+
+Clients. `client_tls(settings, identity)` gives what a channel needs (the CA, and a client
+certificate for service calls); `open_channel()` is the one way a suara process opens a channel.
+
+Plain text only when asked for explicitly (SUARA_INSECURE=1, `--insecure`), logged loudly: for
+debugging, never by default.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import grpc
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from suara.runtime import pki
+from suara.runtime.settings import SettingError, Settings
+
+log = structlog.stdlib.get_logger("suara.tls")
+
+TLS13: Final = b"TLSv1.3"  # the auth context's `ssl_tls_version` of a TLS 1.3 connection
+RECHECK_S: Final = 0.25  # how stale the CRL may be: a revoked certificate is refused within about this
+SECTIONS: Final = ("tally", "aggregate", "publish")
+INSECURE_WARNING: Final = (
+    "PLAINTEXT gRPC (SUARA_INSECURE): no TLS, credentials travel in clear and can be replayed; debugging only"
+)
+
+
+def _stat(paths: Sequence[Path]) -> tuple[tuple[int, int, int], ...]:
+    out = []
+    for path in paths:
+        try:
+            st = path.stat()
+            out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        except OSError:
+            out.append((0, 0, 0))
+    return tuple(out)
+
+
+def _key_matches(cert_pem: bytes, key_pem: bytes) -> bool:
+    """Whether the key is the certificate's: a certificate replaced before its key is not loaded half-done."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        key = serialization.load_pem_private_key(key_pem, None)
+    except ValueError:
+        return False
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    return bool(
+        cert.public_key().public_bytes(serialization.Encoding.DER, spki)
+        == key.public_key().public_bytes(serialization.Encoding.DER, spki)
+    )
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """A server's certificate, key, the CA its clients' certificates must chain to, and the CA's CRL."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    crl: Path | None = None
+    revocations: Revocations = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "revocations", Revocations(self.crl, self.ca))
+
+    def _configuration(self) -> Any:
+        cert, key = self.cert.read_bytes(), self.key.read_bytes()
+        if not _key_matches(cert, key):
+            raise ValueError(f"{self.key} is not the private key of {self.cert}")
+        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=self.ca.read_bytes())
+
+    def credentials(self, *, require_client_auth: bool) -> grpc.ServerCredentials:
+        """Credentials for one listener, reloading the files when they change (checked at each new handshake)."""
+        paths = (self.cert, self.key, self.ca)
+        loaded = [_stat(paths)]
+        lock = threading.Lock()  # the fetcher runs on gRPC's threads
+
+        def fetch() -> Any:
+            seen = _stat(paths)
+            with lock:
+                if seen == loaded[0]:
+                    return None
+                try:
+                    config = self._configuration()
+                except (OSError, ValueError) as exc:  # mid-replacement: keep serving the old ones, retry next time
+                    log.warning("tls_reload_failed", cert=str(self.cert), error=str(exc))
+                    return None
+                loaded[0] = seen
+            log.info("tls_reloaded", cert=str(self.cert))
+            return config
+
+        return grpc.dynamic_ssl_server_credentials(
+            self._configuration(), fetch, require_client_authentication=require_client_auth
+        )
+
+
+class Revocations:
+    """The serials a CRL revokes, re-read when its file changes (looked at no more than every RECHECK_S).
+
+    A CRL that cannot be read or is not signed by the CA is logged and the last good one kept: a
+    truncated file mid-write must not un-revoke anything."""
+
+    def __init__(self, crl: Path | None, ca: Path) -> None:
+        self.crl = crl
+        self.ca = ca
+        self._serials: frozenset[int] = frozenset()
+        self._seen: tuple[tuple[int, int, int], ...] = ()
+        self._checked = float("-inf")
+        if crl is not None:
+            self._refresh(force=True)
+
+    def _refresh(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.crl is None or (not force and now - self._checked < RECHECK_S):
+            return
+        self._checked = now
+        seen = _stat((self.crl, self.ca))
+        if seen == self._seen:
+            return
+        try:
+            ca = x509.load_pem_x509_certificate(self.ca.read_bytes())
+            serials = pki.Crl.revoked_serials(self.crl.read_bytes(), ca)
+        except (OSError, ValueError) as exc:
+            log.error("crl_unreadable", crl=str(self.crl), error=str(exc))
+            if force and not self._seen:
+                raise SettingError("SUARA_CRL_FILE", str(self.crl), f"a CRL signed by {self.ca} ({exc})") from None
+            return
+        if serials != self._serials:
+            log.info("crl_loaded", crl=str(self.crl), revoked=len(serials))
+        self._serials, self._seen = serials, seen
+
+    def is_revoked(self, serial: int) -> bool:
+        self._refresh()
+        return serial in self._serials
+
+
+class RequireTls13(grpc.aio.ServerInterceptor):
+    """Refuses every call on a connection that did not negotiate TLS 1.3 (gRPC accepts 1.2, unasked)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        return _checked(handler)
+
+
+def _refusal(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    versions = list(context.auth_context().get("ssl_tls_version") or [b"none"])
+    if versions[0] == TLS13:
+        return None
+    return f"this server takes TLS 1.3 only; the connection negotiated {versions[0].decode(errors='replace')}"
+
+
+def _checked(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+    kwargs: dict[str, Any] = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary is not None:
+        unary = handler.unary_unary
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if (why := _refusal(context)) is not None:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
+            return await unary(request, context)  # type: ignore[arg-type]  # aio handlers take aio contexts
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, **kwargs)
+    if handler.unary_stream is not None:
+        streaming = handler.unary_stream
+
+        async def unary_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if (why := _refusal(context)) is not None:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
+            result: Any = streaming(request, context)  # type: ignore[arg-type]
+            if hasattr(result, "__aiter__"):
+                async for item in result:
+                    yield item
+            else:
+                await result
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, **kwargs)
+    if handler.stream_stream is not None:
+        both = handler.stream_stream
+
+        async def stream_stream(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if (why := _refusal(context)) is not None:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
+            result: Any = both(requests, context)  # type: ignore[arg-type]
+            if hasattr(result, "__aiter__"):
+                async for item in result:
+                    yield item
+            else:
+                await result
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream, **kwargs)
+    return handler  # stream-unary: suara has none
+
+
+def _existing(env: str, value: str) -> Path:
+    path = Path(value)
+    if not path.is_file():
+        raise SettingError(env, value, "an existing PEM file")
+    return path
+
+
+def server_tls(settings: Settings, section: str) -> ServerTls | None:
+    """The TLS of `section`'s listeners (tally, aggregate, publish); None, logged loudly, with SUARA_INSECURE.
+
+    Missing certificate settings are a SettingError naming each (the CLI exits 2): TLS is the default."""
+    if settings.tls.insecure:
+        log.warning("insecure", detail=INSECURE_WARNING, service=section)
+        return None
+    part = getattr(settings, section)
+    prefix = f"SUARA_{section.upper()}_TLS"
+    wanted = {f"{prefix}_CERT": part.tls_cert, f"{prefix}_KEY": part.tls_key, "SUARA_CA_FILE": settings.tls.ca_file}
+    missing = [env for env, value in wanted.items() if not value]
+    if missing:
+        raise SettingError(
+            missing[0],
+            "",
+            f"{section} serves TLS by default and needs {', '.join(missing)} (PEM files, see `suara pki`); "
+            "or SUARA_INSECURE=1 for plaintext, for debugging only",
+        )
+    cert, key, ca = (_existing(env, value) for env, value in wanted.items())
+    crl = _existing("SUARA_CRL_FILE", settings.tls.crl_file) if settings.tls.crl_file else None
+    return ServerTls(cert, key, ca, crl)
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """What a client channel needs: the CA that signed the server's certificate, and this client's own
+    certificate and key for a service call (None for a device, which is not known by a certificate)."""
+
+    ca_pem: bytes
+    identity: pki.KeyPair | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        if self.identity is None:
+            return grpc.ssl_channel_credentials(root_certificates=self.ca_pem)
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca_pem,
+            private_key=self.identity.key_pem,
+            certificate_chain=self.identity.cert_pem,
+        )
+
+
+def client_tls(settings: Settings, identity: pki.KeyPair | None = None) -> ClientTls | None:
+    """TLS for a channel from the settings (SUARA_CA_FILE); None, logged loudly, with SUARA_INSECURE."""
+    if settings.tls.insecure:
+        log.warning("insecure", detail=INSECURE_WARNING)
+        return None
+    if not settings.tls.ca_file:
+        raise SettingError(
+            "SUARA_CA_FILE", "", "the CA that signed the server's certificate (PEM; `--ca`), or SUARA_INSECURE=1"
+        )
+    return ClientTls(_existing("SUARA_CA_FILE", settings.tls.ca_file).read_bytes(), identity)
+
+
+def ca_client_tls(ca: Path | None, identity: pki.KeyPair | None = None) -> ClientTls | None:
+    """TLS from a CA file given directly (a `--ca` flag); None means plaintext."""
+    return None if ca is None else ClientTls(ca.read_bytes(), identity)
+
+
+def open_channel(
+    address: str,
+    tls: ClientTls | None,
+    *,
+    options: Sequence[tuple[str, Any]] = (),
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+) -> grpc.aio.Channel:
+    """A channel to `address`: TLS verified against the CA (with the client certificate, when there is
+    one), or plaintext when `tls` is None (explicitly insecure)."""
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=list(options), interceptors=list(interceptors) or None)
+    return grpc.aio.secure_channel(
+        address, tls.credentials(), options=list(options), interceptors=list(interceptors) or None
+    )
