@@ -64,6 +64,7 @@ async def run_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 async def play(args: argparse.Namespace, system: System) -> int:
     """The simulated election against the running services, then the checks; 0 when they all pass."""
+    from services.publish.audit import SiteReport, SiteUnreadable, audit_site, site_reader
     from services.tally.audit import verify_chain
     from suara.registry.catalog import fetch_contests
     from suara.registry.summary import sample_tps
@@ -84,13 +85,21 @@ async def play(args: argparse.Namespace, system: System) -> int:
         f"site: snapshot {snapshot} published; its national totals "
         + ("equal aggregate's" if same else f"DIFFER from aggregate's: {published} vs {national}")
     )
+    try:
+        heads = audit_site(site_reader(str(system.site_dir)))  # what anyone can check from the site alone
+    except SiteUnreadable as exc:
+        heads = SiteReport(problems=[f"the site cannot be read: {exc}"])
     async with connect(system.database_url) as conn:
-        report = await verify_chain(conn)
+        report = await verify_chain(conn, published={h.head.position: h.head.hash for h in heads.heads})
+    report.problems += heads.problems
     verdict = "OK" if report.ok and same else "BROKEN"
     say(
         f"verification: {verdict} — chain {'intact' if report.ok else 'BROKEN'}, {report.records:,} records, "
-        f"head {report.head_hash[:16]}…; site {'matches' if same else 'DOES NOT MATCH'} aggregate"
+        f"head {report.head_hash[:16]}…, {len(heads.heads)} signed published heads reached; "
+        f"site {'matches' if same else 'DOES NOT MATCH'} aggregate"
     )
+    for problem in report.problems[:10]:
+        say(f"  - {problem}")
     say(f"credentials: admin {system.admin_key}, relay {system.relay_key}, reader {system.reader_key}")
     say(f"site: {system.site_url}")
     return 0 if report.ok and same else 1

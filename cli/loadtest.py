@@ -15,6 +15,12 @@ At the end: a table, and the JSON report (--report) with throughput, latency, ou
 freshness (acknowledged → visible in the published national file) and the verification of every
 published totals file of the sampled contests, at every level, and every sampled TPS's file, against
 the load test's own oracle of what tally acknowledged. The election must be fresh (no forms yet).
+
+The whole run is one address to tally, which limits calls per address (SUARA_TALLY_PEER_RATE a
+second per tally process, 5,000 by default): a run faster than that per process needs a tally
+started with a higher SUARA_TALLY_PEER_RATE, or its devices wait out RESOURCE_EXHAUSTED hints. Each
+virtual device sends a few forms, far below the per-device limit. The devices sign the election id
+tally's enrollment replies name.
 """
 
 from __future__ import annotations

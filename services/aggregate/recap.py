@@ -23,6 +23,7 @@ from services.aggregate.catalog import Catalog
 from services.aggregate.errors import InvalidRequest
 from services.aggregate.queries import QUERIES
 from suara.election import signing
+from suara.election.checks import MAX_VERSION
 from suara.election.codes import parent_of
 from suara.election.payloads import describe_unknown, other_election, unknown_fields
 from suara.runtime.database import Database
@@ -124,8 +125,10 @@ async def _validate(db: Database, catalog: Catalog, form: aggregate_pb2.RecapFor
         raise InvalidRequest([FieldProblem("contest", f"unknown contest {form.contest!r}")])
     if await db.fetchrow(QUERIES.area_digital, form.contest, form.area) is None:
         problems.append(FieldProblem("area", f"{form.contest} is not held in area {form.area!r}"))
-    if form.version < 1:
-        problems.append(FieldProblem("version", f"must be >= 1, got {form.version}"))
+    if not 1 <= form.version <= MAX_VERSION:
+        problems.append(
+            FieldProblem("version", f"must be between 1 and {MAX_VERSION} (the cap on versions), got {form.version}")
+        )
     choices = catalog.choice_ids(form.contest)
     for choice in sorted(set(choices) | set(form.totals.votes)):
         field = f"totals.votes[{choice}]"

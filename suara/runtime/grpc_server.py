@@ -22,11 +22,12 @@ from typing import Any
 
 import grpc
 import structlog
+from google.protobuf.descriptor import FieldDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from suara.runtime.errors import InvalidArgument, ResourceExhausted, ServiceError
+from suara.runtime.errors import FieldProblem, InvalidArgument, ResourceExhausted, ServiceError
 from suara.runtime.tls import RequireTls13, ServerTls
 from suara.runtime.wire import MAX_MESSAGE_BYTES, RETRY_AFTER_KEY, TRANSPORT_LIMITS
 
@@ -50,6 +51,34 @@ async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: Service
 
 _PROCESS = secrets.token_hex(4)  # request ids: unique across processes without a uuid4 (urandom) per call
 _CALLS = itertools.count(1)
+
+
+def _nul_field(message: Any, path: str = "") -> str | None:
+    """The path of the first string field holding a NUL character, None if none. No text column
+    (PostgreSQL's text) can hold one: such a request is refused at the edge, naming the field, instead
+    of failing deep in a query."""
+    for field, value in message.ListFields():
+        where = f"{path}.{field.name}" if path else field.name
+        if field.type == FieldDescriptor.TYPE_STRING:
+            items = [value] if not field.is_repeated else list(value)
+            if any("\x00" in item for item in items):
+                return where
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            if field.message_type.GetOptions().map_entry:
+                for key, item in value.items():
+                    if isinstance(key, str) and "\x00" in key:
+                        return f"{where}[{key!r}]"
+                    if isinstance(item, str) and "\x00" in item:
+                        return f"{where}[{key!r}]"
+                    if hasattr(item, "ListFields") and (found := _nul_field(item, f"{where}[{key!r}]")):
+                        return found
+            else:
+                items = list(value) if field.is_repeated else [value]
+                for i, item in enumerate(items):
+                    inner = f"{where}[{i}]" if field.is_repeated else where
+                    if found := _nul_field(item, inner):
+                        return found
+    return None
 
 
 class _Refused:
@@ -80,9 +109,17 @@ def _checked(
                 )
             )
         try:
-            return deserialize(data)
+            request = deserialize(data)
         except Exception:  # protobuf's DecodeError, or anything a parser of hostile bytes raises
             return _Refused(InvalidArgument(f"the request is not a valid {name} request message"))
+        if hasattr(request, "ListFields") and (field := _nul_field(request)) is not None:
+            return _Refused(
+                InvalidArgument(
+                    f"the request's {field} holds a NUL character",
+                    violations=[FieldProblem(field, "holds a NUL character (U+0000), which no field may")],
+                )
+            )
+        return request
 
     return checked
 

@@ -16,6 +16,7 @@ from suara.v1 import aggregate_pb2
 from tests.support.aggregate import Aggregate
 from tests.support.factories import TEST_ELECTION
 from tests.support.fuzz import IMPRECISE, mutated
+from tests.support.rpc_errors import bad_fields
 
 SERVICE = service_names.AGGREGATE
 NO_TPS = "0000000000000"  # no TPS of the registry: a mutation of it is (almost surely) none either
@@ -79,3 +80,18 @@ async def test_hostile_bytes_get_a_precise_status_and_apply_nothing(
     await _call(aggregate, method, body)
     assert await _rows(aggregate) == before
     assert await _call(aggregate, "Changes", SEEDS["Changes"]) == grpc.StatusCode.OK
+
+
+async def test_a_nul_in_a_string_is_refused_naming_the_field(aggregate: Aggregate) -> None:
+    # Found by the fuzzing above: PostgreSQL text cannot hold U+0000, and the query failed as INTERNAL.
+    body = aggregate_pb2.GetReconciliationRequest(area="\x001101", contest="ppwp").SerializeToString()
+    call: Callable[..., object] = aggregate.channel_for("GetReconciliation").unary_unary(
+        service_names.method_path(SERVICE, "GetReconciliation")
+    )
+    try:
+        await call(body, timeout=10)  # type: ignore[misc]  # bytes in, bytes out
+    except grpc.aio.AioRpcError as error:
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert bad_fields(error) == ["area"]
+    else:
+        raise AssertionError("a NUL in area was answered")

@@ -282,3 +282,15 @@ async def test_a_recap_of_another_election_is_refused_naming_both(aggregate: Agg
     assert await aggregate.db.fetchval("SELECT count(*) FROM aggregate.recap") == 0
     accepted = await aggregate.stub.SubmitRecap(_signed(ppk, area, 1, totals))
     assert accepted.outcome == aggregate_pb2.RECAP_OUTCOME_ACCEPTED
+
+
+async def test_recap_versions_are_capped(aggregate: Aggregate) -> None:
+    area, tps, choices = await _kecamatan(aggregate.db)
+    ppk = await _official(aggregate.db, area, "ppk")
+    totals = _sum([totals_for(code, "ppwp", 1, choices) for code in tps], choices)
+    top = await aggregate.stub.SubmitRecap(_signed(ppk, area, 100, totals))
+    assert top.outcome == aggregate_pb2.RECAP_OUTCOME_ACCEPTED
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await aggregate.stub.SubmitRecap(_signed(ppk, area, 2**63 - 1, totals))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_fields(err.value) == ["version"]

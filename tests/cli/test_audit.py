@@ -143,6 +143,10 @@ async def test_deleting_the_newest_records_and_resetting_the_head_is_found_again
 ) -> None:
     await _published(pipeline, 12, seed=3)
     published = await pipeline.db.fetchval("SELECT position FROM tally.chain_head")
+    # What an observer keeps: a copy of the pointer and of the key list, as they were that night.
+    saved, saved_keys = tmp_path / "snapshot-then.json", tmp_path / "kunci-rantai-then.json"
+    saved.write_bytes((pipeline.site / "suara/snapshot.json").read_bytes())
+    saved_keys.write_bytes((pipeline.site / "suara/kunci-rantai.json").read_bytes())
     await _drop_newest(pipeline.db, published - 2)
 
     alone = await _audit(cli_env, tmp_path, "verify")
@@ -153,6 +157,11 @@ async def test_deleting_the_newest_records_and_resetting_the_head_is_found_again
         f"head at position {published} " in p and f"the chain has {published - 2} records" in p
         for p in _problems(against)
     ), against.stdout
+
+    from_file = await _audit(cli_env, tmp_path, "verify", "--against", str(saved), "--keys", str(saved_keys))
+    assert from_file.returncode == 1 and _problems(from_file) == _problems(against), from_file.stdout
+    unkeyed = await _audit(cli_env, tmp_path, "verify", "--against", str(saved))
+    assert unkeyed.returncode == 1 and "needs --keys" in unkeyed.stdout, unkeyed.stdout
 
     # The night goes on from the cut-back head; the next snapshot publishes a shorter chain.
     await pipeline.submit(pipeline.tally_codes("ppwp")[-1], seed=9)

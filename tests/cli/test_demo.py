@@ -27,6 +27,7 @@ async def test_demo_runs_the_pipeline_and_reports_true_national_totals(
     result = await run_suara("demo", "--once", "--forms", "60", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "verification: OK" in result.stdout
+    assert re.search(r"^verification: OK .*, [1-9]\d* signed published heads reached;", result.stdout, re.M)
     # `suara demo` is `suara up` plus the election: the same ready line, then the report.
     assert re.search(
         r"^ready tally=127\.0\.0\.1:\d+ site=http://127\.0\.0\.1:\d+/ admin_key=/\S+ ca=/\S+$", result.stdout, re.M

@@ -62,8 +62,8 @@ async def test_a_revoked_official_is_refused_by_a_running_aggregate_and_the_log_
     def recap(version: int) -> aggregate_pb2.SubmitRecapRequest:
         totals = aggregate_pb2.Totals(votes=dict.fromkeys(choices, version), suara_sah=version * len(choices))
         form = aggregate_pb2.RecapForm(
-            area=area, contest="ppwp", version=version, totals=totals, election_id=TEST_ELECTION
-        )
+            area=area, contest="ppwp", version=version, totals=totals, election_id=key.election_id
+        )  # the election the key file names
         payload = form.SerializeToString()
         signed = aggregate_pb2.SignedRecap(payload=payload, signature=key.sign(payload), official_id=key.official_id)
         return aggregate_pb2.SubmitRecapRequest(recap=signed)

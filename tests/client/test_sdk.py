@@ -29,7 +29,7 @@ from suara.runtime.errors import ServiceError
 from suara.runtime.grpc_server import create_server
 from suara.v1 import form_pb2, tally_pb2
 from tests.client.doubles import Network, Waits
-from tests.support.factories import Station, consistent_form, jpeg
+from tests.support.factories import TEST_ELECTION, Station, consistent_form, jpeg
 from tests.support.pki import suite_pki
 from tests.support.ports import closed_port
 from tests.support.tally import Tally
@@ -508,6 +508,18 @@ async def test_a_form_for_another_tps_is_refused_before_anything_is_stored(tally
     with pytest.raises(FormError, match="at most 3 photos"):
         await offline.submit(form_for(tally, station), station.key, photos=[jpeg(bytes([i])) for i in range(4)])
     assert await offline.outbox.entries() == []
+
+
+async def test_a_form_is_signed_for_the_election_of_its_key(tally: Tally, online: Client) -> None:
+    station = await tally.station()  # a key of the test registry's election
+    form = form_for(tally, station)
+    form.ClearField("election_id")  # as a client that leaves it to the key file fills it
+    attempt = await online.submit(form, station.key)
+    assert attempt.outcome == "ACCEPTED"
+    assert form_pb2.CHasilForm.FromString(attempt.entry.payload).election_id == TEST_ELECTION
+    with pytest.raises(FormError, match="election 'gladi-2024'"):
+        other = consistent_form(station.tps, "ppwp", tally.contests["ppwp"], 2, election_id="gladi-2024")
+        await online.submit(other, station.key)
 
 
 async def open_client(path: Path, target: str, **options: Any) -> Client:

@@ -24,11 +24,10 @@ import structlog
 
 from cli.embedded import free_port
 from services.aggregate.server import AggregateApp
-from tests.crash.rig import AggregateProcess, ApplyCounter, Forms, RelayProcess, delivered, pending
+from tests.crash.rig import DRILL_SETTINGS, AggregateProcess, ApplyCounter, Forms, RelayProcess, delivered, pending
 from tests.support.aggregate import BASE_SETTINGS as AGGREGATE_SETTINGS
 from tests.support.oracles.aggregate import Oracle, expected_versions, stored_rows, stored_versions
 from tests.support.pki import suite_pki
-from tests.support.tally import BASE_SETTINGS as TALLY_SETTINGS
 from tests.support.tally import Tally, relaying, start_tally
 from tests.support.waiting import WAIT_S, poll_until
 
@@ -113,7 +112,7 @@ async def test_aggregate_killed_mid_batch_repeatedly_loses_and_doubles_nothing(
     relay_log: list[MutableMapping[str, Any]] = []
     try:
         await aggregate.start()
-        settings = relaying(TALLY_SETTINGS, credential, aggregate.address)
+        settings = relaying(DRILL_SETTINGS, credential, aggregate.address)
         tally = await start_tally(db_url, db, settings)
         relay = tally.app.relay
         assert relay is not None, "tally should relay when it has a writer credential"
@@ -153,7 +152,7 @@ async def test_relay_killed_mid_backlog_repeatedly_loses_and_doubles_nothing(
     tally: Tally | None = None
     relay = RelayProcess(db_url, f"127.0.0.1:{aggregate.internal_port}", credential, tmp_path, batch=100)
     try:
-        tally = await start_tally(db_url, db)  # no relay of its own: the subprocess delivers
+        tally = await start_tally(db_url, db, DRILL_SETTINGS)  # no relay of its own: the subprocess delivers
         assert tally.app.relay is None
         forms = Forms(tally, rng)
         await forms.enroll(300)
@@ -203,7 +202,7 @@ async def test_two_relays_stay_exact_through_aggregate_kills_and_the_active_rela
     submitting: asyncio.Task[None] | None = None
     try:
         await aggregate.start()
-        tally = await start_tally(db_url, db)  # no relay of its own: the two subprocesses deliver
+        tally = await start_tally(db_url, db, DRILL_SETTINGS)  # no relay of its own: the two subprocesses deliver
         for relay in relays:
             await relay.start()
         forms = Forms(tally, rng)

@@ -8,12 +8,13 @@ import json
 import random
 from pathlib import Path
 
+import grpc
 import pytest
 
 from services.aggregate.queries import QUERIES as AGGREGATE_QUERIES
 from services.publish.sinks.local import LocalSink
 from suara.election.signing import OfficialKey
-from suara.v1 import aggregate_pb2
+from suara.v1 import aggregate_pb2, tally_pb2
 from tests.publish.recording import KilledMidway, RecordingSink
 from tests.support.factories import TEST_ELECTION
 from tests.support.oracles import chain as chain_oracle
@@ -244,3 +245,33 @@ async def test_a_file_rewritten_by_a_later_cycle_is_never_served_immutable(pipel
     assert not immutable, immutable
     kept = [path for path in before if "immutable" in cache_control_for(path)]
     assert kept and all(after[path] == before[path] for path in kept), "what is immutable is never rewritten"
+
+
+async def test_without_a_signed_head_from_tally_the_last_signed_one_stays_published(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = random.Random(12)
+    await pipeline.random_night(rng, 6)
+    await pipeline.cycle()
+    signed_head = json.loads((pipeline.site / "suara/snapshot.json").read_bytes())["chain_head"]
+    stub = pipeline.publisher.tally
+    assert stub is not None
+    genuine = stub.GetChainHead
+
+    async def unreachable(*args: object, **kwargs: object) -> tally_pb2.GetChainHeadResponse:
+        raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "down")
+
+    async def forged(request: tally_pb2.GetChainHeadRequest, **kwargs: float) -> tally_pb2.GetChainHeadResponse:
+        reply: tally_pb2.GetChainHeadResponse = await genuine(request, timeout=kwargs["timeout"])
+        reply.chain_head.position += 1  # no longer what the signature covers
+        return reply
+
+    for fake in (unreachable, forged):
+        monkeypatch.setattr(stub, "GetChainHead", fake)
+        await pipeline.random_night(rng, 3)
+        result = await pipeline.cycle()
+        assert result is not None
+        pointer = json.loads((pipeline.site / "suara/snapshot.json").read_bytes())
+        assert pointer["snapshot"] == result.snapshot and pointer["chain_head"] == signed_head, fake.__name__
+        tally_now = await pipeline.db.fetchval("SELECT position FROM tally.chain_head")
+        assert tally_now > signed_head["position"]

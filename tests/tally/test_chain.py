@@ -7,10 +7,12 @@ are held against it, and so is the library's encoding over arbitrary records.
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -20,10 +22,11 @@ from hypothesis import strategies as st
 
 from services.tally.audit import verify_chain
 from suara.election import chain
+from suara.election.signing import ChainKey
 from suara.v1 import tally_pb2
 from tests.support.factories import consistent_form, jpeg, png, signed
 from tests.support.oracles import chain as oracle
-from tests.support.tally import Tally
+from tests.support.tally import CHAIN_KEY, Tally
 
 
 async def _night(tally: Tally) -> None:
@@ -198,3 +201,37 @@ def test_lists_are_unambiguous(fields: tuple[list[str], list[str]], other: tuple
 @given(position=st.integers(0, 2**62), head_hash=st.binary(min_size=32, max_size=32))
 def test_the_signed_head_is_the_documented_encoding(position: int, head_hash: bytes) -> None:
     assert chain.head_encoding(position, head_hash) == oracle.head_message(position, head_hash)
+
+
+async def test_the_head_tally_hands_out_is_signed_by_its_chain_key(tally: Tally) -> None:
+    empty = await tally.stub.GetChainHead(tally_pb2.GetChainHeadRequest())
+    await _night(tally)
+    reply = await tally.stub.GetChainHead(tally_pb2.GetChainHeadRequest())
+    stored = await tally.db.fetchrow("SELECT position, hash FROM tally.chain_head")
+    assert (reply.chain_key.key_id, reply.chain_key.public_key) == (CHAIN_KEY.key_id, CHAIN_KEY.public_key)
+    for got, position, head_hash in ((empty, 0, bytes(32)), (reply, stored["position"], bytes(stored["hash"]))):
+        published = {
+            "position": got.chain_head.position,
+            "hash": got.chain_head.hash,
+            "key_id": got.chain_head.key_id,
+            "signature": got.chain_head.signature.hex(),
+        }
+        assert (published["position"], published["hash"]) == (position, head_hash.hex())
+        assert oracle.head_verifies(CHAIN_KEY.public_key, published)
+        assert not oracle.head_verifies(CHAIN_KEY.public_key, {**published, "position": position + 1})
+
+
+def test_a_chain_key_file_is_made_once_readable_by_its_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "chain.key.json"
+    made, created = ChainKey.load_or_create(path)
+    again, created_again = ChainKey.load_or_create(path)
+    assert (created, created_again) == (True, False)
+    assert (again.key_id, again.public_key) == (made.key_id, made.public_key) and made.key_id == oracle.key_id(
+        made.public_key
+    )
+    assert path.stat().st_mode & 0o777 == 0o600 and [p.name for p in path.parent.iterdir()] == [path.name]
+    document = json.loads(path.read_text())
+    document["key_id"] = "chn_" + "0" * 24
+    path.write_text(json.dumps(document))
+    with pytest.raises(ValueError, match="key_id does not match"):
+        ChainKey.load(path)

@@ -15,6 +15,7 @@ from suara.election.signing import DeviceKey
 from suara.v1 import tally_pb2
 from tests.support.factories import consistent_form, signed
 from tests.support.fuzz import IMPRECISE, mutated
+from tests.support.rpc_errors import bad_fields
 from tests.support.tally import Tally
 
 SERVICE = service_names.TALLY
@@ -94,3 +95,17 @@ async def test_hostile_bytes_get_a_precise_status_and_store_nothing(
     assert await _rows(tally) == before
     # Still serving: the valid request of a read method is answered.
     assert await _call(tally, "GetChainHead", b"", False) == grpc.StatusCode.OK
+
+
+async def test_a_nul_in_a_string_is_refused_naming_the_field(tally: Tally) -> None:
+    station = await tally.station()
+    request = tally_pb2.ListSubmissionsRequest(tps=station.tps, contest="pp\x00wp")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await tally.admin.ListSubmissions(request)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_fields(err.value) == ["contest"]
+    forged = signed(station.key, consistent_form(station.tps, "ppwp", tally.contests["ppwp"]))
+    forged.form.device_id = "dev_\x00"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await tally.stub.Submit(forged)
+    assert bad_fields(err.value) == ["form.device_id"]
