@@ -87,3 +87,25 @@ def test_the_link_check_sees_a_link(tmp_path: Path) -> None:
         "docs/layout.md",
         "https://a.b",
     ]
+
+
+def test_every_test_the_threat_model_points_at_exists(repo_root: Path) -> None:
+    """Each row names its test as `tests/….py::test_name` (or `::test_name`, in the file named before it on the
+    row): a renamed or removed test must take its row along, or the model promises what nothing shows."""
+    text = (repo_root / "docs" / "threat-model.md").read_text()
+    missing: list[str] = []
+    cited = 0
+    for line in text.splitlines():
+        current: Path | None = None
+        for path, name in re.findall(r"`(tests/[\w/]+\.py)?(?:::(\w+))?[^`]*`", line):
+            if path:
+                current = repo_root / path
+                if not current.exists():
+                    missing.append(path)
+                    continue
+            if name and current is not None:
+                cited += 1
+                if not re.search(rf"^(async )?def {name}\(", current.read_text(), re.MULTILINE):
+                    missing.append(f"{current.relative_to(repo_root)}::{name}")
+    assert cited > 20
+    assert not missing, missing
