@@ -12,7 +12,9 @@ Revocation. `Revocations` holds the CRL's revoked serials and re-reads the file 
 checking at most every RECHECK_S, so a running process refuses a revoked certificate within a second.
 
 Clients. `client_tls(settings, identity)` gives what a channel needs (the CA, and a client
-certificate for service calls); `open_channel()` is the one way a suara process opens a channel.
+certificate for service calls); `open_channel()` is the one way a suara process opens a channel. A
+service's client certificate read from its file is followed like a server's: the channel reopens
+with the renewed one (`FollowingChannel`), so a relay or publish needs no restart either.
 
 Plain text only when asked for explicitly (SUARA_INSECURE=1, `--insecure`), logged loudly: for
 debugging, never by default.
@@ -20,6 +22,8 @@ debugging, never by default.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -38,6 +42,8 @@ from suara.runtime.settings import SettingError, Settings
 log = structlog.stdlib.get_logger("suara.tls")
 
 TLS13: Final = b"TLSv1.3"  # the auth context's `ssl_tls_version` of a TLS 1.3 connection
+CLIENT_RECHECK_S: Final = 1.0  # how often a running client looks at its certificate files (a stat each)
+OLD_CHANNEL_GRACE_S: Final = 60.0  # calls in flight on a channel replaced by a renewed certificate finish
 RECHECK_S: Final = 0.25  # how stale the CRL may be: a revoked certificate is refused within about this
 SECTIONS: Final = ("tally", "aggregate", "publish")
 INSECURE_WARNING: Final = (
@@ -253,10 +259,46 @@ def server_tls(settings: Settings, section: str) -> ServerTls | None:
 @dataclass(frozen=True)
 class ClientTls:
     """What a client channel needs: the CA that signed the server's certificate, and this client's own
-    certificate and key for a service call (None for a device, which is not known by a certificate)."""
+    certificate and key for a service call (None for a device, which is not known by a certificate).
+
+    Read by `from_files`, it knows its files (`sources`) and their stat when read (`loaded`): a channel
+    opened with it follows them (`FollowingChannel`), so a renewed client certificate is used without
+    a restart."""
 
     ca_pem: bytes
     identity: pki.KeyPair | None = None
+    sources: tuple[Path, ...] = ()  # (CA, certificate-and-key bundle) when read from files
+    loaded: tuple[tuple[int, int, int], ...] = field(default=(), compare=False, repr=False)
+
+    @classmethod
+    def from_files(cls, ca: Path, bundle: Path) -> ClientTls:
+        """The CA and a client certificate with its key in one PEM file (a service's credential file).
+        ValueError if the key is not the certificate's (a bundle being replaced)."""
+        paths = (ca, bundle)
+        seen = _stat(paths)  # before reading: a change during the read is seen at the next look
+        pair = pki.split_bundle(bundle.read_bytes())
+        if not _key_matches(pair.cert_pem, pair.key_pem):
+            raise ValueError(f"{bundle}: the key is not the certificate's")
+        return cls(ca.read_bytes(), pair, paths, seen)
+
+    def changed(self) -> bool:
+        """Whether its files differ (stat: mtime, size, inode) from when it was read."""
+        return bool(self.sources) and _stat(self.sources) != self.loaded
+
+    def renewed(self) -> ClientTls | None:
+        """A fresh read of its files if they changed; None if not, or if they cannot be read yet
+        (logged; the caller keeps the one it has and looks again later)."""
+        if not self.changed():
+            return None
+        try:
+            fresh = ClientTls.from_files(*self.sources)
+        except (OSError, ValueError) as exc:
+            log.warning("tls_client_reload_failed", files=[str(p) for p in self.sources], error=str(exc))
+            return None
+        if fresh == self:  # touched, not changed: remember the new stat, keep the channel
+            object.__setattr__(self, "loaded", fresh.loaded)
+            return None
+        return fresh
 
     def credentials(self) -> grpc.ChannelCredentials:
         if self.identity is None:
@@ -268,8 +310,9 @@ class ClientTls:
         )
 
 
-def client_tls(settings: Settings, identity: pki.KeyPair | None = None) -> ClientTls | None:
-    """TLS for a channel from the settings (SUARA_CA_FILE); None, logged loudly, with SUARA_INSECURE."""
+def client_tls(settings: Settings, identity: pki.KeyPair | None = None, bundle: Path | None = None) -> ClientTls | None:
+    """TLS for a channel from the settings (SUARA_CA_FILE); None, logged loudly, with SUARA_INSECURE.
+    With `bundle` (the file `identity` was read from), the identity is read from it and followed."""
     if settings.tls.insecure:
         log.warning("insecure", detail=INSECURE_WARNING)
         return None
@@ -277,7 +320,10 @@ def client_tls(settings: Settings, identity: pki.KeyPair | None = None) -> Clien
         raise SettingError(
             "SUARA_CA_FILE", "", "the CA that signed the server's certificate (PEM; `--ca`), or SUARA_INSECURE=1"
         )
-    return ClientTls(_existing("SUARA_CA_FILE", settings.tls.ca_file).read_bytes(), identity)
+    ca = _existing("SUARA_CA_FILE", settings.tls.ca_file)
+    if bundle is not None:
+        return ClientTls.from_files(ca, bundle)
+    return ClientTls(ca.read_bytes(), identity)
 
 
 def ca_client_tls(ca: Path | None, identity: pki.KeyPair | None = None) -> ClientTls | None:
@@ -293,9 +339,109 @@ def open_channel(
     interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
 ) -> grpc.aio.Channel:
     """A channel to `address`: TLS verified against the CA (with the client certificate, when there is
-    one), or plaintext when `tls` is None (explicitly insecure)."""
+    one), or plaintext when `tls` is None (explicitly insecure). A client certificate read from files
+    (`ClientTls.from_files`) gives a `FollowingChannel`, which picks up a renewed certificate."""
     if tls is None:
         return grpc.aio.insecure_channel(address, options=list(options), interceptors=list(interceptors) or None)
+    if tls.sources and tls.identity is not None:
+        return FollowingChannel(address, tls, options=options, interceptors=interceptors)
     return grpc.aio.secure_channel(
         address, tls.credentials(), options=list(options), interceptors=list(interceptors) or None
     )
+
+
+class FollowingChannel(grpc.aio.Channel):
+    """A TLS channel that follows its certificate files: before a call, at most every CLIENT_RECHECK_S,
+    it compares their stat with what it read; when they changed it opens a new channel with the new
+    certificate for the calls that follow, and closes the old one once the calls in flight on it are
+    done (within OLD_CHANNEL_GRACE_S). Stubs made on it keep working: each call goes to the current one."""
+
+    def __init__(
+        self,
+        address: str,
+        tls: ClientTls,
+        *,
+        options: Sequence[tuple[str, Any]] = (),
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+    ) -> None:
+        self.address = address
+        self.tls = tls
+        self.reopened = 0  # times a renewed certificate replaced the channel
+        self._options = list(options)
+        self._interceptors = list(interceptors) or None
+        self._channel = self._open(tls)
+        self._checked = time.monotonic()
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    def _open(self, tls: ClientTls) -> grpc.aio.Channel:
+        return grpc.aio.secure_channel(
+            self.address, tls.credentials(), options=self._options, interceptors=self._interceptors
+        )
+
+    def current(self) -> grpc.aio.Channel:
+        """The channel to call on: reopened first if the certificate files changed (looked at now and then)."""
+        now = time.monotonic()
+        if now - self._checked < CLIENT_RECHECK_S:
+            return self._channel
+        self._checked = now
+        renewed = self.tls.renewed()
+        if renewed is None:
+            return self._channel
+        old, self._channel, self.tls = self._channel, self._open(renewed), renewed
+        self.reopened += 1
+        retiring = asyncio.get_running_loop().create_task(old.close(OLD_CHANNEL_GRACE_S))
+        self._retiring.add(retiring)
+        retiring.add_done_callback(self._retiring.discard)
+        serial = renewed.identity.certificate.serial_number if renewed.identity else 0
+        log.info("tls_client_reloaded", address=self.address, serial=f"{serial:x}")
+        return self._channel
+
+    async def close(self, grace: float | None = None) -> None:
+        await self._channel.close(grace)
+        for retiring in list(self._retiring):
+            retiring.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await retiring
+
+    async def __aenter__(self) -> FollowingChannel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return self.current().get_state(try_to_connect)
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        await self.current().wait_for_state_change(last_observed_state)
+
+    async def channel_ready(self) -> None:
+        await self.current().channel_ready()
+
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _Following(self, "unary_unary", method, args, kwargs)
+
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _Following(self, "unary_stream", method, args, kwargs)
+
+    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _Following(self, "stream_unary", method, args, kwargs)
+
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _Following(self, "stream_stream", method, args, kwargs)
+
+
+class _Following:
+    """A stub's method on a FollowingChannel: each call is made on the channel current at the time."""
+
+    def __init__(
+        self, owner: FollowingChannel, kind: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        self._owner, self._kind, self._method, self._args, self._kwargs = owner, kind, method, args, kwargs
+        self._bound: tuple[grpc.aio.Channel, Any] | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        channel = self._owner.current()
+        if self._bound is None or self._bound[0] is not channel:
+            self._bound = (channel, getattr(channel, self._kind)(self._method, *self._args, **self._kwargs))
+        return self._bound[1](*args, **kwargs)

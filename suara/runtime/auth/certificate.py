@@ -8,7 +8,7 @@ a recorded call sent again on a new connection meets a handshake it cannot compl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
@@ -34,6 +34,7 @@ class CertCredential:
     key_pair: pki.KeyPair
     id: str
     role: str
+    path: Path | None = None  # the file it was read from: channels follow it when it is renewed
 
     @classmethod
     def from_pem(cls, pem: bytes, source: str = "") -> CertCredential:
@@ -46,7 +47,7 @@ class CertCredential:
 
     @classmethod
     def load(cls, path: Path) -> CertCredential:
-        return cls.from_pem(path.read_bytes(), str(path))
+        return replace(cls.from_pem(path.read_bytes(), str(path)), path=path)
 
     def metadata(self, method: str = "") -> tuple[tuple[str, str], ...]:
         return ()
@@ -57,7 +58,7 @@ def load_credential(path: Path) -> CertCredential | ServiceCredential:
     data = path.read_bytes()
     if data.lstrip().startswith(b"{"):
         return ServiceCredential.load(path)
-    return CertCredential.from_pem(data, str(path))
+    return replace(CertCredential.from_pem(data, str(path)), path=path)
 
 
 def credential_tls(settings: Settings, credential: CertCredential | ServiceCredential) -> ClientTls | None:
@@ -66,7 +67,7 @@ def credential_tls(settings: Settings, credential: CertCredential | ServiceCrede
     if isinstance(credential, CertCredential):
         if settings.tls.insecure:
             raise SettingError("SUARA_INSECURE", "1", "a token credential file (a certificate needs TLS)")
-        return client_tls(settings, credential.key_pair)
+        return client_tls(settings, credential.key_pair, credential.path)
     if not settings.tls.insecure:
         raise SettingError(
             "SUARA_INSECURE",

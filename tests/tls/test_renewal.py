@@ -1,0 +1,84 @@
+"""Client certificates renewed under a running service: the relay's channel follows its credential file.
+
+The oracle is aggregate's database (what was applied) and the CA's revocation list: once the old
+certificate is revoked, only a relay that switched to the new one can still deliver.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import asyncpg
+import grpc
+
+from services.tally.relay import undelivered
+from suara.client.aggregate_stub import aggregate_stub
+from suara.runtime.auth.certificate import CertCredential
+from suara.runtime.secrets_file import write_secret
+from suara.runtime.tls import FollowingChannel
+from suara.v1 import aggregate_pb2
+from tests.support.aggregate import start_aggregate
+from tests.support.factories import consistent_form, signed
+from tests.support.pki import suite_pki
+from tests.support.tally import BASE_SETTINGS as TALLY_SETTINGS
+from tests.support.tally import Tally, relaying, start_tally
+from tests.support.waiting import poll_until
+
+
+async def _submit(tally: Tally) -> None:
+    station = await tally.station()
+    form = consistent_form(station.tps, "ppwp", tally.contests["ppwp"])
+    await tally.stub.Submit(signed(station.key, form))
+
+
+async def _applied(db: asyncpg.Connection) -> int:
+    return int(await db.fetchval("SELECT count(*) FROM aggregate.tps_result"))
+
+
+async def test_a_running_relay_uses_its_renewed_certificate_after_the_old_is_revoked(
+    db_url: str, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    pki = suite_pki()
+    bundle = tmp_path / "relay.pem"
+    write_secret(bundle, pki.pki.issue_client("renewal-old", "writer").bundle().decode())
+    old = CertCredential.load(bundle)
+    aggregate = await start_aggregate(db_url, db)
+    internal = f"127.0.0.1:{aggregate.app.internal_port}"
+    tally = await start_tally(db_url, db, relaying(TALLY_SETTINGS, bundle, internal))
+    try:
+        relay = tally.app.relay
+        assert relay is not None
+        await _submit(tally)
+
+        async def delivered() -> bool:
+            return await undelivered(db) == 0
+
+        await poll_until(delivered, "the first form delivered with the old certificate")
+        assert await _applied(db) == 1
+
+        # Renewed in place (same role, a new key), then the old one revoked: the process keeps running.
+        write_secret(bundle, pki.pki.issue_client("renewal-new", "writer").bundle().decode())
+        pki.pki.revoke("renewal-old")
+        async with pki.channel(internal, old) as channel:  # the revocation is in force
+
+            async def old_refused() -> bool:
+                try:
+                    await aggregate_stub(channel).ApplyUpdates(aggregate_pb2.ApplyUpdatesRequest())
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() == grpc.StatusCode.PERMISSION_DENIED, exc
+                    return True
+                return False
+
+            await poll_until(old_refused, "the old certificate refused")
+
+        await _submit(tally)
+        await poll_until(delivered, "the form sent after the renewal delivered")
+        assert await _applied(db) == 2
+        assert relay.dead_lettered == 0  # refusals while it switched were retried, not set aside
+        assert isinstance(relay._channel, FollowingChannel)
+        assert relay._channel.reopened == 1
+        assert relay._channel.tls.identity is not None
+        assert relay._channel.tls.identity.certificate.serial_number != old.key_pair.certificate.serial_number
+    finally:
+        await tally.close()
+        await aggregate.close()
