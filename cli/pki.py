@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cli.actor import operator
 from suara.runtime.pki import CLIENT_ROLES, PkiDir, PkiError, common_name, role_of
 from suara.runtime.settings import Settings
 
@@ -80,7 +81,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _dir(args: argparse.Namespace, settings: Settings) -> PkiDir:
-    return PkiDir(args.dir or settings.data_dir / "pki")
+    return PkiDir(args.dir or settings.data_dir / "pki", actor=operator())
 
 
 def run_init(args: argparse.Namespace, settings: Settings) -> int:

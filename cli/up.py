@@ -343,10 +343,11 @@ def local_pki(
 
     Kept across runs (clients keep trusting the same CA); what is missing is issued, and a service whose
     certificate does not name every host it now binds gets a new one."""
+    from cli.actor import operator
     from suara.runtime.pki import PkiDir
     from suara.runtime.secrets_file import write_secret
 
-    pki = PkiDir(data_dir / "pki")
+    pki = PkiDir(data_dir / "pki", actor=operator())
     if pki.init():
         note(f"pki: a new private CA in {pki.path}")
     env = {"SUARA_CA_FILE": str(pki.ca_cert), "SUARA_CRL_FILE": str(pki.crl)}

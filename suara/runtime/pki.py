@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -254,13 +255,17 @@ class Crl:
 class PkiDir:
     """A deployment's PKI directory, as `suara pki` manages it:
 
-        ca.crt  ca.key (0600)  crl.pem  issued/<name>.crt  issued/<name>.key (0600)
+        ca.crt  ca.key (0600)  crl.pem  issued/<name>.crt  issued/<name>.key (0600)  log.jsonl
 
     Only the machine that issues certificates needs ca.key; every process needs ca.crt and crl.pem.
+    log.jsonl records every init, issue and revoke (when, who, what, the serial), one JSON object a
+    line, only ever appended: the files are replaced on renewal, the log keeps what was issued to whom.
+    `actor` is who is recorded as acting (the CLI passes its operator, `cli:<user>@<host>`).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, actor: str = "unknown") -> None:
         self.path = path
+        self.actor = actor
 
     @property
     def ca_cert(self) -> Path:
@@ -280,6 +285,10 @@ class PkiDir:
     def key(self, name: str) -> Path:
         return self.path / "issued" / f"{_checked_name(name)}.key"
 
+    @property
+    def log(self) -> Path:
+        return self.path / "log.jsonl"
+
     def exists(self) -> bool:
         return self.ca_cert.exists() and self.ca_key.exists()
 
@@ -291,6 +300,7 @@ class PkiDir:
         write_secret(self.ca_key, ca.key_pem.decode())
         _write_public(self.ca_cert, ca.cert_pem)
         _write_public(self.crl, Crl.empty(ca))
+        self._record("init", name, ca.certificate, {})
         return True
 
     def authority(self) -> KeyPair:
@@ -310,16 +320,46 @@ class PkiDir:
         path = self.cert(name)
         if not path.exists():
             raise PkiError(f"no certificate named {name!r} in {self.path / 'issued'}")
-        serial = x509.load_pem_x509_certificate(path.read_bytes()).serial_number
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        serial = cert.serial_number
         ca = self.authority()
         current = self.crl.read_bytes() if self.crl.exists() else Crl.empty(ca)
         _write_public(self.crl, Crl.revoke(ca, current, serial))
+        self._record("revoke", name, cert, _holder(cert))
         return int(serial)
 
     def _save(self, name: str, pair: KeyPair) -> KeyPair:
         write_secret(self.key(name), pair.key_pem.decode())
         _write_public(self.cert(name), pair.cert_pem)
+        self._record("issue", name, pair.certificate, _holder(pair.certificate))
         return pair
+
+    def _record(self, action: str, name: str, cert: x509.Certificate, holder: dict[str, Any]) -> None:
+        """One line appended to log.jsonl and on disk before the command reports success."""
+        entry = {"at": _now().isoformat(), "actor": self.actor, "action": action, "name": name, **holder}
+        line = (json.dumps({**entry, "serial": f"{cert.serial_number:x}"}) + "\n").encode()
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.fchmod(fd, 0o644)  # public, whatever the umask: it holds no secret
+            # One write of one short line: appended whole, even with another writer at the same time.
+            if os.write(fd, line) != len(line):
+                raise OSError(f"{self.log}: a short write; the last line is incomplete")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _holder(cert: x509.Certificate) -> dict[str, Any]:
+    """What a log line says a certificate is for: a client's role, or the hosts a server is dialled by."""
+    role = role_of(cert)
+    if role is not None:
+        return {"role": role}
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return {"hosts": []}
+    return {"hosts": [str(n.value) for n in san if isinstance(n, x509.DNSName | x509.IPAddress)]}  # as issued
 
 
 def _write_public(path: Path, data: bytes) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
+import getpass
+import json
+import socket
 from pathlib import Path
 
 from cryptography import x509
@@ -54,3 +58,47 @@ async def test_refusals_name_what_to_do(tmp_path: Path) -> None:
     assert bad_role.returncode == 2 and "invalid choice" in bad_role.stderr
     bad_name = await run_suara("pki", "issue", "Relay One", "--role", "writer", env=env, cwd=tmp_path)
     assert bad_name.returncode == 2 and "lower-case" in bad_name.stderr
+
+
+async def test_every_issue_and_revoke_is_appended_to_the_log_with_who_and_when(tmp_path: Path) -> None:
+    env = suara_env(SUARA_DATA_DIR=tmp_path / "state")
+    pki = tmp_path / "state" / "pki"
+    log = pki / "log.jsonl"
+    actor = f"cli:{getpass.getuser()}@{socket.gethostname()}"  # the operator the DB admin logs name too
+    started = datetime.datetime.now(datetime.UTC)
+    steps = [
+        ("pki", "init"),
+        ("pki", "issue", "admin-budi", "--role", "admin"),
+        ("pki", "issue", "tally-1", "--host", "127.0.0.1", "--host", "tally.local"),
+        ("pki", "revoke", "admin-budi"),
+        ("pki", "init"),  # keeps the CA: nothing done, nothing recorded
+    ]
+    before = b""
+    for step in steps:
+        done = await run_suara(*step, env=env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        now = log.read_bytes()
+        assert now.startswith(before), f"{step}: earlier lines changed"  # only ever appended
+        before = now
+    assert log.stat().st_mode & 0o777 == 0o644
+
+    def serial(path: Path) -> str:
+        return f"{x509.load_pem_x509_certificate(path.read_bytes()).serial_number:x}"
+
+    admin = serial(pki / "issued" / "admin-budi.crt")
+    lines = [json.loads(line) for line in before.decode().splitlines()]
+    assert [{k: v for k, v in line.items() if k != "at"} for line in lines] == [
+        {"actor": actor, "action": "init", "name": "suara private CA", "serial": serial(pki / "ca.crt")},
+        {"actor": actor, "action": "issue", "name": "admin-budi", "role": "admin", "serial": admin},
+        {
+            "actor": actor,
+            "action": "issue",
+            "name": "tally-1",
+            "hosts": ["127.0.0.1", "tally.local"],  # in the order asked for
+            "serial": serial(pki / "issued" / "tally-1.crt"),
+        },
+        {"actor": actor, "action": "revoke", "name": "admin-budi", "role": "admin", "serial": admin},
+    ]
+    times = [datetime.datetime.fromisoformat(line["at"]) for line in lines]
+    assert all(t.utcoffset() == datetime.timedelta(0) for t in times)  # UTC, said so
+    assert started <= times[0] <= times[1] <= times[2] <= times[3] <= datetime.datetime.now(datetime.UTC)
