@@ -15,7 +15,7 @@ from services.tally.relay import undelivered
 from suara.client.aggregate_stub import aggregate_stub
 from suara.runtime.auth.certificate import CertCredential
 from suara.runtime.secrets_file import write_secret
-from suara.runtime.tls import FollowingChannel
+from suara.runtime.tls import ClientTls, FollowingChannel
 from suara.v1 import aggregate_pb2
 from tests.support.aggregate import start_aggregate
 from tests.support.factories import consistent_form, signed
@@ -82,3 +82,21 @@ async def test_a_running_relay_uses_its_renewed_certificate_after_the_old_is_rev
     finally:
         await tally.close()
         await aggregate.close()
+
+
+def test_a_half_replaced_credential_is_not_taken_and_a_touched_one_is_not_renewed(tmp_path: Path) -> None:
+    pki = suite_pki()
+    bundle = tmp_path / "relay.pem"
+    first = pki.pki.issue_client("renewal-unit-1", "writer")
+    write_secret(bundle, first.bundle().decode())
+    tls = ClientTls.from_files(pki.ca, bundle)
+    assert tls.renewed() is None  # nothing changed
+    second = pki.pki.issue_client("renewal-unit-2", "writer")
+    write_secret(bundle, (second.cert_pem + first.key_pem).decode())  # the certificate written, not yet its key
+    assert tls.changed() and tls.renewed() is None  # kept the old; looked at again next time
+    write_secret(bundle, second.bundle().decode())
+    renewed = tls.renewed()
+    assert renewed is not None and renewed.identity == second
+    write_secret(bundle, second.bundle().decode())  # the same content again: a new inode, nothing new
+    assert renewed.changed() and renewed.renewed() is None
+    assert not renewed.changed()  # the new stat remembered: no re-read at every look
