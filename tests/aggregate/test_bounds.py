@@ -4,15 +4,18 @@ it is parsed, naming the limit; the reads take a small request."""
 from __future__ import annotations
 
 import grpc
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from services.aggregate.limits import aggregate_request_limits, largest_tps_update
 from services.aggregate.updates import MAX_FORM_COUNT
+from services.tally.relay import tps_update
 from suara.client import service_names
 from suara.election.checks import ALL_CHECKS, MAX_COUNT, MAX_VERSION
-from suara.election.form import ADMIN_KEYS
+from suara.election.form import ADMIN_KEYS, counts_of, form_from_dict
 from suara.registry.contests import read_contests
+from suara.runtime.settings import SettingError, Settings
 from suara.runtime.wire import AGGREGATE_MAX_BATCH, SMALL_REQUEST_BYTES
 from suara.v1 import aggregate_pb2
 from tests.support.aggregate import Aggregate
@@ -121,3 +124,28 @@ async def test_each_method_takes_up_to_its_limit_and_not_a_byte_more(aggregate: 
     changes = aggregate_pb2.ChangesRequest(since=0, limit=1).SerializeToString()
     await _at_the_edge(aggregate, "Changes", changes, SMALL_REQUEST_BYTES)
     assert await aggregate.db.fetchval("SELECT count(*) FROM aggregate.tps_result") == 0
+
+
+def test_the_relay_never_builds_an_update_above_the_largest() -> None:
+    # The relay's batch is at most AGGREGATE_MAX_BATCH rows (SUARA_RELAY_BATCH), each from a form tally
+    # stored: its contest's choices only, the Sirekap administrasi, at most three photos, any int64 counts.
+    widest = -(2**63)
+    for contest in CONTESTS:
+        form = form_from_dict(
+            {
+                "tps": "1101010001001", "contest": contest.id, "version": MAX_VERSION,
+                "votes": {c.id: widest for c in contest.choices},
+                "administrasi": dict.fromkeys(ADMIN_KEYS, widest),
+                "photo_sha256": ["0" * 64] * 3,
+            }
+        )  # fmt: skip
+        row = {
+            "tps": form.tps, "contest": form.contest, "version": form.version, "counts": counts_of(form),
+            "quarantined": True, "failed_checks": list(ALL_CHECKS), "photo_sha256": list(form.photo_sha256),
+        }  # fmt: skip
+        one = aggregate_pb2.ApplyUpdatesRequest(updates=[tps_update(row)]).ByteSize()
+        assert one <= len(largest_tps_update(CONTESTS)), contest.id
+    # ... and its batch setting goes no further than the batch cap the limit is sized for.
+    assert Settings.from_env({"SUARA_RELAY_BATCH": str(AGGREGATE_MAX_BATCH)}).relay.batch == AGGREGATE_MAX_BATCH
+    with pytest.raises(SettingError):
+        Settings.from_env({"SUARA_RELAY_BATCH": str(AGGREGATE_MAX_BATCH + 1)})
