@@ -3,6 +3,8 @@ it is parsed, naming the limit; the reads take a small request."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
 from hypothesis import given
@@ -149,3 +151,10 @@ def test_the_relay_never_builds_an_update_above_the_largest() -> None:
     assert Settings.from_env({"SUARA_RELAY_BATCH": str(AGGREGATE_MAX_BATCH)}).relay.batch == AGGREGATE_MAX_BATCH
     with pytest.raises(SettingError):
         Settings.from_env({"SUARA_RELAY_BATCH": str(AGGREGATE_MAX_BATCH + 1)})
+
+
+def test_the_client_guide_states_the_limits_of_the_packaged_registry() -> None:
+    guide = (Path(__file__).parents[2] / "docs" / "client-guide.md").read_text(encoding="utf-8")
+    limits = aggregate_request_limits(CONTESTS)
+    for method in ("ApplyUpdates", "ApplyAreaUpdates"):
+        assert f"{limits[method]:,} bytes" in guide, method
