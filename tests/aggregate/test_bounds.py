@@ -21,27 +21,18 @@ from suara.runtime.settings import SettingError, Settings
 from suara.runtime.wire import AGGREGATE_MAX_BATCH, SMALL_REQUEST_BYTES
 from suara.v1 import aggregate_pb2
 from tests.support.aggregate import Aggregate
-from tests.support.fuzz import call_raw
+from tests.support.fuzz import call_raw, varint
 
 SERVICE = service_names.AGGREGATE
 CONTESTS = read_contests()  # the packaged registry: what the `aggregate` fixture loads
 INT64 = st.integers(-(2**63), 2**63 - 1)
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def _padded(message: bytes, size: int) -> bytes:
     """`message` and an unknown field (number 1000, which the parser keeps aside) to exactly `size` bytes."""
-    tag = _varint(1000 << 3 | 2)
+    tag = varint(1000 << 3 | 2)
     for n in range(size - len(message) - len(tag), -1, -1):  # the length's own varint shrinks the payload
-        body = message + tag + _varint(n) + b"\0" * n
+        body = message + tag + varint(n) + b"\0" * n
         if len(body) == size:
             return body
     raise AssertionError(f"cannot pad {len(message)} bytes to {size}")

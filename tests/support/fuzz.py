@@ -32,6 +32,21 @@ def mutated(draw: st.DrawFn, seed: bytes) -> bytes:
     return bytes(data)
 
 
+def varint(n: int) -> bytes:
+    """`n` (not negative) as a protobuf varint."""
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def length_delimited(field: int, data: bytes) -> bytes:
+    """`data` as protobuf field `field` of wire type 2 (bytes, a string, a message), known or not."""
+    return varint(field << 3 | 2) + varint(len(data)) + data
+
+
 async def call_raw(channel: grpc.aio.Channel, method_path: str, body: bytes) -> grpc.StatusCode:
     """`body` as the request of `method_path`, unparsed: its status, which must never be imprecise."""
     call: Callable[..., object] = channel.unary_unary(method_path)
