@@ -12,6 +12,7 @@ import structlog
 from services.aggregate import recap, views
 from services.aggregate.access import access_interceptor
 from services.aggregate.catalog import Catalog
+from services.aggregate.limits import aggregate_request_limits
 from services.aggregate.rollup import Rollup
 from services.aggregate.updates import area_updates, leaf_updates, reply
 from suara.client import service_names
@@ -22,6 +23,7 @@ from suara.runtime.grpc_server import Server, create_server, serve_until_signal
 from suara.runtime.notifications import ChannelListener
 from suara.runtime.settings import Settings
 from suara.runtime.tls import server_tls
+from suara.runtime.wire import SMALL_REQUEST_BYTES
 from suara.v1 import aggregate_pb2, aggregate_pb2_grpc
 
 # Where aggregate's triggers announce revocations (migration 0005): "service:<id>", "official:<id>".
@@ -149,6 +151,13 @@ class AggregateApp:
             host=settings.aggregate.host,
             port=settings.aggregate.port,
             interceptors=[access, *interceptors],
+            # From the contests read at start: one added later with more or longer choice ids than any of
+            # them has its largest batches refused (RESOURCE_EXHAUSTED) until aggregate restarts.
+            request_limits={
+                service_names.method_path(service_names.AGGREGATE, name): limit
+                for name, limit in aggregate_request_limits(catalog.contests.values()).items()
+            },
+            default_request_limit=SMALL_REQUEST_BYTES,
             tls=tls,
             internal_port=settings.aggregate.internal_port,
         )

@@ -31,7 +31,7 @@ from suara.runtime.database import Database, DatabaseUnavailable, Session
 from suara.runtime.grpc_server import Server, create_server, serve_until_signal
 from suara.runtime.settings import Settings
 from suara.runtime.tls import server_tls
-from suara.runtime.wire import MESSAGE_LIMITS
+from suara.runtime.wire import MESSAGE_LIMITS, SMALL_REQUEST_BYTES
 from suara.v1 import aggregate_pb2, publish_pb2, publish_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -117,6 +117,7 @@ class PublishApp:
             [SERVICE_NAME],
             host=settings.publish.host,
             port=settings.publish.port,
+            default_request_limit=SMALL_REQUEST_BYTES,  # GetStatus takes nothing
             tls=tls,
         )
         return cls(settings, db, channels, publisher, server, port)

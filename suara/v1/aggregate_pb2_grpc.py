@@ -42,7 +42,10 @@ class AggregateServiceStub:
 
     Any call may fail UNAVAILABLE while the database is unreachable: every
     method is safe to retry with the same request. Errors with bad fields carry
-    a google.rpc.BadRequest naming each. Requests and replies may be up to 64 MiB.
+    a google.rpc.BadRequest naming each. Replies may be up to 64 MiB; a request
+    above its method's limit (the client guide's limits: ApplyUpdates and
+    ApplyAreaUpdates a full batch of the largest legal updates, the others
+    64 KiB) is RESOURCE_EXHAUSTED before it is read.
     """
 
     def __init__(self, channel):
@@ -110,7 +113,10 @@ class AggregateServiceServicer:
 
     Any call may fail UNAVAILABLE while the database is unreachable: every
     method is safe to retry with the same request. Errors with bad fields carry
-    a google.rpc.BadRequest naming each. Requests and replies may be up to 64 MiB.
+    a google.rpc.BadRequest naming each. Replies may be up to 64 MiB; a request
+    above its method's limit (the client guide's limits: ApplyUpdates and
+    ApplyAreaUpdates a full batch of the largest legal updates, the others
+    64 KiB) is RESOURCE_EXHAUSTED before it is read.
     """
 
     def ApplyUpdates(self, request, context):
@@ -268,7 +274,10 @@ class AggregateService:
 
     Any call may fail UNAVAILABLE while the database is unreachable: every
     method is safe to retry with the same request. Errors with bad fields carry
-    a google.rpc.BadRequest naming each. Requests and replies may be up to 64 MiB.
+    a google.rpc.BadRequest naming each. Replies may be up to 64 MiB; a request
+    above its method's limit (the client guide's limits: ApplyUpdates and
+    ApplyAreaUpdates a full batch of the largest legal updates, the others
+    64 KiB) is RESOURCE_EXHAUSTED before it is read.
     """
 
     @staticmethod

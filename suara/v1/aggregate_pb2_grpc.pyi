@@ -43,7 +43,10 @@ class AggregateServiceStub:
 
     Any call may fail UNAVAILABLE while the database is unreachable: every
     method is safe to retry with the same request. Errors with bad fields carry
-    a google.rpc.BadRequest naming each. Requests and replies may be up to 64 MiB.
+    a google.rpc.BadRequest naming each. Replies may be up to 64 MiB; a request
+    above its method's limit (the client guide's limits: ApplyUpdates and
+    ApplyAreaUpdates a full batch of the largest legal updates, the others
+    64 KiB) is RESOURCE_EXHAUSTED before it is read.
     """
 
     @_typing.overload
@@ -124,7 +127,10 @@ class AggregateServiceAsyncStub(AggregateServiceStub):
 
     Any call may fail UNAVAILABLE while the database is unreachable: every
     method is safe to retry with the same request. Errors with bad fields carry
-    a google.rpc.BadRequest naming each. Requests and replies may be up to 64 MiB.
+    a google.rpc.BadRequest naming each. Replies may be up to 64 MiB; a request
+    above its method's limit (the client guide's limits: ApplyUpdates and
+    ApplyAreaUpdates a full batch of the largest legal updates, the others
+    64 KiB) is RESOURCE_EXHAUSTED before it is read.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -201,7 +207,10 @@ class AggregateServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Any call may fail UNAVAILABLE while the database is unreachable: every
     method is safe to retry with the same request. Errors with bad fields carry
-    a google.rpc.BadRequest naming each. Requests and replies may be up to 64 MiB.
+    a google.rpc.BadRequest naming each. Replies may be up to 64 MiB; a request
+    above its method's limit (the client guide's limits: ApplyUpdates and
+    ApplyAreaUpdates a full batch of the largest legal updates, the others
+    64 KiB) is RESOURCE_EXHAUSTED before it is read.
     """
 
     @_abc_1.abstractmethod

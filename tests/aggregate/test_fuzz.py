@@ -15,7 +15,7 @@ from suara.election.signing import OfficialKey
 from suara.v1 import aggregate_pb2
 from tests.support.aggregate import Aggregate
 from tests.support.factories import TEST_ELECTION
-from tests.support.fuzz import IMPRECISE, mutated
+from tests.support.fuzz import call_raw, mutated
 from tests.support.rpc_errors import bad_fields
 
 SERVICE = service_names.AGGREGATE
@@ -61,13 +61,7 @@ async def _rows(aggregate: Aggregate) -> tuple[int, ...]:
 
 
 async def _call(aggregate: Aggregate, method: str, body: bytes) -> grpc.StatusCode:
-    call: Callable[..., object] = aggregate.channel_for(method).unary_unary(service_names.method_path(SERVICE, method))
-    try:
-        await call(body, timeout=10)  # type: ignore[misc]  # bytes in, bytes out: no (de)serializer
-    except grpc.aio.AioRpcError as error:
-        assert error.code() not in IMPRECISE, (method, body[:80], error.code(), error.details())
-        return error.code()
-    return grpc.StatusCode.OK
+    return await call_raw(aggregate.channel_for(method), service_names.method_path(SERVICE, method), body)
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

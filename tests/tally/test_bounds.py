@@ -10,25 +10,13 @@ from services.tally.access import create_admin_credential
 from suara.election.signing import DeviceKey
 from suara.v1 import form_pb2, tally_pb2
 from tests.support.factories import TEST_ELECTION, consistent_form, signed
+from tests.support.fuzz import length_delimited
 from tests.support.rpc_errors import bad_fields, violations
 from tests.support.tally import Tally
 
 # The caps as the domain rules state them (docs/domain.md), written out: the oracle.
 VERSION_CAP = 100
 DEVICE_CAP = 5
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _length_delimited(field: int, data: bytes) -> bytes:
-    return _varint(field << 3 | 2) + _varint(len(data)) + data
 
 
 def _signed_payload(key: DeviceKey, payload: bytes) -> tally_pb2.SubmitRequest:
@@ -40,9 +28,9 @@ def _signed_payload(key: DeviceKey, payload: bytes) -> tally_pb2.SubmitRequest:
 async def test_a_signed_form_with_unknown_fields_is_refused_naming_them(tally: Tally) -> None:
     station = await tally.station()
     form = consistent_form(station.tps, "ppwp", tally.contests["ppwp"])
-    junk = _length_delimited(501, b"x" * (1 << 20)) + _length_delimited(777, b"y")
+    junk = length_delimited(501, b"x" * (1 << 20)) + length_delimited(777, b"y")
     # A VoterCount with a field of its own nobody defined: nested messages are checked too.
-    nested = _length_delimited(8, form.pemilih_dpt.SerializeToString() + _length_delimited(9, b"z"))
+    nested = length_delimited(8, form.pemilih_dpt.SerializeToString() + length_delimited(9, b"z"))
     for extra, names in ((junk, ["#501", "#777"]), (nested, ["pemilih_dpt.#9"])):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await tally.stub.Submit(_signed_payload(station.key, form.SerializeToString() + extra))

@@ -3,8 +3,6 @@ status (never INTERNAL or UNKNOWN), nothing new is stored, and tally keeps servi
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,7 +12,7 @@ from suara.client import service_names
 from suara.election.signing import DeviceKey
 from suara.v1 import tally_pb2
 from tests.support.factories import consistent_form, signed
-from tests.support.fuzz import IMPRECISE, mutated
+from tests.support.fuzz import call_raw, mutated
 from tests.support.rpc_errors import bad_fields
 from tests.support.tally import Tally
 
@@ -63,13 +61,7 @@ async def _rows(tally: Tally) -> tuple[int, ...]:
 
 async def _call(tally: Tally, method: str, body: bytes, admin: bool) -> grpc.StatusCode:
     channel = tally.admin_channel if admin else tally.channel
-    call: Callable[..., object] = channel.unary_unary(service_names.method_path(SERVICE, method))
-    try:
-        await call(body, timeout=10)  # type: ignore[misc]  # bytes in, bytes out: no (de)serializer
-    except grpc.aio.AioRpcError as error:
-        assert error.code() not in IMPRECISE, (method, body[:80], error.code(), error.details())
-        return error.code()
-    return grpc.StatusCode.OK
+    return await call_raw(channel, service_names.method_path(SERVICE, method), body)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
