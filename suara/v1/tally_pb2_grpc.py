@@ -35,7 +35,11 @@ class TallyServiceStub:
     metadata `retry-after-ms` (decimal milliseconds). Submit, SubmitBatch and
     the reads may always be retried with the same request: a form is stored at
     most once, and a resend of a stored form is answered OUTCOME_DUPLICATE with
-    the original receipt. Requests and replies may be up to 64 MiB.
+    the original receipt. Replies may be up to 64 MiB; a request above its
+    method's limit (the client guide's limits: Submit one form with three photos
+    at the photo limit, SubmitBatch the same bytes, EnrollDevices 1 MiB, the
+    others 64 KiB) is
+    RESOURCE_EXHAUSTED before it is parsed.
     """
 
     def __init__(self, channel):
@@ -96,7 +100,11 @@ class TallyServiceServicer:
     metadata `retry-after-ms` (decimal milliseconds). Submit, SubmitBatch and
     the reads may always be retried with the same request: a form is stored at
     most once, and a resend of a stored form is answered OUTCOME_DUPLICATE with
-    the original receipt. Requests and replies may be up to 64 MiB.
+    the original receipt. Replies may be up to 64 MiB; a request above its
+    method's limit (the client guide's limits: Submit one form with three photos
+    at the photo limit, SubmitBatch the same bytes, EnrollDevices 1 MiB, the
+    others 64 KiB) is
+    RESOURCE_EXHAUSTED before it is parsed.
     """
 
     def Submit(self, request, context):
@@ -250,7 +258,11 @@ class TallyService:
     metadata `retry-after-ms` (decimal milliseconds). Submit, SubmitBatch and
     the reads may always be retried with the same request: a form is stored at
     most once, and a resend of a stored form is answered OUTCOME_DUPLICATE with
-    the original receipt. Requests and replies may be up to 64 MiB.
+    the original receipt. Replies may be up to 64 MiB; a request above its
+    method's limit (the client guide's limits: Submit one form with three photos
+    at the photo limit, SubmitBatch the same bytes, EnrollDevices 1 MiB, the
+    others 64 KiB) is
+    RESOURCE_EXHAUSTED before it is parsed.
     """
 
     @staticmethod

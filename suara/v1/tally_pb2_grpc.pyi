@@ -36,7 +36,11 @@ class TallyServiceStub:
     metadata `retry-after-ms` (decimal milliseconds). Submit, SubmitBatch and
     the reads may always be retried with the same request: a form is stored at
     most once, and a resend of a stored form is answered OUTCOME_DUPLICATE with
-    the original receipt. Requests and replies may be up to 64 MiB.
+    the original receipt. Replies may be up to 64 MiB; a request above its
+    method's limit (the client guide's limits: Submit one form with three photos
+    at the photo limit, SubmitBatch the same bytes, EnrollDevices 1 MiB, the
+    others 64 KiB) is
+    RESOURCE_EXHAUSTED before it is parsed.
     """
 
     @_typing.overload
@@ -113,7 +117,11 @@ class TallyServiceAsyncStub(TallyServiceStub):
     metadata `retry-after-ms` (decimal milliseconds). Submit, SubmitBatch and
     the reads may always be retried with the same request: a form is stored at
     most once, and a resend of a stored form is answered OUTCOME_DUPLICATE with
-    the original receipt. Requests and replies may be up to 64 MiB.
+    the original receipt. Replies may be up to 64 MiB; a request above its
+    method's limit (the client guide's limits: Submit one form with three photos
+    at the photo limit, SubmitBatch the same bytes, EnrollDevices 1 MiB, the
+    others 64 KiB) is
+    RESOURCE_EXHAUSTED before it is parsed.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -186,7 +194,11 @@ class TallyServiceServicer(metaclass=_abc_1.ABCMeta):
     metadata `retry-after-ms` (decimal milliseconds). Submit, SubmitBatch and
     the reads may always be retried with the same request: a form is stored at
     most once, and a resend of a stored form is answered OUTCOME_DUPLICATE with
-    the original receipt. Requests and replies may be up to 64 MiB.
+    the original receipt. Replies may be up to 64 MiB; a request above its
+    method's limit (the client guide's limits: Submit one form with three photos
+    at the photo limit, SubmitBatch the same bytes, EnrollDevices 1 MiB, the
+    others 64 KiB) is
+    RESOURCE_EXHAUSTED before it is parsed.
     """
 
     @_abc_1.abstractmethod
