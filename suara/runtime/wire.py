@@ -54,7 +54,9 @@ def tally_request_limits(photo_max_bytes: int) -> dict[str, int]:
 # by bandwidth probing (BDP) to many megabytes a stream, so a few large calls that are refused anyway
 # were first buffered whole: a fixed window bounds what a caller makes the server hold, at the cost of
 # one window per round trip for a large photo on a slow, distant link.
-MAX_STREAMS_PER_CONNECTION: Final = 100  # what HTTP/2 recommends as the least; clients queue beyond it
+# What HTTP/2 recommends as the least. A client past it is mostly queued by gRPC, but now and then one of
+# its streams is refused (REFUSED_STREAM: UNAVAILABLE, safe to resend): suara's clients stay under it.
+MAX_STREAMS_PER_CONNECTION: Final = 100
 STREAM_WINDOW_BYTES: Final = 1024 * 1024
 TRANSPORT_LIMITS: Final = (
     ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
