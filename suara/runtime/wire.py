@@ -54,9 +54,10 @@ def tally_request_limits(photo_max_bytes: int) -> dict[str, int]:
 # by bandwidth probing (BDP) to many megabytes a stream, so a few large calls that are refused anyway
 # were first buffered whole: a fixed window bounds what a caller makes the server hold, at the cost of
 # one window per round trip for a large photo on a slow, distant link.
-# What HTTP/2 recommends as the least. A client past it is mostly queued by gRPC, but now and then one of
-# its streams is refused (REFUSED_STREAM: UNAVAILABLE, safe to resend): suara's clients stay under it.
-MAX_STREAMS_PER_CONNECTION: Final = 100
+# A bound, not a throttle: gRPC's server counts a finished call until the application has let it go, so
+# under load a limit of 100 refused streams (REFUSED_STREAM: UNAVAILABLE) to a client holding 8 a
+# connection. A client past the limit is mostly queued by gRPC, but now and then a stream is refused.
+MAX_STREAMS_PER_CONNECTION: Final = 1000
 STREAM_WINDOW_BYTES: Final = 1024 * 1024
 TRANSPORT_LIMITS: Final = (
     ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
