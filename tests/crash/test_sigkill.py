@@ -35,6 +35,7 @@ pytestmark = pytest.mark.slow
 
 SEED = 20260404
 KILLS = 4
+EXTRA_KILLS = 8  # more kills, only until one has cut a call in flight
 
 
 async def writer_credential(db: asyncpg.Connection, path: Path) -> Path:
@@ -210,7 +211,17 @@ async def test_two_relays_stay_exact_through_aggregate_kills_and_the_active_rela
         stop = asyncio.Event()
         submitting = asyncio.create_task(submit_until(forms, stop, rng, minimum=10))
         pending_at_kill = await kill_aggregate_while_delivering(aggregate, db, rng, KILLS - 1)
-        events = [e for relay in relays if relay.child is not None for e in relay.child.log.events()]
+
+        def relay_events() -> list[Mapping[str, Any]]:
+            return [e for relay in relays if relay.child is not None for e in relay.child.log.events()]
+
+        # Where a kill lands is luck (a batch takes milliseconds): kill again, a bounded number of times,
+        # until one has cut an ApplyUpdates call in flight, which is what this drill is for.
+        for _ in range(EXTRA_KILLS):
+            if calls_broken_mid_flight(relay_events()) >= 1:
+                break
+            pending_at_kill += await kill_aggregate_while_delivering(aggregate, db, rng, 1)
+        events = relay_events()
 
         # Then the active relay dies too, with rows pending: the standby takes the lock and finishes.
         (active,) = [r for r in relays if r.child is not None and r.child.log.has_event("relay_active")]
@@ -222,7 +233,7 @@ async def test_two_relays_stay_exact_through_aggregate_kills_and_the_active_rela
         # A bounded poll: the relay is another process; its progress is visible only in the database.
         await poll_until(lambda: _drained(db), "drained", check=standby.assert_alive)
 
-        assert aggregate.kills == KILLS - 1
+        assert KILLS - 1 <= aggregate.kills <= KILLS - 1 + EXTRA_KILLS
         assert any(pending_at_kill), pending_at_kill
         assert calls_broken_mid_flight(events) >= 1  # a kill cut an ApplyUpdates call, not only refused new ones
         assert standby.child is not None and standby.child.log.has_event("relay_active")  # it took over
