@@ -156,19 +156,27 @@ def note(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+_CHOSEN: set[int] = set()  # the kernel may hand one free port out twice before anyone binds it
+
+
 def _port(host: str, wanted: int | None) -> int:
-    """`wanted` when it is free; any free port when it is 0, None or taken."""
+    """`wanted` when it is free; any free port when it is 0, None or taken; never one chosen before."""
     from cli.embedded import free_port
 
-    if wanted:
+    if wanted and wanted not in _CHOSEN:
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: TIME_WAIT is no obstacle
             try:
                 s.bind((host, wanted))
+                _CHOSEN.add(wanted)
                 return wanted
             except OSError:
                 note(f"port {wanted} on {host} is busy: taking a free one")
-    return free_port()
+    port = free_port()
+    while port in _CHOSEN:
+        port = free_port()
+    _CHOSEN.add(port)
+    return port
 
 
 @contextlib.asynccontextmanager
