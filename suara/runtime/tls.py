@@ -196,34 +196,26 @@ def _checked(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[
 
         return grpc.unary_unary_rpc_method_handler(unary_unary, **kwargs)
     if handler.unary_stream is not None:
-        streaming = handler.unary_stream
-
-        async def unary_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            if (why := _refusal(context)) is not None:
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
-            result: Any = streaming(request, context)  # type: ignore[arg-type]
-            if hasattr(result, "__aiter__"):
-                async for item in result:
-                    yield item
-            else:
-                await result
-
-        return grpc.unary_stream_rpc_method_handler(unary_stream, **kwargs)
+        return grpc.unary_stream_rpc_method_handler(_checked_stream(handler.unary_stream), **kwargs)
     if handler.stream_stream is not None:
-        both = handler.stream_stream
-
-        async def stream_stream(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            if (why := _refusal(context)) is not None:
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
-            result: Any = both(requests, context)  # type: ignore[arg-type]
-            if hasattr(result, "__aiter__"):
-                async for item in result:
-                    yield item
-            else:
-                await result
-
-        return grpc.stream_stream_rpc_method_handler(stream_stream, **kwargs)
+        return grpc.stream_stream_rpc_method_handler(_checked_stream(handler.stream_stream), **kwargs)
     return handler  # stream-unary: suara has none
+
+
+def _checked_stream(inner: Any) -> Any:
+    """A streaming handler (health's Watch, reflection) behind the TLS 1.3 check; one shape for both kinds."""
+
+    async def streaming(request_or_requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if (why := _refusal(context)) is not None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
+        result: Any = inner(request_or_requests, context)
+        if hasattr(result, "__aiter__"):
+            async for item in result:
+                yield item
+        else:
+            await result
+
+    return streaming
 
 
 def _existing(env: str, value: str) -> Path:
