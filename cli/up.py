@@ -191,6 +191,7 @@ async def running_system(
     from services.tally.access import create_admin_credential
     from services.tally.server import chain_key_path, load_chain_key
     from suara.client import service_names
+    from suara.registry.catalog import fetch_election_id
     from suara.registry.loader import load_registry
     from suara.registry.summary import tps_count
     from suara.runtime.auth.store import issue_service_credential
@@ -212,13 +213,16 @@ async def running_system(
         suffix = ".key.json" if insecure else ".pem"
         admin_key, relay_key, reader_key = (data_dir / f"{n}{suffix}" for n in ("admin", "relay", "publish"))
         hosts = sorted({"127.0.0.1", "localhost", settings.tally.host, settings.aggregate.host, settings.publish.host})
-        tls_env, ca = ({}, None) if insecure else local_pki(data_dir, hosts, admin_key, relay_key, reader_key)
         async with connect(url) as conn:
             tps = await tps_count(conn)
             if not tps:
                 note(f"registry: loading the real areas and synthetic TPS at scale {args.scale} …")
                 tps = (await load_registry(conn, synthetic_scale=args.scale, seed=args.seed)).tps
-            note(f"registry: {tps:,} TPS")
+            election = await fetch_election_id(conn)
+            note(f"registry: {tps:,} TPS, election {election or '(unnamed)'}")
+            tls_env, ca = (
+                ({}, None) if insecure else local_pki(data_dir, hosts, election, admin_key, relay_key, reader_key)
+            )
             if insecure and not admin_key.exists():
                 (await create_admin_credential(conn, "suara up", actor=operator())).save(admin_key)
             if insecure and not relay_key.exists():
@@ -345,14 +349,15 @@ async def running_system(
 
 
 def local_pki(
-    data_dir: Path, hosts: list[str], admin_key: Path, relay_key: Path, reader_key: Path
+    data_dir: Path, hosts: list[str], election: str, admin_key: Path, relay_key: Path, reader_key: Path
 ) -> tuple[dict[str, str], Path]:
     """The PKI of a local system in DATA_DIR/pki, made or completed: the children's TLS settings and the CA.
 
-    Kept across runs (clients keep trusting the same CA); what is missing is issued, and a service whose
-    certificate does not name every host it now binds gets a new one."""
+    Kept across runs (clients keep trusting the same CA); what is missing is issued, a service whose
+    certificate does not name every host it now binds gets a new one, and so does a client whose
+    certificate names another election than the registry's (after `suara registry load --election-id`)."""
     from cli.actor import operator
-    from suara.runtime.pki import PkiDir
+    from suara.runtime.pki import PkiDir, election_of, split_bundle
     from suara.runtime.secrets_file import write_secret
 
     pki = PkiDir(data_dir / "pki", actor=operator())
@@ -367,11 +372,10 @@ def local_pki(
     # Client certificates by names of their own: `pki.cert(service)` is that service's server certificate.
     for bundle, name, role in ((admin_key, "admin", "admin"), (relay_key, "tally-relay", "writer"),
                                (reader_key, "publish-reader", "reader")):  # fmt: skip
-        if not bundle.exists():
-            pair = pki.issue_client(name, role) if not pki.cert(name).exists() else None
-            cert = pair.cert_pem if pair else pki.cert(name).read_bytes()
-            key = pair.key_pem if pair else pki.key(name).read_bytes()
-            write_secret(bundle, (cert + key).decode())
+        if bundle.exists() and election_of(split_bundle(bundle.read_bytes()).certificate) == election:
+            continue
+        pair = pki.issue_client(name, role, election=election)
+        write_secret(bundle, pair.bundle().decode())
     return env, pki.ca_cert
 
 
