@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cli.actor import operator
-from suara.runtime.pki import CLIENT_ROLES, PkiDir, PkiError, common_name, role_of
+from suara.runtime.pki import CLIENT_ROLES, LEAF_DAYS, SERVER_DAYS, PkiDir, PkiError, common_name, role_of
 from suara.runtime.settings import Settings
 
 
@@ -67,7 +67,12 @@ def add_parser(sub: Any) -> None:
         metavar="ID",
         help="with --role: the election the client serves, as the registry names it (`suara registry show`)",
     )
-    p.add_argument("--days", type=int, default=397, help="validity in days (default 397)")
+    p.add_argument(
+        "--days",
+        type=int,
+        help=f"validity in days (default: {SERVER_DAYS} for a server, whose revocation clients cannot check, "
+        f"so a short life bounds it; {LEAF_DAYS} for a client)",
+    )
     p.add_argument("--bundle", type=Path, help="also write certificate and key to this one file (0600)")
     p.set_defaults(handler=run_issue)
 
@@ -103,6 +108,8 @@ def run_issue(args: argparse.Namespace, settings: Settings) -> int:
     from suara.runtime.secrets_file import write_secret
 
     pki = _dir(args, settings)
+    if args.days is None:
+        args.days = LEAF_DAYS if args.role else SERVER_DAYS
     if args.days < 1:
         print("--days must be at least 1", file=sys.stderr)
         return 2

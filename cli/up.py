@@ -353,11 +353,14 @@ def local_pki(
 ) -> tuple[dict[str, str], Path]:
     """The PKI of a local system in DATA_DIR/pki, made or completed: the children's TLS settings and the CA.
 
-    Kept across runs (clients keep trusting the same CA); what is missing is issued, a service whose
-    certificate does not name every host it now binds gets a new one, and so does a client whose
-    certificate names another election than the registry's (after `suara registry load --election-id`)."""
+    Kept across runs (clients keep trusting the same CA); what is missing is issued, and a certificate is
+    issued again when it expires within RENEW_BEFORE, when a service's does not name every host it now
+    binds, or when a client's names another election than the registry's (after `suara registry load
+    --election-id`)."""
+    from cryptography import x509
+
     from cli.actor import operator
-    from suara.runtime.pki import PkiDir, election_of, split_bundle
+    from suara.runtime.pki import PkiDir, election_of, renewal_due, split_bundle
     from suara.runtime.secrets_file import write_secret
 
     pki = PkiDir(data_dir / "pki", actor=operator())
@@ -365,14 +368,20 @@ def local_pki(
         note(f"pki: a new private CA in {pki.path}")
     env = {"SUARA_CA_FILE": str(pki.ca_cert), "SUARA_CRL_FILE": str(pki.crl)}
     for service in ("tally", "aggregate", "publish"):
-        if not pki.cert(service).exists() or not _names_hosts(pki.cert(service), hosts):
+        path = pki.cert(service)
+        if (
+            not path.exists()
+            or not _names_hosts(path, hosts)
+            or renewal_due(x509.load_pem_x509_certificate(path.read_bytes()))
+        ):
             pki.issue_server(service, hosts)
         env[f"SUARA_{service.upper()}_TLS_CERT"] = str(pki.cert(service))
         env[f"SUARA_{service.upper()}_TLS_KEY"] = str(pki.key(service))
     # Client certificates by names of their own: `pki.cert(service)` is that service's server certificate.
     for bundle, name, role in ((admin_key, "admin", "admin"), (relay_key, "tally-relay", "writer"),
                                (reader_key, "publish-reader", "reader")):  # fmt: skip
-        if bundle.exists() and election_of(split_bundle(bundle.read_bytes()).certificate) == election:
+        held = split_bundle(bundle.read_bytes()).certificate if bundle.exists() else None
+        if held is not None and election_of(held) == election and not renewal_due(held):
             continue
         pair = pki.issue_client(name, role, election=election)
         write_secret(bundle, pair.bundle().decode())

@@ -36,6 +36,10 @@ ELECTION_URI_PREFIX: Final = "urn:suara:election:"
 _ELECTION: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")  # the registry's election id (check_election_id)
 CA_DAYS: Final = 3650
 LEAF_DAYS: Final = 397  # the longest lifetime browsers accept for a leaf; rotation is routine, not an event
+# A server's certificate lives a month: gRPC's Python client exposes nothing of its TLS verification, so
+# clients cannot consult the CRL for a server, and a short life is what bounds trust in a revoked one.
+SERVER_DAYS: Final = 30
+RENEW_BEFORE: Final = datetime.timedelta(days=10)  # `suara up` reissues what expires sooner than this
 _NAME: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 # Certificates are valid from a little before now: a peer whose clock is slightly behind still accepts them.
 _BACKDATE: Final = datetime.timedelta(minutes=5)
@@ -180,7 +184,7 @@ def _host_name(host: str) -> x509.GeneralName:
         return x509.DNSName(host)
 
 
-def issue_server(ca: KeyPair, name: str, hosts: Sequence[str], days: int = LEAF_DAYS) -> KeyPair:
+def issue_server(ca: KeyPair, name: str, hosts: Sequence[str], days: int = SERVER_DAYS) -> KeyPair:
     """A server certificate for `hosts` (DNS names and IP addresses clients dial)."""
     if not hosts:
         raise PkiError("a server certificate needs at least one host (a DNS name or an IP address)")
@@ -225,6 +229,11 @@ def election_of(cert: x509.Certificate) -> str | None:
     """The election a client certificate was issued for: "" if it names none, None if it names several."""
     elections = _uris(cert, ELECTION_URI_PREFIX)
     return (elections[0] if len(elections) == 1 else None) if elections else ""
+
+
+def renewal_due(cert: x509.Certificate, now: datetime.datetime | None = None) -> bool:
+    """Whether `cert` expires within RENEW_BEFORE (or already has)."""
+    return cert.not_valid_after_utc - (now or _now()) < RENEW_BEFORE
 
 
 def common_name(cert: x509.Certificate) -> str:
@@ -330,7 +339,7 @@ class PkiDir:
             raise PkiError(f"{self.path} has no CA; run `suara pki init --dir {self.path}` first")
         return load_pair(self.ca_cert, self.ca_key)
 
-    def issue_server(self, name: str, hosts: Sequence[str], days: int = LEAF_DAYS) -> KeyPair:
+    def issue_server(self, name: str, hosts: Sequence[str], days: int = SERVER_DAYS) -> KeyPair:
         return self._save(name, issue_server(self.authority(), name, hosts, days))
 
     def issue_client(self, name: str, role: str, days: int = LEAF_DAYS, election: str = "") -> KeyPair:

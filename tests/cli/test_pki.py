@@ -145,3 +145,30 @@ def test_suara_up_keeps_its_ca_and_reissues_clients_of_another_election(tmp_path
     assert [election_of(split_bundle(b.read_bytes()).certificate) for b in bundles] == ["pemilu-2029"] * 3
     assert [role_of(split_bundle(b.read_bytes()).certificate) for b in bundles] == ["admin", "writer", "reader"]
     assert ca.read_bytes() == first_ca
+
+
+def test_suara_up_renews_certificates_that_expire_within_ten_days(tmp_path: Path) -> None:
+    from cli.up import local_pki
+    from suara.runtime.pki import RENEW_BEFORE, SERVER_DAYS, PkiDir
+
+    hosts = ["127.0.0.1", "localhost"]
+    bundles = [tmp_path / f"{n}.pem" for n in ("admin", "relay", "publish")]
+    pki = PkiDir(tmp_path / "pki")
+    pki.init()
+    pki.issue_server("tally", hosts, days=RENEW_BEFORE.days - 1)  # about to expire
+    pki.issue_server("aggregate", hosts)  # fresh: kept
+    soon = pki.issue_client("soon", "writer", days=3, election="e1")
+    bundles[1].write_bytes(soon.bundle())
+    aggregate_before = pki.cert("aggregate").read_bytes()
+    local_pki(tmp_path, hosts, "e1", *bundles)
+
+    def expires(pem: bytes) -> datetime.timedelta:
+        cert = x509.load_pem_x509_certificate(pem)
+        return cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
+
+    assert expires(pki.cert("tally").read_bytes()) > datetime.timedelta(days=SERVER_DAYS - 1)
+    assert pki.cert("aggregate").read_bytes() == aggregate_before
+    relay = split_bundle(bundles[1].read_bytes())
+    assert relay.certificate.serial_number != soon.certificate.serial_number
+    assert expires(relay.cert_pem) > RENEW_BEFORE
+    assert role_of(relay.certificate) == "writer" and election_of(relay.certificate) == "e1"
