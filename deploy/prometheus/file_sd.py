@@ -40,11 +40,10 @@ def target_groups(up: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     return jobs
 
 
-def write(up_json: Path, out_dir: Path) -> list[Path]:
-    jobs = target_groups(json.loads(up_json.read_text()))
+def write(up: dict[str, Any], out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for job, groups in jobs.items():
+    for job, groups in target_groups(up).items():
         path = out_dir / f"{job}.json"
         temp = path.with_name(f".{path.name}.tmp")
         temp.write_text(json.dumps(groups, indent=2) + "\n")
@@ -59,18 +58,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", type=Path, help="where prometheus.yml's file_sd_configs look (its targets/)")
     parser.add_argument("--follow", action="store_true", help="rewrite the files whenever up.json changes")
     args = parser.parse_args(argv)
-    seen: int | None = None
+    # The content, not the mtime, tells a change: a rewrite within one timestamp tick is not missed.
+    last: bytes | None = None
+    reported = ""
     while True:
         try:
-            mtime = args.up_json.stat().st_mtime_ns
-            if mtime != seen:
-                for path in write(args.up_json, args.out_dir):
+            raw = args.up_json.read_bytes()
+            if raw != last:
+                for path in write(json.loads(raw), args.out_dir):
                     print(f"wrote {path}", file=sys.stderr)
-                seen = mtime
-        except (OSError, ValueError) as exc:  # up.json absent or being replaced: keep the last files
+                last, reported = raw, ""
+        except (OSError, ValueError) as exc:  # absent (suara stopped) or unreadable: the last files stay
             if not args.follow:
                 print(f"error: {exc}", file=sys.stderr)
                 return 1
+            if str(exc) != reported:
+                print(f"note: {exc}: the target files stay as they are", file=sys.stderr, flush=True)
+                reported = str(exc)
         if not args.follow:
             return 0
         time.sleep(1.0)

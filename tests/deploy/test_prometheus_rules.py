@@ -5,6 +5,7 @@ file_sd.py writes from `suara up`'s up.json."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -17,6 +18,7 @@ import pytest
 import yaml
 
 from tests.deploy.monitoring import alert_rules, load_yaml, promtool_or_skip, rule_tests
+from tests.support.waiting import within
 
 JOBS = {"suara-tally", "suara-aggregate", "suara-publish"}
 
@@ -203,3 +205,43 @@ def test_the_configuration_scrapes_the_three_jobs_from_file_sd(promtool: str, re
     contract = (repo_root / "docs" / "metrics.md").read_text()
     for job in jobs:
         assert f'"{job}"' in contract, f"docs/metrics.md does not name the job {job}"
+
+
+async def test_file_sd_follow_rewrites_the_targets_when_up_json_changes(repo_root: Path, tmp_path: Path) -> None:
+    """`suara up` rewrites up.json when a child restarts on another port; a half-written up.json keeps
+    the last good files."""
+    up, out = tmp_path / "up.json", tmp_path / "targets"
+    first = {"services": {"aggregate": [{"address": "127.0.0.1:1", "metrics": "http://127.0.0.1:9102/metrics"}]}}
+    up.write_text(json.dumps(first))
+    script = repo_root / "deploy" / "prometheus" / "file_sd.py"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), str(up), str(out), "--follow", stderr=asyncio.subprocess.PIPE
+    )
+    assert process.stderr is not None
+    stderr = process.stderr
+
+    def targets() -> list[str]:
+        try:
+            return [t for group in json.loads((out / "suara-aggregate.json").read_text()) for t in group["targets"]]
+        except FileNotFoundError:
+            return []
+
+    async def said(start: str) -> str:
+        """The next line file_sd.py writes that starts with `start`."""
+        while not (line := (await stderr.readline()).decode()).startswith(start):
+            assert line, f"file_sd.py --follow exited {await process.wait()}"
+        return line
+
+    try:
+        await within(said("wrote"), "the first targets")
+        assert targets() == ["127.0.0.1:9102"]
+        up.write_text('{"services": {"aggregate": [')  # caught mid-write
+        assert "the target files stay" in await within(said("note:"), "the broken up.json noticed")
+        assert targets() == ["127.0.0.1:9102"]
+        second = {"services": {"aggregate": [{"address": "127.0.0.1:1", "metrics": "http://127.0.0.1:9112/metrics"}]}}
+        up.write_text(json.dumps(second))
+        await within(said("wrote"), "the targets after up.json changed")
+        assert targets() == ["127.0.0.1:9112"]
+    finally:
+        process.terminate()
+        await process.wait()
