@@ -43,7 +43,7 @@ test: install system-deps  ## the whole test suite, against real PostgreSQL (emb
 BUF_REF := $(shell git rev-parse --verify -q refs/heads/main >/dev/null && echo branch=main || echo ref=HEAD)
 BUF_AGAINST ?= $(shell git rev-parse --git-common-dir)\#$(BUF_REF),subdir=protos
 
-lint: install  ## ruff, mypy, buf lint, promtool check; stubs and docs/api.md match protos/, docs/cli.md the CLI; no breaking change
+lint: install system-deps  ## ruff, mypy, buf lint, promtool check; stubs and docs/api.md match protos/, docs/cli.md the CLI; no breaking change
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
