@@ -447,7 +447,9 @@ class TallyApp:
             interceptors=[
                 # Before any credential is looked at: a flood from one address costs one bucket lookup.
                 PeerLimitInterceptor(
-                    RateLimiter(settings.tally.peer_rate, settings.tally.peer_burst), "SUARA_TALLY_PEER_RATE"
+                    RateLimiter(settings.tally.peer_rate, settings.tally.peer_burst),
+                    "SUARA_TALLY_PEER_RATE",
+                    frozenset(p.strip() for p in settings.tally.trusted_proxies.split(",") if p.strip()),
                 ),
                 access_interceptor(db, admins, certificates),  # admin methods; devices prove themselves by signing
             ],

@@ -67,13 +67,25 @@ def peer_address(peer: str) -> str:
     return peer
 
 
+def bare_ip(address: str) -> str:
+    """ "ipv4:10.0.0.1" → "10.0.0.1", "ipv6:[::1]" → "::1" (a peer_address without its kind)."""
+    kind, _, rest = address.partition(":")
+    return rest.strip("[]") if kind in ("ipv4", "ipv6") else address
+
+
 class PeerLimitInterceptor(grpc.aio.ServerInterceptor):
     """Every unary call counts against its peer address's bucket; beyond it RESOURCE_EXHAUSTED with the
-    wait as retry-after. Peers behind one NAT share a bucket, so its rate is a setting, set generously."""
+    wait as retry-after. Peers behind one NAT share a bucket, so its rate is a setting, set generously.
 
-    def __init__(self, limiter: RateLimiter, setting: str) -> None:
+    Behind a proxy (Envoy) every call comes from the proxy's address: for a peer in `trusted`, the
+    bucket is the address the proxy appended last to `x-forwarded-for` (the one it saw), so devices
+    keep buckets of their own. From any other peer the header is ignored: a caller cannot choose its
+    bucket by writing one."""
+
+    def __init__(self, limiter: RateLimiter, setting: str, trusted: frozenset[str] = frozenset()) -> None:
         self.limiter = limiter
         self.setting = setting
+        self.trusted = trusted
 
     async def intercept_service(
         self,
@@ -84,10 +96,12 @@ class PeerLimitInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or handler.unary_unary is None:
             return handler
         inner = handler.unary_unary
-        limiter, setting = self.limiter, self.setting
+        limiter, setting, trusted = self.limiter, self.setting, self.trusted
 
         async def limited(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             address = peer_address(context.peer())
+            if trusted and bare_ip(address) in trusted:
+                address = _forwarded_for(context) or address
             wait = limiter.take(address)
             if wait is not None:
                 raise ResourceExhausted(
@@ -102,3 +116,11 @@ class PeerLimitInterceptor(grpc.aio.ServerInterceptor):
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+def _forwarded_for(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    """The last address in x-forwarded-for: the one the trusted proxy saw the call come from."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-forwarded-for" and isinstance(value, str) and value.strip():
+            return "forwarded:" + value.rsplit(",", 1)[-1].strip()
+    return None

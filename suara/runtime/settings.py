@@ -9,6 +9,7 @@ one raises SettingError naming the variable, its value and what is allowed (the 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
@@ -61,6 +62,18 @@ HOST = Allowed("a host name or address", lambda v: bool(v) and not any(c.isspace
 ADDRESS = Allowed("HOST:PORT, the port 1 to 65535", _is_address)
 PATH = Allowed("a path", lambda v: str(v) != "")
 ANY = Allowed("any text")
+
+
+def _ip_list(value: str) -> bool:
+    try:
+        for item in filter(None, (i.strip() for i in value.split(","))):
+            ipaddress.ip_address(item)
+    except ValueError:
+        return False
+    return True
+
+
+IP_LIST = Allowed("IP addresses separated by commas (or empty)", _ip_list)
 
 
 def _setting(env: str, default: Any, help: str, allowed: Allowed) -> Any:
@@ -201,6 +214,13 @@ class TallySettings(_Section):
     )
     peer_burst: int = _setting(
         "SUARA_TALLY_PEER_BURST", 10000, "calls one address may make at once, per tally process", COUNT
+    )
+    trusted_proxies: str = _setting(
+        "SUARA_TALLY_TRUSTED_PROXIES",
+        "",
+        "comma-separated IP addresses of the proxies in front of tally (Envoy): for their calls the per-address "
+        "limit counts the address they put last in x-forwarded-for; empty: none",
+        IP_LIST,
     )
     chain_key: str = _setting(
         "SUARA_TALLY_CHAIN_KEY",

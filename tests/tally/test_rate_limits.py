@@ -96,3 +96,32 @@ async def test_one_address_is_held_to_the_peer_limit(db_url: str, db: asyncpg.Co
         assert _hint(err.value) > 1000
     finally:
         await t.close()
+
+
+@pytest.mark.parametrize("trusted", ["127.0.0.1", ""])
+async def test_behind_a_trusted_proxy_each_forwarded_address_has_its_own_bucket(
+    db_url: str, db: asyncpg.Connection, trusted: str
+) -> None:
+    """Envoy appends the address it saw to x-forwarded-for; only a trusted proxy's header is believed."""
+    settings = with_tally(BASE_SETTINGS, peer_burst=3, peer_rate=0.01, trusted_proxies=trusted)
+    t = await start_tally(db_url, db, settings)
+
+    async def head(forwarded: str) -> None:
+        metadata = (("x-forwarded-for", forwarded),)
+        await t.stub.GetChainHead(tally_pb2.GetChainHeadRequest(), metadata=metadata)
+
+    try:
+        for _ in range(3):
+            await head("198.51.100.7, 10.0.0.1")  # the last entry is the one the proxy saw
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await head("10.0.0.1")
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        if trusted:
+            await head("10.0.0.2")  # another device behind the proxy: its own bucket
+            assert "10.0.0.1" in (err.value.details() or "")
+        else:
+            with pytest.raises(grpc.aio.AioRpcError) as spoofed:
+                await head("10.0.0.2")  # a header of the caller's own choosing buys nothing
+            assert spoofed.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        await t.close()
