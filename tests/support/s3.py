@@ -42,7 +42,9 @@ class SeaweedFS:
         config = root / "s3.json"
         identity = {"name": "suara-tests", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}]}
         identity["actions"] = ["Admin", "Read", "Write", "List", "Tagging"]
-        config.write_text(json.dumps({"identities": [identity]}))
+        # Readers (nginx in front of a site bucket) read objects anonymously; nothing else.
+        anonymous = {"name": "anonymous", "actions": ["Read"]}
+        config.write_text(json.dumps({"identities": [identity, anonymous]}))
         (root / "data").mkdir()
         names = ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3.grpc")
         self.ports = {name: free_port() for name in names} | {"s3": self.s3_port}
