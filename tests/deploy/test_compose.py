@@ -5,6 +5,8 @@ a health check, and the certificate job, run for real, makes every file the serv
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -14,8 +16,11 @@ import pytest
 import yaml
 from cryptography import x509
 
-from tests.deploy.checks import DEPLOY, check_settings, interpolated, parse_suara, suara_lines
-from tests.support.processes import SUARA, suara_env
+from cli.embedded import free_port
+from tests.deploy.checks import DEPLOY, check_settings, interpolated, is_suara_variable, parse_suara, suara_lines
+from tests.support.databases import as_service
+from tests.support.processes import SUARA, Child, run_suara, suara_env
+from tests.support.waiting import STARTUP_S, poll_until
 
 COMPOSE = DEPLOY / "compose.yaml"
 SUARA_IMAGE = "suara:"
@@ -100,17 +105,11 @@ def test_files_volumes_and_passwords_are_all_there(compose: dict[str, Any]) -> N
 
 
 def test_the_certificate_job_makes_what_the_services_read(compose: dict[str, Any], tmp_path: Path) -> None:
-    """Run the pki job's script with the real `suara`, in a directory standing for the image's state."""
+    """The pki job, run for real (twice: a second run, after a revocation say, keeps the CA and copies again),
+    makes every file the services are pointed at and keeps the CA's key out of what they mount."""
     state = tmp_path / "state"
-    for d in ("pki", "certs"):
-        (state / d).mkdir(parents=True)
-    script = _script(compose["services"]["pki"])
-    assert script is not None
-    script = script.replace(STATE, str(state)).replace("suara ", f"{SUARA} ")
-    env = suara_env(SUARA_DATA_DIR=state)
-    for _ in range(2):  # the second run (after a revocation, say) keeps the CA and copies again
-        done = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=120, check=False)
-        assert done.returncode == 0, done.stderr
+    _run_pki_job(compose, state)
+    _run_pki_job(compose, state)
 
     certs = state / "certs"
     assert not list(certs.glob("ca.key")), "the CA's key must stay in the pki volume"
@@ -132,3 +131,75 @@ def test_the_certificate_job_makes_what_the_services_read(compose: dict[str, Any
         for var, value in address.items():
             if re.fullmatch(r"SUARA_\w+_ADDRESS", var):
                 assert value.split(":")[0] in compose["services"], f"{name}: {var} dials an unknown host"
+
+
+def _run_pki_job(compose: dict[str, Any], state: Path) -> None:
+    """The pki job's script with the real `suara`, in a directory standing for the image's state."""
+    for d in ("pki", "certs"):
+        (state / d).mkdir(parents=True, exist_ok=True)
+    script = _script(compose["services"]["pki"])
+    assert script is not None
+    script = script.replace(STATE, str(state)).replace("suara ", f"{SUARA} ")
+    done = subprocess.run(
+        ["sh", "-c", script], env=suara_env(SUARA_DATA_DIR=state), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow
+async def test_the_services_come_up_as_compose_wires_them(compose: dict[str, Any], db_url: str, tmp_path: Path) -> None:
+    """aggregate, tally and publish as real processes with compose's own environment and commands, a
+    container's paths and host names mapped onto this machine (every server certificate names
+    localhost), until compose's own health check passes for each and publish has written the site:
+    which takes every certificate and client bundle the pki job made, over mutual TLS."""
+    state = tmp_path / "state"
+    await asyncio.to_thread(_run_pki_job, compose, state)
+    defaults = (("tally", 50051), ("tally", 50061), ("aggregate", 50052), ("aggregate", 50062), ("publish", 50053))
+    ports = {(host, port): str(free_port()) for host, port in defaults}
+    listen = {
+        "SUARA_TALLY_PORT": ports["tally", 50051],
+        "SUARA_TALLY_INTERNAL_PORT": ports["tally", 50061],
+        "SUARA_AGGREGATE_PORT": ports["aggregate", 50052],
+        "SUARA_AGGREGATE_INTERNAL_PORT": ports["aggregate", 50062],
+        "SUARA_PUBLISH_PORT": ports["publish", 50053],
+    }
+    base = {k: v for k, v in os.environ.items() if not is_suara_variable(k)}
+
+    def env_of(name: str) -> dict[str, str]:
+        env = {**base, **listen, "SUARA_DATA_DIR": str(state)}
+        for var, value in compose["services"][name]["environment"].items():
+            value = str(value).replace(STATE, str(state))
+            if re.fullmatch(r"SUARA_(TALLY|AGGREGATE|PUBLISH)_DATABASE_URL", var):
+                value = as_service(db_url, var.split("_")[1].lower())  # the test server's login in that role
+            elif re.fullmatch(r"SUARA_\w+_ADDRESS", var):
+                host, port = value.split(":")
+                value = f"localhost:{ports[host, int(port)]}"
+            env[var] = value
+        return env
+
+    children = []
+    try:
+        for name in ("aggregate", "tally", "publish"):  # compose's depends_on order
+            service = compose["services"][name]
+            env = env_of(name)
+            child = await Child.spawn(*service["command"], env=env, cwd=tmp_path)
+            children.append(child)
+            health = service["healthcheck"]["test"][2:]  # after CMD suara
+
+            async def healthy(env: dict[str, str] = env, health: list[str] = health) -> bool:
+                return (await run_suara(*health, env=env, cwd=tmp_path)).returncode == 0
+
+            await poll_until(healthy, f"{name}'s health check passing", STARTUP_S, child.assert_alive,
+                             detail=child.log.text, interval_s=0.5)  # fmt: skip
+        site = state / "site"
+        publish = children[-1]
+        await publish.log.wait_for_event("published", STARTUP_S)
+        assert (site / "index.html").exists() and (site / "suara" / "snapshot.json").exists()
+        tally = children[1]
+        await tally.log.wait_for_event("relay_active", STARTUP_S)  # its writer bundle loaded
+        for child in children:
+            child.assert_alive()
+            assert not [e for e in child.log.events() if e.get("level") == "error"], child.log.text()
+    finally:
+        for child in reversed(children):
+            await child.kill()
