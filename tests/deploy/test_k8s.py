@@ -5,7 +5,11 @@ and command a real one; certificates and passwords only referenced, never commit
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -16,8 +20,14 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
 
-from tests.deploy.checks import DEPLOY, check_settings, parse_suara
+from cli.embedded import free_port
+from suara.runtime.settings import Settings
+from tests.deploy.checks import DEPLOY, check_settings, is_suara_variable, parse_suara
+from tests.support.databases import as_service
+from tests.support.processes import SUARA, Child, run_suara
+from tests.support.waiting import STARTUP_S, poll_until
 
 K8S = DEPLOY / "k8s"
 VALIDATE = K8S / "validate.py"
@@ -268,3 +278,133 @@ def test_network_policies_deny_by_default_and_open_only_what_suara_needs(docs: t
     assert not _reachable(policies, database, 5432, _pod(pods["site"]))
     assert not _reachable(policies, database, 5432, outside)
     assert _reachable(policies, database, 8000, _pod({}, same_namespace=False, namespace="cnpg-system"))
+
+
+# --- the Deployments run as real processes ---------------------------------------------------------------
+
+
+def _secrets_from_readme(workdir: Path) -> dict[str, Path]:
+    """deploy/README.md's own commands for the Secrets, run here: `suara pki …` and the chain key for real,
+    each `kubectl create secret generic|tls` as the directory a pod would see mounted."""
+    readme = (DEPLOY / "README.md").read_text()
+    block = readme.split("### Secrets, made beforehand", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    lines = block.splitlines()
+    first_kubectl = next(i for i, line in enumerate(lines) if line.startswith("kubectl"))
+    script = "\n".join(["set -e", *lines[:first_kubectl]])
+    script = re.sub(r"^suara ", f"{SUARA} ", script, flags=re.M).replace("python -c", f"{sys.executable} -c")
+    env = {k: v for k, v in os.environ.items() if not is_suara_variable(k)}
+    done = subprocess.run(["sh", "-c", script], cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    secrets = {}
+    for line in lines[first_kubectl:]:
+        if not line.startswith("kubectl -n suara create secret ") or "$s" in line:
+            continue  # the database logins' loop: the test server's own logins stand in for them
+        words = shlex.split(line.replace("$P", "./pki"))
+        kind, name, *options = words[5:]
+        directory = workdir / "secrets" / name
+        directory.mkdir(parents=True)
+        for option in options:
+            flag, _, value = option.partition("=")
+            if flag == "--from-file":
+                key, _, path = value.rpartition("=")
+            else:
+                key, path = {"--cert": "tls.crt", "--key": "tls.key"}[flag], value
+            shutil.copy(workdir / path, directory / (key or Path(path).name))
+        secrets[name] = directory
+        assert kind in ("generic", "tls")
+    return secrets
+
+
+@pytest.mark.slow
+async def test_the_deployments_come_up_as_the_manifests_wire_them(db_url: str, tmp_path: Path) -> None:
+    """aggregate, tally and publish as real processes with their rendered settings, env, args, mounted
+    Secrets (made by deploy/README.md's own commands) and Services' addresses, mapped onto this machine
+    (loopback, free ports, the test database's service logins), until each readiness probe of
+    components/exec-probes (`suara health`) passes and publish has written the site."""
+    docs = _render("exec-probes")
+    secrets = await asyncio.to_thread(_secrets_from_readme, tmp_path)
+    deployments = {d["metadata"]["name"]: d for d in _of_kind(docs, "Deployment")}
+    (settings,) = (c for c in _of_kind(docs, "ConfigMap") if c["metadata"]["name"].startswith("suara-settings"))
+    defaults = Settings()
+    listen_settings = {
+        ("tally", defaults.tally.port): "SUARA_TALLY_PORT",
+        ("tally", defaults.tally.internal_port): "SUARA_TALLY_INTERNAL_PORT",
+        ("aggregate", defaults.aggregate.port): "SUARA_AGGREGATE_PORT",
+        ("aggregate", defaults.aggregate.internal_port): "SUARA_AGGREGATE_INTERNAL_PORT",
+        ("publish", defaults.publish.port): "SUARA_PUBLISH_PORT",
+    }
+    container_ports = {
+        (name, p["containerPort"]): p["name"]
+        for name in SUARA_COMPONENTS
+        for p in _pod_spec(deployments[name])["containers"][0]["ports"]
+    }
+    assert set(container_ports) == set(listen_settings), "the pods listen where suara's defaults say"
+    local = {key: str(free_port()) for key in container_ports}
+    # A Service's name and port, as the settings dial it, to the local port of the container behind it.
+    by_service, behind = {}, {}
+    for service in _of_kind(docs, "Service"):
+        component = service["spec"]["selector"].get("app.kubernetes.io/component")
+        for port in service["spec"]["ports"]:
+            for (name, number), port_name in container_ports.items():
+                if name == component and port["targetPort"] == port_name:
+                    by_service[service["metadata"]["name"], port["port"]] = local[name, number]
+                    behind[service["metadata"]["name"]] = name
+    # Dialled by a Service's name, each server's certificate (as the README makes it) must carry that name.
+    for var, address in settings["data"].items():
+        if re.fullmatch(r"SUARA_\w+_ADDRESS", var):
+            host = address.split(":")[0]
+            pem = (secrets[f"suara-{behind[host]}-tls"] / "tls.crt").read_bytes()
+            names = x509.load_pem_x509_certificate(pem).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            assert host in names.value.get_values_for_type(x509.DNSName), f"{var}: {host} is not in its certificate"
+    base = {k: v for k, v in os.environ.items() if not is_suara_variable(k)}
+    listen = {var: local[key] for key, var in listen_settings.items()}
+    listen |= {f"SUARA_{name.upper()}_HOST": "127.0.0.1" for name in SUARA_COMPONENTS}
+
+    def env_of(name: str) -> dict[str, str]:
+        pod = _pod_spec(deployments[name])
+        (container,) = pod["containers"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = {}
+        for mount in container["volumeMounts"]:
+            volume = volumes[mount["name"]]
+            if "secret" in volume:
+                mounts[mount["mountPath"]] = secrets.get(volume["secret"]["secretName"], tmp_path / "cnpg-made")
+            elif "persistentVolumeClaim" in volume:
+                mounts[mount["mountPath"]] = tmp_path / volume["persistentVolumeClaim"]["claimName"]
+        env = {**base, **settings["data"], **{e["name"]: e["value"] for e in container["env"] if "value" in e}}
+        for var, value in list(env.items()):
+            for path, local_dir in mounts.items():
+                value = value.replace(path, str(local_dir))
+            if re.fullmatch(r"SUARA_(TALLY|AGGREGATE|PUBLISH)_DATABASE_URL", var):
+                value = as_service(db_url, var.split("_")[1].lower())
+            elif re.fullmatch(r"SUARA_\w+_ADDRESS", var):
+                host, port = value.split(":")
+                value = f"localhost:{by_service[host, int(port)]}"
+            env[var] = value
+        return {**env, **listen, "SUARA_DATA_DIR": str(tmp_path / "data")}
+
+    children: list[Child] = []
+    try:
+        for name in ("aggregate", "tally", "publish"):
+            (container,) = _pod_spec(deployments[name])["containers"]
+            env = env_of(name)
+            child = await Child.spawn(*container["args"], env=env, cwd=tmp_path)
+            children.append(child)
+            probe = container["readinessProbe"]["exec"]["command"][1:]  # after `suara`
+
+            async def ready(env: dict[str, str] = env, probe: list[str] = probe) -> bool:
+                return (await run_suara(*probe, env=env, cwd=tmp_path)).returncode == 0
+
+            await poll_until(
+                ready, f"{name} ready", STARTUP_S, child.assert_alive, detail=child.log.text, interval_s=0.5
+            )
+        publish, tally = children[2], children[1]
+        await publish.log.wait_for_event("published", STARTUP_S)
+        assert (tmp_path / "suara-site" / "index.html").exists()
+        await tally.log.wait_for_event("relay_active", STARTUP_S)
+        for child in children:
+            child.assert_alive()
+            assert not [e for e in child.log.events() if e.get("level") == "error"], child.log.text()
+    finally:
+        for child in reversed(children):
+            await child.kill()
