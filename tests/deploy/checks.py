@@ -33,6 +33,27 @@ def interpolated(text: str) -> set[str]:
     return {m["compose"] or m["k8s"] for m in _INTERPOLATED.finditer(text)}
 
 
+# compose's interpolation: $$ (a literal $), ${VAR}, ${VAR:?message}, ${VAR:-default}, $VAR.
+_COMPOSE_VARIABLE = re.compile(
+    r"\$(?:\$|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:[?-])(?P<arg>[^}]*))?\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+)
+
+
+def compose_interpolate(text: str, env: Mapping[str, str]) -> str:
+    """`text` as docker compose hands it to the container, its variables taken from `env`."""
+
+    def value(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name = m["braced"] or m["bare"]
+        found = env.get(name, "")
+        if not found and m["op"] == ":?":
+            raise AssertionError(f"compose needs {name}: {m['arg']}")
+        return m["arg"] if not found and m["op"] == ":-" else found
+
+    return _COMPOSE_VARIABLE.sub(value, text)
+
+
 def check_settings(env: Mapping[str, str], where: str) -> None:
     """Every suara variable in `env` is a real setting, and the values (placeholders filled) are valid."""
     unknown = sorted(name for name in env if is_suara_variable(name) and name not in SETTING_NAMES)

@@ -17,8 +17,17 @@ import yaml
 from cryptography import x509
 
 from cli.embedded import free_port
-from tests.deploy.checks import DEPLOY, check_settings, interpolated, is_suara_variable, parse_suara, suara_lines
+from tests.deploy.checks import (
+    DEPLOY,
+    check_settings,
+    compose_interpolate,
+    interpolated,
+    is_suara_variable,
+    parse_suara,
+    suara_lines,
+)
 from tests.support.databases import as_service
+from tests.support.factories import TEST_ELECTION
 from tests.support.processes import SUARA, Child, run_suara, suara_env
 from tests.support.waiting import STARTUP_S, poll_until
 
@@ -67,7 +76,7 @@ def test_every_command_is_a_real_suara_command(compose: dict[str, Any]) -> None:
             if name in serve:
                 assert (args.command, getattr(args, f"{args.command}_command")) == serve[name]
         else:
-            commands = list(suara_lines(script))
+            commands = list(suara_lines(compose_interpolate(script, {"ELECTION_ID": "an-election"})))
             assert commands, f"service {name}: a script without a suara command"
             for argv in commands:
                 parse_suara(argv, f"service {name}")
@@ -139,6 +148,8 @@ def _run_pki_job(compose: dict[str, Any], state: Path) -> None:
         (state / d).mkdir(parents=True, exist_ok=True)
     script = _script(compose["services"]["pki"])
     assert script is not None
+    # As compose runs it: the election from deploy/.env (here the test registry's), `$$` a shell `$`.
+    script = compose_interpolate(script, {"ELECTION_ID": TEST_ELECTION})
     script = script.replace(STATE, str(state)).replace("suara ", f"{SUARA} ")
     done = subprocess.run(
         ["sh", "-c", script], env=suara_env(SUARA_DATA_DIR=state), capture_output=True, text=True, timeout=120

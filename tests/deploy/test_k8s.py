@@ -26,6 +26,7 @@ from cli.embedded import free_port
 from suara.runtime.settings import Settings
 from tests.deploy.checks import DEPLOY, check_settings, is_suara_variable, parse_suara
 from tests.support.databases import as_service
+from tests.support.factories import TEST_ELECTION
 from tests.support.processes import SUARA, Child, run_suara
 from tests.support.waiting import STARTUP_S, poll_until
 
@@ -290,7 +291,9 @@ def _secrets_from_readme(workdir: Path) -> dict[str, Path]:
     block = readme.split("### Secrets, made beforehand", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
     lines = block.splitlines()
     first_kubectl = next(i for i, line in enumerate(lines) if line.startswith("kubectl"))
-    script = "\n".join(["set -e", *lines[:first_kubectl]])
+    # The election is the operator's choice; here, the one the test registry is loaded as.
+    setup = [re.sub(r"^E=\S+", f"E={TEST_ELECTION}", line) for line in lines[:first_kubectl]]
+    script = "\n".join(["set -e", *setup])
     script = re.sub(r"^suara ", f"{SUARA} ", script, flags=re.M).replace("python -c", f"{sys.executable} -c")
     env = {k: v for k, v in os.environ.items() if not is_suara_variable(k)}
     done = subprocess.run(["sh", "-c", script], cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
