@@ -43,7 +43,7 @@ test: install system-deps  ## the whole test suite, against real PostgreSQL (emb
 BUF_REF := $(shell git rev-parse --verify -q refs/heads/main >/dev/null && echo branch=main || echo ref=HEAD)
 BUF_AGAINST ?= $(shell git rev-parse --git-common-dir)\#$(BUF_REF),subdir=protos
 
-lint: install system-deps  ## ruff, mypy, buf lint, promtool check; stubs and docs/api.md match protos/, docs/cli.md the CLI; no breaking change
+lint: install system-deps  ## ruff, mypy, buf lint, promtool check, hadolint, kustomize + schemas; stubs and docs/api.md match protos/, docs/cli.md the CLI; no breaking change
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -55,6 +55,8 @@ lint: install system-deps  ## ruff, mypy, buf lint, promtool check; stubs and do
 	  promtool check rules --lint=all --lint-fatal deploy/prometheus/rules/*.yml && \
 	  promtool check config --syntax-only deploy/prometheus/prometheus.yml; \
 	else echo "note: promtool missing (Debian package prometheus, make system-deps): deploy/prometheus not checked"; fi
+	$(BIN)/hadolint deploy/Dockerfile
+	$(BIN)/python deploy/k8s/validate.py  # kubectl kustomize, then the Kubernetes schemas (kubernetes-validate)
 
 protos: install  ## regenerate suara/v1 and docs/api.md from protos/
 	$(BIN)/python -m suara.protogen

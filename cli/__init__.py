@@ -33,6 +33,7 @@ GROUPS = (
     "submit",
     "outbox",
     "pki",
+    "health",
 )
 
 

