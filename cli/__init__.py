@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import inspect
+import os
 import sys
 from collections.abc import Callable, Sequence
 
 from suara.runtime.logging import configure_logging
 from suara.runtime.settings import SettingError, Settings, settings_help
+from suara.runtime.tracing import configure_tracing
 
 GROUPS = (
     "db",
@@ -35,6 +37,8 @@ GROUPS = (
     "pki",
     "health",
 )
+# Commands that run services: the roots of their traces are the calls they serve, not the ones they make.
+SERVING = frozenset({"tally", "aggregate", "publish", "service", "up"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,9 +74,11 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    tracing = None
     try:
         settings = Settings.from_env()
         configure_logging(settings.log.level, settings.log.format, service=f"suara-{args.command}")
+        tracing = configure_tracing(f"suara-{args.command}", os.environ, quiet_client_roots=args.command in SERVING)
         result = args.handler(args, settings)
         if inspect.isawaitable(result):
             with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
@@ -82,6 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        if tracing is not None:
+            tracing.shutdown()  # what is buffered goes to the collector before the process ends
     return int(result or 0)
 
 

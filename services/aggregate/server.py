@@ -16,6 +16,7 @@ from services.aggregate.limits import aggregate_request_limits
 from services.aggregate.rollup import Rollup
 from services.aggregate.updates import area_updates, leaf_updates, reply
 from suara.client import service_names
+from suara.runtime import tracing
 from suara.runtime.auth.certificate import PeerCertificates
 from suara.runtime.auth.service_tokens import ServiceTokens
 from suara.runtime.database import Database
@@ -47,7 +48,10 @@ class AggregateService(aggregate_pb2_grpc.AggregateServiceServicer):
         self, request: aggregate_pb2.ApplyUpdatesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> aggregate_pb2.ApplyUpdatesResponse:
         checked = await leaf_updates(request, self.catalog)
-        applied = await self.rollup.apply_leaves(checked.updates)
+        with tracing.span("aggregate.apply", {"suara.updates": len(checked.updates)}) as span:
+            applied = await self.rollup.apply_leaves(checked.updates)
+            if span is not None:  # publish's cycle span names the sequences it published: the way there
+                span.set_attribute("suara.aggregate.sequence", applied.sequence)
         outcomes, refusals = reply(checked, applied.outcomes, applied.refused)
         _log_refusals("ApplyUpdates", refusals, [(u.tps, u.contest, u.version) for u in request.updates])
         return aggregate_pb2.ApplyUpdatesResponse(outcomes=outcomes, sequence=applied.sequence, refusals=refusals)

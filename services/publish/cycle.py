@@ -26,6 +26,7 @@ from suara.election.chain import SignedHead
 from suara.election.codes import DESA_LENGTH, TPS_LENGTH
 from suara.election.contest import Contest
 from suara.election.signing import chain_key_id_for
+from suara.runtime import tracing
 from suara.runtime.database import Database
 from suara.v1 import aggregate_pb2, aggregate_pb2_grpc, tally_pb2, tally_pb2_grpc
 
@@ -92,6 +93,24 @@ class Publisher:
         work, sequence = await self._changes(cursor["sequence"], collect=not full)
         if not full and not work.areas:
             return None
+        # Only a cycle that publishes is traced (from its start): an idle one every interval would bury the rest.
+        # Aggregate's apply spans carry the sequence they reached, this one the sequences it published.
+        attributes = {
+            "suara.snapshot": cursor["snapshot"] + 1,
+            "suara.full": full,
+            "suara.aggregate.sequence_from": cursor["sequence"],
+            "suara.aggregate.sequence_to": sequence,
+        }
+        began_ns = time.time_ns() - int((time.perf_counter() - started) * 1e9)
+        with tracing.batch_span("publish.cycle", attributes=attributes, start_time_ns=began_ns) as span:
+            result = await self._publish(cursor, registry, registry_load, full, work, sequence, started)
+            if span is not None:
+                span.set_attribute("suara.files", result.files)
+            return result
+
+    async def _publish(
+        self, cursor: Any, registry: Any, registry_load: Any, full: bool, work: _Work, sequence: int, started: float
+    ) -> CycleResult:
         snapshot = cursor["snapshot"] + 1
         no_data_ts = documents.wib(int(registry["loaded_at"].timestamp() * 1000)) if registry else ""
         result = CycleResult(snapshot=snapshot, sequence=sequence, full=full)

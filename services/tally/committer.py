@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import structlog
+from opentelemetry.trace import Span
 
 from services.tally.admission import DatabaseGate
 from services.tally.intake import Prepared
 from services.tally.queries import QUERIES
 from suara.election.chain import CHAIN_VERSION, ChainRecord, link_hash
+from suara.runtime import tracing
 from suara.runtime.database import Database, DatabaseUnavailable
 from suara.runtime.errors import Internal, ServiceError
 
@@ -66,6 +68,7 @@ class _Stored:
 class _Item:
     prepared: Prepared
     future: asyncio.Future[Result]
+    span: Span | None = None  # the caller's (tracing on): the commit's span links to it, and it to the commit
 
 
 class GroupCommitter:
@@ -104,9 +107,10 @@ class GroupCommitter:
     def enqueue(self, prepared: list[Prepared]) -> list[asyncio.Future[Result]]:
         loop = asyncio.get_running_loop()
         futures = []
+        span = tracing.current_span()
         for p in prepared:
             fut: asyncio.Future[Result] = loop.create_future()
-            self._queue.put_nowait(_Item(p, fut))
+            self._queue.put_nowait(_Item(p, fut, span))
             futures.append(fut)
         return futures
 
@@ -116,22 +120,28 @@ class GroupCommitter:
             while len(batch) < self._batch_max and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             self.writing = len(batch)
-            await self._commit(batch)
+            # One span serves many calls: a root of its own, linked to each; its context goes into the outbox rows.
+            with tracing.batch_span(
+                "tally.commit", (i.span for i in batch), attributes={"suara.forms": len(batch)}
+            ) as span:
+                await self._commit(batch, tracing.traceparent(span))
             self.writing = 0
 
-    async def _commit(self, batch: list[_Item]) -> None:
+    async def _commit(self, batch: list[_Item], traceparent: str | None = None) -> None:
         if not self._gate.available:
             self._fail(batch, self._gate.error())
             return
         started = time.perf_counter()
         try:
-            results = await self._write([i.prepared for i in batch])
+            results = await self._write([i.prepared for i in batch], traceparent)
         except DatabaseUnavailable as exc:
             # The commit may or may not have happened; nobody is told "stored", and a resend is safe.
+            tracing.failed(exc)
             self._gate.mark_down(exc)
             self._fail(batch, self._gate.error(timed_out=exc.timed_out))
             return
-        except Exception:
+        except Exception as exc:
+            tracing.failed(exc)
             log.exception("commit_failed", forms=len(batch))
             self._fail(batch, Internal("storing the form failed; it was not stored. Resend it"))
             return
@@ -139,6 +149,12 @@ class GroupCommitter:
         self.committed += len(batch)
         self.write_seconds += time.perf_counter() - started
         for item, result in zip(batch, results, strict=True):
+            if item.span is not None:
+                p = item.prepared
+                tracing.event(item.span, "suara.form", {
+                    "suara.tps": p.tps, "suara.contest": p.contest, "suara.version": p.version,
+                    "suara.outcome": result.outcome, "suara.submission_id": result.receipt.submission_id,
+                })  # fmt: skip
             if not item.future.done():
                 item.future.set_result(result)
 
@@ -148,7 +164,7 @@ class GroupCommitter:
             if not item.future.done():
                 item.future.set_exception(error)
 
-    async def _write(self, batch: list[Prepared]) -> list[Result]:
+    async def _write(self, batch: list[Prepared], traceparent: str | None = None) -> list[Result]:
         async with self._db.acquire(wait_s=1.0, within_s=self._timeout_s) as conn, conn.transaction():
             head = await conn.fetchrow(QUERIES.lock_chain_head)
             position: int = head["position"]
@@ -230,6 +246,7 @@ class GroupCommitter:
                     position,
                     previous,
                     CHAIN_VERSION,
+                    traceparent,
                 )
             if photos:
                 await conn.execute(

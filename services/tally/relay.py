@@ -55,6 +55,7 @@ import structlog
 from services.tally.queries import QUERIES
 from suara.client import service_names
 from suara.client.aggregate_stub import aggregate_stub
+from suara.runtime import tracing
 from suara.runtime.auth.certificate import CertCredential, credential_tls, load_credential
 from suara.runtime.auth.credential import ServiceCredential
 from suara.runtime.backoff import Backoff
@@ -266,14 +267,17 @@ class Relay:
                         await self._sleep_or_wake(self.poll_interval_s)
                         continue
                 sendable, dead = _encode(pending)
-                refused = await self._send([u for _, u in sendable]) if sendable else {}
-                dead += [
-                    _Dead(row, refused[i].reason or "refused by aggregate", tuple(refused[i].fields))
-                    for i, (row, _) in enumerate(sendable)
-                    if i in refused
-                ]
-                taken = [row["id"] for i, (row, _) in enumerate(sendable) if i not in refused]
-                await self._settle(conn, taken, dead)
+                # Its ApplyUpdates call is this span's child; it links to the commits that wrote the rows.
+                traceparents = (row["traceparent"] for row in pending)
+                with tracing.batch_span("tally.relay.deliver", (), traceparents, {"suara.rows": len(pending)}):
+                    refused = await self._send([u for _, u in sendable]) if sendable else {}
+                    dead += [
+                        _Dead(row, refused[i].reason or "refused by aggregate", tuple(refused[i].fields))
+                        for i, (row, _) in enumerate(sendable)
+                        if i in refused
+                    ]
+                    taken = [row["id"] for i, (row, _) in enumerate(sendable) if i not in refused]
+                    await self._settle(conn, taken, dead)
                 pending = []
                 self._lone_failures = 0
                 if sendable:

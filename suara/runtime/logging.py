@@ -11,6 +11,18 @@ import sys
 from typing import Any
 
 import structlog
+from opentelemetry import trace
+
+
+def add_trace_ids(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """The trace and span of the work that logs, when there is a sampled span (suara.runtime.tracing):
+    a log line leads to its trace, and a trace to its log lines. Off, the current span is the API's
+    invalid one and nothing is added."""
+    ctx = trace.get_current_span().get_span_context()
+    if ctx.trace_flags.sampled and ctx.is_valid:
+        event.setdefault("trace_id", f"{ctx.trace_id:032x}")
+        event.setdefault("span_id", f"{ctx.span_id:016x}")
+    return event
 
 
 def configure_logging(level: str = "info", fmt: str = "auto", service: str = "suara") -> None:
@@ -23,6 +35,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", service: str = "su
 
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        add_trace_ids,
         add_service,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,

@@ -11,6 +11,12 @@ import re
 from pathlib import Path
 
 _NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+_NAMES: dict[str, str] = {}  # query text -> "component.name", for traces (a query's span is named so)
+
+
+def name_of(sql: str) -> str | None:
+    """The name of a query loaded from a .sql file, as "tally.write_batch"; None for other text."""
+    return _NAMES.get(sql)
 
 
 class Queries:
@@ -22,6 +28,7 @@ class Queries:
             if name in self._sql:
                 raise ValueError(f"{path}: query {name!r} is defined twice")
             self._sql[name] = body.strip()
+            _NAMES[self._sql[name]] = f"{path.parent.parent.name}.{name}"  # services/tally/sql/queries.sql: tally
         self.path = path
 
     def __getattr__(self, name: str) -> str:

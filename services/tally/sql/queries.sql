@@ -99,6 +99,7 @@ SELECT sha256, content_type, content FROM tally.photo WHERE sha256 = $1;
 -- submissions, the outbox rows of those that became current, the current version
 -- of each slot, and the chain head. Arrays are per row; failed_checks and
 -- photo_sha256 travel comma-joined because unnest cannot carry arrays of arrays.
+-- $23: the commit span's traceparent for the outbox rows (NULL when tracing is off).
 WITH new AS (
     SELECT *
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::bytea[], $6::bytea[], $7::bytea[],
@@ -114,8 +115,9 @@ WITH new AS (
            chain_position, chain_hash, $15::timestamptz, $22::smallint
     FROM new
 ), announced AS (
-    INSERT INTO tally.outbox (submission_id, tps, contest, version, counts, quarantined, failed_checks)
-    SELECT id, tps, contest, version, counts::jsonb, outcome = 'QUARANTINED', string_to_array(failed_checks, ',')
+    INSERT INTO tally.outbox (submission_id, tps, contest, version, counts, quarantined, failed_checks, traceparent)
+    SELECT id, tps, contest, version, counts::jsonb, outcome = 'QUARANTINED', string_to_array(failed_checks, ','),
+           $23::text
     FROM new
     WHERE outcome <> 'SUPERSEDED'
     ORDER BY chain_position
@@ -133,7 +135,7 @@ UPDATE tally.chain_head SET position = $20, hash = $21 WHERE singleton;
 -- partial index outbox_pending holds only these). Not a high-water mark: a row
 -- whose transaction commits late with a lower id is still picked up.
 SELECT o.id, o.tps, o.contest, o.version, o.counts::text AS counts, o.quarantined, o.failed_checks,
-       s.photo_sha256
+       s.photo_sha256, o.traceparent
 FROM tally.outbox o
 JOIN tally.submission s ON s.id = o.submission_id
 WHERE o.delivered_at IS NULL
