@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import asyncpg
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanContext, SpanKind
@@ -164,9 +166,13 @@ async def test_a_forms_trace_runs_from_submit_to_the_publish_cycle(traced: Trace
     assert cycle.attributes["suara.files"] == result.files
     await pipeline.check_site()  # and what it published is the form
 
-    # Idle, nothing is traced: publish's look for changes and the relay's polls are roots of kind CLIENT.
+    # Idle, nothing is traced: publish's look for changes and the relay's polls are roots of kind CLIENT,
+    # and health checks are not traced at all.
     traced.exporter.clear()
     assert await pipeline.cycle() is None
+    with suppress_instrumentation():  # as from a prober that does not trace: no trace context sent
+        health = await health_pb2_grpc.HealthStub(pipeline.tally.channel).Check(health_pb2.HealthCheckRequest())
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
     assert traced.spans() == ()
 
 
