@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
@@ -26,7 +29,9 @@ from suara.runtime.logging import configure_logging
 from suara.runtime.settings import SettingError
 from suara.runtime.tracing import Tracing, configure_tracing, exporters_from
 from suara.v1 import tally_pb2
+from tests.cli.files import key_path, write_form
 from tests.support.factories import consistent_form, signed
+from tests.support.processes import run_suara, suara_env
 from tests.support.publish import Pipeline
 from tests.support.tally import Tally
 
@@ -107,6 +112,12 @@ def _linked(span: ReadableSpan, to: ReadableSpan) -> bool:
     return any(link.context.span_id == _ctx(to).span_id for link in span.links)
 
 
+def _console_spans(output: str) -> list[dict[str, Any]]:
+    """The spans the console exporter printed (indented JSON objects, one after another) among other output."""
+    decoder = json.JSONDecoder()
+    return [decoder.raw_decode(output, m.start())[0] for m in re.finditer(r"^\{$", output, re.MULTILINE)]
+
+
 def _events(span: ReadableSpan, name: str) -> list[Mapping[str, object]]:
     return [dict(e.attributes or {}) for e in span.events if e.name == name]
 
@@ -176,6 +187,31 @@ async def test_a_forms_trace_runs_from_submit_to_the_publish_cycle(traced: Trace
     assert traced.spans() == ()
 
 
+async def test_one_commit_of_a_batch_links_its_call_once_and_so_does_its_delivery(
+    traced: Traced, pipeline: Pipeline
+) -> None:
+    stations = pipeline.all_tps[10:13]
+    requests = [
+        signed(await pipeline.key(tps), consistent_form(tps, "ppwp", pipeline.choices["ppwp"], 1)) for tps in stations
+    ]
+    device = traced.tracing.provider.get_tracer("test-device")
+    with device.start_as_current_span("device.submit"):
+        reply = await pipeline.tally.stub.SubmitBatch(tally_pb2.SubmitBatchRequest(items=requests))
+    assert [r.outcome for r in reply.results] == [tally_pb2.OUTCOME_ACCEPTED] * 3
+    await pipeline.delivered()
+    spans = traced.spans()
+    call = _one(spans, "/suara.v1.TallyService/SubmitBatch", SpanKind.SERVER)
+    forms = _events(call, "suara.form")
+    assert sorted(f["suara.tps"] for f in forms) == sorted(stations)  # type: ignore[type-var]
+    assert {f["suara.submission_id"] for f in forms} == {r.receipt.submission_id for r in reply.results}
+    commit = _one(spans, "tally.commit")  # the three forms went in one commit
+    assert [link.context.span_id for link in commit.links] == [_ctx(call).span_id]
+    assert [link.context.span_id for link in call.links] == [_ctx(commit).span_id]
+    deliver = _one(spans, "tally.relay.deliver")
+    assert _int(deliver, "suara.rows") == 3
+    assert [link.context.span_id for link in deliver.links] == [_ctx(commit).span_id]
+
+
 async def test_a_log_line_carries_the_trace_it_was_written_in(
     traced: Traced, pipeline: Pipeline, json_logs: list[dict[str, object]]
 ) -> None:
@@ -202,6 +238,27 @@ async def test_a_log_line_carries_the_trace_it_was_written_in(
     assert len(rpc_errors) == 1 and len(alarms) == 1, json_logs
     assert (rpc_errors[0].get("trace_id"), rpc_errors[0].get("span_id")) == ids(submit)
     assert (alarms[0].get("trace_id"), alarms[0].get("span_id")) == ids(commit)
+
+
+async def test_suara_submit_with_tracing_on_is_the_root_of_the_forms_trace(
+    traced: Traced, tally: Tally, db_url: str, tmp_path: Path
+) -> None:
+    """The real command in a subprocess, exporting to its stdout: tally's Submit span continues its trace."""
+    station = await tally.station()
+    station.key.save(key_path(tmp_path))
+    form = write_form(tally, station.tps, tmp_path / "form.json")
+    env = suara_env(DATABASE_URL=db_url, SUARA_DATA_DIR=tmp_path / "state", OTEL_TRACES_EXPORTER="console")
+    args = ("submit", str(form), "--key", str(key_path(tmp_path)), "--target", f"127.0.0.1:{tally.app.port}")
+    done = await run_suara(*args, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    submit = _one(traced.spans(), SUBMIT, SpanKind.SERVER)
+    assert submit.parent is not None and submit.parent.is_remote
+    # The command's client span, printed by its console exporter as it exited: the parent, same trace.
+    (client,) = [s for s in _console_spans(done.stdout) if s["name"] == SUBMIT]
+    assert client["kind"] == "SpanKind.CLIENT"
+    assert client["context"]["trace_id"] == f"0x{_ctx(submit).trace_id:032x}"
+    assert client["context"]["span_id"] == f"0x{submit.parent.span_id:016x}"
+    assert client["resource"]["attributes"]["service.name"] == "suara-submit"
 
 
 async def test_without_an_exporter_nothing_is_traced(tally: Tally, json_logs: list[dict[str, object]]) -> None:

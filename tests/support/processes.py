@@ -36,11 +36,11 @@ class Completed:
 
 
 def suara_env(**settings: str | Path) -> dict[str, str]:
-    """This process's environment without any suara setting, plus the suite's TLS (its CA, CRL and the
-    services' certificates: servers serve TLS, clients verify) and `settings` (env var name → value)."""
+    """This process's environment without any suara or OpenTelemetry setting, plus the suite's TLS (its CA,
+    CRL and the services' certificates: servers serve TLS, clients verify) and `settings` (env var name → value)."""
     from tests.support.pki import tls_env
 
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL" and not k.startswith("SUARA_")}
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL" and not k.startswith(("SUARA_", "OTEL_"))}
     env.update(tls_env())
     # The internal listeners on any free port: parallel tests must not meet on the default ones.
     env.update(SUARA_TALLY_INTERNAL_PORT="0", SUARA_AGGREGATE_INTERNAL_PORT="0")
