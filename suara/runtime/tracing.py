@@ -1,6 +1,6 @@
 """Traces: OpenTelemetry, configured by the standard OTEL_* variables, and off unless an exporter is set.
 
-Off (no OTEL_TRACES_EXPORTER, or `none`, or OTEL_SDK_DISABLED=true) nothing is patched: gRPC and
+Off (no OTEL_TRACES_EXPORTER nor OTLP endpoint, or `none`, or OTEL_SDK_DISABLED=true) nothing is patched: gRPC and
 asyncpg run their own code, and every helper here returns at its first line (`_tracer` is None).
 On, gRPC servers and channels made from then on (OpenTelemetry's gRPC instrumentation) and every
 asyncpg query (its asyncpg instrumentation) make spans, and suara adds its own where one piece of
