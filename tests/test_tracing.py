@@ -11,7 +11,6 @@ import json
 import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.instrumentation.utils import suppress_instrumentation
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanContext, SpanKind
@@ -34,6 +32,7 @@ from suara.runtime.tracing import Tracing, configure_tracing, exporters_from
 from suara.v1 import tally_pb2
 from tests.cli.files import key_path, write_form
 from tests.support.factories import consistent_form, signed
+from tests.support.otlp import collector
 from tests.support.processes import run_suara, suara_env
 from tests.support.publish import Pipeline
 from tests.support.tally import Tally
@@ -285,58 +284,25 @@ async def test_without_an_exporter_nothing_is_traced(tally: Tally, json_logs: li
     assert "trace_id" not in errors[0] and "span_id" not in errors[0]
 
 
-class _Receiver(trace_service_pb2_grpc.TraceServiceServicer):
-    """A collector's OTLP/gRPC trace endpoint, keeping what it is sent."""
-
-    def __init__(self) -> None:
-        self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
-
-    def Export(
-        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
-    ) -> trace_service_pb2.ExportTraceServiceResponse:
-        self.requests.append(request)
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-
 async def test_otlp_over_grpc_carries_the_spans_to_a_collector(
     db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The exporter as pinned, with grpcio and protobuf as pinned, into OTLP's own service definition."""
-    receiver = _Receiver()
-    # A synchronous server: suara instruments grpc.aio only, so the collector's own calls are not traced.
-    server = grpc.server(ThreadPoolExecutor(max_workers=2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)  # type: ignore[no-untyped-call]
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    environ = {
-        "OTEL_TRACES_EXPORTER": "otlp",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-        "OTEL_EXPORTER_OTLP_INSECURE": "true",
-        "OTEL_SERVICE_NAME": "suara-tally",
-    }
-    for name, value in environ.items():
-        monkeypatch.setenv(name, value)  # the exporter reads its own variables from the process's environment
-    try:
+    with collector() as received:
+        environ = {**received.env(), "OTEL_SERVICE_NAME": "suara-tally"}
+        for name, value in environ.items():
+            monkeypatch.setenv(name, value)  # the exporter reads its own variables from the process's environment
         configured = configure_tracing("suara-test", environ)
         assert configured is not None
         try:
             with tracing.span("test.work", {"suara.rows": 1}):
                 assert await db.fetchval(TALLY_QUERIES.relay_undelivered) == 0
         finally:
-            configured.shutdown()  # flushes the batch to the receiver
-    finally:
-        server.stop(None)
-    spans = {
-        span.name: (span, batch.resource)
-        for request in receiver.requests
-        for batch in request.resource_spans
-        for scope in batch.scope_spans
-        for span in scope.spans
-    }
-    work, resource = spans["test.work"]
-    query, _ = spans["tally.relay_undelivered"]  # asyncpg's span, named after the query
-    assert query.parent_span_id == work.span_id and query.trace_id == work.trace_id
-    assert {a.key: a.value.string_value for a in resource.attributes}["service.name"] == "suara-tally"
+            configured.shutdown()  # flushes the batch to the collector
+    (work,) = received.named("test.work")
+    (query,) = received.named("tally.relay_undelivered")  # asyncpg's span, named after the query
+    assert query.span.parent_span_id == work.span.span_id and query.span.trace_id == work.span.trace_id
+    assert work.service == "suara-tally"
 
 
 def test_the_otel_variables_choose_the_exporter() -> None:
