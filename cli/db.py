@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Any
 
+from cli.backup import BackupError, backup, restore_embedded, restore_files
 from cli.components import MIGRATION_DIRS
 from cli.embedded import OWNER_ROLE, database_url, embedded_server
 from suara.runtime.database import connect
@@ -41,6 +44,39 @@ def add_parser(sub: Any) -> None:
         description="Print DATABASE_URL, or the embedded server's URL when it is running.",
     )
     p.set_defaults(handler=run_url)
+    p = dbsub.add_parser(
+        "backup",
+        help="back the whole database server up into a new directory (pg_basebackup), and verify it",
+        description="Back up the server DATABASE_URL names, or the embedded one (started for the duration if it "
+        "is not running), while suara keeps running: `pg_basebackup --format=tar --wal-method=stream` writes "
+        "DIR/base.tar.gz, DIR/pg_wal.tar.gz (the WAL written meanwhile: the backup is consistent as of its end, "
+        "every form acknowledged before then is in it) and DIR/backup_manifest (each file's SHA-256); "
+        "`pg_verifybackup` then checks it. Progress goes to stderr; the last line on stdout names the backup. "
+        "It needs a replication connection: the embedded server allows one for suara_owner; a server of your "
+        "own needs a role with REPLICATION (or a superuser), a `replication` line in pg_hba.conf, "
+        "wal_level = replica and max_wal_senders >= 2. Keys and certificates (DATA_DIR/*.pem, *.key.json, "
+        "pki/) are not in the database: back them up apart.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("dir", type=Path, metavar="DIR", help="where the backup goes: a new or empty directory")
+    p.set_defaults(handler=run_backup)
+    p = dbsub.add_parser(
+        "restore",
+        help="restore a backup into a fresh data directory, checked against its manifest",
+        description="Unpack a backup made by `suara db backup` into a new data directory, check every file "
+        "(and the WAL it needs) against its manifest with pg_verifybackup, and make it ready to start. By "
+        "default into DATA_DIR/pgdata (--data-dir, or SUARA_DATA_DIR) for the embedded server: it is started "
+        "once, replaying the WAL to the end of the backup and setting new passwords for every role (in "
+        "DATA_DIR/pgdata.pass/), and stopped; then run `suara up --data-dir DATA_DIR`. With --pgdata, into a "
+        "bare PostgreSQL data directory for a server of your own (same major version as the source): its roles "
+        "keep their passwords; start it with `pg_ctl -D DIR start` as the server's user. The directory must "
+        "not exist or be empty: a restore never overwrites.",
+    )
+    p.add_argument("backup", type=Path, metavar="BACKUP", help="a directory written by `suara db backup`")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--data-dir", type=Path, help="suara's data directory to restore into (default: SUARA_DATA_DIR)")
+    where.add_argument("--pgdata", type=Path, help="a bare PostgreSQL data directory to restore into instead")
+    p.set_defaults(handler=run_restore)
 
 
 async def migrate_url(url: str) -> list[str]:
@@ -82,4 +118,31 @@ def run_url(args: argparse.Namespace, settings: Settings) -> int:
             if server.is_running()
             else f"(embedded server in {server.pgdata} is not running)"
         )
+    return 0
+
+
+def run_backup(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        with database_url(settings) as url:
+            size = backup(url, args.dir.resolve())
+    except BackupError as error:
+        print(f"suara db backup: {error}", file=sys.stderr)
+        return 1
+    print(f"backup: {args.dir.resolve()} ({size / 1e6:.1f} MB, verified)")
+    return 0
+
+
+def run_restore(args: argparse.Namespace, settings: Settings) -> int:
+    source = args.backup.resolve()
+    try:
+        if args.pgdata is not None:
+            restore_files(source, args.pgdata.resolve())
+            print(f"restored: {args.pgdata.resolve()}; start it with that PostgreSQL's `pg_ctl -D DIR start`")
+        else:
+            data_dir = (args.data_dir or settings.data_dir).resolve()
+            restore_embedded(source, data_dir)
+            print(f"restored: {data_dir}/pgdata; start suara on it with `suara up --data-dir {data_dir}`")
+    except BackupError as error:
+        print(f"suara db restore: {error}", file=sys.stderr)
+        return 1
     return 0
