@@ -16,6 +16,7 @@ site this size does not need.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -60,6 +61,12 @@ def _fresh(directory: Path, what: str) -> None:
         raise BackupError(f"{directory} is not empty: {what} into a new directory (or move that one away)")
 
 
+def _check_backup(backup: Path) -> None:
+    for name in (MANIFEST, BASE, WAL):
+        if not (backup / name).is_file():
+            raise BackupError(f"{backup} is not a backup made by `suara db backup`: it has no {name}")
+
+
 def _major_in(backup: Path) -> int:
     """The PostgreSQL major version that made the backup (its PG_VERSION)."""
     proc = subprocess.run(["tar", "-xzOf", str(backup / BASE), "PG_VERSION"], capture_output=True, text=True)
@@ -71,6 +78,7 @@ def _major_in(backup: Path) -> int:
 def backup(url: str, target: Path) -> int:
     """Back the whole server at `url` up into the new directory `target`, then verify it; its size in bytes."""
     _fresh(target, "back up")
+    existed = target.exists()
     target.mkdir(parents=True, exist_ok=True)
     _say(f"backing up into {target} (pg_basebackup, tar, gzip, WAL streamed) …")
     command = [
@@ -78,37 +86,43 @@ def backup(url: str, target: Path) -> int:
         "--wal-method=stream", "--checkpoint=fast", "--manifest-checksums=SHA256", "--label=suara db backup",
         "--progress", "--verbose", "--no-password",
     ]  # fmt: skip
-    _run(
-        command,
-        "pg_basebackup",
-        "Check that the server allows a replication connection for this role (the role has REPLICATION, "
-        "pg_hba.conf has a `replication` line for it, max_wal_senders >= 2, wal_level = replica), "
-        f"then remove {target} and run the backup again.",
-    )
+    try:
+        _run(
+            command,
+            "pg_basebackup",
+            "Check that the server allows a replication connection for this role (the role has REPLICATION, "
+            "pg_hba.conf has a `replication` line for it, max_wal_senders >= 2, wal_level = replica), "
+            "then run the backup again.",
+        )
+    except BackupError:
+        # It was empty before: only this failed run's files go.
+        for leftover in target.iterdir() if existed else [target]:
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        raise
     verify(target)
     return sum(f.stat().st_size for f in target.iterdir())
 
 
-def verify(backup: Path) -> None:
-    """Check a backup directory: every file against the manifest (pg_verifybackup), and that its WAL
-    holds every record from the backup's start to its end (pg_waldump, which pg_verifybackup runs
+def verify(backup: Path, *, wal: bool = True) -> None:
+    """Check a backup directory: every file against the manifest (pg_verifybackup), and (`wal`) that its
+    WAL holds every record from the backup's start to its end (pg_waldump, which pg_verifybackup runs
     itself on a plain backup but cannot on tar files)."""
-    for name in (MANIFEST, BASE, WAL):
-        if not (backup / name).is_file():
-            raise BackupError(f"{backup} is not a backup made by `suara db backup`: it has no {name}")
+    _check_backup(backup)
     damaged = f"The backup in {backup} is damaged or incomplete: do not restore it; make a new one."
     _say(f"verifying {backup} (pg_verifybackup) …")
     _run([_tool("pg_verifybackup"), "--progress", "--no-parse-wal", str(backup)], "pg_verifybackup", damaged)
+    if not wal:
+        return
     if _major_in(backup) != tool_major():
         _say("its WAL is not parsed: another PostgreSQL version wrote it (its own pg_waldump can)")
         return
     ranges = json.loads((backup / MANIFEST).read_text())["WAL-Ranges"]
-    with tempfile.TemporaryDirectory(prefix="suara-wal-") as wal:
-        _run(["tar", "-xzf", str(backup / WAL), "-C", wal], "tar", damaged)
+    with tempfile.TemporaryDirectory(prefix="suara-wal-") as wal_dir:
+        _run(["tar", "-xzf", str(backup / WAL), "-C", wal_dir], "tar", damaged)
         for r in ranges:
             _say(f"verifying its WAL from {r['Start-LSN']} to {r['End-LSN']} (pg_waldump) …")
             _run(
-                [_tool("pg_waldump"), "--quiet", "--path", wal, "--timeline", str(r["Timeline"]),
+                [_tool("pg_waldump"), "--quiet", "--path", wal_dir, "--timeline", str(r["Timeline"]),
                  "--start", r["Start-LSN"], "--end", r["End-LSN"]],
                 "pg_waldump",
                 damaged,
@@ -117,10 +131,8 @@ def verify(backup: Path) -> None:
 
 def restore_files(backup: Path, pgdata: Path) -> None:
     """Unpack the backup into the new directory `pgdata` and check every file there against the manifest."""
-    for name in (MANIFEST, BASE, WAL):
-        if not (backup / name).is_file():
-            raise BackupError(f"{backup} is not a backup made by `suara db backup`: it has no {name}")
     _fresh(pgdata, "restore")
+    verify(backup, wal=False)  # a damaged backup is named as such before anything is unpacked
     pgdata.mkdir(mode=0o700, parents=True, exist_ok=True)
     pgdata.chmod(0o700)  # PostgreSQL refuses a data directory others may enter
     _say(f"unpacking {backup} into {pgdata} …")
@@ -140,6 +152,7 @@ def restore_files(backup: Path, pgdata: Path) -> None:
 def restore_embedded(backup: Path, data_dir: Path) -> EmbeddedPostgres:
     """Restore into DATA_DIR/pgdata for suara's embedded server, start it once (recovery to the end of
     the backup, and new passwords for every role, in DATA_DIR/pgdata.pass) and stop it again."""
+    _check_backup(backup)
     made_by, ours = _major_in(backup), tool_major()
     if made_by != ours:
         raise BackupError(

@@ -1,0 +1,131 @@
+"""`suara db backup` / `suara db restore` (pg_basebackup, pg_verifybackup): a round trip gives back every row;
+what cannot be restored is refused with what to do next. The drill under load is in test_backup_drill.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from cli.embedded import OWNER_ROLE, SUPERUSER, EmbeddedPostgres
+from tests.support.processes import run_suara, suara_env
+
+ROWS = 5000
+
+
+async def _fill(url: str) -> list[tuple[int, str]]:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("CREATE TABLE public.drill (n int PRIMARY KEY, v text NOT NULL)")
+        await conn.execute("INSERT INTO public.drill SELECT n, md5(n::text) FROM generate_series(1, $1) n", ROWS)
+        return [tuple(r) for r in await conn.fetch("SELECT n, v FROM public.drill ORDER BY n")]
+    finally:
+        await conn.close()
+
+
+async def _rows(url: str) -> list[tuple[int, str]]:
+    conn = await asyncpg.connect(url)
+    try:
+        return [tuple(r) for r in await conn.fetch("SELECT n, v FROM public.drill ORDER BY n")]
+    finally:
+        await conn.close()
+
+
+async def test_backup_then_restore_into_a_fresh_data_dir_gives_back_every_row(tmp_path: Path) -> None:
+    source, target, backup = tmp_path / "source", tmp_path / "target", tmp_path / "backup"
+    server = EmbeddedPostgres(source / "pgdata")
+    restored = EmbeddedPostgres(target / "pgdata")
+    try:
+        migrated = await run_suara("db", "migrate", env=suara_env(SUARA_DATA_DIR=source), cwd=tmp_path)
+        assert migrated.returncode == 0, migrated.stderr
+        server.start()
+        rows = await _fill(server.url(role=OWNER_ROLE))
+        made = await run_suara("db", "backup", str(backup), env=suara_env(SUARA_DATA_DIR=source), cwd=tmp_path)
+        assert made.returncode == 0, made.stderr
+        assert made.stdout.startswith(f"backup: {backup}") and "verified" in made.stdout
+        assert {p.name for p in backup.iterdir()} == {"base.tar.gz", "pg_wal.tar.gz", "backup_manifest"}
+        assert "backup successfully verified" in made.stderr  # pg_verifybackup's own word, on stderr
+        assert server.is_running(), "a backup of a running server leaves it running"
+
+        again = await run_suara("db", "backup", str(backup), env=suara_env(SUARA_DATA_DIR=source), cwd=tmp_path)
+        assert again.returncode == 1 and "is not empty" in again.stderr
+
+        server.stop()  # the source is gone: only the backup is left
+        env = suara_env(SUARA_DATA_DIR=tmp_path / "unused")
+        back = await run_suara("db", "restore", str(backup), "--data-dir", str(target), env=env, cwd=tmp_path)
+        assert back.returncode == 0, back.stderr
+        assert f"suara up --data-dir {target}" in back.stdout
+        assert not restored.is_running(), "restore starts the server once and stops it again"
+
+        restored.start()
+        assert await _rows(restored.url(role=OWNER_ROLE)) == rows
+        # New passwords, and nothing trusted any more (restore trusted the superuser until the first start).
+        assert restored.password(OWNER_ROLE) != server.password(OWNER_ROLE)
+        with pytest.raises(asyncpg.InvalidPasswordError):
+            await asyncpg.connect(f"postgresql://{SUPERUSER}@/postgres?host={restored.pgdata}&port={restored.port}")
+        assert "trust" not in (restored.pgdata / "pg_hba.conf").read_text()
+        migrate = await run_suara("db", "migrate", env=suara_env(SUARA_DATA_DIR=target), cwd=tmp_path)
+        assert migrate.returncode == 0 and "0 migration(s)" in migrate.stdout, migrate.stderr
+        restored.stop()
+
+        over = await run_suara("db", "restore", str(backup), "--data-dir", str(target), env=env, cwd=tmp_path)
+        assert over.returncode == 1 and "is not empty" in over.stderr, "a restore never overwrites"
+        nothing = await run_suara("db", "restore", str(source), "--pgdata", str(tmp_path / "x"), env=env, cwd=tmp_path)
+        assert nothing.returncode == 1 and "has no backup_manifest" in nothing.stderr
+
+        # One byte changed in the backup: refused before anything is unpacked.
+        base = backup / "base.tar.gz"
+        data = bytearray(base.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        base.write_bytes(bytes(data))
+        damaged = await run_suara("db", "restore", str(backup), "--pgdata", str(tmp_path / "d"), env=env, cwd=tmp_path)
+        assert damaged.returncode == 1 and "damaged" in damaged.stderr, damaged.stderr
+        assert not (tmp_path / "d").exists()
+    finally:
+        server.stop("immediate")
+        restored.stop("immediate")
+
+
+def _distribution_bin() -> Path:
+    """Another PostgreSQL than the embedded one, as a server behind DATABASE_URL may be: the distribution's."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
+    if not found:
+        pytest.skip("no distribution PostgreSQL here (apt-get install postgresql)")
+    return found[-1].parent
+
+
+async def test_a_database_url_server_of_another_version_is_backed_up_and_restored_as_a_bare_pgdata(
+    tmp_path: Path,
+) -> None:
+    bin_dir = _distribution_bin()
+    server = EmbeddedPostgres(tmp_path / "source" / "pgdata", bin_dir=bin_dir)
+    restored = EmbeddedPostgres(tmp_path / "target" / "pgdata", bin_dir=bin_dir)
+    backup = tmp_path / "backup"
+    try:
+        server.start()
+        url = server.url(role=OWNER_ROLE)
+        rows = await _fill(url)
+        env = suara_env(DATABASE_URL=url)
+        made = await run_suara("db", "backup", str(backup), env=env, cwd=tmp_path)
+        assert made.returncode == 0, made.stderr
+        version = (bin_dir / "..").resolve().name
+        assert (await run_suara("db", "url", env=env, cwd=tmp_path)).stdout.strip() == url
+        server.stop()
+
+        into_embedded = await run_suara("db", "restore", str(backup), "--data-dir", str(tmp_path / "e"), env=env,
+                                        cwd=tmp_path)  # fmt: skip
+        if version != "18":
+            assert into_embedded.returncode == 1, into_embedded.stdout
+            assert f"comes from PostgreSQL {version}" in into_embedded.stderr and "--pgdata" in into_embedded.stderr
+            assert "WAL is not parsed" in made.stderr
+
+        back = await run_suara("db", "restore", str(backup), "--pgdata", str(restored.pgdata), env=env, cwd=tmp_path)
+        assert back.returncode == 0, back.stderr
+        # Started with that version's own programs, as the operator would.
+        restored.adopt_restored()
+        restored.start()
+        assert await _rows(restored.url(role=OWNER_ROLE)) == rows
+    finally:
+        server.stop("immediate")
+        restored.stop("immediate")
