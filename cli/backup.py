@@ -6,6 +6,11 @@ backup is consistent as of its end without any WAL archive) and backup_manifest 
 SHA-256). `pg_verifybackup` checks it at once. Restore unpacks it with tar into a fresh directory
 and checks it again there, against the manifest, WAL included, before anything starts on it.
 
+What a base backup cannot give back is what was committed after it ended. `suara db archive` closes
+that window: pg_receivewal streams the WAL, as it is written, into a directory (best on another
+disk or host), through a replication slot so the server keeps what it has not yet received. A restore
+given that archive replays it after the backup: to its very end, or to a point in time.
+
 pg_basebackup rather than pgBackRest: the embedded server's own build ships it (same version, nothing
 to install), it needs only a replication connection (so it works against any server DATABASE_URL
 names, remote too), and one self-contained backup per run is what a night needs; pgBackRest's
@@ -16,6 +21,7 @@ site this size does not need.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -23,9 +29,12 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from cli.embedded import BIN_DIR, EmbeddedPostgres, embedded_server
+from cli.embedded import BIN_DIR, EmbeddedPostgres, EmbeddedPostgresError, embedded_server
 from suara.runtime.settings import Settings
 
+SLOT: str = "suara_archive"
+# How long the restored server may take replaying its WAL before it accepts connections.
+REPLAY_WAIT_S = 3600
 BASE: str = "base.tar.gz"
 WAL: str = "pg_wal.tar.gz"
 MANIFEST: str = "backup_manifest"
@@ -103,6 +112,23 @@ def backup(url: str, target: Path) -> int:
     return sum(f.stat().st_size for f in target.iterdir())
 
 
+def archive(url: str, directory: Path) -> None:
+    """Become pg_receivewal, streaming the WAL of the server at `url` into `directory` until stopped
+    (SIGINT or SIGTERM), each record flushed to disk as it arrives."""
+    directory.mkdir(parents=True, exist_ok=True)
+    _say(f"creating the replication slot {SLOT!r} if it is missing (the server keeps the WAL it holds) …")
+    _run(
+        [_tool("pg_receivewal"), "--dbname", url, "--slot", SLOT, "--create-slot", "--if-not-exists", "--no-password"],
+        "pg_receivewal --create-slot",
+        "Check that the server allows a replication connection for this role (see `suara db backup --help`).",
+    )
+    _say(f"archiving the WAL into {directory} until stopped (pg_receivewal) …")
+    sys.stderr.flush()
+    command = [_tool("pg_receivewal"), "--dbname", url, "--directory", str(directory), "--slot", SLOT,
+               "--synchronous", "--verbose", "--no-password"]  # fmt: skip
+    os.execv(command[0], command)  # it is the process from now on: signals reach it directly
+
+
 def verify(backup: Path, *, wal: bool = True) -> None:
     """Check a backup directory: every file against the manifest (pg_verifybackup), and (`wal`) that its
     WAL holds every record from the backup's start to its end (pg_waldump, which pg_verifybackup runs
@@ -129,8 +155,14 @@ def verify(backup: Path, *, wal: bool = True) -> None:
             )  # fmt: skip
 
 
-def restore_files(backup: Path, pgdata: Path) -> None:
-    """Unpack the backup into the new directory `pgdata` and check every file there against the manifest."""
+def restore_files(backup: Path, pgdata: Path, wal_archive: Path | None = None, target_time: str | None = None) -> None:
+    """Unpack the backup into the new directory `pgdata`, check every file there against the manifest,
+    then add the WAL of `wal_archive` (`suara db archive`), to be replayed after the backup: to its end,
+    or up to `target_time` (a PostgreSQL timestamp; the server stops there and starts a new timeline)."""
+    if target_time is not None and wal_archive is None:
+        raise BackupError("--target-time needs --wal-archive: a backup alone can only give back its own end")
+    if wal_archive is not None and not any(_segments(wal_archive)):
+        raise BackupError(f"{wal_archive} holds no WAL segment: is it the directory `suara db archive` writes?")
     _fresh(pgdata, "restore")
     verify(backup, wal=False)  # a damaged backup is named as such before anything is unpacked
     pgdata.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -147,9 +179,45 @@ def restore_files(backup: Path, pgdata: Path) -> None:
         f"What was unpacked into {pgdata} does not match the backup: remove {pgdata}; "
         "if it fails again, the backup itself is damaged: use another one.",
     )  # fmt: skip
+    if wal_archive is not None:
+        _add_archive(wal_archive, pgdata, target_time)
 
 
-def restore_embedded(backup: Path, data_dir: Path) -> EmbeddedPostgres:
+def _segments(wal_archive: Path) -> list[Path]:
+    """The WAL segment files of an archive (the one being written ends in .partial)."""
+    if not wal_archive.is_dir():
+        return []
+    return sorted(
+        p for p in wal_archive.iterdir() if len(p.name.removesuffix(".partial")) == 24 and p.name[:24].isalnum()
+    )
+
+
+def _add_archive(wal_archive: Path, pgdata: Path, target_time: str | None) -> None:
+    # PostgreSQL replays what it finds in pg_wal after the backup's own WAL (the documented way to
+    # add WAL that was never archived). The archive's copy of a segment the backup also has is the
+    # same stream and at least as long, so it replaces it; the segment being written is used as it is.
+    segments = _segments(wal_archive)
+    _say(f"adding {len(segments)} WAL segment(s) from {wal_archive} …")
+    for segment in segments:
+        shutil.copyfile(segment, pgdata / "pg_wal" / segment.name.removesuffix(".partial"))
+    for history in wal_archive.glob("*.history"):
+        shutil.copyfile(history, pgdata / "pg_wal" / history.name)
+    if target_time is None:
+        return  # no recovery.signal: the server replays every record there is, as after a crash
+    (pgdata / "recovery.signal").touch()
+    with (pgdata / "postgresql.auto.conf").open("a") as fh:
+        fh.write(
+            "# suara db restore --target-time: the WAL is in pg_wal already, nothing to fetch\n"
+            "restore_command = 'false'\n"
+            "hot_standby = off  # no connection before it is promoted: suara's roles are set up after\n"
+            f"recovery_target_time = '{target_time}'\n"
+            "recovery_target_action = 'promote'\n"
+        )
+
+
+def restore_embedded(
+    backup: Path, data_dir: Path, wal_archive: Path | None = None, target_time: str | None = None
+) -> EmbeddedPostgres:
     """Restore into DATA_DIR/pgdata for suara's embedded server, start it once (recovery to the end of
     the backup, and new passwords for every role, in DATA_DIR/pgdata.pass) and stop it again."""
     _check_backup(backup)
@@ -160,9 +228,16 @@ def restore_embedded(backup: Path, data_dir: Path) -> EmbeddedPostgres:
             f"with `suara db restore --pgdata DIR` and start it with PostgreSQL {made_by}'s own programs."
         )
     server = embedded_server(replace(Settings(), data_dir=data_dir))
-    restore_files(backup, server.pgdata)
+    restore_files(backup, server.pgdata, wal_archive, target_time)
     server.adopt_restored()
-    _say("starting the restored server once: recovery to the end of the backup, new passwords …")
-    server.start()
+    until = "the end of the backup" if wal_archive is None else target_time or "the end of the archived WAL"
+    _say(f"starting the restored server once: recovery to {until}, new passwords …")
+    try:
+        server.start(wait_s=REPLAY_WAIT_S)
+    except EmbeddedPostgresError as error:
+        raise BackupError(
+            f"the restored server did not start: {error}\nWith --target-time, the time must be after the "
+            f"backup's end and within the archive. Remove {server.pgdata} and restore again."
+        ) from None
     server.stop()
     return server

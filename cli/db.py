@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cli.backup import BackupError, backup, restore_embedded, restore_files
+from cli.backup import BackupError, archive, backup, restore_embedded, restore_files
 from cli.components import MIGRATION_DIRS
 from cli.embedded import OWNER_ROLE, database_url, embedded_server
 from suara.runtime.database import connect
@@ -73,10 +73,36 @@ def add_parser(sub: Any) -> None:
         "not exist or be empty: a restore never overwrites.",
     )
     p.add_argument("backup", type=Path, metavar="BACKUP", help="a directory written by `suara db backup`")
+    p.add_argument(
+        "--wal-archive",
+        type=Path,
+        metavar="DIR",
+        help="the directory `suara db archive` streamed the WAL into: replayed after the backup, to its end "
+        "(or to --target-time), so what was committed after the backup comes back too",
+    )
+    p.add_argument(
+        "--target-time",
+        metavar="TIME",
+        help="with --wal-archive: stop at this time, e.g. '2024-02-14 21:30:00+07' (point in time; "
+        "after the backup's end)",
+    )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--data-dir", type=Path, help="suara's data directory to restore into (default: SUARA_DATA_DIR)")
     where.add_argument("--pgdata", type=Path, help="a bare PostgreSQL data directory to restore into instead")
     p.set_defaults(handler=run_restore)
+    p = dbsub.add_parser(
+        "archive",
+        help="stream the database's WAL into a directory until stopped (pg_receivewal), for restores after a backup",
+        description="Stream the WAL of DATABASE_URL's server, or of the running embedded one, into DIR as it is "
+        "written, each record flushed to disk at once (pg_receivewal --synchronous), until SIGINT or SIGTERM. "
+        "`suara db restore BACKUP --wal-archive DIR` then replays it after the backup: what was committed after "
+        "the backup comes back too. Run it beside `suara up`, its directory on another disk or host. It uses "
+        "the replication slot suara_archive, so the server keeps the WAL the archive has not received yet, "
+        "while it is stopped too: an archive given up for good must drop its slot "
+        "(SELECT pg_drop_replication_slot('suara_archive')) or the server's disk fills.",
+    )
+    p.add_argument("dir", type=Path, metavar="DIR", help="where the WAL goes (created if missing)")
+    p.set_defaults(handler=run_archive)
 
 
 async def migrate_url(url: str) -> list[str]:
@@ -132,15 +158,35 @@ def run_backup(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def run_archive(args: argparse.Namespace, settings: Settings) -> int:
+    url = settings.database.url
+    if not url:
+        server = embedded_server(settings)
+        if not server.is_running():
+            print(
+                f"suara db archive: the embedded server in {server.pgdata} is not running: start suara "
+                "(`suara up`, or `suara db start`) first",
+                file=sys.stderr,
+            )
+            return 1
+        url = server.url(role=OWNER_ROLE)
+    try:
+        archive(url, args.dir.resolve())  # returns only when it failed to start
+    except BackupError as error:
+        print(f"suara db archive: {error}", file=sys.stderr)
+    return 1
+
+
 def run_restore(args: argparse.Namespace, settings: Settings) -> int:
     source = args.backup.resolve()
+    archived = args.wal_archive.resolve() if args.wal_archive else None
     try:
         if args.pgdata is not None:
-            restore_files(source, args.pgdata.resolve())
+            restore_files(source, args.pgdata.resolve(), archived, args.target_time)
             print(f"restored: {args.pgdata.resolve()}; start it with that PostgreSQL's `pg_ctl -D DIR start`")
         else:
             data_dir = (args.data_dir or settings.data_dir).resolve()
-            restore_embedded(source, data_dir)
+            restore_embedded(source, data_dir, archived, args.target_time)
             print(f"restored: {data_dir}/pgdata; start suara on it with `suara up --data-dir {data_dir}`")
     except BackupError as error:
         print(f"suara db restore: {error}", file=sys.stderr)

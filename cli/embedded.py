@@ -23,6 +23,7 @@ import os
 import secrets
 import socket
 import subprocess
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -274,21 +275,24 @@ class EmbeddedPostgres:
         )
         return proc.returncode == 0
 
-    def start(self, port: int | None = None) -> str:
-        """Start the server if it is not running (initializing it first); return its URL."""
+    def start(self, port: int | None = None, wait_s: int = 60) -> str:
+        """Start the server if it is not running (initializing it first); return its URL. `wait_s`: how
+        long it may take to accept connections (a restored server first replays its WAL)."""
         with self._lock():
             self.ensure_initialized()
             if self.is_running():
                 return self.url()
             self._ensure_backup_config()
             chosen = port or self._previous_port()
+            recovering = (self.pgdata / "recovery.signal").exists()
             self._prepare_permissions()
             for attempt in range(3):
                 self.port_file.write_text(str(chosen or free_port()))
                 try:
                     self._run(
-                        "pg_ctl", "-D", str(self.pgdata), "-l", str(self.log_file), "-w", "-t", "60",
+                        "pg_ctl", "-D", str(self.pgdata), "-l", str(self.log_file), "-w", "-t", str(wait_s),
                         "-o", f"-p {self.port} -k {self.pgdata if self._socket_ok else chr(39) * 2}", "start",
+                        timeout=wait_s + 60,
                     )  # fmt: skip
                     break
                 except EmbeddedPostgresError:
@@ -297,8 +301,20 @@ class EmbeddedPostgres:
                     if port is not None or attempt == 2 or self.is_running():
                         raise
                     chosen = None
+            if recovering:
+                self._until_promoted(wait_s)
             self.provision()
             return self.url()
+
+    def _until_promoted(self, wait_s: float) -> None:
+        """A server restored to a point in time (`suara db restore --target-time`) is "started" for
+        pg_ctl while it still replays its WAL, refusing connections until it is promoted."""
+        deadline = time.monotonic() + wait_s
+        # The status PostgreSQL keeps on the pid file's 8th line; "ready" once it accepts connections.
+        while (self.pgdata / "postmaster.pid").read_text().splitlines()[7:8] != ["ready   "]:
+            if time.monotonic() > deadline:
+                raise EmbeddedPostgresError(f"{self.pgdata} still recovering after {wait_s:.0f}s; see {self.log_file}")
+            time.sleep(0.1)  # a bounded poll: the server says it only in that file
 
     def provision(self) -> None:
         """Roles, passwords and authentication as the module says (idempotent; run at every start).

@@ -9,9 +9,11 @@ import asyncpg
 import pytest
 
 from cli.embedded import OWNER_ROLE, SUPERUSER, EmbeddedPostgres
-from tests.support.processes import run_suara, suara_env
+from tests.support.processes import run_suara, running, suara_env
+from tests.support.waiting import poll_until
 
 ROWS = 5000
+ADD = "INSERT INTO public.drill SELECT n, $3 FROM generate_series($1::int, $2::int) n"
 
 
 async def _fill(url: str) -> list[tuple[int, str]]:
@@ -129,3 +131,73 @@ async def test_a_database_url_server_of_another_version_is_backed_up_and_restore
     finally:
         server.stop("immediate")
         restored.stop("immediate")
+
+
+async def _archived_up_to_now(superuser_url: str) -> None:
+    """Until `suara db archive` has flushed every record written so far (PostgreSQL's own view of it)."""
+    conn = await asyncpg.connect(superuser_url)
+    try:
+        lsn = await conn.fetchval("SELECT pg_current_wal_lsn()")
+
+        async def flushed() -> bool:
+            return bool(
+                await conn.fetchval(
+                    "SELECT coalesce(bool_or(flush_lsn >= $1), false) FROM pg_stat_replication "
+                    "WHERE application_name = 'pg_receivewal'",
+                    lsn,
+                )
+            )
+
+        await poll_until(flushed, "the archive has the WAL", 30)
+    finally:
+        await conn.close()
+
+
+async def test_a_wal_archive_gives_back_what_came_after_the_backup_to_its_end_or_to_a_time(tmp_path: Path) -> None:
+    source, backup, wal = tmp_path / "source", tmp_path / "backup", tmp_path / "wal"
+    server = EmbeddedPostgres(source / "pgdata")
+    latest, earlier = EmbeddedPostgres(tmp_path / "latest" / "pgdata"), EmbeddedPostgres(tmp_path / "pit" / "pgdata")
+    env = suara_env(SUARA_DATA_DIR=source)
+    try:
+        refused = await run_suara("db", "archive", str(wal), env=env, cwd=tmp_path)
+        assert refused.returncode == 1 and "not running" in refused.stderr and "suara db start" in refused.stderr
+
+        server.start()
+        url = server.url(role=OWNER_ROLE)
+        await _fill(url)
+        assert (await run_suara("db", "backup", str(backup), env=env, cwd=tmp_path)).returncode == 0
+        async with running("db", "archive", str(wal), env=env, cwd=tmp_path) as archiver:
+            conn = await asyncpg.connect(url)
+            try:
+                # After the backup: one batch before the point in time, one after it.
+                await conn.execute(ADD, ROWS + 1, ROWS + 100, "before")
+                point = await conn.fetchval("SELECT clock_timestamp()")  # after that commit, before the next
+                await conn.execute(ADD, ROWS + 101, ROWS + 200, "after")
+                everything = [tuple(r) for r in await conn.fetch("SELECT n, v FROM public.drill ORDER BY n")]
+            finally:
+                await conn.close()
+            await _archived_up_to_now(server.url())
+            archiver.assert_alive()
+            await archiver.terminate(10)
+        server.stop("immediate")  # the machine is lost: only the backup and the archive are left
+
+        other = suara_env(SUARA_DATA_DIR=tmp_path / "unused")
+        to_end = await run_suara("db", "restore", str(backup), "--data-dir", str(latest.pgdata.parent),
+                                 "--wal-archive", str(wal), env=other, cwd=tmp_path)  # fmt: skip
+        assert to_end.returncode == 0, to_end.stderr
+        latest.start()
+        assert await _rows(latest.url(role=OWNER_ROLE)) == everything
+
+        to_point = await run_suara("db", "restore", str(backup), "--data-dir", str(earlier.pgdata.parent),
+                                   "--wal-archive", str(wal), "--target-time", point.isoformat(), env=other,
+                                   cwd=tmp_path)  # fmt: skip
+        assert to_point.returncode == 0, to_point.stderr
+        earlier.start()
+        assert await _rows(earlier.url(role=OWNER_ROLE)) == [r for r in everything if r[1] != "after"]
+
+        alone = await run_suara("db", "restore", str(backup), "--pgdata", str(tmp_path / "x"),
+                                "--target-time", point.isoformat(), env=other, cwd=tmp_path)  # fmt: skip
+        assert alone.returncode == 1 and "--target-time needs --wal-archive" in alone.stderr
+    finally:
+        for s in (server, latest, earlier):
+            s.stop("immediate")
