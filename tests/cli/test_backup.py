@@ -133,7 +133,7 @@ async def test_a_database_url_server_of_another_version_is_backed_up_and_restore
         restored.stop("immediate")
 
 
-async def _archived_up_to_now(superuser_url: str) -> None:
+async def archived_up_to_now(superuser_url: str) -> None:
     """Until `suara db archive` has flushed every record written so far (PostgreSQL's own view of it)."""
     conn = await asyncpg.connect(superuser_url)
     try:
@@ -176,7 +176,7 @@ async def test_a_wal_archive_gives_back_what_came_after_the_backup_to_its_end_or
                 everything = [tuple(r) for r in await conn.fetch("SELECT n, v FROM public.drill ORDER BY n")]
             finally:
                 await conn.close()
-            await _archived_up_to_now(server.url())
+            await archived_up_to_now(server.url())
             archiver.assert_alive()
             await archiver.terminate(10)
         server.stop("immediate")  # the machine is lost: only the backup and the archive are left

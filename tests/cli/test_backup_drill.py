@@ -14,6 +14,9 @@ every receipt, with when it came back. Then:
   - once the restored relay and aggregate have caught up, the published national totals equal the
     sum, computed here, of the forms the restored database holds.
 
+The same backup restored with the WAL `suara db archive` streamed meanwhile holds every form
+acknowledged, after the backup too.
+
 The figures are printed (run with -s): forms acknowledged before / during / after the backup and how
 many of each came back, forms twice, and the totals against the oracle's.
 """
@@ -41,9 +44,10 @@ from suara.client.stubs import tally_stub
 from suara.election.signing import DeviceKey
 from suara.runtime.tls import open_channel
 from suara.v1 import tally_pb2
+from tests.cli.test_backup import archived_up_to_now
 from tests.cli.test_up import FREE_PORTS, suara_up
 from tests.support.factories import consistent_form, signed
-from tests.support.processes import run_suara, suara_env
+from tests.support.processes import run_suara, running, suara_env
 from tests.support.waiting import within
 
 pytestmark = pytest.mark.slow
@@ -181,15 +185,19 @@ async def test_a_backup_taken_under_load_restores_every_acknowledged_form_and_th
     tmp_path: Path,
 ) -> None:
     source, target, backup = tmp_path / "source", tmp_path / "target", tmp_path / "backup"
-    source.mkdir()
-    target.mkdir()
+    archived, wal = tmp_path / "archived", tmp_path / "wal"
+    for d in (source, target, archived):
+        d.mkdir()
     env = suara_env(**FREE_PORTS, SUARA_TALLY_PEER_RATE="1000000", SUARA_PUBLISH_INTERVAL_S="0.2")
-    owner_url = ""
+    source_env = {**env, "SUARA_DATA_DIR": str(source / "state")}
     try:
         async with suara_up(env, source, "--scale", SCALE) as up:
-            owner_url = EmbeddedPostgres(source / "state" / "pgdata").url(role=OWNER_ROLE)
-            sent, started, ended = await _night(up, owner_url, backup, {**env, "SUARA_DATA_DIR": str(source / "state")},
-                                                tmp_path)  # fmt: skip
+            server = EmbeddedPostgres(source / "state" / "pgdata")
+            async with running("db", "archive", str(wal), env=source_env, cwd=tmp_path) as archiver:
+                sent, started, ended = await _night(up, server.url(role=OWNER_ROLE), backup, source_env, tmp_path)
+                await archived_up_to_now(server.url())
+                archiver.assert_alive()
+                await archiver.terminate(10)
             assert await up.stop(signal.SIGTERM) == 0, up.log.text()
 
         # The machine is gone; the keys were kept apart (runbook): they come back beside the restore.
@@ -208,9 +216,21 @@ async def test_a_backup_taken_under_load_restores_every_acknowledged_form_and_th
             url = EmbeddedPostgres(target / "state" / "pgdata").url(role=OWNER_ROLE)
             figures = await _check(sent, started, ended, url, target / "site", env, target)
             assert await up.stop(signal.SIGTERM) == 0, up.log.text()
+
+        # The same backup with the WAL archive: what was acknowledged after the backup comes back too.
+        restored = await run_suara("db", "restore", str(backup), "--data-dir", str(archived / "state"),
+                                   "--wal-archive", str(wal), env=suara_env(), cwd=tmp_path)  # fmt: skip
+        assert restored.returncode == 0, restored.stderr
+        with_archive = EmbeddedPostgres(archived / "state" / "pgdata")
+        with_archive.start()
+        rows = await _fetch(with_archive.url(role=OWNER_ROLE), "SELECT id, tps, version, payload FROM tally.submission")
+        stored = {(r["tps"], r["version"]): (str(r["id"]), bytes(r["payload"])) for r in rows}
+        back = sum(stored.get((s.tps, s.version)) == (s.submission_id, s.payload) for s in sent.values())
+        figures["with_wal_archive_acked_restored"] = f"{back} of {len(sent)}"
+        assert back == len(sent) == len(stored), "with the archive, every acknowledged form, and nothing else"
         print("\nbackup drill:", json.dumps(figures, indent=1))
     finally:
-        for pgdata in (source / "state" / "pgdata", target / "state" / "pgdata"):
+        for pgdata in (source / "state" / "pgdata", target / "state" / "pgdata", archived / "state" / "pgdata"):
             EmbeddedPostgres(pgdata).stop("immediate")
 
 
