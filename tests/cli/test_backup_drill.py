@@ -48,7 +48,7 @@ from tests.cli.test_backup import archived_up_to_now
 from tests.cli.test_up import FREE_PORTS, suara_up
 from tests.support.factories import consistent_form, signed
 from tests.support.processes import run_suara, running, suara_env
-from tests.support.waiting import within
+from tests.support.waiting import poll_until, within
 
 pytestmark = pytest.mark.slow
 
@@ -195,6 +195,10 @@ async def test_a_backup_taken_under_load_restores_every_acknowledged_form_and_th
             server = EmbeddedPostgres(source / "state" / "pgdata")
             async with running("db", "archive", str(wal), env=source_env, cwd=tmp_path) as archiver:
                 sent, started, ended = await _night(up, server.url(role=OWNER_ROLE), backup, source_env, tmp_path)
+                # The site publishes the night's last head before the machine is lost.
+                head = (await _fetch(server.url(role=OWNER_ROLE), "SELECT position FROM tally.chain_head"))[0]
+                await poll_until(lambda: _published(source / "site", head["position"]),
+                                 "the source site published the chain's head", CATCH_UP_S)  # fmt: skip
                 await archived_up_to_now(server.url())
                 archiver.assert_alive()
                 await archiver.terminate(10)
@@ -215,6 +219,10 @@ async def test_a_backup_taken_under_load_restores_every_acknowledged_form_and_th
         async with suara_up(env, target) as up:
             url = EmbeddedPostgres(target / "state" / "pgdata").url(role=OWNER_ROLE)
             figures = await _check(sent, started, ended, url, target / "site", env, target)
+            # Against the lost site's last heads: the backup alone lacks what came after it, and says so.
+            against = await run_suara("audit", "verify", "--against", str(source / "site"),
+                                      env={**env, "SUARA_DATA_DIR": str(target / "state")}, cwd=target)  # fmt: skip
+            assert against.returncode == 1 and "records were deleted since" in against.stdout, against.stdout
             assert await up.stop(signal.SIGTERM) == 0, up.log.text()
 
         # The same backup with the WAL archive: what was acknowledged after the backup comes back too.
@@ -228,10 +236,19 @@ async def test_a_backup_taken_under_load_restores_every_acknowledged_form_and_th
         back = sum(stored.get((s.tps, s.version)) == (s.submission_id, s.payload) for s in sent.values())
         figures["with_wal_archive_acked_restored"] = f"{back} of {len(sent)}"
         assert back == len(sent) == len(stored), "with the archive, every acknowledged form, and nothing else"
+        against = await run_suara("audit", "verify", "--against", str(source / "site"),
+                                  env={**env, "SUARA_DATA_DIR": str(archived / "state")}, cwd=archived)  # fmt: skip
+        assert against.returncode == 0, against.stdout + against.stderr  # every head the lost site published
         print("\nbackup drill:", json.dumps(figures, indent=1))
     finally:
         for pgdata in (source / "state" / "pgdata", target / "state" / "pgdata", archived / "state" / "pgdata"):
             EmbeddedPostgres(pgdata).stop("immediate")
+
+
+async def _published(site: Path, position: int) -> bool:
+    """Whether the site's pointer carries the chain head at `position`."""
+    pointer = site / "suara" / "snapshot.json"
+    return pointer.exists() and (json.loads(pointer.read_text())["chain_head"] or {}).get("position") == position
 
 
 async def _check(
