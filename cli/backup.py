@@ -206,13 +206,17 @@ def _add_archive(wal_archive: Path, pgdata: Path, target_time: str | None) -> No
         return  # no recovery.signal: the server replays every record there is, as after a crash
     (pgdata / "recovery.signal").touch()
     with (pgdata / "postgresql.auto.conf").open("a") as fh:
-        fh.write(
-            "# suara db restore --target-time: the WAL is in pg_wal already, nothing to fetch\n"
-            "restore_command = 'false'\n"
-            "hot_standby = off  # no connection before it is promoted: suara's roles are set up after\n"
-            f"recovery_target_time = '{target_time}'\n"
-            "recovery_target_action = 'promote'\n"
-        )
+        fh.write(_RECOVERY_CONF.format(target_time=target_time))
+
+
+# Appended to postgresql.auto.conf for a point-in-time restore; taken out again once it is done.
+_RECOVERY_CONF = (
+    "# suara db restore --target-time: the WAL is in pg_wal already, nothing to fetch\n"
+    "restore_command = 'false'\n"
+    "hot_standby = off  # no connection before it is promoted: suara's roles are set up after\n"
+    "recovery_target_time = '{target_time}'\n"
+    "recovery_target_action = 'promote'\n"
+)
 
 
 def restore_embedded(
@@ -240,4 +244,7 @@ def restore_embedded(
             f"backup's end and within the archive. Remove {server.pgdata} and restore again."
         ) from None
     server.stop()
+    if target_time is not None:  # done: a later start must not read them (as a standby, say)
+        auto = server.pgdata / "postgresql.auto.conf"
+        auto.write_text(auto.read_text().replace(_RECOVERY_CONF.format(target_time=target_time), ""))
     return server

@@ -54,9 +54,9 @@ def add_parser(sub: Any) -> None:
         "`pg_verifybackup` then checks it. Progress goes to stderr; the last line on stdout names the backup. "
         "It needs a replication connection: the embedded server allows one for suara_owner; a server of your "
         "own needs a role with REPLICATION (or a superuser), a `replication` line in pg_hba.conf, "
-        "wal_level = replica and max_wal_senders >= 2. Keys and certificates (DATA_DIR/*.pem, *.key.json, "
-        "pki/) are not in the database: back them up apart.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "wal_level = replica and max_wal_senders >= 2 (3 while `suara db archive` runs). Keys and certificates "
+        "(DATA_DIR/*.pem, *.key.json, chain.key.json, pki/) are not in the database: back them up apart. "
+        "What is committed after the backup's end is in it only with `suara db archive`.",
     )
     p.add_argument("dir", type=Path, metavar="DIR", help="where the backup goes: a new or empty directory")
     p.set_defaults(handler=run_backup)
@@ -66,7 +66,8 @@ def add_parser(sub: Any) -> None:
         description="Unpack a backup made by `suara db backup` into a new data directory, check every file "
         "(and the WAL it needs) against its manifest with pg_verifybackup, and make it ready to start. By "
         "default into DATA_DIR/pgdata (--data-dir, or SUARA_DATA_DIR) for the embedded server: it is started "
-        "once, replaying the WAL to the end of the backup and setting new passwords for every role (in "
+        "once, replaying the WAL to the end of the backup (or of --wal-archive, or to --target-time) and setting "
+        "new passwords for every role (in "
         "DATA_DIR/pgdata.pass/), and stopped; then run `suara up --data-dir DATA_DIR`. With --pgdata, into a "
         "bare PostgreSQL data directory for a server of your own (same major version as the source): its roles "
         "keep their passwords; start it with `pg_ctl -D DIR start` as the server's user. The directory must "

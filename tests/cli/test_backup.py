@@ -192,6 +192,7 @@ async def test_a_wal_archive_gives_back_what_came_after_the_backup_to_its_end_or
                                    "--wal-archive", str(wal), "--target-time", point.isoformat(), env=other,
                                    cwd=tmp_path)  # fmt: skip
         assert to_point.returncode == 0, to_point.stderr
+        assert "recovery_target" not in (earlier.pgdata / "postgresql.auto.conf").read_text(), "left for a later start"
         earlier.start()
         assert await _rows(earlier.url(role=OWNER_ROLE)) == [r for r in everything if r[1] != "after"]
 
