@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import signal
 from pathlib import Path
 
 import pytest
 
 from cli.supervisor import RotatingLog, Supervisor
-from tests.support.processes import run_suara
+from tests.cli.test_up import FREE_PORTS, suara_up
+from tests.support.processes import run_suara, suara_env
 
 
 def _parts(path: Path, backups: int) -> list[Path]:
@@ -85,3 +88,19 @@ async def test_supervisor_with_log_to_stdout_writes_no_file(tmp_path: Path, capf
     await supervisor.stop()
     assert "SUARA_LOG_MAX_BYTES" in capfd.readouterr().out
     assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").iterdir())
+
+
+async def test_up_with_log_to_stdout_sends_the_services_logs_there_and_writes_no_log_file(
+    db_url: str, tmp_path: Path
+) -> None:
+    env = suara_env(DATABASE_URL=db_url, **FREE_PORTS)
+    async with suara_up(env, tmp_path, "--log-to-stdout") as up:
+        assert up.stdout[-1] == up.ready.group(0)
+        assert await up.stop(signal.SIGTERM) == 0, up.log.text()
+        assert up.proc.stdout is not None
+        rest = (await up.proc.stdout.read()).decode()
+    records = [json.loads(line) for line in [*up.stdout, *rest.splitlines()] if line.startswith("{")]
+    services = {r.get("service") for r in records}
+    assert {"suara-tally", "suara-aggregate"} <= services, services  # the children's own JSON lines
+    logs = tmp_path / "state" / "logs"
+    assert not logs.exists() or not any(logs.iterdir()), list(logs.iterdir())
