@@ -1,4 +1,4 @@
-"""`suara db backup` and `suara db restore`: PostgreSQL's own pg_basebackup and pg_verifybackup.
+"""`suara db backup`, `archive` and `restore`: PostgreSQL's own pg_basebackup, pg_verifybackup, pg_receivewal.
 
 A backup is what `pg_basebackup --format=tar --wal-method=stream` writes to a directory: base.tar.gz
 (the data directory), pg_wal.tar.gz (the WAL written while the backup ran, streamed beside it, so the
@@ -197,6 +197,7 @@ def _add_archive(wal_archive: Path, pgdata: Path, target_time: str | None) -> No
     # add WAL that was never archived). The archive's copy of a segment the backup also has is the
     # same stream and at least as long, so it replaces it; the segment being written is used as it is.
     segments = _segments(wal_archive)
+    _check_contiguous(segments, _backup_end_segment(pgdata))
     _say(f"adding {len(segments)} WAL segment(s) from {wal_archive} …")
     for segment in segments:
         shutil.copyfile(segment, pgdata / "pg_wal" / segment.name.removesuffix(".partial"))
@@ -206,10 +207,47 @@ def _add_archive(wal_archive: Path, pgdata: Path, target_time: str | None) -> No
         return  # no recovery.signal: the server replays every record there is, as after a crash
     (pgdata / "recovery.signal").touch()
     with (pgdata / "postgresql.auto.conf").open("a") as fh:
-        fh.write(_RECOVERY_CONF.format(target_time=target_time))
+        fh.write(_recovery_conf(target_time))
 
 
-# Appended to postgresql.auto.conf for a point-in-time restore; taken out again once it is done.
+def _backup_end_segment(pgdata: Path) -> tuple[str, int]:
+    """The timeline and number of the WAL segment the restored backup ends in (its last in pg_wal)."""
+    names = sorted(p.name for p in (pgdata / "pg_wal").iterdir() if len(p.name) == 24 and p.name.isalnum())
+    if not names:
+        raise BackupError(f"the backup restored into {pgdata} has no WAL: make a new backup")
+    return names[-1][:8], _segment_number(names[-1], (pgdata / "pg_wal" / names[-1]).stat().st_size)
+
+
+def _segment_number(name: str, segment_bytes: int) -> int:
+    # A segment's name is its timeline, then its number as (high, low) in units of 4 GiB / segment size.
+    return int(name[8:16], 16) * (0x1_0000_0000 // segment_bytes) + int(name[16:24], 16)
+
+
+def _check_contiguous(segments: list[Path], backup_end: tuple[str, int]) -> None:
+    """The archive must continue the backup without a hole: replay stops at the first segment missing,
+    and would quietly leave out everything after it."""
+    timeline, end = backup_end
+    numbers = sorted(_segment_number(p.name, p.stat().st_size) for p in segments if p.name[:8] == timeline)
+    # The backup ends with a switch to the next segment, so an archive started after it begins there.
+    if not numbers or numbers[0] > end + 1:
+        raise BackupError(
+            "the WAL archive starts after this backup ended (the WAL in between is in neither): restore it with "
+            "a backup taken after `suara db archive` started, or without --wal-archive"
+        )
+    present = set(numbers)
+    holes = [n for n in range(numbers[0], numbers[-1] + 1) if n not in present]
+    if holes:
+        raise BackupError(
+            f"the WAL archive has {len(holes)} segment(s) missing: replay would stop at the first. Restore "
+            "without --wal-archive, or copy the missing segments back into the archive first"
+        )
+
+
+def _recovery_conf(target_time: str) -> str:
+    """Appended to postgresql.auto.conf for a point-in-time restore; taken out again once it is done."""
+    return _RECOVERY_CONF.format(target_time=target_time.replace("'", "''"))
+
+
 _RECOVERY_CONF = (
     "# suara db restore --target-time: the WAL is in pg_wal already, nothing to fetch\n"
     "restore_command = 'false'\n"
@@ -246,5 +284,5 @@ def restore_embedded(
     server.stop()
     if target_time is not None:  # done: a later start must not read them (as a standby, say)
         auto = server.pgdata / "postgresql.auto.conf"
-        auto.write_text(auto.read_text().replace(_RECOVERY_CONF.format(target_time=target_time), ""))
+        auto.write_text(auto.read_text().replace(_recovery_conf(target_time), ""))
     return server

@@ -202,3 +202,42 @@ async def test_a_wal_archive_gives_back_what_came_after_the_backup_to_its_end_or
     finally:
         for s in (server, latest, earlier):
             s.stop("immediate")
+
+
+async def test_an_archive_that_does_not_continue_the_backup_is_refused_rather_than_replayed_in_part(
+    tmp_path: Path,
+) -> None:
+    source, backup, wal = tmp_path / "source", tmp_path / "backup", tmp_path / "wal"
+    server = EmbeddedPostgres(source / "pgdata")
+    env = suara_env(SUARA_DATA_DIR=source)
+    try:
+        server.start()
+        url = server.url(role=OWNER_ROLE)
+        await _fill(url)
+        assert (await run_suara("db", "backup", str(backup), env=env, cwd=tmp_path)).returncode == 0
+        conn = await asyncpg.connect(server.url())
+        try:
+            for n in range(2):  # WAL the archive will never see: written and switched away before it starts
+                await conn.execute(ADD, ROWS + 1 + n, ROWS + 1 + n, "unarchived")
+                await conn.execute("SELECT pg_switch_wal()")
+        finally:
+            await conn.close()
+        async with running("db", "archive", str(wal), env=env, cwd=tmp_path) as archiver:
+            await _fill_more(url)
+            await archived_up_to_now(server.url())
+            await archiver.terminate(10)
+        other = suara_env(SUARA_DATA_DIR=tmp_path / "unused")
+        refused = await run_suara("db", "restore", str(backup), "--pgdata", str(tmp_path / "r"), "--wal-archive",
+                                  str(wal), env=other, cwd=tmp_path)  # fmt: skip
+        assert refused.returncode == 1, refused.stdout
+        assert "starts after this backup ended" in refused.stderr, refused.stderr
+    finally:
+        server.stop("immediate")
+
+
+async def _fill_more(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(ADD, 2 * ROWS, 2 * ROWS + 10, "archived")
+    finally:
+        await conn.close()
