@@ -79,7 +79,7 @@ def add_parser(sub: Any) -> None:
         type=Path,
         metavar="DIR",
         help="the directory `suara db archive` streamed the WAL into: replayed after the backup, to its end "
-        "(or to --target-time), so what was committed after the backup comes back too",
+        "or to the time given, so what was committed after the backup comes back too",
     )
     p.add_argument(
         "--target-time",
@@ -96,7 +96,8 @@ def add_parser(sub: Any) -> None:
         help="stream the database's WAL into a directory until stopped (pg_receivewal), for restores after a backup",
         description="Stream the WAL of DATABASE_URL's server, or of the running embedded one, into DIR as it is "
         "written, each record flushed to disk at once (pg_receivewal --synchronous), until SIGINT or SIGTERM. "
-        "`suara db restore BACKUP --wal-archive DIR` then replays it after the backup: what was committed after "
+        "A restore given DIR (`suara db restore BACKUP --wal-archive=DIR`) then replays it after the backup: "
+        "what was committed after "
         "the backup comes back too. Run it beside `suara up`, its directory on another disk or host. It uses "
         "the replication slot suara_archive, so the server keeps the WAL the archive has not received yet, "
         "while it is stopped too: an archive given up for good must drop its slot "
