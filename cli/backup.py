@@ -29,7 +29,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from cli.embedded import BIN_DIR, EmbeddedPostgres, EmbeddedPostgresError, embedded_server
+from cli.embedded import EmbeddedPostgres, EmbeddedPostgresError, embedded_server, postgres_bin_path
 from suara.runtime.settings import Settings
 
 SLOT: str = "suara_archive"
@@ -49,7 +49,16 @@ def _say(message: str) -> None:
 
 
 def _tool(name: str) -> str:
-    return str(BIN_DIR / name)
+    """A PostgreSQL program: the embedded package's, or (where it is left out, as in the container
+    image) the one on PATH."""
+    try:
+        return str(postgres_bin_path() / name)
+    except SystemExit:
+        if found := shutil.which(name):
+            return found
+        raise BackupError(
+            f"no {name} here: install PostgreSQL's client programs (apt-get install postgresql-client)"
+        ) from None
 
 
 def tool_major() -> int:

