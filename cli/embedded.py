@@ -23,6 +23,7 @@ import os
 import secrets
 import socket
 import subprocess
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -60,6 +61,8 @@ SERVICE_ROLES: Final[Mapping[str, str]] = {
 # Every connection proves a password; nothing is trusted, not even the local socket.
 PG_HBA = """# suara: every connection proves a SCRAM-SHA-256 password (cli/embedded.py)
 local all all scram-sha-256
+local replication suara_owner scram-sha-256
+host replication suara_owner 127.0.0.1/32 scram-sha-256
 host all all 127.0.0.1/32 scram-sha-256
 host all all ::1/128 scram-sha-256
 """
@@ -72,14 +75,20 @@ max_connections = 200
 shared_buffers = 256MB
 fsync = on
 synchronous_commit = on
-wal_level = minimal
-max_wal_senders = 0
 max_wal_size = 2GB
 checkpoint_timeout = 15min
 log_min_messages = warning
 log_timezone = 'UTC'
 timezone = 'UTC'
 password_encryption = 'scram-sha-256'
+"""
+
+# `suara db backup` streams a base backup with its WAL (pg_basebackup -X stream): that needs WAL for
+# replication and two senders per backup. Appended to directories made before (the last line wins).
+BACKUP_CONFIG: Final = """
+# suara: backups (suara db backup)
+wal_level = replica
+max_wal_senders = 4
 """
 
 
@@ -221,6 +230,32 @@ class EmbeddedPostgres:
             fh.write("\n# suara\n" + CONFIG)
         (self.pgdata / "pg_hba.conf").write_text(PG_HBA)
 
+    def _ensure_backup_config(self) -> None:
+        conf = self.pgdata / "postgresql.conf"
+        if BACKUP_CONFIG not in conf.read_text():
+            with conf.open("a") as fh:
+                fh.write(BACKUP_CONFIG)
+
+    def adopt_restored(self) -> None:
+        """Make a data directory just restored from a backup (`suara db restore`) this server's, stopped.
+
+        Its roles keep the source's passwords, which this directory's password files do not know: until
+        the first start sets new ones (`provision`), the superuser may connect without one, on the
+        socket in the data directory (which only the server's user may enter), or on loopback when the
+        path is too long for a socket; `provision` then puts the usual pg_hba.conf back."""
+        trusted = "local all postgres trust" if self._socket_ok else "host all postgres 127.0.0.1/32 trust"
+        (self.pgdata / "pg_hba.conf").write_text(f"# suara db restore: until the first start\n{trusted}\n{PG_HBA}")
+        for stale in ("postmaster.pid", "postmaster.opts"):
+            (self.pgdata / stale).unlink(missing_ok=True)
+        self.log_file.touch()
+        self._prepare_permissions()
+        if self._run_as is not None:
+            import pwd
+
+            entry = pwd.getpwnam(self._run_as)
+            for path in [self.pgdata, *self.pgdata.rglob("*")]:
+                os.chown(path, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+
     def _own(self, path: Path) -> None:
         """Hand `path` to the server's system user (when running as root), readable by it alone."""
         path.chmod(0o600)
@@ -238,20 +273,24 @@ class EmbeddedPostgres:
         )
         return proc.returncode == 0
 
-    def start(self, port: int | None = None) -> str:
-        """Start the server if it is not running (initializing it first); return its URL."""
+    def start(self, port: int | None = None, wait_s: int = 60) -> str:
+        """Start the server if it is not running (initializing it first); return its URL. `wait_s`: how
+        long it may take to accept connections (a restored server first replays its WAL)."""
         with self._lock():
             self.ensure_initialized()
             if self.is_running():
                 return self.url()
+            self._ensure_backup_config()
             chosen = port or self._previous_port()
+            recovering = (self.pgdata / "recovery.signal").exists()
             self._prepare_permissions()
             for attempt in range(3):
                 self.port_file.write_text(str(chosen or free_port()))
                 try:
                     self._run(
-                        "pg_ctl", "-D", str(self.pgdata), "-l", str(self.log_file), "-w", "-t", "60",
+                        "pg_ctl", "-D", str(self.pgdata), "-l", str(self.log_file), "-w", "-t", str(wait_s),
                         "-o", f"-p {self.port} -k {self.pgdata if self._socket_ok else chr(39) * 2}", "start",
+                        timeout=wait_s + 60,
                     )  # fmt: skip
                     break
                 except EmbeddedPostgresError:
@@ -260,8 +299,20 @@ class EmbeddedPostgres:
                     if port is not None or attempt == 2 or self.is_running():
                         raise
                     chosen = None
+            if recovering:
+                self._until_promoted(wait_s)
             self.provision()
             return self.url()
+
+    def _until_promoted(self, wait_s: float) -> None:
+        """A server restored to a point in time (`suara db restore --target-time`) is "started" for
+        pg_ctl while it still replays its WAL, refusing connections until it is promoted."""
+        deadline = time.monotonic() + wait_s
+        # The status PostgreSQL keeps on the pid file's 8th line; "ready" once it accepts connections.
+        while (self.pgdata / "postmaster.pid").read_text().splitlines()[7:8] != ["ready   "]:
+            if time.monotonic() > deadline:
+                raise EmbeddedPostgresError(f"{self.pgdata} still recovering after {wait_s:.0f}s; see {self.log_file}")
+            time.sleep(0.1)  # a bounded poll: the server says it only in that file
 
     def provision(self) -> None:
         """Roles, passwords and authentication as the module says (idempotent; run at every start).
@@ -330,6 +381,7 @@ _CREATE_ROLES = (
     + ", ".join(f"'{r}'" for r in (OWNER_ROLE, *SERVICE_ROLES.values()))
     + "] LOOP IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = r) THEN EXECUTE format('CREATE ROLE %I', r);"
     " END IF; END LOOP; END $$;\n"
+    f"ALTER ROLE {OWNER_ROLE} REPLICATION;\n"  # `suara db backup` streams a base backup as the owner
     f"GRANT CREATE ON DATABASE postgres TO {OWNER_ROLE};\n"
     f"GRANT CREATE ON SCHEMA public TO {OWNER_ROLE};\n"  # the migrations' bookkeeping table (public.suara_migration)
 )

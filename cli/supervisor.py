@@ -3,7 +3,10 @@
 Each child is one `suara …` command in its own session, hence its own process group (a terminal's
 Ctrl-C reaches only the supervisor, which then stops the children in order instead of all of them at
 once; a session rather than `process_group=0`, which uvloop does not take). Its stdout and
-stderr go to LOG_DIR/<name>.log. A child is "up" once its probe says so (gRPC health, an HTTP 200);
+stderr go through a pipe to LOG_DIR/<name>.log, which the supervisor rotates by size (<name>.log.1
+is the newest older part; at most `backups` of them are kept, so a child's logs never take more
+than (backups + 1) × max_bytes), or straight to the supervisor's stdout (`to_stdout`: containers,
+whose runtime keeps the logs). A child is "up" once its probe says so (gRPC health, an HTTP 200);
 one that exits while the supervisor is not stopping is restarted, on the same address, after a
 backoff, and `child_restarted` is logged. The pids are kept in a JSON file, so an operator (or a
 test) can find them, and a later supervisor can clean up after one that was killed with SIGKILL.
@@ -59,10 +62,58 @@ class ChildSpec:
     cwd: Path | None = None
 
 
+class RotatingLog:
+    """An append-only log file that is rotated before it grows beyond `max_bytes`, keeping `backups`
+    older parts (<path>.1 the newest). Lines stay whole unless one alone is longer than `max_bytes`."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Unbuffered: what a child wrote is in the file at once (the supervisor quotes its tail).
+        self._file = path.open("ab", buffering=0)
+        self._size = self._file.tell()
+
+    def write(self, data: bytes) -> None:
+        while data:
+            room = self.max_bytes - self._size
+            if len(data) <= room:
+                self._file.write(data)
+                self._size += len(data)
+                return
+            cut = data.rfind(b"\n", 0, max(room, 0)) + 1
+            if cut == 0 and self._size == 0:
+                cut = room  # one line longer than a whole file: cut it rather than grow beyond the bound
+            self._file.write(data[:cut])
+            data = data[cut:]
+            self._rotate()
+
+    def _rotate(self) -> None:
+        self._file.close()
+        for n in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{n}")
+            if older.exists():
+                older.replace(self.path.with_name(f"{self.path.name}.{n + 1}"))
+        if self.backups:
+            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        self._file = self.path.open("wb", buffering=0)
+        self._size = 0
+
+    def close(self) -> None:
+        self._file.close()
+
+
+async def _pump(stream: asyncio.StreamReader, sink: RotatingLog) -> None:
+    while chunk := await stream.read(1 << 16):
+        sink.write(chunk)
+
+
 @dataclass
 class _Child:
     spec: ChildSpec
     proc: asyncio.subprocess.Process | None = None
+    pump: asyncio.Task[None] | None = None
     started_at: float = 0.0
     restarts: int = 0
     watcher: asyncio.Task[None] | None = None
@@ -174,10 +225,19 @@ class Supervisor:
         grace_s: float = 10.0,
         startup_timeout_s: float = 120.0,
         state: Callable[[Mapping[str, int]], dict[str, Any]] = default_state,
+        log_max_bytes: int = 100_000_000,
+        log_backups: int = 5,
+        log_to_stdout: bool = False,
     ) -> None:
         """`state` makes what `pid_file` holds from the children's pids (rewritten whenever one starts);
-        it must keep "pid" (this process) and the children's pids findable by `recorded_pids`."""
+        it must keep "pid" (this process) and the children's pids findable by `recorded_pids`.
+        `log_*`: each child's log file is rotated beyond `log_max_bytes`, keeping `log_backups` older
+        parts; with `log_to_stdout` children write to this process's stdout instead."""
         self.log_dir = log_dir
+        self.log_max_bytes = log_max_bytes
+        self.log_backups = log_backups
+        self.log_to_stdout = log_to_stdout
+        self._logs: dict[str, RotatingLog] = {}
         self.pid_file = pid_file
         self.state = state
         self.grace_s = grace_s
@@ -207,18 +267,18 @@ class Supervisor:
 
     async def run_once(self, name: str, args: Sequence[str], env: Mapping[str, str], cwd: Path | None = None) -> int:
         """A one-shot command (e.g. `publish rebuild`), logged like a child; its exit code."""
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        with self.log_file(name).open("ab") as out:
-            proc = await asyncio.create_subprocess_exec(
-                *SUARA_COMMAND, *args, env=dict(env), cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
-                stdout=out, stderr=out, start_new_session=True,
-            )  # fmt: skip
+        proc, pump = await self._exec(name, args, env, cwd)
         try:
-            return await proc.wait()
+            code = await proc.wait()
+            if pump is not None:
+                await pump  # everything it wrote is in the file before its caller reads it
+            return code
         finally:
             if proc.returncode is None:  # cancelled: do not leave it behind
                 proc.kill()
                 await proc.wait()
+            if pump is not None:
+                pump.cancel()
 
     async def stop(self) -> None:
         """Reverse start order: SIGTERM, then SIGKILL after the grace period. Restarts stop first."""
@@ -230,21 +290,42 @@ class Supervisor:
                     await child.watcher
         for child in reversed(self._children):
             await self._terminate(child)
+            if child.pump is not None:
+                # The pipe ends with the child (what it wrote last is kept), unless something it started
+                # still holds it open.
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(child.pump, 5.0)
+        for sink in self._logs.values():
+            sink.close()
         self.pid_file.unlink(missing_ok=True)
 
     # --- internals --------------------------------------------------------------------------------
 
-    async def _spawn(self, child: _Child) -> None:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        spec = child.spec
-        # The child gets its own descriptor (append mode), so the file stays whole across restarts.
-        with self.log_file(spec.name).open("ab") as out:
-            child.proc = await asyncio.create_subprocess_exec(
-                *SUARA_COMMAND, *spec.args, env=dict(spec.env), cwd=spec.cwd, stdin=asyncio.subprocess.DEVNULL,
-                stdout=out, stderr=out, start_new_session=True,
+    async def _exec(
+        self, name: str, args: Sequence[str], env: Mapping[str, str], cwd: Path | None
+    ) -> tuple[asyncio.subprocess.Process, asyncio.Task[None] | None]:
+        """Start `suara ARGS` with its output going to `name`'s log (and the task copying it there)."""
+        if self.log_to_stdout:
+            proc = await asyncio.create_subprocess_exec(
+                *SUARA_COMMAND, *args, env=dict(env), cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
+                stdout=None, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
+            return proc, None
+        if name not in self._logs:  # one per name, kept across restarts: the file's size stays known
+            self._logs[name] = RotatingLog(self.log_file(name), self.log_max_bytes, self.log_backups)
+        proc = await asyncio.create_subprocess_exec(
+            *SUARA_COMMAND, *args, env=dict(env), cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        return proc, asyncio.create_task(_pump(proc.stdout, self._logs[name]), name=f"log-{name}")
+
+    async def _spawn(self, child: _Child) -> None:
+        spec = child.spec
+        child.proc, child.pump = await self._exec(spec.name, spec.args, spec.env, spec.cwd)
         child.started_at = time.monotonic()
-        log.info("child_started", name=spec.name, pid=child.proc.pid, log=str(self.log_file(spec.name)))
+        where = "stdout" if self.log_to_stdout else str(self.log_file(spec.name))
+        log.info("child_started", name=spec.name, pid=child.proc.pid, log=where)
         self._write_pids()
 
     async def _until_ready(self, child: _Child) -> None:

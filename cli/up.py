@@ -27,7 +27,8 @@ In order:
 Each service's port is chosen once, before it starts, so a restart keeps its address: the setting
 (SUARA_TALLY_PORT, SUARA_TALLY_INTERNAL_PORT, SUARA_AGGREGATE_PORT, SUARA_AGGREGATE_INTERNAL_PORT,
 SUARA_PUBLISH_PORT, SUARA_HTTP_PORT) or the flag when that port is free, otherwise (or with 0) any
-free port. Children log JSON lines to DATA_DIR/logs/<name>.log. DATA_DIR/up.json describes the
+free port. Children log JSON lines to DATA_DIR/logs/<name>.log, rotated by size (SUARA_LOG_MAX_BYTES,
+keeping SUARA_LOG_BACKUPS older files), or to stdout (--log-to-stdout). DATA_DIR/up.json describes the
 running system (complete once the ready line is out; rewritten when a child restarts):
   {"pid": N, "ca": PATH, "admin_key": PATH, "database_url": URL, "site": {"url", "dir", "pid"},
    "services": {"tally": [{"address", "internal", "pid"}, …], "aggregate": […], "publish": […]}}
@@ -98,6 +99,12 @@ def add_up_arguments(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_SEED,
         metavar="N",
         help=f"seed of the synthetic TPS (default {DEFAULT_SEED})",
+    )
+    p.add_argument(
+        "--log-to-stdout",
+        action="store_true",
+        help="the services log to this command's stdout instead of DATA_DIR/logs (containers; "
+        "default: SUARA_LOG_TO_STDOUT)",
     )
 
 
@@ -295,8 +302,13 @@ async def running_system(
             }
 
         # A child gets its own grace (the same setting) and a little more to close its pool before SIGKILL.
-        supervisor = Supervisor(log_dir, pid_file, grace_s=settings.shutdown_grace_s + 5.0, state=state)
-        note(f"logs: {log_dir}/<service>.log (JSON lines); processes and addresses: {pid_file}")
+        to_stdout = settings.log.to_stdout or getattr(args, "log_to_stdout", False)
+        supervisor = Supervisor(
+            log_dir, pid_file, grace_s=settings.shutdown_grace_s + 5.0, state=state,
+            log_max_bytes=settings.log.max_bytes, log_backups=settings.log.backups, log_to_stdout=to_stdout,
+        )  # fmt: skip
+        logs = "stdout" if to_stdout else f"{log_dir}/<service>.log, rotated by size"
+        note(f"logs: {logs} (JSON lines); processes and addresses: {pid_file}")
         try:
             started = time.perf_counter()
             await supervisor.start(

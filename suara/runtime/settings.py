@@ -365,6 +365,21 @@ class LogSettings(_Section):
     format: str = _setting(
         "SUARA_LOG_FORMAT", "auto", "json, console, or auto (json unless a terminal)", _one_of(LOG_FORMATS)
     )
+    max_bytes: int = _setting(
+        "SUARA_LOG_MAX_BYTES",
+        100_000_000,
+        "`suara up`: a child's log file is rotated (<name>.log.1 …) when it would grow beyond this",
+        _between(4096, float("inf"), "a number of bytes, 4096 or more"),
+    )
+    backups: int = _setting(
+        "SUARA_LOG_BACKUPS", 5, "`suara up`: rotated log files kept per child (0: none)", _between(0, 1000, "0 to 1000")
+    )
+    to_stdout: bool = _setting(
+        "SUARA_LOG_TO_STDOUT",
+        False,
+        "`suara up`: children log to its stdout instead of files (containers)",
+        Allowed(", ".join(_TRUE + _FALSE)),
+    )
 
 
 @dataclass(frozen=True)
