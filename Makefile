@@ -24,12 +24,12 @@ demo: install  ## start PostgreSQL and the services, feed a small simulated elec
 
 # The site is tested in Debian's chromium and behind a real nginx: installed here when missing and
 # possible (root with apt); otherwise those tests skip, saying why.
-system-deps:  ## chromium and nginx for the site tests (apt, when root and missing)
-	@if ! command -v chromium >/dev/null || ! command -v nginx >/dev/null; then \
+system-deps:  ## chromium, nginx and prometheus for the site and metrics tests (apt, when root and missing)
+	@if ! command -v chromium >/dev/null || ! command -v nginx >/dev/null || ! test -x /usr/bin/prometheus; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "== installing chromium and nginx-light (site tests)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nginx-light >/dev/null; \
-	  else echo "note: chromium/nginx missing and not installable here: the browser and nginx tests will skip"; fi; \
+	    echo "== installing chromium, nginx-light and prometheus (site and metrics tests)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nginx-light prometheus >/dev/null; \
+	  else echo "note: chromium/nginx/prometheus missing and not installable here: their tests will skip"; fi; \
 	fi
 
 test: install system-deps  ## the whole test suite, against real PostgreSQL (embedded unless DATABASE_URL is set)

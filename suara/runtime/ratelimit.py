@@ -71,9 +71,11 @@ class PeerLimitInterceptor(grpc.aio.ServerInterceptor):
     """Every unary call counts against its peer address's bucket; beyond it RESOURCE_EXHAUSTED with the
     wait as retry-after. Peers behind one NAT share a bucket, so its rate is a setting, set generously."""
 
-    def __init__(self, limiter: RateLimiter, setting: str) -> None:
+    def __init__(self, limiter: RateLimiter, setting: str, on_refused: Callable[[], None] | None = None) -> None:
+        """`on_refused` is told of each call refused (the service counts it)."""
         self.limiter = limiter
         self.setting = setting
+        self.on_refused = on_refused
 
     async def intercept_service(
         self,
@@ -84,12 +86,14 @@ class PeerLimitInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or handler.unary_unary is None:
             return handler
         inner = handler.unary_unary
-        limiter, setting = self.limiter, self.setting
+        limiter, setting, on_refused = self.limiter, self.setting, self.on_refused
 
         async def limited(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             address = peer_address(context.peer())
             wait = limiter.take(address)
             if wait is not None:
+                if on_refused is not None:
+                    on_refused()
                 raise ResourceExhausted(
                     f"too many calls from {address}: at most {limiter.rate:g} a second ({setting}); "
                     "retry after the hint",
