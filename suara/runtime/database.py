@@ -171,22 +171,22 @@ class _PoolQueries:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def fetch(self, query: str, *args: Any, timeout_s: float | None = None) -> list[asyncpg.Record]:
+    async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[asyncpg.Record]:
         async with _Acquire(self._db, None) as conn:
-            rows: list[asyncpg.Record] = await conn.fetch(query, *args, timeout=timeout_s)
+            rows: list[asyncpg.Record] = await conn.fetch(query, *args, timeout=timeout)
         return rows
 
-    async def fetchrow(self, query: str, *args: Any, timeout_s: float | None = None) -> Any:
+    async def fetchrow(self, query: str, *args: Any, timeout: float | None = None) -> Any:
         async with _Acquire(self._db, None) as conn:
-            return await conn.fetchrow(query, *args, timeout=timeout_s)
+            return await conn.fetchrow(query, *args, timeout=timeout)
 
-    async def fetchval(self, query: str, *args: Any, timeout_s: float | None = None) -> Any:
+    async def fetchval(self, query: str, *args: Any, timeout: float | None = None) -> Any:
         async with _Acquire(self._db, None) as conn:
-            return await conn.fetchval(query, *args, timeout=timeout_s)
+            return await conn.fetchval(query, *args, timeout=timeout)
 
-    async def execute(self, query: str, *args: Any, timeout_s: float | None = None) -> str:
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
         async with _Acquire(self._db, None) as conn:
-            status: str = await conn.execute(query, *args, timeout=timeout_s)
+            status: str = await conn.execute(query, *args, timeout=timeout)
         return status
 
 
@@ -197,6 +197,7 @@ class Database(_Queries):
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
         self.waiting = 0
+        self.closed = False
         self._target = _PoolQueries(self)
 
     def sizes(self) -> tuple[int, int, int]:
@@ -251,6 +252,7 @@ class Database(_Queries):
             await self.pool.release(session.connection)
 
     async def close(self) -> None:
+        self.closed = True
         await self.pool.close()
 
 

@@ -200,6 +200,7 @@ class Pool(Protocol):
     """What the pool gauges read: asyncpg's pool sizes and the acquires waiting (suara.runtime.database)."""
 
     waiting: int
+    closed: bool
 
     def sizes(self) -> tuple[int, int, int]:
         """(connections open, of which idle, most allowed)."""
@@ -213,7 +214,7 @@ class _PoolCollector(Collector):
         self.pools: list[tuple[str, weakref.ref[Pool]]] = []
 
     def watch(self, service: str, pool: Pool) -> None:
-        self.pools = [(s, ref) for s, ref in self.pools if ref() is not None]
+        self.pools = [(s, ref) for s, ref in self.pools if (p := ref()) is not None and not p.closed]
         self.pools.append((service, weakref.ref(pool)))
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
@@ -225,7 +226,7 @@ class _PoolCollector(Collector):
         totals: dict[str, list[int]] = {}
         for service, ref in self.pools:
             pool = ref()
-            if pool is None:
+            if pool is None or pool.closed:
                 continue
             size, idle, top = pool.sizes()
             total = totals.setdefault(service, [0, 0, 0, 0])
@@ -246,7 +247,7 @@ REGISTRY.register(_POOLS)
 
 
 def watch_pool(service: str, pool: Pool) -> None:
-    """Export `pool`'s gauges under `service` for as long as it lives (several of one service add up)."""
+    """Export `pool`'s gauges under `service` until it is closed (several of one service add up)."""
     _POOLS.watch(service, pool)
 
 
