@@ -147,9 +147,9 @@ async def run(db_url: str, *, forms: int, levels: tuple[int, ...] = LEVELS, roun
     """`forms` calls per level, round and server; each run of a level submits fresh forms (the next version:
     a correction of the one before, as much work as a first form, a new row and a new current version)."""
     conn = await asyncpg.connect(db_url)
-    tps = [r["code"] for r in await conn.fetch("SELECT code FROM registry.tps ORDER BY code LIMIT $1", 2 * forms)]
-    if len(tps) < 2 * forms:
-        raise SystemExit(f"the registry has {len(tps):,} TPS; {forms:,} forms per level need {2 * forms:,}")
+    tps = [r["code"] for r in await conn.fetch("SELECT code FROM registry.tps ORDER BY code LIMIT $1", 3 * forms)]
+    if len(tps) < 3 * forms:
+        raise SystemExit(f"the registry has {len(tps):,} TPS; {forms:,} forms per level need {3 * forms:,}")
     choices = [
         r["id"] for r in await conn.fetch("SELECT id FROM registry.choice WHERE contest='ppwp' ORDER BY nomor_urut")
     ]
@@ -170,15 +170,17 @@ async def run(db_url: str, *, forms: int, levels: tuple[int, ...] = LEVELS, roun
         ]
         for i, step in enumerate(sweep)
     }
-    # Metrics off: the versions after the on set's, so each of its forms is as much work (never DUPLICATE).
+    # Metrics off: TPS of their own, the same versions, so each of its forms is the same work as on's.
     unary_off = {
         step: [
-            signed(k, consistent_form(k.tps, "ppwp", choices, version=len(sweep) + i + 1, election_id=election))
-            for k in keys[:forms]
+            signed(k, consistent_form(k.tps, "ppwp", choices, version=i + 1, election_id=election))
+            for k in keys[2 * forms :]
         ]
         for i, step in enumerate(sweep)
     }
-    batched = [signed(k, consistent_form(k.tps, "ppwp", choices, election_id=election)) for k in keys[forms:]]
+    batched = [
+        signed(k, consistent_form(k.tps, "ppwp", choices, election_id=election)) for k in keys[forms : 2 * forms]
+    ]
     request_size = sum(len(r.SerializeToString()) for r in unary[sweep[0]]) // forms
 
     # A port per process, not one shared port: SO_REUSEPORT hashes 4 connections onto 2 processes
@@ -260,10 +262,12 @@ async def run(db_url: str, *, forms: int, levels: tuple[int, ...] = LEVELS, roun
                 await best_of("tally", submit_rates, tallies, [s.Submit for s in stubs], unary[step], level)
                 await best_of("off", off_rates, tallies_off, [s.Submit for s in off_stubs], unary_off[step], level)
             conn = await asyncpg.connect(db_url)
-            commits = {  # a commit's forms share one received_at; a level's are over all its rounds
+            commits = {  # a commit's forms share one received_at; a level's are over all its rounds (metrics on)
                 level: await conn.fetchval(
-                    "SELECT count(DISTINCT received_at) FROM tally.submission WHERE version = ANY($1::int[])",
+                    "SELECT count(DISTINCT received_at) FROM tally.submission "
+                    "WHERE version = ANY($1::int[]) AND tps = ANY($2::text[])",
                     [i + 1 for i, step in enumerate(sweep) if step[1] == level],
+                    [k.tps for k in keys[:forms]],
                 )
                 for level in levels
             }

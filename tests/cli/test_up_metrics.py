@@ -39,10 +39,12 @@ def documented() -> dict[str, tuple[str, frozenset[str], set[str]]]:
     """name → (kind, labels, services that export it), from docs/metrics.md."""
     out: dict[str, tuple[str, frozenset[str], set[str]]] = {}
     section: set[str] = set(SERVICES)
+    previous = ""
     for line in DOC.read_text().splitlines():
-        if line and not line.startswith(("-", " ")) and line.rstrip().endswith(":"):
-            head = line.split("(")[0].strip().rstrip(":").strip()
+        if line and not previous and not line.startswith(("-", " ")):  # a paragraph's first line: its heading
+            head = line.split("(")[0].split(":")[0].strip()
             section = {head} if head in SERVICES else {"tally"} if head == "relay" else set(SERVICES)
+        previous = line
         match = _LINE.match(line)
         if match:
             name, labels, kind = match.groups()
