@@ -163,33 +163,6 @@ class _Acquire:
         await self._db.pool.release(self._conn)
 
 
-class _PoolQueries:
-    """The one-statement calls on the pool (as asyncpg's Pool makes them), each through the one counted acquire."""
-
-    __slots__ = ("_db",)
-
-    def __init__(self, db: Database) -> None:
-        self._db = db
-
-    async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[asyncpg.Record]:
-        async with _Acquire(self._db, None) as conn:
-            rows: list[asyncpg.Record] = await conn.fetch(query, *args, timeout=timeout)
-        return rows
-
-    async def fetchrow(self, query: str, *args: Any, timeout: float | None = None) -> Any:
-        async with _Acquire(self._db, None) as conn:
-            return await conn.fetchrow(query, *args, timeout=timeout)
-
-    async def fetchval(self, query: str, *args: Any, timeout: float | None = None) -> Any:
-        async with _Acquire(self._db, None) as conn:
-            return await conn.fetchval(query, *args, timeout=timeout)
-
-    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
-        async with _Acquire(self._db, None) as conn:
-            status: str = await conn.execute(query, *args, timeout=timeout)
-        return status
-
-
 class Database(_Queries):
     """The connection pool of a service process. Every acquire goes through one place, which counts
     those waiting (`waiting`, the metrics' suara_db_pool_waiting)."""
@@ -198,7 +171,31 @@ class Database(_Queries):
         self.pool = pool
         self.waiting = 0
         self.closed = False
-        self._target = _PoolQueries(self)
+        self._target = pool
+
+    # The one-statement calls, as asyncpg's Pool makes them, but through the one counted acquire.
+    async def fetch(self, query: str, *args: Any, timeout_s: float | None = None) -> list[asyncpg.Record]:
+        with _TRANSLATE:
+            async with _Acquire(self, None) as conn:
+                rows: list[asyncpg.Record] = await conn.fetch(query, *args, timeout=timeout_s)
+        return rows
+
+    async def fetchrow(self, query: str, *args: Any, timeout_s: float | None = None) -> Any:
+        """The first row (an asyncpg.Record), or None."""
+        with _TRANSLATE:
+            async with _Acquire(self, None) as conn:
+                return await conn.fetchrow(query, *args, timeout=timeout_s)
+
+    async def fetchval(self, query: str, *args: Any, timeout_s: float | None = None) -> Any:
+        with _TRANSLATE:
+            async with _Acquire(self, None) as conn:
+                return await conn.fetchval(query, *args, timeout=timeout_s)
+
+    async def execute(self, query: str, *args: Any, timeout_s: float | None = None) -> str:
+        with _TRANSLATE:
+            async with _Acquire(self, None) as conn:
+                status: str = await conn.execute(query, *args, timeout=timeout_s)
+        return status
 
     def sizes(self) -> tuple[int, int, int]:
         """(connections open, of which idle, most allowed)."""
