@@ -26,6 +26,9 @@ from suara.runtime.database import Database, DatabaseUnavailable
 from suara.runtime.errors import InvalidArgument, ResourceExhausted, Unauthenticated
 from suara.runtime.grpc_server import Server, create_server
 from suara.runtime.metrics import MetricsServer, watch_pool
+from suara.v1 import tally_pb2
+from tests.support.factories import consistent_form, signed
+from tests.support.tally import Tally
 from tests.support.waiting import poll_until, within
 
 SERVICE = "suara.test.Probe"
@@ -276,3 +279,43 @@ def test_publish_lag_is_the_age_of_the_first_head_seen_beyond_what_is_published(
     assert lag.behind(9, now=110.0) == (0, 0.0)
     lag.saw(12, now=120.0)
     assert lag.behind(9, now=121.0) == (3, 1.0)
+
+
+async def test_tally_counts_what_its_api_answered_and_samples_the_outbox(tally: Tally) -> None:
+    """Through the real API: each answer's outcome counted once under its contest, and the outbox gauges
+    (no relay here, so every row waits) as the database holds them."""
+    forms = "suara_tally_forms_total"
+    keys = [("ppwp", "accepted"), ("ppwp", "duplicate"), ("ppwp", "quarantined"), ("", "rejected")]
+    before = {k: sample(forms, contest=k[0], outcome=k[1]) for k in keys}
+    first, second = await tally.station(), await tally.station()
+    request = signed(first.key, consistent_form(first.tps, "ppwp", tally.contests["ppwp"]))
+    answers = [await tally.stub.Submit(request), await tally.stub.Submit(request)]
+    inconsistent = consistent_form(second.tps, "ppwp", tally.contests["ppwp"])
+    inconsistent.votes[tally.contests["ppwp"][0]] += 1
+    answers.append(await tally.stub.Submit(signed(second.key, inconsistent)))
+    malformed = signed(second.key, consistent_form(second.tps, "ppwp", tally.contests["ppwp"]))
+    malformed.form.signature = b"\x00" * 64
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await tally.stub.Submit(malformed)
+    got: dict[tuple[str, str], int] = {}
+    for answer in answers:
+        key = ("ppwp", tally_pb2.Outcome.Name(answer.outcome).removeprefix("OUTCOME_").lower())
+        got[key] = got.get(key, 0) + 1
+    assert refused.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED)
+    got[("", "rejected")] = 1
+    assert got and {k: sample(forms, contest=k[0], outcome=k[1]) - before[k] for k in keys} == {
+        k: got.get(k, 0) for k in keys
+    }
+
+    await tally.app.sample_metrics()
+    pending = await tally.db.fetchrow(
+        "SELECT count(*) AS n, extract(epoch FROM now() - min(created_at))::float8 AS age "
+        "FROM tally.outbox WHERE delivered_at IS NULL"
+    )
+    assert pending["n"] == 2  # the accepted and the quarantined form; the duplicate added none
+    assert sample("suara_relay_outbox_rows") == 2
+    assert 0 < sample("suara_relay_outbox_oldest_age_seconds") <= pending["age"]
+    assert sample("suara_relay_dead_letters") == 0
+    assert sample("suara_relay_is_leader") == 0  # no relay configured
+    assert sample("suara_tally_in_flight_forms") == 0
+    assert sample("suara_tally_database_gate_open") == 1
