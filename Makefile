@@ -23,13 +23,14 @@ demo: install  ## start PostgreSQL and the services, feed a small simulated elec
 	$(BIN)/suara demo $(DEMO_ARGS)
 
 # The site is tested in Debian's chromium and behind a real nginx: installed here when missing and
-# possible (root with apt); otherwise those tests skip, saying why.
-system-deps:  ## chromium, nginx and prometheus for the site and metrics tests (apt, when root and missing)
-	@if ! command -v chromium >/dev/null || ! command -v nginx >/dev/null || ! test -x /usr/bin/prometheus; then \
+# possible (root with apt); otherwise those tests skip, saying why. Likewise promtool (Debian's prometheus),
+# which checks and unit-tests the alert rules in deploy/prometheus.
+system-deps:  ## chromium and nginx for the site tests, prometheus (promtool) for the alert rules (apt, when root and missing)
+	@if ! command -v chromium >/dev/null || ! command -v nginx >/dev/null || ! command -v promtool >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "== installing chromium, nginx-light and prometheus (site and metrics tests)"; \
+	    echo "== installing chromium and nginx-light (site tests), prometheus (alert rule tests)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nginx-light prometheus >/dev/null; \
-	  else echo "note: chromium/nginx/prometheus missing and not installable here: their tests will skip"; fi; \
+	  else echo "note: chromium/nginx/promtool missing and not installable here: the browser, nginx and alert rule tests will skip"; fi; \
 	fi
 
 test: install system-deps  ## the whole test suite, against real PostgreSQL (embedded unless DATABASE_URL is set)
@@ -42,7 +43,7 @@ test: install system-deps  ## the whole test suite, against real PostgreSQL (emb
 BUF_REF := $(shell git rev-parse --verify -q refs/heads/main >/dev/null && echo branch=main || echo ref=HEAD)
 BUF_AGAINST ?= $(shell git rev-parse --git-common-dir)\#$(BUF_REF),subdir=protos
 
-lint: install  ## ruff, mypy, buf lint; stubs and docs/api.md match protos/, docs/cli.md the CLI; no breaking change
+lint: install system-deps  ## ruff, mypy, buf lint, promtool check; stubs and docs/api.md match protos/, docs/cli.md the CLI; no breaking change
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -50,6 +51,10 @@ lint: install  ## ruff, mypy, buf lint; stubs and docs/api.md match protos/, doc
 	$(BIN)/python -m cli.reference --check
 	$(BIN)/buf lint
 	$(BIN)/buf breaking --against '$(BUF_AGAINST)'
+	@if command -v promtool >/dev/null; then \
+	  promtool check rules --lint=all --lint-fatal deploy/prometheus/rules/*.yml && \
+	  promtool check config --syntax-only deploy/prometheus/prometheus.yml; \
+	else echo "note: promtool missing (Debian package prometheus, make system-deps): deploy/prometheus not checked"; fi
 
 protos: install  ## regenerate suara/v1 and docs/api.md from protos/
 	$(BIN)/python -m suara.protogen

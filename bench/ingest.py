@@ -224,7 +224,11 @@ async def run(db_url: str, *, forms: int, levels: tuple[int, ...] = LEVELS, roun
     echo_port = free_port()
     echo_args = [str(echo_port), "180", str(pki.cert("bench")), str(pki.key("bench"))]
     echo = _spawn([sys.executable, "-m", "bench.echo_server", *echo_args], env, "ready")
+    # The same echo in plain text: what TLS itself costs a call, the part of the ratio no code of ours can win.
+    plain_port = free_port()
+    plain = _spawn([sys.executable, "-m", "bench.echo_server", str(plain_port), "180"], env, "ready")
     echo_rates: dict[int, Rate] = {}
+    plain_rates: dict[int, Rate] = {}
     submit_rates: dict[int, Rate] = {}
     off_rates: dict[int, Rate] = {}
     cpu_us: dict[tuple[str, int], float] = {}
@@ -233,6 +237,7 @@ async def run(db_url: str, *, forms: int, levels: tuple[int, ...] = LEVELS, roun
         for port in [*ports, *ports_off]:
             await _wait_serving(f"127.0.0.1:{port}", tls)
         echo_channels = [open_channel(f"127.0.0.1:{echo_port}", tls, options=_own()) for _ in range(CHANNELS)]
+        plain_channels = [open_channel(f"127.0.0.1:{plain_port}", None, options=_own()) for _ in range(CHANNELS)]
         channels = [open_channel(f"127.0.0.1:{ports[i % len(ports)]}", tls, options=_own()) for i in range(CHANNELS)]
         off_channels = [
             open_channel(f"127.0.0.1:{ports_off[i % len(ports_off)]}", tls, options=_own()) for i in range(CHANNELS)
@@ -241,8 +246,10 @@ async def run(db_url: str, *, forms: int, levels: tuple[int, ...] = LEVELS, roun
             await c.channel_ready()
         try:
             echo_calls: list[Any] = [c.unary_unary(METHOD) for c in echo_channels]
+            plain_calls: list[Any] = [c.unary_unary(METHOD) for c in plain_channels]
             payload = b"y" * request_size
             await _drive(echo_calls, [payload] * 200, levels[0])  # warm-up
+            await _drive(plain_calls, [payload] * 200, levels[0])
             stubs = [tally_stub(c) for c in channels]
             off_stubs = [tally_stub(c) for c in off_channels]
 
@@ -259,6 +266,7 @@ async def run(db_url: str, *, forms: int, levels: tuple[int, ...] = LEVELS, roun
             for step in sweep:  # in turn at each level, so a drift of the machine touches both alike
                 level = step[1]
                 await best_of("echo", echo_rates, [echo], echo_calls, [payload] * forms, level)
+                await best_of("plain", plain_rates, [plain], plain_calls, [payload] * forms, level)
                 await best_of("tally", submit_rates, tallies, [s.Submit for s in stubs], unary[step], level)
                 await best_of("off", off_rates, tallies_off, [s.Submit for s in off_stubs], unary_off[step], level)
             conn = await asyncpg.connect(db_url)
@@ -277,23 +285,27 @@ async def run(db_url: str, *, forms: int, levels: tuple[int, ...] = LEVELS, roun
             for port in metrics_ports:
                 counted += await _forms_counted(f"http://127.0.0.1:{port}/metrics")
         finally:
-            for c in [*echo_channels, *channels, *off_channels]:
+            for c in [*echo_channels, *plain_channels, *channels, *off_channels]:
                 await c.close()
     finally:
         for t in [*tallies, *tallies_off]:
             t.terminate()
         echo.terminate()
+        plain.terminate()
         tally_log = "".join(t.communicate(timeout=30)[1] for t in tallies)
         for t in tallies_off:
             t.communicate(timeout=30)
         echo.wait(30)
+        plain.wait(30)
         shutil.rmtree(pki.path, ignore_errors=True)
     stats = [json.loads(line) for line in tally_log.splitlines() if "group_commit_stats" in line]
-    echo_knee, submit_knee, off_knee = knee(echo_rates), knee(submit_rates), knee(off_rates)
+    echo_knee, submit_knee, plain_knee = knee(echo_rates), knee(submit_rates), knee(plain_rates)
+    off_knee = knee(off_rates)
     curve = {
         str(level): {
             "echo_per_s": round(echo_rates[level].per_s, 1),
             "echo_p99_ms": echo_rates[level].p_ms(0.99),
+            "plaintext_echo_per_s": round(plain_rates[level].per_s, 1),
             "submit_per_s": round(submit_rates[level].per_s, 1),
             "submit_p50_ms": submit_rates[level].p_ms(0.5),
             "submit_p99_ms": submit_rates[level].p_ms(0.99),
@@ -308,6 +320,10 @@ async def run(db_url: str, *, forms: int, levels: tuple[int, ...] = LEVELS, roun
         "echo.calls_per_s": round(echo_rates[echo_knee].per_s, 1),
         "ingest.submit_per_s": round(submit_rates[submit_knee].per_s, 1),
         "ingest.ratio_vs_echo": round(submit_rates[submit_knee].per_s / echo_rates[echo_knee].per_s, 3),
+        "echo.plaintext_calls_per_s": round(plain_rates[plain_knee].per_s, 1),
+        # TLS 1.3's share of a bare call: echo over TLS against the same echo in plain text, each at its knee.
+        "tls.echo_ratio_vs_plaintext": round(echo_rates[echo_knee].per_s / plain_rates[plain_knee].per_s, 3),
+        "tls.server_cpu_us_per_call": round(cpu_us[("echo", echo_knee)] - cpu_us[("plain", plain_knee)]),
         "echo.knee_concurrency": echo_knee,
         "ingest.knee_concurrency": submit_knee,
         "echo.server_cpu_us_per_call": round(cpu_us[("echo", echo_knee)]),

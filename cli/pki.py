@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cli.actor import operator
-from suara.runtime.pki import CLIENT_ROLES, PkiDir, PkiError, common_name, role_of
+from suara.runtime.pki import CLIENT_ROLES, LEAF_DAYS, SERVER_DAYS, PkiDir, PkiError, common_name, role_of
 from suara.runtime.settings import Settings
 
 
@@ -51,7 +51,8 @@ def add_parser(sub: Any) -> None:
             "A server certificate names the hosts clients dial (--host, repeatable: DNS names or IPs).\n"
             "A client certificate names its role: writer (tally's relay, applying to aggregate), reader\n"
             "(publish, reading aggregate and tally), federation (a province aggregate feeding the national\n"
-            "one), admin (operators: enrolling devices, reading submissions).\n"
+            "one), admin (operators: enrolling devices, reading submissions). It also names the election it\n"
+            "is for (--election, the registry's id: `suara registry show`); services refuse another's.\n"
             "Reissuing under the same NAME replaces the files (rotation); revoke the old one if it leaked."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -61,7 +62,17 @@ def add_parser(sub: Any) -> None:
     kind = p.add_mutually_exclusive_group(required=True)
     kind.add_argument("--host", action="append", help="a host name or IP address the server is dialled by")
     kind.add_argument("--role", choices=CLIENT_ROLES, help="the client's role")
-    p.add_argument("--days", type=int, default=397, help="validity in days (default 397)")
+    p.add_argument(
+        "--election",
+        metavar="ID",
+        help="with --role: the election the client serves, as the registry names it (`suara registry show`)",
+    )
+    p.add_argument(
+        "--days",
+        type=int,
+        help=f"validity in days (default: {SERVER_DAYS} for a server, whose revocation clients cannot check, "
+        f"so a short life bounds it; {LEAF_DAYS} for a client)",
+    )
     p.add_argument("--bundle", type=Path, help="also write certificate and key to this one file (0600)")
     p.set_defaults(handler=run_issue)
 
@@ -97,19 +108,31 @@ def run_issue(args: argparse.Namespace, settings: Settings) -> int:
     from suara.runtime.secrets_file import write_secret
 
     pki = _dir(args, settings)
+    if args.days is None:
+        args.days = LEAF_DAYS if args.role else SERVER_DAYS
     if args.days < 1:
         print("--days must be at least 1", file=sys.stderr)
         return 2
+    if args.role and not args.election:
+        print(
+            "--election ID is needed with --role: the election this certificate is for, as `suara registry show` "
+            "prints it (services refuse a certificate of another election)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.host and args.election:
+        print("--election names a client's election: use it with --role, not --host", file=sys.stderr)
+        return 2
     try:
         if args.role:
-            pair = pki.issue_client(args.name, args.role, args.days)
+            pair = pki.issue_client(args.name, args.role, args.days, args.election)
         else:
             pair = pki.issue_server(args.name, args.host, args.days)
     except PkiError as error:
         print(f"suara pki: {error}", file=sys.stderr)
         return 2
     cert = pair.certificate
-    what = f"role {role_of(cert)}" if args.role else "hosts " + ", ".join(args.host)
+    what = f"role {role_of(cert)}, election {args.election}" if args.role else "hosts " + ", ".join(args.host)
     print(
         f"issued {common_name(cert)} ({what}), serial {cert.serial_number:x}:",
         pki.cert(args.name),

@@ -195,6 +195,7 @@ async def running_system(
     from services.tally.access import create_admin_credential
     from services.tally.server import chain_key_path, load_chain_key
     from suara.client import service_names
+    from suara.registry.catalog import fetch_election_id
     from suara.registry.loader import load_registry
     from suara.registry.summary import tps_count
     from suara.runtime.auth.store import issue_service_credential
@@ -216,13 +217,16 @@ async def running_system(
         suffix = ".key.json" if insecure else ".pem"
         admin_key, relay_key, reader_key = (data_dir / f"{n}{suffix}" for n in ("admin", "relay", "publish"))
         hosts = sorted({"127.0.0.1", "localhost", settings.tally.host, settings.aggregate.host, settings.publish.host})
-        tls_env, ca = ({}, None) if insecure else local_pki(data_dir, hosts, admin_key, relay_key, reader_key)
         async with connect(url) as conn:
             tps = await tps_count(conn)
             if not tps:
                 note(f"registry: loading the real areas and synthetic TPS at scale {args.scale} …")
                 tps = (await load_registry(conn, synthetic_scale=args.scale, seed=args.seed)).tps
-            note(f"registry: {tps:,} TPS")
+            election = await fetch_election_id(conn)
+            note(f"registry: {tps:,} TPS, election {election or '(unnamed)'}")
+            tls_env, ca = (
+                ({}, None) if insecure else local_pki(data_dir, hosts, election, admin_key, relay_key, reader_key)
+            )
             if insecure and not admin_key.exists():
                 (await create_admin_credential(conn, "suara up", actor=operator())).save(admin_key)
             if insecure and not relay_key.exists():
@@ -380,14 +384,18 @@ def _with_metrics_port(env: Mapping[str, str], service: str, port: int | None) -
 
 
 def local_pki(
-    data_dir: Path, hosts: list[str], admin_key: Path, relay_key: Path, reader_key: Path
+    data_dir: Path, hosts: list[str], election: str, admin_key: Path, relay_key: Path, reader_key: Path
 ) -> tuple[dict[str, str], Path]:
     """The PKI of a local system in DATA_DIR/pki, made or completed: the children's TLS settings and the CA.
 
-    Kept across runs (clients keep trusting the same CA); what is missing is issued, and a service whose
-    certificate does not name every host it now binds gets a new one."""
+    Kept across runs (clients keep trusting the same CA); what is missing is issued, and a certificate is
+    issued again when it expires within RENEW_BEFORE, when a service's does not name every host it now
+    binds, or when a client's names another election than the registry's (after `suara registry load
+    --election-id`)."""
+    from cryptography import x509
+
     from cli.actor import operator
-    from suara.runtime.pki import PkiDir
+    from suara.runtime.pki import PkiDir, election_of, renewal_due, split_bundle
     from suara.runtime.secrets_file import write_secret
 
     pki = PkiDir(data_dir / "pki", actor=operator())
@@ -395,18 +403,23 @@ def local_pki(
         note(f"pki: a new private CA in {pki.path}")
     env = {"SUARA_CA_FILE": str(pki.ca_cert), "SUARA_CRL_FILE": str(pki.crl)}
     for service in ("tally", "aggregate", "publish"):
-        if not pki.cert(service).exists() or not _names_hosts(pki.cert(service), hosts):
+        path = pki.cert(service)
+        if (
+            not path.exists()
+            or not _names_hosts(path, hosts)
+            or renewal_due(x509.load_pem_x509_certificate(path.read_bytes()))
+        ):
             pki.issue_server(service, hosts)
         env[f"SUARA_{service.upper()}_TLS_CERT"] = str(pki.cert(service))
         env[f"SUARA_{service.upper()}_TLS_KEY"] = str(pki.key(service))
     # Client certificates by names of their own: `pki.cert(service)` is that service's server certificate.
     for bundle, name, role in ((admin_key, "admin", "admin"), (relay_key, "tally-relay", "writer"),
                                (reader_key, "publish-reader", "reader")):  # fmt: skip
-        if not bundle.exists():
-            pair = pki.issue_client(name, role) if not pki.cert(name).exists() else None
-            cert = pair.cert_pem if pair else pki.cert(name).read_bytes()
-            key = pair.key_pem if pair else pki.key(name).read_bytes()
-            write_secret(bundle, (cert + key).decode())
+        held = split_bundle(bundle.read_bytes()).certificate if bundle.exists() else None
+        if held is not None and election_of(held) == election and not renewal_due(held):
+            continue
+        pair = pki.issue_client(name, role, election=election)
+        write_secret(bundle, pair.bundle().decode())
     return env, pki.ca_cert
 
 

@@ -74,3 +74,8 @@ async def test_the_ingest_bench_submits_fresh_forms_at_every_level(db_url: str) 
     knee = max(within, key=lambda level: curve[level]["submit_per_s"])
     assert results["ingest.knee_concurrency"] == int(knee)
     assert results["ingest.submit_per_s"] == curve[knee]["submit_per_s"]
+    # TLS's cost: the TLS echo's best against the plain-text echo's best, each from the curve
+    tls_best = max(row["echo_per_s"] for row in curve.values() if row["echo_p99_ms"] <= 1000)
+    plain_best = max(row["plaintext_echo_per_s"] for row in curve.values())
+    assert results["echo.plaintext_calls_per_s"] == plain_best
+    assert abs(results["tls.echo_ratio_vs_plaintext"] - tls_best / plain_best) < 0.002

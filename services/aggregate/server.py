@@ -145,6 +145,8 @@ class AggregateApp:
         db = await Database.open(database_url, size=settings.database.pool_size, application="suara-aggregate")
         try:
             catalog = await Catalog.load(db)
+            if certificates is not None:
+                certificates.election = catalog.election  # a rehearsal's certificate is refused on the night
             service = AggregateService(db, catalog)
             metrics.HEAD.set(await service.rollup.seed())
         except BaseException:

@@ -174,7 +174,13 @@ class Intake:
         malformed = find_malformed(form, contest=contest, tps_known=await self.catalog.tps_known(form.tps))
         problems = [FieldProblem(v.field, v.description) for v in malformed]
         photo_hashes = list(form.photo_sha256)
-        photos, photo_problems = check_photos([p.content for p in request.photos], photo_hashes, self.photo_max_bytes)
+        contents = [p.content for p in request.photos]
+        if contents:  # decoding a photo takes milliseconds: off the event loop (Pillow releases the GIL)
+            photos, photo_problems = await asyncio.get_running_loop().run_in_executor(
+                self.executor, check_photos, contents, photo_hashes, self.photo_max_bytes
+            )
+        else:
+            photos, photo_problems = [], []
         problems.extend(photo_problems)
         if problems:
             return InvalidForm(problems)

@@ -450,6 +450,8 @@ class TallyApp:
             chain_key = load_chain_key(settings)
         db = await Database.open(database_url, size=settings.database.pool_size, application="suara-tally")
         catalog = await Catalog.load(db)
+        if certificates is not None:
+            certificates.election = catalog.election  # a rehearsal's certificate is refused on the night
         service = TallyService(db, catalog, settings.tally, chain_key)
         admins = AdminTokens(db)
         server, port = create_server(

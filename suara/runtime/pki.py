@@ -3,7 +3,9 @@
 Every gRPC hop in suara is TLS; services call each other with client certificates whose role
 (writer, reader, federation, admin) is written into the certificate as a SAN URI
 `urn:suara:role:<role>`, so no bearer secret crosses the wire and a stolen listing of any table
-grants nothing. The CA signs a CRL; a revoked serial is refused by every process that reads it.
+grants nothing. A client certificate also names the election it serves (`urn:suara:election:<id>`):
+a rehearsal's credential is refused on the real night, as a rehearsal's signed form is. The CA
+signs a CRL; a revoked serial is refused by every process that reads it.
 
 Keys are ECDSA P-256 (small, fast handshakes, supported by every TLS stack a phone has). Only
 `cryptography` is used: no gRPC here, so the CLI, the services and the tests share it.
@@ -30,8 +32,14 @@ from suara.runtime.secrets_file import write_secret
 
 CLIENT_ROLES: Final = ("writer", "reader", "federation", "admin")
 ROLE_URI_PREFIX: Final = "urn:suara:role:"
+ELECTION_URI_PREFIX: Final = "urn:suara:election:"
+_ELECTION: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")  # the registry's election id (check_election_id)
 CA_DAYS: Final = 3650
 LEAF_DAYS: Final = 397  # the longest lifetime browsers accept for a leaf; rotation is routine, not an event
+# A server's certificate lives a month: gRPC's Python client exposes nothing of its TLS verification, so
+# clients cannot consult the CRL for a server, and a short life is what bounds trust in a revoked one.
+SERVER_DAYS: Final = 30
+RENEW_BEFORE: Final = datetime.timedelta(days=10)  # `suara up` reissues what expires sooner than this
 _NAME: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 # Certificates are valid from a little before now: a peer whose clock is slightly behind still accepts them.
 _BACKDATE: Final = datetime.timedelta(minutes=5)
@@ -176,33 +184,56 @@ def _host_name(host: str) -> x509.GeneralName:
         return x509.DNSName(host)
 
 
-def issue_server(ca: KeyPair, name: str, hosts: Sequence[str], days: int = LEAF_DAYS) -> KeyPair:
+def issue_server(ca: KeyPair, name: str, hosts: Sequence[str], days: int = SERVER_DAYS) -> KeyPair:
     """A server certificate for `hosts` (DNS names and IP addresses clients dial)."""
     if not hosts:
         raise PkiError("a server certificate needs at least one host (a DNS name or an IP address)")
     return _leaf(ca, _checked_name(name), [_host_name(h) for h in hosts], ExtendedKeyUsageOID.SERVER_AUTH, days)
 
 
-def issue_client(ca: KeyPair, name: str, role: str, days: int = LEAF_DAYS) -> KeyPair:
-    """A client certificate naming its holder (CN) and role (SAN URI urn:suara:role:<role>)."""
+def issue_client(ca: KeyPair, name: str, role: str, days: int = LEAF_DAYS, election: str = "") -> KeyPair:
+    """A client certificate naming its holder (CN), role (SAN URI urn:suara:role:<role>) and, when given,
+    the election it is for (SAN URI urn:suara:election:<id>; services refuse a certificate of another)."""
     if role not in CLIENT_ROLES:
         raise PkiError(f"role must be one of {', '.join(CLIENT_ROLES)}, not {role!r}")
     san: list[x509.GeneralName] = [x509.UniformResourceIdentifier(ROLE_URI_PREFIX + role)]
+    if election:
+        if not _ELECTION.fullmatch(election):
+            raise PkiError(
+                f"election {election!r}: use the registry's election id (`suara registry show` prints it): "
+                "1 to 64 lowercase letters, digits, '.', '_' or '-'"
+            )
+        san.append(x509.UniformResourceIdentifier(ELECTION_URI_PREFIX + election))
     return _leaf(ca, _checked_name(name), san, ExtendedKeyUsageOID.CLIENT_AUTH, days)
+
+
+def _uris(cert: x509.Certificate, prefix: str) -> list[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [
+        uri.removeprefix(prefix)
+        for uri in san.get_values_for_type(x509.UniformResourceIdentifier)
+        if uri.startswith(prefix)
+    ]
 
 
 def role_of(cert: x509.Certificate) -> str | None:
     """The role a client certificate was issued for; None if it names none (a server certificate)."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return None
-    roles = [
-        uri.removeprefix(ROLE_URI_PREFIX)
-        for uri in san.get_values_for_type(x509.UniformResourceIdentifier)
-        if uri.startswith(ROLE_URI_PREFIX)
-    ]
+    roles = _uris(cert, ROLE_URI_PREFIX)
     return roles[0] if len(roles) == 1 and roles[0] in CLIENT_ROLES else None
+
+
+def election_of(cert: x509.Certificate) -> str | None:
+    """The election a client certificate was issued for: "" if it names none, None if it names several."""
+    elections = _uris(cert, ELECTION_URI_PREFIX)
+    return (elections[0] if len(elections) == 1 else None) if elections else ""
+
+
+def renewal_due(cert: x509.Certificate, now: datetime.datetime | None = None) -> bool:
+    """Whether `cert` expires within RENEW_BEFORE (or already has)."""
+    return cert.not_valid_after_utc - (now or _now()) < RENEW_BEFORE
 
 
 def common_name(cert: x509.Certificate) -> str:
@@ -308,11 +339,11 @@ class PkiDir:
             raise PkiError(f"{self.path} has no CA; run `suara pki init --dir {self.path}` first")
         return load_pair(self.ca_cert, self.ca_key)
 
-    def issue_server(self, name: str, hosts: Sequence[str], days: int = LEAF_DAYS) -> KeyPair:
+    def issue_server(self, name: str, hosts: Sequence[str], days: int = SERVER_DAYS) -> KeyPair:
         return self._save(name, issue_server(self.authority(), name, hosts, days))
 
-    def issue_client(self, name: str, role: str, days: int = LEAF_DAYS) -> KeyPair:
-        return self._save(name, issue_client(self.authority(), name, role, days))
+    def issue_client(self, name: str, role: str, days: int = LEAF_DAYS, election: str = "") -> KeyPair:
+        return self._save(name, issue_client(self.authority(), name, role, days, election))
 
     def revoke(self, name: str) -> int:
         """Revoke the certificate issued under `name`; its serial. The CRL file is replaced atomically, so a
@@ -354,7 +385,7 @@ def _holder(cert: x509.Certificate) -> dict[str, Any]:
     """What a log line says a certificate is for: a client's role, or the hosts a server is dialled by."""
     role = role_of(cert)
     if role is not None:
-        return {"role": role}
+        return {"role": role, **({"election": e} if (e := election_of(cert)) else {})}
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:

@@ -101,7 +101,7 @@ async def test_a_full_cycle_links_the_no_data_tps_files_to_the_contest_template(
 async def test_a_full_cycle_to_s3_puts_whole_no_data_tps_files(
     pipeline: Pipeline, s3_endpoint: str, tmp_path: Path
 ) -> None:
-    """moto's S3 server stands in for a real S3-compatible server; one contest (pkwkp), as in test_s3_publish."""
+    """Against SeaweedFS's S3 gateway; one contest (pkwkp), as in test_s3_publish."""
     contest = "pkwkp"
     await pipeline.random_night(random.Random(12), 15, contest=contest)
     await pipeline.delivered()

@@ -1,15 +1,15 @@
 """The publisher end to end through the S3 sink: what lands in the bucket is, object for object and byte
 for byte, what a full cycle writes to a directory, with each object's headers from the cache table.
 
-moto's S3 server stands in for a real S3-compatible server (MinIO, AWS S3), none of which can run here.
+The bucket is SeaweedFS's (tests/support/s3.py), a real S3-compatible server.
 The bucket is read back with a boto3 client of the test's own; the directory a LocalSink wrote is the
 reference for the bytes, and services.publish.cache's table the reference for the headers.
 
-Both publishers publish one contest, pkwkp (the governor of province 31): moto, running in this process,
-stores about a hundred objects a second, and a full cycle of every contest over the test registry is
-26k files plus their .gz (measured: still uploading after ten minutes). One province has every kind of
-file — candidates, region lists and totals at each level, TPS files with and without data, quarantined
-ones, photos, status, history, NIST, the page's assets and the pointer — in a few hundred objects.
+Both publishers publish one contest, pkwkp (the governor of province 31): a full cycle of every contest
+over the test registry is 26k files plus their .gz, minutes of uploads on two shared cores. One province
+has every kind of file — candidates, region lists and totals at each level, TPS files with and without
+data, quarantined ones, photos, status, history, NIST, the page's assets and the pointer — in a few
+hundred objects.
 """
 
 from __future__ import annotations

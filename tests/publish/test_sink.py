@@ -196,10 +196,9 @@ def test_local_last_write_wins(batches: list[list[tuple[str, bytes]]], chunk: in
 
 
 async def test_s3_objects_headers_and_reads(s3_endpoint: str, tmp_path: Path) -> None:
-    """moto's S3 server stands in for a real S3-compatible server, none of which can run here.
-
-    Checked with a boto3 client of the test's own: bodies, Content-Type, Cache-Control, and the .gz
-    objects' Content-Encoding; then the sink's own `exists` and `read`.
+    """Against SeaweedFS's S3 gateway (tests/support/s3.py). Checked with a boto3 client of the test's own:
+    bodies, Content-Type, Cache-Control, and the .gz objects' Content-Encoding; then the sink's own
+    `exists` and `read`.
     """
     bucket = bucket_name("site", tmp_path)
     oracle = Bucket(s3_endpoint, bucket).client
@@ -241,7 +240,7 @@ async def test_s3_objects_headers_and_reads(s3_endpoint: str, tmp_path: Path) ->
 
 
 async def test_s3_writes_gz_before_plain_object(s3_endpoint: str, tmp_path: Path) -> None:
-    """moto's S3 server stands in for a real S3-compatible server, none of which can run here."""
+    """Against SeaweedFS's S3 gateway (tests/support/s3.py)."""
     bucket = Bucket(s3_endpoint, bucket_name("order", tmp_path)).name
     sink = S3Sink(bucket, endpoint_url=s3_endpoint, concurrency=3)
     done: list[str] = []

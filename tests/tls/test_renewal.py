@@ -10,15 +10,18 @@ from pathlib import Path
 
 import asyncpg
 import grpc
+import pytest
 
 from services.tally.relay import undelivered
 from suara.client.aggregate_stub import aggregate_stub
-from suara.runtime.auth.certificate import CertCredential
+from suara.runtime import tls as tls_module
+from suara.runtime.auth.certificate import CertCredential, load_credential
+from suara.runtime.auth.client import caller_channel
 from suara.runtime.secrets_file import write_secret
 from suara.runtime.tls import ClientTls, FollowingChannel
 from suara.v1 import aggregate_pb2
 from tests.support.aggregate import start_aggregate
-from tests.support.factories import consistent_form, signed
+from tests.support.factories import TEST_ELECTION, consistent_form, signed
 from tests.support.pki import suite_pki
 from tests.support.tally import BASE_SETTINGS as TALLY_SETTINGS
 from tests.support.tally import Tally, relaying, start_tally
@@ -40,7 +43,7 @@ async def test_a_running_relay_uses_its_renewed_certificate_after_the_old_is_rev
 ) -> None:
     pki = suite_pki()
     bundle = tmp_path / "relay.pem"
-    write_secret(bundle, pki.pki.issue_client("renewal-old", "writer").bundle().decode())
+    write_secret(bundle, pki.pki.issue_client("renewal-old", "writer", election=TEST_ELECTION).bundle().decode())
     old = CertCredential.load(bundle)
     aggregate = await start_aggregate(db_url, db)
     internal = f"127.0.0.1:{aggregate.app.internal_port}"
@@ -57,7 +60,7 @@ async def test_a_running_relay_uses_its_renewed_certificate_after_the_old_is_rev
         assert await _applied(db) == 1
 
         # Renewed in place (same role, a new key), then the old one revoked: the process keeps running.
-        write_secret(bundle, pki.pki.issue_client("renewal-new", "writer").bundle().decode())
+        write_secret(bundle, pki.pki.issue_client("renewal-new", "writer", election=TEST_ELECTION).bundle().decode())
         pki.pki.revoke("renewal-old")
         async with pki.channel(internal, old) as channel:  # the revocation is in force
 
@@ -84,14 +87,50 @@ async def test_a_running_relay_uses_its_renewed_certificate_after_the_old_is_rev
         await aggregate.close()
 
 
+async def test_publishs_channel_follows_its_renewed_reader_certificate(
+    db_url: str, db: asyncpg.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """publish reads aggregate through `caller_channel` with its credential file (services/publish/server.py):
+    renewed in place and the old one revoked, the same channel reads on, with no restart."""
+    monkeypatch.setattr(tls_module, "CLIENT_RECHECK_S", 0.0)  # look at the file before every call
+    pki = suite_pki()
+    bundle = tmp_path / "publish.pem"
+    write_secret(bundle, pki.pki.issue_client("reader-old", "reader", election=TEST_ELECTION).bundle().decode())
+    old = CertCredential.load(bundle)
+    aggregate = await start_aggregate(db_url, db)
+    internal = f"127.0.0.1:{aggregate.app.internal_port}"
+    channel = caller_channel(f"127.0.0.1:{aggregate.app.internal_port}", TALLY_SETTINGS, load_credential(bundle))
+    read = aggregate_pb2.GetAreaRequest(area="", contest="ppwp")
+    try:
+        await aggregate_stub(channel).GetArea(read)
+        write_secret(bundle, pki.pki.issue_client("reader-new", "reader", election=TEST_ELECTION).bundle().decode())
+        pki.pki.revoke("reader-old")
+        async with pki.channel(internal, old) as old_channel:
+
+            async def old_refused() -> bool:
+                try:
+                    await aggregate_stub(old_channel).GetArea(read)
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() == grpc.StatusCode.PERMISSION_DENIED, exc
+                    return True
+                return False
+
+            await poll_until(old_refused, "the old certificate refused")
+        await aggregate_stub(channel).GetArea(read)  # the same channel, on the renewed certificate
+        assert isinstance(channel, FollowingChannel) and channel.reopened == 1
+    finally:
+        await channel.close()
+        await aggregate.close()
+
+
 def test_a_half_replaced_credential_is_not_taken_and_a_touched_one_is_not_renewed(tmp_path: Path) -> None:
     pki = suite_pki()
     bundle = tmp_path / "relay.pem"
-    first = pki.pki.issue_client("renewal-unit-1", "writer")
+    first = pki.pki.issue_client("renewal-unit-1", "writer", election=TEST_ELECTION)
     write_secret(bundle, first.bundle().decode())
     tls = ClientTls.from_files(pki.ca, bundle)
     assert tls.renewed() is None  # nothing changed
-    second = pki.pki.issue_client("renewal-unit-2", "writer")
+    second = pki.pki.issue_client("renewal-unit-2", "writer", election=TEST_ELECTION)
     write_secret(bundle, (second.cert_pem + first.key_pem).decode())  # the certificate written, not yet its key
     assert tls.changed() and tls.renewed() is None  # kept the old; looked at again next time
     write_secret(bundle, second.bundle().decode())

@@ -26,6 +26,7 @@ from suara.runtime.tls import ClientTls, open_channel
 from suara.v1 import aggregate_pb2, tally_pb2
 from tests.support.aggregate import BASE_SETTINGS as AGGREGATE_SETTINGS
 from tests.support.aggregate import Aggregate, start_aggregate, update
+from tests.support.factories import TEST_ELECTION
 from tests.support.oracles.aggregate import Registry
 from tests.support.pki import SuitePki, suite_pki
 from tests.support.processes import run_suara, suara_env
@@ -104,6 +105,25 @@ async def test_a_readers_certificate_cannot_apply(aggregate: Aggregate) -> None:
         # The same certificate reads: it is the role, not the connection, that is refused.
         await aggregate_stub(channel).GetArea(aggregate_pb2.GetAreaRequest(area="", contest="ppwp"))
     assert await _applied(aggregate.db) == 0
+
+
+@pytest.mark.parametrize("election", ["gladi-2024-01", ""])
+async def test_a_certificate_of_another_election_or_none_is_refused(aggregate: Aggregate, election: str) -> None:
+    """A rehearsal's writer certificate, from the very same CA, is worth nothing on the night."""
+    request = await _an_update(aggregate.db)
+    pki = suite_pki()
+    rehearsal = pki.credential(f"writer-of-{election or 'none'}", "writer", election=election)
+    async with pki.channel(f"127.0.0.1:{aggregate.app.internal_port}", rehearsal) as channel:
+        error = await _refused(aggregate_stub(channel).ApplyUpdates(request))
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    details = error.details() or ""
+    assert (repr(election) if election else "no election") in details and repr(TEST_ELECTION) in details
+    assert f"--election {TEST_ELECTION}" in details  # what to ask for
+    assert await _applied(aggregate.db) == 0
+    writer = pki.credential("test-writer", "writer")  # the same role of this election applies
+    async with pki.channel(f"127.0.0.1:{aggregate.app.internal_port}", writer) as channel:
+        await aggregate_stub(channel).ApplyUpdates(request)
+    assert await _applied(aggregate.db) == 1
 
 
 async def test_a_role_gated_method_on_the_public_listener_names_the_internal_address(tally: Tally) -> None:

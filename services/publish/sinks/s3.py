@@ -44,7 +44,7 @@ class S3Sink:
         config = Config(
             max_pool_connections=concurrency,
             retries={"mode": "standard", "max_attempts": 5},
-            # S3-compatible servers (MinIO, Ceph, moto) are addressed by host:port, not bucket subdomains.
+            # S3-compatible servers (SeaweedFS, MinIO, Ceph) are addressed by host:port, not bucket subdomains.
             s3={"addressing_style": "path"} if endpoint_url else {},
             # boto3 ≥ 1.36 adds CRC checksums (aws-chunked bodies) to every upload by default, which several
             # S3-compatible servers reject; against those, send checksums only where an API requires them.

@@ -1,6 +1,7 @@
 """The proof under TLS: the caller's client certificate, verified by the TLS handshake of an internal
 (mutual-TLS) listener. Its role is the SAN URI urn:suara:role:<role> (suara.runtime.pki.role_of); a
-certificate the CA has revoked (its CRL, see suara.runtime.tls.Revocations) is refused.
+certificate the CA has revoked (its CRL, see suara.runtime.tls.Revocations), or one issued for another
+election than the one the service counts (urn:suara:election:<id>), is refused.
 
 Nothing travels in the call's metadata, so there is no bearer secret on the wire to capture or replay:
 a recorded call sent again on a new connection meets a handshake it cannot complete without the key.
@@ -8,6 +9,7 @@ a recorded call sent again on a new connection meets a handshake it cannot compl
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
@@ -83,17 +85,27 @@ class _Peer:
     serial: int
     name: str
     role: str | None
+    election: str | None
 
 
 class PeerCertificates:
     """Proves the caller by the client certificate of its connection (present only on the internal
-    listener, which requires one). `internal_address` is named to a caller who came without one."""
+    listener, which requires one). `internal_address` is named to a caller who came without one.
+
+    `election(claimed)` answers the election the service counts (the registry's, re-read when a caller
+    claims another: suara.registry.catalog.RegistryView.election); None checks no election."""
 
     name = "client certificate"
 
-    def __init__(self, revocations: Revocations, internal_address: str = "") -> None:
+    def __init__(
+        self,
+        revocations: Revocations,
+        internal_address: str = "",
+        election: Callable[[str], Awaitable[str]] | None = None,
+    ) -> None:
         self.revocations = revocations
         self.internal_address = internal_address
+        self.election = election
         self._parsed: dict[bytes, _Peer] = {}
 
     async def authenticate(self, call: Call) -> Principal:
@@ -112,6 +124,15 @@ class PeerCertificates:
             )
         if peer.role is None:
             raise PermissionDenied(f"the certificate {peer.name} names no suara role ({pki.ROLE_URI_PREFIX}<role>)")
+        if self.election is not None:
+            serving = await self.election(peer.election or "")
+            if peer.election != serving:
+                said = f"election {peer.election!r}" if peer.election else "no election"
+                raise PermissionDenied(
+                    f"the certificate {peer.name} is for {said}, and this service counts election {serving!r}: "
+                    f"ask for one of this election (`suara pki issue {peer.name} --role {peer.role} "
+                    f"--election {serving}`)"
+                )
         return Principal(peer.name, peer.role)
 
     def _peer(self, pem: bytes) -> _Peer:
@@ -119,7 +140,7 @@ class PeerCertificates:
         if found is None:
             cert = x509.load_pem_x509_certificate(pem)
             name = pki.common_name(cert) or f"serial {cert.serial_number:x}"
-            found = _Peer(cert.serial_number, name, pki.role_of(cert))
+            found = _Peer(cert.serial_number, name, pki.role_of(cert), pki.election_of(cert))
             if len(self._parsed) >= _CACHE_MAX:
                 self._parsed.clear()
             self._parsed[pem] = found
