@@ -23,7 +23,7 @@ FILES_WRITTEN = Counter("suara_publish_files_written", "files written to the sit
 SNAPSHOT_AGE = Gauge("suara_publish_snapshot_age_seconds", "now minus the time of the published snapshot")
 LAST_SUCCESS = Gauge(
     "suara_publish_last_success_timestamp_seconds",
-    "unix time of this publisher's last successful cycle (standby: of the published snapshot it follows)",
+    "unix time of this publisher's last successful turn: a cycle (active), a look at the lock (standby)",
 )
 
 MAX_SEEN: Final = 10_000  # heads remembered while publish is behind: the oldest one is what the age needs

@@ -109,7 +109,7 @@ class PublishApp:
         self._cycled = asyncio.Condition()
         self._cycles = 0
         self.lag = metrics.Lag()
-        self.last_success: float | None = None  # unix time of this publisher's last cycle that did not fail
+        self.last_success: float | None = None  # unix time of this publisher's last turn of its loop that did not fail
 
     @classmethod
     async def create(cls, settings: Settings, database_url: str, sink: Sink | None = None) -> PublishApp:
@@ -153,9 +153,8 @@ class PublishApp:
         now = time.time()
         published_at = None if row["updated_at"] is None else row["updated_at"].timestamp()
         metrics.SNAPSHOT_AGE.set(0.0 if published_at is None else max(0.0, now - published_at))
-        followed = self.last_success if self.active else published_at
-        if followed is not None:
-            metrics.LAST_SUCCESS.set(followed)
+        if self.last_success is not None:
+            metrics.LAST_SUCCESS.set(self.last_success)
         newest = await self.publisher.aggregate.Changes(
             aggregate_pb2.ChangesRequest(since=row["sequence"], limit=1), timeout=REFRESH_TIMEOUT_S / 2
         )
@@ -193,8 +192,10 @@ class PublishApp:
                             self.last = result
                             metrics.CYCLE_SECONDS.observe(result.seconds)
                             metrics.FILES_WRITTEN.inc(result.files)
-                        self.last_success = time.time()
                         self.lag.saw(self.publisher.aggregate_head)
+                    # The active one: a cycle done (with or without news). A standby: the lock looked at and
+                    # found held, ready to take over; so a standby that stops following is seen.
+                    self.last_success = time.time()
                     backoff.reset()
                     delay = self.settings.publish.interval_s
                 except _RETRYABLE as exc:
