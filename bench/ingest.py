@@ -12,6 +12,12 @@ tally's group commit grows with the calls waiting (6 forms per commit at 32,
 sweep runs ROUNDS times and each level keeps its best round, for both servers:
 on two shared cores one echo level swung from 4,400 to 6,500 calls/s between
 neighbouring runs, and noise only ever slows a run down.
+
+Metrics cost: a second set of tally processes runs with SUARA_METRICS=off, driven with fresh forms at
+every step of the same sweep right after the first (metrics on, as deployed), so both meet the same
+machine; `ingest.metrics_on_vs_off` is on's best throughput over off's, each at its own knee, and
+`ingest.metrics_cpu_on_vs_off` their CPU per form at one level (on's knee). The on processes' own
+/metrics must have counted every form they took (`ingest.metrics_forms_counted`).
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.echo_server import METHOD
 from cli.embedded import free_port
@@ -118,6 +126,18 @@ def _cpu_s(procs: list[subprocess.Popen[str]]) -> float:
     return sum(sum(psutil.Process(p.pid).cpu_times()[:2]) for p in procs)
 
 
+async def _forms_counted(url: str) -> float:
+    """suara_tally_forms_total summed over its series, as one tally process's /metrics says."""
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        text = await response.text()
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "suara_tally_forms_total"
+    )
+
+
 def _own() -> list[tuple[str, int]]:
     """A channel of its own: gRPC would otherwise share one connection among channels to one address."""
     return [("grpc.use_local_subchannel_pool", 1)]
@@ -127,9 +147,9 @@ async def run(db_url: str, *, forms: int, levels: tuple[int, ...] = LEVELS, roun
     """`forms` calls per level, round and server; each run of a level submits fresh forms (the next version:
     a correction of the one before, as much work as a first form, a new row and a new current version)."""
     conn = await asyncpg.connect(db_url)
-    tps = [r["code"] for r in await conn.fetch("SELECT code FROM registry.tps ORDER BY code LIMIT $1", 2 * forms)]
-    if len(tps) < 2 * forms:
-        raise SystemExit(f"the registry has {len(tps):,} TPS; {forms:,} forms per level need {2 * forms:,}")
+    tps = [r["code"] for r in await conn.fetch("SELECT code FROM registry.tps ORDER BY code LIMIT $1", 3 * forms)]
+    if len(tps) < 3 * forms:
+        raise SystemExit(f"the registry has {len(tps):,} TPS; {forms:,} forms per level need {3 * forms:,}")
     choices = [
         r["id"] for r in await conn.fetch("SELECT id FROM registry.choice WHERE contest='ppwp' ORDER BY nomor_urut")
     ]
@@ -150,12 +170,24 @@ async def run(db_url: str, *, forms: int, levels: tuple[int, ...] = LEVELS, roun
         ]
         for i, step in enumerate(sweep)
     }
-    batched = [signed(k, consistent_form(k.tps, "ppwp", choices, election_id=election)) for k in keys[forms:]]
+    # Metrics off: TPS of their own, the same versions, so each of its forms is the same work as on's.
+    unary_off = {
+        step: [
+            signed(k, consistent_form(k.tps, "ppwp", choices, version=i + 1, election_id=election))
+            for k in keys[2 * forms :]
+        ]
+        for i, step in enumerate(sweep)
+    }
+    batched = [
+        signed(k, consistent_form(k.tps, "ppwp", choices, election_id=election)) for k in keys[forms : 2 * forms]
+    ]
     request_size = sum(len(r.SerializeToString()) for r in unary[sweep[0]]) // forms
 
     # A port per process, not one shared port: SO_REUSEPORT hashes 4 connections onto 2 processes
     # unevenly (all on one, 1 run in 8), which made runs differ by a third.
     ports = [free_port() for _ in range(TALLY_PROCESSES)]
+    ports_off = [free_port() for _ in range(TALLY_PROCESSES)]
+    metrics_ports = [free_port() for _ in range(TALLY_PROCESSES)]
     env = {**os.environ, "DATABASE_URL": db_url, "SUARA_LOG_LEVEL": "info", "SUARA_LOG_FORMAT": "json"}
     env["SUARA_DB_POOL_SIZE"] = "4"
     # Both servers over the same TLS 1.3 with one certificate: the ratio is tally's work, TLS included on
@@ -173,9 +205,21 @@ async def run(db_url: str, *, forms: int, levels: tuple[int, ...] = LEVELS, roun
     suara = str(Path(sys.executable).parent / "suara")
     tallies = [
         subprocess.Popen(  # noqa: ASYNC220  (started once, before anything is measured)
-            [suara, "tally", "serve", "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True
+            [suara, "tally", "serve", "--port", str(port)],
+            env={**env, "SUARA_METRICS": "on", "SUARA_TALLY_METRICS_PORT": str(metrics_port)},
+            stderr=subprocess.PIPE,
+            text=True,
         )
-        for port in ports
+        for port, metrics_port in zip(ports, metrics_ports, strict=True)
+    ]
+    tallies_off = [
+        subprocess.Popen(  # noqa: ASYNC220  (started once, before anything is measured)
+            [suara, "tally", "serve", "--port", str(port)],
+            env={**env, "SUARA_METRICS": "off"},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for port in ports_off
     ]
     echo_port = free_port()
     echo_args = [str(echo_port), "180", str(pki.cert("bench")), str(pki.key("bench"))]
@@ -186,14 +230,19 @@ async def run(db_url: str, *, forms: int, levels: tuple[int, ...] = LEVELS, roun
     echo_rates: dict[int, Rate] = {}
     plain_rates: dict[int, Rate] = {}
     submit_rates: dict[int, Rate] = {}
+    off_rates: dict[int, Rate] = {}
     cpu_us: dict[tuple[str, int], float] = {}
+    counted = 0.0
     try:
-        for port in ports:
+        for port in [*ports, *ports_off]:
             await _wait_serving(f"127.0.0.1:{port}", tls)
         echo_channels = [open_channel(f"127.0.0.1:{echo_port}", tls, options=_own()) for _ in range(CHANNELS)]
         plain_channels = [open_channel(f"127.0.0.1:{plain_port}", None, options=_own()) for _ in range(CHANNELS)]
         channels = [open_channel(f"127.0.0.1:{ports[i % len(ports)]}", tls, options=_own()) for i in range(CHANNELS)]
-        for c in channels:
+        off_channels = [
+            open_channel(f"127.0.0.1:{ports_off[i % len(ports_off)]}", tls, options=_own()) for i in range(CHANNELS)
+        ]
+        for c in [*channels, *off_channels]:
             await c.channel_ready()
         try:
             echo_calls: list[Any] = [c.unary_unary(METHOD) for c in echo_channels]
@@ -202,6 +251,7 @@ async def run(db_url: str, *, forms: int, levels: tuple[int, ...] = LEVELS, roun
             await _drive(echo_calls, [payload] * 200, levels[0])  # warm-up
             await _drive(plain_calls, [payload] * 200, levels[0])
             stubs = [tally_stub(c) for c in channels]
+            off_stubs = [tally_stub(c) for c in off_channels]
 
             async def best_of(
                 server: str, rates: dict[int, Rate], procs: list[Any], calls: Any, items: list[Any], level: int
@@ -218,31 +268,39 @@ async def run(db_url: str, *, forms: int, levels: tuple[int, ...] = LEVELS, roun
                 await best_of("echo", echo_rates, [echo], echo_calls, [payload] * forms, level)
                 await best_of("plain", plain_rates, [plain], plain_calls, [payload] * forms, level)
                 await best_of("tally", submit_rates, tallies, [s.Submit for s in stubs], unary[step], level)
+                await best_of("off", off_rates, tallies_off, [s.Submit for s in off_stubs], unary_off[step], level)
             conn = await asyncpg.connect(db_url)
-            commits = {  # a commit's forms share one received_at; a level's are over all its rounds
+            commits = {  # a commit's forms share one received_at; a level's are over all its rounds (metrics on)
                 level: await conn.fetchval(
-                    "SELECT count(DISTINCT received_at) FROM tally.submission WHERE version = ANY($1::int[])",
+                    "SELECT count(DISTINCT received_at) FROM tally.submission "
+                    "WHERE version = ANY($1::int[]) AND tps = ANY($2::text[])",
                     [i + 1 for i, step in enumerate(sweep) if step[1] == level],
+                    [k.tps for k in keys[:forms]],
                 )
                 for level in levels
             }
             await conn.close()
             chunks = [tally_pb2.SubmitBatchRequest(items=batched[i : i + 500]) for i in range(0, len(batched), 500)]
             batch_rate = await _drive([s.SubmitBatch for s in stubs], chunks, 2)
+            for port in metrics_ports:
+                counted += await _forms_counted(f"http://127.0.0.1:{port}/metrics")
         finally:
-            for c in [*echo_channels, *plain_channels, *channels]:
+            for c in [*echo_channels, *plain_channels, *channels, *off_channels]:
                 await c.close()
     finally:
-        for t in tallies:
+        for t in [*tallies, *tallies_off]:
             t.terminate()
         echo.terminate()
         plain.terminate()
         tally_log = "".join(t.communicate(timeout=30)[1] for t in tallies)
+        for t in tallies_off:
+            t.communicate(timeout=30)
         echo.wait(30)
         plain.wait(30)
         shutil.rmtree(pki.path, ignore_errors=True)
     stats = [json.loads(line) for line in tally_log.splitlines() if "group_commit_stats" in line]
     echo_knee, submit_knee, plain_knee = knee(echo_rates), knee(submit_rates), knee(plain_rates)
+    off_knee = knee(off_rates)
     curve = {
         str(level): {
             "echo_per_s": round(echo_rates[level].per_s, 1),
@@ -252,6 +310,8 @@ async def run(db_url: str, *, forms: int, levels: tuple[int, ...] = LEVELS, roun
             "submit_p50_ms": submit_rates[level].p_ms(0.5),
             "submit_p99_ms": submit_rates[level].p_ms(0.99),
             "tally_cpu_us_per_form": round(cpu_us[("tally", level)]),
+            "metrics_off_per_s": round(off_rates[level].per_s, 1),
+            "metrics_off_cpu_us_per_form": round(cpu_us[("off", level)]),
             "forms_per_commit": round(rounds * forms / commits[level], 1),
         }
         for level in levels
@@ -268,6 +328,10 @@ async def run(db_url: str, *, forms: int, levels: tuple[int, ...] = LEVELS, roun
         "ingest.knee_concurrency": submit_knee,
         "echo.server_cpu_us_per_call": round(cpu_us[("echo", echo_knee)]),
         "ingest.tally_cpu_us_per_form": round(cpu_us[("tally", submit_knee)]),  # PostgreSQL's share not included
+        "ingest.metrics_on_vs_off": round(submit_rates[submit_knee].per_s / off_rates[off_knee].per_s, 3),
+        "ingest.metrics_cpu_on_vs_off": round(cpu_us[("tally", submit_knee)] / cpu_us[("off", submit_knee)], 3),
+        "ingest.submit_per_s_metrics_off": round(off_rates[off_knee].per_s, 1),
+        "ingest.metrics_forms_counted": round(counted),
         "ingest.curve": curve,
         "ingest.mean_commit_ms": round(sum(s["mean_write_ms"] for s in stats) / len(stats), 2) if stats else None,
         "ingest.forms_per_process": [s["forms"] for s in stats],  # every level and the batch phase together

@@ -101,6 +101,8 @@ async def play(args: argparse.Namespace, system: System) -> int:
     for problem in report.problems[:10]:
         say(f"  - {problem}")
     say(f"credentials: admin {system.admin_key}, relay {system.relay_key}, reader {system.reader_key}")
+    if system.metrics:
+        say("metrics (Prometheus): " + ", ".join(f"{name} {url}" for name, url in system.metrics.items()))
     say(f"site: {system.site_url}")
     return 0 if report.ok and same else 1
 

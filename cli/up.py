@@ -26,12 +26,15 @@ In order:
 
 Each service's port is chosen once, before it starts, so a restart keeps its address: the setting
 (SUARA_TALLY_PORT, SUARA_TALLY_INTERNAL_PORT, SUARA_AGGREGATE_PORT, SUARA_AGGREGATE_INTERNAL_PORT,
-SUARA_PUBLISH_PORT, SUARA_HTTP_PORT) or the flag when that port is free, otherwise (or with 0) any
-free port. Children log JSON lines to DATA_DIR/logs/<name>.log, rotated by size (SUARA_LOG_MAX_BYTES,
-keeping SUARA_LOG_BACKUPS older files), or to stdout (--log-to-stdout). DATA_DIR/up.json describes the
-running system (complete once the ready line is out; rewritten when a child restarts):
+SUARA_PUBLISH_PORT, SUARA_HTTP_PORT, SUARA_*_METRICS_PORT) or the flag when that port is free, otherwise
+(or with 0) any free port. Every service process serves Prometheus metrics on a port of its own
+(several tally processes too; none with SUARA_METRICS=off). Children log JSON lines to
+DATA_DIR/logs/<name>.log, rotated by size (SUARA_LOG_MAX_BYTES, keeping SUARA_LOG_BACKUPS older files),
+or to stdout (--log-to-stdout). DATA_DIR/up.json describes the running system (complete once the ready
+line is out; rewritten when a child restarts):
   {"pid": N, "ca": PATH, "admin_key": PATH, "database_url": URL, "site": {"url", "dir", "pid"},
-   "services": {"tally": [{"address", "internal", "pid"}, …], "aggregate": […], "publish": […]}}
+   "services": {"tally": [{"address", "internal", "pid", "metrics"}, …], "aggregate": […], "publish": […]}}
+("metrics": the process's http://HOST:PORT/metrics, docs/metrics.md)
 A later `suara up` on the same directory stops children a SIGKILLed one left behind (from up.json),
 and refuses to start while another one is running. Other settings (SUARA_LOG_LEVEL,
 SUARA_TALLY_MAX_IN_FLIGHT …) pass through to the children.
@@ -127,6 +130,7 @@ class System:
     tally_internal: str = ""  # tally's internal (mutual TLS) address: admins, publish
     aggregate_internal: str = ""  # aggregate's internal address: the relay, publish
     settings: Settings | None = field(default=None, repr=False)  # what the children were given
+    metrics: Mapping[str, str] = field(default_factory=dict)  # each process's /metrics URL, by its name
 
     def ready_line(self) -> str:
         ca = "" if self.ca is None else str(self.ca)
@@ -253,6 +257,20 @@ async def running_system(
         publish = (settings.publish.host, _port(settings.publish.host, settings.publish.port))
         http = ("127.0.0.1", _port("127.0.0.1", settings.site.http_port if args.http_port is None else args.http_port))
         tally_address, aggregate_address, publish_address = (f"{h}:{p}" for h, p in (tally, aggregate, publish))
+        processes = max(1, getattr(args, "tally_processes", 1))
+        # Each process its own /metrics port (tally processes share their gRPC port, never this one).
+        metrics_ports = {
+            "aggregate": _port(aggregate[0], settings.aggregate.metrics_port),
+            **{
+                _tally_name(i): _port(tally[0], settings.tally.metrics_port)
+                for i in range(processes)
+            },
+            "publish": _port(publish[0], settings.publish.metrics_port),
+        } if settings.metrics_on else {}  # fmt: skip
+        metrics_hosts = {"tally": tally[0], "aggregate": aggregate[0], "publish": publish[0]}
+        metrics_urls = {
+            name: metrics_url(metrics_hosts[name.split("-")[0]], port) for name, port in metrics_ports.items()
+        }
         tally_inside, aggregate_inside = f"{tally[0]}:{tally_internal}", f"{aggregate[0]}:{aggregate_internal}"
         env = {
             **os.environ,
@@ -291,7 +309,10 @@ async def running_system(
             for name, pid in pids.items():
                 service = name.split("-")[0]
                 if service in services and name != "publish-rebuild":
-                    services[service].append({**addresses[service], "pid": pid})
+                    entry = {**addresses[service], "pid": pid}
+                    if name in metrics_urls:
+                        entry["metrics"] = metrics_urls[name]
+                    services[service].append(entry)
             return {
                 "pid": os.getpid(),
                 "ca": None if ca is None else str(ca),
@@ -315,19 +336,18 @@ async def running_system(
                 ChildSpec(
                     "aggregate",
                     ["aggregate", "serve"],
-                    env,
+                    _with_metrics_port(env, "AGGREGATE", metrics_ports.get("aggregate")),
                     grpc_health_probe(aggregate_address, service_names.AGGREGATE.full_name, probe_tls),
                 )
             )
             note(f"aggregate: serving gRPC on {aggregate_address}")
-            processes = max(1, getattr(args, "tally_processes", 1))
             tally_env = {**env, "SUARA_TALLY_SHARED_PORT": "1"} if processes > 1 else env
             for i in range(processes):  # every one relays too; one relay is active, the others stand by
                 await supervisor.start(
                     ChildSpec(
-                        "tally" if i == 0 else f"tally-{i + 1}",
+                        _tally_name(i),
                         ["tally", "serve"],
-                        tally_env,
+                        _with_metrics_port(tally_env, "TALLY", metrics_ports.get(_tally_name(i))),
                         grpc_health_probe(tally_address, service_names.TALLY.full_name, probe_tls),
                     )
                 )
@@ -340,7 +360,7 @@ async def running_system(
                 ChildSpec(
                     "publish",
                     ["publish", "run"],
-                    env,
+                    _with_metrics_port(env, "PUBLISH", metrics_ports.get("publish")),
                     grpc_health_probe(publish_address, service_names.PUBLISH.full_name, probe_tls),
                 )
             )
@@ -348,16 +368,31 @@ async def running_system(
             site_args = ["publish", "serve", "--site-dir", str(site_dir), "--http-port", str(http[1])]
             await supervisor.start(ChildSpec("site", site_args, env, http_probe(*http)))
             note(f"site: serving {site_url} ({time.perf_counter() - started:.1f}s to start the services)")
+            if metrics_urls:
+                note("metrics (Prometheus): " + ", ".join(f"{name} {u}" for name, u in metrics_urls.items()))
             supervisor.write_state()
             yield System(
                 url, data_dir, site_dir, tally_address, aggregate_address, publish_address, site_url,
                 admin_key, relay_key, reader_key, supervisor, ca, tally_inside, aggregate_inside,
-                replace(settings, database=replace(settings.database, url=url)),
+                replace(settings, database=replace(settings.database, url=url)), metrics_urls,
             )  # fmt: skip
         finally:
             await supervisor.stop()
             if not settings.database.url:
                 note("database: stopping the embedded PostgreSQL")
+
+
+def _tally_name(i: int) -> str:
+    return "tally" if i == 0 else f"tally-{i + 1}"
+
+
+def metrics_url(host: str, port: int) -> str:
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
+
+
+def _with_metrics_port(env: Mapping[str, str], service: str, port: int | None) -> dict[str, str]:
+    """`env` with the child's own metrics port (chosen once: a restart serves on the same one)."""
+    return {**env, f"SUARA_{service}_METRICS_PORT": str(port)} if port is not None else dict(env)
 
 
 def local_pki(

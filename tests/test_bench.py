@@ -60,9 +60,13 @@ async def test_the_ingest_bench_submits_fresh_forms_at_every_level(db_url: str) 
         )
     finally:
         await conn.close()
-    # every run of a level (2 rounds x 2 levels) submits new versions, accepted (not answered DUPLICATE);
-    # version 1 also holds the batch's forms
-    assert per_version == {1: 80, 2: 40, 3: 40, 4: 40}
+    # every run of a level (2 rounds x 2 levels) submits new versions, accepted (not answered DUPLICATE), to
+    # the processes with metrics on and, for TPS of their own, to those with metrics off; version 1 also holds
+    # the batch's forms
+    assert per_version == {1: 120, 2: 80, 3: 80, 4: 80}
+    # The processes with metrics on counted every form they took, the batch's included.
+    assert results["ingest.metrics_forms_counted"] == 4 * 40 + 40
+    assert results["ingest.metrics_on_vs_off"] > 0 and results["ingest.metrics_cpu_on_vs_off"] > 0
     assert set(results["ingest.curve"]) == {"4", "16"}
     # the knee, chosen again in plain Python from the curve: the best throughput with p99 within 1 s
     curve = results["ingest.curve"]

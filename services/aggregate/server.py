@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import grpc
 import structlog
 
-from services.aggregate import recap, views
+from services.aggregate import metrics, recap, views
 from services.aggregate.access import access_interceptor
 from services.aggregate.catalog import Catalog
 from services.aggregate.limits import aggregate_request_limits
@@ -21,6 +22,7 @@ from suara.runtime.auth.certificate import PeerCertificates
 from suara.runtime.auth.service_tokens import ServiceTokens
 from suara.runtime.database import Database
 from suara.runtime.grpc_server import Server, create_server, serve_until_signal
+from suara.runtime.metrics import MetricsServer, watch_pool
 from suara.runtime.notifications import ChannelListener
 from suara.runtime.settings import Settings
 from suara.runtime.tls import server_tls
@@ -47,21 +49,25 @@ class AggregateService(aggregate_pb2_grpc.AggregateServiceServicer):
     async def ApplyUpdates(
         self, request: aggregate_pb2.ApplyUpdatesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> aggregate_pb2.ApplyUpdatesResponse:
+        started = time.perf_counter()
         checked = await leaf_updates(request, self.catalog)
         with tracing.span("aggregate.apply", {"suara.updates": len(checked.updates)}) as span:
             applied = await self.rollup.apply_leaves(checked.updates)
             if span is not None:  # publish's cycle span names the sequences it published: the way there
                 span.set_attribute("suara.aggregate.sequence", applied.sequence)
         outcomes, refusals = reply(checked, applied.outcomes, applied.refused)
+        metrics.applied(outcomes, applied.sequence, started)
         _log_refusals("ApplyUpdates", refusals, [(u.tps, u.contest, u.version) for u in request.updates])
         return aggregate_pb2.ApplyUpdatesResponse(outcomes=outcomes, sequence=applied.sequence, refusals=refusals)
 
     async def ApplyAreaUpdates(
         self, request: aggregate_pb2.ApplyAreaUpdatesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> aggregate_pb2.ApplyAreaUpdatesResponse:
+        started = time.perf_counter()
         checked = area_updates(request, self.catalog)
         applied = await self.rollup.apply_feed(request.source, checked.updates)
         outcomes, refusals = reply(checked, applied.outcomes, applied.refused)
+        metrics.applied(outcomes, applied.sequence, started)
         _log_refusals("ApplyAreaUpdates", refusals, [(u.area, u.contest, u.version) for u in request.updates])
         return aggregate_pb2.ApplyAreaUpdatesResponse(outcomes=outcomes, sequence=applied.sequence, refusals=refusals)
 
@@ -146,7 +152,7 @@ class AggregateApp:
             if certificates is not None:
                 certificates.election = catalog.election  # a rehearsal's certificate is refused on the night
             service = AggregateService(db, catalog)
-            await service.rollup.seed()
+            metrics.HEAD.set(await service.rollup.seed())
         except BaseException:
             await db.close()
             raise
@@ -166,7 +172,10 @@ class AggregateApp:
             default_request_limit=SMALL_REQUEST_BYTES,
             tls=tls,
             internal_port=settings.aggregate.internal_port,
+            metrics_service="aggregate" if settings.metrics_on else None,
         )
+        if settings.metrics_on:
+            watch_pool("aggregate", db)
         if certificates is not None:
             certificates.internal_address = f"{settings.aggregate.host}:{server.internal_port}"
         app = cls(server, port, service, settings)
@@ -216,4 +225,16 @@ class AggregateApp:
 
 async def serve(settings: Settings, database_url: str) -> None:
     app = await AggregateApp.create(settings, database_url)
-    await serve_until_signal(app.start, app.stop, settings.shutdown_grace_s)
+    exporter = MetricsServer(settings.aggregate.host, settings.aggregate.metrics_port) if settings.metrics_on else None
+
+    async def start() -> None:
+        if exporter is not None:  # first: bound before health says SERVING, so `suara up` may scrape at once
+            await exporter.start()
+        await app.start()
+
+    async def stop(grace: float) -> None:
+        await app.stop(grace)
+        if exporter is not None:
+            await exporter.stop()
+
+    await serve_until_signal(start, stop, settings.shutdown_grace_s)

@@ -82,6 +82,7 @@ class Publisher:
         self._renderer = Renderer(tally)
         self._assets_written = False
         self._keys_written: list[tuple[str, bytes]] | None = None
+        self.aggregate_head = 0  # aggregate's newest sequence, as the last Changes call said
 
     async def cycle(self, *, full: bool = False) -> CycleResult | None:
         """Publish what changed; None when nothing did. `full` rewrites every file (`suara publish rebuild`)."""
@@ -176,6 +177,7 @@ class Publisher:
         work = _Work()
         request = aggregate_pb2.ChangesRequest(since=since, limit=CYCLE_CHANGES if collect else 1)
         response = await self.aggregate.Changes(request)
+        self.aggregate_head = max(self.aggregate_head, response.sequence)
         if not collect:
             return work, response.sequence
         for change in response.changes:
@@ -190,6 +192,7 @@ class Publisher:
         numbers matching what was acknowledged, the whole site shows them (the load test waits for it).
         """
         response = await self.aggregate.Changes(aggregate_pb2.ChangesRequest(since=sequence, limit=1))
+        self.aggregate_head = max(self.aggregate_head, response.sequence)
         return not response.changes
 
     async def _views(self, contest: str, areas: Sequence[str]) -> list[aggregate_pb2.AreaView]:

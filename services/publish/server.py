@@ -16,6 +16,7 @@ import asyncpg
 import grpc
 import structlog
 
+from services.publish import metrics
 from services.publish.cycle import CycleResult, Publisher
 from services.publish.queries import QUERIES
 from services.publish.sinks import sink_from_url
@@ -29,6 +30,7 @@ from suara.runtime.auth.client import caller_channel
 from suara.runtime.backoff import Backoff
 from suara.runtime.database import Database, DatabaseUnavailable, Session
 from suara.runtime.grpc_server import Server, create_server, serve_until_signal
+from suara.runtime.metrics import REFRESH_TIMEOUT_S, MetricsServer, watch_pool
 from suara.runtime.settings import Settings
 from suara.runtime.tls import server_tls
 from suara.runtime.wire import MESSAGE_LIMITS, SMALL_REQUEST_BYTES
@@ -106,6 +108,8 @@ class PublishApp:
         self._task: asyncio.Task[None] | None = None
         self._cycled = asyncio.Condition()
         self._cycles = 0
+        self.lag = metrics.Lag()
+        self.last_success: float | None = None  # unix time of this publisher's last turn of its loop that did not fail
 
     @classmethod
     async def create(cls, settings: Settings, database_url: str, sink: Sink | None = None) -> PublishApp:
@@ -119,7 +123,10 @@ class PublishApp:
             port=settings.publish.port,
             default_request_limit=SMALL_REQUEST_BYTES,  # GetStatus takes nothing
             tls=tls,
+            metrics_service="publish" if settings.metrics_on else None,
         )
+        if settings.metrics_on:
+            watch_pool("publish", db)
         return cls(settings, db, channels, publisher, server, port)
 
     async def start(self) -> None:
@@ -138,6 +145,23 @@ class PublishApp:
         await self.server.stop(grace)
         await close(self.publisher, self.db, self.channels)
         log.info("publish_stopped")
+
+    async def sample_metrics(self) -> None:
+        """The gauges read at a scrape: what the site shows (the cursor), and aggregate's head now."""
+        metrics.LEADER.set(1 if self.active else 0)
+        row = await self.db.fetchrow(QUERIES.status)
+        now = time.time()
+        published_at = None if row["updated_at"] is None else row["updated_at"].timestamp()
+        metrics.SNAPSHOT_AGE.set(0.0 if published_at is None else max(0.0, now - published_at))
+        if self.last_success is not None:
+            metrics.LAST_SUCCESS.set(self.last_success)
+        newest = await self.publisher.aggregate.Changes(
+            aggregate_pb2.ChangesRequest(since=row["sequence"], limit=1), timeout=REFRESH_TIMEOUT_S / 2
+        )
+        self.lag.saw(newest.sequence, now)
+        sequences, seconds = self.lag.behind(row["sequence"], now)
+        metrics.LAG_SEQUENCES.set(sequences)
+        metrics.LAG_SECONDS.set(seconds)
 
     async def wait_cycles(self, n: int = 1) -> None:
         """Until `n` more cycles have run (each may have found nothing to publish)."""
@@ -166,6 +190,12 @@ class PublishApp:
                         result = await self.publisher.cycle()
                         if result is not None:
                             self.last = result
+                            metrics.CYCLE_SECONDS.observe(result.seconds)
+                            metrics.FILES_WRITTEN.inc(result.files)
+                        self.lag.saw(self.publisher.aggregate_head)
+                    # The active one: a cycle done (with or without news). A standby: the lock looked at and
+                    # found held, ready to take over; so a standby that stops following is seen.
+                    self.last_success = time.time()
                     backoff.reset()
                     delay = self.settings.publish.interval_s
                 except _RETRYABLE as exc:
@@ -255,4 +285,17 @@ async def rebuild(settings: Settings, database_url: str) -> CycleResult:
 
 async def serve(settings: Settings, database_url: str) -> None:
     app = await PublishApp.create(settings, database_url)
-    await serve_until_signal(app.start, app.stop, settings.shutdown_grace_s)
+    exporter = MetricsServer(settings.publish.host, settings.publish.metrics_port) if settings.metrics_on else None
+
+    async def start() -> None:
+        if exporter is not None:  # first: bound before health says SERVING, so `suara up` may scrape at once
+            exporter.add_refresh(app.sample_metrics)
+            await exporter.start()
+        await app.start()
+
+    async def stop(grace: float) -> None:
+        await app.stop(grace)
+        if exporter is not None:
+            await exporter.stop()
+
+    await serve_until_signal(start, stop, settings.shutdown_grace_s)

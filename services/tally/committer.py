@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 import structlog
 from opentelemetry.trace import Span
 
+from services.tally import metrics
 from services.tally.admission import DatabaseGate
 from services.tally.intake import Prepared
 from services.tally.queries import QUERIES
@@ -145,9 +146,12 @@ class GroupCommitter:
             log.exception("commit_failed", forms=len(batch))
             self._fail(batch, Internal("storing the form failed; it was not stored. Resend it"))
             return
+        seconds = time.perf_counter() - started
         self.batches += 1
         self.committed += len(batch)
-        self.write_seconds += time.perf_counter() - started
+        self.write_seconds += seconds
+        metrics.COMMIT_BATCH.observe(len(batch))
+        metrics.COMMIT_SECONDS.observe(seconds)
         for item, result in zip(batch, results, strict=True):
             if item.span is not None:
                 p = item.prepared

@@ -52,6 +52,7 @@ import asyncpg
 import grpc
 import structlog
 
+from services.tally import metrics
 from services.tally.queries import QUERIES
 from suara.client import service_names
 from suara.client.aggregate_stub import aggregate_stub
@@ -331,6 +332,7 @@ class Relay:
             ["\n".join(d.fields) for d in dead],
         )
         self.delivered += len(taken)
+        metrics.DELIVERED.inc(len(taken))
         self.dead_lettered += len(dead)
         for d in dead:
             log.error(

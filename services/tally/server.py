@@ -12,6 +12,7 @@ import grpc
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.tally import metrics
 from services.tally.access import AdminTokens, access_interceptor
 from services.tally.admission import DatabaseGate, InFlight
 from services.tally.committer import CONFLICT, GroupCommitter, Receipt, Result
@@ -41,6 +42,7 @@ from suara.runtime.auth.principal import CALLER
 from suara.runtime.database import Database, DatabaseUnavailable
 from suara.runtime.errors import AlreadyExists, FailedPrecondition, FieldProblem, NotFound, ServiceError
 from suara.runtime.grpc_server import Server, create_server, serve_until_signal
+from suara.runtime.metrics import MetricsServer, watch_pool
 from suara.runtime.notifications import ChannelListener
 from suara.runtime.pagination import Pager
 from suara.runtime.ratelimit import PeerLimitInterceptor, RateLimiter
@@ -127,8 +129,12 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
 
     async def _store(self, requests: list[tally_pb2.SubmitRequest]) -> list[Result | ServiceError]:
         """Admit, prepare and commit; one result per request, in order."""
-        self.gate.check()
-        self.in_flight.acquire(len(requests))
+        try:
+            self.gate.check()
+            self.in_flight.acquire(len(requests))
+        except ServiceError as error:
+            metrics.refused("unavailable" if isinstance(error, DatabaseUnavailable) else "overloaded", len(requests))
+            raise
         # One deadline for the whole call, so a database that hangs (rather than refuses) still
         # yields UNAVAILABLE in time: not stored as far as the caller knows, and a resend is
         # answered DUPLICATE if the commit did land after all.
@@ -140,6 +146,7 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
                     prepared = await self.intake.prepare(requests)
             except DatabaseUnavailable as exc:
                 self.gate.mark_down(exc)
+                metrics.refused("unavailable", len(requests))
                 raise self.gate.error(timed_out=exc.timed_out) from exc
             ready = [p for p in prepared if not isinstance(p, ServiceError)]
             futures = iter(self.committer.enqueue(ready))
@@ -158,6 +165,7 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
                     outcomes.append(fut.exception())  # type: ignore[arg-type]
                 else:
                     outcomes.append(fut.result())
+            metrics.count(prepared, outcomes)
             return outcomes
         finally:
             self.in_flight.release(len(requests))
@@ -420,6 +428,13 @@ class TallyApp:
         self.service.devices.clear()
         self.admins.clear()
 
+    async def sample_metrics(self) -> None:
+        """The gauges read at a scrape: state in memory, then the outbox by one query."""
+        metrics.IN_FLIGHT.set(self.service.in_flight.current)
+        metrics.GATE_OPEN.set(1 if self.service.gate.available else 0)
+        metrics.RELAY_LEADER.set(1 if self.relay is not None and self.relay.active else 0)
+        await metrics.sample_outbox(self.db)
+
     @property
     def internal_port(self) -> int:
         """The internal listener's port: admins and services, by client certificate."""
@@ -450,6 +465,7 @@ class TallyApp:
                     RateLimiter(settings.tally.peer_rate, settings.tally.peer_burst),
                     "SUARA_TALLY_PEER_RATE",
                     frozenset(p.strip() for p in settings.tally.trusted_proxies.split(",") if p.strip()),
+                    lambda: metrics.refused("rate_limited"),
                 ),
                 access_interceptor(db, admins, certificates),  # admin methods; devices prove themselves by signing
             ],
@@ -461,7 +477,11 @@ class TallyApp:
             default_request_limit=SMALL_REQUEST_BYTES,
             tls=tls,
             internal_port=settings.tally.internal_port,
+            metrics_service="tally" if settings.metrics_on else None,
         )
+        if settings.metrics_on:
+            watch_pool("tally", db)
+            metrics.ready(catalog.contests)
         if certificates is not None:
             certificates.internal_address = f"{settings.tally.host}:{server.internal_port}"
         service.gate.on_change = server.set_serving  # health follows the database: NOT_SERVING while it is away
@@ -520,4 +540,17 @@ def load_chain_key(settings: Settings) -> ChainKey:
 
 async def serve(settings: Settings, database_url: str) -> None:
     app = await TallyApp.create(settings, database_url)
-    await serve_until_signal(app.start, app.stop, settings.shutdown_grace_s)
+    exporter = MetricsServer(settings.tally.host, settings.tally.metrics_port) if settings.metrics_on else None
+
+    async def start() -> None:
+        if exporter is not None:  # first: bound before health says SERVING, so `suara up` may scrape at once
+            exporter.add_refresh(app.sample_metrics)
+            await exporter.start()
+        await app.start()
+
+    async def stop(grace: float) -> None:
+        await app.stop(grace)
+        if exporter is not None:
+            await exporter.stop()
+
+    await serve_until_signal(start, stop, settings.shutdown_grace_s)

@@ -141,12 +141,65 @@ async def _keep(conn: asyncpg.Connection) -> None:
     """Services keep no session state (no SET, LISTEN or temp tables), so a released connection needs no reset."""
 
 
+class _Acquire:
+    """A pooled connection for an `async with`, counted in `Database.waiting` while it is being got."""
+
+    __slots__ = ("_conn", "_db", "_timeout")
+
+    def __init__(self, db: Database, timeout: float | None) -> None:
+        self._db = db
+        self._timeout = timeout
+        self._conn: Any = None
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        self._db.waiting += 1
+        try:
+            self._conn = await self._db.pool.acquire(timeout=self._timeout)
+        finally:
+            self._db.waiting -= 1
+        return self._conn
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._db.pool.release(self._conn)
+
+
 class Database(_Queries):
-    """The connection pool of a service process."""
+    """The connection pool of a service process. Every acquire goes through one place, which counts
+    those waiting (`waiting`, the metrics' suara_db_pool_waiting)."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        self.waiting = 0
+        self.closed = False
         self._target = pool
+
+    # The one-statement calls, as asyncpg's Pool makes them, but through the one counted acquire.
+    async def fetch(self, query: str, *args: Any, timeout_s: float | None = None) -> list[asyncpg.Record]:
+        with _TRANSLATE:
+            async with _Acquire(self, None) as conn:
+                rows: list[asyncpg.Record] = await conn.fetch(query, *args, timeout=timeout_s)
+        return rows
+
+    async def fetchrow(self, query: str, *args: Any, timeout_s: float | None = None) -> Any:
+        """The first row (an asyncpg.Record), or None."""
+        with _TRANSLATE:
+            async with _Acquire(self, None) as conn:
+                return await conn.fetchrow(query, *args, timeout=timeout_s)
+
+    async def fetchval(self, query: str, *args: Any, timeout_s: float | None = None) -> Any:
+        with _TRANSLATE:
+            async with _Acquire(self, None) as conn:
+                return await conn.fetchval(query, *args, timeout=timeout_s)
+
+    async def execute(self, query: str, *args: Any, timeout_s: float | None = None) -> str:
+        with _TRANSLATE:
+            async with _Acquire(self, None) as conn:
+                status: str = await conn.execute(query, *args, timeout=timeout_s)
+        return status
+
+    def sizes(self) -> tuple[int, int, int]:
+        """(connections open, of which idle, most allowed)."""
+        return self.pool.get_size(), self.pool.get_idle_size(), self.pool.get_max_size()
 
     @classmethod
     async def open(cls, url: str, *, size: int = 8, application: str = "suara", **kwargs: Any) -> Database:
@@ -179,19 +232,24 @@ class Database(_Queries):
         """A pooled connection for the block. `wait_s` bounds the wait for a connection; `within_s` the
         whole block, acquiring included. Failures raised in the block come out as DatabaseUnavailable."""
         with _TRANSLATE:
-            async with asyncio.timeout(within_s), self.pool.acquire(timeout=wait_s) as conn:
+            async with asyncio.timeout(within_s), _Acquire(self, wait_s) as conn:
                 yield conn
 
     async def session(self) -> Session:
         """A pooled connection to keep across calls (a session lock); hand it back with `release`."""
-        with _TRANSLATE:
-            return Session(await self.pool.acquire())
+        self.waiting += 1
+        try:
+            with _TRANSLATE:
+                return Session(await self.pool.acquire())
+        finally:
+            self.waiting -= 1
 
     async def release(self, session: Session) -> None:
         with _TRANSLATE:
             await self.pool.release(session.connection)
 
     async def close(self) -> None:
+        self.closed = True
         await self.pool.close()
 
 

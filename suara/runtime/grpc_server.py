@@ -27,6 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
+from suara.runtime import metrics
 from suara.runtime.errors import FieldProblem, InvalidArgument, ResourceExhausted, ServiceError
 from suara.runtime.tls import RequireTls13, ServerTls
 from suara.runtime.wire import MAX_MESSAGE_BYTES, RETRY_AFTER_KEY, TRANSPORT_LIMITS
@@ -182,21 +183,29 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
 class Server:
     """A grpc.aio server with health and reflection, not yet serving."""
 
-    def __init__(self, server: grpc.aio.Server, health_servicer: health.aio.HealthServicer, services: Sequence[str]):
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        health_servicer: health.aio.HealthServicer,
+        services: Sequence[str],
+        metrics_service: str | None = None,
+    ):
         self.grpc = server
         self.health = health_servicer
         self.services = list(services)
         self.internal_port: int | None = None  # the mutual-TLS listener's port, when there is one
+        self.metrics_service = metrics_service  # suara_serving's label; None: no metrics
 
     async def start(self) -> None:
         await self.grpc.start()
-        for name in ["", *self.services]:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self.set_serving(True)
 
     async def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ["", *self.services]:
             await self.health.set(name, status)
+        if self.metrics_service is not None:
+            metrics.set_serving(self.metrics_service, serving)
 
     async def stop(self, grace: float) -> None:
         """NOT_SERVING first (load balancers drain), then let in-flight calls finish."""
@@ -216,6 +225,7 @@ def create_server(
     default_request_limit: int | None = None,
     tls: ServerTls | None = None,
     internal_port: int | None = None,
+    metrics_service: str | None = None,
 ) -> tuple[Server, int]:
     """`reuse_port`: several processes may serve one port (the kernel spreads connections among them);
     off by default so that a port already taken is an error, not a silent second server.
@@ -226,11 +236,15 @@ def create_server(
 
     `tls` None serves plaintext (explicitly insecure: SUARA_INSECURE). `internal_port` (0: any free
     one) adds the internal listener: mutual TLS, or a second plaintext port when insecure, so that
-    callers' addresses are the same either way."""
+    callers' addresses are the same either way.
+
+    `metrics_service` (tally, aggregate, publish) counts every call under that label (suara.runtime.metrics;
+    first, so refusals by the other interceptors count too) and keeps suara_serving with health."""
     limits = [*(request_limits or {}).values(), *([default_request_limit] if default_request_limit else [])]
     receive = max(limits) if limits else MAX_MESSAGE_BYTES
     server = grpc.aio.server(
         interceptors=[
+            *([metrics.MetricsInterceptor(metrics_service, service_names)] if metrics_service is not None else []),
             *([RequireTls13()] if tls is not None else []),
             ContextInterceptor(request_limits, default_request_limit),
             *interceptors,
@@ -252,7 +266,7 @@ def create_server(
         bound = server.add_secure_port(f"{host}:{port}", tls.credentials(require_client_auth=False))
     if bound == 0:
         raise OSError(f"cannot bind {host}:{port}")
-    result = Server(server, health_servicer, service_names)
+    result = Server(server, health_servicer, service_names, metrics_service)
     if internal_port is not None:
         address = f"{host}:{internal_port}"
         if tls is None:

@@ -80,12 +80,19 @@ class PeerLimitInterceptor(grpc.aio.ServerInterceptor):
     Behind a proxy (Envoy) every call comes from the proxy's address: for a peer in `trusted`, the
     bucket is the address the proxy appended last to `x-forwarded-for` (the one it saw), so devices
     keep buckets of their own. From any other peer the header is ignored: a caller cannot choose its
-    bucket by writing one."""
+    bucket by writing one. `on_refused` is told of each call refused (the service counts it)."""
 
-    def __init__(self, limiter: RateLimiter, setting: str, trusted: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        setting: str,
+        trusted: frozenset[str] = frozenset(),
+        on_refused: Callable[[], None] | None = None,
+    ) -> None:
         self.limiter = limiter
         self.setting = setting
         self.trusted = trusted
+        self.on_refused = on_refused
 
     async def intercept_service(
         self,
@@ -96,7 +103,7 @@ class PeerLimitInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or handler.unary_unary is None:
             return handler
         inner = handler.unary_unary
-        limiter, setting, trusted = self.limiter, self.setting, self.trusted
+        limiter, setting, trusted, on_refused = self.limiter, self.setting, self.trusted, self.on_refused
 
         async def limited(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             address = peer_address(context.peer())
@@ -104,6 +111,8 @@ class PeerLimitInterceptor(grpc.aio.ServerInterceptor):
                 address = _forwarded_for(context) or address
             wait = limiter.take(address)
             if wait is not None:
+                if on_refused is not None:
+                    on_refused()
                 raise ResourceExhausted(
                     f"too many calls from {address}: at most {limiter.rate:g} a second ({setting}); "
                     "retry after the hint",

@@ -229,6 +229,13 @@ class TallySettings(_Section):
         "empty: SUARA_DATA_DIR/chain.key.json",
         ANY,
     )
+    metrics_port: int = _setting(
+        "SUARA_TALLY_METRICS_PORT",
+        9101,
+        "port of tally's Prometheus /metrics (HTTP, on SUARA_TALLY_HOST; 0: any free port; `suara up` gives each "
+        "tally process its own)",
+        PORT,
+    )
     verify_threads: int = _setting(
         "SUARA_VERIFY_THREADS",
         2,
@@ -254,6 +261,12 @@ class AggregateSettings(_Section):
     tls_cert: str = _setting("SUARA_AGGREGATE_TLS_CERT", "", "aggregate's server certificate (PEM file)", ANY)
     tls_key: str = _setting(
         "SUARA_AGGREGATE_TLS_KEY", "", "the private key of SUARA_AGGREGATE_TLS_CERT (PEM file)", ANY
+    )
+    metrics_port: int = _setting(
+        "SUARA_AGGREGATE_METRICS_PORT",
+        9102,
+        "port of aggregate's Prometheus /metrics (HTTP, on SUARA_AGGREGATE_HOST; 0: any free port)",
+        PORT,
     )
 
 
@@ -318,6 +331,12 @@ class PublishSettings(_Section):
     port: int = _setting("SUARA_PUBLISH_PORT", 50053, "port of publish's gRPC status server (0: any free)", PORT)
     tls_cert: str = _setting("SUARA_PUBLISH_TLS_CERT", "", "publish's server certificate (PEM file)", ANY)
     tls_key: str = _setting("SUARA_PUBLISH_TLS_KEY", "", "the private key of SUARA_PUBLISH_TLS_CERT (PEM file)", ANY)
+    metrics_port: int = _setting(
+        "SUARA_PUBLISH_METRICS_PORT",
+        9103,
+        "port of publish's Prometheus /metrics (HTTP, on SUARA_PUBLISH_HOST; 0: any free port)",
+        PORT,
+    )
     interval_s: float = _setting(
         "SUARA_PUBLISH_INTERVAL_S",
         1.0,
@@ -398,6 +417,13 @@ class Settings(_Section):
     shutdown_grace_s: float = _setting(
         "SUARA_SHUTDOWN_GRACE_S", 10.0, "on SIGTERM, how long in-flight calls may take to finish", GRACE
     )
+    metrics: str = _setting(
+        "SUARA_METRICS",
+        "on",
+        "on: every service process counts its calls and serves Prometheus metrics (docs/metrics.md) on its "
+        "SUARA_*_METRICS_PORT; off: neither",
+        _one_of(("on", "off")),
+    )
     log: LogSettings = _section(LogSettings, "logging")
     tls: TlsSettings = _section(TlsSettings, "TLS")
     database: DatabaseSettings = _section(DatabaseSettings, "database")
@@ -407,6 +433,10 @@ class Settings(_Section):
     publish: PublishSettings = _section(PublishSettings, "publish")
     site: SiteSettings = _section(SiteSettings, "site")
     peers: PeerSettings = _section(PeerSettings, "addresses")
+
+    @property
+    def metrics_on(self) -> bool:
+        return self.metrics == "on"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

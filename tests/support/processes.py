@@ -44,6 +44,7 @@ def suara_env(**settings: str | Path) -> dict[str, str]:
     env.update(tls_env())
     # The internal listeners on any free port: parallel tests must not meet on the default ones.
     env.update(SUARA_TALLY_INTERNAL_PORT="0", SUARA_AGGREGATE_INTERNAL_PORT="0")
+    env.update({f"SUARA_{s}_METRICS_PORT": "0" for s in ("TALLY", "AGGREGATE", "PUBLISH")})
     env.update({k: str(v) for k, v in settings.items()})
     return env
 

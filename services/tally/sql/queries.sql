@@ -155,6 +155,14 @@ SELECT pg_try_advisory_lock($1);
 -- How many outbox rows the relay has yet to deliver (operators and `suara demo` wait on it).
 SELECT count(*) FROM tally.outbox WHERE delivered_at IS NULL;
 
+-- name: relay_metrics
+-- The relay's gauges, sampled when Prometheus scrapes: rows pending (the partial index outbox_pending
+-- holds only these), the age of the oldest (the first by id), and dead letters not handed back.
+SELECT (SELECT count(*) FROM tally.outbox WHERE delivered_at IS NULL) AS pending,
+       extract(epoch FROM now() - (SELECT created_at FROM tally.outbox WHERE delivered_at IS NULL
+                                   ORDER BY id LIMIT 1))::float8 AS oldest_age_s,
+       (SELECT count(*) FROM tally.dead_letter WHERE redelivered_at IS NULL) AS dead_letters;
+
 -- name: revoke_device
 -- The device's TPS when this revoked it; no row when it was unknown or already revoked.
 UPDATE tally.device SET revoked_at = now() WHERE device_id = $1 AND revoked_at IS NULL RETURNING tps;
