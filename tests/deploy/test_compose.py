@@ -214,3 +214,26 @@ async def test_the_services_come_up_as_compose_wires_them(compose: dict[str, Any
     finally:
         for child in reversed(children):
             await child.kill()
+
+
+def test_prometheus_scrapes_every_service_at_its_metrics_port(compose: dict[str, Any]) -> None:
+    """compose-targets/ stands in for prometheus.yml's targets/: a job per service, each target the
+    compose service of that name at the metrics port its settings give it."""
+    import json
+
+    from suara.runtime.settings import Settings
+
+    services = _suara_services(compose)
+    mounts = compose["services"]["prometheus"]["volumes"]
+    assert "./prometheus/compose-targets:/etc/prometheus/targets:ro" in mounts
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    globs = {job["job_name"]: job["file_sd_configs"][0]["files"][0] for job in config["scrape_configs"]}
+    for service in ("tally", "aggregate", "publish"):
+        target_file = PROMETHEUS_DIR / "compose-targets" / f"suara-{service}.json"
+        assert Path(f"targets/{target_file.name}").match(globs[f"suara-{service}"]), service
+        (group,) = json.loads(target_file.read_text())
+        environment = services[service].get("environment") or {}
+        settings = Settings.from_env({k: str(v) for k, v in environment.items() if k.startswith("SUARA_")})
+        assert environment.get("SUARA_METRICS", "on") != "off", service
+        assert group["targets"] == [f"{service}:{getattr(settings, service).metrics_port}"], service
+        assert "service" not in group.get("labels", {})  # a target label would shadow the metrics' own

@@ -273,6 +273,14 @@ def test_network_policies_deny_by_default_and_open_only_what_suara_needs(docs: t
     assert not _reachable(policies, tally_internal, 50061, _pod(pods["aggregate"]))
     assert not _reachable(policies, tally_internal, 50061, stranger)
 
+    prometheus = _pod({"suara.io/monitoring": "true"}, same_namespace=False, namespace="monitoring")
+    for (name, port), labels in listening.items():
+        if port in (9101, 9102, 9103):  # metrics: Prometheus only
+            assert _reachable(policies, labels, port, prometheus), name
+            assert not _reachable(policies, labels, port, stranger), name
+            assert not _reachable(policies, labels, port, outside), name
+    assert {name for name, port in listening if port in (9101, 9102, 9103)} == set(SUARA_COMPONENTS)
+
     database = {"cnpg.io/cluster": "suara-db"}
     for name in SUARA_COMPONENTS:
         assert _reachable(policies, database, 5432, _pod(pods[name]))
