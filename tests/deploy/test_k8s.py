@@ -343,6 +343,9 @@ async def test_the_deployments_come_up_as_the_manifests_wire_them(db_url: str, t
         ("aggregate", defaults.aggregate.port): "SUARA_AGGREGATE_PORT",
         ("aggregate", defaults.aggregate.internal_port): "SUARA_AGGREGATE_INTERNAL_PORT",
         ("publish", defaults.publish.port): "SUARA_PUBLISH_PORT",
+        ("tally", defaults.tally.metrics_port): "SUARA_TALLY_METRICS_PORT",
+        ("aggregate", defaults.aggregate.metrics_port): "SUARA_AGGREGATE_METRICS_PORT",
+        ("publish", defaults.publish.metrics_port): "SUARA_PUBLISH_METRICS_PORT",
     }
     container_ports = {
         (name, p["containerPort"]): p["name"]
