@@ -27,6 +27,9 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
+    # A multi-host URL (target_session_attrs=read-write) whose hosts all answer read-only: no primary
+    # yet, during a failover or while the cluster has lost its consensus store.
+    asyncpg.exceptions.TargetServerAttributeNotMatched,
 )
 
 
