@@ -26,7 +26,7 @@ import asyncpg
 import grpc
 import pytest
 
-from cli.patroni import PatroniCluster, etcd_binary, patroni_installed
+from cli.patroni import Host, PatroniCluster, etcd_binary, http_status, patroni_installed
 from suara.registry.loader import load_registry
 from suara.v1 import form_pb2, tally_pb2
 from tests.crash.rig import DRILL_SETTINGS, Forms
@@ -89,7 +89,7 @@ class Load:
             except grpc.aio.AioRpcError as error:
                 if error.code() not in RETRYABLE:
                     raise
-                self.failures.append((time.monotonic(), error.code()))
+                await self._refused(time.monotonic(), error.code())
                 await asyncio.sleep(RESEND_S)
                 continue
             done = time.monotonic()
@@ -115,7 +115,7 @@ class Load:
                 self.successes.append(done)
                 self.worst_call_s = max(self.worst_call_s, done - start)
             if again:
-                self.failures.append((done, grpc.StatusCode.UNAVAILABLE))
+                await self._refused(done, grpc.StatusCode.UNAVAILABLE)
                 await asyncio.sleep(RESEND_S)
             pending = again
         self.worst_ack_s = max(self.worst_ack_s, time.monotonic() - first)
@@ -136,6 +136,16 @@ class Load:
         if self.task.done():
             self.task.result()  # the load's own failure (an answer no device would resend on)
             raise AssertionError("the load stopped")
+
+    async def _refused(self, when: float, code: grpc.StatusCode) -> None:
+        self.failures.append((when, code))
+        async with self.progress:
+            self.progress.notify_all()
+
+    async def refused_after(self, when: float, calls: int) -> None:
+        """Returns once `calls` refusals came after loop time `when`."""
+        async with self.progress:
+            await self.progress.wait_for(lambda: sum(1 for t, _ in self.failures if t > when) >= calls)
 
     def acknowledged_since(self, when: float) -> int:
         return sum(1 for t in self.successes if t > when)
@@ -268,3 +278,93 @@ async def test_primary_host_killed_mid_load_a_synchronous_standby_takes_over_los
     )
     assert load.failures, "the kill should have refused some calls"
     assert unavailable_s <= UNAVAILABLE_TARGET_S, unavailable_s
+
+
+@dataclass
+class PrimaryWatch:
+    """Which hosts accept writes, looked at from outside every few hundred milliseconds: each server asked
+    directly (not through the multi-host URL) whether it is in recovery, and each Patroni for /leader."""
+
+    cluster: PatroniCluster
+    most_writable: int = 0  # the most servers accepting writes at one look
+    most_leaders: int = 0  # the most Patroni answering 200 on /leader at one look
+    looks: int = 0
+    writable_now: int = 1
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            writable = sum(await asyncio.gather(*(self._writable(h) for h in self.cluster.hosts)))
+            statuses = await asyncio.gather(
+                *(asyncio.to_thread(http_status, f"{h.api}/leader", 1.0) for h in self.cluster.hosts)
+            )
+            leaders = sum(status == 200 for status in statuses)
+            self.most_writable = max(self.most_writable, writable)
+            self.most_leaders = max(self.most_leaders, leaders)
+            self.looks += 1
+            async with self.changed:
+                self.writable_now = writable
+                self.changed.notify_all()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.25)
+
+    async def _writable(self, host: Host) -> bool:
+        try:
+            conn = await asyncpg.connect(self.cluster.host_url(host), timeout=1.0)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return False
+        try:
+            return bool(await conn.fetchval("SELECT NOT pg_is_in_recovery()", timeout=1.0))
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return False
+        finally:
+            conn.terminate()
+
+    async def until_writable(self, count: int) -> None:
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.writable_now == count)
+
+
+async def test_etcd_losing_its_majority_refuses_writes_without_a_second_primary_and_recovers(
+    cluster: PatroniCluster,
+) -> None:
+    url = await prepare(cluster)
+    leader = cluster.leader()
+    assert leader is not None
+    others = [h for h in cluster.hosts if h.name != leader.name]
+    watch = PrimaryWatch(cluster)
+    stop_watching = asyncio.Event()
+    watching = asyncio.create_task(watch.run(stop_watching))
+    try:
+        async with tally_under_load(url, random.Random(SEED + 7)) as (_, load):
+            await within(load.acknowledged_after(0.0, 10), "ingest under way")
+            lost_at = time.monotonic()
+            for host in others:  # the majority of etcd gone; the leader's own member stays, alone
+                await asyncio.to_thread(cluster.kill_etcd, host)
+            await within(watch.until_writable(0), "the primary refusing writes", RECOVERY_S)
+            refused_at = time.monotonic()
+            # Devices keep sending meanwhile: every one refused, none stored.
+            await within(load.refused_after(refused_at, 20), "devices refused while etcd has no majority")
+            acked_while_refused = load.acknowledged_since(refused_at)
+            back_at = time.monotonic()
+            for host in others:
+                await asyncio.to_thread(cluster.start_etcd, host)
+            await within(load.acknowledged_after(back_at, 10), "ingest again once etcd is back", RECOVERY_S)
+        recovered_s = load.unavailable_s(back_at)
+    finally:
+        stop_watching.set()
+        await asyncio.gather(watching, return_exceptions=True)
+
+    stored = await read_stored(cluster.url())
+    lost, twice = check_exact(stored, load)
+    print(
+        f"\ndrill 7 (etcd members of {', '.join(h.name for h in others)} killed; {leader.name} was primary): "
+        f"writes refused {refused_at - lost_at:.1f} s after etcd lost its majority, "
+        f"acknowledged while refused {acked_while_refused}, most servers accepting writes at once "
+        f"{watch.most_writable}, most Patroni leaders at once {watch.most_leaders} ({watch.looks} looks), "
+        f"ingest back {recovered_s:.1f} s after etcd restarted; acknowledged forms lost {lost}, "
+        f"forms counted twice {twice}, worst call {load.worst_call_s:.2f} s"
+    )
+    assert acked_while_refused == 0
+    assert watch.most_writable == 1, "a second primary appeared"
+    assert watch.most_leaders <= 1, "two Patroni claimed the leadership at once"
