@@ -208,7 +208,9 @@ class PatroniCluster:
                     "synchronous_node_count": 2,
                     "maximum_lag_on_failover": 0,
                     "postgresql": {
-                        "use_pg_rewind": False,
+                        # A primary that died may hold WAL nobody acknowledged (it never reached the
+                        # standbys); rewinding it onto the new timeline lets it rejoin as a standby.
+                        "use_pg_rewind": True,
                         "use_slots": True,
                         "parameters": {
                             "wal_level": "replica",
@@ -448,6 +450,13 @@ class PatroniCluster:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(5)
         return victims
+
+    def restart_host(self, host: Host) -> None:
+        """Start a killed host again on its own data (its etcd member rejoins, its Patroni rewinds its
+        PostgreSQL and follows the new primary)."""
+        self.killed.discard(host.name)
+        self.start_etcd(host)
+        self.start_patroni(host)
 
     def kill_etcd(self, host: Host) -> None:
         running = self._running[host.name]
