@@ -566,3 +566,48 @@ def wait_for(
         if time.monotonic() > end:
             raise ClusterError(f"timed out after {deadline_s:.0f} s waiting for {what}")
         time.sleep(0.2)
+
+
+def describe(cluster: PatroniCluster) -> dict[str, Any]:
+    """The database hosts as `suara cluster`'s cluster.json lists them: every process of every host."""
+    hosts = []
+    for host in cluster.hosts:
+        pids = cluster.host_pids(host)
+        hosts.append(
+            {
+                "name": host.name,
+                "address": host.address,
+                "roles": ["postgres", "patroni", "etcd"],
+                "pids": {role: found[0] for role, found in pids.items() if found},
+                "all_pids": pids,
+                "patroni_api": host.api,
+                "postgres_port": host.pg_port,
+                "etcd": host.etcd_url,
+            }
+        )
+    return {"hosts": hosts, "database_url": cluster.url(role=OWNER_ROLE)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m cli.patroni --data-dir DIR`: start the database tier, migrate it, write DIR/cluster.json,
+    print the owner's multi-host URL, and run until interrupted (then stop it all)."""
+    import argparse
+    import asyncio
+
+    parser = argparse.ArgumentParser(prog="python -m cli.patroni", description=main.__doc__)
+    parser.add_argument("--data-dir", type=Path, default=Path(".suara/cluster"), help="where the hosts keep state")
+    args = parser.parse_args(argv)
+    cluster = PatroniCluster(args.data_dir)
+    with cluster.running():
+        asyncio.run(cluster.provision())
+        (cluster.root / "cluster.json").write_text(json.dumps(describe(cluster), indent=2) + "\n")
+        leader = cluster.leader()
+        print(f"database ready leader={leader.name if leader else '?'} url={cluster.url(role=OWNER_ROLE)}", flush=True)
+        # Blocked only now: the children, started above, must not inherit a mask that ignores SIGTERM.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
