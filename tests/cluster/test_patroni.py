@@ -273,7 +273,7 @@ def check_exact(stored: Stored, load: Load) -> tuple[int, int]:
 
 
 async def test_primary_host_killed_mid_load_a_synchronous_standby_takes_over_losing_nothing(
-    cluster: PatroniCluster, tmp_path: Path
+    cluster: PatroniCluster, tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
     url = await prepare(cluster)
     old = cluster.leader()
@@ -312,8 +312,8 @@ async def test_primary_host_killed_mid_load_a_synchronous_standby_takes_over_los
     await poll_until(partial(_holds, cluster.host_url(old), load.stored), f"{old.name} replaying every form")
     assert (await read_stored(cluster.host_url(old))).payloads == stored.payloads
 
-    print(
-        f"\ndrill 1 (primary host {old.name} killed, {len(victims)} processes; {new.name} promoted): "
+    figures = (
+        f"drill 1 (primary host {old.name} killed, {len(victims)} processes; {new.name} promoted): "
         f"acknowledged forms lost {lost}, forms counted twice {twice}, "
         f"ingest unavailable {unavailable_s:.1f} s (target <= {UNAVAILABLE_TARGET_S:.0f} s), "
         f"worst call {load.worst_call_s:.2f} s, worst batch ack incl. resends {load.worst_ack_s:.1f} s, "
@@ -321,6 +321,8 @@ async def test_primary_host_killed_mid_load_a_synchronous_standby_takes_over_los
         f"audit verify OK; {old.name} rejoined as a "
         f"synchronous standby {rejoined_s:.1f} s after its restart"
     )
+    record_property("figures", figures)
+    print("\n" + figures)
     assert load.failures, "the kill should have refused some calls"
     assert set(load.refusals()) == {"UNAVAILABLE"}, load.refusals()
     assert unavailable_s <= UNAVAILABLE_TARGET_S, unavailable_s
@@ -372,7 +374,7 @@ class PrimaryWatch:
 
 
 async def test_etcd_losing_its_majority_refuses_writes_without_a_second_primary_and_recovers(
-    cluster: PatroniCluster,
+    cluster: PatroniCluster, record_property: Callable[[str, object], None]
 ) -> None:
     url = await prepare(cluster)
     leader = cluster.leader()
@@ -404,8 +406,8 @@ async def test_etcd_losing_its_majority_refuses_writes_without_a_second_primary_
 
     stored = await read_stored(cluster.url())
     lost, twice = check_exact(stored, load)
-    print(
-        f"\ndrill 7 (etcd members of {', '.join(h.name for h in others)} killed; {leader.name} was primary): "
+    figures = (
+        f"drill 7 (etcd members of {', '.join(h.name for h in others)} killed; {leader.name} was primary): "
         f"writes refused {refused_at - lost_at:.1f} s after etcd lost its majority, "
         f"acknowledged while refused {acked_while_refused}, most servers accepting writes at once "
         f"{watch.most_writable}, most Patroni leaders at once {watch.most_leaders} ({watch.looks} looks), "
@@ -413,6 +415,8 @@ async def test_etcd_losing_its_majority_refuses_writes_without_a_second_primary_
         f"acknowledged forms lost {lost}, forms counted twice {twice}, worst call {load.worst_call_s:.2f} s, "
         f"worst batch ack incl. resends {load.worst_ack_s:.1f} s, refusals {load.refusals()}"
     )
+    record_property("figures", figures)
+    print("\n" + figures)
     assert set(load.refusals()) == {"UNAVAILABLE"}, load.refusals()
     assert acked_while_refused == 0
     assert watch.most_writable == 1, "a second primary appeared"
