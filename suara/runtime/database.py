@@ -27,6 +27,10 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
+    # asyncpg's own state errors: a multi-host URL (target_session_attrs=read-write) whose hosts all answer
+    # read-only (no primary yet: a failover, or the cluster lost its consensus store), or a pooled idle
+    # connection still consuming the FATAL of a server shutting down (a primary being demoted).
+    asyncpg.exceptions.InternalClientError,
 )
 
 

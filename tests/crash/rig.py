@@ -203,8 +203,16 @@ class Forms:
 
     async def submit(self, count: int) -> None:
         """`count` forms in one SubmitBatch; remembers each TPS's highest acknowledged current version."""
-        requests = [self._one() for _ in range(count)]
+        requests = self.batch(count)
         reply = await self.tally.stub.SubmitBatch(tally_pb2.SubmitBatchRequest(items=requests), timeout=WAIT_S)
+        self.record(requests, reply)
+
+    def batch(self, count: int) -> list[tally_pb2.SubmitRequest]:
+        """`count` forms as the devices send them (new versions, late ones, resends, conflicts)."""
+        return [self._one() for _ in range(count)]
+
+    def record(self, requests: list[tally_pb2.SubmitRequest], reply: tally_pb2.SubmitBatchResponse) -> None:
+        """What tally acknowledged in `reply` to `requests`."""
         assert len(reply.results) == len(requests)
         for item in reply.results:
             name = tally_pb2.Outcome.Name(item.outcome).removeprefix("OUTCOME_")
