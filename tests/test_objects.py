@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,15 @@ def _sha(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
+def _files(root: Path) -> list[str]:
+    return sorted(p.name for p in root.rglob("*") if p.is_file())
+
+
+def _written(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns
+
+
 async def test_a_directory_store_keeps_each_body_under_its_hash(tmp_path: Path) -> None:
     store = LocalObjectStore(tmp_path / "photos")
     bodies = [jpeg(b"one"), png(b"two")]
@@ -30,8 +38,7 @@ async def test_a_directory_store_keeps_each_body_under_its_hash(tmp_path: Path) 
             assert (tmp_path / "photos" / sha[:2] / sha[2:4] / sha).read_bytes() == body
         assert await store.get(_sha(b"never stored")) is None
         # Nothing but the objects: no temporary file outlives its put.
-        files = sorted(p.name for p in (tmp_path / "photos").rglob("*") if p.is_file())
-        assert files == sorted(_sha(b) for b in bodies)
+        assert _files(tmp_path / "photos") == sorted(_sha(b) for b in bodies)
     finally:
         await store.close()
 
@@ -41,10 +48,9 @@ async def test_a_second_put_of_a_key_is_a_no_op(tmp_path: Path) -> None:
     body = jpeg(b"same photo twice")
     try:
         assert await store.put(_sha(body), body, "image/jpeg") is True
-        before = os.stat(store.path(_sha(body)))
+        before = _written(store.path(_sha(body)))
         assert await store.put(_sha(body), body, "image/jpeg") is False
-        after = os.stat(store.path(_sha(body)))
-        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # not rewritten
+        assert _written(store.path(_sha(body))) == before  # not rewritten
     finally:
         await store.close()
 
@@ -58,7 +64,7 @@ async def test_a_body_is_stored_only_under_its_own_hash(tmp_path: Path) -> None:
             await store.put("../../etc/passwd", b"x", "image/jpeg")
         with pytest.raises(ValueError, match="64 lowercase hex"):
             await store.get(_sha(b"x").upper())
-        assert not any(p.is_file() for p in tmp_path.rglob("*"))
+        assert _files(tmp_path) == []
     finally:
         await store.close()
 
