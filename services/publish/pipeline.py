@@ -249,7 +249,7 @@ class Renderer:
                     # reason is published; tally's details (where its store is) go to the log only.
                     log.error("photo_missing_in_tally", sha256=sha, detail=exc.details())
                     reply = tally_pb2.GetPhotoResponse()
-                    wrong = "missing from tally's photo store"
+                    wrong: str | None = "missing from tally's photo store"
                 else:
                     wrong = photo_rules.verified(reply.photo.content, sha)
                 photo = reply.photo
