@@ -14,6 +14,7 @@ import pytest
 
 from suara.v1 import tally_pb2
 from tests.support.factories import consistent_form, jpeg, png, signed
+from tests.support.s3 import Bucket, bucket_name
 from tests.support.tally import BASE_SETTINGS, Tally, start_tally, with_tally
 
 
@@ -118,3 +119,22 @@ async def test_two_tally_processes_share_one_store(
         assert got.content == png(b"sent to one, read from the other")
     finally:
         await second.close()
+
+
+async def test_a_tally_on_an_s3_photo_store_round_trips_its_photos(
+    db_url: str, db: asyncpg.Connection, s3_endpoint: str, tmp_path: Path
+) -> None:
+    bucket = Bucket(s3_endpoint, bucket_name("tally-photos", tmp_path))
+    settings = with_tally(BASE_SETTINGS, photo_store=f"s3://{bucket.name}/night", photo_store_endpoint_url=s3_endpoint)
+    tally = await start_tally(db_url, db, settings)
+    try:
+        photos = [jpeg(b"into the bucket"), png(b"and this one")]
+        request, hashes = await _submit(tally, photos)
+        assert (await tally.stub.Submit(request)).outcome == tally_pb2.OUTCOME_ACCEPTED
+        assert set(bucket.etags()) == {f"night/{sha[:2]}/{sha}" for sha in hashes}
+        assert await db.fetchval("SELECT count(*) FROM tally.photo WHERE content IS NOT NULL") == 0
+        for sha, content in zip(hashes, photos, strict=True):
+            got = (await tally.stub.GetPhoto(tally_pb2.GetPhotoRequest(sha256=sha))).photo
+            assert got.content == content
+    finally:
+        await tally.close()
