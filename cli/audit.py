@@ -94,14 +94,23 @@ def _published_heads(args: argparse.Namespace) -> tuple[dict[int, bytes], list[s
 
 async def run_verify(args: argparse.Namespace, settings: Settings) -> int:
     from services.tally.audit import verify_chain
+    from suara.runtime.objects import photo_store
 
     published, site_problems = _published_heads(args) if args.against else ({}, [])
     progress = Progress("verifying chain")
-    with database_url(settings) as url:
-        async with connect(url) as conn:
-            report = await verify_chain(
-                conn, check_signatures=not args.no_signatures, progress=progress.update, published=published
-            )
+    photos = photo_store(settings)
+    try:
+        with database_url(settings) as url:
+            async with connect(url) as conn:
+                report = await verify_chain(
+                    conn,
+                    check_signatures=not args.no_signatures,
+                    progress=progress.update,
+                    published=published,
+                    photos=photos,
+                )
+    finally:
+        await photos.close()
     progress.done()
     report.problems[:0] = site_problems
     reached = f", reaches the newest published head (position {max(published):,})" if published else ""

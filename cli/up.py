@@ -212,6 +212,9 @@ async def running_system(
     site_dir = (args.site_dir or settings.site.dir).resolve()
     settings = replace(settings, data_dir=data_dir, site=replace(settings.site, dir=site_dir))
     data_dir.mkdir(parents=True, exist_ok=True)
+    # One photo store for every tally process (and every restart): an absolute path, whatever their cwd.
+    photos = settings.tally.photo_store or str(data_dir / "photos")
+    photos = photos if photos.startswith("s3://") else str(Path(photos).resolve())  # noqa: ASYNC240  (once, at start)
     pid_file = data_dir / "up.json"
     if killed := clean_up_after(pid_file):
         note(f"stopped {len(killed)} process(es) a killed `suara up` left running: {killed}")
@@ -243,6 +246,7 @@ async def running_system(
         # Made here, before any tally process starts, so its several processes never race to make it.
         chain_key = load_chain_key(settings)
         note(f"chain key: {chain_key.key_id} in {chain_key_path(settings)}")
+        note(f"photos: {photos} (not in `suara db backup`)")
         async with connect(url) as conn:
             # A site directory lost while the database kept publish's cursor: publish would only write
             # what changes next, so the whole site is rebuilt first.
@@ -276,6 +280,7 @@ async def running_system(
             **os.environ,
             **service_database_env(settings),  # each service as its own role (DATABASE_URL passes through)
             "SUARA_DATA_DIR": str(data_dir),
+            "SUARA_PHOTO_STORE": photos,
             "SUARA_SITE_DIR": str(site_dir),
             "SUARA_TALLY_HOST": tally[0],
             "SUARA_TALLY_PORT": str(tally[1]),

@@ -69,6 +69,10 @@ def test_a_boolean_is_one_of_six_words_in_any_case(raw: str, expected: bool) -> 
         ("DATABASE_URL", "mysql://db/suara", "a postgresql:// URL"),
         ("SUARA_PUBLISH_TO", "ftp://site", "s3://bucket/prefix"),
         ("SUARA_S3_ENDPOINT_URL", "minio:9000", "an http(s):// URL"),
+        ("SUARA_PHOTO_STORE", "gs://photos", "s3://bucket/prefix"),
+        ("SUARA_PHOTO_STORE", "s3://", "a valid S3 bucket name"),
+        ("SUARA_PHOTO_STORE", "s3://Bad_Bucket/photos", "a valid S3 bucket name"),
+        ("SUARA_PHOTO_STORE_ENDPOINT_URL", "seaweed:8333", "an http(s):// URL"),
     ],
 )
 def test_a_bad_value_names_the_variable_the_value_and_what_is_allowed(env: str, raw: str, allowed: str) -> None:
@@ -94,6 +98,13 @@ def test_settings_made_in_code_are_checked_too() -> None:
         TallySettings(port=70000)
     with pytest.raises(SettingError, match=r"^SUARA_TALLY_SHARED_PORT=1"):
         TallySettings(shared_port=1)  # type: ignore[arg-type]  # an int where a bool belongs
+
+
+def test_a_photo_store_endpoint_needs_an_s3_photo_store() -> None:
+    with pytest.raises(SettingError, match=r"^SUARA_PHOTO_STORE_ENDPOINT_URL=.*SUARA_PHOTO_STORE is s3://"):
+        Settings.from_env({"SUARA_PHOTO_STORE_ENDPOINT_URL": "http://127.0.0.1:8333"})
+    both = {"SUARA_PHOTO_STORE_ENDPOINT_URL": "http://127.0.0.1:8333", "SUARA_PHOTO_STORE": "s3://photos/night"}
+    assert Settings.from_env(both).tally.photo_store == "s3://photos/night"
 
 
 async def test_the_command_exits_2_naming_a_bad_variable(tmp_path: Path) -> None:

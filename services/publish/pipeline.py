@@ -240,9 +240,19 @@ class Renderer:
                     raise PublishError(f"photo {sha} is needed and no tally address is configured")
                 if sha in self.unavailable:
                     continue
-                reply = await self.tally.GetPhoto(tally_pb2.GetPhotoRequest(sha256=sha), timeout=TALLY_TIMEOUT_S)
+                try:
+                    reply = await self.tally.GetPhoto(tally_pb2.GetPhotoRequest(sha256=sha), timeout=TALLY_TIMEOUT_S)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                        raise  # tally unreachable or the like: the cycle is retried
+                    # Recorded but gone from tally's photo store: one lost photo must not stop the site. The
+                    # reason is published; tally's details (where its store is) go to the log only.
+                    log.error("photo_missing_in_tally", sha256=sha, detail=exc.details())
+                    reply = tally_pb2.GetPhotoResponse()
+                    wrong: str | None = "missing from tally's photo store"
+                else:
+                    wrong = photo_rules.verified(reply.photo.content, sha)
                 photo = reply.photo
-                wrong = photo_rules.verified(photo.content, sha)
                 if wrong is None and photo_rules.sniff(photo.content) != photo.content_type:
                     wrong = f"stored as {photo.content_type}, but its bytes are {photo_rules.sniff(photo.content)}"
                 if wrong is not None:

@@ -4,8 +4,9 @@ Recomputes every payload hash and every link from the genesis, checks each
 signature against the device key it names, that the stored TPS, contest and
 version are the signed form's, that positions run 1..N without a gap, that the
 stored head is the last link, and that every stored photo still has the hash
-that names it. Given published heads (`suara audit verify --against`), also
-that the chain still reaches each of them: a chain cut back or rewritten after
+that names it (in the database, or in the photo store when given one). Given
+published heads (`suara audit verify --against`), also that the chain still
+reaches each of them: a chain cut back or rewritten after
 a head was published, head row and all, no longer does.
 """
 
@@ -21,6 +22,7 @@ from google.protobuf.message import DecodeError
 from services.tally.queries import QUERIES
 from suara.election import signing
 from suara.election.chain import CHAIN_VERSIONS, GENESIS, ChainRecord, link_hash
+from suara.runtime.objects import ObjectStore
 from suara.v1 import form_pb2
 
 
@@ -43,8 +45,10 @@ async def verify_chain(
     progress: Callable[[int, int], None] | None = None,
     max_problems: int = 100,
     published: Mapping[int, bytes] | None = None,
+    photos: ObjectStore | None = None,
 ) -> AuditReport:
-    """`published`: position → hash of heads known to have been published (their signatures checked)."""
+    """`published`: position → hash of heads known to have been published (their signatures checked).
+    `photos`: the photo store, to check the photos whose bytes are there (None: only those in the database)."""
     report = AuditReport()
     published = published or {}
     previous = GENESIS
@@ -96,7 +100,7 @@ async def verify_chain(
                 report.problems.append("… stopping after too many problems")
                 break
         else:
-            report.problems.extend(await _photo_problems(conn))
+            report.problems.extend(await _photo_problems(conn, photos))
     report.head_position = report.records
     report.head_hash = previous.hex()
     if head["position"] != report.records:
@@ -138,9 +142,17 @@ def _row_problems(row: asyncpg.Record, check_signatures: bool) -> list[str]:
     return problems
 
 
-async def _photo_problems(conn: asyncpg.Connection) -> list[str]:
+async def _photo_problems(conn: asyncpg.Connection, photos: ObjectStore | None) -> list[str]:
     problems = []
     async for row in conn.cursor(QUERIES.photo_hashes, prefetch=50):
-        if hashlib.sha256(bytes(row["content"])).hexdigest() != row["sha256"]:
+        content = row["content"]
+        if content is None:  # in the photo store (migration 0008)
+            if photos is None:
+                continue
+            content = await photos.get(row["sha256"])
+            if content is None:
+                problems.append(f"photo {row['sha256']}: missing from the photo store {photos.describe()}")
+                continue
+        if hashlib.sha256(bytes(content)).hexdigest() != row["sha256"]:
             problems.append(f"photo {row['sha256']}: its bytes no longer have that SHA-256")
     return problems

@@ -2,7 +2,7 @@
 
 One task takes whatever is queued (up to a batch), decides every outcome of the
 Versions table against what is stored, writes submissions, the current
-version, photos, the outbox and the chain head in ONE transaction, and only
+version, photo rows, the outbox and the chain head in ONE transaction, and only
 then answers each caller. Acknowledged therefore means committed. Writers
 serialize on the chain-head row lock, which the chain needs anyway; the
 unique key (tps, contest, version) is the constraint behind idempotency.
@@ -198,7 +198,7 @@ class GroupCommitter:
             results: list[Result] = []
             submissions: list[tuple[object, ...]] = []
             new_current: dict[tuple[str, str], tuple[int, uuid.UUID]] = {}
-            photos: dict[str, tuple[str, int, bytes]] = {}
+            photos: dict[str, tuple[str, int]] = {}  # bytes: in the photo store already
             alarms: list[tuple[str, str, str, int, str]] = []
             for p in batch:
                 slot = (p.tps, p.contest)
@@ -234,7 +234,7 @@ class GroupCommitter:
                 if outcome != SUPERSEDED:
                     new_current[slot] = (p.version, submission_id)
                 for photo in p.photos:
-                    photos[photo.sha256] = (photo.content_type, len(photo.content), photo.content)
+                    photos[photo.sha256] = (photo.content_type, len(photo.content))
                 results.append(Result(outcome, receipt, tuple(p.failed_checks), current[slot]))
 
             if submissions:
@@ -258,7 +258,6 @@ class GroupCommitter:
                     list(photos),
                     [v[0] for v in photos.values()],
                     [v[1] for v in photos.values()],
-                    [v[2] for v in photos.values()],
                 )
             if alarms:
                 await conn.execute(QUERIES.insert_alarms, *map(list, zip(*alarms, strict=True)))

@@ -27,7 +27,7 @@ from services.tally.credentials import (
     enroll_devices,
 )
 from services.tally.errors import InvalidForm, InvalidRequest
-from services.tally.intake import Intake
+from services.tally.intake import Intake, Prepared
 from services.tally.queries import QUERIES
 from services.tally.relay import Relay, relay_for
 from suara.client import service_names
@@ -40,10 +40,18 @@ from suara.runtime import database
 from suara.runtime.auth.certificate import PeerCertificates
 from suara.runtime.auth.principal import CALLER
 from suara.runtime.database import Database, DatabaseUnavailable
-from suara.runtime.errors import AlreadyExists, FailedPrecondition, FieldProblem, NotFound, ServiceError
+from suara.runtime.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldProblem,
+    NotFound,
+    ServiceError,
+    Unavailable,
+)
 from suara.runtime.grpc_server import Server, create_server, serve_until_signal
 from suara.runtime.metrics import MetricsServer, watch_pool
 from suara.runtime.notifications import ChannelListener
+from suara.runtime.objects import ObjectStore, photo_store
 from suara.runtime.pagination import Pager
 from suara.runtime.ratelimit import PeerLimitInterceptor, RateLimiter
 from suara.runtime.settings import SettingError, Settings, TallySettings
@@ -114,8 +122,11 @@ def submission_pb(row: asyncpg.Record) -> tally_pb2.Submission:
 
 
 class TallyService(tally_pb2_grpc.TallyServiceServicer):
-    def __init__(self, db: Database, catalog: Catalog, settings: TallySettings, chain_key: ChainKey) -> None:
+    def __init__(
+        self, db: Database, catalog: Catalog, settings: TallySettings, chain_key: ChainKey, photos: ObjectStore
+    ) -> None:
         self.db = db
+        self.photos = photos
         self.settings = settings
         self.chain_key = chain_key
         self._signed_head: tuple[int, bytes, bytes] = (-1, b"", b"")  # the last head signed: signed once
@@ -148,6 +159,7 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
                 self.gate.mark_down(exc)
                 metrics.refused("unavailable", len(requests))
                 raise self.gate.error(timed_out=exc.timed_out) from exc
+            prepared = await self._put_photos(prepared, deadline)
             ready = [p for p in prepared if not isinstance(p, ServiceError)]
             futures = iter(self.committer.enqueue(ready))
             waits = [None if isinstance(p, ServiceError) else next(futures) for p in prepared]
@@ -169,6 +181,49 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
             return outcomes
         finally:
             self.in_flight.release(len(requests))
+
+    async def _put_photos(
+        self, prepared: list[Prepared | ServiceError], deadline: float
+    ) -> list[Prepared | ServiceError]:
+        """Each form's photos into the photo store BEFORE the form commits: a committed form always has its
+        photos, while a form that then fails to commit leaves at most objects nothing names (harmless;
+        a resend puts nothing new). A form whose photos could not all be stored is not committed."""
+        puts = {
+            photo.sha256: photo for p in prepared if not isinstance(p, ServiceError) for photo in p.photos
+        }  # a photo sent by several forms of the call: put once
+        if not puts:
+            return prepared
+        failed: dict[str, ServiceError] = {}
+        try:
+            async with asyncio.timeout_at(deadline):
+                results = await asyncio.gather(
+                    *(self.photos.put(sha, photo.content, photo.content_type) for sha, photo in puts.items()),
+                    return_exceptions=True,
+                )
+        except TimeoutError:
+            log.warning("photo_store_slow", store=self.photos.describe(), photos=len(puts))
+            error = Unavailable(
+                f"the photo store did not answer within {self.settings.commit_wait_s:g} s; the form was not "
+                "stored. Resend it",
+                retry_after_ms=self.settings.retry_after_ms,
+            )
+            failed = dict.fromkeys(puts, error)
+        else:
+            for sha, result in zip(puts, results, strict=True):
+                if isinstance(result, BaseException):
+                    log.error("photo_store_failed", store=self.photos.describe(), sha256=sha, error=str(result))
+                    failed[sha] = Unavailable(
+                        f"storing photo {sha} failed; the form was not stored. Resend it",
+                        retry_after_ms=self.settings.retry_after_ms,
+                    )
+        if not failed:
+            return prepared
+        return [
+            next((failed[ph.sha256] for ph in p.photos if ph.sha256 in failed), p)
+            if not isinstance(p, ServiceError)
+            else p
+            for p in prepared
+        ]
 
     async def Submit(
         self, request: tally_pb2.SubmitRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -284,7 +339,16 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
         if not rows:
             raise NotFound(f"no photo {request.sha256}: it arrives with the form that lists it")
         row = rows[0]
-        photo = tally_pb2.StoredPhoto(sha256=row["sha256"], content_type=row["content_type"], content=row["content"])
+        content = row["content"]
+        if content is None:  # stored since migration 0008: the bytes are in the photo store
+            content = await self.photos.get(request.sha256)
+            if content is None:
+                log.error("photo_missing_from_store", sha256=request.sha256, store=self.photos.describe())
+                raise FailedPrecondition(
+                    f"photo {request.sha256} arrived with a committed form but is missing from the photo store "
+                    f"{self.photos.describe()}: restore it from the store's backup (docs/runbook.md)"
+                )
+        photo = tally_pb2.StoredPhoto(sha256=row["sha256"], content_type=row["content_type"], content=content)
         return tally_pb2.GetPhotoResponse(photo=photo)
 
     async def EnrollDevice(
@@ -366,6 +430,7 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
         await self.committer.close()
         await self.gate.close()
         self.executor.shutdown(wait=False)
+        await self.photos.close()
 
 
 def _admin_actor() -> str:
@@ -448,11 +513,12 @@ class TallyApp:
         certificates = None if tls is None else PeerCertificates(tls.revocations)
         if chain_key is None:
             chain_key = load_chain_key(settings)
+        photos = photo_store(settings)  # before the pool too: a bad SUARA_PHOTO_STORE stops it at once
         db = await Database.open(database_url, size=settings.database.pool_size, application="suara-tally")
         catalog = await Catalog.load(db)
         if certificates is not None:
             certificates.election = catalog.election  # a rehearsal's certificate is refused on the night
-        service = TallyService(db, catalog, settings.tally, chain_key)
+        service = TallyService(db, catalog, settings.tally, chain_key, photos)
         admins = AdminTokens(db)
         server, port = create_server(
             lambda s: tally_pb2_grpc.add_TallyServiceServicer_to_server(service, s),

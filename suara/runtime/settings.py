@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -149,6 +150,19 @@ class DatabaseSettings(_Section):
         return url
 
 
+_HTTP_URL = Allowed("empty, or an http(s):// URL", lambda v: v == "" or v.startswith(("http://", "https://")))
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")  # S3's bucket naming rules
+
+
+def _photo_store(value: str) -> bool:
+    if value.startswith("s3://"):
+        return bool(_BUCKET.match(value[len("s3://") :].partition("/")[0]))
+    return "://" not in value and value == value.strip()
+
+
+_PHOTO_STORE = Allowed("empty, a directory, or s3://bucket/prefix (a valid S3 bucket name)", _photo_store)
+
+
 @dataclass(frozen=True)
 class TallySettings(_Section):
     host: str = _setting("SUARA_TALLY_HOST", "127.0.0.1", "address the tally gRPC server binds", HOST)
@@ -192,6 +206,20 @@ class TallySettings(_Section):
         2 * 1024 * 1024,
         "largest form photo accepted",
         _between(1, MAX_MESSAGE_BYTES, f"bytes, 1 to {MAX_MESSAGE_BYTES} (a gRPC message)"),
+    )
+    photo_store: str = _setting(
+        "SUARA_PHOTO_STORE",
+        "",
+        "where tally keeps form photos (the database keeps only their hash, type and size): a directory, or "
+        "s3://bucket/prefix (S3-compatible); every tally process must share it; not in `suara db backup`; "
+        "empty: SUARA_DATA_DIR/photos",
+        _PHOTO_STORE,
+    )
+    photo_store_endpoint_url: str = _setting(
+        "SUARA_PHOTO_STORE_ENDPOINT_URL",
+        "",
+        "endpoint of the S3-compatible server of an s3:// SUARA_PHOTO_STORE (SeaweedFS, MinIO, Ceph…); empty: AWS",
+        _HTTP_URL,
     )
     device_rate_per_min: float = _setting(
         "SUARA_TALLY_DEVICE_RATE_PER_MIN",
@@ -242,6 +270,15 @@ class TallySettings(_Section):
         "threads verifying a batch's Ed25519 signatures beside the event loop (one form: inline)",
         COUNT,
     )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.photo_store_endpoint_url and not self.photo_store.startswith("s3://"):
+            raise SettingError(
+                "SUARA_PHOTO_STORE_ENDPOINT_URL",
+                self.photo_store_endpoint_url,
+                "empty unless SUARA_PHOTO_STORE is s3://bucket/prefix",
+            )
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -29,7 +30,7 @@ from suara.election.signing import DeviceKey
 from suara.runtime.auth.certificate import CertCredential
 from suara.runtime.tls import ClientTls, open_channel
 from suara.v1 import tally_pb2
-from tests.support.factories import consistent_form, signed
+from tests.support.factories import consistent_form, jpeg, signed
 from tests.support.processes import SUARA, Child, LogTail, suara_env
 from tests.support.waiting import within
 
@@ -163,7 +164,9 @@ async def test_up_serves_restarts_a_killed_tally_and_stops_on_sigterm(
             r["id"] for r in await db.fetch("SELECT id FROM registry.choice WHERE contest = 'ppwp' ORDER BY nomor_urut")
         ]
         key = DeviceKey.generate(tps)
-        request = signed(key, consistent_form(tps, "ppwp", choices))
+        form, photo = consistent_form(tps, "ppwp", choices), jpeg(b"the C1 page")
+        form.photo_sha256.append(sha := hashlib.sha256(photo).hexdigest())
+        request = signed(key, form, [photo])
         enroll = tally_pb2.EnrollDeviceRequest(tps=tps, public_key=key.public_key, label="test")
         async with open_channel(up.ready["tally"], up.tls()) as channel:  # a device: no certificate of its own
             stub = tally_stub(channel)
@@ -174,6 +177,9 @@ async def test_up_serves_restarts_a_killed_tally_and_stops_on_sigterm(
                 await tally_stub(admin).EnrollDevice(enroll)
             first = await stub.Submit(request)
         assert first.outcome == tally_pb2.OUTCOME_ACCEPTED
+        # The photo is in the default store under the data directory, not in the database.
+        assert (tmp_path / "state" / "photos" / sha[:2] / sha[2:4] / sha).read_bytes() == photo
+        assert await db.fetchval("SELECT content IS NULL FROM tally.photo WHERE sha256 = $1", sha) is True
 
         # SIGKILL tally: `up` restarts it on the same address and logs it.
         os.kill(pids["tally"], signal.SIGKILL)

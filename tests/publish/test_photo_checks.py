@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 
 from suara.v1 import tally_pb2
 from tests.support.factories import consistent_form, jpeg, signed
 from tests.support.oracles.publish import nest
 from tests.support.publish import Pipeline
+from tests.support.tally import PHOTO_STORE
 
 HTML_JPEG = b"\xff\xd8\xff\xe0<html><script>alert(document.domain)</script></html>"
 
@@ -53,3 +55,23 @@ async def test_a_photo_that_fails_its_hash_or_does_not_decode_is_not_published(p
         status = json.loads((site / f"suara/status/ppwp/{nest(code[:10])}.json").read_bytes())
         [entry] = status["children"][code]["photos_unavailable"]
         assert entry["sha256"] == sha and why in entry["reason"], entry
+
+
+async def test_a_photo_missing_from_tallys_store_is_not_published_and_the_rest_is(pipeline: Pipeline) -> None:
+    kept_tps, lost_tps = pipeline.tally_codes("ppwp")[:2]
+    kept, lost = jpeg(uuid.uuid4().bytes), jpeg(uuid.uuid4().bytes)  # bytes of this test's own: the store is shared
+    await pipeline.submit(kept_tps, photos=[kept])
+    await pipeline.submit(lost_tps, photos=[lost])
+    lost_sha, kept_sha = hashlib.sha256(lost).hexdigest(), hashlib.sha256(kept).hexdigest()
+    (PHOTO_STORE / lost_sha[:2] / lost_sha[2:4] / lost_sha).unlink()
+
+    await pipeline.cycle()  # completes: one lost photo does not stop the site
+    site = pipeline.site
+    assert (site / f"foto/{kept_sha[:2]}/{kept_sha}.jpg").read_bytes() == kept
+    assert not list(site.glob(f"foto/*/{lost_sha}.*"))
+    lost_file = json.loads((site / f"pemilu/hhcw/ppwp/{nest(lost_tps)}.json").read_bytes())
+    assert lost_file["images"] == [None, None, None]
+    status = json.loads((site / f"suara/status/ppwp/{nest(lost_tps[:10])}.json").read_bytes())
+    [entry] = status["children"][lost_tps]["photos_unavailable"]
+    assert entry == {"sha256": lost_sha, "reason": "missing from tally's photo store"}
+    assert str(PHOTO_STORE) not in json.dumps(status)  # where tally keeps photos is not published

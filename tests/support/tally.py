@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -22,6 +26,11 @@ from tests.support.databases import as_service
 from tests.support.factories import TEST_ELECTION, Station
 from tests.support.pki import insecure, suite_pki, with_tls
 
+# The photo store of every in-process tally of this test run unless a test gives its own: content-addressed,
+# so tests sharing it cannot disturb each other, as tally processes sharing one do not; never the cwd's .suara.
+PHOTO_STORE = Path(tempfile.mkdtemp(prefix="suara-test-photos-"))
+atexit.register(shutil.rmtree, PHOTO_STORE, True)
+
 # The chain key of every in-process tally of this test run (tests check heads against its public half).
 CHAIN_KEY = ChainKey.generate()
 
@@ -30,7 +39,13 @@ CHAIN_KEY = ChainKey.generate()
 # TLS with the suite's PKI, as in production; `insecure(BASE_SETTINGS)` for the plaintext debugging mode.
 BASE_SETTINGS = with_tls(
     Settings(
-        tally=TallySettings(port=0, internal_port=0, commit_wait_s=5.0, chain_key="/nonexistent/chain.key.json"),
+        tally=TallySettings(
+            port=0,
+            internal_port=0,
+            commit_wait_s=5.0,
+            chain_key="/nonexistent/chain.key.json",
+            photo_store=str(PHOTO_STORE),
+        ),
         log=LogSettings(format="console"),
         relay=RelaySettings(credential="/nonexistent"),
     )

@@ -26,7 +26,7 @@ from suara.election.signing import ChainKey
 from suara.v1 import tally_pb2
 from tests.support.factories import consistent_form, jpeg, png, signed
 from tests.support.oracles import chain as oracle
-from tests.support.tally import CHAIN_KEY, Tally
+from tests.support.tally import BASE_SETTINGS, CHAIN_KEY, Tally, start_tally, with_tally
 
 
 async def _night(tally: Tally) -> None:
@@ -138,12 +138,40 @@ async def test_rows_linked_before_the_migration_keep_verifying_and_cannot_come_a
     ]
 
 
-async def test_a_stored_photo_whose_bytes_changed_is_found(tally: Tally) -> None:
-    await _night(tally)
-    sha = await tally.db.fetchval("SELECT sha256 FROM tally.photo ORDER BY sha256 LIMIT 1")
-    await tally.db.execute("UPDATE tally.photo SET content = content || '\\x00'::bytea WHERE sha256 = $1", sha)
-    report = await verify_chain(tally.db)
-    assert report.problems == [f"photo {sha}: its bytes no longer have that SHA-256"]
+async def test_a_stored_photo_whose_bytes_changed_or_went_missing_is_found(
+    db_url: str, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    tally = await start_tally(db_url, db, with_tally(BASE_SETTINGS, photo_store=str(tmp_path / "photos")))
+    try:
+        await _night(tally)
+        photos = tally.app.service.photos
+        assert (await verify_chain(tally.db, photos=photos)).problems == []
+        altered, missing = await tally.db.fetch("SELECT sha256 FROM tally.photo ORDER BY sha256 LIMIT 2")
+        in_store = tmp_path / "photos" / altered["sha256"][:2] / altered["sha256"][2:4] / altered["sha256"]
+        in_store.write_bytes(in_store.read_bytes() + b"\x00")
+        sha = missing["sha256"]
+        (tmp_path / "photos" / sha[:2] / sha[2:4] / sha).unlink()
+        # A row from before the photo store, its bytes in the database, altered there.
+        old = jpeg(b"stored in the database")
+        old_sha = hashlib.sha256(old).hexdigest()
+        await tally.db.execute(
+            "INSERT INTO tally.photo (sha256, content_type, size, content) VALUES ($1, 'image/jpeg', $2, $3)",
+            old_sha,
+            len(old),
+            old + b"\x00",
+        )
+        report = await verify_chain(tally.db, photos=photos)
+        assert sorted(report.problems) == sorted(
+            [
+                f"photo {altered['sha256']}: its bytes no longer have that SHA-256",
+                f"photo {sha}: missing from the photo store {tmp_path / 'photos'}",
+                f"photo {old_sha}: its bytes no longer have that SHA-256",
+            ]
+        )
+        # Without the store, only the database's own bytes can be checked.
+        assert (await verify_chain(tally.db)).problems == [f"photo {old_sha}: its bytes no longer have that SHA-256"]
+    finally:
+        await tally.close()
 
 
 _text = st.text(max_size=20)

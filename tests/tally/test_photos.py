@@ -10,7 +10,7 @@ import pytest
 from suara.v1 import tally_pb2
 from tests.support.factories import consistent_form, jpeg, png, signed
 from tests.support.rpc_errors import bad_fields, violations
-from tests.support.tally import Tally
+from tests.support.tally import PHOTO_STORE, Tally
 
 
 async def test_photos_are_stored_content_addressed_once(tally: Tally) -> None:
@@ -22,11 +22,16 @@ async def test_photos_are_stored_content_addressed_once(tally: Tally) -> None:
         form.photo_sha256.extend(hashes)
         response = await tally.stub.Submit(signed(st.key, form, photos))
         assert response.outcome == tally_pb2.OUTCOME_ACCEPTED
-    rows = await tally.db.fetch("SELECT sha256, content_type, content FROM tally.photo ORDER BY content_type")
-    assert [(r["sha256"], r["content_type"], bytes(r["content"])) for r in rows] == [
-        (hashes[0], "image/jpeg", photos[0]),
-        (hashes[1], "image/png", photos[1]),
+    # The database keeps the hash, type and size; the bytes are in the photo store, not in PostgreSQL.
+    rows = await tally.db.fetch("SELECT sha256, content_type, size, content FROM tally.photo ORDER BY content_type")
+    assert [(r["sha256"], r["content_type"], r["size"], r["content"]) for r in rows] == [
+        (hashes[0], "image/jpeg", len(photos[0]), None),
+        (hashes[1], "image/png", len(photos[1]), None),
     ]
+    for sha, content in zip(hashes, photos, strict=True):
+        assert (PHOTO_STORE / sha[:2] / sha[2:4] / sha).read_bytes() == content
+        got = (await tally.stub.GetPhoto(tally_pb2.GetPhotoRequest(sha256=sha))).photo
+        assert (got.sha256, got.content) == (sha, content)
 
 
 async def test_bad_photos_are_refused_naming_each(tally: Tally) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from services.publish.files import SiteFile
 from services.publish.sinks.base import check_path
+from suara.runtime.objects import is_missing, s3_client
 
 
 class S3Sink:
@@ -32,28 +33,13 @@ class S3Sink:
         region: str = "us-east-1",
         concurrency: int = 16,
     ) -> None:
-        import boto3
-        from botocore.config import Config
-
         if not bucket:
             raise ValueError("S3Sink needs a bucket")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.endpoint_url = endpoint_url
         self._concurrency = concurrency
-        config = Config(
-            max_pool_connections=concurrency,
-            retries={"mode": "standard", "max_attempts": 5},
-            # S3-compatible servers (SeaweedFS, MinIO, Ceph) are addressed by host:port, not bucket subdomains.
-            s3={"addressing_style": "path"} if endpoint_url else {},
-            # boto3 ≥ 1.36 adds CRC checksums (aws-chunked bodies) to every upload by default, which several
-            # S3-compatible servers reject; against those, send checksums only where an API requires them.
-            request_checksum_calculation="when_required" if endpoint_url else "when_supported",
-            response_checksum_validation="when_required" if endpoint_url else "when_supported",
-        )
-        self._client: Any = boto3.session.Session().client(
-            "s3", endpoint_url=endpoint_url, region_name=region, config=config
-        )
+        self._client: Any = s3_client(endpoint_url, region, concurrency)
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="s3sink")
 
     def describe(self) -> str:
@@ -101,7 +87,7 @@ class S3Sink:
         try:
             self._client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if is_missing(e):
                 return False
             raise
         return True
@@ -112,7 +98,7 @@ class S3Sink:
         try:
             response = self._client.get_object(Bucket=self.bucket, Key=key)
         except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if is_missing(e):
                 return None
             raise
         body: bytes = response["Body"].read()

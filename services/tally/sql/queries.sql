@@ -20,8 +20,9 @@ ON CONFLICT (tps, contest) DO UPDATE
     WHERE tally.current.version < EXCLUDED.version;
 
 -- name: insert_photos
-INSERT INTO tally.photo (sha256, content_type, size, content)
-SELECT * FROM unnest($1::text[], $2::text[], $3::integer[], $4::bytea[])
+-- The bytes are already in the photo store; the row records that the photo arrived with a committed form.
+INSERT INTO tally.photo (sha256, content_type, size)
+SELECT * FROM unnest($1::text[], $2::text[], $3::integer[])
 ON CONFLICT (sha256) DO NOTHING;
 
 -- name: insert_alarms
@@ -85,13 +86,15 @@ FROM tally.submission s LEFT JOIN tally.device d USING (device_id)
 ORDER BY s.chain_position;
 
 -- name: photo_hashes
--- For `suara audit verify`: every stored photo, to check its bytes still have the hash that names it.
+-- For `suara audit verify`: every stored photo, to check its bytes still have the hash that names it
+-- (content is NULL for a photo whose bytes are in the photo store).
 SELECT sha256, content FROM tally.photo ORDER BY sha256;
 
 -- name: chain_head
 SELECT position, hash FROM tally.chain_head WHERE singleton;
 
 -- name: photo
+-- content is NULL unless the row predates the photo store (migration 0008): then the store has the bytes.
 SELECT sha256, content_type, content FROM tally.photo WHERE sha256 = $1;
 
 -- name: write_batch
