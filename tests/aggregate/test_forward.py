@@ -8,7 +8,7 @@ each instance was sent, never from either instance's own sums.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,7 @@ async def _fed_rows_match(p: Aggregate, n: Aggregate, fed: list[str]) -> bool:
 
 
 async def test_a_province_feeds_the_nation_exactly_through_outages_lost_replies_and_restarts(
-    aggregate: Aggregate, national: Aggregate
+    aggregate: Aggregate, national: Aggregate, record_property: Callable[[str, object], None]
 ) -> None:
     p, n = aggregate, national
     registry = await Registry.read(p.db)
@@ -133,10 +133,12 @@ async def test_a_province_feeds_the_nation_exactly_through_outages_lost_replies_
     await _check(n.db, registry, oracle, fed, own)  # every level at N against the oracle: none counted twice
     assert first.stats.failures >= 3  # the outage and the lost replies were met, and ridden out
     assert first.stats.outcomes["refused"] == 0
-    print(
-        f"\nforward drill: {first.stats.sent} updates sent in {first.stats.rounds} rounds, "
+    record_property(
+        "figures",
+        f"forward drill: {first.stats.sent} updates sent in {first.stats.rounds} rounds, "
         f"{first.stats.failures} failed calls retried, outcomes {first.stats.outcomes}; after restart "
-        f"{second.stats.outcomes['duplicate']} DUPLICATE; N exact against the oracle"
+        f"{second.stats.outcomes['duplicate']} DUPLICATE; N exact against the oracle at every level "
+        "(0 lost, 0 counted twice)",
     )
 
 

@@ -31,6 +31,7 @@ import shutil
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,7 +183,7 @@ async def _night(up: Any, owner_url: str, backup: Path, env: dict[str, str], cwd
 
 
 async def test_a_backup_taken_under_load_restores_every_acknowledged_form_and_the_same_totals(
-    tmp_path: Path,
+    tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
     source, target, backup = tmp_path / "source", tmp_path / "target", tmp_path / "backup"
     archived, wal = tmp_path / "archived", tmp_path / "wal"
@@ -239,7 +240,7 @@ async def test_a_backup_taken_under_load_restores_every_acknowledged_form_and_th
         against = await run_suara("audit", "verify", "--against", str(source / "site"),
                                   env={**env, "SUARA_DATA_DIR": str(archived / "state")}, cwd=archived)  # fmt: skip
         assert against.returncode == 0, against.stdout + against.stderr  # every head the lost site published
-        print("\nbackup drill:", json.dumps(figures, indent=1))
+        record_property("figures", "backup drill: " + json.dumps(figures))
     finally:
         for pgdata in (source / "state" / "pgdata", target / "state" / "pgdata", archived / "state" / "pgdata"):
             EmbeddedPostgres(pgdata).stop("immediate")

@@ -163,7 +163,7 @@ async def _submit_all(
 
 
 async def test_envoy_routes_around_a_killed_tally_and_takes_it_back(
-    db: asyncpg.Connection, db_url: str, tmp_path: Path
+    db: asyncpg.Connection, db_url: str, tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
     env = suara_env(
         DATABASE_URL=db_url,
@@ -195,11 +195,13 @@ async def test_envoy_routes_around_a_killed_tally_and_takes_it_back(
         async with _tally(env, tmp_path, port_a):  # back on its port: Envoy's health checks take it back
             await poll_until(_is(health_of_a, "healthy"), "the returned tally back in rotation")
 
-    await _report(db, seen, "killed tally", out_after_s)
+    await _report(db, seen, "killed tally", out_after_s, record_property)
 
 
-async def _report(db: asyncpg.Connection, seen: Devices, what: str, out_after_s: float) -> None:
-    """The drill's figures, printed, and held to: all acknowledged, none lost, none twice."""
+async def _report(
+    db: asyncpg.Connection, seen: Devices, what: str, out_after_s: float, record: Callable[[str, object], None]
+) -> None:
+    """The drill's figures, recorded for the run's summary, and held to: all acknowledged, none lost, none twice."""
     rows = await db.fetch("SELECT tps, id FROM tally.submission WHERE contest = 'ppwp'")
     stored = {r["tps"]: str(r["id"]) for r in rows}
     per_tps = await db.fetchval(
@@ -208,10 +210,11 @@ async def _report(db: asyncpg.Connection, seen: Devices, what: str, out_after_s:
     lost = [tps for tps, receipt in seen.acked.items() if stored.get(tps) != receipt]
     times = sorted(seen.acked_at)
     gap = max((b - a for a, b in itertools.pairwise(times)), default=0.0)
-    print(
-        f"\nenvoy drill ({what}): {len(seen.acked)} forms acknowledged, {len(lost)} lost, "
+    record(
+        "figures",
+        f"envoy drill ({what}): {len(seen.acked)} forms acknowledged, {len(lost)} lost, "
         f"{max(per_tps - 1, 0)} counted twice; {seen.retries} device retries; longest gap between receipts "
-        f"{gap:.2f} s; worst wait {seen.worst_s:.2f} s; out of rotation after {out_after_s:.1f} s"
+        f"{gap:.2f} s; worst wait {seen.worst_s:.2f} s; out of rotation after {out_after_s:.1f} s",
     )
     assert len(seen.acked) == FORMS
     assert lost == []
@@ -274,7 +277,7 @@ class TcpCut:
 
 
 async def test_envoy_drains_a_tally_cut_off_from_the_database_and_takes_it_back(
-    db: asyncpg.Connection, db_url: str, tmp_path: Path
+    db: asyncpg.Connection, db_url: str, tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
     cut = TcpCut(*TcpCut.target_of(db_url))
     await cut.start()
@@ -305,7 +308,7 @@ async def test_envoy_drains_a_tally_cut_off_from_the_database_and_takes_it_back(
         out_after_s = time.monotonic() - cut_at
         await cut.start()  # the network comes back: A's probe reopens its gate, health SERVING again
         await poll_until(_is(health_of_a, "healthy"), "the reconnected tally back in rotation", within_s=60)
-    await _report(db, seen, "tally cut off from the database", out_after_s)
+    await _report(db, seen, "tally cut off from the database", out_after_s, record_property)
 
 
 def _health(admin: int, port: int) -> Callable[[], Awaitable[str | None]]:
