@@ -21,7 +21,7 @@ from suara.runtime import tracing
 from suara.runtime.auth.certificate import PeerCertificates
 from suara.runtime.auth.service_tokens import ServiceTokens
 from suara.runtime.database import Database
-from suara.runtime.grpc_server import Server, create_server, serve_until_signal
+from suara.runtime.grpc_server import Server, create_server, serve_with_metrics
 from suara.runtime.metrics import MetricsServer, watch_pool
 from suara.runtime.notifications import ChannelListener
 from suara.runtime.settings import Settings
@@ -226,15 +226,4 @@ class AggregateApp:
 async def serve(settings: Settings, database_url: str) -> None:
     app = await AggregateApp.create(settings, database_url)
     exporter = MetricsServer(settings.aggregate.host, settings.aggregate.metrics_port) if settings.metrics_on else None
-
-    async def start() -> None:
-        if exporter is not None:  # first: bound before health says SERVING, so `suara up` may scrape at once
-            await exporter.start()
-        await app.start()
-
-    async def stop(grace: float) -> None:
-        await app.stop(grace)
-        if exporter is not None:
-            await exporter.stop()
-
-    await serve_until_signal(start, stop, settings.shutdown_grace_s)
+    await serve_with_metrics(app.start, app.stop, settings.shutdown_grace_s, exporter)

