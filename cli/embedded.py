@@ -96,10 +96,38 @@ class EmbeddedPostgresError(RuntimeError):
     pass
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LISTEN_FLOOR = 10000
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port(address: str = "127.0.0.1", taken: set[int] | None = None) -> int:
+    """A port free on `address` now, chosen below the kernel's ephemeral range: a port the kernel hands
+    out by itself (bind to 0) is also what it gives the next outgoing connection, and a server that
+    binds it a few seconds later (SeaweedFS's filer, Patroni's PostgreSQL) can find it taken."""
+    taken = taken if taken is not None else set()
+    low = _ephemeral_low()
+    rng = secrets.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(_LISTEN_FLOOR, low) if low > _LISTEN_FLOOR + 1000 else 0
+        if port in taken:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((address, port))
+            except OSError:
+                continue
+            chosen = int(s.getsockname()[1])
+        if chosen not in taken:
+            taken.add(chosen)
+            return chosen
+    raise EmbeddedPostgresError(f"no free port on {address}")
 
 
 class EmbeddedPostgres:

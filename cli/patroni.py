@@ -25,7 +25,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 from urllib.parse import quote
 
-from cli.embedded import _CREATE_ROLES, OWNER_ROLE, SERVICE_ROLES, SUPERUSER, SYSTEM_USER
+from cli.embedded import _CREATE_ROLES, OWNER_ROLE, SERVICE_ROLES, SUPERUSER, SYSTEM_USER, free_port
 from suara.runtime.secrets_file import write_secret
 
 with warnings.catch_warnings():
@@ -93,16 +92,6 @@ def _may_execute(user: str, path: Path) -> bool:
     return probe.returncode == 0
 
 
-def free_port_on(address: str, taken: set[int]) -> int:
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((address, 0))
-            port = int(s.getsockname()[1])
-        if port not in taken:
-            taken.add(port)
-            return port
-
-
 @dataclass(frozen=True)
 class Host:
     """One database "host": an address and the ports of its etcd member, Patroni and PostgreSQL."""
@@ -151,7 +140,7 @@ class PatroniCluster:
         if not self.hosts:
             taken: set[int] = set()
             for i, address in enumerate(ADDRESSES[: self.size]):
-                etcd_client, etcd_peer, api, pg = (free_port_on(address, taken) for _ in range(4))
+                etcd_client, etcd_peer, api, pg = (free_port(address, taken) for _ in range(4))
                 self.hosts.append(
                     Host(f"db{i + 1}", address, etcd_client, etcd_peer, api, pg, self.root / f"db{i + 1}")
                 )

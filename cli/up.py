@@ -183,11 +183,7 @@ def _port(host: str, wanted: int | None) -> int:
                 return wanted
             except OSError:
                 note(f"port {wanted} on {host} is busy: taking a free one")
-    port = free_port()
-    while port in _CHOSEN:
-        port = free_port()
-    _CHOSEN.add(port)
-    return port
+    return free_port("127.0.0.1", _CHOSEN)  # checked on loopback: `host` may be no address of ours yet
 
 
 @contextlib.asynccontextmanager

@@ -39,7 +39,6 @@ class SeaweedFS:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.s3_port = free_port()
         config = root / "s3.json"
         identity = {"name": "suara-tests", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}]}
         identity["actions"] = ["Admin", "Read", "Write", "List", "Tagging"]
@@ -47,29 +46,57 @@ class SeaweedFS:
         anonymous = {"name": "anonymous", "actions": ["Read"]}
         config.write_text(json.dumps({"identities": [identity, anonymous]}))
         (root / "data").mkdir()
-        names = ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3.grpc")
-        self.ports = {name: free_port() for name in names} | {"s3": self.s3_port}
-        self.args = [
-            str(weed_binary()), "server", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        self.config = config
+        self.ports = self._choose_ports()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started = False
+
+    @staticmethod
+    def _choose_ports() -> dict[str, int]:
+        names = ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3.grpc", "s3")
+        taken: set[int] = set()
+        return {name: free_port("127.0.0.1", taken) for name in names}
+
+    @property
+    def s3_port(self) -> int:
+        return self.ports["s3"]
+
+    @property
+    def args(self) -> list[str]:
+        return [
+            str(weed_binary()), "server", f"-dir={self.root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             *(f"-{name}.port={port}" if not name.endswith(".grpc") else f"-{name[:-5]}.port.grpc={port}"
               for name, port in self.ports.items()),
             "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=20",
-            "-volume.preStopSeconds=0", "-s3", f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-volume.preStopSeconds=0", "-s3", f"-s3.config={self.config}", "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
         ]  # fmt: skip
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.s3_port}"
 
-    def start(self) -> None:
-        log = (self.root / "weed.log").open("wb")
-        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + START_S
-        while not self._answers():  # a bucket can be made once the S3 gateway answers and a volume is up
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"SeaweedFS did not start: {(self.root / 'weed.log').read_text()[-3000:]}")
-            time.sleep(0.1)
+    def start(self, *, attempts: int = 3) -> None:
+        """Started and answering. A first start whose port was taken in the meantime (by a server of
+        another test worker) tries again on other ports; a restart keeps its ports, as a host would."""
+        for attempt in range(attempts):
+            log = (self.root / "weed.log").open("wb")
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            deadline = time.monotonic() + START_S
+            while not self._answers():  # a bucket can be made once the S3 gateway answers and a volume is up
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            else:
+                self.started = True
+                return
+            text = (self.root / "weed.log").read_text(errors="replace")
+            self.stop()
+            if self.started or "address already in use" not in text or attempt == attempts - 1:
+                raise RuntimeError(f"SeaweedFS did not start: {text[-3000:]}")
+            shutil.rmtree(self.root / "data")
+            (self.root / "data").mkdir()
+            self.ports = self._choose_ports()
 
     def _answers(self) -> bool:
         try:
