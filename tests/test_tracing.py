@@ -22,16 +22,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanContext, SpanKind
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, set_span_in_context
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from services.aggregate.views import CHANGES_TRACES_LIMIT
 from services.tally.queries import QUERIES as TALLY_QUERIES
 from suara.runtime import tracing
 from suara.runtime.logging import configure_logging
 from suara.runtime.settings import SettingError
 from suara.runtime.tracing import Tracing, configure_tracing, exporters_from
-from suara.v1 import tally_pb2
+from suara.v1 import aggregate_pb2, tally_pb2
 from tests.cli.files import key_path, write_form
+from tests.support.aggregate import apply, start_aggregate, update
 from tests.support.factories import consistent_form, signed
+from tests.support.oracles.aggregate import Oracle, Registry
 from tests.support.otlp import collector
 from tests.support.processes import run_suara, suara_env
 from tests.support.publish import Pipeline
@@ -114,6 +118,13 @@ def _linked(span: ReadableSpan, to: ReadableSpan) -> bool:
     return any(link.context.span_id == _ctx(to).span_id for link in span.links)
 
 
+def _traceparent(span: ReadableSpan) -> str:
+    """A span's context as W3C Trace Context writes it."""
+    carrier: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(carrier, set_span_in_context(NonRecordingSpan(_ctx(span))))
+    return carrier["traceparent"]
+
+
 def _console_spans(output: str) -> list[dict[str, Any]]:
     """The spans the console exporter printed (indented JSON objects, one after another) among other output."""
     decoder = json.JSONDecoder()
@@ -125,6 +136,8 @@ def _events(span: ReadableSpan, name: str) -> list[Mapping[str, object]]:
 
 
 async def test_a_forms_trace_runs_from_submit_to_the_publish_cycle(traced: Traced, pipeline: Pipeline) -> None:
+    assert await pipeline.cycle() is not None  # the first, full cycle: the form goes out in an incremental one
+    traced.exporter.clear()
     tps = pipeline.all_tps[3]
     device = traced.tracing.provider.get_tracer("test-device")
     with device.start_as_current_span("device.submit"):  # a device with tracing on: its call is traced
@@ -168,14 +181,21 @@ async def test_a_forms_trace_runs_from_submit_to_the_publish_cycle(traced: Trace
     apply = _one(spans, "aggregate.apply")
     assert _child_of(relay_call, deliver) and _child_of(applied, relay_call) and _child_of(apply, applied)
     stored = await pipeline.db.fetchval("SELECT traceparent FROM tally.outbox WHERE tps = $1", tps)
-    assert stored == f"00-{_ctx(commit).trace_id:032x}-{_ctx(commit).span_id:016x}-{int(_ctx(commit).trace_flags):02x}"
+    assert stored == _traceparent(commit)
 
-    # The cycle that published it covers the sequence aggregate's apply reached.
+    # The cycle that published it covers the sequence aggregate's apply reached, and links to that apply
+    # (whose context aggregate kept with the sequence): from the form, the way leads to the cycle.
     sequence = _int(apply, "suara.aggregate.sequence")
+    kept = await pipeline.db.fetch("SELECT sequence, traceparent FROM aggregate.change_trace")
+    assert [tuple(r) for r in kept] == [(sequence, _traceparent(apply))]
     cycle = _one(spans, "publish.cycle")
     assert _int(cycle, "suara.aggregate.sequence_from") < sequence <= _int(cycle, "suara.aggregate.sequence_to")
+    assert [(link.context.trace_id, link.context.span_id) for link in cycle.links] == [
+        (_ctx(apply).trace_id, _ctx(apply).span_id)
+    ]
+    assert cycle.parent is None and _ctx(cycle).trace_id != _ctx(apply).trace_id
     assert cycle.attributes is not None
-    assert cycle.attributes["suara.snapshot"] == result.snapshot == 1
+    assert cycle.attributes["suara.snapshot"] == result.snapshot == 2
     assert cycle.attributes["suara.files"] == result.files
     await pipeline.check_site()  # and what it published is the form
 
@@ -187,6 +207,46 @@ async def test_a_forms_trace_runs_from_submit_to_the_publish_cycle(traced: Trace
         health = await health_pb2_grpc.HealthStub(pipeline.tally.channel).Check(health_pb2.HealthCheckRequest())
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     assert traced.spans() == ()
+
+
+async def test_changes_hand_out_the_apply_contexts_of_their_sequences_at_most_128(
+    traced: Traced, db_url: str, db: asyncpg.Connection
+) -> None:
+    """More traced applies than a reply carries contexts: the first 128 of the reply's sequences come back."""
+    aggregate = await start_aggregate(db_url, db)
+    try:
+        registry = await Registry.read(db)
+        since = (await aggregate.stub.Changes(aggregate_pb2.ChangesRequest(since=0, limit=1))).sequence
+        relay = traced.tracing.provider.get_tracer("test-relay")
+        oracle = Oracle(registry)
+        for i in range(CHANGES_TRACES_LIMIT + 5):  # each a sequence of its own, applied in a trace
+            with relay.start_as_current_span("relay.deliver"):
+                await apply(aggregate, oracle, [update(registry, registry.tps[i % 3], version=i // 3 + 1)])
+        spans = [s for s in traced.spans() if s.name == "aggregate.apply"]
+        applies = sorted((_int(s, "suara.aggregate.sequence"), _traceparent(s)) for s in spans)
+        assert len(applies) == CHANGES_TRACES_LIMIT + 5 and applies[0][0] == since + 1
+
+        reply = await aggregate.stub.Changes(aggregate_pb2.ChangesRequest(since=since))
+        assert {c.sequence for c in reply.changes} == {seq for seq, _ in applies}
+        assert [(t.sequence, t.traceparent) for t in reply.traces] == applies[:CHANGES_TRACES_LIMIT]
+        # A shorter reply: only its own sequences' contexts.
+        page = await aggregate.stub.Changes(aggregate_pb2.ChangesRequest(since=since + 3, limit=20))
+        taken = {c.sequence for c in page.changes}
+        assert 0 < len(taken) < 10
+        assert [(t.sequence, t.traceparent) for t in page.traces] == [a for a in applies if a[0] in taken]
+    finally:
+        await aggregate.close()
+
+
+async def test_with_tracing_off_aggregate_keeps_no_context(pipeline: Pipeline) -> None:
+    assert not tracing.enabled()
+    response = await pipeline.submit(pipeline.all_tps[7])
+    assert response is not None and response.outcome == tally_pb2.OUTCOME_ACCEPTED
+    await pipeline.delivered()
+    changes = await pipeline.publisher.aggregate.Changes(aggregate_pb2.ChangesRequest(since=0))
+    assert pipeline.all_tps[7] in {c.area for c in changes.changes}  # applied
+    assert await pipeline.db.fetchval("SELECT count(*) FROM aggregate.change_trace") == 0
+    assert not changes.traces
 
 
 async def test_one_commit_of_a_batch_links_its_call_once_and_so_does_its_delivery(

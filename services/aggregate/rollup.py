@@ -134,7 +134,8 @@ class Rollup:
             head = await conn.fetchrow(QUERIES.lock_head)
             yield conn, head["sequence"]
 
-    async def apply_leaves(self, updates: list[LeafUpdate]) -> Applied:
+    async def apply_leaves(self, updates: list[LeafUpdate], traceparent: str | None = None) -> Applied:
+        """`traceparent`: the context of the traced apply, kept with the sequence it takes (None: nothing kept)."""
         started = time.perf_counter()
         async with self._holding_head() as (conn, sequence):
             keys = list({u.key for u in updates})
@@ -171,6 +172,8 @@ class Rollup:
             else:
                 areas = await self._add(conn, differences, sequence, now)
             await conn.execute(QUERIES.set_head, sequence, None)
+            if traceparent is not None:
+                await conn.execute(QUERIES.keep_trace, sequence, traceparent)
         log.debug(
             "batch_applied",
             updates=len(updates),

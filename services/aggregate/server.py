@@ -52,8 +52,9 @@ class AggregateService(aggregate_pb2_grpc.AggregateServiceServicer):
         started = time.perf_counter()
         checked = await leaf_updates(request, self.catalog)
         with tracing.span("aggregate.apply", {"suara.updates": len(checked.updates)}) as span:
-            applied = await self.rollup.apply_leaves(checked.updates)
-            if span is not None:  # publish's cycle span names the sequences it published: the way there
+            # Kept with the sequence the batch takes: publish's cycle span links to the applies it published.
+            applied = await self.rollup.apply_leaves(checked.updates, tracing.traceparent(span))
+            if span is not None:
                 span.set_attribute("suara.aggregate.sequence", applied.sequence)
         outcomes, refusals = reply(checked, applied.outcomes, applied.refused)
         metrics.applied(outcomes, applied.sequence, started)

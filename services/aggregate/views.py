@@ -16,6 +16,7 @@ from services.aggregate.queries import QUERIES
 from services.aggregate.recap import reconcile
 from suara.election.codes import DESA_LENGTH, LENGTHS, RECAP_LENGTHS, TPS_LENGTH, is_area_code
 from suara.election.contest import Contest
+from suara.runtime import tracing
 from suara.runtime.database import Database
 from suara.runtime.errors import FieldProblem, NotFound
 from suara.runtime.wire import AGGREGATE_MAX_AREAS
@@ -24,6 +25,8 @@ from suara.v1 import aggregate_pb2
 NATIONAL_NAME = "Indonesia"
 _LENGTHS = "/".join(map(str, LENGTHS))  # 2/4/6/10/13
 DEFAULT_CHANGES_LIMIT = 10_000
+# Trace contexts in one Changes reply (ChangesResponse.traces): OpenTelemetry's default link limit per span.
+CHANGES_TRACES_LIMIT = 128
 _SCALARS = ("suara_sah", "suara_tidak_sah", "suara_total", "dpt", "pengguna")
 
 
@@ -195,7 +198,11 @@ async def changes(db: Database, since: int, limit: int) -> aggregate_pb2.Changes
             rows = [r for r in rows[:limit] if r["sequence"] != cut]
             if not rows:  # one sequence larger than the limit: give it whole rather than never progress
                 rows = list(await conn.fetch(QUERIES.changes_of_sequence, cut))
+        traces = []
+        if rows and tracing.enabled():  # only a traced aggregate keeps them (rollup.py)
+            traces = await conn.fetch(QUERIES.traces_between, since, rows[-1]["sequence"], CHANGES_TRACES_LIMIT)
     return aggregate_pb2.ChangesResponse(
         changes=[aggregate_pb2.Change(sequence=r["sequence"], area=r["area"], contest=r["contest"]) for r in rows],
         sequence=newest,
+        traces=[aggregate_pb2.ChangeTrace(sequence=r["sequence"], traceparent=r["traceparent"]) for r in traces],
     )

@@ -35,6 +35,8 @@ log = structlog.get_logger(__name__)
 # Changes one cycle takes on (whole sequences, so a little more): behind a backlog, cycles stay short
 # and the national numbers fresh, while the TPS files catch up over the next cycles.
 CYCLE_CHANGES = 20_000
+# Links from one cycle's span to the applies it published, at most (as aggregate bounds them in a reply).
+CYCLE_LINKS = 128
 
 
 @dataclass
@@ -56,6 +58,7 @@ class _Work:
 
     areas: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     tps: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    traces: Sequence[aggregate_pb2.ChangeTrace] = ()  # of the applies that made these changes, where traced
 
     def add(self, contest: str, code: str) -> None:
         if len(code) == TPS_LENGTH:
@@ -95,7 +98,8 @@ class Publisher:
         if not full and not work.areas:
             return None
         # Only a cycle that publishes is traced (from its start): an idle one every interval would bury the rest.
-        # Aggregate's apply spans carry the sequence they reached, this one the sequences it published.
+        # Aggregate's apply spans carry the sequence they reached, this one the sequences it published, and
+        # it links to the applies of the changes it took (a full cycle takes none: its range says what it covers).
         attributes = {
             "suara.snapshot": cursor["snapshot"] + 1,
             "suara.full": full,
@@ -103,7 +107,8 @@ class Publisher:
             "suara.aggregate.sequence_to": sequence,
         }
         began_ns = time.time_ns() - int((time.perf_counter() - started) * 1e9)
-        with tracing.batch_span("publish.cycle", attributes=attributes, start_time_ns=began_ns) as span:
+        applies = (t.traceparent for t in work.traces[:CYCLE_LINKS])
+        with tracing.batch_span("publish.cycle", (), applies, attributes, began_ns) as span:
             result = await self._publish(cursor, registry, registry_load, full, work, sequence, started)
             if span is not None:
                 span.set_attribute("suara.files", result.files)
@@ -182,6 +187,7 @@ class Publisher:
             return work, response.sequence
         for change in response.changes:
             work.add(change.contest, change.area)
+        work.traces = response.traces
         # A reply holds whole sequences: up to its last one, nothing is left out.
         return work, response.changes[-1].sequence if response.changes else response.sequence
 

@@ -6,7 +6,8 @@ On, gRPC servers and channels made from then on (OpenTelemetry's gRPC instrument
 asyncpg query (its asyncpg instrumentation) make spans, and suara adds its own where one piece of
 work serves many forms: the group commit (`batch_span`, linked to the Submit spans it answers), the
 relay's delivery (linked to the commits of the rows it carries, whose trace context the outbox row
-keeps), aggregate's apply and publish's cycle.
+keeps), aggregate's apply and publish's cycle (linked to the applies whose changes it published, whose
+trace context aggregate keeps with their change sequence).
 
 In a service process a root span of kind CLIENT is not sampled (`quiet_client_roots`): those are
 the pollers (the relay's idle outbox reads, publish's look for changes every interval), whose spans

@@ -1245,6 +1245,7 @@ class ChangesResponse(_message.Message):
 
     CHANGES_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
+    TRACES_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """The newest sequence at read time. The next cursor is the last change's
     sequence (or this one when `changes` is empty).
@@ -1255,16 +1256,54 @@ class ChangesResponse(_message.Message):
         nothing changed after `since`.
         """
 
+    @_builtins.property
+    def traces(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChangeTrace]:
+        """The trace contexts of the applies that took the sequences in `changes`,
+        by sequence, at most 128 of them (the first; bounded as OpenTelemetry
+        bounds a span's links): a follower that traces links its own span to
+        them. Only sequences applied while aggregate traced have one; empty when
+        aggregate does not trace.
+        """
+
     def __init__(
         self,
         *,
         changes: _abc.Iterable[Global___Change] | None = ...,
         sequence: _builtins.int = ...,
+        traces: _abc.Iterable[Global___ChangeTrace] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "sequence", b"sequence", "traces", b"traces"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChangesResponse: _TypeAlias = ChangesResponse  # noqa: Y015
+
+@_typing.final
+class ChangeTrace(_message.Message):
+    """Where one change sequence was applied, for tracing."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """The change sequence."""
+    traceparent: _builtins.str
+    """Its apply span's context as a W3C traceparent
+    ("00-<trace id>-<span id>-<flags>").
+    """
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        traceparent: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sequence", b"sequence", "traceparent", b"traceparent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangeTrace: _TypeAlias = ChangeTrace  # noqa: Y015

@@ -305,6 +305,17 @@ LIMIT $2;
 -- name: changes_of_sequence
 SELECT sequence, contest, area FROM aggregate.change WHERE sequence = $1 ORDER BY contest, area;
 
+-- name: keep_trace
+-- A traced apply's context, kept with the sequence it took (migration 0006).
+INSERT INTO aggregate.change_trace (sequence, traceparent) VALUES ($1, $2);
+
+-- name: traces_between
+-- The kept contexts of sequences $1 < sequence <= $2, the first $3 of them.
+SELECT sequence, traceparent FROM aggregate.change_trace
+WHERE sequence > $1 AND sequence <= $2
+ORDER BY sequence
+LIMIT $3;
+
 -- name: official
 -- Revoked officials too: a revoked key's recap is refused by name (and logged as an alarm), not as unknown.
 SELECT official_id, area, role, public_key, revoked_at IS NOT NULL AS revoked
