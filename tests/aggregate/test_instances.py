@@ -14,6 +14,7 @@ import contextlib
 import random
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import grpc
@@ -24,10 +25,11 @@ from services.aggregate.server import AggregateApp
 from suara.client.aggregate_stub import aggregate_stub
 from suara.v1 import aggregate_pb2, aggregate_pb2_grpc
 from tests.crash.rig import ApplyCounter
-from tests.support.aggregate import BASE_SETTINGS, update
+from tests.support.aggregate import BASE_SETTINGS, apply, start_aggregate, update
 from tests.support.databases import as_service
 from tests.support.oracles.aggregate import Oracle, Registry, stored_rows
 from tests.support.pki import suite_pki
+from tests.support.processes import running, suara_env
 from tests.support.waiting import CHANNEL_OPTIONS, poll_until
 
 
@@ -183,3 +185,52 @@ async def test_an_instance_that_vanished_mid_batch_holds_the_head_row_seconds_no
     finally:
         with contextlib.suppress(Exception):
             await a.db.pool.release(silent)
+
+
+async def test_forward_feeds_whichever_national_instance_is_left(
+    db_url: str, db: asyncpg.Connection, other_db_url: str, tmp_path: Path
+) -> None:
+    """`suara aggregate forward --to N1,N2`: the province's rows reach the nation through both national
+    instances, and through the one left after the other stops."""
+    p = await start_aggregate(db_url, db)
+    n_db = await asyncpg.connect(other_db_url)
+    nationals = [await start_aggregate(other_db_url, n_db) for _ in range(2)]
+    try:
+        registry = await Registry.read(db)
+        oracle = Oracle(registry)
+        province = sorted({t[:2] for t in registry.tps})[0]
+        theirs = [t for t in registry.tps if t.startswith(province)]
+        await apply(p, oracle, [update(registry, t) for t in theirs[:3]])
+        pki = suite_pki()
+        args = (
+            "aggregate", "forward",
+            "--from", f"127.0.0.1:{p.app.internal_port}",
+            "--to", ",".join(f"127.0.0.1:{n.app.internal_port}" for n in nationals),
+            "--area", province,
+            "--contest", "ppwp",
+            "--name", "prov-two",
+            "--credential", str(pki.bundle("test-federation", "federation")),
+            "--reader-credential", str(pki.bundle("test-reader", "reader")),
+        )  # fmt: skip
+
+        async def nation_holds(reported: int) -> bool:
+            row = await n_db.fetchrow(
+                "SELECT tps_reported FROM aggregate.area_total WHERE contest = 'ppwp' AND area = $1", province
+            )
+            return row is not None and row["tps_reported"] == reported
+
+        async with running(*args, env=suara_env(DATABASE_URL=db_url), cwd=tmp_path) as child:
+            await poll_until(lambda: nation_holds(3), "the province's row at the nation", check=child.assert_alive)
+            await nationals[0].close()  # NOT_SERVING, then gone
+            await apply(p, oracle, [update(registry, t) for t in theirs[3:6]])
+            await poll_until(
+                lambda: nation_holds(6), "the newer row, through the instance left", check=child.assert_alive
+            )
+            assert await child.terminate(within_s=10) == 0
+        want = oracle.rows()[("ppwp", province)]
+        got = (await nationals[1].stub.GetArea(aggregate_pb2.GetAreaRequest(contest="ppwp", area=province))).view.area
+        assert (dict(got.totals.votes), got.tps_reported) == (want.votes, want.tps_reported)
+    finally:
+        await nationals[1].close()
+        await p.close()
+        await n_db.close()
