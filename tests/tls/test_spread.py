@@ -55,3 +55,31 @@ async def test_each_instance_must_hold_a_certificate_naming_the_first_address(
     finally:
         for server in servers:
             await server.stop(0)
+
+
+async def test_in_plaintext_too_an_instance_not_serving_gets_no_calls() -> None:
+    """SUARA_INSECURE's channels spread the same way: the instance whose health says NOT_SERVING is
+    skipped (asked about a service only it would call NOT_SERVING, every answer says SERVING)."""
+    servicers, servers, ports = [], [], [free_port(), free_port()]
+    for port in ports:
+        server = grpc.aio.server()
+        servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+        for name in ("", "probe"):
+            await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        servicers.append(servicer)
+        servers.append(server)
+    try:
+        for name in ("", "probe"):
+            await servicers[0].set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        async with open_channel(",".join(f"127.0.0.1:{p}" for p in ports), None) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            answers = [
+                (await stub.Check(health_pb2.HealthCheckRequest(service="probe"), timeout=10)).status for _ in range(10)
+            ]
+        assert answers == [health_pb2.HealthCheckResponse.SERVING] * 10
+    finally:
+        for server in servers:
+            await server.stop(0)
