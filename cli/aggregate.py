@@ -46,7 +46,12 @@ def add_parser(sub: Any) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--to", required=True, metavar="HOST:PORT", help="the receiving aggregate's internal address")
+    p.add_argument(
+        "--to",
+        required=True,
+        metavar="HOST:PORT",
+        help="the receiving aggregate's internal address; several comma-separated for its every instance",
+    )
     p.add_argument(
         "--area", action="append", required=True, metavar="CODE", help="an area this instance feeds (repeatable)"
     )
@@ -55,7 +60,8 @@ def add_parser(sub: Any) -> None:
         "--from",
         dest="source",
         metavar="HOST:PORT",
-        help="this instance's internal address (default: SUARA_AGGREGATE_ADDRESS)",
+        help="this instance's internal address, or its every instance's comma-separated "
+        "(default: SUARA_AGGREGATE_ADDRESS)",
     )
     p.add_argument(
         "--credential",

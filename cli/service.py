@@ -63,7 +63,10 @@ def add_parser(sub: Any) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    relay.add_argument("--aggregate", help="aggregate's HOST:PORT (default: SUARA_AGGREGATE_ADDRESS)")
+    relay.add_argument(
+        "--aggregate",
+        help="aggregate's HOST:PORT, or several comma-separated (every instance) (default: SUARA_AGGREGATE_ADDRESS)",
+    )
     relay.add_argument(
         "--credential",
         type=Path,

@@ -65,6 +65,8 @@ def test_a_boolean_is_one_of_six_words_in_any_case(raw: str, expected: bool) -> 
         ("SUARA_EVENT_LOOP", "trio", "one of uvloop, asyncio"),
         ("SUARA_TALLY_ADDRESS", "tally", "HOST:PORT"),
         ("SUARA_AGGREGATE_ADDRESS", "aggregate:0", "HOST:PORT"),
+        ("SUARA_AGGREGATE_ADDRESS", "10.0.0.1:7000,aggregate", "several comma-separated"),
+        ("SUARA_AGGREGATE_ADDRESS", " , ", "HOST:PORT"),
         ("SUARA_TALLY_HOST", "two words", "a host name or address"),
         ("DATABASE_URL", "mysql://db/suara", "a postgresql:// URL"),
         ("SUARA_PUBLISH_TO", "ftp://site", "s3://bucket/prefix"),

@@ -61,6 +61,10 @@ SECONDS = Allowed("a number of seconds above 0", lambda v: v > 0)
 GRACE = Allowed("a number of seconds, 0 or more", lambda v: v >= 0)
 HOST = Allowed("a host name or address", lambda v: bool(v) and not any(c.isspace() for c in v))
 ADDRESS = Allowed("HOST:PORT, the port 1 to 65535", _is_address)
+ADDRESSES = Allowed(
+    "HOST:PORT, or several comma-separated (instances of one service), each port 1 to 65535",
+    lambda v: bool(v.strip(" ,")) and all(_is_address(a.strip()) for a in v.split(",") if a.strip()),
+)
 PATH = Allowed("a path", lambda v: str(v) != "")
 ANY = Allowed("any text")
 
@@ -314,8 +318,9 @@ class PeerSettings(_Section):
     aggregate: str = _setting(
         "SUARA_AGGREGATE_ADDRESS",
         "127.0.0.1:50062",
-        "host:port of aggregate's internal listener, where the relay delivers and publish reads",
-        ADDRESS,
+        "host:port of aggregate's internal listener, where the relay delivers and publish reads; several "
+        "comma-separated (every aggregate instance): calls go to those reporting SERVING",
+        ADDRESSES,
     )
     tally: str = _setting(
         "SUARA_TALLY_ADDRESS",

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives import serialization
 
 from suara.runtime import pki
 from suara.runtime.settings import SettingError, Settings
+from suara.runtime.targets import channel_target
 
 log = structlog.stdlib.get_logger("suara.tls")
 
@@ -331,15 +332,17 @@ def open_channel(
     interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
 ) -> grpc.aio.Channel:
     """A channel to `address`: TLS verified against the CA (with the client certificate, when there is
-    one), or plaintext when `tls` is None (explicitly insecure). A client certificate read from files
-    (`ClientTls.from_files`) gives a `FollowingChannel`, which picks up a renewed certificate."""
+    one), or plaintext when `tls` is None (explicitly insecure). `address` may name several instances
+    (`h1:p1,h2:p2`): calls then go to those reporting SERVING (suara.runtime.targets). A client
+    certificate read from files (`ClientTls.from_files`) gives a `FollowingChannel`, which picks up a
+    renewed certificate."""
+    spread = channel_target(address)
+    target, options = spread.target, [*options, *spread.options]
     if tls is None:
-        return grpc.aio.insecure_channel(address, options=list(options), interceptors=list(interceptors) or None)
+        return grpc.aio.insecure_channel(target, options=options, interceptors=list(interceptors) or None)
     if tls.sources and tls.identity is not None:
-        return FollowingChannel(address, tls, options=options, interceptors=interceptors)
-    return grpc.aio.secure_channel(
-        address, tls.credentials(), options=list(options), interceptors=list(interceptors) or None
-    )
+        return FollowingChannel(target, tls, options=options, interceptors=interceptors)
+    return grpc.aio.secure_channel(target, tls.credentials(), options=options, interceptors=list(interceptors) or None)
 
 
 class FollowingChannel(grpc.aio.Channel):

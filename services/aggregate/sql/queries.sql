@@ -9,8 +9,13 @@ SELECT sequence, registry_load FROM aggregate.head WHERE singleton FOR UPDATE;
 -- simple query). The batch's arrays decide the plan, not a generic plan of a
 -- prepared statement; and the per-element sums of a batch of 1,000 TPS sort in
 -- memory rather than spill to disk (as the default work_mem of 4MB makes them).
+-- An applier sends its statements back to back and never waits on anything
+-- else inside: one idle for 10 s has lost its client (an instance whose host
+-- died, with no FIN to tell PostgreSQL), and ending it frees the head row for
+-- the other instances rather than after TCP keepalive's hours.
 SET LOCAL plan_cache_mode = force_custom_plan;
 SET LOCAL work_mem = '64MB';
+SET LOCAL idle_in_transaction_session_timeout = '10s';
 
 -- name: set_head
 UPDATE aggregate.head SET sequence = $1, registry_load = coalesce($2, registry_load) WHERE singleton;
