@@ -200,11 +200,16 @@ def _sheet(args: argparse.Namespace, settings: Settings) -> tuple[Any, Any, Path
 
 def _handled(fn: Any) -> Any:
     async def run(args: argparse.Namespace, settings: Settings) -> int:
+        from suara.client.outbox import WrongKind
+
         try:
             code: int = await fn(args, settings)
         except Stop as stop:
             print(stop, file=sys.stderr)
             return stop.code
+        except WrongKind as exc:  # --dir names a device's outbox
+            print(exc, file=sys.stderr)
+            return EXIT_USAGE
         return code
 
     return run
@@ -240,6 +245,13 @@ async def run_fetch(args: argparse.Namespace, settings: Settings) -> int:
     print(f"saved to {snapshot_path}; paper numbers entered so far: {entered} of {len(snapshot.units)} units")
     print(f"next: suara recap enter --key {args.key} --contest {args.contest}")
     return 0
+
+
+def _labels(snapshot: Any) -> dict[str, str]:
+    """Each field as the paper names it: a choice by nomor urut and name, a count in words."""
+    from suara.election.recap_sheet import LABELS
+
+    return {f"votes[{c.id}]": f"{c.number}. {c.name}" for c in snapshot.choices} | LABELS
 
 
 def _fmt(counts: dict[str, int] | None, fields: list[str]) -> str:
@@ -283,8 +295,9 @@ async def run_show(args: argparse.Namespace, settings: Settings) -> int:
         if read is None:
             mark = "not entered"
         elif unit.code in comparison.differences:
+            labels = _labels(snapshot)
             diffs = comparison.differences[unit.code]
-            mark = "DIFFERS: " + ", ".join(f"{d.field} paper {d.paper:,} digital {d.digital:,}" for d in diffs)
+            mark = "DIFFERS: " + "; ".join(f"{labels[d.field]} paper {d.paper:,}, digital {d.digital:,}" for d in diffs)
         elif unit.digital is None:
             mark = "entered; no counted digital form to compare"
         else:
@@ -359,9 +372,9 @@ async def run_enter(args: argparse.Namespace, settings: Settings) -> int:
 
 def _enter_unit(unit: Any, snapshot: Any, stream: IO[str]) -> dict[str, int] | None:
     """A unit's numbers from the official: {} to skip it, None to stop."""
-    from suara.election.recap_sheet import LABELS, parse_count
+    from suara.election.recap_sheet import parse_count
 
-    names = {f"votes[{c.id}]": f"{c.number}. {c.name}" for c in snapshot.choices} | LABELS
+    names = _labels(snapshot)
     print(f"\n{unit.code} {unit.name}")
     if unit.digital is not None:
         for name in snapshot.fields:
@@ -369,16 +382,22 @@ def _enter_unit(unit: Any, snapshot: Any, stream: IO[str]) -> dict[str, int] | N
     else:
         print("  no counted digital form: type the paper's numbers")
     while True:
-        answer = _ask("paper the same? [y/n/s/q] " if unit.digital is not None else "type them? [n/s/q] ", stream)
-        if answer is None or answer.lower() == "q":
+        if unit.digital is None:
+            answer = _ask("type the paper's numbers now? [y/s/q] ", stream)
+            typing = "y"
+        else:
+            answer = _ask("paper the same? [y/n/s/q] ", stream)
+            typing = "n"
+        answer = None if answer is None else answer.lower()
+        if answer in (None, "q"):
             return None
-        if answer.lower() == "s":
+        if answer == "s":
             return {}
-        if answer.lower() == "y" and unit.digital is not None:
-            return dict(unit.digital)
-        if answer.lower() == "n":
+        if answer == typing:
             break
-        print("  please answer y, n, s or q")
+        if answer == "y" and unit.digital is not None:
+            return dict(unit.digital)
+        print("  please answer " + ("y, n, s or q" if unit.digital is not None else "y, s or q"))
     counts: dict[str, int] = {}
     for name in snapshot.fields:
         while True:
@@ -389,7 +408,7 @@ def _enter_unit(unit: Any, snapshot: Any, stream: IO[str]) -> dict[str, int] | N
                 counts[name] = parse_count(typed)
                 break
             except ValueError as exc:
-                print(f"  {name}: {exc}; type the number as written on the paper")
+                print(f"  {names[name]} ({name}): {exc}; type the number as written on the paper")
     return counts
 
 

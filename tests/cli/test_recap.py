@@ -13,6 +13,7 @@ import csv
 import json
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -171,7 +172,7 @@ def suite_reader() -> Path:
 
 
 async def test_a_send_killed_while_waiting_for_the_network_loses_nothing(
-    pipeline: Pipeline, cli_env: dict[str, str], tmp_path: Path
+    pipeline: Pipeline, cli_env: dict[str, str], tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
     area, tps = await kecamatan(pipeline.db)
     for code in tps:
@@ -205,6 +206,15 @@ async def test_a_send_killed_while_waiting_for_the_network_loses_nothing(
         (entry,) = await outbox.entries()
     assert entry.attempts >= 2 and entry.state == "sent"
     stored = await pipeline.db.fetch("SELECT payload FROM aggregate.recap")
+    record_property(
+        "figures",
+        {
+            "recaps signed": 1,
+            "signed recaps lost": 0 if entry.payload in [bytes(r["payload"]) for r in stored] else 1,
+            "recaps stored twice": len(stored) - len({bytes(r["payload"]) for r in stored}),
+            "attempts": entry.attempts,
+        },
+    )
     assert [bytes(r["payload"]) for r in stored] == [entry.payload]
     assert OfficialKey.load(key_file).official_id == entry.device_id
     await pipeline.cycle()
@@ -241,7 +251,7 @@ async def test_entering_numbers_by_hand_names_each_field_and_keeps_each_unit(tmp
     out, err = await asyncio.wait_for(proc.communicate(typed.encode()), 60)
     assert proc.returncode == 0, err.decode()
     said = out.decode()
-    assert "votes[2]: '5x' is not a whole number; type the number as written on the paper" in said
+    assert "2. B (votes[2]): '5x' is not a whole number; type the number as written on the paper" in said
     assert "2 of 3 units entered" in said
     paper = json.loads((recap_dir / "310101-ppwp.paper.json").read_text())["units"]
     assert paper == {
@@ -270,3 +280,38 @@ async def test_entering_numbers_by_hand_names_each_field_and_keeps_each_unit(tmp
 async def test_every_action_explains_itself(action: str, tmp_path: Path) -> None:
     result = await run_suara("recap", action, "--help", env=suara_env(), cwd=tmp_path)
     assert result.returncode == 0 and "--dir" in result.stdout and len(result.stdout) > 400
+
+
+async def test_fetch_of_a_kabupaten_sums_each_kecamatan_from_its_tps_as_aggregate_counts(pipeline: Pipeline) -> None:
+    """A KPU kabupaten/kota's units are its kecamatan. Quarantined TPS and TPS without a form count nothing."""
+    from cli.recap_site import read_sheet
+    from services.publish.audit import site_reader
+
+    kabupaten = await pipeline.db.fetchval(
+        "SELECT left(code, 4) FROM registry.tps GROUP BY 1 HAVING count(DISTINCT left(code, 6)) >= 2"
+        " ORDER BY count(*) LIMIT 1"
+    )
+    tps = [r["code"] for r in await pipeline.db.fetch(
+        "SELECT code FROM registry.tps WHERE code LIKE $1 || '%' ORDER BY code", kabupaten)]  # fmt: skip
+    quarantined, silent = tps[0], tps[-1]
+    for i, code in enumerate(tps):
+        if code != silent:
+            await pipeline.submit(code, "ppwp", 1, seed=i, quarantined=code == quarantined)
+    await pipeline.cycle()
+
+    sheet = await asyncio.to_thread(read_sheet, site_reader(str(pipeline.site)), "test", "ppwp", kabupaten)
+    kecamatan = sorted({code[:6] for code in tps})
+    assert [u.code for u in sheet.units] == kecamatan
+    for unit in sheet.units:
+        under = [c for c in tps if c.startswith(unit.code)]
+        counted = [c for c in under if c not in (quarantined, silent)]
+        expected: dict[str, int] = {}
+        for code in counted:
+            for name, value in digital_of(pipeline, code).items():
+                field = f"votes[{name}]" if name in pipeline.choices["ppwp"] else name
+                expected[field] = expected.get(field, 0) + value
+        assert unit.digital == (expected or None), unit.code
+        assert (unit.tps_total, unit.tps_reported) == (len(under), len(counted))
+        assert unit.tps_quarantined == (quarantined in under)
+    assert [c.id for c in sheet.choices] == pipeline.choices["ppwp"]
+    assert sheet.reconciliation is not None and sheet.reconciliation["status"] == "NO_RECAP"
