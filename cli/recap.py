@@ -531,9 +531,13 @@ async def run_status(args: argparse.Namespace, settings: Settings) -> int:
         receipt = f", recap id {e.receipt.submission_id}" if e.receipt else ""
         why = f": {e.last_code}: {e.last_error}" if e.last_error else ""
         print(f"  v{e.version} {e.state}{' ' + e.outcome if e.outcome else ''}{receipt}{why}")
+    sent = max((e.version for e in entries if e.state == "sent" and e.outcome != "SUPERSEDED"), default=0)
     for where in ("site", "aggregate"):
         if where in result:
             _print_reconciliation(where, result[where])
+            shown = result[where].get("recap_version") or 0
+            if "error" not in result[where] and shown < sent:
+                print(f"    (v{sent} was sent but {where} shows v{shown} yet: the site is rewritten every few seconds)")
     return 0
 
 

@@ -122,6 +122,8 @@ async def test_a_ppk_recaps_offline_then_the_recap_is_sent_and_reconciled(
     online = ["--target", f"127.0.0.1:{pipeline.aggregate.port}"]
     sent = await suara_ok("recap", "send", *online, env=cli_env, cwd=tmp_path)
     assert f"sent recap of area {area} ppwp v1: ACCEPTED" in sent
+    early = await suara_ok("recap", "status", *key, "--site", str(pipeline.site), env=cli_env, cwd=tmp_path)
+    assert "NO_RECAP" in early and "v1 was sent but site shows v0 yet" in early  # publish has not run since
     await pipeline.cycle()
     reader = suite_reader()
     status = ["--site", str(pipeline.site), "--reader-target", f"127.0.0.1:{pipeline.aggregate.internal_port}",
