@@ -428,12 +428,12 @@ async def run_template(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _recap_client(args: argparse.Namespace, settings: Settings) -> Any:
+def _recap_client(args: argparse.Namespace, settings: Settings, tls: Any) -> Any:
     from suara.client.recap import RecapClient
 
     target = args.target or f"{settings.aggregate.host}:{settings.aggregate.port}"
     path = _dir(args, settings) / "outbox.sqlite3"
-    return RecapClient.open(path, target, tls=tls_of(args, settings), call_timeout_s=args.timeout)
+    return RecapClient.open(path, target, tls=tls, call_timeout_s=args.timeout)
 
 
 @_handled
@@ -451,7 +451,17 @@ async def run_sign(args: argparse.Namespace, settings: Settings) -> int:
             f"nothing signed: {len(missing)} unit(s) have no paper numbers yet ({listed}); "
             f"enter them with `suara recap enter --key {args.key} --contest {args.contest}`"
         )
-    async with await _recap_client(args, settings) as client:
+    from suara.runtime.settings import SettingError
+
+    # Signing needs no network settings: a laptop without them still signs and keeps the recap.
+    unsendable = "--offline" if args.offline else None
+    tls = None
+    if unsendable is None:
+        try:
+            tls = tls_of(args, settings)
+        except SettingError as exc:
+            unsendable = str(exc)
+    async with await _recap_client(args, settings, tls) as client:
         try:
             entry, put = await client.store_recap(key, args.contest, comparison.recap, snapshot)
         except OutboxConflict as exc:
@@ -461,8 +471,8 @@ async def run_sign(args: argparse.Namespace, settings: Settings) -> int:
         if entry.state == "sent":
             print(f"already sent: {entry.outcome}, recap id {entry.receipt.submission_id if entry.receipt else '-'}")
             return 0
-        if args.offline:
-            print("not sent (--offline); send it with: suara recap send")
+        if unsendable is not None:
+            print(f"not sent ({unsendable}); it is safe in the outbox. Send it with: suara recap send")
             return EXIT_PENDING
         attempt = await client.send(entry)
     return _report_one(attempt.entry, recap_of(attempt.entry).version)
@@ -489,7 +499,7 @@ async def run_send(args: argparse.Namespace, settings: Settings) -> int:
         if p.waiting_s:
             print(f"waiting {p.pending}; retrying in {p.waiting_s:.1f} s ({p.last_error})", file=sys.stderr, flush=True)
 
-    async with await _recap_client(args, settings) as client:
+    async with await _recap_client(args, settings, tls_of(args, settings)) as client:
         if not await client.outbox.pending():
             print("nothing waiting: every signed recap has been answered by aggregate")
             return 0

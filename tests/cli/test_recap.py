@@ -20,6 +20,7 @@ import asyncpg
 import pytest
 
 from suara.client.outbox import Outbox
+from suara.client.recap import recap_of
 from suara.election.form import administrasi_of
 from suara.election.signing import OfficialKey
 from tests.support.ports import closed_port
@@ -276,6 +277,19 @@ async def test_entering_numbers_by_hand_names_each_field_and_keeps_each_unit(tmp
     refused = await run_suara("recap", "sign", "--key", str(tmp_path / "ppk.key.json"), "--dir", str(recap_dir),
                               "--offline", env=env, cwd=tmp_path)  # fmt: skip
     assert refused.returncode == 2 and "1 unit(s) have no paper numbers yet (3101011001003)" in refused.stderr
+
+    # The last unit entered; a laptop with no network settings at all still signs and keeps the recap.
+    await asyncio.to_thread((tmp_path / "last.json").write_text, json.dumps({"3101011001003": digital}))
+    await run_suara("recap", "enter", "--key", str(tmp_path / "ppk.key.json"), "--dir", str(recap_dir),
+                    "--file", str(tmp_path / "last.json"), env=env, cwd=tmp_path)  # fmt: skip
+    bare = {k: v for k, v in env.items() if k != "SUARA_CA_FILE"}
+    kept = await run_suara("recap", "sign", "--key", str(tmp_path / "ppk.key.json"), "--dir", str(recap_dir),
+                           env=bare, cwd=tmp_path)  # fmt: skip
+    assert kept.returncode == 3, kept.stderr
+    assert "v1 signed and saved in the outbox" in kept.stdout and "not sent (SUARA_CA_FILE" in kept.stdout
+    async with await Outbox.open(recap_dir / "outbox.sqlite3", "recap") as outbox:
+        (entry,) = await outbox.pending()
+    assert recap_of(entry).totals.suara_sah == 15 + 17 + 15 and recap_of(entry).election_id == "pemilu-2024"
 
 
 @pytest.mark.parametrize("action", ["fetch", "show", "enter", "sheet-template", "sign", "send", "status"])

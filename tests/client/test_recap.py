@@ -174,7 +174,9 @@ class Step:
 steps_strategy = st.lists(
     st.one_of(
         st.builds(Step, kind=st.just("sign"), seed=st.integers(0, 2)),
-        st.builds(Step, kind=st.sampled_from(["cut", "restore", "flush", "restart", "lost_reply"]), seed=st.just(0)),
+        st.builds(
+            Step, kind=st.sampled_from(["cut", "restore", "flush", "restart", "crash", "lost_reply"]), seed=st.just(0)
+        ),
     ),
     min_size=1,
     max_size=12,
@@ -195,6 +197,7 @@ async def test_every_signed_recap_reaches_aggregate_exactly_once_whatever_the_ne
         return await open_client(path, network.target, sleep=Waits(), call_timeout_s=5.0)
 
     client = await reopen()
+    crashed: list[RecapClient] = []
     signed: dict[int, bytes] = {}  # version -> the bytes the official signed: the oracle
     newest: Counts | None = None
     try:
@@ -218,6 +221,10 @@ async def test_every_signed_recap_reaches_aggregate_exactly_once_whatever_the_ne
             elif step.kind == "restart":  # the laptop is switched off and on: a new process, the same file
                 await client.close()
                 client = await reopen()
+            elif step.kind == "crash":  # the process dies: its file is left as it is, never closed
+                await client._drop_channel()
+                crashed.append(client)
+                client = await reopen()
             elif step.kind == "lost_reply" and (pending := await client.outbox.pending()):
                 # The oldest waiting recap reaches aggregate, but the answer never comes back.
                 e = pending[0]
@@ -234,7 +241,8 @@ async def test_every_signed_recap_reaches_aggregate_exactly_once_whatever_the_ne
         assert report.complete
         entries = await client.outbox.entries()
     finally:
-        await client.close()
+        for left in [client, *crashed]:
+            await left.close()
         await network.close()
 
     assert {e.version: e.payload for e in entries} == signed
