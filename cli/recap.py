@@ -52,9 +52,16 @@ def add_parser(sub: Any) -> None:
         "Read the area of the key from the published site (an http(s):// URL, or a copy of the site's\n"
         "directory): its TPS (for a kecamatan) or child areas, each with the numbers its digital forms\n"
         "say, and the area's reconciliation status. Kept in a snapshot file; fetch again to refresh it\n"
-        "(the numbers already entered are kept).",
+        "(the numbers already entered are kept). A province reads every TPS file under it: fetch it\n"
+        "well before the plenary.\n\n"
+        "An office with a reader certificate may read aggregate instead (--reader-target and\n"
+        "--credential): the same numbers in one consistent read; with --site too, the choices' names\n"
+        "come from the site (aggregate knows only their ids).",
     )
-    fetch.add_argument("--site", required=True, metavar="URL-or-DIR", help="the public site, or a directory copy")
+    fetch.add_argument("--site", metavar="URL-or-DIR", help="the public site, or a directory copy")
+    fetch.add_argument("--reader-target", metavar="HOST:PORT", help="aggregate's internal address (mutual TLS)")
+    fetch.add_argument("--credential", type=Path, metavar="PEM", help="a reader client certificate with its key")
+    add_tls_arguments(fetch, "aggregate's")
     fetch.set_defaults(handler=run_fetch)
 
     show = _action(
@@ -217,7 +224,7 @@ def _handled(fn: Any) -> Any:
 
 @_handled
 async def run_fetch(args: argparse.Namespace, settings: Settings) -> int:
-    from cli.recap_site import SiteIncomplete, read_sheet
+    from cli.recap_fetch import SiteIncomplete, read_choices, read_sheet
     from services.publish.audit import SiteUnreadable, site_reader
     from suara.client.recap import load_paper, sheet_paths, write_json
 
@@ -228,10 +235,18 @@ async def run_fetch(args: argparse.Namespace, settings: Settings) -> int:
         if done == total or done % 100 == 0:
             print(f"\r  read {done} of {total} TPS files", end="\n" if done == total else "", file=sys.stderr)
 
+    if args.site is None and args.reader_target is None:
+        raise Stop("fetch from where? give --site URL-or-DIR, or --reader-target with --credential")
+    if args.reader_target is not None and args.credential is None:
+        raise Stop("--reader-target needs --credential (a reader client certificate, PEM with its key)")
     try:
-        snapshot = await asyncio.to_thread(
-            read_sheet, site_reader(args.site), args.site, args.contest, key.area, progress
-        )
+        if args.reader_target is None:
+            snapshot = await asyncio.to_thread(
+                read_sheet, site_reader(args.site), args.site, args.contest, key.area, progress
+            )
+        else:
+            choices = None if args.site is None else read_choices(site_reader(args.site), args.contest)
+            snapshot = await _from_aggregate(args, settings, key.area, choices)
     except (SiteUnreadable, SiteIncomplete) as exc:
         raise Stop(f"cannot fetch area {key.area} from {args.site}: {exc}", 1) from exc
     write_json(snapshot_path, snapshot.to_json())
@@ -240,11 +255,37 @@ async def run_fetch(args: argparse.Namespace, settings: Settings) -> int:
     entered = len(load_paper(paper_path))
     print(
         f"fetched {snapshot.name} ({key.area}), {args.contest}: {len(snapshot.units)} units, "
-        f"{reported} of {total} TPS counted digitally (site snapshot {snapshot.site_snapshot}, {snapshot.site_ts})"
+        f"{reported} of {total} TPS counted digitally ({_when(snapshot)})"
     )
     print(f"saved to {snapshot_path}; paper numbers entered so far: {entered} of {len(snapshot.units)} units")
     print(f"next: suara recap enter --key {args.key} --contest {args.contest}")
     return 0
+
+
+def _when(snapshot: Any) -> str:
+    if snapshot.site_snapshot is None:
+        return str(snapshot.site_ts)
+    return f"site snapshot {snapshot.site_snapshot}, {snapshot.site_ts}"
+
+
+async def _from_aggregate(args: argparse.Namespace, settings: Settings, area: str, choices: Any) -> Any:
+    import grpc
+
+    from cli.recap_fetch import read_sheet_from_aggregate
+
+    async with _reader_channel(args, settings) as channel:
+        try:
+            return await read_sheet_from_aggregate(channel, args.reader_target, args.contest, area, choices)
+        except grpc.aio.AioRpcError as exc:
+            raise Stop(f"cannot fetch area {area} from aggregate: {exc.code().name}: {exc.details()}", 1) from exc
+
+
+def _reader_channel(args: argparse.Namespace, settings: Settings) -> Any:
+    from suara.runtime.tls import client_tls, open_channel
+
+    if args.ca is not None:
+        settings = replace(settings, tls=replace(settings.tls, ca_file=str(args.ca)))
+    return open_channel(args.reader_target, client_tls(settings, bundle=args.credential))
 
 
 def _labels(snapshot: Any) -> dict[str, str]:
@@ -571,12 +612,9 @@ async def _aggregate_status(args: argparse.Namespace, settings: Settings, area: 
     import grpc
 
     from suara.client.aggregate_stub import aggregate_stub
-    from suara.runtime.tls import client_tls, open_channel
     from suara.v1 import aggregate_pb2
 
-    if args.ca is not None:
-        settings = replace(settings, tls=replace(settings.tls, ca_file=str(args.ca)))
-    async with open_channel(args.reader_target, client_tls(settings, bundle=args.credential)) as channel:
+    async with _reader_channel(args, settings) as channel:
         stub = aggregate_stub(channel)
         try:
             got = await stub.GetReconciliation(

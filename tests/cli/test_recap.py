@@ -185,7 +185,9 @@ async def test_a_send_killed_while_waiting_for_the_network_loses_nothing(
     await suara_ok("official", "enroll", "--area", area, "--role", "ppk", "--out", str(key_file), env=cli_env,
                    cwd=tmp_path)  # fmt: skip
     key = ["--key", str(key_file)]
-    await suara_ok("recap", "fetch", *key, "--site", str(pipeline.site), env=cli_env, cwd=tmp_path)
+    reader = ["--reader-target", f"127.0.0.1:{pipeline.aggregate.internal_port}", "--credential", str(suite_reader())]
+    fetched = await suara_ok("recap", "fetch", *key, *reader, "--site", str(pipeline.site), env=cli_env, cwd=tmp_path)
+    assert f"{len(tps)} of {len(tps)} TPS counted digitally (aggregate sequence" in fetched
     sheet = tmp_path / "paper.csv"
     write_paper(sheet, {code: digital_of(pipeline, code) for code in tps}, pipeline.choices["ppwp"])
     await suara_ok("recap", "enter", *key, "--file", str(sheet), env=cli_env, cwd=tmp_path)
@@ -300,12 +302,12 @@ async def test_every_action_explains_itself(action: str, tmp_path: Path) -> None
 
 async def test_fetch_of_a_kabupaten_sums_each_kecamatan_from_its_tps_as_aggregate_counts(pipeline: Pipeline) -> None:
     """A KPU kabupaten/kota's units are its kecamatan. Quarantined TPS and TPS without a form count nothing."""
-    from cli.recap_site import read_sheet
+    from cli.recap_fetch import read_sheet, read_sheet_from_aggregate
     from services.publish.audit import site_reader
 
-    kabupaten = await pipeline.db.fetchval(
-        "SELECT left(code, 4) FROM registry.tps GROUP BY 1 HAVING count(DISTINCT left(code, 6)) >= 2"
-        " ORDER BY count(*) LIMIT 1"
+    kabupaten = await pipeline.db.fetchval(  # the smallest with two kecamatan, one of them of 3 TPS or more
+        "SELECT k FROM (SELECT left(code, 4) AS k, left(code, 6), count(*) AS n FROM registry.tps GROUP BY 1, 2) x"
+        " GROUP BY k HAVING count(*) >= 2 AND max(n) >= 3 ORDER BY sum(n), k LIMIT 1"
     )
     tps = [r["code"] for r in await pipeline.db.fetch(
         "SELECT code FROM registry.tps WHERE code LIKE $1 || '%' ORDER BY code", kabupaten)]  # fmt: skip
@@ -331,3 +333,14 @@ async def test_fetch_of_a_kabupaten_sums_each_kecamatan_from_its_tps_as_aggregat
         assert unit.tps_quarantined == (quarantined in under)
     assert [c.id for c in sheet.choices] == pipeline.choices["ppwp"]
     assert sheet.reconciliation is not None and sheet.reconciliation["status"] == "NO_RECAP"
+
+    # aggregate's read of the same area agrees unit for unit; so does a kecamatan's, TPS by TPS.
+    biggest = max(kecamatan, key=lambda k: sum(c.startswith(k) for c in tps))
+    for code in (kabupaten, biggest):
+        from_site = await asyncio.to_thread(read_sheet, site_reader(str(pipeline.site)), "test", "ppwp", code)
+        from_aggregate = await read_sheet_from_aggregate(pipeline.channel, "test", "ppwp", code, sheet.choices)
+        assert from_aggregate.units == from_site.units and len(from_site.units) > 1
+        assert from_aggregate.choices == from_site.choices and from_aggregate.name == from_site.name
+        assert from_aggregate.reconciliation == from_site.reconciliation
+    unnamed = await read_sheet_from_aggregate(pipeline.channel, "test", "ppwp", kabupaten)
+    assert sorted(c.id for c in unnamed.choices) == sorted(pipeline.choices["ppwp"])

@@ -1,9 +1,13 @@
-"""`suara recap fetch`'s reading of the public site: an area's units and their digital numbers.
+"""`suara recap fetch`: an area's units and their digital numbers, from the public site or aggregate.
 
 The site is public and cached, so an official needs no credential and the origin's load does not grow
 with officials. A TPS's digital numbers are its published file (the form as signed: chart and
 administrasi); one that is quarantined or has no form yet counts nothing, as aggregate counts it. A
 child area's are the sum over its TPS files, so every unit's five counts are known at every level.
+
+aggregate's GetAreas gives the same numbers in one consistent read (the site is rewritten while it is
+walked), for an office that holds a reader certificate; it does not know the choices' names, which
+then come from the site when one is given too.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from typing import Any
 
 from services.publish import paths
 from services.publish.audit import Reader
+from suara.client.aggregate_stub import aggregate_stub
 from suara.election.codes import TPS_LENGTH
-from suara.election.recap_sheet import Choice, Counts, Snapshot, Unit, add, vote_field
+from suara.election.recap_sheet import Choice, Counts, Snapshot, Unit, add, from_totals, vote_field
+from suara.v1 import aggregate_pb2
 
 FETCHERS = 8  # files read at once: a kecamatan's hundred TPS files in a few round trips
 
@@ -62,16 +68,20 @@ def _tps_under(read: Reader, contest: str, area: str) -> list[dict[str, Any]]:
     return []
 
 
+def read_choices(read: Reader, contest: str) -> list[Choice]:
+    candidates = _need(read, paths.candidates_path(contest), f"the choices of {contest}")
+    return sorted(
+        (Choice(cid, c["nama"], int(c["nomor_urut"])) for cid, c in candidates.items()), key=lambda c: c.number
+    )
+
+
 def read_sheet(
     read: Reader, source: str, contest: str, area: str, progress: Callable[[int, int], None] | None = None
 ) -> Snapshot:
     pointer = read(paths.POINTER)
     if not isinstance(pointer, dict):
         pointer = {}
-    candidates = _need(read, paths.candidates_path(contest), f"the choices of {contest}")
-    choices = sorted(
-        (Choice(cid, c["nama"], int(c["nomor_urut"])) for cid, c in candidates.items()), key=lambda c: c.number
-    )
+    choices = read_choices(read, contest)
     parent = area[: {2: 0, 4: 2, 6: 4}[len(area)]]
     siblings = _need(read, paths.region_path(contest, parent), f"the areas of {parent or 'Indonesia'}")
     own = next((a for a in siblings if a["kode"] == area), None)
@@ -113,8 +123,77 @@ def read_sheet(
         choices=choices,
         units=sorted(units.values(), key=lambda u: u.code),
         source=source,
-        fetched_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        fetched_at=_now(),
         site_snapshot=pointer.get("snapshot"),
         site_ts=pointer.get("ts", ""),
+        reconciliation=reconciliation,
+    )
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+async def read_sheet_from_aggregate(
+    channel: Any, source: str, contest: str, area: str, choices: list[Choice] | None = None
+) -> Snapshot:
+    """The sheet from aggregate's GetAreas (a reader credential): a kecamatan's TPS through its desa,
+    read in one snapshot; a higher area's child areas with their totals. `choices` name the choices
+    (from the site); without them each is named by its id."""
+    stub = aggregate_stub(channel)
+    reply = await stub.GetAreas(aggregate_pb2.GetAreasRequest(contest=contest, areas=[area]), timeout=60)
+    (view,) = reply.views
+    sequence = reply.sequence
+    if len(area) == 6:  # a kecamatan has far fewer desa than GetAreas' 2,000 a call
+        desa = [child.area for child in view.children]
+        got = await stub.GetAreas(aggregate_pb2.GetAreasRequest(contest=contest, areas=desa), timeout=60)
+        sequence = got.sequence
+        units = []
+        for desa_view in got.views:
+            for row in desa_view.children:
+                counted = row.version > 0 and not row.tps_quarantined
+                units.append(
+                    Unit(
+                        row.area,
+                        f"{desa_view.area.name}, {row.name}",
+                        from_totals(row.submitted) if counted else None,
+                        tps_reported=int(counted),
+                        tps_quarantined=int(row.tps_quarantined),
+                    )
+                )
+    else:
+        units = [
+            Unit(
+                row.area,
+                row.name,
+                from_totals(row.totals) if row.tps_reported else None,
+                int(row.tps_total),
+                int(row.tps_reported),
+                int(row.tps_quarantined),
+            )
+            for row in view.children
+        ]
+    ids = sorted(view.area.totals.votes)
+    if choices is None or sorted(c.id for c in choices) != ids:
+        choices = [Choice(cid, f"choice {cid}", i) for i, cid in enumerate(ids, start=1)]
+    r = view.reconciliation
+    reconciliation = {
+        "status": aggregate_pb2.ReconciliationStatus.Name(r.status).removeprefix("RECONCILIATION_STATUS_"),
+        "recap_version": r.recap_version or None,  # as the site's status file has it: null without a recap
+        "differences": [
+            {"field": d.field, "recap": d.recap, "digital": d.digital, "difference": d.difference}
+            for d in r.differences
+        ],
+    }
+    return Snapshot(
+        area=area,
+        contest=contest,
+        name=view.area.name,
+        choices=choices,
+        units=sorted(units, key=lambda u: u.code),
+        source=source,
+        fetched_at=_now(),
+        site_snapshot=None,
+        site_ts=f"aggregate sequence {sequence}",
         reconciliation=reconciliation,
     )
