@@ -126,6 +126,8 @@ class PaperError(ValueError):
 def parse_count(text: str) -> int:
     """A count as an official types it: digits, with dots, commas or spaces as thousands separators."""
     cleaned = text.strip().replace(".", "").replace(",", "").replace(" ", "")
+    if not cleaned:
+        raise ValueError("empty (write 0 where the paper has none)")
     if not cleaned.isascii() or not cleaned.isdigit():
         raise ValueError(f"{text.strip()!r} is not a whole number")
     value = int(cleaned)
@@ -177,6 +179,9 @@ def read_paper(text: str, snapshot: Snapshot) -> dict[str, Counts]:
     wanted = snapshot.fields
     result: dict[str, Counts] = {}
     for code, values in rows:
+        if code in result:
+            problems.append(f"{code}: given twice; keep the line read out in the plenary")
+            continue
         if snapshot.unit(code) is None:
             problems.append(f"{code}: not a unit of {snapshot.area} (see `suara recap show`)")
             continue

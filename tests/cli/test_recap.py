@@ -292,6 +292,10 @@ async def test_entering_numbers_by_hand_names_each_field_and_keeps_each_unit(tmp
     async with await Outbox.open(recap_dir / "outbox.sqlite3", "recap") as outbox:
         (entry,) = await outbox.pending()
     assert recap_of(entry).totals.suara_sah == 15 + 17 + 15 and recap_of(entry).election_id == "pemilu-2024"
+    # The device's `suara outbox` refuses an official's outbox, naming the command that sends it.
+    wrong = await run_suara("outbox", "status", "--outbox", str(recap_dir / "outbox.sqlite3"), env=env, cwd=tmp_path)
+    assert wrong.returncode == 2 and "recap official's outbox of recaps" in wrong.stderr
+    assert "suara recap status" in wrong.stderr
 
 
 @pytest.mark.parametrize("action", ["fetch", "show", "enter", "sheet-template", "sign", "send", "status"])

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from services.aggregate.officials import enroll_official
 from suara.client.outbox import Outbox, OutboxConflict, WrongKind
 from suara.client.recap import RecapClient, RecapError, recap_of
-from suara.election.recap_sheet import Choice, Counts, Snapshot, Unit, add, vote_field
+from suara.election.recap_sheet import Choice, Counts, Snapshot, Unit, vote_field
 from suara.election.signing import OfficialKey
 from suara.v1 import aggregate_pb2
 from tests.client.doubles import Network, Waits
@@ -259,24 +259,3 @@ async def test_every_signed_recap_reaches_aggregate_exactly_once_whatever_the_ne
         ).reconciliation
         assert reconciliation.recap_version == max(signed)
         assert reconciliation.recap == aggregate_pb2.RecapForm.FromString(signed[max(signed)]).totals
-
-
-def test_compiling_the_sheet_sums_the_paper_and_names_each_difference() -> None:
-    choices = [Choice("1", "A", 1), Choice("2", "B", 2)]
-    digital = [{"votes[1]": 10, "votes[2]": 5, "suara_sah": 15, "suara_tidak_sah": 1,
-                "suara_total": 16, "dpt": 30, "pengguna": 16} for _ in range(3)]  # fmt: skip
-    units = [Unit("1", "a", digital[0]), Unit("2", "b", digital[1]), Unit("3", "c", None)]
-    snapshot = Snapshot("310101", "ppwp", "K", choices, units, "t", "t")
-    from suara.election.recap_sheet import compile_sheet
-
-    paper = {"1": dict(digital[0]), "2": {**digital[1], "votes[2]": 7, "suara_sah": 17}}
-    partial = compile_sheet(snapshot, paper)
-    assert partial.recap is None and partial.missing_paper == ["3"]
-    paper["3"] = dict(digital[2])
-    full = compile_sheet(snapshot, paper)
-    expected: Counts = {}
-    for counts in paper.values():
-        add(expected, counts)
-    assert full.recap == expected and full.no_digital == ["3"]
-    assert [(d.field, d.difference) for d in full.differences["2"]] == [("votes[2]", 2), ("suara_sah", 2)]
-    assert full.digital == {k: 2 * v for k, v in digital[0].items()}  # the unit without a form counts nothing
