@@ -195,8 +195,11 @@ def _connect(path: Path, kind: Kind) -> sqlite3.Connection:
         row = conn.execute("SELECT kind FROM outbox_kind").fetchone()
         if row is None:  # a new file, or a device's outbox from before recaps: it is what it is first opened as
             conn.execute("INSERT INTO outbox_kind (kind) VALUES (?)", (kind,))
-    finally:
-        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        conn.close()
+        raise
+    conn.execute("COMMIT")
     if row is not None and row[0] != kind:
         conn.close()
         what = {"form": "a device's outbox of C.Hasil forms", "recap": "a recap official's outbox of recaps"}
