@@ -32,6 +32,7 @@ GROUPS = (
     "up",
     "loadtest",
     "official",
+    "recap",
     "submit",
     "outbox",
     "pki",

@@ -151,13 +151,18 @@ def _age(unix_s: float) -> str:
 
 
 async def run_status(args: argparse.Namespace, settings: Settings) -> int:
-    from suara.client.outbox import Outbox
+    from suara.client.outbox import Outbox, WrongKind
 
     path = outbox_path(args, settings)
     if not path.exists():
         print(f"no outbox at {path}: nothing has been submitted from here yet", file=sys.stderr)
         return 2
-    async with await Outbox.open(path) as outbox:
+    try:
+        outbox = await Outbox.open(path)
+    except WrongKind as exc:
+        print(f"{exc}: see `suara recap status`", file=sys.stderr)
+        return 2
+    async with outbox:
         status = await outbox.status()
     if args.json:
         print(
@@ -191,6 +196,7 @@ async def run_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def run_flush(args: argparse.Namespace, settings: Settings) -> int:
+    from suara.client.outbox import WrongKind
     from suara.client.sdk import Client, Progress
 
     path = outbox_path(args, settings)
@@ -205,7 +211,12 @@ async def run_flush(args: argparse.Namespace, settings: Settings) -> int:
             line += f"; retrying in {p.waiting_s:.1f} s ({p.last_error})"
         print(line, file=sys.stderr, flush=True)
 
-    async with await Client.open(path, target, tls=tls_of(args, settings), call_timeout_s=args.timeout) as client:
+    try:
+        opened = await Client.open(path, target, tls=tls_of(args, settings), call_timeout_s=args.timeout)
+    except WrongKind as exc:
+        print(f"{exc}: send it with `suara recap send`", file=sys.stderr)
+        return 2
+    async with opened as client:
         pending = len(await client.outbox.pending())
         if not pending:
             print("nothing pending: every form in the outbox has been answered by tally")

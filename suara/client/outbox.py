@@ -6,6 +6,11 @@ entry is keyed like the server keys a form, (tps, contest, version), so the
 outbox refuses locally what tally would refuse as CONFLICT, and resending an
 entry is always safe: the bytes never change.
 
+A recap official's outbox (`suara recap`) is the same file holding signed
+RecapForms instead, keyed (area, contest, version) as aggregate keys them: the
+`tps` and `device_id` columns then hold the area and the official id. A file is
+of one kind for good, so a recap is never sent to tally nor a form to aggregate.
+
 sqlite3 blocks, so one worker thread owns the connection and every call hops
 to it (`Outbox._run`); the event loop never waits on the disk.
 """
@@ -24,9 +29,10 @@ from typing import Any, Literal, Self, TypeVar
 
 from google.protobuf.message import DecodeError
 
-from suara.v1 import form_pb2
+from suara.v1 import aggregate_pb2, form_pb2
 
 State = Literal["pending", "sent", "rejected", "replaced"]
+Kind = Literal["form", "recap"]
 STATES: tuple[State, ...] = ("pending", "sent", "rejected", "replaced")
 # The server stored a different payload under this key: a corrected copy with the
 # same version would be refused again, so only a higher version can follow it.
@@ -67,6 +73,9 @@ CREATE TABLE IF NOT EXISTS photo (
     content  BLOB NOT NULL,  -- the bytes themselves: the file on the phone may be gone by the time we send
     PRIMARY KEY (entry_id, position)
 );
+CREATE TABLE IF NOT EXISTS outbox_kind (
+    kind TEXT PRIMARY KEY CHECK (kind IN ('form', 'recap'))  -- one row: what the file holds
+);
 PRAGMA user_version = 1;
 """
 
@@ -80,15 +89,19 @@ class OutboxConflict(OutboxError):
 
     def __init__(self, existing: Entry) -> None:
         super().__init__(
-            f"TPS {existing.tps} {existing.contest} version {existing.version} is already in the outbox "
-            f"({existing.state}) with different content; the server would refuse it as a CONFLICT. "
-            f"To correct the form, submit it with a higher version (version {existing.version + 1} or above)"
+            f"{existing.describe()} is already in the outbox ({existing.state}) with different content; "
+            f"the server would refuse it as a CONFLICT. To correct it, sign it with a higher version "
+            f"(version {existing.version + 1} or above)"
         )
         self.existing = existing
 
 
 class NotAForm(OutboxError):
-    """The payload is not a serialized CHasilForm, so it has no key."""
+    """The payload is not a serialized CHasilForm (or RecapForm, in a recap outbox), so it has no key."""
+
+
+class WrongKind(OutboxError):
+    """The file is an outbox of the other kind (recaps opened as forms, or the reverse)."""
 
 
 @dataclass(frozen=True)
@@ -122,13 +135,14 @@ class Entry:
     current_version: int | None
     created_at: float
     updated_at: float
+    kind: Kind = "form"  # a recap's `tps` is its area, its `device_id` the official's id
 
     @property
     def key(self) -> tuple[str, str, int]:
         return (self.tps, self.contest, self.version)
 
     def describe(self) -> str:
-        return f"TPS {self.tps} {self.contest} v{self.version}"
+        return f"{'TPS' if self.kind == 'form' else 'recap of area'} {self.tps} {self.contest} v{self.version}"
 
 
 @dataclass(frozen=True)
@@ -149,6 +163,17 @@ def key_of(payload: bytes) -> tuple[str, str, int]:
     return (form.tps, form.contest, form.version)
 
 
+def recap_key_of(payload: bytes) -> tuple[str, str, int]:
+    try:
+        recap = aggregate_pb2.RecapForm.FromString(payload)
+    except DecodeError as exc:
+        raise NotAForm("the payload is not a serialized suara.v1.RecapForm") from exc
+    return (recap.area, recap.contest, recap.version)
+
+
+KEYS: dict[Kind, Callable[[bytes], tuple[str, str, int]]] = {"form": key_of, "recap": recap_key_of}
+
+
 _COLUMNS = (
     "id, tps, contest, version, payload, signature, device_id, state, attempts, last_code, last_error, outcome, "
     "submission_id, payload_sha256, chain_position, chain_hash, server_time, failed_checks, current_version, "
@@ -156,7 +181,7 @@ _COLUMNS = (
 )
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, kind: Kind) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Autocommit mode: transactions are the explicit BEGIN IMMEDIATE … COMMIT below.
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
@@ -165,23 +190,39 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous = FULL")  # WAL's default (NORMAL) may lose the last commits on power loss
     conn.execute("PRAGMA foreign_keys = ON")
     conn.executescript(_SCHEMA)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        row = conn.execute("SELECT kind FROM outbox_kind").fetchone()
+        if row is None:  # a new file, or a device's outbox from before recaps: it is what it is first opened as
+            conn.execute("INSERT INTO outbox_kind (kind) VALUES (?)", (kind,))
+    except BaseException:
+        conn.execute("ROLLBACK")
+        conn.close()
+        raise
+    conn.execute("COMMIT")
+    if row is not None and row[0] != kind:
+        conn.close()
+        what = {"form": "a device's outbox of C.Hasil forms", "recap": "a recap official's outbox of recaps"}
+        raise WrongKind(f"{path} is {what[row[0]]}, not {what[kind]}")
     return conn
 
 
 class Outbox:
     """A SQLite outbox. Open with `await Outbox.open(path)`; every method is a coroutine."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, kind: Kind = "form") -> None:
         self.path = path
+        self.kind: Kind = kind
+        self._key_of = KEYS[kind]
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="outbox")  # its thread starts with the first call
         self._conn: sqlite3.Connection
         self._closed = False
 
     @classmethod
-    async def open(cls, path: Path) -> Self:
-        outbox = cls(path)
+    async def open(cls, path: Path, kind: Kind = "form") -> Self:
+        outbox = cls(path, kind)
         try:
-            outbox._conn = await outbox._run(lambda: _connect(path))
+            outbox._conn = await outbox._run(lambda: _connect(path, kind))
         except BaseException:
             outbox._executor.shutdown(wait=False)
             raise
@@ -226,7 +267,7 @@ class Outbox:
         was rejected without being stored at the server: then the corrected form
         replaces it ("new") and the old one is kept as 'replaced'.
         """
-        tps, contest, version = key_of(payload)
+        tps, contest, version = self._key_of(payload)
         return await self.put_signed((tps, contest, version), lambda _existing: (payload, signature, device_id), photos)
 
     async def put_signed(
@@ -246,8 +287,8 @@ class Outbox:
         def put(conn: sqlite3.Connection) -> tuple[Entry, Put]:
             existing = self._live(conn, tps, contest, version)
             payload, signature, device_id = sign(existing)
-            if key_of(payload) != key:
-                raise ValueError(f"signed a form for {key_of(payload)}, not {key}")
+            if self._key_of(payload) != key:
+                raise ValueError(f"signed a {self.kind} for {self._key_of(payload)}, not {key}")
             now = time.time()
             if existing is not None:
                 if existing.payload == payload:
@@ -275,6 +316,7 @@ class Outbox:
                 id=entry_id, tps=tps, contest=contest, version=version, payload=payload, signature=signature,
                 device_id=device_id, photos=photos, state="pending", attempts=0, last_code=None, last_error=None,
                 outcome=None, receipt=None, failed_checks=(), current_version=None, created_at=now, updated_at=now,
+                kind=self.kind,
             ), "new"  # fmt: skip
 
         return await self._run(lambda: self._transaction(put))
@@ -425,4 +467,5 @@ class Outbox:
             current_version=row["current_version"],
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            kind=self.kind,
         )

@@ -18,13 +18,13 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from suara.client.outbox import Entry, Outbox, Put, Receipt
+from suara.client.outbox import Entry, Kind, Outbox, Put, Receipt
 from suara.client.stubs import tally_stub
 from suara.election.checks import MAX_PHOTOS
 from suara.election.outcomes import OUTCOMES, outcome_name
@@ -182,7 +182,15 @@ class Progress:
 
 
 class Client:
-    """Signs, stores and sends forms to one tally. Use `async with await Client.open(...)`."""
+    """Signs, stores and sends forms to one tally. Use `async with await Client.open(...)`.
+
+    A subclass sends another kind of outbox entry to another server (suara.client.recap: an
+    official's recaps to aggregate) by overriding `store`, `send` and `send_batch`; the outbox,
+    the flush, the backoff and what counts as final are this class's.
+    """
+
+    kind: Kind = "form"  # what its outbox holds
+    server = "tally"  # who it sends to, as its messages name it
 
     def __init__(
         self,
@@ -216,16 +224,16 @@ class Client:
         self._channel: grpc.aio.Channel | None = None
 
     @classmethod
-    async def open(cls, outbox_path: Path, target: str, **options: Any) -> Client:
+    async def open(cls, outbox_path: Path, target: str, **options: Any) -> Self:
         """A client with its own outbox at `outbox_path` (closed with the client); options as for __init__."""
-        return cls(await Outbox.open(outbox_path), target, owns_outbox=True, **options)
+        return cls(await Outbox.open(outbox_path, cls.kind), target, owns_outbox=True, **options)
 
     async def close(self) -> None:
         await self._drop_channel()
         if self._owns_outbox:
             await self.outbox.close()
 
-    async def __aenter__(self) -> Client:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -344,7 +352,7 @@ class Client:
             return Attempt(await self.outbox.mark_rejected(entry.id, code.name, message), retry=False)
         if code in _RECONNECT_CODES and error is not None:
             await self._drop_channel()
-        failed = await self.outbox.record_failure(entry.id, code.name, _explain(code, message))
+        failed = await self.outbox.record_failure(entry.id, code.name, _explain(code, message, self.server))
         return Attempt(failed, retry=True, retry_after_s=hint)
 
     async def resend(self, tps: str, contest: str, version: int) -> Attempt:
@@ -449,15 +457,15 @@ def _retry_delay(backoff: Backoff, failed: Sequence[Attempt]) -> float:
     return max(backoff.next_delay(), *(a.retry_after_s or 0.0 for a in failed))
 
 
-def _explain(code: grpc.StatusCode, message: str) -> str:
+def _explain(code: grpc.StatusCode, message: str, server: str = "tally") -> str:
     """A failure in few words: it is shown on a phone screen and in `suara outbox status`."""
     if code == grpc.StatusCode.UNAVAILABLE:
         if message.startswith("failed to connect to all addresses"):
             # grpc's transport chain ends with the reason that matters: "Connection refused", "Timeout"…
             message = message.rsplit(": ", 1)[-1].lower()
-        return f"tally unreachable ({message})"
+        return f"{server} unreachable ({message})"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return "no answer from tally in time (a resend is safe)"
+        return f"no answer from {server} in time (a resend is safe)"
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return f"tally is busy ({message})"
+        return f"{server} is busy ({message})"
     return f"{code.name}: {message}"
