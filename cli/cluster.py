@@ -294,8 +294,11 @@ async def running_cluster(args: argparse.Namespace, settings: Settings) -> Async
     database = PatroniCluster(data_dir / "db")
     note(f"database: etcd, Patroni and PostgreSQL on {', '.join(f'{h.name} {h.address}' for h in database.hosts)} …")
     supervisor: Supervisor | None = None
+    # A thread cannot be cancelled: a signal while the database hosts start waits for that to end
+    # (in the finally below), so that stopping them finds every process they started.
+    starting = asyncio.ensure_future(asyncio.to_thread(database.start))
     try:
-        await asyncio.to_thread(database.start)
+        await asyncio.shield(starting)
         applied = await database.provision()
         note(f"database: leader {getattr(database.leader(), 'name', '?')}; migrations: {len(applied)} applied")
         owner_url = database.url(role=OWNER_ROLE)
@@ -468,6 +471,9 @@ async def running_cluster(args: argparse.Namespace, settings: Settings) -> Async
         supervisor.write_state()
         yield Cluster(data_dir, envoy_address, site_url, bucket_url, admin_key, ca, state_file)
     finally:
+        if not starting.done():
+            with contextlib.suppress(Exception):
+                await starting
         if supervisor is not None:
             await supervisor.stop()
             remove_sockets(weed.ports.values())

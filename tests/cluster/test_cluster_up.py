@@ -212,3 +212,42 @@ async def test_cluster_up_loadtest_while_a_tally_host_dies_then_down(
     still = sorted(pid for pid, cmd in seen.items() if _cmdline(pid) == cmd)
     assert still == [], f"processes of the cluster alive after `suara cluster down`: {still}"
     assert not (data / "cluster.json").exists()
+
+
+def _processes_naming(data: Path) -> list[int]:
+    """Every process whose command line names `data` (etcd, Patroni and PostgreSQL do)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                if str(data).encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+    return found
+
+
+async def test_a_signal_while_the_database_hosts_start_stops_what_started(tmp_path: Path) -> None:
+    data = tmp_path / "cluster"
+    with (tmp_path / "cluster-up.log").open("wb") as err:
+        up = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cli", "cluster", "up", "--data-dir", str(data), env=_env(data),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=err,
+        )  # fmt: skip
+    try:
+
+        async def patroni_started() -> bool:
+            return (data / "db" / "db3" / "patroni.log").exists()
+
+        def running() -> None:
+            assert up.returncode is None, _tail(tmp_path / "cluster-up.log")
+
+        await poll_until(patroni_started, "the database hosts starting", 120, running)
+        assert _processes_naming(data)
+        up.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(up.wait(), 240) == 0, _tail(tmp_path / "cluster-up.log")
+    finally:
+        if up.returncode is None:
+            up.kill()
+            await up.wait()
+    assert up.stdout is not None
+    assert await up.stdout.read() == b""  # never ready
+    assert _processes_naming(data) == []
