@@ -74,7 +74,8 @@ if TYPE_CHECKING:
 DEFAULT_SCALE = 0.001
 DEFAULT_SEED = 2024
 DEFAULT_TALLY_HOSTS = 2
-# The aggregate hosts: one for now. Its standby is a second name here (and aggregate's own takeover).
+# The aggregate hosts: one for now. A standby is a second name here: the relay and publish are given
+# every host's internal address (SUARA_AGGREGATE_ADDRESS, comma-separated).
 AGGREGATE_HOSTS: tuple[str, ...] = ("aggregate1",)
 # publish runs twice: the one holding its advisory lock publishes, the other stands by.
 PUBLISH_HOSTS: tuple[str, ...] = ("publish1", "publish2")
@@ -339,7 +340,9 @@ async def running_cluster(args: argparse.Namespace, settings: Settings) -> Async
         if settings.metrics_on:
             for h in (*aggregates, *tallies, *publishers):
                 h.extra["metrics"] = metrics_url(h.address, port(h))
-        aggregate_internal = aggregates[0].extra["internal"]
+        # Every aggregate host: a caller given several sends to those reporting SERVING (where the
+        # settings take a list; one host, as now, is one address either way).
+        aggregate_internal = ",".join(h.extra["internal"] for h in aggregates)
         # publish reads tally's chain heads from one tally host's internal address.
         tally_internal = tallies[0].extra["internal"]
 
