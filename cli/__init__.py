@@ -30,6 +30,7 @@ GROUPS = (
     "audit",
     "demo",
     "up",
+    "cluster",
     "loadtest",
     "official",
     "recap",
@@ -39,7 +40,7 @@ GROUPS = (
     "health",
 )
 # Commands that run services: the roots of their traces are the calls they serve, not the ones they make.
-SERVING = frozenset({"tally", "aggregate", "publish", "service", "up"})
+SERVING = frozenset({"tally", "aggregate", "publish", "service", "up", "cluster"})
 
 
 def build_parser() -> argparse.ArgumentParser:

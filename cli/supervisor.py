@@ -60,6 +60,11 @@ class ChildSpec:
     env: Mapping[str, str]
     probe: Probe
     cwd: Path | None = None
+    # The whole command line of a program that is not suara (Envoy, SeaweedFS, nginx); `args` is then unused.
+    command: Sequence[str] | None = None
+    # False: a child that exits stays down (`suara cluster`: a host that dies is not brought back by magic).
+    restart: bool = True
+    grace_s: float | None = None  # its own grace before SIGKILL (None: the supervisor's)
 
 
 class RotatingLog:
@@ -302,19 +307,25 @@ class Supervisor:
     # --- internals --------------------------------------------------------------------------------
 
     async def _exec(
-        self, name: str, args: Sequence[str], env: Mapping[str, str], cwd: Path | None
+        self,
+        name: str,
+        args: Sequence[str],
+        env: Mapping[str, str],
+        cwd: Path | None,
+        command: Sequence[str] | None = None,
     ) -> tuple[asyncio.subprocess.Process, asyncio.Task[None] | None]:
-        """Start `suara ARGS` with its output going to `name`'s log (and the task copying it there)."""
+        """Start `suara ARGS` (or `command`) with its output going to `name`'s log (and the task copying it there)."""
+        argv = list(command) if command is not None else [*SUARA_COMMAND, *args]
         if self.log_to_stdout:
             proc = await asyncio.create_subprocess_exec(
-                *SUARA_COMMAND, *args, env=dict(env), cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
+                *argv, env=dict(env), cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
                 stdout=None, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
             return proc, None
         if name not in self._logs:  # one per name, kept across restarts: the file's size stays known
             self._logs[name] = RotatingLog(self.log_file(name), self.log_max_bytes, self.log_backups)
         proc = await asyncio.create_subprocess_exec(
-            *SUARA_COMMAND, *args, env=dict(env), cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
+            *argv, env=dict(env), cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         assert proc.stdout is not None
@@ -322,7 +333,7 @@ class Supervisor:
 
     async def _spawn(self, child: _Child) -> None:
         spec = child.spec
-        child.proc, child.pump = await self._exec(spec.name, spec.args, spec.env, spec.cwd)
+        child.proc, child.pump = await self._exec(spec.name, spec.args, spec.env, spec.cwd, spec.command)
         child.started_at = time.monotonic()
         where = "stdout" if self.log_to_stdout else str(self.log_file(spec.name))
         log.info("child_started", name=spec.name, pid=child.proc.pid, log=where)
@@ -352,6 +363,10 @@ class Supervisor:
             code = await child.proc.wait()
             if self._stopping:
                 return
+            if not child.spec.restart:
+                log.warning("child_exited", name=child.spec.name, exit_code=code, restart_in_s=None)
+                self._write_pids()
+                return
             uptime = time.monotonic() - child.started_at
             if uptime > STABLE_AFTER_S:
                 child.backoff.reset()
@@ -375,12 +390,13 @@ class Supervisor:
         proc = child.proc
         if proc is None or proc.returncode is not None:
             return
+        grace_s = self.grace_s if child.spec.grace_s is None else child.spec.grace_s
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
         try:
-            code = await asyncio.wait_for(proc.wait(), self.grace_s)
+            code = await asyncio.wait_for(proc.wait(), grace_s)
         except TimeoutError:
-            log.warning("child_killed", name=child.spec.name, pid=proc.pid, grace_s=self.grace_s)
+            log.warning("child_killed", name=child.spec.name, pid=proc.pid, grace_s=grace_s)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             code = await proc.wait()

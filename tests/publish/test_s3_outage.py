@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import EndpointConnectionError
 
+from cli.seaweedfs import SeaweedFS
 from services.publish.sinks.local import LocalSink
 from services.publish.sinks.s3 import S3Sink
 from tests.support.publish import Pipeline
-from tests.support.s3 import Bucket, SeaweedFS
+from tests.support.s3 import Bucket
 
 PREFIX = "pemilu2024"
 CONTEST = "pkwkp"  # one province's contest: a few hundred objects a cycle (see test_s3_publish.py)

@@ -1,30 +1,17 @@
-"""Run the deploy/nginx templates with the real nginx: fill the placeholders, start it in the
-foreground under a private prefix, stop it at the end."""
+"""Run the deploy/nginx templates with the real nginx: fill the placeholders (cli/nginx.py), start it in
+the foreground under a private prefix, stop it at the end."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import getpass
-import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from cli.embedded import free_port
+from cli.nginx import command, render
 from tests.support.waiting import poll_until
-
-
-def render(template: Path, prefix: Path, **values: str) -> Path:
-    """The template with every @KEY@ replaced; refuses to leave one unfilled."""
-    text = template.read_text()
-    for key, value in values.items():
-        text = text.replace(f"@{key}@", value)
-    left = sorted(set(re.findall(r"@[A-Z_]+@", text)))
-    assert not left, f"{template.name}: placeholders not filled: {left}"
-    prefix.mkdir(parents=True, exist_ok=True)
-    conf = prefix / template.name
-    conf.write_text(text)
-    return conf
 
 
 def _text(log: Path) -> str:
@@ -61,9 +48,7 @@ async def run_nginx(
     conf = render(template, prefix, PORT=f"127.0.0.1:{port}", USER=getpass.getuser(), **values)
     log = prefix / "nginx.log"
     with log.open("wb") as out:
-        process = await asyncio.create_subprocess_exec(
-            nginx, "-p", str(prefix), "-c", str(conf), "-e", "stderr", stdout=out, stderr=out
-        )
+        process = await asyncio.create_subprocess_exec(nginx, *command(conf, prefix)[1:], stdout=out, stderr=out)
     try:
         await _wait_listening(port, process, log, within)
         yield f"http://127.0.0.1:{port}"

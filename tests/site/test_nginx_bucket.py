@@ -12,13 +12,14 @@ import asyncio
 import time
 from pathlib import Path
 
+from cli.seaweedfs import SeaweedFS
 from services.publish.cache import content_type_for
 from services.publish.files import SiteFile
 from services.publish.sinks.s3 import S3Sink
 from tests.site.client import fetch
 from tests.site.nginx import run_nginx
 from tests.site.sample import SampleSite
-from tests.support.s3 import Bucket, SeaweedFS
+from tests.support.s3 import Bucket
 
 # Every object expires after a second, so the test sees nginx serve copies past their max-age without
 # waiting the real policy's 5-3600 s.

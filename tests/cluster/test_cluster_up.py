@@ -1,0 +1,253 @@
+"""Issue 15, `suara cluster`: the whole topology on this machine, a load test through it while one tally
+host dies (drill 2), then `suara cluster down`.
+
+Everything is real and out of process: `suara cluster up` (three etcd + Patroni + PostgreSQL hosts,
+SeaweedFS, aggregate, two tally hosts behind Envoy, publish active and standby, nginx in front of the
+bucket) and `suara loadtest`, unchanged, against its ready line. The oracle is the load test's own: what
+tally acknowledged to its devices, checked against every published totals file (read through nginx) at
+every level and every sampled TPS's file — an acknowledged form lost, or one counted twice, is a
+mismatch. Envoy's own view (its admin /clusters) shows the dead host out of rotation. Last, no process
+cluster.json listed may outlive `suara cluster down`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from cli.cluster import ENVOY
+from cli.nginx import NGINX
+from cli.patroni import etcd_binary, patroni_installed
+from cli.seaweedfs import weed_binary
+from tests.support.waiting import poll_until
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(etcd_binary() is None, reason="etcd is not installed (Debian etcd-server: make system-deps)"),
+    pytest.mark.skipif(not patroni_installed(), reason="patroni is not installed (the dev extras: make install)"),
+    pytest.mark.skipif(not weed_binary().exists(), reason="SeaweedFS is not installed (make install)"),
+    pytest.mark.skipif(not ENVOY.exists(), reason="Envoy is not installed (make install)"),
+    pytest.mark.skipif(not Path(NGINX).exists(), reason="nginx is not installed (make system-deps)"),
+    pytest.mark.skipif(
+        bool(os.environ.get("DATABASE_URL")), reason="the cluster runs its own databases (run without DATABASE_URL)"
+    ),
+]
+
+UP_S = 600.0  # three database hosts and seven others, on two busy cores
+SCALE = "0.3"  # of the cluster's ~1,000 synthetic TPS: ~700 forms
+RATE = "40"  # open loop, forms a second: the night lasts long enough to kill a host in the middle of it
+KILL_AFTER = 150  # forms stored before the tally host dies
+LOADTEST_S = 1200.0
+
+
+def _env(data: Path) -> dict[str, str]:
+    """This process's environment without suara's settings (the cluster makes its own PKI and ports)."""
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL" and not k.startswith(("SUARA_", "OTEL_"))}
+    return {**env, "SUARA_DATA_DIR": str(data), "SUARA_TALLY_PORT": "0"}
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-4000:]
+
+
+def _cmdline(pid: int) -> bytes | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+
+
+def _envoy_health(admin: str) -> dict[str, str]:
+    """Envoy's view of each tally endpoint: HOST:PORT -> its health flags ("healthy" when in rotation)."""
+    with urllib.request.urlopen(f"{admin}/clusters", timeout=2) as reply:
+        text = reply.read().decode()
+    flags = {}
+    for line in text.splitlines():
+        parts = line.split("::")
+        if len(parts) == 4 and parts[0] == "tally" and parts[2] == "health_flags":
+            flags[parts[1]] = parts[3]
+    return flags
+
+
+@contextlib.asynccontextmanager
+async def _cluster_up(data: Path, log: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, dict[str, str]]]:
+    """`suara cluster up`, until its ready line (parsed); SIGKILL at the end only if the test left it running."""
+    with log.open("wb") as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cli", "cluster", "up", "--data-dir", str(data), "--http-port", "0",
+            "--tally-hosts", "2", env=_env(data), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=err,
+        )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), UP_S)).decode()
+        assert line.startswith("ready "), f"no ready line: {line!r}\n{_tail(log)}"
+        yield proc, dict(part.split("=", 1) for part in line.split()[1:])
+    finally:
+        if proc.returncode is None:
+            # The test failed before `cluster down`: stop it as `down` would, so nothing outlives the test.
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 180)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+async def test_cluster_up_loadtest_while_a_tally_host_dies_then_down(
+    tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
+    data = tmp_path / "cluster"
+    async with _cluster_up(data, tmp_path / "cluster-up.log") as (up, ready):
+        state: dict[str, Any] = json.loads((data / "cluster.json").read_text())
+        hosts = {h["name"]: h for h in state["hosts"]}
+        # The ready line is the one `suara up` prints; Envoy and nginx are where it points.
+        assert set(ready) == {"tally", "site", "admin_key", "ca"}
+        assert ready["tally"] == state["tally"] and ready["site"] == state["site"]
+        assert ready["ca"] == state["ca"] and ready["admin_key"] == state["admin_key"]
+        assert {"db1", "db2", "db3", "tally1", "tally2", "edge1", "storage1", "publish1", "publish2"} <= set(hosts)
+        assert len({h["address"] for h in hosts.values()}) == len(hosts)  # each host its own address
+        for name in ("db1", "db2", "db3"):
+            assert set(hosts[name]["pids"]) == {"etcd", "patroni", "postgres"}, hosts[name]
+        every_pid = {p for h in hosts.values() for p in (*h["pids"].values(), *h["all_pids"])}
+        seen = {pid: _cmdline(pid) for pid in every_pid}
+        assert all(seen.values()), "a process cluster.json lists is not running"
+        envoy_admin = hosts["edge1"]["envoy_admin"]
+        victim = hosts["tally2"]
+        assert _envoy_health(envoy_admin) == {
+            hosts["tally1"]["grpc"]: "healthy",
+            victim["grpc"]: "healthy",
+        }
+
+        report = tmp_path / "loadtest.json"
+        with (tmp_path / "loadtest.log").open("wb") as out:
+            loadtest = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "cli", "loadtest", "--target", ready["tally"],
+                "--admin-target", hosts["tally1"]["internal"], "--admin-key", ready["admin_key"], "--ca", ready["ca"],
+                "--site", ready["site"], "--scale", SCALE, "--rate", RATE, "--concurrency", "32",
+                "--settle-timeout", "600", "--report", str(report),
+                env=_env(data), stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+            )  # fmt: skip
+        try:
+            db = await asyncpg.connect(state["database_url"])
+            try:
+
+                async def stored_enough() -> bool:
+                    return bool(await db.fetchval("SELECT count(*) FROM tally.submission") >= KILL_AFTER)
+
+                def loadtest_running() -> None:
+                    assert loadtest.returncode is None, (tmp_path / "loadtest.log").read_text()[-4000:]
+
+                await poll_until(stored_enough, f"{KILL_AFTER} forms stored", LOADTEST_S, loadtest_running)
+                stored_at_kill = await db.fetchval("SELECT count(*) FROM tally.submission")
+            finally:
+                await db.close()
+            # Drill 2: the tally host dies, every process of it at once, no goodbye.
+            killed_at = time.monotonic()
+            victims = [*victim["pids"].values(), *victim["all_pids"]]
+            for pid in victims:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+            async def out_of_rotation() -> bool:
+                flags = await asyncio.to_thread(_envoy_health, envoy_admin)
+                return flags.get(victim["grpc"]) != "healthy" and flags.get(hosts["tally1"]["grpc"]) == "healthy"
+
+            await poll_until(out_of_rotation, "the dead tally host out of Envoy's rotation", 30)
+            out_after_s = time.monotonic() - killed_at
+            code = await asyncio.wait_for(loadtest.wait(), LOADTEST_S)
+        finally:
+            if loadtest.returncode is None:
+                loadtest.kill()
+                await loadtest.wait()
+        text = (tmp_path / "loadtest.log").read_text(errors="replace")
+        assert code == 0, text[-4000:]
+        result = json.loads(report.read_text())
+        verification = result["verification"]
+        outcomes, errors = result["outcomes"], result["errors"]
+        acknowledged = sum(n for outcome, n in outcomes.items() if outcome != "DUPLICATE")
+        record_property(
+            "figures",
+            {
+                "drill": "suara cluster: a tally host SIGKILLed mid-load (2 tally hosts behind Envoy)",
+                "forms_acknowledged": acknowledged,
+                "stored_when_killed": stored_at_kill,
+                "acknowledged_forms_lost": verification["mismatch_count"],
+                "published_totals_vs_oracle": "exact" if verification["exact"] else "MISMATCH",
+                "areas_checked": verification["areas_checked"],
+                "tps_files_checked": verification["tps_checked"],
+                "out_of_envoy_rotation_after_s": round(out_after_s, 2),
+                "worst_latency_ms": result["latency_ms"]["max"],
+                "calls_answered_unavailable": errors.get("UNAVAILABLE", 0),
+                "errors_seen_by_devices": errors,
+                "outcomes": outcomes,
+                "throughput_per_s": result["throughput"],
+            },
+        )
+        assert verification["exact"] and verification["mismatch_count"] == 0
+        assert result["settled"] is True
+        # The calls in flight on the dead host may be answered UNAVAILABLE (the SDK sends them again); the
+        # malformed forms INVALID_ARGUMENT, on purpose. Nothing else.
+        assert set(errors) <= {"INVALID_ARGUMENT", "UNAVAILABLE"}, errors
+
+        down = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cli", "cluster", "down", "--data-dir", str(data), env=_env(data),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        said, _ = await asyncio.wait_for(down.communicate(), 240)
+        assert down.returncode == 0, said.decode()
+        assert await asyncio.wait_for(up.wait(), 30) == 0
+    still = sorted(pid for pid, cmd in seen.items() if _cmdline(pid) == cmd)
+    assert still == [], f"processes of the cluster alive after `suara cluster down`: {still}"
+    assert not (data / "cluster.json").exists()
+
+
+def _processes_naming(data: Path) -> list[int]:
+    """Every process whose command line names `data` (etcd, Patroni and PostgreSQL do)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                if str(data).encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+    return found
+
+
+async def test_a_signal_while_the_database_hosts_start_stops_what_started(tmp_path: Path) -> None:
+    data = tmp_path / "cluster"
+    with (tmp_path / "cluster-up.log").open("wb") as err:
+        up = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cli", "cluster", "up", "--data-dir", str(data), env=_env(data),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=err,
+        )  # fmt: skip
+    try:
+
+        async def patroni_started() -> bool:
+            return (data / "db" / "db3" / "patroni.log").exists()
+
+        def running() -> None:
+            assert up.returncode is None, _tail(tmp_path / "cluster-up.log")
+
+        await poll_until(patroni_started, "the database hosts starting", 120, running)
+        assert _processes_naming(data)
+        up.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(up.wait(), 240) == 0, _tail(tmp_path / "cluster-up.log")
+    finally:
+        if up.returncode is None:
+            up.kill()
+            await up.wait()
+    assert up.stdout is not None
+    assert await up.stdout.read() == b""  # never ready
+    assert _processes_naming(data) == []
