@@ -74,9 +74,10 @@ if TYPE_CHECKING:
 DEFAULT_SCALE = 0.001
 DEFAULT_SEED = 2024
 DEFAULT_TALLY_HOSTS = 2
-# The aggregate hosts: one for now. A standby is a second name here: the relay and publish are given
-# every host's internal address (SUARA_AGGREGATE_ADDRESS, comma-separated).
-AGGREGATE_HOSTS: tuple[str, ...] = ("aggregate1",)
+# The aggregate hosts, both serving (aggregate is active-active: every apply serialises on its head
+# row): the relay and publish are given every host's internal address (SUARA_AGGREGATE_ADDRESS,
+# comma-separated) and send to those that answer SERVING.
+AGGREGATE_HOSTS: tuple[str, ...] = ("aggregate1", "aggregate2")
 # publish runs twice: the one holding its advisory lock publishes, the other stands by.
 PUBLISH_HOSTS: tuple[str, ...] = ("publish1", "publish2")
 STORAGE_HOST = "storage1"

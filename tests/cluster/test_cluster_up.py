@@ -1,8 +1,8 @@
 """Issue 15, `suara cluster`: the whole topology on this machine, a load test through it while one tally
-host dies (drill 2), then `suara cluster down`.
+host dies (drill 2) and then one of the two aggregate hosts (drill 3), then `suara cluster down`.
 
 Everything is real and out of process: `suara cluster up` (three etcd + Patroni + PostgreSQL hosts,
-SeaweedFS, aggregate, two tally hosts behind Envoy, publish active and standby, nginx in front of the
+SeaweedFS, two aggregate hosts, two tally hosts behind Envoy, publish active and standby, nginx in front of the
 bucket) and `suara loadtest`, unchanged, against its ready line. The oracle is the load test's own: what
 tally acknowledged to its devices, checked against every published totals file (read through nginx) at
 every level and every sampled TPS's file — an acknowledged form lost, or one counted twice, is a
@@ -49,6 +49,7 @@ UP_S = 600.0  # three database hosts and seven others, on two busy cores
 SCALE = "0.3"  # of the cluster's ~1,000 synthetic TPS: ~700 forms
 RATE = "40"  # open loop, forms a second: the night lasts long enough to kill a host in the middle of it
 KILL_AFTER = 150  # forms stored before the tally host dies
+KILL_AGGREGATE_AFTER = 300  # forms stored before an aggregate host dies
 LOADTEST_S = 1200.0
 
 
@@ -106,7 +107,7 @@ async def _cluster_up(data: Path, log: Path) -> AsyncIterator[tuple[asyncio.subp
                 await proc.wait()
 
 
-async def test_cluster_up_loadtest_while_a_tally_host_dies_then_down(
+async def test_cluster_up_loadtest_while_a_tally_host_then_an_aggregate_host_die_then_down(
     tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
     data = tmp_path / "cluster"
@@ -117,7 +118,8 @@ async def test_cluster_up_loadtest_while_a_tally_host_dies_then_down(
         assert set(ready) == {"tally", "site", "admin_key", "ca"}
         assert ready["tally"] == state["tally"] and ready["site"] == state["site"]
         assert ready["ca"] == state["ca"] and ready["admin_key"] == state["admin_key"]
-        assert {"db1", "db2", "db3", "tally1", "tally2", "edge1", "storage1", "publish1", "publish2"} <= set(hosts)
+        expected = {"db1", "db2", "db3", "tally1", "tally2", "aggregate1", "aggregate2", "edge1", "storage1"}
+        assert expected | {"publish1", "publish2"} <= set(hosts)
         assert len({h["address"] for h in hosts.values()}) == len(hosts)  # each host its own address
         for name in ("db1", "db2", "db3"):
             assert set(hosts[name]["pids"]) == {"etcd", "patroni", "postgres"}, hosts[name]
@@ -144,29 +146,35 @@ async def test_cluster_up_loadtest_while_a_tally_host_dies_then_down(
             db = await asyncpg.connect(state["database_url"])
             try:
 
-                async def stored_enough() -> bool:
-                    return bool(await db.fetchval("SELECT count(*) FROM tally.submission") >= KILL_AFTER)
+                def stored(n: int) -> Callable[[], Any]:
+                    async def enough() -> bool:
+                        return bool(await db.fetchval("SELECT count(*) FROM tally.submission") >= n)
+
+                    return enough
 
                 def loadtest_running() -> None:
                     assert loadtest.returncode is None, (tmp_path / "loadtest.log").read_text()[-4000:]
 
-                await poll_until(stored_enough, f"{KILL_AFTER} forms stored", LOADTEST_S, loadtest_running)
+                await poll_until(stored(KILL_AFTER), f"{KILL_AFTER} forms stored", LOADTEST_S, loadtest_running)
                 stored_at_kill = await db.fetchval("SELECT count(*) FROM tally.submission")
+                # Drill 2: the tally host dies, every process of it at once, no goodbye.
+                killed_at = time.monotonic()
+                _kill_host(victim)
+
+                async def out_of_rotation() -> bool:
+                    flags = await asyncio.to_thread(_envoy_health, envoy_admin)
+                    return flags.get(victim["grpc"]) != "healthy" and flags.get(hosts["tally1"]["grpc"]) == "healthy"
+
+                await poll_until(out_of_rotation, "the dead tally host out of Envoy's rotation", 30)
+                out_after_s = time.monotonic() - killed_at
+                # Drill 3: an aggregate host dies the same way; the relay goes on to the other one.
+                await poll_until(
+                    stored(KILL_AGGREGATE_AFTER), f"{KILL_AGGREGATE_AFTER} forms stored", LOADTEST_S, loadtest_running
+                )
+                stored_at_aggregate_kill = await db.fetchval("SELECT count(*) FROM tally.submission")
+                _kill_host(hosts["aggregate1"])
             finally:
                 await db.close()
-            # Drill 2: the tally host dies, every process of it at once, no goodbye.
-            killed_at = time.monotonic()
-            victims = [*victim["pids"].values(), *victim["all_pids"]]
-            for pid in victims:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-
-            async def out_of_rotation() -> bool:
-                flags = await asyncio.to_thread(_envoy_health, envoy_admin)
-                return flags.get(victim["grpc"]) != "healthy" and flags.get(hosts["tally1"]["grpc"]) == "healthy"
-
-            await poll_until(out_of_rotation, "the dead tally host out of Envoy's rotation", 30)
-            out_after_s = time.monotonic() - killed_at
             code = await asyncio.wait_for(loadtest.wait(), LOADTEST_S)
         finally:
             if loadtest.returncode is None:
@@ -181,9 +189,10 @@ async def test_cluster_up_loadtest_while_a_tally_host_dies_then_down(
         record_property(
             "figures",
             {
-                "drill": "suara cluster: a tally host SIGKILLed mid-load (2 tally hosts behind Envoy)",
+                "drill": "suara cluster: a tally host, then an aggregate host, SIGKILLed mid-load (2 of each)",
                 "forms_acknowledged": acknowledged,
-                "stored_when_killed": stored_at_kill,
+                "stored_when_tally_host_killed": stored_at_kill,
+                "stored_when_aggregate_host_killed": stored_at_aggregate_kill,
                 "acknowledged_forms_lost": verification["mismatch_count"],
                 "published_totals_vs_oracle": "exact" if verification["exact"] else "MISMATCH",
                 "areas_checked": verification["areas_checked"],
@@ -212,6 +221,13 @@ async def test_cluster_up_loadtest_while_a_tally_host_dies_then_down(
     still = sorted(pid for pid, cmd in seen.items() if _cmdline(pid) == cmd)
     assert still == [], f"processes of the cluster alive after `suara cluster down`: {still}"
     assert not (data / "cluster.json").exists()
+
+
+def _kill_host(host: dict[str, Any]) -> None:
+    """Every process of `host` SIGKILLed at once, as a machine losing power."""
+    for pid in (*host["pids"].values(), *host["all_pids"]):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _processes_naming(data: Path) -> list[int]:
