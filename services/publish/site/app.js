@@ -92,8 +92,8 @@
     sel.value = c;
     const head = snap.chain_head || {};
     const hash = String(head.hash || "");
-    fill($("chain"), `Snapshot #${snap.snapshot} · rantai posisi ${head.position ?? "–"} · hash `,
-      el("code", { title: hash }, hash.slice(0, 16) + "…"));
+    fill($("chain"), `Snapshot #${snap.snapshot} · kepala rantai: catatan ke-${head.position ?? "–"}, sidik jari `,
+      el("code", { title: hash, "data-hash": hash }, hash.slice(0, 16) + "…"));
   }
 
   function choiceRows(cands, chart) {
@@ -148,17 +148,20 @@
     ];
     const rows = items.map(([code, nama]) => {
       const e = table[code] || {};
-      const cells = ids.map((id) =>
-        e.status_progress && id in e
-          ? el("td", { class: "num", "data-choice": id, "data-votes": Number(e[id]) }, fmt(e[id]))
-          : el("td", { class: "num" }, "–"));
+      const cells = ids.map((id) => {
+        const label = numero(cands[id]);
+        return e.status_progress && id in e
+          ? el("td", { class: "num", "data-label": label, "data-choice": id, "data-votes": Number(e[id]) }, fmt(e[id]))
+          : el("td", { class: "num", "data-label": label }, "–");
+      });
+      const flagged = tags(flags[code], cands, codes.length === 4);
       return el("tr", { "data-child": code },
-        el("td", {}, el("a", { href: hashOf(c, [...codes, code]) }, nama)),
+        el("td", { class: "name" }, el("a", { href: hashOf(c, [...codes, code]) }, nama)),
         cells,
-        el("td", { class: "num", "data-persen": Number(e.persen || 0) }, pct(e.persen || 0)),
-        el("td", {}, tags(flags[code], cands, codes.length === 4)));
+        el("td", { class: "num", "data-label": "Progres", "data-persen": Number(e.persen || 0) }, pct(e.persen || 0)),
+        el("td", { class: flagged.length ? "note" : "note empty" }, flagged));
     });
-    return el("div", { class: "scroll" }, el("table", {}, el("thead", {}, el("tr", {}, head)), el("tbody", {}, rows)));
+    return el("div", { class: "scroll" }, el("table", { class: "areas" }, el("thead", {}, el("tr", {}, head)), el("tbody", {}, rows)));
   }
 
   // `held`: photos publish held back (the status file's photos_unavailable).
@@ -187,18 +190,62 @@
       const url = typeof src === "string" && /^(\/[^/]|https?:\/\/)/.test(src) ? src.replace(/^\//, "") : null;
       let shown;
       if (url) {
-        shown = el("a", { href: url }, el("img", { loading: "lazy", src: url, alt: `Foto formulir halaman ${i + 1}` }));
+        shown = el("a", { href: url, target: "_blank", rel: "noopener", title: "Buka ukuran penuh" },
+          el("img", { loading: "lazy", src: url, width: 1240, height: 1754, alt: `Foto formulir C.Hasil halaman ${i + 1}` }));
       } else if (held > 0) {
         held -= 1; // not passed off as never sent
         shown = el("div", { class: "nofoto", "data-unavailable": "" }, "foto tidak tersedia");
       } else {
         shown = el("div", { class: "nofoto" }, "belum ada foto");
       }
-      return el("figure", { "data-photo": i }, shown, el("figcaption", { class: "muted" }, `Halaman ${i + 1}`));
+      const caption = url ? [`Halaman ${i + 1} · `, el("a", { href: url, target: "_blank", rel: "noopener" }, "ukuran penuh")] : `Halaman ${i + 1}`;
+      return el("figure", { "data-photo": i }, shown, el("figcaption", { class: "muted" }, caption));
     });
     out.push(el("div", { class: "photos" }, figures));
     out.push(el("p", { class: "muted" }, `Diperbarui: ${data.ts || "–"} WIB`));
     return out;
+  }
+
+  // A CSV of what the page's table shows, made here from the JSON it came from (which stays the source):
+  // every field quoted; one that a spreadsheet would run as a formula is prefixed with '.
+  function csv(rows) {
+    const cell = (v) => {
+      const s = String(v ?? "");
+      return '"' + (/^[=+\-@\t\r]/.test(s) ? "'" + s : s).replace(/"/g, '""') + '"';
+    };
+    return "data:text/csv;charset=utf-8," + encodeURIComponent("\ufeff" + rows.map((r) => r.map(cell).join(",")).join("\r\n") + "\r\n");
+  }
+
+  function tableCsv(cands, data, kids, codes, names) {
+    const ids = Object.keys(cands).sort((a, b) => cands[a].nomor_urut - cands[b].nomor_urut);
+    const head = ["kode", "nama", ...ids.map((id) => `${numero(cands[id])} ${cands[id].nama} (${id})`)];
+    if (codes.length === 5) {
+      const adm = data.administrasi || {};
+      const chart = data.chart || {};
+      const keys = Object.keys(adm);
+      return csv([[...head, ...keys], [codes[4], names[4], ...ids.map((id) => chart[id] ?? ""), ...keys.map((k) => adm[k])]]);
+    }
+    const table = data.table || {};
+    const name = Object.fromEntries((kids || []).map((k) => [k.kode, k.nama]));
+    const codesIn = [...(kids || []).map((k) => k.kode), ...Object.keys(table).filter((k) => !(k in name))];
+    return csv([[...head, "persen", "dihitung"], ...codesIn.map((k) => {
+      const e = table[k] || {};
+      return [k, name[k] || k, ...ids.map((id) => (e.status_progress && id in e ? e[id] : "")), e.persen ?? 0, e.status_progress ? 1 : 0];
+    })]);
+  }
+
+  function downloads(c, codes, cands, data, kids, names) {
+    const file = [c, ...codes].join("-") + ".csv";
+    return [
+      el("h2", {}, "Unduh data"),
+      el("ul", { class: "links" },
+        el("li", {}, el("a", { href: totalsPath(c, codes), "data-kind": "json", type: "application/json" }, "JSON"), " — angka halaman ini"),
+        el("li", {}, el("a", { href: tableCsv(cands, data, kids, codes, names), download: file, "data-kind": "csv", type: "text/csv" }, "CSV"),
+          codes.length === 5 ? " — formulir ini" : " — tabel di atas"),
+        el("li", {}, el("a", { href: "suara/nist/" + c + ".json", "data-kind": "nist", type: "application/json" }, "NIST SP 1500-100"),
+          " — hasil nasional & provinsi"),
+        el("li", {}, el("a", { href: "data.html", "data-kind": "about" }, "Tentang data ini, lisensi & cara memeriksa"))),
+    ];
   }
 
   async function render() {
@@ -247,6 +294,7 @@
         fill($("detail"), tpsDetail(data, unavailable(mark)));
       }
       fill($("flags"), flags);
+      fill($("downloads"), downloads(c, codes, cands, data, kids, names));
       $("error").hidden = true;
       body.dataset.state = "ready";
     } catch (err) {
