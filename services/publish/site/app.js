@@ -248,6 +248,52 @@
     ];
   }
 
+  // The night in one small chart: national shares per snapshot, from the history files (docs/layout.md),
+  // loaded only when a reader opens it, at most HISTORY_POINTS of them (the first and the latest always).
+  const HISTORY_POINTS = 24;
+  const SVG = "http://www.w3.org/2000/svg";
+  function svgEl(tag, attrs, ...kids) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+    node.append(...kids);
+    return node;
+  }
+  function pick(list, n) {
+    if (list.length <= n) return list;
+    const idx = new Set(Array.from({ length: n }, (_, i) => Math.round((i * (list.length - 1)) / (n - 1))));
+    return [...idx].map((i) => list[i]);
+  }
+  async function history(c, cands) {
+    const box = $("history-chart");
+    const list = (await get("suara/riwayat/" + c + ".json")) || [];
+    const entries = await Promise.all(pick(list, HISTORY_POINTS).map((e) => get(`suara/riwayat/${c}/${e.snapshot}.json`)));
+    const ids = Object.keys(cands).sort((a, b) => cands[a].nomor_urut - cands[b].nomor_urut);
+    const shares = ids.map(() => []);
+    for (const e of entries) {
+      const n = (e && e.nasional) || {};
+      const sum = ids.reduce((s, id) => s + Number(n[id] || 0), 0);
+      ids.forEach((id, i) => shares[i].push(sum ? (Number(n[id] || 0) * 100) / sum : 0));
+    }
+    if (!entries.length) return fill(box, el("p", { class: "muted" }, "Belum ada riwayat."));
+    const W = 600, H = 160;
+    const top = Math.min(100, Math.ceil(Math.max(10, ...shares.flat()) / 10) * 10);
+    const x = (i) => (entries.length > 1 ? (i * W) / (entries.length - 1) : W / 2);
+    const y = (s) => H - (s * H) / top;
+    const last = ids.map((id, i) => `${numero(cands[id])} ${pct(shares[i][shares[i].length - 1])}`).join(", ");
+    const first = entries[0].ts, end = entries[entries.length - 1].ts;
+    const chart = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img",
+      "aria-label": `Perolehan suara nasional, ${first} sampai ${end} WIB: ${last}`, "data-snapshots": entries.map((e) => e.snapshot).join(",") },
+      ...[0.5, 1].map((f) => svgEl("line", { x1: 0, x2: W, y1: y(top * f), y2: y(top * f), class: "grid" })),
+      ...ids.map((id, i) => svgEl(entries.length > 1 ? "polyline" : "circle", {
+        ...(entries.length > 1 ? { points: shares[i].map((s, j) => `${x(j).toFixed(1)},${y(s).toFixed(1)}`).join(" ") }
+          : { cx: x(0), cy: y(shares[i][0]), r: 4, fill: colour(cands[id].warna) }),
+        stroke: colour(cands[id].warna), "data-choice": id, "data-shares": shares[i].map((s) => s.toFixed(2)).join(",") })));
+    fill(box, chart,
+      el("p", { class: "muted" }, `${first} – ${end} WIB · ${entries.length} snapshot · garis bantu ${top / 2}% dan ${top}%`),
+      el("ul", { class: "legend" }, ids.map((id, i) => el("li", {}, swatch(colour(cands[id].warna)),
+        `${numero(cands[id])} · ${cands[id].nama}: ${pct(shares[i][shares[i].length - 1])}`))));
+  }
+
   async function render() {
     const mine = ++seq;
     const [c, codes] = route();
@@ -295,6 +341,10 @@
       }
       fill($("flags"), flags);
       fill($("downloads"), downloads(c, codes, cands, data, kids, names));
+      const past = $("history");
+      past.hidden = depth > 0;
+      past.dataset.contest = c;
+      if (!past.hidden && past.open) history(c, cands).catch(() => fill($("history-chart"), "Riwayat gagal dimuat."));
       $("error").hidden = true;
       body.dataset.state = "ready";
     } catch (err) {
@@ -334,6 +384,13 @@
     if (tr && !e.target.closest("a")) location.hash = tr.querySelector("a").getAttribute("href");
   });
   window.addEventListener("hashchange", () => snap && render());
+  $("history").addEventListener("toggle", (e) => {
+    const c = e.target.dataset.contest;
+    if (e.target.open && c) {
+      get("pemilu/" + c + ".json").then((cands) => history(c, cands))
+        .catch(() => fill($("history-chart"), "Riwayat gagal dimuat."));
+    }
+  });
   document.addEventListener("visibilitychange", () => document.hidden || poll());
   window.suaraPoll = poll; // lets a test (or a console) check for a new snapshot without waiting 30 s
   setInterval(() => document.hidden || poll(), POLL_MS);
