@@ -341,3 +341,90 @@ async def test_the_night_in_a_chart_opened_from_the_keyboard(
     await show(page, f"{site_url}/#{view}", view)
     assert await page.evaluate("document.getElementById('history').hidden") is True
     assert page.console == []
+
+
+# The contest picker's visible label (the words of the language shown).
+LABEL = (
+    "[...document.getElementById('contest').labels[0].querySelectorAll('span')]"
+    ".filter(s => s.offsetParent)[0].textContent"
+)
+CONTRAST = """(() => {
+  const rgb = (s) => (s.match(/[\\d.]+/g) || []).map(Number);
+  const lum = ([r, g, b]) => {
+    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const background = (e) => {
+    for (; e; e = e.parentElement) {
+      const c = rgb(getComputedStyle(e).backgroundColor);
+      if (c.length === 3 || (c.length === 4 && c[3] > 0)) return c.slice(0, 3);
+    }
+    return [255, 255, 255];
+  };
+  const poor = [];
+  for (const e of document.querySelectorAll('body *')) {
+    const own = [...e.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+    if (!own || !e.getClientRects().length) continue;
+    const a = lum(rgb(getComputedStyle(e).color)), b = lum(background(e));
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    const what = e.tagName + '.' + e.className + ' ' + e.textContent.trim().slice(0, 30);
+    if (ratio < 4.5) poor.push(what + ' ' + ratio.toFixed(2));
+  }
+  return poor;
+})()"""
+
+
+async def test_english_labels_keyboard_and_contrast(
+    public: Public, site_url: str, browser: Browser, artifacts: Path
+) -> None:
+    """English is a second language of the labels (names and numbers stay as published); every text on the
+    page has WCAG AA contrast (4.5:1); the contest picker has a visible label."""
+    c = public.sample.contest
+    candidates = json.loads((public.sample.site_dir / f"pemilu/{c}.json").read_text())
+    page = await sized_page(browser, 360, 740, True)
+    await show(page, site_url + "/", c)
+    indonesian = await page.evaluate(
+        "[...document.querySelectorAll('#chart [data-choice]')].map(e => [e.dataset.votes, e.textContent])"
+    )
+    assert await page.evaluate(LABEL) == "Pemilihan"
+    assert await page.evaluate(CONTRAST) == []
+    await page.click("#lang")
+    await page.wait_for("document.getElementById('area-name').textContent.startsWith('National — ')")
+    english = await page.evaluate(
+        f"""({{lang: document.documentElement.lang,
+             heads: [...document.querySelectorAll('#detail th')].slice(-2).map(e => e.textContent),
+             downloads: document.querySelector('#downloads h2').textContent,
+             label: {LABEL},
+             footer: [...document.querySelectorAll('footer p')].filter(p => p.offsetParent).map(p => p.lang),
+             chart: [...document.querySelectorAll('#chart [data-choice]')]
+               .map(e => [e.dataset.votes, e.textContent])}})"""
+    )
+    assert english["lang"] == "en"
+    assert english["heads"] == ["Progress", "Notes"]
+    assert english["downloads"] == "Download the data"
+    assert english["label"] == "Election"
+    assert english["footer"] == ["", "en", "en"]  # the chain line, then the English paragraphs only
+    assert english["chart"] == indonesian  # names and numbers as published, in either language
+    for _, text in english["chart"]:
+        assert any(v["nama"] in text for v in candidates.values())
+    fit = await page.evaluate(OVERFLOW)
+    assert fit["scroll"] <= fit["client"] and fit["cut"] == [], fit
+    assert await page.evaluate(CONTRAST) == []
+    await page.screenshot(artifacts / "public" / "phone360-english.png")
+
+    view = "/".join((c, *public.photo_tps))
+    await page.navigate("about:blank")
+    await page.navigate(f"{site_url}/#{view}")  # a new load: the choice is remembered
+    await page.wait_for(f"document.body.dataset.state === 'ready' && document.body.dataset.view === {json.dumps(view)}")
+    assert await page.evaluate("document.documentElement.lang") == "en"
+    captions = await page.evaluate("[...document.querySelectorAll('.photos figcaption')].map(e => e.textContent)")
+    assert captions == [f"Page {i} · full size" for i in (1, 2, 3)]
+    fit = await page.evaluate(OVERFLOW)
+    assert fit["scroll"] <= fit["client"] and fit["cut"] == [], fit
+    assert await page.evaluate(CONTRAST) == []
+    # Back to Indonesian from the keyboard: the button is a real button.
+    await page.evaluate("document.getElementById('lang').focus()")
+    await press(page, "Enter", 13, "\r")
+    await page.wait_for("document.documentElement.lang === 'id'")
+    await page.wait_for("document.querySelector('#detail h2').textContent === 'Formulir C.Hasil'")
+    assert page.console == []
