@@ -85,13 +85,19 @@ async def show(page: Page, url: str, view: str | None) -> None:
     else:
         await page.navigate(url)
     if view is not None:
-        try:
-            await page.wait_for(
-                f"document.body.dataset.state === 'ready' && document.body.dataset.view === {json.dumps(view)}"
-            )
-        except CDPError as exc:
-            state = await page.evaluate("[document.body.dataset.state, document.body.dataset.view, error.textContent]")
-            raise AssertionError(f"{view} not shown: {state}, console {page.console}") from exc
+        await ready(page, view)
+
+
+async def ready(page: Page, view: str) -> None:
+    try:
+        await page.wait_for(
+            f"document.body.dataset.state === 'ready' && document.body.dataset.view === {json.dumps(view)}"
+        )
+    except CDPError as exc:
+        state = await page.evaluate(
+            "[location.hash, document.body.dataset.state, document.body.dataset.view, error.textContent]"
+        )
+        raise AssertionError(f"{view} not shown: {state}, console {page.console}") from exc
 
 
 OVERFLOW = """(() => {
@@ -427,4 +433,64 @@ async def test_english_labels_keyboard_and_contrast(
     await press(page, "Enter", 13, "\r")
     await page.wait_for("document.documentElement.lang === 'id'")
     await page.wait_for("document.querySelector('#detail h2').textContent === 'Formulir C.Hasil'")
+    assert page.console == []
+
+
+async def test_anomalies_of_every_area_down_to_the_quarantined_tps(
+    public: Public, site_url: str, browser: Browser, artifacts: Path
+) -> None:
+    sample = public.sample
+    site = sample.site_dir
+    c = sample.contest
+    quarantined = sorted(tps for (tps, contest), a in public.current.items() if contest == c and a.quarantined)
+    assert quarantined == [sample.quarantined_tps]  # the oracle: the forms tally quarantined
+    q = quarantined[0]
+    page = await sized_page(browser, 360, 740, True)
+    await show(page, site_url + "/", c)
+    # Linked from the totals; followed with real clicks, down to the desa.
+    await page.click("#flags a[data-anomalies]")
+    path = (q[:2], q[:4], q[:6], q[:10])
+    for depth in range(len(path) + 1):
+        view = "/".join(("anomali", c, *path[:depth]))
+        await ready(page, view)
+        shown = await page.evaluate(
+            """({q: Number(progress.dataset.quarantined),
+                 rows: Object.fromEntries([...document.querySelectorAll('#detail tr[data-child]')].map(tr =>
+                   [tr.dataset.child, [Number(tr.querySelector('[data-quarantined]').dataset.quarantined),
+                     (tr.querySelector('[data-recon]') || {dataset: {}}).dataset.recon || null,
+                     tr.querySelector('.note').textContent]]))})"""
+        )
+        assert shown["q"] == len([t for t in quarantined if t.startswith("".join(path[depth - 1 : depth]))])
+        status_rel = f"suara/status/{'/'.join((c, *path[:depth]))}.json"
+        status = json.loads((site / status_rel).read_text())
+        assert sorted(shown["rows"]) == sorted(status["children"]), view  # every flagged child, nothing else
+        assert sum(n for n, _, _ in shown["rows"].values()) == shown["q"]
+        for code, (n, recon, note) in shown["rows"].items():
+            entry = status["children"][code]
+            assert n == entry.get("tps_quarantined", 0)
+            assert recon == entry.get("reconciliation")
+            for check in entry.get("failed_checks", []):
+                assert check in note
+        if depth == 2:  # the kabupaten/kota of the kecamatan whose recap is one vote off
+            assert shown["rows"][sample.mismatch_kecamatan][1] == "MISMATCH"
+        fit = await page.evaluate(OVERFLOW)
+        assert fit["scroll"] <= fit["client"] and fit["cut"] == [], (view, fit)
+        await page.screenshot(artifacts / "public" / f"anomalies-{depth}.png")
+        if depth < len(path):
+            await page.click(f'#detail tr[data-child="{path[depth]}"] a')
+    # At the desa, the quarantined TPS links to its form.
+    assert shown["rows"][q][2]  # its failed checks
+    await page.click(f'#detail tr[data-child="{q}"] a')
+    await ready(page, "/".join((c, *path, q)))
+    assert "dikarantina" in await page.evaluate("document.getElementById('flags').textContent")
+
+    # The kecamatan's own recap: its differences, as its status file lists them.
+    kec = sample.mismatch_kecamatan
+    view = "/".join(("anomali", c, kec[:2], kec[:4], kec))
+    await show(page, f"{site_url}/#{view}", view)
+    status = json.loads((site / f"suara/status/{c}/{kec[:2]}/{kec[:4]}/{kec}.json").read_text())
+    assert await page.evaluate("document.querySelector('#flags [data-recon]').dataset.recon") == "MISMATCH"
+    assert await page.evaluate("document.querySelectorAll('#flags .diff li').length") == len(
+        status["reconciliation"]["differences"]
+    )
     assert page.console == []

@@ -80,10 +80,14 @@
   const totalsPath = (c, codes) => "pemilu/hhcw/" + join(c, codes, c) + ".json";
   const listPath = (c, codes) => "wilayah/pemilu/" + c + "/" + (codes.length ? codes.join("/") : "0") + ".json";
   const statusPath = (c, codes) => "suara/status/" + join(c, codes, c) + ".json";
-  const hashOf = (c, codes) => "#" + [c, ...codes].join("/");
+  // "#anomali/ppwp/31": the anomalies of an area (its flagged children, from its status file).
+  const ANOMALIES = "anomali";
+  const hashOf = (c, codes, anomalies) => "#" + (anomalies ? ANOMALIES + "/" : "") + [c, ...codes].join("/");
 
   function route() {
-    const parts = decodeURIComponent(location.hash.slice(1)).split("/").filter(Boolean);
+    let parts = decodeURIComponent(location.hash.slice(1)).split("/").filter(Boolean);
+    const anomalies = parts[0] === ANOMALIES;
+    if (anomalies) parts = parts.slice(1);
     const contests = Object.keys((snap && snap.contests) || {});
     const c = contests.includes(parts[0]) ? parts[0] : contests[0] || "ppwp";
     const codes = [];
@@ -92,7 +96,7 @@
       if (!ok || (codes.length && !code.startsWith(codes[codes.length - 1]))) break; // keep the valid prefix
       codes.push(code);
     }
-    return [c, codes];
+    return [c, anomalies && codes.length < 5 ? codes : null, codes];
   }
 
   function header(c) {
@@ -315,10 +319,11 @@
 
   async function render() {
     const mine = ++seq;
-    const [c, codes] = route();
+    const [c, anomalyCodes, codes] = route();
     const depth = codes.length;
     const body = document.body;
     body.dataset.state = "loading";
+    if (anomalyCodes) return anomalies(mine, c, anomalyCodes);
     try {
       const [cands, data, st, kids, ...ancestors] = await Promise.all([
         get("pemilu/" + c + ".json"),
@@ -340,6 +345,7 @@
       document.title = (depth ? names[depth - 1] + " · " : "") + L("Hasil Hitung Suara", "Vote count results");
       fill($("chart"), choiceRows(cands, data.chart));
       const prog = $("progress");
+      delete prog.dataset.quarantined; // the anomalies view's
       let flags;
       if (depth < 5) {
         const p = data.progres || { progres: 0, total: 0 };
@@ -348,6 +354,12 @@
         prog.textContent = L("Progres: ", "Progress: ") + `${fmt(p.progres)} ` + L("dari", "of") + ` ${fmt(p.total)} TPS (${pct((data.chart && data.chart.persen) || 0)})`;
         const own = st || (depth === 0 && { tps_quarantined: (snap.contests[c] || {}).quarantined });
         flags = tags(own, cands);
+        const flagged = Object.keys((st && st.children) || {}).length;
+        if (flagged || (own && own.tps_quarantined)) {
+          flags.push(" ", el("a", { href: hashOf(c, codes, true), "data-anomalies": "" },
+            L(`Anomali di wilayah ini (${fmt(flagged)} ${depth === 4 ? "TPS" : "wilayah"})`,
+              `Anomalies in this area (${fmt(flagged)} ${depth === 4 ? "polling stations" : "areas"})`)));
+        }
         fill($("detail"), childTable(c, codes, cands, data, kids, st));
       } else {
         const mark = ((st && st.children) || {})[codes[4]];
@@ -375,6 +387,70 @@
       body.dataset.state = "error";
     }
     body.dataset.view = [c, ...codes].join("/");
+  }
+
+  // The anomalies of an area, as KawalPemilu showed them: its own recap against the digital count, then every
+  // child with something flagged (quarantined TPS and their failed checks, recap mismatches, photos
+  // unavailable), each linked down to its own anomalies (a TPS: its form). Counts at every level.
+  async function anomalies(mine, c, codes) {
+    const depth = codes.length;
+    const body = document.body;
+    try {
+      const [cands, st, kids, ...ancestors] = await Promise.all([
+        get("pemilu/" + c + ".json"),
+        get(statusPath(c, codes), true),
+        get(listPath(c, codes)),
+        ...codes.map((_, i) => get(listPath(c, codes.slice(0, i)))),
+      ]);
+      if (mine !== seq) return;
+      header(c);
+      const names = codes.map((code, i) => ((ancestors[i] || []).find((k) => k.kode === code) || {}).nama || code);
+      fill($("crumbs"), [c, ...codes].map((_, i) => {
+        const label = i ? names[i - 1] : level(0);
+        return i === depth ? el("span", {}, label) : el("a", { href: hashOf(c, codes.slice(0, i), true) }, label);
+      }));
+      const area = depth ? level(depth) + " " + names[depth - 1] : level(0);
+      $("area-name").textContent = L("Anomali: ", "Anomalies: ") + area + " — " + contestName(c);
+      document.title = L("Anomali", "Anomalies") + (depth ? " · " + names[depth - 1] : "") + " · " + L("Hasil Hitung Suara", "Vote count results");
+      const children = (st && st.children) || {};
+      const codesIn = Object.keys(children);
+      const q = st ? Number(st.tps_quarantined || 0) : depth === 0 ? Number((snap.contests[c] || {}).quarantined || 0) : 0;
+      const mismatches = codesIn.filter((k) => children[k].reconciliation === "MISMATCH").length;
+      const prog = $("progress");
+      delete prog.dataset.progres;
+      delete prog.dataset.total;
+      prog.dataset.quarantined = q;
+      prog.textContent = L(`${fmt(q)} TPS dikarantina · ${fmt(mismatches)} rekap di bawahnya tidak cocok`,
+        `${fmt(q)} polling stations quarantined · ${fmt(mismatches)} recaps below do not match`);
+      fill($("flags"), tags(st ? { ...st, tps_quarantined: 0 } : null, cands),
+        " ", el("a", { href: hashOf(c, codes) }, L("Kembali ke hasil", "Back to the results")));
+      fill($("chart"));
+      $("history").hidden = true;
+      const name = Object.fromEntries((kids || []).map((k) => [k.kode, k.nama]));
+      const tps = depth === 4;
+      const rows = codesIn.map((k) => el("tr", { "data-child": k },
+        el("td", { class: "name" }, el("a", { href: hashOf(c, [...codes, k], !tps) }, name[k] || k)),
+        el("td", { class: "num", "data-label": L("Dikarantina", "Quarantined"), "data-quarantined": Number(children[k].tps_quarantined || 0) },
+          fmt(children[k].tps_quarantined || 0)),
+        el("td", { class: "note" }, tags({ ...children[k], tps_quarantined: 0 }, cands, tps))));
+      fill($("detail"), codesIn.length
+        ? el("div", { class: "scroll" }, el("table", { class: "areas" },
+          el("thead", {}, el("tr", {}, el("th", {}, level(depth + 1)), el("th", { class: "num" }, L("TPS dikarantina", "Quarantined")),
+            el("th", {}, L("Keterangan", "Notes")))), el("tbody", {}, rows)))
+        : el("p", { "data-none": "" }, L("Tidak ada anomali di wilayah ini.", "No anomalies in this area.")));
+      fill($("downloads"), el("h2", {}, L("Unduh data", "Download the data")), el("ul", { class: "links" },
+        el("li", {}, el("a", { href: statusPath(c, codes), "data-kind": "status", type: "application/json" }, "JSON"),
+          L(" — status karantina & rekap wilayah ini", " — this area's quarantine and recap status")),
+        el("li", {}, el("a", { href: "data.html", "data-kind": "about" }, L("Tentang data ini", "About the data")))));
+      $("error").hidden = true;
+      body.dataset.state = "ready";
+    } catch (err) {
+      if (mine !== seq) return;
+      $("error").textContent = L("Gagal memuat data (", "Could not load the data (") + err.message + ").";
+      $("error").hidden = false;
+      body.dataset.state = "error";
+    }
+    body.dataset.view = [ANOMALIES, c, ...codes].join("/");
   }
 
   async function poll() {
