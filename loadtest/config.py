@@ -49,6 +49,9 @@ class Config:
     rate: float | None = None  # arrivals/s (open loop); None: closed loop
     faults: str = "standard"
     seed: int = 2024
+    # Share of TPS whose forms carry the three photos of the paper form (loadtest/photos.py): about
+    # 0.13 s of CPU and 1 MB per form, so off unless asked for.
+    photos: float = 0.0
     enroll_concurrency: int = 4  # EnrollDevices runs of 1,000 in flight
     read_concurrency: int = 64
     sample_interval_s: float = 0.5

@@ -11,6 +11,7 @@ cap the rate.
 from __future__ import annotations
 
 import asyncio
+import random
 import tempfile
 import time
 from collections.abc import Awaitable
@@ -23,6 +24,7 @@ from loadtest.config import Config, ProgressLine
 from loadtest.forms import Variant, make_form
 from loadtest.oracle import STORED, Oracle
 from loadtest.outbox import InlineOutbox
+from loadtest.photos import form_photos
 from loadtest.plan import Job, Plan, Step
 from loadtest.registry import Registry
 from loadtest.report import Stats
@@ -54,6 +56,7 @@ class Driver:
     ) -> None:
         self.config = config
         self.choices = {c: r.choices for c, r in registry.contests.items()}
+        self.names = {c: r.names for c, r in registry.contests.items()}
         self.keys = keys
         self.workdir = workdir
         self.stats = stats
@@ -110,6 +113,18 @@ class Driver:
     def _form(self, tps: str, step: Step) -> form_pb2.CHasilForm:
         return make_form(self.config.seed, tps, step.contest, step.version, step.variant, self.choices[step.contest])
 
+    def _with_photos(self, tps: str) -> bool:
+        """Whether this TPS photographs its forms: a fixed share of the TPS, the same in every run of a seed."""
+        share = self.config.photos
+        return share > 0 and random.Random(f"{self.config.seed}:{tps}:photos").random() < share
+
+    async def _photos(self, form: form_pb2.CHasilForm, variant: Variant) -> list[bytes]:
+        """The photos this form is sent with (none for a malformed form: it is refused whatever it carries)."""
+        if variant == "malformed" or not self._with_photos(form.tps):
+            return []
+        # Off the event loop: JPEG encoding releases the GIL, the other devices keep sending meanwhile.
+        return await asyncio.to_thread(form_photos, form, self.names.get(form.contest, {}))
+
     def _observe(self, attempt: Attempt, seconds: float) -> None:
         """One call answered or failed: its latency, and its error when it is to be retried."""
         self.stats.latencies_ms.append(seconds * 1000)
@@ -126,11 +141,13 @@ class Driver:
     async def _step(self, client: Client, tps: str, step: Step) -> None:
         key = self.keys[tps]
         if step.action == "send":
-            attempt = await self._timed(client.submit(self._form(tps, step), key))
+            form = self._form(tps, step)
+            attempt = await self._timed(client.submit(form, key, await self._photos(form, step.variant)))
         elif step.action == "resend":
             attempt = await self._timed(client.resend(tps, step.contest, step.version))
         else:  # lost_reply: tally stores it, the answer never reaches the device, which sends it again
-            entry, _ = await client.store(self._form(tps, step), key)
+            form = self._form(tps, step)
+            entry, _ = await client.store(form, key, await self._photos(form, step.variant))
             await self._send_and_drop(entry)
             entry = await client.outbox.record_failure(entry.id, "DEADLINE_EXCEEDED", "reply lost (load test)")
             attempt = await self._timed(client.send(entry))
@@ -139,7 +156,8 @@ class Driver:
 
     async def _send_and_drop(self, entry: Entry) -> None:
         request = tally_pb2.SubmitRequest(
-            form=form_pb2.SignedForm(payload=entry.payload, signature=entry.signature, device_id=entry.device_id)
+            form=form_pb2.SignedForm(payload=entry.payload, signature=entry.signature, device_id=entry.device_id),
+            photos=[tally_pb2.Photo(content=p) for p in entry.photos],
         )
         started = time.perf_counter()
         try:
@@ -175,7 +193,8 @@ class Driver:
         client = await self.open_client(f"offline-{job.tps}")
         try:
             for step in job.steps:
-                await client.store(self._form(job.tps, step), self.keys[job.tps])
+                form = self._form(job.tps, step)
+                await client.store(form, self.keys[job.tps], await self._photos(form, step.variant))
                 self._offline_variant[(job.tps, step.contest, step.version)] = step.variant
         finally:
             await client.close()

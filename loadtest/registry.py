@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from loadtest.site import Site, SiteError, read_json
 from suara.election.codes import TPS_LENGTH, path_of
@@ -34,6 +34,7 @@ class ContestRegistry:
     contest: str
     choices: tuple[str, ...]  # in ballot (nomor_urut) order
     children: dict[str, tuple[str, ...]]  # area code ("" for national) -> its children's codes, sorted
+    names: dict[str, str] = field(default_factory=dict)  # choice id -> its name (printed on form photos)
 
     def areas(self) -> Iterator[str]:
         """Every area with a totals file: national down to desa (TPS have TPS files instead)."""
@@ -98,5 +99,6 @@ async def read_registry(
             found = await asyncio.gather(*(region(contest, code) for code in level))
             children.update(found)
             level = [kid for _, kids in found for kid in kids if len(kid) < TPS_LENGTH]
-        out[contest] = ContestRegistry(contest, choices, children)
+        names = {c: str(candidates[c].get("nama", c)) for c in choices}
+        out[contest] = ContestRegistry(contest, choices, children, names)
     return Registry(out)

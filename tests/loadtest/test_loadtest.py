@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gzip
+import hashlib
 import json
 import random
 from collections import Counter
@@ -39,6 +40,7 @@ from services.publish.http import serve_site
 from suara.election.checks import find_inconsistencies, find_malformed
 from suara.election.contest import Choice, Contest
 from suara.runtime.settings import Settings
+from suara.v1 import form_pb2
 from tests.support.pki import suite_pki
 from tests.support.publish import Pipeline
 
@@ -110,6 +112,30 @@ async def test_a_small_night_with_standard_faults_is_exact(
     for contest, oracle in report["oracle"].items():
         national = json.loads((system.pipeline.site / f"pemilu/hhcw/{contest}.json").read_bytes())
         assert national["progres"]["progres"] == oracle["counted"]
+
+
+async def test_forms_sent_with_photos_publish_them_whatever_the_faults(system: System) -> None:
+    """--photos: a share of the TPS send their form's three photos, through every fault (a lost reply, an
+    offline outbox, a correction); what tally holds as current is what the site shows."""
+    config = replace(system.config, contests=["ppwp"], scale=0.03, photos=0.5)
+    report = await run_loadtest(config)
+    assert report["verification"]["exact"], report["verification"]["mismatches"]
+    rows = await system.pipeline.db.fetch(
+        "SELECT s.tps, s.payload FROM tally.current c JOIN tally.submission s ON s.id = c.submission_id"
+        " WHERE s.contest = 'ppwp'"
+    )
+    photographed = 0
+    for row in rows:
+        shas = list(form_pb2.CHasilForm.FromString(bytes(row["payload"])).photo_sha256)
+        assert len(shas) in (0, 3), row["tps"]
+        photographed += bool(shas)
+        rel = "/".join(row["tps"][:n] for n in (2, 4, 6, 10, 13))
+        tps_file = json.loads((system.pipeline.site / f"pemilu/hhcw/ppwp/{rel}.json").read_bytes())
+        assert tps_file["images"] == [f"/foto/{sha[:2]}/{sha}.jpg" for sha in shas] + [None] * (3 - len(shas))
+        for sha in shas:
+            body = (system.pipeline.site / f"foto/{sha[:2]}/{sha}.jpg").read_bytes()
+            assert hashlib.sha256(body).hexdigest() == sha
+    assert 0.2 * len(rows) <= photographed <= 0.8 * len(rows), (photographed, len(rows))
 
 
 async def test_a_corrupted_totals_file_is_a_mismatch(

@@ -4,19 +4,34 @@
 // Data goes into the page only as text or attribute values (el below): nothing parses HTML, and the
 // site's CSP forbids inline script and style besides.
 (() => {
-  const LEVELS = ["Nasional", "Provinsi", "Kabupaten/Kota", "Kecamatan", "Desa/Kelurahan", "TPS"];
+  // Labels in Bahasa Indonesia, and in English for who asks (the button; kept in localStorage). Names and
+  // numbers are never translated.
+  let lang = "id";
+  try {
+    if (localStorage.getItem("suara-lang") === "en") lang = "en";
+  } catch (e) { /* storage refused: Indonesian */ }
+  const L = (id, en) => (lang === "en" ? en : id);
+  const LEVELS = [["Nasional", "National"], ["Provinsi", "Province"], ["Kabupaten/Kota", "Regency/City"],
+    ["Kecamatan", "District"], ["Desa/Kelurahan", "Village"], ["TPS", "Polling station"]];
+  const level = (i) => L(...LEVELS[i]);
   const CODE_LEN = [2, 4, 6, 10, 13];
   const CONTESTS = {
-    ppwp: "Presiden & Wakil Presiden", pdpr: "DPR RI", pdpd: "DPD RI", pdprdp: "DPRD Provinsi",
-    pdprdk: "DPRD Kabupaten/Kota", pkwkp: "Gubernur", pkwkk: "Bupati/Wali Kota",
+    ppwp: ["Presiden & Wakil Presiden", "President & Vice President"], pdpr: ["DPR RI"], pdpd: ["DPD RI"],
+    pdprdp: ["DPRD Provinsi", "Provincial DPRD"], pdprdk: ["DPRD Kabupaten/Kota", "Regency/City DPRD"],
+    pkwkp: ["Gubernur", "Governor"], pkwkk: ["Bupati/Wali Kota", "Regent/Mayor"],
   };
-  const RECON = { MATCH: "COCOK", MISMATCH: "TIDAK COCOK", INCOMPLETE: "BELUM LENGKAP", NO_RECAP: "BELUM ADA REKAP" };
+  const contestName = (c) => (CONTESTS[c] ? L(CONTESTS[c][0], CONTESTS[c][1] || CONTESTS[c][0]) : c);
+  const RECON = { MATCH: ["COCOK", "MATCHES"], MISMATCH: ["TIDAK COCOK", "DOES NOT MATCH"],
+    INCOMPLETE: ["BELUM LENGKAP", "INCOMPLETE"], NO_RECAP: ["BELUM ADA REKAP", "NO RECAP YET"] };
   const ADM_GROUPS = [
-    ["pemilih_dpt", "Pemilih terdaftar (DPT)"], ["pengguna_dpt", "Pengguna hak pilih DPT"],
-    ["pengguna_dptb", "Pengguna DPTb"], ["pengguna_non_dpt", "Pengguna non-DPT (DPK)"],
-    ["pengguna_total", "Jumlah pengguna hak pilih"],
+    ["pemilih_dpt", "Pemilih terdaftar (DPT)", "Registered voters (DPT)"],
+    ["pengguna_dpt", "Pengguna hak pilih DPT", "Voters from the DPT"],
+    ["pengguna_dptb", "Pengguna DPTb", "Voters from the DPTb"],
+    ["pengguna_non_dpt", "Pengguna non-DPT (DPK)", "Voters not on a list (DPK)"],
+    ["pengguna_total", "Jumlah pengguna hak pilih", "Voters in total"],
   ];
-  const ADM_VOTES = [["suara_sah", "Suara sah"], ["suara_tidak_sah", "Suara tidak sah"], ["suara_total", "Jumlah suara"]];
+  const ADM_VOTES = [["suara_sah", "Suara sah", "Valid votes"], ["suara_tidak_sah", "Suara tidak sah", "Invalid votes"],
+    ["suara_total", "Jumlah suara", "Votes in total"]];
   const POLL_MS = 30000;
 
   const $ = (id) => document.getElementById(id);
@@ -65,10 +80,14 @@
   const totalsPath = (c, codes) => "pemilu/hhcw/" + join(c, codes, c) + ".json";
   const listPath = (c, codes) => "wilayah/pemilu/" + c + "/" + (codes.length ? codes.join("/") : "0") + ".json";
   const statusPath = (c, codes) => "suara/status/" + join(c, codes, c) + ".json";
-  const hashOf = (c, codes) => "#" + [c, ...codes].join("/");
+  // "#anomali/ppwp/31": the anomalies of an area (its flagged children, from its status file).
+  const ANOMALIES = "anomali";
+  const hashOf = (c, codes, anomalies) => "#" + (anomalies ? ANOMALIES + "/" : "") + [c, ...codes].join("/");
 
   function route() {
-    const parts = decodeURIComponent(location.hash.slice(1)).split("/").filter(Boolean);
+    let parts = decodeURIComponent(location.hash.slice(1)).split("/").filter(Boolean);
+    const anomalies = parts[0] === ANOMALIES;
+    if (anomalies) parts = parts.slice(1);
     const contests = Object.keys((snap && snap.contests) || {});
     const c = contests.includes(parts[0]) ? parts[0] : contests[0] || "ppwp";
     const codes = [];
@@ -77,23 +96,24 @@
       if (!ok || (codes.length && !code.startsWith(codes[codes.length - 1]))) break; // keep the valid prefix
       codes.push(code);
     }
-    return [c, codes];
+    return [c, anomalies && codes.length < 5 ? codes : null, codes];
   }
 
   function header(c) {
-    $("last-updated").textContent = "Terakhir diperbarui: " + snap.ts + " WIB";
+    $("last-updated").textContent = L("Terakhir diperbarui: ", "Last updated: ") + snap.ts + " WIB";
     $("last-updated").dataset.ts = snap.ts;
     const sel = $("contest");
     const keys = Object.keys(snap.contests || {});
-    if (sel.dataset.keys !== keys.join()) {
-      fill(sel, keys.map((k) => el("option", { value: k }, CONTESTS[k] || k)));
-      sel.dataset.keys = keys.join();
+    if (sel.dataset.keys !== lang + keys.join()) {
+      fill(sel, keys.map((k) => el("option", { value: k }, contestName(k))));
+      sel.dataset.keys = lang + keys.join();
     }
     sel.value = c;
     const head = snap.chain_head || {};
     const hash = String(head.hash || "");
-    fill($("chain"), `Snapshot #${snap.snapshot} · rantai posisi ${head.position ?? "–"} · hash `,
-      el("code", { title: hash }, hash.slice(0, 16) + "…"));
+    fill($("chain"), `Snapshot #${snap.snapshot} · ` + L(`kepala rantai: catatan ke-${head.position ?? "–"}, sidik jari `,
+      `chain head: record ${head.position ?? "–"}, hash `),
+      el("code", { title: hash, "data-hash": hash }, hash.slice(0, 16) + "…"));
   }
 
   function choiceRows(cands, chart) {
@@ -117,19 +137,20 @@
     const out = [];
     if (!st) return out;
     const q = st.tps_quarantined;
-    if (q) out.push(el("span", { class: "tag q", "data-quarantined": q }, `${tps ? "" : fmt(q) + " TPS "}dikarantina`));
+    if (q) out.push(el("span", { class: "tag q", "data-quarantined": q }, `${tps ? "" : fmt(q) + " TPS "}` + L("dikarantina", "quarantined")));
     const rec = typeof st.reconciliation === "string" ? st.reconciliation : st.reconciliation && st.reconciliation.status;
-    if (rec) out.push(el("span", { class: "tag " + rec, "data-recon": rec }, "Rekap: " + (RECON[rec] || rec)));
+    if (rec) out.push(el("span", { class: "tag " + rec, "data-recon": rec }, L("Rekap: ", "Recap: ") + (RECON[rec] ? L(...RECON[rec]) : rec)));
     if (Array.isArray(st.failed_checks) && st.failed_checks.length) {
       out.push(" ", el("span", { class: "muted" }, st.failed_checks.map(String).join("; ")));
     }
     const held = unavailable(st);
-    if (held) out.push(" ", el("span", { class: "muted", "data-photos-unavailable": held }, `${held} foto tidak tersedia`));
+    if (held) out.push(" ", el("span", { class: "muted", "data-photos-unavailable": held }, L(`${held} foto tidak tersedia`, `${held} photo(s) unavailable`)));
     const diffs = (st.reconciliation && st.reconciliation.differences) || [];
     if (diffs.length) {
-      const label = (f) => String(f).replace(/^votes\[(\d+)\]$/, (_, id) => "suara " + ((cands[id] && cands[id].nama) || id));
+      const label = (f) => String(f).replace(/^votes\[(\d+)\]$/, (_, id) => L("suara ", "votes ") + ((cands[id] && cands[id].nama) || id));
       out.push(el("ul", { class: "diff" }, diffs.map((d) =>
-        el("li", {}, `${label(d.field)}: rekap ${fmt(d.recap)}, digital ${fmt(d.digital)} (selisih ${fmt(d.difference)})`))));
+        el("li", {}, `${label(d.field)}: ` + L(`rekap ${fmt(d.recap)}, digital ${fmt(d.digital)} (selisih ${fmt(d.difference)})`,
+        `recap ${fmt(d.recap)}, digital ${fmt(d.digital)} (difference ${fmt(d.difference)})`)))));
     }
     return out;
   }
@@ -141,72 +162,168 @@
     for (const code of Object.keys(table)) if (!items.some((it) => it[0] === code)) items.push([code, code]);
     const flags = (st && st.children) || {};
     const head = [
-      el("th", {}, LEVELS[codes.length + 1]),
+      el("th", {}, level(codes.length + 1)),
       ids.map((id) => el("th", { class: "num", title: cands[id].nama }, swatch(colour(cands[id].warna)), numero(cands[id]))),
-      el("th", { class: "num" }, "Progres"),
-      el("th", {}, "Keterangan"),
+      el("th", { class: "num" }, L("Progres", "Progress")),
+      el("th", {}, L("Keterangan", "Notes")),
     ];
     const rows = items.map(([code, nama]) => {
       const e = table[code] || {};
-      const cells = ids.map((id) =>
-        e.status_progress && id in e
-          ? el("td", { class: "num", "data-choice": id, "data-votes": Number(e[id]) }, fmt(e[id]))
-          : el("td", { class: "num" }, "–"));
+      const cells = ids.map((id) => {
+        const label = numero(cands[id]);
+        return e.status_progress && id in e
+          ? el("td", { class: "num", "data-label": label, "data-choice": id, "data-votes": Number(e[id]) }, fmt(e[id]))
+          : el("td", { class: "num", "data-label": label }, "–");
+      });
+      const flagged = tags(flags[code], cands, codes.length === 4);
       return el("tr", { "data-child": code },
-        el("td", {}, el("a", { href: hashOf(c, [...codes, code]) }, nama)),
+        el("td", { class: "name" }, el("a", { href: hashOf(c, [...codes, code]) }, nama)),
         cells,
-        el("td", { class: "num", "data-persen": Number(e.persen || 0) }, pct(e.persen || 0)),
-        el("td", {}, tags(flags[code], cands, codes.length === 4)));
+        el("td", { class: "num", "data-label": L("Progres", "Progress"), "data-persen": Number(e.persen || 0) }, pct(e.persen || 0)),
+        el("td", { class: flagged.length ? "note" : "note empty" }, flagged));
     });
-    return el("div", { class: "scroll" }, el("table", {}, el("thead", {}, el("tr", {}, head)), el("tbody", {}, rows)));
+    return el("div", { class: "scroll" }, el("table", { class: "areas" }, el("thead", {}, el("tr", {}, head)), el("tbody", {}, rows)));
   }
 
   // `held`: photos publish held back (the status file's photos_unavailable).
   function tpsDetail(data, held) {
-    const out = [el("h2", {}, "Formulir C.Hasil")];
+    const out = [el("h2", {}, L("Formulir C.Hasil", "C.Hasil form"))];
     const adm = data.administrasi;
-    if (!adm) out.push(el("p", {}, "Belum ada data formulir dari TPS ini."));
+    if (!adm) out.push(el("p", {}, L("Belum ada data formulir dari TPS ini.", "No form from this polling station yet.")));
     else {
       const cell = (k) => el("td", { class: "num", "data-tps-field": k }, k in adm ? fmt(adm[k]) : "–");
       const blank = () => el("td");
       const known = new Set(ADM_VOTES.map((v) => v[0]));
       for (const [g] of ADM_GROUPS) for (const s of ["_j", "_l", "_p"]) known.add(g + s);
       const rows = [
-        ADM_GROUPS.map(([k, label]) => el("tr", {}, el("td", {}, label), cell(k + "_l"), cell(k + "_p"), cell(k + "_j"))),
-        ADM_VOTES.map(([k, label]) => el("tr", {}, el("td", {}, label), blank(), blank(), cell(k))),
+        ADM_GROUPS.map(([k, id, en]) => el("tr", {}, el("td", {}, L(id, en)), cell(k + "_l"), cell(k + "_p"), cell(k + "_j"))),
+        ADM_VOTES.map(([k, id, en]) => el("tr", {}, el("td", {}, L(id, en)), blank(), blank(), cell(k))),
         Object.keys(adm).filter((k) => !known.has(k)).map((k) => el("tr", {}, el("td", {}, k), blank(), blank(), cell(k))),
       ];
-      const head = el("tr", {}, el("th", {}, "Data pemilih"),
-        ["Laki-laki", "Perempuan", "Jumlah"].map((t) => el("th", { class: "num" }, t)));
+      const head = el("tr", {}, el("th", {}, L("Data pemilih", "Voters")),
+        [L("Laki-laki", "Men"), L("Perempuan", "Women"), L("Jumlah", "Total")].map((t) => el("th", { class: "num" }, t)));
       out.push(el("div", { class: "scroll" }, el("table", {}, el("thead", {}, head), el("tbody", {}, rows))));
     }
-    out.push(el("h2", {}, "Foto formulir"));
+    out.push(el("h2", {}, L("Foto formulir", "Form photos")));
     const images = Array.isArray(data.images) ? data.images : [null, null, null];
     const figures = images.map((src, i) => {
       // Site paths ("/foto/…") made relative, for a bucket prefix; http(s) URLs; nothing else (javascript:).
       const url = typeof src === "string" && /^(\/[^/]|https?:\/\/)/.test(src) ? src.replace(/^\//, "") : null;
       let shown;
       if (url) {
-        shown = el("a", { href: url }, el("img", { loading: "lazy", src: url, alt: `Foto formulir halaman ${i + 1}` }));
+        shown = el("a", { href: url, target: "_blank", rel: "noopener", title: L("Buka ukuran penuh", "Open full size") },
+          el("img", { loading: "lazy", src: url, width: 1240, height: 1754, alt: L(`Foto formulir C.Hasil halaman ${i + 1}`, `Photo of the C.Hasil form, page ${i + 1}`) }));
       } else if (held > 0) {
         held -= 1; // not passed off as never sent
-        shown = el("div", { class: "nofoto", "data-unavailable": "" }, "foto tidak tersedia");
+        shown = el("div", { class: "nofoto", "data-unavailable": "" }, L("foto tidak tersedia", "photo unavailable"));
       } else {
-        shown = el("div", { class: "nofoto" }, "belum ada foto");
+        shown = el("div", { class: "nofoto" }, L("belum ada foto", "no photo yet"));
       }
-      return el("figure", { "data-photo": i }, shown, el("figcaption", { class: "muted" }, `Halaman ${i + 1}`));
+      const page = L("Halaman ", "Page ") + (i + 1);
+      const caption = url ? [page + " · ", el("a", { href: url, target: "_blank", rel: "noopener" }, L("ukuran penuh", "full size"))] : page;
+      return el("figure", { "data-photo": i }, shown, el("figcaption", { class: "muted" }, caption));
     });
     out.push(el("div", { class: "photos" }, figures));
-    out.push(el("p", { class: "muted" }, `Diperbarui: ${data.ts || "–"} WIB`));
+    out.push(el("p", { class: "muted" }, L("Diperbarui: ", "Updated: ") + `${data.ts || "–"} WIB`));
     return out;
+  }
+
+  // A CSV of what the page's table shows, made here from the JSON it came from (which stays the source):
+  // every field quoted; one that a spreadsheet would run as a formula is prefixed with '.
+  function csv(rows) {
+    const cell = (v) => {
+      const s = String(v ?? "");
+      return '"' + (/^[=+\-@\t\r]/.test(s) ? "'" + s : s).replace(/"/g, '""') + '"';
+    };
+    return "data:text/csv;charset=utf-8," + encodeURIComponent("\ufeff" + rows.map((r) => r.map(cell).join(",")).join("\r\n") + "\r\n");
+  }
+
+  function tableCsv(cands, data, kids, codes, names) {
+    const ids = Object.keys(cands).sort((a, b) => cands[a].nomor_urut - cands[b].nomor_urut);
+    const head = ["kode", "nama", ...ids.map((id) => `${numero(cands[id])} ${cands[id].nama} (${id})`)];
+    if (codes.length === 5) {
+      const adm = data.administrasi || {};
+      const chart = data.chart || {};
+      const keys = Object.keys(adm);
+      return csv([[...head, ...keys], [codes[4], names[4], ...ids.map((id) => chart[id] ?? ""), ...keys.map((k) => adm[k])]]);
+    }
+    const table = data.table || {};
+    const name = Object.fromEntries((kids || []).map((k) => [k.kode, k.nama]));
+    const codesIn = [...(kids || []).map((k) => k.kode), ...Object.keys(table).filter((k) => !(k in name))];
+    return csv([[...head, "persen", "dihitung"], ...codesIn.map((k) => {
+      const e = table[k] || {};
+      return [k, name[k] || k, ...ids.map((id) => (e.status_progress && id in e ? e[id] : "")), e.persen ?? 0, e.status_progress ? 1 : 0];
+    })]);
+  }
+
+  function downloads(c, codes, cands, data, kids, names) {
+    const file = [c, ...codes].join("-") + ".csv";
+    return [
+      el("h2", {}, L("Unduh data", "Download the data")),
+      el("ul", { class: "links" },
+        el("li", {}, el("a", { href: totalsPath(c, codes), "data-kind": "json", type: "application/json" }, "JSON"), L(" — angka halaman ini", " — this page's numbers")),
+        el("li", {}, el("a", { href: tableCsv(cands, data, kids, codes, names), download: file, "data-kind": "csv", type: "text/csv" }, "CSV"),
+          codes.length === 5 ? L(" — formulir ini", " — this form") : L(" — tabel di atas", " — the table above")),
+        el("li", {}, el("a", { href: "suara/nist/" + c + ".json", "data-kind": "nist", type: "application/json" }, "NIST SP 1500-100"),
+          L(" — hasil nasional & provinsi", " — national and provincial results")),
+        el("li", {}, el("a", { href: "data.html", "data-kind": "about" },
+          L("Tentang data ini, lisensi & cara memeriksa", "About the data, its licence and how to check it")))),
+    ];
+  }
+
+  // The night in one small chart: national shares per snapshot, from the history files (docs/layout.md),
+  // loaded only when a reader opens it, at most HISTORY_POINTS of them (the first and the latest always).
+  const HISTORY_POINTS = 24;
+  const SVG = "http://www.w3.org/2000/svg";
+  function svgEl(tag, attrs, ...kids) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+    node.append(...kids);
+    return node;
+  }
+  function pick(list, n) {
+    if (list.length <= n) return list;
+    const idx = new Set(Array.from({ length: n }, (_, i) => Math.round((i * (list.length - 1)) / (n - 1))));
+    return [...idx].map((i) => list[i]);
+  }
+  async function history(c, cands) {
+    const box = $("history-chart");
+    const list = (await get("suara/riwayat/" + c + ".json")) || [];
+    const entries = await Promise.all(pick(list, HISTORY_POINTS).map((e) => get(`suara/riwayat/${c}/${e.snapshot}.json`)));
+    const ids = Object.keys(cands).sort((a, b) => cands[a].nomor_urut - cands[b].nomor_urut);
+    const shares = ids.map(() => []);
+    for (const e of entries) {
+      const n = (e && e.nasional) || {};
+      const sum = ids.reduce((s, id) => s + Number(n[id] || 0), 0);
+      ids.forEach((id, i) => shares[i].push(sum ? (Number(n[id] || 0) * 100) / sum : 0));
+    }
+    if (!entries.length) return fill(box, el("p", { class: "muted" }, L("Belum ada riwayat.", "No history yet.")));
+    const W = 600, H = 160;
+    const top = Math.min(100, Math.ceil(Math.max(10, ...shares.flat()) / 10) * 10);
+    const x = (i) => (entries.length > 1 ? (i * W) / (entries.length - 1) : W / 2);
+    const y = (s) => H - (s * H) / top;
+    const last = ids.map((id, i) => `${numero(cands[id])} ${pct(shares[i][shares[i].length - 1])}`).join(", ");
+    const first = entries[0].ts, end = entries[entries.length - 1].ts;
+    const chart = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img",
+      "aria-label": L(`Perolehan suara nasional, ${first} sampai ${end} WIB: ${last}`, `National votes, ${first} to ${end} WIB: ${last}`), "data-snapshots": entries.map((e) => e.snapshot).join(",") },
+      ...[0.5, 1].map((f) => svgEl("line", { x1: 0, x2: W, y1: y(top * f), y2: y(top * f), class: "grid" })),
+      ...ids.map((id, i) => svgEl(entries.length > 1 ? "polyline" : "circle", {
+        ...(entries.length > 1 ? { points: shares[i].map((s, j) => `${x(j).toFixed(1)},${y(s).toFixed(1)}`).join(" ") }
+          : { cx: x(0), cy: y(shares[i][0]), r: 4, fill: colour(cands[id].warna) }),
+        stroke: colour(cands[id].warna), "data-choice": id, "data-shares": shares[i].map((s) => s.toFixed(2)).join(",") })));
+    fill(box, chart,
+      el("p", { class: "muted" }, `${first} – ${end} WIB · ${entries.length} snapshot · ` + L(`garis bantu ${top / 2}% dan ${top}%`, `guides at ${top / 2}% and ${top}%`)),
+      el("ul", { class: "legend" }, ids.map((id, i) => el("li", {}, swatch(colour(cands[id].warna)),
+        `${numero(cands[id])} · ${cands[id].nama}: ${pct(shares[i][shares[i].length - 1])}`))));
   }
 
   async function render() {
     const mine = ++seq;
-    const [c, codes] = route();
+    const [c, anomalyCodes, codes] = route();
     const depth = codes.length;
     const body = document.body;
     body.dataset.state = "loading";
+    if (anomalyCodes) return anomalies(mine, c, anomalyCodes);
     try {
       const [cands, data, st, kids, ...ancestors] = await Promise.all([
         get("pemilu/" + c + ".json"),
@@ -220,42 +337,120 @@
       header(c);
       const names = codes.map((code, i) => ((ancestors[i] || []).find((k) => k.kode === code) || {}).nama || code);
       fill($("crumbs"), [c, ...codes].map((_, i) => {
-        const label = i ? names[i - 1] : LEVELS[0];
+        const label = i ? names[i - 1] : level(0);
         return i === depth ? el("span", {}, label) : el("a", { href: hashOf(c, codes.slice(0, i)) }, label);
       }));
-      const title = depth === 5 ? names[4] : depth ? LEVELS[depth] + " " + names[depth - 1] : LEVELS[0];
-      $("area-name").textContent = title + " — " + (CONTESTS[c] || c);
-      document.title = (depth ? names[depth - 1] + " · " : "") + "Hasil Hitung Suara";
+      const title = depth === 5 ? names[4] : depth ? level(depth) + " " + names[depth - 1] : level(0);
+      $("area-name").textContent = title + " — " + contestName(c);
+      document.title = (depth ? names[depth - 1] + " · " : "") + L("Hasil Hitung Suara", "Vote count results");
       fill($("chart"), choiceRows(cands, data.chart));
       const prog = $("progress");
+      delete prog.dataset.quarantined; // the anomalies view's
       let flags;
       if (depth < 5) {
         const p = data.progres || { progres: 0, total: 0 };
         prog.dataset.progres = p.progres;
         prog.dataset.total = p.total;
-        prog.textContent = `Progres: ${fmt(p.progres)} dari ${fmt(p.total)} TPS (${pct((data.chart && data.chart.persen) || 0)})`;
+        prog.textContent = L("Progres: ", "Progress: ") + `${fmt(p.progres)} ` + L("dari", "of") + ` ${fmt(p.total)} TPS (${pct((data.chart && data.chart.persen) || 0)})`;
         const own = st || (depth === 0 && { tps_quarantined: (snap.contests[c] || {}).quarantined });
         flags = tags(own, cands);
+        const flagged = Object.keys((st && st.children) || {}).length;
+        if (flagged || (own && own.tps_quarantined)) {
+          flags.push(" ", el("a", { href: hashOf(c, codes, true), "data-anomalies": "" },
+            L(`Anomali di wilayah ini (${fmt(flagged)} ${depth === 4 ? "TPS" : "wilayah"})`,
+              `Anomalies in this area (${fmt(flagged)} ${depth === 4 ? "polling stations" : "areas"})`)));
+        }
         fill($("detail"), childTable(c, codes, cands, data, kids, st));
       } else {
         const mark = ((st && st.children) || {})[codes[4]];
         const held = Boolean(mark && mark.tps_quarantined) || (data.chart && !data.status_suara);
         delete prog.dataset.progres;
         delete prog.dataset.total;
-        prog.textContent = !data.chart ? "Belum ada data" : held ? "Formulir masuk, dikarantina: tidak dihitung" : "Formulir masuk dan dihitung";
+        prog.textContent = !data.chart ? L("Belum ada data", "No data yet")
+          : held ? L("Formulir masuk, dikarantina: tidak dihitung", "Form received, quarantined: not counted")
+          : L("Formulir masuk dan dihitung", "Form received and counted");
         flags = tags(held ? { tps_quarantined: 1, ...mark } : mark, cands, true);
         fill($("detail"), tpsDetail(data, unavailable(mark)));
       }
       fill($("flags"), flags);
+      fill($("downloads"), downloads(c, codes, cands, data, kids, names));
+      const past = $("history");
+      past.hidden = depth > 0;
+      past.dataset.contest = c;
+      if (!past.hidden && past.open) history(c, cands).catch(() => fill($("history-chart"), L("Riwayat gagal dimuat.", "The history could not be loaded.")));
       $("error").hidden = true;
       body.dataset.state = "ready";
     } catch (err) {
       if (mine !== seq) return;
-      $("error").textContent = "Gagal memuat data (" + err.message + "). Dicoba lagi otomatis.";
+      $("error").textContent = L("Gagal memuat data (", "Could not load the data (") + err.message + L("). Dicoba lagi otomatis.", "). Retrying automatically.");
       $("error").hidden = false;
       body.dataset.state = "error";
     }
     body.dataset.view = [c, ...codes].join("/");
+  }
+
+  // The anomalies of an area, as KawalPemilu showed them: its own recap against the digital count, then every
+  // child with something flagged (quarantined TPS and their failed checks, recap mismatches, photos
+  // unavailable), each linked down to its own anomalies (a TPS: its form). Counts at every level.
+  async function anomalies(mine, c, codes) {
+    const depth = codes.length;
+    const body = document.body;
+    try {
+      const [cands, st, kids, ...ancestors] = await Promise.all([
+        get("pemilu/" + c + ".json"),
+        get(statusPath(c, codes), true),
+        get(listPath(c, codes)),
+        ...codes.map((_, i) => get(listPath(c, codes.slice(0, i)))),
+      ]);
+      if (mine !== seq) return;
+      header(c);
+      const names = codes.map((code, i) => ((ancestors[i] || []).find((k) => k.kode === code) || {}).nama || code);
+      fill($("crumbs"), [c, ...codes].map((_, i) => {
+        const label = i ? names[i - 1] : level(0);
+        return i === depth ? el("span", {}, label) : el("a", { href: hashOf(c, codes.slice(0, i), true) }, label);
+      }));
+      const area = depth ? level(depth) + " " + names[depth - 1] : level(0);
+      $("area-name").textContent = L("Anomali: ", "Anomalies: ") + area + " — " + contestName(c);
+      document.title = L("Anomali", "Anomalies") + (depth ? " · " + names[depth - 1] : "") + " · " + L("Hasil Hitung Suara", "Vote count results");
+      const children = (st && st.children) || {};
+      const codesIn = Object.keys(children);
+      const q = st ? Number(st.tps_quarantined || 0) : depth === 0 ? Number((snap.contests[c] || {}).quarantined || 0) : 0;
+      const mismatches = codesIn.filter((k) => children[k].reconciliation === "MISMATCH").length;
+      const prog = $("progress");
+      delete prog.dataset.progres;
+      delete prog.dataset.total;
+      prog.dataset.quarantined = q;
+      prog.textContent = L(`${fmt(q)} TPS dikarantina · ${fmt(mismatches)} rekap di bawahnya tidak cocok`,
+        `${fmt(q)} polling stations quarantined · ${fmt(mismatches)} recaps below do not match`);
+      fill($("flags"), tags(st ? { ...st, tps_quarantined: 0 } : null, cands),
+        " ", el("a", { href: hashOf(c, codes) }, L("Kembali ke hasil", "Back to the results")));
+      fill($("chart"));
+      $("history").hidden = true;
+      const name = Object.fromEntries((kids || []).map((k) => [k.kode, k.nama]));
+      const tps = depth === 4;
+      const rows = codesIn.map((k) => el("tr", { "data-child": k },
+        el("td", { class: "name" }, el("a", { href: hashOf(c, [...codes, k], !tps) }, name[k] || k)),
+        el("td", { class: "num", "data-label": L("Dikarantina", "Quarantined"), "data-quarantined": Number(children[k].tps_quarantined || 0) },
+          fmt(children[k].tps_quarantined || 0)),
+        el("td", { class: "note" }, tags({ ...children[k], tps_quarantined: 0 }, cands, tps))));
+      fill($("detail"), codesIn.length
+        ? el("div", { class: "scroll" }, el("table", { class: "areas" },
+          el("thead", {}, el("tr", {}, el("th", {}, level(depth + 1)), el("th", { class: "num" }, L("TPS dikarantina", "Quarantined")),
+            el("th", {}, L("Keterangan", "Notes")))), el("tbody", {}, rows)))
+        : el("p", { "data-none": "" }, L("Tidak ada anomali di wilayah ini.", "No anomalies in this area.")));
+      fill($("downloads"), el("h2", {}, L("Unduh data", "Download the data")), el("ul", { class: "links" },
+        el("li", {}, el("a", { href: statusPath(c, codes), "data-kind": "status", type: "application/json" }, "JSON"),
+          L(" — status karantina & rekap wilayah ini", " — this area's quarantine and recap status")),
+        el("li", {}, el("a", { href: "data.html", "data-kind": "about" }, L("Tentang data ini", "About the data")))));
+      $("error").hidden = true;
+      body.dataset.state = "ready";
+    } catch (err) {
+      if (mine !== seq) return;
+      $("error").textContent = L("Gagal memuat data (", "Could not load the data (") + err.message + ").";
+      $("error").hidden = false;
+      body.dataset.state = "error";
+    }
+    body.dataset.view = [ANOMALIES, c, ...codes].join("/");
   }
 
   async function poll() {
@@ -273,7 +468,7 @@
       }
     } catch (err) {
       if (!snap) {
-        $("error").textContent = "Gagal memuat data (" + err.message + ").";
+        $("error").textContent = L("Gagal memuat data (", "Could not load the data (") + err.message + ").";
         $("error").hidden = false;
         document.body.dataset.state = "error";
       }
@@ -286,6 +481,30 @@
     if (tr && !e.target.closest("a")) location.hash = tr.querySelector("a").getAttribute("href");
   });
   window.addEventListener("hashchange", () => snap && render());
+  function setLang(next) {
+    lang = next;
+    document.documentElement.lang = lang;
+    $("lang").textContent = L("English", "Bahasa Indonesia");
+    $("lang").setAttribute("lang", L("en", "id"));
+    try {
+      localStorage.setItem("suara-lang", lang);
+    } catch (e) { /* not kept: this visit only */ }
+  }
+  $("lang").addEventListener("click", () => {
+    setLang(lang === "en" ? "id" : "en");
+    if (snap) {
+      header(route()[0]);
+      render();
+    }
+  });
+  if (lang === "en") setLang("en");
+  $("history").addEventListener("toggle", (e) => {
+    const c = e.target.dataset.contest;
+    if (e.target.open && c) {
+      get("pemilu/" + c + ".json").then((cands) => history(c, cands))
+        .catch(() => fill($("history-chart"), L("Riwayat gagal dimuat.", "The history could not be loaded.")));
+    }
+  });
   document.addEventListener("visibilitychange", () => document.hidden || poll());
   window.suaraPoll = poll; // lets a test (or a console) check for a new snapshot without waiting 30 s
   setInterval(() => document.hidden || poll(), POLL_MS);
