@@ -200,6 +200,34 @@ async def test_history_and_pointer(pipeline: Pipeline) -> None:
     }
 
 
+@pytest.mark.parametrize("full", [True, False])
+async def test_a_snapshot_is_listed_in_the_history_only_once_its_pointer_is_written(
+    pipeline: Pipeline, full: bool
+) -> None:
+    """The order a reader relies on (docs/layout.md): each data file, history entry and the chain keys land
+    in a write before the pointer's, each history index in a write after it, so the index never lists a
+    snapshot that a killed cycle wrote but never published (and a redo may write differently)."""
+    rng = random.Random(12)
+    await pipeline.random_night(rng, 10)
+    await pipeline.cycle()
+    for contest in ("ppwp", "pdpr"):
+        await pipeline.random_night(rng, 10, contest=contest)
+    recording = RecordingSink(LocalSink(pipeline.site))
+    pipeline.publisher.sink = recording
+    result = await pipeline.cycle(full=full)
+    assert result is not None
+    landed = {path: i for i, call in enumerate(recording.calls) for path in call}  # path -> its write call
+    pointer = landed["suara/snapshot.json"]
+    assert recording.calls[pointer] == ["suara/snapshot.json"], "the pointer on its own"
+    indexes = [path for path in landed if path.startswith("suara/riwayat/") and path.count("/") == 2]
+    changed = ["pdpr", "pkwkp", "ppwp"] if full else ["pdpr", "ppwp"]  # a rebuild writes every index
+    assert sorted(indexes) == [f"suara/riwayat/{contest}.json" for contest in changed]
+    assert all(landed[path] > pointer for path in indexes)
+    assert all(i < pointer for path, i in landed.items() if path not in indexes and path != "suara/snapshot.json")
+    for contest in ("ppwp", "pdpr"):
+        assert landed[f"suara/riwayat/{contest}/{result.snapshot}.json"] < pointer
+
+
 async def test_behind_a_backlog_each_cycle_takes_part_and_moves_the_pointer(
     pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
