@@ -229,44 +229,62 @@ class Renderer:
         return status
 
     async def _photos(self, out: Writer, rows: Sequence[aggregate_pb2.AreaRow]) -> None:
-        """Copy the photos these TPS files reference into the sink, once each (they never change)."""
-        for sha in {sha for row in rows for sha in row.photo_sha256} - self._photo_types.keys():
-            for kind in ("image/jpeg", "image/png"):
-                if await out.sink.exists(paths.photo_path(sha, kind)):
-                    self._photo_types[sha] = kind
-                    break
-            else:
-                if self.tally is None:
-                    raise PublishError(f"photo {sha} is needed and no tally address is configured")
-                if sha in self.unavailable:
-                    continue
-                try:
-                    reply = await self.tally.GetPhoto(tally_pb2.GetPhotoRequest(sha256=sha), timeout=TALLY_TIMEOUT_S)
-                except grpc.aio.AioRpcError as exc:
-                    if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
-                        raise  # tally unreachable or the like: the cycle is retried
-                    # Recorded but gone from tally's photo store: one lost photo must not stop the site. The
-                    # reason is published; tally's details (where its store is) go to the log only.
-                    log.error("photo_missing_in_tally", sha256=sha, detail=exc.details())
-                    reply = tally_pb2.GetPhotoResponse()
-                    wrong: str | None = "missing from tally's photo store"
-                else:
-                    wrong = photo_rules.verified(reply.photo.content, sha)
-                photo = reply.photo
-                if wrong is None and photo_rules.sniff(photo.content) != photo.content_type:
-                    wrong = f"stored as {photo.content_type}, but its bytes are {photo_rules.sniff(photo.content)}"
-                if wrong is not None:
-                    # Not published: the page shows the slot as unavailable. An operator repairs it in
-                    # tally (docs/runbook.md) and restarts publish, which tries it again.
-                    self.unavailable[sha] = wrong
-                    tps = sorted(row.area for row in rows if sha in row.photo_sha256)
-                    log.error("photo_unpublished", sha256=sha, tps=tps, reason=wrong)
-                    continue
-                path = paths.photo_path(sha, photo.content_type)
-                await out.add([SiteFile(path, photo.content, content_type=photo.content_type)])
-                await out.flush()  # before any TPS file that points at it
+        """Copy the photos these TPS files reference into the sink, once each (they never change).
+
+        The photos of one desa are looked up and fetched together and written in one flush, before any
+        TPS file that points at them: one round trip to the sink per desa, not one per photo."""
+        missing = sorted({sha for row in rows for sha in row.photo_sha256} - self._photo_types.keys())
+        missing = [sha for sha in missing if sha not in self.unavailable]
+        if not missing:
+            return
+        async with asyncio.TaskGroup() as tg:  # one failing (tally unreachable) cancels the rest
+            tasks = [tg.create_task(self._photo(out.sink, sha, rows)) for sha in missing]
+        found = [task.result() for task in tasks]
+        new = [(sha, photo) for sha, (in_sink, photo) in zip(missing, found, strict=True) if not in_sink and photo]
+        if new:
+            await out.add(SiteFile(paths.photo_path(sha, p.content_type), p.content, content_type=p.content_type)
+                          for sha, p in new)  # fmt: skip
+            await out.flush()  # before any TPS file that points at them
+        for sha, (in_sink, photo) in zip(missing, found, strict=True):
+            if in_sink is not None:
+                self._photo_types[sha] = in_sink
+            elif photo is not None:
                 self._photo_types[sha] = photo.content_type
-                out.counts.photos += 1
+        out.counts.photos += len(new)
+
+    async def _photo(
+        self, sink: Sink, sha: str, rows: Sequence[aggregate_pb2.AreaRow]
+    ) -> tuple[str | None, tally_pb2.StoredPhoto | None]:
+        """(its type, when the sink has it already; else None, and the photo to copy, or None when it cannot
+        be published: recorded in `unavailable`)."""
+        for kind in ("image/jpeg", "image/png"):
+            if await sink.exists(paths.photo_path(sha, kind)):
+                return kind, None
+        if self.tally is None:
+            raise PublishError(f"photo {sha} is needed and no tally address is configured")
+        try:
+            reply = await self.tally.GetPhoto(tally_pb2.GetPhotoRequest(sha256=sha), timeout=TALLY_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                raise  # tally unreachable or the like: the cycle is retried
+            # Recorded but gone from tally's photo store: one lost photo must not stop the site. The
+            # reason is published; tally's details (where its store is) go to the log only.
+            log.error("photo_missing_in_tally", sha256=sha, detail=exc.details())
+            reply = tally_pb2.GetPhotoResponse()
+            wrong: str | None = "missing from tally's photo store"
+        else:
+            wrong = photo_rules.verified(reply.photo.content, sha)
+        photo = reply.photo
+        if wrong is None and photo_rules.sniff(photo.content) != photo.content_type:
+            wrong = f"stored as {photo.content_type}, but its bytes are {photo_rules.sniff(photo.content)}"
+        if wrong is not None:
+            # Not published: the page shows the slot as unavailable. An operator repairs it in
+            # tally (docs/runbook.md) and restarts publish, which tries it again.
+            self.unavailable[sha] = wrong
+            tps = sorted(row.area for row in rows if sha in row.photo_sha256)
+            log.error("photo_unpublished", sha256=sha, tps=tps, reason=wrong)
+            return None, None
+        return None, photo
 
 
 def _area_result(row: aggregate_pb2.AreaRow) -> AreaResult:
