@@ -74,13 +74,17 @@ class Publisher:
         aggregate: aggregate_pb2_grpc.AggregateServiceAsyncStub,
         tally: tally_pb2_grpc.TallyServiceAsyncStub | None,
         contests: dict[str, Contest],
+        *,
+        photo_base: str | None = None,
     ) -> None:
+        """`photo_base`: the public URL of tally's photo bucket, where TPS files link photos (nothing copied);
+        None: photos are copied into the sink from tally."""
         self.pool = pool
         self.sink = sink
         self.aggregate = aggregate
         self.tally = tally
         self.contests = contests
-        self._renderer = Renderer(tally)
+        self._renderer = Renderer(tally, photo_base)
         self._assets_written = False
         self._keys_written: list[tuple[str, bytes]] | None = None
         self.aggregate_head = 0  # aggregate's newest sequence, as the last Changes call said

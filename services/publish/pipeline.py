@@ -143,8 +143,9 @@ class Writer:
 class Renderer:
     """Turns views into files, for the writer's sink; remembers, across cycles, which photos it holds."""
 
-    def __init__(self, tally: tally_pb2_grpc.TallyServiceAsyncStub | None) -> None:
+    def __init__(self, tally: tally_pb2_grpc.TallyServiceAsyncStub | None, photo_base: str | None = None) -> None:
         self.tally = tally
+        self.photo_base = photo_base  # set: photos are linked there, never copied (tally verified them on the way in)
         self._photo_types: dict[str, str] = {}  # sha256 → content type, of photos known to be in the sink
         # sha256 → why not: photos tally gave that fail their hash or do not decode, never published.
         # Their TPS files show no photo there; their desa's status file says so (photos_unavailable).
@@ -207,7 +208,7 @@ class Renderer:
                 if no_data is not None and row.version == 0:  # documents.tps would give no_data's body
                     files.append(SiteFile(path, no_data.body, same_as=no_data.path))
                 else:
-                    doc = documents.tps(contest, row, self._photo_types, no_data_ts)
+                    doc = documents.tps(contest, row, self._photo_types, no_data_ts, photo_base=self.photo_base)
                     held = [sha in self.unavailable for sha in row.photo_sha256]
                     doc["images"] = [None if i < len(held) and held[i] else p for i, p in enumerate(doc["images"])]
                     files.append(SiteFile(path, documents.dumps(doc)))
@@ -229,10 +230,13 @@ class Renderer:
         return status
 
     async def _photos(self, out: Writer, rows: Sequence[aggregate_pb2.AreaRow]) -> None:
-        """Copy the photos these TPS files reference into the sink, once each (they never change).
+        """Copy the photos these TPS files reference into the sink, once each (they never change); none
+        when they are linked in tally's bucket.
 
         The photos of one desa are looked up and fetched together and written in one flush, before any
         TPS file that points at them: one round trip to the sink per desa, not one per photo."""
+        if self.photo_base is not None:
+            return
         missing = sorted({sha for row in rows for sha in row.photo_sha256} - self._photo_types.keys())
         missing = [sha for sha in missing if sha not in self.unavailable]
         if not missing:
