@@ -87,6 +87,7 @@ class Publisher:
         self._renderer = Renderer(tally, photo_base)
         self._assets_written = False
         self._keys_written: list[tuple[str, bytes]] | None = None
+        self._nationals_written: dict[str, bytes] = {}  # contest -> the national totals this publisher wrote last
         self.aggregate_head = 0  # aggregate's newest sequence, as the last Changes call said
 
     async def cycle(self, *, full: bool = False) -> CycleResult | None:
@@ -146,7 +147,11 @@ class Publisher:
                         nationals[contest.id] = view
                     await self._renderer.area(out, contest, view, changed_tps, no_data_ts, full=full, no_data=no_data)
                 if contest.id not in nationals:
-                    nationals[contest.id] = (await self._views(contest.id, [""]))[0]
+                    # Nothing of this contest changed up to `sequence`, but its view is read now, maybe with
+                    # later changes; the pointer shows its numbers, so the national files must too.
+                    view = nationals[contest.id] = (await self._views(contest.id, [""]))[0]
+                    if documents.dumps(documents.totals(contest, view)) != self._nationals_written.get(contest.id):
+                        await self._renderer.area(out, contest, view, set(), no_data_ts, full=False)
                 index = await self._history(out, contest, snapshot, nationals[contest.id], chain, full=full)
                 if index is not None:
                     indexes.append(index)
@@ -174,6 +179,10 @@ class Publisher:
         )  # fmt: skip
         self._assets_written = True
         self._keys_written = keys
+        self._nationals_written = {
+            contest: documents.dumps(documents.totals(self.contests[contest], view))
+            for contest, view in nationals.items()
+        }
         result.seconds = time.perf_counter() - started
         log.info("published", **{k: v for k, v in vars(result).items() if k != "seconds"},
                  ms=round(result.seconds * 1000, 1))  # fmt: skip

@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from services.aggregate.queries import QUERIES as AGGREGATE_QUERIES
+from services.publish import cycle as cycle_module
 from services.publish.sinks.local import LocalSink
 from suara.election.signing import OfficialKey
 from suara.v1 import aggregate_pb2, tally_pb2
@@ -226,6 +227,31 @@ async def test_a_snapshot_is_listed_in_the_history_only_once_its_pointer_is_writ
     assert all(i < pointer for path, i in landed.items() if path not in indexes and path != "suara/snapshot.json")
     for contest in ("ppwp", "pdpr"):
         assert landed[f"suara/riwayat/{contest}/{result.snapshot}.json"] < pointer
+
+
+async def test_a_contest_that_changed_after_the_cycles_changes_shows_the_pointers_numbers(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cycle takes aggregate's changes up to a sequence, and then reads the national view of a contest it
+    had nothing for, which may already hold later changes: the pointer shows that view's numbers, so the
+    contest's national totals file (written before the pointer) must show them too."""
+    await pipeline.random_night(random.Random(13), 5)
+    await pipeline.cycle()
+    fresh = [t for t in pipeline.tally_codes("pkwkp") if (t, "pkwkp") not in pipeline.current]
+    await pipeline.submit(pipeline.all_tps[-1], "ppwp", 4)
+    await pipeline.delivered()
+    await pipeline.submit(fresh[0], "pkwkp")  # a later sequence than the ppwp form's
+    await pipeline.delivered()
+    monkeypatch.setattr(cycle_module, "CYCLE_CHANGES", 1)  # this cycle takes the first sequence only
+    result = await pipeline.publisher.cycle()
+    assert result is not None
+    pointer = json.loads((pipeline.site / "suara/snapshot.json").read_bytes())
+    assert not pointer["caught_up"], "the pkwkp form came after the cycle's sequence"
+    for contest, shown in pointer["contests"].items():
+        national = json.loads((pipeline.site / f"pemilu/hhcw/{contest}.json").read_bytes())
+        assert national["progres"] == {"progres": shown["progres"], "total": shown["total"]}, contest
+    assert pointer["contests"]["pkwkp"]["progres"] == sum(c == "pkwkp" and not a.quarantined
+                                                          for (_, c), a in pipeline.current.items())  # fmt: skip
 
 
 async def test_behind_a_backlog_each_cycle_takes_part_and_moves_the_pointer(
