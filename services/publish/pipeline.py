@@ -241,9 +241,14 @@ class Renderer:
         missing = [sha for sha in missing if sha not in self.unavailable]
         if not missing:
             return
-        async with asyncio.TaskGroup() as tg:  # one failing (tally unreachable) cancels the rest
-            tasks = [tg.create_task(self._photo(out.sink, sha, rows)) for sha in missing]
-        found = [task.result() for task in tasks]
+        tasks = [asyncio.ensure_future(self._photo(out.sink, sha, rows)) for sha in missing]
+        try:
+            found = await asyncio.gather(*tasks)
+        except BaseException:  # one failing (the sink or tally unreachable): the rest go, its error as it is
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         new = [(sha, photo) for sha, (in_sink, photo) in zip(missing, found, strict=True) if not in_sink and photo]
         if new:
             await out.add(SiteFile(paths.photo_path(sha, p.content_type), p.content, content_type=p.content_type)
