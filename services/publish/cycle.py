@@ -1,8 +1,9 @@
 """One publish cycle: what changed in aggregate since the cursor becomes files in the sink.
 
-The order is what makes a killed cycle harmless: every data file first, then the history index,
-then the snapshot pointer, and only then the cursor in the database. A cycle killed anywhere
-before the cursor moves is redone from the old cursor by the next one, rewriting the same files.
+The order is what makes a killed cycle harmless: every data file first, then the snapshot pointer,
+then the history indexes (so they list only published snapshots), and only then the cursor in the
+database. A cycle killed anywhere before the cursor moves is redone from the old cursor by the next
+one, rewriting the same files.
 What changed is read, rendered and written by pipeline.py; this module decides what, and in which order.
 """
 
@@ -76,15 +77,20 @@ class Publisher:
         aggregate: aggregate_pb2_grpc.AggregateServiceAsyncStub,
         tally: tally_pb2_grpc.TallyServiceAsyncStub | None,
         contests: dict[str, Contest],
+        *,
+        photo_base: str | None = None,
     ) -> None:
+        """`photo_base`: the public URL of tally's photo bucket, where TPS files link photos (nothing copied);
+        None: photos are copied into the sink from tally."""
         self.pool = pool
         self.sink = sink
         self.aggregate = aggregate
         self.tally = tally
         self.contests = contests
-        self._renderer = Renderer(tally)
+        self._renderer = Renderer(tally, photo_base)
         self._assets_written = False
         self._keys_written: list[tuple[str, bytes]] | None = None
+        self._nationals_written: dict[str, bytes] = {}  # contest -> the national totals this publisher wrote last
         self.aggregate_head = 0  # aggregate's newest sequence, as the last Changes call said
 
     async def cycle(self, *, full: bool = False) -> CycleResult | None:
@@ -132,6 +138,7 @@ class Publisher:
             if full or keys != self._keys_written:  # before any file that carries a head signed by them
                 await out.add([SiteFile(paths.CHAIN_KEYS, documents.dumps(documents.chain_keys(keys)))])
             nationals: dict[str, aggregate_pb2.AreaView] = {}
+            indexes: list[SiteFile] = []  # the history indexes: written after the pointer (see _history)
             for contest in self.contests.values():
                 if full:
                     no_data = await self._renderer.no_data(out, contest, no_data_ts)
@@ -145,8 +152,14 @@ class Publisher:
                         nationals[contest.id] = view
                     await self._renderer.area(out, contest, view, changed_tps, no_data_ts, full=full, no_data=no_data)
                 if contest.id not in nationals:
-                    nationals[contest.id] = (await self._views(contest.id, [""]))[0]
-                await self._history(out, contest, snapshot, nationals[contest.id], chain, full=full)
+                    # Nothing of this contest changed up to `sequence`, but its view is read now, maybe with
+                    # later changes; the pointer shows its numbers, so the national files must too.
+                    view = nationals[contest.id] = (await self._views(contest.id, [""]))[0]
+                    if documents.dumps(documents.totals(contest, view)) != self._nationals_written.get(contest.id):
+                        await self._renderer.area(out, contest, view, set(), no_data_ts, full=False)
+                index = await self._history(out, contest, snapshot, nationals[contest.id], chain, full=full)
+                if index is not None:
+                    indexes.append(index)
             caught_up = await self._nothing_after(sequence)
             await out.flush()
         except BaseException:
@@ -162,6 +175,8 @@ class Publisher:
         )
         await out.add([SiteFile(paths.POINTER, documents.dumps(pointer))])
         await out.flush()
+        await out.add(indexes)
+        await out.flush()
         await self.pool.execute(
             QUERIES.commit_cycle, sequence, snapshot, chain.position if chain else None,
             chain.hash.hex() if chain else None, result.files, full, registry_load,
@@ -169,6 +184,10 @@ class Publisher:
         )  # fmt: skip
         self._assets_written = True
         self._keys_written = keys
+        self._nationals_written = {
+            contest: documents.dumps(documents.totals(self.contests[contest], view))
+            for contest, view in nationals.items()
+        }
         result.seconds = time.perf_counter() - started
         log.info("published", **{k: v for k, v in vars(result).items() if k != "seconds"},
                  ms=round(result.seconds * 1000, 1))  # fmt: skip
@@ -213,9 +232,12 @@ class Publisher:
         chain: SignedHead | None,
         *,
         full: bool,
-    ) -> None:
-        """A history entry when the national or a provincial row changed since the previous snapshot's.
+    ) -> SiteFile | None:
+        """A history entry when the national or a provincial row changed since the previous snapshot's; the
+        contest's history index, when it changed, for the caller to write once the pointer is in place.
 
+        The index lists only published snapshots, so an entry a reader finds through it is final: a cycle
+        killed before its pointer is redone under the same snapshot, and may write that entry differently.
         Compared with the entry of an *earlier* snapshot: a killed cycle may already have recorded this
         snapshot's, and the cycle that redoes it must still write its file and the index.
         """
@@ -231,12 +253,12 @@ class Publisher:
             else:  # not a new state after all: drop what a killed cycle may have recorded for it
                 dropped = bool(await conn.fetchval(QUERIES.drop_history, contest.id, snapshot))
             if not (changed or dropped or full):
-                return
+                return None
             index = [(r["snapshot"], r["ts"]) for r in await conn.fetch(QUERIES.history_index, contest.id)]
             if full:
                 for row in await conn.fetch(QUERIES.history_of, contest.id):
                     await out.add([SiteFile(paths.history_path(contest.id, row["snapshot"]), bytes(row["body"]))])
-        await out.add([SiteFile(paths.history_index_path(contest.id), documents.dumps(documents.history_index(index)))])
+        return SiteFile(paths.history_index_path(contest.id), documents.dumps(documents.history_index(index)))
 
     async def _chain_head(self, cursor: Any) -> SignedHead | None:
         """Tally's signed head now; while tally is unreachable (or hands out a head its key does not sign),

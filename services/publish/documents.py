@@ -13,7 +13,7 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from services.publish.paths import photo_path
+from services.publish.paths import photo_path, photo_url
 from suara.election.chain import SignedHead
 from suara.election.checks import MAX_PHOTOS
 from suara.election.codes import LENGTHS, RECAP_LENGTHS
@@ -96,13 +96,21 @@ def totals(contest: Contest, view: aggregate_pb2.AreaView) -> dict[str, Any]:
 
 
 def tps(
-    contest: Contest, row: aggregate_pb2.AreaRow, photo_types: Mapping[str, str], no_data_ts: str
+    contest: Contest,
+    row: aggregate_pb2.AreaRow,
+    photo_types: Mapping[str, str],
+    no_data_ts: str,
+    *,
+    photo_base: str | None = None,
 ) -> dict[str, Any]:
-    """One TPS's Sirekap file. A quarantined form is shown as signed, with both statuses false."""
+    """One TPS's Sirekap file. A quarantined form is shown as signed, with both statuses false.
+
+    Photos are site paths (copied into the site), or, given `photo_base`, URLs in tally's photo bucket."""
     if row.version == 0:
         return no_data_tps(no_data_ts)
     images: list[str | None] = [
-        "/" + photo_path(sha, photo_types.get(sha, "image/jpeg")) for sha in row.photo_sha256[:MAX_PHOTOS]
+        "/" + photo_path(sha, photo_types.get(sha, "image/jpeg")) if photo_base is None else photo_url(photo_base, sha)
+        for sha in row.photo_sha256[:MAX_PHOTOS]
     ]
     images += [None] * (MAX_PHOTOS - len(images))  # Sirekap's file always has a slot per photo
     submitted = row.submitted

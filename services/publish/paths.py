@@ -58,3 +58,8 @@ def history_path(contest: str, snapshot: int) -> str:
 
 def photo_path(sha256: str, content_type: str = "image/jpeg") -> str:
     return f"foto/{sha256[:2]}/{sha256}.{'png' if content_type == 'image/png' else 'jpg'}"
+
+
+def photo_url(base: str, sha256: str) -> str:
+    """A photo in tally's photo bucket, as readers reach it: its key there (suara/runtime/objects.py) under `base`."""
+    return f"{base}/{sha256[:2]}/{sha256}"

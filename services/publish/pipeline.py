@@ -143,8 +143,9 @@ class Writer:
 class Renderer:
     """Turns views into files, for the writer's sink; remembers, across cycles, which photos it holds."""
 
-    def __init__(self, tally: tally_pb2_grpc.TallyServiceAsyncStub | None) -> None:
+    def __init__(self, tally: tally_pb2_grpc.TallyServiceAsyncStub | None, photo_base: str | None = None) -> None:
         self.tally = tally
+        self.photo_base = photo_base  # set: photos are linked there, never copied (tally verified them on the way in)
         self._photo_types: dict[str, str] = {}  # sha256 → content type, of photos known to be in the sink
         # sha256 → why not: photos tally gave that fail their hash or do not decode, never published.
         # Their TPS files show no photo there; their desa's status file says so (photos_unavailable).
@@ -207,7 +208,7 @@ class Renderer:
                 if no_data is not None and row.version == 0:  # documents.tps would give no_data's body
                     files.append(SiteFile(path, no_data.body, same_as=no_data.path))
                 else:
-                    doc = documents.tps(contest, row, self._photo_types, no_data_ts)
+                    doc = documents.tps(contest, row, self._photo_types, no_data_ts, photo_base=self.photo_base)
                     held = [sha in self.unavailable for sha in row.photo_sha256]
                     doc["images"] = [None if i < len(held) and held[i] else p for i, p in enumerate(doc["images"])]
                     files.append(SiteFile(path, documents.dumps(doc)))
@@ -229,44 +230,70 @@ class Renderer:
         return status
 
     async def _photos(self, out: Writer, rows: Sequence[aggregate_pb2.AreaRow]) -> None:
-        """Copy the photos these TPS files reference into the sink, once each (they never change)."""
-        for sha in {sha for row in rows for sha in row.photo_sha256} - self._photo_types.keys():
-            for kind in ("image/jpeg", "image/png"):
-                if await out.sink.exists(paths.photo_path(sha, kind)):
-                    self._photo_types[sha] = kind
-                    break
-            else:
-                if self.tally is None:
-                    raise PublishError(f"photo {sha} is needed and no tally address is configured")
-                if sha in self.unavailable:
-                    continue
-                try:
-                    reply = await self.tally.GetPhoto(tally_pb2.GetPhotoRequest(sha256=sha), timeout=TALLY_TIMEOUT_S)
-                except grpc.aio.AioRpcError as exc:
-                    if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
-                        raise  # tally unreachable or the like: the cycle is retried
-                    # Recorded but gone from tally's photo store: one lost photo must not stop the site. The
-                    # reason is published; tally's details (where its store is) go to the log only.
-                    log.error("photo_missing_in_tally", sha256=sha, detail=exc.details())
-                    reply = tally_pb2.GetPhotoResponse()
-                    wrong: str | None = "missing from tally's photo store"
-                else:
-                    wrong = photo_rules.verified(reply.photo.content, sha)
-                photo = reply.photo
-                if wrong is None and photo_rules.sniff(photo.content) != photo.content_type:
-                    wrong = f"stored as {photo.content_type}, but its bytes are {photo_rules.sniff(photo.content)}"
-                if wrong is not None:
-                    # Not published: the page shows the slot as unavailable. An operator repairs it in
-                    # tally (docs/runbook.md) and restarts publish, which tries it again.
-                    self.unavailable[sha] = wrong
-                    tps = sorted(row.area for row in rows if sha in row.photo_sha256)
-                    log.error("photo_unpublished", sha256=sha, tps=tps, reason=wrong)
-                    continue
-                path = paths.photo_path(sha, photo.content_type)
-                await out.add([SiteFile(path, photo.content, content_type=photo.content_type)])
-                await out.flush()  # before any TPS file that points at it
+        """Copy the photos these TPS files reference into the sink, once each (they never change); none
+        when they are linked in tally's bucket.
+
+        The photos of one desa are looked up and fetched together and written in one flush, before any
+        TPS file that points at them: one round trip to the sink per desa, not one per photo."""
+        if self.photo_base is not None:
+            return
+        missing = sorted({sha for row in rows for sha in row.photo_sha256} - self._photo_types.keys())
+        missing = [sha for sha in missing if sha not in self.unavailable]
+        if not missing:
+            return
+        tasks = [asyncio.ensure_future(self._photo(out.sink, sha, rows)) for sha in missing]
+        try:
+            found = await asyncio.gather(*tasks)
+        except BaseException:  # one failing (the sink or tally unreachable): the rest go, its error as it is
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        new = [(sha, photo) for sha, (in_sink, photo) in zip(missing, found, strict=True) if not in_sink and photo]
+        if new:
+            await out.add(SiteFile(paths.photo_path(sha, p.content_type), p.content, content_type=p.content_type)
+                          for sha, p in new)  # fmt: skip
+            await out.flush()  # before any TPS file that points at them
+        for sha, (in_sink, photo) in zip(missing, found, strict=True):
+            if in_sink is not None:
+                self._photo_types[sha] = in_sink
+            elif photo is not None:
                 self._photo_types[sha] = photo.content_type
-                out.counts.photos += 1
+        out.counts.photos += len(new)
+
+    async def _photo(
+        self, sink: Sink, sha: str, rows: Sequence[aggregate_pb2.AreaRow]
+    ) -> tuple[str | None, tally_pb2.StoredPhoto | None]:
+        """(its type, when the sink has it already; else None, and the photo to copy, or None when it cannot
+        be published: recorded in `unavailable`)."""
+        for kind in ("image/jpeg", "image/png"):
+            if await sink.exists(paths.photo_path(sha, kind)):
+                return kind, None
+        if self.tally is None:
+            raise PublishError(f"photo {sha} is needed and no tally address is configured")
+        try:
+            reply = await self.tally.GetPhoto(tally_pb2.GetPhotoRequest(sha256=sha), timeout=TALLY_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                raise  # tally unreachable or the like: the cycle is retried
+            # Recorded but gone from tally's photo store: one lost photo must not stop the site. The
+            # reason is published; tally's details (where its store is) go to the log only.
+            log.error("photo_missing_in_tally", sha256=sha, detail=exc.details())
+            reply = tally_pb2.GetPhotoResponse()
+            wrong: str | None = "missing from tally's photo store"
+        else:
+            wrong = photo_rules.verified(reply.photo.content, sha)
+        photo = reply.photo
+        if wrong is None and photo_rules.sniff(photo.content) != photo.content_type:
+            wrong = f"stored as {photo.content_type}, but its bytes are {photo_rules.sniff(photo.content)}"
+        if wrong is not None:
+            # Not published: the page shows the slot as unavailable. An operator repairs it in
+            # tally (docs/runbook.md) and restarts publish, which tries it again.
+            self.unavailable[sha] = wrong
+            tps = sorted(row.area for row in rows if sha in row.photo_sha256)
+            log.error("photo_unpublished", sha256=sha, tps=tps, reason=wrong)
+            return None, None
+        return None, photo
 
 
 def _area_result(row: aggregate_pb2.AreaRow) -> AreaResult:

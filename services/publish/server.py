@@ -31,7 +31,7 @@ from suara.runtime.backoff import Backoff
 from suara.runtime.database import Database, DatabaseUnavailable, Session
 from suara.runtime.grpc_server import Server, create_server, serve_with_metrics
 from suara.runtime.metrics import REFRESH_TIMEOUT_S, MetricsServer, watch_pool
-from suara.runtime.settings import Settings
+from suara.runtime.settings import SettingError, Settings
 from suara.runtime.tls import server_tls
 from suara.runtime.wire import MESSAGE_LIMITS, SMALL_REQUEST_BYTES
 from suara.v1 import aggregate_pb2, publish_pb2, publish_pb2_grpc
@@ -57,6 +57,24 @@ def sink_for(settings: Settings) -> Sink:
     return sink_from_url(
         settings.publish.to or str(settings.site.dir), s3_endpoint_url=settings.publish.s3_endpoint_url or None
     )
+
+
+def photo_links(settings: Settings) -> str | None:
+    """Where the TPS files link photos (URL/{aa}/{sha256}) when tally keeps them in a bucket; None: they are
+    copied into the site, from tally, as with a local photo store (which readers cannot reach)."""
+    if not settings.tally.photo_store.startswith("s3://"):
+        return None
+    base = settings.publish.photo_public_url or (
+        f"{settings.publish.public_url.rstrip('/')}/foto" if settings.publish.public_url else ""
+    )
+    if not base:
+        raise SettingError(
+            "SUARA_PHOTO_PUBLIC_URL",
+            "",
+            f"the public URL of {settings.tally.photo_store} (or SUARA_PUBLIC_URL, when SUARA_PUBLIC_URL/foto/ "
+            "serves it): with an s3:// SUARA_PHOTO_STORE the TPS files link photos there",
+        )
+    return base.rstrip("/")
 
 
 class PublishService(publish_pb2_grpc.PublishServiceServicer):
@@ -239,6 +257,7 @@ async def connect(
             "or, in plaintext mode, `suara service issue --name publish --role reader --out " + str(path) + "`"
         )
     credential = load_credential(path)
+    photo_base = photo_links(settings)  # before the pool: a missing URL stops it at once
     db = await Database.open(database_url, size=min(settings.database.pool_size, 4), application="suara-publish")
     try:
         async with db.acquire() as conn:
@@ -249,7 +268,12 @@ async def connect(
     aggregate_channel = caller_channel(settings.peers.aggregate, settings, credential, options=CHANNEL_OPTIONS)
     tally_channel = caller_channel(settings.peers.tally, settings, credential, options=CHANNEL_OPTIONS)
     publisher = Publisher(
-        db, sink or sink_for(settings), aggregate_stub(aggregate_channel), tally_stub(tally_channel), contests
+        db,
+        sink or sink_for(settings),
+        aggregate_stub(aggregate_channel),
+        tally_stub(tally_channel),
+        contests,
+        photo_base=photo_base,
     )
     return publisher, db, [aggregate_channel, tally_channel]
 

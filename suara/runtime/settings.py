@@ -369,6 +369,20 @@ class PublishSettings(_Section):
         "endpoint of an S3-compatible server (MinIO, Ceph…); empty: AWS",
         Allowed("empty, or an http(s):// URL", lambda v: v == "" or v.startswith(("http://", "https://"))),
     )
+    public_url: str = _setting(
+        "SUARA_PUBLIC_URL",
+        "",
+        "the site's public base URL (https://…), as readers reach it; with an s3:// SUARA_PHOTO_STORE, the TPS "
+        "files link each photo at SUARA_PUBLIC_URL/foto/{aa}/{sha256} unless SUARA_PHOTO_PUBLIC_URL says otherwise",
+        _HTTP_URL,
+    )
+    photo_public_url: str = _setting(
+        "SUARA_PHOTO_PUBLIC_URL",
+        "",
+        "with an s3:// SUARA_PHOTO_STORE: the public URL of that bucket and prefix, where the TPS files link each "
+        "photo (URL/{aa}/{sha256}, nothing copied); empty: SUARA_PUBLIC_URL/foto",
+        _HTTP_URL,
+    )
     host: str = _setting("SUARA_PUBLISH_HOST", "127.0.0.1", "address publish's gRPC status server binds", HOST)
     port: int = _setting("SUARA_PUBLISH_PORT", 50053, "port of publish's gRPC status server (0: any free)", PORT)
     tls_cert: str = _setting("SUARA_PUBLISH_TLS_CERT", "", "publish's server certificate (PEM file)", ANY)

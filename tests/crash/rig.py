@@ -9,6 +9,7 @@ oracle (tests.support.oracles.aggregate, plain Python) is built from that alone.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import signal
 from collections.abc import Awaitable, Callable
@@ -29,9 +30,9 @@ from suara.v1 import aggregate_pb2, form_pb2, tally_pb2
 from tests.support.factories import consistent_form, signed
 from tests.support.oracles.aggregate import Oracle, Registry
 from tests.support.pki import suite_pki
-from tests.support.processes import Child, suara_env
+from tests.support.processes import Child, LogTail, suara_env
 from tests.support.tally import BASE_SETTINGS, Tally, with_tally
-from tests.support.waiting import CHANNEL_OPTIONS, STARTUP_S, WAIT_S, until_serving
+from tests.support.waiting import CHANNEL_OPTIONS, STARTUP_S, WAIT_S, poll_until, until_serving
 
 # A handful of devices stand in for thousands in the drills: each sends far more than a real device, so
 # the per-device budget (covered by tests/tally/test_rate_limits.py) is lifted for them.
@@ -242,3 +243,72 @@ class Forms:
             )
             assert oracle.send(update) == "APPLIED"
         return oracle
+
+
+@dataclass
+class PublishProcess:
+    """`suara publish run` on a site directory or bucket; `kill()` is SIGKILL, never a polite stop."""
+
+    env: dict[str, str]
+    cwd: Path
+    proc: asyncio.subprocess.Process | None = None
+    log: LogTail | None = None
+    kills: int = 0
+    published_in_last_run: int = 0
+
+    async def start(self) -> None:
+        assert self.proc is None or self.proc.returncode is not None
+        child = await Child.spawn("publish", "run", "--port", str(free_port()), env=self.env, cwd=self.cwd)
+        self.proc, self.log = child.proc, child.log
+
+    def published(self) -> int:
+        """Cycles this run has completed (the `published` log event)."""
+        return len(self.snapshots())
+
+    def snapshots(self) -> list[int]:
+        """The snapshots this run has published, in order (its `published` log events)."""
+        assert self.log is not None
+        return [e["snapshot"] for e in self.log.events() if e.get("event") == "published"]
+
+    def pause(self) -> None:
+        """SIGSTOP: frozen with its connections (and its lock) held, as a host that stalls."""
+        self.check()
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    async def wait_published(self, cycles: int) -> None:
+        """A bounded poll of the child's log: until this run has published `cycles` cycles."""
+        await poll_until(
+            lambda: self._published_at_least(cycles), f"{cycles} cycles published", check=self.check, detail=self._tail
+        )
+
+    def _tail(self) -> str:
+        assert self.log is not None
+        return f"the child's log:\n{self.log.text()[-4000:]}"
+
+    async def _published_at_least(self, cycles: int) -> bool:
+        return self.published() >= cycles
+
+    def check(self) -> None:
+        assert self.proc is not None and self.log is not None
+        assert self.proc.returncode is None, f"publish exited with {self.proc.returncode}:\n{self.log.text()}"
+
+    async def kill(self) -> None:
+        self.check()
+        assert self.proc is not None and self.log is not None
+        self.proc.send_signal(signal.SIGKILL)
+        assert await self.proc.wait() == -signal.SIGKILL
+        await self.log.finish()
+        self.published_in_last_run = self.published()
+        self.kills += 1
+
+    async def close(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        if self.log is not None:
+            await self.log.finish()

@@ -15,7 +15,6 @@ import asyncio
 import gzip
 import json
 import random
-import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +23,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from cli.embedded import free_port
+from tests.crash.rig import PublishProcess
 from tests.support.oracles.publish import Registry, expected_site
-from tests.support.processes import Child, LogTail
 from tests.support.publish import Pipeline
 from tests.support.waiting import WAIT_S, poll_until
 
@@ -38,61 +36,6 @@ INCREMENTAL_KILLS = 5  # kills while incremental cycles run and forms keep arriv
 CONTESTS = ("ppwp", "pdpr", "pkwkp")
 BACKLOG_NIGHTS = 12  # submission rounds (1-8 forms each) between a kill and the restart
 STARTUP_S = 60.0  # bound on the child importing, connecting and taking the lock
-
-
-@dataclass
-class PublishProcess:
-    """`suara publish run` on a site directory; `kill()` is SIGKILL, never a polite stop."""
-
-    env: dict[str, str]
-    cwd: Path
-    proc: asyncio.subprocess.Process | None = None
-    log: LogTail | None = None
-    kills: int = 0
-    published_in_last_run: int = 0
-
-    async def start(self) -> None:
-        assert self.proc is None or self.proc.returncode is not None
-        child = await Child.spawn("publish", "run", "--port", str(free_port()), env=self.env, cwd=self.cwd)
-        self.proc, self.log = child.proc, child.log
-
-    def published(self) -> int:
-        """Cycles this run has completed (the `published` log event)."""
-        assert self.log is not None
-        return sum(1 for e in self.log.events() if e.get("event") == "published")
-
-    async def wait_published(self, cycles: int) -> None:
-        """A bounded poll of the child's log: until this run has published `cycles` cycles."""
-        await poll_until(
-            lambda: self._published_at_least(cycles), f"{cycles} cycles published", check=self.check, detail=self._tail
-        )
-
-    def _tail(self) -> str:
-        assert self.log is not None
-        return f"the child's log:\n{self.log.text()[-4000:]}"
-
-    async def _published_at_least(self, cycles: int) -> bool:
-        return self.published() >= cycles
-
-    def check(self) -> None:
-        assert self.proc is not None and self.log is not None
-        assert self.proc.returncode is None, f"publish exited with {self.proc.returncode}:\n{self.log.text()}"
-
-    async def kill(self) -> None:
-        self.check()
-        assert self.proc is not None and self.log is not None
-        self.proc.send_signal(signal.SIGKILL)
-        assert await self.proc.wait() == -signal.SIGKILL
-        await self.log.finish()
-        self.published_in_last_run = self.published()
-        self.kills += 1
-
-    async def close(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
-        if self.log is not None:
-            await self.log.finish()
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ class RecordingSink:
         self.inner = inner
         self.cheap_reads = inner.cheap_reads
         self.paths: list[str] = []
+        self.calls: list[list[str]] = []  # the paths of each write call, in order: what had landed before what
         self.die_after = die_after
 
     async def write(self, files: Sequence[SiteFile]) -> None:
@@ -26,6 +27,7 @@ class RecordingSink:
             raise KilledMidway(f"killed after {self.die_after} files")
         await self.inner.write(files)
         self.paths.extend(f.path for f in files)
+        self.calls.append([f.path for f in files])
 
     async def exists(self, path: str) -> bool:
         return await self.inner.exists(path)

@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from services.aggregate.queries import QUERIES as AGGREGATE_QUERIES
+from services.publish import cycle as cycle_module
 from services.publish.sinks.local import LocalSink
 from suara.election.signing import OfficialKey
 from suara.v1 import aggregate_pb2, tally_pb2
@@ -198,6 +199,59 @@ async def test_history_and_pointer(pipeline: Pipeline) -> None:
     assert {k: v for k, v in last["nasional"].items() if k.isdigit()} == {
         k: v for k, v in national["chart"].items() if k.isdigit()
     }
+
+
+@pytest.mark.parametrize("full", [True, False])
+async def test_a_snapshot_is_listed_in_the_history_only_once_its_pointer_is_written(
+    pipeline: Pipeline, full: bool
+) -> None:
+    """The order a reader relies on (docs/layout.md): each data file, history entry and the chain keys land
+    in a write before the pointer's, each history index in a write after it, so the index never lists a
+    snapshot that a killed cycle wrote but never published (and a redo may write differently)."""
+    rng = random.Random(12)
+    await pipeline.random_night(rng, 10)
+    await pipeline.cycle()
+    for contest in ("ppwp", "pdpr"):
+        await pipeline.random_night(rng, 10, contest=contest)
+    recording = RecordingSink(LocalSink(pipeline.site))
+    pipeline.publisher.sink = recording
+    result = await pipeline.cycle(full=full)
+    assert result is not None
+    landed = {path: i for i, call in enumerate(recording.calls) for path in call}  # path -> its write call
+    pointer = landed["suara/snapshot.json"]
+    assert recording.calls[pointer] == ["suara/snapshot.json"], "the pointer on its own"
+    indexes = [path for path in landed if path.startswith("suara/riwayat/") and path.count("/") == 2]
+    changed = ["pdpr", "pkwkp", "ppwp"] if full else ["pdpr", "ppwp"]  # a rebuild writes every index
+    assert sorted(indexes) == [f"suara/riwayat/{contest}.json" for contest in changed]
+    assert all(landed[path] > pointer for path in indexes)
+    assert all(i < pointer for path, i in landed.items() if path not in indexes and path != "suara/snapshot.json")
+    for contest in ("ppwp", "pdpr"):
+        assert landed[f"suara/riwayat/{contest}/{result.snapshot}.json"] < pointer
+
+
+async def test_a_contest_that_changed_after_the_cycles_changes_shows_the_pointers_numbers(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cycle takes aggregate's changes up to a sequence, and then reads the national view of a contest it
+    had nothing for, which may already hold later changes: the pointer shows that view's numbers, so the
+    contest's national totals file (written before the pointer) must show them too."""
+    await pipeline.random_night(random.Random(13), 5)
+    await pipeline.cycle()
+    fresh = [t for t in pipeline.tally_codes("pkwkp") if (t, "pkwkp") not in pipeline.current]
+    await pipeline.submit(pipeline.all_tps[-1], "ppwp", 4)
+    await pipeline.delivered()
+    await pipeline.submit(fresh[0], "pkwkp")  # a later sequence than the ppwp form's
+    await pipeline.delivered()
+    monkeypatch.setattr(cycle_module, "CYCLE_CHANGES", 1)  # this cycle takes the first sequence only
+    result = await pipeline.publisher.cycle()
+    assert result is not None
+    pointer = json.loads((pipeline.site / "suara/snapshot.json").read_bytes())
+    assert not pointer["caught_up"], "the pkwkp form came after the cycle's sequence"
+    for contest, shown in pointer["contests"].items():
+        national = json.loads((pipeline.site / f"pemilu/hhcw/{contest}.json").read_bytes())
+        assert national["progres"] == {"progres": shown["progres"], "total": shown["total"]}, contest
+    assert pointer["contests"]["pkwkp"]["progres"] == sum(c == "pkwkp" and not a.quarantined
+                                                          for (_, c), a in pipeline.current.items())  # fmt: skip
 
 
 async def test_behind_a_backlog_each_cycle_takes_part_and_moves_the_pointer(

@@ -28,6 +28,7 @@ from suara.client.aggregate_stub import aggregate_stub
 from suara.election.signing import DeviceKey
 from suara.registry.catalog import fetch_contests
 from suara.runtime.database import Database
+from suara.runtime.settings import Settings
 from suara.v1 import form_pb2, tally_pb2
 from tests.support.aggregate import aggregate_settings
 from tests.support.databases import as_service
@@ -180,13 +181,22 @@ def site() -> Iterator[Path]:
 
 @pytest.fixture
 async def pipeline(db_url: str, db: asyncpg.Connection, tmp_path: Path) -> AsyncIterator[Pipeline]:
+    async with open_pipeline(db_url, db, tmp_path) as p:
+        yield p
+
+
+@contextlib.asynccontextmanager
+async def open_pipeline(
+    db_url: str, db: asyncpg.Connection, tmp_path: Path, tally_settings: Settings = TALLY_SETTINGS
+) -> AsyncIterator[Pipeline]:
+    """The `pipeline` fixture's pipeline, with a tally of `tally_settings` (another photo store, say)."""
     pki = suite_pki()
     aggregate = await AggregateApp.create(aggregate_settings(0), as_service(db_url, "aggregate"))
     await aggregate.start()
     tally = await start_tally(
         db_url,
         db,
-        relaying(TALLY_SETTINGS, pki.bundle("relay", "writer"), f"127.0.0.1:{aggregate.internal_port}"),
+        relaying(tally_settings, pki.bundle("relay", "writer"), f"127.0.0.1:{aggregate.internal_port}"),
     )
     channel = pki.channel(f"127.0.0.1:{aggregate.internal_port}", pki.credential("publish", "reader"))
     pool = Database(await asyncpg.create_pool(as_service(db_url, "publish"), min_size=1, max_size=4))
