@@ -82,7 +82,7 @@ AGGREGATE_HOSTS: tuple[str, ...] = ("aggregate1", "aggregate2")
 PUBLISH_HOSTS: tuple[str, ...] = ("publish1", "publish2")
 STORAGE_HOST = "storage1"
 EDGE_HOST = "edge1"
-SITE_BUCKET, SITE_PREFIX, PHOTO_BUCKET = "suara-site", "site", "suara-photos"
+SITE_BUCKET, SITE_PREFIX, PHOTO_BUCKET, PHOTO_PREFIX = "suara-site", "site", "suara-photos", "photos"
 REPO = Path(__file__).resolve().parents[1]
 ENVOY_RENDER = REPO / "deploy" / "envoy" / "render.py"
 ENVOY = Path(sys.executable).parent / "envoy"
@@ -360,7 +360,9 @@ async def running_cluster(args: argparse.Namespace, settings: Settings) -> Async
             "SUARA_SITE_DIR": str(data_dir / "site"),
             "SUARA_PUBLISH_TO": f"s3://{SITE_BUCKET}/{SITE_PREFIX}",
             "SUARA_S3_ENDPOINT_URL": weed.endpoint,
-            "SUARA_PHOTO_STORE": f"s3://{PHOTO_BUCKET}/photos",
+            "SUARA_PHOTO_STORE": f"s3://{PHOTO_BUCKET}/{PHOTO_PREFIX}",
+            # TPS files link photos at SITE/foto/…, which nginx reads from the photo bucket: nothing copied.
+            "SUARA_PUBLIC_URL": f"http://{http[0]}:{http[1]}",
             "SUARA_PHOTO_STORE_ENDPOINT_URL": weed.endpoint,
             "AWS_ACCESS_KEY_ID": access,
             "AWS_SECRET_ACCESS_KEY": secret,
@@ -464,7 +466,8 @@ async def running_cluster(args: argparse.Namespace, settings: Settings) -> Async
         prefix = data_dir / "nginx"
         conf = await asyncio.to_thread(
             nginx.render, nginx.TEMPLATES / "bucket.conf", prefix, BUCKET_HOST=f"{storage.address}:{weed.s3_port}",
-            BUCKET_SCHEME="https", BUCKET_PATH=f"/{SITE_BUCKET}/{SITE_PREFIX}", PORT=f"{http[0]}:{http[1]}",
+            BUCKET_SCHEME="https", BUCKET_PATH=f"/{SITE_BUCKET}/{SITE_PREFIX}",
+            PHOTO_PATH=f"/{PHOTO_BUCKET}/{PHOTO_PREFIX}", PORT=f"{http[0]}:{http[1]}",
             CACHE_DIR=str(prefix / "cache"), USER=getpass.getuser(),
         )  # fmt: skip
         nginx_spec = ChildSpec("nginx", [], env, http_probe(*http), command=nginx.command(conf, prefix))

@@ -25,6 +25,7 @@ from suara.v1 import form_pb2
 
 WIDTH, HEIGHT = 1240, 1754  # A4 at 150 dpi: what a phone's photo of the page comes down to
 PAGES = 3
+_MIN_ROW = 34  # px: a row of page 2 still legible in a phone's photo
 QUALITY = 80
 _INK = (28, 48, 140)  # a ballpoint's blue
 _PRINT = (30, 30, 30)
@@ -73,9 +74,9 @@ def _page(
     draw = ImageDraw.Draw(image)
     small, body, title, hand = _font(22), _font(26), _font(34), _font(38)
 
-    def ink(xy: tuple[float, float], text: str) -> None:
+    def ink(xy: tuple[float, float], text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont = hand) -> None:
         x, y = xy
-        draw.text((x + rng.uniform(-4, 4), y + rng.uniform(-3, 3)), text, fill=_INK, font=hand)
+        draw.text((x + rng.uniform(-4, 4), y + rng.uniform(-3, 3)), text, fill=_INK, font=font)
 
     draw.text((80, 70), f"MODEL C.HASIL-{contest.upper()}", fill=_PRINT, font=title)
     draw.text((80, 115), "CATATAN HASIL PENGHITUNGAN PEROLEHAN SUARA", fill=_PRINT, font=body)
@@ -103,18 +104,27 @@ def _page(
     elif n == 2:
         draw.text((80, 390), "II. DATA PEROLEHAN SUARA", fill=_PRINT, font=body)
         rows = len(votes) + 3
-        step = min(110, (HEIGHT - 600) // max(1, rows))
-        lines = [(f"{i + 1:02d}  {label}"[:52], str(v)) for i, (label, v) in enumerate(votes)]
+        # A ballot of many choices (DPR's parties and candidates) runs in columns, as the paper does.
+        per_column = min(rows, (HEIGHT - 600) // _MIN_ROW)
+        columns = -(-rows // per_column)
+        step = min(110, (HEIGHT - 600) // per_column)
+        width = (WIDTH - 160) // columns
+        box = min(220, width // 3)
+        chars = 52 if columns == 1 else max(6, (width - box - 20) // 14)
+        pen = hand if step >= 60 else _font(max(16, step - 10))
+        lines = [(f"{i + 1:02d}  {label}"[:chars], str(v)) for i, (label, v) in enumerate(votes)]
         lines += [
-            ("Jumlah suara sah", str(adm.get("suara_sah", ""))),
-            ("Jumlah suara tidak sah", str(adm.get("suara_tidak_sah", ""))),
-            ("Jumlah seluruh suara", str(adm.get("suara_total", ""))),
+            ("Jumlah suara sah"[:chars], str(adm.get("suara_sah", ""))),
+            ("Jumlah suara tidak sah"[:chars], str(adm.get("suara_tidak_sah", ""))),
+            ("Jumlah seluruh suara"[:chars], str(adm.get("suara_total", ""))),
         ]
         for i, (label, value) in enumerate(lines):
-            y = 460 + step * i
-            draw.text((80, y + step // 4), label, fill=_PRINT, font=small if step < 80 else body)
-            draw.rectangle((940, y, 1160, y + step - 14), outline=_PRINT, width=2)
-            ink((965, y + max(0, step // 2 - 30)), value)
+            column, row = divmod(i, per_column)
+            x, y = 80 + width * column, 460 + step * row
+            draw.text((x, y + step // 4), label, fill=_PRINT, font=small if step < 80 else body)
+            right = x + width - 20 if columns > 1 else 1160
+            draw.rectangle((right - box, y, right, y + max(step - 14, step * 3 // 4)), outline=_PRINT, width=2)
+            ink((right - box + 10, y + max(0, step // 2 - 30) if step >= 60 else y + 2), value, pen)
     else:
         draw.text((80, 390), "III. KPPS DAN SAKSI YANG HADIR", fill=_PRINT, font=body)
         for i, role in enumerate(("Ketua KPPS", "Anggota KPPS", "Anggota KPPS", "Saksi", "Saksi", "Saksi")):

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -53,3 +53,17 @@ def test_a_form_has_three_pages() -> None:
     assert form_photos(form, NAMES, pages=0) == []
     with pytest.raises(ValueError, match="3 pages"):
         form_photos(form, NAMES, pages=4)
+
+
+@settings(max_examples=6, deadline=None)
+@given(choices=st.integers(1, 300))
+@example(choices=111)  # the cluster's DPR stand-in, which broke the drawing once
+def test_a_ballot_of_any_length_fits_its_page(choices: int) -> None:
+    """DPR's ballot has its parties and every candidate (108 and more): page 2 still draws, every number
+    on it."""
+    ids = tuple(str(100_000 + i) for i in range(choices))
+    form = make_form(7, "3101011001001", "pdpr", 1, "ok", ids)
+    page = form_photos(form, {c: f"PARTAI {c}" for c in ids}, pages=2)[1]
+    assert problem(page) is None
+    with Image.open(io.BytesIO(page)) as image:
+        assert image.size == (WIDTH, HEIGHT)

@@ -9,6 +9,7 @@ accepts gzip) and services.publish.cache's headers for its path.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from cli.seaweedfs import SeaweedFS
 from services.publish.cache import content_type_for
 from services.publish.files import SiteFile
 from services.publish.sinks.s3 import S3Sink
+from suara.runtime.objects import S3ObjectStore
 from tests.site.client import fetch
 from tests.site.nginx import run_nginx
 from tests.site.sample import SampleSite
@@ -57,6 +59,7 @@ async def test_bucket_conf_serves_the_bucket_like_the_directory_and_stale_while_
     async with run_nginx(
         nginx, deploy_dir / "bucket.conf", tmp_path / "nginx",
         BUCKET_HOST=host, BUCKET_SCHEME="http", BUCKET_PATH=f"/{bucket.name}/{PREFIX}",
+        PHOTO_PATH=f"/{bucket.name}/{PREFIX}/foto",
         CACHE_DIR=str(tmp_path / "cache"),
     ) as url:  # fmt: skip
         first = {}
@@ -93,3 +96,37 @@ async def test_bucket_conf_serves_the_bucket_like_the_directory_and_stale_while_
                 if reply.headers["X-Cache-Status"] == "STALE":
                     stale.add((path, gzip_ok))
             await asyncio.sleep(0.2)  # between rounds of an external process's answers
+
+
+async def test_bucket_conf_serves_photos_linked_in_tallys_bucket_under_the_sites_own_foto(
+    nginx: str, deploy_dir: Path, tmp_path: Path, s3_endpoint: str, seaweedfs: SeaweedFS
+) -> None:
+    """publish links photos at SUARA_PUBLIC_URL/foto/AA/SHA256 and copies nothing: nginx reads them from
+    the photo bucket where tally put them, from the page's own origin, and keeps them (they never change)."""
+    del s3_endpoint  # for its AWS_* environment
+    photos = await asyncio.to_thread(Bucket, seaweedfs.endpoint, "photos")
+    store = S3ObjectStore(photos.name, "pemilu2024", endpoint_url=seaweedfs.endpoint)
+    body = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 40  # a JPEG's magic, then anything
+    sha = hashlib.sha256(body).hexdigest()
+    assert await store.put(sha, body, "image/jpeg")
+    await store.close()
+    site = await asyncio.to_thread(Bucket, seaweedfs.endpoint, "site")
+    host = seaweedfs.endpoint.removeprefix("http://")
+    async with run_nginx(
+        nginx, deploy_dir / "bucket.conf", tmp_path / "nginx",
+        BUCKET_HOST=host, BUCKET_SCHEME="http", BUCKET_PATH=f"/{site.name}/{PREFIX}",
+        PHOTO_PATH=f"/{photos.name}/pemilu2024", CACHE_DIR=str(tmp_path / "cache"),
+    ) as url:  # fmt: skip
+        path = f"/foto/{sha[:2]}/{sha}"
+        first = await fetch(url + path)
+        assert first.status == 200 and first.body == body
+        assert first.headers["Content-Type"] == "image/jpeg"
+        assert first.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+        assert first.headers["X-Content-Type-Options"] == "nosniff"
+        assert first.headers["X-Cache-Status"] == "MISS"
+        assert (await fetch(url + f"/foto/{sha[:2]}/{'0' * 64}")).status == 404
+        assert (await fetch(url + path, method="DELETE")).status == 403  # readers only read
+        await asyncio.to_thread(seaweedfs.stop)  # the bucket is down: the photo is still there
+        again = await fetch(url + path)
+        assert again.status == 200 and again.body == body
+        assert again.headers["X-Cache-Status"] == "HIT"
