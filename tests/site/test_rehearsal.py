@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import json
 import random
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from suara.v1 import tally_pb2
 from tests.site.cdp import Browser
 from tests.support.databases import TEST_SCALE, TEST_SEED, fresh_database
 from tests.support.factories import TEST_ELECTION, consistent_form, jpeg, signed
+from tests.support.pki import suite_pki
 from tests.support.processes import run_suara, suara_env
 from tests.support.publish import Pipeline, open_pipeline, scratch_site
 from tests.support.tally import BASE_SETTINGS, with_tally
@@ -126,6 +128,18 @@ async def feed(p: Pipeline, stations: list[str], photos: Path) -> list[str]:
     return [str(photos / sha[:2] / sha[2:4] / sha) for sha in stored]
 
 
+def publish_env(p: Pipeline, site: Path, tmp_path: Path) -> dict[str, str]:
+    """A `suara publish` child's environment for the rehearsal: a reader certificate of its election."""
+    return suara_env(
+        DATABASE_URL=p.db_url,
+        SUARA_DATA_DIR=tmp_path / "publish-state",
+        SUARA_SITE_DIR=site,
+        SUARA_AGGREGATE_ADDRESS=f"127.0.0.1:{p.aggregate.internal_port}",
+        SUARA_TALLY_ADDRESS=f"127.0.0.1:{p.tally.app.internal_port}",
+        SUARA_PUBLISH_CREDENTIAL=suite_pki().bundle(f"publish-cli-{REHEARSAL}", "reader", REHEARSAL),
+    )
+
+
 async def banner_everywhere(browser: Browser, url: str, views: list[str]) -> None:
     """Every page, and every view of the main page, shows the SIMULASI banner at the top, in view."""
     for view in views:
@@ -173,9 +187,10 @@ async def test_zero_forms_publish_only_the_skeleton_and_the_page_still_opens(
         await page.wait_for("document.body.dataset.state === 'ready'")
         shown = await page.evaluate(
             "[document.querySelectorAll('#chart [data-choice]').length, !!document.querySelector('.simulasi'),"
-            " document.getElementById('progress').dataset.progres]"
+            " document.getElementById('progress').dataset.progres, document.getElementById('progress').dataset.total]"
         )
-        assert shown == [len(pipeline.choices[CONTEST]), False, "0"]
+        tps_total = await pipeline.db.fetchval("SELECT count(*) FROM registry.tps")
+        assert shown == [len(pipeline.choices[CONTEST]), False, "0", str(tps_total)]
     # The first form publishes everything.
     tps = pipeline.all_tps[0]
     await pipeline.submit(tps, CONTEST)
@@ -213,6 +228,17 @@ async def test_a_rehearsal_shows_simulasi_everywhere_and_is_wiped_without_a_trac
                     await p.delivered()
                     assert (await publisher.cycle()) is not None
                     assert present(stored) == stored
+
+                    # `suara publish rebuild` (publish's own wiring: connect() reads the registry) marks too.
+                    rebuilt = tmp_path / "rebuilt"
+                    done = await run_suara("publish", "rebuild", "--site-dir", str(rebuilt),
+                                           env=publish_env(p, rebuilt, tmp_path), cwd=tmp_path)  # fmt: skip
+                    assert done.returncode == 0, done.stderr
+                    rebuilt_files = files_of(rebuilt)
+                    assert b'<p class="simulasi"' in rebuilt_files["index.html"]
+                    assert [path for path in rebuilt_files if path.endswith(".json")
+                            and marker_of(json.loads(rebuilt_files[path])) != {REHEARSAL}] == []  # fmt: skip
+                    shutil.rmtree(rebuilt)
 
                 files = files_of(site)
                 jsons = [path for path in files if path.endswith(".json")]

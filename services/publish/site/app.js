@@ -352,7 +352,8 @@
       delete prog.dataset.quarantined; // the anomalies view's
       let flags;
       if (depth < 5) {
-        const p = data.progres || { progres: 0, total: 0 };
+        // No totals file before the first form: the pointer still knows the national TPS count.
+        const p = data.progres || (depth === 0 && snap && snap.contests[c]) || { progres: 0, total: 0 };
         prog.dataset.progres = p.progres;
         prog.dataset.total = p.total;
         prog.textContent = L("Progres: ", "Progress: ") + `${fmt(p.progres)} ` + L("dari", "of") + ` ${fmt(p.total)} TPS (${pct((data.chart && data.chart.persen) || 0)})`;
