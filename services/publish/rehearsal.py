@@ -1,8 +1,9 @@
 """A rehearsal's site: every file of it says SIMULASI, so nobody takes its numbers for the real count.
 
 Publish marks nothing itself: it writes through `RehearsalSink`, which adds the marker to each file on
-its way to the real sink. Every JSON object gets a last key `"simulasi": "<election id>"` (a JSON list,
-each object in it); every HTML page a banner right after `<body>` and "SIMULASI" in its title. The
+its way to the real sink. Every JSON object gets a last key `"simulasi": "<election id>"`; in a JSON
+list, and in `pemilu/{c}.json` (whose keys are choice ids, read as such by every consumer), each object
+in it does. Every HTML page gets a banner right after `<body>` and "SIMULASI" in its title. The
 marker is added the same way to the same bytes, so files that a cycle promises are equal (`same_as`)
 stay equal, and `read` hands back the unmarked bytes, as the cycle wrote them, so its comparisons hold.
 """
@@ -37,7 +38,7 @@ def banner(election_id: str) -> bytes:
 def mark(body: bytes, path: str, election_id: str) -> bytes:
     """`body` of the site file at `path`, marked as election `election_id`'s rehearsal."""
     if path.endswith(".json"):
-        return _dumps(_marked(json.loads(body), election_id))
+        return _dumps(_marked(json.loads(body), election_id, _by_id(path)))
     if path.endswith(".html"):
         match = _BODY.search(body)
         if match is None:
@@ -52,15 +53,31 @@ def unmark(body: bytes, path: str, election_id: str) -> bytes:
     if not path.endswith(".json"):
         return body
     doc = json.loads(body)
-    for obj in doc if isinstance(doc, list) else [doc]:
+    for obj in _carriers(doc, _by_id(path)):
         if isinstance(obj, dict) and obj.get(MARKER) == election_id:
             del obj[MARKER]
     return _dumps(doc)
 
 
-def _marked(doc: Any, election_id: str) -> Any:
-    if isinstance(doc, dict):
+def _by_id(path: str) -> bool:
+    """A file whose keys are ids (the choices, `pemilu/{c}.json`): its entries carry the marker, not it."""
+    return path.startswith("pemilu/") and path.count("/") == 1
+
+
+def _carriers(doc: Any, by_id: bool) -> list[Any]:
+    """What carries the marker in `doc`: itself (an object), or its items (a list, or an object of ids)."""
+    if isinstance(doc, list):
+        return doc
+    if by_id and isinstance(doc, dict):
+        return list(doc.values())
+    return [doc]
+
+
+def _marked(doc: Any, election_id: str, by_id: bool) -> Any:
+    if isinstance(doc, dict) and not by_id:
         return {**doc, MARKER: election_id}
+    if isinstance(doc, dict):
+        return {key: {**item, MARKER: election_id} if isinstance(item, dict) else item for key, item in doc.items()}
     if isinstance(doc, list):
         return [{**item, MARKER: election_id} if isinstance(item, dict) else item for item in doc]
     return doc
@@ -73,10 +90,8 @@ def carries_marker(body: bytes, path: str, election_id: str) -> bool:
         return banner(election_id) in body
     if not path.endswith(".json"):
         return False
-    doc = json.loads(body)
-    if isinstance(doc, dict):
-        return doc.get(MARKER) == election_id
-    return isinstance(doc, list) and all(isinstance(o, dict) and o.get(MARKER) == election_id for o in doc)
+    carriers = _carriers(json.loads(body), _by_id(path))
+    return bool(carriers) and all(isinstance(o, dict) and o.get(MARKER) == election_id for o in carriers)
 
 
 class RehearsalSink:

@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from cli.recap_fetch import read_choices
 from services.publish import SITE_ASSETS
 from services.publish.rehearsal import site_sink
 from services.publish.sinks.local import LocalSink
@@ -80,8 +81,12 @@ async def registry_paths(conn: asyncpg.Connection) -> set[str]:
     return {f"wilayah/pemilu/{CONTEST}/{nested[a] or '0'}.json" for a in areas}
 
 
-def marker_of(doc: Any) -> set[Any]:
-    """The SIMULASI markers a document carries: its own (an object), or each of its objects' (a list)."""
+def marker_of(doc: Any, path: str) -> set[Any]:
+    """The SIMULASI markers a document carries: its own (an object), or each of its objects' (a list, and
+    the choices of `pemilu/{c}.json`, whose keys stay choice ids)."""
+    if path.startswith("pemilu/") and path.count("/") == 1:
+        assert doc and all(isinstance(v, dict) and "nama" in v for v in doc.values()), doc
+        return {v.get("simulasi") for v in doc.values()}
     if isinstance(doc, dict):
         return {doc.get("simulasi")}
     assert isinstance(doc, list) and doc, "an empty list has nowhere to carry the marker"
@@ -237,7 +242,7 @@ async def test_a_rehearsal_shows_simulasi_everywhere_and_is_wiped_without_a_trac
                     rebuilt_files = files_of(rebuilt)
                     assert b'<p class="simulasi"' in rebuilt_files["index.html"]
                     assert [path for path in rebuilt_files if path.endswith(".json")
-                            and marker_of(json.loads(rebuilt_files[path])) != {REHEARSAL}] == []  # fmt: skip
+                            and marker_of(json.loads(rebuilt_files[path]), path) != {REHEARSAL}] == []  # fmt: skip
                     shutil.rmtree(rebuilt)
 
                 files = files_of(site)
@@ -245,11 +250,14 @@ async def test_a_rehearsal_shows_simulasi_everywhere_and_is_wiped_without_a_trac
                 assert any(path.startswith("pemilu/hhcw/") for path in jsons)  # totals and TPS files are out
                 unmarked = {}
                 for path in jsons:
-                    markers = marker_of(json.loads(files[path]))
-                    zipped = marker_of(json.loads(gzip.decompress(files[path + ".gz"])))
+                    markers = marker_of(json.loads(files[path]), path)
+                    zipped = marker_of(json.loads(gzip.decompress(files[path + ".gz"])), path)
                     if markers | zipped != {REHEARSAL}:
                         unmarked[path] = markers | zipped
                 assert unmarked == {}, f"{len(unmarked)} of {len(jsons)} JSON files unmarked: {list(unmarked)[:5]}"
+                # Consumers read the choices as before (the PPK's recap tool, from a downloaded site).
+                choices = read_choices(lambda path: json.loads(files[path]) if path in files else None, CONTEST)
+                assert [c.id for c in choices] == p.choices[CONTEST]
                 # The numbers are still the numbers, beside the marker (the TPS file of the first station).
                 tps = stations[0]
                 tps_file = json.loads(
