@@ -102,7 +102,8 @@ class Publisher:
         asked = full
         full = full or cursor["sequence"] == 0 or cursor["registry_load"] != registry_load
         skeleton_out = cursor["sequence"] == 0 and cursor["snapshot"] and cursor["registry_load"] == registry_load
-        if skeleton_out and not asked and await self._no_form_yet():
+        # Once this publisher has written the skeleton (a new process, or a lost site, writes it again).
+        if skeleton_out and self._assets_written and not asked and await self._no_form_yet():
             return None  # the skeleton is out: nothing to add until the first form
         work, sequence = await self._changes(cursor["sequence"], collect=not full)
         if not full and not work.areas:

@@ -167,7 +167,7 @@ async def banner_everywhere(browser: Browser, url: str, views: list[str]) -> Non
 
 
 async def test_zero_forms_publish_only_the_skeleton_and_the_page_still_opens(
-    pipeline: Pipeline, browser: Browser
+    pipeline: Pipeline, browser: Browser, tmp_path: Path
 ) -> None:
     assert (await pipeline.cycle()) is not None
     files = files_of(pipeline.site)
@@ -183,6 +183,11 @@ async def test_zero_forms_publish_only_the_skeleton_and_the_page_still_opens(
     # Nothing to add until the first form: the next cycles write nothing.
     assert (await pipeline.cycle()) is None
     assert digest(pipeline.site) == {p: hashlib.sha256(b).hexdigest() for p, b in files.items()}
+    # Another publisher (a restart, onto a new site directory) writes the skeleton once too.
+    with scratch_site("suara-skeleton-", tmp_path) as other:
+        again = pipeline.publisher_for(LocalSink(other))
+        assert (await again.cycle()) is not None and (await again.cycle()) is None
+        assert set(files_of(other)) == set(files)
     # The page opens on the skeleton and says there is nothing yet, without an error or a banner.
     from services.publish.http import serve_site
 
