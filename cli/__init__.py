@@ -21,6 +21,7 @@ from suara.runtime.tracing import configure_tracing
 GROUPS = (
     "db",
     "registry",
+    "rehearsal",
     "admin",
     "device",
     "tally",

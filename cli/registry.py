@@ -12,7 +12,7 @@ from cli.embedded import database_url
 from cli.progress import Progress
 from suara.registry.areas import LEVEL_NAMES
 from suara.registry.contests import DEFAULT_PATH, ContestConfigError, read_contests
-from suara.registry.loader import check_election_id, load_registry
+from suara.registry.loader import RehearsalMismatch, check_election_id, load_registry
 from suara.registry.summary import is_migrated, summarize
 from suara.registry.synthetic import PEMILU_2024_TPS
 from suara.runtime.database import connect
@@ -78,6 +78,16 @@ def add_parser(sub: Any) -> None:
             "the election this registry is for (e.g. pemilu-2024; a rehearsal gets its own, e.g. gladi-2024-01): "
             "every signed form, recap and key file names it, and documents of another election are refused. "
             "Default: keep the current one; on a first load, a new random one"
+        ),
+    )
+    p.add_argument(
+        "--rehearsal",
+        action="store_true",
+        help=(
+            "mark the election a rehearsal (gladi, simulasi): publish shows SIMULASI on every page and in every "
+            "file, and `suara rehearsal wipe` may erase it. Give it its own database and site, and its own "
+            "--election-id. A database keeps its kind: a rehearsal never becomes the real election, nor the "
+            "reverse. Default: as the current election is (a first load: real)"
         ),
     )
     p.add_argument(
@@ -156,8 +166,9 @@ async def run_load(args: argparse.Namespace, settings: Settings) -> int:
                     contests_path=args.contests,
                     progress=progress,
                     election_id=args.election_id,
+                    rehearsal=True if args.rehearsal else None,
                 )
-            except ContestConfigError as exc:
+            except (ContestConfigError, RehearsalMismatch) as exc:
                 print(exc, file=sys.stderr)
                 return 2
     tps = (
@@ -168,7 +179,8 @@ async def run_load(args: argparse.Namespace, settings: Settings) -> int:
     )
     print(
         f"loaded registry #{summary.load_id} in {summary.seconds:.1f}s: {summary.areas:,} areas, {tps}, "
-        f"{summary.contests} contests with {summary.choices} choices; election {summary.election_id}"
+        f"{summary.contests} contests with {summary.choices} choices; "
+        f"{'REHEARSAL' if summary.rehearsal else 'election'} {summary.election_id}"
     )
     return 0
 
@@ -198,5 +210,6 @@ async def run_show(args: argparse.Namespace, settings: Settings) -> int:
             else "no TPS"
         )
         print(f"last load: #{last.id} at {last.loaded_at:%Y-%m-%d %H:%M:%S %Z} ({how})")
-        print(f"election: {last.election_id or '(none named: run `suara registry load`)'}")
+        kind = " (rehearsal: published as SIMULASI)" if last.rehearsal else ""
+        print(f"election: {last.election_id or '(none named: run `suara registry load`)'}{kind}")
     return 0

@@ -99,7 +99,12 @@ class Publisher:
         cursor = await self.pool.fetchrow(QUERIES.cursor)
         registry = await self.pool.fetchrow(QUERIES.registry_load)
         registry_load = None if registry is None else registry["id"]
+        asked = full
         full = full or cursor["sequence"] == 0 or cursor["registry_load"] != registry_load
+        skeleton_out = cursor["sequence"] == 0 and cursor["snapshot"] and cursor["registry_load"] == registry_load
+        # Once this publisher has written the skeleton (a new process, or a lost site, writes it again).
+        if skeleton_out and self._assets_written and not asked and await self._no_form_yet():
+            return None  # the skeleton is out: nothing to add until the first form
         work, sequence = await self._changes(cursor["sequence"], collect=not full)
         if not full and not work.areas:
             return None
@@ -124,6 +129,11 @@ class Publisher:
         self, cursor: Any, registry: Any, registry_load: Any, full: bool, work: _Work, sequence: int, started: float
     ) -> CycleResult:
         snapshot = cursor["snapshot"] + 1
+        # Before the first form the site is its skeleton only, and the cursor stays at 0, so that the cycle
+        # after the first form is a full one (a form arriving meanwhile is published by that one).
+        skeleton = full and await self._no_form_yet()
+        if skeleton:
+            sequence = 0
         no_data_ts = documents.wib(int(registry["loaded_at"].timestamp() * 1000)) if registry else ""
         result = CycleResult(snapshot=snapshot, sequence=sequence, full=full)
         # Overlapping writes with rendering pays in an incremental cycle; in a full rebuild the writer
@@ -140,6 +150,9 @@ class Publisher:
             nationals: dict[str, aggregate_pb2.AreaView] = {}
             indexes: list[SiteFile] = []  # the history indexes: written after the pointer (see _history)
             for contest in self.contests.values():
+                if skeleton:
+                    nationals[contest.id] = await self._skeleton(out, contest, no_data_ts)
+                    continue
                 if full:
                     no_data = await self._renderer.no_data(out, contest, no_data_ts)
                     views, changed_tps = every_area(self.aggregate, contest.id), None
@@ -160,7 +173,7 @@ class Publisher:
                 index = await self._history(out, contest, snapshot, nationals[contest.id], chain, full=full)
                 if index is not None:
                     indexes.append(index)
-            caught_up = await self._nothing_after(sequence)
+            caught_up = skeleton or await self._nothing_after(sequence)
             await out.flush()
         except BaseException:
             await out.abandon()
@@ -192,6 +205,29 @@ class Publisher:
         log.info("published", **{k: v for k, v in vars(result).items() if k != "seconds"},
                  ms=round(result.seconds * 1000, 1))  # fmt: skip
         return result
+
+    async def _no_form_yet(self) -> bool:
+        """Whether no form has reached aggregate yet: no TPS counted or quarantined in any contest."""
+        for contest in self.contests:
+            area = (await self._views(contest, [""]))[0].area
+            if area.tps_reported or area.tps_quarantined:
+                return False
+        return True
+
+    async def _skeleton(self, out: Writer, contest: Contest, no_data_ts: str) -> aggregate_pb2.AreaView:
+        """Before the first form, a contest's skeleton only: its candidates and region lists. No totals, TPS,
+        status, NIST or history file exists until there is a number to put in it. The national view, for
+        the pointer."""
+        await out.add(
+            [SiteFile(paths.candidates_path(contest.id), documents.dumps(documents.candidates(contest, no_data_ts)))]
+        )
+        national = None
+        async for view in every_area(self.aggregate, contest.id):
+            if view.area.area == "":
+                national = view
+            region = documents.dumps(documents.region_list(view.children))
+            await out.add([SiteFile(paths.region_path(contest.id, view.area.area), region)])
+        return national if national is not None else (await self._views(contest.id, [""]))[0]
 
     async def _changes(self, since: int, *, collect: bool) -> tuple[_Work, int]:
         """The changes after `since` (about CYCLE_CHANGES at most) and the sequence they reach.

@@ -19,12 +19,13 @@ import structlog
 from services.publish import metrics
 from services.publish.cycle import CycleResult, Publisher
 from services.publish.queries import QUERIES
+from services.publish.rehearsal import site_sink
 from services.publish.sinks import sink_from_url
 from services.publish.sinks.base import Sink
 from suara.client import service_names
 from suara.client.aggregate_stub import aggregate_stub
 from suara.client.stubs import tally_stub
-from suara.registry.catalog import fetch_contests
+from suara.registry.catalog import fetch_contests, fetch_election
 from suara.runtime.auth.certificate import load_credential
 from suara.runtime.auth.client import caller_channel
 from suara.runtime.backoff import Backoff
@@ -262,6 +263,7 @@ async def connect(
     try:
         async with db.acquire() as conn:
             contests = await fetch_contests(conn)
+            election_id, rehearsal = await fetch_election(conn)
     except BaseException:
         await db.close()
         raise
@@ -269,7 +271,7 @@ async def connect(
     tally_channel = caller_channel(settings.peers.tally, settings, credential, options=CHANNEL_OPTIONS)
     publisher = Publisher(
         db,
-        sink or sink_for(settings),
+        site_sink(sink or sink_for(settings), election_id, rehearsal),
         aggregate_stub(aggregate_channel),
         tally_stub(tally_channel),
         contests,

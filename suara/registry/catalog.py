@@ -110,6 +110,12 @@ async def fetch_election_id(conn: asyncpg.Connection) -> str:
     return str(await conn.fetchval(QUERIES.election_id) or "")
 
 
+async def fetch_election(conn: asyncpg.Connection) -> tuple[str, bool]:
+    """The newest registry load's election id ("" if no load named one) and whether it is a rehearsal."""
+    row = await conn.fetchrow(QUERIES.election)
+    return ("", False) if row is None else (str(row["election_id"]), bool(row["rehearsal"]))
+
+
 async def tps_exists(conn: asyncpg.Connection, code: str) -> int | None:
     """The DPT of TPS `code`, or None if there is no such TPS: for a TpsIndex miss."""
     if _key(code) is None:

@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 
 from suara.registry.areas import Area, read_areas
-from suara.registry.catalog import fetch_election_id
+from suara.registry.catalog import fetch_election
 from suara.registry.contests import DEFAULT_PATH, ContestConfigError, read_contests
 from suara.registry.synthetic import Tps, synthetic_tps
 
@@ -42,10 +42,15 @@ def check_election_id(election_id: str) -> str:
     return election_id
 
 
+class RehearsalMismatch(ValueError):
+    """A load would turn a real election into a rehearsal, or a rehearsal into a real election."""
+
+
 @dataclass(frozen=True)
 class LoadSummary:
     load_id: int
     election_id: str
+    rehearsal: bool
     areas: int
     tps: int
     dpt: int  # total registered voters over all TPS
@@ -64,12 +69,17 @@ async def load_registry(
     contests_path: Path | None = None,
     progress: Progress | None = None,
     election_id: str | None = None,
+    rehearsal: bool | None = None,
 ) -> LoadSummary:
     """Load the real areas, the contests and (unless `synthetic_scale` is None) a synthetic TPS list.
 
     `election_id` names the election; None keeps the current one, or (on a first load) makes a new
     random one, so that two deployments loaded without a name (a rehearsal and the real night) never
     accept each other's forms.
+
+    `rehearsal` marks the election a rehearsal (None: as the current one is; a first load: not). A
+    database holds one kind for good: a load that would change it raises RehearsalMismatch, so a real
+    election never becomes wipeable and a rehearsal's numbers are never published as real.
 
     `progress(phase, done, total)` is called after each step of each phase:
     read (areas), generate (TPS), delete (old rows), area, tps, contests, commit.
@@ -92,8 +102,21 @@ async def load_registry(
 
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+        current, was_rehearsal = await fetch_election(conn)
         if election_id is None:
-            election_id = await fetch_election_id(conn) or f"election-{secrets.token_hex(6)}"
+            election_id = current or f"election-{secrets.token_hex(6)}"
+        if rehearsal is None:
+            rehearsal = was_rehearsal
+        elif current and rehearsal != was_rehearsal:
+            raise RehearsalMismatch(
+                f"this database holds {'rehearsal' if was_rehearsal else 'real election'} {current!r}: "
+                + (
+                    "a rehearsal never becomes the real election; wipe it (`suara rehearsal wipe`) and load the "
+                    "real election into a fresh database"
+                    if was_rehearsal
+                    else "a real election's database never becomes a rehearsal; give the rehearsal its own database"
+                )
+            )
         # Children first; choice rows go with their contest (ON DELETE CASCADE).
         deleted = 0
         for table in ("tps", "contest", "area"):
@@ -117,14 +140,15 @@ async def load_registry(
         )
         report("contests", len(contests), len(contests))
         load_id = await conn.fetchval(
-            "INSERT INTO registry.load (synthetic_scale, seed, areas, tps, contests, election_id)"
-            " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            "INSERT INTO registry.load (synthetic_scale, seed, areas, tps, contests, election_id, rehearsal)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
             synthetic_scale,
             seed if synthetic_scale is not None else None,
             len(areas),
             len(tps),
             len(contests),
             election_id,
+            rehearsal,
         )
     # Fresh planner statistics, so the first queries after a reload do not
     # plan for the old table sizes (autovacuum would get there, later).
@@ -133,6 +157,7 @@ async def load_registry(
     return LoadSummary(
         load_id=int(load_id),
         election_id=election_id,
+        rehearsal=rehearsal,
         areas=len(areas),
         tps=len(tps),
         dpt=sum(t.dpt for t in tps),

@@ -26,6 +26,7 @@ class LoadRecord:
     synthetic_scale: float | None
     seed: int | None
     election_id: str | None = None
+    rehearsal: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,8 @@ async def summarize(conn: asyncpg.Connection) -> RegistrySummary:
     load = (
         None
         if last is None
-        else LoadRecord(last["id"], last["loaded_at"], last["synthetic_scale"], last["seed"], last["election_id"])
+        else LoadRecord(
+            last["id"], last["loaded_at"], last["synthetic_scale"], last["seed"], last["election_id"], last["rehearsal"]
+        )
     )
     return RegistrySummary(levels, int(totals["tps"]), int(totals["dpt"]), contests, load)

@@ -77,3 +77,17 @@ async def migrate(conn: asyncpg.Connection, migrations: list[Migration]) -> list
             )
             applied_now.append(m)
     return applied_now
+
+
+async def unmigrate(conn: asyncpg.Connection, components: list[str]) -> None:
+    """Undo every migration: drop the components' schemas, with every row in them, and the bookkeeping, in
+    one transaction (all of it goes, or nothing). For a rehearsal's database only (`suara rehearsal wipe`);
+    the database is then as before `suara db migrate`. The server's roles stay: they are the whole server's.
+    """
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+        # A service still connected holds locks: fail in seconds, saying so, rather than wait behind it.
+        await conn.execute("SET LOCAL lock_timeout = '10s'")
+        schemas = ", ".join(f'"{c}"' for c in components)
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schemas} CASCADE")
+        await conn.execute("DROP TABLE IF EXISTS public.suara_migration")

@@ -4,6 +4,7 @@ installed script against the test database, checked against SQL."""
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -172,3 +173,36 @@ def test_a_first_load_without_a_name_gets_a_random_one(unmigrated: str, capsys: 
     assert cli.main(["registry", "load"]) == 0
     first = capsys.readouterr().out.rsplit("election ", 1)[1].strip()
     assert first.startswith("election-") and len(first) > len("election-")
+
+
+def test_a_rehearsal_is_marked_kept_a_rehearsal_and_wiped_to_an_unmigrated_database(
+    unmigrated: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SUARA_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("SUARA_SITE_DIR", str(tmp_path / "site"))
+    assert cli.main(["db", "migrate"]) == 0
+    assert cli.main(["registry", "load", "--rehearsal", "--election-id", "gladi-cli"]) == 0
+    assert "REHEARSAL gladi-cli" in capsys.readouterr().out
+    assert cli.main(["registry", "load", "--election-id", "gladi-cli-2"]) == 0  # a reload keeps the kind
+    assert cli.main(["registry", "show"]) == 0
+    assert "election: gladi-cli-2 (rehearsal: published as SIMULASI)" in capsys.readouterr().out
+    assert cli.main(["rehearsal", "wipe", "--election-id", "gladi-cli"]) == 2  # the old id: not this one
+    assert "holds rehearsal 'gladi-cli-2', not 'gladi-cli'" in capsys.readouterr().err
+    assert cli.main(["rehearsal", "wipe", "--election-id", "gladi-cli-2"]) == 1  # without --yes: says only
+    assert "would erase rehearsal 'gladi-cli-2'" in capsys.readouterr().out
+    assert asyncio.run(_election(os.environ["DATABASE_URL"])) == "gladi-cli-2"
+    assert cli.main(["rehearsal", "wipe", "--election-id", "gladi-cli-2", "--yes"]) == 0
+    assert "wiped rehearsal 'gladi-cli-2'" in capsys.readouterr().out
+    assert cli.main(["rehearsal", "wipe", "--election-id", "gladi-cli-2", "--yes"]) == 2  # nothing left
+    # As before `suara db migrate`: the same database takes the migrations and a real election again.
+    assert cli.main(["db", "migrate"]) == 0
+    assert cli.main(["registry", "load", "--election-id", "pemilu-cli"]) == 0
+    assert "election pemilu-cli" in capsys.readouterr().out
+
+
+def test_a_real_election_never_becomes_a_rehearsal(database: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["registry", "load", "--rehearsal", "--election-id", "gladi-2024-01"]) == 2
+    assert "a real election's database never becomes a rehearsal" in capsys.readouterr().err
+    assert cli.main(["rehearsal", "wipe", "--election-id", TEST_ELECTION, "--yes"]) == 2
+    assert "is a real election, not a rehearsal" in capsys.readouterr().err
+    assert asyncio.run(_election(database)) == TEST_ELECTION

@@ -32,7 +32,7 @@ from suara.runtime.settings import Settings
 from suara.v1 import form_pb2, tally_pb2
 from tests.support.aggregate import aggregate_settings
 from tests.support.databases import as_service
-from tests.support.factories import consistent_form, jpeg, png, signed
+from tests.support.factories import TEST_ELECTION, consistent_form, jpeg, png, signed
 from tests.support.oracles.publish import Accepted, Registry, compare, expected_site
 from tests.support.pki import suite_pki
 from tests.support.processes import suara_env
@@ -187,18 +187,25 @@ async def pipeline(db_url: str, db: asyncpg.Connection, tmp_path: Path) -> Async
 
 @contextlib.asynccontextmanager
 async def open_pipeline(
-    db_url: str, db: asyncpg.Connection, tmp_path: Path, tally_settings: Settings = TALLY_SETTINGS
+    db_url: str,
+    db: asyncpg.Connection,
+    tmp_path: Path,
+    tally_settings: Settings = TALLY_SETTINGS,
+    *,
+    election: str = TEST_ELECTION,
 ) -> AsyncIterator[Pipeline]:
-    """The `pipeline` fixture's pipeline, with a tally of `tally_settings` (another photo store, say)."""
+    """The `pipeline` fixture's pipeline, with a tally of `tally_settings` (another photo store, say); the
+    relay's and publish's certificates for `election` (the registry's)."""
     pki = suite_pki()
     aggregate = await AggregateApp.create(aggregate_settings(0), as_service(db_url, "aggregate"))
     await aggregate.start()
+    own = "" if election == TEST_ELECTION else f"-{election}"  # the suite issues one certificate per name
     tally = await start_tally(
         db_url,
         db,
-        relaying(tally_settings, pki.bundle("relay", "writer"), f"127.0.0.1:{aggregate.internal_port}"),
+        relaying(tally_settings, pki.bundle(f"relay{own}", "writer", election), f"127.0.0.1:{aggregate.internal_port}"),
     )
-    channel = pki.channel(f"127.0.0.1:{aggregate.internal_port}", pki.credential("publish", "reader"))
+    channel = pki.channel(f"127.0.0.1:{aggregate.internal_port}", pki.credential(f"publish{own}", "reader", election))
     pool = Database(await asyncpg.create_pool(as_service(db_url, "publish"), min_size=1, max_size=4))
     all_tps = [r["code"] for r in await db.fetch("SELECT code FROM registry.tps ORDER BY code")]
     with scratch_site("suara-site-", tmp_path) as site:

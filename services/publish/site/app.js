@@ -66,7 +66,8 @@
     const memo = path.startsWith("wilayah/") || path.split("/").length === 2 ? slow : perSnap;
     if (!memo.has(path)) {
       const p = fetch(path, fresh ? { cache: "no-cache" } : {}).then((r) => {
-        if (r.ok) return r.json();
+        // A rehearsal's files carry "simulasi" (docs/layout.md): not a candidate, not a number.
+        if (r.ok) return r.json().then((d) => { if (d && typeof d === "object" && !Array.isArray(d)) delete d.simulasi; return d; });
         if (optional && r.status === 404) return null; // suara's status files exist only where published
         throw new Error(path + ": HTTP " + r.status);
       });
@@ -76,6 +77,8 @@
     return memo.get(path);
   }
 
+  // A rehearsal's pages carry a SIMULASI banner (published into the page): the title keeps saying so too.
+  const simulasi = () => (document.querySelector("body > .simulasi") ? "SIMULASI — " : "");
   const join = (c, codes, top) => (codes.length ? c + "/" + codes.join("/") : top);
   const totalsPath = (c, codes) => "pemilu/hhcw/" + join(c, codes, c) + ".json";
   const listPath = (c, codes) => "wilayah/pemilu/" + c + "/" + (codes.length ? codes.join("/") : "0") + ".json";
@@ -325,15 +328,16 @@
     body.dataset.state = "loading";
     if (anomalyCodes) return anomalies(mine, c, anomalyCodes);
     try {
-      const [cands, data, st, kids, ...ancestors] = await Promise.all([
+      const [cands, counted, st, kids, ...ancestors] = await Promise.all([
         get("pemilu/" + c + ".json"),
-        get(totalsPath(c, codes)),
+        get(totalsPath(c, codes), true), // none before the first form: the site is its skeleton then
         // A TPS has no status file of its own: its flags are a child entry of its desa's.
         get(statusPath(c, depth === 5 ? codes.slice(0, 4) : codes), true),
         depth < 5 ? get(listPath(c, codes)) : null,
         ...codes.map((_, i) => get(listPath(c, codes.slice(0, i)))),
       ]);
       if (mine !== seq) return;
+      const data = counted || { chart: null, table: {}, progres: null };
       header(c);
       const names = codes.map((code, i) => ((ancestors[i] || []).find((k) => k.kode === code) || {}).nama || code);
       fill($("crumbs"), [c, ...codes].map((_, i) => {
@@ -342,13 +346,14 @@
       }));
       const title = depth === 5 ? names[4] : depth ? level(depth) + " " + names[depth - 1] : level(0);
       $("area-name").textContent = title + " — " + contestName(c);
-      document.title = (depth ? names[depth - 1] + " · " : "") + L("Hasil Hitung Suara", "Vote count results");
+      document.title = simulasi() + (depth ? names[depth - 1] + " · " : "") + L("Hasil Hitung Suara", "Vote count results");
       fill($("chart"), choiceRows(cands, data.chart));
       const prog = $("progress");
       delete prog.dataset.quarantined; // the anomalies view's
       let flags;
       if (depth < 5) {
-        const p = data.progres || { progres: 0, total: 0 };
+        // No totals file before the first form: the pointer still knows the national TPS count.
+        const p = data.progres || (depth === 0 && snap && snap.contests[c]) || { progres: 0, total: 0 };
         prog.dataset.progres = p.progres;
         prog.dataset.total = p.total;
         prog.textContent = L("Progres: ", "Progress: ") + `${fmt(p.progres)} ` + L("dari", "of") + ` ${fmt(p.total)} TPS (${pct((data.chart && data.chart.persen) || 0)})`;
@@ -403,6 +408,7 @@
         ...codes.map((_, i) => get(listPath(c, codes.slice(0, i)))),
       ]);
       if (mine !== seq) return;
+      const data = counted || { chart: null, table: {}, progres: null };
       header(c);
       const names = codes.map((code, i) => ((ancestors[i] || []).find((k) => k.kode === code) || {}).nama || code);
       fill($("crumbs"), [c, ...codes].map((_, i) => {
@@ -411,7 +417,7 @@
       }));
       const area = depth ? level(depth) + " " + names[depth - 1] : level(0);
       $("area-name").textContent = L("Anomali: ", "Anomalies: ") + area + " — " + contestName(c);
-      document.title = L("Anomali", "Anomalies") + (depth ? " · " + names[depth - 1] : "") + " · " + L("Hasil Hitung Suara", "Vote count results");
+      document.title = simulasi() + L("Anomali", "Anomalies") + (depth ? " · " + names[depth - 1] : "") + " · " + L("Hasil Hitung Suara", "Vote count results");
       const children = (st && st.children) || {};
       const codesIn = Object.keys(children);
       const q = st ? Number(st.tps_quarantined || 0) : depth === 0 ? Number((snap.contests[c] || {}).quarantined || 0) : 0;

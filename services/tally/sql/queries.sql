@@ -220,3 +220,7 @@ WITH chosen AS (
 UPDATE tally.outbox o SET delivered_at = NULL
 FROM chosen WHERE o.id = chosen.outbox_id
 RETURNING o.id;
+
+-- name: stored_photos
+-- Every photo whose bytes are in the photo store: what `suara rehearsal wipe` removes from it.
+SELECT sha256 FROM tally.photo WHERE content IS NULL ORDER BY sha256;

@@ -24,8 +24,12 @@ FROM registry.contest c LEFT JOIN registry.choice ch ON ch.contest = c.id
 GROUP BY c.id ORDER BY c.id;
 
 -- name: last_load
-SELECT id, loaded_at, synthetic_scale, seed, election_id FROM registry.load ORDER BY id DESC LIMIT 1;
+SELECT id, loaded_at, synthetic_scale, seed, election_id, rehearsal FROM registry.load ORDER BY id DESC LIMIT 1;
 
 -- name: election_id
 -- The newest load that named an election names the registry's.
 SELECT election_id FROM registry.load WHERE election_id IS NOT NULL ORDER BY id DESC LIMIT 1;
+
+-- name: election
+-- The election of the newest load that named one, and whether it is a rehearsal.
+SELECT election_id, rehearsal FROM registry.load WHERE election_id IS NOT NULL ORDER BY id DESC LIMIT 1;
