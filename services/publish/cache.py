@@ -3,7 +3,7 @@
 What changes with every snapshot gets a short max-age, so a reader is at most seconds behind, plus
 `stale-while-revalidate` (a cache answers at once while it refetches) and `stale-if-error` (a cache
 keeps serving the last good copy for a day while the origin is down). Only what never changes once
-written (photos, named by their hash; one snapshot's history entry) is cached for a year, `immutable`:
+written (photos, named by their hash; one snapshot's history entry or feed page) is cached for a year, `immutable`:
 a file rewritten in place (the history list `suara/riwayat/{c}.json`, every snapshot) never is, or
 readers would keep a stale copy for a year.
 
@@ -24,6 +24,7 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 _RULES: tuple[tuple[str, str], ...] = (
     ("suara/snapshot.json", POINTER),
     ("foto/", IMMUTABLE),
+    ("suara/perubahan/", IMMUTABLE),  # one snapshot's feed page, written once (its head, perubahan.json, is not)
     ("wilayah/", SLOW),  # region lists change only when the registry is reloaded
 )
 _HISTORY = "suara/riwayat/"  # {contest}.json: the list, rewritten every snapshot; {contest}/{n}.json: never
@@ -69,7 +70,11 @@ def cache_control_for(path: str) -> str:
 
 
 def content_type_for(path: str) -> str:
-    """The type of the body (for `x.json.gz` that is the JSON's: it is served with Content-Encoding: gzip)."""
+    """The type of the body (for `x.json.gz` that is the JSON's: it is served with Content-Encoding: gzip).
+
+    A bulk download (`x.csv.gz`) is a gzip file of its own, downloaded as it is."""
+    if path.endswith(".csv.gz"):
+        return "application/gzip"
     path = path.removesuffix(".gz")
     dot = path.rfind(".")
     suffix = path[dot:] if dot >= 0 else ""

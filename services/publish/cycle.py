@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import structlog
 
-from services.publish import SITE_ASSETS, documents, paths
+from services.publish import SITE_ASSETS, documents, feed, paths
 from services.publish.files import SiteFile
 from services.publish.pipeline import TALLY_TIMEOUT_S, Renderer, Writer, every_area, read_views
 from services.publish.queries import QUERIES
@@ -79,9 +79,11 @@ class Publisher:
         contests: dict[str, Contest],
         *,
         photo_base: str | None = None,
+        bulk_interval_s: float = feed.BULK_INTERVAL_S,
     ) -> None:
         """`photo_base`: the public URL of tally's photo bucket, where TPS files link photos (nothing copied);
-        None: photos are copied into the sink from tally."""
+        None: photos are copied into the sink from tally. `bulk_interval_s`: the bulk downloads are rewritten
+        by the first cycle that publishes this long after the last rewrite."""
         self.pool = pool
         self.sink = sink
         self.aggregate = aggregate
@@ -92,6 +94,9 @@ class Publisher:
         self._keys_written: list[tuple[str, bytes]] | None = None
         self._nationals_written: dict[str, bytes] = {}  # contest -> the national totals this publisher wrote last
         self.aggregate_head = 0  # aggregate's newest sequence, as the last Changes call said
+        self.bulk_interval_s = bulk_interval_s
+        self._bulk_at: float | None = None  # time.monotonic() of the last bulk rewrite
+        self._feed_head: tuple[int, int] | None = None  # (oldest, newest) snapshot the site's feed head says
 
     async def cycle(self, *, full: bool = False) -> CycleResult | None:
         """Publish what changed; None when nothing did. `full` rewrites every file (`suara publish rebuild`)."""
@@ -148,6 +153,7 @@ class Publisher:
             if full or keys != self._keys_written:  # before any file that carries a head signed by them
                 await out.add([SiteFile(paths.CHAIN_KEYS, documents.dumps(documents.chain_keys(keys)))])
             nationals: dict[str, aggregate_pb2.AreaView] = {}
+            changes = feed.FeedCollector()
             indexes: list[SiteFile] = []  # the history indexes: written after the pointer (see _history)
             for contest in self.contests.values():
                 if skeleton:
@@ -163,11 +169,15 @@ class Publisher:
                 async for view in views:
                     if view.area.area == "":
                         nationals[contest.id] = view
+                    if changed_tps is not None:
+                        changes.add(contest, view, changed_tps)
                     await self._renderer.area(out, contest, view, changed_tps, no_data_ts, full=full, no_data=no_data)
                 if contest.id not in nationals:
                     # Nothing of this contest changed up to `sequence`, but its view is read now, maybe with
                     # later changes; the pointer shows its numbers, so the national files must too.
                     view = nationals[contest.id] = (await self._views(contest.id, [""]))[0]
+                    if not full:
+                        changes.add(contest, view, set())
                     if documents.dumps(documents.totals(contest, view)) != self._nationals_written.get(contest.id):
                         await self._renderer.area(out, contest, view, set(), no_data_ts, full=False)
                 index = await self._history(out, contest, snapshot, nationals[contest.id], chain, full=full)
@@ -190,17 +200,25 @@ class Publisher:
         await out.flush()
         await out.add(indexes)
         await out.flush()
-        await self.pool.execute(
-            QUERIES.commit_cycle, sequence, snapshot, chain.position if chain else None,
-            chain.hash.hex() if chain else None, result.files, full, registry_load,
-            chain.key_id if chain else None, chain.signature if chain else None,
-        )  # fmt: skip
+        ts = documents.wib(pointer_ms := int(time.time() * 1000))
+        pages = [] if skeleton else changes.pages(snapshot, sequence, ts, reset=full)  # a skeleton has no numbers
+        async with self.pool.acquire() as conn, conn.transaction():  # the feed's pages are final with the snapshot
+            await conn.executemany(QUERIES.save_feed_page, [(snapshot, part, body) for part, body in enumerate(pages)])
+            await conn.execute(QUERIES.prune_feed, feed.FEED_KEPT_IN_DATABASE)
+            await conn.execute(
+                QUERIES.commit_cycle, sequence, snapshot, chain.position if chain else None,
+                chain.hash.hex() if chain else None, result.files, full, registry_load,
+                chain.key_id if chain else None, chain.signature if chain else None,
+            )  # fmt: skip
         self._assets_written = True
         self._keys_written = keys
         self._nationals_written = {
             contest: documents.dumps(documents.totals(self.contests[contest], view))
             for contest, view in nationals.items()
         }
+        if not skeleton:
+            await self._write_feed(snapshot, ts)
+            await self._bulk_if_due(snapshot, pointer_ms)
         result.seconds = time.perf_counter() - started
         log.info("published", **{k: v for k, v in vars(result).items() if k != "seconds"},
                  ms=round(result.seconds * 1000, 1))  # fmt: skip
@@ -228,6 +246,42 @@ class Publisher:
             region = documents.dumps(documents.region_list(view.children))
             await out.add([SiteFile(paths.region_path(contest.id, view.area.area), region)])
         return national if national is not None else (await self._views(contest.id, [""]))[0]
+
+    async def _write_feed(self, snapshot: int, ts: str) -> None:
+        """The committed feed pages the site's feed head does not list yet, then the head: a page is in the
+        site only once final, and listed only once in the site. A site without a feed head (a new or a
+        lost one) gets this snapshot's pages: its feed starts there."""
+        if self._feed_head is None:
+            held = await self.sink.read(paths.FEED_HEAD)
+            if held is not None:
+                head = documents.loads(held)
+                self._feed_head = (head["oldest"], head["newest"])
+        rows = await self.pool.fetch(QUERIES.feed_pages_after, self._feed_head[1] if self._feed_head else snapshot - 1)
+        if not rows:
+            return
+        await self.sink.write(
+            [SiteFile(paths.feed_page_path(r["snapshot"], r["part"]), bytes(r["body"])) for r in rows]
+        )
+        oldest = self._feed_head[0] if self._feed_head else rows[0]["snapshot"]
+        newest = rows[-1]["snapshot"]
+        await self.sink.write([SiteFile(paths.FEED_HEAD, documents.dumps(feed.feed_head(oldest, newest, ts)))])
+        self._feed_head = (oldest, newest)
+
+    async def _bulk_if_due(self, snapshot: int, now_ms: int) -> None:
+        """Every TPS's numbers, one gzipped CSV per contest, when the last rewrite is `bulk_interval_s` old:
+        read from aggregate after `snapshot` was committed, so at least as new as it."""
+        now = time.monotonic()
+        if self._bulk_at is not None and now - self._bulk_at < self.bulk_interval_s:
+            return
+        listed: dict[str, Any] = {}
+        for contest in self.contests.values():  # one contest's file in memory at a time
+            body, rows = await feed.bulk_csv(contest, every_area(self.aggregate, contest.id))
+            await self.sink.write([feed.bulk_file(contest.id, body)])
+            listed[contest.id] = {"path": paths.bulk_path(contest.id), "rows": rows, "bytes": len(body)}
+        index = {"snapshot": snapshot, "ts": documents.wib(now_ms), "columns": list(feed.BULK_FIXED_COLUMNS),
+                 "files": listed}  # fmt: skip
+        await self.sink.write([SiteFile(paths.BULK_INDEX, documents.dumps(index))])
+        self._bulk_at = now
 
     async def _changes(self, since: int, *, collect: bool) -> tuple[_Work, int]:
         """The changes after `since` (about CYCLE_CHANGES at most) and the sequence they reach.

@@ -56,6 +56,20 @@ def history_path(contest: str, snapshot: int) -> str:
     return f"suara/riwayat/{contest}/{snapshot}.json"
 
 
+def feed_page_path(snapshot: int, part: int) -> str:
+    """One page of a snapshot's changes: never rewritten once written."""
+    return f"suara/perubahan/{snapshot}/{part}.json"
+
+
+FEED_HEAD = "suara/perubahan.json"  # the feed's entry point: its oldest and newest snapshot
+BULK_INDEX = "suara/unduh.json"  # the bulk files, and the snapshot they were made after
+
+
+def bulk_path(contest: str) -> str:
+    """Every TPS of a contest, one CSV row each, gzipped."""
+    return f"suara/unduh/{contest}.csv.gz"
+
+
 def photo_path(sha256: str, content_type: str = "image/jpeg") -> str:
     return f"foto/{sha256[:2]}/{sha256}.{'png' if content_type == 'image/png' else 'jpg'}"
 

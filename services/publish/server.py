@@ -276,6 +276,7 @@ async def connect(
         tally_stub(tally_channel),
         contests,
         photo_base=photo_base,
+        bulk_interval_s=settings.publish.bulk_interval_s,
     )
     return publisher, db, [aggregate_channel, tally_channel]
 

@@ -399,6 +399,12 @@ class PublishSettings(_Section):
         "how often publish looks for aggregate's changes (a cycle runs only on change)",
         SECONDS,
     )
+    bulk_interval_s: float = _setting(
+        "SUARA_PUBLISH_BULK_INTERVAL_S",
+        300.0,
+        "how often publish rewrites the bulk downloads (every TPS of a contest in one gzipped CSV), at most",
+        SECONDS,
+    )
     credential: str = _setting(
         "SUARA_PUBLISH_CREDENTIAL",
         "",

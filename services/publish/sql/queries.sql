@@ -59,3 +59,17 @@ WHERE singleton;
 -- name: published_sequence
 -- The last aggregate change a snapshot included (0: nothing published yet).
 SELECT sequence FROM publish.cursor WHERE singleton;
+
+-- name: save_feed_page
+INSERT INTO publish.feed_page (snapshot, part, body) VALUES ($1, $2, $3)
+ON CONFLICT (snapshot, part) DO UPDATE SET body = EXCLUDED.body;
+
+-- name: prune_feed
+-- Pages of snapshots older than the newest $1 are in the site already: the database keeps no more.
+DELETE FROM publish.feed_page WHERE snapshot <= (SELECT max(snapshot) FROM publish.feed_page) - $1;
+
+-- name: feed_pages_after
+SELECT snapshot, part, body FROM publish.feed_page WHERE snapshot > $1 ORDER BY snapshot, part;
+
+-- name: feed_oldest
+SELECT min(snapshot) FROM publish.feed_page;
