@@ -153,7 +153,7 @@ class Publisher:
             if full or keys != self._keys_written:  # before any file that carries a head signed by them
                 await out.add([SiteFile(paths.CHAIN_KEYS, documents.dumps(documents.chain_keys(keys)))])
             nationals: dict[str, aggregate_pb2.AreaView] = {}
-            changes = feed.FeedCollector()
+            changes = feed.FeedCollector(from_zero=full and cursor["sequence"] == 0)
             indexes: list[SiteFile] = []  # the history indexes: written after the pointer (see _history)
             for contest in self.contests.values():
                 if skeleton:
@@ -171,6 +171,8 @@ class Publisher:
                         nationals[contest.id] = view
                     if changed_tps is not None:
                         changes.add(contest, view, changed_tps)
+                    else:
+                        changes.add_from_zero(contest, view)
                     await self._renderer.area(out, contest, view, changed_tps, no_data_ts, full=full, no_data=no_data)
                 if contest.id not in nationals:
                     # Nothing of this contest changed up to `sequence`, but its view is read now, maybe with

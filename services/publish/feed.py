@@ -23,6 +23,7 @@ from suara.v1 import aggregate_pb2
 
 FEED_PAGE_ENTRIES = 1000  # areas and TPS per page: about 150 KB of JSON, 15 KB gzipped, at most
 FEED_KEPT_IN_DATABASE = 100  # snapshots whose pages the database keeps to write them again
+FROM_ZERO_ENTRIES = 50_000  # a first reset lists at most this many areas and TPS (50 pages); beyond, a baseline
 BULK_INTERVAL_S = 300.0
 BULK_FIXED_COLUMNS = ("kode_tps", "versi", "status", "suara_sah", "suara_tidak_sah", "suara_total")
 
@@ -47,9 +48,23 @@ class FeedCollector:
     """One cycle's feed entries, in the order the cycle reads its views (bounded as the cycle is: by the
     changes it takes on, CYCLE_CHANGES)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, from_zero: bool = False) -> None:
+        """`from_zero`: the cycle is the first with numbers (nothing published before it but the skeleton):
+        its reset lists every area and TPS that has any, so a reader starting at zero needs no baseline, as
+        long as they are at most FROM_ZERO_ENTRIES (beyond, the reset has no entries, as a rebuild's)."""
         self.areas: list[dict[str, Any]] = []
         self.tps: list[dict[str, Any]] = []
+        self.from_zero = from_zero
+
+    def add_from_zero(self, contest: Contest, view: aggregate_pb2.AreaView) -> None:
+        """In a cycle from zero, an area read in full: listed with its TPS that have a form, if it has any."""
+        if not self.from_zero or not (view.area.tps_reported or view.area.tps_quarantined):
+            return
+        self.add(contest, view, {row.area for row in view.children if row.version})
+        if len(self.areas) + len(self.tps) > FROM_ZERO_ENTRIES:  # the state is too large for a feed: a baseline
+            self.from_zero = False
+            self.areas.clear()
+            self.tps.clear()
 
     def add(self, contest: Contest, view: aggregate_pb2.AreaView, changed_tps: set[str]) -> None:
         area = view.area
@@ -78,10 +93,10 @@ class FeedCollector:
                     )
 
     def pages(self, snapshot: int, sequence: int, ts: str, *, reset: bool) -> list[bytes]:
-        """The snapshot's pages; a reset (a full cycle) has one, without entries."""
+        """The snapshot's pages; a reset (a full cycle) has one, without entries, unless it is from zero."""
         entries = [("areas", e) for e in self.areas] + [("tps", e) for e in self.tps]
         chunks = [entries[i : i + FEED_PAGE_ENTRIES] for i in range(0, len(entries), FEED_PAGE_ENTRIES)] or [[]]
-        if reset:
+        if reset and not self.from_zero:
             chunks = [[]]
         bodies = []
         for part, chunk in enumerate(chunks):

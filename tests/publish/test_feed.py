@@ -174,10 +174,12 @@ async def test_a_consumer_of_the_feed_alone_ends_with_every_published_number_aft
     pointer = json.loads((site / "suara/snapshot.json").read_bytes())
 
     head = json.loads((site / "suara/perubahan.json").read_bytes())
-    assert head["oldest"] == 1 and head["newest"] == pointer["snapshot"]
+    # The feed begins with the first form's (full) cycle; a snapshot before it was the skeleton, with no page.
+    assert head["newest"] == pointer["snapshot"]
+    assert not any((site / f"suara/perubahan/{s}").exists() for s in range(1, head["oldest"]))
     whole = Consumer()
     whole.follow(site, head["oldest_page"])
-    assert whole.snapshot == pointer["snapshot"] and whole.resets == [1]
+    assert whole.snapshot == pointer["snapshot"] and whole.resets == [head["oldest"]]
     assert whole.pages > whole.snapshot, "a snapshot of more than 7 changes spans pages"
     areas_checked, tps_checked = _check_against_files(whole, site, pipeline.choices)
     assert areas_checked > 0 and tps_checked > 0
@@ -188,7 +190,7 @@ async def test_a_consumer_of_the_feed_alone_ends_with_every_published_number_aft
     held_at = whole.snapshot // 2
     halfway = Consumer()
     halfway.follow(site, head["oldest_page"], until=held_at)
-    assert held_at > 1 and halfway.snapshot == held_at and halfway.areas != whole.areas
+    assert held_at > head["oldest"] and halfway.snapshot == held_at and halfway.areas != whole.areas
     resumed = copy.deepcopy(halfway)
     resumed.follow(site, f"suara/perubahan/{held_at + 1}/0.json")
     assert resumed.snapshot == whole.snapshot
@@ -245,7 +247,8 @@ async def test_the_feed_and_the_bulk_file_in_a_bucket_are_what_the_directory_sho
     sink = S3Sink(bucket.name, "site/", endpoint_url=s3_endpoint, concurrency=8)
     s3 = pipeline.publisher_for(sink, (contest,))
     s3.bulk_interval_s = 0.0
-    assert await s3.cycle() is not None  # the first: a reset, before any form
+    skeleton = await s3.cycle()  # the first, before any form: the skeleton, no feed page
+    assert skeleton is not None
     rng = random.Random(8)
     for _ in range(3):
         await pipeline.random_night(rng, 15, contest=contest)
@@ -261,7 +264,8 @@ async def test_the_feed_and_the_bulk_file_in_a_bucket_are_what_the_directory_sho
     head = json.loads(read("suara/perubahan.json") or b"null")
     consumer = Consumer()
     consumer.follow(read, head["oldest_page"])
-    assert consumer.resets == [head["oldest"]] and consumer.snapshot == head["newest"] == head["oldest"] + 3
+    assert head["oldest"] == skeleton.snapshot + 1  # the first form's cycle, a reset from zero
+    assert consumer.resets == [head["oldest"]] and consumer.snapshot == head["newest"] == head["oldest"] + 2
     page = bucket.get(f"site/{head['newest_page']}")
     assert page.cache_control == "public, max-age=31536000, immutable" and page.content_type == "application/json"
 
@@ -301,7 +305,9 @@ async def test_a_publisher_killed_before_its_feed_pages_leaves_them_to_the_next_
     pipeline: Pipeline,
 ) -> None:
     site = pipeline.site
-    assert await pipeline.cycle() is not None  # the reset, before any form
+    skeleton = await pipeline.cycle()  # before any form: the skeleton, no feed page
+    assert skeleton is not None and not (site / "suara/perubahan.json").exists()
+    reset = skeleton.snapshot + 1  # the first form's full cycle
     rng = random.Random(21)
     await pipeline.random_night(rng, 20)
     assert await pipeline.cycle() is not None
@@ -319,9 +325,24 @@ async def test_a_publisher_killed_before_its_feed_pages_leaves_them_to_the_next_
     result = await restarted.cycle()
     assert result is not None and result.snapshot == killed + 1
     head = json.loads((site / "suara/perubahan.json").read_bytes())
-    assert (head["oldest"], head["newest"]) == (1, killed + 1)
+    assert (head["oldest"], head["newest"]) == (reset, killed + 1)
     consumer = Consumer()
     consumer.follow(site, head["oldest_page"])
-    assert consumer.snapshot == killed + 1 and consumer.resets == [1]
+    assert consumer.snapshot == killed + 1 and consumer.resets == [reset]
     areas_checked, tps_checked = _check_against_files(consumer, site, pipeline.choices, ("ppwp",))
     assert areas_checked > 0 and tps_checked > 0
+
+
+async def test_a_first_state_too_large_to_list_is_a_reset_without_entries(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first snapshot with numbers lists them (tested above) only up to FROM_ZERO_ENTRIES; beyond,
+    its reset carries none and a reader takes the bulk downloads and totals files as its baseline."""
+    monkeypatch.setattr(feed, "FROM_ZERO_ENTRIES", 3)
+    assert await pipeline.cycle() is not None  # the skeleton
+    await pipeline.random_night(random.Random(5), 20)
+    await pipeline.delivered()
+    result = await pipeline.cycle()
+    assert result is not None and result.full
+    page = json.loads((pipeline.site / f"suara/perubahan/{result.snapshot}/0.json").read_bytes())
+    assert page["reset"] and page["parts"] == 1 and page["areas"] == [] and page["tps"] == []

@@ -23,7 +23,7 @@ from services.publish.cycle import Publisher
 from services.publish.sinks.base import Sink
 from services.publish.sinks.local import LocalSink
 from services.publish.sinks.s3 import S3Sink
-from tests.support.publish import Pipeline
+from tests.support.publish import PER_PUBLISHER, Pipeline
 from tests.support.s3 import Bucket, Object, bucket_name
 
 PREFIX = "pemilu2024"
@@ -34,11 +34,6 @@ POINTER = ("suara/snapshot.json", "suara/snapshot.json.gz")  # names its snapsho
 def _publisher(pipeline: Pipeline, sink: Sink) -> Publisher:
     """A publisher of the one contest (see the module's docstring)."""
     return pipeline.publisher_for(sink, (CONTEST,))
-
-
-# Named by snapshot (the feed's pages), or as of their last rewrite (the bulk downloads, every few minutes):
-# each publisher writes its own (tests/publish/test_feed.py reads them from a bucket).
-PER_PUBLISHER = ("suara/perubahan", "suara/unduh")
 
 
 def _tree(root: Path) -> dict[str, bytes]:

@@ -41,6 +41,9 @@ from tests.support.tally import Tally, relaying, start_tally
 
 SHM = Path("/dev/shm")
 SHM_EXISTS = SHM.is_dir()
+# Named by snapshot (the feed's pages), or as of their last rewrite (the bulk downloads, every few minutes):
+# each publisher writes its own, so two publishers' sites differ in them (tests/publish/test_feed.py reads them).
+PER_PUBLISHER = ("suara/perubahan", "suara/unduh")
 RESENDS = 5  # a submission answered UNAVAILABLE is sent again, as a device would, this many times at most
 
 
