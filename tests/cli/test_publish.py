@@ -22,7 +22,7 @@ from services.publish.cache import cache_control_for
 from services.publish.server import LOCK_KEY
 from suara.runtime.settings import Settings
 from tests.support.processes import run_suara, running, suara_env
-from tests.support.publish import Pipeline
+from tests.support.publish import PER_PUBLISHER, Pipeline
 
 STARTUP_S = 60.0  # bound on a child importing, connecting and publishing its first (full) cycle
 STOP_S = Settings().shutdown_grace_s + 10.0  # SIGTERM to exit: the grace period plus closing
@@ -30,11 +30,14 @@ SERVING = re.compile(r"^serving (?P<dir>.+) at (?P<url>http://\S+?)/? \(")
 
 
 def _data_files(site: Path) -> dict[str, bytes]:
-    """Every file but the pointer (which carries the time it was generated)."""
+    """Every file but the pointer (which carries the time it was generated) and the feed and bulk files (named
+    by snapshot or as of their last rewrite: each publisher writes its own)."""
     return {
         str(f.relative_to(site)): f.read_bytes()
         for f in site.rglob("*")
-        if f.is_file() and not f.name.startswith("snapshot.json")
+        if f.is_file()
+        and not f.name.startswith("snapshot.json")
+        and not f.relative_to(site).as_posix().startswith(PER_PUBLISHER)
     }
 
 

@@ -408,7 +408,6 @@
         ...codes.map((_, i) => get(listPath(c, codes.slice(0, i)))),
       ]);
       if (mine !== seq) return;
-      const data = counted || { chart: null, table: {}, progres: null };
       header(c);
       const names = codes.map((code, i) => ((ancestors[i] || []).find((k) => k.kode === code) || {}).nama || code);
       fill($("crumbs"), [c, ...codes].map((_, i) => {
