@@ -32,6 +32,7 @@ from cli.cluster import ENVOY
 from cli.nginx import NGINX
 from cli.patroni import etcd_binary, patroni_installed
 from cli.seaweedfs import weed_binary
+from tests.support.envoy import envoy_health
 from tests.support.waiting import poll_until
 
 pytestmark = [
@@ -70,18 +71,6 @@ def _cmdline(pid: int) -> bytes | None:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return None
-
-
-def _envoy_health(admin: str) -> dict[str, str]:
-    """Envoy's view of each tally endpoint: HOST:PORT -> its health flags ("healthy" when in rotation)."""
-    with urllib.request.urlopen(f"{admin}/clusters", timeout=2) as reply:
-        text = reply.read().decode()
-    flags = {}
-    for line in text.splitlines():
-        parts = line.split("::")
-        if len(parts) == 4 and parts[0] == "tally" and parts[2] == "health_flags":
-            flags[parts[1]] = parts[3]
-    return flags
 
 
 @contextlib.asynccontextmanager
@@ -133,7 +122,7 @@ async def test_cluster_up_loadtest_while_a_tally_host_then_an_aggregate_host_die
         seen = {pid: cmd for pid, cmd in seen.items() if cmd}
         envoy_admin = hosts["edge1"]["envoy_admin"]
         victim = hosts["tally2"]
-        assert _envoy_health(envoy_admin) == {
+        assert envoy_health(envoy_admin) == {
             hosts["tally1"]["grpc"]: "healthy",
             victim["grpc"]: "healthy",
         }
@@ -167,7 +156,7 @@ async def test_cluster_up_loadtest_while_a_tally_host_then_an_aggregate_host_die
                 _kill_host(victim)
 
                 async def out_of_rotation() -> bool:
-                    flags = await asyncio.to_thread(_envoy_health, envoy_admin)
+                    flags = await asyncio.to_thread(envoy_health, envoy_admin)
                     return flags.get(victim["grpc"]) != "healthy" and flags.get(hosts["tally1"]["grpc"]) == "healthy"
 
                 await poll_until(out_of_rotation, "the dead tally host out of Envoy's rotation", 30)

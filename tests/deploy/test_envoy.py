@@ -16,7 +16,6 @@ import itertools
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from services.tally.server import SERVICE_NAME
 from suara.client.stubs import tally_stub
 from suara.election.signing import DeviceKey
 from suara.v1 import tally_pb2, tally_pb2_grpc
+from tests.support.envoy import envoy_health
 from tests.support.factories import TEST_ELECTION, consistent_form, signed
 from tests.support.pki import suite_pki
 from tests.support.processes import Child, running, suara_env
@@ -72,15 +72,7 @@ async def _stations(db: asyncpg.Connection, n: int) -> list[tuple[DeviceKey, lis
 
 
 def _clusters(admin_port: int) -> dict[str, str]:
-    """Envoy's view of each tally endpoint: HOST:PORT -> its health flags ("healthy" when in rotation)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/clusters", timeout=2) as reply:
-        text = reply.read().decode()
-    flags = {}
-    for line in text.splitlines():
-        parts = line.split("::")
-        if len(parts) == 4 and parts[0] == "tally" and parts[2] == "health_flags":
-            flags[parts[1]] = parts[3]
-    return flags
+    return envoy_health(f"http://127.0.0.1:{admin_port}")
 
 
 @contextlib.asynccontextmanager
