@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import pytest
+
 T = TypeVar("T")
 
 CLONE_NEWNET = 0x40000000  # <sched.h>: setns(2) into a network namespace
@@ -70,7 +72,9 @@ class Namespace:
 def namespace() -> Iterator[Namespace]:
     """A new network namespace with its loopback up (all of 127.0.0.0/8 on it), deleted afterwards."""
     name = f"suara-test-{uuid.uuid4().hex[:10]}"
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True, timeout=30)
+    made = subprocess.run(["ip", "netns", "add", name], check=False, capture_output=True, text=True, timeout=30)
+    if made.returncode != 0:  # root without the capability (a restricted container): nothing to test here
+        pytest.skip(f"`ip netns add` failed: {made.stderr.strip()}")
     try:
         subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, capture_output=True, timeout=30)
         inside = ThreadPoolExecutor(1, thread_name_prefix=name, initializer=_enter, initargs=(name,))
