@@ -73,7 +73,7 @@ def _trust_argument(p: argparse.ArgumentParser) -> None:
 
 def _published_heads(args: argparse.Namespace) -> tuple[dict[int, bytes], list[str]]:
     """position → hash of every validly signed head of --against, and what is wrong with the rest."""
-    from services.publish.audit import SiteUnreadable, audit_site, site_reader
+    from suara.site.audit import SiteUnreadable, audit_site, site_reader
 
     source: str = args.against
     trusted = frozenset(args.key_id)
@@ -136,7 +136,7 @@ async def run_verify(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def run_site(args: argparse.Namespace, settings: Settings) -> int:
-    from services.publish.audit import SiteUnreadable, audit_site, site_reader
+    from suara.site.audit import SiteUnreadable, audit_site, site_reader
 
     try:
         report = audit_site(site_reader(args.site), frozenset(args.key_id))

@@ -72,11 +72,11 @@ async def run_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 async def play(args: argparse.Namespace, system: System) -> int:
     """The simulated election against the running services, then the checks; 0 when they all pass."""
-    from services.publish.audit import SiteReport, SiteUnreadable, audit_site, site_reader
     from services.tally.audit import verify_chain
     from suara.registry.catalog import fetch_contests
     from suara.registry.summary import sample_tps
     from suara.runtime.database import connect
+    from suara.site.audit import SiteReport, SiteUnreadable, audit_site, site_reader
 
     say(f"site: {system.site_url} (the public page; its JSON is under /pemilu, /wilayah and /suara)")
     async with connect(system.database_url) as conn:

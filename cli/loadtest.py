@@ -14,7 +14,8 @@ when they are back).
 At the end: a table, and the JSON report (--report) with throughput, latency, outcomes, errors,
 freshness (acknowledged → visible in the published national file) and the verification of every
 published totals file of the sampled contests, at every level, and every sampled TPS's file, against
-the load test's own oracle of what tally acknowledged. The election must be fresh (no forms yet).
+the load test's own oracle of what tally acknowledged, and of the chain heads the site carries (the
+checks of `suara audit site`). The election must be fresh (no forms yet).
 
 The whole run is one address to tally, which limits calls per address (SUARA_TALLY_PEER_RATE a
 second per tally process, 5,000 by default): a run faster than that per process needs a tally
@@ -43,7 +44,10 @@ def add_parser(sub: Any) -> None:
         help="drive a running suara like election night and verify the published site",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="exit status: 0 the site is exact; 1 a published number differs from the oracle; 2 the run failed.",
+        epilog=(
+            "exit status: 0 the site is exact; 1 a published number differs from the oracle, or a published\n"
+            "chain head is unsigned, badly signed or lower than an earlier one; 2 the run failed."
+        ),
     )
     p.add_argument(
         "--target", metavar="HOST:PORT", help="tally's public address (default: SUARA_TALLY_HOST:SUARA_TALLY_PORT)"

@@ -225,8 +225,8 @@ def _handled(fn: Any) -> Any:
 @_handled
 async def run_fetch(args: argparse.Namespace, settings: Settings) -> int:
     from cli.recap_fetch import SiteIncomplete, read_choices, read_sheet
-    from services.publish.audit import SiteUnreadable, site_reader
     from suara.client.recap import load_paper, sheet_paths, write_json
+    from suara.site.audit import SiteUnreadable, site_reader
 
     key = _key(args)
     snapshot_path, paper_path = sheet_paths(_dir(args, settings), key.area, args.contest)
@@ -593,8 +593,8 @@ async def run_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _site_status(site: str, contest: str, area: str) -> dict[str, Any]:
-    from services.publish import paths
-    from services.publish.audit import SiteUnreadable, site_reader
+    from suara.site import paths
+    from suara.site.audit import SiteUnreadable, site_reader
 
     try:
         read = site_reader(site)

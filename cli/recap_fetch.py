@@ -17,11 +17,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from services.publish import paths
-from services.publish.audit import Reader
 from suara.client.aggregate_stub import aggregate_stub
 from suara.election.codes import TPS_LENGTH
 from suara.election.recap_sheet import Choice, Counts, Snapshot, Unit, add, from_totals, vote_field
+from suara.site import paths
+from suara.site.audit import Reader
 from suara.v1 import aggregate_pb2
 
 FETCHERS = 8  # files read at once: a kecamatan's hundred TPS files in a few round trips

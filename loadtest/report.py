@@ -159,10 +159,13 @@ def human_table(report: dict[str, Any]) -> str:
         ("errors", ", ".join(f"{k} {show(n)}" for k, n in report["errors"].items()) or "–"),
         ("areas / TPS files checked", f"{show(v['areas_checked'])} / {show(v['tps_checked'])}"),
         ("mismatches", show(v["mismatch_count"])),
+        ("chain heads (audit site)", f"{show(v['chain_heads'])} signed, {len(v['chain_problems'])} problem(s)"),
         ("verification", "EXACT" if v["exact"] else "MISMATCH"),
     ]
     width = max(len(k) for k, _ in rows)
     lines = [f"{k.ljust(width)}  {val}" for k, val in rows]
     for m in v["mismatches"][:10]:
         lines.append(f"  ✗ {m['path']} {m['field']}: published {m['got']!r}, expected {m['want']!r}")
+    for problem in v["chain_problems"][:10]:
+        lines.append(f"  ✗ chain: {problem}")
     return "\n".join(lines)

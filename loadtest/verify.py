@@ -1,4 +1,5 @@
-"""Every published totals file of the sampled contests, at every level, and each sampled TPS's, against the oracle.
+"""Every published totals file of the sampled contests, at every level, and each sampled TPS's, against the oracle;
+and the chain heads the site carries, by the very audit of `suara audit site` (signed, growing).
 
 Files are checked as a stream (expected documents are built one at a time, walking each contest's area
 tree depth first, and dropped once checked): at scale 1.0 the expectations alone would not fit in
@@ -32,6 +33,7 @@ from loadtest.forms import Numbers, numbers
 from loadtest.oracle import AreaTotals, Current, File, NumbersOf, Oracle, expected_files, expected_tps
 from loadtest.registry import ContestRegistry, totals_path
 from loadtest.site import DirSite, Site, SiteError
+from suara.site.audit import SiteUnreadable, audit_site
 
 DETAILS = 50  # mismatches reported in full
 RECHECK_MAX = 10_000  # more than this many bad files is no lag: report them without waiting
@@ -56,6 +58,8 @@ class Verification:
     tps_checked: int = 0
     mismatch_count: int = 0
     mismatches: list[Mismatch] = field(default_factory=list)  # the first DETAILS
+    chain_heads: int = 0  # validly signed heads the site carries
+    chain_problems: list[str] = field(default_factory=list)  # what `suara audit site` finds wrong with them
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -64,6 +68,8 @@ class Verification:
             "tps_checked": self.tps_checked,
             "mismatch_count": self.mismatch_count,
             "mismatches": [asdict(m) for m in self.mismatches],
+            "chain_heads": self.chain_heads,
+            "chain_problems": self.chain_problems,
         }
 
 
@@ -352,6 +358,25 @@ async def recheck(site: Site, bad: list[Bad]) -> list[Bad]:
     return out
 
 
+async def audit_chain(site: Site) -> tuple[int, list[str]]:
+    """The signed heads `suara audit site` finds on the site (read through `site`, as every other file here),
+    and what is wrong with them."""
+    loop = asyncio.get_running_loop()
+
+    def read(path: str) -> object:  # on the audit's thread; the read itself on the event loop
+        data = asyncio.run_coroutine_threadsafe(site.read(path), loop).result()
+        try:
+            return None if data is None else json.loads(data)
+        except ValueError as exc:
+            raise SiteUnreadable(f"{site.describe()}/{path}: {exc}") from exc
+
+    try:
+        report = await asyncio.to_thread(audit_site, read)
+    except (SiteUnreadable, SiteError) as exc:
+        return 0, [f"cannot read the site: {exc}"]
+    return len(report.heads), report.problems
+
+
 def default_processes() -> int:
     return max(1, min(MAX_PROCESSES, len(os.sched_getaffinity(0))))
 
@@ -404,5 +429,6 @@ async def verify(
     result = Verification(areas_checked=found.areas, tps_checked=found.tps)
     result.mismatch_count = len(problems) + found.overflow  # overflow: more than RECHECK_MAX, none rechecked
     result.mismatches = problems[:DETAILS]
-    result.exact = not result.mismatch_count
+    result.chain_heads, result.chain_problems = await audit_chain(site)
+    result.exact = not result.mismatch_count and not result.chain_problems
     return result

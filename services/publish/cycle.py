@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import structlog
 
-from services.publish import SITE_ASSETS, documents, feed, paths
+from services.publish import SITE_ASSETS, documents, feed
 from services.publish.files import SiteFile
 from services.publish.pipeline import TALLY_TIMEOUT_S, Renderer, Writer, every_area, read_views
 from services.publish.queries import QUERIES
@@ -29,6 +29,7 @@ from suara.election.contest import Contest
 from suara.election.signing import chain_key_id_for
 from suara.runtime import tracing
 from suara.runtime.database import Database
+from suara.site import paths
 from suara.v1 import aggregate_pb2, aggregate_pb2_grpc, tally_pb2, tally_pb2_grpc
 
 log = structlog.get_logger(__name__)

@@ -13,11 +13,11 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from services.publish.paths import photo_path, photo_url
 from suara.election.chain import SignedHead
 from suara.election.checks import MAX_PHOTOS
 from suara.election.codes import LENGTHS, RECAP_LENGTHS
 from suara.election.contest import CONTEST_KINDS, Contest
+from suara.site.paths import photo_path, photo_url
 from suara.v1 import aggregate_pb2
 
 WIB = timezone(timedelta(hours=7))  # Sirekap writes Jakarta time
@@ -231,19 +231,6 @@ def signed_head(head: SignedHead | None) -> dict[str, Any] | None:
         "key_id": head.key_id,
         "signature": head.signature.hex(),
     }
-
-
-def parse_signed_head(value: object) -> SignedHead:
-    """The inverse of signed_head; ValueError (saying what is wrong) for anything else."""
-    if not isinstance(value, dict):
-        raise ValueError(f"a chain head is an object, got {type(value).__name__}")
-    try:
-        position, head_hash, key_id, signature = (value[k] for k in ("position", "hash", "key_id", "signature"))
-        if not (isinstance(position, int) and isinstance(key_id, str)):
-            raise TypeError
-        return SignedHead(position, bytes.fromhex(head_hash), key_id, bytes.fromhex(signature))
-    except (KeyError, TypeError, ValueError):
-        raise ValueError(f"a chain head has position, hash, key_id and signature, got {value!r}") from None
 
 
 def chain_keys(keys: Sequence[tuple[str, bytes]]) -> dict[str, Any]:

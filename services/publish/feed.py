@@ -15,10 +15,11 @@ import io
 from collections.abc import AsyncIterator
 from typing import Any
 
-from services.publish import documents, paths
+from services.publish import documents
 from services.publish.files import SiteFile
 from suara.election.codes import DESA_LENGTH
 from suara.election.contest import Contest
+from suara.site import paths
 from suara.v1 import aggregate_pb2
 
 FEED_PAGE_ENTRIES = 1000  # areas and TPS per page: about 150 KB of JSON, 15 KB gzipped, at most

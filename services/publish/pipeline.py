@@ -21,13 +21,14 @@ from typing import Any, Protocol
 import grpc
 import structlog
 
-from services.publish import documents, paths
+from services.publish import documents
 from services.publish.files import SiteFile
 from services.publish.nist import AreaResult, nist_json, nist_report
 from services.publish.sinks.base import Sink
 from suara.election import photos as photo_rules
 from suara.election.codes import DESA_LENGTH, TPS_LENGTH
 from suara.election.contest import Contest
+from suara.site import paths
 from suara.v1 import aggregate_pb2, aggregate_pb2_grpc, tally_pb2, tally_pb2_grpc
 
 log = structlog.stdlib.get_logger("suara.publish.pipeline")

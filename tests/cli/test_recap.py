@@ -307,7 +307,7 @@ async def test_every_action_explains_itself(action: str, tmp_path: Path) -> None
 async def test_fetch_of_a_kabupaten_sums_each_kecamatan_from_its_tps_as_aggregate_counts(pipeline: Pipeline) -> None:
     """A KPU kabupaten/kota's units are its kecamatan. Quarantined TPS and TPS without a form count nothing."""
     from cli.recap_fetch import read_sheet, read_sheet_from_aggregate
-    from services.publish.audit import site_reader
+    from suara.site.audit import site_reader
 
     kabupaten = await pipeline.db.fetchval(  # the smallest with two kecamatan, one of them of 3 TPS or more
         "SELECT k FROM (SELECT left(code, 4) AS k, left(code, 6), count(*) AS n FROM registry.tps GROUP BY 1, 2) x"

@@ -278,7 +278,7 @@ async def test_the_standby_publish_takes_over_a_cycle_cut_midway_and_no_read_see
 
 
 def _nest(code: str) -> str:
-    from services.publish.paths import area_path
+    from suara.site.paths import area_path
 
     return area_path(code)
 

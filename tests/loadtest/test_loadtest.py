@@ -40,6 +40,7 @@ from services.publish.http import serve_site
 from suara.election.checks import find_inconsistencies, find_malformed
 from suara.election.contest import Choice, Contest
 from suara.runtime.settings import Settings
+from suara.site import paths
 from suara.v1 import form_pb2
 from tests.support.pki import suite_pki
 from tests.support.publish import Pipeline
@@ -99,8 +100,9 @@ async def test_a_small_night_with_standard_faults_is_exact(
     write_report(report, tmp_path / "report.json")
     print(human_table(report))  # shown with -s: the table a run ends with
     v = report["verification"]
-    assert v["exact"], v["mismatches"]
+    assert v["exact"], (v["mismatches"], v["chain_problems"])
     assert v["areas_checked"] > 0 and v["tps_checked"] > 0
+    assert v["chain_heads"] > 0 and v["chain_problems"] == []  # `suara audit site`'s checks, on every head
     # Every fault of the standard profile showed up as tally's answer.
     assert {"ACCEPTED", "DUPLICATE", "SUPERSEDED", "QUARANTINED"} <= set(report["outcomes"])
     assert report["errors"].get("INVALID_ARGUMENT", 0) >= 1
@@ -173,6 +175,61 @@ async def test_a_corrupted_totals_file_is_a_mismatch(
     assert v["mismatch_count"] == 1
     (m,) = v["mismatches"]
     assert (m["path"], m["field"], m["got"]) == (corrupted["path"], "chart.100025", m["want"] + 1)
+
+
+async def test_a_tampered_chain_head_fails_verification_however_the_site_is_read(
+    system: System, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the CLI: once the night is over, one history entry's signed head has one hex digit of its
+    hash changed. Every number is still exact, yet verification (from the directory, and over HTTP)
+    fails naming that file, as `suara audit site` would, and the exit status is 1."""
+    site = system.pipeline.site
+    found: dict[str, Any] = {}
+
+    async def tamper_then_verify(*args: Any, **kwargs: Any) -> Verification:
+        found["before"] = await verify(*args, **kwargs)
+        index = json.loads((site / paths.history_index_path("ppwp")).read_bytes())
+        for item in reversed(index):
+            where = paths.history_path("ppwp", item["snapshot"])
+            entry = json.loads((site / where).read_bytes())
+            if entry.get("chain_head"):
+                digest = entry["chain_head"]["hash"]
+                entry["chain_head"]["hash"] = ("1" if digest[0] == "0" else "0") + digest[1:]
+                data = json.dumps(entry).encode()
+                (site / where).write_bytes(data)
+                gz = site / (where + ".gz")  # what the HTTP server sends a client that takes gzip
+                if gz.exists():
+                    gz.write_bytes(gzip.compress(data))
+                found["where"] = where
+                break
+        async with serve_site(site) as url:
+            http = HttpSite(url)
+            try:
+                found["http"] = await verify(http, *args[1:], **kwargs)
+            finally:
+                await http.close()
+        return await verify(*args, **kwargs)
+
+    monkeypatch.setattr("loadtest.run.verify", tamper_then_verify)
+    parser = argparse.ArgumentParser()
+    loadtest_cli.add_parser(parser.add_subparsers())
+    argv = f"loadtest --target {system.config.target} --admin-target {system.config.admin_target}"
+    argv += f" --admin-key {system.admin} --ca {suite_pki().ca} --site {site} --scale 0.05"
+    argv += f" --contests ppwp --faults none --seed 5 --report {tmp_path / 'report.json'}"
+    args = parser.parse_args(argv.split())
+    status = await args.handler(args, Settings())
+    before = found["before"]
+    assert before.exact and before.chain_heads > 0 and before.chain_problems == [], before.chain_problems
+    assert "where" in found, "no history entry carried a signed head"
+    v = json.loads((tmp_path / "report.json").read_bytes())["verification"]
+    over_http = found["http"].to_json()
+    for how, got in (("directory", v), ("http", over_http)):
+        assert got["mismatch_count"] == 0, how  # every number is still right
+        assert not got["exact"], how
+        assert got["chain_heads"] == before.chain_heads - 1, how
+        (problem,) = got["chain_problems"]
+        assert problem.startswith(f"{found['where']}: ") and "not validly signed" in problem, (how, problem)
+    assert status == loadtest_cli.EXIT_MISMATCH
 
 
 async def test_one_changed_number_in_a_tps_file_and_a_totals_file_is_found_however_the_site_is_read(

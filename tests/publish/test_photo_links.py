@@ -30,7 +30,7 @@ PREFIX = "night"
 
 
 def _tps_file(site: Path, contest: str, tps: str) -> dict[str, object]:
-    from services.publish.paths import tps_path
+    from suara.site.paths import tps_path
 
     return dict(json.loads((site / tps_path(contest, tps)).read_bytes()))
 

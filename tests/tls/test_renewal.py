@@ -1,11 +1,13 @@
-"""Client certificates renewed under a running service: the relay's channel follows its credential file.
+"""Client certificates renewed under a running service: the relay's and publish's channels follow their
+credential files.
 
-The oracle is aggregate's database (what was applied) and the CA's revocation list: once the old
-certificate is revoked, only a relay that switched to the new one can still deliver.
+The oracle is aggregate's database (what was applied), the published site, and the CA's revocation
+list: once the old certificate is revoked, only a process that switched to the new one can still work.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import asyncpg
@@ -23,9 +25,11 @@ from suara.v1 import aggregate_pb2
 from tests.support.aggregate import start_aggregate
 from tests.support.factories import TEST_ELECTION, consistent_form, signed
 from tests.support.pki import suite_pki
+from tests.support.processes import running
+from tests.support.publish import Pipeline
 from tests.support.tally import BASE_SETTINGS as TALLY_SETTINGS
 from tests.support.tally import Tally, relaying, start_tally
-from tests.support.waiting import poll_until
+from tests.support.waiting import STARTUP_S, poll_until
 
 
 async def _submit(tally: Tally) -> None:
@@ -121,6 +125,69 @@ async def test_publishs_channel_follows_its_renewed_reader_certificate(
     finally:
         await channel.close()
         await aggregate.close()
+
+
+async def test_a_running_publish_uses_its_renewed_certificate_after_the_old_is_revoked(
+    pipeline: Pipeline, site: Path, tmp_path: Path
+) -> None:
+    """`suara publish run` as a process: its reader certificate renewed in place and the old one revoked,
+    it goes on publishing what aggregate and tally (the chain head) hold, without a restart."""
+    pki = suite_pki()
+
+    def issue(name: str) -> str:
+        return pki.pki.issue_client(name, "reader", election=TEST_ELECTION).bundle().decode()
+
+    bundle = tmp_path / "publish.pem"
+    write_secret(bundle, issue("publish-renewal-old"))
+    old = CertCredential.load(bundle)
+    env = {**await pipeline.publish_env("publish-renewal", site, tmp_path), "SUARA_PUBLISH_CREDENTIAL": str(bundle)}
+    tps = pipeline.tally_codes("ppwp")
+    aggregate = f"127.0.0.1:{pipeline.aggregate.internal_port}"
+
+    def published() -> tuple[int, int]:
+        """TPS counted in the national ppwp file, and the chain position the pointer's signed head names."""
+        try:
+            national = json.loads((site / "pemilu/hhcw/ppwp.json").read_bytes())
+            pointer = json.loads((site / "suara/snapshot.json").read_bytes())
+        except (FileNotFoundError, ValueError):  # not yet published
+            return 0, 0
+        return national["progres"]["progres"], (pointer.get("chain_head") or {}).get("position", 0)
+
+    async def chain_position() -> int:
+        return int(await pipeline.db.fetchval("SELECT coalesce(max(chain_position), 0) FROM tally.submission"))
+
+    await pipeline.submit(tps[0])
+    await pipeline.delivered()
+    async with running("publish", "run", "--port", "0", env=env, cwd=tmp_path) as child:
+
+        async def shows(forms: int) -> bool:
+            return published() == (forms, await chain_position())
+
+        await poll_until(lambda: shows(1), "the first form published", STARTUP_S, check=child.assert_alive)
+
+        write_secret(bundle, issue("publish-renewal-new"))
+        pki.pki.revoke("publish-renewal-old")
+        new_serial = CertCredential.load(bundle).key_pair.certificate.serial_number
+        async with pki.channel(aggregate, old) as channel:  # the revocation is in force
+
+            async def old_refused() -> bool:
+                try:
+                    await aggregate_stub(channel).GetArea(aggregate_pb2.GetAreaRequest(area="", contest="ppwp"))
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() == grpc.StatusCode.PERMISSION_DENIED, exc
+                    return True
+                return False
+
+            await poll_until(old_refused, "the old certificate refused")
+
+        await pipeline.submit(tps[1])
+        await pipeline.delivered()
+        await poll_until(lambda: shows(2), "the form sent after the renewal published", check=child.assert_alive)
+        await pipeline.check_site(site, contests=("ppwp",))
+        reloaded = {e["address"]: e["serial"] for e in child.log.events() if e.get("event") == "tls_client_reloaded"}
+        tally = f"127.0.0.1:{pipeline.tally.app.internal_port}"
+        assert reloaded == {aggregate: f"{new_serial:x}", tally: f"{new_serial:x}"}, reloaded
+        child.assert_alive()
 
 
 def test_a_half_replaced_credential_is_not_taken_and_a_touched_one_is_not_renewed(tmp_path: Path) -> None:

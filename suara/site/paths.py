@@ -1,7 +1,8 @@
 """Where each published file lives, relative to the site root: docs/layout.md's tables as functions.
 
-Every path a cycle writes is built here, so the layout is read in one place; what goes inside the
-files is documents.py's.
+Every path publish writes, and every path a reader of the site (`suara audit site`, the load test, the
+recap tools) reads, is built here, so the layout is read in one place; what goes inside the files is
+publish's documents.py's.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""`suara audit site`: check, from the published files alone, the chain heads a site carries.
+"""`suara audit site`, and the load test's verification: check, from the published files alone, the chain
+heads a site carries.
 
 Every head (the pointer's and each history entry's) must be validly signed by a key of
 suara/kunci-rantai.json, and heads only grow: along the snapshots, the position never goes down,
@@ -16,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.publish import documents, paths
 from suara.election.chain import SignedHead
 from suara.election.signing import PUBLIC_KEY_BYTES, chain_key_id_for
+from suara.site import paths
 
 Reader = Callable[[str], object]  # a site path → its parsed JSON, None when the site has no such file
 
@@ -103,7 +104,7 @@ def audit_site(read: Reader, trusted: frozenset[str] = frozenset()) -> SiteRepor
             continue
         signed_seen = True
         try:
-            head = documents.parse_signed_head(raw)
+            head = parse_signed_head(raw)
         except ValueError as exc:
             report.problems.append(f"{where}: {exc}")
             continue
@@ -119,6 +120,20 @@ def audit_site(read: Reader, trusted: frozenset[str] = frozenset()) -> SiteRepor
             report.heads.append(PublishedHead(where, snapshot, head))
     report.problems += _growth(report.heads)
     return report
+
+
+def parse_signed_head(value: object) -> SignedHead:
+    """A chain head as the pointer and every history entry carry it (docs/layout.md: publish's
+    `documents.signed_head`); ValueError (saying what is wrong) for anything else."""
+    if not isinstance(value, dict):
+        raise ValueError(f"a chain head is an object, got {type(value).__name__}")
+    try:
+        position, head_hash, key_id, signature = (value[k] for k in ("position", "hash", "key_id", "signature"))
+        if not (isinstance(position, int) and isinstance(key_id, str)):
+            raise TypeError
+        return SignedHead(position, bytes.fromhex(head_hash), key_id, bytes.fromhex(signature))
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"a chain head has position, hash, key_id and signature, got {value!r}") from None
 
 
 def _keys(read: Reader, problems: list[str]) -> dict[str, bytes]:
