@@ -25,12 +25,12 @@ demo: install  ## start PostgreSQL and the services, feed a small simulated elec
 # The site is tested in Debian's chromium and behind a real nginx: installed here when missing and
 # possible (root with apt); otherwise those tests skip, saying why. Likewise promtool (Debian's prometheus),
 # which checks and unit-tests the alert rules in deploy/prometheus.
-system-deps:  ## chromium and nginx for the site tests, prometheus (promtool) for the alert rules, etcd for the cluster tests (apt, when root and missing)
-	@if ! command -v chromium >/dev/null || ! command -v nginx >/dev/null || ! command -v promtool >/dev/null || ! command -v etcd >/dev/null; then \
+system-deps:  ## chromium and nginx for the site tests, prometheus (promtool) for the alert rules, etcd and iproute2 (ip, ss) for the cluster tests (apt, when root and missing)
+	@if ! command -v chromium >/dev/null || ! command -v nginx >/dev/null || ! command -v promtool >/dev/null || ! command -v etcd >/dev/null || ! command -v ip >/dev/null || ! command -v ss >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "== installing chromium and nginx-light (site tests), prometheus (alert rule tests), etcd-server (cluster tests)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nginx-light prometheus etcd-server >/dev/null; \
-	  else echo "note: chromium/nginx/promtool/etcd missing and not installable here: the browser, nginx, alert rule and cluster tests will skip"; fi; \
+	    echo "== installing chromium and nginx-light (site tests), prometheus (alert rule tests), etcd-server and iproute2 (cluster tests)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nginx-light prometheus etcd-server iproute2 >/dev/null; \
+	  else echo "note: chromium/nginx/promtool/etcd/ip missing and not installable here: the browser, nginx, alert rule and cluster tests will skip (or run the cluster on loopback addresses)"; fi; \
 	fi
 
 test: install system-deps  ## the whole test suite, against real PostgreSQL (embedded unless DATABASE_URL is set)

@@ -55,8 +55,8 @@ def netns_possible() -> str | None:
     """Why namespaces cannot be made here (None when they can)."""
     if os.geteuid() != 0:
         return "network namespaces need root"
-    if shutil.which("ip") is None:
-        return "iproute2's `ip` is not installed"
+    if shutil.which("ip") is None or shutil.which("ss") is None:
+        return "iproute2 (`ip`, `ss`) is not installed (make system-deps)"
     if not Path("/proc/self/ns/net").exists():
         return "this kernel has no network namespaces"
     return None
