@@ -70,7 +70,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cli import nginx
-from cli.netns import MODES, HostNetwork, NetworkError, choose
+from cli.netns import MODES, NAMESPACE_PREFIX, HostNetwork, NetworkError, choose
 from cli.registry import _scale, _seed
 from cli.supervisor import SUARA_COMMAND, ChildFailed, ChildSpec, Supervisor, grpc_health_probe, http_probe
 from suara.runtime.settings import Settings
@@ -537,7 +537,8 @@ async def running_cluster(args: argparse.Namespace, settings: Settings) -> Async
         note("database: stopping Patroni (and PostgreSQL), then etcd")
         await asyncio.to_thread(database.stop)
         if removed := await asyncio.to_thread(network.remove):
-            note(f"hosts: removed the bridge and {len(removed) - 1} network namespace(s)")
+            namespaces = sum(name.startswith(NAMESPACE_PREFIX) for name in removed)
+            note(f"hosts: removed {namespaces} network namespace(s), their veth pairs and the bridge {network.bridge}")
         state_file.unlink(missing_ok=True)
 
 

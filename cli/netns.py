@@ -170,6 +170,13 @@ class HostNetwork:
         if self.mode != "netns":
             return []
         removed = []
+        # The veth pairs first, by their ends here: a deleted namespace is torn down by the kernel later,
+        # and its veth pairs with it, so waiting for that would leave links behind for a while.
+        for line in _ip("-o", "link", "show", check=False).stdout.splitlines():
+            link = line.split(":", 2)[1].strip().split("@", 1)[0] if line.count(":") >= 2 else ""
+            if link.startswith(f"sv-{self.tag}-"):
+                _ip("link", "del", link, check=False)
+                removed.append(link)
         listed = _ip("netns", "list", check=False).stdout.split()
         for ns in listed:
             if ns.startswith(f"{NAMESPACE_PREFIX}{self.tag}-"):

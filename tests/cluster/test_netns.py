@@ -8,6 +8,8 @@ through `ip netns exec`, succeed or fail as the partition says.
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
 import subprocess
 import sys
 import time
@@ -141,3 +143,29 @@ def test_loopback_hosts_are_addresses_of_their_own_and_cannot_be_partitioned(tmp
     assert choose("loopback") == ("loopback", None)
     mode, why = choose("auto")
     assert (mode, why) == (("netns", None) if WHY_NOT is None else ("loopback", WHY_NOT))
+
+
+@needs_netns
+def test_cluster_down_removes_the_network_of_an_up_that_was_killed(tmp_path: Path) -> None:
+    """`suara cluster up` SIGKILLed leaves its namespaces; `down` removes them from cluster.json."""
+    data = tmp_path / "cluster"
+    net = HostNetwork.plan("netns", data, ["db1", "tally1"])
+    try:
+        net.create()
+        data.mkdir()
+        hosts = [{"name": n, "address": a, "roles": [], "pids": {}, "all_pids": []} for n, a in net.addresses.items()]
+        (data / "cluster.json").write_text(json.dumps({"pid": 0, "network": net.describe(), "hosts": hosts}))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SUARA_") and k != "DATABASE_URL"}
+        down = subprocess.run(
+            [sys.executable, "-m", "cli", "cluster", "down", "--data-dir", str(data)],
+            capture_output=True, text=True, timeout=60, env=env, check=False,
+        )  # fmt: skip
+        assert down.returncode == 0, down.stderr
+        left = "".join(
+            subprocess.run(c, capture_output=True, text=True, check=True).stdout
+            for c in (["ip", "netns", "list"], ["ip", "-o", "link", "show"])
+        )
+        assert net.tag not in left, left
+        assert not (data / "cluster.json").exists()
+    finally:
+        net.remove()
