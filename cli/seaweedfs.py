@@ -52,9 +52,11 @@ class SeaweedFS:
         *,
         address: str = "127.0.0.1",
         tls: tuple[Path, Path] | None = None,  # the S3 gateway's certificate and key: HTTPS
+        port_address: str | None = None,  # where ports are checked free (`address` when None; cli/netns.py)
     ) -> None:
         self.root = root
         self.address = address
+        self.port_address = port_address or address
         self.tls = tls
         root.mkdir(parents=True, exist_ok=True)
         self.config = root / "s3.json"
@@ -67,7 +69,7 @@ class SeaweedFS:
 
     def _choose_ports(self) -> dict[str, int]:
         taken: set[int] = set()
-        return {name: free_port(self.address, taken) for name in PORT_NAMES}
+        return {name: free_port(self.port_address, taken) for name in PORT_NAMES}
 
     @property
     def s3_port(self) -> int:

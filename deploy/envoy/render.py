@@ -23,7 +23,13 @@ def _address(value: str) -> tuple[str, int]:
 
 
 def render(
-    listen: tuple[str, int], admin_port: int, cert: Path, key: Path, ca: Path, upstreams: list[tuple[str, int]]
+    listen: tuple[str, int],
+    admin_port: int,
+    cert: Path,
+    key: Path,
+    ca: Path,
+    upstreams: list[tuple[str, int]],
+    admin_address: str = "127.0.0.1",
 ) -> str:
     endpoints = "\n".join(
         f"              - endpoint:\n                  address:\n"
@@ -34,6 +40,7 @@ def render(
         "@LISTEN_HOST@": listen[0],
         "@LISTEN_PORT@": str(listen[1]),
         "@ADMIN_PORT@": str(admin_port),
+        "@ADMIN_ADDRESS@": admin_address,
         "@CERT@": str(cert.resolve()),
         "@KEY@": str(key.resolve()),
         "@CA@": str(ca.resolve()),
@@ -48,7 +55,10 @@ def render(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--listen", type=_address, required=True, help="HOST:PORT devices dial")
-    parser.add_argument("--admin-port", type=int, required=True, help="Envoy's admin port (bound to 127.0.0.1)")
+    parser.add_argument("--admin-port", type=int, required=True, help="Envoy's admin port")
+    parser.add_argument(
+        "--admin-address", default="127.0.0.1", help="where the admin port is bound (default 127.0.0.1: this host only)"
+    )
     parser.add_argument("--cert", type=Path, required=True, help="Envoy's server certificate (the public name)")
     parser.add_argument("--key", type=Path, required=True, help="its private key")
     parser.add_argument("--ca", type=Path, required=True, help="the CA the tally processes' certificates chain to")
@@ -56,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         "--upstream", type=_address, action="append", required=True, help="a tally's HOST:PORT (repeatable)"
     )
     args = parser.parse_args(argv)
-    sys.stdout.write(render(args.listen, args.admin_port, args.cert, args.key, args.ca, args.upstream))
+    sys.stdout.write(
+        render(args.listen, args.admin_port, args.cert, args.key, args.ca, args.upstream, args.admin_address)
+    )
     return 0
 
 

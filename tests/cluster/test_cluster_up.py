@@ -1,5 +1,6 @@
 """Issue 15, `suara cluster`: the whole topology on this machine, a load test through it while one tally
-host dies (drill 2) and then one of the two aggregate hosts (drill 3), then `suara cluster down`.
+host is cut off from the database hosts and healed (drill 6), then another tally host dies (drill 2) and
+then one of the two aggregate hosts (drill 3), then `suara cluster down`.
 
 Everything is real and out of process: `suara cluster up` (three etcd + Patroni + PostgreSQL hosts,
 SeaweedFS, two aggregate hosts, two tally hosts behind Envoy, publish active and standby, nginx in front of the
@@ -7,7 +8,12 @@ bucket) and `suara loadtest`, unchanged, against its ready line. The oracle is t
 tally acknowledged to its devices, checked against every published totals file (read through nginx) at
 every level and every sampled TPS's file — an acknowledged form lost, or one counted twice, is a
 mismatch. Envoy's own view (its admin /clusters) shows the dead host out of rotation. Last, no process
-cluster.json listed may outlive `suara cluster down`.
+cluster.json listed may outlive `suara cluster down`, nor its bridge and network namespaces.
+
+As root each host is a network namespace of its own (`--hosts auto`), and the partition is real: the
+kernel refuses the tally host's packets to the database hosts (cli/netns.py). The cut-off tally host's
+own health answer (NOT_SERVING) and Envoy's view are read from outside it. Without root the hosts are
+loopback addresses and the partition step cannot be made: the figures say so.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 import urllib.request
@@ -26,12 +33,17 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cli.cluster import ENVOY
+from cli.netns import HostNetwork, netns_possible, tag_of
 from cli.nginx import NGINX
 from cli.patroni import etcd_binary, patroni_installed
 from cli.seaweedfs import weed_binary
+from suara.client import service_names
+from suara.runtime.tls import ClientTls, open_channel
 from tests.support.envoy import envoy_health
 from tests.support.waiting import poll_until
 
@@ -48,10 +60,12 @@ pytestmark = [
 ]
 
 UP_S = 600.0  # three database hosts and seven others, on two busy cores
-SCALE = "0.3"  # of the cluster's ~1,000 synthetic TPS: ~700 forms
+SCALE = "0.4"  # of the cluster's ~1,000 synthetic TPS: ~900 forms
 RATE = "40"  # open loop, forms a second: the night lasts long enough to kill a host in the middle of it
-KILL_AFTER = 150  # forms stored before the tally host dies
-KILL_AGGREGATE_AFTER = 300  # forms stored before an aggregate host dies
+CUT_AFTER = 60  # forms stored before a tally host is cut off from the database hosts
+WHILE_CUT = 30  # forms stored through the other tally host while the cut-off one is out
+KILL_AFTER = 40  # forms stored after the healed host is back, before the other tally host dies
+KILL_AGGREGATE_AFTER = 150  # forms stored after that, before an aggregate host dies
 PHOTOS = "0.05"  # share of TPS whose forms carry photos: they go to the photo bucket, the site links them
 LOADTEST_S = 1200.0
 
@@ -98,13 +112,16 @@ async def _cluster_up(data: Path, log: Path) -> AsyncIterator[tuple[asyncio.subp
                 await proc.wait()
 
 
-async def test_cluster_up_loadtest_while_a_tally_host_then_an_aggregate_host_die_then_down(
+async def test_cluster_up_loadtest_through_partitions_and_host_deaths_then_down(
     tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
     data = tmp_path / "cluster"
     async with _cluster_up(data, tmp_path / "cluster-up.log") as (up, ready):
         state: dict[str, Any] = json.loads((data / "cluster.json").read_text())
         hosts = {h["name"]: h for h in state["hosts"]}
+        # As root (CI) the hosts are namespaces, on loopback addresses otherwise (`--hosts auto`).
+        partition_why_not = netns_possible()
+        assert state["network"]["mode"] == ("netns" if partition_why_not is None else "loopback")
         # The ready line is the one `suara up` prints; Envoy and nginx are where it points.
         assert set(ready) == {"tally", "site", "admin_key", "ca"}
         assert ready["tally"] == state["tally"] and ready["site"] == state["site"]
@@ -149,8 +166,21 @@ async def test_cluster_up_loadtest_while_a_tally_host_then_an_aggregate_host_die
                 def loadtest_running() -> None:
                     assert loadtest.returncode is None, (tmp_path / "loadtest.log").read_text()[-4000:]
 
-                await poll_until(stored(KILL_AFTER), f"{KILL_AFTER} forms stored", LOADTEST_S, loadtest_running)
-                stored_at_kill = await db.fetchval("SELECT count(*) FROM tally.submission")
+                async def count() -> int:
+                    return int(await db.fetchval("SELECT count(*) FROM tally.submission"))
+
+                # Drill 6: tally1 cut off from every database host, then healed (needs the namespaces).
+                partition: dict[str, Any] = {"not run": partition_why_not}
+                aggregate_partition: dict[str, Any] = {"not run": partition_why_not}
+                if partition_why_not is None:
+                    tls = ClientTls(await asyncio.to_thread(Path(ready["ca"]).read_bytes))
+                    partition = await _partition_drill(state, hosts, envoy_admin, db, count, loadtest_running, tls)
+                    # Then aggregate1 cut off from the database hosts: the relay delivers through aggregate2.
+                    aggregate_partition = await _aggregate_partition(state, db, loadtest_running)
+                await poll_until(
+                    stored(await count() + KILL_AFTER), "forms stored after the heal", LOADTEST_S, loadtest_running
+                )
+                stored_at_kill = await count()
                 # Drill 2: the tally host dies, every process of it at once, no goodbye.
                 killed_at = time.monotonic()
                 _kill_host(victim)
@@ -163,8 +193,9 @@ async def test_cluster_up_loadtest_while_a_tally_host_then_an_aggregate_host_die
                 out_after_s = time.monotonic() - killed_at
                 # Drill 3: an aggregate host dies the same way; the relay goes on to the other one.
                 await poll_until(
-                    stored(KILL_AGGREGATE_AFTER), f"{KILL_AGGREGATE_AFTER} forms stored", LOADTEST_S, loadtest_running
-                )
+                    stored(stored_at_kill + KILL_AGGREGATE_AFTER), "forms stored after the tally host died",
+                    LOADTEST_S, loadtest_running,
+                )  # fmt: skip
                 stored_at_aggregate_kill = await db.fetchval("SELECT count(*) FROM tally.submission")
                 _kill_host(hosts["aggregate1"])
             finally:
@@ -180,14 +211,21 @@ async def test_cluster_up_loadtest_while_a_tally_host_then_an_aggregate_host_die
         verification = result["verification"]
         outcomes, errors = result["outcomes"], result["errors"]
         acknowledged = sum(n for outcome, n in outcomes.items() if outcome != "DUPLICATE")
+        lost_in_aggregate, twice = await _lost_and_twice(state["database_url"])
         record_property(
             "figures",
             {
-                "drill": "suara cluster: a tally host, then an aggregate host, SIGKILLed mid-load (2 of each)",
+                "drill": "suara cluster: a tally host cut off from the database hosts and healed, then the "
+                "other tally host, then an aggregate host, SIGKILLed mid-load (2 of each)",
+                "hosts": state["network"]["mode"],
+                "tally_host_cut_off": partition,
+                "aggregate_host_cut_off": aggregate_partition,
                 "forms_acknowledged": acknowledged,
                 "stored_when_tally_host_killed": stored_at_kill,
                 "stored_when_aggregate_host_killed": stored_at_aggregate_kill,
                 "acknowledged_forms_lost": verification["mismatch_count"],
+                "acknowledged_forms_aggregate_lacks": lost_in_aggregate,
+                "forms_counted_twice": twice,
                 "published_totals_vs_oracle": "exact" if verification["exact"] else "MISMATCH",
                 "areas_checked": verification["areas_checked"],
                 "tps_files_checked": verification["tps_checked"],
@@ -200,6 +238,7 @@ async def test_cluster_up_loadtest_while_a_tally_host_then_an_aggregate_host_die
             },
         )
         assert verification["exact"] and verification["mismatch_count"] == 0
+        assert (lost_in_aggregate, twice) == (0, 0)
         assert result["settled"] is True
         # The calls in flight on the dead host may be answered UNAVAILABLE, or UNKNOWN when their stream
         # is reset mid-call through Envoy (the SDK sends both again; none was lost, above);
@@ -229,6 +268,157 @@ async def test_cluster_up_loadtest_while_a_tally_host_then_an_aggregate_host_die
     still = sorted(pid for pid, cmd in seen.items() if _cmdline(pid) == cmd)
     assert still == [], f"processes of the cluster alive after `suara cluster down`: {still}"
     assert not (data / "cluster.json").exists()
+    if state["network"]["mode"] == "netns":
+        left = await asyncio.to_thread(_network_listing)
+        assert state["network"]["tag"] not in left, f"the cluster's network outlived `suara cluster down`:\n{left}"
+
+
+async def _tally_health(address: str, tls: ClientTls) -> str:
+    """The tally host's own answer to a health check, asked from outside it."""
+    async with open_channel(address, tls) as channel:
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service_names.TALLY.full_name), timeout=2
+            )
+        except grpc.aio.AioRpcError as exc:
+            return exc.code().name
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+async def _partition_drill(
+    state: dict[str, Any],
+    hosts: dict[str, Any],
+    envoy_admin: str,
+    db: asyncpg.Connection,
+    count: Callable[[], Any],
+    loadtest_running: Callable[[], None],
+    tls: ClientTls,
+) -> dict[str, Any]:
+    """Drill 6: tally1 cut off from the database hosts mid-load; it says NOT_SERVING, Envoy drains it, the
+    forms go on through tally2; healed, tally1 says SERVING and Envoy takes it back. Its figures."""
+    cut, other = hosts["tally1"], hosts["tally2"]
+    databases = [h["name"] for h in state["hosts"] if "postgres" in h["roles"]]
+    network = HostNetwork.from_description(state["network"], {h["name"]: h["address"] for h in state["hosts"]})
+    await poll_until(lambda: _at_least(count, CUT_AFTER), f"{CUT_AFTER} forms stored", LOADTEST_S, loadtest_running)
+
+    async def flags() -> dict[str, str]:
+        return await asyncio.to_thread(envoy_health, envoy_admin)
+
+    stored_at_cut, db_clock_at_cut = await count(), await db.fetchval("SELECT clock_timestamp()")
+    cut_at = time.monotonic()
+    await asyncio.to_thread(network.cut, "tally1", databases)
+    try:
+
+        async def not_serving() -> bool:
+            return await _tally_health(cut["grpc"], tls) == "NOT_SERVING"
+
+        await poll_until(not_serving, "the cut-off tally host reporting NOT_SERVING", 30, loadtest_running)
+        not_serving_after_s = time.monotonic() - cut_at
+
+        async def drained() -> bool:
+            seen = await flags()
+            return seen.get(cut["grpc"]) != "healthy" and seen.get(other["grpc"]) == "healthy"
+
+        await poll_until(drained, "the cut-off tally host drained by Envoy", 30, loadtest_running)
+        drained_after_s = time.monotonic() - cut_at
+        # Ingest goes on, through the other tally host alone.
+        await poll_until(
+            lambda: _at_least(count, stored_at_cut + WHILE_CUT), "forms stored through the other tally host",
+            LOADTEST_S, loadtest_running,
+        )  # fmt: skip
+        stored_while_cut = await count() - stored_at_cut
+    finally:
+        await asyncio.to_thread(network.heal, "tally1", databases)
+    healed_at = time.monotonic()
+
+    async def back() -> bool:
+        return (await flags()).get(cut["grpc"]) == "healthy" and await _tally_health(cut["grpc"], tls) == "SERVING"
+
+    await poll_until(back, "the healed tally host back in Envoy's rotation", 60, loadtest_running)
+    back_after_s = time.monotonic() - healed_at
+    # The longest the whole cluster stored nothing, from the cut until the healed host was back: tally's own
+    # receipt times, in the database.
+    gap = await db.fetchval(
+        "SELECT coalesce(extract(epoch FROM max(gap)), 0) FROM (SELECT t - lag(t) OVER (ORDER BY t) AS gap FROM "
+        "(SELECT received_at AS t FROM tally.submission WHERE received_at >= $1 UNION ALL SELECT $1) s) g",
+        db_clock_at_cut,
+    )
+    return {
+        "stored_when_cut": stored_at_cut,
+        "stored_through_the_other_host_while_cut": stored_while_cut,
+        "not_serving_after_s": round(not_serving_after_s, 2),
+        "drained_by_envoy_after_s": round(drained_after_s, 2),
+        "back_in_rotation_after_heal_s": round(back_after_s, 2),
+        "longest_cluster_wide_gap_between_stored_forms_s": round(float(gap), 2),
+    }
+
+
+async def _aggregate_partition(
+    state: dict[str, Any], db: asyncpg.Connection, loadtest_running: Callable[[], None]
+) -> dict[str, Any]:
+    """aggregate1 cut off from the database hosts mid-load, then healed: forms go on being delivered (through
+    aggregate2; a call aggregate1 fails is resent). Exactness is the load test's verification, at the end."""
+    databases = [h["name"] for h in state["hosts"] if "postgres" in h["roles"]]
+    network = HostNetwork.from_description(state["network"], {h["name"]: h["address"] for h in state["hosts"]})
+
+    async def delivered() -> int:
+        return int(await db.fetchval("SELECT count(*) FROM tally.outbox WHERE delivered_at IS NOT NULL"))
+
+    delivered_at_cut, db_clock_at_cut = await delivered(), await db.fetchval("SELECT clock_timestamp()")
+    cut_at = time.monotonic()
+    await asyncio.to_thread(network.cut, "aggregate1", databases)
+    try:
+        await poll_until(
+            lambda: _at_least(delivered, delivered_at_cut + WHILE_CUT), "forms delivered while aggregate1 is cut off",
+            60, loadtest_running,
+        )  # fmt: skip
+        took = time.monotonic() - cut_at
+        delivered_while_cut = await delivered() - delivered_at_cut
+    finally:
+        await asyncio.to_thread(network.heal, "aggregate1", databases)
+    db_clock_at_heal = await db.fetchval("SELECT clock_timestamp()")
+    # The longest the relays delivered nothing while aggregate1 was cut off (the database's clock), from the cut.
+    gap = await db.fetchval(
+        "SELECT coalesce(extract(epoch FROM max(gap)), 0) FROM (SELECT t - lag(t) OVER (ORDER BY t) AS gap FROM "
+        "(SELECT delivered_at AS t FROM tally.outbox WHERE delivered_at BETWEEN $1 AND $2 UNION ALL SELECT $1) s) g",
+        db_clock_at_cut,
+        db_clock_at_heal,
+    )
+    return {
+        "delivered_when_cut": delivered_at_cut,
+        "longest_gap_between_deliveries_while_cut_s": round(float(gap), 2),
+        "delivered_while_cut": delivered_while_cut,
+        f"seconds_to_deliver_{WHILE_CUT}_while_cut": round(took, 2),
+    }
+
+
+async def _lost_and_twice(database_url: str) -> tuple[int, int]:
+    """From the database, as tests/cluster/test_aggregate_drill.py counts them: (TPS, contest) pairs whose
+    version tally acknowledged aggregate does not hold, and TPS the nation counts beyond those aggregate holds."""
+    db = await asyncpg.connect(database_url)
+    try:
+        lost = await db.fetchval(
+            "SELECT count(*) FROM tally.current c LEFT JOIN aggregate.tps_result r USING (tps, contest)"
+            " WHERE r.version IS DISTINCT FROM c.version"
+        )
+        nation = await db.fetch(
+            "SELECT contest, tps_reported, tps_quarantined FROM aggregate.area_total WHERE area = ''"
+        )
+        held = dict(await db.fetch("SELECT contest, count(*) FROM aggregate.tps_result GROUP BY contest"))
+    finally:
+        await db.close()
+    twice = sum(max(0, n["tps_reported"] + n["tps_quarantined"] - held.get(n["contest"], 0)) for n in nation)
+    return int(lost), twice
+
+
+async def _at_least(count: Callable[[], Any], n: int) -> bool:
+    return bool(await count() >= n)
+
+
+def _network_listing() -> str:
+    """Every network namespace and every link of this machine."""
+    listings = (["ip", "netns", "list"], ["ip", "-o", "link", "show"])
+    return "".join(subprocess.run(c, capture_output=True, text=True, check=True).stdout for c in listings)
 
 
 def _get(url: str) -> tuple[bytes, str]:
@@ -280,3 +470,5 @@ async def test_a_signal_while_the_database_hosts_start_stops_what_started(tmp_pa
     assert up.stdout is not None
     assert await up.stdout.read() == b""  # never ready
     assert _processes_naming(data) == []
+    if netns_possible() is None:  # the bridge and the namespaces made before the database hosts: gone too
+        assert tag_of(data) not in await asyncio.to_thread(_network_listing)
