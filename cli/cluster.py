@@ -72,7 +72,15 @@ from typing import TYPE_CHECKING, Any
 from cli import nginx
 from cli.netns import MODES, NAMESPACE_PREFIX, HostNetwork, NetworkError, choose
 from cli.registry import _scale, _seed
-from cli.supervisor import SUARA_COMMAND, ChildFailed, ChildSpec, Supervisor, grpc_health_probe, http_probe
+from cli.supervisor import (
+    SUARA_COMMAND,
+    ChildSpec,
+    Supervisor,
+    grpc_health_probe,
+    http_probe,
+    note,
+    serve_until_signalled,
+)
 from suara.runtime.settings import Settings
 
 if TYPE_CHECKING:
@@ -152,10 +160,6 @@ def _tally_hosts(value: str) -> int:
     if not 1 <= n <= 50:
         raise argparse.ArgumentTypeError("--tally-hosts: from 1 to 50")
     return n
-
-
-def note(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -543,33 +547,17 @@ async def running_cluster(args: argparse.Namespace, settings: Settings) -> Async
 
 
 async def run_up(args: argparse.Namespace, settings: Settings) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-
-    async def lifecycle() -> None:
+    async def lifecycle(stop: asyncio.Event) -> int:
         async with running_cluster(args, settings) as cluster:
             print(cluster.ready_line(), flush=True)
             await stop.wait()
+        return 0
 
-    task = asyncio.create_task(lifecycle(), name="suara-cluster")
-    signalled = asyncio.create_task(stop.wait())
-    try:
-        await asyncio.wait({task, signalled}, return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
-            note("stopping: nginx, publish, Envoy, tally, aggregate, object storage, then the database hosts")
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    except ChildFailed as exc:
-        note(f"suara cluster up: {exc}")
-        return 1
-    finally:
-        signalled.cancel()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-    return 0
+    return await serve_until_signalled(
+        lifecycle,
+        name="suara-cluster-up",
+        stopping="stopping: nginx, publish, Envoy, tally, aggregate, object storage, then the database hosts",
+    )
 
 
 def _listed_pids(state: Mapping[str, Any]) -> list[int]:

@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,44 @@ CHANNEL_OPTIONS = [
 
 class ChildFailed(RuntimeError):
     """A child exited, or never became ready, while being started."""
+
+
+def note(message: str) -> None:
+    """Progress for the operator, on stderr: stdout carries only the ready line (and the demo's report)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+async def serve_until_signalled(
+    work: Callable[[asyncio.Event], Coroutine[Any, Any, int]], *, name: str, stopping: str
+) -> int:
+    """Run `work(stop)` to its end, or until SIGINT/SIGTERM: then `stopping` is said and it is cancelled.
+
+    `work` gets the event a signal sets, so it can serve until then. A signal at any point (while
+    starting, while serving) cancels it, and its own finally blocks stop what it started, in order;
+    the exit code is `work`'s, 0 after a signal, or 1 when a child failed for good.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    task = asyncio.create_task(work(stop), name=name)
+    signalled = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            note(stopping)
+            task.cancel()
+        try:
+            return await task
+        except asyncio.CancelledError:
+            return 0
+    except ChildFailed as exc:
+        note(f"{name.replace('-', ' ')}: {exc}")
+        return 1
+    finally:
+        signalled.cancel()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 @dataclass(frozen=True)

@@ -46,9 +46,7 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
 import socket
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -58,7 +56,15 @@ from typing import Any
 import grpc
 
 from cli.registry import _scale, _seed
-from cli.supervisor import ChildFailed, ChildSpec, Supervisor, clean_up_after, grpc_health_probe, http_probe
+from cli.supervisor import (
+    ChildSpec,
+    Supervisor,
+    clean_up_after,
+    grpc_health_probe,
+    http_probe,
+    note,
+    serve_until_signalled,
+)
 from suara.runtime.auth.certificate import CertCredential
 from suara.runtime.settings import Settings
 from suara.runtime.tls import ClientTls, open_channel
@@ -160,11 +166,6 @@ class System:
         from suara.runtime.auth.admin import AdminCredential
 
         return () if self.ca is not None else AdminCredential.load(self.admin_key).metadata()
-
-
-def note(message: str) -> None:
-    """Progress for the operator, on stderr: stdout carries only the ready line (and the demo's report)."""
-    print(message, file=sys.stderr, flush=True)
 
 
 _CHOSEN: set[int] = set()  # the kernel may hand one free port out twice before anyone binds it
@@ -457,41 +458,22 @@ async def serve_until_signal(
     A signal at any point (while starting, during `then`, while serving) unwinds it all in order;
     the exit code is then 0, or `then`'s when it had finished.
     """
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    code = 0
 
-    async def lifecycle() -> None:
-        nonlocal code
+    async def lifecycle(stop: asyncio.Event) -> int:
         async with running_system(args, settings, extra_env) as system:
             print(system.ready_line(), flush=True)
-            keep = True
-            if then is not None:
-                code, keep = await then(system)
+            code, keep = (0, True) if then is None else await then(system)
             if keep:
-                await stop.wait()
+                # A signal while serving ends it with `then`'s code; the block still unwinds in order.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await stop.wait()
+            return code
 
-    task = asyncio.create_task(lifecycle(), name="suara-up")
-    signalled = asyncio.create_task(stop.wait())
-    try:
-        await asyncio.wait({task, signalled}, return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
-            # A signal, wherever the task is (starting, in `then`, serving): cancelling unwinds the block in
-            # order, since its finally stops the children and then the database.
-            note("stopping: site, publish, tally, aggregate, then the database")
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    except ChildFailed as exc:
-        note(f"suara up: {exc}")
-        return 1
-    finally:
-        signalled.cancel()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-    return code
+    # A signal wherever the task is (starting, in `then`, serving): cancelling unwinds the block in
+    # order, since its finally stops the children and then the database.
+    return await serve_until_signalled(
+        lifecycle, name="suara-up", stopping="stopping: site, publish, tally, aggregate, then the database"
+    )
 
 
 async def run_up(args: argparse.Namespace, settings: Settings) -> int:
