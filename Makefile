@@ -25,13 +25,14 @@ demo: install  ## start PostgreSQL and the services, feed a small simulated elec
 # The site is tested in Debian's chromium and behind a real nginx: installed here when missing and
 # possible (root with apt); otherwise those tests skip, saying why. Likewise promtool (Debian's prometheus),
 # which checks and unit-tests the alert rules in deploy/prometheus; nftables, whose nft applies
-# deploy/nftables in a network namespace of the test's own; iproute2 (ip, ss) for the cluster's hosts.
-system-deps:  ## chromium and nginx for the site tests, prometheus (promtool) for the alert rules, etcd and iproute2 for the cluster tests, nftables for the firewall test (apt, when root and missing)
-	@if ! command -v chromium >/dev/null || ! command -v nginx >/dev/null || ! command -v promtool >/dev/null || ! command -v etcd >/dev/null || ! command -v nft >/dev/null || ! command -v ip >/dev/null || ! command -v ss >/dev/null; then \
+# deploy/nftables in a network namespace of the test's own; iproute2 (ip, ss) for the cluster's hosts;
+# Debian's postgresql: a PostgreSQL built with TLS for the cluster's database tier (the wheel's has none).
+system-deps:  ## chromium and nginx for the site tests, prometheus (promtool) for the alert rules, etcd, iproute2 and a TLS-capable PostgreSQL for the cluster tests, nftables for the firewall test (apt, when root and missing)
+	@if ! command -v chromium >/dev/null || ! command -v nginx >/dev/null || ! command -v promtool >/dev/null || ! command -v etcd >/dev/null || ! command -v nft >/dev/null || ! command -v ip >/dev/null || ! command -v ss >/dev/null || ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "== installing chromium and nginx-light (site tests), prometheus (alert rule tests), etcd-server and iproute2 (cluster tests), nftables (firewall test)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nginx-light prometheus etcd-server iproute2 nftables >/dev/null; \
-	  else echo "note: chromium/nginx/promtool/etcd/nft/ip missing and not installable here: the browser, nginx, alert rule, cluster and firewall tests will skip (or the cluster runs on loopback addresses)"; fi; \
+	    echo "== installing chromium and nginx-light (site tests), prometheus (alert rule tests), etcd-server, iproute2 and postgresql (cluster tests), nftables (firewall test)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nginx-light prometheus etcd-server iproute2 postgresql nftables >/dev/null; \
+	  else echo "note: chromium/nginx/promtool/etcd/nft/ip/postgresql missing and not installable here: the browser, nginx, alert rule, cluster and firewall tests will skip (or the cluster runs on loopback addresses, its database tier without TLS)"; fi; \
 	fi
 
 test: install system-deps  ## the whole test suite, against real PostgreSQL (embedded unless DATABASE_URL is set)

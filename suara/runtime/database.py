@@ -125,7 +125,12 @@ class Session(_Queries):
         return cls(conn)
 
     def is_closed(self) -> bool:
-        return bool(self.connection.is_closed())
+        try:
+            return bool(self.connection.is_closed())
+        except asyncpg.InterfaceError:
+            # A pooled connection whose server went away (a failover): asyncpg has already handed it back
+            # to its pool and detached it from this proxy, which then refuses every call.
+            return True
 
     async def add_listener(self, channel: str, callback: Callable[..., object]) -> None:
         with _TRANSLATE:
@@ -133,11 +138,11 @@ class Session(_Queries):
 
     async def close(self, grace_s: float = 2.0) -> None:
         """Close politely within `grace_s`, else drop the socket. Never raises: the connection may be gone."""
-        if self.connection.is_closed():
+        if self.is_closed():
             return
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.connection.close(), grace_s)
-        if not self.connection.is_closed():
+        if not self.is_closed():
             self.connection.terminate()
 
 

@@ -140,7 +140,9 @@ def create_ca(name: str = "suara private CA", days: int = CA_DAYS) -> KeyPair:
     return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
 
 
-def _leaf(ca: KeyPair, name: str, san: list[x509.GeneralName], usage: x509.ObjectIdentifier, days: int) -> KeyPair:
+def _leaf(
+    ca: KeyPair, name: str, san: list[x509.GeneralName], usages: Sequence[x509.ObjectIdentifier], days: int
+) -> KeyPair:
     key = _new_key()
     ca_cert = ca.certificate
     now = _now()
@@ -167,7 +169,7 @@ def _leaf(ca: KeyPair, name: str, san: list[x509.GeneralName], usage: x509.Objec
             ),
             critical=True,
         )
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
         .add_extension(x509.SubjectAlternativeName(san), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.private_key.public_key()), critical=False)
         .sign(ca.private_key, hashes.SHA256())
@@ -188,7 +190,17 @@ def issue_server(ca: KeyPair, name: str, hosts: Sequence[str], days: int = SERVE
     """A server certificate for `hosts` (DNS names and IP addresses clients dial)."""
     if not hosts:
         raise PkiError("a server certificate needs at least one host (a DNS name or an IP address)")
-    return _leaf(ca, _checked_name(name), [_host_name(h) for h in hosts], ExtendedKeyUsageOID.SERVER_AUTH, days)
+    return _leaf(ca, _checked_name(name), [_host_name(h) for h in hosts], [ExtendedKeyUsageOID.SERVER_AUTH], days)
+
+
+def issue_peer(ca: KeyPair, name: str, hosts: Sequence[str], days: int = SERVER_DAYS) -> KeyPair:
+    """A certificate that both serves `hosts` and dials others with it: a member of a cluster whose members
+    call each other (etcd's peers, Patroni's REST API), TLS client and server at once. It names no suara
+    role: suara's services refuse it as a client."""
+    if not hosts:
+        raise PkiError("a peer certificate needs at least one host (a DNS name or an IP address)")
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    return _leaf(ca, _checked_name(name), [_host_name(h) for h in hosts], usages, days)
 
 
 def issue_client(ca: KeyPair, name: str, role: str, days: int = LEAF_DAYS, election: str = "") -> KeyPair:
@@ -204,7 +216,7 @@ def issue_client(ca: KeyPair, name: str, role: str, days: int = LEAF_DAYS, elect
                 "1 to 64 lowercase letters, digits, '.', '_' or '-'"
             )
         san.append(x509.UniformResourceIdentifier(ELECTION_URI_PREFIX + election))
-    return _leaf(ca, _checked_name(name), san, ExtendedKeyUsageOID.CLIENT_AUTH, days)
+    return _leaf(ca, _checked_name(name), san, [ExtendedKeyUsageOID.CLIENT_AUTH], days)
 
 
 def _uris(cert: x509.Certificate, prefix: str) -> list[str]:
@@ -341,6 +353,9 @@ class PkiDir:
 
     def issue_server(self, name: str, hosts: Sequence[str], days: int = SERVER_DAYS) -> KeyPair:
         return self._save(name, issue_server(self.authority(), name, hosts, days))
+
+    def issue_peer(self, name: str, hosts: Sequence[str], days: int = SERVER_DAYS) -> KeyPair:
+        return self._save(name, issue_peer(self.authority(), name, hosts, days))
 
     def issue_client(self, name: str, role: str, days: int = LEAF_DAYS, election: str = "") -> KeyPair:
         return self._save(name, issue_client(self.authority(), name, role, days, election))

@@ -1,6 +1,7 @@
 """Issue 15, `suara cluster`: the whole topology on this machine, a load test through it while one tally
-host is cut off from the database hosts and healed (drill 6), then another tally host dies (drill 2) and
-then one of the two aggregate hosts (drill 3), then `suara cluster down`.
+host is cut off from the database hosts and healed (drill 6), then another tally host dies (drill 2),
+then one of the two aggregate hosts (drill 3), then the database primary's host (drill 1: a synchronous
+standby is promoted), then `suara cluster down`.
 
 Everything is real and out of process: `suara cluster up` (three etcd + Patroni + PostgreSQL hosts,
 SeaweedFS, two aggregate hosts, two tally hosts behind Envoy, publish active and standby, nginx in front of the
@@ -21,9 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -66,6 +69,8 @@ CUT_AFTER = 60  # forms stored before a tally host is cut off from the database 
 WHILE_CUT = 30  # forms stored through the other tally host while the cut-off one is out
 KILL_AFTER = 40  # forms stored after the healed host is back, before the other tally host dies
 KILL_AGGREGATE_AFTER = 150  # forms stored after that, before an aggregate host dies
+KILL_DATABASE_AFTER = 100  # forms stored after that, before the database primary's host dies
+UNAVAILABLE_TARGET_S = 30.0  # the issue's bound on a database failover as ingest sees it
 PHOTOS = "0.05"  # share of TPS whose forms carry photos: they go to the photo bucket, the site links them
 LOADTEST_S = 1200.0
 
@@ -119,6 +124,8 @@ async def test_cluster_up_loadtest_through_partitions_and_host_deaths_then_down(
     async with _cluster_up(data, tmp_path / "cluster-up.log") as (up, ready):
         state: dict[str, Any] = json.loads((data / "cluster.json").read_text())
         hosts = {h["name"]: h for h in state["hosts"]}
+        api_tls = ssl.create_default_context(cafile=state["database_tls"]["ca"])  # Patroni's API: HTTPS only
+        database_hosts = [hosts[name] for name in ("db1", "db2", "db3")]
         # As root (CI) the hosts are namespaces, on loopback addresses otherwise (`--hosts auto`).
         partition_why_not = netns_possible()
         assert state["network"]["mode"] == ("netns" if partition_why_not is None else "loopback")
@@ -198,8 +205,19 @@ async def test_cluster_up_loadtest_through_partitions_and_host_deaths_then_down(
                 )  # fmt: skip
                 stored_at_aggregate_kill = await db.fetchval("SELECT count(*) FROM tally.submission")
                 _kill_host(hosts["aggregate1"])
+                # Drill 1: the database primary's host dies (its etcd member, Patroni, every PostgreSQL process).
+                await poll_until(
+                    stored(stored_at_aggregate_kill + KILL_DATABASE_AFTER), "forms stored after aggregate1 died",
+                    LOADTEST_S, loadtest_running,
+                )  # fmt: skip
+                primary = await asyncio.to_thread(_database_leader, database_hosts, api_tls)
+                assert primary is not None, "no database host answers as the leader"
+                synchronous = await asyncio.to_thread(_synchronous_standbys, primary, api_tls)
+                stored_at_database_kill = await db.fetchval("SELECT count(*) FROM tally.submission")
+                database_killed_at = time.time()  # wall clock: compared with the commits' received_at
+                _kill_host(primary, with_descendants=True)
             finally:
-                await db.close()
+                db.terminate()  # it may have been the dead primary's
             code = await asyncio.wait_for(loadtest.wait(), LOADTEST_S)
         finally:
             if loadtest.returncode is None:
@@ -212,6 +230,44 @@ async def test_cluster_up_loadtest_through_partitions_and_host_deaths_then_down(
         outcomes, errors = result["outcomes"], result["errors"]
         acknowledged = sum(n for outcome, n in outcomes.items() if outcome != "DUPLICATE")
         lost_in_aggregate, twice = await _lost_and_twice(state["database_url"])
+        survivors = [h for h in database_hosts if h["name"] != primary["name"]]
+        promoted = await asyncio.to_thread(_database_leader, survivors, api_tls)
+        assert promoted is not None and promoted["name"] in synchronous, (promoted, synchronous)
+        db = await asyncpg.connect(state["database_url"])
+        try:
+            # The database's own clock of ingest: every commit's received_at (set inside its transaction).
+            commits = await db.fetch(
+                "SELECT extract(epoch FROM received_at)::float8 AS at FROM tally.submission"
+                " WHERE received_at > to_timestamp($1) ORDER BY received_at",
+                database_killed_at,
+            )
+            rows, distinct = await db.fetchrow("SELECT count(*), count(DISTINCT payload_sha256) FROM tally.submission")
+        finally:
+            await db.close()
+        times = [database_killed_at, *(r["at"] for r in commits)]
+        unavailable_s = max(b - a for a, b in itertools.pairwise(times))
+        # The operator's audit recomputes the chain and every signature on the promoted primary.
+        audit = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cli", "audit", "verify", "--json", env=_audit_env(data, state), cwd=tmp_path,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        audit_out, audit_err = await asyncio.wait_for(audit.communicate(), 300)
+        audit_report = json.loads(audit_out) if audit.returncode in (0, 1) else {"ok": False}
+        record_property(
+            "figures",
+            {
+                "drill": "suara cluster: the database primary's host SIGKILLed mid-load (drill 1)",
+                "primary_killed": primary["name"],
+                "promoted": promoted["name"],
+                "stored_when_killed": stored_at_database_kill,
+                "acknowledged_forms_lost": verification["mismatch_count"],
+                "forms_counted_twice": rows - distinct,
+                "published_totals_vs_oracle": "exact" if verification["exact"] else "MISMATCH",
+                "seconds_unavailable": round(unavailable_s, 1),
+                "worst_latency_ms": result["latency_ms"]["max"],
+                "audit_verify": "OK" if audit_report["ok"] else "FAILED",
+            },
+        )
         record_property(
             "figures",
             {
@@ -240,6 +296,10 @@ async def test_cluster_up_loadtest_through_partitions_and_host_deaths_then_down(
         assert verification["exact"] and verification["mismatch_count"] == 0
         assert (lost_in_aggregate, twice) == (0, 0)
         assert result["settled"] is True
+        assert rows == distinct
+        assert audit.returncode == 0, (audit_out + audit_err).decode()[-4000:]
+        assert (audit_report["ok"], audit_report["records"]) == (True, rows), audit_report
+        assert unavailable_s <= UNAVAILABLE_TARGET_S, unavailable_s
         # The calls in flight on the dead host may be answered UNAVAILABLE, or UNKNOWN when their stream
         # is reset mid-call through Envoy (the SDK sends both again; none was lost, above);
         # the malformed forms INVALID_ARGUMENT, on purpose. Nothing else.
@@ -426,9 +486,53 @@ def _get(url: str) -> tuple[bytes, str]:
         return reply.read(), reply.headers["Content-Type"]
 
 
-def _kill_host(host: dict[str, Any]) -> None:
-    """Every process of `host` SIGKILLed at once, as a machine losing power."""
-    for pid in (*host["pids"].values(), *host["all_pids"]):
+def _audit_env(data: Path, state: dict[str, Any]) -> dict[str, str]:
+    """`suara audit verify` as an operator runs it against the cluster: its database (multi-host, over TLS)
+    and its photo store (the photo bucket on the storage host, over HTTPS with the cluster's CA)."""
+    from cli.cluster import PHOTO_BUCKET, PHOTO_PREFIX, SITE_BUCKET
+
+    keys = json.loads((data / "s3.key").read_text())
+    return {
+        **_env(data),
+        "DATABASE_URL": state["database_url"],
+        "SUARA_PHOTO_STORE": f"s3://{PHOTO_BUCKET}/{PHOTO_PREFIX}",
+        "SUARA_PHOTO_STORE_ENDPOINT_URL": state["bucket"].split(f"/{SITE_BUCKET}/", 1)[0],
+        "AWS_ACCESS_KEY_ID": keys["access_key"],
+        "AWS_SECRET_ACCESS_KEY": keys["secret_key"],
+        "AWS_CA_BUNDLE": state["ca"],
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
+
+
+def _database_leader(hosts: list[dict[str, Any]], tls: ssl.SSLContext) -> dict[str, Any] | None:
+    """The database host whose Patroni answers 200 on /leader."""
+    from cli.patroni import http_status
+
+    return next((h for h in hosts if http_status(f"{h['patroni_api']}/leader", 2.0, tls) == 200), None)
+
+
+def _synchronous_standbys(leader: dict[str, Any], tls: ssl.SSLContext) -> set[str]:
+    """The hosts Patroni lists as synchronous standbys: the only ones it may promote."""
+    from cli.patroni import http_json
+
+    members = http_json(f"{leader['patroni_api']}/cluster", 2.0, tls)["members"]
+    return {m["name"] for m in members if m.get("role") == "sync_standby"}
+
+
+def _kill_host(host: dict[str, Any], with_descendants: bool = False) -> None:
+    """Every process of `host` SIGKILLed at once, as a machine losing power. `with_descendants`: the children
+    its main processes have now too (PostgreSQL's backends started after cluster.json was written), all
+    stopped first so that none reacts to another's death."""
+    from cli.patroni import descendants
+
+    victims = [*host["pids"].values(), *host["all_pids"]]
+    if with_descendants:
+        victims += [child for pid in host["pids"].values() for child in descendants(pid)]
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+    for pid in victims:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 

@@ -19,7 +19,10 @@ import itertools
 import json
 import os
 import random
+import ssl
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -29,7 +32,7 @@ import asyncpg
 import grpc
 import pytest
 
-from cli.patroni import Host, PatroniCluster, etcd_binary, http_status, patroni_installed
+from cli.patroni import Host, PatroniCluster, etcd_binary, http_json, http_status, patroni_installed
 from suara.client.sdk import TERMINAL_CODES
 from suara.registry.loader import load_registry
 from suara.v1 import form_pb2, tally_pb2
@@ -349,7 +352,7 @@ class PrimaryWatch:
         while not stop.is_set():
             writable = sum(await asyncio.gather(*(self._writable(h) for h in self.cluster.hosts)))
             statuses = await asyncio.gather(
-                *(asyncio.to_thread(http_status, f"{h.api}/leader", 1.0) for h in self.cluster.hosts)
+                *(asyncio.to_thread(self.cluster.api_status, h, "/leader", 1.0) for h in self.cluster.hosts)
             )
             leaders = sum(status == 200 for status in statuses)
             self.most_writable = max(self.most_writable, writable)
@@ -426,3 +429,66 @@ async def test_etcd_losing_its_majority_refuses_writes_without_a_second_primary_
     assert acked_while_refused == 0
     assert watch.most_writable == 1, "a second primary appeared"
     assert watch.most_leaders <= 1, "two Patroni claimed the leadership at once"
+
+
+async def test_the_tier_speaks_only_tls_postgres_replication_patroni_and_etcd(cluster: PatroniCluster) -> None:
+    """Everything over TLS inside the database tier: each check is a peer refusing what is not TLS, or not
+    signed by the tier's CA, and accepting what is; the servers' own views (pg_stat_ssl) say TLS was used."""
+    if not cluster.pg_tls:
+        pytest.skip(f"PostgreSQL without TLS here: {cluster.tls_summary()['warning']}")
+    await cluster.provision()
+    leader = cluster.leader()
+    assert leader is not None
+
+    # PostgreSQL: pg_hba has hostssl lines only; a connection without TLS is refused, on every host.
+    for host in cluster.hosts:
+        plain = cluster.host_url(host).replace("sslmode=verify-full", "sslmode=disable")
+        assert "sslmode=disable" in plain
+        with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError, match="no encryption"):
+            await asyncpg.connect(plain)
+    conn = await asyncpg.connect(cluster.url())  # verify-full against the tier's CA, each host by its address
+    try:
+        assert await conn.fetchval("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()") is True
+        replication = await conn.fetch(
+            "SELECT r.application_name, r.sync_state, s.ssl, s.version"
+            " FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)"
+        )
+        clients = await conn.fetch(
+            "SELECT a.application_name, s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)"
+            " WHERE a.backend_type = 'client backend'"
+        )
+    finally:
+        await conn.close()
+    # Both synchronous standbys stream the WAL over TLS; every client (Patroni's own included) came over TLS.
+    assert sorted((r["application_name"], r["sync_state"], r["ssl"]) for r in replication) == sorted(
+        (h.name, "sync", True) for h in cluster.hosts if h.name != leader.name
+    ), replication
+    assert {r["version"] for r in replication} == {"TLSv1.3"}
+    assert clients and all(r["ssl"] for r in clients), clients
+
+    stranger = ssl.create_default_context()  # trusts the system's CAs, not the tier's
+    for host in cluster.hosts:
+        # Patroni's REST API: HTTPS only, with the tier's certificate; reads open, changes need a client certificate.
+        assert cluster.api_status(host, "/cluster") == 200
+        assert http_status(f"http://{host.address}:{host.api_port}/cluster") is None
+        assert http_status(f"{host.api}/cluster", context=stranger) is None
+        anonymous = ssl.create_default_context(cafile=str(cluster.pki.ca_cert))
+        assert _post_status(f"{host.api}/reload", anonymous) == 403
+        assert _post_status(f"{host.api}/reload", cluster.client_tls()) == 202
+        # etcd: client and peer URLs HTTPS only, and a client certificate of the tier's CA required.
+        assert http_json(f"{host.etcd_url}/health", context=cluster.client_tls()) == {"health": "true"}
+        assert http_status(f"http://{host.address}:{host.etcd_client}/health") in (None, 400)
+        assert http_json(f"{host.etcd_url}/health", context=anonymous) is None
+        assert http_status(f"http://{host.address}:{host.etcd_peer}/members") in (None, 400)
+        assert http_status(f"{host.etcd_peer_url}/members", context=anonymous) is None
+
+
+def _post_status(url: str, context: ssl.SSLContext) -> int | None:
+    request = urllib.request.Request(url, data=b"", method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5, context=context) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+    except OSError:
+        return None

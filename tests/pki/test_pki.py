@@ -24,6 +24,7 @@ from suara.runtime.pki import (
     PkiError,
     create_ca,
     issue_client,
+    issue_peer,
     issue_server,
     role_of,
     split_bundle,
@@ -99,6 +100,23 @@ def test_issued_certificates_complete_a_mutual_tls_handshake(tmp_path: Path) -> 
     assert peer is not None
     assert ("URI", "urn:suara:role:writer") in peer["subjectAltName"]  # type: ignore[operator]
     assert (("commonName", "relay"),) in peer["subject"]  # type: ignore[operator]
+
+
+def test_a_peer_certificate_serves_and_dials_where_a_server_certificate_cannot_dial(tmp_path: Path) -> None:
+    """etcd members and Patroni call each other with one certificate each: OpenSSL must take it both ways."""
+    ca = create_ca()
+    member, other = issue_peer(ca, "db1", ["127.0.1.1"]), issue_peer(ca, "db2", ["127.0.1.2"])
+    peer, version, error = _handshake(
+        _server_context(tmp_path, ca, member), _client_context(tmp_path, ca, other), server_hostname="127.0.1.1"
+    )
+    assert error is None and version == "TLSv1.3"
+    assert peer is not None and (("commonName", "db2"),) in peer["subject"]  # type: ignore[operator]
+    assert role_of(other.certificate) is None  # no suara role: no service takes it as a client
+    server_only = issue_server(ca, "db3", ["127.0.1.3"])
+    _, _, refused = _handshake(
+        _server_context(tmp_path, ca, member), _client_context(tmp_path, ca, server_only), server_hostname="127.0.1.1"
+    )
+    assert refused is not None  # a server certificate is no client's
 
 
 def test_a_server_certificate_names_only_its_hosts(tmp_path: Path) -> None:

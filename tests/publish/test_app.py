@@ -179,6 +179,29 @@ async def test_a_second_app_stands_by_without_writing_and_takes_over_when_the_fi
             await _stop(first)
 
 
+async def test_the_active_app_whose_lock_session_the_server_ends_takes_the_lock_again_and_publishes(
+    pipeline: Pipeline, site: Path, tmp_path: Path
+) -> None:
+    """What a database failover does to the active publisher: the session holding its lock is gone."""
+    rng = random.Random(13)
+    app = await PublishApp.create(await _settings(pipeline, site, tmp_path), pipeline.db_url)
+    async with running(app):
+        await asyncio.wait_for(_until_active(app), WAIT_S)
+        await pipeline.random_night(rng, 10)
+        await _published(pipeline, app)
+        ended = await pipeline.db.fetchval(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory'"
+            " AND granted AND ((classid::bigint << 32) | objid::bigint) = $1",
+            LOCK_KEY,
+        )
+        assert ended == 1
+        before = _pointer(site)["snapshot"]
+        await pipeline.random_night(rng, 10)
+        await _published(pipeline, app)
+        await pipeline.check_site(site)
+        assert app.active and _pointer(site)["snapshot"] > before
+
+
 async def _until_active(app: PublishApp) -> None:
     """Until `app` holds the lock: it decides at the top of each loop turn, so look after each turn."""
     while not app.active:
