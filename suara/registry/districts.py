@@ -457,7 +457,11 @@ def _dprd(
             problems.append(f"{where} [provinsi] {province}: {seats} seats, a DPRD provinsi has 20-120")
             continue
         n = max(math.ceil(seats / high), min(seats // low, round(seats / _DPRD_TARGET_SEATS)))
-        runs = _cut(tree.children.get(province, []), n, tree)
+        try:
+            runs = _cut(tree.children.get(province, []), n, tree)
+        except ValueError:
+            problems.append(f"{where} [provinsi] {province}: {seats} seats need {n} districts, more than its kecamatan")
+            continue
         upper = _upper(tree.names[province])
         for k, (run, s) in enumerate(
             zip(runs, _apportion([sum(map(tree.weight, r)) for r in runs], seats, low, high), strict=True)
