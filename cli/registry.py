@@ -12,6 +12,7 @@ from cli.embedded import database_url
 from cli.progress import Progress
 from suara.registry.areas import LEVEL_NAMES
 from suara.registry.contests import DEFAULT_PATH, ContestConfigError, read_contests
+from suara.registry.districts import SHAPES
 from suara.registry.loader import RehearsalMismatch, check_election_id, load_registry
 from suara.registry.summary import is_migrated, summarize
 from suara.registry.synthetic import PEMILU_2024_TPS
@@ -97,6 +98,15 @@ def add_parser(sub: Any) -> None:
         metavar="PATH",
         help=f"contests file (TOML) to load instead of the packaged one ({DEFAULT_PATH.name})",
     )
+    p.add_argument(
+        "--shape",
+        metavar="NAME|DIR",
+        help=(
+            "load a whole election instead of the contests file: pemilu2024 (Pemilu 2024's five ballots with "
+            "their districts, the voters abroad, and Pilkada 2024's 545 regions, generated from the data files "
+            "in suara/registry/pemilu2024/ and --seed), or a directory of data files in that layout"
+        ),
+    )
     p.set_defaults(handler=run_load)
     p = regsub.add_parser(
         "show",
@@ -137,11 +147,23 @@ async def run_load(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
-    try:
-        read_contests(args.contests)  # fail on a bad file before starting a database
-    except ContestConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    shape = None
+    if args.shape is not None:
+        if args.contests is not None:
+            print("--shape loads its own contests: leave out --contests", file=sys.stderr)
+            return 2
+        shape = SHAPES.get(args.shape, Path(args.shape))
+        if not shape.is_dir():
+            print(
+                f"--shape {args.shape}: neither {' nor '.join(SHAPES)} nor a directory of data files", file=sys.stderr
+            )
+            return 2
+    else:
+        try:
+            read_contests(args.contests)  # fail on a bad file before starting a database
+        except ContestConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 2
     started = time.perf_counter()
     bars: dict[str, Progress] = {}
 
@@ -167,6 +189,7 @@ async def run_load(args: argparse.Namespace, settings: Settings) -> int:
                     progress=progress,
                     election_id=args.election_id,
                     rehearsal=True if args.rehearsal else None,
+                    shape=shape,
                 )
             except (ContestConfigError, RehearsalMismatch) as exc:
                 print(exc, file=sys.stderr)
@@ -179,7 +202,8 @@ async def run_load(args: argparse.Namespace, settings: Settings) -> int:
     )
     print(
         f"loaded registry #{summary.load_id} in {summary.seconds:.1f}s: {summary.areas:,} areas, {tps}, "
-        f"{summary.contests} contests with {summary.choices} choices; "
+        f"{summary.contests} contests with {summary.choices} choices"
+        f"{f' in {summary.districts:,} districts' if summary.districts else ''}; "
         f"{'REHEARSAL' if summary.rehearsal else 'election'} {summary.election_id}"
     )
     return 0
@@ -198,8 +222,8 @@ async def run_show(args: argparse.Namespace, settings: Settings) -> int:
     print(f"tps: {summary.tps:,} with {summary.dpt:,} voters (DPT)")
     print(f"contests: {len(summary.contests)}")
     for c in summary.contests:
-        where = f"scope {c.scope}" if c.scope else "national"
-        print(f"  {c.id:<8} {c.choices:>4} choices  {where:<10} max {c.max_voters_per_tps}/TPS  {c.name}")
+        where = f"{c.districts} districts" if c.districts else f"scope {c.scope}" if c.scope else "national"
+        print(f"  {c.id:<8} {c.choices:>4} choices  {where:<14} max {c.max_voters_per_tps}/TPS  {c.name}")
     last = summary.last_load
     if last is None:
         print("last load: never (run `suara registry load`)")

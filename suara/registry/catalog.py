@@ -12,7 +12,7 @@ from itertools import islice
 import asyncpg
 
 from suara.election.codes import TPS_LENGTH, is_tps_code
-from suara.election.contest import Choice, Contest
+from suara.election.contest import Choice, Contest, District
 from suara.registry.queries import QUERIES
 from suara.runtime.database import Database
 
@@ -20,15 +20,33 @@ _FETCH_ROWS = 50_000  # rows per cursor round trip when reading every TPS
 
 
 async def fetch_contests(conn: asyncpg.Connection) -> dict[str, Contest]:
-    """Every contest by id (in id order), its choices ordered by nomor_urut."""
+    """Every contest by id (in id order), its choices ordered by nomor_urut, its districts by code."""
     choices: dict[str, list[Choice]] = {}
     for r in await conn.fetch(
-        "SELECT contest, id, nama, nomor_urut, warna FROM registry.choice ORDER BY contest, nomor_urut, id"
+        "SELECT contest, id, nama, nomor_urut, warna, district, party, region FROM registry.choice"
+        " ORDER BY contest, nomor_urut, id"
     ):
-        choices.setdefault(r["contest"], []).append(Choice(r["id"], r["nama"], r["nomor_urut"], r["warna"]))
-    rows = await conn.fetch("SELECT id, name, scope, max_voters_per_tps FROM registry.contest ORDER BY id")
+        choices.setdefault(r["contest"], []).append(
+            Choice(r["id"], r["nama"], r["nomor_urut"], r["warna"], r["district"], r["party"], r["region"])
+        )
+    areas: dict[tuple[str, str], list[str]] = {}
+    for r in await conn.fetch("SELECT contest, district, area FROM registry.district_area ORDER BY contest, area"):
+        areas.setdefault((r["contest"], r["district"]), []).append(r["area"])
+    districts: dict[str, list[District]] = {}
+    for r in await conn.fetch("SELECT contest, code, name, seats FROM registry.district ORDER BY contest, code"):
+        found = District(r["code"], r["name"], r["seats"], tuple(areas.get((r["contest"], r["code"]), ())))
+        districts.setdefault(r["contest"], []).append(found)
+    rows = await conn.fetch("SELECT id, name, scope, max_voters_per_tps, kind FROM registry.contest ORDER BY id")
     return {
-        r["id"]: Contest(r["id"], r["name"], r["scope"], r["max_voters_per_tps"], tuple(choices.get(r["id"], ())))
+        r["id"]: Contest(
+            r["id"],
+            r["name"],
+            r["scope"],
+            r["max_voters_per_tps"],
+            tuple(choices.get(r["id"], ())),
+            tuple(districts.get(r["id"], ())),
+            r["kind"],
+        )
         for r in rows
     }
 

@@ -87,7 +87,7 @@ def _contest(table: Mapping[str, Any], where: str, problems: list[str]) -> Conte
     choices = _choices(table.get("choices"), where, problems)
     if len(problems) > before or name is None or max_voters is None:
         return None
-    return Contest(cid, name, str(scope), max_voters, choices)
+    return Contest(cid, name, str(scope), max_voters, choices, kind=str(kind))
 
 
 def _choices(raw: Any, where: str, problems: list[str]) -> tuple[Choice, ...]:

@@ -18,9 +18,11 @@ from typing import Any
 
 import asyncpg
 
+from suara.election.contest import Contest
 from suara.registry.areas import Area, read_areas
 from suara.registry.catalog import fetch_election
 from suara.registry.contests import DEFAULT_PATH, ContestConfigError, read_contests
+from suara.registry.districts import abroad_tps, read_shape
 from suara.registry.synthetic import Tps, synthetic_tps
 
 _LOCK_KEY = 0x5245474C4F4144  # "REGLOAD"
@@ -59,6 +61,7 @@ class LoadSummary:
     synthetic_scale: float | None
     seed: int | None
     seconds: float
+    districts: int = 0
 
 
 async def load_registry(
@@ -70,6 +73,7 @@ async def load_registry(
     progress: Progress | None = None,
     election_id: str | None = None,
     rehearsal: bool | None = None,
+    shape: Path | None = None,
 ) -> LoadSummary:
     """Load the real areas, the contests and (unless `synthetic_scale` is None) a synthetic TPS list.
 
@@ -83,6 +87,10 @@ async def load_registry(
 
     `progress(phase, done, total)` is called after each step of each phase:
     read (areas), generate (TPS), delete (old rows), area, tps, contests, commit.
+
+    `shape` (a directory such as districts.SHAPES["pemilu2024"]) loads a whole election instead of
+    the contests file: every contest with its districts, generated from the directory's data files
+    and `seed`, and the voters abroad (area 99 and, with `synthetic_scale`, their stations).
     """
     if not 0 <= seed < 2**63:  # registry.load.seed is a bigint
         raise ValueError(f"seed must be in [0, 2**63), not {seed}")
@@ -91,13 +99,24 @@ async def load_registry(
     started = time.perf_counter()
     report = progress or (lambda phase, done, total: None)
     # Everything is read and generated before the transaction, to keep it short.
-    areas = read_areas()
-    contests = read_contests(contests_path)
-    _check_scopes([c.scope for c in contests], {a.code for a in areas if a.level <= 2}, contests_path)
+    if shape is not None and contests_path is not None:
+        raise ValueError("give a contests file or an election shape, not both")
+    domestic = read_areas()
+    areas: Sequence[Area] = domestic
+    contests: Sequence[Contest]
+    if shape is None:
+        contests = read_contests(contests_path)
+        _check_scopes([c.scope for c in contests], {a.code for a in areas if a.level <= 2}, contests_path)
+    else:
+        election = read_shape(shape, domestic, seed)
+        contests = election.contests
+        areas = (*domestic, *election.abroad_areas)
     report("read", len(areas), len(areas))
     tps: list[Tps] = []
     if synthetic_scale is not None:
-        tps = synthetic_tps(areas, scale=synthetic_scale, seed=seed)
+        tps = synthetic_tps(domestic, scale=synthetic_scale, seed=seed)
+        if shape is not None:
+            tps += abroad_tps(election, scale=synthetic_scale, seed=seed)  # "99…" sorts after every province
         report("generate", len(tps), len(tps))
 
     async with conn.transaction():
@@ -127,15 +146,29 @@ async def load_registry(
         await _copy(conn, "tps", ("code", "desa", "number", "dpt"), tps, report)
         await conn.copy_records_to_table(
             "contest",
-            records=[(c.id, c.name, c.scope, c.max_voters_per_tps) for c in contests],
-            columns=("id", "name", "scope", "max_voters_per_tps"),
+            records=[(c.id, c.name, c.scope, c.max_voters_per_tps, c.jenis) for c in contests],
+            columns=("id", "name", "scope", "max_voters_per_tps", "kind"),
             schema_name="registry",
         )
-        choices = [(c.id, ch.id, ch.nama, ch.nomor_urut, ch.warna) for c in contests for ch in c.choices]
+        districts = [(c.id, c.jenis, d.code, d.name, d.seats) for c in contests for d in c.districts]
+        await conn.copy_records_to_table(
+            "district", records=districts, columns=("contest", "kind", "code", "name", "seats"), schema_name="registry"
+        )
+        await conn.copy_records_to_table(
+            "district_area",
+            records=[(c.id, d.code, a) for c in contests for d in c.districts for a in d.areas],
+            columns=("contest", "district", "area"),
+            schema_name="registry",
+        )
+        choices = [
+            (c.id, ch.id, ch.nama, ch.nomor_urut, ch.warna, ch.district, ch.party, ch.region)
+            for c in contests
+            for ch in c.choices
+        ]
         await conn.copy_records_to_table(
             "choice",
             records=choices,
-            columns=("contest", "id", "nama", "nomor_urut", "warna"),
+            columns=("contest", "id", "nama", "nomor_urut", "warna", "district", "party", "region"),
             schema_name="registry",
         )
         report("contests", len(contests), len(contests))
@@ -166,6 +199,7 @@ async def load_registry(
         synthetic_scale=synthetic_scale,
         seed=seed if synthetic_scale is not None else None,
         seconds=time.perf_counter() - started,
+        districts=len(districts),
     )
 
 

@@ -17,6 +17,7 @@ class ContestSummary:
     scope: str | None
     max_voters_per_tps: int
     choices: int
+    districts: int = 0  # 0: one district, its scope
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ async def summarize(conn: asyncpg.Connection) -> RegistrySummary:
     levels = {int(r["level"]): int(r["areas"]) for r in await conn.fetch(QUERIES.areas_by_level)}
     totals = await conn.fetchrow(QUERIES.tps_totals)
     contests = [
-        ContestSummary(r["id"], r["name"], r["scope"], r["max_voters_per_tps"], r["choices"])
+        ContestSummary(r["id"], r["name"], r["scope"], r["max_voters_per_tps"], r["choices"], r["districts"])
         for r in await conn.fetch(QUERIES.contest_summaries)
     ]
     last = await conn.fetchrow(QUERIES.last_load)

@@ -206,3 +206,38 @@ def test_a_real_election_never_becomes_a_rehearsal(database: str, capsys: pytest
     assert cli.main(["rehearsal", "wipe", "--election-id", TEST_ELECTION, "--yes"]) == 2
     assert "is a real election, not a rehearsal" in capsys.readouterr().err
     assert asyncio.run(_election(database)) == TEST_ELECTION
+
+
+def test_a_shape_loads_the_whole_election_and_show_lists_its_districts(
+    database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["registry", "load", "--shape", "pemilu2024", "--synthetic-tps", "--scale", "0.001", "--seed", "2"]
+    assert cli.main(args) == 0
+    loaded = capsys.readouterr().out
+    districts = asyncio.run(_fetchval(database, "SELECT count(*) FROM registry.district"))
+    assert f"in {districts:,} districts" in loaded and "7 contests" in loaded
+    assert cli.main(["registry", "show"]) == 0
+    shown = capsys.readouterr().out
+    assert "84 districts" in shown and "508 districts" in shown and "37 districts" in shown
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--shape", "/nonexistent/shape"], "neither pemilu2024 nor a directory"),
+        (["--shape", "pemilu2024", "--contests", "x.toml"], "leave out --contests"),
+    ],
+)
+def test_a_bad_shape_fails_before_any_database(
+    nowhere: None, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["registry", "load", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+async def _fetchval(url: str, sql: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval(sql))
+    finally:
+        await conn.close()

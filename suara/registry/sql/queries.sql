@@ -19,7 +19,8 @@ SELECT level, count(*) AS areas FROM registry.area GROUP BY level;
 SELECT count(*) AS tps, coalesce(sum(dpt), 0) AS dpt FROM registry.tps;
 
 -- name: contest_summaries
-SELECT c.id, c.name, c.scope, c.max_voters_per_tps, count(ch.id) AS choices
+SELECT c.id, c.name, c.scope, c.max_voters_per_tps, count(ch.id) AS choices,
+       (SELECT count(*) FROM registry.district d WHERE d.contest = c.id) AS districts
 FROM registry.contest c LEFT JOIN registry.choice ch ON ch.contest = c.id
 GROUP BY c.id ORDER BY c.id;
 
