@@ -12,7 +12,7 @@ from pathlib import Path
 
 import asyncpg
 
-from bench import end_to_end, ingest, publish, rollup
+from bench import end_to_end, ingest, publish, replicas, rollup
 from cli.db import migrate_url
 from cli.embedded import EmbeddedPostgres
 from suara.registry.loader import load_registry
@@ -57,6 +57,16 @@ def main() -> int:
                 file=sys.stderr,
             )
             results = asyncio.run(ingest.run(url, forms=forms))
+            print(
+                f"replicas: {forms:,} Submit through Envoy to {', '.join(map(str, replicas.HOSTS))} tally processes "
+                f"at each of {len(ingest.LEVELS)} concurrency levels, the chain head sampled, and one tally on "
+                "PostgreSQL under Patroni with two synchronous standbys …",
+                file=sys.stderr,
+            )
+            asyncio.run(_create_database(url, "replicas"))  # its own chain head and TPS versions
+            replicas_url = server.url("replicas")
+            asyncio.run(_prepare(replicas_url, 0.05))
+            results.update(asyncio.run(replicas.run_with_sync_standbys(replicas_url, Path(tmp), forms=forms)))
             contests = ("ppwp",) if quick else rollup.CONTESTS
             rollup_scale = 0.05 if quick else 1.0  # the target is about the whole country
             print(

