@@ -244,6 +244,13 @@ async def test_every_area_links_its_json_csv_and_nist_and_explains_them(
     assert page.console == []
     for needed in ("CC BY 4.0", 'id="integritas"', "suara audit site https://", "suara/riwayat/", "foto/"):
         assert needed in about, needed
+    # The licence, with the wording of its attribution, is the one docs/layout.md documents.
+    layout = (REPO / "docs/layout.md").read_text()
+    licence = "https://creativecommons.org/licenses/by/4.0/"
+    assert f'href="{licence}deed.id" rel="license"' in about and f'href="{licence}" rel="license"' in about
+    attribution = re.search(r'<blockquote id="atribusi"><p>(.*?)</p></blockquote>', about)
+    assert attribution is not None and licence in attribution[1]
+    assert attribution[1] in " ".join(line.removeprefix("> ") for line in layout.splitlines() if line.startswith("> "))
     # The command the page gives is the one the CLI reference documents.
     assert "usage: suara audit site [-h] [--key-id ID] [--json] SITE" in (REPO / "docs/cli.md").read_text()
 
