@@ -91,7 +91,9 @@ class Publisher:
         self.aggregate = aggregate
         self.tally = tally
         self.contests = contests
-        self._renderer = Renderer(tally, photo_base)
+        self._renderer = Renderer(tally, photo_base, aggregate)
+        # contest → area → recaps in MISMATCH at or below it, as the status files this publisher wrote say
+        self._mismatches_written: dict[str, dict[str, int]] = {}
         self._assets_written = False
         self._keys_written: list[tuple[str, bytes]] | None = None
         self._nationals_written: dict[str, bytes] = {}  # contest -> the national totals this publisher wrote last
@@ -159,10 +161,19 @@ class Publisher:
             nationals: dict[str, aggregate_pb2.AreaView] = {}
             changes = feed.FeedCollector(from_zero=full and cursor["sequence"] == 0)
             indexes: list[SiteFile] = []  # the history indexes: written after the pointer (see _history)
+            mismatches: dict[str, dict[str, int]] = {}
             for contest in self.contests.values():
                 if skeleton:
                     nationals[contest.id] = await self._skeleton(out, contest, no_data_ts)
                     continue
+                counts = mismatches[contest.id] = documents.mismatch_counts(await self._mismatched(contest.id))
+                self._renderer.recap_mismatches = counts
+                if not full:
+                    # A recap's change is logged for its area and parent; the counts of the areas above change too.
+                    written = self._mismatches_written.get(contest.id, {})
+                    for area in written.keys() | counts.keys():
+                        if written.get(area, 0) != counts.get(area, 0):
+                            work.areas[contest.id].add(area)
                 if full:
                     no_data = await self._renderer.no_data(out, contest, no_data_ts)
                     views, changed_tps = every_area(self.aggregate, contest.id), None
@@ -218,6 +229,7 @@ class Publisher:
             )  # fmt: skip
         self._assets_written = True
         self._keys_written = keys
+        self._mismatches_written.update(mismatches)
         self._nationals_written = {
             contest: documents.dumps(documents.totals(self.contests[contest], view))
             for contest, view in nationals.items()
@@ -229,6 +241,18 @@ class Publisher:
         log.info("published", **{k: v for k, v in vars(result).items() if k != "seconds"},
                  ms=round(result.seconds * 1000, 1))  # fmt: skip
         return result
+
+    async def _mismatched(self, contest: str) -> list[str]:
+        """Every recapped area of the contest whose recap is MISMATCH (every TPS counted, and it differs)."""
+        areas: list[str] = []
+        token = ""
+        while True:
+            request = aggregate_pb2.ListMismatchesRequest(contest=contest, page_size=1000, page_token=token)
+            response = await self.aggregate.ListMismatches(request)
+            areas += [item.area for item in response.items]
+            token = response.next_page_token
+            if not token:
+                return areas
 
     async def _no_form_yet(self) -> bool:
         """Whether no form has reached aggregate yet: no TPS counted or quarantined in any contest."""
