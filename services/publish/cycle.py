@@ -9,6 +9,8 @@ What changed is read, rendered and written by pipeline.py; this module decides w
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -90,13 +92,17 @@ class Publisher:
         self.aggregate = aggregate
         self.tally = tally
         self.contests = contests
-        self._renderer = Renderer(tally, photo_base)
+        self._renderer = Renderer(tally, photo_base, aggregate)
+        # contest → area → recaps in MISMATCH at or below it, as the status files this publisher wrote say
+        self._mismatches_written: dict[str, dict[str, int]] = {}
         self._assets_written = False
         self._keys_written: list[tuple[str, bytes]] | None = None
         self._nationals_written: dict[str, bytes] = {}  # contest -> the national totals this publisher wrote last
         self.aggregate_head = 0  # aggregate's newest sequence, as the last Changes call said
         self.bulk_interval_s = bulk_interval_s
-        self._bulk_at: float | None = None  # time.monotonic() of the last bulk rewrite
+        self._bulk_at: float | None = None  # time.monotonic() the last bulk rewrite started
+        self._bulk: asyncio.Task[None] | None = None  # the bulk rewrite under way, or the last one
+        self._bulk_next: tuple[int, int] | None = None  # (snapshot, unix ms) of a rewrite due while one runs
         self._feed_head: tuple[int, int] | None = None  # (oldest, newest) snapshot the site's feed head says
 
     async def cycle(self, *, full: bool = False) -> CycleResult | None:
@@ -156,10 +162,19 @@ class Publisher:
             nationals: dict[str, aggregate_pb2.AreaView] = {}
             changes = feed.FeedCollector(from_zero=full and cursor["sequence"] == 0)
             indexes: list[SiteFile] = []  # the history indexes: written after the pointer (see _history)
+            mismatches: dict[str, dict[str, int]] = {}
             for contest in self.contests.values():
                 if skeleton:
                     nationals[contest.id] = await self._skeleton(out, contest, no_data_ts)
                     continue
+                counts = mismatches[contest.id] = documents.mismatch_counts(await self._mismatched(contest.id))
+                self._renderer.recap_mismatches = counts
+                if not full:
+                    # A recap's change is logged for its area and parent; the counts of the areas above change too.
+                    written = self._mismatches_written.get(contest.id, {})
+                    for area in written.keys() | counts.keys():
+                        if written.get(area, 0) != counts.get(area, 0):
+                            work.areas[contest.id].add(area)
                 if full:
                     no_data = await self._renderer.no_data(out, contest, no_data_ts)
                     views, changed_tps = every_area(self.aggregate, contest.id), None
@@ -215,6 +230,7 @@ class Publisher:
             )  # fmt: skip
         self._assets_written = True
         self._keys_written = keys
+        self._mismatches_written.update(mismatches)
         self._nationals_written = {
             contest: documents.dumps(documents.totals(self.contests[contest], view))
             for contest, view in nationals.items()
@@ -226,6 +242,18 @@ class Publisher:
         log.info("published", **{k: v for k, v in vars(result).items() if k != "seconds"},
                  ms=round(result.seconds * 1000, 1))  # fmt: skip
         return result
+
+    async def _mismatched(self, contest: str) -> list[str]:
+        """Every recapped area of the contest whose recap is MISMATCH (every TPS counted, and it differs)."""
+        areas: list[str] = []
+        token = ""
+        while True:
+            request = aggregate_pb2.ListMismatchesRequest(contest=contest, page_size=1000, page_token=token)
+            response = await self.aggregate.ListMismatches(request)
+            areas += [item.area for item in response.items]
+            token = response.next_page_token
+            if not token:
+                return areas
 
     async def _no_form_yet(self) -> bool:
         """Whether no form has reached aggregate yet: no TPS counted or quarantined in any contest."""
@@ -271,20 +299,56 @@ class Publisher:
         self._feed_head = (oldest, newest)
 
     async def _bulk_if_due(self, snapshot: int, now_ms: int) -> None:
-        """Every TPS's numbers, one gzipped CSV per contest, when the last rewrite is `bulk_interval_s` old:
-        read from aggregate after `snapshot` was committed, so at least as new as it."""
+        """Starts the bulk downloads' rewrite when the last one started `bulk_interval_s` ago. It runs beside
+        the next cycles, which it must not hold up (`bulk_done` awaits it); one due while the last still
+        runs follows it at once, reading what is then published."""
         now = time.monotonic()
         if self._bulk_at is not None and now - self._bulk_at < self.bulk_interval_s:
             return
-        listed: dict[str, Any] = {}
-        for contest in self.contests.values():  # one contest's file in memory at a time
-            body, rows = await feed.bulk_csv(contest, every_area(self.aggregate, contest.id))
-            await self.sink.write([feed.bulk_file(contest.id, body)])
-            listed[contest.id] = {"path": paths.bulk_path(contest.id), "rows": rows, "bytes": len(body)}
-        index = {"snapshot": snapshot, "ts": documents.wib(now_ms), "columns": list(feed.BULK_FIXED_COLUMNS),
-                 "files": listed}  # fmt: skip
-        await self.sink.write([SiteFile(paths.BULK_INDEX, documents.dumps(index))])
+        if self._bulk is not None and not self._bulk.done():
+            self._bulk_next = (snapshot, now_ms)
+            return
         self._bulk_at = now
+        self._bulk = asyncio.create_task(self._bulk_loop((snapshot, now_ms)), name="publish-bulk")
+
+    async def _bulk_loop(self, job: tuple[int, int] | None) -> None:
+        while job is not None:
+            await self._write_bulk(*job)
+            job, self._bulk_next = self._bulk_next, None
+            if job is not None:
+                self._bulk_at = time.monotonic()
+
+    async def bulk_done(self) -> None:
+        """Until the bulk rewrite under way, if any, is over (written, or failed and logged)."""
+        if self._bulk is not None:
+            await asyncio.shield(self._bulk)
+
+    async def stop_bulk(self) -> None:
+        """Cancels the bulk rewrite under way (a publisher stopping): the files already there stay."""
+        task, self._bulk = self._bulk, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _write_bulk(self, snapshot: int, now_ms: int) -> None:
+        """Every TPS's numbers, one gzipped CSV per contest, then their index: read from aggregate after
+        `snapshot` was committed, so at least as new as it. A failure is logged; the next rewrite is due
+        after `bulk_interval_s` as usual (the previous files stay, and their index says of when they are)."""
+        started = time.perf_counter()
+        try:
+            listed: dict[str, Any] = {}
+            for contest in self.contests.values():  # one contest's file in memory at a time
+                body, rows = await feed.bulk_csv(contest, every_area(self.aggregate, contest.id))
+                await self.sink.write([feed.bulk_file(contest.id, body)])
+                listed[contest.id] = {"path": paths.bulk_path(contest.id), "rows": rows, "bytes": len(body)}
+            index = {"snapshot": snapshot, "ts": documents.wib(now_ms), "columns": list(feed.BULK_FIXED_COLUMNS),
+                     "files": listed}  # fmt: skip
+            await self.sink.write([SiteFile(paths.BULK_INDEX, documents.dumps(index))])
+        except Exception as exc:  # the site goes on without a new bulk file; the next one is due as usual
+            log.error("bulk_failed", snapshot=snapshot, error=f"{type(exc).__name__}: {exc}")
+            return
+        log.info("bulk_written", snapshot=snapshot, ms=round((time.perf_counter() - started) * 1000, 1))
 
     async def _changes(self, since: int, *, collect: bool) -> tuple[_Work, int]:
         """The changes after `since` (about CYCLE_CHANGES at most) and the sequence they reach.

@@ -15,7 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from suara.election.chain import SignedHead
 from suara.election.checks import MAX_PHOTOS
-from suara.election.codes import LENGTHS, RECAP_LENGTHS
+from suara.election.codes import KECAMATAN_LENGTH, LENGTHS, RECAP_LENGTHS, TPS_LENGTH
 from suara.election.contest import CONTEST_KINDS, Contest
 from suara.site.paths import photo_path, photo_url
 from suara.v1 import aggregate_pb2
@@ -160,12 +160,19 @@ def reconciliation(rec: aggregate_pb2.Reconciliation) -> dict[str, Any]:
     }
 
 
-def status(view: aggregate_pb2.AreaView) -> dict[str, Any]:
-    """suara's own per-area file: quarantine flags and reconciliation, for the area and its children."""
+def status(view: aggregate_pb2.AreaView, recap_mismatches: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """suara's own per-area file: quarantine flags and reconciliation, for the area and its children.
+
+    `recap_mismatches`: area → how many recaps at or below it are MISMATCH (`mismatch_counts`); an area or
+    child with any says how many (`recap_mismatches`), so every level counts them and a reader finds the
+    way down to each."""
     area = view.area
+    counts = recap_mismatches or {}
     children: dict[str, Any] = {}
     for child in view.children:
         entry: dict[str, Any] = {}
+        if counts.get(child.area):
+            entry["recap_mismatches"] = counts[child.area]
         if child.tps_quarantined:
             entry["tps_quarantined"] = child.tps_quarantined
         if child.failed_checks and child.tps_quarantined:
@@ -178,11 +185,73 @@ def status(view: aggregate_pb2.AreaView) -> dict[str, Any]:
         if entry:
             children[child.area] = entry
     has_recap = len(area.area) in RECAP_LENGTHS and view.HasField("reconciliation")
-    return {  # no `ts`: the file then changes only when a flag does, and publish skips rewriting it
+    doc = {  # no `ts`: the file then changes only when a flag does, and publish skips rewriting it
         "kode": area.area,
         "tps_quarantined": area.tps_quarantined,
         "reconciliation": reconciliation(view.reconciliation) if has_recap else None,
         "children": children,
+    }
+    if counts.get(area.area):
+        doc["recap_mismatches"] = counts[area.area]
+    return doc
+
+
+def mismatch_counts(mismatched: Iterable[str]) -> dict[str, int]:
+    """Area → how many of these recapped areas (in MISMATCH) are it or below it, the nation ("") included."""
+    counts: dict[str, int] = {}
+    for area in mismatched:
+        for at in ("", *(area[:n] for n in LENGTHS if n <= len(area))):
+            counts[at] = counts.get(at, 0) + 1
+    return counts
+
+
+def has_recap(view: aggregate_pb2.AreaView) -> bool:
+    """Whether the area is one a recap is signed for, and has one (its recap file is then published)."""
+    return (
+        len(view.area.area) in RECAP_LENGTHS
+        and view.HasField("reconciliation")
+        and view.reconciliation.status
+        not in (aggregate_pb2.RECONCILIATION_STATUS_UNSPECIFIED, aggregate_pb2.RECONCILIATION_STATUS_NO_RECAP)
+    )
+
+
+def _value(totals: aggregate_pb2.Totals, field: str) -> int:
+    """A reconciliation field ("votes[100025]", "suara_sah", …) of these totals."""
+    if field.startswith("votes[") and field.endswith("]"):
+        return int(totals.votes.get(field[len("votes[") : -1], 0))
+    return int(getattr(totals, field))
+
+
+def recap_units(view: aggregate_pb2.AreaView, units: Sequence[aggregate_pb2.AreaRow]) -> dict[str, Any]:
+    """suara/rekap/…: an area's recap against the units it sums (a kecamatan's TPS; a kabupaten/kota's
+    kecamatan; a province's kabupaten/kota), each with its digital number of every field that differs.
+
+    The area's digital count is the sum of its units' `digital` (what counts: zero for a TPS without a
+    form or quarantined), so a reader sees which units make up the sum that disagrees with the paper, and
+    checks each against its form (or its own recap). A TPS also shows what its form says as signed
+    (`signed`, also when quarantined: a recap may have counted its paper)."""
+    rec = view.reconciliation
+    fields = [d.field for d in rec.differences]
+    rows = []
+    for unit in units:
+        entry: dict[str, Any] = {"kode": unit.area, "nama": unit.name}
+        if len(unit.area) == TPS_LENGTH:
+            entry["status"] = "kosong" if unit.version == 0 else "karantina" if unit.tps_quarantined else "dihitung"
+            entry["versi"] = unit.version
+        else:
+            entry.update(progres=unit.tps_reported, total=unit.tps_total, karantina=unit.tps_quarantined)
+            entry["reconciliation"] = RECONCILIATION_NAMES.get(unit.reconciliation, "NO_RECAP")
+        entry["digital"] = {f: _value(unit.totals, f) for f in fields}
+        if len(unit.area) == TPS_LENGTH and unit.version:
+            entry["signed"] = {f: _value(unit.submitted, f) for f in fields}
+        rows.append(entry)
+    return {
+        "kode": view.area.area,
+        **reconciliation(rec),
+        "digital": {f: _value(rec.digital, f) for f in fields},
+        "recap": {f: _value(rec.recap, f) for f in fields},
+        "unit": "tps" if len(view.area.area) == KECAMATAN_LENGTH else "wilayah",
+        "units": rows,
     }
 
 

@@ -9,10 +9,11 @@ same bytes, by the next cycle. Pages hold FEED_PAGE_ENTRIES entries at most.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import gzip
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from services.publish import documents
@@ -26,6 +27,7 @@ FEED_PAGE_ENTRIES = 1000  # areas and TPS per page: about 150 KB of JSON, 15 KB 
 FEED_KEPT_IN_DATABASE = 100  # snapshots whose pages the database keeps to write them again
 FROM_ZERO_ENTRIES = 50_000  # a first reset lists at most this many areas and TPS (50 pages); beyond, a baseline
 BULK_INTERVAL_S = 300.0
+BULK_BATCH_AREAS = 500  # desa views per hand-over to the bulk file's thread: a GetAreas chunk
 BULK_FIXED_COLUMNS = ("kode_tps", "versi", "status", "suara_sah", "suara_tidak_sah", "suara_total")
 
 
@@ -128,20 +130,29 @@ def feed_head(oldest: int, newest: int, ts: str) -> dict[str, Any]:
     }
 
 
-async def bulk_csv(contest: Contest, views: AsyncIterator[aggregate_pb2.AreaView]) -> tuple[bytes, int]:
-    """Every TPS of the contest, one row each, gzipped as it goes: the compressed file is all it holds."""
-    out = io.BytesIO()
-    rows = 0
-    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6, mtime=0) as gz:
-        text = io.TextIOWrapper(gz, encoding="utf-8", newline="")
-        writer = csv.writer(text, lineterminator="\n")
-        writer.writerow([*BULK_FIXED_COLUMNS, *(c.id for c in contest.choices)])
-        async for view in views:
-            if len(view.area.area) != DESA_LENGTH:
-                continue
+class BulkCsv:
+    """One contest's bulk file, gzipped as it grows: the compressed file is all it holds.
+
+    `add` formats and compresses (about 10 s of CPU for a whole country's contest): it is called in a
+    thread (`bulk_csv`), never on the event loop, one call at a time."""
+
+    def __init__(self, contest: Contest) -> None:
+        self.contest = contest
+        self.rows = 0
+        self._out = io.BytesIO()
+        self._gz = gzip.GzipFile(fileobj=self._out, mode="wb", compresslevel=6, mtime=0)
+        self._text = io.TextIOWrapper(self._gz, encoding="utf-8", newline="")
+        self._writer = csv.writer(self._text, lineterminator="\n")
+        self._writer.writerow([*BULK_FIXED_COLUMNS, *(c.id for c in contest.choices)])
+
+    def add(self, views: Sequence[aggregate_pb2.AreaView]) -> None:
+        """The rows of these desa views' TPS."""
+        choices = [c.id for c in self.contest.choices]
+        for view in views:
             for row in view.children:
                 numbers = row.submitted if row.version else row.totals
-                writer.writerow(
+                votes = numbers.votes
+                self._writer.writerow(
                     [
                         row.area,
                         row.version,
@@ -149,13 +160,36 @@ async def bulk_csv(contest: Contest, views: AsyncIterator[aggregate_pb2.AreaView
                         numbers.suara_sah,
                         numbers.suara_tidak_sah,
                         numbers.suara_total,
-                        *(numbers.votes.get(c.id, 0) for c in contest.choices),
+                        *(votes.get(c, 0) for c in choices),
                     ]
                 )
-                rows += 1
-        text.flush()
-        text.detach()
-    return out.getvalue(), rows
+            self.rows += len(view.children)
+
+    def finish(self) -> bytes:
+        self._text.flush()
+        self._text.detach()
+        self._gz.close()
+        return self._out.getvalue()
+
+
+async def bulk_csv(
+    contest: Contest, views: AsyncIterator[aggregate_pb2.AreaView], *, batch: int = BULK_BATCH_AREAS
+) -> tuple[bytes, int]:
+    """Every TPS of the contest, one row each: the file's gzipped body and its row count.
+
+    The rows are formatted and compressed in a thread, `batch` desa at a time, while the next views are
+    read: the event loop goes on serving cycles and status calls (it only reads from aggregate)."""
+    out = BulkCsv(contest)
+    pending: list[aggregate_pb2.AreaView] = []
+    async for view in views:
+        if len(view.area.area) == DESA_LENGTH:
+            pending.append(view)
+        if len(pending) >= batch:
+            chunk, pending = pending, []
+            await asyncio.to_thread(out.add, chunk)
+    await asyncio.to_thread(out.add, pending)
+    body = await asyncio.to_thread(out.finish)
+    return body, out.rows
 
 
 def bulk_file(contest: str, body: bytes) -> SiteFile:

@@ -26,7 +26,7 @@ from services.publish.files import SiteFile
 from services.publish.nist import AreaResult, nist_json, nist_report
 from services.publish.sinks.base import Sink
 from suara.election import photos as photo_rules
-from suara.election.codes import DESA_LENGTH, TPS_LENGTH
+from suara.election.codes import DESA_LENGTH, KECAMATAN_LENGTH, TPS_LENGTH
 from suara.election.contest import Contest
 from suara.site import paths
 from suara.v1 import aggregate_pb2, aggregate_pb2_grpc, tally_pb2, tally_pb2_grpc
@@ -144,8 +144,16 @@ class Writer:
 class Renderer:
     """Turns views into files, for the writer's sink; remembers, across cycles, which photos it holds."""
 
-    def __init__(self, tally: tally_pb2_grpc.TallyServiceAsyncStub | None, photo_base: str | None = None) -> None:
+    def __init__(
+        self,
+        tally: tally_pb2_grpc.TallyServiceAsyncStub | None,
+        photo_base: str | None = None,
+        aggregate: aggregate_pb2_grpc.AggregateServiceAsyncStub | None = None,
+    ) -> None:
         self.tally = tally
+        self.aggregate = aggregate  # for the TPS a kecamatan's recap file lists (None: no recap files)
+        # Area → recaps in MISMATCH at or below it, of the contest being rendered (documents.mismatch_counts).
+        self.recap_mismatches: dict[str, int] = {}
         self.photo_base = photo_base  # set: photos are linked there, never copied (tally verified them on the way in)
         self._photo_types: dict[str, str] = {}  # sha256 → content type, of photos known to be in the sink
         # sha256 → why not: photos tally gave that fail their hash or do not decode, never published.
@@ -195,9 +203,13 @@ class Renderer:
         # A status file changes only with quarantine or a recap, rarely: rewritten only when it differs
         # (on a sink where reading back is cheap), which spares about a third of an incremental cycle.
         status_path = paths.status_path(contest.id, area)
-        status_body = documents.dumps(self._flag_photos(documents.status(view), view))
+        status_body = documents.dumps(self._flag_photos(documents.status(view, self.recap_mismatches), view))
         if full or not out.sink.cheap_reads or await out.sink.read(status_path) != status_body:
             files.append(SiteFile(status_path, status_body))
+        if documents.has_recap(view) and self.aggregate is not None:
+            units = await self._recap_units(contest.id, view)
+            recap = documents.dumps(documents.recap_units(view, units))
+            files.append(SiteFile(paths.recap_path(contest.id, area), recap))
         if full:
             files.append(
                 SiteFile(paths.region_path(contest.id, area), documents.dumps(documents.region_list(view.children)))
@@ -215,6 +227,17 @@ class Renderer:
                     files.append(SiteFile(path, documents.dumps(doc)))
             out.counts.tps_files += len(rows)
         await out.add(files)
+
+    async def _recap_units(self, contest: str, view: aggregate_pb2.AreaView) -> list[aggregate_pb2.AreaRow]:
+        """The units a recapped area's recap sums: a kecamatan's TPS (read through its desa, the only way
+        aggregate gives TPS), else the area's children. Only when it differs: a matching recap lists none."""
+        if not view.reconciliation.differences:
+            return []
+        if len(view.area.area) != KECAMATAN_LENGTH:
+            return list(view.children)
+        assert self.aggregate is not None
+        return [tps async for desa in read_views(self.aggregate, contest, [c.area for c in view.children])
+                for tps in desa.children]  # fmt: skip
 
     def _flag_photos(self, status: dict[str, Any], view: aggregate_pb2.AreaView) -> dict[str, Any]:
         """A desa's status file, with each TPS whose photos could not be published flagged, and why."""

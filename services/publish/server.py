@@ -195,6 +195,7 @@ class PublishApp:
             while True:
                 try:
                     if lock is not None and lock.is_closed():
+                        await self.publisher.stop_bulk()  # no longer the active one: a standby may take over
                         stale, lock = lock, None  # forgotten first: a failing release must not leave it held
                         await self.db.release(stale)
                     if lock is None:
@@ -228,6 +229,7 @@ class PublishApp:
                     self._cycled.notify_all()
                 await asyncio.sleep(delay)
         finally:
+            await self.publisher.stop_bulk()  # before the lock goes: only the active publisher writes
             if lock is not None:
                 with contextlib.suppress(DatabaseUnavailable):  # hand the lock to a standby now, not at pool close
                     await lock.execute("SELECT pg_advisory_unlock_all()")
@@ -304,6 +306,7 @@ async def rebuild(settings: Settings, database_url: str) -> CycleResult:
             started = time.perf_counter()
             result = await publisher.cycle(full=True)
             assert result is not None  # a full cycle always publishes
+            await publisher.bulk_done()  # the bulk downloads are part of the rebuilt site
             log.info("rebuilt", files=result.files, s=round(time.perf_counter() - started, 2))
             return result
     finally:

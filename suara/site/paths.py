@@ -35,6 +35,11 @@ def status_path(contest: str, area: str) -> str:
     return f"suara/status/{contest}.json" if area == "" else f"suara/status/{contest}/{area_path(area)}.json"
 
 
+def recap_path(contest: str, area: str) -> str:
+    """An area's recap against the units it sums (a recapped area: province, kabupaten/kota or kecamatan)."""
+    return f"suara/rekap/{contest}/{area_path(area)}.json"
+
+
 def candidates_path(contest: str) -> str:
     return f"pemilu/{contest}.json"
 

@@ -16,6 +16,7 @@ import gzip
 import io
 import json
 import random
+import threading
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from tests.publish.recording import KilledMidway, RecordingSink
 from tests.support.pki import suite_pki
 from tests.support.publish import Pipeline
 from tests.support.s3 import Bucket, bucket_name
+from tests.support.waiting import WAIT_S, within
 
 CONTESTS = ["ppwp", "pdpr"]
 
@@ -254,6 +256,7 @@ async def test_the_feed_and_the_bulk_file_in_a_bucket_are_what_the_directory_sho
         await pipeline.random_night(rng, 15, contest=contest)
         await pipeline.delivered()
         assert await s3.cycle() is not None
+    await s3.bulk_done()
 
     def read(path: str) -> bytes | None:
         try:
@@ -346,3 +349,61 @@ async def test_a_first_state_too_large_to_list_is_a_reset_without_entries(
     assert result is not None and result.full
     page = json.loads((pipeline.site / f"suara/perubahan/{result.snapshot}/0.json").read_bytes())
     assert page["reset"] and page["parts"] == 1 and page["areas"] == [] and page["tps"] == []
+
+
+async def test_a_bulk_rewrite_holds_up_neither_the_next_cycles_nor_the_event_loop(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bulk file is formatted and compressed in a thread: while that thread is held, the next cycle
+    runs to its end (on the event loop, which the bulk build would otherwise hold for seconds at full
+    scale), and the rewrite due meanwhile follows, with the numbers of that later cycle. The oracle is
+    what tally acknowledged (`pipeline.current`)."""
+    contest = "pkwkp"
+    publisher = pipeline.publisher
+    publisher.contests = {contest: publisher.contests[contest]}
+    publisher.bulk_interval_s = 0.0  # every cycle's rewrite is due
+    building, release = threading.Event(), threading.Event()
+    loop_thread = threading.get_ident()
+    threads: set[int] = set()
+    add = feed.BulkCsv.add
+
+    def held(self: feed.BulkCsv, views: Sequence[Any]) -> None:
+        threads.add(threading.get_ident())
+        building.set()
+        if not release.wait(WAIT_S):
+            raise AssertionError("the test never released the bulk build")
+        add(self, views)
+
+    monkeypatch.setattr(feed.BulkCsv, "add", held)
+    codes = pipeline.tally_codes(contest)
+    await pipeline.submit(codes[0], contest)
+    await pipeline.delivered()
+    first = await publisher.cycle()
+    assert first is not None
+    await within(asyncio.to_thread(building.wait, WAIT_S), "the bulk build under way in its thread")
+    # The build is held mid-way: a form arrives, and the next cycle publishes it all the same.
+    await pipeline.submit(codes[1], contest)
+    await pipeline.delivered()
+    second = await within(publisher.cycle(), "a cycle while the bulk file is being built")
+    assert second is not None and second.snapshot == first.snapshot + 1
+    await pipeline.check_site(contests=(contest,))  # the cycle's files, every one, as the oracle says
+    assert not (pipeline.site / f"suara/unduh/{contest}.csv.gz").exists(), "the build was held"
+    release.set()
+    await within(publisher.bulk_done(), "the bulk rewrites")
+    assert threads and loop_thread not in threads
+
+    index = json.loads((pipeline.site / "suara/unduh.json").read_bytes())
+    assert index["snapshot"] == second.snapshot  # the rewrite due during the build followed it
+    columns, rows = _bulk_rows(pipeline.site, contest)
+    choices = pipeline.choices[contest]
+    assert columns == [*feed.BULK_FIXED_COLUMNS, *choices]
+    assert sorted(r["kode_tps"] for r in rows) == sorted(codes) and index["files"][contest]["rows"] == len(codes)
+    for row in rows:
+        accepted = pipeline.current.get((row["kode_tps"], contest))
+        if accepted is None:
+            assert (row["versi"], row["status"]) == ("0", "kosong"), row
+            continue
+        status = "karantina" if accepted.quarantined else "dihitung"
+        assert (int(row["versi"]), row["status"]) == (accepted.form.version, status), row
+        assert {c: int(row[c]) for c in choices} == dict(accepted.form.votes), row
+    assert sum(row["status"] == "dihitung" for row in rows) == 2

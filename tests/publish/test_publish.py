@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -339,3 +340,94 @@ async def test_without_a_signed_head_from_tally_the_last_signed_one_stays_publis
         assert pointer["snapshot"] == result.snapshot and pointer["chain_head"] == signed_head, fake.__name__
         tally_now = await pipeline.db.fetchval("SELECT position FROM tally.chain_head")
         assert tally_now > signed_head["position"]
+
+
+async def _sign_recap(pipeline: Pipeline, key: OfficialKey, version: int, totals: aggregate_pb2.Totals) -> None:
+    from suara.client.aggregate_stub import aggregate_stub
+
+    payload = aggregate_pb2.RecapForm(
+        area=key.area, contest="ppwp", version=version, totals=totals, election_id=TEST_ELECTION
+    ).SerializeToString()
+    reply = await aggregate_stub(pipeline.channel).SubmitRecap(
+        aggregate_pb2.SubmitRecapRequest(
+            recap=aggregate_pb2.SignedRecap(payload=payload, signature=key.sign(payload), official_id=key.official_id)
+        )
+    )
+    assert reply.outcome == aggregate_pb2.RECAP_OUTCOME_ACCEPTED, reply
+
+
+async def test_a_recap_that_differs_is_counted_at_every_level_and_lists_the_tps_it_sums(pipeline: Pipeline) -> None:
+    """A PPK's recap one vote off: the next (incremental) cycle counts it in the status file of its kecamatan
+    and of every area above, the nation's included (aggregate logs the recap for the kecamatan and its
+    parent only), and publishes the kecamatan's TPS with their numbers of each field that differs; the
+    corrected recap takes every count away again. The oracle is the forms tally acknowledged."""
+    row = await pipeline.db.fetchrow(
+        "SELECT left(code, 6) AS k, array_agg(code ORDER BY code) AS tps FROM registry.tps"
+        " GROUP BY 1 HAVING count(*) BETWEEN 2 AND 8 ORDER BY 1 LIMIT 1"
+    )
+    kecamatan, stations = row["k"], list(row["tps"])
+    for i, tps in enumerate(stations):  # every TPS counted: the recap can be MISMATCH, not INCOMPLETE
+        await pipeline.submit(tps, "ppwp", 1, seed=i)
+    elsewhere = next(t for t in pipeline.all_tps if t[:2] != kecamatan[:2])
+    await pipeline.submit(elsewhere, "ppwp", 1)
+    assert await pipeline.cycle() is not None
+    levels = ["", kecamatan[:2], kecamatan[:4], kecamatan]
+
+    def status(area: str) -> dict[str, Any]:
+        path = "suara/status/ppwp.json" if area == "" else f"suara/status/ppwp/{nest(area)}.json"
+        return dict(json.loads((pipeline.site / path).read_bytes()))
+
+    assert not any("recap_mismatches" in status(a) for a in levels)
+    choices = pipeline.choices["ppwp"]
+    forms = [pipeline.current[(t, "ppwp")].form for t in stations]
+    votes = {c: sum(f.votes[c] for f in forms) for c in choices}
+    votes[choices[0]] += 1
+    key = OfficialKey.generate(kecamatan, "ppk")
+    await pipeline.db.execute(
+        AGGREGATE_QUERIES.enroll_official, key.official_id, key.area, key.role, key.public_key, "t"
+    )
+    await _sign_recap(pipeline, key, 1, aggregate_pb2.Totals(votes=votes, suara_sah=sum(f.suara_sah for f in forms)))
+    result = await pipeline.cycle()
+    assert result is not None and not result.full
+    for i, area in enumerate(levels):
+        doc = status(area)
+        assert doc["recap_mismatches"] == 1, area
+        if i + 1 < len(levels):  # the way down: the child it lies in says so
+            assert doc["children"][levels[i + 1]]["recap_mismatches"] == 1, area
+    assert "recap_mismatches" not in status(elsewhere[:2])
+
+    recap = json.loads((pipeline.site / f"suara/rekap/ppwp/{nest(kecamatan)}.json").read_bytes())
+    assert (recap["kode"], recap["status"], recap["recap_version"], recap["unit"]) == (kecamatan, "MISMATCH", 1, "tps")
+    fields = [d["field"] for d in recap["differences"]]
+    assert f"votes[{choices[0]}]" in fields and "suara_total" in fields  # the recap left suara_total at 0
+    assert [u["kode"] for u in recap["units"]] == stations
+    oracle = {f"votes[{c}]": (lambda f, c=c: f.votes[c]) for c in choices} | {
+        "suara_sah": lambda f: f.suara_sah,
+        "suara_tidak_sah": lambda f: f.suara_tidak_sah,
+        "suara_total": lambda f: f.suara_total,
+    }
+    for unit, form in zip(recap["units"], forms, strict=True):
+        assert (unit["status"], unit["versi"]) == ("dihitung", 1), unit
+        for field in fields:
+            if field in oracle:
+                assert unit["digital"][field] == unit["signed"][field] == oracle[field](form), (unit["kode"], field)
+    for d in recap["differences"]:
+        field = d["field"]
+        assert sum(u["digital"][field] for u in recap["units"]) == recap["digital"][field] == d["digital"], field
+        assert recap["recap"][field] == d["recap"], field
+    assert recap["recap"][f"votes[{choices[0]}]"] == recap["digital"][f"votes[{choices[0]}]"] + 1
+
+    # The plenary corrects it: the recap now equals the digital count (as aggregate reads it).
+    from suara.client.aggregate_stub import aggregate_stub
+
+    digital = (
+        await aggregate_stub(pipeline.channel).GetReconciliation(
+            aggregate_pb2.GetReconciliationRequest(area=kecamatan, contest="ppwp")
+        )
+    ).reconciliation.digital
+    await _sign_recap(pipeline, key, 2, digital)
+    assert await pipeline.cycle() is not None
+    assert not any("recap_mismatches" in status(a) for a in levels)
+    assert not any("recap_mismatches" in entry for a in levels for entry in status(a)["children"].values())
+    recap = json.loads((pipeline.site / f"suara/rekap/ppwp/{nest(kecamatan)}.json").read_bytes())
+    assert (recap["status"], recap["recap_version"], recap["differences"], recap["units"]) == ("MATCH", 2, [], [])

@@ -244,6 +244,13 @@ async def test_every_area_links_its_json_csv_and_nist_and_explains_them(
     assert page.console == []
     for needed in ("CC BY 4.0", 'id="integritas"', "suara audit site https://", "suara/riwayat/", "foto/"):
         assert needed in about, needed
+    # The licence, with the wording of its attribution, is the one docs/layout.md documents.
+    layout = (REPO / "docs/layout.md").read_text()
+    licence = "https://creativecommons.org/licenses/by/4.0/"
+    assert f'href="{licence}deed.id" rel="license"' in about and f'href="{licence}" rel="license"' in about
+    attribution = re.search(r'<blockquote id="atribusi"><p>(.*?)</p></blockquote>', about)
+    assert attribution is not None and licence in attribution[1]
+    assert attribution[1] in " ".join(line.removeprefix("> ") for line in layout.splitlines() if line.startswith("> "))
     # The command the page gives is the one the CLI reference documents.
     assert "usage: suara audit site [-h] [--key-id ID] [--json] SITE" in (REPO / "docs/cli.md").read_text()
 
@@ -437,7 +444,7 @@ async def test_english_labels_keyboard_and_contrast(
 
 
 async def test_anomalies_of_every_area_down_to_the_quarantined_tps(
-    public: Public, site_url: str, browser: Browser, artifacts: Path
+    public: Public, pipeline: Pipeline, site_url: str, browser: Browser, artifacts: Path
 ) -> None:
     sample = public.sample
     site = sample.site_dir
@@ -454,18 +461,25 @@ async def test_anomalies_of_every_area_down_to_the_quarantined_tps(
         view = "/".join(("anomali", c, *path[:depth]))
         await ready(page, view)
         shown = await page.evaluate(
-            """({q: Number(progress.dataset.quarantined),
+            """({q: Number(progress.dataset.quarantined), recaps: Number(progress.dataset.recapMismatches),
                  rows: Object.fromEntries([...document.querySelectorAll('#detail tr[data-child]')].map(tr =>
                    [tr.dataset.child, [Number(tr.querySelector('[data-quarantined]').dataset.quarantined),
                      (tr.querySelector('[data-recon]') || {dataset: {}}).dataset.recon || null,
-                     tr.querySelector('.note').textContent]]))})"""
+                     tr.querySelector('.note').textContent,
+                     Number(tr.querySelector('[data-recap-mismatches]').dataset.recapMismatches)]]))})"""
         )
         assert shown["q"] == len([t for t in quarantined if t.startswith("".join(path[depth - 1 : depth]))])
+        # Recaps that do not match, at every level: one recap in all (the PPK's, one vote off), counted in
+        # each area above its kecamatan and in the child on the way down to it.
+        here = "".join(path[depth - 1 : depth])
+        assert shown["recaps"] == int(sample.mismatch_kecamatan.startswith(here)), view
+        for code, row in shown["rows"].items():
+            assert row[3] == int(sample.mismatch_kecamatan.startswith(code)), (view, code)
         status_rel = f"suara/status/{'/'.join((c, *path[:depth]))}.json"
         status = json.loads((site / status_rel).read_text())
         assert sorted(shown["rows"]) == sorted(status["children"]), view  # every flagged child, nothing else
-        assert sum(n for n, _, _ in shown["rows"].values()) == shown["q"]
-        for code, (n, recon, note) in shown["rows"].items():
+        assert sum(row[0] for row in shown["rows"].values()) == shown["q"]
+        for code, (n, recon, note, _) in shown["rows"].items():
             entry = status["children"][code]
             assert n == entry.get("tps_quarantined", 0)
             assert recon == entry.get("reconciliation")
@@ -493,4 +507,67 @@ async def test_anomalies_of_every_area_down_to_the_quarantined_tps(
     assert await page.evaluate("document.querySelectorAll('#flags .diff li').length") == len(
         status["reconciliation"]["differences"]
     )
-    assert page.console == []
+    # And the TPS its digital count sums, each with its numbers of every field that differs, their sum and the
+    # recap: the file, then the page. The oracle is the forms tally acknowledged and the recap real.py signed
+    # (the first choice one vote more than the forms, every other field of the recap left at 0).
+    stations = sorted(t for t in pipeline.all_tps if t.startswith(kec))
+    forms = {t: public.current[(t, c)].form for t in stations}
+    first = sample.choices[0]
+    recap = json.loads((site / f"suara/rekap/{c}/{kec[:2]}/{kec[:4]}/{kec}.json").read_text())
+    fields = [d["field"] for d in recap["differences"]]
+    assert f"votes[{first}]" in fields and "suara_sah" in fields and recap["status"] == "MISMATCH"
+    assert recap["unit"] == "tps" and [u["kode"] for u in recap["units"]] == stations
+    oracle = {f"votes[{ch}]": lambda f, ch=ch: f.votes[ch] for ch in sample.choices} | {
+        name: lambda f, name=name: getattr(f, name) for name in ("suara_sah", "suara_tidak_sah", "suara_total")
+    }
+    for unit in recap["units"]:
+        assert unit["status"] == "dihitung", unit  # every TPS counted: the recap is MISMATCH, not INCOMPLETE
+        for field in fields:
+            if field in oracle:
+                assert unit["digital"][field] == oracle[field](forms[unit["kode"]]), (unit["kode"], field)
+    for field in fields:
+        total = sum(u["digital"][field] for u in recap["units"])
+        difference = next(d for d in recap["differences"] if d["field"] == field)
+        assert total == recap["digital"][field] == difference["digital"], field
+        assert recap["recap"][field] == difference["recap"], field
+        if field in oracle:
+            assert total == sum(oracle[field](form) for form in forms.values()), field
+    assert recap["recap"][f"votes[{first}]"] == sum(f.votes[first] for f in forms.values()) + 1
+    assert recap["recap"]["suara_sah"] == 0
+    table = await page.evaluate(
+        """({rows: [...document.querySelectorAll('table.recap-units tbody tr')].map(tr => [tr.dataset.unit,
+               Object.fromEntries([...tr.querySelectorAll('td[data-field]')].map(td =>
+                 [td.dataset.field, td.textContent]))]),
+             sums: Object.fromEntries([...document.querySelectorAll('table.recap-units tfoot tr')].map(tr =>
+               [tr.dataset.sum, Object.fromEntries([...tr.querySelectorAll('td[data-field]')].map(td =>
+                 [td.dataset.field, td.textContent]))])),
+             summary: document.querySelector('[data-recap-summary]').textContent,
+             link: document.querySelector('#detail a[data-kind=recap]').getAttribute('href')})"""
+    )
+
+    def number(text: str) -> int:
+        return int(text.replace(".", ""))  # id-ID thousands separators
+
+    assert [code for code, _ in table["rows"]] == stations
+    for code, cells in table["rows"]:
+        assert list(cells) == fields
+        for field in fields:
+            if field in oracle:
+                assert number(cells[field]) == oracle[field](forms[code]), (code, field)
+    assert {k: {f: number(v) for f, v in row.items()} for k, row in table["sums"].items()} == {
+        "digital": recap["digital"],
+        "recap": recap["recap"],
+    }
+    assert f"{len(stations)} TPS" in table["summary"]
+    assert table["link"] == f"suara/rekap/{c}/{kec[:2]}/{kec[:4]}/{kec}.json"
+    fit = await page.evaluate(OVERFLOW)
+    assert fit["scroll"] <= fit["client"] and fit["cut"] == [], ("recap units", fit)
+    await page.screenshot(artifacts / "public" / "anomalies-recap-units-phone.png")
+    # A unit links to its form: the first TPS's page.
+    await page.click(f'table.recap-units tr[data-unit="{stations[0]}"] a')
+    await ready(page, "/".join((c, kec[:2], kec[:4], kec, stations[0][:10], stations[0])))
+    desktop = await sized_page(browser, 1280, 900, False)
+    await show(desktop, f"{site_url}/#{view}", view)
+    assert await desktop.evaluate("document.querySelectorAll('table.recap-units tbody tr').length") == len(stations)
+    await desktop.screenshot(artifacts / "public" / "anomalies-recap-units-desktop.png")
+    assert page.console == [] and desktop.console == []

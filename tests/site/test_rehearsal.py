@@ -9,6 +9,7 @@ as a rehearsal), its own site and its own photo store.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gzip
 import hashlib
@@ -26,6 +27,7 @@ from cli.recap_fetch import read_choices
 from services.publish import SITE_ASSETS
 from services.publish.rehearsal import site_sink
 from services.publish.sinks.local import LocalSink
+from services.publish.sinks.s3 import S3Sink
 from services.tally.credentials import enroll_device
 from suara.election.signing import DeviceKey
 from suara.registry.catalog import fetch_election
@@ -37,6 +39,7 @@ from tests.support.factories import TEST_ELECTION, consistent_form, jpeg, signed
 from tests.support.pki import suite_pki
 from tests.support.processes import run_suara, suara_env
 from tests.support.publish import Pipeline, open_pipeline, scratch_site
+from tests.support.s3 import Bucket, bucket_name
 from tests.support.tally import BASE_SETTINGS, with_tally
 
 REHEARSAL = "gladi-test-01"
@@ -118,19 +121,26 @@ async def rehearsal_database(pg_server: str, template_db: str) -> AsyncIterator[
         yield url
 
 
-async def feed(p: Pipeline, stations: list[str], photos: Path) -> list[str]:
-    """One signed form of the rehearsal per station, the first with a photo; the photos' store paths."""
+async def send(p: Pipeline, stations: list[str], contest: str = CONTEST, photo_every: int = 0) -> list[str]:
+    """One signed form of the rehearsal per station, the first (and each `photo_every`-th) with a photo; the
+    photos' SHA-256."""
     stored = []
     for i, tps in enumerate(stations):
         key = DeviceKey.generate(tps, REHEARSAL)
         await enroll_device(p.db, key.device_id, tps, key.public_key, "rehearsal-test")
-        form = consistent_form(tps, CONTEST, p.choices[CONTEST], seed=i, election_id=REHEARSAL)
-        pictures = [jpeg(random.Random(i).randbytes(16))] if i == 0 else []
+        form = consistent_form(tps, contest, p.choices[contest], seed=i, election_id=REHEARSAL)
+        with_photo = i == 0 or (photo_every and i % photo_every == 0)
+        pictures = [jpeg(random.Random(f"{tps}-{i}").randbytes(16))] if with_photo else []
         form.photo_sha256.extend(hashlib.sha256(b).hexdigest() for b in pictures)
         reply = await p.tally.stub.Submit(signed(key, form, pictures))
         assert reply.outcome == tally_pb2.OUTCOME_ACCEPTED, reply
         stored += [hashlib.sha256(b).hexdigest() for b in pictures]
-    return [str(photos / sha[:2] / sha[2:4] / sha) for sha in stored]
+    return stored
+
+
+async def feed(p: Pipeline, stations: list[str], photos: Path) -> list[str]:
+    """One signed form of the rehearsal per station, the first with a photo; the photos' store paths."""
+    return [str(photos / sha[:2] / sha[2:4] / sha) for sha in await send(p, stations)]
 
 
 def publish_env(p: Pipeline, site: Path, tmp_path: Path) -> dict[str, str]:
@@ -324,4 +334,76 @@ async def test_a_rehearsal_shows_simulasi_everywhere_and_is_wiped_without_a_trac
     assert await row_counts(pipeline.db) == real_rows
     data = {p: b for p, b in files_of(pipeline.site).items() if p.endswith((".json", ".html"))}
     assert [p for p, b in data.items() if b"simulasi" in b.lower() or REHEARSAL.encode() in b] == []
+    assert (await fetch_election(pipeline.db)) == (TEST_ELECTION, False)
+
+
+async def test_a_rehearsal_in_buckets_is_wiped_there_and_the_real_site_beside_it_stays(
+    pg_server: str, template_db: str, pipeline: Pipeline, s3_endpoint: str, tmp_path: Path
+) -> None:
+    """A rehearsal published to a bucket (SUARA_PUBLISH_TO=s3://…), its photos in another (SUARA_PHOTO_STORE=
+    s3://…), both on SeaweedFS. The real election's site is in the same bucket under a prefix that begins
+    with the rehearsal's (`gladi` and `gladi-nyata`), and the real election's photos in the same photo
+    bucket: the wipe refuses the real site, and then erases the rehearsal's objects and none of the rest.
+    The oracle is the buckets' listings and ETags, read with a boto3 client of the test's own."""
+    contest = "pkwkp"  # one province: a few hundred objects
+    site_bucket = await asyncio.to_thread(Bucket, s3_endpoint, bucket_name("gladi-site", tmp_path))
+    photo_bucket = await asyncio.to_thread(Bucket, s3_endpoint, bucket_name("gladi-foto", tmp_path))
+    for bucket in (site_bucket, photo_bucket):  # SeaweedFS grows a bucket's first volume on its first write
+        await asyncio.to_thread(bucket.client.put_object, Bucket=bucket.name, Key="warm-up", Body=b"")
+
+    # The real election, published to `gladi-nyata/`, with a photo of its own in the photo bucket.
+    await pipeline.submit(pipeline.tally_codes(contest)[0], contest)
+    real = pipeline.publisher_for(S3Sink(site_bucket.name, "gladi-nyata", endpoint_url=s3_endpoint), (contest,))
+    await pipeline.delivered()
+    assert await real.cycle(full=True) is not None
+    await real.bulk_done()
+    real_photo = jpeg(b"the real election's")
+    real_key = f"gladi/{hashlib.sha256(real_photo).hexdigest()[:2]}/{hashlib.sha256(real_photo).hexdigest()}"
+    await asyncio.to_thread(photo_bucket.client.put_object, Bucket=photo_bucket.name, Key=real_key, Body=real_photo)
+
+    store = f"s3://{photo_bucket.name}/gladi"
+    settings = with_tally(BASE_SETTINGS, photo_store=store, photo_store_endpoint_url=s3_endpoint)
+    async with rehearsal_database(pg_server, template_db) as url:
+        conn = await asyncpg.connect(url)
+        try:
+            async with open_pipeline(url, conn, tmp_path / "r", settings, election=REHEARSAL) as p:
+                sink = S3Sink(site_bucket.name, "gladi", endpoint_url=s3_endpoint)
+                publisher = p.publisher_for(site_sink(sink, REHEARSAL, True), (contest,))
+                assert await publisher.cycle() is not None  # the skeleton
+                shas = await send(p, p.tally_codes(contest)[:6], contest, photo_every=2)
+                await p.delivered()
+                assert await publisher.cycle() is not None
+                await publisher.bulk_done()
+            # Its photos are in the photo bucket, and copied into its site (publish copies them from tally).
+            photo_keys = {f"gladi/{sha[:2]}/{sha}" for sha in shas}
+            assert len(photo_keys) >= 3 and photo_keys <= set(photo_bucket.etags())
+            objects = site_bucket.etags()
+            mine = {k for k in objects if k.startswith("gladi/")}
+            assert any(k.startswith("gladi/foto/") for k in mine) and "gladi/index.html" in mine
+            assert any(k.startswith("gladi/suara/unduh/") for k in mine)
+            others = {k: v for k, v in objects.items() if k not in mine}
+            assert any(k.startswith("gladi-nyata/pemilu/") for k in others)
+            photos_before = photo_bucket.etags()
+
+            env = suara_env(DATABASE_URL=url, SUARA_PUBLISH_TO=f"s3://{site_bucket.name}/gladi",
+                            SUARA_S3_ENDPOINT_URL=s3_endpoint, SUARA_PHOTO_STORE=store,
+                            SUARA_PHOTO_STORE_ENDPOINT_URL=s3_endpoint, SUARA_DATA_DIR=tmp_path / "state")  # fmt: skip
+            wipe = ("rehearsal", "wipe", "--election-id", REHEARSAL)
+            # The real site as the rehearsal's, or the whole bucket (which holds it): refused, nothing erased.
+            for target in (f"s3://{site_bucket.name}/gladi-nyata", f"s3://{site_bucket.name}"):
+                done = await run_suara(*wipe, "--yes", env=env | {"SUARA_PUBLISH_TO": target}, cwd=tmp_path)
+                assert done.returncode == 2 and "do not carry the SIMULASI marker" in done.stderr, done
+            done = await run_suara(*wipe, env=env, cwd=tmp_path)
+            assert done.returncode == 1 and f"{len(mine):,} files of s3://{site_bucket.name}/gladi" in done.stdout
+            assert f"{len(photo_keys):,} photos of {store}" in done.stdout, done
+            assert site_bucket.etags() == objects and photo_bucket.etags() == photos_before
+
+            done = await run_suara(*wipe, "--yes", env=env, cwd=tmp_path)
+            assert done.returncode == 0, done
+            assert site_bucket.etags() == others  # not one object of the real site (nor the warm-up) went
+            assert photo_bucket.etags() == {k: v for k, v in photos_before.items() if k not in photo_keys}
+            assert real_key in photo_bucket.etags()  # a photo its database does not record stays, even in its store
+            assert await conn.fetch(USER_SCHEMAS) == []
+        finally:
+            await conn.close()
     assert (await fetch_election(pipeline.db)) == (TEST_ELECTION, False)

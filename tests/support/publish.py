@@ -60,6 +60,7 @@ class Pipeline:
     # (tps, contest) -> the current acknowledged form: the oracle's input
     current: dict[tuple[str, str], Accepted] = field(default_factory=dict)
     photos: dict[str, bytes] = field(default_factory=dict)  # sha256 -> bytes, of every photo sent
+    others: list[Publisher] = field(default_factory=list)  # of publisher_for: their bulk rewrites stop with it
 
     @property
     def choices(self) -> dict[str, list[str]]:
@@ -146,13 +147,19 @@ class Pipeline:
         await self.tally.app.relay.wait_caught_up()
 
     async def cycle(self, **kwargs: bool) -> CycleResult | None:
+        """A cycle of the publisher, once the relay delivered everything, and the bulk rewrite it started, if
+        any (it runs beside the next cycles in `suara publish run`)."""
         await self.delivered()
-        return await self.publisher.cycle(**kwargs)
+        result = await self.publisher.cycle(**kwargs)
+        await self.publisher.bulk_done()
+        return result
 
     def publisher_for(self, sink: Sink, contests: Sequence[str] | None = None) -> Publisher:
         """Another publisher of this pipeline, writing to `sink`: of every contest, or of `contests` only."""
         chosen = self.publisher.contests if contests is None else {c: self.publisher.contests[c] for c in contests}
-        return Publisher(self.publisher.pool, sink, self.publisher.aggregate, self.publisher.tally, chosen)
+        other = Publisher(self.publisher.pool, sink, self.publisher.aggregate, self.publisher.tally, chosen)
+        self.others.append(other)
+        return other
 
     async def random_night(self, rng: random.Random, n: int, contest: str = "ppwp") -> None:
         """`n` submissions over random TPS: corrections, stale versions, quarantine and its correction, photos."""
@@ -227,6 +234,8 @@ async def open_pipeline(
         try:
             yield p
         finally:
+            for publisher in [p.publisher, *p.others]:
+                await publisher.stop_bulk()
             await pool.close()
             await channel.close()
             await tally.channel.close()

@@ -83,6 +83,7 @@
   const totalsPath = (c, codes) => "pemilu/hhcw/" + join(c, codes, c) + ".json";
   const listPath = (c, codes) => "wilayah/pemilu/" + c + "/" + (codes.length ? codes.join("/") : "0") + ".json";
   const statusPath = (c, codes) => "suara/status/" + join(c, codes, c) + ".json";
+  const recapPath = (c, codes) => "suara/rekap/" + c + "/" + codes.join("/") + ".json";
   // "#anomali/ppwp/31": the anomalies of an area (its flagged children, from its status file).
   const ANOMALIES = "anomali";
   const hashOf = (c, codes, anomalies) => "#" + (anomalies ? ANOMALIES + "/" : "") + [c, ...codes].join("/");
@@ -394,9 +395,16 @@
     body.dataset.view = [c, ...codes].join("/");
   }
 
-  // The anomalies of an area, as KawalPemilu showed them: its own recap against the digital count, then every
-  // child with something flagged (quarantined TPS and their failed checks, recap mismatches, photos
-  // unavailable), each linked down to its own anomalies (a TPS: its form). Counts at every level.
+  // A recap that differs, with the units it sums: rekap.js, loaded only then.
+  let rekap = null;
+  const recapView = () => rekap || (rekap = new Promise((ok, bad) => {
+    const script = el("script", { src: "rekap.js" });
+    script.onload = () => ok(window.suaraRekap);
+    script.onerror = () => { rekap = null; bad(new Error("rekap.js")); };
+    document.head.append(script);
+  }));
+
+  // An area's anomalies, as KawalPemilu showed them: counts, its recap, each flagged child linked down.
   async function anomalies(mine, c, codes) {
     const depth = codes.length;
     const body = document.body;
@@ -420,29 +428,37 @@
       const children = (st && st.children) || {};
       const codesIn = Object.keys(children);
       const q = st ? Number(st.tps_quarantined || 0) : depth === 0 ? Number((snap.contests[c] || {}).quarantined || 0) : 0;
-      const mismatches = codesIn.filter((k) => children[k].reconciliation === "MISMATCH").length;
+      const mismatches = st ? Number(st.recap_mismatches || 0) : 0; // its own and every recap below
       const prog = $("progress");
       delete prog.dataset.progres;
       delete prog.dataset.total;
       prog.dataset.quarantined = q;
-      prog.textContent = L(`${fmt(q)} TPS dikarantina · ${fmt(mismatches)} rekap di bawahnya tidak cocok`,
-        `${fmt(q)} polling stations quarantined · ${fmt(mismatches)} recaps below do not match`);
+      prog.dataset.recapMismatches = mismatches;
+      prog.textContent = L(`${fmt(q)} TPS dikarantina · ${fmt(mismatches)} rekap tidak cocok di wilayah ini`,
+        `${fmt(q)} polling stations quarantined · ${fmt(mismatches)} recaps in this area do not match`);
       fill($("flags"), tags(st ? { ...st, tps_quarantined: 0 } : null, cands),
         " ", el("a", { href: hashOf(c, codes) }, L("Kembali ke hasil", "Back to the results")));
       fill($("chart"));
       $("history").hidden = true;
       const name = Object.fromEntries((kids || []).map((k) => [k.kode, k.nama]));
       const tps = depth === 4;
+      const RM = L("Rekap tidak cocok", "Recaps not matching");
       const rows = codesIn.map((k) => el("tr", { "data-child": k },
         el("td", { class: "name" }, el("a", { href: hashOf(c, [...codes, k], !tps) }, name[k] || k)),
         el("td", { class: "num", "data-label": L("Dikarantina", "Quarantined"), "data-quarantined": Number(children[k].tps_quarantined || 0) },
           fmt(children[k].tps_quarantined || 0)),
+        el("td", { class: "num", "data-label": RM, "data-recap-mismatches": Number(children[k].recap_mismatches || 0) },
+          fmt(children[k].recap_mismatches || 0)),
         el("td", { class: "note" }, tags({ ...children[k], tps_quarantined: 0 }, cands, tps))));
-      fill($("detail"), codesIn.length
+      const [recap, draw] = st && st.reconciliation && (st.reconciliation.differences || []).length && depth >= 1 && depth <= 3
+        ? await Promise.all([get(recapPath(c, codes), true), recapView()]) : [null, null];
+      if (mine !== seq) return;
+      fill($("detail"), recap ? draw({ el, L, fmt, numero, hashOf, level, RECON }, c, codes, cands, recap, recapPath(c, codes)) : [], codesIn.length
         ? el("div", { class: "scroll" }, el("table", { class: "areas" },
           el("thead", {}, el("tr", {}, el("th", {}, level(depth + 1)), el("th", { class: "num" }, L("TPS dikarantina", "Quarantined")),
+            el("th", { class: "num" }, RM),
             el("th", {}, L("Keterangan", "Notes")))), el("tbody", {}, rows)))
-        : el("p", { "data-none": "" }, L("Tidak ada anomali di wilayah ini.", "No anomalies in this area.")));
+        : recap ? [] : el("p", { "data-none": "" }, L("Tidak ada anomali di wilayah ini.", "No anomalies in this area.")));
       fill($("downloads"), el("h2", {}, L("Unduh data", "Download the data")), el("ul", { class: "links" },
         el("li", {}, el("a", { href: statusPath(c, codes), "data-kind": "status", type: "application/json" }, "JSON"),
           L(" — status karantina & rekap wilayah ini", " — this area's quarantine and recap status")),
