@@ -422,7 +422,9 @@ async def verify(
     for _ in range(recheck_rounds):
         if not bad or len(bad) > RECHECK_MAX:
             break
-        await asyncio.sleep(recheck_wait_s)  # the publisher may be one cycle behind the pointer we waited for
+        # The publisher may be one cycle behind the pointer we waited for, and a cache in front of the site
+        # may hold a copy until its max-age is out.
+        await asyncio.sleep(max(recheck_wait_s, site.cache_lag_s(path for path, _, _ in bad)))
         bad = await recheck(site, bad)
     bad.sort(key=lambda b: b[0])
     problems = [m for _, _, ms in bad for m in ms]
