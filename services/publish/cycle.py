@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +104,8 @@ class Publisher:
         self._bulk: asyncio.Task[None] | None = None  # the bulk rewrite under way, or the last one
         self._bulk_next: tuple[int, int] | None = None  # (snapshot, unix ms) of a rewrite due while one runs
         self._feed_head: tuple[int, int] | None = None  # (oldest, newest) snapshot the site's feed head says
+        # Raises unless this publisher is still the active one; awaited right before the pointer is written.
+        self.fence: Callable[[], Awaitable[None]] | None = None
 
     async def cycle(self, *, full: bool = False) -> CycleResult | None:
         """Publish what changed; None when nothing did. `full` rewrites every file (`suara publish rebuild`)."""
@@ -206,6 +208,10 @@ class Publisher:
         except BaseException:
             await out.abandon()
             raise
+        if self.fence is not None:
+            # A publisher that lost its lock unnoticed (its database failed over) must not put its pointer
+            # over the one the new active publisher wrote: a site going back a snapshot, or two snapshot Ns.
+            await self.fence()
         pointer = documents.pointer(
             snapshot=snapshot,
             now_unix_ms=int(time.time() * 1000),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -47,7 +48,14 @@ CHANNEL_OPTIONS = (
 )
 
 
-_RETRYABLE: tuple[type[BaseException], ...] = (grpc.aio.AioRpcError, OSError, DatabaseUnavailable)
+FENCE_TIMEOUT_S: Final = 5.0  # a lock session that cannot say it still holds the lock within this has lost it
+
+
+class LeadershipLost(Exception):
+    """This publisher's lock is gone (or its session cannot say it holds it): another may be active."""
+
+
+_RETRYABLE: tuple[type[BaseException], ...] = (grpc.aio.AioRpcError, OSError, DatabaseUnavailable, LeadershipLost)
 
 
 def credential_path(settings: Settings) -> Path:
@@ -207,6 +215,7 @@ class PublishApp:
                             log.info("publish_active", sink=self.publisher.sink.describe())
                             await prepare(self.publisher.sink)
                     if self.active:
+                        self.publisher.fence = _holding(lock)
                         result = await self.publisher.cycle()
                         if result is not None:
                             self.last = result
@@ -219,6 +228,8 @@ class PublishApp:
                     backoff.reset()
                     delay = self.settings.publish.interval_s
                 except _RETRYABLE as exc:
+                    if isinstance(exc, LeadershipLost):
+                        self.active = False  # looked at again next turn: the lock, or a new session for it
                     delay = backoff.next_delay()
                     log.warning("publish_cycle_failed", error=_describe(exc), retry_in_s=round(delay, 2))
                 except Exception:  # a bug must not stop the site from updating for good: log it loudly, retry
@@ -234,6 +245,20 @@ class PublishApp:
                 with contextlib.suppress(DatabaseUnavailable):  # hand the lock to a standby now, not at pool close
                     await lock.execute("SELECT pg_advisory_unlock_all()")
                 await self.db.release(lock)
+
+
+def _holding(lock: Session) -> Callable[[], Awaitable[None]]:
+    async def fence() -> None:
+        try:
+            held = await asyncio.wait_for(lock.fetchval(QUERIES.holds_lock, LOCK_KEY), FENCE_TIMEOUT_S)
+        except TimeoutError as exc:
+            raise LeadershipLost(f"the lock's session did not answer within {FENCE_TIMEOUT_S:g} s") from exc
+        except DatabaseUnavailable as exc:
+            raise LeadershipLost(f"the lock's session is gone ({exc})") from exc
+        if not held:
+            raise LeadershipLost("the publish lock is no longer held by this publisher")
+
+    return fence
 
 
 async def prepare(sink: Sink) -> None:

@@ -1,7 +1,9 @@
-"""A sink that remembers what it wrote, and can die midway like a publisher killed mid-cycle."""
+"""A sink that remembers what it wrote, can die midway like a publisher killed mid-cycle, and can hold a
+write until released (a publisher paused mid-cycle while the world moves on)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from services.publish.files import SiteFile
@@ -18,8 +20,22 @@ class RecordingSink:
         self.paths: list[str] = []
         self.calls: list[list[str]] = []  # the paths of each write call, in order: what had landed before what
         self.die_after = die_after
+        self._hold: asyncio.Event | None = None  # set: the held write goes on
+        self.holding = asyncio.Event()  # a write is being held
+
+    def hold_next(self) -> None:
+        """The next write waits for `release()`; `holding` is set once it does."""
+        self._hold = asyncio.Event()
+        self.holding.clear()
+
+    def release(self) -> None:
+        if self._hold is not None:
+            self._hold.set()
 
     async def write(self, files: Sequence[SiteFile]) -> None:
+        if self._hold is not None and not self._hold.is_set():
+            self.holding.set()
+            await self._hold.wait()
         if self.die_after is not None and len(self.paths) + len(files) > self.die_after:
             keep = max(0, self.die_after - len(self.paths))
             await self.inner.write(files[:keep])

@@ -202,6 +202,41 @@ async def test_the_active_app_whose_lock_session_the_server_ends_takes_the_lock_
         assert app.active and _pointer(site)["snapshot"] > before
 
 
+async def test_a_publisher_that_lost_its_lock_mid_cycle_writes_no_pointer_over_the_new_active_one(
+    pipeline: Pipeline, site: Path, tmp_path: Path
+) -> None:
+    """A failover ends the active publisher's lock session while it is mid-cycle (held before its files);
+    a second publisher takes the lock and publishes. Let go, the first must not write its pointer: the site
+    would go back to its older snapshot, or carry two snapshots of one number."""
+    rng = random.Random(17)
+    first = await PublishApp.create(await _settings(pipeline, site, tmp_path / "first"), pipeline.db_url)
+    sink = first.publisher.sink = RecordingSink(first.publisher.sink)  # type: ignore[arg-type]
+    async with running(first):
+        await asyncio.wait_for(_until_active(first), WAIT_S)
+        await pipeline.random_night(rng, 10)
+        await _published(pipeline, first)
+        sink.hold_next()
+        await pipeline.random_night(rng, 10)
+        await asyncio.wait_for(sink.holding.wait(), WAIT_S)
+        ended = await pipeline.db.fetchval(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory'"
+            " AND granted AND ((classid::bigint << 32) | objid::bigint) = $1",
+            LOCK_KEY,
+        )
+        assert ended == 1
+        second = await PublishApp.create(await _settings(pipeline, site, tmp_path / "second"), pipeline.db_url)
+        async with running(second):
+            await asyncio.wait_for(_until_active(second), WAIT_S)
+            await _published(pipeline, second)
+            pointer = (site / "suara/snapshot.json").read_bytes()
+            pointers_before = sink.paths.count("suara/snapshot.json")
+            sink.release()
+            await asyncio.wait_for(first.wait_cycles(2), WAIT_S)  # the held cycle ends, the lock is looked at
+            assert sink.paths.count("suara/snapshot.json") == pointers_before, "the first wrote a pointer"
+            assert (site / "suara/snapshot.json").read_bytes() == pointer, "the first publisher wrote its pointer"
+            assert not first.active and second.active
+
+
 async def _until_active(app: PublishApp) -> None:
     """Until `app` holds the lock: it decides at the top of each loop turn, so look after each turn."""
     while not app.active:
@@ -211,7 +246,9 @@ async def _until_active(app: PublishApp) -> None:
 async def _two_lock_tries(p: Pipeline) -> bool:
     tries = await p.db.fetchval(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-        " AND application_name = 'suara-publish' AND query ILIKE '%pg_try_advisory_lock%'"
+        # The standby's last statement is its try-lock; the active one's its try-lock or, once it has
+        # published, the check that it still holds the lock before each pointer.
+        " AND application_name = 'suara-publish' AND query ILIKE '%advisory%'"
     )
     return int(tries) >= 2
 

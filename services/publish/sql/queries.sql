@@ -2,6 +2,14 @@
 -- One active publisher per database; the lock is the session's and goes with its connection.
 SELECT pg_try_advisory_lock($1);
 
+-- name: holds_lock
+-- Whether this session still holds the lock (a bigint key is split into classid, objid).
+SELECT EXISTS (
+  SELECT 1 FROM pg_locks
+  WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()
+    AND ((classid::bigint << 32) | objid::bigint) = $1
+);
+
 -- name: cursor
 SELECT sequence, snapshot, registry_load, chain_position, chain_hash, chain_key_id, chain_signature
 FROM publish.cursor WHERE singleton;
