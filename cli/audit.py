@@ -122,12 +122,19 @@ async def run_verify(args: argparse.Namespace, settings: Settings) -> int:
                     "records": report.records,
                     "head_hash": report.head_hash,
                     "published_heads": len(published),
+                    "chains": report.chains,
+                    "heads": {str(c): {"position": p, "hash": h} for c, (p, h) in sorted(report.heads.items())},
                     "problems": report.problems,
                 }
             )
         )
     elif report.ok:
-        print(f"chain OK: {report.records:,} records, head {report.head_hash}{reached}")
+        if report.chains == 1:
+            print(f"chain OK: {report.records:,} records, head {report.head_hash}{reached}")
+        else:
+            print(f"chains OK: {report.records:,} records in {report.chains} chains{reached}")
+            for chain, (position, head_hash) in sorted(report.heads.items()):
+                print(f"  chain {chain}: {position:,} records, head {head_hash}")
     else:
         print(f"chain BROKEN: {len(report.problems)} problem(s) in {report.records:,} records")
         for problem in report.problems:
