@@ -179,6 +179,8 @@ class SignedHead:
     hash: bytes
     key_id: str
     signature: bytes
+    chain: int = 0
+    chains: int = 1
 
     def signed_by(self, public_key: bytes) -> bool:
-        return head_signed_by(public_key, self.position, self.hash, self.signature)
+        return head_signed_by(public_key, self.position, self.hash, self.signature, self.chain, self.chains)
