@@ -16,8 +16,8 @@ CREATE TABLE tally.chain_count (
 );
 INSERT INTO tally.chain_count (singleton, chains) VALUES (true, 1);
 
+-- The default is the one-chain election's chain; the committer always states the chain it linked into.
 ALTER TABLE tally.submission ADD COLUMN chain integer NOT NULL DEFAULT 0 CHECK (chain >= 0);
-ALTER TABLE tally.submission ALTER COLUMN chain DROP DEFAULT;
 ALTER TABLE tally.submission DROP CONSTRAINT submission_chain_position_key;
 ALTER TABLE tally.submission ADD CONSTRAINT submission_chain_position UNIQUE (chain, chain_position);
 ALTER TABLE tally.submission DROP CONSTRAINT submission_chain_version_check;
