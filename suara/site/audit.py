@@ -133,9 +133,14 @@ def audit_site(read: Reader, trusted: frozenset[str] = frozenset()) -> SiteRepor
 
 def _heads_of(document: dict[str, Any]) -> object:
     """What a pointer or history entry carries: every chain's head (`chain_heads`, several chains) or the
-    one `chain_head`; None when it carries none."""
+    one `chain_head`; None when it carries none. With several, `chain_head` must be chain 0's: a reader
+    that knows only `chain_head` must not be shown a head the audit did not check."""
     several = document.get("chain_heads")
-    return several if several is not None else document.get("chain_head")
+    if several is None:
+        return document.get("chain_head")
+    if not isinstance(several, list) or not several or document.get("chain_head") != several[0]:
+        return {"chain_head": document.get("chain_head"), "chain_heads[0]": several}
+    return several
 
 
 def _parse_heads(raws: object) -> list[SignedHead]:

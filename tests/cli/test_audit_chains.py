@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -69,6 +70,16 @@ async def test_four_chains_published_audited_and_one_cut_back_is_found(
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert f"chains OK: {sum(p for p, _ in heads.values()):,} records in {K} chains" in verified.stdout
     assert f"reaches the newest published head of each of {K} chains" in verified.stdout
+
+    # A pointer whose chain_head is not chain 0's (here chain 1's, validly signed) is found.
+    altered = pipeline.site.parent / f"{pipeline.site.name}-altered"
+    shutil.copytree(pipeline.site, altered)
+    try:
+        (altered / "suara/snapshot.json").write_text(json.dumps({**pointer, "chain_head": published[1]}))
+        odd = await _audit(cli_env, tmp_path, "site", str(altered))
+    finally:
+        shutil.rmtree(altered)
+    assert odd.returncode == 1 and any("suara/snapshot.json: a chain head has" in p for p in _problems(odd)), odd.stdout
 
     # Cut one chain back by a record and reset its head row to match: consistent to the database alone.
     victim = max(heads, key=lambda c: heads[c][0])
