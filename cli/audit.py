@@ -71,8 +71,8 @@ def _trust_argument(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _published_heads(args: argparse.Namespace) -> tuple[dict[int, bytes], list[str]]:
-    """position → hash of every validly signed head of --against, and what is wrong with the rest."""
+def _published_heads(args: argparse.Namespace) -> tuple[dict[tuple[int, int], bytes], list[str]]:
+    """(chain, position) → hash of every validly signed head of --against, and what is wrong with the rest."""
     from suara.site.audit import SiteUnreadable, audit_site, site_reader
 
     source: str = args.against
@@ -89,7 +89,8 @@ def _published_heads(args: argparse.Namespace) -> tuple[dict[int, bytes], list[s
             report = audit_site(site_reader(source), trusted)
     except (SiteUnreadable, OSError, ValueError) as exc:
         return {}, [f"--against {source}: {exc}"]
-    return {h.head.position: h.head.hash for h in report.heads}, [f"published: {p}" for p in report.problems]
+    heads = {(h.head.chain, h.head.position): h.head.hash for h in report.heads}
+    return heads, [f"published: {p}" for p in report.problems]
 
 
 async def run_verify(args: argparse.Namespace, settings: Settings) -> int:
@@ -113,7 +114,13 @@ async def run_verify(args: argparse.Namespace, settings: Settings) -> int:
         await photos.close()
     progress.done()
     report.problems[:0] = site_problems
-    reached = f", reaches the newest published head (position {max(published):,})" if published else ""
+    newest: dict[int, int] = {}
+    for chain, position in published:
+        newest[chain] = max(position, newest.get(chain, 0))
+    if len(newest) > 1:
+        reached = f", reaches the newest published head of each of {len(newest)} chains"
+    else:
+        reached = f", reaches the newest published head (position {max(newest.values()):,})" if newest else ""
     if args.json:
         print(
             json.dumps(
@@ -122,12 +129,19 @@ async def run_verify(args: argparse.Namespace, settings: Settings) -> int:
                     "records": report.records,
                     "head_hash": report.head_hash,
                     "published_heads": len(published),
+                    "chains": report.chains,
+                    "heads": {str(c): {"position": p, "hash": h} for c, (p, h) in sorted(report.heads.items())},
                     "problems": report.problems,
                 }
             )
         )
     elif report.ok:
-        print(f"chain OK: {report.records:,} records, head {report.head_hash}{reached}")
+        if report.chains == 1:
+            print(f"chain OK: {report.records:,} records, head {report.head_hash}{reached}")
+        else:
+            print(f"chains OK: {report.records:,} records in {report.chains} chains{reached}")
+            for chain, (position, head_hash) in sorted(report.heads.items()):
+                print(f"  chain {chain}: {position:,} records, head {head_hash}")
     else:
         print(f"chain BROKEN: {len(report.problems)} problem(s) in {report.records:,} records")
         for problem in report.problems:
@@ -150,6 +164,7 @@ async def run_site(args: argparse.Namespace, settings: Settings) -> int:
                 {
                     "ok": report.ok,
                     "heads": len(report.heads),
+                    "chains": report.chains,
                     "unsigned": report.unsigned,
                     "keys": sorted(report.keys),
                     "newest": None

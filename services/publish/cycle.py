@@ -32,6 +32,7 @@ from suara.election.signing import chain_key_id_for
 from suara.runtime import tracing
 from suara.runtime.database import Database
 from suara.site import paths
+from suara.site.audit import parse_signed_head
 from suara.v1 import aggregate_pb2, aggregate_pb2_grpc, tally_pb2, tally_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -157,7 +158,8 @@ class Publisher:
             if full or not self._assets_written:
                 await out.add(_assets())
             # Asked first, so that the history entries of this snapshot carry the same head as its pointer.
-            chain = await self._chain_head(cursor)
+            heads = await self._chain_heads(cursor)
+            chain = heads[0] if heads else None
             keys = [(r["key_id"], bytes(r["public_key"])) for r in await self.pool.fetch(QUERIES.chain_keys)]
             if full or keys != self._keys_written:  # before any file that carries a head signed by them
                 await out.add([SiteFile(paths.CHAIN_KEYS, documents.dumps(documents.chain_keys(keys)))])
@@ -200,7 +202,7 @@ class Publisher:
                         changes.add(contest, view, set())
                     if documents.dumps(documents.totals(contest, view)) != self._nationals_written.get(contest.id):
                         await self._renderer.area(out, contest, view, set(), no_data_ts, full=False)
-                index = await self._history(out, contest, snapshot, nationals[contest.id], chain, full=full)
+                index = await self._history(out, contest, snapshot, nationals[contest.id], chain, heads, full=full)
                 if index is not None:
                     indexes.append(index)
             caught_up = skeleton or await self._nothing_after(sequence)
@@ -219,6 +221,7 @@ class Publisher:
             chain_head=chain,
             nationals=nationals,
             caught_up=caught_up,
+            chain_heads=heads,
         )
         await out.add([SiteFile(paths.POINTER, documents.dumps(pointer))])
         await out.flush()
@@ -233,6 +236,7 @@ class Publisher:
                 QUERIES.commit_cycle, sequence, snapshot, chain.position if chain else None,
                 chain.hash.hex() if chain else None, result.files, full, registry_load,
                 chain.key_id if chain else None, chain.signature if chain else None,
+                documents.dumps(documents.every_head(heads)["chain_heads"]).decode() if len(heads) > 1 else None,
             )  # fmt: skip
         self._assets_written = True
         self._keys_written = keys
@@ -393,6 +397,7 @@ class Publisher:
         snapshot: int,
         national: aggregate_pb2.AreaView,
         chain: SignedHead | None,
+        heads: Sequence[SignedHead] = (),
         *,
         full: bool,
     ) -> SiteFile | None:
@@ -404,7 +409,7 @@ class Publisher:
         Compared with the entry of an *earlier* snapshot: a killed cycle may already have recorded this
         snapshot's, and the cycle that redoes it must still write its file and the index.
         """
-        entry = documents.history_entry(contest, snapshot, national, chain)
+        entry = documents.history_entry(contest, snapshot, national, chain, heads)
         async with self.pool.acquire() as conn:
             previous = await conn.fetchval(QUERIES.history_body_before, contest.id, snapshot)
             changed = previous is None or _numbers(documents.loads(previous)) != _numbers(entry)
@@ -423,29 +428,41 @@ class Publisher:
                     await out.add([SiteFile(paths.history_path(contest.id, row["snapshot"]), bytes(row["body"]))])
         return SiteFile(paths.history_index_path(contest.id), documents.dumps(documents.history_index(index)))
 
-    async def _chain_head(self, cursor: Any) -> SignedHead | None:
-        """Tally's signed head now; while tally is unreachable (or hands out a head its key does not sign),
-        the last one published, so the site keeps going and keeps carrying a signed head."""
+    async def _chain_heads(self, cursor: Any) -> list[SignedHead]:
+        """Tally's signed heads now, one per chain (chain 0's first); while tally is unreachable (or hands
+        out a head its key does not sign), the last ones published, so the site keeps going and keeps
+        carrying signed heads."""
         if self.tally is not None:
             try:
                 reply = await self.tally.GetChainHead(tally_pb2.GetChainHeadRequest(), timeout=TALLY_TIMEOUT_S)
             except grpc.aio.AioRpcError as exc:
                 log.warning("chain_head_unavailable", code=exc.code().name, detail=exc.details())
             else:
-                head, key = reply.chain_head, reply.chain_key
-                signed = SignedHead(head.position, bytes.fromhex(head.hash), head.key_id, head.signature)
-                if key.key_id == head.key_id == chain_key_id_for(key.public_key) and signed.signed_by(key.public_key):
-                    await self.pool.execute(QUERIES.remember_chain_key, key.key_id, key.public_key, head.position)
+                key = reply.chain_key
+                # chain_head is chain 0's (all a tally from before several chains sends); chain_heads the rest.
+                signed = [
+                    SignedHead(h.position, bytes.fromhex(h.hash), h.key_id, h.signature, h.chain, h.chains or 1)
+                    for h in (reply.chain_head, *reply.chain_heads[1:])
+                ]
+                if key.key_id == chain_key_id_for(key.public_key) and all(
+                    h.key_id == key.key_id and h.signed_by(key.public_key) for h in signed
+                ):
+                    newest = max(h.position for h in signed)
+                    await self.pool.execute(QUERIES.remember_chain_key, key.key_id, key.public_key, newest)
                     return signed
-                log.error("chain_head_not_signed", position=head.position, key_id=head.key_id)
+                log.error("chain_head_not_signed", positions=[h.position for h in signed], key_id=key.key_id)
+        if cursor["chain_heads"] is not None:
+            return [parse_signed_head(h) for h in documents.loads(cursor["chain_heads"])]
         if cursor["chain_signature"] is None:
-            return None
-        return SignedHead(
-            cursor["chain_position"],
-            bytes.fromhex(cursor["chain_hash"]),
-            cursor["chain_key_id"],
-            bytes(cursor["chain_signature"]),
-        )
+            return []
+        return [
+            SignedHead(
+                cursor["chain_position"],
+                bytes.fromhex(cursor["chain_hash"]),
+                cursor["chain_key_id"],
+                bytes(cursor["chain_signature"]),
+            )
+        ]
 
 
 def _numbers(entry: dict[str, Any]) -> tuple[Any, Any]:

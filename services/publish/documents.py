@@ -265,9 +265,13 @@ def progress(area: aggregate_pb2.AreaRow) -> dict[str, Any]:
 
 
 def history_entry(
-    contest: Contest, snapshot: int, national: aggregate_pb2.AreaView, chain_head: SignedHead | None = None
+    contest: Contest,
+    snapshot: int,
+    national: aggregate_pb2.AreaView,
+    chain_head: SignedHead | None = None,
+    chain_heads: Sequence[SignedHead] = (),
 ) -> dict[str, Any]:
-    """National and provincial totals at one snapshot, with the chain head the snapshot published."""
+    """National and provincial totals at one snapshot, with the chain head(s) the snapshot published."""
 
     def row(area: aggregate_pb2.AreaRow) -> dict[str, Any]:
         return {**_votes(contest, area.totals), **progress(area)}
@@ -279,7 +283,14 @@ def history_entry(
         "nasional": row(national.area),
         "provinsi": {child.area: row(child) for child in national.children},
         "chain_head": signed_head(chain_head),
+        **every_head(chain_heads),
     }
+
+
+def every_head(heads: Sequence[SignedHead]) -> dict[str, Any]:
+    """With several chains, all their signed heads under `chain_heads` (docs/layout.md); with one, nothing:
+    `chain_head` is the whole chain, and one-chain sites stay as they were."""
+    return {"chain_heads": [signed_head(h) for h in heads]} if len(heads) > 1 else {}
 
 
 def history_index(entries: Sequence[tuple[int, str]]) -> list[dict[str, Any]]:
@@ -294,7 +305,9 @@ def signed_head(head: SignedHead | None) -> dict[str, Any] | None:
     """A signed chain head as the pointer and every history entry carry it (docs/layout.md)."""
     if head is None:
         return None
+    several = {"chain": head.chain, "chains": head.chains} if head.chains > 1 else {}
     return {
+        **several,
         "position": head.position,
         "hash": head.hash.hex(),
         "key_id": head.key_id,
@@ -318,6 +331,7 @@ def pointer(
     chain_head: SignedHead | None,
     nationals: Mapping[str, aggregate_pb2.AreaView],
     caught_up: bool,
+    chain_heads: Sequence[SignedHead] = (),
 ) -> dict[str, Any]:
     return {
         "snapshot": snapshot,
@@ -326,6 +340,7 @@ def pointer(
         "aggregate_sequence": sequence,
         "caught_up": caught_up,
         "chain_head": signed_head(chain_head),
+        **every_head(chain_heads),
         # In the election's own order (president first): the page opens on the first one.
         "contests": {contest: progress(nationals[contest].area) for contest in sorted(nationals, key=_contest_order)},
     }

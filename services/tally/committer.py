@@ -6,6 +6,12 @@ version, photo rows, the outbox and the chain head in ONE transaction, and only
 then answers each caller. Acknowledged therefore means committed. Writers
 serialize on the chain-head row lock, which the chain needs anyway; the
 unique key (tps, contest, version) is the constraint behind idempotency.
+
+With K chains (docs/domain.md, "The chain") there is one lane per chain: a
+form goes to the lane of its TPS's chain, and each lane's transaction locks only
+that chain's head, so K lanes (and other replicas) commit side by side. Every
+version of a (tps, contest) is in one chain, so deciding its outcome needs no
+other chain's lock.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from services.tally import metrics
 from services.tally.admission import DatabaseGate
 from services.tally.intake import Prepared
 from services.tally.queries import QUERIES
-from suara.election.chain import CHAIN_VERSION, ChainRecord, link_hash
+from suara.election.chain import ChainRecord, chain_of, link_hash, version_for
 from suara.runtime import tracing
 from suara.runtime.database import Database, DatabaseUnavailable
 from suara.runtime.errors import Internal, ServiceError
@@ -48,6 +54,7 @@ class Receipt:
     chain_position: int
     chain_hash: bytes
     received_at: datetime
+    chain: int = 0
 
 
 @dataclass(frozen=True)
@@ -73,13 +80,15 @@ class _Item:
 
 
 class GroupCommitter:
-    def __init__(self, db: Database, gate: DatabaseGate, batch_max: int, timeout_s: float) -> None:
+    def __init__(self, db: Database, gate: DatabaseGate, batch_max: int, timeout_s: float, chains: int = 1) -> None:
         self._db = db
         self._gate = gate
         self._batch_max = batch_max
         self._timeout_s = timeout_s
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self.chains = chains
+        self._chain_version = version_for(chains)
+        self._queues: list[asyncio.Queue[_Item]] = [asyncio.Queue() for _ in range(chains)]
+        self._tasks: list[asyncio.Task[None]] = []
         self.batches = 0
         self.committed = 0
         self.writing = 0  # forms in the transaction being written now
@@ -87,10 +96,12 @@ class GroupCommitter:
 
     @property
     def queued(self) -> int:
-        return self._queue.qsize()
+        return sum(q.qsize() for q in self._queues)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="tally-group-commit")
+        self._tasks = [
+            asyncio.create_task(self._run(chain), name=f"tally-group-commit-{chain}") for chain in range(self.chains)
+        ]
 
     async def close(self) -> None:
         log.info(
@@ -100,10 +111,10 @@ class GroupCommitter:
             forms_per_batch=round(self.committed / self.batches, 1) if self.batches else 0,
             mean_write_ms=round(1000 * self.write_seconds / self.batches, 2) if self.batches else 0,
         )
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
 
     def enqueue(self, prepared: list[Prepared]) -> list[asyncio.Future[Result]]:
         loop = asyncio.get_running_loop()
@@ -111,30 +122,33 @@ class GroupCommitter:
         span = tracing.current_span()
         for p in prepared:
             fut: asyncio.Future[Result] = loop.create_future()
-            self._queue.put_nowait(_Item(p, fut, span))
+            self._queues[chain_of(p.tps, self.chains)].put_nowait(_Item(p, fut, span))
             futures.append(fut)
         return futures
 
-    async def _run(self) -> None:
+    async def _run(self, chain: int) -> None:
+        queue = self._queues[chain]
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self._batch_max and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            self.writing = len(batch)
-            # One span serves many calls: a root of its own, linked to each; its context goes into the outbox rows.
-            with tracing.batch_span(
-                "tally.commit", (i.span for i in batch), attributes={"suara.forms": len(batch)}
-            ) as span:
-                await self._commit(batch, tracing.traceparent(span))
-            self.writing = 0
+            batch = [await queue.get()]
+            while len(batch) < self._batch_max and not queue.empty():
+                batch.append(queue.get_nowait())
+            self.writing += len(batch)
+            try:
+                # One span serves many calls: a root of its own, linked to each; its context goes into the outbox rows.
+                with tracing.batch_span(
+                    "tally.commit", (i.span for i in batch), attributes={"suara.forms": len(batch)}
+                ) as span:
+                    await self._commit(batch, tracing.traceparent(span), chain)
+            finally:
+                self.writing -= len(batch)
 
-    async def _commit(self, batch: list[_Item], traceparent: str | None = None) -> None:
+    async def _commit(self, batch: list[_Item], traceparent: str | None = None, chain: int = 0) -> None:
         if not self._gate.available:
             self._fail(batch, self._gate.error())
             return
         started = time.perf_counter()
         try:
-            results = await self._write([i.prepared for i in batch], traceparent)
+            results = await self._write([i.prepared for i in batch], traceparent, chain)
         except DatabaseUnavailable as exc:
             # The commit may or may not have happened; nobody is told "stored", and a resend is safe.
             tracing.failed(exc)
@@ -168,9 +182,10 @@ class GroupCommitter:
             if not item.future.done():
                 item.future.set_exception(error)
 
-    async def _write(self, batch: list[Prepared], traceparent: str | None = None) -> list[Result]:
+    async def _write(self, batch: list[Prepared], traceparent: str | None = None, chain: int = 0) -> list[Result]:
+        """Store one batch, every form of which is in `chain`."""
         async with self._db.acquire(wait_s=1.0, within_s=self._timeout_s) as conn, conn.transaction():
-            head = await conn.fetchrow(QUERIES.lock_chain_head)
+            head = await conn.fetchrow(QUERIES.lock_chain_head, chain)
             position: int = head["position"]
             previous: bytes = bytes(head["hash"])
             keys = list({p.key for p in batch})
@@ -189,6 +204,7 @@ class GroupCommitter:
                             row["chain_position"],
                             bytes(row["chain_hash"]),
                             row["received_at"],
+                            row["chain"],
                         ),
                         row["outcome"],
                         tuple(row["failed_checks"]),
@@ -219,10 +235,10 @@ class GroupCommitter:
                 submission_id = uuid.uuid4()
                 record = ChainRecord(
                     position, str(submission_id), p.tps, p.contest, p.version, p.device_id, p.payload_sha256,
-                    p.signature, outcome, p.failed_checks, p.photo_sha256, now,
+                    p.signature, outcome, p.failed_checks, p.photo_sha256, now, chain, self.chains,
                 )  # fmt: skip
-                previous = link_hash(previous, record)
-                receipt = Receipt(str(submission_id), p.payload_sha256, position, previous, now)
+                previous = link_hash(previous, record, self._chain_version)
+                receipt = Receipt(str(submission_id), p.payload_sha256, position, previous, now, chain)
                 stored[p.key] = _Stored(receipt, outcome, tuple(p.failed_checks))
                 submissions.append(
                     (
@@ -249,8 +265,9 @@ class GroupCommitter:
                     [v[1] for v in new_current.values()],
                     position,
                     previous,
-                    CHAIN_VERSION,
+                    self._chain_version,
                     traceparent,
+                    chain,
                 )
             if photos:
                 await conn.execute(

@@ -86,6 +86,7 @@ def receipt_pb(receipt: Receipt) -> tally_pb2.Receipt:
         chain_position=receipt.chain_position,
         chain_hash=receipt.chain_hash.hex(),
         server_time=ts,
+        chain=receipt.chain,
     )
 
 
@@ -105,6 +106,7 @@ def submission_pb(row: asyncpg.Record) -> tally_pb2.Submission:
         row["chain_position"],
         bytes(row["chain_hash"]),
         row["received_at"],
+        row["chain"],
     )
     return tally_pb2.Submission(
         receipt=receipt_pb(receipt),
@@ -123,20 +125,28 @@ def submission_pb(row: asyncpg.Record) -> tally_pb2.Submission:
 
 class TallyService(tally_pb2_grpc.TallyServiceServicer):
     def __init__(
-        self, db: Database, catalog: Catalog, settings: TallySettings, chain_key: ChainKey, photos: ObjectStore
+        self,
+        db: Database,
+        catalog: Catalog,
+        settings: TallySettings,
+        chain_key: ChainKey,
+        photos: ObjectStore,
+        chains: int = 1,
     ) -> None:
         self.db = db
         self.photos = photos
         self.settings = settings
         self.chain_key = chain_key
-        self._signed_head: tuple[int, bytes, bytes] = (-1, b"", b"")  # the last head signed: signed once
+        self.chains = chains
+        # The last head signed per chain, signed once: chain → (position, hash, signature).
+        self._signed_heads: dict[int, tuple[int, bytes, bytes]] = {}
         self.gate = DatabaseGate(db, settings.retry_after_ms)
         self.in_flight = InFlight(settings.max_in_flight, settings.retry_after_ms)
         self.executor = ThreadPoolExecutor(settings.verify_threads, thread_name_prefix="verify")
         self.devices = DeviceKeys(db)
         device_limit = RateLimiter(settings.device_rate_per_min / 60, settings.device_burst)
         self.intake = Intake(self.devices, catalog, self.executor, settings.photo_max_bytes, device_limit)
-        self.committer = GroupCommitter(db, self.gate, settings.commit_batch_max, settings.commit_wait_s)
+        self.committer = GroupCommitter(db, self.gate, settings.commit_batch_max, settings.commit_wait_s, chains)
 
     async def _store(self, requests: list[tally_pb2.SubmitRequest]) -> list[Result | ServiceError]:
         """Admit, prepare and commit; one result per request, in order."""
@@ -319,16 +329,28 @@ class TallyService(tally_pb2_grpc.TallyServiceServicer):
     async def GetChainHead(
         self, request: tally_pb2.GetChainHeadRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> tally_pb2.GetChainHeadResponse:
-        rows = await self._fetch(QUERIES.chain_head)
-        position, head_hash = rows[0]["position"], bytes(rows[0]["hash"])
-        # Signed here, once per head handed out, not per commit: the commit path stays as cheap as it was.
-        if self._signed_head[:2] != (position, head_hash):
-            self._signed_head = (position, head_hash, sign_head(self.chain_key, position, head_hash))
-        head = tally_pb2.ChainHead(
-            position=position, hash=head_hash.hex(), signature=self._signed_head[2], key_id=self.chain_key.key_id
-        )
+        rows = await self._fetch(QUERIES.chain_heads)
+        heads = []
+        for row in rows:
+            chain, position, head_hash = row["chain"], row["position"], bytes(row["hash"])
+            # Signed here, once per head handed out, not per commit: the commit path stays as cheap as it was.
+            signed = self._signed_heads.get(chain)
+            if signed is None or signed[:2] != (position, head_hash):
+                signature = sign_head(self.chain_key, position, head_hash, chain, self.chains)
+                signed = self._signed_heads[chain] = (position, head_hash, signature)
+            heads.append(
+                tally_pb2.ChainHead(
+                    position=position,
+                    hash=head_hash.hex(),
+                    signature=signed[2],
+                    key_id=self.chain_key.key_id,
+                    chain=chain,
+                    chains=self.chains,
+                )
+            )
         key = tally_pb2.ChainKey(key_id=self.chain_key.key_id, public_key=self.chain_key.public_key)
-        return tally_pb2.GetChainHeadResponse(chain_head=head, chain_key=key)
+        # chain_head alone is the whole chain when there is one; with several, chain_heads holds every head.
+        return tally_pb2.GetChainHeadResponse(chain_head=heads[0], chain_key=key, chain_heads=heads)
 
     async def GetPhoto(
         self, request: tally_pb2.GetPhotoRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -518,7 +540,12 @@ class TallyApp:
         catalog = await Catalog.load(db)
         if certificates is not None:
             certificates.election = catalog.election  # a rehearsal's certificate is refused on the night
-        service = TallyService(db, catalog, settings.tally, chain_key, photos)
+        try:
+            chains = await election_chains(db, settings.tally.chains)
+        except BaseException:
+            await db.close()
+            raise
+        service = TallyService(db, catalog, settings.tally, chain_key, photos, chains)
         admins = AdminTokens(db)
         server, port = create_server(
             lambda s: tally_pb2_grpc.add_TallyServiceServicer_to_server(service, s),
@@ -582,6 +609,26 @@ class TallyApp:
         await self.service.close()
         await self.db.close()
         log.info("tally_stopped")
+
+
+async def election_chains(db: Database, wanted: int) -> int:
+    """The number of chains the election runs: SUARA_TALLY_CHAINS until the first form is stored,
+    then fixed (docs/domain.md, "The chain"); a different setting after that is refused."""
+    row = (await db.fetch(QUERIES.chain_count))[0]
+    if row["chains"] != wanted and not row["stored"]:
+        await db.execute(QUERIES.set_chain_count, wanted)
+        row = (await db.fetch(QUERIES.chain_count))[0]
+        if row["chains"] == wanted:
+            log.info("chains_set", chains=wanted)
+    if row["chains"] != wanted:
+        raise SettingError(
+            "SUARA_TALLY_CHAINS",
+            wanted,
+            f"{row['chains']}: this election's forms are split into {row['chains']} chain(s), fixed since its "
+            "first form was stored. Start tally with that value",
+        )
+    chains: int = row["chains"]
+    return chains
 
 
 def chain_key_path(settings: Settings) -> Path:

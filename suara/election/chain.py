@@ -30,11 +30,31 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The link encoding written for new submissions. Version 1 (rows stored before the tally migration
 # 0006_chain_v2) covered neither TPS, contest, version, device, failed checks nor photos; its rows keep
 # it, as re-linking them would change hashes already handed out in receipts and published heads.
+# Version 3 is version 2 with the chain's number and the number of chains in front, written only when
+# an election runs several chains (K > 1), so a one-chain election's links stay byte-identical to v2.
 CHAIN_VERSION = 2
-CHAIN_VERSIONS = (1, 2)
+CHAIN_VERSION_CHAINS = 3
+CHAIN_VERSIONS = (1, 2, 3)
 _TAG_V1 = b"suara.chain.v1"
 _TAG_V2 = b"suara.chain.v2"
+_TAG_V3 = b"suara.chain.v3"
 HEAD_TAG = b"suara.chain-head.v1"
+HEAD_TAG_CHAINS = b"suara.chain-head.v2"
+MAX_CHAINS = 1024
+
+
+def chain_of(tps: str, chains: int) -> int:
+    """The chain a TPS's forms are linked into: the first 8 bytes of SHA-256 of the TPS code (UTF-8),
+    as an unsigned big-endian integer, modulo the number of chains. Stable across processes and
+    languages (unlike Python's hash()), so every version of a TPS and contest lands in one chain."""
+    if not 1 <= chains <= MAX_CHAINS:
+        raise ValueError(f"the number of chains is 1 to {MAX_CHAINS}, got {chains}")
+    return int.from_bytes(hashlib.sha256(tps.encode()).digest()[:8], "big") % chains
+
+
+def version_for(chains: int) -> int:
+    """The link version new rows are written with when an election runs `chains` chains."""
+    return CHAIN_VERSION if chains == 1 else CHAIN_VERSION_CHAINS
 
 
 @dataclass(frozen=True)
@@ -53,6 +73,8 @@ class ChainRecord:
     failed_checks: Sequence[str]
     photo_sha256: Sequence[str]
     received_at: datetime
+    chain: int = 0  # which of the election's chains (version 3 links only)
+    chains: int = 1
 
 
 _INT = struct.Struct(">Iq")  # an integer's item: its length (8), then its value
@@ -78,12 +100,19 @@ def micros(at: datetime) -> int:
 _V2_TAG_ITEM = _item(_TAG_V2)
 
 
-def link_encoding(previous: bytes, record: ChainRecord) -> bytes:
-    """The bytes a version-2 link hashes (docs/domain.md, "The chain")."""
+_V3_TAG_ITEM = _item(_TAG_V3)
+
+
+def link_encoding(previous: bytes, record: ChainRecord, chain_version: int = CHAIN_VERSION) -> bytes:
+    """The bytes a version-2 or version-3 link hashes (docs/domain.md, "The chain")."""
     r = record
+    if chain_version == CHAIN_VERSION_CHAINS:
+        lead: tuple[bytes, ...] = (_V3_TAG_ITEM, _int(r.chain), _int(r.chains))
+    else:
+        lead = (_V2_TAG_ITEM,)
     return b"".join(
         (
-            _V2_TAG_ITEM,
+            *lead,
             _item(previous),
             _int(r.position),
             _item(r.submission_id.encode()),
@@ -102,8 +131,8 @@ def link_encoding(previous: bytes, record: ChainRecord) -> bytes:
 
 
 def link_hash(previous: bytes, record: ChainRecord, chain_version: int = CHAIN_VERSION) -> bytes:
-    if chain_version == 2:
-        return hashlib.sha256(link_encoding(previous, record)).digest()
+    if chain_version in (2, 3):
+        return hashlib.sha256(link_encoding(previous, record, chain_version)).digest()
     if chain_version == 1:
         return _link_hash_v1(previous, record)
     raise ValueError(f"unknown chain version {chain_version}; known: {CHAIN_VERSIONS}")
@@ -120,21 +149,26 @@ def _link_hash_v1(previous: bytes, record: ChainRecord) -> bytes:
     return h.digest()
 
 
-def head_encoding(position: int, head_hash: bytes) -> bytes:
-    """The bytes tally's chain key signs for a head (docs/domain.md, "The signed head")."""
+def head_encoding(position: int, head_hash: bytes, chain: int = 0, chains: int = 1) -> bytes:
+    """The bytes tally's chain key signs for a head (docs/domain.md, "The signed head"). With several
+    chains the head names its chain and their number, so one chain's head cannot pass for another's."""
     if len(head_hash) != HASH_BYTES:
         raise ValueError(f"a chain hash is {HASH_BYTES} bytes, got {len(head_hash)}")
-    return _item(HEAD_TAG) + _int(position) + _item(head_hash)
+    if chains == 1:
+        return _item(HEAD_TAG) + _int(position) + _item(head_hash)
+    return _item(HEAD_TAG_CHAINS) + _int(chain) + _int(chains) + _int(position) + _item(head_hash)
 
 
-def sign_head(key: ChainKey, position: int, head_hash: bytes) -> bytes:
-    return key.sign(head_encoding(position, head_hash))
+def sign_head(key: ChainKey, position: int, head_hash: bytes, chain: int = 0, chains: int = 1) -> bytes:
+    return key.sign(head_encoding(position, head_hash, chain, chains))
 
 
-def head_signed_by(public_key: bytes, position: int, head_hash: bytes, signature: bytes) -> bool:
+def head_signed_by(
+    public_key: bytes, position: int, head_hash: bytes, signature: bytes, chain: int = 0, chains: int = 1
+) -> bool:
     if len(head_hash) != HASH_BYTES:
         return False
-    return signing.verify(public_key, head_encoding(position, head_hash), signature)
+    return signing.verify(public_key, head_encoding(position, head_hash, chain, chains), signature)
 
 
 @dataclass(frozen=True)
@@ -145,6 +179,8 @@ class SignedHead:
     hash: bytes
     key_id: str
     signature: bytes
+    chain: int = 0
+    chains: int = 1
 
     def signed_by(self, public_key: bytes) -> bool:
-        return head_signed_by(public_key, self.position, self.hash, self.signature)
+        return head_signed_by(public_key, self.position, self.hash, self.signature, self.chain, self.chains)

@@ -193,6 +193,13 @@ class TallySettings(_Section):
     commit_batch_max: int = _setting(
         "SUARA_TALLY_COMMIT_BATCH", 500, "most forms one group-commit transaction takes", COUNT
     )
+    chains: int = _setting(
+        "SUARA_TALLY_CHAINS",
+        1,
+        "chains the election's submissions are split into (commits into different chains do not wait on "
+        "each other); fixed once the first form is stored, and tally refuses to start with another",
+        _between(1, 1024, "a count, 1 to 1024"),
+    )
     commit_wait_s: float = _setting(
         "SUARA_TALLY_COMMIT_WAIT_S",
         1.0,

@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from suara.election.chain import SignedHead
 from suara.election.signing import PUBLIC_KEY_BYTES, chain_key_id_for
@@ -72,6 +73,7 @@ class SiteReport:
     keys: dict[str, bytes] = field(default_factory=dict)
     heads: list[PublishedHead] = field(default_factory=list)  # validly signed, in snapshot order
     unsigned: int = 0  # history entries published before heads were signed
+    chains: int = 1  # how many chains the heads are of
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -91,35 +93,66 @@ def audit_site(read: Reader, trusted: frozenset[str] = frozenset()) -> SiteRepor
     if not isinstance(pointer, dict):
         report.problems.append(f"{paths.POINTER}: missing or not an object: nothing is published")
         return report
-    found: list[tuple[str, int, object]] = [(paths.POINTER, _int(pointer.get("snapshot")), pointer.get("chain_head"))]
+    found: list[tuple[str, int, object]] = [(paths.POINTER, _int(pointer.get("snapshot")), _heads_of(pointer))]
     for contest in pointer.get("contests") or {}:
         found += _history(read, contest, report)
     found.sort(key=lambda f: (f[1], f[0] == paths.POINTER))  # the pointer after the history of its snapshot
     signed_seen = False
-    for where, snapshot, raw in found:
-        if raw is None:
+    for where, snapshot, raws in found:
+        if raws is None:
             if where == paths.POINTER or signed_seen:
                 report.problems.append(f"{where}: carries no signed chain head")
             report.unsigned += 1
             continue
         signed_seen = True
         try:
-            head = parse_signed_head(raw)
+            heads = _parse_heads(raws)
         except ValueError as exc:
             report.problems.append(f"{where}: {exc}")
             continue
-        key = report.keys.get(head.key_id)
-        if key is None or (trusted and head.key_id not in trusted):
-            known = "not trusted" if key is not None else f"not in {paths.CHAIN_KEYS}"
-            report.problems.append(f"{where}: head at position {head.position} is signed by key {head.key_id}, {known}")
-        elif not head.signed_by(key):
-            report.problems.append(
-                f"{where}: head at position {head.position} ({head.hash.hex()}) is not validly signed by {head.key_id}"
-            )
-        else:
-            report.heads.append(PublishedHead(where, snapshot, head))
-    report.problems += _growth(report.heads)
+        for head in heads:
+            report.chains = max(report.chains, head.chains)
+            of = f"chain {head.chain} " if head.chains > 1 else ""
+            key = report.keys.get(head.key_id)
+            if key is None or (trusted and head.key_id not in trusted):
+                known = "not trusted" if key is not None else f"not in {paths.CHAIN_KEYS}"
+                report.problems.append(
+                    f"{where}: {of}head at position {head.position} is signed by key {head.key_id}, {known}"
+                )
+            elif not head.signed_by(key):
+                report.problems.append(
+                    f"{where}: {of}head at position {head.position} ({head.hash.hex()}) is not validly signed by "
+                    f"{head.key_id}"
+                )
+            else:
+                report.heads.append(PublishedHead(where, snapshot, head))
+    for chain in sorted({h.head.chain for h in report.heads}):
+        report.problems += _growth([h for h in report.heads if h.head.chain == chain])
     return report
+
+
+def _heads_of(document: dict[str, Any]) -> object:
+    """What a pointer or history entry carries: every chain's head (`chain_heads`, several chains) or the
+    one `chain_head`; None when it carries none. With several, `chain_head` must be chain 0's: a reader
+    that knows only `chain_head` must not be shown a head the audit did not check."""
+    several = document.get("chain_heads")
+    if several is None:
+        return document.get("chain_head")
+    if not isinstance(several, list) or not several or document.get("chain_head") != several[0]:
+        return {"chain_head": document.get("chain_head"), "chain_heads[0]": several}
+    return several
+
+
+def _parse_heads(raws: object) -> list[SignedHead]:
+    """The heads of one document: one, or all K of several chains (each chain once, all saying K)."""
+    if not isinstance(raws, list):
+        return [parse_signed_head(raws)]
+    heads = [parse_signed_head(raw) for raw in raws]
+    chains = {h.chains for h in heads}
+    if len(chains) != 1 or sorted(h.chain for h in heads) != list(range(max(chains))):
+        got = sorted((h.chain, h.chains) for h in heads)
+        raise ValueError(f"chain_heads must hold each of the K chains' heads once, all saying K; got (chain, K) {got}")
+    return heads
 
 
 def parse_signed_head(value: object) -> SignedHead:
@@ -129,11 +162,18 @@ def parse_signed_head(value: object) -> SignedHead:
         raise ValueError(f"a chain head is an object, got {type(value).__name__}")
     try:
         position, head_hash, key_id, signature = (value[k] for k in ("position", "hash", "key_id", "signature"))
-        if not (isinstance(position, int) and isinstance(key_id, str)):
+        chain, chains = value.get("chain", 0), value.get("chains", 1)
+        if not (
+            all(isinstance(n, int) and not isinstance(n, bool) for n in (position, chain, chains))
+            and isinstance(key_id, str)
+            and 0 <= chain < chains
+        ):
             raise TypeError
-        return SignedHead(position, bytes.fromhex(head_hash), key_id, bytes.fromhex(signature))
+        return SignedHead(position, bytes.fromhex(head_hash), key_id, bytes.fromhex(signature), chain, chains)
     except (KeyError, TypeError, ValueError):
-        raise ValueError(f"a chain head has position, hash, key_id and signature, got {value!r}") from None
+        raise ValueError(
+            f"a chain head has position, hash, key_id and signature (and chain and chains, with several), got {value!r}"
+        ) from None
 
 
 def _keys(read: Reader, problems: list[str]) -> dict[str, bytes]:
@@ -172,7 +212,7 @@ def _history(read: Reader, contest: str, report: SiteReport) -> list[tuple[str, 
         elif entry.get("snapshot") != snapshot:
             report.problems.append(f"{where}: says snapshot {entry.get('snapshot')!r}")
         else:
-            found.append((where, snapshot, entry.get("chain_head")))
+            found.append((where, snapshot, _heads_of(entry)))
     return found
 
 

@@ -182,6 +182,7 @@ class Receipt(_message.Message):
     CHAIN_POSITION_FIELD_NUMBER: _builtins.int
     CHAIN_HASH_FIELD_NUMBER: _builtins.int
     SERVER_TIME_FIELD_NUMBER: _builtins.int
+    CHAIN_FIELD_NUMBER: _builtins.int
     submission_id: _builtins.str
     """The submission's id (a UUID), for GetSubmission."""
     payload_sha256: _builtins.str
@@ -190,6 +191,10 @@ class Receipt(_message.Message):
     """1-based position of this submission in the tamper-evident chain."""
     chain_hash: _builtins.str
     """SHA-256 of this chain link, 64 lowercase hex digits."""
+    chain: _builtins.int
+    """The chain the submission is linked into (0 when the election runs one
+    chain; docs/domain.md, "The chain"). chain_position counts within it.
+    """
     @_builtins.property
     def server_time(self) -> _timestamp_pb2.Timestamp:
         """When tally stored the form (its clock), to the microsecond."""
@@ -202,10 +207,11 @@ class Receipt(_message.Message):
         chain_position: _builtins.int = ...,
         chain_hash: _builtins.str = ...,
         server_time: _timestamp_pb2.Timestamp | None = ...,
+        chain: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["server_time", b"server_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain_hash", b"chain_hash", "chain_position", b"chain_position", "payload_sha256", b"payload_sha256", "server_time", b"server_time", "submission_id", b"submission_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain", b"chain", "chain_hash", b"chain_hash", "chain_position", b"chain_position", "payload_sha256", b"payload_sha256", "server_time", b"server_time", "submission_id", b"submission_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -742,6 +748,8 @@ class ChainHead(_message.Message):
     HASH_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     KEY_ID_FIELD_NUMBER: _builtins.int
+    CHAIN_FIELD_NUMBER: _builtins.int
+    CHAINS_FIELD_NUMBER: _builtins.int
     position: _builtins.int
     """Records in the chain (0: empty)."""
     hash: _builtins.str
@@ -754,6 +762,13 @@ class ChainHead(_message.Message):
     """The chain key that signed it ("chn_" + 24 hex digits of the SHA-256 of
     its public key).
     """
+    chain: _builtins.int
+    """Which chain this is the head of, 0 to chains - 1."""
+    chains: _builtins.int
+    """How many chains the election runs (0 from a tally that predates them:
+    read as 1). With more than one the signature also covers chain and
+    chains (docs/domain.md, "The signed head").
+    """
     def __init__(
         self,
         *,
@@ -761,10 +776,12 @@ class ChainHead(_message.Message):
         hash: _builtins.str = ...,
         signature: _builtins.bytes = ...,
         key_id: _builtins.str = ...,
+        chain: _builtins.int = ...,
+        chains: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hash", b"hash", "key_id", b"key_id", "position", b"position", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain", b"chain", "chains", b"chains", "hash", b"hash", "key_id", b"key_id", "position", b"position", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -806,23 +823,29 @@ class GetChainHeadResponse(_message.Message):
 
     CHAIN_HEAD_FIELD_NUMBER: _builtins.int
     CHAIN_KEY_FIELD_NUMBER: _builtins.int
+    CHAIN_HEADS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def chain_head(self) -> Global___ChainHead:
-        """The head now, signed."""
+        """The head of chain 0 now, signed: the whole chain when there is one."""
 
     @_builtins.property
     def chain_key(self) -> Global___ChainKey:
         """The key that signed it."""
+
+    @_builtins.property
+    def chain_heads(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChainHead]:
+        """Every chain's head, signed, in chain order (chain_head is the first)."""
 
     def __init__(
         self,
         *,
         chain_head: Global___ChainHead | None = ...,
         chain_key: Global___ChainKey | None = ...,
+        chain_heads: _abc.Iterable[Global___ChainHead] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["chain_head", b"chain_head", "chain_key", b"chain_key"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain_head", b"chain_head", "chain_key", b"chain_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain_head", b"chain_head", "chain_heads", b"chain_heads", "chain_key", b"chain_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

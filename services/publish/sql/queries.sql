@@ -11,7 +11,8 @@ SELECT EXISTS (
 );
 
 -- name: cursor
-SELECT sequence, snapshot, registry_load, chain_position, chain_hash, chain_key_id, chain_signature
+SELECT sequence, snapshot, registry_load, chain_position, chain_hash, chain_key_id, chain_signature,
+       chain_heads::text AS chain_heads
 FROM publish.cursor WHERE singleton;
 
 -- name: remember_chain_key
@@ -51,17 +52,17 @@ WHERE c.singleton;
 -- The cycle's files are all written: move the cursor and record the snapshot, in one transaction.
 WITH snap AS (
     INSERT INTO publish.snapshot (id, sequence, chain_position, chain_hash, files, full_rebuild, published_at,
-                                  chain_key_id, chain_signature)
-    VALUES ($2, $1, $3, $4, $5, $6, now(), $8, $9)
+                                  chain_key_id, chain_signature, chain_heads)
+    VALUES ($2, $1, $3, $4, $5, $6, now(), $8, $9, $10::jsonb)
     ON CONFLICT (id) DO UPDATE
         SET sequence = EXCLUDED.sequence, chain_position = EXCLUDED.chain_position,
             chain_hash = EXCLUDED.chain_hash, files = EXCLUDED.files, full_rebuild = EXCLUDED.full_rebuild,
             published_at = EXCLUDED.published_at, chain_key_id = EXCLUDED.chain_key_id,
-            chain_signature = EXCLUDED.chain_signature
+            chain_signature = EXCLUDED.chain_signature, chain_heads = EXCLUDED.chain_heads
 )
 UPDATE publish.cursor
 SET sequence = $1, snapshot = $2, chain_position = $3, chain_hash = $4, registry_load = $7, updated_at = now(),
-    chain_key_id = $8, chain_signature = $9
+    chain_key_id = $8, chain_signature = $9, chain_heads = $10::jsonb
 WHERE singleton;
 
 -- name: published_sequence

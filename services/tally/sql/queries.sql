@@ -1,13 +1,29 @@
 -- name: lock_chain_head
-SELECT position, hash FROM tally.chain_head WHERE singleton FOR UPDATE;
+-- One chain's head: a commit writes into one chain, so commits into different chains do not wait.
+SELECT position, hash FROM tally.chain_head WHERE chain = $1 FOR UPDATE;
 
--- name: set_chain_head
-UPDATE tally.chain_head SET position = $1, hash = $2 WHERE singleton;
+-- name: chain_count
+-- How many chains the election runs, and whether any form is stored yet (then it is fixed).
+SELECT (SELECT chains FROM tally.chain_count WHERE singleton) AS chains,
+       EXISTS (SELECT FROM tally.submission) AS stored;
+
+-- name: set_chain_count
+-- Before the first form only: K chains, each with an empty head (chain 0's row exists already).
+WITH count AS (
+    UPDATE tally.chain_count SET chains = $1 WHERE singleton AND NOT EXISTS (SELECT FROM tally.submission)
+    RETURNING chains
+), dropped AS (
+    DELETE FROM tally.chain_head WHERE chain >= $1 AND EXISTS (SELECT FROM count)
+)
+INSERT INTO tally.chain_head (chain, position, hash)
+SELECT g, 0, decode(repeat('00', 32), 'hex') FROM generate_series(1, $1 - 1) g
+WHERE EXISTS (SELECT FROM count)
+ON CONFLICT (chain) DO NOTHING;
 
 -- name: existing_for_keys
 -- The stored submissions with exactly these keys, and the current version of each (tps, contest).
 SELECT k.tps, k.contest, k.version, s.id, s.payload_sha256, s.outcome, s.failed_checks,
-       s.chain_position, s.chain_hash, s.received_at, c.version AS current_version
+       s.chain, s.chain_position, s.chain_hash, s.received_at, c.version AS current_version
 FROM unnest($1::text[], $2::text[], $3::bigint[]) AS k (tps, contest, version)
 LEFT JOIN tally.submission s USING (tps, contest, version)
 LEFT JOIN tally.current c ON c.tps = k.tps AND c.contest = k.contest;
@@ -77,21 +93,21 @@ ORDER BY s.contest, s.version
 LIMIT $5;
 
 -- name: chain_records
--- For `suara audit verify`: the whole chain in order, with each signer's key and TPS (a LEFT JOIN, so a
+-- For `suara audit verify`: every chain in order, with each signer's key and TPS (a LEFT JOIN, so a
 -- row naming no enrolled device is reported rather than skipped).
 SELECT s.id, s.chain_position, s.chain_hash, s.chain_version, s.payload, s.payload_sha256, s.signature,
        s.outcome, s.received_at, s.tps, s.contest, s.version, s.device_id, s.failed_checks, s.photo_sha256,
-       d.public_key, d.tps AS device_tps
+       s.chain, d.public_key, d.tps AS device_tps
 FROM tally.submission s LEFT JOIN tally.device d USING (device_id)
-ORDER BY s.chain_position;
+ORDER BY s.chain, s.chain_position;
 
 -- name: photo_hashes
 -- For `suara audit verify`: every stored photo, to check its bytes still have the hash that names it
 -- (content is NULL for a photo whose bytes are in the photo store).
 SELECT sha256, content FROM tally.photo ORDER BY sha256;
 
--- name: chain_head
-SELECT position, hash FROM tally.chain_head WHERE singleton;
+-- name: chain_heads
+SELECT chain, position, hash FROM tally.chain_head ORDER BY chain;
 
 -- name: photo
 -- content is NULL unless the row predates the photo store (migration 0008): then the store has the bytes.
@@ -102,7 +118,8 @@ SELECT sha256, content_type, content FROM tally.photo WHERE sha256 = $1;
 -- submissions, the outbox rows of those that became current, the current version
 -- of each slot, and the chain head. Arrays are per row; failed_checks and
 -- photo_sha256 travel comma-joined because unnest cannot carry arrays of arrays.
--- $23: the commit span's traceparent for the outbox rows (NULL when tracing is off).
+-- $23: the commit span's traceparent for the outbox rows (NULL when tracing is off); $24: the one
+-- chain every row of the batch is linked into, whose head becomes ($20, $21).
 WITH new AS (
     SELECT *
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::bytea[], $6::bytea[], $7::bytea[],
@@ -112,10 +129,10 @@ WITH new AS (
 ), submissions AS (
     INSERT INTO tally.submission (id, tps, contest, version, payload, payload_sha256, signature, device_id,
                                   outcome, failed_checks, photo_sha256, chain_position, chain_hash, received_at,
-                                  chain_version)
+                                  chain_version, chain)
     SELECT id, tps, contest, version, payload, payload_sha256, signature, device_id,
            outcome, string_to_array(failed_checks, ','), string_to_array(photo_sha256, ','),
-           chain_position, chain_hash, $15::timestamptz, $22::smallint
+           chain_position, chain_hash, $15::timestamptz, $22::smallint, $24::integer
     FROM new
 ), announced AS (
     INSERT INTO tally.outbox (submission_id, tps, contest, version, counts, quarantined, failed_checks, traceparent)
@@ -131,7 +148,7 @@ WITH new AS (
         SET version = EXCLUDED.version, submission_id = EXCLUDED.submission_id
         WHERE tally.current.version < EXCLUDED.version
 )
-UPDATE tally.chain_head SET position = $20, hash = $21 WHERE singleton;
+UPDATE tally.chain_head SET position = $20, hash = $21 WHERE chain = $24;
 
 -- name: relay_pending
 -- The relay's next batch: the oldest undelivered rows, in arrival order (the

@@ -40,11 +40,19 @@ def micros(at: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def link(previous: bytes, row: Mapping[str, Any]) -> bytes:
-    """The version-2 link of one tally.submission row (asyncpg record or dict with its columns)."""
+def chain_of(tps: str, chains: int) -> int:
+    """The chain of a TPS: the first 8 bytes of SHA-256 of its code, unsigned big-endian, modulo K."""
+    return int.from_bytes(hashlib.sha256(tps.encode("utf-8")).digest()[:8], "big") % chains
+
+
+def link(previous: bytes, row: Mapping[str, Any], chains: int = 1) -> bytes:
+    """The link of one tally.submission row (asyncpg record or dict with its columns): version 2 in a
+    one-chain election, version 3 (the chain and the number of chains first) in one of several."""
+    lead = item(b"suara.chain.v2") if chains == 1 else item(b"suara.chain.v3") + integer(row["chain"])
+    lead += b"" if chains == 1 else integer(chains)
     message = b"".join(
         (
-            item(b"suara.chain.v2"),
+            lead,
             item(previous),
             integer(row["chain_position"]),
             text(str(row["id"])),
@@ -63,8 +71,10 @@ def link(previous: bytes, row: Mapping[str, Any]) -> bytes:
     return hashlib.sha256(message).digest()
 
 
-def head_message(position: int, head_hash: bytes) -> bytes:
-    return item(b"suara.chain-head.v1") + integer(position) + item(head_hash)
+def head_message(position: int, head_hash: bytes, chain: int = 0, chains: int = 1) -> bytes:
+    if chains == 1:
+        return item(b"suara.chain-head.v1") + integer(position) + item(head_hash)
+    return item(b"suara.chain-head.v2") + integer(chain) + integer(chains) + integer(position) + item(head_hash)
 
 
 def key_id(public_key: bytes) -> str:
@@ -72,13 +82,19 @@ def key_id(public_key: bytes) -> str:
 
 
 def head_verifies(public_key: bytes, published: Mapping[str, Any]) -> bool:
-    """Whether a published head ({"position", "hash", "key_id", "signature"}) is signed by this key."""
+    """Whether a published head ({"position", "hash", "key_id", "signature"}, and "chain" and "chains"
+    when the election runs several chains) is signed by this key."""
     if published.get("key_id") != key_id(public_key):
         return False
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(
             bytes.fromhex(published["signature"]),
-            head_message(published["position"], bytes.fromhex(published["hash"])),
+            head_message(
+                published["position"],
+                bytes.fromhex(published["hash"]),
+                published.get("chain", 0),
+                published.get("chains", 1),
+            ),
         )
     except InvalidSignature:
         return False
