@@ -143,13 +143,11 @@ def _own() -> list[tuple[str, int]]:
     return [("grpc.use_local_subchannel_pool", 1)]
 
 
-async def run(db_url: str, *, forms: int, levels: tuple[int, ...] = LEVELS, rounds: int = ROUNDS) -> dict[str, Any]:
-    """`forms` calls per level, round and server; each run of a level submits fresh forms (the next version:
-    a correction of the one before, as much work as a first form, a new row and a new current version)."""
-    conn = await asyncpg.connect(db_url)
-    tps = [r["code"] for r in await conn.fetch("SELECT code FROM registry.tps ORDER BY code LIMIT $1", 3 * forms)]
-    if len(tps) < 3 * forms:
-        raise SystemExit(f"the registry has {len(tps):,} TPS; {forms:,} forms per level need {3 * forms:,}")
+async def enroll(conn: asyncpg.Connection, count: int, why: str) -> tuple[list[DeviceKey], list[str], str]:
+    """A bench device for each of the first `count` TPS (enrolled in tally), ppwp's choices, the election id."""
+    tps = [r["code"] for r in await conn.fetch("SELECT code FROM registry.tps ORDER BY code LIMIT $1", count)]
+    if len(tps) < count:
+        raise SystemExit(f"the registry has {len(tps):,} TPS; {why} need {count:,}")
     choices = [
         r["id"] for r in await conn.fetch("SELECT id FROM registry.choice WHERE contest='ppwp' ORDER BY nomor_urut")
     ]
@@ -161,7 +159,17 @@ async def run(db_url: str, *, forms: int, levels: tuple[int, ...] = LEVELS, roun
         records=[(k.device_id, k.tps, k.public_key, "bench") for k in keys],
         columns=["device_id", "tps", "public_key", "label"],
     )
-    await conn.close()
+    return keys, choices, election
+
+
+async def run(db_url: str, *, forms: int, levels: tuple[int, ...] = LEVELS, rounds: int = ROUNDS) -> dict[str, Any]:
+    """`forms` calls per level, round and server; each run of a level submits fresh forms (the next version:
+    a correction of the one before, as much work as a first form, a new row and a new current version)."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        keys, choices, election = await enroll(conn, 3 * forms, f"{forms:,} forms per level")
+    finally:
+        await conn.close()
     sweep = [(r, level) for r in range(rounds) for level in levels]
     unary = {
         step: [

@@ -46,7 +46,6 @@ from bench import ingest
 from cli.embedded import free_port
 from suara.client.stubs import tally_stub
 from suara.election.signing import DeviceKey
-from suara.registry.catalog import fetch_election_id
 from suara.runtime.pki import PkiDir
 from suara.runtime.tls import ClientTls, open_channel
 from tests.support.envoy import envoy_health
@@ -191,20 +190,7 @@ class _Database:
 async def _enroll(url: str, forms: int, postmasters: list[int]) -> _Database:
     conn = await asyncpg.connect(url)
     try:
-        tps = [r["code"] for r in await conn.fetch("SELECT code FROM registry.tps ORDER BY code LIMIT $1", forms)]
-        if len(tps) < forms:
-            raise SystemExit(f"the registry has {len(tps):,} TPS; {forms:,} forms per run need as many")
-        choices = [
-            r["id"] for r in await conn.fetch("SELECT id FROM registry.choice WHERE contest='ppwp' ORDER BY nomor_urut")
-        ]
-        election = await fetch_election_id(conn)
-        keys = [DeviceKey.generate(code, election) for code in tps]
-        await conn.copy_records_to_table(
-            "device",
-            schema_name="tally",
-            records=[(k.device_id, k.tps, k.public_key, "bench") for k in keys],
-            columns=["device_id", "tps", "public_key", "label"],
-        )
+        keys, choices, election = await ingest.enroll(conn, forms, f"{forms:,} forms per run")
         primary = psutil.Process(await conn.fetchval("SELECT pg_backend_pid()")).parent()
     finally:
         await conn.close()
