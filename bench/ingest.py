@@ -48,6 +48,8 @@ from suara.runtime.tls import ClientTls, open_channel
 from suara.v1 import tally_pb2
 from tests.support.factories import consistent_form, signed
 
+SERVING_TIMEOUT_S = 120.0  # a tally starting on a loaded machine serves well within this
+
 
 @dataclass
 class Rate:
@@ -110,13 +112,29 @@ def _spawn(args: list[str], env: dict[str, str], ready: str) -> subprocess.Popen
     raise RuntimeError(f"{args} exited before serving")
 
 
-async def _wait_serving(address: str, tls: ClientTls) -> None:
+async def _wait_serving(address: str, tls: ClientTls, proc: subprocess.Popen[Any] | None = None) -> None:
+    """Until the tally at `address` answers its health check; a tally that exited (its port taken by
+    another process since it was chosen, say) or never answers fails the bench instead of hanging it."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    async with open_channel(address, tls) as channel:
-        await channel.channel_ready()
-        stub = health_pb2_grpc.HealthStub(channel)
-        await stub.Check(health_pb2.HealthCheckRequest(), wait_for_ready=True)
+    async def serving() -> None:
+        async with open_channel(address, tls) as channel:
+            await channel.channel_ready()
+            stub = health_pb2_grpc.HealthStub(channel)
+            await stub.Check(health_pb2.HealthCheckRequest(), wait_for_ready=True)
+
+    waiting = asyncio.create_task(serving())
+    deadline = time.monotonic() + SERVING_TIMEOUT_S
+    try:
+        while not waiting.done():
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"tally for {address} exited ({proc.returncode}) before serving")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"tally at {address} did not serve within {SERVING_TIMEOUT_S:g} s")
+            await asyncio.wait({waiting}, timeout=0.2)
+        waiting.result()
+    finally:
+        waiting.cancel()
 
 
 def _cpu_s(procs: list[subprocess.Popen[str]]) -> float:
@@ -242,8 +260,8 @@ async def run(db_url: str, *, forms: int, levels: tuple[int, ...] = LEVELS, roun
     cpu_us: dict[tuple[str, int], float] = {}
     counted = 0.0
     try:
-        for port in [*ports, *ports_off]:
-            await _wait_serving(f"127.0.0.1:{port}", tls)
+        for port, proc in zip([*ports, *ports_off], [*tallies, *tallies_off], strict=True):
+            await _wait_serving(f"127.0.0.1:{port}", tls, proc)
         echo_channels = [open_channel(f"127.0.0.1:{echo_port}", tls, options=_own()) for _ in range(CHANNELS)]
         plain_channels = [open_channel(f"127.0.0.1:{plain_port}", None, options=_own()) for _ in range(CHANNELS)]
         channels = [open_channel(f"127.0.0.1:{ports[i % len(ports)]}", tls, options=_own()) for i in range(CHANNELS)]
