@@ -9,12 +9,14 @@ from __future__ import annotations
 import io
 import random
 import struct
+import uuid
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from PIL import Image
 
+from suara.election.chain import ChainRecord
 from suara.election.form import set_voter_counts
 from suara.election.signing import DeviceKey
 from suara.v1 import form_pb2, tally_pb2
@@ -107,3 +109,23 @@ def png(tag: bytes = b"") -> bytes:
     data = b"tag\x00" + tag
     chunk = struct.pack(">I", len(data)) + b"tEXt" + data + struct.pack(">I", zlib.crc32(b"tEXt" + data))
     return _PNG[:33] + chunk + _PNG[33:]  # after the signature (8) and IHDR (25)
+
+
+def oracle_row(record: ChainRecord) -> dict[str, object]:
+    """A stored submission row as the chain oracle reads it, holding `record`'s facts. Its payload is b"":
+    the oracle hashes the payload, so a record meant to match carries SHA-256 of b"" (the row has no `chain`
+    key: add it for a link of version 3)."""
+    return {
+        "chain_position": record.position,
+        "id": uuid.UUID(record.submission_id),
+        "tps": record.tps,
+        "contest": record.contest,
+        "version": record.version,
+        "device_id": record.device_id,
+        "payload": b"",
+        "signature": record.signature,
+        "outcome": record.outcome,
+        "failed_checks": record.failed_checks,
+        "photo_sha256": record.photo_sha256,
+        "received_at": record.received_at,
+    }

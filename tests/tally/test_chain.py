@@ -24,7 +24,7 @@ from services.tally.audit import verify_chain
 from suara.election import chain
 from suara.election.signing import ChainKey
 from suara.v1 import tally_pb2
-from tests.support.factories import consistent_form, jpeg, png, signed
+from tests.support.factories import consistent_form, jpeg, oracle_row, png, signed
 from tests.support.oracles import chain as oracle
 from tests.support.tally import BASE_SETTINGS, CHAIN_KEY, Tally, start_tally, with_tally
 
@@ -194,20 +194,7 @@ _records = st.builds(
 
 @given(previous=st.binary(min_size=32, max_size=32), record=_records)
 def test_the_library_link_is_the_documented_encoding(previous: bytes, record: chain.ChainRecord) -> None:
-    row = {
-        "chain_position": record.position,
-        "id": uuid.UUID(record.submission_id),
-        "tps": record.tps,
-        "contest": record.contest,
-        "version": record.version,
-        "device_id": record.device_id,
-        "payload": b"",  # the oracle hashes the payload: give it the hash's preimage instead
-        "signature": record.signature,
-        "outcome": record.outcome,
-        "failed_checks": record.failed_checks,
-        "photo_sha256": record.photo_sha256,
-        "received_at": record.received_at,
-    }
+    row = oracle_row(record)
     with_empty_payload = chain.ChainRecord(**{**vars(record), "payload_sha256": hashlib.sha256(b"").digest()})
     assert chain.link_hash(previous, with_empty_payload) == oracle.link(previous, row)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC
 
@@ -23,7 +22,7 @@ from services.tally.intake import Prepared
 from suara.election import chain
 from suara.runtime.settings import SettingError
 from suara.v1 import tally_pb2
-from tests.support.factories import consistent_form, signed
+from tests.support.factories import consistent_form, oracle_row, signed
 from tests.support.oracles import chain as oracle
 from tests.support.tally import BASE_SETTINGS, CHAIN_KEY, Tally, start_tally, with_tally
 
@@ -80,21 +79,7 @@ _records = st.builds(
 
 @given(previous=st.binary(min_size=32, max_size=32), record=_records)
 def test_a_version_3_link_is_the_documented_encoding(previous: bytes, record: chain.ChainRecord) -> None:
-    row = {
-        "chain_position": record.position,
-        "id": uuid.UUID(record.submission_id),
-        "tps": record.tps,
-        "contest": record.contest,
-        "version": record.version,
-        "device_id": record.device_id,
-        "payload": b"",  # the oracle hashes the payload; the record carries SHA-256 of b""
-        "signature": record.signature,
-        "outcome": record.outcome,
-        "failed_checks": record.failed_checks,
-        "photo_sha256": record.photo_sha256,
-        "received_at": record.received_at,
-        "chain": record.chain,
-    }
+    row = {**oracle_row(record), "chain": record.chain}
     assert chain.link_hash(previous, record, 3) == oracle.link(previous, row, record.chains)
     # The same facts in another chain are another link: a row cannot be moved between chains.
     moved = chain.ChainRecord(**{**vars(record), "chain": record.chain + 1})
